@@ -1,0 +1,19 @@
+//! The audit trail: one [`AuditRecord`] per request, written as JSON lines in which every line
+//! carries the SHA-256 of the line before it, so that any edit, deletion, reordering or truncation
+//! is found by [`verify`].
+//!
+//! Records reach one writer thread through a bounded channel; the writer appends whole batches and
+//! `fdatasync`s them (group commit). A caller reserves its slot *before* serving a request
+//! ([`AuditSink::reserve`]); when the channel is full or the last write failed, reservation fails
+//! and the request is refused. Gatehouse never serves a request it cannot audit.
+//!
+//! This crate must never receive a credential: records hold identities and decisions, not tokens.
+#![forbid(unsafe_code)]
+
+mod chain;
+mod record;
+mod writer;
+
+pub use chain::{ChainHead, GENESIS, VerifyError, VerifyReport, hash_line, verify};
+pub use record::{AuditPrincipal, AuditRecord};
+pub use writer::{AuditOptions, AuditSink, AuditSlot, AuditUnavailable, FlushStats, OpenError};

@@ -1,0 +1,149 @@
+use std::io::Write as _;
+
+use super::*;
+use crate::chain::{VerifyError, verify};
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("gh-audit-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    dir.join("audit.log")
+}
+
+fn rec(i: u64) -> AuditRecord {
+    AuditRecord {
+        time: format!("t{i}"),
+        event: "request",
+        path: Some(format!("/r/{i}")),
+        status: Some(200),
+        ..AuditRecord::default()
+    }
+}
+
+fn write_n(path: &Path, n: u64) {
+    let opts = AuditOptions {
+        path: path.to_owned(),
+        queue_capacity: 16,
+        batch_max: 4,
+    };
+    let (sink, handle) = AuditSink::open(&opts, None).unwrap_or_else(|e| panic!("{e}"));
+    for i in 0..n {
+        loop {
+            match sink.reserve() {
+                Ok(slot) => {
+                    slot.send(rec(i));
+                    break;
+                }
+                Err(AuditUnavailable::QueueFull) => std::thread::yield_now(),
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+    drop(sink);
+    handle.join().unwrap_or_else(|_| panic!("writer panicked"));
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn rewrite(path: &Path, lines: &[String]) {
+    let mut f = File::create(path).unwrap_or_else(|e| panic!("{e}"));
+    for l in lines {
+        writeln!(f, "{l}").unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+#[test]
+fn chain_verifies_and_resumes_across_restarts() {
+    let p = tmp("resume");
+    write_n(&p, 10);
+    write_n(&p, 5);
+    let report = verify(&p).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(report.records, 15);
+    assert!(report.head_checked);
+    assert!(lines(&p)[0].starts_with(r#"{"seq":1,"prev":"000000"#));
+}
+
+#[test]
+fn one_byte_edit_is_found() {
+    let p = tmp("edit");
+    write_n(&p, 6);
+    let mut l = lines(&p);
+    l[2] = l[2].replace("/r/2", "/r/9");
+    rewrite(&p, &l);
+    assert_eq!(verify(&p), Err(VerifyError::Chain { line: 4 }));
+}
+
+#[test]
+fn edit_of_the_last_record_is_found_by_the_head() {
+    let p = tmp("edit-last");
+    write_n(&p, 3);
+    let mut l = lines(&p);
+    l[2] = l[2].replace("\"status\":200", "\"status\":201");
+    rewrite(&p, &l);
+    assert!(matches!(verify(&p), Err(VerifyError::Head { .. })));
+}
+
+#[test]
+fn deletion_reordering_and_truncation_are_found() {
+    let p = tmp("del");
+    write_n(&p, 6);
+    let orig = lines(&p);
+
+    let mut l = orig.clone();
+    l.remove(3);
+    rewrite(&p, &l);
+    assert!(matches!(verify(&p), Err(VerifyError::Sequence { line: 4, .. })));
+
+    let mut l = orig.clone();
+    l.swap(1, 2);
+    rewrite(&p, &l);
+    assert!(matches!(verify(&p), Err(VerifyError::Sequence { line: 2, .. })));
+
+    rewrite(&p, &orig[..4]);
+    assert!(matches!(verify(&p), Err(VerifyError::Head { head_seq: 6, log_seq: 4, .. })));
+
+    let mut text = orig.join("\n");
+    text.truncate(text.len() - 5);
+    std::fs::write(&p, text).unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(verify(&p), Err(VerifyError::TornTail { line: 6 })));
+}
+
+#[test]
+fn refuses_to_append_after_a_torn_record() {
+    let p = tmp("torn");
+    write_n(&p, 2);
+    let mut f = OpenOptions::new().append(true).open(&p).unwrap_or_else(|e| panic!("{e}"));
+    f.write_all(br#"{"seq":3,"pr"#).unwrap_or_else(|e| panic!("{e}"));
+    let opts = AuditOptions {
+        path: p.clone(),
+        queue_capacity: 4,
+        batch_max: 4,
+    };
+    assert!(matches!(AuditSink::open(&opts, None), Err(OpenError::DamagedTail { .. })));
+}
+
+#[test]
+fn write_failure_refuses_further_requests() {
+    // /dev/full accepts open() and fails every write with ENOSPC: a real fault, not a mock.
+    let opts = AuditOptions {
+        path: PathBuf::from("/dev/full"),
+        queue_capacity: 4,
+        batch_max: 4,
+    };
+    let (sink, _handle) = AuditSink::open(&opts, None).unwrap_or_else(|e| panic!("{e}"));
+    let slot = sink.reserve().unwrap_or_else(|e| panic!("{e}"));
+    slot.send(rec(1));
+    for _ in 0..200 {
+        if !sink.is_healthy() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(sink.reserve().err(), Some(AuditUnavailable::WriteFailed));
+}

@@ -1,0 +1,48 @@
+//! Verified tokens, remembered by their hash until they expire.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use gatehouse_core::Principal;
+
+pub(crate) type TokenKey = [u8; 32];
+
+/// SHA-256 of a token: the cache never holds the token itself.
+pub(crate) fn token_key(token: &str) -> TokenKey {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    let mut k = [0u8; 32];
+    k.copy_from_slice(d.as_ref());
+    k
+}
+
+#[derive(Debug)]
+pub(crate) struct TokenCache {
+    max: usize,
+    map: RwLock<HashMap<TokenKey, (Principal, i64)>>,
+}
+
+impl TokenCache {
+    pub(crate) fn new(max: usize) -> Self {
+        Self {
+            max,
+            map: RwLock::new(HashMap::new()),
+        }
+    }
+
+    pub(crate) fn get(&self, key: &TokenKey, now: i64) -> Option<Principal> {
+        let map = self.map.read().ok()?;
+        match map.get(key) {
+            Some((p, exp)) if now <= *exp => Some(p.clone()),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn insert(&self, key: TokenKey, p: Principal, exp: i64) {
+        let Ok(mut map) = self.map.write() else { return };
+        if map.len() >= self.max {
+            // Entries are never kept past `exp`; dropping them all is the simple bound.
+            map.clear();
+        }
+        map.insert(key, (p, exp));
+    }
+}

@@ -1,0 +1,79 @@
+/// Why a credential was refused. The `Display` text is the stable `error_description` a client
+/// sees (RFC 6750); it never contains the credential.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthnError {
+    /// No credential was presented.
+    #[error("missing credentials")]
+    Missing,
+    /// The `Authorization` header is not a scheme Gatehouse accepts, or is malformed.
+    #[error("unsupported authorization scheme")]
+    UnsupportedScheme,
+    /// Not a well-formed compact JWS.
+    #[error("token is malformed")]
+    Malformed,
+    /// `exp` is in the past (beyond the leeway).
+    #[error("token has expired")]
+    Expired,
+    /// `nbf` is in the future (beyond the leeway).
+    #[error("token is not yet valid")]
+    NotYetValid,
+    /// `iat` is in the future (beyond the leeway).
+    #[error("token was issued in the future")]
+    IssuedInFuture,
+    /// The signature does not verify.
+    #[error("token signature is invalid")]
+    BadSignature,
+    /// No key with the token's `kid` (even after a refetch).
+    #[error("token was signed by an unknown key")]
+    UnknownKey,
+    /// `iss` names no trusted issuer.
+    #[error("token issuer is not trusted")]
+    WrongIssuer,
+    /// `aud` names no accepted audience.
+    #[error("token audience is not accepted")]
+    WrongAudience,
+    /// `alg` is not in the issuer's allow-list, is `none`, or does not fit the key.
+    #[error("token algorithm is not allowed")]
+    AlgorithmNotAllowed,
+    /// A required claim is absent or has the wrong type.
+    #[error("token lacks a required claim")]
+    MissingClaim(String),
+    /// A mapped claim cannot be used (e.g. a user name with characters no forge accepts).
+    #[error("token has an unusable identity claim")]
+    BadClaim(String),
+    /// The issuer's keys could not be fetched: the identity provider is unreachable.
+    #[error("identity provider keys are unavailable")]
+    KeysUnavailable,
+    /// A bug or an unusable local key.
+    #[error("internal authentication error")]
+    Internal(String),
+}
+
+impl AuthnError {
+    /// Whether the fault lies with the server side (answer 503, not 401).
+    pub fn is_server_error(&self) -> bool {
+        matches!(self, AuthnError::KeysUnavailable | AuthnError::Internal(_))
+    }
+
+    /// A short stable code for metrics and audit records.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AuthnError::Missing => "missing",
+            AuthnError::UnsupportedScheme => "unsupported_scheme",
+            AuthnError::Malformed => "malformed",
+            AuthnError::Expired => "expired",
+            AuthnError::NotYetValid => "not_yet_valid",
+            AuthnError::IssuedInFuture => "issued_in_future",
+            AuthnError::BadSignature => "bad_signature",
+            AuthnError::UnknownKey => "unknown_key",
+            AuthnError::WrongIssuer => "wrong_issuer",
+            AuthnError::WrongAudience => "wrong_audience",
+            AuthnError::AlgorithmNotAllowed => "algorithm_not_allowed",
+            AuthnError::MissingClaim(_) => "missing_claim",
+            AuthnError::BadClaim(_) => "bad_claim",
+            AuthnError::KeysUnavailable => "keys_unavailable",
+            AuthnError::Internal(_) => "internal",
+        }
+    }
+}

@@ -1,0 +1,308 @@
+//! A trusted issuer's keys: discovery, JWKS fetch and cache, rate-limited refetch on an unknown
+//! `kid`, and verification of that issuer's tokens.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
+use gatehouse_config::{IssuerConfig, PrincipalKindConfig};
+use gatehouse_core::{Clock, Principal, PrincipalKind};
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey};
+
+use crate::claims::{check_standard, map_principal};
+use crate::{AuthnError, UnverifiedJwt};
+
+/// Which algorithms a key can verify.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeyFamily {
+    Rsa,
+    P256,
+    P384,
+    Ed25519,
+}
+
+impl KeyFamily {
+    pub(crate) fn fits(self, alg: Algorithm) -> bool {
+        use Algorithm::*;
+        match self {
+            KeyFamily::Rsa => matches!(alg, RS256 | RS384 | RS512 | PS256 | PS384 | PS512),
+            KeyFamily::P256 => alg == ES256,
+            KeyFamily::P384 => alg == ES384,
+            KeyFamily::Ed25519 => alg == EdDSA,
+        }
+    }
+}
+
+pub(crate) struct Key {
+    pub(crate) kid: Option<String>,
+    pub(crate) family: KeyFamily,
+    pub(crate) key: DecodingKey,
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Key").field("kid", &self.kid).field("family", &self.family).finish()
+    }
+}
+
+/// Picks the key for a token: by `kid`, or the only key of the right family when it has none.
+/// `Ok(None)` when no key has that `kid`; an error when the key does not fit the algorithm.
+pub(crate) fn select<'a>(keys: &'a [Key], kid: Option<&str>, alg: Algorithm) -> Result<Option<&'a Key>, AuthnError> {
+    match kid {
+        Some(kid) => match keys.iter().find(|k| k.kid.as_deref() == Some(kid)) {
+            Some(k) if k.family.fits(alg) => Ok(Some(k)),
+            Some(_) => Err(AuthnError::AlgorithmNotAllowed),
+            None => Ok(None),
+        },
+        None => {
+            let mut fitting = keys.iter().filter(|k| k.family.fits(alg));
+            match (fitting.next(), fitting.next()) {
+                (Some(k), None) => Ok(Some(k)),
+                _ => Ok(None),
+            }
+        }
+    }
+}
+
+/// Checks a token's signature with `key`.
+pub(crate) fn check_signature(jwt: &UnverifiedJwt, key: &Key, alg: Algorithm) -> Result<(), AuthnError> {
+    match jsonwebtoken::crypto::verify(&jwt.signature, jwt.signing_input.as_bytes(), &key.key, alg) {
+        Ok(true) => Ok(()),
+        _ => Err(AuthnError::BadSignature),
+    }
+}
+
+#[derive(Debug, Default)]
+struct KeySet {
+    keys: Vec<Key>,
+    fetched_at: Option<i64>,
+    jwks_uri: Option<String>,
+}
+
+/// The state of an issuer's keys, for readiness and diagnostics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyStatus {
+    /// The issuer.
+    pub issuer: String,
+    /// Whether keys have been loaded at least once.
+    pub loaded: bool,
+    /// How many usable keys are held.
+    pub keys: usize,
+    /// Successful fetches so far.
+    pub fetches_ok: u64,
+    /// Failed fetches so far.
+    pub fetches_failed: u64,
+}
+
+/// One trusted issuer: its config, its current keys and the means to refresh them.
+#[derive(Debug)]
+pub struct IssuerKeys {
+    cfg: IssuerConfig,
+    algorithms: Vec<Algorithm>,
+    http: reqwest::Client,
+    clock: Arc<dyn Clock>,
+    state: ArcSwap<KeySet>,
+    fetch_lock: tokio::sync::Mutex<()>,
+    last_attempt: AtomicI64,
+    fetches_ok: AtomicU64,
+    fetches_failed: AtomicU64,
+}
+
+#[derive(serde::Deserialize)]
+struct Discovery {
+    issuer: String,
+    jwks_uri: String,
+}
+
+impl IssuerKeys {
+    pub(crate) fn new(cfg: IssuerConfig, http: reqwest::Client, clock: Arc<dyn Clock>) -> Self {
+        // Config validation has already refused unknown and HMAC algorithms.
+        let algorithms = cfg
+            .algorithms
+            .iter()
+            .filter_map(|a| Algorithm::from_str(a).ok())
+            .filter(|a| !matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512))
+            .collect();
+        Self {
+            cfg,
+            algorithms,
+            http,
+            clock,
+            state: ArcSwap::from_pointee(KeySet::default()),
+            fetch_lock: tokio::sync::Mutex::new(()),
+            last_attempt: AtomicI64::new(i64::MIN),
+            fetches_ok: AtomicU64::new(0),
+            fetches_failed: AtomicU64::new(0),
+        }
+    }
+
+    /// The issuer identifier.
+    pub fn issuer(&self) -> &str {
+        &self.cfg.issuer
+    }
+
+    /// The state of the keys.
+    pub fn status(&self) -> KeyStatus {
+        let s = self.state.load();
+        KeyStatus {
+            issuer: self.cfg.issuer.clone(),
+            loaded: s.fetched_at.is_some(),
+            keys: s.keys.len(),
+            fetches_ok: self.fetches_ok.load(Ordering::Relaxed),
+            fetches_failed: self.fetches_failed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether the cached keys are older than the cache TTL (or absent).
+    pub fn is_stale(&self) -> bool {
+        let now = self.clock.now().as_secs();
+        match self.state.load().fetched_at {
+            Some(t) => now - t >= self.cfg.jwks_cache_ttl.0.as_secs() as i64,
+            None => true,
+        }
+    }
+
+    /// Fetches the keys now, unless another task just did. Keeps the old keys on failure.
+    pub async fn refresh(&self) -> Result<(), AuthnError> {
+        let _guard = self.fetch_lock.lock().await;
+        let now = self.clock.now().as_secs();
+        self.last_attempt.store(now, Ordering::Relaxed);
+        match self.fetch().await {
+            Ok(set) => {
+                tracing::info!(issuer = %self.cfg.issuer, keys = set.keys.len(), "issuer keys loaded");
+                self.state.store(Arc::new(set));
+                self.fetches_ok.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                self.fetches_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(issuer = %self.cfg.issuer, error = %e, "fetching issuer keys failed");
+                Err(AuthnError::KeysUnavailable)
+            }
+        }
+    }
+
+    /// Refetches because of an unknown `kid`, at most once per `jwks_min_refetch_interval`.
+    async fn refetch_for_unknown_kid(&self) -> bool {
+        let now = self.clock.now().as_secs();
+        let min = self.cfg.jwks_min_refetch_interval.0.as_secs() as i64;
+        let last = self.last_attempt.load(Ordering::Relaxed);
+        if last != i64::MIN && now.saturating_sub(last) < min {
+            return false;
+        }
+        let before = self.fetches_ok.load(Ordering::Relaxed) + self.fetches_failed.load(Ordering::Relaxed);
+        let _guard = self.fetch_lock.lock().await;
+        // Another task may have refetched while this one waited.
+        let after = self.fetches_ok.load(Ordering::Relaxed) + self.fetches_failed.load(Ordering::Relaxed);
+        if after != before {
+            return true;
+        }
+        drop(_guard);
+        self.refresh().await.is_ok()
+    }
+
+    async fn fetch(&self) -> Result<KeySet, String> {
+        let timeout = self.cfg.http_timeout.0;
+        let jwks_uri = match (&self.cfg.jwks_uri, &self.state.load().jwks_uri) {
+            (Some(u), _) => u.clone(),
+            (None, Some(u)) => u.clone(),
+            (None, None) => {
+                let url = format!(
+                    "{}/.well-known/openid-configuration",
+                    self.cfg.issuer.trim_end_matches('/')
+                );
+                let d: Discovery = self.get_json(&url, timeout).await?;
+                if d.issuer != self.cfg.issuer {
+                    return Err(format!(
+                        "discovery document names issuer `{}`, expected `{}`",
+                        d.issuer, self.cfg.issuer
+                    ));
+                }
+                d.jwks_uri
+            }
+        };
+        let set: JwkSet = self.get_json(&jwks_uri, timeout).await?;
+        let mut keys = Vec::new();
+        for jwk in &set.keys {
+            if matches!(jwk.common.public_key_use, Some(ref u) if *u != PublicKeyUse::Signature) {
+                continue;
+            }
+            let family = match &jwk.algorithm {
+                AlgorithmParameters::RSA(_) => KeyFamily::Rsa,
+                AlgorithmParameters::EllipticCurve(ec) => match ec.curve {
+                    EllipticCurve::P256 => KeyFamily::P256,
+                    EllipticCurve::P384 => KeyFamily::P384,
+                    _ => continue,
+                },
+                AlgorithmParameters::OctetKeyPair(okp) if okp.curve == EllipticCurve::Ed25519 => KeyFamily::Ed25519,
+                // Symmetric keys in a JWKS are never used: HMAC is not accepted from issuers.
+                _ => continue,
+            };
+            let Ok(key) = DecodingKey::from_jwk(jwk) else { continue };
+            keys.push(Key {
+                kid: jwk.common.key_id.clone(),
+                family,
+                key,
+            });
+        }
+        Ok(KeySet {
+            keys,
+            fetched_at: Some(self.clock.now().as_secs()),
+            jwks_uri: Some(jwks_uri),
+        })
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str, timeout: std::time::Duration) -> Result<T, String> {
+        let resp = self
+            .http
+            .get(url)
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| format!("GET {url}: {e}"))?;
+        if !resp.status().is_success() {
+            return Err(format!("GET {url}: status {}", resp.status()));
+        }
+        let body = resp.bytes().await.map_err(|e| format!("GET {url}: {e}"))?;
+        if body.len() > 1024 * 1024 {
+            return Err(format!("GET {url}: document too large"));
+        }
+        serde_json::from_slice(&body).map_err(|e| format!("GET {url}: {e}"))
+    }
+
+    /// Verifies a token that names this issuer.
+    pub(crate) async fn verify(&self, jwt: &UnverifiedJwt, now: i64) -> Result<Principal, AuthnError> {
+        let alg = Algorithm::from_str(&jwt.alg).map_err(|_| AuthnError::AlgorithmNotAllowed)?;
+        if !self.algorithms.contains(&alg) {
+            return Err(AuthnError::AlgorithmNotAllowed);
+        }
+        if self.is_stale() {
+            // Stale keys stay usable when the refresh fails; absent keys make this an outage.
+            let had_keys = self.state.load().fetched_at.is_some();
+            if self.refresh().await.is_err() && !had_keys {
+                return Err(AuthnError::KeysUnavailable);
+            }
+        }
+        let kid = jwt.kid.as_deref();
+        let mut state = self.state.load_full();
+        if select(&state.keys, kid, alg)?.is_none() && self.refetch_for_unknown_kid().await {
+            state = self.state.load_full();
+        }
+        let key = select(&state.keys, kid, alg)?.ok_or(AuthnError::UnknownKey)?;
+        check_signature(jwt, key, alg)?;
+        check_standard(
+            &jwt.claims,
+            now,
+            self.cfg.leeway.0.as_secs() as i64,
+            &self.cfg.audiences,
+            &self.cfg.required_claims,
+        )?;
+        let kind = match self.cfg.principal_kind {
+            PrincipalKindConfig::User => PrincipalKind::User,
+            PrincipalKindConfig::Service => PrincipalKind::Service,
+        };
+        map_principal(&jwt.claims, &self.cfg.claims, &self.cfg.issuer, kind)
+    }
+}

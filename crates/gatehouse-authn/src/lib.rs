@@ -1,0 +1,105 @@
+//! Credentials to principals: JWT bearer tokens from configured OIDC issuers (discovery, JWKS
+//! cache with rate-limited refetch on an unknown `kid`), Gatehouse's own ES256 tokens, HTTP Basic
+//! carrying a token as the password, and the claim mapping that turns claims into a [`Principal`].
+//!
+//! It also signs: Gatehouse's own tokens and the short-lived assertion sent upstream.
+//!
+//! This crate never logs or returns a credential: errors carry stable descriptions only. It must
+//! not know about HTTP routing, policies or the audit log. Time comes from the injected [`Clock`].
+#![forbid(unsafe_code)]
+
+mod cache;
+mod claims;
+mod error;
+mod jwks;
+mod jwt;
+mod own;
+
+pub use claims::map_principal;
+pub use error::AuthnError;
+pub use jwks::{IssuerKeys, KeyStatus};
+pub use jwt::{UnverifiedJwt, parse_unverified};
+pub use own::{OwnIssuer, OwnKeyError, TokenRequest, generate_signing_key_pem};
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use gatehouse_config::Config;
+use gatehouse_core::{Clock, Principal, Redacted};
+
+use crate::cache::TokenCache;
+
+/// A credential as presented by a client.
+#[derive(Debug, Clone)]
+pub enum Credential {
+    /// `Authorization: Bearer <token>`.
+    Bearer(Redacted<String>),
+    /// `Authorization: Basic`, whose password is a token (what `git` sends).
+    BasicToken(Redacted<String>),
+}
+
+/// Turns credentials into principals. Shared by every request; cheap to clone through an `Arc`.
+#[derive(Debug)]
+pub struct Authenticator {
+    issuers: HashMap<String, Arc<IssuerKeys>>,
+    own: Arc<OwnIssuer>,
+    clock: Arc<dyn Clock>,
+    cache: TokenCache,
+}
+
+impl Authenticator {
+    /// Builds the authenticator from the config: reads Gatehouse's keys and prepares (but does
+    /// not yet fetch) each issuer's key set.
+    pub fn new(cfg: &Config, own: Arc<OwnIssuer>, clock: Arc<dyn Clock>) -> Result<Self, AuthnError> {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("gatehouse/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::limited(3))
+            .build()
+            .map_err(|e| AuthnError::Internal(format!("http client: {e}")))?;
+        let issuers = cfg
+            .issuers
+            .iter()
+            .map(|i| (i.issuer.clone(), Arc::new(IssuerKeys::new(i.clone(), http.clone(), clock.clone()))))
+            .collect();
+        Ok(Self {
+            issuers,
+            own,
+            clock,
+            cache: TokenCache::new(16_384),
+        })
+    }
+
+    /// The configured issuers' key sets (for readiness and background refresh).
+    pub fn issuers(&self) -> impl Iterator<Item = &Arc<IssuerKeys>> {
+        self.issuers.values()
+    }
+
+    /// Gatehouse's own issuer.
+    pub fn own(&self) -> &Arc<OwnIssuer> {
+        &self.own
+    }
+
+    /// Authenticates a credential. Verified tokens are cached by their hash until they expire.
+    pub async fn authenticate(&self, cred: &Credential) -> Result<Principal, AuthnError> {
+        let token = match cred {
+            Credential::Bearer(t) | Credential::BasicToken(t) => t.expose().as_str(),
+        };
+        let now = self.clock.now().as_secs();
+        let key = cache::token_key(token);
+        if let Some(p) = self.cache.get(&key, now) {
+            return Ok(p);
+        }
+        let jwt = parse_unverified(token)?;
+        let iss = jwt.claims.get("iss").and_then(|v| v.as_str()).ok_or(AuthnError::WrongIssuer)?;
+        let principal = if iss == self.own.issuer() {
+            self.own.verify(&jwt, now)?
+        } else {
+            let keys = self.issuers.get(iss).ok_or(AuthnError::WrongIssuer)?;
+            keys.verify(&jwt, now).await?
+        };
+        if let Some(exp) = principal.expires_at {
+            self.cache.insert(key, principal.clone(), exp);
+        }
+        Ok(principal)
+    }
+}

@@ -1,0 +1,110 @@
+//! The configuration file: its TOML schema, defaults, secret sources and the checks that make a
+//! typo or an unsafe setting fail at start, loudly.
+//!
+//! Every struct denies unknown fields. Relative paths are resolved against the directory of the
+//! config file. This crate owns parsing and validation only; it must not open sockets, read keys or
+//! policies (it only names where they are), or know how other crates use the values.
+#![forbid(unsafe_code)]
+
+mod duration;
+mod net;
+mod schema;
+
+pub use duration::ConfigDuration;
+pub use net::IpNet;
+pub use schema::*;
+
+use std::path::{Path, PathBuf};
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TOML is invalid or names an unknown key.
+    #[error("invalid config {path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// toml's message, with line and column.
+        message: String,
+    },
+    /// A value is out of range or unsafe.
+    #[error("invalid config {path}: {key}: {message}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// The offending key.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A secret could not be read from its file or environment variable.
+    #[error("cannot read secret {what}: {message}")]
+    Secret {
+        /// Which secret.
+        what: String,
+        /// Why.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Self::parse(&text, &base, &path.display().to_string())
+    }
+
+    /// Parses and validates config text; relative paths are resolved against `base`.
+    pub fn parse(text: &str, base: &Path, name: &str) -> Result<Config, ConfigError> {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: name.to_owned(),
+            message: e.to_string(),
+        })?;
+        cfg.resolve_paths(base);
+        cfg.validate().map_err(|(key, message)| ConfigError::Invalid {
+            path: name.to_owned(),
+            key,
+            message,
+        })?;
+        Ok(cfg)
+    }
+}
+
+fn resolve(base: &Path, p: &mut PathBuf) {
+    if p.is_relative() {
+        *p = base.join(&*p);
+    }
+}
+
+/// Reads a secret from where the config says it is.
+pub fn read_secret(what: &str, src: &SecretSource) -> Result<gatehouse_core::Redacted<String>, ConfigError> {
+    let err = |message: String| ConfigError::Secret {
+        what: what.to_owned(),
+        message,
+    };
+    match src {
+        SecretSource::File { file } => std::fs::read_to_string(file)
+            .map(gatehouse_core::Redacted::new)
+            .map_err(|e| err(format!("{}: {e}", file.display()))),
+        SecretSource::Env { env } => std::env::var(env)
+            .map(gatehouse_core::Redacted::new)
+            .map_err(|_| err(format!("environment variable {env} is not set"))),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,591 @@
+//! The configuration schema. Every key is documented in `docs/configuration.md`; a test checks that
+//! the two agree.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ConfigDuration, IpNet, resolve};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The public listener.
+    pub server: ServerConfig,
+    /// The admin listener (health, readiness, metrics).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<AdminConfig>,
+    /// Where allowed requests go.
+    pub upstream: UpstreamConfig,
+    /// What kind of forge is upstream.
+    #[serde(default)]
+    pub forge: ForgeConfig,
+    /// How the caller's identity is passed to the upstream.
+    #[serde(default)]
+    pub identity_headers: IdentityHeadersConfig,
+    /// Trusted OIDC issuers whose JWT access tokens are accepted.
+    #[serde(default)]
+    pub issuers: Vec<IssuerConfig>,
+    /// Gatehouse's own token issuer (service accounts, agents) and signing key.
+    pub tokens: TokensConfig,
+    /// The authorization policy.
+    pub policy: PolicyConfig,
+    /// The audit log.
+    pub audit: AuditConfig,
+    /// Diagnostic logs.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on, e.g. `0.0.0.0:443`.
+    pub listen: SocketAddr,
+    /// TLS termination; plain HTTP when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+    /// Time allowed to receive a request's headers.
+    #[serde(default = "d10s")]
+    pub header_read_timeout: ConfigDuration,
+    /// An idle keep-alive connection is closed after this long.
+    #[serde(default = "d60s")]
+    pub idle_timeout: ConfigDuration,
+    /// On SIGTERM, in-flight requests get this long to finish.
+    #[serde(default = "d30s")]
+    pub shutdown_grace: ConfigDuration,
+    /// Peers whose `X-Forwarded-For`/`-Proto`/`-Host` are trusted and extended; others' are replaced.
+    #[serde(default)]
+    pub trusted_proxies: Vec<IpNet>,
+    /// Largest request head (request line and headers), in bytes.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+}
+
+/// `[server.tls]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// How often the files are checked for changes (reloaded without a restart).
+    #[serde(default = "d10s")]
+    pub reload_interval: ConfigDuration,
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address of the admin listener (`/healthz`, `/readyz`, `/metrics`). Keep it private.
+    pub listen: SocketAddr,
+}
+
+/// `[upstream]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// The forge's base URL (`http://` or `https://`). Exactly one of `url` and `git_http_backend`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Serve bare repositories from a directory through `git http-backend` instead of a forge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git_http_backend: Option<GitBackendConfig>,
+    /// Time allowed to open a connection to the upstream.
+    #[serde(default = "d5s")]
+    pub connect_timeout: ConfigDuration,
+    /// Time allowed between sending a request and receiving the response's headers.
+    #[serde(default = "d60s")]
+    pub response_timeout: ConfigDuration,
+    /// Idle pooled connections are closed after this long.
+    #[serde(default = "d90s")]
+    pub pool_idle_timeout: ConfigDuration,
+    /// Most idle pooled connections kept.
+    #[serde(default = "default_pool_max_idle")]
+    pub pool_max_idle: usize,
+    /// PEM CA bundle to verify an `https` upstream (default: the system's roots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate presented to the upstream (mTLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_file: Option<PathBuf>,
+    /// PEM private key of `client_cert_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key_file: Option<PathBuf>,
+    /// Skip verification of the upstream's certificate. Never in production.
+    #[serde(default)]
+    pub danger_accept_invalid_certs: bool,
+    /// Send the client's `Host` upstream (`true`) or the upstream URL's host (`false`).
+    #[serde(default = "yes")]
+    pub preserve_host: bool,
+}
+
+/// `[upstream.git_http_backend]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GitBackendConfig {
+    /// Directory holding `owner/repo.git` bare repositories.
+    pub repos_dir: PathBuf,
+    /// The `git` executable.
+    #[serde(default = "default_git")]
+    pub git: PathBuf,
+}
+
+/// Which forge sits upstream.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ForgeKind {
+    /// Gitea (case-insensitive names).
+    #[default]
+    Gitea,
+    /// Forgejo.
+    Forgejo,
+    /// Gogs.
+    Gogs,
+    /// A plain Git server with case-sensitive paths.
+    Generic,
+}
+
+/// `[forge]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForgeConfig {
+    /// `gitea`, `forgejo`, `gogs` or `generic`.
+    #[serde(default)]
+    pub kind: ForgeKind,
+    /// The forge's name in policies (`Gatehouse::Forge::"<name>"`).
+    #[serde(default = "default_forge_name")]
+    pub name: String,
+}
+
+impl Default for ForgeConfig {
+    fn default() -> Self {
+        Self {
+            kind: ForgeKind::default(),
+            name: default_forge_name(),
+        }
+    }
+}
+
+/// `[identity_headers]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityHeadersConfig {
+    /// Header carrying the forge user name (Gitea `REVERSE_PROXY_AUTHENTICATION_USER`).
+    #[serde(default = "default_user_header")]
+    pub user: String,
+    /// Header carrying the e-mail address (Gitea `REVERSE_PROXY_AUTHENTICATION_EMAIL`).
+    #[serde(default = "default_email_header")]
+    pub email: String,
+    /// Header carrying the display name (Gitea `REVERSE_PROXY_AUTHENTICATION_FULL_NAME`).
+    #[serde(default = "default_fullname_header")]
+    pub full_name: String,
+    /// Header carrying the comma-separated groups; not sent when empty.
+    #[serde(default)]
+    pub groups: String,
+    /// Further inbound headers to strip (identity headers above are always stripped).
+    #[serde(default)]
+    pub strip: Vec<String>,
+    /// Header carrying the signed assertion JWT; not sent when empty.
+    #[serde(default = "default_assertion_header")]
+    pub assertion: String,
+    /// `aud` of the assertion (default: the upstream URL, or `gatehouse-upstream`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assertion_audience: Option<String>,
+    /// Lifetime of an assertion.
+    #[serde(default = "d60s")]
+    pub assertion_ttl: ConfigDuration,
+    /// Forward the client's `Authorization` header upstream (off: the forge sees only Gatehouse's headers).
+    #[serde(default)]
+    pub forward_authorization: bool,
+}
+
+impl Default for IdentityHeadersConfig {
+    fn default() -> Self {
+        Self {
+            user: default_user_header(),
+            email: default_email_header(),
+            full_name: default_fullname_header(),
+            groups: String::new(),
+            strip: Vec::new(),
+            assertion: default_assertion_header(),
+            assertion_audience: None,
+            assertion_ttl: ConfigDuration::secs(60),
+            forward_authorization: false,
+        }
+    }
+}
+
+/// Whether an issuer's tokens name people or machines.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PrincipalKindConfig {
+    /// People.
+    #[default]
+    User,
+    /// Machines.
+    Service,
+}
+
+/// `[[issuers]]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// The issuer identifier, exactly as in the tokens' `iss`.
+    pub issuer: String,
+    /// The JWKS URL; when absent it is found through OIDC discovery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_uri: Option<String>,
+    /// Accepted `aud` values; a token must name at least one.
+    pub audiences: Vec<String>,
+    /// Accepted signature algorithms. HMAC and `none` are never accepted.
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    /// Clock skew allowed for `exp`, `nbf` and `iat`.
+    #[serde(default = "d60s")]
+    pub leeway: ConfigDuration,
+    /// Claims a token must carry (besides `iss`, `aud`, `exp`).
+    #[serde(default)]
+    pub required_claims: Vec<String>,
+    /// How claims become a principal.
+    #[serde(default)]
+    pub claims: ClaimMapping,
+    /// Whether the principals are people or machines.
+    #[serde(default)]
+    pub principal_kind: PrincipalKindConfig,
+    /// Keys are refetched after this long.
+    #[serde(default = "d600s")]
+    pub jwks_cache_ttl: ConfigDuration,
+    /// An unknown `kid` triggers a refetch at most this often.
+    #[serde(default = "d30s")]
+    pub jwks_min_refetch_interval: ConfigDuration,
+    /// Timeout of discovery and JWKS requests.
+    #[serde(default = "d5s")]
+    pub http_timeout: ConfigDuration,
+}
+
+/// `[issuers.claims]`: dotted paths into the token's claims.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimMapping {
+    /// The subject.
+    #[serde(default = "default_sub")]
+    pub subject: String,
+    /// The forge user name; falls back to the subject when the token lacks it.
+    #[serde(default = "default_username")]
+    pub username: String,
+    /// The e-mail address.
+    #[serde(default = "default_email")]
+    pub email: String,
+    /// The display name.
+    #[serde(default = "default_name")]
+    pub name: String,
+    /// The groups: an array of strings, or one space- or comma-separated string.
+    #[serde(default = "default_groups")]
+    pub groups: String,
+}
+
+impl Default for ClaimMapping {
+    fn default() -> Self {
+        Self {
+            subject: default_sub(),
+            username: default_username(),
+            email: default_email(),
+            name: default_name(),
+            groups: default_groups(),
+        }
+    }
+}
+
+/// Where a secret is read from.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged, deny_unknown_fields)]
+pub enum SecretSource {
+    /// `{ file = "path" }`
+    File {
+        /// A file holding the secret.
+        file: PathBuf,
+    },
+    /// `{ env = "NAME" }`
+    Env {
+        /// An environment variable holding the secret.
+        env: String,
+    },
+}
+
+/// `[tokens]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokensConfig {
+    /// The `iss` of Gatehouse's own tokens.
+    #[serde(default = "default_own_issuer")]
+    pub issuer: String,
+    /// The `aud` of Gatehouse's own tokens.
+    #[serde(default = "default_own_audience")]
+    pub audience: String,
+    /// The P-256 private key (PKCS#8 PEM) that signs tokens and assertions.
+    pub signing_key: SecretSource,
+    /// Earlier signing keys (PEM, private or public) whose tokens are still accepted.
+    #[serde(default)]
+    pub verification_keys: Vec<PathBuf>,
+    /// Lifetime of `gatehouse token issue` tokens when `--ttl` is not given.
+    #[serde(default = "d900s")]
+    pub default_ttl: ConfigDuration,
+    /// The longest lifetime a token may be issued for.
+    #[serde(default = "d24h")]
+    pub max_ttl: ConfigDuration,
+    /// Clock skew allowed when checking Gatehouse's own tokens.
+    #[serde(default = "d60s")]
+    pub leeway: ConfigDuration,
+}
+
+/// `[policy]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// The Cedar policy file.
+    pub file: PathBuf,
+    /// How often the file is checked for changes (0s: never reload).
+    #[serde(default = "d2s")]
+    pub reload_interval: ConfigDuration,
+}
+
+/// `[audit]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// The audit log (JSON lines, hash-chained, append-only).
+    pub file: PathBuf,
+    /// Records that may wait for the writer; when full, requests are refused with 503.
+    #[serde(default = "default_queue")]
+    pub queue_capacity: usize,
+    /// Most records per write and fsync.
+    #[serde(default = "default_batch")]
+    pub batch_max: usize,
+}
+
+/// Log format.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line.
+    #[default]
+    Json,
+    /// Human-readable text.
+    Text,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter, e.g. `info` or `gatehouse_http=debug,info`.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+    /// `json` or `text`.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: default_log_level(),
+            format: LogFormat::default(),
+        }
+    }
+}
+
+const ALLOWED_ALGS: [&str; 9] = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"];
+
+impl Config {
+    pub(crate) fn resolve_paths(&mut self, base: &std::path::Path) {
+        if let Some(tls) = &mut self.server.tls {
+            resolve(base, &mut tls.cert_file);
+            resolve(base, &mut tls.key_file);
+        }
+        if let Some(g) = &mut self.upstream.git_http_backend {
+            resolve(base, &mut g.repos_dir);
+        }
+        for p in [
+            &mut self.upstream.ca_file,
+            &mut self.upstream.client_cert_file,
+            &mut self.upstream.client_key_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            resolve(base, p);
+        }
+        if let SecretSource::File { file } = &mut self.tokens.signing_key {
+            resolve(base, file);
+        }
+        for p in &mut self.tokens.verification_keys {
+            resolve(base, p);
+        }
+        resolve(base, &mut self.policy.file);
+        resolve(base, &mut self.audit.file);
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), (String, String)> {
+        let bad = |k: &str, m: &str| Err((k.to_owned(), m.to_owned()));
+        match (&self.upstream.url, &self.upstream.git_http_backend) {
+            (Some(_), Some(_)) | (None, None) => {
+                return bad("upstream", "set exactly one of `url` and `git_http_backend`");
+            }
+            (Some(url), None) => {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return bad("upstream.url", "must start with http:// or https://");
+                }
+            }
+            (None, Some(_)) => {}
+        }
+        if self.upstream.client_cert_file.is_some() != self.upstream.client_key_file.is_some() {
+            return bad(
+                "upstream.client_cert_file",
+                "client_cert_file and client_key_file go together",
+            );
+        }
+        for (i, iss) in self.issuers.iter().enumerate() {
+            let k = |f: &str| format!("issuers[{i}].{f}");
+            if iss.issuer.is_empty() {
+                return bad(&k("issuer"), "must not be empty");
+            }
+            if iss.audiences.is_empty() {
+                return bad(&k("audiences"), "name at least one accepted audience");
+            }
+            if iss.algorithms.is_empty() {
+                return bad(&k("algorithms"), "name at least one algorithm");
+            }
+            for a in &iss.algorithms {
+                if a.starts_with("HS") || a.eq_ignore_ascii_case("none") {
+                    return Err((
+                        k("algorithms"),
+                        format!("`{a}` is never accepted: HMAC and unsigned tokens cannot be verified with an issuer's public keys"),
+                    ));
+                }
+                if !ALLOWED_ALGS.contains(&a.as_str()) {
+                    return Err((k("algorithms"), format!("unknown algorithm `{a}` (one of {})", ALLOWED_ALGS.join(", "))));
+                }
+            }
+            if iss.issuer == self.tokens.issuer {
+                return bad(&k("issuer"), "must differ from tokens.issuer");
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, iss) in self.issuers.iter().enumerate() {
+            if !seen.insert(iss.issuer.as_str()) {
+                return Err((format!("issuers[{i}].issuer"), "issuer listed twice".to_owned()));
+            }
+        }
+        if self.tokens.default_ttl > self.tokens.max_ttl {
+            return bad("tokens.default_ttl", "must not exceed tokens.max_ttl");
+        }
+        if self.audit.queue_capacity == 0 || self.audit.batch_max == 0 {
+            return bad("audit", "queue_capacity and batch_max must be at least 1");
+        }
+        for h in [
+            &self.identity_headers.user,
+            &self.identity_headers.email,
+            &self.identity_headers.full_name,
+        ] {
+            if h.is_empty() {
+                return bad("identity_headers", "user, email and full_name header names must not be empty");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn d2s() -> ConfigDuration {
+    ConfigDuration::secs(2)
+}
+fn d5s() -> ConfigDuration {
+    ConfigDuration::secs(5)
+}
+fn d10s() -> ConfigDuration {
+    ConfigDuration::secs(10)
+}
+fn d30s() -> ConfigDuration {
+    ConfigDuration::secs(30)
+}
+fn d60s() -> ConfigDuration {
+    ConfigDuration::secs(60)
+}
+fn d90s() -> ConfigDuration {
+    ConfigDuration::secs(90)
+}
+fn d600s() -> ConfigDuration {
+    ConfigDuration::secs(600)
+}
+fn d900s() -> ConfigDuration {
+    ConfigDuration::secs(900)
+}
+fn d24h() -> ConfigDuration {
+    ConfigDuration::secs(86_400)
+}
+fn yes() -> bool {
+    true
+}
+fn default_max_header_bytes() -> usize {
+    64 * 1024
+}
+fn default_pool_max_idle() -> usize {
+    64
+}
+fn default_git() -> PathBuf {
+    PathBuf::from("git")
+}
+fn default_forge_name() -> String {
+    "default".to_owned()
+}
+fn default_user_header() -> String {
+    "X-WEBAUTH-USER".to_owned()
+}
+fn default_email_header() -> String {
+    "X-WEBAUTH-EMAIL".to_owned()
+}
+fn default_fullname_header() -> String {
+    "X-WEBAUTH-FULLNAME".to_owned()
+}
+fn default_assertion_header() -> String {
+    "X-Gatehouse-Assertion".to_owned()
+}
+fn default_algorithms() -> Vec<String> {
+    vec!["RS256".to_owned(), "ES256".to_owned()]
+}
+fn default_sub() -> String {
+    "sub".to_owned()
+}
+fn default_username() -> String {
+    "preferred_username".to_owned()
+}
+fn default_email() -> String {
+    "email".to_owned()
+}
+fn default_name() -> String {
+    "name".to_owned()
+}
+fn default_groups() -> String {
+    "groups".to_owned()
+}
+fn default_own_issuer() -> String {
+    "urn:gatehouse".to_owned()
+}
+fn default_own_audience() -> String {
+    "gatehouse".to_owned()
+}
+fn default_queue() -> usize {
+    65_536
+}
+fn default_batch() -> usize {
+    512
+}
+fn default_log_level() -> String {
+    "info".to_owned()
+}

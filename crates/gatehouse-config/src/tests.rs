@@ -1,0 +1,154 @@
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use super::*;
+
+const MINIMAL: &str = r#"
+[server]
+listen = "127.0.0.1:8080"
+[upstream]
+url = "http://127.0.0.1:3000"
+[tokens]
+signing_key = { file = "keys/signing.pem" }
+[policy]
+file = "policy.cedar"
+[audit]
+file = "audit.log"
+"#;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, Path::new("/etc/gatehouse"), "test.toml")
+}
+
+#[test]
+fn minimal_config_gets_defaults_and_resolved_paths() -> Result<(), ConfigError> {
+    let c = parse(MINIMAL)?;
+    assert_eq!(c.policy.file, Path::new("/etc/gatehouse/policy.cedar"));
+    assert_eq!(c.identity_headers.user, "X-WEBAUTH-USER");
+    assert_eq!(c.server.header_read_timeout, ConfigDuration::secs(10));
+    assert_eq!(c.forge.kind, ForgeKind::Gitea);
+    match &c.tokens.signing_key {
+        SecretSource::File { file } => assert_eq!(file, Path::new("/etc/gatehouse/keys/signing.pem")),
+        SecretSource::Env { .. } => panic!("expected a file"),
+    }
+    Ok(())
+}
+
+#[test]
+fn a_typo_fails_loudly() {
+    let text = MINIMAL.replace("[policy]\nfile", "[policy]\nfiel");
+    let err = parse(&text).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("fiel"), "{err}");
+    let text = format!("{MINIMAL}\n[log]\nlevel = \"info\"\nformt = \"json\"\n");
+    assert!(parse(&text).is_err());
+}
+
+#[test]
+fn unsafe_algorithms_are_refused() {
+    for alg in ["HS256", "none", "None"] {
+        let text = format!(
+            "{MINIMAL}\n[[issuers]]\nissuer = \"https://idp\"\naudiences = [\"gatehouse\"]\nalgorithms = [\"RS256\", \"{alg}\"]\n"
+        );
+        let err = parse(&text).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("never accepted"), "{alg}: {err}");
+    }
+}
+
+#[test]
+fn upstream_must_be_exactly_one() {
+    let text = MINIMAL.replace("url = \"http://127.0.0.1:3000\"", "");
+    assert!(parse(&text).is_err());
+    let text = MINIMAL.replace(
+        "url = \"http://127.0.0.1:3000\"",
+        "url = \"http://x\"\ngit_http_backend = { repos_dir = \"r\" }",
+    );
+    assert!(parse(&text).is_err());
+    let text = MINIMAL.replace("http://127.0.0.1:3000", "ftp://x");
+    assert!(parse(&text).is_err());
+}
+
+#[test]
+fn durations() {
+    assert_eq!(ConfigDuration::parse("250ms").map(|d| d.0.as_millis()), Ok(250));
+    assert_eq!(ConfigDuration::parse("5m").map(|d| d.0.as_secs()), Ok(300));
+    assert_eq!(ConfigDuration::parse("2d").map(|d| d.0.as_secs()), Ok(172_800));
+    assert!(ConfigDuration::parse("5").is_err());
+    assert!(ConfigDuration::parse("5 minutes").is_err());
+    assert!(ConfigDuration::parse("-5s").is_err());
+    assert_eq!(ConfigDuration::secs(3600).to_string(), "1h");
+}
+
+#[test]
+fn secrets_from_env_and_file() {
+    let dir = std::env::temp_dir().join(format!("gh-cfg-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let f = dir.join("s");
+    let _ = std::fs::write(&f, "file-secret");
+    let s = read_secret("x", &SecretSource::File { file: f });
+    assert_eq!(s.map(|s| s.expose().clone()).ok().as_deref(), Some("file-secret"));
+    let missing = read_secret(
+        "x",
+        &SecretSource::Env {
+            env: "GATEHOUSE_TEST_SURELY_UNSET".into(),
+        },
+    );
+    assert!(missing.is_err());
+}
+
+fn repo_root() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Every example config in `examples/` parses.
+#[test]
+fn examples_parse() {
+    let dir = repo_root().join("examples");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let path = entry.unwrap_or_else(|e| panic!("{e}")).path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            n += 1;
+        }
+    }
+    assert!(n >= 2, "expected example configs in {}", dir.display());
+}
+
+fn keys(prefix: &str, v: &toml::Value, out: &mut BTreeSet<String>) {
+    match v {
+        toml::Value::Table(t) => {
+            for (k, v) in t {
+                let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                out.insert(p.clone());
+                keys(&p, v, out);
+            }
+        }
+        toml::Value::Array(a) => {
+            for v in a {
+                if v.is_table() {
+                    keys(prefix, v, out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `examples/full.toml` sets every key, and `docs/configuration.md` documents every key it sets.
+#[test]
+fn every_key_is_documented() {
+    let root = repo_root();
+    let full = Config::load(&root.join("examples/full.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let serialized = toml::Value::try_from(&full).unwrap_or_else(|e| panic!("{e}"));
+    let mut all = BTreeSet::new();
+    keys("", &serialized, &mut all);
+    let text = std::fs::read_to_string(root.join("examples/full.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let written: toml::Value = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+    let mut in_example = BTreeSet::new();
+    keys("", &written, &mut in_example);
+    let missing_in_example: Vec<_> = all.difference(&in_example).collect();
+    assert!(missing_in_example.is_empty(), "examples/full.toml lacks {missing_in_example:?}");
+    let docs = std::fs::read_to_string(root.join("docs/configuration.md")).unwrap_or_else(|e| panic!("{e}"));
+    let undocumented: Vec<_> = all.iter().filter(|k| !docs.contains(&format!("`{k}`"))).collect();
+    assert!(undocumented.is_empty(), "docs/configuration.md lacks {undocumented:?}");
+}

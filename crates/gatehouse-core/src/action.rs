@@ -1,0 +1,87 @@
+use std::fmt;
+use std::str::FromStr;
+
+/// What a request wants to do, in the forge's terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Action {
+    /// Clone, fetch, ls-remote (upload-pack) and dumb-HTTP reads.
+    GitRead,
+    /// Push (receive-pack).
+    GitWrite,
+    /// Download LFS objects.
+    LfsRead,
+    /// Upload LFS objects, manage locks.
+    LfsWrite,
+    /// Forge REST API with a safe method (GET, HEAD, OPTIONS).
+    ApiRead,
+    /// Forge REST API with any other method.
+    ApiWrite,
+    /// Anything else: the web UI and plain routes.
+    WebAccess,
+}
+
+impl Action {
+    /// Every action, in a stable order.
+    pub const ALL: [Action; 7] = [
+        Action::GitRead,
+        Action::GitWrite,
+        Action::LfsRead,
+        Action::LfsWrite,
+        Action::ApiRead,
+        Action::ApiWrite,
+        Action::WebAccess,
+    ];
+
+    /// The action's name as policies and audit records spell it (`git:read`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Action::GitRead => "git:read",
+            Action::GitWrite => "git:write",
+            Action::LfsRead => "lfs:read",
+            Action::LfsWrite => "lfs:write",
+            Action::ApiRead => "api:read",
+            Action::ApiWrite => "api:write",
+            Action::WebAccess => "web:access",
+        }
+    }
+
+    /// Whether the action changes state on the forge.
+    pub const fn is_write(self) -> bool {
+        matches!(self, Action::GitWrite | Action::LfsWrite | Action::ApiWrite)
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An action name that Gatehouse does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown action `{0}` (expected one of git:read, git:write, lfs:read, lfs:write, api:read, api:write, web:access)")]
+pub struct ParseActionError(pub String);
+
+impl FromStr for Action {
+    type Err = ParseActionError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Action::ALL
+            .into_iter()
+            .find(|a| a.as_str() == s)
+            .ok_or_else(|| ParseActionError(s.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for a in Action::ALL {
+            assert_eq!(a.as_str().parse::<Action>(), Ok(a));
+        }
+        assert!("git:admin".parse::<Action>().is_err());
+    }
+}

@@ -1,0 +1,54 @@
+/// Whether a principal is a person or a machine identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PrincipalKind {
+    /// A person, signed in through an identity provider.
+    User,
+    /// A service account, CI job or AI agent.
+    Service,
+}
+
+impl PrincipalKind {
+    /// `user` or `service`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            PrincipalKind::User => "user",
+            PrincipalKind::Service => "service",
+        }
+    }
+}
+
+/// An authenticated caller, as mapped from a credential's claims.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Principal {
+    /// Person or machine.
+    pub kind: PrincipalKind,
+    /// The issuer that vouched for this principal.
+    pub issuer: String,
+    /// The subject, unique within the issuer.
+    pub subject: String,
+    /// The name the forge knows the principal by (sent as `X-WEBAUTH-USER`).
+    pub username: String,
+    /// Display name, when the credential carried one.
+    pub display_name: Option<String>,
+    /// E-mail address, when the credential carried one.
+    pub email: Option<String>,
+    /// Group names, sorted and without duplicates.
+    pub groups: Vec<String>,
+    /// The credential's id (`jti`), for audit records and revocation.
+    pub token_id: Option<String>,
+    /// When the credential expires, in seconds since the epoch.
+    pub expires_at: Option<i64>,
+}
+
+impl Principal {
+    /// Whether the principal belongs to `group`.
+    pub fn in_group(&self, group: &str) -> bool {
+        self.groups.binary_search_by(|g| g.as_str().cmp(group)).is_ok()
+    }
+
+    /// Sorts and de-duplicates the group list (what [`Principal::in_group`] relies on).
+    pub fn normalize_groups(&mut self) {
+        self.groups.sort();
+        self.groups.dedup();
+    }
+}

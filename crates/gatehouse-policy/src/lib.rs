@@ -1,0 +1,302 @@
+//! The policy core: Gatehouse's forge-aware model expressed in Cedar, and `evaluate`/`explain` over
+//! it. Default deny: a request is allowed only when a `permit` matches and no `forbid` does.
+//!
+//! Pure: no I/O, no clock, no async. Loading the policy file and reloading it on change belong to
+//! the caller; this crate turns policy text into a validated [`PolicyEngine`] or a readable error.
+#![forbid(unsafe_code)]
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use cedar_policy::{
+    Authorizer, Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicyId, PolicySet, Request,
+    RestrictedExpression, Schema, ValidationMode, Validator,
+};
+use gatehouse_core::{Action, Decision, Principal, PrincipalKind, Resource};
+
+/// The Cedar schema every policy file is validated against.
+pub const SCHEMA: &str = include_str!("schema.cedarschema");
+
+/// The namespace of every Gatehouse entity type.
+pub const NAMESPACE: &str = "Gatehouse";
+
+/// Why a policy file was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PolicyError {
+    /// Cedar could not parse the policy text.
+    #[error("policy syntax error: {0}")]
+    Parse(String),
+    /// The policies do not fit Gatehouse's schema (unknown entity type, attribute or action).
+    #[error("policy does not validate against the Gatehouse schema: {0}")]
+    Validation(String),
+    /// Two policies carry the same `@id`.
+    #[error("duplicate policy @id(\"{0}\")")]
+    DuplicateId(String),
+    /// Policy templates are not supported.
+    #[error("policy templates are not supported")]
+    Template,
+    /// The built-in schema failed to load (a bug).
+    #[error("internal schema error: {0}")]
+    Schema(String),
+}
+
+/// Request facts beyond principal, action and resource.
+#[derive(Debug, Clone)]
+pub struct RequestFacts<'a> {
+    /// The client's address.
+    pub source_ip: IpAddr,
+    /// The request method, upper-case.
+    pub method: &'a str,
+    /// The request host, lower-case, without port.
+    pub host: &'a str,
+    /// The request is for a repository's wiki.
+    pub wiki: bool,
+}
+
+/// One question to the policy.
+#[derive(Debug, Clone)]
+pub struct AuthzRequest<'a> {
+    /// Who asks.
+    pub principal: &'a Principal,
+    /// To do what.
+    pub action: Action,
+    /// To what.
+    pub resource: &'a Resource,
+    /// In which circumstances.
+    pub facts: RequestFacts<'a>,
+}
+
+/// A decision with the text of the policies that made it, for `gatehouse policy explain`.
+#[derive(Debug, Clone)]
+pub struct Explanation {
+    /// The decision.
+    pub decision: Decision,
+    /// `(id, source text)` of each deciding policy.
+    pub deciding: Vec<(String, String)>,
+    /// Evaluation errors (a policy that erred is skipped, which can only narrow access).
+    pub errors: Vec<String>,
+}
+
+/// A validated policy set, ready to answer questions. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct PolicyEngine {
+    policies: PolicySet,
+    schema: Schema,
+    action_entities: Vec<Entity>,
+    authorizer: Authorizer,
+    forge: String,
+    count: usize,
+}
+
+fn type_name(name: &str) -> EntityTypeName {
+    // The names passed here are the fixed type names of SCHEMA, which always parse.
+    EntityTypeName::from_str(&format!("{NAMESPACE}::{name}")).unwrap_or_else(|_| unreachable!("fixed type name {name}"))
+}
+
+fn uid(ty: &str, id: &str) -> EntityUid {
+    EntityUid::from_type_name_and_id(type_name(ty), EntityId::new(id))
+}
+
+fn s(v: &str) -> RestrictedExpression {
+    RestrictedExpression::new_string(v.to_owned())
+}
+
+impl PolicyEngine {
+    /// Parses and validates policy text. Policies are named by their `@id("...")` annotation (or
+    /// `policyN` by position); an optional `@reason("...")` on a `forbid` becomes the reason code
+    /// a denied client sees.
+    pub fn new(src: &str, forge: &str) -> Result<Self, PolicyError> {
+        let (schema, _warnings) = Schema::from_cedarschema_str(SCHEMA).map_err(|e| PolicyError::Schema(e.to_string()))?;
+        let parsed = PolicySet::from_str(src).map_err(|e| PolicyError::Parse(format_errors(&e)))?;
+        if parsed.templates().next().is_some() {
+            return Err(PolicyError::Template);
+        }
+        let mut policies = PolicySet::new();
+        let mut seen = HashSet::new();
+        let mut count = 0;
+        for p in parsed.policies() {
+            let p = match p.annotation("id") {
+                Some(id) => {
+                    if !seen.insert(id.to_owned()) {
+                        return Err(PolicyError::DuplicateId(id.to_owned()));
+                    }
+                    p.new_id(PolicyId::new(id))
+                }
+                None => p.clone(),
+            };
+            policies.add(p).map_err(|e| PolicyError::Parse(e.to_string()))?;
+            count += 1;
+        }
+        let result = Validator::new(schema.clone()).validate(&policies, ValidationMode::Strict);
+        if !result.validation_passed() {
+            let msgs: Vec<String> = result.validation_errors().map(|e| format!("{e}")).collect();
+            return Err(PolicyError::Validation(msgs.join("; ")));
+        }
+        let action_entities = schema
+            .action_entities()
+            .map_err(|e| PolicyError::Schema(e.to_string()))?
+            .into_iter()
+            .collect();
+        Ok(Self {
+            policies,
+            schema,
+            action_entities,
+            authorizer: Authorizer::new(),
+            forge: forge.to_owned(),
+            count,
+        })
+    }
+
+    /// How many policies are loaded.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether no policy is loaded (everything is denied).
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    fn principal_entity(&self, p: &Principal) -> Result<(EntityUid, Vec<Entity>), String> {
+        let ty = match p.kind {
+            PrincipalKind::User => "User",
+            PrincipalKind::Service => "ServiceAccount",
+        };
+        let id = uid(ty, &p.username);
+        let mut attrs = HashMap::from([
+            ("subject".to_owned(), s(&p.subject)),
+            ("issuer".to_owned(), s(&p.issuer)),
+            ("username".to_owned(), s(&p.username)),
+        ]);
+        if let Some(e) = &p.email {
+            attrs.insert("email".to_owned(), s(e));
+        }
+        if let Some(n) = &p.display_name {
+            attrs.insert("name".to_owned(), s(n));
+        }
+        let groups: Vec<EntityUid> = p.groups.iter().map(|g| uid("Group", g)).collect();
+        let mut out: Vec<Entity> = groups.iter().map(|g| Entity::new_no_attrs(g.clone(), HashSet::new())).collect();
+        let me = Entity::new(id.clone(), attrs, groups.into_iter().collect()).map_err(|e| e.to_string())?;
+        out.push(me);
+        Ok((id, out))
+    }
+
+    fn resource_entity(&self, r: &Resource) -> Result<(EntityUid, Vec<Entity>), String> {
+        match r {
+            Resource::Repo(repo) => {
+                let forge = uid("Forge", &self.forge);
+                let owner = uid("Owner", &repo.owner);
+                let path = repo.path();
+                let id = uid("Repo", &path);
+                let owner_e = Entity::new(
+                    owner.clone(),
+                    HashMap::from([("name".to_owned(), s(&repo.owner))]),
+                    HashSet::from([forge.clone()]),
+                )
+                .map_err(|e| e.to_string())?;
+                let repo_e = Entity::new(
+                    id.clone(),
+                    HashMap::from([
+                        ("owner".to_owned(), s(&repo.owner)),
+                        ("name".to_owned(), s(&repo.name)),
+                        ("path".to_owned(), s(&path)),
+                    ]),
+                    HashSet::from([owner]),
+                )
+                .map_err(|e| e.to_string())?;
+                Ok((id, vec![Entity::new_no_attrs(forge, HashSet::new()), owner_e, repo_e]))
+            }
+            Resource::Route(route) => {
+                let id = uid("Route", &format!("{} {}{}", route.method, route.host, route.path));
+                let e = Entity::new(
+                    id.clone(),
+                    HashMap::from([
+                        ("host".to_owned(), s(&route.host)),
+                        ("path".to_owned(), s(&route.path)),
+                        ("method".to_owned(), s(&route.method)),
+                    ]),
+                    HashSet::new(),
+                )
+                .map_err(|e| e.to_string())?;
+                Ok((id, vec![e]))
+            }
+        }
+    }
+
+    fn cedar_request(&self, q: &AuthzRequest<'_>) -> Result<(Request, Entities), String> {
+        let (p, mut entities) = self.principal_entity(q.principal)?;
+        let (r, res) = self.resource_entity(q.resource)?;
+        entities.extend(res);
+        entities.extend(self.action_entities.iter().cloned());
+        let ctx = Context::from_pairs([
+            ("source_ip".to_owned(), RestrictedExpression::new_ip(q.facts.source_ip.to_string())),
+            ("method".to_owned(), s(q.facts.method)),
+            ("host".to_owned(), s(q.facts.host)),
+            ("wiki".to_owned(), RestrictedExpression::new_bool(q.facts.wiki)),
+        ])
+        .map_err(|e| e.to_string())?;
+        let a = uid("Action", q.action.as_str());
+        let req = Request::new(p, a, r, ctx, Some(&self.schema)).map_err(|e| e.to_string())?;
+        let ents = Entities::from_entities(entities, None).map_err(|e| e.to_string())?;
+        Ok((req, ents))
+    }
+
+    /// Decides a request. Anything that goes wrong while building the question is a deny.
+    pub fn evaluate(&self, q: &AuthzRequest<'_>) -> Decision {
+        self.explain(q).decision
+    }
+
+    /// Decides a request and says which policies decided it and why.
+    pub fn explain(&self, q: &AuthzRequest<'_>) -> Explanation {
+        let (req, ents) = match self.cedar_request(q) {
+            Ok(x) => x,
+            Err(e) => {
+                return Explanation {
+                    decision: Decision {
+                        allowed: false,
+                        policies: vec![],
+                        reason: "policy_request_invalid".to_owned(),
+                    },
+                    deciding: vec![],
+                    errors: vec![e],
+                };
+            }
+        };
+        let resp = self.authorizer.is_authorized(&req, &self.policies, &ents);
+        let ids: Vec<String> = resp.diagnostics().reason().map(|id| id.to_string()).collect();
+        let errors: Vec<String> = resp.diagnostics().errors().map(|e| e.to_string()).collect();
+        let allowed = resp.decision() == cedar_policy::Decision::Allow;
+        let reason = if allowed {
+            "allowed".to_owned()
+        } else if let Some(id) = ids.first() {
+            self.policies
+                .policy(&PolicyId::new(id))
+                .and_then(|p| p.annotation("reason"))
+                .map_or_else(|| "forbidden_by_policy".to_owned(), str::to_owned)
+        } else {
+            "no_matching_permit".to_owned()
+        };
+        let deciding = ids
+            .iter()
+            .filter_map(|id| self.policies.policy(&PolicyId::new(id)).map(|p| (id.clone(), p.to_string())))
+            .collect();
+        Explanation {
+            decision: Decision {
+                allowed,
+                policies: ids,
+                reason,
+            },
+            deciding,
+            errors,
+        }
+    }
+}
+
+fn format_errors(e: &cedar_policy::ParseErrors) -> String {
+    e.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+}
+
+#[cfg(test)]
+mod tests;

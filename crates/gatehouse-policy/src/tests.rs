@@ -1,0 +1,163 @@
+use std::net::{IpAddr, Ipv4Addr};
+
+use gatehouse_core::{Action, Principal, PrincipalKind, RepoRef, Resource, Route};
+
+use super::*;
+
+const POLICY: &str = r#"
+@id("dev-demo")
+permit(principal in Gatehouse::Group::"dev", action in [Gatehouse::Action::"git:read", Gatehouse::Action::"git:write"], resource in Gatehouse::Owner::"demo");
+
+@id("ci-read")
+permit(principal in Gatehouse::Group::"ci", action == Gatehouse::Action::"git:read", resource in Gatehouse::Owner::"demo");
+
+@id("no-secret")
+@reason("secret_repos_locked")
+forbid(principal, action, resource == Gatehouse::Repo::"demo/secret");
+
+@id("explore")
+permit(principal, action == Gatehouse::Action::"web:access", resource is Gatehouse::Route) when { resource.path like "/explore/*" };
+"#;
+
+fn principal(user: &str, groups: &[&str]) -> Principal {
+    Principal {
+        kind: PrincipalKind::User,
+        issuer: "https://idp".into(),
+        subject: user.into(),
+        username: user.into(),
+        display_name: None,
+        email: Some(format!("{user}@example.test")),
+        groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+        token_id: None,
+        expires_at: None,
+    }
+}
+
+fn repo(o: &str, n: &str) -> Resource {
+    Resource::Repo(RepoRef {
+        owner: o.into(),
+        name: n.into(),
+    })
+}
+
+fn ask(engine: &PolicyEngine, p: &Principal, action: Action, r: &Resource) -> Decision {
+    engine.evaluate(&AuthzRequest {
+        principal: p,
+        action,
+        resource: r,
+        facts: RequestFacts {
+            source_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            method: "GET",
+            host: "git.example",
+            wiki: false,
+        },
+    })
+}
+
+fn engine() -> PolicyEngine {
+    match PolicyEngine::new(POLICY, "default") {
+        Ok(e) => e,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn group_members_reach_their_owner() {
+    let e = engine();
+    let alice = principal("alice", &["dev"]);
+    let d = ask(&e, &alice, Action::GitWrite, &repo("demo", "hello"));
+    assert!(d.allowed);
+    assert_eq!(d.policies, vec!["dev-demo".to_owned()]);
+    assert_eq!(d.reason, "allowed");
+}
+
+#[test]
+fn read_only_group_cannot_push() {
+    let e = engine();
+    let bot = principal("ci-bot", &["ci"]);
+    assert!(ask(&e, &bot, Action::GitRead, &repo("demo", "hello")).allowed);
+    let d = ask(&e, &bot, Action::GitWrite, &repo("demo", "hello"));
+    assert!(!d.allowed);
+    assert_eq!(d.reason, "no_matching_permit");
+    assert_eq!(d.deciding_policy(), "default-deny");
+}
+
+#[test]
+fn default_deny_outside_the_owner() {
+    let e = engine();
+    let alice = principal("alice", &["dev"]);
+    assert!(!ask(&e, &alice, Action::GitRead, &repo("other", "hello")).allowed);
+    // a group name that merely looks similar does not match
+    assert!(!ask(&e, &principal("mallory", &["dev2"]), Action::GitRead, &repo("demo", "hello")).allowed);
+}
+
+#[test]
+fn forbid_wins_with_its_reason() {
+    let e = engine();
+    let alice = principal("alice", &["dev"]);
+    let d = ask(&e, &alice, Action::GitRead, &repo("demo", "secret"));
+    assert!(!d.allowed);
+    assert_eq!(d.reason, "secret_repos_locked");
+    assert_eq!(d.policies, vec!["no-secret".to_owned()]);
+}
+
+#[test]
+fn routes() {
+    let e = engine();
+    let anyone = principal("bob", &[]);
+    let route = |path: &str| {
+        Resource::Route(Route {
+            host: "git.example".into(),
+            path: path.into(),
+            method: "GET".into(),
+        })
+    };
+    assert!(ask(&e, &anyone, Action::WebAccess, &route("/explore/repos")).allowed);
+    assert!(!ask(&e, &anyone, Action::WebAccess, &route("/admin")).allowed);
+}
+
+#[test]
+fn service_accounts_are_principals_too() {
+    let e = engine();
+    let mut bot = principal("agent:reviewer", &["ci"]);
+    bot.kind = PrincipalKind::Service;
+    assert!(ask(&e, &bot, Action::GitRead, &repo("demo", "hello")).allowed);
+}
+
+#[test]
+fn action_groups() {
+    let e = match PolicyEngine::new(
+        r#"permit(principal, action in Gatehouse::Action::"read", resource in Gatehouse::Owner::"pub");"#,
+        "default",
+    ) {
+        Ok(e) => e,
+        Err(e) => panic!("{e}"),
+    };
+    let p = principal("x", &[]);
+    assert!(ask(&e, &p, Action::GitRead, &repo("pub", "r")).allowed);
+    assert!(ask(&e, &p, Action::LfsRead, &repo("pub", "r")).allowed);
+    assert!(!ask(&e, &p, Action::GitWrite, &repo("pub", "r")).allowed);
+}
+
+#[test]
+fn refusals_are_readable() {
+    let err = |src: &str| match PolicyEngine::new(src, "default") {
+        Ok(_) => panic!("accepted: {src}"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err("permit(principal, action, resource").contains("syntax"));
+    assert!(err(r#"permit(principal in Gatehouse::Team::"x", action, resource);"#).contains("schema"));
+    assert!(err(r#"permit(principal, action == Gatehouse::Action::"git:push", resource);"#).contains("schema"));
+    assert!(err("@id(\"a\") permit(principal, action, resource);\n@id(\"a\") permit(principal, action, resource);")
+        .contains("duplicate"));
+}
+
+#[test]
+fn empty_policy_denies_everything() {
+    let e = match PolicyEngine::new("", "default") {
+        Ok(e) => e,
+        Err(e) => panic!("{e}"),
+    };
+    assert!(e.is_empty());
+    assert!(!ask(&e, &principal("a", &["dev"]), Action::GitRead, &repo("demo", "hello")).allowed);
+}

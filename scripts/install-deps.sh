@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Install what Gatehouse's integration tests and benchmarks need (Debian 12, run as root):
+#   - apt packages: git curl nginx fcgiwrap openssh-server wrk procps
+#     (installed only when one of their programs is missing)
+#   - the test IdP's npm dependencies (crates/gatehouse-testkit/idp), via `npm ci`,
+#     when node_modules is missing or older than package-lock.json
+# Node.js >= 20.19 and npm must already be installed.
+# Idempotent: a second run only checks and returns in about a second.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+IDP_DIR=$ROOT/crates/gatehouse-testkit/idp
+export DEBIAN_FRONTEND=noninteractive
+export PATH=$PATH:/usr/local/sbin:/usr/sbin:/sbin
+
+say() { printf 'install-deps: %s\n' "$*"; }
+die() { printf 'install-deps: error: %s\n' "$*" >&2; exit 1; }
+
+# ---- apt packages: "package:program" (the program proves the package is there)
+PACKAGES=(git:git curl:curl nginx:nginx fcgiwrap:fcgiwrap openssh-server:sshd wrk:wrk procps:pgrep)
+missing=()
+for entry in "${PACKAGES[@]}"; do
+  command -v "${entry#*:}" >/dev/null 2>&1 || missing+=("${entry%%:*}")
+done
+if ((${#missing[@]})); then
+  [ "$(id -u)" -eq 0 ] || die "missing ${missing[*]}; run as root to install them"
+  command -v apt-get >/dev/null 2>&1 || die "missing ${missing[*]} and no apt-get (Debian 12 expected)"
+  say "apt: installing ${missing[*]}"
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends -o Dpkg::Use-Pty=0 "${missing[@]}" >/dev/null
+  for entry in "${PACKAGES[@]}"; do
+    command -v "${entry#*:}" >/dev/null 2>&1 || die "${entry%%:*} installed but ${entry#*:} not found"
+  done
+else
+  say "apt: all present (${PACKAGES[*]%%:*})"
+fi
+
+# ---- Node.js
+command -v node >/dev/null 2>&1 || die "node not found; install Node.js >= 20.19"
+command -v npm >/dev/null 2>&1 || die "npm not found; install npm with Node.js >= 20.19"
+node_version=$(node --version)
+IFS=. read -r major minor _ <<<"${node_version#v}"
+if ! [[ $major =~ ^[0-9]+$ && $minor =~ ^[0-9]+$ ]] || ((major < 20 || (major == 20 && minor < 19))); then
+  die "Node.js $node_version is too old: the test IdP (oidc-provider 9) needs >= 20.19"
+fi
+say "node: $node_version ok"
+
+# ---- test IdP npm dependencies
+[ -f "$IDP_DIR/package-lock.json" ] || die "$IDP_DIR/package-lock.json not found"
+marker=$IDP_DIR/node_modules/.package-lock.json
+if [ ! -f "$marker" ] || [ "$IDP_DIR/package-lock.json" -nt "$marker" ]; then
+  say "npm: npm ci in ${IDP_DIR#"$ROOT"/}"
+  (cd "$IDP_DIR" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+else
+  say "npm: ${IDP_DIR#"$ROOT"/}/node_modules up to date"
+fi
+say "done"
