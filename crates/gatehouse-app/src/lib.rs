@@ -1,1 +1,18 @@
+//! The composition root: turns a config file into running parts (authenticator, policy engine
+//! with hot reload, audit writer, upstream, listeners), runs them until SIGTERM, and drains.
+//! It also implements the offline commands (`token issue`, `policy check|explain`, `audit verify`,
+//! `keys generate`) and `quickstart`.
+//!
+//! Only this crate knows every other crate. It owns no protocol logic of its own.
 #![forbid(unsafe_code)]
+
+mod commands;
+mod quickstart;
+mod serve;
+
+pub use commands::{
+    ExplainArgs, TokenIssueArgs, audit_verify, keys_generate, policy_check, policy_explain,
+    token_issue,
+};
+pub use quickstart::{QuickstartArgs, quickstart};
+pub use serve::{ServeArgs, serve};

@@ -77,7 +77,9 @@ pub enum VerifyError {
         line: u64,
     },
     /// `seq` does not follow the previous record's.
-    #[error("line {line}: sequence number {found}, expected {expected} (records deleted, inserted or reordered)")]
+    #[error(
+        "line {line}: sequence number {found}, expected {expected} (records deleted, inserted or reordered)"
+    )]
     Sequence {
         /// 1-based line number.
         line: u64,
@@ -126,7 +128,9 @@ pub fn verify(path: &Path) -> Result<VerifyReport, VerifyError> {
     let mut buf = Vec::new();
     loop {
         buf.clear();
-        let n = reader.read_until(b'\n', &mut buf).map_err(|e| io(e, path))?;
+        let n = reader
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| io(e, path))?;
         if n == 0 {
             break;
         }
@@ -185,7 +189,10 @@ pub fn verify(path: &Path) -> Result<VerifyReport, VerifyError> {
                 what: "the last record was edited",
             });
         }
-        if recorded.seq < records && recorded.seq > 0 && !hash_at(path, recorded.seq, &recorded.hash)? {
+        if recorded.seq < records
+            && recorded.seq > 0
+            && !hash_at(path, recorded.seq, &recorded.hash)?
+        {
             return Err(VerifyError::Head {
                 head_file,
                 log_seq: records,

@@ -49,7 +49,9 @@ pub enum OpenError {
         source: std::io::Error,
     },
     /// The existing log ends in a partial or unreadable record; appending would break the chain.
-    #[error("audit log {path} ends in a damaged record ({why}); run `gatehouse audit verify {path}` and repair it before starting")]
+    #[error(
+        "audit log {path} ends in a damaged record ({why}); run `gatehouse audit verify {path}` and repair it before starting"
+    )]
     DamagedTail {
         /// The file.
         path: String,
@@ -159,7 +161,10 @@ impl AuditSink {
 
     /// Queues a record, waiting for room. For events outside the request path (start, stop).
     pub async fn send(&self, record: AuditRecord) -> Result<(), AuditUnavailable> {
-        self.tx.send(record).await.map_err(|_| AuditUnavailable::Closed)
+        self.tx
+            .send(record)
+            .await
+            .map_err(|_| AuditUnavailable::Closed)
     }
 }
 
@@ -297,7 +302,11 @@ impl Writer {
             buf.push(b'\n');
         }
         let before = self.file.metadata().map(|m| m.len()).ok();
-        if let Err(e) = self.file.write_all(&buf).and_then(|()| self.file.sync_data()) {
+        if let Err(e) = self
+            .file
+            .write_all(&buf)
+            .and_then(|()| self.file.sync_data())
+        {
             if let Some(len) = before {
                 let _ = self.file.set_len(len);
             }

@@ -38,7 +38,9 @@ impl TokenCache {
     }
 
     pub(crate) fn insert(&self, key: TokenKey, p: Principal, exp: i64) {
-        let Ok(mut map) = self.map.write() else { return };
+        let Ok(mut map) = self.map.write() else {
+            return;
+        };
         if map.len() >= self.max {
             // Entries are never kept past `exp`; dropping them all is the simple bound.
             map.clear();

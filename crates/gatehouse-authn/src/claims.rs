@@ -77,8 +77,9 @@ pub(crate) fn check_standard(
 fn valid_username(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 255
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@' | b':' | b'+'))
+        && s.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@' | b':' | b'+')
+        })
 }
 
 /// Text that may travel in a header value: no control characters.
@@ -111,7 +112,10 @@ pub fn map_principal(
     }
     let mut groups: Vec<String> = match lookup(claims, &mapping.groups) {
         None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
         Some(Value::String(s)) => s
             .split(|c: char| c == ',' || c.is_whitespace())
             .filter(|g| !g.is_empty())
@@ -151,14 +155,25 @@ mod tests {
     #[test]
     fn standard_claims() {
         let aud = vec!["gatehouse".to_owned()];
-        let ok = claims(serde_json::json!({"exp": 1000, "nbf": 900, "iat": 900, "aud": ["x", "gatehouse"]}));
+        let ok = claims(
+            serde_json::json!({"exp": 1000, "nbf": 900, "iat": 900, "aud": ["x", "gatehouse"]}),
+        );
         assert_eq!(check_standard(&ok, 950, 0, &aud, &[]), Ok(()));
-        assert_eq!(check_standard(&ok, 1001, 0, &aud, &[]), Err(AuthnError::Expired));
+        assert_eq!(
+            check_standard(&ok, 1001, 0, &aud, &[]),
+            Err(AuthnError::Expired)
+        );
         assert_eq!(check_standard(&ok, 1001, 5, &aud, &[]), Ok(()));
-        assert_eq!(check_standard(&ok, 800, 0, &aud, &[]), Err(AuthnError::NotYetValid));
+        assert_eq!(
+            check_standard(&ok, 800, 0, &aud, &[]),
+            Err(AuthnError::NotYetValid)
+        );
         assert_eq!(check_standard(&ok, 850, 60, &aud, &[]), Ok(()));
         let wrong = claims(serde_json::json!({"exp": 1000, "aud": "other"}));
-        assert_eq!(check_standard(&wrong, 950, 0, &aud, &[]), Err(AuthnError::WrongAudience));
+        assert_eq!(
+            check_standard(&wrong, 950, 0, &aud, &[]),
+            Err(AuthnError::WrongAudience)
+        );
         let no_exp = claims(serde_json::json!({"aud": "gatehouse"}));
         assert_eq!(
             check_standard(&no_exp, 950, 0, &aud, &[]),
@@ -169,7 +184,10 @@ mod tests {
             Err(AuthnError::MissingClaim("email".into()))
         );
         let future = claims(serde_json::json!({"exp": 5000, "iat": 2000, "aud": "gatehouse"}));
-        assert_eq!(check_standard(&future, 950, 60, &aud, &[]), Err(AuthnError::IssuedInFuture));
+        assert_eq!(
+            check_standard(&future, 950, 60, &aud, &[]),
+            Err(AuthnError::IssuedInFuture)
+        );
     }
 
     #[test]
@@ -184,13 +202,15 @@ mod tests {
             groups: "realm_access.roles".into(),
             ..ClaimMapping::default()
         };
-        let p = map_principal(&c, &m, "https://idp", PrincipalKind::User).unwrap_or_else(|e| panic!("{e}"));
+        let p = map_principal(&c, &m, "https://idp", PrincipalKind::User)
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(p.username, "alice");
         assert_eq!(p.groups, vec!["dev", "ops"]);
         assert_eq!(p.display_name.as_deref(), Some("Alice Ä"));
         assert_eq!(p.expires_at, Some(99));
         m.groups = "https://example.com/groups".into();
-        let p = map_principal(&c, &m, "https://idp", PrincipalKind::User).unwrap_or_else(|e| panic!("{e}"));
+        let p = map_principal(&c, &m, "https://idp", PrincipalKind::User)
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(p.groups, vec!["a", "b", "c"]);
     }
 
@@ -204,11 +224,19 @@ mod tests {
             serde_json::json!({"sub": "x", "groups": ["a,b"]}),
             serde_json::json!({"sub": "x", "groups": 7}),
         ] {
-            assert!(map_principal(&claims(bad.clone()), &m, "i", PrincipalKind::User).is_err(), "{bad}");
+            assert!(
+                map_principal(&claims(bad.clone()), &m, "i", PrincipalKind::User).is_err(),
+                "{bad}"
+            );
         }
         // no username claim: the subject is used
-        let p = map_principal(&claims(serde_json::json!({"sub": "ci-bot"})), &m, "i", PrincipalKind::Service)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let p = map_principal(
+            &claims(serde_json::json!({"sub": "ci-bot"})),
+            &m,
+            "i",
+            PrincipalKind::Service,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(p.username, "ci-bot");
     }
 }

@@ -43,13 +43,20 @@ pub(crate) struct Key {
 
 impl std::fmt::Debug for Key {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Key").field("kid", &self.kid).field("family", &self.family).finish()
+        f.debug_struct("Key")
+            .field("kid", &self.kid)
+            .field("family", &self.family)
+            .finish()
     }
 }
 
 /// Picks the key for a token: by `kid`, or the only key of the right family when it has none.
 /// `Ok(None)` when no key has that `kid`; an error when the key does not fit the algorithm.
-pub(crate) fn select<'a>(keys: &'a [Key], kid: Option<&str>, alg: Algorithm) -> Result<Option<&'a Key>, AuthnError> {
+pub(crate) fn select<'a>(
+    keys: &'a [Key],
+    kid: Option<&str>,
+    alg: Algorithm,
+) -> Result<Option<&'a Key>, AuthnError> {
     match kid {
         Some(kid) => match keys.iter().find(|k| k.kid.as_deref() == Some(kid)) {
             Some(k) if k.family.fits(alg) => Ok(Some(k)),
@@ -67,8 +74,13 @@ pub(crate) fn select<'a>(keys: &'a [Key], kid: Option<&str>, alg: Algorithm) -> 
 }
 
 /// Checks a token's signature with `key`.
-pub(crate) fn check_signature(jwt: &UnverifiedJwt, key: &Key, alg: Algorithm) -> Result<(), AuthnError> {
-    match jsonwebtoken::crypto::verify(&jwt.signature, jwt.signing_input.as_bytes(), &key.key, alg) {
+pub(crate) fn check_signature(
+    jwt: &UnverifiedJwt,
+    key: &Key,
+    alg: Algorithm,
+) -> Result<(), AuthnError> {
+    match jsonwebtoken::crypto::verify(&jwt.signature, jwt.signing_input.as_bytes(), &key.key, alg)
+    {
         Ok(true) => Ok(()),
         _ => Err(AuthnError::BadSignature),
     }
@@ -192,10 +204,12 @@ impl IssuerKeys {
         if last != i64::MIN && now.saturating_sub(last) < min {
             return false;
         }
-        let before = self.fetches_ok.load(Ordering::Relaxed) + self.fetches_failed.load(Ordering::Relaxed);
+        let before =
+            self.fetches_ok.load(Ordering::Relaxed) + self.fetches_failed.load(Ordering::Relaxed);
         let _guard = self.fetch_lock.lock().await;
         // Another task may have refetched while this one waited.
-        let after = self.fetches_ok.load(Ordering::Relaxed) + self.fetches_failed.load(Ordering::Relaxed);
+        let after =
+            self.fetches_ok.load(Ordering::Relaxed) + self.fetches_failed.load(Ordering::Relaxed);
         if after != before {
             return true;
         }
@@ -236,11 +250,15 @@ impl IssuerKeys {
                     EllipticCurve::P384 => KeyFamily::P384,
                     _ => continue,
                 },
-                AlgorithmParameters::OctetKeyPair(okp) if okp.curve == EllipticCurve::Ed25519 => KeyFamily::Ed25519,
+                AlgorithmParameters::OctetKeyPair(okp) if okp.curve == EllipticCurve::Ed25519 => {
+                    KeyFamily::Ed25519
+                }
                 // Symmetric keys in a JWKS are never used: HMAC is not accepted from issuers.
                 _ => continue,
             };
-            let Ok(key) = DecodingKey::from_jwk(jwk) else { continue };
+            let Ok(key) = DecodingKey::from_jwk(jwk) else {
+                continue;
+            };
             keys.push(Key {
                 kid: jwk.common.key_id.clone(),
                 family,
@@ -254,7 +272,11 @@ impl IssuerKeys {
         })
     }
 
-    async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str, timeout: std::time::Duration) -> Result<T, String> {
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        url: &str,
+        timeout: std::time::Duration,
+    ) -> Result<T, String> {
         let resp = self
             .http
             .get(url)
@@ -273,7 +295,11 @@ impl IssuerKeys {
     }
 
     /// Verifies a token that names this issuer.
-    pub(crate) async fn verify(&self, jwt: &UnverifiedJwt, now: i64) -> Result<Principal, AuthnError> {
+    pub(crate) async fn verify(
+        &self,
+        jwt: &UnverifiedJwt,
+        now: i64,
+    ) -> Result<Principal, AuthnError> {
         let alg = Algorithm::from_str(&jwt.alg).map_err(|_| AuthnError::AlgorithmNotAllowed)?;
         if !self.algorithms.contains(&alg) {
             return Err(AuthnError::AlgorithmNotAllowed);

@@ -40,20 +40,28 @@ pub fn parse_unverified(token: &str) -> Result<UnverifiedJwt, AuthnError> {
         return Err(AuthnError::Malformed);
     }
     let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return Err(AuthnError::Malformed);
     };
     if h.is_empty() || p.is_empty() {
         return Err(AuthnError::Malformed);
     }
-    let header_bytes = URL_SAFE_NO_PAD.decode(h).map_err(|_| AuthnError::Malformed)?;
-    let header: Header = serde_json::from_slice(&header_bytes).map_err(|_| AuthnError::Malformed)?;
+    let header_bytes = URL_SAFE_NO_PAD
+        .decode(h)
+        .map_err(|_| AuthnError::Malformed)?;
+    let header: Header =
+        serde_json::from_slice(&header_bytes).map_err(|_| AuthnError::Malformed)?;
     if header.crit.is_some() {
         // No critical extension is understood, so none may be accepted (RFC 7515 §4.1.11).
         return Err(AuthnError::Malformed);
     }
-    let payload = URL_SAFE_NO_PAD.decode(p).map_err(|_| AuthnError::Malformed)?;
-    let claims: Map<String, Value> = serde_json::from_slice(&payload).map_err(|_| AuthnError::Malformed)?;
+    let payload = URL_SAFE_NO_PAD
+        .decode(p)
+        .map_err(|_| AuthnError::Malformed)?;
+    let claims: Map<String, Value> =
+        serde_json::from_slice(&payload).map_err(|_| AuthnError::Malformed)?;
     if s.is_empty() && !header.alg.eq_ignore_ascii_case("none") {
         return Err(AuthnError::Malformed);
     }
@@ -76,7 +84,11 @@ mod tests {
 
     #[test]
     fn parses_a_token() {
-        let t = format!("{}.{}.c2ln", b64(r#"{"alg":"RS256","kid":"k1"}"#), b64(r#"{"iss":"x"}"#));
+        let t = format!(
+            "{}.{}.c2ln",
+            b64(r#"{"alg":"RS256","kid":"k1"}"#),
+            b64(r#"{"iss":"x"}"#)
+        );
         let j = parse_unverified(&t).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(j.alg, "RS256");
         assert_eq!(j.kid.as_deref(), Some("k1"));
@@ -93,16 +105,27 @@ mod tests {
             &format!("{}.{}.sig", b64("[]"), b64("{}")),
             &format!("{}.{}.sig", b64(r#"{"alg":1}"#), b64("{}")),
             &format!("{}.{}.sig", b64(r#"{"alg":"RS256"}"#), b64("[1]")),
-            &format!("{}.{}.sig", b64(r#"{"alg":"RS256","crit":["exp"]}"#), b64("{}")),
+            &format!(
+                "{}.{}.sig",
+                b64(r#"{"alg":"RS256","crit":["exp"]}"#),
+                b64("{}")
+            ),
             &format!("{}.{}.", b64(r#"{"alg":"RS256"}"#), b64("{}")),
         ] {
-            assert_eq!(parse_unverified(t).err(), Some(AuthnError::Malformed), "{t}");
+            assert_eq!(
+                parse_unverified(t).err(),
+                Some(AuthnError::Malformed),
+                "{t}"
+            );
         }
     }
 
     #[test]
     fn alg_none_parses_so_it_can_be_refused_by_name() {
         let t = format!("{}.{}.", b64(r#"{"alg":"none"}"#), b64(r#"{"iss":"x"}"#));
-        assert_eq!(parse_unverified(&t).map(|j| j.alg).ok().as_deref(), Some("none"));
+        assert_eq!(
+            parse_unverified(&t).map(|j| j.alg).ok().as_deref(),
+            Some("none")
+        );
     }
 }

@@ -18,7 +18,7 @@ mod own;
 pub use claims::map_principal;
 pub use error::AuthnError;
 pub use jwks::{IssuerKeys, KeyStatus};
-pub use jwt::{UnverifiedJwt, parse_unverified};
+pub use jwt::{MAX_TOKEN_LEN, UnverifiedJwt, parse_unverified};
 pub use own::{OwnIssuer, OwnKeyError, TokenRequest, generate_signing_key_pem};
 
 use std::collections::HashMap;
@@ -50,7 +50,11 @@ pub struct Authenticator {
 impl Authenticator {
     /// Builds the authenticator from the config: reads Gatehouse's keys and prepares (but does
     /// not yet fetch) each issuer's key set.
-    pub fn new(cfg: &Config, own: Arc<OwnIssuer>, clock: Arc<dyn Clock>) -> Result<Self, AuthnError> {
+    pub fn new(
+        cfg: &Config,
+        own: Arc<OwnIssuer>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, AuthnError> {
         let http = reqwest::Client::builder()
             .user_agent(concat!("gatehouse/", env!("CARGO_PKG_VERSION")))
             .redirect(reqwest::redirect::Policy::limited(3))
@@ -59,7 +63,12 @@ impl Authenticator {
         let issuers = cfg
             .issuers
             .iter()
-            .map(|i| (i.issuer.clone(), Arc::new(IssuerKeys::new(i.clone(), http.clone(), clock.clone()))))
+            .map(|i| {
+                (
+                    i.issuer.clone(),
+                    Arc::new(IssuerKeys::new(i.clone(), http.clone(), clock.clone())),
+                )
+            })
             .collect();
         Ok(Self {
             issuers,
@@ -90,7 +99,11 @@ impl Authenticator {
             return Ok(p);
         }
         let jwt = parse_unverified(token)?;
-        let iss = jwt.claims.get("iss").and_then(|v| v.as_str()).ok_or(AuthnError::WrongIssuer)?;
+        let iss = jwt
+            .claims
+            .get("iss")
+            .and_then(|v| v.as_str())
+            .ok_or(AuthnError::WrongIssuer)?;
         let principal = if iss == self.own.issuer() {
             self.own.verify(&jwt, now)?
         } else {

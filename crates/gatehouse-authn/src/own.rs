@@ -18,8 +18,8 @@ use crate::{AuthnError, UnverifiedJwt};
 
 /// The DER prefix of a P-256 SubjectPublicKeyInfo; the 65-byte uncompressed point follows.
 const P256_SPKI_PREFIX: [u8; 26] = [
-    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce,
-    0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
+    0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
 ];
 
 /// Why a key of Gatehouse's own could not be used.
@@ -105,7 +105,10 @@ impl std::fmt::Debug for OwnIssuer {
         f.debug_struct("OwnIssuer")
             .field("issuer", &self.issuer)
             .field("signing_kid", &self.signing_kid)
-            .field("keys", &self.public.iter().map(|k| &k.kid).collect::<Vec<_>>())
+            .field(
+                "keys",
+                &self.public.iter().map(|k| &k.kid).collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -117,7 +120,11 @@ fn pem_body(pem: &str) -> Option<(String, Vec<u8>)> {
     let label = rest[..label_end].to_owned();
     let body_start = label_end + 5;
     let end = rest.find("-----END ")?;
-    let b64: String = rest.get(body_start..end)?.chars().filter(|c| !c.is_whitespace()).collect();
+    let b64: String = rest
+        .get(body_start..end)?
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
     STANDARD.decode(b64).ok().map(|der| (label, der))
 }
 
@@ -133,7 +140,10 @@ fn public_from_point(point: &[u8], what: &str) -> Result<PublicKey, OwnKeyError>
     let y = URL_SAFE_NO_PAD.encode(&point[33..65]);
     // RFC 7638 thumbprint: the required members in lexicographic order, no whitespace.
     let canonical = format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#);
-    let kid = URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical.as_bytes()));
+    let kid = URL_SAFE_NO_PAD.encode(aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        canonical.as_bytes(),
+    ));
     let key = DecodingKey::from_ec_components(&x, &y).map_err(|e| bad(&e.to_string()))?;
     Ok(PublicKey {
         jwk: json!({"kty": "EC", "crv": "P-256", "x": x, "y": y, "kid": kid, "use": "sig", "alg": "ES256"}),
@@ -177,10 +187,13 @@ impl OwnIssuer {
     /// Loads the signing key and the earlier keys still accepted for verification.
     pub fn new(cfg: &TokensConfig, signing_pem: &Redacted<String>) -> Result<Self, OwnKeyError> {
         let what = "tokens.signing_key";
-        let kp = rcgen::KeyPair::from_pem(signing_pem.expose()).map_err(|e| OwnKeyError::BadKey {
-            what: what.into(),
-            message: format!("{e} (expected a PKCS#8 P-256 private key, as `gatehouse keys generate` writes)"),
-        })?;
+        let kp =
+            rcgen::KeyPair::from_pem(signing_pem.expose()).map_err(|e| OwnKeyError::BadKey {
+                what: what.into(),
+                message: format!(
+                    "{e} (expected a PKCS#8 P-256 private key, as `gatehouse keys generate` writes)"
+                ),
+            })?;
         if kp.algorithm() != &rcgen::PKCS_ECDSA_P256_SHA256 {
             return Err(OwnKeyError::BadKey {
                 what: what.into(),
@@ -240,11 +253,16 @@ impl OwnIssuer {
     fn sign(&self, claims: &Value) -> Result<String, OwnKeyError> {
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(self.signing_kid.clone());
-        jsonwebtoken::encode(&header, claims, &self.signing).map_err(|e| OwnKeyError::Sign(e.to_string()))
+        jsonwebtoken::encode(&header, claims, &self.signing)
+            .map_err(|e| OwnKeyError::Sign(e.to_string()))
     }
 
     /// Issues a token; returns it and its expiry (seconds since the epoch).
-    pub fn issue(&self, req: &TokenRequest, now: i64) -> Result<(Redacted<String>, i64), OwnKeyError> {
+    pub fn issue(
+        &self,
+        req: &TokenRequest,
+        now: i64,
+    ) -> Result<(Redacted<String>, i64), OwnKeyError> {
         let ttl = req.ttl.unwrap_or(self.default_ttl);
         if ttl > self.max_ttl {
             return Err(OwnKeyError::Request(format!(
@@ -281,7 +299,9 @@ impl OwnIssuer {
         }
         // Check the claims the way a request would before handing the token out.
         let principal = map_principal(
-            claims.as_object().ok_or_else(|| OwnKeyError::Sign("claims".into()))?,
+            claims
+                .as_object()
+                .ok_or_else(|| OwnKeyError::Sign("claims".into()))?,
             &ClaimMapping::default(),
             &self.issuer,
             req.kind,
@@ -296,9 +316,16 @@ impl OwnIssuer {
         if jwt.alg != "ES256" {
             return Err(AuthnError::AlgorithmNotAllowed);
         }
-        let key = select(&self.keys, jwt.kid.as_deref(), Algorithm::ES256)?.ok_or(AuthnError::UnknownKey)?;
+        let key = select(&self.keys, jwt.kid.as_deref(), Algorithm::ES256)?
+            .ok_or(AuthnError::UnknownKey)?;
         check_signature(jwt, key, Algorithm::ES256)?;
-        check_standard(&jwt.claims, now, self.leeway, std::slice::from_ref(&self.audience), &[])?;
+        check_standard(
+            &jwt.claims,
+            now,
+            self.leeway,
+            std::slice::from_ref(&self.audience),
+            &[],
+        )?;
         let kind = match jwt.claims.get("gatehouse_kind").and_then(Value::as_str) {
             Some("user") => PrincipalKind::User,
             _ => PrincipalKind::Service,
@@ -309,7 +336,13 @@ impl OwnIssuer {
     /// A short-lived assertion of who the caller is, for the upstream (`aud` = the upstream).
     /// Assertions are reused for half their lifetime, so a busy principal costs one signature per
     /// half-TTL rather than one per request.
-    pub fn assertion(&self, p: &Principal, audience: &str, ttl: Duration, now: i64) -> Result<String, AuthnError> {
+    pub fn assertion(
+        &self,
+        p: &Principal,
+        audience: &str,
+        ttl: Duration,
+        now: i64,
+    ) -> Result<String, AuthnError> {
         let key = (p.issuer.clone(), p.subject.clone(), audience.to_owned());
         let half = (ttl.as_secs() / 2) as i64;
         if let Ok(cache) = self.assertions.read() {
@@ -333,7 +366,9 @@ impl OwnIssuer {
             "iat": now,
             "exp": exp,
         });
-        let tok = self.sign(&claims).map_err(|e| AuthnError::Internal(e.to_string()))?;
+        let tok = self
+            .sign(&claims)
+            .map_err(|e| AuthnError::Internal(e.to_string()))?;
         if let Ok(mut cache) = self.assertions.write() {
             if cache.len() > 16_384 {
                 cache.clear();

@@ -18,16 +18,20 @@ impl ConfigDuration {
         let s = s.trim();
         let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
         let (num, unit) = s.split_at(split);
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("invalid duration `{s}`: expected a number and a unit, e.g. 10s, 5m, 250ms"))?;
+        let n: u64 = num.parse().map_err(|_| {
+            format!("invalid duration `{s}`: expected a number and a unit, e.g. 10s, 5m, 250ms")
+        })?;
         let d = match unit {
             "ms" => Duration::from_millis(n),
             "s" => Duration::from_secs(n),
             "m" => Duration::from_secs(n.saturating_mul(60)),
             "h" => Duration::from_secs(n.saturating_mul(3600)),
             "d" => Duration::from_secs(n.saturating_mul(86_400)),
-            _ => return Err(format!("invalid duration `{s}`: unit must be ms, s, m, h or d")),
+            _ => {
+                return Err(format!(
+                    "invalid duration `{s}`: unit must be ms, s, m, h or d"
+                ));
+            }
         };
         Ok(Self(d))
     }

@@ -75,11 +75,12 @@ impl Config {
             message: e.to_string(),
         })?;
         cfg.resolve_paths(base);
-        cfg.validate().map_err(|(key, message)| ConfigError::Invalid {
-            path: name.to_owned(),
-            key,
-            message,
-        })?;
+        cfg.validate()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                path: name.to_owned(),
+                key,
+                message,
+            })?;
         Ok(cfg)
     }
 }
@@ -91,7 +92,10 @@ fn resolve(base: &Path, p: &mut PathBuf) {
 }
 
 /// Reads a secret from where the config says it is.
-pub fn read_secret(what: &str, src: &SecretSource) -> Result<gatehouse_core::Redacted<String>, ConfigError> {
+pub fn read_secret(
+    what: &str,
+    src: &SecretSource,
+) -> Result<gatehouse_core::Redacted<String>, ConfigError> {
     let err = |message: String| ConfigError::Secret {
         what: what.to_owned(),
         message,

@@ -401,7 +401,9 @@ impl Default for LogConfig {
     }
 }
 
-const ALLOWED_ALGS: [&str; 9] = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"];
+const ALLOWED_ALGS: [&str; 9] = [
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
 
 impl Config {
     pub(crate) fn resolve_paths(&mut self, base: &std::path::Path) {
@@ -436,7 +438,10 @@ impl Config {
         let bad = |k: &str, m: &str| Err((k.to_owned(), m.to_owned()));
         match (&self.upstream.url, &self.upstream.git_http_backend) {
             (Some(_), Some(_)) | (None, None) => {
-                return bad("upstream", "set exactly one of `url` and `git_http_backend`");
+                return bad(
+                    "upstream",
+                    "set exactly one of `url` and `git_http_backend`",
+                );
             }
             (Some(url), None) => {
                 if !(url.starts_with("http://") || url.starts_with("https://")) {
@@ -466,11 +471,19 @@ impl Config {
                 if a.starts_with("HS") || a.eq_ignore_ascii_case("none") {
                     return Err((
                         k("algorithms"),
-                        format!("`{a}` is never accepted: HMAC and unsigned tokens cannot be verified with an issuer's public keys"),
+                        format!(
+                            "`{a}` is never accepted: HMAC and unsigned tokens cannot be verified with an issuer's public keys"
+                        ),
                     ));
                 }
                 if !ALLOWED_ALGS.contains(&a.as_str()) {
-                    return Err((k("algorithms"), format!("unknown algorithm `{a}` (one of {})", ALLOWED_ALGS.join(", "))));
+                    return Err((
+                        k("algorithms"),
+                        format!(
+                            "unknown algorithm `{a}` (one of {})",
+                            ALLOWED_ALGS.join(", ")
+                        ),
+                    ));
                 }
             }
             if iss.issuer == self.tokens.issuer {
@@ -480,7 +493,10 @@ impl Config {
         let mut seen = std::collections::HashSet::new();
         for (i, iss) in self.issuers.iter().enumerate() {
             if !seen.insert(iss.issuer.as_str()) {
-                return Err((format!("issuers[{i}].issuer"), "issuer listed twice".to_owned()));
+                return Err((
+                    format!("issuers[{i}].issuer"),
+                    "issuer listed twice".to_owned(),
+                ));
             }
         }
         if self.tokens.default_ttl > self.tokens.max_ttl {
@@ -495,7 +511,10 @@ impl Config {
             &self.identity_headers.full_name,
         ] {
             if h.is_empty() {
-                return bad("identity_headers", "user, email and full_name header names must not be empty");
+                return bad(
+                    "identity_headers",
+                    "user, email and full_name header names must not be empty",
+                );
             }
         }
         Ok(())

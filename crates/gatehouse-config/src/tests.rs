@@ -28,7 +28,9 @@ fn minimal_config_gets_defaults_and_resolved_paths() -> Result<(), ConfigError> 
     assert_eq!(c.server.header_read_timeout, ConfigDuration::secs(10));
     assert_eq!(c.forge.kind, ForgeKind::Gitea);
     match &c.tokens.signing_key {
-        SecretSource::File { file } => assert_eq!(file, Path::new("/etc/gatehouse/keys/signing.pem")),
+        SecretSource::File { file } => {
+            assert_eq!(file, Path::new("/etc/gatehouse/keys/signing.pem"))
+        }
         SecretSource::Env { .. } => panic!("expected a file"),
     }
     Ok(())
@@ -37,7 +39,10 @@ fn minimal_config_gets_defaults_and_resolved_paths() -> Result<(), ConfigError> 
 #[test]
 fn a_typo_fails_loudly() {
     let text = MINIMAL.replace("[policy]\nfile", "[policy]\nfiel");
-    let err = parse(&text).err().map(|e| e.to_string()).unwrap_or_default();
+    let err = parse(&text)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
     assert!(err.contains("fiel"), "{err}");
     let text = format!("{MINIMAL}\n[log]\nlevel = \"info\"\nformt = \"json\"\n");
     assert!(parse(&text).is_err());
@@ -49,7 +54,10 @@ fn unsafe_algorithms_are_refused() {
         let text = format!(
             "{MINIMAL}\n[[issuers]]\nissuer = \"https://idp\"\naudiences = [\"gatehouse\"]\nalgorithms = [\"RS256\", \"{alg}\"]\n"
         );
-        let err = parse(&text).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = parse(&text)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("never accepted"), "{alg}: {err}");
     }
 }
@@ -69,9 +77,15 @@ fn upstream_must_be_exactly_one() {
 
 #[test]
 fn durations() {
-    assert_eq!(ConfigDuration::parse("250ms").map(|d| d.0.as_millis()), Ok(250));
+    assert_eq!(
+        ConfigDuration::parse("250ms").map(|d| d.0.as_millis()),
+        Ok(250)
+    );
     assert_eq!(ConfigDuration::parse("5m").map(|d| d.0.as_secs()), Ok(300));
-    assert_eq!(ConfigDuration::parse("2d").map(|d| d.0.as_secs()), Ok(172_800));
+    assert_eq!(
+        ConfigDuration::parse("2d").map(|d| d.0.as_secs()),
+        Ok(172_800)
+    );
     assert!(ConfigDuration::parse("5").is_err());
     assert!(ConfigDuration::parse("5 minutes").is_err());
     assert!(ConfigDuration::parse("-5s").is_err());
@@ -85,7 +99,10 @@ fn secrets_from_env_and_file() {
     let f = dir.join("s");
     let _ = std::fs::write(&f, "file-secret");
     let s = read_secret("x", &SecretSource::File { file: f });
-    assert_eq!(s.map(|s| s.expose().clone()).ok().as_deref(), Some("file-secret"));
+    assert_eq!(
+        s.map(|s| s.expose().clone()).ok().as_deref(),
+        Some("file-secret")
+    );
     let missing = read_secret(
         "x",
         &SecretSource::Env {
@@ -118,7 +135,11 @@ fn keys(prefix: &str, v: &toml::Value, out: &mut BTreeSet<String>) {
     match v {
         toml::Value::Table(t) => {
             for (k, v) in t {
-                let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                let p = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 out.insert(p.clone());
                 keys(&p, v, out);
             }
@@ -142,13 +163,24 @@ fn every_key_is_documented() {
     let serialized = toml::Value::try_from(&full).unwrap_or_else(|e| panic!("{e}"));
     let mut all = BTreeSet::new();
     keys("", &serialized, &mut all);
-    let text = std::fs::read_to_string(root.join("examples/full.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let text =
+        std::fs::read_to_string(root.join("examples/full.toml")).unwrap_or_else(|e| panic!("{e}"));
     let written: toml::Value = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
     let mut in_example = BTreeSet::new();
     keys("", &written, &mut in_example);
     let missing_in_example: Vec<_> = all.difference(&in_example).collect();
-    assert!(missing_in_example.is_empty(), "examples/full.toml lacks {missing_in_example:?}");
-    let docs = std::fs::read_to_string(root.join("docs/configuration.md")).unwrap_or_else(|e| panic!("{e}"));
-    let undocumented: Vec<_> = all.iter().filter(|k| !docs.contains(&format!("`{k}`"))).collect();
-    assert!(undocumented.is_empty(), "docs/configuration.md lacks {undocumented:?}");
+    assert!(
+        missing_in_example.is_empty(),
+        "examples/full.toml lacks {missing_in_example:?}"
+    );
+    let docs = std::fs::read_to_string(root.join("docs/configuration.md"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let undocumented: Vec<_> = all
+        .iter()
+        .filter(|k| !docs.contains(&format!("`{k}`")))
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "docs/configuration.md lacks {undocumented:?}"
+    );
 }

@@ -59,7 +59,9 @@ impl fmt::Display for Action {
 
 /// An action name that Gatehouse does not know.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown action `{0}` (expected one of git:read, git:write, lfs:read, lfs:write, api:read, api:write, web:access)")]
+#[error(
+    "unknown action `{0}` (expected one of git:read, git:write, lfs:read, lfs:write, api:read, api:write, web:access)"
+)]
 pub struct ParseActionError(pub String);
 
 impl FromStr for Action {

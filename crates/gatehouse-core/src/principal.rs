@@ -43,7 +43,9 @@ pub struct Principal {
 impl Principal {
     /// Whether the principal belongs to `group`.
     pub fn in_group(&self, group: &str) -> bool {
-        self.groups.binary_search_by(|g| g.as_str().cmp(group)).is_ok()
+        self.groups
+            .binary_search_by(|g| g.as_str().cmp(group))
+            .is_ok()
     }
 
     /// Sorts and de-duplicates the group list (what [`Principal::in_group`] relies on).

@@ -105,7 +105,8 @@ fn valid_name(s: &str) -> bool {
         && s.len() <= 255
         && s != "."
         && s != ".."
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 fn fold(flavor: ForgeFlavor, s: &str) -> String {
@@ -174,11 +175,7 @@ struct RepoPath<'a> {
 
 fn split_repo(segs: &[String]) -> Option<RepoPath<'_>> {
     match segs {
-        [owner, repo, rest @ ..] => Some(RepoPath {
-            owner,
-            repo,
-            rest,
-        }),
+        [owner, repo, rest @ ..] => Some(RepoPath { owner, repo, rest }),
         _ => None,
     }
 }
@@ -188,7 +185,11 @@ fn is_hex(s: &str, len: std::ops::RangeInclusive<usize>) -> bool {
 }
 
 /// Which Git or LFS endpoint the remainder of a repository path names, if any.
-fn git_endpoint(rest: &[String], method: &str, query: Option<&str>) -> Result<Option<(RequestKind, Action)>, PathError> {
+fn git_endpoint(
+    rest: &[String],
+    method: &str,
+    query: Option<&str>,
+) -> Result<Option<(RequestKind, Action)>, PathError> {
     let r: Vec<&str> = rest.iter().map(String::as_str).collect();
     let kind = match r.as_slice() {
         ["info", "refs"] => match service_param(query)? {
@@ -199,10 +200,19 @@ fn git_endpoint(rest: &[String], method: &str, query: Option<&str>) -> Result<Op
             },
         },
         ["git-upload-pack"] => (RequestKind::GitRpc(GitService::UploadPack), Action::GitRead),
-        ["git-receive-pack"] => (RequestKind::GitRpc(GitService::ReceivePack), Action::GitWrite),
+        ["git-receive-pack"] => (
+            RequestKind::GitRpc(GitService::ReceivePack),
+            Action::GitWrite,
+        ),
         ["HEAD"]
-        | ["objects", "info", "alternates" | "http-alternates" | "packs"] => (RequestKind::GitDumb, Action::GitRead),
-        ["objects", dir, file] if is_hex(dir, 2..=2) && is_hex(file, 38..=62) => (RequestKind::GitDumb, Action::GitRead),
+        | [
+            "objects",
+            "info",
+            "alternates" | "http-alternates" | "packs",
+        ] => (RequestKind::GitDumb, Action::GitRead),
+        ["objects", dir, file] if is_hex(dir, 2..=2) && is_hex(file, 38..=62) => {
+            (RequestKind::GitDumb, Action::GitRead)
+        }
         ["objects", "pack", file]
             if file.starts_with("pack-") && (file.ends_with(".pack") || file.ends_with(".idx")) =>
         {
@@ -211,7 +221,14 @@ fn git_endpoint(rest: &[String], method: &str, query: Option<&str>) -> Result<Op
         ["info", "lfs", "objects", "batch"] => (RequestKind::LfsBatch, Action::LfsWrite),
         ["info", "lfs", ..] => {
             let write = !matches!(method, "GET" | "HEAD" | "OPTIONS");
-            (RequestKind::Lfs, if write { Action::LfsWrite } else { Action::LfsRead })
+            (
+                RequestKind::Lfs,
+                if write {
+                    Action::LfsWrite
+                } else {
+                    Action::LfsRead
+                },
+            )
         }
         _ => return Ok(None),
     };
@@ -226,8 +243,12 @@ fn looks_like_git(segs: &[&str]) -> bool {
         .enumerate()
         .any(|(i, s)| s.ends_with(".git") && !(segs.len() == 2 && i == 1));
     dot_git
-        || segs.iter().any(|s| matches!(*s, "git-upload-pack" | "git-receive-pack"))
-        || segs.windows(2).any(|w| w[0] == "info" && matches!(w[1], "refs" | "lfs"))
+        || segs
+            .iter()
+            .any(|s| matches!(*s, "git-upload-pack" | "git-receive-pack"))
+        || segs
+            .windows(2)
+            .any(|w| w[0] == "info" && matches!(w[1], "refs" | "lfs"))
 }
 
 /// API paths under `/api/v1/repos/` that are not a repository (Gitea routes them first).
@@ -369,14 +390,22 @@ mod tests {
 
     #[test]
     fn smart_http_advertisement() -> Result<(), PathError> {
-        let r = c("GET", "/demo/hello.git/info/refs", Some("service=git-upload-pack"))?;
+        let r = c(
+            "GET",
+            "/demo/hello.git/info/refs",
+            Some("service=git-upload-pack"),
+        )?;
         assert_eq!(r.kind, RequestKind::GitAdvertise(GitService::UploadPack));
         assert_eq!(r.action, Action::GitRead);
         assert_eq!(r.resource, repo("demo", "hello"));
         assert_eq!(r.forward_path, "/demo/hello.git/info/refs");
         assert_eq!(r.forward_query.as_deref(), Some("service=git-upload-pack"));
 
-        let w = c("GET", "/demo/hello/info/refs", Some("service=git-receive-pack"))?;
+        let w = c(
+            "GET",
+            "/demo/hello/info/refs",
+            Some("service=git-receive-pack"),
+        )?;
         assert_eq!(w.action, Action::GitWrite);
         assert_eq!(w.resource, repo("demo", "hello"));
         Ok(())
@@ -384,7 +413,11 @@ mod tests {
 
     #[test]
     fn encoded_service_names_are_decoded_like_the_forge_does() -> Result<(), PathError> {
-        let w = c("GET", "/demo/hello.git/info/refs", Some("s%65rvice=git%2Dreceive-pack"))?;
+        let w = c(
+            "GET",
+            "/demo/hello.git/info/refs",
+            Some("s%65rvice=git%2Dreceive-pack"),
+        )?;
         assert_eq!(w.action, Action::GitWrite);
         assert_eq!(w.forward_query.as_deref(), Some("service=git-receive-pack"));
         Ok(())
@@ -393,20 +426,33 @@ mod tests {
     #[test]
     fn duplicate_or_unknown_service_is_refused() {
         assert_eq!(
-            c("GET", "/d/r.git/info/refs", Some("service=git-upload-pack&service=git-receive-pack")),
+            c(
+                "GET",
+                "/d/r.git/info/refs",
+                Some("service=git-upload-pack&service=git-receive-pack")
+            ),
             Err(PathError::BadQuery)
         );
-        assert_eq!(c("GET", "/d/r.git/info/refs", Some("service=git-shell")), Err(PathError::BadQuery));
+        assert_eq!(
+            c("GET", "/d/r.git/info/refs", Some("service=git-shell")),
+            Err(PathError::BadQuery)
+        );
     }
 
     #[test]
     fn rpc_endpoints() -> Result<(), PathError> {
-        assert_eq!(c("POST", "/demo/hello.git/git-upload-pack", None)?.action, Action::GitRead);
+        assert_eq!(
+            c("POST", "/demo/hello.git/git-upload-pack", None)?.action,
+            Action::GitRead
+        );
         let p = c("POST", "/demo/hello.git/git-receive-pack", None)?;
         assert_eq!(p.action, Action::GitWrite);
         assert_eq!(p.kind, RequestKind::GitRpc(GitService::ReceivePack));
         // The method does not matter: a push endpoint is always a write.
-        assert_eq!(c("GET", "/demo/hello.git/git-receive-pack", None)?.action, Action::GitWrite);
+        assert_eq!(
+            c("GET", "/demo/hello.git/git-receive-pack", None)?.action,
+            Action::GitWrite
+        );
         Ok(())
     }
 
@@ -422,7 +468,11 @@ mod tests {
         ] {
             let r = c("POST", p, None)?;
             assert_eq!(r.resource, repo("demo", "hello"), "{p}");
-            assert!(r.forward_path.starts_with("/demo/hello"), "{p} -> {}", r.forward_path);
+            assert!(
+                r.forward_path.starts_with("/demo/hello"),
+                "{p} -> {}",
+                r.forward_path
+            );
         }
         Ok(())
     }
@@ -434,13 +484,22 @@ mod tests {
         assert_eq!(r.forward_path, "/secret/repo.git/git-upload-pack");
         let r = c("POST", "/demo/%2e%2e/secret/repo.git/git-upload-pack", None)?;
         assert_eq!(r.resource, repo("secret", "repo"));
-        assert_eq!(c("POST", "/demo%2Fsecret/repo.git/git-upload-pack", None), Err(PathError::EncodedSeparator));
+        assert_eq!(
+            c("POST", "/demo%2Fsecret/repo.git/git-upload-pack", None),
+            Err(PathError::EncodedSeparator)
+        );
         Ok(())
     }
 
     #[test]
     fn generic_upstream_keeps_case() -> Result<(), PathError> {
-        let r = classify(ForgeFlavor::Generic, "POST", "h", "/Demo/Hello.git/git-upload-pack", None)?;
+        let r = classify(
+            ForgeFlavor::Generic,
+            "POST",
+            "h",
+            "/Demo/Hello.git/git-upload-pack",
+            None,
+        )?;
         assert_eq!(r.resource, repo("Demo", "Hello"));
         assert_eq!(r.forward_path, "/Demo/Hello.git/git-upload-pack");
         Ok(())
@@ -448,8 +507,14 @@ mod tests {
 
     #[test]
     fn invalid_repo_names_on_git_endpoints_are_refused() {
-        assert_eq!(c("POST", "/de mo/hello.git/git-upload-pack", None), Err(PathError::BadRepoName));
-        assert_eq!(c("POST", "/demo/hello.git.git/git-upload-pack", None), Err(PathError::BadRepoName));
+        assert_eq!(
+            c("POST", "/de mo/hello.git/git-upload-pack", None),
+            Err(PathError::BadRepoName)
+        );
+        assert_eq!(
+            c("POST", "/demo/hello.git.git/git-upload-pack", None),
+            Err(PathError::BadRepoName)
+        );
     }
 
     #[test]
@@ -484,7 +549,11 @@ mod tests {
             "/d/r.git/objects/pack/pack-0123.pack",
         ] {
             let r = c("GET", p, None)?;
-            assert_eq!((r.kind, r.action), (RequestKind::GitDumb, Action::GitRead), "{p}");
+            assert_eq!(
+                (r.kind, r.action),
+                (RequestKind::GitDumb, Action::GitRead),
+                "{p}"
+            );
         }
         Ok(())
     }
@@ -492,11 +561,26 @@ mod tests {
     #[test]
     fn lfs() -> Result<(), PathError> {
         let b = c("POST", "/d/r.git/info/lfs/objects/batch", None)?;
-        assert_eq!((b.kind, b.action), (RequestKind::LfsBatch, Action::LfsWrite));
-        assert_eq!(c("GET", "/d/r.git/info/lfs/objects/abc", None)?.action, Action::LfsRead);
-        assert_eq!(c("PUT", "/d/r.git/info/lfs/objects/abc/12", None)?.action, Action::LfsWrite);
-        assert_eq!(c("POST", "/d/r.git/info/lfs/locks", None)?.action, Action::LfsWrite);
-        assert_eq!(c("GET", "/d/r.git/info/lfs/locks", None)?.action, Action::LfsRead);
+        assert_eq!(
+            (b.kind, b.action),
+            (RequestKind::LfsBatch, Action::LfsWrite)
+        );
+        assert_eq!(
+            c("GET", "/d/r.git/info/lfs/objects/abc", None)?.action,
+            Action::LfsRead
+        );
+        assert_eq!(
+            c("PUT", "/d/r.git/info/lfs/objects/abc/12", None)?.action,
+            Action::LfsWrite
+        );
+        assert_eq!(
+            c("POST", "/d/r.git/info/lfs/locks", None)?.action,
+            Action::LfsWrite
+        );
+        assert_eq!(
+            c("GET", "/d/r.git/info/lfs/locks", None)?.action,
+            Action::LfsRead
+        );
         Ok(())
     }
 
@@ -507,12 +591,18 @@ mod tests {
         assert_eq!(r.resource, repo("demo", "hello"));
         assert_eq!(r.forward_path, "/api/v1/repos/demo/hello/issues");
         assert_eq!(r.forward_query.as_deref(), Some("state=open"));
-        assert_eq!(c("DELETE", "/api/v1/repos/demo/hello", None)?.action, Action::ApiWrite);
+        assert_eq!(
+            c("DELETE", "/api/v1/repos/demo/hello", None)?.action,
+            Action::ApiWrite
+        );
         let s = c("GET", "/api/v1/repos/search", Some("q=x"))?;
         assert_eq!(s.kind, RequestKind::Api);
         let s = c("GET", "/api/v1/repos/issues/search", None)?;
         assert_eq!(s.kind, RequestKind::Api);
-        assert_eq!(c("POST", "/api/v1/user/repos", None)?.action, Action::ApiWrite);
+        assert_eq!(
+            c("POST", "/api/v1/user/repos", None)?.action,
+            Action::ApiWrite
+        );
         Ok(())
     }
 

@@ -46,8 +46,14 @@ mod tests {
             lfs_batch_operation(br#"{"operation":"download","objects":[]}"#),
             Ok(LfsOperation::Download)
         );
-        assert_eq!(lfs_batch_operation(br#"{"operation":"upload"}"#), Ok(LfsOperation::Upload));
-        assert_eq!(lfs_batch_operation(br#"{"operation":"delete"}"#), Err(LfsBatchError::UnknownOperation));
+        assert_eq!(
+            lfs_batch_operation(br#"{"operation":"upload"}"#),
+            Ok(LfsOperation::Upload)
+        );
+        assert_eq!(
+            lfs_batch_operation(br#"{"operation":"delete"}"#),
+            Err(LfsBatchError::UnknownOperation)
+        );
         assert_eq!(lfs_batch_operation(b"{"), Err(LfsBatchError::Malformed));
     }
 }

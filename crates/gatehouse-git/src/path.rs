@@ -67,7 +67,8 @@ impl NormalizedPath {
 
     /// The decoded path, e.g. `/demo/hello.git/info/refs`.
     pub fn decoded(&self) -> String {
-        let mut s = String::with_capacity(self.segments.iter().map(|x| x.len() + 1).sum::<usize>() + 1);
+        let mut s =
+            String::with_capacity(self.segments.iter().map(|x| x.len() + 1).sum::<usize>() + 1);
         for seg in &self.segments {
             s.push('/');
             s.push_str(seg);
@@ -81,7 +82,8 @@ impl NormalizedPath {
     /// The path percent-encoded for the wire: what the upstream receives and decodes back to
     /// exactly [`NormalizedPath::decoded`].
     pub fn encoded(&self) -> String {
-        let mut s = String::with_capacity(self.segments.iter().map(|x| x.len() + 1).sum::<usize>() + 1);
+        let mut s =
+            String::with_capacity(self.segments.iter().map(|x| x.len() + 1).sum::<usize>() + 1);
         for seg in &self.segments {
             s.push('/');
             encode_segment(seg, &mut s);
@@ -97,7 +99,22 @@ fn is_pchar_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric()
         || matches!(
             b,
-            b'-' | b'.' | b'_' | b'~' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' | b':' | b'@'
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+                | b':'
+                | b'@'
         )
 }
 
@@ -190,7 +207,9 @@ mod tests {
     use super::*;
 
     fn n(p: &str) -> String {
-        normalize_path(p).map(|p| p.decoded()).unwrap_or_else(|e| format!("ERR {e:?}"))
+        normalize_path(p)
+            .map(|p| p.decoded())
+            .unwrap_or_else(|e| format!("ERR {e:?}"))
     }
 
     #[test]
@@ -222,16 +241,43 @@ mod tests {
         assert_eq!(normalize_path("/.."), Err(PathError::AboveRoot));
         assert_eq!(normalize_path("/a/../../b"), Err(PathError::AboveRoot));
         assert_eq!(normalize_path("/%2e%2e/x"), Err(PathError::AboveRoot));
-        assert_eq!(normalize_path("/demo%2Fsecret/x"), Err(PathError::EncodedSeparator));
-        assert_eq!(normalize_path("/demo%2fsecret/x"), Err(PathError::EncodedSeparator));
-        assert_eq!(normalize_path("/demo%5Csecret"), Err(PathError::EncodedSeparator));
-        assert_eq!(normalize_path("/demo\\secret"), Err(PathError::ForbiddenCharacter));
-        assert_eq!(normalize_path("/demo%00"), Err(PathError::ForbiddenCharacter));
-        assert_eq!(normalize_path("/demo%0a"), Err(PathError::ForbiddenCharacter));
-        assert_eq!(normalize_path("/demo%zz"), Err(PathError::BadPercentEncoding));
-        assert_eq!(normalize_path("/demo%2"), Err(PathError::BadPercentEncoding));
+        assert_eq!(
+            normalize_path("/demo%2Fsecret/x"),
+            Err(PathError::EncodedSeparator)
+        );
+        assert_eq!(
+            normalize_path("/demo%2fsecret/x"),
+            Err(PathError::EncodedSeparator)
+        );
+        assert_eq!(
+            normalize_path("/demo%5Csecret"),
+            Err(PathError::EncodedSeparator)
+        );
+        assert_eq!(
+            normalize_path("/demo\\secret"),
+            Err(PathError::ForbiddenCharacter)
+        );
+        assert_eq!(
+            normalize_path("/demo%00"),
+            Err(PathError::ForbiddenCharacter)
+        );
+        assert_eq!(
+            normalize_path("/demo%0a"),
+            Err(PathError::ForbiddenCharacter)
+        );
+        assert_eq!(
+            normalize_path("/demo%zz"),
+            Err(PathError::BadPercentEncoding)
+        );
+        assert_eq!(
+            normalize_path("/demo%2"),
+            Err(PathError::BadPercentEncoding)
+        );
         assert_eq!(normalize_path("/%ff%fe"), Err(PathError::NotUtf8));
-        assert_eq!(normalize_path(&format!("/{}", "a".repeat(MAX_PATH_LEN))), Err(PathError::TooLong));
+        assert_eq!(
+            normalize_path(&format!("/{}", "a".repeat(MAX_PATH_LEN))),
+            Err(PathError::TooLong)
+        );
     }
 
     #[test]

@@ -1,1 +1,27 @@
+//! The HTTP data plane: listeners (plain and TLS with certificate reload), the request phases
+//! (classify, authenticate, authorize, forward, audit), header hygiene, the pooled upstream client,
+//! the built-in `git http-backend` upstream, and the admin listener.
+//!
+//! The phases are documented in `docs/request-phases.md`. Every error becomes a response in one
+//! place ([`respond`]). This crate must not parse configuration files, read policies from disk or
+//! decide anything itself: the policy engine decides, the authenticator authenticates.
 #![forbid(unsafe_code)]
+
+mod admin;
+mod body;
+mod cgi;
+mod forwarded;
+mod metrics;
+mod proxy;
+pub mod respond;
+mod server;
+mod tls;
+mod upstream;
+
+pub use admin::serve_admin;
+pub use body::Body;
+pub use metrics::Metrics;
+pub use proxy::{Gateway, GatewaySettings};
+pub use server::{ServeError, ServeOptions, serve};
+pub use tls::{TlsError, TlsReloader};
+pub use upstream::{Upstream, UpstreamError};

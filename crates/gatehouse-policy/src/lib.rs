@@ -10,8 +10,8 @@ use std::net::IpAddr;
 use std::str::FromStr;
 
 use cedar_policy::{
-    Authorizer, Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicyId, PolicySet, Request,
-    RestrictedExpression, Schema, ValidationMode, Validator,
+    Authorizer, Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicyId,
+    PolicySet, Request, RestrictedExpression, Schema, ValidationMode, Validator,
 };
 use gatehouse_core::{Action, Decision, Principal, PrincipalKind, Resource};
 
@@ -92,7 +92,8 @@ pub struct PolicyEngine {
 
 fn type_name(name: &str) -> EntityTypeName {
     // The names passed here are the fixed type names of SCHEMA, which always parse.
-    EntityTypeName::from_str(&format!("{NAMESPACE}::{name}")).unwrap_or_else(|_| unreachable!("fixed type name {name}"))
+    EntityTypeName::from_str(&format!("{NAMESPACE}::{name}"))
+        .unwrap_or_else(|_| unreachable!("fixed type name {name}"))
 }
 
 fn uid(ty: &str, id: &str) -> EntityUid {
@@ -108,7 +109,8 @@ impl PolicyEngine {
     /// `policyN` by position); an optional `@reason("...")` on a `forbid` becomes the reason code
     /// a denied client sees.
     pub fn new(src: &str, forge: &str) -> Result<Self, PolicyError> {
-        let (schema, _warnings) = Schema::from_cedarschema_str(SCHEMA).map_err(|e| PolicyError::Schema(e.to_string()))?;
+        let (schema, _warnings) =
+            Schema::from_cedarschema_str(SCHEMA).map_err(|e| PolicyError::Schema(e.to_string()))?;
         let parsed = PolicySet::from_str(src).map_err(|e| PolicyError::Parse(format_errors(&e)))?;
         if parsed.templates().next().is_some() {
             return Err(PolicyError::Template);
@@ -126,7 +128,9 @@ impl PolicyEngine {
                 }
                 None => p.clone(),
             };
-            policies.add(p).map_err(|e| PolicyError::Parse(e.to_string()))?;
+            policies
+                .add(p)
+                .map_err(|e| PolicyError::Parse(e.to_string()))?;
             count += 1;
         }
         let result = Validator::new(schema.clone()).validate(&policies, ValidationMode::Strict);
@@ -177,8 +181,12 @@ impl PolicyEngine {
             attrs.insert("name".to_owned(), s(n));
         }
         let groups: Vec<EntityUid> = p.groups.iter().map(|g| uid("Group", g)).collect();
-        let mut out: Vec<Entity> = groups.iter().map(|g| Entity::new_no_attrs(g.clone(), HashSet::new())).collect();
-        let me = Entity::new(id.clone(), attrs, groups.into_iter().collect()).map_err(|e| e.to_string())?;
+        let mut out: Vec<Entity> = groups
+            .iter()
+            .map(|g| Entity::new_no_attrs(g.clone(), HashSet::new()))
+            .collect();
+        let me = Entity::new(id.clone(), attrs, groups.into_iter().collect())
+            .map_err(|e| e.to_string())?;
         out.push(me);
         Ok((id, out))
     }
@@ -206,10 +214,16 @@ impl PolicyEngine {
                     HashSet::from([owner]),
                 )
                 .map_err(|e| e.to_string())?;
-                Ok((id, vec![Entity::new_no_attrs(forge, HashSet::new()), owner_e, repo_e]))
+                Ok((
+                    id,
+                    vec![Entity::new_no_attrs(forge, HashSet::new()), owner_e, repo_e],
+                ))
             }
             Resource::Route(route) => {
-                let id = uid("Route", &format!("{} {}{}", route.method, route.host, route.path));
+                let id = uid(
+                    "Route",
+                    &format!("{} {}{}", route.method, route.host, route.path),
+                );
                 let e = Entity::new(
                     id.clone(),
                     HashMap::from([
@@ -231,10 +245,16 @@ impl PolicyEngine {
         entities.extend(res);
         entities.extend(self.action_entities.iter().cloned());
         let ctx = Context::from_pairs([
-            ("source_ip".to_owned(), RestrictedExpression::new_ip(q.facts.source_ip.to_string())),
+            (
+                "source_ip".to_owned(),
+                RestrictedExpression::new_ip(q.facts.source_ip.to_string()),
+            ),
             ("method".to_owned(), s(q.facts.method)),
             ("host".to_owned(), s(q.facts.host)),
-            ("wiki".to_owned(), RestrictedExpression::new_bool(q.facts.wiki)),
+            (
+                "wiki".to_owned(),
+                RestrictedExpression::new_bool(q.facts.wiki),
+            ),
         ])
         .map_err(|e| e.to_string())?;
         let a = uid("Action", q.action.as_str());
@@ -265,7 +285,11 @@ impl PolicyEngine {
             }
         };
         let resp = self.authorizer.is_authorized(&req, &self.policies, &ents);
-        let ids: Vec<String> = resp.diagnostics().reason().map(|id| id.to_string()).collect();
+        let ids: Vec<String> = resp
+            .diagnostics()
+            .reason()
+            .map(|id| id.to_string())
+            .collect();
         let errors: Vec<String> = resp.diagnostics().errors().map(|e| e.to_string()).collect();
         let allowed = resp.decision() == cedar_policy::Decision::Allow;
         let reason = if allowed {
@@ -280,7 +304,11 @@ impl PolicyEngine {
         };
         let deciding = ids
             .iter()
-            .filter_map(|id| self.policies.policy(&PolicyId::new(id)).map(|p| (id.clone(), p.to_string())))
+            .filter_map(|id| {
+                self.policies
+                    .policy(&PolicyId::new(id))
+                    .map(|p| (id.clone(), p.to_string()))
+            })
             .collect();
         Explanation {
             decision: Decision {
@@ -295,7 +323,10 @@ impl PolicyEngine {
 }
 
 fn format_errors(e: &cedar_policy::ParseErrors) -> String {
-    e.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    e.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 #[cfg(test)]

@@ -88,7 +88,15 @@ fn default_deny_outside_the_owner() {
     let alice = principal("alice", &["dev"]);
     assert!(!ask(&e, &alice, Action::GitRead, &repo("other", "hello")).allowed);
     // a group name that merely looks similar does not match
-    assert!(!ask(&e, &principal("mallory", &["dev2"]), Action::GitRead, &repo("demo", "hello")).allowed);
+    assert!(
+        !ask(
+            &e,
+            &principal("mallory", &["dev2"]),
+            Action::GitRead,
+            &repo("demo", "hello")
+        )
+        .allowed
+    );
 }
 
 #[test]
@@ -146,8 +154,13 @@ fn refusals_are_readable() {
         Err(e) => e.to_string(),
     };
     assert!(err("permit(principal, action, resource").contains("syntax"));
-    assert!(err(r#"permit(principal in Gatehouse::Team::"x", action, resource);"#).contains("schema"));
-    assert!(err(r#"permit(principal, action == Gatehouse::Action::"git:push", resource);"#).contains("schema"));
+    assert!(
+        err(r#"permit(principal in Gatehouse::Team::"x", action, resource);"#).contains("schema")
+    );
+    assert!(
+        err(r#"permit(principal, action == Gatehouse::Action::"git:push", resource);"#)
+            .contains("schema")
+    );
     assert!(err("@id(\"a\") permit(principal, action, resource);\n@id(\"a\") permit(principal, action, resource);")
         .contains("duplicate"));
 }
@@ -159,5 +172,13 @@ fn empty_policy_denies_everything() {
         Err(e) => panic!("{e}"),
     };
     assert!(e.is_empty());
-    assert!(!ask(&e, &principal("a", &["dev"]), Action::GitRead, &repo("demo", "hello")).allowed);
+    assert!(
+        !ask(
+            &e,
+            &principal("a", &["dev"]),
+            Action::GitRead,
+            &repo("demo", "hello")
+        )
+        .allowed
+    );
 }

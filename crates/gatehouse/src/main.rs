@@ -1,1 +1,199 @@
-fn main() {}
+//! The `gatehouse` binary: parses the command line and calls into `gatehouse-app`. No logic here.
+#![forbid(unsafe_code)]
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Gatehouse: an identity-aware gateway for self-hosted Git forges.
+#[derive(Debug, Parser)]
+#[command(name = "gatehouse", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run the gateway.
+    Serve {
+        /// The configuration file.
+        #[arg(long, short, env = "GATEHOUSE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Create a complete local setup in DIR and run it (no external services needed).
+    Quickstart {
+        /// Directory for config, keys, policy, audit log and repositories.
+        #[arg(long, default_value = "gatehouse-quickstart")]
+        dir: PathBuf,
+        /// Address of the gateway.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Address of the admin listener (health, readiness, metrics).
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        admin_listen: SocketAddr,
+    },
+    /// Gatehouse's own tokens.
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// Check and explain policies.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+    /// The audit log.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+    /// Signing keys.
+    #[command(subcommand)]
+    Keys(KeysCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCmd {
+    /// Issue a short-lived token signed by Gatehouse's key (printed on stdout).
+    Issue {
+        /// The configuration file.
+        #[arg(long, short, env = "GATEHOUSE_CONFIG")]
+        config: PathBuf,
+        /// The subject, e.g. `agent:reviewer`.
+        #[arg(long)]
+        subject: String,
+        /// A group (repeat for several).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// Lifetime, e.g. `15m` (default: tokens.default_ttl).
+        #[arg(long)]
+        ttl: Option<String>,
+        /// The forge user name (default: the subject).
+        #[arg(long)]
+        username: Option<String>,
+        /// Display name.
+        #[arg(long)]
+        name: Option<String>,
+        /// E-mail address.
+        #[arg(long)]
+        email: Option<String>,
+        /// Issue for a person instead of a service account.
+        #[arg(long)]
+        user: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCmd {
+    /// Validate the config and its policy file.
+    Check {
+        /// The configuration file.
+        #[arg(long, short, env = "GATEHOUSE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Show whether a request would be allowed, and which policy decides. Exits 0 when allowed,
+    /// 3 when denied.
+    Explain {
+        /// The configuration file.
+        #[arg(long, short, env = "GATEHOUSE_CONFIG")]
+        config: PathBuf,
+        /// The token to act as.
+        #[arg(long, env = "GATEHOUSE_TOKEN", hide_env_values = true)]
+        token: String,
+        /// The request method.
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// The request URL, e.g. `https://git.example.com/acme/api.git/info/refs?service=git-receive-pack`.
+        #[arg(long)]
+        url: String,
+        /// The client address to assume.
+        #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+        source_ip: IpAddr,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCmd {
+    /// Verify the hash chain; exits non-zero and says where on any edit, deletion, reordering or
+    /// truncation.
+    Verify {
+        /// The audit log.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCmd {
+    /// Write a new ES256 (P-256) signing key as PKCS#8 PEM, readable by its owner only.
+    Generate {
+        /// Where to write it.
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Cmd::Serve { config } => gatehouse_app::serve(&gatehouse_app::ServeArgs { config })?,
+        Cmd::Quickstart {
+            dir,
+            listen,
+            admin_listen,
+        } => gatehouse_app::quickstart(&gatehouse_app::QuickstartArgs {
+            dir,
+            listen,
+            admin_listen,
+        })?,
+        Cmd::Token(TokenCmd::Issue {
+            config,
+            subject,
+            groups,
+            ttl,
+            username,
+            name,
+            email,
+            user,
+        }) => gatehouse_app::token_issue(&gatehouse_app::TokenIssueArgs {
+            config,
+            subject,
+            groups,
+            ttl,
+            username,
+            name,
+            email,
+            user,
+        })?,
+        Cmd::Policy(PolicyCmd::Check { config }) => gatehouse_app::policy_check(&config)?,
+        Cmd::Policy(PolicyCmd::Explain {
+            config,
+            token,
+            method,
+            url,
+            source_ip,
+        }) => {
+            let allowed = gatehouse_app::policy_explain(&gatehouse_app::ExplainArgs {
+                config,
+                token: token.into(),
+                method,
+                url,
+                source_ip,
+            })?;
+            if !allowed {
+                return Ok(ExitCode::from(3));
+            }
+        }
+        Cmd::Audit(AuditCmd::Verify { file }) => gatehouse_app::audit_verify(&file)?,
+        Cmd::Keys(KeysCmd::Generate { out, force }) => gatehouse_app::keys_generate(&out, force)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("gatehouse: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -98,15 +98,28 @@ fn deletion_reordering_and_truncation_are_found() {
     let mut l = orig.clone();
     l.remove(3);
     rewrite(&p, &l);
-    assert!(matches!(verify(&p), Err(VerifyError::Sequence { line: 4, .. })));
+    assert!(matches!(
+        verify(&p),
+        Err(VerifyError::Sequence { line: 4, .. })
+    ));
 
     let mut l = orig.clone();
     l.swap(1, 2);
     rewrite(&p, &l);
-    assert!(matches!(verify(&p), Err(VerifyError::Sequence { line: 2, .. })));
+    assert!(matches!(
+        verify(&p),
+        Err(VerifyError::Sequence { line: 2, .. })
+    ));
 
     rewrite(&p, &orig[..4]);
-    assert!(matches!(verify(&p), Err(VerifyError::Head { head_seq: 6, log_seq: 4, .. })));
+    assert!(matches!(
+        verify(&p),
+        Err(VerifyError::Head {
+            head_seq: 6,
+            log_seq: 4,
+            ..
+        })
+    ));
 
     let mut text = orig.join("\n");
     text.truncate(text.len() - 5);
@@ -118,14 +131,21 @@ fn deletion_reordering_and_truncation_are_found() {
 fn refuses_to_append_after_a_torn_record() {
     let p = tmp("torn");
     write_n(&p, 2);
-    let mut f = OpenOptions::new().append(true).open(&p).unwrap_or_else(|e| panic!("{e}"));
-    f.write_all(br#"{"seq":3,"pr"#).unwrap_or_else(|e| panic!("{e}"));
+    let mut f = OpenOptions::new()
+        .append(true)
+        .open(&p)
+        .unwrap_or_else(|e| panic!("{e}"));
+    f.write_all(br#"{"seq":3,"pr"#)
+        .unwrap_or_else(|e| panic!("{e}"));
     let opts = AuditOptions {
         path: p.clone(),
         queue_capacity: 4,
         batch_max: 4,
     };
-    assert!(matches!(AuditSink::open(&opts, None), Err(OpenError::DamagedTail { .. })));
+    assert!(matches!(
+        AuditSink::open(&opts, None),
+        Err(OpenError::DamagedTail { .. })
+    ));
 }
 
 #[test]

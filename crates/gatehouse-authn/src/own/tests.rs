@@ -7,7 +7,9 @@ fn cfg(verification_keys: Vec<std::path::PathBuf>) -> TokensConfig {
     TokensConfig {
         issuer: "urn:gatehouse".into(),
         audience: "gatehouse".into(),
-        signing_key: SecretSource::Env { env: "UNUSED".into() },
+        signing_key: SecretSource::Env {
+            env: "UNUSED".into(),
+        },
         verification_keys,
         default_ttl: ConfigDuration::secs(900),
         max_ttl: ConfigDuration::secs(86_400),
@@ -38,7 +40,9 @@ fn pem() -> String {
 #[test]
 fn issue_and_verify() {
     let own = issuer(&pem(), vec![]);
-    let (tok, exp) = own.issue(&req("agent:reviewer"), 1_000).unwrap_or_else(|e| panic!("{e}"));
+    let (tok, exp) = own
+        .issue(&req("agent:reviewer"), 1_000)
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(exp, 1_060);
     let jwt = parse_unverified(tok.expose()).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(jwt.kid.as_deref(), Some(own.signing_kid()));
@@ -64,7 +68,9 @@ fn rotation_keeps_old_tokens_valid() {
     let _ = std::fs::create_dir_all(&dir);
     let old_pem = pem();
     let old = issuer(&old_pem, vec![]);
-    let (old_tok, _) = old.issue(&req("svc"), 1_000).unwrap_or_else(|e| panic!("{e}"));
+    let (old_tok, _) = old
+        .issue(&req("svc"), 1_000)
+        .unwrap_or_else(|e| panic!("{e}"));
     let old_file = dir.join("old.pem");
     std::fs::write(&old_file, &old_pem).unwrap_or_else(|e| panic!("{e}"));
 
@@ -72,31 +78,43 @@ fn rotation_keeps_old_tokens_valid() {
     assert_eq!(new.jwks()["keys"].as_array().map(Vec::len), Some(2));
     let jwt = parse_unverified(old_tok.expose()).unwrap_or_else(|e| panic!("{e}"));
     assert!(new.verify(&jwt, 1_010).is_ok(), "old token still accepted");
-    let (new_tok, _) = new.issue(&req("svc"), 1_000).unwrap_or_else(|e| panic!("{e}"));
+    let (new_tok, _) = new
+        .issue(&req("svc"), 1_000)
+        .unwrap_or_else(|e| panic!("{e}"));
     let jwt = parse_unverified(new_tok.expose()).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(jwt.kid.as_deref(), Some(new.signing_kid()));
 
     // once retired (removed from verification_keys), the old key's tokens are refused
     let retired = issuer(&pem(), vec![]);
     let jwt = parse_unverified(old_tok.expose()).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(retired.verify(&jwt, 1_010).err(), Some(AuthnError::UnknownKey));
+    assert_eq!(
+        retired.verify(&jwt, 1_010).err(),
+        Some(AuthnError::UnknownKey)
+    );
 }
 
 #[test]
 fn tampered_and_foreign_tokens_are_refused() {
     let own = issuer(&pem(), vec![]);
-    let (tok, _) = own.issue(&req("svc"), 1_000).unwrap_or_else(|e| panic!("{e}"));
+    let (tok, _) = own
+        .issue(&req("svc"), 1_000)
+        .unwrap_or_else(|e| panic!("{e}"));
     let parts: Vec<&str> = tok.expose().split('.').collect();
     let forged_claims = URL_SAFE_NO_PAD.encode(
         r#"{"iss":"urn:gatehouse","sub":"admin","aud":"gatehouse","exp":99999,"groups":["admins"]}"#,
     );
     let forged = format!("{}.{}.{}", parts[0], forged_claims, parts[2]);
     let jwt = parse_unverified(&forged).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(own.verify(&jwt, 1_010).err(), Some(AuthnError::BadSignature));
+    assert_eq!(
+        own.verify(&jwt, 1_010).err(),
+        Some(AuthnError::BadSignature)
+    );
 
     // the same kid but a key the issuer never had: the signature does not verify
     let other = issuer(&pem(), vec![]);
-    let (t2, _) = other.issue(&req("svc"), 1_000).unwrap_or_else(|e| panic!("{e}"));
+    let (t2, _) = other
+        .issue(&req("svc"), 1_000)
+        .unwrap_or_else(|e| panic!("{e}"));
     let jwt = parse_unverified(t2.expose()).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(own.verify(&jwt, 1_010).err(), Some(AuthnError::UnknownKey));
 }
@@ -111,7 +129,9 @@ fn public_key_files_are_accepted_for_verification() {
     std::fs::write(&pub_file, kp.public_key_pem()).unwrap_or_else(|e| panic!("{e}"));
     let old = issuer(&old_pem, vec![]);
     let new = issuer(&pem(), vec![pub_file]);
-    let (tok, _) = old.issue(&req("svc"), 1_000).unwrap_or_else(|e| panic!("{e}"));
+    let (tok, _) = old
+        .issue(&req("svc"), 1_000)
+        .unwrap_or_else(|e| panic!("{e}"));
     let jwt = parse_unverified(tok.expose()).unwrap_or_else(|e| panic!("{e}"));
     assert!(new.verify(&jwt, 1_010).is_ok());
 }
@@ -121,18 +141,31 @@ fn assertions_are_reused_for_half_their_life() {
     let own = issuer(&pem(), vec![]);
     let p = own
         .verify(
-            &parse_unverified(own.issue(&req("svc"), 1_000).unwrap_or_else(|e| panic!("{e}")).0.expose())
-                .unwrap_or_else(|e| panic!("{e}")),
+            &parse_unverified(
+                own.issue(&req("svc"), 1_000)
+                    .unwrap_or_else(|e| panic!("{e}"))
+                    .0
+                    .expose(),
+            )
+            .unwrap_or_else(|e| panic!("{e}")),
             1_000,
         )
         .unwrap_or_else(|e| panic!("{e}"));
     let ttl = Duration::from_secs(60);
-    let a1 = own.assertion(&p, "up", ttl, 1_000).unwrap_or_else(|e| panic!("{e}"));
-    let a2 = own.assertion(&p, "up", ttl, 1_020).unwrap_or_else(|e| panic!("{e}"));
-    let a3 = own.assertion(&p, "up", ttl, 1_031).unwrap_or_else(|e| panic!("{e}"));
+    let a1 = own
+        .assertion(&p, "up", ttl, 1_000)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let a2 = own
+        .assertion(&p, "up", ttl, 1_020)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let a3 = own
+        .assertion(&p, "up", ttl, 1_031)
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(a1, a2);
     assert_ne!(a1, a3);
-    let claims = parse_unverified(&a3).unwrap_or_else(|e| panic!("{e}")).claims;
+    let claims = parse_unverified(&a3)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .claims;
     assert_eq!(claims["aud"], "up");
     assert_eq!(claims["exp"], 1_091);
 }

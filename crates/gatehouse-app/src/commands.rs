@@ -1,0 +1,228 @@
+//! The offline commands.
+
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result, bail};
+use gatehouse_authn::{Authenticator, Credential, TokenRequest, generate_signing_key_pem};
+use gatehouse_config::{Config, ConfigDuration};
+use gatehouse_core::{Clock, PrincipalKind, Redacted, Resource, SystemClock};
+use gatehouse_git::classify;
+use gatehouse_policy::{AuthzRequest, RequestFacts};
+
+use crate::serve::{flavor, load_policy, own_issuer};
+
+/// Arguments of `gatehouse token issue`.
+#[derive(Debug, Clone)]
+pub struct TokenIssueArgs {
+    /// The config file.
+    pub config: PathBuf,
+    /// `sub`.
+    pub subject: String,
+    /// Groups.
+    pub groups: Vec<String>,
+    /// Lifetime, e.g. `15m`.
+    pub ttl: Option<String>,
+    /// Forge user name (default: the subject).
+    pub username: Option<String>,
+    /// Display name.
+    pub name: Option<String>,
+    /// E-mail.
+    pub email: Option<String>,
+    /// The principal is a person rather than a service account.
+    pub user: bool,
+}
+
+/// `gatehouse token issue`: prints a token on stdout, its expiry on stderr.
+pub fn token_issue(args: &TokenIssueArgs) -> Result<()> {
+    let cfg = Config::load(&args.config)?;
+    let own = own_issuer(&cfg)?;
+    let ttl = args
+        .ttl
+        .as_deref()
+        .map(ConfigDuration::parse)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--ttl: {e}"))?
+        .map(|d| d.0);
+    let now = SystemClock.now().as_secs();
+    let (token, exp) = own.issue(
+        &TokenRequest {
+            subject: args.subject.clone(),
+            username: args.username.clone(),
+            groups: args.groups.clone(),
+            ttl,
+            name: args.name.clone(),
+            email: args.email.clone(),
+            kind: if args.user {
+                PrincipalKind::User
+            } else {
+                PrincipalKind::Service
+            },
+        },
+        now,
+    )?;
+    println!("{}", token.expose());
+    eprintln!(
+        "token for {} (groups: {}) expires at {}",
+        args.subject,
+        if args.groups.is_empty() {
+            "none".to_owned()
+        } else {
+            args.groups.join(", ")
+        },
+        gatehouse_core::UnixTime::from_secs(exp).to_rfc3339()
+    );
+    Ok(())
+}
+
+/// `gatehouse policy check`: validates the config and its policy file.
+pub fn policy_check(config: &Path) -> Result<()> {
+    let cfg = Config::load(config)?;
+    let p = load_policy(&cfg)?;
+    println!(
+        "ok: {} policies in {} validate against the Gatehouse schema",
+        p.len(),
+        cfg.policy.file.display()
+    );
+    Ok(())
+}
+
+/// Arguments of `gatehouse policy explain`.
+#[derive(Debug, Clone)]
+pub struct ExplainArgs {
+    /// The config file.
+    pub config: PathBuf,
+    /// The token to act as.
+    pub token: Redacted<String>,
+    /// The request method.
+    pub method: String,
+    /// The request URL.
+    pub url: String,
+    /// The client address (for `context.source_ip`).
+    pub source_ip: std::net::IpAddr,
+}
+
+/// `gatehouse policy explain`: what would happen to a request. Returns whether it is allowed.
+pub fn policy_explain(args: &ExplainArgs) -> Result<bool> {
+    let cfg = Config::load(&args.config)?;
+    let policy = load_policy(&cfg)?;
+    let own = own_issuer(&cfg)?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let authn = Authenticator::new(&cfg, own, clock)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let principal = rt
+        .block_on(authn.authenticate(&Credential::Bearer(args.token.clone())))
+        .map_err(|e| anyhow::anyhow!("token refused: {e}"))?;
+    let uri: http::Uri = args
+        .url
+        .parse()
+        .with_context(|| format!("--url {}", args.url))?;
+    let host = uri.host().unwrap_or("localhost").to_ascii_lowercase();
+    let method = args.method.to_ascii_uppercase();
+    let c = classify(
+        flavor(cfg.forge.kind),
+        &method,
+        &host,
+        uri.path(),
+        uri.query(),
+    )
+    .map_err(|e| anyhow::anyhow!("request refused before policy: {e}"))?;
+    let ex = policy.explain(&AuthzRequest {
+        principal: &principal,
+        action: c.action,
+        resource: &c.resource,
+        facts: RequestFacts {
+            source_ip: args.source_ip,
+            method: &method,
+            host: &host,
+            wiki: c.wiki,
+        },
+    });
+    let resource = match &c.resource {
+        Resource::Repo(r) => format!("Gatehouse::Repo::\"{r}\""),
+        Resource::Route(r) => format!(
+            "Gatehouse::Route (host {}, path {}, method {})",
+            r.host, r.path, r.method
+        ),
+    };
+    println!(
+        "decision:  {}",
+        if ex.decision.allowed { "ALLOW" } else { "DENY" }
+    );
+    println!("reason:    {}", ex.decision.reason);
+    println!(
+        "principal: {} (issuer {}, groups: {})",
+        principal.username,
+        principal.issuer,
+        principal.groups.join(", ")
+    );
+    println!("action:    Gatehouse::Action::\"{}\"", c.action);
+    println!("resource:  {resource}");
+    println!("forwarded: {}", c.forward_path);
+    if ex.deciding.is_empty() {
+        println!("decided by: default deny (no permit matched)");
+    }
+    for (id, text) in &ex.deciding {
+        println!("decided by policy `{id}`:\n{}", text.trim());
+    }
+    for e in &ex.errors {
+        println!("evaluation error: {e}");
+    }
+    Ok(ex.decision.allowed)
+}
+
+/// `gatehouse audit verify FILE`.
+pub fn audit_verify(file: &Path) -> Result<()> {
+    match gatehouse_audit::verify(file) {
+        Ok(r) => {
+            println!(
+                "ok: {} records, hash chain intact{}",
+                r.records,
+                if r.head_checked {
+                    ", head matches"
+                } else {
+                    " (no .head file to check truncation against)"
+                }
+            );
+            Ok(())
+        }
+        Err(e) => bail!("audit log {} failed verification: {e}", file.display()),
+    }
+}
+
+/// `gatehouse keys generate --out FILE`: a new P-256 signing key, readable by its owner only.
+pub fn keys_generate(out: &Path, force: bool) -> Result<()> {
+    write_new_key(out, force)?;
+    eprintln!("wrote a new ES256 signing key to {}", out.display());
+    Ok(())
+}
+
+pub(crate) fn write_new_key(out: &Path, force: bool) -> Result<()> {
+    let pem = generate_signing_key_pem()?;
+    if let Some(dir) = out.parent() {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .create_new(!force)
+        .truncate(true)
+        .mode(0o600)
+        .open(out)
+        .with_context(|| {
+            format!(
+                "cannot write {} (use --force to replace an existing key)",
+                out.display()
+            )
+        })?;
+    f.write_all(pem.as_bytes())?;
+    f.sync_all()?;
+    Ok(())
+}

@@ -1,0 +1,208 @@
+//! `gatehouse quickstart`: a complete local setup in one directory, with the built-in
+//! `git http-backend` upstream, so that Gatehouse can be tried with nothing else installed but git.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use gatehouse_authn::TokenRequest;
+use gatehouse_config::Config;
+use gatehouse_core::{Clock, PrincipalKind, SystemClock};
+
+use crate::commands::write_new_key;
+use crate::serve::{init_logging, own_issuer, run_blocking};
+
+/// Arguments of `gatehouse quickstart`.
+#[derive(Debug, Clone)]
+pub struct QuickstartArgs {
+    /// The directory to create (or reuse).
+    pub dir: PathBuf,
+    /// The gateway's address.
+    pub listen: SocketAddr,
+    /// The admin listener's address.
+    pub admin_listen: SocketAddr,
+}
+
+const POLICY: &str = r#"// Gatehouse quickstart policy (Cedar). Default deny: only what a permit allows passes.
+// See docs/policy.md for the model.
+
+// People in group "dev" may clone and push every repository owned by "demo".
+@id("dev-read-write-demo")
+permit (
+  principal in Gatehouse::Group::"dev",
+  action in [Gatehouse::Action::"git:read", Gatehouse::Action::"git:write",
+             Gatehouse::Action::"lfs:read", Gatehouse::Action::"lfs:write"],
+  resource in Gatehouse::Owner::"demo"
+);
+
+// CI in group "ci" may only clone and fetch.
+@id("ci-read-demo")
+permit (
+  principal in Gatehouse::Group::"ci",
+  action in [Gatehouse::Action::"git:read", Gatehouse::Action::"lfs:read"],
+  resource in Gatehouse::Owner::"demo"
+);
+"#;
+
+fn config_text(listen: SocketAddr, admin: SocketAddr) -> String {
+    format!(
+        r#"# Gatehouse quickstart configuration. Every key is described in docs/configuration.md.
+[server]
+listen = "{listen}"
+
+[admin]
+listen = "{admin}"
+
+[upstream]
+# The built-in upstream: bare repositories under repos/ served by `git http-backend`.
+git_http_backend = {{ repos_dir = "repos" }}
+
+[forge]
+kind = "generic"
+
+[tokens]
+issuer = "urn:gatehouse:quickstart"
+signing_key = {{ file = "keys/signing.pem" }}
+max_ttl = "24h"
+
+[policy]
+file = "policy.cedar"
+
+[audit]
+file = "audit.log"
+
+[log]
+format = "text"
+"#
+    )
+}
+
+fn git(dir: &Path, args: &[&str]) -> Result<()> {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "Gatehouse Quickstart")
+        .env("GIT_AUTHOR_EMAIL", "quickstart@gatehouse.invalid")
+        .env("GIT_COMMITTER_NAME", "Gatehouse Quickstart")
+        .env("GIT_COMMITTER_EMAIL", "quickstart@gatehouse.invalid")
+        .output()
+        .context("cannot run git (is it installed?)")?;
+    if !out.status.success() {
+        bail!(
+            "git {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+fn create_demo_repo(repos: &Path) -> Result<()> {
+    let bare = repos.join("demo/hello.git");
+    if bare.exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(repos.join("demo"))?;
+    let bare_s = bare.to_string_lossy().to_string();
+    git(
+        repos,
+        &[
+            "init",
+            "--quiet",
+            "--bare",
+            "--initial-branch=main",
+            &bare_s,
+        ],
+    )?;
+    let work = repos.join(".seed");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    git(&work, &["init", "--quiet", "--initial-branch=main"])?;
+    std::fs::write(
+        work.join("README.md"),
+        "# hello\n\nA demo repository served through Gatehouse.\n",
+    )?;
+    git(&work, &["add", "README.md"])?;
+    git(&work, &["commit", "--quiet", "-m", "Initial commit"])?;
+    git(&work, &["push", "--quiet", &bare_s, "main"])?;
+    std::fs::remove_dir_all(&work)?;
+    Ok(())
+}
+
+/// Creates (or reuses) the quickstart directory. Returns the config path.
+pub(crate) fn prepare(args: &QuickstartArgs) -> Result<PathBuf> {
+    let dir = &args.dir;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let config = dir.join("gatehouse.toml");
+    if !config.exists() {
+        std::fs::write(&config, config_text(args.listen, args.admin_listen))?;
+    }
+    let key = dir.join("keys/signing.pem");
+    if !key.exists() {
+        write_new_key(&key, false)?;
+    }
+    let policy = dir.join("policy.cedar");
+    if !policy.exists() {
+        std::fs::write(&policy, POLICY)?;
+    }
+    create_demo_repo(&dir.join("repos"))?;
+    Ok(config)
+}
+
+/// `gatehouse quickstart`.
+pub fn quickstart(args: &QuickstartArgs) -> Result<()> {
+    let config_path = prepare(args)?;
+    let config_path = config_path.canonicalize().unwrap_or(config_path);
+    let cfg = Config::load(&config_path)?;
+    init_logging(&cfg);
+    let own = own_issuer(&cfg)?;
+    let now = SystemClock.now().as_secs();
+    let issue = |sub: &str, group: &str, kind: PrincipalKind| {
+        own.issue(
+            &TokenRequest {
+                subject: sub.to_owned(),
+                username: None,
+                groups: vec![group.to_owned()],
+                ttl: Some(Duration::from_secs(12 * 3600)),
+                name: None,
+                email: Some(format!("{sub}@example.test")),
+                kind,
+            },
+            now,
+        )
+    };
+    let (alice, _) = issue("alice", "dev", PrincipalKind::User)?;
+    let (ci, _) = issue("ci-bot", "ci", PrincipalKind::Service)?;
+    let cfg_display = config_path.display().to_string();
+    let alice = alice.expose().clone();
+    let ci = ci.expose().clone();
+    run_blocking(cfg, &config_path, move |addr| {
+        let url = format!("http://{addr}");
+        println!(
+            r#"
+Gatehouse quickstart is running at {url}
+  config:  {cfg_display}
+  audit:   gatehouse audit verify {audit}
+
+Tokens (12 hours; re-issue with `gatehouse token issue --config {cfg_display} --subject alice --group dev --ttl 1h`):
+  export ALICE_TOKEN={alice}   # alice, group dev: read and write demo/*
+  export CI_TOKEN={ci}   # ci-bot, group ci: read only
+
+Clone and push as alice:
+  git -c http.extraHeader="Authorization: Bearer $ALICE_TOKEN" clone {url}/demo/hello.git
+  cd hello && echo "hello from alice" >> README.md && git commit -qam "Say hello"
+  git -c http.extraHeader="Authorization: Bearer $ALICE_TOKEN" push
+
+See a push denied (ci-bot may only read):
+  git -c http.extraHeader="Authorization: Bearer $CI_TOKEN" push
+
+Press Ctrl-C to stop.
+"#,
+            audit = Path::new(&cfg_display)
+                .with_file_name("audit.log")
+                .display(),
+        );
+    })
+}

@@ -1,0 +1,330 @@
+//! `gatehouse serve`: build every part from the config, run, drain on SIGTERM.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use arc_swap::ArcSwap;
+use gatehouse_audit::{AuditOptions, AuditRecord, AuditSink};
+use gatehouse_authn::{Authenticator, OwnIssuer};
+use gatehouse_config::{Config, ForgeKind, LogFormat, read_secret};
+use gatehouse_core::{Clock, SystemClock};
+use gatehouse_git::ForgeFlavor;
+use gatehouse_http::{Gateway, GatewaySettings, Metrics, ServeOptions, TlsReloader, Upstream};
+use gatehouse_policy::PolicyEngine;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Options of `gatehouse serve` beyond the config file.
+#[derive(Debug, Clone)]
+pub struct ServeArgs {
+    /// The config file.
+    pub config: PathBuf,
+}
+
+pub(crate) fn init_logging(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GATEHOUSE_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cfg.log.level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match cfg.log.format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+pub(crate) fn flavor(kind: ForgeKind) -> ForgeFlavor {
+    match kind {
+        ForgeKind::Gitea => ForgeFlavor::Gitea,
+        ForgeKind::Forgejo => ForgeFlavor::Forgejo,
+        ForgeKind::Gogs => ForgeFlavor::Gogs,
+        ForgeKind::Generic => ForgeFlavor::Generic,
+    }
+}
+
+pub(crate) fn load_policy(cfg: &Config) -> Result<PolicyEngine> {
+    let text = std::fs::read_to_string(&cfg.policy.file)
+        .with_context(|| format!("cannot read policy file {}", cfg.policy.file.display()))?;
+    PolicyEngine::new(&text, &cfg.forge.name)
+        .with_context(|| format!("policy file {}", cfg.policy.file.display()))
+}
+
+pub(crate) fn own_issuer(cfg: &Config) -> Result<Arc<OwnIssuer>> {
+    let pem = read_secret("tokens.signing_key", &cfg.tokens.signing_key)?;
+    Ok(Arc::new(OwnIssuer::new(&cfg.tokens, &pem)?))
+}
+
+fn mtime(p: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(p).and_then(|m| m.modified()).ok()
+}
+
+/// Watches the policy file; a valid new version replaces the old one, an invalid one is logged,
+/// counted and ignored (the old policy stays in force).
+async fn watch_policy(
+    cfg: Config,
+    engine: Arc<ArcSwap<PolicyEngine>>,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let every = cfg.policy.reload_interval.0;
+    if every.is_zero() {
+        return;
+    }
+    let path = cfg.policy.file.clone();
+    let mut last = (mtime(&path), std::fs::read(&path).ok());
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        let m = mtime(&path);
+        if m == last.0 {
+            continue;
+        }
+        let bytes = std::fs::read(&path).ok();
+        if bytes == last.1 {
+            last.0 = m;
+            continue;
+        }
+        last = (m, bytes);
+        match load_policy(&cfg) {
+            Ok(p) => {
+                let n = p.len();
+                engine.store(Arc::new(p));
+                metrics.policy_reloaded(true, n);
+                tracing::info!(policies = n, file = %path.display(), "policy reloaded");
+            }
+            Err(e) => {
+                metrics.policy_reloaded(false, 0);
+                tracing::error!(error = format!("{e:#}"), file = %path.display(), "policy reload failed; keeping the previous policy");
+            }
+        }
+    }
+}
+
+async fn refresh_keys(authn: Arc<Authenticator>, mut stop: watch::Receiver<bool>) {
+    for i in authn.issuers() {
+        let _ = i.refresh().await;
+    }
+    loop {
+        // Retry quickly while an issuer has no keys, otherwise follow the cache TTL.
+        let missing = authn.issuers().any(|i| !i.status().loaded);
+        let wait = if missing {
+            Duration::from_secs(2)
+        } else {
+            Duration::from_secs(30)
+        };
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+        for i in authn.issuers() {
+            if i.is_stale() {
+                let _ = i.refresh().await;
+            }
+        }
+    }
+}
+
+async fn watch_tls(tls: Arc<TlsReloader>, every: Duration, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        match tls.reload_if_changed() {
+            Ok(true) => tracing::info!("TLS certificate reloaded"),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "TLS certificate reload failed; keeping the previous certificate")
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}
+
+/// A running gateway's parts that outlive the async runtime: the audit writer must be joined after
+/// every request task has ended, so that no record is lost.
+#[derive(Debug)]
+pub(crate) struct Running {
+    pub(crate) writer: std::thread::JoinHandle<()>,
+}
+
+/// Runs the gateway from a loaded config until SIGTERM or Ctrl-C. `on_ready` runs once the
+/// listeners are bound.
+pub(crate) async fn run(
+    cfg: Config,
+    config_path: &Path,
+    on_ready: impl FnOnce(std::net::SocketAddr),
+) -> Result<Running> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let metrics = Arc::new(Metrics::new());
+
+    let policy = load_policy(&cfg)?;
+    metrics.policy_reloaded(true, policy.len());
+    let policy = Arc::new(ArcSwap::from_pointee(policy));
+    let own = own_issuer(&cfg)?;
+    let authn = Arc::new(Authenticator::new(&cfg, own, clock.clone())?);
+    let upstream = Upstream::new(&cfg.upstream)?;
+
+    let m = metrics.clone();
+    let (audit, writer) = AuditSink::open(
+        &AuditOptions {
+            path: cfg.audit.file.clone(),
+            queue_capacity: cfg.audit.queue_capacity,
+            batch_max: cfg.audit.batch_max,
+        },
+        Some(Box::new(move |s| {
+            m.audit_flushed(s.duration.as_secs_f64(), s.ok)
+        })),
+    )?;
+
+    let tls = match &cfg.server.tls {
+        Some(t) => {
+            let r = TlsReloader::new(t.cert_file.clone(), t.key_file.clone())?;
+            Some(r)
+        }
+        None => None,
+    };
+    let listener = TcpListener::bind(cfg.server.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.server.listen))?;
+    let admin = match &cfg.admin {
+        Some(a) => Some(
+            TcpListener::bind(a.listen)
+                .await
+                .with_context(|| format!("cannot listen on {} (admin)", a.listen))?,
+        ),
+        None => None,
+    };
+
+    let assertion_audience = cfg
+        .identity_headers
+        .assertion_audience
+        .clone()
+        .or_else(|| cfg.upstream.url.clone())
+        .unwrap_or_else(|| "gatehouse-upstream".to_owned());
+    let gateway = Arc::new(Gateway::new(
+        GatewaySettings {
+            flavor: flavor(cfg.forge.kind),
+            trusted_proxies: cfg.server.trusted_proxies.clone(),
+            identity: cfg.identity_headers.clone(),
+            assertion_audience,
+        },
+        policy.clone(),
+        authn.clone(),
+        audit.clone(),
+        upstream,
+        metrics.clone(),
+        clock.clone(),
+    ));
+
+    audit
+        .send(AuditRecord {
+            time: clock.now().to_rfc3339(),
+            event: "gateway_start",
+            detail: Some(format!(
+                "gatehouse {} config {}",
+                env!("CARGO_PKG_VERSION"),
+                config_path.display()
+            )),
+            ..AuditRecord::default()
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("audit log: {e}"))?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(watch_policy(
+        cfg.clone(),
+        policy,
+        metrics.clone(),
+        stop_rx.clone(),
+    ));
+    tokio::spawn(refresh_keys(authn.clone(), stop_rx.clone()));
+    let server_tls = match &tls {
+        Some(r) => {
+            let every = cfg
+                .server
+                .tls
+                .as_ref()
+                .map_or(Duration::from_secs(10), |t| t.reload_interval.0);
+            tokio::spawn(watch_tls(r.clone(), every, stop_rx.clone()));
+            Some(r.server_config()?)
+        }
+        None => None,
+    };
+    if let Some(l) = admin {
+        let gw = gateway.clone();
+        let mut stop = stop_rx.clone();
+        tracing::info!(addr = %l.local_addr()?, "admin listener ready");
+        tokio::spawn(gatehouse_http::serve_admin(l, gw, async move {
+            let _ = stop.changed().await;
+        }));
+    }
+    let local = listener.local_addr()?;
+    tracing::info!(addr = %local, tls = server_tls.is_some(), "gatehouse listening");
+    on_ready(local);
+    let opts = ServeOptions {
+        header_read_timeout: cfg.server.header_read_timeout.0,
+        idle_timeout: cfg.server.idle_timeout.0,
+        shutdown_grace: cfg.server.shutdown_grace.0,
+        max_header_bytes: cfg.server.max_header_bytes,
+    };
+    gatehouse_http::serve(listener, server_tls, gateway, opts, shutdown_signal()).await?;
+    let _ = stop_tx.send(true);
+    let _ = audit
+        .send(AuditRecord {
+            time: clock.now().to_rfc3339(),
+            event: "gateway_stop",
+            ..AuditRecord::default()
+        })
+        .await;
+    tracing::info!("gatehouse stopped");
+    Ok(Running { writer })
+}
+
+/// Runs a gateway on a fresh runtime, and after it stops joins the audit writer so that every
+/// queued record reaches the disk.
+pub(crate) fn run_blocking(
+    cfg: Config,
+    config_path: &Path,
+    on_ready: impl FnOnce(std::net::SocketAddr),
+) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("gatehouse")
+        .build()?;
+    let result = rt.block_on(run(cfg, config_path, on_ready));
+    // Dropping the runtime ends any request still running after the grace period; its audit
+    // record is queued (as aborted) before the last sink goes away and the writer exits.
+    rt.shutdown_timeout(Duration::from_secs(2));
+    let running = result?;
+    if running.writer.join().is_err() {
+        anyhow::bail!("audit writer panicked");
+    }
+    Ok(())
+}
+
+/// `gatehouse serve --config FILE`.
+pub fn serve(args: &ServeArgs) -> Result<()> {
+    let cfg = Config::load(&args.config)?;
+    init_logging(&cfg);
+    run_blocking(cfg, &args.config, |_| {})
+}

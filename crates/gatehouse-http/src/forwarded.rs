@@ -1,0 +1,284 @@
+//! Header hygiene: hop-by-hop headers, identity headers a client must never set, the
+//! `X-Forwarded-*` family, `X-Request-Id` and W3C `traceparent`.
+
+use std::net::IpAddr;
+
+use gatehouse_config::IpNet;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Identity headers stripped from every inbound request, whatever the configuration.
+pub(crate) const ALWAYS_STRIPPED: [&str; 9] = [
+    "x-webauth-user",
+    "x-webauth-email",
+    "x-webauth-fullname",
+    "x-forwarded-user",
+    "x-forwarded-email",
+    "x-forwarded-preferred-username",
+    "x-forwarded-groups",
+    "remote-user",
+    "x-remote-user",
+];
+
+/// Removes hop-by-hop headers, including those named in `Connection`.
+pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in &HOP_BY_HOP {
+        h.remove(n);
+    }
+    h.remove("proxy-connection");
+}
+
+/// The client's address: the peer, or, when the peer is a trusted proxy, the right-most address
+/// in `X-Forwarded-For` that is not itself a trusted proxy.
+pub(crate) fn client_ip(peer: IpAddr, h: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(peer) {
+        return peer;
+    }
+    let chain: Vec<IpAddr> = h
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    chain
+        .into_iter()
+        .rev()
+        .find(|ip| !is_trusted(*ip))
+        .unwrap_or(peer)
+}
+
+/// Sets `X-Forwarded-For`, `-Proto`, `-Host` and `X-Real-IP`. A trusted peer's values are
+/// extended; anybody else's are replaced.
+pub(crate) fn set_forwarded(
+    h: &mut HeaderMap,
+    peer: IpAddr,
+    client: IpAddr,
+    proto: &str,
+    host: &str,
+    trusted_peer: bool,
+) {
+    let xff = if trusted_peer {
+        let prior: Vec<&str> = h
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        if prior.is_empty() {
+            peer.to_string()
+        } else {
+            format!("{}, {peer}", prior.join(", "))
+        }
+    } else {
+        peer.to_string()
+    };
+    let keep_proto = trusted_peer && h.contains_key("x-forwarded-proto");
+    let keep_host = trusted_peer && h.contains_key("x-forwarded-host");
+    h.remove("forwarded");
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        h.insert("x-forwarded-for", v);
+    }
+    if !keep_proto {
+        h.insert(
+            "x-forwarded-proto",
+            HeaderValue::from_static(if proto == "https" { "https" } else { "http" }),
+        );
+    }
+    if !keep_host {
+        match HeaderValue::from_str(host) {
+            Ok(v) => {
+                h.insert("x-forwarded-host", v);
+            }
+            Err(_) => {
+                h.remove("x-forwarded-host");
+            }
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(&client.to_string()) {
+        h.insert("x-real-ip", v);
+    }
+}
+
+/// A request id from the client when it is short and plain, or a new one.
+pub(crate) fn request_id(h: &HeaderMap) -> String {
+    h.get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| {
+            !s.is_empty()
+                && s.len() <= 128
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        })
+        .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn random_hex(n: usize) -> String {
+    let mut b = vec![0u8; n];
+    if aws_lc_rs::rand::fill(&mut b).is_err() {
+        // Fall back to the UUID generator's randomness.
+        b = uuid::Uuid::new_v4().as_bytes()[..n.min(16)].to_vec();
+    }
+    hex(&b)
+}
+
+/// W3C trace context for this hop: `(trace_id, traceparent to send upstream)`. A valid inbound
+/// `traceparent` keeps its trace id and flags; Gatehouse adds its own span id.
+pub(crate) fn trace_context(h: &HeaderMap) -> (String, String) {
+    let parsed = h
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| {
+            let p: Vec<&str> = s.trim().split('-').collect();
+            let is_hex = |x: &str, n: usize| {
+                x.len() == n
+                    && x.bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            };
+            match p.as_slice() {
+                [ver, trace, span, flags]
+                    if is_hex(ver, 2)
+                        && *ver != "ff"
+                        && is_hex(trace, 32)
+                        && is_hex(span, 16)
+                        && is_hex(flags, 2)
+                        && trace.bytes().any(|b| b != b'0')
+                        && span.bytes().any(|b| b != b'0') =>
+                {
+                    Some(((*trace).to_owned(), (*flags).to_owned()))
+                }
+                _ => None,
+            }
+        });
+    let (trace, flags) = parsed.unwrap_or_else(|| (random_hex(16), "01".to_owned()));
+    let tp = format!("00-{trace}-{}-{flags}", random_hex(8));
+    (trace, tp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap_or_else(|e| panic!("{e}")),
+                HeaderValue::from_str(v).unwrap_or_else(|e| panic!("{e}")),
+            );
+        }
+        h
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go() {
+        let mut h = headers(&[
+            ("connection", "keep-alive, x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("x-kept", "1"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn forwarded_for_from_untrusted_peers_is_replaced() {
+        let mut h = headers(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+            ("forwarded", "for=1.1.1.1"),
+        ]);
+        let peer = ip("10.0.0.5");
+        let c = client_ip(peer, &h, &[]);
+        assert_eq!(c, peer);
+        set_forwarded(&mut h, peer, c, "http", "git.example", false);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.5");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "git.example");
+        assert!(!h.contains_key("forwarded"));
+    }
+
+    #[test]
+    fn trusted_proxies_extend_the_chain() {
+        let trusted: Vec<IpNet> = vec![
+            "10.0.0.0/8"
+                .parse()
+                .unwrap_or_else(|e: String| panic!("{e}")),
+        ];
+        let mut h = headers(&[
+            ("x-forwarded-for", "6.6.6.6, 203.0.113.7, 10.1.1.1"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        let peer = ip("10.0.0.5");
+        let c = client_ip(peer, &h, &trusted);
+        assert_eq!(c, ip("203.0.113.7"));
+        set_forwarded(&mut h, peer, c, "http", "git.example", true);
+        assert_eq!(
+            h["x-forwarded-for"],
+            "6.6.6.6, 203.0.113.7, 10.1.1.1, 10.0.0.5"
+        );
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-real-ip"], "203.0.113.7");
+    }
+
+    #[test]
+    fn request_ids() {
+        assert_eq!(
+            request_id(&headers(&[("x-request-id", "abc-123")])),
+            "abc-123"
+        );
+        assert_ne!(
+            request_id(&headers(&[("x-request-id", "bad id\"")])),
+            "bad id\""
+        );
+        assert_eq!(request_id(&HeaderMap::new()).len(), 36);
+    }
+
+    #[test]
+    fn traceparent_is_propagated_with_a_new_span() {
+        let inbound = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let (trace, tp) = trace_context(&headers(&[("traceparent", inbound)]));
+        assert_eq!(trace, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert!(tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert!(tp.ends_with("-01"));
+        assert_ne!(tp, inbound);
+        let (t2, _) = trace_context(&headers(&[(
+            "traceparent",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        )]));
+        assert_ne!(t2, "00000000000000000000000000000000");
+        assert_eq!(t2.len(), 32);
+    }
+}

@@ -1,0 +1,700 @@
+//! The request phases, in order (see `docs/request-phases.md`):
+//!
+//! 1. **admit**: request id, trace context, client address; reserve an audit slot or refuse (503).
+//! 2. **classify**: normalize the path; decide action and resource (400 on a bad path).
+//! 3. **authenticate**: credential to principal (401 with an RFC 6750 challenge).
+//! 4. **authorize**: the policy decides (403 with a reason code); LFS batch bodies are read first.
+//! 5. **upstream_request**: header hygiene, identity headers, assertion, forwarded headers.
+//! 6. **proxy**: send upstream (502/504 on failure) and stream the answer back.
+//! 7. **log**: when the response body ends (or the client goes away), write the audit record.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
+use base64::Engine as _;
+use gatehouse_audit::{AuditPrincipal, AuditRecord, AuditSink};
+use gatehouse_authn::{Authenticator, AuthnError, Credential};
+use gatehouse_config::{IdentityHeadersConfig, IpNet};
+use gatehouse_core::{Action, Clock, Principal, Redacted, Resource};
+use gatehouse_git::{
+    Classified, ForgeFlavor, LfsOperation, RequestKind, classify, lfs_batch_operation,
+    normalize_path,
+};
+use gatehouse_policy::{AuthzRequest, PolicyEngine, RequestFacts};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt as _;
+
+use crate::body::{Body, BodyEnd, Counted, full};
+use crate::forwarded::{
+    ALWAYS_STRIPPED, client_ip, request_id, set_forwarded, strip_hop_by_hop, trace_context,
+};
+use crate::metrics::{ActionLabel, KindLabel, Metrics, RequestLabels};
+use crate::respond::{ClientKind, Refusal};
+use crate::upstream::{CallerInfo, Upstream, UpstreamError};
+
+/// The most of an LFS batch body read to decide between `lfs:read` and `lfs:write`.
+const MAX_LFS_BATCH_BODY: usize = 1024 * 1024;
+
+/// Settings the phases need, derived once from the config.
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    /// How repository names compare.
+    pub flavor: ForgeFlavor,
+    /// Peers whose forwarded headers are trusted.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Identity header names and assertion settings.
+    pub identity: IdentityHeadersConfig,
+    /// The assertion's audience.
+    pub assertion_audience: String,
+}
+
+/// Everything a request needs; shared by all connections.
+#[derive(Debug)]
+pub struct Gateway {
+    settings: GatewaySettings,
+    strip: Vec<HeaderName>,
+    policy: Arc<ArcSwap<PolicyEngine>>,
+    authn: Arc<Authenticator>,
+    audit: AuditSink,
+    upstream: Upstream,
+    metrics: Arc<Metrics>,
+    clock: Arc<dyn Clock>,
+}
+
+/// What the connection knows about a request.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConnInfo {
+    pub(crate) peer: SocketAddr,
+    pub(crate) tls: bool,
+}
+
+/// The request facts gathered in the first phase.
+struct Admitted {
+    request_id: String,
+    traceparent: String,
+    client: IpAddr,
+    host: String,
+}
+
+fn header_name(s: &str) -> Option<HeaderName> {
+    HeaderName::from_bytes(s.as_bytes()).ok()
+}
+
+fn credential(h: &HeaderMap) -> Result<Option<Credential>, AuthnError> {
+    let mut all = h.get_all(header::AUTHORIZATION).iter();
+    let Some(v) = all.next() else { return Ok(None) };
+    if all.next().is_some() {
+        return Err(AuthnError::Malformed);
+    }
+    let s = v.to_str().map_err(|_| AuthnError::Malformed)?.trim();
+    let (scheme, rest) = s.split_once(' ').ok_or(AuthnError::UnsupportedScheme)?;
+    let rest = rest.trim();
+    if scheme.eq_ignore_ascii_case("bearer") {
+        if rest.is_empty() {
+            return Err(AuthnError::Malformed);
+        }
+        Ok(Some(Credential::Bearer(Redacted::new(rest.to_owned()))))
+    } else if scheme.eq_ignore_ascii_case("basic") {
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(rest)
+            .map_err(|_| AuthnError::Malformed)?;
+        let text = String::from_utf8(raw).map_err(|_| AuthnError::Malformed)?;
+        let (user, pass) = text.split_once(':').ok_or(AuthnError::Malformed)?;
+        // git sends the token as the password (https://x:TOKEN@host); some tools send it as the user.
+        let token = if pass.is_empty() { user } else { pass };
+        if token.is_empty() {
+            return Err(AuthnError::Missing);
+        }
+        Ok(Some(Credential::BasicToken(Redacted::new(
+            token.to_owned(),
+        ))))
+    } else {
+        Err(AuthnError::UnsupportedScheme)
+    }
+}
+
+fn request_host(req: &Request<Body>) -> Option<String> {
+    let raw = req
+        .uri()
+        .authority()
+        .map(|a| a.host().to_owned())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .map(|h| {
+                    h.parse::<http::uri::Authority>()
+                        .map(|a| a.host().to_owned())
+                        .unwrap_or_default()
+                })
+        })?;
+    let host = raw.to_ascii_lowercase();
+    let ok = !host.is_empty()
+        && host.len() <= 253
+        && host.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']')
+        });
+    ok.then_some(host)
+}
+
+fn audit_principal(p: &Principal) -> AuditPrincipal {
+    AuditPrincipal {
+        kind: p.kind.as_str(),
+        subject: p.subject.clone(),
+        issuer: p.issuer.clone(),
+        username: p.username.clone(),
+        groups: p.groups.clone(),
+        token_id: p.token_id.clone(),
+    }
+}
+
+fn describe(action: Action, resource: &Resource) -> String {
+    match resource {
+        Resource::Repo(r) => format!("{action} on {r}"),
+        Resource::Route(r) => format!("{action} on {} {}", r.method, r.path),
+    }
+}
+
+fn client_kind(classified: Option<&Classified>, h: &HeaderMap) -> ClientKind {
+    let git_kind = classified.is_some_and(|c| {
+        matches!(
+            c.kind,
+            RequestKind::GitAdvertise(_)
+                | RequestKind::GitRpc(_)
+                | RequestKind::GitDumb
+                | RequestKind::Lfs
+                | RequestKind::LfsBatch
+        )
+    });
+    let git_agent = h
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ua| ua.starts_with("git/") || ua.starts_with("git-lfs/"));
+    if git_kind || git_agent {
+        ClientKind::Git
+    } else {
+        ClientKind::Api
+    }
+}
+
+impl Gateway {
+    /// Assembles the gateway.
+    pub fn new(
+        settings: GatewaySettings,
+        policy: Arc<ArcSwap<PolicyEngine>>,
+        authn: Arc<Authenticator>,
+        audit: AuditSink,
+        upstream: Upstream,
+        metrics: Arc<Metrics>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        let id = &settings.identity;
+        let mut strip: Vec<HeaderName> = ALWAYS_STRIPPED
+            .iter()
+            .filter_map(|s| header_name(s))
+            .collect();
+        for name in [
+            &id.user,
+            &id.email,
+            &id.full_name,
+            &id.groups,
+            &id.assertion,
+        ]
+        .into_iter()
+        .chain(id.strip.iter())
+        {
+            if let Some(n) = header_name(name) {
+                if !strip.contains(&n) {
+                    strip.push(n);
+                }
+            }
+        }
+        Self {
+            settings,
+            strip,
+            policy,
+            authn,
+            audit,
+            upstream,
+            metrics,
+            clock,
+        }
+    }
+
+    /// The authenticator (for readiness and metrics).
+    pub fn authn(&self) -> &Arc<Authenticator> {
+        &self.authn
+    }
+
+    /// The upstream (for readiness).
+    pub fn upstream(&self) -> &Upstream {
+        &self.upstream
+    }
+
+    /// The audit sink (for readiness).
+    pub fn audit(&self) -> &AuditSink {
+        &self.audit
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Serves one request through every phase.
+    pub(crate) async fn handle(
+        self: Arc<Self>,
+        req: Request<hyper::body::Incoming>,
+        conn: ConnInfo,
+    ) -> Response<Body> {
+        let started = tokio::time::Instant::now();
+        let bytes_in = Arc::new(AtomicU64::new(0));
+        let req = req.map(|b| {
+            Counted::new(
+                b.map_err(|e| Box::new(e) as crate::body::BoxError)
+                    .boxed_unsync(),
+                Some(bytes_in.clone()),
+                None,
+            )
+            .boxed_unsync()
+        });
+
+        // Phase 1: admit.
+        let h = req.headers();
+        let request_id = request_id(h);
+        let (trace_id, traceparent) = trace_context(h);
+        let trusted_peer = self
+            .settings
+            .trusted_proxies
+            .iter()
+            .any(|n| n.contains(conn.peer.ip()));
+        let client = client_ip(conn.peer.ip(), h, &self.settings.trusted_proxies);
+        let host = request_host(&req);
+        let mut rec = AuditRecord {
+            time: self.clock.now().to_rfc3339(),
+            event: "request",
+            request_id: Some(request_id.clone()),
+            trace_id: Some(trace_id),
+            source: Some(client.to_string()),
+            method: Some(req.method().as_str().to_owned()),
+            host: host.clone(),
+            path: Some(req.uri().path().chars().take(1024).collect()),
+            ..AuditRecord::default()
+        };
+        let slot = match self.audit.reserve() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, request_id = %request_id, "refusing request: audit log unavailable");
+                self.metrics
+                    .requests
+                    .get_or_create(&RequestLabels {
+                        action: "none",
+                        decision: "error",
+                        status: 503,
+                    })
+                    .inc();
+                let mut resp = Refusal::AuditUnavailable
+                    .to_response(client_kind(None, req.headers()), &request_id);
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                return resp;
+            }
+        };
+        let admitted = Admitted {
+            request_id: request_id.clone(),
+            traceparent,
+            client,
+            host: host.clone().unwrap_or_default(),
+        };
+
+        let mut action_label = "none";
+        let outcome = self
+            .phases(
+                req,
+                &admitted,
+                conn,
+                trusted_peer,
+                host.is_some(),
+                &mut rec,
+                &mut action_label,
+            )
+            .await;
+        let mut resp = match outcome {
+            Ok(resp) => resp,
+            Err((refusal, kind)) => {
+                if rec.decision.is_none() {
+                    rec.decision = Some("error");
+                }
+                rec.reason.get_or_insert_with(|| refusal.code());
+                refusal.to_response(kind, &request_id)
+            }
+        };
+        if let Ok(v) = HeaderValue::from_str(&request_id) {
+            resp.headers_mut().insert("x-request-id", v);
+        }
+        let status = resp.status().as_u16();
+        rec.status = Some(status);
+        let decision = rec.decision.unwrap_or("error");
+        let metrics = self.metrics.clone();
+        resp.map(move |body| {
+            Counted::new(
+                body,
+                None,
+                Some(Box::new(move |bytes_out, end| {
+                    let elapsed = started.elapsed();
+                    rec.bytes_out = bytes_out;
+                    rec.bytes_in = bytes_in.load(Ordering::Relaxed);
+                    rec.duration_ms = (elapsed.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
+                    rec.outcome = Some(match end {
+                        BodyEnd::Complete => "complete",
+                        BodyEnd::Aborted => "aborted",
+                    });
+                    slot.send(rec);
+                    metrics
+                        .requests
+                        .get_or_create(&RequestLabels {
+                            action: action_label,
+                            decision,
+                            status,
+                        })
+                        .inc();
+                    metrics
+                        .duration
+                        .get_or_create(&ActionLabel {
+                            action: action_label,
+                        })
+                        .observe(elapsed.as_secs_f64());
+                })),
+            )
+            .boxed_unsync()
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn phases(
+        &self,
+        req: Request<Body>,
+        adm: &Admitted,
+        conn: ConnInfo,
+        trusted_peer: bool,
+        has_host: bool,
+        rec: &mut AuditRecord,
+        action_label: &mut &'static str,
+    ) -> Result<Response<Body>, (Refusal, ClientKind)> {
+        let early_kind = client_kind(None, req.headers());
+        if !has_host {
+            return Err((
+                Refusal::BadRequest {
+                    code: "bad_host",
+                    detail: "the request has no valid Host".into(),
+                },
+                early_kind,
+            ));
+        }
+
+        // Gatehouse's own public endpoints.
+        if req.uri().path() == "/.well-known/jwks.json" && req.method() == http::Method::GET {
+            rec.decision = Some("allow");
+            rec.reason = Some("public_endpoint".into());
+            let mut r = Response::new(full(self.authn.own().jwks().to_string()));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/jwk-set+json"),
+            );
+            r.headers_mut().insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=300"),
+            );
+            return Ok(r);
+        }
+
+        // Phase 2: classify.
+        let method = req.method().as_str().to_ascii_uppercase();
+        let c = classify(
+            self.settings.flavor,
+            &method,
+            &adm.host,
+            req.uri().path(),
+            req.uri().query(),
+        )
+        .map_err(|e| {
+            (
+                Refusal::BadRequest {
+                    code: "bad_path",
+                    detail: e.to_string(),
+                },
+                early_kind,
+            )
+        })?;
+        let kind = client_kind(Some(&c), req.headers());
+        *action_label = c.action.as_str();
+        rec.path = normalize_path(&c.forward_path).ok().map(|p| p.decoded());
+        rec.action = Some(c.action.as_str().to_owned());
+        rec.repo = c.resource.repo().map(|r| r.path());
+
+        // Phase 3: authenticate.
+        let cred = credential(req.headers()).map_err(|e| {
+            self.metrics
+                .authn_failures
+                .get_or_create(&KindLabel { kind: e.code() })
+                .inc();
+            rec.authn_error = Some(e.code().to_owned());
+            (
+                Refusal::Unauthenticated {
+                    error: e,
+                    presented: true,
+                },
+                kind,
+            )
+        })?;
+        let Some(cred) = cred else {
+            rec.authn_error = Some(AuthnError::Missing.code().to_owned());
+            return Err((
+                Refusal::Unauthenticated {
+                    error: AuthnError::Missing,
+                    presented: false,
+                },
+                kind,
+            ));
+        };
+        let principal = self.authn.authenticate(&cred).await.map_err(|e| {
+            self.metrics.authn_failures.get_or_create(&KindLabel { kind: e.code() }).inc();
+            rec.authn_error = Some(e.code().to_owned());
+            if let AuthnError::Internal(detail) = &e {
+                tracing::error!(request_id = %adm.request_id, %detail, "authentication failed internally");
+            }
+            (
+                Refusal::Unauthenticated {
+                    error: e,
+                    presented: true,
+                },
+                kind,
+            )
+        })?;
+        rec.principal = Some(audit_principal(&principal));
+
+        // Phase 4: authorize.
+        let (req, action) = if c.kind == RequestKind::LfsBatch {
+            let (parts, body) = req.into_parts();
+            let bytes = read_limited(body, MAX_LFS_BATCH_BODY)
+                .await
+                .map_err(|r| (r, kind))?;
+            let op = lfs_batch_operation(&bytes).map_err(|e| {
+                (
+                    Refusal::BadRequest {
+                        code: "bad_lfs_batch",
+                        detail: e.to_string(),
+                    },
+                    kind,
+                )
+            })?;
+            let action = match op {
+                LfsOperation::Download => Action::LfsRead,
+                LfsOperation::Upload => Action::LfsWrite,
+            };
+            (Request::from_parts(parts, full(bytes)), action)
+        } else {
+            (req, c.action)
+        };
+        *action_label = action.as_str();
+        rec.action = Some(action.as_str().to_owned());
+        let policy = self.policy.load();
+        let decision = policy.evaluate(&AuthzRequest {
+            principal: &principal,
+            action,
+            resource: &c.resource,
+            facts: RequestFacts {
+                source_ip: adm.client,
+                method: &method,
+                host: &adm.host,
+                wiki: c.wiki,
+            },
+        });
+        rec.policy = Some(decision.deciding_policy());
+        rec.reason = Some(decision.reason.clone());
+        if !decision.allowed {
+            rec.decision = Some("deny");
+            return Err((
+                Refusal::Forbidden {
+                    reason: decision.reason,
+                    what: describe(action, &c.resource),
+                },
+                kind,
+            ));
+        }
+        rec.decision = Some("allow");
+
+        // Phase 5: upstream request.
+        let (mut parts, body) = req.into_parts();
+        let headers = &mut parts.headers;
+        strip_hop_by_hop(headers);
+        for n in &self.strip {
+            headers.remove(n);
+        }
+        headers.remove(header::EXPECT);
+        if !self.settings.identity.forward_authorization {
+            headers.remove(header::AUTHORIZATION);
+        }
+        let id = &self.settings.identity;
+        let set = |headers: &mut HeaderMap, name: &str, value: &str| {
+            if let (Some(n), Ok(v)) = (header_name(name), HeaderValue::from_bytes(value.as_bytes()))
+            {
+                headers.insert(n, v);
+            }
+        };
+        set(headers, &id.user, &principal.username);
+        if let Some(e) = &principal.email {
+            set(headers, &id.email, e);
+        }
+        if let Some(n) = &principal.display_name {
+            set(headers, &id.full_name, n);
+        }
+        if !id.groups.is_empty() && !principal.groups.is_empty() {
+            set(headers, &id.groups, &principal.groups.join(","));
+        }
+        if !id.assertion.is_empty() {
+            let now = self.clock.now().as_secs();
+            match self.authn.own().assertion(
+                &principal,
+                &self.settings.assertion_audience,
+                id.assertion_ttl.0,
+                now,
+            ) {
+                Ok(a) => set(headers, &id.assertion, &a),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot sign the upstream assertion");
+                    return Err((
+                        Refusal::Unauthenticated {
+                            error: AuthnError::Internal("assertion".into()),
+                            presented: true,
+                        },
+                        kind,
+                    ));
+                }
+            }
+        }
+        set(headers, "x-request-id", &adm.request_id);
+        set(headers, "traceparent", &adm.traceparent);
+        set_forwarded(
+            headers,
+            conn.peer.ip(),
+            adm.client,
+            if conn.tls { "https" } else { "http" },
+            &adm.host,
+            trusted_peer,
+        );
+        let pq = match &c.forward_query {
+            Some(q) => format!("{}?{q}", c.forward_path),
+            None => c.forward_path.clone(),
+        };
+        let mut up_req = Request::from_parts(parts, body);
+        if let Ok(uri) = pq.parse() {
+            *up_req.uri_mut() = uri;
+        }
+
+        // Phase 6: proxy.
+        let caller = CallerInfo {
+            remote_user: Some(principal.username.clone()),
+            remote_addr: adm.client.to_string(),
+            decoded_path: rec.path.clone().unwrap_or_default(),
+        };
+        let resp = self.upstream.send(up_req, &pq, caller).await.map_err(|e| {
+            let (refusal, k) = match &e {
+                UpstreamError::Timeout => (Refusal::UpstreamTimeout, "timeout"),
+                _ => (Refusal::UpstreamUnavailable, "unreachable"),
+            };
+            self.metrics
+                .upstream_errors
+                .get_or_create(&KindLabel { kind: k })
+                .inc();
+            tracing::warn!(request_id = %adm.request_id, error = %e, "upstream request failed");
+            (refusal, kind)
+        })?;
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+            parts.status = StatusCode::BAD_GATEWAY;
+        }
+        Ok(Response::from_parts(parts, body))
+    }
+}
+
+/// Reads a whole body of at most `limit` bytes.
+async fn read_limited(mut body: Body, limit: usize) -> Result<bytes::Bytes, Refusal> {
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| Refusal::BadRequest {
+            code: "body_read_failed",
+            detail: "the request body could not be read".into(),
+        })?;
+        if let Some(d) = frame.data_ref() {
+            if buf.len() + d.len() > limit {
+                return Err(Refusal::PayloadTooLarge);
+            }
+            buf.extend_from_slice(d);
+        }
+    }
+    Ok(buf.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(v: &str) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        m.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(v).unwrap_or_else(|e| panic!("{e}")),
+        );
+        m
+    }
+
+    fn token(c: Result<Option<Credential>, AuthnError>) -> Option<String> {
+        match c {
+            Ok(Some(Credential::Bearer(t) | Credential::BasicToken(t))) => Some(t.into_inner()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn credentials() {
+        assert_eq!(
+            token(credential(&h("Bearer abc.def.ghi"))).as_deref(),
+            Some("abc.def.ghi")
+        );
+        assert_eq!(
+            token(credential(&h("bearer   abc"))).as_deref(),
+            Some("abc")
+        );
+        let basic = base64::engine::general_purpose::STANDARD.encode("x:tok.en.sig");
+        assert_eq!(
+            token(credential(&h(&format!("Basic {basic}")))).as_deref(),
+            Some("tok.en.sig")
+        );
+        let user_only = base64::engine::general_purpose::STANDARD.encode("tok.en.sig:");
+        assert_eq!(
+            token(credential(&h(&format!("Basic {user_only}")))).as_deref(),
+            Some("tok.en.sig")
+        );
+        assert_eq!(
+            credential(&h("Digest x")).err(),
+            Some(AuthnError::UnsupportedScheme)
+        );
+        assert_eq!(
+            credential(&h("Basic !!!")).err(),
+            Some(AuthnError::Malformed)
+        );
+        assert_eq!(
+            credential(&h("Bearer ")).err(),
+            Some(AuthnError::UnsupportedScheme)
+        );
+        assert!(matches!(credential(&HeaderMap::new()), Ok(None)));
+        let mut two = h("Bearer a");
+        two.append(header::AUTHORIZATION, HeaderValue::from_static("Bearer b"));
+        assert_eq!(credential(&two).err(), Some(AuthnError::Malformed));
+    }
+}

@@ -1,0 +1,241 @@
+//! The one place where a refusal becomes a response: RFC 6750 challenges, RFC 9457 problem
+//! documents for API and browser clients, and one-line text that `git` prints as `remote: ...`.
+//! A refused client learns that it was refused and a stable reason code; details stay in the audit
+//! record. No credential ever appears in a response.
+
+use gatehouse_authn::AuthnError;
+use http::{HeaderValue, Response, StatusCode, header};
+
+use crate::body::{Body, full};
+
+/// Who is asking, which decides the shape of an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientKind {
+    /// A `git` client (smart or dumb HTTP, LFS).
+    Git,
+    /// An API client or anything else.
+    Api,
+}
+
+/// Why a request was not forwarded.
+#[derive(Debug, Clone)]
+pub enum Refusal {
+    /// The request itself is unacceptable (bad path, bad header).
+    BadRequest {
+        /// Stable code.
+        code: &'static str,
+        /// Readable detail.
+        detail: String,
+    },
+    /// No credential, or a credential that does not verify.
+    Unauthenticated {
+        /// Why.
+        error: AuthnError,
+        /// Whether a credential was presented at all.
+        presented: bool,
+    },
+    /// The policy said no.
+    Forbidden {
+        /// Stable reason code.
+        reason: String,
+        /// What was asked, e.g. `git:write on demo/hello`.
+        what: String,
+    },
+    /// The audit log cannot take the record.
+    AuditUnavailable,
+    /// The upstream could not be reached or failed.
+    UpstreamUnavailable,
+    /// The upstream did not answer in time.
+    UpstreamTimeout,
+    /// The request body is larger than Gatehouse reads for a decision.
+    PayloadTooLarge,
+}
+
+impl Refusal {
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Refusal::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Refusal::Unauthenticated { error, .. } if error.is_server_error() => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Refusal::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
+            Refusal::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Refusal::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
+            Refusal::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Refusal::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        }
+    }
+
+    /// The stable code recorded in the audit log and sent to the client.
+    pub fn code(&self) -> String {
+        match self {
+            Refusal::BadRequest { code, .. } => (*code).to_owned(),
+            Refusal::Unauthenticated { error, .. } => error.code().to_owned(),
+            Refusal::Forbidden { reason, .. } => reason.clone(),
+            Refusal::AuditUnavailable => "audit_unavailable".to_owned(),
+            Refusal::UpstreamUnavailable => "upstream_unavailable".to_owned(),
+            Refusal::UpstreamTimeout => "upstream_timeout".to_owned(),
+            Refusal::PayloadTooLarge => "payload_too_large".to_owned(),
+        }
+    }
+
+    fn title(&self) -> &'static str {
+        match self {
+            Refusal::BadRequest { .. } => "Bad request",
+            Refusal::Unauthenticated { error, .. } if error.is_server_error() => {
+                "Authentication unavailable"
+            }
+            Refusal::Unauthenticated { .. } => "Authentication required",
+            Refusal::Forbidden { .. } => "Forbidden",
+            Refusal::AuditUnavailable => "Audit log unavailable",
+            Refusal::UpstreamUnavailable => "Upstream unavailable",
+            Refusal::UpstreamTimeout => "Upstream timed out",
+            Refusal::PayloadTooLarge => "Request body too large",
+        }
+    }
+
+    fn detail(&self) -> String {
+        match self {
+            Refusal::BadRequest { detail, .. } => detail.clone(),
+            Refusal::Unauthenticated { error, .. } => error.to_string(),
+            Refusal::Forbidden { reason, what } => format!("{what} denied by policy ({reason})"),
+            Refusal::AuditUnavailable => {
+                "the audit log cannot record this request, so it is refused; try again later"
+                    .to_owned()
+            }
+            Refusal::UpstreamUnavailable => "the upstream server could not be reached".to_owned(),
+            Refusal::UpstreamTimeout => "the upstream server did not answer in time".to_owned(),
+            Refusal::PayloadTooLarge => "the request body is too large".to_owned(),
+        }
+    }
+
+    /// The response for this refusal.
+    pub fn to_response(&self, kind: ClientKind, request_id: &str) -> Response<Body> {
+        let status = self.status();
+        let detail = self.detail();
+        let mut resp = match kind {
+            ClientKind::Git => {
+                // git prints a text/plain error body line by line as "remote: ...".
+                let body = format!("Gatehouse: {detail} [request {request_id}]\n");
+                let mut r = Response::new(full(body));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; charset=utf-8"),
+                );
+                r
+            }
+            ClientKind::Api => {
+                let doc = serde_json::json!({
+                    "type": format!("urn:gatehouse:problem:{}", self.code()),
+                    "title": self.title(),
+                    "status": status.as_u16(),
+                    "detail": detail,
+                    "code": self.code(),
+                    "request_id": request_id,
+                });
+                let mut r = Response::new(full(doc.to_string()));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/problem+json"),
+                );
+                r
+            }
+        };
+        *resp.status_mut() = status;
+        resp.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Refusal::Unauthenticated { error, presented } = self {
+            if status == StatusCode::UNAUTHORIZED {
+                let h = resp.headers_mut();
+                if kind == ClientKind::Git {
+                    h.append(
+                        header::WWW_AUTHENTICATE,
+                        HeaderValue::from_static("Basic realm=\"Gatehouse\""),
+                    );
+                }
+                if *presented || kind == ClientKind::Api {
+                    h.append(
+                        header::WWW_AUTHENTICATE,
+                        bearer_challenge(error, *presented),
+                    );
+                }
+            }
+        }
+        resp
+    }
+}
+
+/// `Bearer realm="Gatehouse"` with, when a credential was presented, `error="invalid_token"` and the
+/// stable description (RFC 6750 §3). The description is one of a fixed set of ASCII strings.
+fn bearer_challenge(error: &AuthnError, presented: bool) -> HeaderValue {
+    let v = if presented {
+        let code = match error {
+            AuthnError::UnsupportedScheme => "invalid_request",
+            _ => "invalid_token",
+        };
+        format!("Bearer realm=\"Gatehouse\", error=\"{code}\", error_description=\"{error}\"")
+    } else {
+        "Bearer realm=\"Gatehouse\"".to_owned()
+    };
+    HeaderValue::from_str(&v)
+        .unwrap_or_else(|_| HeaderValue::from_static("Bearer realm=\"Gatehouse\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenges() {
+        let r = Refusal::Unauthenticated {
+            error: AuthnError::Expired,
+            presented: true,
+        };
+        let resp = r.to_response(ClientKind::Api, "rid");
+        assert_eq!(resp.status(), 401);
+        let ch: Vec<_> = resp
+            .headers()
+            .get_all(header::WWW_AUTHENTICATE)
+            .iter()
+            .collect();
+        assert_eq!(
+            ch,
+            vec![
+                "Bearer realm=\"Gatehouse\", error=\"invalid_token\", error_description=\"token has expired\""
+            ]
+        );
+        assert_eq!(
+            resp.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+
+        let git = Refusal::Unauthenticated {
+            error: AuthnError::Missing,
+            presented: false,
+        }
+        .to_response(ClientKind::Git, "rid");
+        let ch: Vec<_> = git
+            .headers()
+            .get_all(header::WWW_AUTHENTICATE)
+            .iter()
+            .collect();
+        assert_eq!(ch, vec!["Basic realm=\"Gatehouse\""]);
+    }
+
+    #[test]
+    fn keys_unavailable_is_a_server_error() {
+        let r = Refusal::Unauthenticated {
+            error: AuthnError::KeysUnavailable,
+            presented: true,
+        };
+        assert_eq!(r.status(), 503);
+        assert!(
+            r.to_response(ClientKind::Api, "x")
+                .headers()
+                .get(header::WWW_AUTHENTICATE)
+                .is_none()
+        );
+    }
+}

@@ -1,0 +1,295 @@
+//! The public listener: accepts TCP (and TLS) connections, serves HTTP/1.1 and HTTP/2 on each,
+//! closes connections idle for longer than the idle timeout, and on shutdown stops accepting and
+//! drains in-flight requests for up to the grace period.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http_body_util::BodyExt as _;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::body::Counted;
+use crate::proxy::{ConnInfo, Gateway};
+
+/// Why serving stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// Accepting connections failed persistently.
+    #[error("accept failed: {0}")]
+    Accept(#[from] io::Error),
+}
+
+/// Connection-level settings.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeOptions {
+    /// Time allowed for the TLS handshake and for a request's headers.
+    pub header_read_timeout: Duration,
+    /// Idle keep-alive connections are closed after this long.
+    pub idle_timeout: Duration,
+    /// In-flight requests get this long to finish on shutdown.
+    pub shutdown_grace: Duration,
+    /// Largest request head.
+    pub max_header_bytes: usize,
+}
+
+/// When a connection last moved bytes, and how many of its requests are unanswered.
+#[derive(Debug)]
+struct Activity {
+    epoch: Instant,
+    last_ms: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+impl Activity {
+    fn touch(&self) {
+        self.last_ms
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn idle_for(&self) -> Duration {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
+    }
+}
+
+/// An I/O stream that records activity.
+struct Tracked<T> {
+    inner: T,
+    activity: Arc<Activity>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Serves the gateway on `listener` until `shutdown` resolves, then drains.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    gateway: Arc<Gateway>,
+    opts: ServeOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
+    tokio::pin!(shutdown);
+    let mut accept_errors = 0u32;
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            r = listener.accept() => match r {
+                Ok(x) => { accept_errors = 0; x }
+                Err(e) => {
+                    // EMFILE and friends: back off rather than spin.
+                    accept_errors += 1;
+                    tracing::warn!(error = %e, "accept failed");
+                    if accept_errors > 1000 { return Err(ServeError::Accept(e)); }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let gateway = gateway.clone();
+        let acceptor = acceptor.clone();
+        let stop = stop_rx.clone();
+        let alive = alive_tx.clone();
+        tokio::spawn(async move {
+            let _alive = alive;
+            let activity = Arc::new(Activity {
+                epoch: Instant::now(),
+                last_ms: AtomicU64::new(0),
+                in_flight: AtomicUsize::new(0),
+            });
+            match acceptor {
+                Some(acc) => {
+                    match tokio::time::timeout(opts.header_read_timeout, acc.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            let io = Tracked {
+                                inner: tls,
+                                activity: activity.clone(),
+                            };
+                            serve_conn(
+                                io,
+                                ConnInfo { peer, tls: true },
+                                gateway,
+                                opts,
+                                activity,
+                                stop,
+                            )
+                            .await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
+                None => {
+                    let io = Tracked {
+                        inner: stream,
+                        activity: activity.clone(),
+                    };
+                    serve_conn(
+                        io,
+                        ConnInfo { peer, tls: false },
+                        gateway,
+                        opts,
+                        activity,
+                        stop,
+                    )
+                    .await;
+                }
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!(grace = ?opts.shutdown_grace, "shutting down: draining in-flight requests");
+    let _ = stop_tx.send(true);
+    drop(alive_tx);
+    if tokio::time::timeout(opts.shutdown_grace, alive_rx.recv())
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown grace period over; closing remaining connections");
+    }
+    Ok(())
+}
+
+async fn serve_conn<T>(
+    io: Tracked<T>,
+    info: ConnInfo,
+    gateway: Arc<Gateway>,
+    opts: ServeOptions,
+    activity: Arc<Activity>,
+    mut stop: watch::Receiver<bool>,
+) where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(opts.header_read_timeout)
+        .max_buf_size(opts.max_header_bytes.max(8192))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(opts.max_header_bytes as u32)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let act = activity.clone();
+    let svc = hyper::service::service_fn(move |req| {
+        let gateway = gateway.clone();
+        let act = act.clone();
+        act.in_flight.fetch_add(1, Ordering::Relaxed);
+        act.touch();
+        // Boxing erases the handler's future type, which keeps the compiler's higher-ranked
+        // lifetime inference out of hyper's `Send` and `Into<BoxError>` bounds.
+        let fut: Pin<Box<dyn Future<Output = http::Response<crate::body::Body>> + Send>> =
+            Box::pin(gateway.handle(req, info));
+        async move {
+            let resp = fut.await;
+            let done = act.clone();
+            Ok::<_, std::convert::Infallible>(resp.map(move |b| {
+                Counted::new(
+                    b,
+                    None,
+                    Some(Box::new(move |_, _| {
+                        done.in_flight.fetch_sub(1, Ordering::Relaxed);
+                        done.touch();
+                    })),
+                )
+                .boxed_unsync()
+            }))
+        }
+    });
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let tick = (opts.idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+    let mut closing = *stop.borrow();
+    if closing {
+        conn.as_mut().graceful_shutdown();
+    }
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(peer = %info.peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            changed = stop.changed(), if !closing => {
+                if changed.is_err() || *stop.borrow() {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+            () = tokio::time::sleep(tick), if !closing => {
+                if activity.in_flight.load(Ordering::Relaxed) == 0 && activity.idle_for() >= opts.idle_timeout {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! TLS termination with certificate files reloaded on change, without a restart: new handshakes
+//! use the new certificate, established connections keep theirs.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+/// Why a certificate could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// The certificate file is unusable.
+    #[error("TLS certificate {path}: {message}")]
+    Cert {
+        /// The file.
+        path: String,
+        /// Why.
+        message: String,
+    },
+    /// The key file is unusable or does not match the certificate.
+    #[error("TLS key {path}: {message}")]
+    Key {
+        /// The file.
+        path: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// Serves the current certificate and reloads it when its files change.
+#[derive(Debug)]
+pub struct TlsReloader {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    current: ArcSwap<CertifiedKey>,
+    stamp: Mutex<(Option<SystemTime>, Option<SystemTime>)>,
+}
+
+fn mtime(p: &Path) -> Option<SystemTime> {
+    std::fs::metadata(p).and_then(|m| m.modified()).ok()
+}
+
+fn load(cert_file: &Path, key_file: &Path) -> Result<CertifiedKey, TlsError> {
+    let cert_err = |m: String| TlsError::Cert {
+        path: cert_file.display().to_string(),
+        message: m,
+    };
+    let key_err = |m: String| TlsError::Key {
+        path: key_file.display().to_string(),
+        message: m,
+    };
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
+        .map_err(|e| cert_err(e.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| cert_err(e.to_string()))?;
+    if chain.is_empty() {
+        return Err(cert_err("no certificate in file".into()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| key_err(e.to_string()))?;
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    CertifiedKey::from_der(chain, key, &provider).map_err(|e| key_err(e.to_string()))
+}
+
+impl TlsReloader {
+    /// Loads the certificate and key.
+    pub fn new(cert_file: PathBuf, key_file: PathBuf) -> Result<Arc<Self>, TlsError> {
+        let ck = load(&cert_file, &key_file)?;
+        let stamp = (mtime(&cert_file), mtime(&key_file));
+        Ok(Arc::new(Self {
+            cert_file,
+            key_file,
+            current: ArcSwap::from_pointee(ck),
+            stamp: Mutex::new(stamp),
+        }))
+    }
+
+    /// A rustls server config that asks this reloader for its certificate (ALPN h2, http/1.1).
+    pub fn server_config(self: &Arc<Self>) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Cert {
+                path: self.cert_file.display().to_string(),
+                message: e.to_string(),
+            })?
+            .with_no_client_auth()
+            .with_cert_resolver(self.clone());
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(cfg))
+    }
+
+    /// Reloads when either file changed. `Ok(true)` when a new certificate is in use; on error
+    /// the previous certificate stays in use.
+    pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
+        let now = (mtime(&self.cert_file), mtime(&self.key_file));
+        {
+            let Ok(stamp) = self.stamp.lock() else {
+                return Ok(false);
+            };
+            if *stamp == now {
+                return Ok(false);
+            }
+        }
+        let ck = load(&self.cert_file, &self.key_file)?;
+        self.current.store(Arc::new(ck));
+        if let Ok(mut stamp) = self.stamp.lock() {
+            *stamp = now;
+        }
+        Ok(true)
+    }
+}
+
+impl ResolvesServerCert for TlsReloader {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}

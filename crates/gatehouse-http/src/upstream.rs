@@ -1,0 +1,290 @@
+//! Where allowed requests go: a pooled HTTP(S) client to the forge (optionally with a client
+//! certificate), or the built-in `git http-backend` over a directory of bare repositories.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use gatehouse_config::UpstreamConfig;
+use http::{Request, Response, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::body::Body;
+use crate::cgi::GitCgi;
+
+/// Why the upstream could not be set up or did not answer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpstreamError {
+    /// A configuration value is unusable.
+    #[error("upstream configuration: {0}")]
+    Config(String),
+    /// The upstream could not be reached.
+    #[error("upstream unreachable: {0}")]
+    Unreachable(String),
+    /// The upstream did not answer in time.
+    #[error("upstream timed out")]
+    Timeout,
+}
+
+type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
+
+/// The upstream, as requests see it.
+#[derive(Debug, Clone)]
+pub enum Upstream {
+    /// A forge over HTTP(S).
+    Http(Arc<HttpUpstream>),
+    /// The built-in `git http-backend`.
+    GitCgi(Arc<GitCgi>),
+}
+
+/// A forge over HTTP(S).
+#[derive(Debug)]
+pub struct HttpUpstream {
+    client: HttpsClient,
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
+    prefix: String,
+    response_timeout: Duration,
+    preserve_host: bool,
+}
+
+/// What the built-in upstream needs to know about the caller.
+#[derive(Debug, Clone)]
+pub(crate) struct CallerInfo {
+    pub(crate) remote_user: Option<String>,
+    pub(crate) remote_addr: String,
+    /// The decoded, normalized path (for `PATH_INFO`).
+    pub(crate) decoded_path: String,
+}
+
+fn read_pem_error(what: &str, path: &std::path::Path, e: impl std::fmt::Display) -> UpstreamError {
+    UpstreamError::Config(format!("{what} {}: {e}", path.display()))
+}
+
+#[derive(Debug)]
+struct AcceptAnyCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnyCert {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn tls_client_config(cfg: &UpstreamConfig) -> Result<rustls::ClientConfig, UpstreamError> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| UpstreamError::Config(e.to_string()))?;
+    let builder = if cfg.danger_accept_invalid_certs {
+        tracing::warn!(
+            "upstream.danger_accept_invalid_certs is on: the upstream's certificate is not verified"
+        );
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
+    } else {
+        let mut roots = rustls::RootCertStore::empty();
+        match &cfg.ca_file {
+            Some(path) => {
+                for cert in CertificateDer::pem_file_iter(path)
+                    .map_err(|e| read_pem_error("ca_file", path, e))?
+                {
+                    let cert = cert.map_err(|e| read_pem_error("ca_file", path, e))?;
+                    roots
+                        .add(cert)
+                        .map_err(|e| read_pem_error("ca_file", path, e))?;
+                }
+            }
+            None => {
+                let native = rustls_native_roots();
+                for cert in native {
+                    let _ = roots.add(cert);
+                }
+            }
+        }
+        builder.with_root_certificates(roots)
+    };
+    let mut config = match (&cfg.client_cert_file, &cfg.client_key_file) {
+        (Some(cert), Some(key)) => {
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+                .map_err(|e| read_pem_error("client_cert_file", cert, e))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| read_pem_error("client_cert_file", cert, e))?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| read_pem_error("client_key_file", key, e))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| UpstreamError::Config(format!("client certificate: {e}")))?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+fn rustls_native_roots() -> Vec<CertificateDer<'static>> {
+    // The system bundle on Debian-like systems; a missing file means no system roots.
+    let path = std::path::Path::new("/etc/ssl/certs/ca-certificates.crt");
+    CertificateDer::pem_file_iter(path)
+        .map(|it| it.filter_map(Result::ok).collect())
+        .unwrap_or_default()
+}
+
+impl Upstream {
+    /// Builds the upstream from the config.
+    pub fn new(cfg: &UpstreamConfig) -> Result<Self, UpstreamError> {
+        if let Some(g) = &cfg.git_http_backend {
+            return Ok(Upstream::GitCgi(Arc::new(GitCgi::new(
+                g.repos_dir.clone(),
+                g.git.clone(),
+            ))));
+        }
+        let url = cfg
+            .url
+            .as_deref()
+            .ok_or_else(|| UpstreamError::Config("no upstream url".into()))?;
+        let uri: Uri = url
+            .parse()
+            .map_err(|e| UpstreamError::Config(format!("upstream.url: {e}")))?;
+        let scheme = uri.scheme().cloned().unwrap_or(http::uri::Scheme::HTTP);
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| UpstreamError::Config("upstream.url has no host".into()))?;
+        let prefix = uri.path().trim_end_matches('/').to_owned();
+
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(cfg.connect_timeout.0));
+        http.set_nodelay(true);
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let tls = tls_client_config(cfg)?;
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(cfg.pool_idle_timeout.0)
+            .pool_max_idle_per_host(cfg.pool_max_idle)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(connector);
+        Ok(Upstream::Http(Arc::new(HttpUpstream {
+            client,
+            scheme,
+            authority,
+            prefix,
+            response_timeout: cfg.response_timeout.0,
+            preserve_host: cfg.preserve_host,
+        })))
+    }
+
+    /// `host:port` to probe for readiness, for an HTTP upstream.
+    pub fn probe_addr(&self) -> Option<String> {
+        match self {
+            Upstream::Http(h) => {
+                let port =
+                    h.authority
+                        .port_u16()
+                        .unwrap_or(if h.scheme == http::uri::Scheme::HTTPS {
+                            443
+                        } else {
+                            80
+                        });
+                Some(format!("{}:{port}", h.authority.host()))
+            }
+            Upstream::GitCgi(_) => None,
+        }
+    }
+
+    /// Whether the built-in upstream's directory exists (readiness).
+    pub fn local_ready(&self) -> bool {
+        match self {
+            Upstream::Http(_) => true,
+            Upstream::GitCgi(c) => c.repos_dir().is_dir(),
+        }
+    }
+
+    /// Sends a request whose path and query are already normalized.
+    pub(crate) async fn send(
+        &self,
+        mut req: Request<Body>,
+        path_and_query: &str,
+        caller: CallerInfo,
+    ) -> Result<Response<Body>, UpstreamError> {
+        match self {
+            Upstream::Http(h) => {
+                let pq = format!("{}{}", h.prefix, path_and_query);
+                let uri = Uri::builder()
+                    .scheme(h.scheme.clone())
+                    .authority(h.authority.clone())
+                    .path_and_query(pq)
+                    .build()
+                    .map_err(|e| UpstreamError::Unreachable(format!("bad upstream uri: {e}")))?;
+                *req.uri_mut() = uri;
+                if !h.preserve_host {
+                    req.headers_mut().remove(http::header::HOST);
+                }
+                // The client picks HTTP/1.1 or HTTP/2 from ALPN; the inbound version does not carry over.
+                *req.version_mut() = http::Version::HTTP_11;
+                let fut = h.client.request(req);
+                match tokio::time::timeout(h.response_timeout, fut).await {
+                    Ok(Ok(resp)) => Ok(resp.map(|b| {
+                        use http_body_util::BodyExt as _;
+                        b.map_err(|e| Box::new(e) as crate::body::BoxError)
+                            .boxed_unsync()
+                    })),
+                    Ok(Err(e)) => Err(UpstreamError::Unreachable(error_chain(&e))),
+                    Err(_) => Err(UpstreamError::Timeout),
+                }
+            }
+            Upstream::GitCgi(c) => c.serve(req, caller).await,
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
