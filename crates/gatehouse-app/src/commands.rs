@@ -203,11 +203,10 @@ pub fn keys_generate(out: &Path, force: bool) -> Result<()> {
 
 pub(crate) fn write_new_key(out: &Path, force: bool) -> Result<()> {
     let pem = generate_signing_key_pem()?;
-    if let Some(dir) = out.parent() {
-        if !dir.as_os_str().is_empty() {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
-        }
+    if let Some(dir) = out.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let mut f = std::fs::OpenOptions::new()
         .write(true)

@@ -44,15 +44,11 @@ pub(crate) fn check_standard(
     if now > exp.saturating_add(leeway) {
         return Err(AuthnError::Expired);
     }
-    if let Some(nbf) = number(claims, "nbf")? {
-        if nbf > now.saturating_add(leeway) {
-            return Err(AuthnError::NotYetValid);
-        }
+    if number(claims, "nbf")?.is_some_and(|nbf| nbf > now.saturating_add(leeway)) {
+        return Err(AuthnError::NotYetValid);
     }
-    if let Some(iat) = number(claims, "iat")? {
-        if iat > now.saturating_add(leeway) {
-            return Err(AuthnError::IssuedInFuture);
-        }
+    if number(claims, "iat")?.is_some_and(|iat| iat > now.saturating_add(leeway)) {
+        return Err(AuthnError::IssuedInFuture);
     }
     let aud_ok = match claims.get("aud") {
         Some(Value::String(a)) => audiences.iter().any(|x| x == a),

@@ -80,6 +80,9 @@ pub struct TokenRequest {
     pub kind: PrincipalKind,
 }
 
+/// (principal issuer, subject, audience).
+type AssertionKey = (String, String, String);
+
 struct PublicKey {
     kid: String,
     jwk: Value,
@@ -97,7 +100,7 @@ pub struct OwnIssuer {
     signing: EncodingKey,
     public: Vec<PublicKey>,
     keys: Vec<Key>,
-    assertions: RwLock<HashMap<(String, String, String), (String, i64)>>,
+    assertions: RwLock<HashMap<AssertionKey, (String, i64)>>,
 }
 
 impl std::fmt::Debug for OwnIssuer {
@@ -345,12 +348,11 @@ impl OwnIssuer {
     ) -> Result<String, AuthnError> {
         let key = (p.issuer.clone(), p.subject.clone(), audience.to_owned());
         let half = (ttl.as_secs() / 2) as i64;
-        if let Ok(cache) = self.assertions.read() {
-            if let Some((tok, exp)) = cache.get(&key) {
-                if now + half < *exp {
-                    return Ok(tok.clone());
-                }
-            }
+        if let Ok(cache) = self.assertions.read()
+            && let Some((tok, exp)) = cache.get(&key)
+            && now + half < *exp
+        {
+            return Ok(tok.clone());
         }
         let exp = now + ttl.as_secs() as i64;
         let claims = json!({

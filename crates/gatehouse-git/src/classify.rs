@@ -301,29 +301,29 @@ pub fn classify(
     let segs = path.segments();
 
     // Git smart-HTTP, dumb HTTP and LFS: /{owner}/{repo}[.git]/<endpoint>
-    if let Some(rp) = split_repo(segs) {
-        if let Some((kind, action)) = git_endpoint(rp.rest, method, query)? {
-            let (repo, wiki) = repo_ref(flavor, rp.owner, rp.repo)?;
-            let mut new_segs = segs.to_vec();
-            if flavor.case_insensitive() {
-                new_segs[0] = new_segs[0].to_ascii_lowercase();
-                new_segs[1] = new_segs[1].to_ascii_lowercase();
-            }
-            let forward = NormalizedPath::from_segments(new_segs, path.trailing_slash());
-            let forward_query = match kind {
-                RequestKind::GitAdvertise(svc) => Some(format!("service={}", svc.as_str())),
-                RequestKind::GitRpc(_) | RequestKind::GitDumb => None,
-                _ => query.map(str::to_owned),
-            };
-            return Ok(Classified {
-                kind,
-                action,
-                resource: Resource::Repo(repo),
-                forward_path: forward.encoded(),
-                forward_query,
-                wiki,
-            });
+    if let Some(rp) = split_repo(segs)
+        && let Some((kind, action)) = git_endpoint(rp.rest, method, query)?
+    {
+        let (repo, wiki) = repo_ref(flavor, rp.owner, rp.repo)?;
+        let mut new_segs = segs.to_vec();
+        if flavor.case_insensitive() {
+            new_segs[0] = new_segs[0].to_ascii_lowercase();
+            new_segs[1] = new_segs[1].to_ascii_lowercase();
         }
+        let forward = NormalizedPath::from_segments(new_segs, path.trailing_slash());
+        let forward_query = match kind {
+            RequestKind::GitAdvertise(svc) => Some(format!("service={}", svc.as_str())),
+            RequestKind::GitRpc(_) | RequestKind::GitDumb => None,
+            _ => query.map(str::to_owned),
+        };
+        return Ok(Classified {
+            kind,
+            action,
+            resource: Resource::Repo(repo),
+            forward_path: forward.encoded(),
+            forward_query,
+            wiki,
+        });
     }
 
     let strs: Vec<&str> = segs.iter().map(String::as_str).collect();
@@ -332,26 +332,25 @@ pub fn classify(
         // so it must never pass as a route.
         return Err(PathError::BadRepoName);
     }
-    if let ["api", "v1", "repos", rest @ ..] = strs.as_slice() {
-        if let [owner, repo, ..] = rest {
-            if !is_global_repos_api(rest) {
-                let (repo_ref, wiki) = repo_ref(flavor, owner, repo)?;
-                let mut new_segs = segs.to_vec();
-                if flavor.case_insensitive() {
-                    new_segs[3] = new_segs[3].to_ascii_lowercase();
-                    new_segs[4] = new_segs[4].to_ascii_lowercase();
-                }
-                let forward = NormalizedPath::from_segments(new_segs, path.trailing_slash());
-                return Ok(Classified {
-                    kind: RequestKind::RepoApi,
-                    action: method_action(method),
-                    resource: Resource::Repo(repo_ref),
-                    forward_path: forward.encoded(),
-                    forward_query: query.map(str::to_owned),
-                    wiki,
-                });
-            }
+    if let ["api", "v1", "repos", rest @ ..] = strs.as_slice()
+        && let [owner, repo, ..] = rest
+        && !is_global_repos_api(rest)
+    {
+        let (repo_ref, wiki) = repo_ref(flavor, owner, repo)?;
+        let mut new_segs = segs.to_vec();
+        if flavor.case_insensitive() {
+            new_segs[3] = new_segs[3].to_ascii_lowercase();
+            new_segs[4] = new_segs[4].to_ascii_lowercase();
         }
+        let forward = NormalizedPath::from_segments(new_segs, path.trailing_slash());
+        return Ok(Classified {
+            kind: RequestKind::RepoApi,
+            action: method_action(method),
+            resource: Resource::Repo(repo_ref),
+            forward_path: forward.encoded(),
+            forward_query: query.map(str::to_owned),
+            wiki,
+        });
     }
 
     let (kind, action) = if strs.first() == Some(&"api") {

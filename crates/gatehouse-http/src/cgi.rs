@@ -100,10 +100,10 @@ impl GitCgi {
             while let Some(frame) = body.frame().await {
                 match frame {
                     Ok(f) => {
-                        if let Ok(data) = f.into_data() {
-                            if stdin.write_all(&data).await.is_err() {
-                                break;
-                            }
+                        if let Ok(data) = f.into_data()
+                            && stdin.write_all(&data).await.is_err()
+                        {
+                            break;
                         }
                     }
                     Err(e) => {

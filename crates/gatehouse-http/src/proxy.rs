@@ -206,10 +206,10 @@ impl Gateway {
         .into_iter()
         .chain(id.strip.iter())
         {
-            if let Some(n) = header_name(name) {
-                if !strip.contains(&n) {
-                    strip.push(n);
-                }
+            if let Some(n) = header_name(name)
+                && !strip.contains(&n)
+            {
+                strip.push(n);
             }
         }
         Self {

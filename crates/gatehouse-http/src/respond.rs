@@ -146,21 +146,21 @@ impl Refusal {
         *resp.status_mut() = status;
         resp.headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if let Refusal::Unauthenticated { error, presented } = self {
-            if status == StatusCode::UNAUTHORIZED {
-                let h = resp.headers_mut();
-                if kind == ClientKind::Git {
-                    h.append(
-                        header::WWW_AUTHENTICATE,
-                        HeaderValue::from_static("Basic realm=\"Gatehouse\""),
-                    );
-                }
-                if *presented || kind == ClientKind::Api {
-                    h.append(
-                        header::WWW_AUTHENTICATE,
-                        bearer_challenge(error, *presented),
-                    );
-                }
+        if let Refusal::Unauthenticated { error, presented } = self
+            && status == StatusCode::UNAUTHORIZED
+        {
+            let h = resp.headers_mut();
+            if kind == ClientKind::Git {
+                h.append(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"Gatehouse\""),
+                );
+            }
+            if *presented || kind == ClientKind::Api {
+                h.append(
+                    header::WWW_AUTHENTICATE,
+                    bearer_challenge(error, *presented),
+                );
             }
         }
         resp

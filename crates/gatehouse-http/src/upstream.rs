@@ -137,7 +137,8 @@ fn tls_client_config(cfg: &UpstreamConfig) -> Result<rustls::ClientConfig, Upstr
         }
         builder.with_root_certificates(roots)
     };
-    let mut config = match (&cfg.client_cert_file, &cfg.client_key_file) {
+    // hyper-rustls sets ALPN (h2, http/1.1) itself.
+    let config = match (&cfg.client_cert_file, &cfg.client_key_file) {
         (Some(cert), Some(key)) => {
             let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
                 .map_err(|e| read_pem_error("client_cert_file", cert, e))?
@@ -151,7 +152,6 @@ fn tls_client_config(cfg: &UpstreamConfig) -> Result<rustls::ClientConfig, Upstr
         }
         _ => builder.with_no_client_auth(),
     };
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }
 

@@ -422,3 +422,12 @@ function shutdown() {
 }
 process.on('SIGTERM', shutdown);
 process.on('SIGINT', shutdown);
+
+// Test harnesses keep one IdP for a whole test binary; when that process exits (even by a
+// panic), the IdP must not outlive it. IDP_EXIT_WITH_PARENT=1 checks the parent every 500 ms.
+if (process.env.IDP_EXIT_WITH_PARENT === '1') {
+  const parent = process.ppid;
+  setInterval(() => {
+    if (process.ppid !== parent) shutdown();
+  }, 500).unref();
+}

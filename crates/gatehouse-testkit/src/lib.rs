@@ -1,1 +1,25 @@
+//! The test harness: starts real components on 127.0.0.1 (the `oidc-provider` IdP, nginx +
+//! fcgiwrap + `git http-backend`, the `gatehouse` binary itself) and drives real `git` clients.
+//! Every process is stopped when its handle drops, including on a panic.
+//!
+//! Test-only code (`publish = false`); `unwrap`-style shortcuts are fine here only where a failure
+//! is a broken test environment, and they say what broke.
 #![forbid(unsafe_code)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_debug_implementations,
+    unreachable_pub
+)]
+
+mod gateway;
+mod git;
+mod idp;
+mod nginx;
+mod proc;
+
+pub use gateway::{GatewayBuilder, TestGateway};
+pub use git::{Git, GitOutput, make_repo};
+pub use idp::Idp;
+pub use nginx::GitHttpServer;
+pub use proc::{Child, TempDir, free_port, raw_http, wait_for};

@@ -1,1 +1,14 @@
+//! Gatehouse's integration tests: the real `gatehouse` binary between real `git` clients and
+//! real upstreams (nginx + fcgiwrap + `git http-backend`, and the built-in one), with the real
+//! `oidc-provider` IdP. One test binary; modules by area.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
+mod audit;
+mod common;
+mod git_http;
+mod headers;
+mod large;
+mod paths;
+mod reload;
+mod tls;
+mod tokens;

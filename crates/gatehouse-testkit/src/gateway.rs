@@ -1,0 +1,308 @@
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::idp::Idp;
+use crate::proc::{Child, TempDir, free_port, wait_for};
+
+/// Builds a config for the real `gatehouse` binary and starts it.
+pub struct GatewayBuilder {
+    bin: PathBuf,
+    dir: TempDir,
+    issuers: Vec<String>,
+    upstream: String,
+    forge_kind: String,
+    policy: String,
+    server_extra: String,
+    upstream_extra: String,
+    extra: String,
+    audit_file: String,
+    wait_ready: bool,
+}
+
+impl GatewayBuilder {
+    pub fn new(bin: &Path) -> Self {
+        Self {
+            bin: bin.to_owned(),
+            dir: TempDir::new("gw"),
+            issuers: Vec::new(),
+            upstream: String::new(),
+            forge_kind: "generic".into(),
+            policy: String::new(),
+            server_extra: String::new(),
+            upstream_extra: String::new(),
+            extra: String::new(),
+            audit_file: "audit.log".into(),
+            wait_ready: true,
+        }
+    }
+
+    /// The gateway's directory (config, keys, policy, audit log).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn with_idp(mut self, idp: &Idp) -> Self {
+        self.issuers.push(format!(
+            "[[issuers]]\nissuer = \"{}\"\naudiences = [\"gatehouse\"]\nalgorithms = [\"RS256\", \"ES256\"]\nleeway = \"5s\"\njwks_min_refetch_interval = \"1s\"\n",
+            idp.issuer()
+        ));
+        self
+    }
+
+    pub fn with_upstream_url(mut self, url: &str) -> Self {
+        self.upstream = format!("url = \"{url}\"");
+        self
+    }
+
+    pub fn with_builtin_upstream(mut self, repos: &Path) -> Self {
+        self.upstream = format!(
+            "git_http_backend = {{ repos_dir = \"{}\" }}",
+            repos.display()
+        );
+        self
+    }
+
+    pub fn forge_kind(mut self, kind: &str) -> Self {
+        self.forge_kind = kind.to_owned();
+        self
+    }
+
+    pub fn policy(mut self, text: &str) -> Self {
+        self.policy = text.to_owned();
+        self
+    }
+
+    /// Lines added to `[server]`.
+    pub fn server_extra(mut self, toml: &str) -> Self {
+        self.server_extra.push_str(toml);
+        self.server_extra.push('\n');
+        self
+    }
+
+    /// Lines added to `[upstream]`.
+    pub fn upstream_extra(mut self, toml: &str) -> Self {
+        self.upstream_extra.push_str(toml);
+        self.upstream_extra.push('\n');
+        self
+    }
+
+    /// Whole sections appended to the config.
+    pub fn extra(mut self, toml: &str) -> Self {
+        self.extra.push_str(toml);
+        self.extra.push('\n');
+        self
+    }
+
+    pub fn audit_file(mut self, path: &str) -> Self {
+        self.audit_file = path.to_owned();
+        self
+    }
+
+    /// Do not wait for `/readyz` (for tests of a gateway that cannot become ready).
+    pub fn no_wait_ready(mut self) -> Self {
+        self.wait_ready = false;
+        self
+    }
+
+    /// Writes the config and returns its path without starting anything.
+    pub fn write_config(&self, port: u16, admin_port: u16) -> PathBuf {
+        let d = self.dir.path();
+        let key = d.join("keys/signing.pem");
+        if !key.exists() {
+            let out = Command::new(&self.bin)
+                .args(["keys", "generate", "--out", &key.to_string_lossy()])
+                .output()
+                .expect("gatehouse keys generate");
+            assert!(
+                out.status.success(),
+                "keys generate: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::fs::write(d.join("policy.cedar"), &self.policy).unwrap();
+        let config = format!(
+            r#"[server]
+listen = "127.0.0.1:{port}"
+shutdown_grace = "30s"
+{server_extra}
+[admin]
+listen = "127.0.0.1:{admin_port}"
+
+[upstream]
+{upstream}
+{upstream_extra}
+[forge]
+kind = "{kind}"
+
+[tokens]
+issuer = "urn:gatehouse:test"
+signing_key = {{ file = "keys/signing.pem" }}
+
+[policy]
+file = "policy.cedar"
+reload_interval = "100ms"
+
+[audit]
+file = "{audit}"
+
+[log]
+level = "info"
+format = "json"
+
+{issuers}
+{extra}
+"#,
+            server_extra = self.server_extra,
+            upstream = self.upstream,
+            upstream_extra = self.upstream_extra,
+            kind = self.forge_kind,
+            audit = self.audit_file,
+            issuers = self.issuers.join("\n"),
+            extra = self.extra,
+        );
+        let path = d.join("gatehouse.toml");
+        std::fs::write(&path, config).unwrap();
+        path
+    }
+
+    pub fn start(self) -> TestGateway {
+        let port = free_port();
+        let admin_port = free_port();
+        let config = self.write_config(port, admin_port);
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(["serve", "--config", &config.to_string_lossy()]);
+        let mut child = Child::spawn(
+            "gatehouse",
+            &mut cmd,
+            &self.dir.path().join("gatehouse.log"),
+        );
+        let ready_path = if self.wait_ready {
+            "/readyz"
+        } else {
+            "/healthz"
+        };
+        wait_for("gatehouse to become ready", Duration::from_secs(30), || {
+            if !child.is_running() {
+                panic!("gatehouse exited:\n{}", child.log_text());
+            }
+            let (status, _) = try_get(admin_port, ready_path)?;
+            (status == 200).then_some(())
+        });
+        TestGateway {
+            port,
+            admin_port,
+            bin: self.bin,
+            config,
+            child,
+            dir: self.dir,
+        }
+    }
+}
+
+fn try_get(port: u16, path: &str) -> Option<(u16, String)> {
+    std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    Some(crate::proc::raw_http(port, "GET", path, &[]))
+}
+
+/// A running `gatehouse serve`.
+pub struct TestGateway {
+    pub port: u16,
+    pub admin_port: u16,
+    bin: PathBuf,
+    config: PathBuf,
+    child: Child,
+    dir: TempDir,
+}
+
+impl TestGateway {
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn admin_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.admin_port)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
+    pub fn audit_path(&self) -> PathBuf {
+        self.dir.path().join("audit.log")
+    }
+
+    pub fn policy_path(&self) -> PathBuf {
+        self.dir.path().join("policy.cedar")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
+    pub fn log(&self) -> String {
+        self.child.log_text()
+    }
+
+    /// Runs the `gatehouse` CLI with this gateway's config appended as `--config`.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(&self.bin)
+            .args(args)
+            .args(["--config", &self.config.to_string_lossy()])
+            .output()
+            .expect("run gatehouse")
+    }
+
+    /// A Gatehouse token for `subject` in `groups`, issued by the CLI.
+    pub fn token(&self, subject: &str, groups: &[&str]) -> String {
+        let mut args = vec!["token", "issue", "--subject", subject, "--ttl", "10m"];
+        for g in groups {
+            args.push("--group");
+            args.push(g);
+        }
+        let out = self.cli(&args);
+        assert!(
+            out.status.success(),
+            "token issue: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    fn status_field(&self, field: &str) -> Option<u64> {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        s.lines()
+            .find(|l| l.starts_with(field))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    }
+
+    /// Current resident set size, KiB.
+    pub fn rss_kib(&self) -> u64 {
+        self.status_field("VmRSS:").unwrap_or(0)
+    }
+
+    /// Peak resident set size so far, KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        self.status_field("VmHWM:").unwrap_or(0)
+    }
+
+    pub fn signal(&self, sig: &str) {
+        self.child.signal(sig);
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        self.child.wait_timeout(timeout)
+    }
+
+    pub fn metrics(&self) -> String {
+        crate::proc::raw_http(self.admin_port, "GET", "/metrics", &[]).1
+    }
+}

@@ -1,0 +1,137 @@
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::proc::{Child, TempDir, free_port, wait_for};
+
+/// The real OIDC provider (`oidc-provider`, pinned by `idp/package-lock.json`) on 127.0.0.1.
+pub struct Idp {
+    pub port: u16,
+    child: Option<Child>,
+    dir: TempDir,
+}
+
+fn idp_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("idp")
+}
+
+impl Idp {
+    /// Starts a fresh IdP with its own keys (generation 1).
+    pub fn start() -> Self {
+        let mut idp = Self {
+            port: free_port(),
+            child: None,
+            dir: TempDir::new("idp"),
+        };
+        idp.launch(1);
+        idp
+    }
+
+    /// One IdP shared by every test in this process (it exits with the process).
+    pub fn shared() -> &'static Idp {
+        static IDP: OnceLock<Idp> = OnceLock::new();
+        IDP.get_or_init(Idp::start)
+    }
+
+    fn launch(&mut self, generation: u32) {
+        let dir = idp_dir();
+        assert!(
+            dir.join("node_modules/oidc-provider").is_dir(),
+            "the test IdP's packages are missing: run scripts/install-deps.sh"
+        );
+        let log = self.dir.path().join(format!("idp-{generation}.log"));
+        let mut cmd = Command::new("node");
+        cmd.arg("idp.mjs")
+            .current_dir(&dir)
+            .env("IDP_PORT", self.port.to_string())
+            .env("IDP_KEYS_FILE", self.dir.path().join("keys.json"))
+            .env("IDP_KEY_GENERATION", generation.to_string())
+            .env("IDP_TEST_SIGNING", "1")
+            .env("IDP_EXIT_WITH_PARENT", "1")
+            .env("IDP_TRUST_LOGIN_HINT", "1");
+        let child = Child::spawn("idp", &mut cmd, &log);
+        self.child = Some(child);
+        let url = format!("{}/.well-known/openid-configuration", self.issuer());
+        wait_for("the IdP to start", Duration::from_secs(30), || {
+            if let Some(c) = self.child.as_mut()
+                && !c.is_running()
+            {
+                panic!("IdP exited:\n{}", c.log_text());
+            }
+            std::process::Command::new("curl")
+                .args(["-fs", "-o", "/dev/null", &url])
+                .status()
+                .ok()
+                .filter(|s| s.success())
+        });
+    }
+
+    /// The issuer URL.
+    pub fn issuer(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Restarts the IdP on the same port with a new key generation (new `kid`s first, the old
+    /// keys still published): a key rotation.
+    pub fn rotate_keys(&mut self, generation: u32) {
+        self.child = None; // drop: TERM and wait
+        self.launch(generation);
+    }
+
+    /// A client-credentials access token for `ci-bot` (`resource` picks RS256, ES256 or opaque).
+    pub async fn client_token(&self, resource: &str) -> String {
+        let resp: Value = reqwest::Client::new()
+            .post(format!("{}/token", self.issuer()))
+            .basic_auth("ci-bot", Some("ci-bot-secret"))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("scope", "git:read git:write"),
+                ("resource", resource),
+            ])
+            .send()
+            .await
+            .expect("token request")
+            .json()
+            .await
+            .expect("token response");
+        resp["access_token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no access_token in {resp}"))
+            .to_owned()
+    }
+
+    /// A token signed by the IdP's real published key with exactly these claims (test-only IdP
+    /// endpoint, used to mint expired, not-yet-valid or wrong-audience tokens).
+    pub async fn sign(&self, claims: Value, alg: &str, kid: Option<&str>) -> String {
+        let mut body = serde_json::json!({"claims": claims, "alg": alg});
+        if let Some(k) = kid {
+            body["kid"] = Value::String(k.to_owned());
+        }
+        let resp: Value = reqwest::Client::new()
+            .post(format!("{}/test/sign", self.issuer()))
+            .json(&body)
+            .send()
+            .await
+            .expect("sign request")
+            .json()
+            .await
+            .expect("sign response");
+        resp["token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no token in {resp}"))
+            .to_owned()
+    }
+
+    /// The IdP's public keys.
+    pub async fn jwks(&self) -> Value {
+        reqwest::get(format!("{}/jwks", self.issuer()))
+            .await
+            .expect("jwks")
+            .json()
+            .await
+            .expect("jwks json")
+    }
+}

@@ -1,0 +1,132 @@
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::proc::{Child, TempDir, free_port, wait_for};
+
+/// A real Git smart-HTTP server: nginx -> fcgiwrap -> `git http-backend`, on 127.0.0.1.
+/// `GET /_echo` answers with the identity headers it received, so tests can see exactly what
+/// reached the upstream.
+pub struct GitHttpServer {
+    pub port: u16,
+    _nginx: Child,
+    _fcgi: Child,
+    _dir: TempDir,
+}
+
+fn git_backend() -> PathBuf {
+    let out = Command::new("git")
+        .arg("--exec-path")
+        .output()
+        .expect("git --exec-path");
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("git-http-backend")
+}
+
+impl GitHttpServer {
+    /// Serves the bare repositories under `repos` (push enabled for every repository).
+    pub fn start(repos: &Path) -> Self {
+        let dir = TempDir::new("nginx");
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("tmp")).unwrap();
+        let sock = d.join("fcgi.sock");
+        let mut fcgi_cmd = Command::new("fcgiwrap");
+        fcgi_cmd.args(["-c", "4", "-s", &format!("unix:{}", sock.display())]);
+        let mut fcgi = Child::spawn("fcgiwrap", &mut fcgi_cmd, &d.join("fcgiwrap.log"));
+        fcgi.kill_children = true;
+        wait_for("fcgiwrap socket", Duration::from_secs(10), || {
+            sock.exists().then_some(())
+        });
+
+        let port = free_port();
+        let user = if is_root() { "user root root;" } else { "" };
+        let conf = format!(
+            r#"{user}
+worker_processes 1;
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/tmp/body;
+  fastcgi_temp_path {d}/tmp/fastcgi;
+  proxy_temp_path {d}/tmp/proxy;
+  uwsgi_temp_path {d}/tmp/uwsgi;
+  scgi_temp_path {d}/tmp/scgi;
+  server {{
+    listen 127.0.0.1:{port};
+    client_max_body_size 0;
+    location = /_echo {{
+      default_type text/plain;
+      return 200 "user=$http_x_webauth_user;email=$http_x_webauth_email;fullname=$http_x_webauth_fullname;authorization=$http_authorization;assertion=$http_x_gatehouse_assertion;xff=$http_x_forwarded_for;proto=$http_x_forwarded_proto;request_id=$http_x_request_id;traceparent=$http_traceparent;remote_user=$http_remote_user;connection=$http_connection\n";
+    }}
+    location / {{
+      fastcgi_pass unix:{sock};
+      fastcgi_param REQUEST_METHOD $request_method;
+      fastcgi_param QUERY_STRING $query_string;
+      fastcgi_param CONTENT_TYPE $content_type;
+      fastcgi_param CONTENT_LENGTH $content_length;
+      fastcgi_param REMOTE_ADDR $remote_addr;
+      fastcgi_param SERVER_PROTOCOL $server_protocol;
+      fastcgi_param SCRIPT_FILENAME {backend};
+      fastcgi_param GIT_PROJECT_ROOT {repos};
+      fastcgi_param GIT_HTTP_EXPORT_ALL "";
+      fastcgi_param PATH_INFO $uri;
+      fastcgi_param REMOTE_USER $http_x_webauth_user;
+      fastcgi_param GIT_CONFIG_COUNT 1;
+      fastcgi_param GIT_CONFIG_KEY_0 http.receivepack;
+      fastcgi_param GIT_CONFIG_VALUE_0 true;
+      fastcgi_request_buffering off;
+      fastcgi_buffering off;
+      fastcgi_read_timeout 600s;
+    }}
+  }}
+}}
+"#,
+            d = d.display(),
+            sock = sock.display(),
+            backend = git_backend().display(),
+            repos = repos.display(),
+        );
+        let conf_path = d.join("nginx.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let mut cmd = Command::new("nginx");
+        cmd.args([
+            "-c",
+            &conf_path.to_string_lossy(),
+            "-e",
+            &d.join("error.log").to_string_lossy(),
+        ]);
+        let mut nginx = Child::spawn("nginx", &mut cmd, &d.join("nginx.out"));
+        wait_for("nginx to listen", Duration::from_secs(10), || {
+            if !nginx.is_running() {
+                panic!(
+                    "nginx exited: {}\n{}",
+                    nginx.log_text(),
+                    std::fs::read_to_string(d.join("error.log")).unwrap_or_default()
+                );
+            }
+            std::net::TcpStream::connect(("127.0.0.1", port))
+                .ok()
+                .map(|_| ())
+        });
+        Self {
+            port,
+            _nginx: nginx,
+            _fcgi: fcgi,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}

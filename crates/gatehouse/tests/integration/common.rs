@@ -1,0 +1,71 @@
+use std::path::{Path, PathBuf};
+
+use gatehouse_testkit::{GatewayBuilder, Git, TempDir};
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_gatehouse"))
+}
+
+pub fn builder() -> GatewayBuilder {
+    GatewayBuilder::new(&bin())
+}
+
+/// dev may read and write demo/*; ci may only read it; anybody may reach the echo route.
+pub const POLICY: &str = r#"
+@id("dev-demo")
+permit(principal in Gatehouse::Group::"dev",
+       action in [Gatehouse::Action::"git:read", Gatehouse::Action::"git:write"],
+       resource in Gatehouse::Owner::"demo");
+
+@id("ci-read")
+permit(principal in Gatehouse::Group::"ci", action == Gatehouse::Action::"git:read",
+       resource in Gatehouse::Owner::"demo");
+
+@id("idp-client")
+permit(principal == Gatehouse::User::"ci-bot",
+       action in [Gatehouse::Action::"git:read", Gatehouse::Action::"git:write"],
+       resource in Gatehouse::Owner::"demo");
+
+@id("echo")
+permit(principal, action == Gatehouse::Action::"web:access", resource is Gatehouse::Route)
+  when { resource.path == "/_echo" };
+"#;
+
+/// Repositories demo/hello and secret/repo; returns the directory and secret/repo's commit.
+pub fn repos(tmp: &TempDir) -> (PathBuf, String) {
+    let root = tmp.path().join("repos");
+    gatehouse_testkit::make_repo(&root, "demo", "hello");
+    let secret = gatehouse_testkit::make_repo(&root, "secret", "repo");
+    (root, secret)
+}
+
+/// A git client that sends `Authorization: Bearer <token>` with every request.
+pub fn git_bearer(home: &Path, token: &str) -> Git {
+    Git::new(home)
+        .env("GIT_CONFIG_COUNT", "1")
+        .env("GIT_CONFIG_KEY_0", "http.extraHeader")
+        .env(
+            "GIT_CONFIG_VALUE_0",
+            &format!("Authorization: Bearer {token}"),
+        )
+}
+
+pub fn commit_file(git: &Git, work: &Path, name: &str, content: &str) {
+    std::fs::write(work.join(name), content).unwrap();
+    git.ok(work, &["add", name]);
+    git.ok(work, &["commit", "-qm", &format!("add {name}")]);
+}
+
+/// The id of `refs/heads/<branch>` in a bare repository on disk.
+pub fn head_of(bare: &Path, branch: &str) -> String {
+    let out = std::process::Command::new("git")
+        .args([
+            "--git-dir",
+            &bare.to_string_lossy(),
+            "rev-parse",
+            &format!("refs/heads/{branch}"),
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}

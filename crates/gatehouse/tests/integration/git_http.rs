@@ -1,0 +1,199 @@
+use gatehouse_testkit::{GitHttpServer, Idp, TempDir, raw_http};
+
+use crate::common::{POLICY, builder, commit_file, git_bearer, head_of, repos};
+
+#[test]
+fn clone_and_push_through_the_builtin_upstream() {
+    let tmp = TempDir::new("builtin");
+    let (root, _) = repos(&tmp);
+    let gw = builder()
+        .with_builtin_upstream(&root)
+        .policy(POLICY)
+        .start();
+    let alice = gw.token("alice", &["dev"]);
+    let git = git_bearer(&tmp.path().join("home-alice"), &alice);
+    let work = tmp.path().join("alice-clone");
+    git.ok(
+        tmp.path(),
+        &[
+            "clone",
+            "-q",
+            &format!("{}/demo/hello.git", gw.url()),
+            &work.to_string_lossy(),
+        ],
+    );
+    commit_file(&git, &work, "a.txt", "from alice\n");
+    git.ok(&work, &["push", "-q", "origin", "main"]);
+    let local = git
+        .ok(&work, &["rev-parse", "HEAD"])
+        .stdout
+        .trim()
+        .to_owned();
+    assert_eq!(head_of(&root.join("demo/hello.git"), "main"), local);
+
+    // protocol v2 fetch and ls-remote work too
+    git.ok(
+        &work,
+        &["-c", "protocol.version=2", "fetch", "-q", "origin"],
+    );
+    let refs = git.ok(&work, &["ls-remote", "origin"]).stdout;
+    assert!(refs.contains(&local), "{refs}");
+}
+
+#[test]
+fn read_only_identity_cannot_push_and_git_shows_why() {
+    let tmp = TempDir::new("readonly");
+    let (root, _) = repos(&tmp);
+    let gw = builder()
+        .with_builtin_upstream(&root)
+        .policy(POLICY)
+        .start();
+    let bot = gw.token("ci-bot", &["ci"]);
+    let git = git_bearer(&tmp.path().join("home-ci"), &bot);
+    let work = tmp.path().join("ci-clone");
+    git.ok(
+        tmp.path(),
+        &[
+            "clone",
+            "-q",
+            &format!("{}/demo/hello.git", gw.url()),
+            &work.to_string_lossy(),
+        ],
+    );
+    let before = head_of(&root.join("demo/hello.git"), "main");
+    commit_file(&git, &work, "b.txt", "from ci\n");
+    let push = git.run(&work, &["push", "origin", "main"]);
+    assert!(!push.ok, "push by a read-only identity succeeded");
+    assert!(
+        push.stderr.contains(
+            "remote: Gatehouse: git:write on demo/hello denied by policy (no_matching_permit)"
+        ),
+        "git did not show the refusal:\n{}",
+        push.stderr
+    );
+    assert_eq!(
+        head_of(&root.join("demo/hello.git"), "main"),
+        before,
+        "upstream changed"
+    );
+
+    // and a repository outside the policy cannot even be read
+    let other = git.run(
+        tmp.path(),
+        &["clone", "-q", &format!("{}/secret/repo.git", gw.url()), "x"],
+    );
+    assert!(!other.ok);
+    assert!(
+        other
+            .stderr
+            .contains("git:read on secret/repo denied by policy"),
+        "{}",
+        other.stderr
+    );
+}
+
+#[test]
+fn unauthenticated_git_is_asked_for_credentials_and_api_gets_a_bearer_challenge() {
+    let tmp = TempDir::new("unauth");
+    let (root, _) = repos(&tmp);
+    let gw = builder()
+        .with_builtin_upstream(&root)
+        .policy(POLICY)
+        .start();
+
+    let (status, raw) = raw_http(
+        gw.port,
+        "GET",
+        "/demo/hello.git/info/refs?service=git-upload-pack",
+        &[],
+    );
+    assert_eq!(status, 401, "{raw}");
+    assert!(
+        raw.contains("www-authenticate: Basic realm=\"Gatehouse\""),
+        "{raw}"
+    );
+    assert!(raw.contains("text/plain"), "{raw}");
+
+    let git = gatehouse_testkit::Git::new(&tmp.path().join("home"));
+    let ls = git.run(
+        tmp.path(),
+        &["ls-remote", &format!("{}/demo/hello.git", gw.url())],
+    );
+    assert!(!ls.ok);
+    assert!(
+        ls.stderr.contains("could not read Username"),
+        "git did not try to prompt: {}",
+        ls.stderr
+    );
+
+    let (status, raw) = raw_http(gw.port, "GET", "/api/v1/repos/demo/hello", &[]);
+    assert_eq!(status, 401, "{raw}");
+    assert!(
+        raw.contains("www-authenticate: Bearer realm=\"Gatehouse\"\r\n"),
+        "{raw}"
+    );
+    assert!(
+        raw.contains("content-type: application/problem+json"),
+        "{raw}"
+    );
+    assert!(raw.contains("\"code\":\"missing\""), "{raw}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idp_tokens_rs256_and_es256_through_a_real_nginx_upstream() {
+    let tmp = TempDir::new("nginx-idp");
+    let (root, _) = repos(&tmp);
+    let upstream = GitHttpServer::start(&root);
+    let idp = Idp::shared();
+    let gw = builder()
+        .with_upstream_url(&upstream.url())
+        .with_idp(idp)
+        .forge_kind("gitea")
+        .policy(POLICY)
+        .start();
+
+    let rs = idp.client_token("urn:gatehouse:rs256").await;
+    let es = idp.client_token("urn:gatehouse:es256").await;
+    assert!(rs.starts_with("eyJ"));
+    let header = |t: &str| {
+        use base64::Engine as _;
+        let h = t.split('.').next().unwrap();
+        String::from_utf8(
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(h)
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    assert!(header(&rs).contains("RS256"));
+    assert!(header(&es).contains("ES256"));
+
+    for (name, token) in [("rs", &rs), ("es", &es)] {
+        let git = git_bearer(&tmp.path().join(format!("home-{name}")), token);
+        let work = tmp.path().join(format!("clone-{name}"));
+        git.ok(
+            tmp.path(),
+            &[
+                "clone",
+                "-q",
+                &format!("{}/demo/hello.git", gw.url()),
+                &work.to_string_lossy(),
+            ],
+        );
+        commit_file(&git, &work, &format!("{name}.txt"), name);
+        git.ok(&work, &["push", "-q", "origin", "main"]);
+        let local = git
+            .ok(&work, &["rev-parse", "HEAD"])
+            .stdout
+            .trim()
+            .to_owned();
+        assert_eq!(head_of(&root.join("demo/hello.git"), "main"), local);
+        git.ok(&work, &["pull", "-q", "--rebase", "origin", "main"]);
+    }
+
+    // What git does with https://user:TOKEN@host/...: HTTP Basic with the token as password.
+    let git = gatehouse_testkit::Git::new(&tmp.path().join("home-basic"));
+    let url = format!("http://x-token:{rs}@127.0.0.1:{}/demo/hello.git", gw.port);
+    let ls = git.ok(tmp.path(), &["ls-remote", &url]);
+    assert!(ls.stdout.contains("refs/heads/main"));
+}

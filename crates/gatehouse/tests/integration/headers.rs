@@ -1,0 +1,86 @@
+use gatehouse_testkit::{GitHttpServer, TempDir, raw_http};
+
+use crate::common::{POLICY, builder, repos};
+
+fn field<'a>(body: &'a str, name: &str) -> &'a str {
+    body.split(';')
+        .find_map(|kv| kv.trim().strip_prefix(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("no {name} in {body}"))
+}
+
+#[test]
+fn the_upstream_sees_only_gatehouse_identity_headers() {
+    let tmp = TempDir::new("headers");
+    let (root, _) = repos(&tmp);
+    let upstream = GitHttpServer::start(&root);
+    let gw = builder()
+        .with_upstream_url(&upstream.url())
+        .forge_kind("gitea")
+        .policy(POLICY)
+        .start();
+    let alice = gw.token("alice", &["dev"]);
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let (status, raw) = raw_http(
+        gw.port,
+        "GET",
+        "/_echo",
+        &[
+            ("Authorization", &format!("Bearer {alice}")),
+            ("X-WEBAUTH-USER", "admin"),
+            ("X-WebAuth-Email", "admin@evil.example"),
+            ("x-webauth-fullname", "Admin"),
+            ("X-Forwarded-User", "admin"),
+            ("Remote-User", "admin"),
+            ("X-Gatehouse-Assertion", "forged"),
+            ("X-Forwarded-For", "6.6.6.6"),
+            ("Connection", "keep-alive, x-gatehouse-assertion"),
+            ("traceparent", traceparent),
+            ("X-Request-Id", "req-abc-123"),
+        ],
+    );
+    assert_eq!(status, 200, "{raw}");
+    let body = raw.split("\r\n\r\n").nth(1).unwrap_or("");
+    assert_eq!(field(body, "user"), "alice");
+    assert_eq!(field(body, "email"), "");
+    assert_eq!(field(body, "remote_user"), "");
+    assert_eq!(
+        field(body, "authorization"),
+        "",
+        "the client's token was forwarded"
+    );
+    assert_eq!(
+        field(body, "xff"),
+        "127.0.0.1",
+        "a client-sent X-Forwarded-For survived"
+    );
+    assert_eq!(field(body, "proto"), "http");
+    assert_eq!(field(body, "request_id"), "req-abc-123");
+    assert!(raw.contains("x-request-id: req-abc-123"));
+    let tp = field(body, "traceparent");
+    assert!(
+        tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && tp != traceparent,
+        "{tp}"
+    );
+
+    // The assertion is an ES256 JWT for the upstream, verifiable with the published keys.
+    let assertion = field(body, "assertion");
+    assert_ne!(assertion, "forged");
+    let (_, jwks_raw) = raw_http(gw.port, "GET", "/.well-known/jwks.json", &[]);
+    let jwks: jsonwebtoken::jwk::JwkSet =
+        serde_json::from_str(jwks_raw.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let key = jsonwebtoken::DecodingKey::from_jwk(&jwks.keys[0]).unwrap();
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+    v.set_audience(&[upstream.url()]);
+    v.set_issuer(&["urn:gatehouse:test"]);
+    let claims = jsonwebtoken::decode::<serde_json::Value>(assertion, &key, &v)
+        .expect("assertion verifies")
+        .claims;
+    assert_eq!(claims["sub"], "alice");
+    assert_eq!(claims["groups"], serde_json::json!(["dev"]));
+    assert!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap() <= 60);
+
+    // Without credentials the forged header gets nowhere.
+    let (status, raw) = raw_http(gw.port, "GET", "/_echo", &[("X-WEBAUTH-USER", "admin")]);
+    assert_eq!(status, 401, "{raw}");
+    assert!(!raw.contains("user=admin"));
+}

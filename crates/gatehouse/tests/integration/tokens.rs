@@ -1,0 +1,263 @@
+use gatehouse_testkit::{Idp, TempDir, raw_http, wait_for};
+use serde_json::json;
+
+use crate::common::{POLICY, builder, repos};
+
+#[allow(clippy::disallowed_methods)] // the gateway under test runs on the real clock
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn challenge(raw: &str) -> String {
+    raw.lines()
+        .find(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("www-authenticate: bearer")
+        })
+        .unwrap_or("")
+        .to_owned()
+}
+
+fn b64(s: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bad_token_is_refused_with_its_own_description() {
+    let tmp = TempDir::new("badtokens");
+    let (root, _) = repos(&tmp);
+    let idp = Idp::shared();
+    let gw = builder()
+        .with_builtin_upstream(&root)
+        .with_idp(idp)
+        .policy(POLICY)
+        .start();
+    let iss = idp.issuer();
+    let t = now();
+    let claims = |over: serde_json::Value| {
+        let mut c = json!({"iss": iss, "sub": "alice", "aud": "gatehouse", "iat": t, "exp": t + 600,
+                           "preferred_username": "alice", "groups": ["dev"]});
+        for (k, v) in over.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        c
+    };
+
+    // A well-formed token from the IdP's real key is accepted: the refusals below are about the
+    // one thing each changes.
+    let good = idp.sign(claims(json!({})), "RS256", None).await;
+    let path = "/demo/hello.git/info/refs?service=git-upload-pack";
+    let (status, raw) = raw_http(
+        gw.port,
+        "GET",
+        path,
+        &[("Authorization", &format!("Bearer {good}"))],
+    );
+    assert_eq!(status, 200, "{raw}");
+
+    let expired = idp
+        .sign(
+            claims(json!({"exp": t - 600, "iat": t - 1200})),
+            "RS256",
+            None,
+        )
+        .await;
+    let not_yet = idp
+        .sign(claims(json!({"nbf": t + 600})), "ES256", None)
+        .await;
+    let wrong_iss = idp
+        .sign(
+            claims(json!({"iss": "https://evil.example"})),
+            "RS256",
+            None,
+        )
+        .await;
+    let wrong_aud = idp
+        .sign(claims(json!({"aud": "someone-else"})), "RS256", None)
+        .await;
+    let unknown_kid = idp
+        .sign(claims(json!({})), "RS256", Some("no-such-key"))
+        .await;
+    let mut parts: Vec<String> = good.split('.').map(str::to_owned).collect();
+    parts[1] = b64(&claims(json!({"groups": ["dev", "admins"]})).to_string());
+    let tampered = parts.join(".");
+    let alg_none = format!(
+        "{}.{}.",
+        b64(r#"{"alg":"none","typ":"JWT"}"#),
+        b64(&claims(json!({})).to_string())
+    );
+
+    // HS256 "signed" with the IdP's RSA public key as the HMAC secret: the classic key-confusion
+    // attack. The secret here is the key's public JWK text; any form must be refused.
+    let jwks = idp.jwks().await;
+    let rsa_pub = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kty"] == "RSA")
+        .unwrap()
+        .to_string();
+    let hs256 = {
+        let header = jsonwebtoken::Header {
+            kid: Some("rs256-1".into()),
+            ..jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256)
+        };
+        jsonwebtoken::encode(
+            &header,
+            &claims(json!({})),
+            &jsonwebtoken::EncodingKey::from_secret(rsa_pub.as_bytes()),
+        )
+        .unwrap()
+    };
+
+    let cases = [
+        (expired, "token has expired"),
+        (not_yet, "token is not yet valid"),
+        (wrong_iss, "token issuer is not trusted"),
+        (wrong_aud, "token audience is not accepted"),
+        (unknown_kid, "token was signed by an unknown key"),
+        (tampered, "token signature is invalid"),
+        (alg_none, "token algorithm is not allowed"),
+        (hs256, "token algorithm is not allowed"),
+        ("not-a-jwt".to_owned(), "token is malformed"),
+    ];
+    for (token, description) in cases {
+        let (status, raw) = raw_http(
+            gw.port,
+            "GET",
+            "/api/v1/repos/demo/hello",
+            &[("Authorization", &format!("Bearer {token}"))],
+        );
+        assert_eq!(status, 401, "{description}: {raw}");
+        let ch = challenge(&raw);
+        assert!(
+            ch.contains(&format!(
+                "error=\"invalid_token\", error_description=\"{description}\""
+            )),
+            "expected `{description}`, got `{ch}`"
+        );
+        assert!(
+            !raw.contains(&token) || token.len() < 12,
+            "the token was echoed back"
+        );
+    }
+    // No token may reach the gateway's log or audit trail.
+    let log = gw.log();
+    let audit = std::fs::read_to_string(gw.audit_path()).unwrap();
+    assert!(!log.contains(&good) && !audit.contains(&good));
+    assert!(
+        !audit.contains(&good[good.len() - 20..]),
+        "a token signature reached the audit log"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idp_key_rotation_needs_no_restart() {
+    let tmp = TempDir::new("rotation");
+    let (root, _) = repos(&tmp);
+    let mut idp = Idp::start();
+    let gw = builder()
+        .with_builtin_upstream(&root)
+        .with_idp(&idp)
+        .policy(POLICY)
+        .start();
+    let path = "/demo/hello.git/info/refs?service=git-upload-pack";
+    let before = idp.client_token("urn:gatehouse:rs256").await;
+    let (s, raw) = raw_http(
+        gw.port,
+        "GET",
+        path,
+        &[("Authorization", &format!("Bearer {before}"))],
+    );
+    assert_eq!(s, 200, "{raw}");
+
+    idp.rotate_keys(2);
+    let after = idp.client_token("urn:gatehouse:rs256").await;
+    let kid = |t: &str| {
+        use base64::Engine as _;
+        let h = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(t.split('.').next().unwrap())
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&h).unwrap()["kid"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(kid(&after), "rs256-2", "the IdP did not rotate");
+    // The gateway learns the new key on the first token that names it (one rate-limited refetch).
+    let status = wait_for(
+        "the new key to be accepted",
+        std::time::Duration::from_secs(10),
+        || {
+            let (s, _) = raw_http(
+                gw.port,
+                "GET",
+                path,
+                &[("Authorization", &format!("Bearer {after}"))],
+            );
+            (s == 200).then_some(s)
+        },
+    );
+    assert_eq!(status, 200);
+    // tokens signed by the old (still published) key keep working
+    let (s, _) = raw_http(
+        gw.port,
+        "GET",
+        path,
+        &[("Authorization", &format!("Bearer {before}"))],
+    );
+    assert_eq!(s, 200);
+    assert!(
+        gw.metrics()
+            .contains("gatehouse_jwks_fetches_total{issuer="),
+        "{}",
+        gw.metrics()
+    );
+}
+
+#[test]
+fn gatehouse_tokens_and_published_keys() {
+    let tmp = TempDir::new("own");
+    let (root, _) = repos(&tmp);
+    let gw = builder()
+        .with_builtin_upstream(&root)
+        .policy(POLICY)
+        .start();
+    let (s, raw) = raw_http(gw.port, "GET", "/.well-known/jwks.json", &[]);
+    assert_eq!(s, 200);
+    assert!(
+        raw.contains("\"alg\":\"ES256\"") && raw.contains("\"kty\":\"EC\""),
+        "{raw}"
+    );
+    assert!(
+        !raw.contains("\"d\""),
+        "a private key component was published"
+    );
+
+    let out = gw.cli(&[
+        "token",
+        "issue",
+        "--subject",
+        "agent:reviewer",
+        "--group",
+        "dev",
+        "--ttl",
+        "15m",
+    ]);
+    assert!(out.status.success());
+    let tok = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let (s, _) = raw_http(
+        gw.port,
+        "GET",
+        "/demo/hello.git/info/refs?service=git-upload-pack",
+        &[("Authorization", &format!("Bearer {tok}"))],
+    );
+    assert_eq!(s, 200);
+    let too_long = gw.cli(&["token", "issue", "--subject", "x", "--ttl", "48h"]);
+    assert!(!too_long.status.success());
+    assert!(String::from_utf8_lossy(&too_long.stderr).contains("exceeds tokens.max_ttl"));
+}
