@@ -104,6 +104,14 @@ pub struct ExplainArgs {
     pub source_ip: std::net::IpAddr,
 }
 
+/// Prints a line; a closed pipe (`gatehouse policy explain ... | head -1`) is not an error.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// `gatehouse policy explain`: what would happen to a request. Returns whether it is allowed.
 pub fn policy_explain(args: &ExplainArgs) -> Result<bool> {
     let cfg = Config::load(&args.config)?;
@@ -149,28 +157,28 @@ pub fn policy_explain(args: &ExplainArgs) -> Result<bool> {
             r.host, r.path, r.method
         ),
     };
-    println!(
+    out!(
         "decision:  {}",
         if ex.decision.allowed { "ALLOW" } else { "DENY" }
     );
-    println!("reason:    {}", ex.decision.reason);
-    println!(
+    out!("reason:    {}", ex.decision.reason);
+    out!(
         "principal: {} (issuer {}, groups: {})",
         principal.username,
         principal.issuer,
         principal.groups.join(", ")
     );
-    println!("action:    Gatehouse::Action::\"{}\"", c.action);
-    println!("resource:  {resource}");
-    println!("forwarded: {}", c.forward_path);
+    out!("action:    Gatehouse::Action::\"{}\"", c.action);
+    out!("resource:  {resource}");
+    out!("forwarded: {}", c.forward_path);
     if ex.deciding.is_empty() {
-        println!("decided by: default deny (no permit matched)");
+        out!("decided by: default deny (no permit matched)");
     }
     for (id, text) in &ex.deciding {
-        println!("decided by policy `{id}`:\n{}", text.trim());
+        out!("decided by policy `{id}`:\n{}", text.trim());
     }
     for e in &ex.errors {
-        println!("evaluation error: {e}");
+        out!("evaluation error: {e}");
     }
     Ok(ex.decision.allowed)
 }

@@ -124,10 +124,12 @@ impl AuditSink {
             .open(&opts.path)
             .map_err(io)?;
         let (seq, prev) = read_tail(&mut file, &opts.path)?;
+        let regular = file.metadata().map(|m| m.is_file()).unwrap_or(false);
         let (tx, rx) = mpsc::channel(opts.queue_capacity.max(1));
         let healthy = Arc::new(AtomicBool::new(true));
         let writer = Writer {
             file,
+            regular,
             head_path: ChainHead::path_for(&opts.path),
             seq,
             prev,
@@ -218,6 +220,9 @@ fn read_tail(file: &mut File, path: &Path) -> Result<(u64, String), OpenError> {
 
 struct Writer {
     file: File,
+    /// A regular file (synced, truncated back on failure, with a head file); otherwise a device
+    /// or pipe.
+    regular: bool,
     head_path: PathBuf,
     seq: u64,
     prev: String,
@@ -302,23 +307,32 @@ impl Writer {
             buf.push(b'\n');
         }
         let before = self.file.metadata().map(|m| m.len()).ok();
-        if let Err(e) = self
-            .file
-            .write_all(&buf)
-            .and_then(|()| self.file.sync_data())
-        {
-            if let Some(len) = before {
+        // A pipe or terminal cannot be synced; a regular file must be.
+        let result = self.file.write_all(&buf).and_then(|()| {
+            if self.regular {
+                self.file.sync_data()
+            } else {
+                self.file.flush()
+            }
+        });
+        if let Err(e) = result {
+            if let (Some(len), true) = (before, self.regular) {
                 let _ = self.file.set_len(len);
             }
             return Err(e);
         }
         self.seq = seq;
         self.prev = prev;
-        self.write_head()
+        // The batch is durable. A head that fails to update only lags the log, which `verify`
+        // accepts; retrying the batch would write it twice.
+        if let Err(e) = self.write_head() {
+            tracing::warn!(error = %e, "audit head file not updated; truncation checks lag until the next batch");
+        }
+        Ok(())
     }
 
     fn write_head(&self) -> std::io::Result<()> {
-        if self.head_path.starts_with("/dev") {
+        if !self.regular {
             return Ok(());
         }
         let head = ChainHead {

@@ -80,8 +80,8 @@ pub struct TokenRequest {
     pub kind: PrincipalKind,
 }
 
-/// (principal issuer, subject, audience).
-type AssertionKey = (String, String, String);
+/// (audience, a digest of every identity field the assertion carries).
+type AssertionKey = (String, [u8; 32]);
 
 struct PublicKey {
     kid: String,
@@ -329,6 +329,10 @@ impl OwnIssuer {
             std::slice::from_ref(&self.audience),
             &[],
         )?;
+        if jwt.claims.contains_key("token_use") {
+            // An upstream assertion is never a credential, whatever its audience.
+            return Err(AuthnError::WrongAudience);
+        }
         let kind = match jwt.claims.get("gatehouse_kind").and_then(Value::as_str) {
             Some("user") => PrincipalKind::User,
             _ => PrincipalKind::Service,
@@ -346,7 +350,22 @@ impl OwnIssuer {
         ttl: Duration,
         now: i64,
     ) -> Result<String, AuthnError> {
-        let key = (p.issuer.clone(), p.subject.clone(), audience.to_owned());
+        // Keyed by everything the assertion says, so a changed group or e-mail is never stale.
+        let fingerprint = format!(
+            "{}\n{}\n{}\n{:?}\n{:?}\n{}\n{}",
+            p.issuer,
+            p.subject,
+            p.username,
+            p.email,
+            p.display_name,
+            p.groups.join("\n"),
+            p.kind.as_str()
+        );
+        let mut digest = [0u8; 32];
+        digest.copy_from_slice(
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, fingerprint.as_bytes()).as_ref(),
+        );
+        let key = (audience.to_owned(), digest);
         let half = (ttl.as_secs() / 2) as i64;
         if let Ok(cache) = self.assertions.read()
             && let Some((tok, exp)) = cache.get(&key)
@@ -364,7 +383,8 @@ impl OwnIssuer {
             "email": p.email,
             "name": p.display_name,
             "groups": p.groups,
-            "kind": p.kind.as_str(),
+                        "kind": p.kind.as_str(),
+            "token_use": "assertion",
             "iat": now,
             "exp": exp,
         });

@@ -502,6 +502,77 @@ impl Config {
         if self.tokens.default_ttl > self.tokens.max_ttl {
             return bad("tokens.default_ttl", "must not exceed tokens.max_ttl");
         }
+        let positive = [
+            (
+                "server.header_read_timeout",
+                self.server.header_read_timeout,
+            ),
+            ("server.idle_timeout", self.server.idle_timeout),
+            ("upstream.connect_timeout", self.upstream.connect_timeout),
+            ("upstream.response_timeout", self.upstream.response_timeout),
+            ("tokens.default_ttl", self.tokens.default_ttl),
+        ];
+        for (k, d) in positive {
+            if d.0.is_zero() {
+                return bad(k, "must be greater than zero");
+            }
+        }
+        if let Some(tls) = &self.server.tls
+            && tls.reload_interval.0 < std::time::Duration::from_millis(100)
+        {
+            return bad("server.tls.reload_interval", "must be at least 100ms");
+        }
+        if self.identity_headers.assertion_ttl.0 < std::time::Duration::from_secs(2) {
+            return bad("identity_headers.assertion_ttl", "must be at least 2s");
+        }
+        for (i, iss) in self.issuers.iter().enumerate() {
+            if iss.jwks_cache_ttl.0 < std::time::Duration::from_secs(1) {
+                return Err((
+                    format!("issuers[{i}].jwks_cache_ttl"),
+                    "must be at least 1s".to_owned(),
+                ));
+            }
+            if iss.http_timeout.0.is_zero() {
+                return Err((
+                    format!("issuers[{i}].http_timeout"),
+                    "must be greater than zero".to_owned(),
+                ));
+            }
+        }
+        let id = &self.identity_headers;
+        let names = [
+            ("identity_headers.user", &id.user),
+            ("identity_headers.email", &id.email),
+            ("identity_headers.full_name", &id.full_name),
+            ("identity_headers.groups", &id.groups),
+            ("identity_headers.assertion", &id.assertion),
+        ];
+        for (k, name) in names
+            .into_iter()
+            .chain(id.strip.iter().map(|s| ("identity_headers.strip", s)))
+        {
+            let optional = matches!(k, "identity_headers.groups" | "identity_headers.assertion");
+            if name.is_empty() && optional {
+                continue;
+            }
+            if !is_header_name(name) {
+                return Err((
+                    k.to_owned(),
+                    format!("`{name}` is not a valid HTTP header name"),
+                ));
+            }
+        }
+        let assertion_aud = id
+            .assertion_audience
+            .as_deref()
+            .or(self.upstream.url.as_deref())
+            .unwrap_or("gatehouse-upstream");
+        if assertion_aud == self.tokens.audience {
+            return bad(
+                "identity_headers.assertion_audience",
+                "must differ from tokens.audience, or an assertion sent upstream could be replayed as a Gatehouse token",
+            );
+        }
         if self.audit.queue_capacity == 0 || self.audit.batch_max == 0 {
             return bad("audit", "queue_capacity and batch_max must be at least 1");
         }
@@ -519,6 +590,13 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// An RFC 9110 token: what a header name may be.
+fn is_header_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn d2s() -> ConfigDuration {

@@ -63,6 +63,32 @@ fn unsafe_algorithms_are_refused() {
 }
 
 #[test]
+fn unusable_values_are_refused() {
+    for (from, to) in [
+        ("[policy]", "[identity_headers]\nuser = \"X Bad\"\n[policy]"),
+        (
+            "[policy]",
+            "[identity_headers]\nstrip = [\"ok\", \"bad:header\"]\n[policy]",
+        ),
+        (
+            "[policy]",
+            "[identity_headers]\nassertion_ttl = \"0s\"\n[policy]",
+        ),
+        (
+            "[policy]",
+            "[identity_headers]\nassertion_audience = \"gatehouse\"\n[policy]",
+        ),
+        (
+            "listen = \"127.0.0.1:8080\"",
+            "listen = \"127.0.0.1:8080\"\nidle_timeout = \"0s\"",
+        ),
+    ] {
+        let text = MINIMAL.replacen(from, to, 1);
+        assert!(parse(&text).is_err(), "accepted:\n{text}");
+    }
+}
+
+#[test]
 fn upstream_must_be_exactly_one() {
     let text = MINIMAL.replace("url = \"http://127.0.0.1:3000\"", "");
     assert!(parse(&text).is_err());

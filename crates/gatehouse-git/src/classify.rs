@@ -264,21 +264,24 @@ fn method_action(method: &str) -> Action {
     }
 }
 
-/// Builds a repository reference from raw path segments; `None` when the names are not valid
-/// forge names. Strips one `.git` suffix, and `.wiki` for the wiki repository.
+/// Builds a repository reference from raw path segments. Names are case-folded first (for
+/// case-insensitive forges) so that every suffix rule applies to exactly the spelling that is
+/// forwarded upstream. Strips one `.git` suffix, and `.wiki` for the wiki repository.
 fn repo_ref(flavor: ForgeFlavor, owner: &str, repo: &str) -> Result<(RepoRef, bool), PathError> {
-    let repo = repo.strip_suffix(".git").unwrap_or(repo);
+    let owner = fold(flavor, owner);
+    let repo = fold(flavor, repo);
+    let repo = repo.strip_suffix(".git").unwrap_or(&repo);
     let (repo, wiki) = match repo.strip_suffix(".wiki") {
         Some(base) if flavor != ForgeFlavor::Generic => (base, true),
         _ => (repo, false),
     };
-    if !valid_name(owner) || !valid_name(repo) || repo.ends_with(".git") {
+    if !valid_name(&owner) || !valid_name(repo) || repo.to_ascii_lowercase().ends_with(".git") {
         return Err(PathError::BadRepoName);
     }
     Ok((
         RepoRef {
-            owner: fold(flavor, owner),
-            name: fold(flavor, repo),
+            owner,
+            name: repo.to_owned(),
         },
         wiki,
     ))
@@ -327,9 +330,10 @@ pub fn classify(
     }
 
     let strs: Vec<&str> = segs.iter().map(String::as_str).collect();
-    if looks_like_git(&strs) {
-        // A Git endpoint at another depth than /{owner}/{repo}: a plain Git server would serve it,
-        // so it must never pass as a route.
+    if flavor == ForgeFlavor::Generic && looks_like_git(&strs) {
+        // A Git endpoint at another depth than /{owner}/{repo}: a plain Git server (which serves
+        // any directory under its root) would answer it, so it must never pass as a route. A forge
+        // serves Git only at /{owner}/{repo}, so there such paths are ordinary routes.
         return Err(PathError::BadRepoName);
     }
     if let ["api", "v1", "repos", rest @ ..] = strs.as_slice()
@@ -363,7 +367,13 @@ pub fn classify(
         action,
         resource: Resource::Route(Route {
             host: host.to_ascii_lowercase(),
-            path: path.decoded(),
+            // A case-insensitive forge serves /Acme/Secrets/... as /acme/secrets/..., so route
+            // policies are matched against the lower-cased path there.
+            path: if flavor.case_insensitive() {
+                path.decoded().to_lowercase()
+            } else {
+                path.decoded()
+            },
             method: method.to_owned(),
         }),
         forward_path: path.encoded(),
@@ -517,7 +527,36 @@ mod tests {
     }
 
     #[test]
+    fn routes_on_a_case_insensitive_forge_are_matched_lower_case() -> Result<(), PathError> {
+        let r = c("GET", "/ACME/Secrets/src/branch/main", None)?;
+        assert_eq!(r.resource.repo(), None);
+        match r.resource {
+            Resource::Route(route) => assert_eq!(route.path, "/acme/secrets/src/branch/main"),
+            Resource::Repo(_) => panic!("not a route"),
+        }
+        // the forwarded path keeps its case (file names in a repository are case-sensitive)
+        assert_eq!(r.forward_path, "/ACME/Secrets/src/branch/main");
+        Ok(())
+    }
+
+    #[test]
+    fn forge_paths_with_git_looking_file_names_are_routes() -> Result<(), PathError> {
+        let r = c(
+            "GET",
+            "/api/v1/repos/acme/api/contents/vendor/lib.git",
+            None,
+        )?;
+        assert_eq!(r.kind, RequestKind::RepoApi);
+        assert_eq!(
+            c("GET", "/acme/api/src/branch/main/info/refs", None)?.kind,
+            RequestKind::Web
+        );
+        Ok(())
+    }
+
+    #[test]
     fn git_endpoints_at_other_depths_are_refused() {
+        let c = |m: &str, p: &str, q: Option<&str>| classify(ForgeFlavor::Generic, m, "h", p, q);
         for p in [
             "/hello.git/info/refs",
             "/a/b/c.git/info/refs",

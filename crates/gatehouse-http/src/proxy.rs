@@ -325,10 +325,17 @@ impl Gateway {
         let mut resp = match outcome {
             Ok(resp) => resp,
             Err((refusal, kind)) => {
-                if rec.decision.is_none() {
-                    rec.decision = Some("error");
+                // The policy's own denial is already recorded; anything else that stopped the
+                // request (bad request, credentials, upstream failure after an allow) says so.
+                if !matches!(refusal, Refusal::Forbidden { .. }) {
+                    rec.decision = Some(match refusal {
+                        Refusal::BadRequest { .. }
+                        | Refusal::Unauthenticated { .. }
+                        | Refusal::PayloadTooLarge => "deny",
+                        _ => "error",
+                    });
+                    rec.reason = Some(refusal.code());
                 }
-                rec.reason.get_or_insert_with(|| refusal.code());
                 refusal.to_response(kind, &request_id)
             }
         };
@@ -535,6 +542,15 @@ impl Gateway {
             headers.remove(n);
         }
         headers.remove(header::EXPECT);
+        // HTTP/2 carries the host in :authority and an absolute-form HTTP/1.1 request names it in
+        // the URI (which wins over Host, RFC 9112 §3.2.2): the upstream gets the host that was
+        // classified, as a Host header.
+        if let Some(authority) = parts.uri.authority()
+            && let Ok(v) = HeaderValue::from_str(authority.as_str())
+        {
+            parts.headers.insert(header::HOST, v);
+        }
+        let headers = &mut parts.headers;
         if !self.settings.identity.forward_authorization {
             headers.remove(header::AUTHORIZATION);
         }

@@ -7,12 +7,11 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http_body_util::BodyExt as _;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -42,7 +41,8 @@ pub struct ServeOptions {
     pub max_header_bytes: usize,
 }
 
-/// When a connection last moved bytes, and how many of its requests are unanswered.
+/// When a connection last started or finished a request, and how many of its requests are
+/// unanswered. Raw bytes do not count: HTTP/2 keep-alive pings must not keep an idle connection open.
 #[derive(Debug)]
 struct Activity {
     epoch: Instant,
@@ -59,65 +59,6 @@ impl Activity {
     fn idle_for(&self) -> Duration {
         let now = self.epoch.elapsed().as_millis() as u64;
         Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
-    }
-}
-
-/// An I/O stream that records activity.
-struct Tracked<T> {
-    inner: T,
-    activity: Arc<Activity>,
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.activity.touch();
-        }
-        r
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        r
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        r
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
     }
 }
 
@@ -165,10 +106,7 @@ pub async fn serve(
                 Some(acc) => {
                     match tokio::time::timeout(opts.header_read_timeout, acc.accept(stream)).await {
                         Ok(Ok(tls)) => {
-                            let io = Tracked {
-                                inner: tls,
-                                activity: activity.clone(),
-                            };
+                            let io = tls;
                             serve_conn(
                                 io,
                                 ConnInfo { peer, tls: true },
@@ -184,10 +122,7 @@ pub async fn serve(
                     }
                 }
                 None => {
-                    let io = Tracked {
-                        inner: stream,
-                        activity: activity.clone(),
-                    };
+                    let io = stream;
                     serve_conn(
                         io,
                         ConnInfo { peer, tls: false },
@@ -215,7 +150,7 @@ pub async fn serve(
 }
 
 async fn serve_conn<T>(
-    io: Tracked<T>,
+    io: T,
     info: ConnInfo,
     gateway: Arc<Gateway>,
     opts: ServeOptions,

@@ -156,11 +156,25 @@ fn tls_client_config(cfg: &UpstreamConfig) -> Result<rustls::ClientConfig, Upstr
 }
 
 fn rustls_native_roots() -> Vec<CertificateDer<'static>> {
-    // The system bundle on Debian-like systems; a missing file means no system roots.
-    let path = std::path::Path::new("/etc/ssl/certs/ca-certificates.crt");
-    CertificateDer::pem_file_iter(path)
-        .map(|it| it.filter_map(Result::ok).collect())
-        .unwrap_or_default()
+    // SSL_CERT_FILE, then the usual bundle locations of Debian/Ubuntu, Fedora/RHEL, Alpine/macOS.
+    let candidates = std::env::var("SSL_CERT_FILE").into_iter().chain(
+        [
+            "/etc/ssl/certs/ca-certificates.crt",
+            "/etc/pki/tls/certs/ca-bundle.crt",
+            "/etc/ssl/cert.pem",
+        ]
+        .map(str::to_owned),
+    );
+    for path in candidates {
+        let certs: Vec<_> = CertificateDer::pem_file_iter(std::path::Path::new(&path))
+            .map(|it| it.filter_map(Result::ok).collect())
+            .unwrap_or_default();
+        if !certs.is_empty() {
+            return certs;
+        }
+    }
+    tracing::warn!("no system CA bundle found: set upstream.ca_file to verify an https upstream");
+    Vec::new()
 }
 
 impl Upstream {

@@ -75,7 +75,8 @@ pub struct Explanation {
     pub decision: Decision,
     /// `(id, source text)` of each deciding policy.
     pub deciding: Vec<(String, String)>,
-    /// Evaluation errors (a policy that erred is skipped, which can only narrow access).
+    /// Evaluation errors. Cedar skips a policy that errs; a skipped `forbid` could widen access,
+    /// so any error turns an allow into a deny (`policy_evaluation_error`).
     pub errors: Vec<String>,
 }
 
@@ -285,15 +286,19 @@ impl PolicyEngine {
             }
         };
         let resp = self.authorizer.is_authorized(&req, &self.policies, &ents);
-        let ids: Vec<String> = resp
+        let mut ids: Vec<String> = resp
             .diagnostics()
             .reason()
             .map(|id| id.to_string())
             .collect();
+        ids.sort();
         let errors: Vec<String> = resp.diagnostics().errors().map(|e| e.to_string()).collect();
-        let allowed = resp.decision() == cedar_policy::Decision::Allow;
+        let cedar_allowed = resp.decision() == cedar_policy::Decision::Allow;
+        let allowed = cedar_allowed && errors.is_empty();
         let reason = if allowed {
             "allowed".to_owned()
+        } else if cedar_allowed {
+            "policy_evaluation_error".to_owned()
         } else if let Some(id) = ids.first() {
             self.policies
                 .policy(&PolicyId::new(id))

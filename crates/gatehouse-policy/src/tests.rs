@@ -182,3 +182,34 @@ fn empty_policy_denies_everything() {
         .allowed
     );
 }
+
+#[test]
+fn an_erring_forbid_fails_closed() {
+    // Strict validation keeps most evaluation errors out, but not arithmetic overflow. Cedar skips
+    // a policy whose evaluation errs; a skipped forbid would allow. Gatehouse denies instead.
+    let src = r#"
+@id("all")
+permit(principal, action, resource);
+@id("overflowing-forbid")
+forbid(principal, action, resource) when { 9223372036854775807 + 1 > 0 };
+"#;
+    let e = match PolicyEngine::new(src, "default") {
+        Ok(e) => e,
+        Err(e) => panic!("{e}"),
+    };
+    let d = ask(&e, &principal("x", &[]), Action::GitRead, &repo("a", "b"));
+    assert!(!d.allowed);
+    assert_eq!(d.reason, "policy_evaluation_error");
+}
+
+#[test]
+fn strict_validation_refuses_expressions_that_could_err_at_run_time() {
+    let err = PolicyEngine::new(
+        r#"forbid(principal, action, resource) when { ip(context.host).isLoopback() };"#,
+        "default",
+    )
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
+    assert!(err.contains("schema"), "{err}");
+}

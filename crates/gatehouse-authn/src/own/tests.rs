@@ -163,9 +163,24 @@ fn assertions_are_reused_for_half_their_life() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(a1, a2);
     assert_ne!(a1, a3);
-    let claims = parse_unverified(&a3)
-        .unwrap_or_else(|e| panic!("{e}"))
-        .claims;
+    let parsed = parse_unverified(&a3).unwrap_or_else(|e| panic!("{e}"));
+    // an assertion is not a credential, even when its audience is Gatehouse's own
+    let as_token = own
+        .assertion(&p, "gatehouse", ttl, 1_000)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let as_token = parse_unverified(&as_token).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        own.verify(&as_token, 1_001).err(),
+        Some(AuthnError::WrongAudience)
+    );
+    // a changed group list is never served a stale assertion
+    let mut p2 = p.clone();
+    p2.groups.push("admins".into());
+    let a4 = own
+        .assertion(&p2, "up", ttl, 1_031)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_ne!(a3, a4);
+    let claims = parsed.claims;
     assert_eq!(claims["aud"], "up");
     assert_eq!(claims["exp"], 1_091);
 }
