@@ -25,6 +25,21 @@ fn git_backend() -> PathBuf {
 impl GitHttpServer {
     /// Serves the bare repositories under `repos` (push enabled for every repository).
     pub fn start(repos: &Path) -> Self {
+        Self::start_inner(repos, None)
+    }
+
+    /// The same over HTTPS, requiring a client certificate signed by `client_ca` (mTLS).
+    pub fn start_tls(repos: &Path, cert: &Path, key: &Path, client_ca: &Path) -> Self {
+        let tls = format!(
+            "ssl_certificate {};\n    ssl_certificate_key {};\n    ssl_client_certificate {};\n    ssl_verify_client on;",
+            cert.display(),
+            key.display(),
+            client_ca.display()
+        );
+        Self::start_inner(repos, Some(tls))
+    }
+
+    fn start_inner(repos: &Path, tls: Option<String>) -> Self {
         let dir = TempDir::new("nginx");
         let d = dir.path();
         std::fs::create_dir_all(d.join("tmp")).unwrap();
@@ -54,11 +69,12 @@ http {{
   uwsgi_temp_path {d}/tmp/uwsgi;
   scgi_temp_path {d}/tmp/scgi;
   server {{
-    listen 127.0.0.1:{port};
+    listen 127.0.0.1:{port}{ssl};
+    {tls_lines}
     client_max_body_size 0;
     location = /_echo {{
       default_type text/plain;
-      return 200 "user=$http_x_webauth_user;email=$http_x_webauth_email;fullname=$http_x_webauth_fullname;authorization=$http_authorization;assertion=$http_x_gatehouse_assertion;xff=$http_x_forwarded_for;proto=$http_x_forwarded_proto;request_id=$http_x_request_id;traceparent=$http_traceparent;remote_user=$http_remote_user;connection=$http_connection\n";
+      return 200 "user=$http_x_webauth_user;email=$http_x_webauth_email;fullname=$http_x_webauth_fullname;authorization=$http_authorization;assertion=$http_x_gatehouse_assertion;xff=$http_x_forwarded_for;proto=$http_x_forwarded_proto;request_id=$http_x_request_id;traceparent=$http_traceparent;remote_user=$http_remote_user;connection=$http_connection;client_dn=$ssl_client_s_dn\n";
     }}
     location / {{
       fastcgi_pass unix:{sock};
@@ -87,6 +103,8 @@ http {{
             sock = sock.display(),
             backend = git_backend().display(),
             repos = repos.display(),
+            ssl = if tls.is_some() { " ssl" } else { "" },
+            tls_lines = tls.as_deref().unwrap_or(""),
         );
         let conf_path = d.join("nginx.conf");
         std::fs::write(&conf_path, conf).unwrap();

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 mod audit;
+mod cli;
 mod common;
 mod git_http;
 mod headers;

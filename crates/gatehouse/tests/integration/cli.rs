@@ -1,0 +1,276 @@
+use std::process::Command;
+use std::time::Duration;
+
+use gatehouse_testkit::{Child, GitHttpServer, TempDir, free_port, raw_http, wait_for};
+
+use crate::common::{POLICY, bin, builder, repos};
+
+/// `gatehouse quickstart` prints commands; they are run exactly as printed.
+#[test]
+fn quickstart_prints_commands_that_work_as_printed() {
+    let tmp = TempDir::new("quickstart");
+    let dir = tmp.path().join("qs");
+    let (port, admin) = (free_port(), free_port());
+    let out = tmp.path().join("quickstart.out");
+    let mut cmd = Command::new(bin());
+    cmd.args(["quickstart", "--dir", &dir.to_string_lossy()])
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--admin-listen",
+            &format!("127.0.0.1:{admin}"),
+        ]);
+    let mut qs = Child::spawn("quickstart", &mut cmd, &out);
+    let text = wait_for("the quickstart banner", Duration::from_secs(60), || {
+        assert!(qs.is_running(), "quickstart exited:\n{}", qs.log_text());
+        let t = qs.log_text();
+        t.contains("Press Ctrl-C").then_some(t)
+    });
+    assert!(dir.join("repos/demo/hello.git/HEAD").exists());
+    assert!(dir.join("keys/signing.pem").exists());
+    let exports: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("export "))
+        .collect();
+    assert_eq!(exports.len(), 2, "{text}");
+    let block = |title: &str, n: usize| -> Vec<String> {
+        let lines: Vec<&str> = text.lines().collect();
+        let at = lines
+            .iter()
+            .position(|l| l.starts_with(title))
+            .unwrap_or_else(|| panic!("no `{title}` in\n{text}"));
+        lines[at + 1..at + 1 + n]
+            .iter()
+            .map(|l| l.trim().to_owned())
+            .collect()
+    };
+    let alice_cmds = block("Clone and push as alice:", 3);
+    let denied_cmd = block("See a push denied", 1);
+    assert!(
+        alice_cmds[0].starts_with("git ") && alice_cmds[0].contains("clone"),
+        "{alice_cmds:?}"
+    );
+
+    let work = tmp.path().join("user");
+    std::fs::create_dir_all(&work).unwrap();
+    let script = format!(
+        "set -e\n{}\n{}\n{}\n{}\n",
+        exports
+            .iter()
+            .map(|e| e.split('#').next().unwrap_or(e).trim())
+            .collect::<Vec<_>>()
+            .join("\n"),
+        alice_cmds[0],
+        alice_cmds[1],
+        alice_cmds[2]
+    );
+    let run = |script: &str| {
+        Command::new("bash")
+            .args(["-c", script])
+            .current_dir(&work)
+            .env("HOME", &work)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("GIT_AUTHOR_NAME", "Alice")
+            .env("GIT_AUTHOR_EMAIL", "alice@example.test")
+            .env("GIT_COMMITTER_NAME", "Alice")
+            .env("GIT_COMMITTER_EMAIL", "alice@example.test")
+            .output()
+            .unwrap()
+    };
+    let o = run(&script);
+    assert!(
+        o.status.success(),
+        "{script}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let denied = format!(
+        "{}\ncd hello\n{}\n",
+        exports
+            .iter()
+            .map(|e| e.split('#').next().unwrap_or(e).trim())
+            .collect::<Vec<_>>()
+            .join("\n"),
+        denied_cmd[0]
+    );
+    let o = run(&denied);
+    assert!(!o.status.success(), "ci-bot's push was not denied");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("git:write on demo/hello denied by policy"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // Ctrl-C (SIGINT) stops it cleanly, and the audit trail verifies.
+    qs.signal("INT");
+    assert!(
+        qs.wait_timeout(Duration::from_secs(30))
+            .is_some_and(|s| s.success())
+    );
+    let v = Command::new(bin())
+        .args(["audit", "verify"])
+        .arg(dir.join("audit.log"))
+        .output()
+        .unwrap();
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+}
+
+#[test]
+fn policy_check_and_explain() {
+    let tmp = TempDir::new("explain");
+    let (root, _) = repos(&tmp);
+    let gw = builder()
+        .with_builtin_upstream(&root)
+        .policy(POLICY)
+        .start();
+    let check = gw.cli(&["policy", "check"]);
+    assert!(check.status.success());
+    assert!(String::from_utf8_lossy(&check.stdout).contains("ok: 4 policies"));
+
+    let bot = gw.token("ci-bot", &["ci"]);
+    let explain = |method: &str, url: &str| {
+        let o = gw.cli(&[
+            "policy", "explain", "--token", &bot, "--method", method, "--url", url,
+        ]);
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).to_string(),
+        )
+    };
+    let (code, out) = explain(
+        "GET",
+        "http://git.example/demo/hello.git/info/refs?service=git-upload-pack",
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("decision:  ALLOW") && out.contains("decided by policy `ci-read`"),
+        "{out}"
+    );
+    let (code, out) = explain("POST", "http://git.example/demo/hello.git/git-receive-pack");
+    assert_eq!(code, Some(3), "{out}");
+    assert!(
+        out.contains("decision:  DENY") && out.contains("default deny"),
+        "{out}"
+    );
+    assert!(!out.contains(&bot), "the token was printed");
+
+    // A broken policy is refused with a readable message.
+    std::fs::write(gw.policy_path(), "permit(principal, action, resource").unwrap();
+    let check = gw.cli(&["policy", "check"]);
+    assert!(!check.status.success());
+    assert!(String::from_utf8_lossy(&check.stderr).contains("policy syntax error"));
+    // and so is a typo in the config
+    let cfg = std::fs::read_to_string(gw.config_path())
+        .unwrap()
+        .replace("[audit]\nfile", "[audit]\nfiel");
+    std::fs::write(gw.config_path(), cfg).unwrap();
+    let check = gw.cli(&["policy", "check"]);
+    assert!(
+        String::from_utf8_lossy(&check.stderr).contains("unknown field `fiel`"),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+}
+
+fn ca_and_leaf(
+    dir: &std::path::Path,
+) -> (
+    std::path::PathBuf,
+    [(std::path::PathBuf, std::path::PathBuf); 2],
+) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let ca_path = dir.join("ca.pem");
+    std::fs::write(&ca_path, ca_cert.pem()).unwrap();
+    let leaf = |name: &str, sans: Vec<String>| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(sans).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let cert = p.signed_by(&key, &issuer).unwrap();
+        let c = dir.join(format!("{name}.crt"));
+        let k = dir.join(format!("{name}.key"));
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    };
+    let server = leaf("upstream", vec!["127.0.0.1".into()]);
+    let client = leaf("gatehouse-client", vec![]);
+    (ca_path, [server, client])
+}
+
+/// An HTTPS upstream that requires a client certificate (mTLS), as a TLS sidecar in front of a
+/// forge would: real nginx with `ssl_verify_client on`.
+#[test]
+fn upstream_over_https_with_a_client_certificate() {
+    let tmp = TempDir::new("mtls");
+    let (root, _) = repos(&tmp);
+    let certs = tmp.path().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    let (ca, [(srv_crt, srv_key), (cli_crt, cli_key)]) = ca_and_leaf(&certs);
+    let upstream = GitHttpServer::start_tls(&root, &srv_crt, &srv_key, &ca);
+    let with_cert = builder()
+        .with_upstream_url(&format!("https://127.0.0.1:{}", upstream.port))
+        .upstream_extra(&format!(
+            "ca_file = \"{}\"\nclient_cert_file = \"{}\"\nclient_key_file = \"{}\"",
+            ca.display(),
+            cli_crt.display(),
+            cli_key.display()
+        ))
+        .forge_kind("gitea")
+        .policy(POLICY)
+        .start();
+    let tok = format!("Bearer {}", with_cert.token("alice", &["dev"]));
+    let (s, raw) = raw_http(with_cert.port, "GET", "/_echo", &[("Authorization", &tok)]);
+    assert_eq!(s, 200, "{raw}");
+    assert!(raw.contains("client_dn=CN=gatehouse-client"), "{raw}");
+    let (s, raw) = raw_http(
+        with_cert.port,
+        "GET",
+        "/demo/hello.git/info/refs?service=git-upload-pack",
+        &[("Authorization", &tok)],
+    );
+    assert_eq!(s, 200, "{raw}");
+
+    // Without the client certificate the upstream refuses; with an untrusted CA the connection fails.
+    let without = builder()
+        .with_upstream_url(&format!("https://127.0.0.1:{}", upstream.port))
+        .upstream_extra(&format!("ca_file = \"{}\"", ca.display()))
+        .forge_kind("gitea")
+        .policy(POLICY)
+        .start();
+    let tok = format!("Bearer {}", without.token("alice", &["dev"]));
+    let (s, raw) = raw_http(without.port, "GET", "/_echo", &[("Authorization", &tok)]);
+    assert_eq!(
+        s, 400,
+        "nginx should refuse a request without a client certificate: {raw}"
+    );
+    let (other_ca, _) = ca_and_leaf(&tmp.path().join("certs2").tap_mkdir());
+    let untrusted = builder()
+        .with_upstream_url(&format!("https://127.0.0.1:{}", upstream.port))
+        .upstream_extra(&format!("ca_file = \"{}\"", other_ca.display()))
+        .forge_kind("gitea")
+        .policy(POLICY)
+        .no_wait_ready()
+        .start();
+    let tok = format!("Bearer {}", untrusted.token("alice", &["dev"]));
+    let (s, raw) = raw_http(untrusted.port, "GET", "/_echo", &[("Authorization", &tok)]);
+    assert_eq!(s, 502, "{raw}");
+    assert!(raw.contains("upstream_unavailable"), "{raw}");
+}
+
+trait TapMkdir {
+    fn tap_mkdir(self) -> Self;
+}
+
+impl TapMkdir for std::path::PathBuf {
+    fn tap_mkdir(self) -> Self {
+        std::fs::create_dir_all(&self).unwrap();
+        self
+    }
+}
