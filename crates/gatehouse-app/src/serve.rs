@@ -190,6 +190,7 @@ pub(crate) async fn run(
             path: cfg.audit.file.clone(),
             queue_capacity: cfg.audit.queue_capacity,
             batch_max: cfg.audit.batch_max,
+            flush_interval: cfg.audit.flush_interval.0,
         },
         Some(Box::new(move |s| {
             m.audit_flushed(s.duration.as_secs_f64(), s.ok)

@@ -22,6 +22,9 @@ pub struct AuditOptions {
     pub queue_capacity: usize,
     /// The most records written per batch.
     pub batch_max: usize,
+    /// The writer waits at least this long between batches, gathering records: a bound on
+    /// wake-ups and fsyncs under load (responses never wait for it). Zero writes at once.
+    pub flush_interval: Duration,
 }
 
 /// What one flush did, for metrics.
@@ -135,6 +138,8 @@ impl AuditSink {
             prev,
             healthy: healthy.clone(),
             batch_max: opts.batch_max.max(1),
+            flush_interval: opts.flush_interval,
+            head_written: None,
             on_flush,
         };
         let handle = std::thread::Builder::new()
@@ -228,19 +233,44 @@ struct Writer {
     prev: String,
     healthy: Arc<AtomicBool>,
     batch_max: usize,
+    flush_interval: Duration,
     on_flush: Option<FlushHook>,
+    /// When the head file was last written; it is rewritten at most every `HEAD_INTERVAL`
+    /// and when the writer stops.
+    head_written: Option<Instant>,
 }
 
+/// The head file (open, write, sync, rename) is rewritten at most this often under load.
+const HEAD_INTERVAL: Duration = Duration::from_millis(100);
+
 impl Writer {
-    fn run(mut self, mut rx: mpsc::Receiver<AuditRecord>) {
+    fn run(mut self, rx: mpsc::Receiver<AuditRecord>) {
+        self.run_batches(rx);
+        // The last batches may have skipped the head update; bring it up to date.
+        if self.seq > 0
+            && let Err(e) = self.write_head()
+        {
+            tracing::warn!(error = %e, "audit head file not updated at shutdown");
+        }
+    }
+
+    fn run_batches(&mut self, mut rx: mpsc::Receiver<AuditRecord>) {
         let mut pending: Vec<AuditRecord> = Vec::new();
         let mut closed = false;
         let mut failures = 0u32;
+        let mut last_flush: Option<Instant> = None;
         loop {
             if pending.is_empty() {
                 match rx.blocking_recv() {
                     Some(r) => pending.push(r),
                     None => break,
+                }
+            }
+            // Group commit: gather what arrives until the interval since the last batch is over.
+            if let Some(t) = last_flush {
+                let wait = self.flush_interval.saturating_sub(t.elapsed());
+                if !wait.is_zero() && !closed {
+                    std::thread::sleep(wait);
                 }
             }
             while pending.len() < self.batch_max {
@@ -254,6 +284,7 @@ impl Writer {
                 }
             }
             let started = Instant::now();
+            last_flush = Some(started);
             let result = self.append(&pending);
             let ok = result.is_ok();
             if let Some(hook) = &self.on_flush {
@@ -325,13 +356,20 @@ impl Writer {
         self.prev = prev;
         // The batch is durable. A head that fails to update only lags the log, which `verify`
         // accepts; retrying the batch would write it twice.
+        if self
+            .head_written
+            .is_some_and(|t| t.elapsed() < HEAD_INTERVAL)
+        {
+            return Ok(());
+        }
+        self.head_written = Some(Instant::now());
         if let Err(e) = self.write_head() {
             tracing::warn!(error = %e, "audit head file not updated; truncation checks lag until the next batch");
         }
         Ok(())
     }
 
-    fn write_head(&self) -> std::io::Result<()> {
+    fn write_head(&mut self) -> std::io::Result<()> {
         if !self.regular {
             return Ok(());
         }

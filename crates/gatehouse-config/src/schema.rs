@@ -367,6 +367,9 @@ pub struct AuditConfig {
     /// Most records per write and fsync.
     #[serde(default = "default_batch")]
     pub batch_max: usize,
+    /// Least time between two batches: bounds fsyncs under load; responses never wait for it.
+    #[serde(default = "d5ms")]
+    pub flush_interval: ConfigDuration,
 }
 
 /// Log format.
@@ -599,6 +602,9 @@ fn is_header_name(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
+fn d5ms() -> ConfigDuration {
+    ConfigDuration(std::time::Duration::from_millis(5))
+}
 fn d2s() -> ConfigDuration {
     ConfigDuration::secs(2)
 }

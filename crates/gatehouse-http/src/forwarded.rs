@@ -134,17 +134,49 @@ pub(crate) fn request_id(h: &HeaderMap) -> String {
         .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned)
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+fn push_hex(out: &mut String, mut v: u64, digits: usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = [0u8; 16];
+    for i in (0..digits).rev() {
+        buf[i] = HEX[(v & 15) as usize];
+        v >>= 4;
+    }
+    // The buffer holds ASCII hex digits only.
+    out.push_str(std::str::from_utf8(&buf[..digits]).unwrap_or_default());
 }
 
+thread_local! {
+    /// Per-thread state of a xorshift generator for trace and span ids, seeded from the system's
+    /// CSPRNG once per thread. Ids need to be unique and hard to guess, not secret; a syscall per
+    /// request for them showed up in profiles.
+    static TRACE_RNG: std::cell::Cell<u64> = std::cell::Cell::new({
+        let mut seed = [0u8; 8];
+        if aws_lc_rs::rand::fill(&mut seed).is_err() {
+            seed.copy_from_slice(&uuid::Uuid::new_v4().as_bytes()[..8]);
+        }
+        u64::from_le_bytes(seed) | 1
+    });
+}
+
+fn next_random() -> u64 {
+    TRACE_RNG.with(|s| {
+        // xorshift64*
+        let mut x = s.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        s.set(x);
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    })
+}
+
+/// `n` random bytes as lower-case hex (n is 8 or 16).
 fn random_hex(n: usize) -> String {
-    let mut b = vec![0u8; n];
-    if aws_lc_rs::rand::fill(&mut b).is_err() {
-        // Fall back to the UUID generator's randomness.
-        b = uuid::Uuid::new_v4().as_bytes()[..n.min(16)].to_vec();
+    let mut s = String::with_capacity(n * 2);
+    for _ in 0..n / 8 {
+        push_hex(&mut s, next_random(), 16);
     }
-    hex(&b)
+    s
 }
 
 /// W3C trace context for this hop: `(trace_id, traceparent to send upstream)`. A valid inbound

@@ -8,6 +8,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::str::FromStr;
+use std::sync::RwLock;
 
 use cedar_policy::{
     Authorizer, Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicyId,
@@ -80,6 +81,40 @@ pub struct Explanation {
     pub errors: Vec<String>,
 }
 
+/// Everything a decision depends on. Decisions are pure functions of this key and the policy set,
+/// so they are cached per engine (a reloaded policy is a new engine with an empty cache).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct CacheKey {
+    principal: Principal,
+    action: Action,
+    resource: Resource,
+    source_ip: IpAddr,
+    method: String,
+    host: String,
+    wiki: bool,
+}
+
+impl CacheKey {
+    fn new(q: &AuthzRequest<'_>) -> Self {
+        let mut principal = q.principal.clone();
+        // The credential's id and expiry do not reach the policy.
+        principal.token_id = None;
+        principal.expires_at = None;
+        Self {
+            principal,
+            action: q.action,
+            resource: q.resource.clone(),
+            source_ip: q.facts.source_ip,
+            method: q.facts.method.to_owned(),
+            host: q.facts.host.to_owned(),
+            wiki: q.facts.wiki,
+        }
+    }
+}
+
+/// The most decisions remembered per engine; the cache is emptied when full.
+const DECISION_CACHE_MAX: usize = 65_536;
+
 /// A validated policy set, ready to answer questions. Cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct PolicyEngine {
@@ -89,6 +124,7 @@ pub struct PolicyEngine {
     authorizer: Authorizer,
     forge: String,
     count: usize,
+    cache: RwLock<HashMap<CacheKey, Decision>>,
 }
 
 fn type_name(name: &str) -> EntityTypeName {
@@ -151,6 +187,7 @@ impl PolicyEngine {
             authorizer: Authorizer::new(),
             forge: forge.to_owned(),
             count,
+            cache: RwLock::new(HashMap::new()),
         })
     }
 
@@ -265,8 +302,22 @@ impl PolicyEngine {
     }
 
     /// Decides a request. Anything that goes wrong while building the question is a deny.
+    /// Decisions are remembered for this policy set: the same question is answered from memory.
     pub fn evaluate(&self, q: &AuthzRequest<'_>) -> Decision {
-        self.explain(q).decision
+        let key = CacheKey::new(q);
+        if let Ok(cache) = self.cache.read()
+            && let Some(d) = cache.get(&key)
+        {
+            return d.clone();
+        }
+        let decision = self.explain(q).decision;
+        if let Ok(mut cache) = self.cache.write() {
+            if cache.len() >= DECISION_CACHE_MAX {
+                cache.clear();
+            }
+            cache.insert(key, decision.clone());
+        }
+        decision
     }
 
     /// Decides a request and says which policies decided it and why.

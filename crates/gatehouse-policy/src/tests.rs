@@ -213,3 +213,27 @@ fn strict_validation_refuses_expressions_that_could_err_at_run_time() {
     .unwrap_or_default();
     assert!(err.contains("schema"), "{err}");
 }
+
+#[test]
+fn cached_decisions_follow_every_input() {
+    let e = engine();
+    let alice = principal("alice", &["dev"]);
+    // the same question twice: same answer (the second from the cache)
+    assert!(ask(&e, &alice, Action::GitWrite, &repo("demo", "hello")).allowed);
+    assert!(ask(&e, &alice, Action::GitWrite, &repo("demo", "hello")).allowed);
+    // any change to the principal, action or resource is a new question
+    let mut moved = alice.clone();
+    moved.groups = vec!["ci".into()];
+    assert!(!ask(&e, &moved, Action::GitWrite, &repo("demo", "hello")).allowed);
+    assert!(!ask(&e, &alice, Action::GitWrite, &repo("demo", "secret")).allowed);
+    let mut bot = principal("alice", &["dev"]);
+    bot.kind = PrincipalKind::Service;
+    bot.issuer = "https://other-idp".into();
+    assert!(ask(&e, &bot, Action::GitRead, &repo("demo", "hello")).allowed);
+    // a reloaded policy is a new engine: nothing carries over
+    let narrowed = match PolicyEngine::new("", "default") {
+        Ok(e) => e,
+        Err(e) => panic!("{e}"),
+    };
+    assert!(!ask(&narrowed, &alice, Action::GitWrite, &repo("demo", "hello")).allowed);
+}

@@ -25,6 +25,7 @@ fn write_n(path: &Path, n: u64) {
         path: path.to_owned(),
         queue_capacity: 16,
         batch_max: 4,
+        flush_interval: Duration::from_millis(1),
     };
     let (sink, handle) = AuditSink::open(&opts, None).unwrap_or_else(|e| panic!("{e}"));
     for i in 0..n {
@@ -141,6 +142,7 @@ fn refuses_to_append_after_a_torn_record() {
         path: p.clone(),
         queue_capacity: 4,
         batch_max: 4,
+        flush_interval: Duration::ZERO,
     };
     assert!(matches!(
         AuditSink::open(&opts, None),
@@ -155,6 +157,7 @@ fn write_failure_refuses_further_requests() {
         path: PathBuf::from("/dev/full"),
         queue_capacity: 4,
         batch_max: 4,
+        flush_interval: Duration::ZERO,
     };
     let (sink, _handle) = AuditSink::open(&opts, None).unwrap_or_else(|e| panic!("{e}"));
     let slot = sink.reserve().unwrap_or_else(|e| panic!("{e}"));
