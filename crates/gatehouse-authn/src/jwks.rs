@@ -329,6 +329,12 @@ impl IssuerKeys {
             PrincipalKindConfig::User => PrincipalKind::User,
             PrincipalKindConfig::Service => PrincipalKind::Service,
         };
-        map_principal(&jwt.claims, &self.cfg.claims, &self.cfg.issuer, kind)
+        let mut p = map_principal(&jwt.claims, &self.cfg.claims, &self.cfg.issuer, kind)?;
+        if !self.cfg.groups_prefix.is_empty() {
+            for g in &mut p.groups {
+                g.insert_str(0, &self.cfg.groups_prefix);
+            }
+        }
+        Ok(p)
     }
 }

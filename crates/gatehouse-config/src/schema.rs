@@ -258,6 +258,10 @@ pub struct IssuerConfig {
     /// Whether the principals are people or machines.
     #[serde(default)]
     pub principal_kind: PrincipalKindConfig,
+    /// Prepended to every group name from this issuer (e.g. `partner:`), so that groups of two
+    /// issuers cannot be confused in a policy.
+    #[serde(default)]
+    pub groups_prefix: String,
     /// Keys are refetched after this long.
     #[serde(default = "d600s")]
     pub jwks_cache_ttl: ConfigDuration,

@@ -42,9 +42,14 @@ impl GatewayBuilder {
         self.dir.path()
     }
 
-    pub fn with_idp(mut self, idp: &Idp) -> Self {
+    pub fn with_idp(self, idp: &Idp) -> Self {
+        self.with_idp_extra(idp, "")
+    }
+
+    /// Trusts the IdP, with extra lines in its `[[issuers]]` table.
+    pub fn with_idp_extra(mut self, idp: &Idp, extra: &str) -> Self {
         self.issuers.push(format!(
-            "[[issuers]]\nissuer = \"{}\"\naudiences = [\"gatehouse\"]\nalgorithms = [\"RS256\", \"ES256\"]\nleeway = \"5s\"\njwks_min_refetch_interval = \"1s\"\n",
+            "[[issuers]]\nissuer = \"{}\"\naudiences = [\"gatehouse\"]\nalgorithms = [\"RS256\", \"ES256\"]\nleeway = \"5s\"\njwks_min_refetch_interval = \"1s\"\n{extra}\n",
             idp.issuer()
         ));
         self

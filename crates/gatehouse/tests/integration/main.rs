@@ -11,5 +11,6 @@ mod headers;
 mod large;
 mod paths;
 mod reload;
+mod timeouts;
 mod tls;
 mod tokens;

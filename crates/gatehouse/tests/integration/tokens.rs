@@ -261,3 +261,50 @@ fn gatehouse_tokens_and_published_keys() {
     assert!(!too_long.status.success());
     assert!(String::from_utf8_lossy(&too_long.stderr).contains("exceeds tokens.max_ttl"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_from_a_prefixed_issuer_do_not_match_unprefixed_policies() {
+    let tmp = TempDir::new("prefix");
+    let (root, _) = repos(&tmp);
+    let idp = Idp::shared();
+    let policy = r#"
+@id("dev-demo")
+permit(principal in Gatehouse::Group::"dev", action == Gatehouse::Action::"git:read", resource in Gatehouse::Owner::"demo");
+@id("partner-dev-hello")
+permit(principal in Gatehouse::Group::"partner:dev", action == Gatehouse::Action::"git:read", resource == Gatehouse::Repo::"demo/hello");
+"#;
+    let gw = builder()
+        .with_builtin_upstream(&root)
+        .with_idp_extra(idp, "groups_prefix = \"partner:\"")
+        .policy(policy)
+        .start();
+    let t = now();
+    let token = idp
+        .sign(
+            json!({"iss": idp.issuer(), "sub": "eve", "aud": "gatehouse", "iat": t, "exp": t + 600,
+                   "preferred_username": "eve", "groups": ["dev"]}),
+            "ES256",
+            None,
+        )
+        .await;
+    let auth = format!("Bearer {token}");
+    let (s, raw) = raw_http(
+        gw.port,
+        "GET",
+        "/demo/hello.git/info/refs?service=git-upload-pack",
+        &[("Authorization", &auth)],
+    );
+    assert_eq!(s, 200, "partner:dev may read demo/hello: {raw}");
+    let (s, raw) = raw_http(
+        gw.port,
+        "GET",
+        "/demo/other.git/info/refs?service=git-upload-pack",
+        &[("Authorization", &auth)],
+    );
+    assert_eq!(
+        s, 403,
+        "the IdP's `dev` must not be Gatehouse's `dev`: {raw}"
+    );
+    let audit = std::fs::read_to_string(gw.audit_path()).unwrap_or_default();
+    assert!(audit.contains("\"groups\":[\"partner:dev\"]"), "{audit}");
+}

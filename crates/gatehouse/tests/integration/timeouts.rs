@@ -1,0 +1,104 @@
+use std::io::{Read as _, Write as _};
+use std::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use gatehouse_testkit::{TempDir, free_port, raw_http};
+
+use crate::common::{POLICY, builder};
+
+/// Reads until the peer closes the connection; returns how long that took (None if it did not
+/// within `limit`).
+fn closed_within(s: &mut TcpStream, limit: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    s.set_read_timeout(Some(limit)).ok();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return Some(start.elapsed()),
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Some(start.elapsed());
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+#[test]
+fn upstream_failures_are_502_and_504_with_problem_details() {
+    let tmp = TempDir::new("upstream-fail");
+    // Nothing listens on this port: connection refused.
+    let dead = free_port();
+    let gw = builder()
+        .with_upstream_url(&format!("http://127.0.0.1:{dead}"))
+        .forge_kind("gitea")
+        .policy(POLICY)
+        .no_wait_ready()
+        .start();
+    let auth = format!("Bearer {}", gw.token("alice", &["dev"]));
+    let (s, raw) = raw_http(gw.port, "GET", "/_echo", &[("Authorization", &auth)]);
+    assert_eq!(s, 502, "{raw}");
+    assert!(raw.contains("\"code\":\"upstream_unavailable\""), "{raw}");
+    let (s, ready) = raw_http(gw.admin_port, "GET", "/readyz", &[]);
+    assert_eq!(s, 503);
+    assert!(ready.contains("\"upstream\":false"), "{ready}");
+    drop(gw);
+
+    // Fault injection (named as such): an upstream that accepts connections and never answers,
+    // which no real forge does on demand.
+    let hung = TcpListener::bind("127.0.0.1:0").unwrap();
+    let hung_port = hung.local_addr().unwrap().port();
+    let _keep = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in hung.incoming().flatten() {
+            held.push(conn);
+        }
+    });
+    let gw = builder()
+        .with_upstream_url(&format!("http://127.0.0.1:{hung_port}"))
+        .upstream_extra("response_timeout = \"1s\"")
+        .forge_kind("gitea")
+        .policy(POLICY)
+        .start();
+    let auth = format!("Bearer {}", gw.token("alice", &["dev"]));
+    let start = Instant::now();
+    let (s, raw) = raw_http(gw.port, "GET", "/_echo", &[("Authorization", &auth)]);
+    assert_eq!(s, 504, "{raw}");
+    assert!(start.elapsed() < Duration::from_secs(10));
+    assert!(raw.contains("\"code\":\"upstream_timeout\""), "{raw}");
+    let metrics = gw.metrics();
+    assert!(
+        metrics.contains("gatehouse_upstream_errors_total{kind=\"timeout\"} 1"),
+        "{metrics}"
+    );
+    drop(tmp);
+}
+
+#[test]
+fn slow_headers_and_idle_connections_are_closed() {
+    let tmp = TempDir::new("conn-timeouts");
+    let root = tmp.path().join("repos");
+    std::fs::create_dir_all(&root).unwrap();
+    let gw = builder()
+        .with_builtin_upstream(&root)
+        .policy(POLICY)
+        .server_extra("header_read_timeout = \"1s\"\nidle_timeout = \"1s\"")
+        .start();
+
+    // A client that never finishes its headers (slowloris) is cut off.
+    let mut slow = TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    slow.write_all(b"GET /demo/hello.git/info/refs HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let t = closed_within(&mut slow, Duration::from_secs(10)).expect("slow client was not cut off");
+    assert!(t < Duration::from_secs(5), "{t:?}");
+
+    // A keep-alive connection with no request in flight is closed after the idle timeout.
+    let mut idle = TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    idle.write_all(b"GET /.well-known/jwks.json HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let t = closed_within(&mut idle, Duration::from_secs(15)).expect("idle connection stayed open");
+    assert!(
+        t >= Duration::from_millis(900) && t < Duration::from_secs(8),
+        "{t:?}"
+    );
+}
