@@ -40,7 +40,7 @@ else
   REPO_MIB=${BENCH_REPO_MIB:-128}
   WRK_SECS=${BENCH_WRK_SECS:-10}
 fi
-FETCH_RUNS=3
+FETCH_RUNS=5
 PORT_BASE=${BENCH_PORT_BASE:-19480}
 LIMIT=${BENCH_TIMEOUT:-420}
 P_FAST=$PORT_BASE          # nginx answering "ok"
@@ -182,6 +182,9 @@ write_config() { # FILE LISTEN ADMIN UPSTREAM_URL AUDIT
 [server]
 listen = "127.0.0.1:$2"
 shutdown_grace = "1s"
+# One worker, like every peer in shared/design/PERFORMANCE.md ("one worker per server"): on
+# 2 cores shared with the load generator and the upstream, more threads only add contention.
+worker_threads = 1
 
 [admin]
 listen = "127.0.0.1:$3"
@@ -310,8 +313,11 @@ PACE_MS=2
 PACED_RATE=$(calc "%.0f" "(${G16[0]} < ${D16[0]} ? ${G16[0]} : ${D16[0]}) / 2")
 PACED_CONNS=$(calc "%.0f" "$PACED_RATE * $PACE_MS / 1000")
 [ "$PACED_CONNS" -ge 1 ] || PACED_CONNS=1
+# A uniform random delay (mean PACE_MS) keeps the connections from falling into lock-step, which
+# would turn the "paced" load into bursts of N back-to-back requests every PACE_MS.
 cat >"$RUN/paced.lua" <<LUA
-function delay() return $PACE_MS end
+math.randomseed(os.time())
+function delay() return math.random(0, 2 * $PACE_MS) end
 LUA
 sleep 1
 run_wrk direct-paced "$PACED_CONNS" "http://127.0.0.1:$P_FAST/ping" "$FAST_PIDS" -s "$RUN/paced.lua"
@@ -490,6 +496,7 @@ MODE=full
 - Load average (1/5/15 min): $LOAD_START at start, $LOAD_END at end
 - Mode: $MODE; wrk runs of ${WRK_SECS} s; repository ${REPO_MIB} MiB; $FETCH_RUNS fetches each way; run took $((T_END - T_START)) s
 - Everything on 127.0.0.1 and on the same $(nproc) cores (load generator, Gatehouse and upstream share them)
+- One worker per server: nginx \`worker_processes 1\`, Gatehouse \`server.worker_threads = 1\`
 
 ## Targets
 
@@ -523,7 +530,8 @@ CPU per request is the server process's user+system time over the run divided by
   same paced load against both, aiming at $PACED_RATE req/s: half of the lower of the two maximum
   rates at 16 connections). At 4 unpaced connections the p99 difference is $P99_ADDED_C4 ms.
 - Method, honestly: wrk2 (constant request rate) is not available. The paced runs use
-  $PACED_CONNS connections that each wait ${PACE_MS} ms after every response (a wrk Lua \`delay()\`),
+  $PACED_CONNS connections that each wait a random 0 to $((2 * PACE_MS)) ms (mean ${PACE_MS} ms) after every
+  response (a wrk Lua \`delay()\`; random so that the connections do not march in lock-step),
   which offers roughly the target rate while latency is well below ${PACE_MS} ms; the achieved
   req/s is in the table. It is not an open-loop generator and coordinated omission is not
   corrected. Half of *direct's* maximum ($HALF_RATE req/s) is more than Gatehouse's maximum on

@@ -308,10 +308,12 @@ pub(crate) fn run_blocking(
     config_path: &Path,
     on_ready: impl FnOnce(std::net::SocketAddr),
 ) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("gatehouse")
-        .build()?;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all().thread_name("gatehouse");
+    if cfg.server.worker_threads > 0 {
+        builder.worker_threads(cfg.server.worker_threads);
+    }
+    let rt = builder.build()?;
     let result = rt.block_on(run(cfg, config_path, on_ready));
     // Dropping the runtime ends any request still running after the grace period; its audit
     // record is queued (as aborted) before the last sink goes away and the writer exits.

@@ -63,6 +63,9 @@ pub struct ServerConfig {
     /// Largest request head (request line and headers), in bytes.
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: usize,
+    /// Runtime worker threads; 0 means one per CPU.
+    #[serde(default)]
+    pub worker_threads: usize,
 }
 
 /// `[server.tls]`

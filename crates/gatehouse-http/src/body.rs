@@ -2,6 +2,7 @@
 //! exactly once when the body ends, fails or is dropped (how the audit record learns the size and
 //! duration of a streamed response, and whether the client went away).
 
+use std::future::Future as _;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,6 +23,136 @@ pub(crate) fn full(b: impl Into<Bytes>) -> Body {
     http_body_util::Full::new(b.into())
         .map_err(|never| match never {})
         .boxed_unsync()
+}
+
+/// The largest frame [`Coalesced`] builds.
+pub(crate) const COALESCE_MAX: usize = 256 * 1024;
+
+/// Below this many gathered bytes, [`Coalesced`] waits for more (up to [`COALESCE_WAIT`]).
+const COALESCE_LOW: usize = 64 * 1024;
+
+/// How many data frames a body must have sent before [`Coalesced`] waits for more.
+const COALESCE_STREAMING: u32 = 8;
+
+/// The longest a gathered partial frame is held back waiting for more data.
+const COALESCE_WAIT: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// Joins data frames into larger ones, up to [`COALESCE_MAX`] bytes. When the inner body is not
+/// ready and less than [`COALESCE_LOW`] bytes are gathered, it waits at most [`COALESCE_WAIT`] for
+/// more before passing them on; the end of the body is passed on at once. An upstream that relays
+/// git's output in 4 KiB chunks (nginx with `fastcgi_buffering off`) would otherwise cost one
+/// write, and a hand-off between tasks, per chunk.
+pub(crate) struct Coalesced {
+    inner: Body,
+    buf: bytes::BytesMut,
+    held: Option<Frame<Bytes>>,
+    ended: bool,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    frames: u32,
+}
+
+impl Coalesced {
+    pub(crate) fn new(inner: Body) -> Self {
+        Self {
+            inner,
+            buf: bytes::BytesMut::new(),
+            held: None,
+            ended: false,
+            deadline: None,
+            frames: 0,
+        }
+    }
+
+    fn take_buf(&mut self) -> Frame<Bytes> {
+        self.deadline = None;
+        Frame::data(self.buf.split().freeze())
+    }
+}
+
+impl http_body::Body for Coalesced {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if this.buf.is_empty()
+            && let Some(f) = this.held.take()
+        {
+            match f.into_data() {
+                // A data frame held back for size starts the next gathered frame.
+                Ok(data) => this.buf.extend_from_slice(&data),
+                Err(other) => return Poll::Ready(Some(Ok(other))),
+            }
+        }
+        while !this.ended && this.held.is_none() && this.buf.len() < COALESCE_MAX {
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        this.frames = this.frames.saturating_add(1);
+                        if this.buf.is_empty() && data.len() >= COALESCE_MAX {
+                            return Poll::Ready(Some(Ok(Frame::data(data))));
+                        }
+                        if this.buf.len() + data.len() > COALESCE_MAX {
+                            // Keep frames within the bound: this one starts the next.
+                            this.held = Some(Frame::data(data));
+                        } else {
+                            this.buf.extend_from_slice(&data);
+                        }
+                    }
+                    // Trailers (or another kind of frame) go out after the data gathered so far.
+                    Err(other) => this.held = Some(other),
+                },
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(None) => this.ended = true,
+                Poll::Pending => {
+                    // Only a stream of many frames is worth waiting on: a short answer (a ref
+                    // advertisement, an API response) is never held back.
+                    if !this.buf.is_empty()
+                        && this.buf.len() < COALESCE_LOW
+                        && this.frames >= COALESCE_STREAMING
+                        && !this.inner.is_end_stream()
+                    {
+                        // Wait a moment for more, but never longer than COALESCE_WAIT.
+                        let deadline = this
+                            .deadline
+                            .get_or_insert_with(|| Box::pin(tokio::time::sleep(COALESCE_WAIT)));
+                        if deadline.as_mut().poll(cx).is_pending() {
+                            return Poll::Pending;
+                        }
+                    }
+                    break;
+                }
+            }
+        }
+        if !this.buf.is_empty() {
+            return Poll::Ready(Some(Ok(this.take_buf())));
+        }
+        if let Some(f) = this.held.take() {
+            return Poll::Ready(Some(Ok(f)));
+        }
+        if this.ended {
+            Poll::Ready(None)
+        } else {
+            Poll::Pending
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.buf.is_empty() && self.held.is_none() && (self.ended || self.inner.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let mut h = self.inner.size_hint();
+        let extra = self.buf.len() as u64;
+        h.set_lower(h.lower().saturating_add(extra));
+        if let Some(u) = h.upper() {
+            h.set_upper(u.saturating_add(extra));
+        }
+        h
+    }
 }
 
 /// How a counted body ended.
@@ -109,5 +240,115 @@ impl Drop for Counted {
             BodyEnd::Aborted
         };
         self.finish(end);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunks(sizes: &[usize]) -> Body {
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| Ok(Frame::data(Bytes::from(vec![i as u8; *n]))))
+            .collect();
+        http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync()
+    }
+
+    #[tokio::test]
+    async fn small_ready_frames_are_joined_and_nothing_is_lost() {
+        let sizes: Vec<usize> = (0..200).map(|i| 1000 + i * 37).collect();
+        let total: usize = sizes.iter().sum();
+        let mut body = Coalesced::new(chunks(&sizes));
+        let mut got = Vec::new();
+        let mut frames = 0;
+        while let Some(f) = body.frame().await {
+            let d = f
+                .unwrap_or_else(|e| panic!("{e}"))
+                .into_data()
+                .unwrap_or_default();
+            assert!(d.len() <= COALESCE_MAX, "{} bytes", d.len());
+            got.extend_from_slice(&d);
+            frames += 1;
+        }
+        assert_eq!(got.len(), total);
+        let expected: Vec<u8> = sizes
+            .iter()
+            .enumerate()
+            .flat_map(|(i, n)| vec![i as u8; *n])
+            .collect();
+        assert_eq!(got, expected, "bytes reordered or changed");
+        assert!(
+            frames <= total / COALESCE_MAX + 2,
+            "{frames} frames for {total} bytes"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_partial_frame_is_not_held_back_for_long() {
+        // A body that sends 10 bytes and then nothing for a long time (an SSE-like stream): the
+        // 10 bytes must come out promptly, not wait for more.
+        let (mut tx, rx) = futures_channel_like();
+        let mut body = Coalesced::new(rx);
+        tx.send(Bytes::from_static(b"0123456789"));
+        let started = tokio::time::Instant::now();
+        let f = tokio::time::timeout(std::time::Duration::from_secs(2), body.frame()).await;
+        let data = f
+            .ok()
+            .flatten()
+            .and_then(Result::ok)
+            .and_then(|f| f.into_data().ok());
+        assert_eq!(data.as_deref(), Some(&b"0123456789"[..]));
+        assert!(started.elapsed() < std::time::Duration::from_millis(500));
+        drop(tx);
+    }
+
+    /// A body fed by hand: data sent on the sender arrives as frames; the body never ends
+    /// while the sender lives.
+    fn futures_channel_like() -> (Feeder, Body) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv()
+                .await
+                .map(|b| (Ok::<_, BoxError>(Frame::data(b)), rx))
+        });
+        (
+            Feeder(tx),
+            http_body_util::StreamBody::new(stream).boxed_unsync(),
+        )
+    }
+
+    struct Feeder(tokio::sync::mpsc::UnboundedSender<Bytes>);
+
+    impl Feeder {
+        fn send(&mut self, b: Bytes) {
+            let _ = self.0.send(b);
+        }
+    }
+
+    #[tokio::test]
+    async fn trailers_follow_the_data() {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("x-t", http::HeaderValue::from_static("1"));
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"ab"))),
+            Ok(Frame::data(Bytes::from_static(b"cd"))),
+            Ok(Frame::trailers(trailers)),
+        ];
+        let body =
+            http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync();
+        let collected = Coalesced::new(body)
+            .collect()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            collected
+                .trailers()
+                .and_then(|t| t.get("x-t"))
+                .map(|v| v.as_bytes()),
+            Some(&b"1"[..])
+        );
+        assert_eq!(collected.to_bytes(), Bytes::from_static(b"abcd"));
     }
 }

@@ -27,7 +27,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
 
-use crate::body::{Body, BodyEnd, Counted, full};
+use crate::body::{Body, BodyEnd, Coalesced, Counted, full};
 use crate::forwarded::{
     ALWAYS_STRIPPED, client_ip, request_id, set_forwarded, strip_hop_by_hop, trace_context,
 };
@@ -606,7 +606,7 @@ impl Gateway {
             Some(q) => format!("{}?{q}", c.forward_path),
             None => c.forward_path.clone(),
         };
-        let mut up_req = Request::from_parts(parts, body);
+        let mut up_req = Request::from_parts(parts, Coalesced::new(body).boxed_unsync());
         if let Ok(uri) = pq.parse() {
             *up_req.uri_mut() = uri;
         }
@@ -634,7 +634,10 @@ impl Gateway {
         if parts.status == StatusCode::SWITCHING_PROTOCOLS {
             parts.status = StatusCode::BAD_GATEWAY;
         }
-        Ok(Response::from_parts(parts, body))
+        Ok(Response::from_parts(
+            parts,
+            Coalesced::new(body).boxed_unsync(),
+        ))
     }
 }
 
