@@ -69,3 +69,28 @@ pub fn head_of(bare: &Path, branch: &str) -> String {
         .unwrap();
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
+
+/// Clones `{base}/demo/hello.git` as the holder of `token` into `tmp/<name>`; returns the git
+/// client and the work tree.
+pub fn clone_demo(tmp: &Path, base: &str, token: &str, name: &str) -> (Git, PathBuf) {
+    let git = git_bearer(&tmp.join(format!("home-{name}")), token);
+    let work = tmp.join(name);
+    git.ok(
+        tmp,
+        &[
+            "clone",
+            "-q",
+            &format!("{base}/demo/hello.git"),
+            &work.to_string_lossy(),
+        ],
+    );
+    (git, work)
+}
+
+/// The id of `HEAD` in a work tree.
+pub fn local_head(git: &Git, work: &Path) -> String {
+    git.ok(work, &["rev-parse", "HEAD"])
+        .stdout
+        .trim()
+        .to_owned()
+}

@@ -1,6 +1,8 @@
 use gatehouse_testkit::{GitHttpServer, Idp, TempDir, raw_http};
 
-use crate::common::{POLICY, builder, commit_file, git_bearer, head_of, repos};
+use crate::common::{
+    POLICY, builder, clone_demo, commit_file, git_bearer, head_of, local_head, repos,
+};
 
 #[test]
 fn clone_and_push_through_the_builtin_upstream() {
@@ -11,24 +13,10 @@ fn clone_and_push_through_the_builtin_upstream() {
         .policy(POLICY)
         .start();
     let alice = gw.token("alice", &["dev"]);
-    let git = git_bearer(&tmp.path().join("home-alice"), &alice);
-    let work = tmp.path().join("alice-clone");
-    git.ok(
-        tmp.path(),
-        &[
-            "clone",
-            "-q",
-            &format!("{}/demo/hello.git", gw.url()),
-            &work.to_string_lossy(),
-        ],
-    );
+    let (git, work) = clone_demo(tmp.path(), &gw.url(), &alice, "alice-clone");
     commit_file(&git, &work, "a.txt", "from alice\n");
     git.ok(&work, &["push", "-q", "origin", "main"]);
-    let local = git
-        .ok(&work, &["rev-parse", "HEAD"])
-        .stdout
-        .trim()
-        .to_owned();
+    let local = local_head(&git, &work);
     assert_eq!(head_of(&root.join("demo/hello.git"), "main"), local);
 
     // protocol v2 fetch and ls-remote work too
@@ -49,17 +37,7 @@ fn read_only_identity_cannot_push_and_git_shows_why() {
         .policy(POLICY)
         .start();
     let bot = gw.token("ci-bot", &["ci"]);
-    let git = git_bearer(&tmp.path().join("home-ci"), &bot);
-    let work = tmp.path().join("ci-clone");
-    git.ok(
-        tmp.path(),
-        &[
-            "clone",
-            "-q",
-            &format!("{}/demo/hello.git", gw.url()),
-            &work.to_string_lossy(),
-        ],
-    );
+    let (git, work) = clone_demo(tmp.path(), &gw.url(), &bot, "ci-clone");
     let before = head_of(&root.join("demo/hello.git"), "main");
     commit_file(&git, &work, "b.txt", "from ci\n");
     let push = git.run(&work, &["push", "origin", "main"]);
@@ -182,11 +160,7 @@ async fn idp_tokens_rs256_and_es256_through_a_real_nginx_upstream() {
         );
         commit_file(&git, &work, &format!("{name}.txt"), name);
         git.ok(&work, &["push", "-q", "origin", "main"]);
-        let local = git
-            .ok(&work, &["rev-parse", "HEAD"])
-            .stdout
-            .trim()
-            .to_owned();
+        let local = local_head(&git, &work);
         assert_eq!(head_of(&root.join("demo/hello.git"), "main"), local);
         git.ok(&work, &["pull", "-q", "--rebase", "origin", "main"]);
     }

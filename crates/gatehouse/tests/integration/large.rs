@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use gatehouse_testkit::{Git, TempDir, wait_for};
 
-use crate::common::{POLICY, builder, git_bearer, head_of, repos};
+use crate::common::{POLICY, builder, git_bearer, head_of, local_head, repos};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -33,11 +33,7 @@ fn large_push_and_clone_stream_and_sigterm_drains() {
     git.ok(&work, &["commit", "-qm", "200 MiB of random data"]);
     let idle = gw.rss_kib();
     git.ok(&work, &["push", "-q", "origin", "main"]);
-    let local = git
-        .ok(&work, &["rev-parse", "HEAD"])
-        .stdout
-        .trim()
-        .to_owned();
+    let local = local_head(&git, &work);
     assert_eq!(head_of(&root.join("demo/hello.git"), "main"), local);
     let after_push = gw.peak_rss_kib();
 
