@@ -9,7 +9,12 @@
 mod classify;
 mod lfs;
 mod path;
+mod pktline;
 
 pub use classify::{Classified, ForgeFlavor, GitService, RequestKind, classify};
 pub use lfs::{LfsBatchError, LfsOperation, lfs_batch_operation};
 pub use path::{MAX_PATH_LEN, NormalizedPath, PathError, normalize_path};
+pub use pktline::{
+    MAX_COMMAND_BYTES, MAX_COMMANDS, PKT_MAX, Pkt, PktError, PushParse, PushRequest, RefOp,
+    RefUpdate, parse_push_request, read_pkt, valid_ref_name,
+};
