@@ -148,6 +148,7 @@ pub fn policy_explain(args: &ExplainArgs) -> Result<bool> {
             method: &method,
             host: &host,
             wiki: c.wiki,
+            git_ref: None,
         },
     });
     let resource = match &c.resource {

@@ -37,6 +37,15 @@ permit (
   resource in Gatehouse::Owner::"demo"
 );
 
+// Release tags (refs/tags/v*) may be created or moved only by group "release".
+@id("release-tags")
+@reason("tag_requires_release_group")
+forbid (
+  principal,
+  action in [Gatehouse::Action::"ref:create", Gatehouse::Action::"ref:update"],
+  resource
+) when { context.ref like "refs/tags/v*" } unless { principal in Gatehouse::Group::"release" };
+
 // CI in group "ci" may only clone and fetch.
 @id("ci-read-demo")
 permit (

@@ -15,5 +15,5 @@ mod record;
 mod writer;
 
 pub use chain::{ChainHead, GENESIS, VerifyError, VerifyReport, hash_line, verify};
-pub use record::{AuditPrincipal, AuditRecord};
+pub use record::{AuditPrincipal, AuditRecord, AuditRef};
 pub use writer::{AuditOptions, AuditSink, AuditSlot, AuditUnavailable, FlushStats, OpenError};

@@ -18,6 +18,23 @@ pub struct AuditPrincipal {
     pub token_id: Option<String>,
 }
 
+/// One ref a push asked to change, and what the policy said.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct AuditRef {
+    /// The full ref name.
+    pub name: String,
+    /// `create`, `update` or `delete`.
+    pub op: &'static str,
+    /// The old object id.
+    pub old: String,
+    /// The new object id.
+    pub new: String,
+    /// `allow` or `deny`.
+    pub decision: &'static str,
+    /// The reason code.
+    pub reason: String,
+}
+
 /// One audited event. Field order is the order on disk.
 #[derive(Debug, Clone, Serialize, Default, PartialEq)]
 pub struct AuditRecord {
@@ -64,6 +81,9 @@ pub struct AuditRecord {
     /// The stable reason code.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// For a push: every ref update it asked for, with the decision on each.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refs: Option<Vec<AuditRef>>,
     /// The status sent to the client.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,

@@ -18,11 +18,17 @@ pub enum Action {
     ApiWrite,
     /// Anything else: the web UI and plain routes.
     WebAccess,
+    /// One ref created by a push (checked for each ref, after `git:write`).
+    RefCreate,
+    /// One ref moved by a push.
+    RefUpdate,
+    /// One ref deleted by a push.
+    RefDelete,
 }
 
 impl Action {
     /// Every action, in a stable order.
-    pub const ALL: [Action; 7] = [
+    pub const ALL: [Action; 10] = [
         Action::GitRead,
         Action::GitWrite,
         Action::LfsRead,
@@ -30,6 +36,9 @@ impl Action {
         Action::ApiRead,
         Action::ApiWrite,
         Action::WebAccess,
+        Action::RefCreate,
+        Action::RefUpdate,
+        Action::RefDelete,
     ];
 
     /// The action's name as policies and audit records spell it (`git:read`).
@@ -42,12 +51,23 @@ impl Action {
             Action::ApiRead => "api:read",
             Action::ApiWrite => "api:write",
             Action::WebAccess => "web:access",
+            Action::RefCreate => "ref:create",
+            Action::RefUpdate => "ref:update",
+            Action::RefDelete => "ref:delete",
         }
     }
 
     /// Whether the action changes state on the forge.
     pub const fn is_write(self) -> bool {
-        matches!(self, Action::GitWrite | Action::LfsWrite | Action::ApiWrite)
+        matches!(
+            self,
+            Action::GitWrite
+                | Action::LfsWrite
+                | Action::ApiWrite
+                | Action::RefCreate
+                | Action::RefUpdate
+                | Action::RefDelete
+        )
     }
 }
 

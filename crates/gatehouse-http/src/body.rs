@@ -25,6 +25,17 @@ pub(crate) fn full(b: impl Into<Bytes>) -> Body {
         .boxed_unsync()
 }
 
+/// A size hint `extra` bytes larger. The upper bound moves first: `SizeHint` asserts that the
+/// lower bound never exceeds the upper one.
+fn grow_hint(h: SizeHint, extra: u64) -> SizeHint {
+    let mut out = SizeHint::new();
+    if let Some(u) = h.upper() {
+        out.set_upper(u.saturating_add(extra));
+    }
+    out.set_lower(h.lower().saturating_add(extra));
+    out
+}
+
 /// The largest frame [`Coalesced`] builds.
 pub(crate) const COALESCE_MAX: usize = 256 * 1024;
 
@@ -145,13 +156,53 @@ impl http_body::Body for Coalesced {
     }
 
     fn size_hint(&self) -> SizeHint {
-        let mut h = self.inner.size_hint();
-        let extra = self.buf.len() as u64;
-        h.set_lower(h.lower().saturating_add(extra));
-        if let Some(u) = h.upper() {
-            h.set_upper(u.saturating_add(extra));
+        let held = self
+            .held
+            .as_ref()
+            .and_then(Frame::data_ref)
+            .map_or(0, |d| d.len() as u64);
+        grow_hint(self.inner.size_hint(), self.buf.len() as u64 + held)
+    }
+}
+
+/// A body whose first bytes were already read (to decide on them) followed by the rest.
+pub(crate) struct Prefixed {
+    prefix: Option<Bytes>,
+    inner: Body,
+}
+
+impl Prefixed {
+    pub(crate) fn new(prefix: Bytes, inner: Body) -> Self {
+        Self {
+            prefix: (!prefix.is_empty()).then_some(prefix),
+            inner,
         }
-        h
+    }
+}
+
+impl http_body::Body for Prefixed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(p) = self.prefix.take() {
+            return Poll::Ready(Some(Ok(Frame::data(p))));
+        }
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_none() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        grow_hint(
+            self.inner.size_hint(),
+            self.prefix.as_ref().map_or(0, |p| p.len() as u64),
+        )
     }
 }
 
@@ -325,6 +376,22 @@ mod tests {
         fn send(&mut self, b: Bytes) {
             let _ = self.0.send(b);
         }
+    }
+
+    #[tokio::test]
+    async fn a_prefixed_body_keeps_an_exact_length() {
+        // Found by the push path: an exact inner hint grown by a prefix must not panic.
+        let inner = crate::body::full(Bytes::from_static(b"pack-bytes"));
+        let body = Prefixed::new(Bytes::from_static(b"commands;"), inner);
+        assert_eq!(body.size_hint().exact(), Some(19));
+        let coalesced = Coalesced::new(body.boxed_unsync());
+        assert_eq!(coalesced.size_hint().exact(), Some(19));
+        let all = coalesced
+            .collect()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .to_bytes();
+        assert_eq!(all, Bytes::from_static(b"commands;pack-bytes"));
     }
 
     #[tokio::test]

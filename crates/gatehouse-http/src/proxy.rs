@@ -14,20 +14,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 use base64::Engine as _;
-use gatehouse_audit::{AuditPrincipal, AuditRecord, AuditSink};
+use gatehouse_audit::{AuditPrincipal, AuditRecord, AuditRef, AuditSink};
 use gatehouse_authn::{Authenticator, AuthnError, Credential};
 use gatehouse_config::{IdentityHeadersConfig, IpNet};
 use gatehouse_core::{Action, Clock, Principal, Redacted, Resource};
 use gatehouse_git::{
-    Classified, ForgeFlavor, LfsOperation, RequestKind, classify, lfs_batch_operation,
-    normalize_path,
+    Classified, ForgeFlavor, GitService, LfsOperation, PushParse, PushRequest, RefOp, RequestKind,
+    classify, lfs_batch_operation, normalize_path, parse_push_request,
 };
-use gatehouse_policy::{AuthzRequest, PolicyEngine, RequestFacts};
+use gatehouse_policy::{AuthzRequest, PolicyEngine, RefFacts, RequestFacts};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
 
-use crate::body::{Body, BodyEnd, Coalesced, Counted, full};
+use crate::body::{Body, BodyEnd, Coalesced, Counted, Prefixed, full};
 use crate::forwarded::{
     ALWAYS_STRIPPED, client_ip, request_id, set_forwarded, strip_hop_by_hop, trace_context,
 };
@@ -518,6 +518,7 @@ impl Gateway {
                 method: &method,
                 host: &adm.host,
                 wiki: c.wiki,
+                git_ref: None,
             },
         });
         rec.policy = Some(decision.deciding_policy());
@@ -533,6 +534,19 @@ impl Gateway {
             ));
         }
         rec.decision = Some("allow");
+
+        // Phase 4b: a push is decided ref by ref, from the command list before the pack.
+        let req = if c.kind == RequestKind::GitRpc(GitService::ReceivePack) {
+            match self
+                .authorize_refs(req, &principal, &c, adm, &method, rec, kind)
+                .await?
+            {
+                RefCheck::Forward(req) => req,
+                RefCheck::Refused(resp) => return Ok(resp),
+            }
+        } else {
+            req
+        };
 
         // Phase 5: upstream request.
         let (mut parts, body) = req.into_parts();
@@ -638,6 +652,190 @@ impl Gateway {
             parts,
             Coalesced::new(body).boxed_unsync(),
         ))
+    }
+}
+
+/// What the per-ref check decided.
+enum RefCheck {
+    /// Every ref is allowed: forward the request (its body unchanged).
+    Forward(Request<Body>),
+    /// At least one ref is refused: this is git's answer; nothing reaches the upstream.
+    Refused(Response<Body>),
+}
+
+/// Frames a pkt-line.
+fn pkt(out: &mut Vec<u8>, payload: &[u8]) {
+    out.extend_from_slice(format!("{:04x}", payload.len() + 4).as_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// The receive-pack answer for a refused push: `unpack ok`, then `ng <ref> <reason>` for every
+/// ref (a push with one refused ref is refused whole), in side-band when the client asked for it,
+/// with the reasons also on the progress band so that git prints them as `remote: ...`.
+fn refused_push_report(push: &PushRequest, refused: &[(usize, String)]) -> Vec<u8> {
+    let mut report = Vec::new();
+    pkt(&mut report, b"unpack ok\n");
+    for (i, u) in push.updates.iter().enumerate() {
+        let why = match refused.iter().find(|(j, _)| *j == i) {
+            Some((_, reason)) => format!("denied by Gatehouse policy: {reason}"),
+            None => "push declined by Gatehouse: another ref in this push was refused".to_owned(),
+        };
+        pkt(&mut report, format!("ng {} {why}\n", u.name).as_bytes());
+    }
+    report.extend_from_slice(b"0000");
+    if !(push.has_capability("side-band-64k") || push.has_capability("side-band")) {
+        return report;
+    }
+    let max = if push.has_capability("side-band-64k") {
+        65515
+    } else {
+        995
+    };
+    let mut out = Vec::new();
+    for (i, reason) in refused {
+        if let Some(u) = push.updates.get(*i) {
+            let msg = format!(
+                "\x02Gatehouse: {} {} denied by policy ({reason})\n",
+                u.op().as_str(),
+                u.name
+            );
+            pkt(&mut out, msg.as_bytes());
+        }
+    }
+    for chunk in report.chunks(max) {
+        let mut band = Vec::with_capacity(chunk.len() + 1);
+        band.push(1u8);
+        band.extend_from_slice(chunk);
+        pkt(&mut out, &band);
+    }
+    out.extend_from_slice(b"0000");
+    out
+}
+
+impl Gateway {
+    /// Reads a push's command list, asks the policy about each ref, and either hands the request
+    /// on (with the bytes already read put back in front) or answers git itself.
+    #[allow(clippy::too_many_arguments)]
+    async fn authorize_refs(
+        &self,
+        req: Request<Body>,
+        principal: &Principal,
+        c: &Classified,
+        adm: &Admitted,
+        method: &str,
+        rec: &mut AuditRecord,
+        kind: ClientKind,
+    ) -> Result<RefCheck, (Refusal, ClientKind)> {
+        let bad = |code: &'static str, detail: String| (Refusal::BadRequest { code, detail }, kind);
+        if req
+            .headers()
+            .get(header::CONTENT_ENCODING)
+            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+        {
+            return Err(bad(
+                "compressed_push",
+                "compressed push requests are not supported; Gatehouse must read the ref updates"
+                    .into(),
+            ));
+        }
+        let (parts, mut body) = req.into_parts();
+        let mut buf = bytes::BytesMut::new();
+        let push = loop {
+            match parse_push_request(&buf) {
+                Ok(PushParse::Complete { request, .. }) => break request,
+                Ok(PushParse::NeedMore) => {}
+                Err(e) => return Err(bad("bad_push_commands", e.to_string())),
+            }
+            match body.frame().await {
+                Some(Ok(f)) => {
+                    if let Some(d) = f.data_ref() {
+                        buf.extend_from_slice(d);
+                    }
+                }
+                Some(Err(_)) | None => {
+                    return Err(bad(
+                        "bad_push_commands",
+                        "the push ended inside its command list".into(),
+                    ));
+                }
+            }
+        };
+        let policy = self.policy.load();
+        let mut refused: Vec<(usize, String)> = Vec::new();
+        let mut audit_refs = Vec::with_capacity(push.updates.len());
+        let mut first_denial: Option<gatehouse_core::Decision> = None;
+        for (i, u) in push.updates.iter().enumerate() {
+            let action = match u.op() {
+                RefOp::Create => Action::RefCreate,
+                RefOp::Update => Action::RefUpdate,
+                RefOp::Delete => Action::RefDelete,
+            };
+            let d = policy.evaluate(&AuthzRequest {
+                principal,
+                action,
+                resource: &c.resource,
+                facts: RequestFacts {
+                    source_ip: adm.client,
+                    method,
+                    host: &adm.host,
+                    wiki: c.wiki,
+                    git_ref: Some(RefFacts {
+                        name: &u.name,
+                        old: &u.old,
+                        new: &u.new,
+                    }),
+                },
+            });
+            audit_refs.push(AuditRef {
+                name: u.name.clone(),
+                op: u.op().as_str(),
+                old: u.old.clone(),
+                new: u.new.clone(),
+                decision: if d.allowed { "allow" } else { "deny" },
+                reason: d.reason.clone(),
+            });
+            if !d.allowed {
+                refused.push((i, d.reason.clone()));
+                first_denial.get_or_insert(d);
+            }
+        }
+        rec.refs = Some(audit_refs);
+        let Some(denial) = first_denial else {
+            return Ok(RefCheck::Forward(Request::from_parts(
+                parts,
+                Prefixed::new(buf.freeze(), body).boxed_unsync(),
+            )));
+        };
+        rec.decision = Some("deny");
+        rec.policy = Some(denial.deciding_policy());
+        rec.reason = Some(denial.reason.clone());
+        // Read (and drop) the pack the client is sending, so that it gets the answer rather than
+        // a broken connection.
+        while let Some(Ok(_)) = body.frame().await {}
+        if !(push.has_capability("report-status") || push.has_capability("report-status-v2")) {
+            let (i, reason) = &refused[0];
+            let name = push.updates.get(*i).map_or("", |u| u.name.as_str());
+            return Err((
+                Refusal::Forbidden {
+                    reason: reason.clone(),
+                    what: format!(
+                        "push to {name} of {}",
+                        describe(Action::GitWrite, &c.resource)
+                    ),
+                },
+                kind,
+            ));
+        }
+        let mut resp = Response::new(full(refused_push_report(&push, &refused)));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-git-receive-pack-result"),
+        );
+        resp.headers_mut().insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-cache, max-age=0, must-revalidate"),
+        );
+        Ok(RefCheck::Refused(resp))
     }
 }
 

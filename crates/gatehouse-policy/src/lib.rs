@@ -54,6 +54,19 @@ pub struct RequestFacts<'a> {
     pub host: &'a str,
     /// The request is for a repository's wiki.
     pub wiki: bool,
+    /// For the ref actions: the ref and its old and new object ids.
+    pub git_ref: Option<RefFacts<'a>>,
+}
+
+/// The ref a `ref:*` question is about.
+#[derive(Debug, Clone, Copy)]
+pub struct RefFacts<'a> {
+    /// The full ref name, e.g. `refs/heads/main`.
+    pub name: &'a str,
+    /// The current object id (zeros when created).
+    pub old: &'a str,
+    /// The new object id (zeros when deleted).
+    pub new: &'a str,
 }
 
 /// One question to the policy.
@@ -92,6 +105,7 @@ struct CacheKey {
     method: String,
     host: String,
     wiki: bool,
+    git_ref: Option<(String, String, String)>,
 }
 
 impl CacheKey {
@@ -108,6 +122,10 @@ impl CacheKey {
             method: q.facts.method.to_owned(),
             host: q.facts.host.to_owned(),
             wiki: q.facts.wiki,
+            git_ref: q
+                .facts
+                .git_ref
+                .map(|r| (r.name.to_owned(), r.old.to_owned(), r.new.to_owned())),
         }
     }
 }
@@ -282,7 +300,7 @@ impl PolicyEngine {
         let (r, res) = self.resource_entity(q.resource)?;
         entities.extend(res);
         entities.extend(self.action_entities.iter().cloned());
-        let ctx = Context::from_pairs([
+        let mut pairs = vec![
             (
                 "source_ip".to_owned(),
                 RestrictedExpression::new_ip(q.facts.source_ip.to_string()),
@@ -293,8 +311,13 @@ impl PolicyEngine {
                 "wiki".to_owned(),
                 RestrictedExpression::new_bool(q.facts.wiki),
             ),
-        ])
-        .map_err(|e| e.to_string())?;
+        ];
+        if let Some(r) = q.facts.git_ref {
+            pairs.push(("ref".to_owned(), s(r.name)));
+            pairs.push(("old".to_owned(), s(r.old)));
+            pairs.push(("new".to_owned(), s(r.new)));
+        }
+        let ctx = Context::from_pairs(pairs).map_err(|e| e.to_string())?;
         let a = uid("Action", q.action.as_str());
         let req = Request::new(p, a, r, ctx, Some(&self.schema)).map_err(|e| e.to_string())?;
         let ents = Entities::from_entities(entities, None).map_err(|e| e.to_string())?;

@@ -50,6 +50,37 @@ fn ask(engine: &PolicyEngine, p: &Principal, action: Action, r: &Resource) -> De
             method: "GET",
             host: "git.example",
             wiki: false,
+            git_ref: None,
+        },
+    })
+}
+
+fn ask_ref(
+    engine: &PolicyEngine,
+    p: &Principal,
+    action: Action,
+    r: &Resource,
+    name: &str,
+) -> Decision {
+    let (old, new) = match action {
+        Action::RefCreate => ("0".repeat(40), "1".repeat(40)),
+        Action::RefDelete => ("1".repeat(40), "0".repeat(40)),
+        _ => ("1".repeat(40), "2".repeat(40)),
+    };
+    engine.evaluate(&AuthzRequest {
+        principal: p,
+        action,
+        resource: r,
+        facts: RequestFacts {
+            source_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            method: "POST",
+            host: "git.example",
+            wiki: false,
+            git_ref: Some(RefFacts {
+                name,
+                old: &old,
+                new: &new,
+            }),
         },
     })
 }
@@ -236,4 +267,49 @@ fn cached_decisions_follow_every_input() {
         Err(e) => panic!("{e}"),
     };
     assert!(!ask(&narrowed, &alice, Action::GitWrite, &repo("demo", "hello")).allowed);
+}
+
+#[test]
+fn per_ref_rules() {
+    let src = format!(
+        "{POLICY}\n{}",
+        r#"
+@id("tags-release-only")
+@reason("tag_requires_release_group")
+forbid(principal, action in [Gatehouse::Action::"ref:create", Gatehouse::Action::"ref:update"], resource)
+  when { context.ref like "refs/tags/v*" } unless { principal in Gatehouse::Group::"release" };
+
+@id("keep-main")
+@reason("main_cannot_be_deleted")
+forbid(principal, action == Gatehouse::Action::"ref:delete", resource) when { context.ref == "refs/heads/main" };
+"#
+    );
+    let e = match PolicyEngine::new(&src, "default") {
+        Ok(e) => e,
+        Err(e) => panic!("{e}"),
+    };
+    let hello = repo("demo", "hello");
+    let dev = principal("alice", &["dev"]);
+    let releaser = principal("rita", &["dev", "release"]);
+    // git:write's permit covers the ref actions (they are members of git:write)
+    assert!(ask_ref(&e, &dev, Action::RefUpdate, &hello, "refs/heads/feature").allowed);
+    assert!(ask_ref(&e, &dev, Action::RefCreate, &hello, "refs/heads/new").allowed);
+    let d = ask_ref(&e, &dev, Action::RefCreate, &hello, "refs/tags/v1.0");
+    assert!(!d.allowed);
+    assert_eq!(d.reason, "tag_requires_release_group");
+    assert!(ask_ref(&e, &releaser, Action::RefCreate, &hello, "refs/tags/v1.0").allowed);
+    let d = ask_ref(&e, &releaser, Action::RefDelete, &hello, "refs/heads/main");
+    assert_eq!(d.reason, "main_cannot_be_deleted");
+    assert!(ask_ref(&e, &dev, Action::RefDelete, &hello, "refs/heads/feature").allowed);
+    // ci may read but not write: no ref action either
+    assert!(
+        !ask_ref(
+            &e,
+            &principal("bot", &["ci"]),
+            Action::RefUpdate,
+            &hello,
+            "refs/heads/x"
+        )
+        .allowed
+    );
 }

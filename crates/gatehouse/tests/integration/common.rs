@@ -56,13 +56,15 @@ pub fn commit_file(git: &Git, work: &Path, name: &str, content: &str) {
     git.ok(work, &["commit", "-qm", &format!("add {name}")]);
 }
 
-/// The id of `refs/heads/<branch>` in a bare repository on disk.
+/// The id of `refs/heads/<branch>` in a bare repository on disk; empty when there is none.
 pub fn head_of(bare: &Path, branch: &str) -> String {
     let out = std::process::Command::new("git")
         .args([
             "--git-dir",
             &bare.to_string_lossy(),
             "rev-parse",
+            "-q",
+            "--verify",
             &format!("refs/heads/{branch}"),
         ])
         .output()

@@ -10,6 +10,7 @@ mod git_http;
 mod headers;
 mod large;
 mod paths;
+mod refs;
 mod reload;
 mod timeouts;
 mod tls;
