@@ -203,6 +203,47 @@ pub fn audit_verify(file: &Path) -> Result<()> {
     }
 }
 
+/// `gatehouse audit search FILE`: which identity pushed a commit, or to a repository and ref.
+/// Returns whether anything matched.
+pub fn audit_search(file: &Path, query: &gatehouse_audit::SearchQuery, json: bool) -> Result<bool> {
+    let found = gatehouse_audit::search(file, query)?;
+    for m in &found {
+        if json {
+            out!(
+                "{}",
+                serde_json::json!({
+                    "time": m.time, "request_id": m.request_id, "username": m.username,
+                    "subject": m.subject, "issuer": m.issuer, "repo": m.repo, "ref": m.name,
+                    "op": m.op, "old": m.old, "new": m.new, "decision": m.decision,
+                    "reason": m.reason, "status": m.status, "line": m.line,
+                })
+            );
+        } else {
+            let short = |id: &str| id.chars().take(12).collect::<String>();
+            out!(
+                "{}  {} ({}, {})  {}  {}  {} {}..{}  {} ({})  request {}  line {}",
+                m.time,
+                m.username,
+                m.subject,
+                m.issuer,
+                m.repo,
+                m.name,
+                m.op,
+                short(&m.old),
+                short(&m.new),
+                m.decision,
+                m.reason,
+                m.request_id,
+                m.line
+            );
+        }
+    }
+    if found.is_empty() && !json {
+        eprintln!("no matching ref update in {}", file.display());
+    }
+    Ok(!found.is_empty())
+}
+
 /// `gatehouse keys generate --out FILE`: a new P-256 signing key, readable by its owner only.
 pub fn keys_generate(out: &Path, force: bool) -> Result<()> {
     write_new_key(out, force)?;

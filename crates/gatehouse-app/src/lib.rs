@@ -11,8 +11,9 @@ mod quickstart;
 mod serve;
 
 pub use commands::{
-    ExplainArgs, TokenIssueArgs, audit_verify, keys_generate, policy_check, policy_explain,
-    token_issue,
+    ExplainArgs, TokenIssueArgs, audit_search, audit_verify, keys_generate, policy_check,
+    policy_explain, token_issue,
 };
+pub use gatehouse_audit::SearchQuery;
 pub use quickstart::{QuickstartArgs, quickstart};
 pub use serve::{ServeArgs, serve};

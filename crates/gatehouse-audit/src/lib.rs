@@ -12,8 +12,10 @@
 
 mod chain;
 mod record;
+mod search;
 mod writer;
 
 pub use chain::{ChainHead, GENESIS, VerifyError, VerifyReport, hash_line, verify};
 pub use record::{AuditPrincipal, AuditRecord, AuditRef};
+pub use search::{PushMatch, SearchError, SearchQuery, search};
 pub use writer::{AuditOptions, AuditSink, AuditSlot, AuditUnavailable, FlushStats, OpenError};

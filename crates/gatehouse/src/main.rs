@@ -117,6 +117,24 @@ enum AuditCmd {
         /// The audit log.
         file: PathBuf,
     },
+    /// Find ref updates: who pushed a commit, or what was pushed to a repository and ref.
+    /// Exits 0 when something matched, 1 when nothing did.
+    Search {
+        /// The audit log.
+        file: PathBuf,
+        /// A commit id (or a prefix of at least 4 hex digits) a ref was moved to.
+        #[arg(long)]
+        commit: Option<String>,
+        /// A repository, `owner/name`.
+        #[arg(long)]
+        repo: Option<String>,
+        /// A ref: `refs/heads/main`, or `main`.
+        #[arg(long = "ref")]
+        git_ref: Option<String>,
+        /// One JSON object per match.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -183,6 +201,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Cmd::Audit(AuditCmd::Verify { file }) => gatehouse_app::audit_verify(&file)?,
+        Cmd::Audit(AuditCmd::Search {
+            file,
+            commit,
+            repo,
+            git_ref,
+            json,
+        }) => {
+            let query = gatehouse_app::SearchQuery {
+                commit,
+                repo,
+                git_ref,
+            };
+            if !gatehouse_app::audit_search(&file, &query, json)? {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
         Cmd::Keys(KeysCmd::Generate { out, force }) => gatehouse_app::keys_generate(&out, force)?,
     }
     Ok(ExitCode::SUCCESS)

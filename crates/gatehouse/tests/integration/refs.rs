@@ -134,4 +134,42 @@ fn per_ref_rules_over_http() {
         audit.contains("\"decision\":\"deny\",\"reason\":\"main_cannot_be_deleted\""),
         "{audit}"
     );
+
+    // "Which identity pushed commit X to the tag?" is one query.
+    let tag_commit = local_head(&rgit, &rwork);
+    let search = |args: &[&str]| {
+        std::process::Command::new(crate::common::bin())
+            .args(["audit", "search", &gw.audit_path().to_string_lossy()])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let by_ref = search(&["--ref", "v1.0"]);
+    assert!(by_ref.status.success());
+    let text = String::from_utf8_lossy(&by_ref.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines.len(),
+        2,
+        "the refused and the allowed push of v1.0:\n{text}"
+    );
+    assert!(
+        lines[0].contains(" alice ") && lines[0].contains("deny (tag_requires_release_group)"),
+        "{text}"
+    );
+    assert!(
+        lines[1].contains(" rita ") && lines[1].contains("refs/tags/v1.0  create"),
+        "{text}"
+    );
+    let by_commit = search(&["--commit", &tag_commit[..10], "--repo", "demo/hello"]);
+    let text = String::from_utf8_lossy(&by_commit.stdout);
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(
+        text.contains(" rita ") && text.contains("allow (allowed)"),
+        "{text}"
+    );
+    let feature = search(&["--repo", "demo/hello", "--ref", "feature", "--json"]);
+    assert!(String::from_utf8_lossy(&feature.stdout).contains("\"username\":\"alice\""));
+    let none = search(&["--commit", "deadbeef"]);
+    assert!(!none.status.success());
 }

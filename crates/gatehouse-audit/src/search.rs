@@ -1,0 +1,263 @@
+//! `gatehouse audit search`: which identity pushed what, from the audit log.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+
+use serde::Deserialize;
+
+/// What to look for. Every given field must match.
+#[derive(Debug, Clone, Default)]
+pub struct SearchQuery {
+    /// A commit id or a prefix of at least 4 hex digits: a ref update whose new id starts with it.
+    pub commit: Option<String>,
+    /// `owner/name` (compared without regard to ASCII case).
+    pub repo: Option<String>,
+    /// A ref: `refs/heads/main`, or `main` for `refs/heads/main` or `refs/tags/main`.
+    pub git_ref: Option<String>,
+}
+
+/// One ref update that matched, with the push it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushMatch {
+    /// When the push arrived.
+    pub time: String,
+    /// The request id.
+    pub request_id: String,
+    /// Who pushed: forge user name.
+    pub username: String,
+    /// Who pushed: subject and issuer.
+    pub subject: String,
+    /// The issuer that vouched for them.
+    pub issuer: String,
+    /// The repository.
+    pub repo: String,
+    /// The ref.
+    pub name: String,
+    /// `create`, `update` or `delete`.
+    pub op: String,
+    /// Old id.
+    pub old: String,
+    /// New id.
+    pub new: String,
+    /// The decision on this ref (`allow` or `deny`).
+    pub decision: String,
+    /// Its reason code.
+    pub reason: String,
+    /// The HTTP status of the push, when known.
+    pub status: Option<u16>,
+    /// The line of the log.
+    pub line: u64,
+}
+
+/// Why a search could not run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SearchError {
+    /// The log could not be read.
+    #[error("cannot read {path}: {message}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The OS error.
+        message: String,
+    },
+    /// The query is unusable.
+    #[error("{0}")]
+    Query(String),
+}
+
+#[derive(Deserialize)]
+struct Principal {
+    subject: String,
+    issuer: String,
+    username: String,
+}
+
+#[derive(Deserialize)]
+struct Ref {
+    name: String,
+    op: String,
+    old: String,
+    new: String,
+    decision: String,
+    reason: String,
+}
+
+#[derive(Deserialize)]
+struct Line {
+    #[serde(default)]
+    time: String,
+    #[serde(default)]
+    request_id: Option<String>,
+    #[serde(default)]
+    principal: Option<Principal>,
+    #[serde(default)]
+    repo: Option<String>,
+    #[serde(default)]
+    refs: Option<Vec<Ref>>,
+    #[serde(default)]
+    status: Option<u16>,
+}
+
+fn ref_matches(wanted: &str, name: &str) -> bool {
+    name == wanted
+        || (!wanted.starts_with("refs/")
+            && (name == format!("refs/heads/{wanted}") || name == format!("refs/tags/{wanted}")))
+}
+
+/// Finds the ref updates that match `q`, oldest first. Lines that are not push records are
+/// skipped; a line that is not JSON at all is skipped too (`verify` is the tool for damage).
+pub fn search(path: &Path, q: &SearchQuery) -> Result<Vec<PushMatch>, SearchError> {
+    let commit = match &q.commit {
+        Some(c) => {
+            let c = c.trim().to_ascii_lowercase();
+            if c.len() < 4 || !c.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(SearchError::Query(format!(
+                    "--commit `{c}` is not a commit id (at least 4 hex digits)"
+                )));
+            }
+            Some(c)
+        }
+        None => None,
+    };
+    if commit.is_none() && q.repo.is_none() && q.git_ref.is_none() {
+        return Err(SearchError::Query(
+            "give at least one of --commit, --repo and --ref".into(),
+        ));
+    }
+    let file = File::open(path).map_err(|e| SearchError::Io {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let mut out = Vec::new();
+    for (i, line) in BufReader::new(file).split(b'\n').enumerate() {
+        let line = line.map_err(|e| SearchError::Io {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let Ok(rec) = serde_json::from_slice::<Line>(&line) else {
+            continue;
+        };
+        let Some(refs) = rec.refs else { continue };
+        let repo = rec.repo.unwrap_or_default();
+        if q.repo
+            .as_deref()
+            .is_some_and(|r| !r.eq_ignore_ascii_case(&repo))
+        {
+            continue;
+        }
+        for r in refs {
+            if commit.as_deref().is_some_and(|c| !r.new.starts_with(c)) {
+                continue;
+            }
+            if q.git_ref
+                .as_deref()
+                .is_some_and(|w| !ref_matches(w, &r.name))
+            {
+                continue;
+            }
+            let (username, subject, issuer) = rec
+                .principal
+                .as_ref()
+                .map(|p| (p.username.clone(), p.subject.clone(), p.issuer.clone()))
+                .unwrap_or_default();
+            out.push(PushMatch {
+                time: rec.time.clone(),
+                request_id: rec.request_id.clone().unwrap_or_default(),
+                username,
+                subject,
+                issuer,
+                repo: repo.clone(),
+                name: r.name,
+                op: r.op,
+                old: r.old,
+                new: r.new,
+                decision: r.decision,
+                reason: r.reason,
+                status: rec.status,
+                line: i as u64 + 1,
+            });
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_pusher_of_a_commit() {
+        let dir = std::env::temp_dir().join(format!("gh-search-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let log = dir.join("audit.log");
+        let rec = |user: &str, repo: &str, name: &str, new: &str, decision: &str| {
+            format!(
+                r#"{{"seq":1,"prev":"x","time":"t","event":"request","request_id":"r-{user}","principal":{{"kind":"user","subject":"{user}","issuer":"i","username":"{user}","groups":[]}},"repo":"{repo}","refs":[{{"name":"{name}","op":"update","old":"{z}","new":"{new}","decision":"{decision}","reason":"allowed"}}],"status":200}}"#,
+                z = "1".repeat(40)
+            )
+        };
+        let text = [
+            rec(
+                "alice",
+                "demo/hello",
+                "refs/heads/main",
+                &format!("abcdef{}", "0".repeat(34)),
+                "allow",
+            ),
+            r#"{"seq":2,"prev":"y","time":"t","event":"request","repo":"demo/hello","status":200}"#
+                .to_owned(),
+            rec(
+                "bob",
+                "demo/other",
+                "refs/heads/main",
+                &format!("abcdef{}", "1".repeat(34)),
+                "deny",
+            ),
+            "not json".to_owned(),
+            rec(
+                "carol",
+                "demo/hello",
+                "refs/tags/v1",
+                &format!("123456{}", "0".repeat(34)),
+                "allow",
+            ),
+        ]
+        .join("\n");
+        std::fs::write(&log, text).unwrap_or_else(|e| panic!("{e}"));
+        let q = |commit: Option<&str>, repo: Option<&str>, r: Option<&str>| {
+            search(
+                &log,
+                &SearchQuery {
+                    commit: commit.map(str::to_owned),
+                    repo: repo.map(str::to_owned),
+                    git_ref: r.map(str::to_owned),
+                },
+            )
+            .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let m = q(Some("ABCDEF"), None, None);
+        assert_eq!(
+            m.iter().map(|m| m.username.as_str()).collect::<Vec<_>>(),
+            vec!["alice", "bob"]
+        );
+        assert_eq!(m[0].line, 1);
+        let m = q(Some("abcdef"), Some("Demo/Hello"), Some("main"));
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].username, "alice");
+        assert_eq!(q(None, Some("demo/hello"), Some("v1"))[0].username, "carol");
+        assert!(q(Some("fffff"), None, None).is_empty());
+        assert!(search(&log, &SearchQuery::default()).is_err());
+        assert!(
+            search(
+                &log,
+                &SearchQuery {
+                    commit: Some("xyz".into()),
+                    ..SearchQuery::default()
+                }
+            )
+            .is_err()
+        );
+    }
+}
