@@ -91,6 +91,17 @@ fn string_claim(claims: &Map<String, Value>, path: &str) -> Result<Option<String
     }
 }
 
+/// Whether a token was issued to a client for itself (the client-credentials grant): its `sub`
+/// is absent or equals its `client_id` (RFC 9068 §2.2, RFC 7662 §2.2). Such a caller is a
+/// machine, whatever the issuer's `principal_kind` says about its people.
+pub(crate) fn issued_to_a_client(claims: &Map<String, Value>) -> bool {
+    match (claims.get("client_id"), claims.get("sub")) {
+        (Some(Value::String(_)), None) => true,
+        (Some(Value::String(c)), Some(Value::String(s))) => c == s,
+        _ => false,
+    }
+}
+
 /// Maps verified claims to a principal.
 pub fn map_principal(
     claims: &Map<String, Value>,
@@ -208,6 +219,22 @@ mod tests {
         let p = map_principal(&c, &m, "https://idp", PrincipalKind::User)
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(p.groups, vec!["a", "b", "c"]);
+    }
+
+    #[test]
+    fn client_credentials_tokens_name_a_machine() {
+        assert!(issued_to_a_client(&claims(
+            serde_json::json!({"client_id": "ci-bot", "sub": "ci-bot"})
+        )));
+        assert!(issued_to_a_client(&claims(
+            serde_json::json!({"client_id": "ci-bot"})
+        )));
+        assert!(!issued_to_a_client(&claims(
+            serde_json::json!({"client_id": "web", "sub": "alice"})
+        )));
+        assert!(!issued_to_a_client(&claims(
+            serde_json::json!({"sub": "alice"})
+        )));
     }
 
     #[test]

@@ -27,6 +27,9 @@ pub enum AuthnError {
     /// No key with the token's `kid` (even after a refetch).
     #[error("token was signed by an unknown key")]
     UnknownKey,
+    /// Introspection says the token is not active (revoked, expired or unknown).
+    #[error("token is not active")]
+    Inactive,
     /// `iss` names no trusted issuer.
     #[error("token issuer is not trusted")]
     WrongIssuer,
@@ -45,6 +48,9 @@ pub enum AuthnError {
     /// The issuer's keys could not be fetched: the identity provider is unreachable.
     #[error("identity provider keys are unavailable")]
     KeysUnavailable,
+    /// The issuer's introspection endpoint could not be asked (unreachable or refused us).
+    #[error("token introspection is unavailable")]
+    IntrospectionUnavailable,
     /// A bug or an unusable local key.
     #[error("internal authentication error")]
     Internal(String),
@@ -53,7 +59,12 @@ pub enum AuthnError {
 impl AuthnError {
     /// Whether the fault lies with the server side (answer 503, not 401).
     pub fn is_server_error(&self) -> bool {
-        matches!(self, AuthnError::KeysUnavailable | AuthnError::Internal(_))
+        matches!(
+            self,
+            AuthnError::KeysUnavailable
+                | AuthnError::IntrospectionUnavailable
+                | AuthnError::Internal(_)
+        )
     }
 
     /// A short stable code for metrics and audit records.
@@ -67,12 +78,14 @@ impl AuthnError {
             AuthnError::IssuedInFuture => "issued_in_future",
             AuthnError::BadSignature => "bad_signature",
             AuthnError::UnknownKey => "unknown_key",
+            AuthnError::Inactive => "inactive",
             AuthnError::WrongIssuer => "wrong_issuer",
             AuthnError::WrongAudience => "wrong_audience",
             AuthnError::AlgorithmNotAllowed => "algorithm_not_allowed",
             AuthnError::MissingClaim(_) => "missing_claim",
             AuthnError::BadClaim(_) => "bad_claim",
             AuthnError::KeysUnavailable => "keys_unavailable",
+            AuthnError::IntrospectionUnavailable => "introspection_unavailable",
             AuthnError::Internal(_) => "internal",
         }
     }

@@ -7,11 +7,11 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 use gatehouse_config::{IssuerConfig, PrincipalKindConfig};
-use gatehouse_core::{Clock, Principal, PrincipalKind};
+use gatehouse_core::{Clock, Principal, PrincipalKind, Redacted};
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 
-use crate::claims::{check_standard, map_principal};
+use crate::claims::{check_standard, issued_to_a_client, map_principal};
 use crate::{AuthnError, UnverifiedJwt};
 
 /// Which algorithms a key can verify.
@@ -120,16 +120,28 @@ pub struct IssuerKeys {
     last_attempt: AtomicI64,
     fetches_ok: AtomicU64,
     fetches_failed: AtomicU64,
+    introspection_secret: Option<Redacted<String>>,
+    introspection_endpoint: tokio::sync::OnceCell<String>,
 }
 
 #[derive(serde::Deserialize)]
 struct Discovery {
     issuer: String,
     jwks_uri: String,
+    #[serde(default)]
+    introspection_endpoint: Option<String>,
 }
 
+/// The longest opaque token sent for introspection.
+const MAX_OPAQUE_TOKEN_LEN: usize = 4096;
+
 impl IssuerKeys {
-    pub(crate) fn new(cfg: IssuerConfig, http: reqwest::Client, clock: Arc<dyn Clock>) -> Self {
+    pub(crate) fn new(
+        cfg: IssuerConfig,
+        http: reqwest::Client,
+        clock: Arc<dyn Clock>,
+        introspection_secret: Option<Redacted<String>>,
+    ) -> Self {
         // Config validation has already refused unknown and HMAC algorithms.
         let algorithms = cfg
             .algorithms
@@ -147,7 +159,129 @@ impl IssuerKeys {
             last_attempt: AtomicI64::new(i64::MIN),
             fetches_ok: AtomicU64::new(0),
             fetches_failed: AtomicU64::new(0),
+            introspection_secret,
+            introspection_endpoint: tokio::sync::OnceCell::new(),
         }
+    }
+
+    /// Whether opaque tokens are introspected at this issuer.
+    pub(crate) fn introspects(&self) -> bool {
+        self.cfg.introspection.is_some() && self.introspection_secret.is_some()
+    }
+
+    async fn endpoint(&self) -> Result<String, AuthnError> {
+        let Some(ic) = &self.cfg.introspection else {
+            return Err(AuthnError::IntrospectionUnavailable);
+        };
+        if let Some(e) = &ic.endpoint {
+            return Ok(e.clone());
+        }
+        self.introspection_endpoint
+            .get_or_try_init(|| async {
+                let url = format!(
+                    "{}/.well-known/openid-configuration",
+                    self.cfg.issuer.trim_end_matches('/')
+                );
+                let d: Discovery = self.get_json(&url, self.cfg.http_timeout.0).await.map_err(|e| {
+                    tracing::warn!(issuer = %self.cfg.issuer, error = %e, "discovery for introspection failed");
+                    AuthnError::IntrospectionUnavailable
+                })?;
+                d.introspection_endpoint.ok_or_else(|| {
+                    tracing::warn!(issuer = %self.cfg.issuer, "discovery names no introspection_endpoint");
+                    AuthnError::IntrospectionUnavailable
+                })
+            })
+            .await
+            .cloned()
+    }
+
+    /// Asks the issuer about an opaque token (RFC 7662). Returns the principal and until when the
+    /// answer may be reused: the earlier of the token's `exp` and the configured cache TTL.
+    pub(crate) async fn introspect(
+        &self,
+        token: &str,
+        now: i64,
+    ) -> Result<(Principal, i64), AuthnError> {
+        let (Some(ic), Some(secret)) = (&self.cfg.introspection, &self.introspection_secret) else {
+            return Err(AuthnError::Malformed);
+        };
+        if token.is_empty()
+            || token.len() > MAX_OPAQUE_TOKEN_LEN
+            || !token.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(AuthnError::Malformed);
+        }
+        let endpoint = self.endpoint().await?;
+        let resp = self
+            .http
+            .post(&endpoint)
+            .basic_auth(&ic.client_id, Some(secret.expose().trim()))
+            .form(&[("token", token), ("token_type_hint", "access_token")])
+            .timeout(self.cfg.http_timeout.0)
+            .send()
+            .await
+            .map_err(|e| {
+                tracing::warn!(issuer = %self.cfg.issuer, error = %e, "introspection request failed");
+                AuthnError::IntrospectionUnavailable
+            })?;
+        if !resp.status().is_success() {
+            tracing::warn!(issuer = %self.cfg.issuer, status = %resp.status(), "introspection refused");
+            return Err(AuthnError::IntrospectionUnavailable);
+        }
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|_| AuthnError::IntrospectionUnavailable)?;
+        let mut claims: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&body).map_err(|_| AuthnError::IntrospectionUnavailable)?;
+        if claims.get("active").and_then(serde_json::Value::as_bool) != Some(true) {
+            return Err(AuthnError::Inactive);
+        }
+        if let Some(iss) = claims.get("iss").and_then(serde_json::Value::as_str)
+            && iss != self.cfg.issuer
+        {
+            return Err(AuthnError::WrongIssuer);
+        }
+        let leeway = self.cfg.leeway.0.as_secs() as i64;
+        let exp = claims.get("exp").and_then(serde_json::Value::as_i64);
+        if exp.is_some_and(|e| now > e.saturating_add(leeway)) {
+            return Err(AuthnError::Inactive);
+        }
+        // `aud` is optional in an introspection answer; when it is there it must fit.
+        if claims.contains_key("aud") {
+            let mut with_exp = claims.clone();
+            with_exp.insert(
+                "exp".into(),
+                serde_json::Value::from(exp.unwrap_or(now + 1)),
+            );
+            check_standard(
+                &with_exp,
+                now,
+                leeway,
+                &self.cfg.audiences,
+                &self.cfg.required_claims,
+            )?;
+        }
+        let mut kind = match self.cfg.principal_kind {
+            PrincipalKindConfig::User => PrincipalKind::User,
+            PrincipalKindConfig::Service => PrincipalKind::Service,
+        };
+        // `sub` is optional in an introspection answer (RFC 7662 §2.2). Without it, a token from
+        // the client-credentials grant names its client: that client is the caller, a machine.
+        if issued_to_a_client(&claims) {
+            kind = PrincipalKind::Service;
+        }
+        if !claims.contains_key(&self.cfg.claims.subject)
+            && let Some(client) = claims.get("client_id").cloned()
+        {
+            claims.insert(self.cfg.claims.subject.clone(), client);
+        }
+        let mut p = map_principal(&claims, &self.cfg.claims, &self.cfg.issuer, kind)?;
+        for g in &mut p.groups {
+            g.insert_str(0, &self.cfg.groups_prefix);
+        }
+        let until = (now + ic.cache_ttl.0.as_secs() as i64).min(exp.unwrap_or(i64::MAX));
+        Ok((p, until))
     }
 
     /// The issuer identifier.
@@ -325,9 +459,13 @@ impl IssuerKeys {
             &self.cfg.audiences,
             &self.cfg.required_claims,
         )?;
-        let kind = match self.cfg.principal_kind {
-            PrincipalKindConfig::User => PrincipalKind::User,
-            PrincipalKindConfig::Service => PrincipalKind::Service,
+        let kind = if issued_to_a_client(&jwt.claims) {
+            PrincipalKind::Service
+        } else {
+            match self.cfg.principal_kind {
+                PrincipalKindConfig::User => PrincipalKind::User,
+                PrincipalKindConfig::Service => PrincipalKind::Service,
+            }
         };
         let mut p = map_principal(&jwt.claims, &self.cfg.claims, &self.cfg.issuer, kind)?;
         if !self.cfg.groups_prefix.is_empty() {

@@ -42,6 +42,8 @@ pub enum Credential {
 #[derive(Debug)]
 pub struct Authenticator {
     issuers: HashMap<String, Arc<IssuerKeys>>,
+    /// Issuers that introspect opaque tokens, in config order.
+    introspectors: Vec<Arc<IssuerKeys>>,
     own: Arc<OwnIssuer>,
     clock: Arc<dyn Clock>,
     cache: TokenCache,
@@ -60,18 +62,33 @@ impl Authenticator {
             .redirect(reqwest::redirect::Policy::limited(3))
             .build()
             .map_err(|e| AuthnError::Internal(format!("http client: {e}")))?;
-        let issuers = cfg
-            .issuers
-            .iter()
-            .map(|i| {
-                (
-                    i.issuer.clone(),
-                    Arc::new(IssuerKeys::new(i.clone(), http.clone(), clock.clone())),
-                )
-            })
-            .collect();
+        let mut issuers = HashMap::new();
+        let mut introspectors = Vec::new();
+        for i in &cfg.issuers {
+            let secret = match &i.introspection {
+                Some(ic) => Some(
+                    gatehouse_config::read_secret(
+                        "issuers.introspection.client_secret",
+                        &ic.client_secret,
+                    )
+                    .map_err(|e| AuthnError::Internal(e.to_string()))?,
+                ),
+                None => None,
+            };
+            let keys = Arc::new(IssuerKeys::new(
+                i.clone(),
+                http.clone(),
+                clock.clone(),
+                secret,
+            ));
+            if keys.introspects() {
+                introspectors.push(keys.clone());
+            }
+            issuers.insert(i.issuer.clone(), keys);
+        }
         Ok(Self {
             issuers,
+            introspectors,
             own,
             clock,
             cache: TokenCache::new(16_384),
@@ -98,7 +115,12 @@ impl Authenticator {
         if let Some(p) = self.cache.get(&key, now) {
             return Ok(p);
         }
-        let jwt = parse_unverified(token)?;
+        let jwt = match parse_unverified(token) {
+            Ok(jwt) => jwt,
+            Err(e) if self.introspectors.is_empty() => return Err(e),
+            // Not a JWT: an opaque token, for an issuer that introspects (in config order).
+            Err(_) => return self.introspect(token, key, now).await,
+        };
         let iss = jwt
             .claims
             .get("iss")
@@ -114,5 +136,26 @@ impl Authenticator {
             self.cache.insert(key, principal.clone(), exp);
         }
         Ok(principal)
+    }
+
+    async fn introspect(
+        &self,
+        token: &str,
+        key: cache::TokenKey,
+        now: i64,
+    ) -> Result<Principal, AuthnError> {
+        let mut last = AuthnError::Inactive;
+        for i in &self.introspectors {
+            match i.introspect(token, now).await {
+                Ok((p, until)) => {
+                    self.cache.insert(key, p.clone(), until);
+                    return Ok(p);
+                }
+                // Another issuer may know it.
+                Err(AuthnError::Inactive) => {}
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
     }
 }

@@ -271,9 +271,28 @@ pub struct IssuerConfig {
     /// An unknown `kid` triggers a refetch at most this often.
     #[serde(default = "d30s")]
     pub jwks_min_refetch_interval: ConfigDuration,
-    /// Timeout of discovery and JWKS requests.
+    /// Timeout of discovery, JWKS and introspection requests.
     #[serde(default = "d5s")]
     pub http_timeout: ConfigDuration,
+    /// RFC 7662 introspection of opaque (non-JWT) access tokens from this issuer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub introspection: Option<IntrospectionConfig>,
+}
+
+/// `[issuers.introspection]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntrospectionConfig {
+    /// The introspection endpoint; when absent, `introspection_endpoint` from discovery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The client Gatehouse authenticates as (HTTP Basic).
+    pub client_id: String,
+    /// That client's secret.
+    pub client_secret: SecretSource,
+    /// An active result is reused for at most this long (and never past the token's `exp`).
+    #[serde(default = "d60s")]
+    pub cache_ttl: ConfigDuration,
 }
 
 /// `[issuers.claims]`: dotted paths into the token's claims.
@@ -436,6 +455,13 @@ impl Config {
         }
         if let SecretSource::File { file } = &mut self.tokens.signing_key {
             resolve(base, file);
+        }
+        for iss in &mut self.issuers {
+            if let Some(SecretSource::File { file }) =
+                iss.introspection.as_mut().map(|i| &mut i.client_secret)
+            {
+                resolve(base, file);
+            }
         }
         for p in &mut self.tokens.verification_keys {
             resolve(base, p);

@@ -22,9 +22,11 @@ permit(principal in Gatehouse::Group::"ci", action == Gatehouse::Action::"git:re
        resource in Gatehouse::Owner::"demo");
 
 @id("idp-client")
-permit(principal == Gatehouse::User::"ci-bot",
+permit(principal == Gatehouse::ServiceAccount::"ci-bot",
        action in [Gatehouse::Action::"git:read", Gatehouse::Action::"git:write"],
-       resource in Gatehouse::Owner::"demo");
+       resource in Gatehouse::Owner::"demo")
+  // The IdP's ci-bot client, not Gatehouse's own ci-bot service token: pin the issuer.
+  unless { principal.issuer == "urn:gatehouse:test" };
 
 @id("echo")
 permit(principal, action == Gatehouse::Action::"web:access", resource is Gatehouse::Route)

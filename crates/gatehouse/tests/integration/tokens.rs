@@ -308,3 +308,80 @@ permit(principal in Gatehouse::Group::"partner:dev", action == Gatehouse::Action
     let audit = std::fs::read_to_string(gw.audit_path()).unwrap_or_default();
     assert!(audit.contains("\"groups\":[\"partner:dev\"]"), "{audit}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opaque_tokens_are_introspected_and_revocation_bites_after_the_cache() {
+    let tmp = TempDir::new("introspection");
+    let (root, _) = repos(&tmp);
+    let idp = Idp::shared();
+    let secret = tmp.path().join("introspection.secret");
+    std::fs::write(&secret, "gatehouse-secret\n").unwrap();
+    let gw = builder()
+        .with_builtin_upstream(&root)
+        .with_idp_extra(
+            idp,
+            &format!(
+                "[issuers.introspection]\nclient_id = \"gatehouse\"\nclient_secret = {{ file = \"{}\" }}\ncache_ttl = \"1s\"",
+                secret.display()
+            ),
+        )
+        .policy(POLICY)
+        .start();
+    let opaque = idp.client_token("urn:gatehouse:opaque").await;
+    assert!(
+        !opaque.starts_with("eyJ"),
+        "expected an opaque token, got a JWT"
+    );
+    let path = "/demo/hello.git/info/refs?service=git-upload-pack";
+    let auth = format!("Bearer {opaque}");
+    let (s, raw) = raw_http(gw.port, "GET", path, &[("Authorization", &auth)]);
+    assert_eq!(s, 200, "{raw}");
+
+    // An opaque token the IdP never issued is not active.
+    let (s, raw) = raw_http(
+        gw.port,
+        "GET",
+        path,
+        &[("Authorization", "Bearer not-a-real-token-123")],
+    );
+    assert_eq!(s, 401, "{raw}");
+    assert!(
+        challenge(&raw).contains("error_description=\"token is not active\""),
+        "{raw}"
+    );
+
+    // Revoked at the IdP: refused once the cached answer (1 s) has ended.
+    let revoked = reqwest::Client::new()
+        .post(format!("{}/token/revocation", idp.issuer()))
+        .basic_auth("ci-bot", Some("ci-bot-secret"))
+        .form(&[
+            ("token", opaque.as_str()),
+            ("token_type_hint", "access_token"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        revoked.status().is_success(),
+        "revocation: {}",
+        revoked.status()
+    );
+    let raw = wait_for(
+        "the revoked token to be refused",
+        std::time::Duration::from_secs(10),
+        || {
+            let (s, raw) = raw_http(gw.port, "GET", path, &[("Authorization", &auth)]);
+            (s == 401).then_some(raw)
+        },
+    );
+    assert!(challenge(&raw).contains("token is not active"), "{raw}");
+    let audit = std::fs::read_to_string(gw.audit_path()).unwrap_or_default();
+    assert!(
+        !audit.contains(&opaque),
+        "an opaque token reached the audit log"
+    );
+    assert!(
+        !gw.log().contains(&opaque),
+        "an opaque token reached the log"
+    );
+}
