@@ -58,8 +58,8 @@ pub fn commit_file(git: &Git, work: &Path, name: &str, content: &str) {
     git.ok(work, &["commit", "-qm", &format!("add {name}")]);
 }
 
-/// The id of `refs/heads/<branch>` in a bare repository on disk; empty when there is none.
-pub fn head_of(bare: &Path, branch: &str) -> String {
+/// The id `full_ref` names in a bare repository on disk; empty when there is none.
+pub fn ref_of(bare: &Path, full_ref: &str) -> String {
     let out = std::process::Command::new("git")
         .args([
             "--git-dir",
@@ -67,11 +67,16 @@ pub fn head_of(bare: &Path, branch: &str) -> String {
             "rev-parse",
             "-q",
             "--verify",
-            &format!("refs/heads/{branch}"),
+            full_ref,
         ])
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// The id of `refs/heads/<branch>` in a bare repository on disk; empty when there is none.
+pub fn head_of(bare: &Path, branch: &str) -> String {
+    ref_of(bare, &format!("refs/heads/{branch}"))
 }
 
 /// Clones `{base}/demo/hello.git` as the holder of `token` into `tmp/<name>`; returns the git

@@ -1,6 +1,6 @@
 use gatehouse_testkit::TempDir;
 
-use crate::common::{POLICY, builder, clone_demo, commit_file, head_of, local_head, repos};
+use crate::common::{POLICY, builder, clone_demo, commit_file, head_of, local_head, ref_of, repos};
 
 const REF_RULES: &str = r#"
 @id("tags-release-only")
@@ -14,18 +14,7 @@ forbid(principal, action == Gatehouse::Action::"ref:delete", resource) when { co
 "#;
 
 fn tag_of(bare: &std::path::Path, tag: &str) -> String {
-    let out = std::process::Command::new("git")
-        .args([
-            "--git-dir",
-            &bare.to_string_lossy(),
-            "rev-parse",
-            "-q",
-            "--verify",
-            &format!("refs/tags/{tag}"),
-        ])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    ref_of(bare, &format!("refs/tags/{tag}"))
 }
 
 /// Per-ref push rules over HTTP, with real git clients: a refused ref is refused before anything
