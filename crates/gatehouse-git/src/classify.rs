@@ -267,7 +267,11 @@ fn method_action(method: &str) -> Action {
 /// Builds a repository reference from raw path segments. Names are case-folded first (for
 /// case-insensitive forges) so that every suffix rule applies to exactly the spelling that is
 /// forwarded upstream. Strips one `.git` suffix, and `.wiki` for the wiki repository.
-fn repo_ref(flavor: ForgeFlavor, owner: &str, repo: &str) -> Result<(RepoRef, bool), PathError> {
+pub(crate) fn repo_ref(
+    flavor: ForgeFlavor,
+    owner: &str,
+    repo: &str,
+) -> Result<(RepoRef, bool), PathError> {
     let owner = fold(flavor, owner);
     let repo = fold(flavor, repo);
     let repo = repo.strip_suffix(".git").unwrap_or(&repo);

@@ -10,6 +10,7 @@ mod classify;
 mod lfs;
 mod path;
 mod pktline;
+mod ssh;
 
 pub use classify::{Classified, ForgeFlavor, GitService, RequestKind, classify};
 pub use lfs::{LfsBatchError, LfsOperation, lfs_batch_operation};
@@ -18,3 +19,4 @@ pub use pktline::{
     MAX_COMMAND_BYTES, MAX_COMMANDS, PKT_MAX, Pkt, PktError, PushParse, PushRequest, RefOp,
     RefUpdate, parse_push_request, read_pkt, valid_ref_name,
 };
+pub use ssh::{SshCommand, SshCommandError, SshService, parse_ssh_command};
