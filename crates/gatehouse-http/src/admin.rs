@@ -6,13 +6,14 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::body::{Body, full};
+use crate::body::Body;
 use crate::proxy::Gateway;
+use crate::respond::typed_response;
 
 async fn upstream_reachable(gw: &Gateway) -> bool {
     match gw.upstream().probe_addr() {
@@ -27,13 +28,7 @@ async fn upstream_reachable(gw: &Gateway) -> bool {
 
 async fn route(gw: Arc<Gateway>, req: Request<hyper::body::Incoming>) -> Response<Body> {
     let text = |status: StatusCode, ct: &'static str, body: String| {
-        let mut r = Response::new(full(body));
-        *r.status_mut() = status;
-        r.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
-        r.headers_mut()
-            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        r
+        typed_response(status, body, ct, "no-store")
     };
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(

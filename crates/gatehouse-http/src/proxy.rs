@@ -32,7 +32,7 @@ use crate::forwarded::{
     ALWAYS_STRIPPED, client_ip, request_id, set_forwarded, strip_hop_by_hop, trace_context,
 };
 use crate::metrics::{ActionLabel, KindLabel, Metrics, RequestLabels};
-use crate::respond::{ClientKind, Refusal};
+use crate::respond::{ClientKind, Refusal, typed_response};
 use crate::upstream::{CallerInfo, Upstream, UpstreamError};
 
 /// The most of an LFS batch body read to decide between `lfs:read` and `lfs:write`.
@@ -406,14 +406,11 @@ impl Gateway {
         if req.uri().path() == "/.well-known/jwks.json" && req.method() == http::Method::GET {
             rec.decision = Some("allow");
             rec.reason = Some("public_endpoint".into());
-            let mut r = Response::new(full(self.authn.own().jwks().to_string()));
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/jwk-set+json"),
-            );
-            r.headers_mut().insert(
-                header::CACHE_CONTROL,
-                HeaderValue::from_static("public, max-age=300"),
+            let r = typed_response(
+                StatusCode::OK,
+                self.authn.own().jwks().to_string(),
+                "application/jwk-set+json",
+                "public, max-age=300",
             );
             return Ok(r);
         }
@@ -826,14 +823,11 @@ impl Gateway {
                 kind,
             ));
         }
-        let mut resp = Response::new(full(refused_push_report(&push, &refused)));
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/x-git-receive-pack-result"),
-        );
-        resp.headers_mut().insert(
-            header::CACHE_CONTROL,
-            HeaderValue::from_static("no-cache, max-age=0, must-revalidate"),
+        let resp = typed_response(
+            StatusCode::OK,
+            refused_push_report(&push, &refused),
+            "application/x-git-receive-pack-result",
+            "no-cache, max-age=0, must-revalidate",
         );
         Ok(RefCheck::Refused(resp))
     }

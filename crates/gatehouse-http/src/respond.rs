@@ -8,6 +8,24 @@ use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::body::{Body, full};
 
+/// A response with a body, its content type and a cache policy.
+pub(crate) fn typed_response(
+    status: StatusCode,
+    body: impl Into<bytes::Bytes>,
+    content_type: &'static str,
+    cache_control: &'static str,
+) -> Response<Body> {
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(cache_control),
+    );
+    r
+}
+
 /// Who is asking, which decides the shape of an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientKind {
