@@ -16,6 +16,8 @@ fuzz_target!(|data: &[u8]| {
         // The forwarded path is already normal: normalizing it again changes nothing.
         let again = normalize_path(&c.forward_path).expect("forwarded path re-normalizes");
         assert_eq!(again.encoded(), c.forward_path);
+        // The decoded path carried for the audit record and CGI is the forwarded one, decoded.
+        assert_eq!(again.decoded(), c.decoded_path);
         // The upstream sees the same resource and action that the policy was asked about.
         let c2 = classify(flavor, method, "git.example", &c.forward_path, c.forward_query.as_deref())
             .expect("forwarded request classifies");

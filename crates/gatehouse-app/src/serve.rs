@@ -46,10 +46,16 @@ pub(crate) fn flavor(kind: ForgeKind) -> ForgeFlavor {
 }
 
 pub(crate) fn load_policy(cfg: &Config) -> Result<PolicyEngine> {
-    let text = std::fs::read_to_string(&cfg.policy.file)
+    let text = std::fs::read(&cfg.policy.file)
         .with_context(|| format!("cannot read policy file {}", cfg.policy.file.display()))?;
-    PolicyEngine::new(&text, &cfg.forge.name)
-        .with_context(|| format!("policy file {}", cfg.policy.file.display()))
+    parse_policy(cfg, &text)
+}
+
+fn parse_policy(cfg: &Config, bytes: &[u8]) -> Result<PolicyEngine> {
+    let file = cfg.policy.file.display();
+    let text =
+        std::str::from_utf8(bytes).with_context(|| format!("policy file {file} is not UTF-8"))?;
+    PolicyEngine::new(text, &cfg.forge.name).with_context(|| format!("policy file {file}"))
 }
 
 pub(crate) fn own_issuer(cfg: &Config) -> Result<Arc<OwnIssuer>> {
@@ -90,7 +96,15 @@ async fn watch_policy(
             continue;
         }
         last = (m, bytes);
-        match load_policy(&cfg) {
+        // Parse exactly the bytes just compared, not a second read of the file.
+        let parsed = match &last.1 {
+            Some(b) => parse_policy(&cfg, b),
+            None => Err(anyhow::anyhow!(
+                "cannot read policy file {}",
+                path.display()
+            )),
+        };
+        match parsed {
             Ok(p) => {
                 let n = p.len();
                 engine.store(Arc::new(p));

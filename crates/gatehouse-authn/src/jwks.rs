@@ -262,24 +262,14 @@ impl IssuerKeys {
                 &self.cfg.required_claims,
             )?;
         }
-        let mut kind = match self.cfg.principal_kind {
-            PrincipalKindConfig::User => PrincipalKind::User,
-            PrincipalKindConfig::Service => PrincipalKind::Service,
-        };
         // `sub` is optional in an introspection answer (RFC 7662 §2.2). Without it, a token from
-        // the client-credentials grant names its client: that client is the caller, a machine.
-        if issued_to_a_client(&claims) {
-            kind = PrincipalKind::Service;
-        }
+        // the client-credentials grant names its client: that client is the caller.
         if !claims.contains_key(&self.cfg.claims.subject)
             && let Some(client) = claims.get("client_id").cloned()
         {
             claims.insert(self.cfg.claims.subject.clone(), client);
         }
-        let mut p = map_principal(&claims, &self.cfg.claims, &self.cfg.issuer, kind)?;
-        for g in &mut p.groups {
-            g.insert_str(0, &self.cfg.groups_prefix);
-        }
+        let p = self.principal(&claims)?;
         let until = (now + ic.cache_ttl.0.as_secs() as i64).min(exp.unwrap_or(i64::MAX));
         Ok((p, until))
     }
@@ -459,7 +449,16 @@ impl IssuerKeys {
             &self.cfg.audiences,
             &self.cfg.required_claims,
         )?;
-        let kind = if issued_to_a_client(&jwt.claims) {
+        self.principal(&jwt.claims)
+    }
+
+    /// Maps verified claims to a principal: a token issued to a client for itself is a machine
+    /// whatever `principal_kind` says, and groups get this issuer's `groups_prefix`.
+    fn principal(
+        &self,
+        claims: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Principal, AuthnError> {
+        let kind = if issued_to_a_client(claims) {
             PrincipalKind::Service
         } else {
             match self.cfg.principal_kind {
@@ -467,7 +466,7 @@ impl IssuerKeys {
                 PrincipalKindConfig::Service => PrincipalKind::Service,
             }
         };
-        let mut p = map_principal(&jwt.claims, &self.cfg.claims, &self.cfg.issuer, kind)?;
+        let mut p = map_principal(claims, &self.cfg.claims, &self.cfg.issuer, kind)?;
         if !self.cfg.groups_prefix.is_empty() {
             for g in &mut p.groups {
                 g.insert_str(0, &self.cfg.groups_prefix);

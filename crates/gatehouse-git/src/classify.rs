@@ -92,6 +92,8 @@ pub struct Classified {
     pub resource: Resource,
     /// The normalized, percent-encoded path to forward upstream.
     pub forward_path: String,
+    /// The same path decoded (for the audit record and CGI's `PATH_INFO`).
+    pub decoded_path: String,
     /// The query to forward upstream: rebuilt canonically for Git endpoints, as received otherwise.
     pub forward_query: Option<String>,
     /// The request is for the repository's wiki (`repo.wiki.git`), which shares its permissions.
@@ -328,6 +330,7 @@ pub fn classify(
             action,
             resource: Resource::Repo(repo),
             forward_path: forward.encoded(),
+            decoded_path: forward.decoded(),
             forward_query,
             wiki,
         });
@@ -356,6 +359,7 @@ pub fn classify(
             action: method_action(method),
             resource: Resource::Repo(repo_ref),
             forward_path: forward.encoded(),
+            decoded_path: forward.decoded(),
             forward_query: query.map(str::to_owned),
             wiki,
         });
@@ -366,6 +370,7 @@ pub fn classify(
     } else {
         (RequestKind::Web, Action::WebAccess)
     };
+    let decoded = path.decoded();
     Ok(Classified {
         kind,
         action,
@@ -374,13 +379,14 @@ pub fn classify(
             // A case-insensitive forge serves /Acme/Secrets/... as /acme/secrets/..., so route
             // policies are matched against the lower-cased path there.
             path: if flavor.case_insensitive() {
-                path.decoded().to_lowercase()
+                decoded.to_lowercase()
             } else {
-                path.decoded()
+                decoded.clone()
             },
             method: method.to_owned(),
         }),
         forward_path: path.encoded(),
+        decoded_path: decoded,
         forward_query: query.map(str::to_owned),
         wiki: false,
     })

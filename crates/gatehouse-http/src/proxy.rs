@@ -20,7 +20,7 @@ use gatehouse_config::{IdentityHeadersConfig, IpNet};
 use gatehouse_core::{Action, Clock, Principal, Redacted, Resource};
 use gatehouse_git::{
     Classified, ForgeFlavor, GitService, LfsOperation, PushParse, PushRequest, RefOp, RequestKind,
-    classify, lfs_batch_operation, normalize_path, parse_push_request,
+    classify, lfs_batch_operation, parse_push_request,
 };
 use gatehouse_policy::{AuthzRequest, PolicyEngine, RefFacts, RequestFacts};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -435,7 +435,7 @@ impl Gateway {
         })?;
         let kind = client_kind(Some(&c), req.headers());
         *action_label = c.action.as_str();
-        rec.path = normalize_path(&c.forward_path).ok().map(|p| p.decoded());
+        rec.path = Some(c.decoded_path.clone());
         rec.action = Some(c.action.as_str().to_owned());
         rec.repo = c.resource.repo().map(|r| r.path());
 
@@ -626,7 +626,7 @@ impl Gateway {
         let caller = CallerInfo {
             remote_user: Some(principal.username.clone()),
             remote_addr: adm.client.to_string(),
-            decoded_path: rec.path.clone().unwrap_or_default(),
+            decoded_path: c.decoded_path.clone(),
         };
         let resp = self.upstream.send(up_req, &pq, caller).await.map_err(|e| {
             let (refusal, k) = match &e {

@@ -134,16 +134,13 @@ impl Refusal {
         let status = self.status();
         let detail = self.detail();
         let mut resp = match kind {
-            ClientKind::Git => {
-                // git prints a text/plain error body line by line as "remote: ...".
-                let body = format!("Gatehouse: {detail} [request {request_id}]\n");
-                let mut r = Response::new(full(body));
-                r.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("text/plain; charset=utf-8"),
-                );
-                r
-            }
+            // git prints a text/plain error body line by line as "remote: ...".
+            ClientKind::Git => typed_response(
+                status,
+                format!("Gatehouse: {detail} [request {request_id}]\n"),
+                "text/plain; charset=utf-8",
+                "no-store",
+            ),
             ClientKind::Api => {
                 let doc = serde_json::json!({
                     "type": format!("urn:gatehouse:problem:{}", self.code()),
@@ -153,17 +150,14 @@ impl Refusal {
                     "code": self.code(),
                     "request_id": request_id,
                 });
-                let mut r = Response::new(full(doc.to_string()));
-                r.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/problem+json"),
-                );
-                r
+                typed_response(
+                    status,
+                    doc.to_string(),
+                    "application/problem+json",
+                    "no-store",
+                )
             }
         };
-        *resp.status_mut() = status;
-        resp.headers_mut()
-            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if let Refusal::Unauthenticated { error, presented } = self
             && status == StatusCode::UNAUTHORIZED
         {
