@@ -1,12 +1,14 @@
 //! The composition root: turns a config file into running parts (authenticator, policy engine
 //! with hot reload, audit writer, upstream, listeners), runs them until SIGTERM, and drains.
 //! It also implements the offline commands (`token issue`, `policy check|explain`, `audit verify`,
-//! `keys generate`) and `quickstart`.
+//! `keys generate`), `quickstart`, and the git CLI side (`login`, `token print`, `logout`, the
+//! credential helper).
 //!
 //! Only this crate knows every other crate. It owns no protocol logic of its own.
 #![forbid(unsafe_code)]
 
 mod commands;
+mod login;
 mod quickstart;
 mod serve;
 
@@ -15,5 +17,6 @@ pub use commands::{
     policy_explain, token_issue,
 };
 pub use gatehouse_audit::SearchQuery;
+pub use login::{LoginArgs, credential, login, logout, token_print};
 pub use quickstart::{QuickstartArgs, quickstart};
 pub use serve::{ServeArgs, serve};

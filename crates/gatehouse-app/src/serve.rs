@@ -13,6 +13,7 @@ use gatehouse_core::{Clock, SystemClock};
 use gatehouse_git::ForgeFlavor;
 use gatehouse_http::{Gateway, GatewaySettings, Metrics, ServeOptions, TlsReloader, Upstream};
 use gatehouse_policy::PolicyEngine;
+use gatehouse_session::Sessions;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -159,6 +160,21 @@ async fn watch_tls(tls: Arc<TlsReloader>, every: Duration, mut stop: watch::Rece
     }
 }
 
+/// Removes expired sessions and abandoned sign-ins every five minutes.
+async fn sweep_sessions(sessions: Arc<Sessions>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = tokio::time::sleep(Duration::from_secs(300)) => {}
+        }
+        match sessions.sweep().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "expired sessions removed"),
+            Err(e) => tracing::warn!(error = %e, "session sweep failed"),
+        }
+    }
+}
+
 async fn shutdown_signal() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -197,6 +213,9 @@ pub(crate) async fn run(
     let own = own_issuer(&cfg)?;
     let authn = Arc::new(Authenticator::new(&cfg, own, clock.clone())?);
     let upstream = Upstream::new(&cfg.upstream)?;
+    let sessions = Sessions::from_config(&cfg, &authn, clock.clone())
+        .context("browser sessions")?
+        .map(Arc::new);
 
     let m = metrics.clone();
     let (audit, writer) = AuditSink::open(
@@ -236,20 +255,38 @@ pub(crate) async fn run(
         .clone()
         .or_else(|| cfg.upstream.url.clone())
         .unwrap_or_else(|| "gatehouse-upstream".to_owned());
-    let gateway = Arc::new(Gateway::new(
-        GatewaySettings {
-            flavor: flavor(cfg.forge.kind),
-            trusted_proxies: cfg.server.trusted_proxies.clone(),
-            identity: cfg.identity_headers.clone(),
-            assertion_audience,
-        },
-        policy.clone(),
-        authn.clone(),
-        audit.clone(),
-        upstream,
-        metrics.clone(),
-        clock.clone(),
-    ));
+    let gateway = Arc::new(
+        Gateway::new(
+            GatewaySettings {
+                flavor: flavor(cfg.forge.kind),
+                trusted_proxies: cfg.server.trusted_proxies.clone(),
+                identity: cfg.identity_headers.clone(),
+                assertion_audience,
+                portal_repositories: cfg
+                    .session
+                    .as_ref()
+                    .map(|s| s.repositories.clone())
+                    .unwrap_or_default(),
+                portal_links: cfg
+                    .session
+                    .as_ref()
+                    .map(|s| s.links.clone())
+                    .unwrap_or_default(),
+                builtin_repos_dir: cfg
+                    .upstream
+                    .git_http_backend
+                    .as_ref()
+                    .map(|g| g.repos_dir.clone()),
+            },
+            policy.clone(),
+            authn.clone(),
+            audit.clone(),
+            upstream,
+            metrics.clone(),
+            clock.clone(),
+        )
+        .with_sessions(sessions.clone()),
+    );
 
     audit
         .send(AuditRecord {
@@ -273,6 +310,9 @@ pub(crate) async fn run(
         stop_rx.clone(),
     ));
     tokio::spawn(refresh_keys(authn.clone(), stop_rx.clone()));
+    if let Some(s) = &sessions {
+        tokio::spawn(sweep_sessions(s.clone(), stop_rx.clone()));
+    }
     let server_tls = match &tls {
         Some(r) => {
             let every = cfg

@@ -51,6 +51,12 @@ pub enum AuthnError {
     /// The issuer's introspection endpoint could not be asked (unreachable or refused us).
     #[error("token introspection is unavailable")]
     IntrospectionUnavailable,
+    /// The ID token's `nonce` is not the one this sign-in sent.
+    #[error("token nonce does not match")]
+    NonceMismatch,
+    /// The issuer's discovery document could not be fetched or names another issuer.
+    #[error("identity provider is unavailable")]
+    ProviderUnavailable,
     /// A bug or an unusable local key.
     #[error("internal authentication error")]
     Internal(String),
@@ -63,6 +69,7 @@ impl AuthnError {
             self,
             AuthnError::KeysUnavailable
                 | AuthnError::IntrospectionUnavailable
+                | AuthnError::ProviderUnavailable
                 | AuthnError::Internal(_)
         )
     }
@@ -86,6 +93,8 @@ impl AuthnError {
             AuthnError::BadClaim(_) => "bad_claim",
             AuthnError::KeysUnavailable => "keys_unavailable",
             AuthnError::IntrospectionUnavailable => "introspection_unavailable",
+            AuthnError::NonceMismatch => "nonce_mismatch",
+            AuthnError::ProviderUnavailable => "provider_unavailable",
             AuthnError::Internal(_) => "internal",
         }
     }

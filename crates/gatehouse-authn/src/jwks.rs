@@ -121,15 +121,37 @@ pub struct IssuerKeys {
     fetches_ok: AtomicU64,
     fetches_failed: AtomicU64,
     introspection_secret: Option<Redacted<String>>,
-    introspection_endpoint: tokio::sync::OnceCell<String>,
+    metadata: tokio::sync::OnceCell<Arc<ProviderMetadata>>,
 }
 
-#[derive(serde::Deserialize)]
-struct Discovery {
-    issuer: String,
-    jwks_uri: String,
+/// What an issuer's OpenID Connect discovery document says (the parts Gatehouse uses).
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+pub struct ProviderMetadata {
+    /// The issuer identifier; must equal the configured one.
+    pub issuer: String,
+    /// The key set.
+    pub jwks_uri: String,
+    /// Where browsers are sent to sign in.
     #[serde(default)]
-    introspection_endpoint: Option<String>,
+    pub authorization_endpoint: Option<String>,
+    /// Where codes, refresh tokens and device codes are exchanged.
+    #[serde(default)]
+    pub token_endpoint: Option<String>,
+    /// OpenID Connect UserInfo.
+    #[serde(default)]
+    pub userinfo_endpoint: Option<String>,
+    /// RP-initiated logout.
+    #[serde(default)]
+    pub end_session_endpoint: Option<String>,
+    /// RFC 7009 token revocation.
+    #[serde(default)]
+    pub revocation_endpoint: Option<String>,
+    /// RFC 8628 device authorization.
+    #[serde(default)]
+    pub device_authorization_endpoint: Option<String>,
+    /// RFC 7662 introspection.
+    #[serde(default)]
+    pub introspection_endpoint: Option<String>,
 }
 
 /// The longest opaque token sent for introspection.
@@ -160,8 +182,111 @@ impl IssuerKeys {
             fetches_ok: AtomicU64::new(0),
             fetches_failed: AtomicU64::new(0),
             introspection_secret,
-            introspection_endpoint: tokio::sync::OnceCell::new(),
+            metadata: tokio::sync::OnceCell::new(),
         }
+    }
+
+    /// The issuer's discovery document, fetched once (a failed fetch is retried on the next call).
+    pub async fn metadata(&self) -> Result<Arc<ProviderMetadata>, AuthnError> {
+        self.metadata
+            .get_or_try_init(|| async {
+                let url = format!(
+                    "{}/.well-known/openid-configuration",
+                    self.cfg.issuer.trim_end_matches('/')
+                );
+                let d: ProviderMetadata = self
+                    .get_json(&url, self.cfg.http_timeout.0)
+                    .await
+                    .map_err(|e| {
+                        tracing::warn!(issuer = %self.cfg.issuer, error = %e, "discovery failed");
+                        AuthnError::ProviderUnavailable
+                    })?;
+                if d.issuer != self.cfg.issuer {
+                    tracing::warn!(issuer = %self.cfg.issuer, named = %d.issuer, "discovery names another issuer");
+                    return Err(AuthnError::ProviderUnavailable);
+                }
+                Ok(Arc::new(d))
+            })
+            .await
+            .cloned()
+    }
+
+    /// The issuer's configuration.
+    pub fn config(&self) -> &IssuerConfig {
+        &self.cfg
+    }
+
+    /// Verifies an OpenID Connect ID token issued to `client_id` (signature with this issuer's
+    /// keys, `iss`, `aud`, `azp`, `exp`, `iat`, and `nonce` when one was sent) and returns its
+    /// claims.
+    pub async fn verify_id_token(
+        &self,
+        token: &str,
+        client_id: &str,
+        nonce: Option<&str>,
+        now: i64,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, AuthnError> {
+        let jwt = crate::parse_unverified(token)?;
+        let alg = Algorithm::from_str(&jwt.alg).map_err(|_| AuthnError::AlgorithmNotAllowed)?;
+        if !self.algorithms.contains(&alg) {
+            return Err(AuthnError::AlgorithmNotAllowed);
+        }
+        if self.is_stale() {
+            let had_keys = self.state.load().fetched_at.is_some();
+            if self.refresh().await.is_err() && !had_keys {
+                return Err(AuthnError::KeysUnavailable);
+            }
+        }
+        let kid = jwt.kid.as_deref();
+        let mut state = self.state.load_full();
+        if select(&state.keys, kid, alg)?.is_none() && self.refetch_for_unknown_kid().await {
+            state = self.state.load_full();
+        }
+        let key = select(&state.keys, kid, alg)?.ok_or(AuthnError::UnknownKey)?;
+        check_signature(&jwt, key, alg)?;
+        let claims = jwt.claims;
+        if claims.get("iss").and_then(serde_json::Value::as_str) != Some(self.cfg.issuer.as_str()) {
+            return Err(AuthnError::WrongIssuer);
+        }
+        check_standard(
+            &claims,
+            now,
+            self.cfg.leeway.0.as_secs() as i64,
+            &[client_id.to_owned()],
+            &[],
+        )?;
+        // OIDC Core §3.1.3.7: with several audiences `azp` must be there; when present it must
+        // name this client.
+        let several = claims
+            .get("aud")
+            .and_then(serde_json::Value::as_array)
+            .is_some_and(|a| a.len() > 1);
+        match claims.get("azp").and_then(serde_json::Value::as_str) {
+            Some(azp) if azp != client_id => return Err(AuthnError::WrongAudience),
+            None if several => return Err(AuthnError::WrongAudience),
+            _ => {}
+        }
+        if claims
+            .get("iat")
+            .and_then(serde_json::Value::as_i64)
+            .is_none()
+        {
+            return Err(AuthnError::MissingClaim("iat".to_owned()));
+        }
+        if let Some(expected) = nonce
+            && claims.get("nonce").and_then(serde_json::Value::as_str) != Some(expected)
+        {
+            return Err(AuthnError::NonceMismatch);
+        }
+        Ok(claims)
+    }
+
+    /// Maps verified claims (of an ID token or UserInfo answer) to a principal, as for tokens.
+    pub fn principal_from_claims(
+        &self,
+        claims: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Principal, AuthnError> {
+        self.principal(claims)
     }
 
     /// Whether opaque tokens are introspected at this issuer.
@@ -176,23 +301,14 @@ impl IssuerKeys {
         if let Some(e) = &ic.endpoint {
             return Ok(e.clone());
         }
-        self.introspection_endpoint
-            .get_or_try_init(|| async {
-                let url = format!(
-                    "{}/.well-known/openid-configuration",
-                    self.cfg.issuer.trim_end_matches('/')
-                );
-                let d: Discovery = self.get_json(&url, self.cfg.http_timeout.0).await.map_err(|e| {
-                    tracing::warn!(issuer = %self.cfg.issuer, error = %e, "discovery for introspection failed");
-                    AuthnError::IntrospectionUnavailable
-                })?;
-                d.introspection_endpoint.ok_or_else(|| {
-                    tracing::warn!(issuer = %self.cfg.issuer, "discovery names no introspection_endpoint");
-                    AuthnError::IntrospectionUnavailable
-                })
-            })
+        let d = self
+            .metadata()
             .await
-            .cloned()
+            .map_err(|_| AuthnError::IntrospectionUnavailable)?;
+        d.introspection_endpoint.clone().ok_or_else(|| {
+            tracing::warn!(issuer = %self.cfg.issuer, "discovery names no introspection_endpoint");
+            AuthnError::IntrospectionUnavailable
+        })
     }
 
     /// Asks the issuer about an opaque token (RFC 7662). Returns the principal and until when the
@@ -346,20 +462,12 @@ impl IssuerKeys {
         let jwks_uri = match (&self.cfg.jwks_uri, &self.state.load().jwks_uri) {
             (Some(u), _) => u.clone(),
             (None, Some(u)) => u.clone(),
-            (None, None) => {
-                let url = format!(
-                    "{}/.well-known/openid-configuration",
-                    self.cfg.issuer.trim_end_matches('/')
-                );
-                let d: Discovery = self.get_json(&url, timeout).await?;
-                if d.issuer != self.cfg.issuer {
-                    return Err(format!(
-                        "discovery document names issuer `{}`, expected `{}`",
-                        d.issuer, self.cfg.issuer
-                    ));
-                }
-                d.jwks_uri
-            }
+            (None, None) => self
+                .metadata()
+                .await
+                .map_err(|e| format!("discovery: {e}"))?
+                .jwks_uri
+                .clone(),
         };
         let set: JwkSet = self.get_json(&jwks_uri, timeout).await?;
         let mut keys = Vec::new();

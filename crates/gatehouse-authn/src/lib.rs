@@ -17,7 +17,7 @@ mod own;
 
 pub use claims::map_principal;
 pub use error::AuthnError;
-pub use jwks::{IssuerKeys, KeyStatus};
+pub use jwks::{IssuerKeys, KeyStatus, ProviderMetadata};
 pub use jwt::{MAX_TOKEN_LEN, UnverifiedJwt, parse_unverified};
 pub use own::{OwnIssuer, OwnKeyError, TokenRequest, generate_signing_key_pem};
 
@@ -47,6 +47,7 @@ pub struct Authenticator {
     own: Arc<OwnIssuer>,
     clock: Arc<dyn Clock>,
     cache: TokenCache,
+    http: reqwest::Client,
 }
 
 impl Authenticator {
@@ -92,12 +93,23 @@ impl Authenticator {
             own,
             clock,
             cache: TokenCache::new(16_384),
+            http,
         })
     }
 
     /// The configured issuers' key sets (for readiness and background refresh).
     pub fn issuers(&self) -> impl Iterator<Item = &Arc<IssuerKeys>> {
         self.issuers.values()
+    }
+
+    /// The key set of the issuer named `iss`.
+    pub fn issuer(&self, iss: &str) -> Option<&Arc<IssuerKeys>> {
+        self.issuers.get(iss)
+    }
+
+    /// The HTTP client used to talk to identity providers.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
     }
 
     /// Gatehouse's own issuer.

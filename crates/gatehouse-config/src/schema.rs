@@ -34,6 +34,9 @@ pub struct Config {
     pub policy: PolicyConfig,
     /// The audit log.
     pub audit: AuditConfig,
+    /// Browser sign-in sessions and the `/.gatehouse/` pages (needed when an issuer has `login`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<SessionConfig>,
     /// Diagnostic logs.
     #[serde(default)]
     pub log: LogConfig,
@@ -277,6 +280,64 @@ pub struct IssuerConfig {
     /// RFC 7662 introspection of opaque (non-JWT) access tokens from this issuer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub introspection: Option<IntrospectionConfig>,
+    /// People sign in at this issuer: in a browser (authorization code flow with PKCE) and with
+    /// `gatehouse login` (device authorization grant).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login: Option<LoginConfig>,
+}
+
+/// `[issuers.login]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginConfig {
+    /// The OAuth2 client Gatehouse signs browsers in as.
+    pub client_id: String,
+    /// That client's secret (absent for a public client, which then relies on PKCE alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret: Option<SecretSource>,
+    /// The name on the sign-in chooser (default: the issuer's host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    /// Scopes asked for; `openid` is required, `offline_access` gets a refresh token.
+    #[serde(default = "default_login_scopes")]
+    pub scopes: Vec<String>,
+    /// Further authorization request parameters, e.g. `{ resource = "urn:gatehouse" }`.
+    #[serde(default)]
+    pub extra_params: std::collections::BTreeMap<String, String>,
+    /// The public client `gatehouse login` uses (device authorization grant); no CLI login when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cli_client_id: Option<String>,
+}
+
+/// `[session]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionConfig {
+    /// The URL browsers reach Gatehouse at; the callback is `<external_url>/.gatehouse/callback`.
+    pub external_url: String,
+    /// Directory of the file-backed session store (sessions and pending sign-ins, encrypted).
+    #[serde(default = "default_session_dir")]
+    pub dir: PathBuf,
+    /// Key that signs cookies and encrypts the store (at least 32 bytes). When absent, one is
+    /// generated in `dir` on first start (give every node the same key when several share a store).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<SecretSource>,
+    /// A session ends this long after sign-in, whatever the IdP says.
+    #[serde(default = "d12h")]
+    pub max_lifetime: ConfigDuration,
+    /// The access token is renewed with the refresh token this long before it expires.
+    #[serde(default = "d60s")]
+    pub refresh_before: ConfigDuration,
+    /// A sign-in must come back from the IdP within this long.
+    #[serde(default = "d600s")]
+    pub login_timeout: ConfigDuration,
+    /// Repositories (`owner/repo`) listed on `/.gatehouse/` when the policy lets the caller reach
+    /// them, besides those named in the policy and those of the built-in upstream.
+    #[serde(default)]
+    pub repositories: Vec<String>,
+    /// Links (`https://host/path`) listed on `/.gatehouse/` when the policy grants `web:access`.
+    #[serde(default)]
+    pub links: Vec<String>,
 }
 
 /// `[issuers.introspection]`
@@ -462,6 +523,17 @@ impl Config {
             {
                 resolve(base, file);
             }
+            if let Some(SecretSource::File { file }) =
+                iss.login.as_mut().and_then(|l| l.client_secret.as_mut())
+            {
+                resolve(base, file);
+            }
+        }
+        if let Some(s) = &mut self.session {
+            resolve(base, &mut s.dir);
+            if let Some(SecretSource::File { file }) = &mut s.secret {
+                resolve(base, file);
+            }
         }
         for p in &mut self.tokens.verification_keys {
             resolve(base, p);
@@ -553,6 +625,7 @@ impl Config {
                 return bad(k, "must be greater than zero");
             }
         }
+        self.validate_login()?;
         if let Some(tls) = &self.server.tls
             && tls.reload_interval.0 < std::time::Duration::from_millis(100)
         {
@@ -628,6 +701,97 @@ impl Config {
     }
 }
 
+impl Config {
+    fn validate_login(&self) -> Result<(), (String, String)> {
+        let bad = |k: &str, m: &str| Err((k.to_owned(), m.to_owned()));
+        let mut any_login = false;
+        for (i, iss) in self.issuers.iter().enumerate() {
+            let Some(l) = &iss.login else { continue };
+            any_login = true;
+            let k = |f: &str| format!("issuers[{i}].login.{f}");
+            if l.client_id.is_empty() {
+                return bad(&k("client_id"), "must not be empty");
+            }
+            if !l.scopes.iter().any(|s| s == "openid") {
+                return bad(&k("scopes"), "must include `openid`");
+            }
+            for key in l.extra_params.keys() {
+                const RESERVED: [&str; 10] = [
+                    "response_type",
+                    "client_id",
+                    "redirect_uri",
+                    "scope",
+                    "state",
+                    "nonce",
+                    "code_challenge",
+                    "code_challenge_method",
+                    "client_secret",
+                    "code_verifier",
+                ];
+                if RESERVED.contains(&key.as_str()) {
+                    return Err((
+                        k("extra_params"),
+                        format!("`{key}` is set by Gatehouse and cannot be overridden"),
+                    ));
+                }
+            }
+        }
+        let Some(s) = &self.session else {
+            if any_login {
+                return bad(
+                    "session",
+                    "an issuer has `login`: add a [session] table with `external_url`",
+                );
+            }
+            return Ok(());
+        };
+        let url = s.external_url.trim_end_matches('/');
+        let host = url
+            .strip_prefix("https://")
+            .or_else(|| url.strip_prefix("http://"))
+            .unwrap_or("");
+        let host_only = host.split(':').next().unwrap_or("");
+        let local = matches!(host_only, "127.0.0.1" | "localhost" | "[::1]");
+        if host.is_empty() || host.contains('/') || host.contains('?') || host.contains('#') {
+            return bad(
+                "session.external_url",
+                "must be a scheme and host (and port), e.g. `https://git.example.com`",
+            );
+        }
+        if url.starts_with("http://") && !local {
+            return bad(
+                "session.external_url",
+                "must be https:// (session cookies are Secure); http:// only for 127.0.0.1 or localhost",
+            );
+        }
+        if s.max_lifetime.0 < std::time::Duration::from_secs(60) {
+            return bad("session.max_lifetime", "must be at least 60s");
+        }
+        if s.login_timeout.0 < std::time::Duration::from_secs(30) {
+            return bad("session.login_timeout", "must be at least 30s");
+        }
+        for r in &s.repositories {
+            let mut parts = r.split('/');
+            let ok = matches!((parts.next(), parts.next(), parts.next()), (Some(o), Some(n), None) if !o.is_empty() && !n.is_empty());
+            if !ok {
+                return Err((
+                    "session.repositories".to_owned(),
+                    format!("`{r}` is not `owner/repo`"),
+                ));
+            }
+        }
+        for l in &s.links {
+            if !(l.starts_with("https://") || l.starts_with("http://")) {
+                return Err((
+                    "session.links".to_owned(),
+                    format!("`{l}` is not an http(s) URL"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// An RFC 9110 token: what a header name may be.
 fn is_header_name(s: &str) -> bool {
     !s.is_empty()
@@ -661,6 +825,18 @@ fn d600s() -> ConfigDuration {
 }
 fn d900s() -> ConfigDuration {
     ConfigDuration::secs(900)
+}
+fn d12h() -> ConfigDuration {
+    ConfigDuration(std::time::Duration::from_secs(12 * 3600))
+}
+fn default_session_dir() -> PathBuf {
+    PathBuf::from("sessions")
+}
+fn default_login_scopes() -> Vec<String> {
+    ["openid", "profile", "email", "offline_access"]
+        .into_iter()
+        .map(String::from)
+        .collect()
 }
 fn d24h() -> ConfigDuration {
     ConfigDuration::secs(86_400)

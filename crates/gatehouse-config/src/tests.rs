@@ -167,7 +167,10 @@ fn keys(prefix: &str, v: &toml::Value, out: &mut BTreeSet<String>) {
                     format!("{prefix}.{k}")
                 };
                 out.insert(p.clone());
-                keys(&p, v, out);
+                // A free-form map (its keys are the user's, not the schema's).
+                if p != "issuers.login.extra_params" {
+                    keys(&p, v, out);
+                }
             }
         }
         toml::Value::Array(a) => {
@@ -209,4 +212,55 @@ fn every_key_is_documented() {
         undocumented.is_empty(),
         "docs/configuration.md lacks {undocumented:?}"
     );
+}
+
+#[test]
+fn sign_in_settings_are_checked() {
+    let login = "[[issuers]]\nissuer = \"https://idp\"\naudiences = [\"gatehouse\"]\n[issuers.login]\nclient_id = \"gh\"\n";
+    let with = |extra: &str, session: &str| parse(&format!("{MINIMAL}\n{login}{extra}\n{session}"));
+    let session = "[session]\nexternal_url = \"https://git.example.com\"\n";
+    let c = with("", session).unwrap();
+    let s = c.session.unwrap();
+    assert_eq!(s.dir, Path::new("/etc/gatehouse/sessions"));
+    assert_eq!(s.max_lifetime, ConfigDuration::secs(12 * 3600));
+    assert!(
+        c.issuers[0]
+            .login
+            .as_ref()
+            .unwrap()
+            .scopes
+            .contains(&"openid".to_owned())
+    );
+
+    let refused = [
+        ("", ""),
+        ("scopes = [\"profile\"]\n", session),
+        ("extra_params = { state = \"fixed\" }\n", session),
+        (
+            "extra_params = { redirect_uri = \"https://evil\" }\n",
+            session,
+        ),
+        ("", "[session]\nexternal_url = \"http://git.example.com\"\n"),
+        (
+            "",
+            "[session]\nexternal_url = \"https://git.example.com/path\"\n",
+        ),
+        ("", "[session]\nexternal_url = \"git.example.com\"\n"),
+        (
+            "",
+            "[session]\nexternal_url = \"https://g\"\nrepositories = [\"nope\"]\n",
+        ),
+        (
+            "",
+            "[session]\nexternal_url = \"https://g\"\nmax_lifetime = \"10s\"\n",
+        ),
+        (
+            "",
+            "[session]\nexternal_url = \"https://g\"\nexternal_ur = \"x\"\n",
+        ),
+    ];
+    for (extra, session) in refused {
+        assert!(with(extra, session).is_err(), "accepted: {extra} {session}");
+    }
+    assert!(with("", "[session]\nexternal_url = \"http://127.0.0.1:8443\"\n").is_ok());
 }

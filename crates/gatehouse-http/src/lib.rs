@@ -12,6 +12,8 @@ mod body;
 mod cgi;
 mod forwarded;
 mod metrics;
+mod pages;
+mod portal;
 mod proxy;
 pub mod respond;
 mod server;

@@ -23,6 +23,7 @@ use gatehouse_git::{
     classify, lfs_batch_operation, parse_push_request,
 };
 use gatehouse_policy::{AuthzRequest, PolicyEngine, RefFacts, RequestFacts};
+use gatehouse_session::Sessions;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
@@ -49,19 +50,26 @@ pub struct GatewaySettings {
     pub identity: IdentityHeadersConfig,
     /// The assertion's audience.
     pub assertion_audience: String,
+    /// Repositories the who-am-I page checks besides those the policy names.
+    pub portal_repositories: Vec<String>,
+    /// Links the who-am-I page lists when the policy grants `web:access`.
+    pub portal_links: Vec<String>,
+    /// The built-in upstream's repositories directory (listed on the who-am-I page).
+    pub builtin_repos_dir: Option<std::path::PathBuf>,
 }
 
 /// Everything a request needs; shared by all connections.
 #[derive(Debug)]
 pub struct Gateway {
-    settings: GatewaySettings,
+    pub(crate) settings: GatewaySettings,
     strip: Vec<HeaderName>,
-    policy: Arc<ArcSwap<PolicyEngine>>,
-    authn: Arc<Authenticator>,
+    pub(crate) policy: Arc<ArcSwap<PolicyEngine>>,
+    pub(crate) authn: Arc<Authenticator>,
     audit: AuditSink,
     upstream: Upstream,
     metrics: Arc<Metrics>,
-    clock: Arc<dyn Clock>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) sessions: Option<Arc<Sessions>>,
 }
 
 /// What the connection knows about a request.
@@ -72,18 +80,18 @@ pub(crate) struct ConnInfo {
 }
 
 /// The request facts gathered in the first phase.
-struct Admitted {
-    request_id: String,
-    traceparent: String,
-    client: IpAddr,
-    host: String,
+pub(crate) struct Admitted {
+    pub(crate) request_id: String,
+    pub(crate) traceparent: String,
+    pub(crate) client: IpAddr,
+    pub(crate) host: String,
 }
 
 fn header_name(s: &str) -> Option<HeaderName> {
     HeaderName::from_bytes(s.as_bytes()).ok()
 }
 
-fn credential(h: &HeaderMap) -> Result<Option<Credential>, AuthnError> {
+pub(crate) fn credential(h: &HeaderMap) -> Result<Option<Credential>, AuthnError> {
     let mut all = h.get_all(header::AUTHORIZATION).iter();
     let Some(v) = all.next() else { return Ok(None) };
     if all.next().is_some() {
@@ -140,7 +148,7 @@ fn request_host(req: &Request<Body>) -> Option<String> {
     ok.then_some(host)
 }
 
-fn audit_principal(p: &Principal) -> AuditPrincipal {
+pub(crate) fn audit_principal(p: &Principal) -> AuditPrincipal {
     AuditPrincipal {
         kind: p.kind.as_str(),
         subject: p.subject.clone(),
@@ -221,7 +229,14 @@ impl Gateway {
             upstream,
             metrics,
             clock,
+            sessions: None,
         }
+    }
+
+    /// Enables browser sign-in sessions.
+    pub fn with_sessions(mut self, sessions: Option<Arc<Sessions>>) -> Self {
+        self.sessions = sessions;
+        self
     }
 
     /// The authenticator (for readiness and metrics).
@@ -242,6 +257,29 @@ impl Gateway {
     /// The metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    async fn authenticate(
+        &self,
+        cred: &Credential,
+        adm: &Admitted,
+        rec: &mut AuditRecord,
+        kind: ClientKind,
+    ) -> Result<Principal, (Refusal, ClientKind)> {
+        self.authn.authenticate(cred).await.map_err(|e| {
+            self.metrics.authn_failures.get_or_create(&KindLabel { kind: e.code() }).inc();
+            rec.authn_error = Some(e.code().to_owned());
+            if let AuthnError::Internal(detail) = &e {
+                tracing::error!(request_id = %adm.request_id, %detail, "authentication failed internally");
+            }
+            (
+                Refusal::Unauthenticated {
+                    error: e,
+                    presented: true,
+                },
+                kind,
+            )
+        })
     }
 
     /// Serves one request through every phase.
@@ -415,6 +453,12 @@ impl Gateway {
             return Ok(r);
         }
 
+        // Gatehouse's own pages and sign-in endpoints.
+        let p = req.uri().path();
+        if p == "/.gatehouse" || p.starts_with("/.gatehouse/") {
+            return self.portal(req, adm, rec).await;
+        }
+
         // Phase 2: classify.
         let method = req.method().as_str().to_ascii_uppercase();
         let c = classify(
@@ -454,30 +498,40 @@ impl Gateway {
                 kind,
             )
         })?;
-        let Some(cred) = cred else {
-            rec.authn_error = Some(AuthnError::Missing.code().to_owned());
-            return Err((
-                Refusal::Unauthenticated {
-                    error: AuthnError::Missing,
-                    presented: false,
-                },
-                kind,
-            ));
+        let session = match &cred {
+            Some(_) => None,
+            None => self.session_of(req.headers(), &adm.request_id).await?,
         };
-        let principal = self.authn.authenticate(&cred).await.map_err(|e| {
-            self.metrics.authn_failures.get_or_create(&KindLabel { kind: e.code() }).inc();
-            rec.authn_error = Some(e.code().to_owned());
-            if let AuthnError::Internal(detail) = &e {
-                tracing::error!(request_id = %adm.request_id, %detail, "authentication failed internally");
-            }
-            (
-                Refusal::Unauthenticated {
-                    error: e,
-                    presented: true,
-                },
-                kind,
-            )
-        })?;
+        let principal = if let Some(s) = session {
+            s.principal
+        } else {
+            let Some(cred) = cred else {
+                rec.authn_error = Some(AuthnError::Missing.code().to_owned());
+                // A browser opening a web route is sent to sign in, then back here.
+                if let Some(sessions) = &self.sessions
+                    && c.kind == RequestKind::Web
+                    && (method == "GET" || method == "HEAD")
+                    && crate::portal::wants_html(req.headers())
+                {
+                    rec.decision = Some("deny");
+                    rec.reason = Some("login_required".into());
+                    let pq = req
+                        .uri()
+                        .path_and_query()
+                        .map_or("/", |pq| pq.as_str())
+                        .to_owned();
+                    return Ok(crate::portal::login_redirect(sessions, &pq));
+                }
+                return Err((
+                    Refusal::Unauthenticated {
+                        error: AuthnError::Missing,
+                        presented: false,
+                    },
+                    kind,
+                ));
+            };
+            self.authenticate(&cred, adm, rec, kind).await?
+        };
         rec.principal = Some(audit_principal(&principal));
 
         // Phase 4: authorize.
@@ -553,6 +607,18 @@ impl Gateway {
             headers.remove(n);
         }
         headers.remove(header::EXPECT);
+        // Gatehouse's own cookies are not the upstream's business.
+        if self.sessions.is_some() && headers.contains_key(header::COOKIE) {
+            let kept: Vec<String> = crate::portal::cookie_headers(headers)
+                .filter_map(gatehouse_session::without_own_cookies)
+                .collect();
+            headers.remove(header::COOKIE);
+            if !kept.is_empty()
+                && let Ok(v) = HeaderValue::from_str(&kept.join("; "))
+            {
+                headers.insert(header::COOKIE, v);
+            }
+        }
         // HTTP/2 carries the host in :authority and an absolute-form HTTP/1.1 request names it in
         // the URI (which wins over Host, RFC 9112 §3.2.2): the upstream gets the host that was
         // classified, as a Host header.
@@ -834,7 +900,7 @@ impl Gateway {
 }
 
 /// Reads a whole body of at most `limit` bytes.
-async fn read_limited(mut body: Body, limit: usize) -> Result<bytes::Bytes, Refusal> {
+pub(crate) async fn read_limited(mut body: Body, limit: usize) -> Result<bytes::Bytes, Refusal> {
     let mut buf = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|_| Refusal::BadRequest {

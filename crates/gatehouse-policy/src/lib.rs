@@ -209,6 +209,27 @@ impl PolicyEngine {
         })
     }
 
+    /// The repositories (`owner/repo`) the policies name in their resource scope
+    /// (`resource == Gatehouse::Repo::"owner/repo"`), sorted, for pages that list what a caller
+    /// can reach. Conditions and `in Owner` scopes name no single repository and are not listed.
+    pub fn named_repositories(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .policies
+            .policies()
+            .filter_map(|p| match p.resource_constraint() {
+                cedar_policy::ResourceConstraint::Eq(uid)
+                    if uid.type_name().basename() == "Repo" =>
+                {
+                    Some(uid.id().unescaped().to_owned())
+                }
+                _ => None,
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// How many policies are loaded.
     pub fn len(&self) -> usize {
         self.count

@@ -43,7 +43,8 @@
 // Access tokens for a user carry sub, preferred_username, email, name, groups;
 // client_credentials tokens carry sub = client_id.
 //
-// Other endpoints: GET /healthz -> "ok"; login pages at /interaction/:uid.
+// Other endpoints: GET /healthz -> "ok"; login pages at /interaction/:uid; open dynamic client
+// registration at POST /reg (RFC 7591); RP-initiated logout at /session/end (plain local pages).
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as http from 'node:http';
@@ -203,7 +204,40 @@ const configuration = {
     clientCredentials: { enabled: true },
     introspection: { enabled: true },
     revocation: { enabled: true },
-    deviceFlow: { enabled: true },
+    deviceFlow: {
+      enabled: true,
+      // Plain local pages (the default ones load a web font from the internet).
+      userCodeInputSource: async (ctx, form, out, err) => {
+        ctx.body = `<!DOCTYPE html><html><head><meta charset="utf-8"><title>Enter code</title></head>
+<body><h1>Enter the code shown on your device</h1>${err ? '<p class="error">The code is incorrect or expired</p>' : ''}${form}
+<button id="continue" type="submit" form="op.deviceInputForm">Continue</button></body></html>`;
+      },
+      userCodeConfirmSource: async (ctx, form, client, deviceInfo, userCode) => {
+        ctx.body = `<!DOCTYPE html><html><head><meta charset="utf-8"><title>Confirm device</title></head>
+<body><h1>Confirm device</h1><p>Code <code id="user-code">${userCode}</code> for ${client.clientId}</p>${form}
+<button id="confirm" type="submit" form="op.deviceConfirmForm">Continue</button>
+<button id="abort" type="submit" form="op.deviceConfirmForm" value="yes" name="abort">Abort</button></body></html>`;
+      },
+      successSource: async (ctx) => {
+        ctx.body = '<!DOCTYPE html><html><head><meta charset="utf-8"><title>Signed in</title></head><body><h1>Sign-in Success</h1></body></html>';
+      },
+    },
+    // Open dynamic client registration (RFC 7591): each test registers a client with its own
+    // gateway's exact redirect URIs, as an operator registers Gatehouse at a real IdP.
+    registration: { enabled: true },
+    rpInitiatedLogout: {
+      enabled: true,
+      // A plain local page (the default one loads a web font from the internet).
+      logoutSource: async (ctx, form) => {
+        ctx.body = `<!DOCTYPE html><html><head><meta charset="utf-8"><title>Sign out</title></head>
+<body><h1>Sign out of the test IdP?</h1>${form}
+<button type="submit" form="op.logoutForm" value="yes" name="logout">Yes, sign me out</button>
+<button type="submit" form="op.logoutForm">No, stay signed in</button></body></html>`;
+      },
+      postLogoutSuccessSource: async (ctx) => {
+        ctx.body = '<!DOCTYPE html><html><head><meta charset="utf-8"><title>Signed out</title></head><body><h1>Signed out</h1></body></html>';
+      },
+    },
     resourceIndicators: {
       enabled: true,
       defaultResource: async (ctx, client, oneOf) => oneOf || 'urn:gatehouse',

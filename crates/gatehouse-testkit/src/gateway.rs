@@ -18,6 +18,7 @@ pub struct GatewayBuilder {
     extra: String,
     audit_file: String,
     wait_ready: bool,
+    port: Option<u16>,
 }
 
 impl GatewayBuilder {
@@ -34,6 +35,7 @@ impl GatewayBuilder {
             extra: String::new(),
             audit_file: "audit.log".into(),
             wait_ready: true,
+            port: None,
         }
     }
 
@@ -101,6 +103,12 @@ impl GatewayBuilder {
 
     pub fn audit_file(mut self, path: &str) -> Self {
         self.audit_file = path.to_owned();
+        self
+    }
+
+    /// Listen on this port (chosen with `free_port` beforehand, e.g. to register redirect URIs).
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = Some(port);
         self
     }
 
@@ -172,7 +180,7 @@ format = "json"
     }
 
     pub fn start(self) -> TestGateway {
-        let port = free_port();
+        let port = self.port.unwrap_or_else(free_port);
         let admin_port = free_port();
         let config = self.write_config(port, admin_port);
         let mut cmd = Command::new(&self.bin);

@@ -81,6 +81,37 @@ impl Idp {
         self.launch(generation);
     }
 
+    /// Registers a confidential web client (RFC 7591 dynamic registration) that may use these
+    /// redirect URIs; returns its id and secret.
+    pub async fn register_client(
+        &self,
+        redirect_uris: &[&str],
+        post_logout_redirect_uris: &[&str],
+    ) -> (String, String) {
+        let resp: Value = reqwest::Client::new()
+            .post(format!("{}/reg", self.issuer()))
+            .json(&serde_json::json!({
+                "redirect_uris": redirect_uris,
+                "post_logout_redirect_uris": post_logout_redirect_uris,
+                "grant_types": ["authorization_code", "refresh_token"],
+                "response_types": ["code"],
+                "token_endpoint_auth_method": "client_secret_basic",
+                "scope": "openid profile email groups offline_access git:read git:write",
+            }))
+            .send()
+            .await
+            .expect("registration request")
+            .json()
+            .await
+            .expect("registration response");
+        let id = resp["client_id"].as_str();
+        let secret = resp["client_secret"].as_str();
+        match (id, secret) {
+            (Some(i), Some(s)) => (i.to_owned(), s.to_owned()),
+            _ => panic!("registration failed: {resp}"),
+        }
+    }
+
     /// A client-credentials access token for `ci-bot` (`resource` picks RS256, ES256 or opaque).
     pub async fn client_token(&self, resource: &str) -> String {
         let resp: Value = reqwest::Client::new()

@@ -12,12 +12,14 @@
     unreachable_pub
 )]
 
+mod browser;
 mod gateway;
 mod git;
 mod idp;
 mod nginx;
 mod proc;
 
+pub use browser::browser_sign_in;
 pub use gateway::{GatewayBuilder, TestGateway};
 pub use git::{Git, GitOutput, make_repo};
 pub use idp::Idp;

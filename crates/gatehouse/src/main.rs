@@ -47,6 +47,26 @@ enum Cmd {
     /// Signing keys.
     #[command(subcommand)]
     Keys(KeysCmd),
+    /// Sign in to a gateway from this machine (OAuth2 device authorization grant).
+    Login {
+        /// The gateway's URL, e.g. `https://git.example.com`.
+        #[arg(long)]
+        server: String,
+        /// The issuer (URL or name) when the gateway offers several.
+        #[arg(long)]
+        issuer: Option<String>,
+    },
+    /// Forget the sign-in to a gateway (and revoke its refresh token).
+    Logout {
+        /// The gateway's URL (needed when signed in to several).
+        #[arg(long)]
+        server: Option<String>,
+    },
+    /// git's credential helper: `git config --global credential.https://HOST.helper gatehouse`.
+    Credential {
+        /// `get`, `store` or `erase` (git passes it).
+        operation: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -77,6 +97,12 @@ enum TokenCmd {
         /// Issue for a person instead of a service account.
         #[arg(long)]
         user: bool,
+    },
+    /// Print a fresh access token for a gateway signed in to with `gatehouse login`.
+    Print {
+        /// The gateway's URL (needed when signed in to several).
+        #[arg(long)]
+        server: Option<String>,
     },
 }
 
@@ -218,6 +244,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Cmd::Keys(KeysCmd::Generate { out, force }) => gatehouse_app::keys_generate(&out, force)?,
+        Cmd::Token(TokenCmd::Print { server }) => gatehouse_app::token_print(server.as_deref())?,
+        Cmd::Login { server, issuer } => {
+            gatehouse_app::login(&gatehouse_app::LoginArgs { server, issuer })?
+        }
+        Cmd::Logout { server } => gatehouse_app::logout(server.as_deref())?,
+        Cmd::Credential { operation } => gatehouse_app::credential(&operation)?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -5,6 +5,7 @@
 
 mod audit;
 mod cli;
+mod cli_login;
 mod common;
 mod git_http;
 mod headers;
@@ -12,6 +13,7 @@ mod large;
 mod paths;
 mod refs;
 mod reload;
+mod sessions;
 mod timeouts;
 mod tls;
 mod tokens;

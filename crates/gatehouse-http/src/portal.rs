@@ -1,0 +1,579 @@
+//! Gatehouse's own endpoints under `/.gatehouse/`: browser sign-in (chooser, callback),
+//! sign-out, the who-am-I page, and the settings `gatehouse login` reads. The flows themselves
+//! live in gatehouse-session; this module turns them into HTTP.
+
+use std::sync::Arc;
+
+use gatehouse_audit::AuditRecord;
+use gatehouse_authn::AuthnError;
+use gatehouse_core::{Action, Principal, RepoRef, Resource, Route, UnixTime};
+use gatehouse_policy::{AuthzRequest, RequestFacts};
+use gatehouse_session::{ActiveSession, SessionError, Sessions, safe_return_to};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+
+use crate::body::Body;
+use crate::pages::{self, Access, ChooserEntry, SessionView, WhoAmI};
+use crate::proxy::{Admitted, Gateway, audit_principal};
+use crate::respond::{ClientKind, Refusal, typed_response};
+
+/// The longest form body read (the sign-out form).
+const MAX_FORM: usize = 4096;
+/// Most repositories checked for the who-am-I page.
+const MAX_LISTED_REPOS: usize = 500;
+
+/// Whether a request looks like a browser navigating (it wants HTML).
+pub(crate) fn wants_html(h: &HeaderMap) -> bool {
+    h.get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/html"))
+}
+
+pub(crate) fn cookie_headers(h: &HeaderMap) -> impl Iterator<Item = &str> {
+    h.get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+}
+
+/// The response sending a browser to sign in, then back to `return_to`.
+pub(crate) fn login_redirect(sessions: &Sessions, return_to: &str) -> Response<Body> {
+    let location = format!(
+        "{}/.gatehouse/login?return_to={}",
+        sessions.external_url(),
+        pages::query_value(&safe_return_to(return_to))
+    );
+    redirect(StatusCode::FOUND, &location)
+}
+
+fn redirect(status: StatusCode, location: &str) -> Response<Body> {
+    let mut r = typed_response(status, "", "text/plain; charset=utf-8", "no-store");
+    if let Ok(v) = HeaderValue::from_str(location) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
+}
+
+fn add_cookie(r: &mut Response<Body>, c: &str) {
+    if let Ok(v) = HeaderValue::from_str(c) {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
+}
+
+impl Gateway {
+    /// Content-Security-Policy of Gatehouse's pages: nothing but inline style; forms post only to
+    /// Gatehouse and (after a redirect) the sign-in providers.
+    fn html(&self, status: StatusCode, body: String) -> Response<Body> {
+        let mut r = typed_response(status, body, "text/html; charset=utf-8", "no-store");
+        let h = r.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(&format!(
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'{}; frame-ancestors 'none'; base-uri 'none'",
+            self.portal_form_targets()
+        )) {
+            h.insert(header::CONTENT_SECURITY_POLICY, v);
+        }
+        h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+        h.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        h.insert(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        );
+        r
+    }
+
+    fn portal_form_targets(&self) -> String {
+        let Some(s) = &self.sessions else {
+            return String::new();
+        };
+        let mut out = String::new();
+        for p in s.providers() {
+            if let Ok(u) = url::Url::parse(p.issuer()) {
+                let origin = u.origin().ascii_serialization();
+                if !out.contains(&origin) {
+                    out.push(' ');
+                    out.push_str(&origin);
+                }
+            }
+        }
+        out
+    }
+
+    /// The session named by the request's cookie, if any (renewed when due).
+    pub(crate) async fn session_of(
+        &self,
+        h: &HeaderMap,
+        request_id: &str,
+    ) -> Result<Option<ActiveSession>, (Refusal, ClientKind)> {
+        let Some(sessions) = &self.sessions else {
+            return Ok(None);
+        };
+        if cookie_headers(h).next().is_none() {
+            return Ok(None);
+        }
+        sessions.resolve(cookie_headers(h)).await.map_err(|e| {
+            tracing::error!(request_id = %request_id, error = %e, "session lookup failed");
+            (
+                Refusal::Unauthenticated {
+                    error: AuthnError::Internal("session store".into()),
+                    presented: true,
+                },
+                ClientKind::Api,
+            )
+        })
+    }
+
+    /// Serves `/.gatehouse/...`.
+    pub(crate) async fn portal(
+        &self,
+        req: Request<Body>,
+        adm: &Admitted,
+        rec: &mut AuditRecord,
+    ) -> Result<Response<Body>, (Refusal, ClientKind)> {
+        let path = req.uri().path().to_owned();
+        let query = req.uri().query().map(str::to_owned);
+        rec.action = Some("gatehouse".to_owned());
+        rec.decision = Some("allow");
+        rec.reason = Some("gatehouse_endpoint".into());
+        let get = req.method() == Method::GET || req.method() == Method::HEAD;
+        let not_found = || {
+            (
+                Refusal::BadRequest {
+                    code: "not_found",
+                    detail: "no such Gatehouse endpoint".into(),
+                },
+                ClientKind::Api,
+            )
+        };
+        match (path.as_str(), get) {
+            ("/.gatehouse" | "/.gatehouse/", true) => self.whoami(req.headers(), adm, rec).await,
+            ("/.gatehouse/login", true) => self.login(query.as_deref(), rec).await,
+            ("/.gatehouse/callback", true) => {
+                self.callback(req.headers(), query.as_deref(), rec).await
+            }
+            ("/.gatehouse/logout", _) => self.logout(req, adm, rec).await,
+            ("/.gatehouse/signed-out", true) => Ok(self.html(
+                StatusCode::OK,
+                pages::message(
+                    "Signed out",
+                    "You are signed out of Gatehouse.",
+                    Some(("/.gatehouse/login", "Sign in again")),
+                    false,
+                ),
+            )),
+            ("/.gatehouse/cli", true) => Ok(self.cli_settings()),
+            _ => Err(not_found()),
+        }
+    }
+
+    fn sessions(&self) -> Result<&Arc<Sessions>, (Refusal, ClientKind)> {
+        self.sessions.as_ref().ok_or((
+            Refusal::BadRequest {
+                code: "sign_in_not_configured",
+                detail: "browser sign-in is not configured on this gateway".into(),
+            },
+            ClientKind::Api,
+        ))
+    }
+
+    async fn login(
+        &self,
+        query: Option<&str>,
+        rec: &mut AuditRecord,
+    ) -> Result<Response<Body>, (Refusal, ClientKind)> {
+        let sessions = self.sessions()?;
+        let mut return_to = "/".to_owned();
+        let mut provider = None;
+        for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            match k.as_ref() {
+                "return_to" => return_to = safe_return_to(&v),
+                "provider" => provider = v.parse::<usize>().ok(),
+                _ => {}
+            }
+        }
+        let n = match (provider, sessions.providers().len()) {
+            (_, 0) => {
+                return Err(self.sessions().err().unwrap_or((
+                    Refusal::BadRequest {
+                        code: "sign_in_not_configured",
+                        detail: "no issuer has `login` configured".into(),
+                    },
+                    ClientKind::Api,
+                )));
+            }
+            (Some(n), _) => n,
+            (None, 1) => 0,
+            (None, _) => {
+                let entries: Vec<ChooserEntry> = sessions
+                    .providers()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| ChooserEntry {
+                        name: p.display_name().to_owned(),
+                        href: format!(
+                            "/.gatehouse/login?provider={i}&return_to={}",
+                            pages::query_value(&return_to)
+                        ),
+                    })
+                    .collect();
+                return Ok(self.html(StatusCode::OK, pages::chooser(&entries)));
+            }
+        };
+        match sessions.begin(n, &return_to).await {
+            Ok(start) => {
+                let mut r = redirect(StatusCode::FOUND, &start.location);
+                add_cookie(&mut r, &start.set_cookie);
+                Ok(r)
+            }
+            Err(e) => Ok(self.sign_in_error(&e, rec)),
+        }
+    }
+
+    fn sign_in_error(&self, e: &SessionError, rec: &mut AuditRecord) -> Response<Body> {
+        rec.decision = Some(if e.is_server_error() { "error" } else { "deny" });
+        rec.reason = Some(e.code().to_owned());
+        if e.is_server_error() {
+            tracing::warn!(error = ?e, "sign-in failed");
+        } else {
+            tracing::info!(reason = e.code(), "sign-in refused");
+        }
+        let status = if e.is_server_error() {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        self.html(
+            status,
+            pages::message(
+                "Sign-in failed",
+                &format!("{e}."),
+                Some(("/.gatehouse/login", "Start again")),
+                true,
+            ),
+        )
+    }
+
+    async fn callback(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        rec: &mut AuditRecord,
+    ) -> Result<Response<Body>, (Refusal, ClientKind)> {
+        let sessions = self.sessions()?;
+        match sessions.finish(query, cookie_headers(headers)).await {
+            Ok(done) => {
+                rec.principal = Some(audit_principal(&done.principal));
+                rec.reason = Some("signed_in".into());
+                tracing::info!(user = %done.principal.username, issuer = %done.principal.issuer, "signed in");
+                let mut r = redirect(StatusCode::FOUND, &done.location);
+                for c in &done.set_cookies {
+                    add_cookie(&mut r, c);
+                }
+                Ok(r)
+            }
+            Err(e) => {
+                let mut r = self.sign_in_error(&e, rec);
+                // A failed sign-in leaves no sign-in cookie behind.
+                add_cookie(
+                    &mut r,
+                    &gatehouse_session::set_cookie(gatehouse_session::LOGIN_COOKIE, "", 0),
+                );
+                Ok(r)
+            }
+        }
+    }
+
+    async fn logout(
+        &self,
+        req: Request<Body>,
+        adm: &Admitted,
+        rec: &mut AuditRecord,
+    ) -> Result<Response<Body>, (Refusal, ClientKind)> {
+        let sessions = self.sessions()?.clone();
+        let session = self.session_of(req.headers(), &adm.request_id).await?;
+        let Some(session) = session else {
+            return Ok(redirect(StatusCode::SEE_OTHER, &sessions.signed_out_url()));
+        };
+        rec.principal = Some(audit_principal(&session.principal));
+        if req.method() == Method::GET || req.method() == Method::HEAD {
+            return Ok(self.html(
+                StatusCode::OK,
+                pages::logout_confirm(&sessions.csrf_token(&session)),
+            ));
+        }
+        if req.method() != Method::POST {
+            return Err((
+                Refusal::BadRequest {
+                    code: "method_not_allowed",
+                    detail: "sign out with POST".into(),
+                },
+                ClientKind::Api,
+            ));
+        }
+        let body = crate::proxy::read_limited(req.into_body(), MAX_FORM)
+            .await
+            .map_err(|r| (r, ClientKind::Api))?;
+        let csrf = url::form_urlencoded::parse(&body)
+            .find(|(k, _)| k == "csrf")
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default();
+        if !sessions.csrf_ok(&session, &csrf) {
+            rec.decision = Some("deny");
+            rec.reason = Some("csrf_mismatch".into());
+            return Ok(self.html(
+                StatusCode::FORBIDDEN,
+                pages::message(
+                    "Sign-out refused",
+                    "The sign-out form did not come from this session.",
+                    Some(("/.gatehouse/logout", "Sign out")),
+                    true,
+                ),
+            ));
+        }
+        match sessions.logout(&session).await {
+            Ok(out) => {
+                rec.reason = Some("signed_out".into());
+                let mut r = redirect(StatusCode::SEE_OTHER, &out.location);
+                add_cookie(&mut r, &out.set_cookie);
+                Ok(r)
+            }
+            Err(e) => Ok(self.sign_in_error(&e, rec)),
+        }
+    }
+
+    /// What `gatehouse login` needs to sign in at this gateway's issuers.
+    fn cli_settings(&self) -> Response<Body> {
+        let issuers: Vec<serde_json::Value> = self
+            .sessions
+            .iter()
+            .flat_map(|s| s.providers())
+            .filter_map(|p| {
+                let cli = p.login().cli_client_id.as_ref()?;
+                Some(serde_json::json!({
+                    "issuer": p.issuer(),
+                    "name": p.display_name(),
+                    "client_id": cli,
+                    "scopes": p.login().scopes,
+                    "extra_params": p.login().extra_params,
+                }))
+            })
+            .collect();
+        typed_response(
+            StatusCode::OK,
+            serde_json::json!({ "issuers": issuers }).to_string(),
+            "application/json",
+            "public, max-age=300",
+        )
+    }
+
+    async fn whoami(
+        &self,
+        headers: &HeaderMap,
+        adm: &Admitted,
+        rec: &mut AuditRecord,
+    ) -> Result<Response<Body>, (Refusal, ClientKind)> {
+        let html = wants_html(headers);
+        let kind = ClientKind::Api;
+        let (principal, session) = match crate::proxy::credential(headers) {
+            Err(e) => {
+                return Err((
+                    Refusal::Unauthenticated {
+                        error: e,
+                        presented: true,
+                    },
+                    kind,
+                ));
+            }
+            Ok(Some(cred)) => {
+                let p = self.authn.authenticate(&cred).await.map_err(|e| {
+                    (
+                        Refusal::Unauthenticated {
+                            error: e,
+                            presented: true,
+                        },
+                        kind,
+                    )
+                })?;
+                (p, None)
+            }
+            Ok(None) => match self.session_of(headers, &adm.request_id).await? {
+                Some(s) => (s.principal.clone(), Some(s)),
+                None => {
+                    if html && let Some(sessions) = &self.sessions {
+                        rec.decision = Some("deny");
+                        rec.reason = Some("login_required".into());
+                        return Ok(login_redirect(sessions, "/.gatehouse/"));
+                    }
+                    return Err((
+                        Refusal::Unauthenticated {
+                            error: AuthnError::Missing,
+                            presented: false,
+                        },
+                        kind,
+                    ));
+                }
+            },
+        };
+        rec.principal = Some(audit_principal(&principal));
+        let repos = self.reachable_repos(&principal, adm).await;
+        let links = self.reachable_links(&principal, adm);
+        let now = self.clock.now().as_secs();
+        if !html {
+            let doc = serde_json::json!({
+                "kind": principal.kind.as_str(),
+                "issuer": principal.issuer,
+                "subject": principal.subject,
+                "username": principal.username,
+                "name": principal.display_name,
+                "email": principal.email,
+                "groups": principal.groups,
+                "session": session.as_ref().map(|s| serde_json::json!({
+                    "started_at": UnixTime::from_secs(s.created_at).to_rfc3339(),
+                    "expires_at": UnixTime::from_secs(s.expires_at).to_rfc3339(),
+                    "renews": s.renews,
+                    "refreshes": s.refreshes,
+                })),
+                "repositories": repos.iter().map(|r| serde_json::json!({
+                    "repo": r.name, "read": r.read, "write": r.write,
+                })).collect::<Vec<_>>(),
+                "links": links,
+            });
+            return Ok(typed_response(
+                StatusCode::OK,
+                doc.to_string(),
+                "application/json",
+                "no-store",
+            ));
+        }
+        let view = WhoAmI {
+            principal: &principal,
+            via: match &session {
+                Some(s) => format!("browser session at {}", s.provider_name),
+                None => "bearer token".to_owned(),
+            },
+            session: match (&session, &self.sessions) {
+                (Some(s), Some(sessions)) => Some(SessionView {
+                    started: UnixTime::from_secs(s.created_at).to_rfc3339(),
+                    ends: UnixTime::from_secs(s.expires_at).to_rfc3339(),
+                    ends_in: pages::human_duration(s.expires_at - now),
+                    renews: s.renews,
+                    refreshes: s.refreshes,
+                    csrf: sessions.csrf_token(s),
+                }),
+                _ => None,
+            },
+            repos,
+            links,
+        };
+        Ok(self.html(StatusCode::OK, pages::whoami(&view)))
+    }
+
+    fn facts<'a>(adm: &'a Admitted, method: &'a str, host: &'a str) -> RequestFacts<'a> {
+        RequestFacts {
+            source_ip: adm.client,
+            method,
+            host,
+            wiki: false,
+            git_ref: None,
+        }
+    }
+
+    /// The candidate repositories (config, policy, built-in upstream) the principal can read,
+    /// with whether it can also write.
+    async fn reachable_repos(&self, principal: &Principal, adm: &Admitted) -> Vec<Access> {
+        let policy = self.policy.load();
+        let mut names: Vec<String> = self.settings.portal_repositories.clone();
+        names.extend(policy.named_repositories());
+        if let Some(dir) = &self.settings.builtin_repos_dir {
+            names.extend(list_bare_repos(dir).await);
+        }
+        names.sort();
+        names.dedup();
+        names.truncate(MAX_LISTED_REPOS);
+        let mut out = Vec::new();
+        for name in names {
+            let Some((owner, repo)) = name.split_once('/') else {
+                continue;
+            };
+            let resource = Resource::Repo(RepoRef {
+                owner: owner.to_owned(),
+                name: repo.to_owned(),
+            });
+            let ask = |action: Action, method: &str| {
+                policy
+                    .evaluate(&AuthzRequest {
+                        principal,
+                        action,
+                        resource: &resource,
+                        facts: Self::facts(adm, method, &adm.host),
+                    })
+                    .allowed
+            };
+            let read = ask(Action::GitRead, "GET");
+            let write = ask(Action::GitWrite, "POST");
+            if read || write {
+                out.push(Access { name, read, write });
+            }
+        }
+        out
+    }
+
+    /// The configured links the principal may open (`web:access`, GET).
+    fn reachable_links(&self, principal: &Principal, adm: &Admitted) -> Vec<String> {
+        let policy = self.policy.load();
+        self.settings
+            .portal_links
+            .iter()
+            .filter(|l| {
+                let Ok(u) = url::Url::parse(l) else {
+                    return false;
+                };
+                let host = u.host_str().unwrap_or("").to_ascii_lowercase();
+                let resource = Resource::Route(Route {
+                    host: host.clone(),
+                    path: u.path().to_owned(),
+                    method: "GET".to_owned(),
+                });
+                policy
+                    .evaluate(&AuthzRequest {
+                        principal,
+                        action: Action::WebAccess,
+                        resource: &resource,
+                        facts: Self::facts(adm, "GET", &host),
+                    })
+                    .allowed
+            })
+            .cloned()
+            .collect()
+    }
+}
+
+/// `owner/repo` for every `owner/repo.git` directory under `dir`.
+async fn list_bare_repos(dir: &std::path::Path) -> Vec<String> {
+    let dir = dir.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        let Ok(owners) = std::fs::read_dir(&dir) else {
+            return out;
+        };
+        for o in owners.flatten() {
+            let Ok(repos) = std::fs::read_dir(o.path()) else {
+                continue;
+            };
+            let owner = o.file_name().to_string_lossy().into_owned();
+            for r in repos.flatten() {
+                let name = r.file_name().to_string_lossy().into_owned();
+                if let Some(n) = name.strip_suffix(".git") {
+                    out.push(format!("{owner}/{n}"));
+                }
+                if out.len() >= MAX_LISTED_REPOS {
+                    return out;
+                }
+            }
+        }
+        out
+    })
+    .await
+    .unwrap_or_default()
+}

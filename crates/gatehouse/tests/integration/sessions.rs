@@ -1,0 +1,504 @@
+//! Browser sign-in: the authorization code flow with PKCE through the real IdP, in headless
+//! Chromium and step by step over HTTP for the attacks a browser would not make.
+
+use std::time::Duration;
+
+use gatehouse_testkit::{GitHttpServer, Idp, TempDir, browser_sign_in, free_port};
+use reqwest::header;
+
+use crate::common::{POLICY, builder, repos};
+
+/// The test policy, plus: the IdP's group `devs` may read demo/*.
+fn policy() -> String {
+    format!(
+        "{POLICY}\n@id(\"devs-read\")\npermit(principal in Gatehouse::Group::\"devs\", action == Gatehouse::Action::\"git:read\", resource in Gatehouse::Owner::\"demo\");\n"
+    )
+}
+
+struct Setup {
+    gw: gatehouse_testkit::TestGateway,
+    _upstream: GitHttpServer,
+    _tmp: TempDir,
+    base: String,
+}
+
+/// A TLS gateway in front of nginx, with browser sign-in at the shared IdP through a client
+/// registered for this gateway's callback.
+async fn setup(name: &str, refresh_before: &str) -> Setup {
+    let tmp = TempDir::new(name);
+    let (root, _) = repos(&tmp);
+    let upstream = GitHttpServer::start(&root);
+    let idp = Idp::shared();
+    let port = free_port();
+    let base = format!("https://127.0.0.1:{port}");
+    let (client_id, secret) = idp
+        .register_client(
+            &[&format!("{base}/.gatehouse/callback")],
+            &[&format!("{base}/.gatehouse/signed-out")],
+        )
+        .await;
+    let secret_file = tmp.path().join("client-secret");
+    std::fs::write(&secret_file, &secret).unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let crt = tmp.path().join("gw.crt");
+    let key = tmp.path().join("gw.key");
+    std::fs::write(&crt, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let gw = builder()
+        .port(port)
+        .with_upstream_url(&format!("http://127.0.0.1:{}", upstream.port))
+        .with_idp_extra(
+            idp,
+            &format!(
+                "[issuers.login]\nclient_id = \"{client_id}\"\nclient_secret = {{ file = \"{}\" }}\ndisplay_name = \"Test IdP\"\nscopes = [\"openid\", \"profile\", \"email\", \"groups\", \"offline_access\"]\nextra_params = {{ resource = \"urn:gatehouse\" }}\ncli_client_id = \"git-cli\"\n",
+                secret_file.display()
+            ),
+        )
+        .server_extra(&format!(
+            "tls = {{ cert_file = \"{}\", key_file = \"{}\" }}",
+            crt.display(),
+            key.display()
+        ))
+        .policy(&policy())
+        .extra(&format!(
+            "[identity_headers]\ngroups = \"X-Gatehouse-Groups\"\n\n[session]\nexternal_url = \"{base}\"\nrefresh_before = \"{refresh_before}\"\nrepositories = [\"demo/hello\", \"secret/repo\"]\n"
+        ))
+        .start();
+    Setup {
+        gw,
+        _upstream: upstream,
+        _tmp: tmp,
+        base,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_signs_in_sees_who_it_is_renews_and_signs_out() {
+    // refresh_before equal to the IdP's access-token lifetime: every request renews, so the
+    // renewal path runs against the real IdP within the test.
+    let s = setup("browser", "3600s").await;
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let shot = shots.join("whoami.png");
+    let _ = std::fs::remove_file(&shot);
+    let scenario = serde_json::json!({
+        "start": format!("{}/_echo?from=browser", s.base),
+        "gateway": s.base,
+        "username": "alice",
+        "password": "alice-pass",
+        "screenshot": shot.to_string_lossy(),
+    });
+    let out =
+        tokio::task::spawn_blocking(move || browser_sign_in(&scenario, Duration::from_secs(120)))
+            .await
+            .unwrap();
+    let text = |k: &str| out[k].as_str().unwrap_or("").to_owned();
+    assert!(
+        out.get("error").is_none(),
+        "browser: {out:#}\ngateway log:\n{}",
+        s.gw.log()
+    );
+
+    // The protected page sent the browser to the IdP, and back to the page first asked for.
+    assert!(
+        text("login_url").starts_with(&Idp::shared().issuer()),
+        "{out:#}"
+    );
+    assert_eq!(
+        text("after_login_url"),
+        format!("{}/_echo?from=browser", s.base)
+    );
+    let echo = text("after_login_text");
+    assert!(echo.contains("user=alice;"), "{echo}");
+    assert!(echo.contains("email=alice@example.test;"), "{echo}");
+    assert!(echo.contains("fullname=Alice Admin;"), "{echo}");
+    assert!(echo.contains("groups=admins,devs;"), "{echo}");
+    assert!(
+        !echo.contains("gatehouse-session"),
+        "the session cookie reached the upstream: {echo}"
+    );
+
+    // The session cookie: opaque, Secure, HttpOnly, SameSite=Lax, host-only, Path=/.
+    let cookies = out["cookies"].as_array().unwrap();
+    let session = cookies
+        .iter()
+        .find(|c| c["name"] == "__Host-gatehouse-session")
+        .unwrap_or_else(|| panic!("no session cookie: {cookies:#?}"));
+    assert_eq!(session["secure"], true, "{session}");
+    assert_eq!(session["httpOnly"], true, "{session}");
+    assert_eq!(session["sameSite"], "Lax", "{session}");
+    assert_eq!(session["path"], "/", "{session}");
+    assert_eq!(session["domain"], "127.0.0.1", "{session}");
+    assert!(session["valueLength"].as_u64().unwrap() < 100, "{session}");
+    assert!(
+        !cookies
+            .iter()
+            .any(|c| c["name"] == "__Host-gatehouse-login"),
+        "the sign-in cookie outlived the sign-in: {cookies:#?}"
+    );
+
+    // Who am I: identity, groups, session end, renewal, what the policy opens.
+    let who = text("whoami_text");
+    for want in [
+        "Signed in as Alice Admin",
+        "alice@example.test",
+        "admins",
+        "devs",
+        "Session ends",
+        "demo/hello",
+        "Sign out",
+    ] {
+        assert!(who.contains(want), "who-am-I lacks {want:?}:\n{who}");
+    }
+    assert!(!who.contains("secret/repo"), "{who}");
+    assert!(
+        who.contains("renewed") && !who.contains("renewed 0 times"),
+        "the session was not renewed:\n{who}"
+    );
+    let png = std::fs::read(&shot).expect("screenshot written");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 5_000,
+        "screenshot"
+    );
+
+    // Sign-out went through the IdP (RP-initiated logout) and back to Gatehouse.
+    assert!(
+        text("idp_logout_url").starts_with(&Idp::shared().issuer()),
+        "{out:#}"
+    );
+    assert!(
+        text("signed_out_text").contains("You are signed out"),
+        "{out:#}"
+    );
+    assert!(
+        !out["cookies_after_logout"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == "__Host-gatehouse-session"),
+        "session cookie kept after sign-out"
+    );
+    // Signed out at the IdP too: the protected page asks for the password again.
+    assert_eq!(out["after_logout_has_login_form"], true, "{out:#}");
+
+    let audit = std::fs::read_to_string(s.gw.audit_path()).unwrap();
+    assert!(audit.contains("\"signed_in\""), "{audit}");
+    assert!(audit.contains("\"signed_out\""), "{audit}");
+}
+
+/// A browser stand-in: no redirects followed by itself, cookies for the IdP kept by hand.
+struct Browser {
+    http: reqwest::Client,
+    idp_cookies: Vec<(String, String)>,
+}
+
+struct Answer {
+    status: u16,
+    location: String,
+    set_cookies: Vec<String>,
+    body: String,
+}
+
+fn name_value(set_cookie: &str) -> (String, String) {
+    let nv = set_cookie.split(';').next().unwrap_or("");
+    let (n, v) = nv.split_once('=').unwrap_or((nv, ""));
+    (n.trim().to_owned(), v.trim().to_owned())
+}
+
+impl Browser {
+    fn new() -> Self {
+        Self {
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .danger_accept_invalid_certs(true)
+                .build()
+                .unwrap(),
+            idp_cookies: Vec::new(),
+        }
+    }
+
+    async fn get(&self, url: &str, cookie: &str, accept: &str) -> Answer {
+        let mut req = self.http.get(url).header(header::ACCEPT, accept);
+        if !cookie.is_empty() {
+            req = req.header(header::COOKIE, cookie);
+        }
+        let resp = req
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        let status = resp.status().as_u16();
+        let location = resp
+            .headers()
+            .get(header::LOCATION)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let set_cookies = resp
+            .headers()
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect();
+        let body = resp.text().await.unwrap_or_default();
+        Answer {
+            status,
+            location,
+            set_cookies,
+            body,
+        }
+    }
+
+    /// Starts a sign-in at the gateway (`return_to` sent as given, form-encoded), lets the IdP
+    /// log alice in through `login_hint`, and returns the gateway's sign-in cookie and the
+    /// callback URL the IdP sends the browser back to. `tamper` may rewrite the authorization
+    /// URL first, as an attacker in the middle would.
+    async fn authorize(
+        &mut self,
+        base: &str,
+        return_to: &str,
+        tamper: impl Fn(String) -> String,
+    ) -> (String, String) {
+        let rt: String = url::form_urlencoded::byte_serialize(return_to.as_bytes()).collect();
+        let start = self
+            .get(
+                &format!("{base}/.gatehouse/login?return_to={rt}"),
+                "",
+                "text/html",
+            )
+            .await;
+        assert_eq!(start.status, 302, "{}", start.body);
+        let login_cookie = start
+            .set_cookies
+            .iter()
+            .map(|c| name_value(c))
+            .find(|(n, _)| n == "__Host-gatehouse-login")
+            .map(|(n, v)| format!("{n}={v}"))
+            .expect("sign-in cookie");
+        let start_cookie = start
+            .set_cookies
+            .iter()
+            .find(|c| c.starts_with("__Host-gatehouse-login="))
+            .unwrap();
+        for attr in ["Secure", "HttpOnly", "SameSite=Lax", "Path=/"] {
+            assert!(start_cookie.contains(attr), "{start_cookie}");
+        }
+        let auth = tamper(start.location.clone());
+        assert!(auth.contains("code_challenge_method=S256"), "{auth}");
+        assert!(
+            auth.contains("&nonce=") && auth.contains("&state="),
+            "{auth}"
+        );
+        let mut url = format!("{auth}&login_hint=alice");
+        for _ in 0..20 {
+            let cookie = self
+                .idp_cookies
+                .iter()
+                .map(|(n, v)| format!("{n}={v}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            let a = self.get(&url, &cookie, "text/html").await;
+            for c in &a.set_cookies {
+                let (n, v) = name_value(c);
+                self.idp_cookies.retain(|(k, _)| *k != n);
+                self.idp_cookies.push((n, v));
+            }
+            assert!(
+                (300..400).contains(&a.status),
+                "IdP answered {} at {url}: {}",
+                a.status,
+                a.body
+            );
+            let next = reqwest::Url::parse(&url)
+                .unwrap()
+                .join(&a.location)
+                .unwrap()
+                .to_string();
+            if next.starts_with(base) {
+                return (login_cookie, next);
+            }
+            url = next;
+        }
+        panic!("the IdP never sent the browser back");
+    }
+}
+
+fn param(url: &str, name: &str) -> String {
+    reqwest::Url::parse(url)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+fn replace_param(url: &str, name: &str, value: &str) -> String {
+    let mut u = reqwest::Url::parse(url).unwrap();
+    let pairs: Vec<(String, String)> = u
+        .query_pairs()
+        .map(|(k, v)| {
+            let v = if k == name {
+                value.to_owned()
+            } else {
+                v.into_owned()
+            };
+            (k.into_owned(), v)
+        })
+        .collect();
+    u.query_pairs_mut().clear().extend_pairs(pairs);
+    u.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_attacks_are_refused_and_return_to_stays_on_this_host() {
+    let s = setup("signin-attacks", "60s").await;
+    let base = s.base.as_str();
+    let mut b = Browser::new();
+
+    // A browser opening a protected page is sent to sign in; an API client gets 401.
+    let page = b.get(&format!("{base}/_echo?x=1"), "", "text/html").await;
+    assert_eq!(page.status, 302);
+    assert_eq!(
+        page.location,
+        format!("{base}/.gatehouse/login?return_to=/_echo%3Fx%3D1")
+    );
+    let api = b
+        .get(&format!("{base}/_echo"), "", "application/json")
+        .await;
+    assert_eq!(api.status, 401);
+
+    // The happy path, then the same callback again: a sign-in completes once.
+    let (cookie, callback) = b.authorize(base, "/_echo?x=1", |u| u).await;
+    assert_eq!(
+        param(&callback, "iss"),
+        Idp::shared().issuer(),
+        "RFC 9207 iss"
+    );
+    let done = b.get(&callback, &cookie, "text/html").await;
+    assert_eq!(done.status, 302, "{}", done.body);
+    assert_eq!(done.location, format!("{base}/_echo?x=1"));
+    let session = done
+        .set_cookies
+        .iter()
+        .find(|c| c.starts_with("__Host-gatehouse-session="))
+        .expect("session cookie")
+        .clone();
+    let (sn, sv) = name_value(&session);
+    let echo = b
+        .get(
+            &format!("{base}/_echo"),
+            &format!("theirs=1; {sn}={sv}"),
+            "text/html",
+        )
+        .await;
+    assert_eq!(echo.status, 200, "{}", echo.body);
+    assert!(echo.body.contains("user=alice;"), "{}", echo.body);
+    assert!(
+        echo.body.contains("cookie=theirs=1\n"),
+        "own cookie forwarded: {}",
+        echo.body
+    );
+    let replay = b.get(&callback, &cookie, "text/html").await;
+    assert_eq!(replay.status, 400);
+    assert!(
+        replay.body.contains("expired or was already completed"),
+        "{}",
+        replay.body
+    );
+
+    // The session id is opaque and signed: a changed cookie is no session.
+    let forged = format!("{sn}=A{}", &sv[1..]);
+    let r = b.get(&format!("{base}/_echo"), &forged, "text/html").await;
+    assert_eq!(r.status, 302, "a forged session cookie was accepted");
+
+    // state from one sign-in, cookie from another (login CSRF): refused.
+    let (_, cb_a) = b.authorize(base, "/", |u| u).await;
+    let (cookie_b, _) = b.authorize(base, "/", |u| u).await;
+    for c in [cookie_b.as_str(), ""] {
+        let r = b.get(&cb_a, c, "text/html").await;
+        assert_eq!(r.status, 400, "{}", r.body);
+        assert!(r.body.contains("not started in this browser"), "{}", r.body);
+    }
+
+    // A code replayed into a fresh sign-in: the IdP refuses it (already used, other verifier).
+    let (cookie_c, cb_c) = b.authorize(base, "/", |u| u).await;
+    assert_eq!(b.get(&cb_c, &cookie_c, "text/html").await.status, 302);
+    let (cookie_d, cb_d) = b.authorize(base, "/", |u| u).await;
+    let replayed = replace_param(&cb_d, "code", &param(&cb_c, "code"));
+    let r = b.get(&replayed, &cookie_d, "text/html").await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body.contains("did not accept the sign-in code"),
+        "{}",
+        r.body
+    );
+
+    // A nonce changed on the way to the IdP: the ID token's nonce does not match.
+    let (cookie_e, cb_e) = b
+        .authorize(base, "/", |u| replace_param(&u, "nonce", "forged-nonce"))
+        .await;
+    let r = b.get(&cb_e, &cookie_e, "text/html").await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("token nonce does not match"), "{}", r.body);
+
+    // A PKCE challenge changed on the way: the code cannot be redeemed with our verifier.
+    let (cookie_f, cb_f) = b
+        .authorize(base, "/", |u| {
+            replace_param(
+                &u,
+                "code_challenge",
+                "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+            )
+        })
+        .await;
+    let r = b.get(&cb_f, &cookie_f, "text/html").await;
+    assert_eq!(r.status, 400, "{}", r.body);
+
+    // An IdP error answer is shown, not followed.
+    let (cookie_g, cb_g) = b.authorize(base, "/", |u| u).await;
+    let denied = format!(
+        "{base}/.gatehouse/callback?error=access_denied&state={}",
+        param(&cb_g, "state")
+    );
+    let r = b.get(&denied, &cookie_g, "text/html").await;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.body.contains("refused the sign-in (access_denied)"),
+        "{}",
+        r.body
+    );
+
+    // Wherever return_to points, the browser lands on this host.
+    for evil in [
+        "//evil.example",
+        "https://evil.example",
+        "/\\evil.example",
+        "/%2F%2Fevil.example",
+        "%2F%2Fevil.example",
+        "/%5Cevil.example",
+        "/%252F%252Fevil.example",
+        "/\t/evil.example",
+        "https:evil.example",
+    ] {
+        let (cookie, cb) = b.authorize(base, evil, |u| u).await;
+        let r = b.get(&cb, &cookie, "text/html").await;
+        assert_eq!(r.status, 302, "{evil:?}: {}", r.body);
+        assert_eq!(r.location, format!("{base}/"), "return_to {evil:?}");
+    }
+
+    // Tokens rest encrypted in the store: no JWT (or refresh token) in the clear on disk.
+    let dir = s.gw.dir().join("sessions/sessions");
+    let mut files = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let bytes = std::fs::read(e.unwrap().path()).unwrap();
+        files += 1;
+        assert!(
+            !bytes.windows(3).any(|w| w == b"eyJ"),
+            "a token is stored in the clear"
+        );
+        assert!(
+            !bytes.windows(5).any(|w| w == b"alice"),
+            "a session is stored in the clear"
+        );
+    }
+    assert!(files >= 3, "{files} session files");
+    assert!(!s.gw.log().contains(&sv), "the session id was logged");
+}
