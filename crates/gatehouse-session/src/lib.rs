@@ -984,3 +984,6 @@ impl Sessions {
 fn session_ref(id: &str) -> String {
     format!("session:{}", &store_key(id)[..16])
 }
+
+#[cfg(test)]
+mod tests;

@@ -502,3 +502,76 @@ async fn sign_in_attacks_are_refused_and_return_to_stays_on_this_host() {
     assert!(files >= 3, "{files} session files");
     assert!(!s.gw.log().contains(&sv), "the session id was logged");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_issuers_get_a_chooser_and_each_sends_to_its_own_idp() {
+    let tmp = TempDir::new("chooser");
+    let (root, _) = repos(&tmp);
+    let first = Idp::shared();
+    let second = Idp::start();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let login = |name: &str| {
+        format!("[issuers.login]\nclient_id = \"gatehouse\"\ndisplay_name = \"{name}\"\n")
+    };
+    let gw = builder()
+        .port(port)
+        .with_builtin_upstream(&root)
+        .with_idp_extra(first, &login("Company SSO"))
+        .with_idp_extra(&second, &login("Partner <SSO>"))
+        .policy(POLICY)
+        .extra(&format!("[session]\nexternal_url = \"{base}\"\n"))
+        .start();
+    let b = Browser::new();
+    let page = b
+        .get(
+            &format!("{base}/.gatehouse/login?return_to=%2Fdemo"),
+            "",
+            "text/html",
+        )
+        .await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(
+        page.body.contains("Sign in with Company SSO"),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body.contains("Sign in with Partner &lt;SSO&gt;"),
+        "not escaped: {}",
+        page.body
+    );
+    assert!(
+        page.body.contains("provider=1&amp;return_to=/demo"),
+        "{}",
+        page.body
+    );
+    for (n, idp) in [(0, first), (1, &second)] {
+        let r = b
+            .get(
+                &format!("{base}/.gatehouse/login?provider={n}&return_to=/demo"),
+                "",
+                "text/html",
+            )
+            .await;
+        assert_eq!(r.status, 302, "{}", r.body);
+        assert!(
+            r.location.starts_with(&format!("{}/auth?", idp.issuer())),
+            "{}",
+            r.location
+        );
+        assert_eq!(
+            param(&r.location, "redirect_uri"),
+            format!("{base}/.gatehouse/callback")
+        );
+    }
+    let r = b
+        .get(
+            &format!("{base}/.gatehouse/login?provider=7"),
+            "",
+            "text/html",
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    drop(gw);
+}
