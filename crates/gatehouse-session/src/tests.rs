@@ -20,14 +20,13 @@ fn tmp() -> PathBuf {
 
 fn sessions(dir: &Path, secret: &str, clock: Arc<ManualClock>) -> Sessions {
     std::fs::write(dir.join("secret"), secret).unwrap();
-    let text = format!(
-        r#"
+    let text = r#"
 [server]
 listen = "127.0.0.1:8080"
 [upstream]
 url = "http://127.0.0.1:3000"
 [tokens]
-signing_key = {{ file = "unused.pem" }}
+signing_key = { file = "unused.pem" }
 [policy]
 file = "policy.cedar"
 [audit]
@@ -35,12 +34,11 @@ file = "audit.log"
 [session]
 external_url = "https://gw.example"
 dir = "store"
-secret = {{ file = "secret" }}
+secret = { file = "secret" }
 max_lifetime = "1h"
 refresh_before = "60s"
-"#
-    );
-    let cfg = Config::parse(&text, dir, "test.toml").unwrap();
+"#;
+    let cfg = Config::parse(text, dir, "test.toml").unwrap();
     let pem = Redacted::new(generate_signing_key_pem().unwrap());
     let own = Arc::new(OwnIssuer::new(&cfg.tokens, &pem).unwrap());
     let authn = Authenticator::new(&cfg, own, clock.clone()).unwrap();
