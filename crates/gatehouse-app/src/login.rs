@@ -127,6 +127,33 @@ fn credentials_path() -> Result<PathBuf> {
     Ok(config_dir()?.join("credentials.json"))
 }
 
+/// An exclusive lock on the credentials (`credentials.lock` beside the file), held while a
+/// sign-in is read, renewed and written back: parallel git processes must not both spend one
+/// refresh token or overwrite each other's.
+struct FileLock(std::fs::File);
+
+fn lock() -> Result<FileLock> {
+    let dir = config_dir()?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    set_mode(&dir, 0o700)?;
+    let p = dir.join("credentials.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&p)
+        .with_context(|| format!("cannot open {}", p.display()))?;
+    f.lock()
+        .with_context(|| format!("cannot lock {}", p.display()))?;
+    Ok(FileLock(f))
+}
+
+impl Drop for FileLock {
+    fn drop(&mut self) {
+        let _ = self.0.unlock();
+    }
+}
+
 fn load() -> Result<CredentialsFile> {
     let p = credentials_path()?;
     match std::fs::read(&p) {
@@ -175,11 +202,36 @@ fn set_mode(_: &Path, _: u32) -> Result<()> {
     Ok(())
 }
 
+/// Whether a URL is https, or http to this machine (loopback): tokens never cross a network in
+/// the clear.
+fn secure_url(url: &str) -> bool {
+    match url::Url::parse(url) {
+        Ok(u) if u.scheme() == "https" => true,
+        Ok(u) if u.scheme() == "http" => matches!(
+            u.host(),
+            Some(url::Host::Domain("localhost"))
+                | Some(url::Host::Ipv4(std::net::Ipv4Addr::LOCALHOST))
+                | Some(url::Host::Ipv6(std::net::Ipv6Addr::LOCALHOST))
+        ),
+        _ => false,
+    }
+}
+
+/// Printable text from a server, for the terminal: no control characters (escape sequences).
+fn printable(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).take(512).collect()
+}
+
 /// `scheme://host[:port]`, lower-case, no path: how gateways are keyed.
 fn normalize_server(url: &str) -> Result<String> {
     let u = url::Url::parse(url.trim()).with_context(|| format!("`{url}` is not a URL"))?;
     if !matches!(u.scheme(), "http" | "https") {
         bail!("`{url}` must be an http:// or https:// URL");
+    }
+    if !secure_url(url.trim()) {
+        bail!(
+            "`{url}` must be https:// (http:// only to this machine): tokens would travel in the clear"
+        );
     }
     let host = u.host_str().ok_or_else(|| anyhow!("`{url}` has no host"))?;
     Ok(match u.port() {
@@ -291,7 +343,15 @@ pub fn login(args: &LoginArgs) -> Result<()> {
         .await
         .context("cannot read the identity provider's discovery document")?;
         if disco.issuer != chosen.issuer {
-            bail!("the discovery document names issuer `{}`, not `{}`", disco.issuer, chosen.issuer);
+            bail!("the discovery document names issuer `{}`, not `{}`", printable(&disco.issuer), printable(&chosen.issuer));
+        }
+        for endpoint in [Some(&disco.token_endpoint), disco.device_authorization_endpoint.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            if !secure_url(endpoint) {
+                bail!("the identity provider's endpoint `{}` is not https", printable(endpoint));
+            }
         }
         let device_endpoint = disco
             .device_authorization_endpoint
@@ -321,8 +381,12 @@ pub fn login(args: &LoginArgs) -> Result<()> {
         let da: DeviceAuthorization = r.json().await.context("unexpected device authorization answer")?;
         let mut err = std::io::stderr().lock();
         let _ = writeln!(err, "To sign in to {server}, open this page in a browser:");
-        let _ = writeln!(err, "  {}", da.verification_uri_complete.as_deref().unwrap_or(&da.verification_uri));
-        let _ = writeln!(err, "and check that it shows the code {}", da.user_code);
+        let _ = writeln!(
+            err,
+            "  {}",
+            printable(da.verification_uri_complete.as_deref().unwrap_or(&da.verification_uri))
+        );
+        let _ = writeln!(err, "(at {}) and check that it shows the code {}", printable(&chosen.issuer), printable(&da.user_code));
         let _ = writeln!(err, "Waiting for the sign-in to complete...");
         drop(err);
 
@@ -371,9 +435,11 @@ pub fn login(args: &LoginArgs) -> Result<()> {
             access_expires_at: now() + tokens.expires_in.unwrap_or(300),
             username: username.clone(),
         };
+        let guard = lock()?;
         let mut file = load()?;
         file.servers.insert(server.clone(), saved);
         save(&file)?;
+        drop(guard);
         let mut err = std::io::stderr().lock();
         let _ = writeln!(
             err,
@@ -437,6 +503,16 @@ async fn fresh_token(file: &mut CredentialsFile, server: &str) -> Result<(String
     Ok((t.access_token, saved.access_expires_at))
 }
 
+/// [`fresh_token`], writing the file back only when something changed.
+async fn renew(file: &mut CredentialsFile, server: &str) -> Result<(String, i64)> {
+    let before = serde_json::to_vec(&*file)?;
+    let result = fresh_token(file, server).await;
+    if serde_json::to_vec(&*file)? != before {
+        save(file)?;
+    }
+    result
+}
+
 /// The one saved gateway, or the one named.
 fn pick_server(file: &CredentialsFile, server: Option<&str>) -> Result<String> {
     match server {
@@ -457,10 +533,10 @@ fn pick_server(file: &CredentialsFile, server: Option<&str>) -> Result<String> {
 /// `gatehouse token print`: a fresh access token on stdout.
 pub fn token_print(server: Option<&str>) -> Result<()> {
     runtime()?.block_on(async {
+        let _guard = lock()?;
         let mut file = load()?;
         let server = pick_server(&file, server)?;
-        let result = fresh_token(&mut file, &server).await;
-        save(&file)?;
+        let result = renew(&mut file, &server).await;
         let (token, _) = result?;
         println!("{token}");
         Ok(())
@@ -470,6 +546,7 @@ pub fn token_print(server: Option<&str>) -> Result<()> {
 /// `gatehouse logout`: revokes the refresh token (best effort) and forgets the sign-in.
 pub fn logout(server: Option<&str>) -> Result<()> {
     runtime()?.block_on(async {
+        let _guard = lock()?;
         let mut file = load()?;
         let server = pick_server(&file, server)?;
         let Some(saved) = file.servers.remove(&server) else {
@@ -517,13 +594,12 @@ pub fn credential(op: &str) -> Result<()> {
     };
     match op {
         "get" => runtime()?.block_on(async {
+            let _guard = lock()?;
             let mut file = load()?;
             if !file.servers.contains_key(&server) {
                 return Ok(());
             }
-            let result = fresh_token(&mut file, &server).await;
-            save(&file)?;
-            match result {
+            match renew(&mut file, &server).await {
                 Ok((token, expires)) => {
                     let mut out = std::io::stdout().lock();
                     writeln!(out, "username=gatehouse")?;
@@ -539,6 +615,7 @@ pub fn credential(op: &str) -> Result<()> {
             }
         }),
         "erase" => {
+            let _guard = lock()?;
             let mut file = load()?;
             if let Some(s) = file.servers.get_mut(&server) {
                 s.access_token = None;
@@ -566,6 +643,12 @@ mod tests {
             "http://127.0.0.1:8080"
         );
         assert!(normalize_server("ssh://host").is_err());
+        assert!(
+            normalize_server("http://git.example.com").is_err(),
+            "plain http off-host"
+        );
+        assert!(normalize_server("http://localhost:8080").is_ok());
+        assert_eq!(printable("a\u{1b}[31mb\n"), "a[31mb");
         assert!(normalize_server("nope").is_err());
     }
 

@@ -10,6 +10,7 @@ use gatehouse_audit::{AuditOptions, AuditRecord, AuditSink};
 use gatehouse_authn::{Authenticator, OwnIssuer};
 use gatehouse_config::{Config, ForgeKind, LogFormat, read_secret};
 use gatehouse_core::{Clock, SystemClock};
+use gatehouse_forge::ForgeGroups;
 use gatehouse_git::ForgeFlavor;
 use gatehouse_http::{Gateway, GatewaySettings, Metrics, ServeOptions, TlsReloader, Upstream};
 use gatehouse_policy::PolicyEngine;
@@ -213,6 +214,9 @@ pub(crate) async fn run(
     let own = own_issuer(&cfg)?;
     let authn = Arc::new(Authenticator::new(&cfg, own, clock.clone())?);
     let upstream = Upstream::new(&cfg.upstream)?;
+    let forge_groups = ForgeGroups::from_config(&cfg, clock.clone())
+        .context("forge groups")?
+        .map(Arc::new);
     let sessions = Sessions::from_config(&cfg, &authn, clock.clone())
         .context("browser sessions")?
         .map(Arc::new);
@@ -285,7 +289,8 @@ pub(crate) async fn run(
             metrics.clone(),
             clock.clone(),
         )
-        .with_sessions(sessions.clone()),
+        .with_sessions(sessions.clone())
+        .with_forge_groups(forge_groups),
     );
 
     audit

@@ -152,6 +152,9 @@ pub struct ProviderMetadata {
     /// RFC 7662 introspection.
     #[serde(default)]
     pub introspection_endpoint: Option<String>,
+    /// RFC 9207: authorization responses carry `iss`.
+    #[serde(default)]
+    pub authorization_response_iss_parameter_supported: bool,
 }
 
 /// The longest opaque token sent for introspection.
@@ -279,6 +282,22 @@ impl IssuerKeys {
             return Err(AuthnError::NonceMismatch);
         }
         Ok(claims)
+    }
+
+    /// Checks that verified claims carry every `required_claims` path of this issuer.
+    pub fn check_required(
+        &self,
+        claims: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), AuthnError> {
+        for r in &self.cfg.required_claims {
+            if matches!(
+                crate::claims::lookup(claims, r),
+                None | Some(serde_json::Value::Null)
+            ) {
+                return Err(AuthnError::MissingClaim(r.clone()));
+            }
+        }
+        Ok(())
     }
 
     /// Maps verified claims (of an ID token or UserInfo answer) to a principal, as for tokens.

@@ -167,6 +167,9 @@ pub struct ForgeConfig {
     /// The forge's name in policies (`Gatehouse::Forge::"<name>"`).
     #[serde(default = "default_forge_name")]
     pub name: String,
+    /// Add the caller's organisations and teams on the forge to its groups (Gitea, Forgejo).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<ForgeGroupsConfig>,
 }
 
 impl Default for ForgeConfig {
@@ -174,8 +177,43 @@ impl Default for ForgeConfig {
         Self {
             kind: ForgeKind::default(),
             name: default_forge_name(),
+            groups: None,
         }
     }
+}
+
+/// What happens to a request when the forge cannot say which groups the caller is in.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnForgeError {
+    /// Refuse it (503): a policy may rely on a team membership, including in a `forbid`.
+    #[default]
+    Refuse,
+    /// Go on with the groups from the credential alone.
+    Continue,
+}
+
+/// `[forge.groups]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForgeGroupsConfig {
+    /// The forge's base URL for API calls (default: `upstream.url`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_url: Option<String>,
+    /// A forge token of a site administrator (calls are made as the caller with `Sudo`).
+    pub token: SecretSource,
+    /// A caller's forge groups are reused for this long.
+    #[serde(default = "d300s")]
+    pub cache_ttl: ConfigDuration,
+    /// Prepended to every forge group, e.g. `forge:acme` and `forge:acme/release`.
+    #[serde(default = "default_forge_groups_prefix")]
+    pub prefix: String,
+    /// `refuse` or `continue` when the forge cannot be asked and nothing is cached.
+    #[serde(default)]
+    pub on_error: OnForgeError,
+    /// Timeout of each API call.
+    #[serde(default = "d5s")]
+    pub timeout: ConfigDuration,
 }
 
 /// `[identity_headers]`
@@ -529,6 +567,10 @@ impl Config {
                 resolve(base, file);
             }
         }
+        if let Some(SecretSource::File { file }) = self.forge.groups.as_mut().map(|g| &mut g.token)
+        {
+            resolve(base, file);
+        }
         if let Some(s) = &mut self.session {
             resolve(base, &mut s.dir);
             if let Some(SecretSource::File { file }) = &mut s.secret {
@@ -626,6 +668,32 @@ impl Config {
             }
         }
         self.validate_login()?;
+        if let Some(g) = &self.forge.groups {
+            if !matches!(self.forge.kind, ForgeKind::Gitea | ForgeKind::Forgejo) {
+                return bad(
+                    "forge.groups",
+                    "forge groups are read from the Gitea/Forgejo API: forge.kind must be gitea or forgejo",
+                );
+            }
+            match g.api_url.as_deref().or(self.upstream.url.as_deref()) {
+                Some(u) if u.starts_with("http://") || u.starts_with("https://") => {}
+                Some(_) => {
+                    return bad(
+                        "forge.groups.api_url",
+                        "must start with http:// or https://",
+                    );
+                }
+                None => {
+                    return bad(
+                        "forge.groups.api_url",
+                        "set it: the upstream is not a forge URL",
+                    );
+                }
+            }
+            if g.timeout.0.is_zero() {
+                return bad("forge.groups.timeout", "must be greater than zero");
+            }
+        }
         if let Some(tls) = &self.server.tls
             && tls.reload_interval.0 < std::time::Duration::from_millis(100)
         {
@@ -716,8 +784,9 @@ impl Config {
                 return bad(&k("scopes"), "must include `openid`");
             }
             for key in l.extra_params.keys() {
-                const RESERVED: [&str; 10] = [
+                const RESERVED: [&str; 11] = [
                     "response_type",
+                    "response_mode",
                     "client_id",
                     "redirect_uri",
                     "scope",
@@ -825,6 +894,12 @@ fn d600s() -> ConfigDuration {
 }
 fn d900s() -> ConfigDuration {
     ConfigDuration::secs(900)
+}
+fn d300s() -> ConfigDuration {
+    ConfigDuration(std::time::Duration::from_secs(300))
+}
+fn default_forge_groups_prefix() -> String {
+    "forge:".to_owned()
 }
 fn d12h() -> ConfigDuration {
     ConfigDuration(std::time::Duration::from_secs(12 * 3600))

@@ -29,6 +29,22 @@ pub(crate) fn wants_html(h: &HeaderMap) -> bool {
         .is_some_and(|a| a.contains("text/html"))
 }
 
+/// Whether a state-changing request comes from another site: `Sec-Fetch-Site` other than
+/// `same-origin` or `none` (what browsers send), or, without it, an `Origin` naming another
+/// host. Requests with neither are not from a browser's cross-site context.
+pub(crate) fn cross_site(h: &HeaderMap, host: &str) -> bool {
+    if let Some(site) = h.get("sec-fetch-site") {
+        return !matches!(site.as_bytes(), b"same-origin" | b"none");
+    }
+    match h.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        None => false,
+        Some(origin) => url::Url::parse(origin)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_ascii_lowercase))
+            .is_none_or(|o| o != host),
+    }
+}
+
 pub(crate) fn cookie_headers(h: &HeaderMap) -> impl Iterator<Item = &str> {
     h.get_all(header::COOKIE)
         .iter()
@@ -415,6 +431,7 @@ impl Gateway {
                 }
             },
         };
+        let principal = self.enrich(principal, adm, kind).await?;
         rec.principal = Some(audit_principal(&principal));
         let repos = self.reachable_repos(&principal, adm).await;
         let links = self.reachable_links(&principal, adm);

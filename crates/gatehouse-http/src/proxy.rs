@@ -18,6 +18,7 @@ use gatehouse_audit::{AuditPrincipal, AuditRecord, AuditRef, AuditSink};
 use gatehouse_authn::{Authenticator, AuthnError, Credential};
 use gatehouse_config::{IdentityHeadersConfig, IpNet};
 use gatehouse_core::{Action, Clock, Principal, Redacted, Resource};
+use gatehouse_forge::ForgeGroups;
 use gatehouse_git::{
     Classified, ForgeFlavor, GitService, LfsOperation, PushParse, PushRequest, RefOp, RequestKind,
     classify, lfs_batch_operation, parse_push_request,
@@ -70,6 +71,7 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) sessions: Option<Arc<Sessions>>,
+    forge_groups: Option<Arc<ForgeGroups>>,
 }
 
 /// What the connection knows about a request.
@@ -230,7 +232,30 @@ impl Gateway {
             metrics,
             clock,
             sessions: None,
+            forge_groups: None,
         }
+    }
+
+    /// Adds callers' forge organisations and teams to their groups.
+    pub fn with_forge_groups(mut self, forge_groups: Option<Arc<ForgeGroups>>) -> Self {
+        self.forge_groups = forge_groups;
+        self
+    }
+
+    /// The principal with its forge groups added (when configured).
+    pub(crate) async fn enrich(
+        &self,
+        mut principal: Principal,
+        adm: &Admitted,
+        kind: ClientKind,
+    ) -> Result<Principal, (Refusal, ClientKind)> {
+        if let Some(fg) = &self.forge_groups {
+            fg.enrich(&mut principal).await.map_err(|e| {
+                tracing::warn!(request_id = %adm.request_id, error = %e, "refusing request: forge groups unavailable");
+                (Refusal::GroupsUnavailable, kind)
+            })?;
+        }
+        Ok(principal)
     }
 
     /// Enables browser sign-in sessions.
@@ -498,10 +523,27 @@ impl Gateway {
                 kind,
             )
         })?;
+        // Sessions are for browsers on web routes: git, LFS and API clients never carry cookies, so
+        // a cookie there could only come from a browser tricked into sending it.
         let session = match &cred {
-            Some(_) => None,
-            None => self.session_of(req.headers(), &adm.request_id).await?,
+            None if c.kind == RequestKind::Web => {
+                self.session_of(req.headers(), &adm.request_id).await?
+            }
+            _ => None,
         };
+        if session.is_some()
+            && !matches!(method.as_str(), "GET" | "HEAD" | "OPTIONS")
+            && crate::portal::cross_site(req.headers(), &adm.host)
+        {
+            rec.decision = Some("deny");
+            return Err((
+                Refusal::Forbidden {
+                    reason: "cross_site_request".into(),
+                    what: format!("{method} with a session cookie from another site"),
+                },
+                kind,
+            ));
+        }
         let principal = if let Some(s) = session {
             s.principal
         } else {
@@ -532,6 +574,7 @@ impl Gateway {
             };
             self.authenticate(&cred, adm, rec, kind).await?
         };
+        let principal = self.enrich(principal, adm, kind).await?;
         rec.principal = Some(audit_principal(&principal));
 
         // Phase 4: authorize.
@@ -708,6 +751,24 @@ impl Gateway {
         })?;
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
+        // The upstream may not set (or replace) Gatehouse's own cookies.
+        if parts.headers.contains_key(header::SET_COOKIE) {
+            let kept: Vec<HeaderValue> = parts
+                .headers
+                .get_all(header::SET_COOKIE)
+                .iter()
+                .filter(|v| {
+                    !v.as_bytes()
+                        .trim_ascii_start()
+                        .starts_with(b"__Host-gatehouse-")
+                })
+                .cloned()
+                .collect();
+            parts.headers.remove(header::SET_COOKIE);
+            for v in kept {
+                parts.headers.append(header::SET_COOKIE, v);
+            }
+        }
         if parts.status == StatusCode::SWITCHING_PROTOCOLS {
             parts.status = StatusCode::BAD_GATEWAY;
         }

@@ -67,6 +67,8 @@ pub enum Refusal {
     UpstreamTimeout,
     /// The request body is larger than Gatehouse reads for a decision.
     PayloadTooLarge,
+    /// The forge cannot say which organisations and teams the caller is in.
+    GroupsUnavailable,
 }
 
 impl Refusal {
@@ -83,6 +85,7 @@ impl Refusal {
             Refusal::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Refusal::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Refusal::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::GroupsUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -96,6 +99,7 @@ impl Refusal {
             Refusal::UpstreamUnavailable => "upstream_unavailable".to_owned(),
             Refusal::UpstreamTimeout => "upstream_timeout".to_owned(),
             Refusal::PayloadTooLarge => "payload_too_large".to_owned(),
+            Refusal::GroupsUnavailable => "forge_groups_unavailable".to_owned(),
         }
     }
 
@@ -111,6 +115,7 @@ impl Refusal {
             Refusal::UpstreamUnavailable => "Upstream unavailable",
             Refusal::UpstreamTimeout => "Upstream timed out",
             Refusal::PayloadTooLarge => "Request body too large",
+            Refusal::GroupsUnavailable => "Group membership unavailable",
         }
     }
 
@@ -126,6 +131,9 @@ impl Refusal {
             Refusal::UpstreamUnavailable => "the upstream server could not be reached".to_owned(),
             Refusal::UpstreamTimeout => "the upstream server did not answer in time".to_owned(),
             Refusal::PayloadTooLarge => "the request body is too large".to_owned(),
+            Refusal::GroupsUnavailable => {
+                "the forge cannot say which teams you are in right now; try again later".to_owned()
+            }
         }
     }
 

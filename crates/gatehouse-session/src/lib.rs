@@ -38,9 +38,9 @@ pub enum SessionError {
     /// The callback's `state` is not the one this browser's sign-in cookie carries.
     #[error("this sign-in was not started in this browser (or was started again since)")]
     StateMismatch,
-    /// No pending sign-in has this `state`: it expired or was already used.
-    #[error("this sign-in has expired or was already completed")]
-    UnknownState,
+    /// The sign-in took longer than `session.login_timeout`.
+    #[error("this sign-in has expired")]
+    Expired,
     /// The callback lacks `code` or `state`, or repeats them.
     #[error("the sign-in response is incomplete")]
     BadCallback,
@@ -78,7 +78,7 @@ impl SessionError {
     pub fn code(&self) -> &'static str {
         match self {
             SessionError::StateMismatch => "state_mismatch",
-            SessionError::UnknownState => "unknown_state",
+            SessionError::Expired => "login_expired",
             SessionError::BadCallback => "bad_callback",
             SessionError::Refused(_) => "idp_refused",
             SessionError::IssuerMismatch => "issuer_mismatch",
@@ -211,9 +211,13 @@ struct StoredSession {
     refreshes: u32,
 }
 
+/// A sign-in between `begin` and the callback. It travels sealed (AES-256-GCM) in the sign-in
+/// cookie, so an unauthenticated request writes nothing server-side; the IdP's single-use code
+/// makes a replayed callback fail.
 #[derive(Serialize, Deserialize)]
 struct PendingLogin {
-    provider: usize,
+    issuer: String,
+    state: String,
     verifier: String,
     nonce: String,
     return_to: String,
@@ -300,25 +304,33 @@ fn session_secret(cfg: &SessionConfig) -> Result<Redacted<String>, SessionError>
     let mut raw = [0u8; 32];
     aws_lc_rs::rand::fill(&mut raw).map_err(|_| SessionError::Internal("rng".into()))?;
     let text: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
+    // Written whole to a temporary file, then linked into place: a reader never sees a partial
+    // key, and of two processes starting at once the first link wins and both use its key.
+    let tmp = cfg
+        .dir
+        .join(format!(".secret.key.{}.tmp", std::process::id()));
+    let cfg_err = |e: std::io::Error| SessionError::Config(format!("{}: {e}", path.display()));
     {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        opts.mode(0o600);
-    }
-    match opts.open(&path) {
-        Ok(mut f) => {
-            use std::io::Write as _;
-            f.write_all(text.as_bytes())
-                .map_err(|e| SessionError::Config(format!("{}: {e}", path.display())))?;
-            Ok(Redacted::new(text))
+        use std::io::Write as _;
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            opts.mode(0o600);
         }
-        // Another process created it first: use theirs.
+        let mut f = opts.open(&tmp).map_err(cfg_err)?;
+        f.write_all(text.as_bytes()).map_err(cfg_err)?;
+        f.sync_all().map_err(cfg_err)?;
+    }
+    let linked = std::fs::hard_link(&tmp, &path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(Redacted::new(text)),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => std::fs::read_to_string(&path)
             .map(|s| Redacted::new(s.trim().to_owned()))
-            .map_err(|e| SessionError::Config(format!("{}: {e}", path.display()))),
-        Err(e) => Err(SessionError::Config(format!("{}: {e}", path.display()))),
+            .map_err(cfg_err),
+        Err(e) => Err(cfg_err(e)),
     }
 }
 
@@ -447,16 +459,16 @@ impl Sessions {
         let nonce = random_token(32)?;
         let verifier = random_token(48)?;
         let now = self.clock.now().as_secs();
-        let expires_at = now + self.cfg.login_timeout.0.as_secs() as i64;
+        let expires_at = now.saturating_add(self.cfg.login_timeout.0.as_secs() as i64);
         let pending = PendingLogin {
-            provider: n,
+            issuer: p.issuer().to_owned(),
+            state: state.clone(),
             verifier: verifier.clone(),
             nonce: nonce.clone(),
             return_to: safe_return_to(return_to),
             expires_at,
         };
-        self.put(RecordKind::Login, &store_key(&state), expires_at, &pending)
-            .await?;
+        let sealed = self.seal_cookie(&pending)?;
         {
             let mut q = url.query_pairs_mut();
             q.append_pair("response_type", "code")
@@ -475,16 +487,36 @@ impl Sessions {
             location: url.into(),
             set_cookie: set_cookie(
                 LOGIN_COOKIE,
-                &self.keys.sign("login", &state),
+                &sealed,
                 self.cfg.login_timeout.0.as_secs() as i64,
             ),
         })
     }
 
-    /// Completes a sign-in from the IdP's callback: checks `state` against this browser's
-    /// sign-in cookie, takes the pending sign-in (once), exchanges the code with the PKCE
-    /// verifier, verifies the ID token (signature, issuer, audience, expiry, nonce) and creates
-    /// the session.
+    fn seal_cookie(&self, pending: &PendingLogin) -> Result<String, SessionError> {
+        use base64::Engine as _;
+        let plain =
+            serde_json::to_vec(pending).map_err(|e| SessionError::Internal(e.to_string()))?;
+        let sealed = self.keys.seal(LOGIN_COOKIE, &plain)?;
+        Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sealed))
+    }
+
+    fn open_cookie(&self, value: &str) -> Option<PendingLogin> {
+        use base64::Engine as _;
+        if value.len() > 4096 {
+            return None;
+        }
+        let sealed = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(value)
+            .ok()?;
+        serde_json::from_slice(&self.keys.open(LOGIN_COOKIE, &sealed)?).ok()
+    }
+
+    /// Completes a sign-in from the IdP's callback: opens this browser's sealed sign-in cookie and
+    /// checks its `state`, checks `iss` (RFC 9207), exchanges the code with the PKCE verifier
+    /// (the IdP redeems a code once), verifies the ID token (signature, issuer, audience,
+    /// expiry, nonce, required claims) and creates the session. A session the browser already
+    /// had is ended (no session outlives a new sign-in in the same browser).
     pub async fn finish<'a>(
         &self,
         query: Option<&str>,
@@ -507,30 +539,31 @@ impl Sessions {
             }
         }
         let state = state.ok_or(SessionError::BadCallback)?;
+        let headers: Vec<&str> = cookie_headers.collect();
         // The state must be the one this browser's sign-in cookie carries.
-        let bound = cookie_headers
+        let pending = headers
+            .iter()
             .flat_map(|h| cookie_values(h, LOGIN_COOKIE))
-            .filter_map(|v| self.keys.verify("login", v))
-            .any(|s| s == state);
-        if !bound {
-            return Err(SessionError::StateMismatch);
-        }
-        let pending: PendingLogin = self
-            .take(RecordKind::Login, &store_key(&state))
-            .await?
-            .ok_or(SessionError::UnknownState)?;
+            .filter_map(|v| self.open_cookie(v))
+            .find(|p| p.state == state)
+            .ok_or(SessionError::StateMismatch)?;
         let now = self.clock.now().as_secs();
         if now > pending.expires_at {
-            return Err(SessionError::UnknownState);
+            return Err(SessionError::Expired);
         }
         let p = self
             .providers
-            .get(pending.provider)
+            .iter()
+            .find(|p| p.issuer() == pending.issuer)
             .ok_or(SessionError::UnknownProvider)?;
-        if let Some(iss) = iss
-            && iss != p.issuer()
-        {
-            return Err(SessionError::IssuerMismatch);
+        let meta = p.metadata().await?;
+        match iss {
+            Some(iss) if iss != p.issuer() => return Err(SessionError::IssuerMismatch),
+            // An IdP that says it sends `iss` must send it (RFC 9207 §2.4).
+            None if meta.authorization_response_iss_parameter_supported => {
+                return Err(SessionError::IssuerMismatch);
+            }
+            _ => {}
         }
         if let Some(e) = error {
             let e: String = e
@@ -541,7 +574,6 @@ impl Sessions {
             return Err(SessionError::Refused(e));
         }
         let code = code.ok_or(SessionError::BadCallback)?;
-        let meta = p.metadata().await?;
         let tokens = self
             .token_call(
                 p,
@@ -571,9 +603,19 @@ impl Sessions {
             .principal(p, &meta, claims, &tokens.access_token)
             .await?;
 
+        // A session this browser already had ends: one browser, one signed-in identity.
+        for old in headers
+            .iter()
+            .flat_map(|h| cookie_values(h, SESSION_COOKIE))
+            .filter_map(|v| self.keys.verify("session", v))
+        {
+            self.store
+                .delete(RecordKind::Session, &store_key(old))
+                .await?;
+        }
         let id = random_token(32)?;
-        let access_expires_at = tokens.expires_in.map_or(now + 300, |e| now + e.max(0));
-        let hard_end = now + self.cfg.max_lifetime.0.as_secs() as i64;
+        let access_expires_at = access_expiry(now, tokens.expires_in);
+        let hard_end = now.saturating_add(self.cfg.max_lifetime.0.as_secs() as i64);
         let expires_at = if tokens.refresh_token.is_some() {
             hard_end
         } else {
@@ -601,7 +643,7 @@ impl Sessions {
                 set_cookie(
                     SESSION_COOKIE,
                     &self.keys.sign("session", &id),
-                    expires_at - now,
+                    expires_at.saturating_sub(now),
                 ),
                 set_cookie(LOGIN_COOKIE, "", 0),
             ],
@@ -635,11 +677,14 @@ impl Sessions {
             return Ok(None);
         };
         let now = self.clock.now().as_secs();
-        if now >= rec.expires_at {
+        let configured = self.providers.iter().any(|p| p.issuer() == rec.issuer);
+        // Past its end, or its issuer is no longer trusted for sign-in: the session is over.
+        if now >= rec.expires_at || !configured {
             self.store.delete(RecordKind::Session, &key).await?;
             return Ok(None);
         }
-        let renew_at = rec.access_expires_at - self.cfg.refresh_before.0.as_secs() as i64;
+        let refresh_before = self.cfg.refresh_before.0.as_secs() as i64;
+        let renew_at = rec.access_expires_at.saturating_sub(refresh_before);
         if rec.refresh_token.is_some() && now >= renew_at {
             let stripe = usize::from(key.as_bytes()[0]) % LOCK_STRIPES;
             let _guard = self.locks[stripe].lock().await;
@@ -648,7 +693,7 @@ impl Sessions {
                 return Ok(None);
             };
             rec = fresh;
-            if now >= rec.access_expires_at - self.cfg.refresh_before.0.as_secs() as i64 {
+            if now >= rec.access_expires_at.saturating_sub(refresh_before) {
                 match self.refresh(&mut rec, now).await {
                     Ok(()) => {
                         self.put(RecordKind::Session, &key, rec.expires_at, &rec)
@@ -724,7 +769,15 @@ impl Sessions {
                 .keys
                 .verify_id_token(id_token, &p.login.client_id, None, now)
                 .await
-                .map_err(|e| TokenCallError::Refused(format!("renewed ID token: {e}")))?;
+                .map_err(|e| {
+                    let why = format!("renewed ID token: {e}");
+                    // The IdP's keys being out of reach is an outage, not a refusal.
+                    if e.is_server_error() {
+                        TokenCallError::Unavailable(why)
+                    } else {
+                        TokenCallError::Refused(why)
+                    }
+                })?;
             if claims.get("sub").and_then(serde_json::Value::as_str)
                 != Some(rec.principal.subject.as_str())
                 && p.keys.config().claims.subject == "sub"
@@ -736,7 +789,13 @@ impl Sessions {
             let principal = self
                 .principal(p, &meta, claims, &tokens.access_token)
                 .await
-                .map_err(|e| TokenCallError::Refused(e.to_string()))?;
+                .map_err(|e| {
+                    if e.is_server_error() {
+                        TokenCallError::Unavailable(e.to_string())
+                    } else {
+                        TokenCallError::Refused(e.to_string())
+                    }
+                })?;
             if principal.subject != rec.principal.subject {
                 return Err(TokenCallError::Refused(
                     "renewed identity names another subject".into(),
@@ -745,7 +804,7 @@ impl Sessions {
             rec.principal = string_claim(&principal);
             rec.id_token = Some(id_token.clone());
         }
-        rec.access_expires_at = tokens.expires_in.map_or(now + 300, |e| now + e.max(0));
+        rec.access_expires_at = access_expiry(now, tokens.expires_in);
         rec.access_token = tokens.access_token;
         if let Some(rt) = tokens.refresh_token {
             rec.refresh_token = Some(rt);
@@ -768,9 +827,13 @@ impl Sessions {
     /// (RFC 7009) and the browser is sent to the IdP's end-session endpoint.
     pub async fn logout(&self, s: &ActiveSession) -> Result<Logout, SessionError> {
         let key = store_key(s.id.expose());
+        // The same lock as renewal: a renewal in flight cannot write the session back.
+        let stripe = usize::from(key.as_bytes()[0]) % LOCK_STRIPES;
+        let guard = self.locks[stripe].lock().await;
         let rec = self
             .take::<StoredSession>(RecordKind::Session, &key)
             .await?;
+        drop(guard);
         let clear = set_cookie(SESSION_COOKIE, "", 0);
         let mut location = self.signed_out_url();
         if let Some(rec) = rec
@@ -837,6 +900,9 @@ impl Sessions {
                 }
             }
         }
+        p.keys
+            .check_required(&claims)
+            .map_err(SessionError::IdToken)?;
         let mut principal = p
             .keys
             .principal_from_claims(&claims)
@@ -978,6 +1044,12 @@ impl Sessions {
         };
         Ok(self.open(kind, key, &sealed))
     }
+}
+
+/// When an access token given now with `expires_in` expires (5 minutes when the IdP does not
+/// say; a year at most, whatever it says).
+fn access_expiry(now: i64, expires_in: Option<i64>) -> i64 {
+    now.saturating_add(expires_in.unwrap_or(300).clamp(0, 366 * 86_400))
 }
 
 /// What audit records name a session by: a prefix of the hash of its id.

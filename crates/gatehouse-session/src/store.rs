@@ -14,16 +14,16 @@ use futures_util::future::BoxFuture;
 pub enum RecordKind {
     /// A signed-in session.
     Session,
-    /// A sign-in waiting for the IdP's callback.
-    Login,
 }
+
+/// Every record kind.
+const KINDS: [RecordKind; 1] = [RecordKind::Session];
 
 impl RecordKind {
     /// The record kind's name (a directory or a column value).
     pub const fn as_str(self) -> &'static str {
         match self {
             RecordKind::Session => "sessions",
-            RecordKind::Login => "logins",
         }
     }
 }
@@ -65,7 +65,7 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug {
     fn sweep(&self, now: i64) -> BoxFuture<'_, Result<usize, StoreError>>;
 }
 
-/// The embedded default: one file per record under a directory (`sessions/`, `logins/`), each
+/// The embedded default: one file per record under a directory (`sessions/`), each
 /// written to a temporary file and renamed into place, readable only by Gatehouse's user.
 /// File layout: 8 bytes big-endian expiry, then the sealed value.
 #[derive(Debug)]
@@ -88,12 +88,12 @@ fn io(what: &str, p: &Path, e: std::io::Error) -> StoreError {
 impl FileStore {
     /// Opens (creating) the store directory, mode 0700.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        for kind in [RecordKind::Session, RecordKind::Login] {
+        for kind in KINDS {
             let d = dir.join(kind.as_str());
             std::fs::create_dir_all(&d).map_err(|e| io("create", &d, e))?;
         }
         set_private(dir, 0o700)?;
-        for kind in [RecordKind::Session, RecordKind::Login] {
+        for kind in KINDS {
             set_private(&dir.join(kind.as_str()), 0o700)?;
         }
         Ok(Self {
@@ -235,7 +235,7 @@ impl SessionStore for FileStore {
             tokio::task::spawn_blocking(move || -> Result<usize, StoreError> {
                 use std::io::Read as _;
                 let mut removed = 0;
-                for kind in [RecordKind::Session, RecordKind::Login] {
+                for kind in KINDS {
                     let d = dir.join(kind.as_str());
                     let entries = std::fs::read_dir(&d).map_err(|e| io("list", &d, e))?;
                     for entry in entries.flatten() {
@@ -278,6 +278,7 @@ mod tests {
     use super::*;
 
     const K: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+    const K2: &str = "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100";
 
     fn tmp() -> PathBuf {
         let d = std::env::temp_dir().join(format!("gh-store-{}", unique_suffix()));
@@ -295,15 +296,13 @@ mod tests {
             s.get(RecordKind::Session, K).await.unwrap().unwrap(),
             b"sealed"
         );
-        // Kinds are separate.
-        assert!(s.get(RecordKind::Login, K).await.unwrap().is_none());
-        s.put(RecordKind::Login, K, 100, b"login").await.unwrap();
+        s.put(RecordKind::Session, K2, 100, b"login").await.unwrap();
         assert_eq!(
-            s.take(RecordKind::Login, K).await.unwrap().unwrap(),
+            s.take(RecordKind::Session, K2).await.unwrap().unwrap(),
             b"login"
         );
         assert!(
-            s.take(RecordKind::Login, K).await.unwrap().is_none(),
+            s.take(RecordKind::Session, K2).await.unwrap().is_none(),
             "single use"
         );
         // Sweep removes only what expired.
@@ -345,14 +344,14 @@ mod tests {
         let d = tmp();
         let s = std::sync::Arc::new(FileStore::open(&d).unwrap());
         for round in 0..20 {
-            s.put(RecordKind::Login, K, 100, b"once").await.unwrap();
+            s.put(RecordKind::Session, K2, 100, b"once").await.unwrap();
             let a = tokio::spawn({
                 let s = s.clone();
-                async move { s.take(RecordKind::Login, K).await.unwrap() }
+                async move { s.take(RecordKind::Session, K2).await.unwrap() }
             });
             let b = tokio::spawn({
                 let s = s.clone();
-                async move { s.take(RecordKind::Login, K).await.unwrap() }
+                async move { s.take(RecordKind::Session, K2).await.unwrap() }
             });
             let got = [a.await.unwrap(), b.await.unwrap()];
             assert_eq!(

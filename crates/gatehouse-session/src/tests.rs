@@ -37,6 +37,12 @@ dir = "store"
 secret = { file = "secret" }
 max_lifetime = "1h"
 refresh_before = "60s"
+[[issuers]]
+issuer = "http://127.0.0.1:1"
+audiences = ["gatehouse"]
+http_timeout = "1s"
+[issuers.login]
+client_id = "gh"
 "#;
     let cfg = Config::parse(text, dir, "test.toml").unwrap();
     let pem = Redacted::new(generate_signing_key_pem().unwrap());
@@ -47,6 +53,18 @@ refresh_before = "60s"
 
 /// Stores a session as a completed sign-in would; returns its cookie header value.
 async fn signed_in(s: &Sessions, access_ttl: i64, refresh: bool) -> (String, String) {
+    signed_in_at(s, IDP, access_ttl, refresh).await
+}
+
+/// The configured issuer; nothing listens there, so a renewal finds the IdP unreachable.
+const IDP: &str = "http://127.0.0.1:1";
+
+async fn signed_in_at(
+    s: &Sessions,
+    issuer: &str,
+    access_ttl: i64,
+    refresh: bool,
+) -> (String, String) {
     let now = s.clock.now().as_secs();
     let id = random_token(32).unwrap();
     let access_expires_at = now + access_ttl;
@@ -57,7 +75,7 @@ async fn signed_in(s: &Sessions, access_ttl: i64, refresh: bool) -> (String, Str
         hard.min(access_expires_at)
     };
     let rec = StoredSession {
-        issuer: "https://idp.example".into(),
+        issuer: issuer.into(),
         principal: StoredPrincipal {
             kind: "user".into(),
             subject: "alice".into(),
@@ -129,17 +147,32 @@ async fn without_a_refresh_token_the_session_ends_with_the_access_token() {
 }
 
 #[tokio::test]
-async fn a_session_the_idp_cannot_renew_ends_when_renewal_is_due() {
+async fn an_unreachable_idp_keeps_a_session_only_until_its_access_token_expires() {
     let dir = tmp();
     let clock = Arc::new(ManualClock::new(T0));
-    // The session's issuer is not a configured sign-in provider (removed from the config):
-    // renewal is refused, so the session ends instead of outliving its tokens.
     let s = sessions(&dir, &"k".repeat(32), clock.clone());
     let (cookie, key) = signed_in(&s, 300, true).await;
     clock.set(T0 + 239);
     let live = resolve(&s, &cookie).await.unwrap();
     assert_eq!(live.refreshes, 0, "renewed before it was due");
+    // Renewal is due but the IdP cannot be reached: the session goes on while its token lasts.
     clock.set(T0 + 240);
+    assert!(resolve(&s, &cookie).await.is_some());
+    clock.set(T0 + 300);
+    assert!(resolve(&s, &cookie).await.is_none());
+    assert!(
+        dir.join("store/sessions").join(&key).exists(),
+        "an outage is not a sign-out"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_session_of_an_issuer_no_longer_configured_ends_at_once() {
+    let dir = tmp();
+    let clock = Arc::new(ManualClock::new(T0));
+    let s = sessions(&dir, &"k".repeat(32), clock.clone());
+    let (cookie, key) = signed_in_at(&s, "https://gone.example", 3600, true).await;
     assert!(resolve(&s, &cookie).await.is_none());
     assert!(!dir.join("store/sessions").join(&key).exists());
     std::fs::remove_dir_all(&dir).unwrap();
@@ -173,55 +206,55 @@ async fn forged_cookies_and_another_secret_find_no_session() {
 }
 
 #[tokio::test]
-async fn callbacks_without_a_pending_sign_in_are_refused() {
+async fn callbacks_without_a_matching_sign_in_are_refused() {
     let dir = tmp();
     let clock = Arc::new(ManualClock::new(T0));
     let s = sessions(&dir, &"k".repeat(32), clock.clone());
     assert!(matches!(
-        s.begin(0, "/").await,
+        s.begin(7, "/").await,
         Err(SessionError::UnknownProvider)
     ));
-    let login_cookie = |state: &str| format!("{LOGIN_COOKIE}={}", s.keys.sign("login", state));
-    // No state, no cookie, a cookie for another state.
+    let login_cookie = |issuer: &str, state: &str, expires_at: i64| {
+        let p = PendingLogin {
+            issuer: issuer.into(),
+            state: state.into(),
+            verifier: "v".into(),
+            nonce: "n".into(),
+            return_to: "/".into(),
+            expires_at,
+        };
+        format!("{LOGIN_COOKIE}={}", s.seal_cookie(&p).unwrap())
+    };
+    let s = &s;
+    let finish = |q: &'static str, c: String| async move {
+        s.finish(Some(q), std::iter::once(c.as_str())).await
+    };
+    // No state; no cookie; a cookie for another state; a forged cookie.
     let r = s.finish(Some("code=c"), std::iter::empty()).await;
     assert!(matches!(r, Err(SessionError::BadCallback)));
     let r = s.finish(Some("code=c&state=abc"), std::iter::empty()).await;
     assert!(matches!(r, Err(SessionError::StateMismatch)));
-    let other = login_cookie("xyz");
-    let r = s
-        .finish(Some("code=c&state=abc"), std::iter::once(other.as_str()))
-        .await;
+    let r = finish("code=c&state=abc", login_cookie(IDP, "xyz", T0 + 600)).await;
+    assert!(matches!(r, Err(SessionError::StateMismatch)));
+    let r = finish("code=c&state=abc", format!("{LOGIN_COOKIE}=Zm9yZ2Vk")).await;
     assert!(matches!(r, Err(SessionError::StateMismatch)));
     // Repeated parameters are refused.
-    let c = login_cookie("abc");
-    let r = s
-        .finish(
-            Some("code=c&state=abc&state=abc"),
-            std::iter::once(c.as_str()),
-        )
-        .await;
+    let r = finish(
+        "code=c&state=abc&state=abc",
+        login_cookie(IDP, "abc", T0 + 600),
+    )
+    .await;
     assert!(matches!(r, Err(SessionError::BadCallback)));
-    // Bound to the browser, but never started (or already used).
-    let r = s
-        .finish(Some("code=c&state=abc"), std::iter::once(c.as_str()))
-        .await;
-    assert!(matches!(r, Err(SessionError::UnknownState)));
-    // Started, but past the sign-in timeout.
-    let pending = PendingLogin {
-        provider: 0,
-        verifier: "v".into(),
-        nonce: "n".into(),
-        return_to: "/".into(),
-        expires_at: T0 + 600,
-    };
-    s.put(RecordKind::Login, &store_key("late"), T0 + 600, &pending)
-        .await
-        .unwrap();
+    // Past the sign-in timeout.
     clock.set(T0 + 601);
-    let c = login_cookie("late");
-    let r = s
-        .finish(Some("code=c&state=late"), std::iter::once(c.as_str()))
-        .await;
-    assert!(matches!(r, Err(SessionError::UnknownState)));
+    let r = finish("code=c&state=abc", login_cookie(IDP, "abc", T0 + 600)).await;
+    assert!(matches!(r, Err(SessionError::Expired)));
+    // For an issuer no longer configured.
+    let r = finish(
+        "code=c&state=abc",
+        login_cookie("https://gone.example", "abc", T0 + 900),
+    )
+    .await;
+    assert!(matches!(r, Err(SessionError::UnknownProvider)));
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -13,6 +13,7 @@
 )]
 
 mod browser;
+mod forge;
 mod gateway;
 mod git;
 mod idp;
@@ -20,6 +21,7 @@ mod nginx;
 mod proc;
 
 pub use browser::browser_sign_in;
+pub use forge::ForgeStandIn;
 pub use gateway::{GatewayBuilder, TestGateway};
 pub use git::{Git, GitOutput, make_repo};
 pub use idp::Idp;

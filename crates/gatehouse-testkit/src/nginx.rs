@@ -72,6 +72,12 @@ http {{
     listen 127.0.0.1:{port}{ssl};
     {tls_lines}
     client_max_body_size 0;
+    location = /_setcookie {{
+      add_header Set-Cookie "__Host-gatehouse-session=planted; Path=/; Secure; HttpOnly";
+      add_header Set-Cookie "theirs=1; Path=/";
+      default_type text/plain;
+      return 200 "ok\n";
+    }}
     location = /_echo {{
       default_type text/plain;
       return 200 "user=$http_x_webauth_user;email=$http_x_webauth_email;fullname=$http_x_webauth_fullname;authorization=$http_authorization;assertion=$http_x_gatehouse_assertion;xff=$http_x_forwarded_for;proto=$http_x_forwarded_proto;request_id=$http_x_request_id;traceparent=$http_traceparent;remote_user=$http_remote_user;connection=$http_connection;client_dn=$ssl_client_s_dn;groups=$http_x_gatehouse_groups;cookie=$http_cookie\n";

@@ -7,6 +7,7 @@ mod audit;
 mod cli;
 mod cli_login;
 mod common;
+mod forge_groups;
 mod git_http;
 mod headers;
 mod large;

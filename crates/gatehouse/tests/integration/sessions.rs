@@ -8,10 +8,10 @@ use reqwest::header;
 
 use crate::common::{POLICY, builder, repos};
 
-/// The test policy, plus: the IdP's group `devs` may read demo/*.
+/// The test policy, plus: the IdP's group `devs` may read demo/*; anyone may open /_setcookie.
 fn policy() -> String {
     format!(
-        "{POLICY}\n@id(\"devs-read\")\npermit(principal in Gatehouse::Group::\"devs\", action == Gatehouse::Action::\"git:read\", resource in Gatehouse::Owner::\"demo\");\n"
+        "{POLICY}\n@id(\"devs-read\")\npermit(principal in Gatehouse::Group::\"devs\", action == Gatehouse::Action::\"git:read\", resource in Gatehouse::Owner::\"demo\");\n@id(\"setcookie\")\npermit(principal, action == Gatehouse::Action::\"web:access\", resource is Gatehouse::Route) when {{ resource.path == \"/_setcookie\" }};\n"
     )
 }
 
@@ -25,10 +25,13 @@ struct Setup {
 /// A TLS gateway in front of nginx, with browser sign-in at the shared IdP through a client
 /// registered for this gateway's callback.
 async fn setup(name: &str, refresh_before: &str) -> Setup {
+    setup_with(Idp::shared(), name, refresh_before).await
+}
+
+async fn setup_with(idp: &Idp, name: &str, refresh_before: &str) -> Setup {
     let tmp = TempDir::new(name);
     let (root, _) = repos(&tmp);
     let upstream = GitHttpServer::start(&root);
-    let idp = Idp::shared();
     let port = free_port();
     let base = format!("https://127.0.0.1:{port}");
     let (client_id, secret) = idp
@@ -396,13 +399,43 @@ async fn sign_in_attacks_are_refused_and_return_to_stays_on_this_host() {
         "own cookie forwarded: {}",
         echo.body
     );
+    // The same callback again: the IdP redeems a code once.
     let replay = b.get(&callback, &cookie, "text/html").await;
     assert_eq!(replay.status, 400);
     assert!(
-        replay.body.contains("expired or was already completed"),
+        replay.body.contains("did not accept the sign-in code"),
         "{}",
         replay.body
     );
+
+    // The session is for browsers on web routes: a cross-site state-changing request with it is
+    // refused, a same-origin one goes through, and git requests never use it.
+    let session_cookie = format!("{sn}={sv}");
+    let post = |site: &'static str| {
+        b.http
+            .post(format!("{base}/_echo"))
+            .header(header::COOKIE, session_cookie.clone())
+            .header("sec-fetch-site", site)
+            .send()
+    };
+    assert_eq!(post("cross-site").await.unwrap().status(), 403);
+    assert_eq!(post("same-site").await.unwrap().status(), 403);
+    assert_eq!(post("same-origin").await.unwrap().status(), 200);
+    let git = b
+        .get(
+            &format!("{base}/demo/hello.git/info/refs?service=git-upload-pack"),
+            &session_cookie,
+            "*/*",
+        )
+        .await;
+    assert_eq!(git.status, 401, "a session cookie authenticated git");
+
+    // The upstream cannot plant Gatehouse's cookies in the browser.
+    let planted = b
+        .get(&format!("{base}/_setcookie"), &session_cookie, "text/html")
+        .await;
+    assert_eq!(planted.status, 200);
+    assert_eq!(planted.set_cookies, vec!["theirs=1; Path=/".to_owned()]);
 
     // The session id is opaque and signed: a changed cookie is no session.
     let forged = format!("{sn}=A{}", &sv[1..]);
@@ -454,11 +487,27 @@ async fn sign_in_attacks_are_refused_and_return_to_stays_on_this_host() {
 
     // An IdP error answer is shown, not followed.
     let (cookie_g, cb_g) = b.authorize(base, "/", |u| u).await;
+    // The IdP advertises RFC 9207: a response without `iss` (or with another) is refused.
     let denied = format!(
         "{base}/.gatehouse/callback?error=access_denied&state={}",
         param(&cb_g, "state")
     );
-    let r = b.get(&denied, &cookie_g, "text/html").await;
+    for iss in ["", "&iss=https%3A%2F%2Fevil.example"] {
+        let r = b
+            .get(&format!("{denied}{iss}"), &cookie_g, "text/html")
+            .await;
+        assert_eq!(r.status, 400);
+        assert!(
+            r.body.contains("came from another identity provider"),
+            "{}",
+            r.body
+        );
+    }
+    let iss: String =
+        url::form_urlencoded::byte_serialize(Idp::shared().issuer().as_bytes()).collect();
+    let r = b
+        .get(&format!("{denied}&iss={iss}"), &cookie_g, "text/html")
+        .await;
     assert_eq!(r.status, 400);
     assert!(
         r.body.contains("refused the sign-in (access_denied)"),
@@ -483,6 +532,20 @@ async fn sign_in_attacks_are_refused_and_return_to_stays_on_this_host() {
         assert_eq!(r.status, 302, "{evil:?}: {}", r.body);
         assert_eq!(r.location, format!("{base}/"), "return_to {evil:?}");
     }
+
+    // A new sign-in in the same browser ends the session it had.
+    let (cookie_h, cb_h) = b.authorize(base, "/", |u| u).await;
+    let again = b
+        .get(&cb_h, &format!("{cookie_h}; {session_cookie}"), "text/html")
+        .await;
+    assert_eq!(again.status, 302, "{}", again.body);
+    let old = b
+        .get(&format!("{base}/_echo"), &session_cookie, "text/html")
+        .await;
+    assert_eq!(
+        old.status, 302,
+        "the previous session outlived a new sign-in"
+    );
 
     // Tokens rest encrypted in the store: no JWT (or refresh token) in the clear on disk.
     let dir = s.gw.dir().join("sessions/sessions");
@@ -574,4 +637,34 @@ async fn several_issuers_get_a_chooser_and_each_sends_to_its_own_idp() {
         .await;
     assert_eq!(r.status, 400, "{}", r.body);
     drop(gw);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_ends_when_the_idp_no_longer_renews_it() {
+    // An IdP of its own, renewing on every request (refresh_before = the token lifetime).
+    let mut idp = Idp::start();
+    let s = setup_with(&idp, "renewal-refused", "3600s").await;
+    let base = s.base.as_str();
+    let mut b = Browser::new();
+    let (cookie, callback) = b.authorize(base, "/_echo", |u| u).await;
+    let done = b.get(&callback, &cookie, "text/html").await;
+    assert_eq!(done.status, 302, "{}", done.body);
+    let (sn, sv) = done
+        .set_cookies
+        .iter()
+        .map(|c| name_value(c))
+        .find(|(n, _)| n == "__Host-gatehouse-session")
+        .unwrap();
+    let session = format!("{sn}={sv}");
+    for _ in 0..2 {
+        let r = b.get(&format!("{base}/_echo"), &session, "text/html").await;
+        assert_eq!(r.status, 200, "renewal failed: {}", r.body);
+    }
+    // The IdP restarts and has forgotten every grant (its store is in memory): the next renewal
+    // is refused, and the Gatehouse session ends with it.
+    idp.rotate_keys(1);
+    let r = b.get(&format!("{base}/_echo"), &session, "text/html").await;
+    assert_eq!(r.status, 302, "the session outlived the IdP's: {}", r.body);
+    assert!(r.location.contains("/.gatehouse/login"), "{}", r.location);
+    assert!(s.gw.log().contains("no longer renews"), "{}", s.gw.log());
 }

@@ -1,0 +1,60 @@
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::proc::{Child, TempDir, free_port, raw_http, wait_for};
+
+/// A STAND-IN for the Gitea/Forgejo API calls of forge-group enrichment (`idp/forge-standin.mjs`):
+/// no real Gitea can be installed from this machine's registries. Named as such wherever used.
+pub struct ForgeStandIn {
+    pub port: u16,
+    pub token: String,
+    _child: Child,
+    _dir: TempDir,
+}
+
+impl ForgeStandIn {
+    /// `users`: `{"alice": {"orgs": ["acme"], "teams": [["acme", "release"]]}}`.
+    pub fn start(users: &serde_json::Value) -> Self {
+        let dir = TempDir::new("forge-standin");
+        let port = free_port();
+        let token = "forge-admin-token".to_owned();
+        let mut cmd = Command::new("node");
+        cmd.arg("forge-standin.mjs")
+            .current_dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("idp"))
+            .env("STANDIN_PORT", port.to_string())
+            .env("STANDIN_TOKEN", &token)
+            .env("STANDIN_USERS", users.to_string())
+            .env("STANDIN_EXIT_WITH_PARENT", "1");
+        let mut child = Child::spawn("forge-standin", &mut cmd, &dir.path().join("standin.log"));
+        wait_for("the forge stand-in", Duration::from_secs(20), || {
+            if !child.is_running() {
+                panic!("forge stand-in exited:\n{}", child.log_text());
+            }
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        Self {
+            port,
+            token,
+            _child: child,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// API calls answered so far.
+    pub fn calls(&self) -> u64 {
+        let (_, raw) = raw_http(self.port, "GET", "/_calls", &[]);
+        let body = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        let v: serde_json::Value = serde_json::from_str(body.trim()).unwrap_or_default();
+        v["calls"].as_u64().unwrap_or(0)
+    }
+
+    /// FAULT INJECTION: every API call answers `status` (0 clears it).
+    pub fn fail_with(&self, status: u16) {
+        raw_http(self.port, "POST", &format!("/_fault?status={status}"), &[]);
+    }
+}

@@ -1,0 +1,100 @@
+//! Forge organisations and teams as groups. The forge API here is a STAND-IN
+//! (`gatehouse_testkit::ForgeStandIn`): no Gitea or Forgejo can be installed from this machine's
+//! registries. It answers like Gitea's `/api/v1/user/orgs` and `/api/v1/user/teams` with `Sudo`.
+
+use gatehouse_testkit::{ForgeStandIn, TempDir, raw_http};
+
+use crate::common::{builder, clone_demo, commit_file, head_of, repos};
+
+const POLICY: &str = r#"
+@id("everyone-reads")
+permit(principal, action == Gatehouse::Action::"git:read", resource in Gatehouse::Owner::"demo");
+
+@id("release-team-pushes")
+permit(principal in Gatehouse::Group::"forge:acme/release",
+       action in [Gatehouse::Action::"git:write"], resource in Gatehouse::Owner::"demo");
+"#;
+
+fn who(port: u16, token: &str) -> (u16, String) {
+    let auth = format!("Bearer {token}");
+    raw_http(
+        port,
+        "GET",
+        "/.gatehouse/",
+        &[("Authorization", &auth), ("Accept", "application/json")],
+    )
+}
+
+#[test]
+fn team_membership_on_the_forge_opens_a_push_and_outages_fail_closed() {
+    let tmp = TempDir::new("forge-groups");
+    let (root, _) = repos(&tmp);
+    let forge = ForgeStandIn::start(&serde_json::json!({
+        "alice": {"orgs": ["acme"], "teams": [["acme", "release"]]},
+        "bob": {"orgs": ["acme"], "teams": [["acme", "readers"]]},
+        "dave": {"orgs": ["acme"], "teams": [["acme", "release"]]},
+    }));
+    let token_file = tmp.path().join("forge-token");
+    std::fs::write(&token_file, &forge.token).unwrap();
+    let gw = builder()
+        .with_builtin_upstream(&root)
+        .forge_kind("gitea")
+        .policy(POLICY)
+        .extra(&format!(
+            "[forge.groups]\napi_url = \"{}\"\ntoken = {{ file = \"{}\" }}\ncache_ttl = \"1h\"\n",
+            forge.url(),
+            token_file.display()
+        ))
+        .start();
+    let alice = gw.token("alice", &[]);
+    let bob = gw.token("bob", &[]);
+
+    // Alice's team on the forge lets her push; Bob's does not.
+    let (status, body) = who(gw.port, &alice);
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("\"forge:acme\"") && body.contains("\"forge:acme/release\""),
+        "{body}"
+    );
+    let calls = forge.calls();
+    let (git, work) = clone_demo(tmp.path(), &gw.url(), &alice, "alice");
+    commit_file(&git, &work, "team.txt", "pushed as a release team member\n");
+    git.ok(&work, &["push", "-q", "origin", "HEAD:refs/heads/team"]);
+    assert!(!head_of(&root.join("demo/hello.git"), "team").is_empty());
+    assert_eq!(forge.calls(), calls, "cached groups were asked for again");
+
+    let (git, work) = clone_demo(tmp.path(), &gw.url(), &bob, "bob");
+    commit_file(&git, &work, "bob.txt", "not a release team member\n");
+    let r = git.run(&work, &["push", "origin", "HEAD:refs/heads/bob"]);
+    assert!(!r.ok, "bob pushed");
+    assert!(
+        r.stderr
+            .contains("git:write on demo/hello denied by policy"),
+        "{}",
+        r.stderr
+    );
+
+    // A user the forge does not know gets no forge groups (and is not refused for it).
+    let carol = gw.token("carol", &[]);
+    let (status, body) = who(gw.port, &carol);
+    assert_eq!(status, 200, "{body}");
+    assert!(!body.contains("forge:"), "{body}");
+
+    // The forge fails: a caller whose groups are not cached is refused (503, fail closed);
+    // Alice's cached answer still serves.
+    forge.fail_with(500);
+    let dave = gw.token("dave", &[]);
+    let (status, body) = who(gw.port, &dave);
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("forge_groups_unavailable"), "{body}");
+    let (status, _) = who(gw.port, &alice);
+    assert_eq!(status, 200);
+    forge.fail_with(0);
+    let (status, body) = who(gw.port, &dave);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"forge:acme/release\""), "{body}");
+
+    // The audit record carries the forge groups the decision used.
+    let audit = std::fs::read_to_string(gw.audit_path()).unwrap();
+    assert!(audit.contains("forge:acme/release"), "{audit}");
+}
