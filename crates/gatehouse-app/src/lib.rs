@@ -17,6 +17,6 @@ pub use commands::{
     policy_explain, token_issue,
 };
 pub use gatehouse_audit::SearchQuery;
-pub use login::{LoginArgs, credential, login, logout, token_print};
+pub use login::{LoginArgs, SshCertArgs, credential, login, logout, ssh_cert, token_print};
 pub use quickstart::{QuickstartArgs, quickstart};
 pub use serve::{ServeArgs, serve};

@@ -679,3 +679,114 @@ mod tests {
         assert!(!d.contains("SECRET"), "{d}");
     }
 }
+
+/// Arguments of `gatehouse ssh-cert`.
+#[derive(Debug)]
+pub struct SshCertArgs {
+    /// The gateway's URL.
+    pub server: String,
+    /// A token to authenticate with (default: the saved `gatehouse login` sign-in).
+    pub token: Option<String>,
+    /// The public key to certify.
+    pub key: PathBuf,
+    /// Where to write the certificate (default: next to the key, `-cert.pub`).
+    pub out: Option<PathBuf>,
+    /// Also write an `ssh_config` snippet for the front door here.
+    pub ssh_config: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+struct CertAnswer {
+    certificate: String,
+    serial: u64,
+    valid_before: String,
+    principal: String,
+    ssh_address: String,
+    known_hosts: String,
+    host_key_fingerprint: String,
+}
+
+/// `gatehouse ssh-cert`: asks the gateway to certify a public key for the caller, writes the
+/// certificate where OpenSSH finds it, and prints the clone URL and the front door's host key.
+pub fn ssh_cert(args: &SshCertArgs) -> Result<()> {
+    let server = normalize_server(&args.server)?;
+    let key_text = std::fs::read_to_string(&args.key)
+        .with_context(|| format!("cannot read {}", args.key.display()))?;
+    let out = match &args.out {
+        Some(o) => o.clone(),
+        None => {
+            let name = args
+                .key
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let stem = name.strip_suffix(".pub").unwrap_or(&name);
+            args.key.with_file_name(format!("{stem}-cert.pub"))
+        }
+    };
+    runtime()?.block_on(async {
+        let token = match &args.token {
+            Some(t) => t.trim().to_owned(),
+            None => {
+                let _guard = lock()?;
+                let mut file = load()?;
+                renew(&mut file, &server).await?.0
+            }
+        };
+        let c = http()?;
+        let r = c
+            .post(format!("{server}/.gatehouse/ssh/cert"))
+            .bearer_auth(&token)
+            .header("content-type", "text/plain")
+            .body(key_text.trim().to_owned())
+            .send()
+            .await
+            .with_context(|| format!("POST {server}/.gatehouse/ssh/cert"))?;
+        let status = r.status();
+        if !status.is_success() {
+            let body: serde_json::Value = r.json().await.unwrap_or_default();
+            bail!(
+                "the gateway refused ({status}): {}",
+                printable(body["detail"].as_str().unwrap_or("no detail"))
+            );
+        }
+        let a: CertAnswer = r.json().await.context("unexpected answer")?;
+        std::fs::write(&out, format!("{}\n", a.certificate.trim()))
+            .with_context(|| format!("cannot write {}", out.display()))?;
+        let (host, port) = match a.ssh_address.rsplit_once(':') {
+            Some((h, p)) => (h.trim_matches(['[', ']']).to_owned(), p.to_owned()),
+            None => (a.ssh_address.clone(), "22".to_owned()),
+        };
+        let identity = args
+            .key
+            .to_string_lossy()
+            .strip_suffix(".pub")
+            .map(str::to_owned)
+            .unwrap_or_else(|| args.key.to_string_lossy().into_owned());
+        let snippet = format!(
+            "Host {host}\n  Port {port}\n  User git\n  IdentityFile {identity}\n  CertificateFile {}\n  IdentitiesOnly yes\n",
+            out.display()
+        );
+        if let Some(p) = &args.ssh_config {
+            std::fs::write(p, &snippet).with_context(|| format!("cannot write {}", p.display()))?;
+        }
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(
+            err,
+            "Certificate for {} (serial {}) valid until {} written to {}",
+            printable(&a.principal),
+            a.serial,
+            printable(&a.valid_before),
+            out.display()
+        );
+        let _ = writeln!(
+            err,
+            "Gatehouse's SSH host key is {}; add this line to ~/.ssh/known_hosts:\n  {}",
+            printable(&a.host_key_fingerprint),
+            printable(&a.known_hosts)
+        );
+        drop(err);
+        println!("ssh://git@{}/OWNER/REPO.git", printable(&a.ssh_address));
+        Ok(())
+    })
+}

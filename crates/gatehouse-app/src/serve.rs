@@ -15,6 +15,7 @@ use gatehouse_git::ForgeFlavor;
 use gatehouse_http::{Gateway, GatewaySettings, Metrics, ServeOptions, TlsReloader, Upstream};
 use gatehouse_policy::PolicyEngine;
 use gatehouse_session::Sessions;
+use gatehouse_ssh::{SshGateway, SshSettings};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -214,6 +215,19 @@ pub(crate) async fn run(
     let own = own_issuer(&cfg)?;
     let authn = Arc::new(Authenticator::new(&cfg, own, clock.clone())?);
     let upstream = Upstream::new(&cfg.upstream)?;
+    let ssh = match SshSettings::from_config(&cfg).context("ssh")? {
+        Some(settings) => {
+            let listen = cfg.ssh.as_ref().map(|s| s.listen);
+            let l = match listen {
+                Some(a) => TcpListener::bind(a)
+                    .await
+                    .with_context(|| format!("cannot listen on {a} (ssh)"))?,
+                None => anyhow::bail!("ssh: no listen address"),
+            };
+            Some((settings, l))
+        }
+        None => None,
+    };
     let forge_groups = ForgeGroups::from_config(&cfg, clock.clone())
         .context("forge groups")?
         .map(Arc::new);
@@ -259,6 +273,18 @@ pub(crate) async fn run(
         .clone()
         .or_else(|| cfg.upstream.url.clone())
         .unwrap_or_else(|| "gatehouse-upstream".to_owned());
+    let (ssh_gateway, ssh_listener) = match ssh {
+        Some((settings, l)) => (
+            Some(Arc::new(SshGateway::new(
+                settings,
+                policy.clone(),
+                audit.clone(),
+                clock.clone(),
+            ))),
+            Some(l),
+        ),
+        None => (None, None),
+    };
     let gateway = Arc::new(
         Gateway::new(
             GatewaySettings {
@@ -290,7 +316,8 @@ pub(crate) async fn run(
             clock.clone(),
         )
         .with_sessions(sessions.clone())
-        .with_forge_groups(forge_groups),
+        .with_forge_groups(forge_groups)
+        .with_ssh(ssh_gateway.clone()),
     );
 
     audit
@@ -337,6 +364,16 @@ pub(crate) async fn run(
         tokio::spawn(gatehouse_http::serve_admin(l, gw, async move {
             let _ = stop.changed().await;
         }));
+    }
+    if let Some(ssh) = ssh_gateway {
+        let (l, mut stop) = (ssh_listener, stop_rx.clone());
+        if let Some(l) = l {
+            let (host_key, fp) = ssh.settings().host_key_line();
+            tracing::info!(addr = %l.local_addr()?, host_key = %host_key, fingerprint = %fp, "ssh listening");
+            tokio::spawn(ssh.serve(l, async move {
+                let _ = stop.changed().await;
+            }));
+        }
     }
     let local = listener.local_addr()?;
     tracing::info!(addr = %local, tls = server_tls.is_some(), "gatehouse listening");

@@ -37,6 +37,9 @@ pub struct Config {
     /// Browser sign-in sessions and the `/.gatehouse/` pages (needed when an issuer has `login`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session: Option<SessionConfig>,
+    /// Git over SSH: the SSH front door, its certificates and the upstream SSH server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh: Option<SshConfig>,
     /// Diagnostic logs.
     #[serde(default)]
     pub log: LogConfig,
@@ -347,6 +350,78 @@ pub struct LoginConfig {
     pub cli_client_id: Option<String>,
 }
 
+/// `[ssh]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshConfig {
+    /// Address of the SSH listener, e.g. `0.0.0.0:2222`.
+    pub listen: SocketAddr,
+    /// Host name (and port) printed in `ssh://` URLs (default: the listen address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_address: Option<String>,
+    /// The host key (OpenSSH format, Ed25519); generated on first start when missing.
+    #[serde(default = "default_ssh_host_key")]
+    pub host_key: PathBuf,
+    /// The user CA key that signs `gatehouse ssh-cert` certificates; generated when missing.
+    #[serde(default = "default_ssh_user_ca")]
+    pub user_ca_key: PathBuf,
+    /// Validity of the user certificates Gatehouse issues.
+    #[serde(default = "d8h")]
+    pub cert_ttl: ConfigDuration,
+    /// Serial numbers of user certificates that are refused before they expire.
+    #[serde(default)]
+    pub revoked_serials: Vec<u64>,
+    /// An idle SSH connection is closed after this long.
+    #[serde(default = "d600s")]
+    pub inactivity_timeout: ConfigDuration,
+    /// Public keys of service accounts (bots, CI), accepted without a certificate.
+    #[serde(default)]
+    pub service_accounts: Vec<SshServiceAccount>,
+    /// The forge's SSH server; absent: the built-in upstream runs git on
+    /// `upstream.git_http_backend.repos_dir`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<SshUpstreamConfig>,
+}
+
+/// `[[ssh.service_accounts]]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshServiceAccount {
+    /// The principal's name (and forge user name).
+    pub name: String,
+    /// Its public key, as in `authorized_keys` (`ssh-ed25519 AAAA... comment`).
+    pub public_key: String,
+    /// Its groups.
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+/// `[ssh.upstream]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshUpstreamConfig {
+    /// `host:port` of the forge's SSH server.
+    pub address: String,
+    /// The SSH user to log in as (Gitea: `git`).
+    #[serde(default = "default_ssh_user")]
+    pub user: String,
+    /// The upstream's host key, pinned (`ssh-ed25519 AAAA...`, as in `known_hosts` without the host).
+    pub host_key: String,
+    /// The CA key whose per-connection certificates the forge trusts (Gitea
+    /// `SSH_TRUSTED_USER_CA_KEYS`, OpenSSH `TrustedUserCAKeys`); generated when missing.
+    #[serde(default = "default_ssh_upstream_ca")]
+    pub ca_key: PathBuf,
+    /// Validity of each per-connection certificate.
+    #[serde(default = "d60s")]
+    pub cert_ttl: ConfigDuration,
+    /// Prepended to `/owner/repo.git` in the command run upstream (e.g. `/srv/git`).
+    #[serde(default)]
+    pub repo_root: String,
+    /// Time allowed to connect and authenticate upstream.
+    #[serde(default = "d10s")]
+    pub connect_timeout: ConfigDuration,
+}
+
 /// `[session]`
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -571,6 +646,13 @@ impl Config {
         {
             resolve(base, file);
         }
+        if let Some(ssh) = &mut self.ssh {
+            resolve(base, &mut ssh.host_key);
+            resolve(base, &mut ssh.user_ca_key);
+            if let Some(u) = &mut ssh.upstream {
+                resolve(base, &mut u.ca_key);
+            }
+        }
         if let Some(s) = &mut self.session {
             resolve(base, &mut s.dir);
             if let Some(SecretSource::File { file }) = &mut s.secret {
@@ -668,6 +750,43 @@ impl Config {
             }
         }
         self.validate_login()?;
+        if let Some(ssh) = &self.ssh {
+            if ssh.upstream.is_none() && self.upstream.git_http_backend.is_none() {
+                return bad(
+                    "ssh.upstream",
+                    "set [ssh.upstream] (the forge's SSH server), or use the built-in upstream (upstream.git_http_backend)",
+                );
+            }
+            if ssh.cert_ttl.0 < std::time::Duration::from_secs(60) {
+                return bad("ssh.cert_ttl", "must be at least 60s");
+            }
+            if let Some(u) = &ssh.upstream {
+                if u.cert_ttl.0 < std::time::Duration::from_secs(10) {
+                    return bad("ssh.upstream.cert_ttl", "must be at least 10s");
+                }
+                if u.host_key.split_whitespace().count() < 2 {
+                    return bad(
+                        "ssh.upstream.host_key",
+                        "must be a public key line: `ssh-ed25519 AAAA...`",
+                    );
+                }
+                if u.repo_root.contains('\'') || u.repo_root.ends_with('/') {
+                    return bad(
+                        "ssh.upstream.repo_root",
+                        "must not contain `'` or end with `/`",
+                    );
+                }
+            }
+            let mut names = std::collections::HashSet::new();
+            for (i, sa) in ssh.service_accounts.iter().enumerate() {
+                if sa.name.is_empty() || !names.insert(sa.name.as_str()) {
+                    return Err((
+                        format!("ssh.service_accounts[{i}].name"),
+                        "must be set and unique".to_owned(),
+                    ));
+                }
+            }
+        }
         if let Some(g) = &self.forge.groups {
             if !matches!(self.forge.kind, ForgeKind::Gitea | ForgeKind::Forgejo) {
                 return bad(
@@ -894,6 +1013,21 @@ fn d600s() -> ConfigDuration {
 }
 fn d900s() -> ConfigDuration {
     ConfigDuration::secs(900)
+}
+fn d8h() -> ConfigDuration {
+    ConfigDuration(std::time::Duration::from_secs(8 * 3600))
+}
+fn default_ssh_host_key() -> PathBuf {
+    PathBuf::from("ssh/host_ed25519")
+}
+fn default_ssh_user_ca() -> PathBuf {
+    PathBuf::from("ssh/user_ca")
+}
+fn default_ssh_upstream_ca() -> PathBuf {
+    PathBuf::from("ssh/upstream_ca")
+}
+fn default_ssh_user() -> String {
+    "git".to_owned()
 }
 fn d300s() -> ConfigDuration {
     ConfigDuration(std::time::Duration::from_secs(300))

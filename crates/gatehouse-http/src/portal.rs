@@ -179,6 +179,9 @@ impl Gateway {
                 ),
             )),
             ("/.gatehouse/cli", true) => Ok(self.cli_settings()),
+            ("/.gatehouse/ssh/cert", false) if req.method() == Method::POST => {
+                self.ssh_cert(req, adm, rec).await
+            }
             _ => Err(not_found()),
         }
     }
@@ -356,6 +359,95 @@ impl Gateway {
             }
             Err(e) => Ok(self.sign_in_error(&e, rec)),
         }
+    }
+
+    /// Signs an SSH user certificate for the caller's public key (`gatehouse ssh-cert`). The
+    /// caller authenticates like any API client (bearer token, or a browser session).
+    async fn ssh_cert(
+        &self,
+        req: Request<Body>,
+        adm: &Admitted,
+        rec: &mut AuditRecord,
+    ) -> Result<Response<Body>, (Refusal, ClientKind)> {
+        let kind = ClientKind::Api;
+        let Some(ssh) = self.ssh.clone() else {
+            return Err((
+                Refusal::BadRequest {
+                    code: "ssh_not_configured",
+                    detail: "this gateway has no SSH front door".into(),
+                },
+                kind,
+            ));
+        };
+        let principal = match crate::proxy::credential(req.headers()) {
+            Err(e) => {
+                return Err((
+                    Refusal::Unauthenticated {
+                        error: e,
+                        presented: true,
+                    },
+                    kind,
+                ));
+            }
+            Ok(Some(cred)) => self.authn.authenticate(&cred).await.map_err(|e| {
+                (
+                    Refusal::Unauthenticated {
+                        error: e,
+                        presented: true,
+                    },
+                    kind,
+                )
+            })?,
+            Ok(None) => match self.session_of(req.headers(), &adm.request_id).await? {
+                Some(s) if !crate::portal::cross_site(req.headers(), &adm.host) => s.principal,
+                _ => {
+                    return Err((
+                        Refusal::Unauthenticated {
+                            error: AuthnError::Missing,
+                            presented: false,
+                        },
+                        kind,
+                    ));
+                }
+            },
+        };
+        let principal = self.enrich(principal, adm, kind).await?;
+        rec.principal = Some(audit_principal(&principal));
+        let body = crate::proxy::read_limited(req.into_body(), 16 * 1024)
+            .await
+            .map_err(|r| (r, kind))?;
+        let text = String::from_utf8_lossy(&body);
+        let key_line = match serde_json::from_str::<serde_json::Value>(&text) {
+            Ok(v) => v["public_key"].as_str().unwrap_or("").to_owned(),
+            Err(_) => text.trim().to_owned(),
+        };
+        let issued = ssh.issue_user_cert(&key_line, &principal).map_err(|e| {
+            (
+                Refusal::BadRequest {
+                    code: "bad_public_key",
+                    detail: format!("send an OpenSSH public key line: {e}"),
+                },
+                kind,
+            )
+        })?;
+        rec.reason = Some("ssh_cert_issued".into());
+        rec.detail = Some(format!("certificate serial {}", issued.serial));
+        let (_, fingerprint) = ssh.settings().host_key_line();
+        let doc = serde_json::json!({
+            "certificate": issued.certificate,
+            "serial": issued.serial,
+            "valid_before": UnixTime::from_secs(i64::try_from(issued.valid_before).unwrap_or(i64::MAX)).to_rfc3339(),
+            "principal": principal.username,
+            "ssh_address": ssh.settings().external_address,
+            "known_hosts": ssh.known_hosts_line(),
+            "host_key_fingerprint": fingerprint,
+        });
+        Ok(typed_response(
+            StatusCode::OK,
+            doc.to_string(),
+            "application/json",
+            "no-store",
+        ))
     }
 
     /// What `gatehouse login` needs to sign in at this gateway's issuers.

@@ -25,6 +25,7 @@ use gatehouse_git::{
 };
 use gatehouse_policy::{AuthzRequest, PolicyEngine, RefFacts, RequestFacts};
 use gatehouse_session::Sessions;
+use gatehouse_ssh::SshGateway;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
@@ -72,6 +73,7 @@ pub struct Gateway {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) sessions: Option<Arc<Sessions>>,
     forge_groups: Option<Arc<ForgeGroups>>,
+    pub(crate) ssh: Option<Arc<SshGateway>>,
 }
 
 /// What the connection knows about a request.
@@ -233,7 +235,14 @@ impl Gateway {
             clock,
             sessions: None,
             forge_groups: None,
+            ssh: None,
         }
+    }
+
+    /// Enables `/.gatehouse/ssh/cert` (SSH user certificates for authenticated callers).
+    pub fn with_ssh(mut self, ssh: Option<Arc<SshGateway>>) -> Self {
+        self.ssh = ssh;
+        self
     }
 
     /// Adds callers' forge organisations and teams to their groups.

@@ -270,6 +270,14 @@ impl TestGateway {
             .expect("run gatehouse")
     }
 
+    /// Runs the `gatehouse` CLI with exactly these arguments.
+    pub fn cli_raw(&self, args: &[&str]) -> std::process::Output {
+        Command::new(&self.bin)
+            .args(args)
+            .output()
+            .expect("run gatehouse")
+    }
+
     /// A Gatehouse token for `subject` in `groups`, issued by the CLI.
     pub fn token(&self, subject: &str, groups: &[&str]) -> String {
         let mut args = vec!["token", "issue", "--subject", subject, "--ttl", "10m"];

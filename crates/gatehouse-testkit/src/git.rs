@@ -10,6 +10,7 @@ pub struct GitOutput {
 }
 
 /// A `git` client with an isolated home: no user or system config, no prompts.
+#[derive(Clone)]
 pub struct Git {
     home: PathBuf,
     extra_env: Vec<(String, String)>,

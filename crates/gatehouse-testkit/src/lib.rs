@@ -19,6 +19,7 @@ mod git;
 mod idp;
 mod nginx;
 mod proc;
+mod sshd;
 
 pub use browser::browser_sign_in;
 pub use forge::ForgeStandIn;
@@ -27,3 +28,4 @@ pub use git::{Git, GitOutput, make_repo};
 pub use idp::Idp;
 pub use nginx::GitHttpServer;
 pub use proc::{Child, TempDir, free_port, raw_http, wait_for};
+pub use sshd::{SSHD_USER, Sshd};

@@ -62,6 +62,24 @@ enum Cmd {
         #[arg(long)]
         server: Option<String>,
     },
+    /// Get an SSH certificate for your key, for git over SSH through the gateway.
+    SshCert {
+        /// The gateway's URL, e.g. `https://git.example.com`.
+        #[arg(long)]
+        server: String,
+        /// A token (default: the sign-in saved by `gatehouse login`).
+        #[arg(long, env = "GATEHOUSE_TOKEN")]
+        token: Option<String>,
+        /// The public key to certify.
+        #[arg(long, default_value = "~/.ssh/id_ed25519.pub")]
+        key: String,
+        /// Where to write the certificate (default: `<key>-cert.pub`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Also write an ssh_config snippet for the gateway to this file.
+        #[arg(long)]
+        ssh_config: Option<PathBuf>,
+    },
     /// git's credential helper: `git config --global credential.https://HOST.helper gatehouse`.
     Credential {
         /// `get`, `store` or `erase` (git passes it).
@@ -250,6 +268,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Logout { server } => gatehouse_app::logout(server.as_deref())?,
         Cmd::Credential { operation } => gatehouse_app::credential(&operation)?,
+        Cmd::SshCert {
+            server,
+            token,
+            key,
+            out,
+            ssh_config,
+        } => {
+            let key = match key.strip_prefix("~/") {
+                Some(rest) => std::env::var_os("HOME")
+                    .map(PathBuf::from)
+                    .unwrap_or_default()
+                    .join(rest),
+                None => PathBuf::from(key),
+            };
+            gatehouse_app::ssh_cert(&gatehouse_app::SshCertArgs {
+                server,
+                token,
+                key,
+                out,
+                ssh_config,
+            })?
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

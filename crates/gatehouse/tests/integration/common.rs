@@ -62,6 +62,8 @@ pub fn commit_file(git: &Git, work: &Path, name: &str, content: &str) {
 pub fn ref_of(bare: &Path, full_ref: &str) -> String {
     let out = std::process::Command::new("git")
         .args([
+            "-c",
+            "safe.directory=*",
             "--git-dir",
             &bare.to_string_lossy(),
             "rev-parse",

@@ -15,6 +15,7 @@ mod paths;
 mod refs;
 mod reload;
 mod sessions;
+mod ssh;
 mod timeouts;
 mod tls;
 mod tokens;

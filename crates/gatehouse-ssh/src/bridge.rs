@@ -1,0 +1,397 @@
+//! An allowed exec, carried to the upstream: the forge's SSH server (logged in as the caller's
+//! forge user with a one-connection certificate, host key pinned) or git run locally. Bytes are
+//! copied both ways as they come; stderr and the exit status reach the git client; the audit
+//! record is written when the session ends.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use gatehouse_audit::{AuditRecord, AuditSlot};
+use gatehouse_core::Principal;
+use gatehouse_git::{SshCommand, SshService};
+use russh::keys::PublicKeyOrCertificate;
+use russh::keys::ssh_key::public::KeyData;
+use russh::server::Msg;
+use russh::{Channel, ChannelMsg};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use crate::{SshGateway, UpstreamTarget};
+
+pub(crate) struct Job {
+    pub(crate) gw: Arc<SshGateway>,
+    pub(crate) channel: Channel<Msg>,
+    pub(crate) command: SshCommand,
+    pub(crate) git_protocol: Option<String>,
+    pub(crate) principal: Principal,
+    pub(crate) conn: String,
+    pub(crate) rec: AuditRecord,
+    pub(crate) slot: AuditSlot,
+}
+
+/// What a bridged session did.
+#[derive(Default)]
+struct Outcome {
+    exit: Option<u32>,
+    bytes_in: u64,
+    bytes_out: u64,
+    complete: bool,
+}
+
+struct PinnedHost {
+    pinned: KeyData,
+}
+
+impl russh::client::Handler for PinnedHost {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        server_public_key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        let ok = server_public_key.public_key().key_data() == &self.pinned;
+        if !ok {
+            tracing::error!("ssh upstream: host key does not match ssh.upstream.host_key");
+        }
+        Ok(ok)
+    }
+}
+
+/// The message and exit code for a failure before anything reached the client.
+fn upstream_failed(what: &str) -> (String, u32) {
+    (
+        format!("Gatehouse: the upstream SSH server {what}\r\n"),
+        128,
+    )
+}
+
+impl Job {
+    pub(crate) async fn run(self) {
+        let started = Instant::now();
+        let Job {
+            gw,
+            channel,
+            command,
+            git_protocol,
+            principal,
+            conn,
+            mut rec,
+            slot,
+        } = self;
+        let (client_rd, client_wr) = channel.split();
+        let result = match &gw.settings.upstream {
+            UpstreamTarget::Ssh { .. } => {
+                via_ssh(
+                    &gw,
+                    client_rd,
+                    &client_wr,
+                    &command,
+                    git_protocol.as_deref(),
+                    &principal,
+                    &conn,
+                )
+                .await
+            }
+            UpstreamTarget::Local { git, repos_dir } => {
+                via_local(
+                    git,
+                    repos_dir,
+                    client_rd,
+                    &client_wr,
+                    &command,
+                    git_protocol.as_deref(),
+                )
+                .await
+            }
+        };
+        let outcome = match result {
+            Ok(o) => o,
+            Err((msg, code)) => {
+                tracing::warn!(conn = %conn, error = %msg.trim(), "ssh upstream failed");
+                let mut err = client_wr.make_writer_ext(Some(1));
+                let _ = err.write_all(msg.as_bytes()).await;
+                let _ = err.flush().await;
+                Outcome {
+                    exit: Some(code),
+                    ..Outcome::default()
+                }
+            }
+        };
+        let code = outcome.exit.unwrap_or(255);
+        let _ = client_wr.exit_status(code).await;
+        let _ = client_wr.eof().await;
+        let _ = client_wr.close().await;
+        rec.status = u16::try_from(code).ok();
+        rec.bytes_in = outcome.bytes_in;
+        rec.bytes_out = outcome.bytes_out;
+        rec.duration_ms = (started.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0;
+        rec.outcome = Some(if outcome.complete {
+            "complete"
+        } else {
+            "aborted"
+        });
+        slot.send(rec);
+    }
+}
+
+async fn via_ssh(
+    gw: &SshGateway,
+    mut client_rd: russh::ChannelReadHalf,
+    client_wr: &russh::ChannelWriteHalf<Msg>,
+    command: &SshCommand,
+    git_protocol: Option<&str>,
+    principal: &Principal,
+    conn: &str,
+) -> Result<Outcome, (String, u32)> {
+    let UpstreamTarget::Ssh {
+        address,
+        user,
+        host_key,
+        ca,
+        cert_ttl,
+        repo_root,
+        connect_timeout,
+    } = &gw.settings.upstream
+    else {
+        return Err(upstream_failed("is not configured"));
+    };
+    let now = gw.clock.now().as_secs();
+    let (key, cert) = crate::keys::mint_upstream(ca, &principal.username, conn, now, *cert_ttl)
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot mint the upstream certificate");
+            upstream_failed("could not be signed in to")
+        })?;
+    let config = Arc::new(russh::client::Config {
+        inactivity_timeout: Some(gw.settings.inactivity_timeout),
+        nodelay: true,
+        ..Default::default()
+    });
+    let connect = async {
+        let mut h = russh::client::connect(
+            config,
+            address.as_str(),
+            PinnedHost {
+                pinned: host_key.clone(),
+            },
+        )
+        .await?;
+        let auth = h
+            .authenticate_openssh_cert(user.clone(), Arc::new(key), cert)
+            .await?;
+        Ok::<_, russh::Error>((h, auth.success()))
+    };
+    let (handle, authenticated) = tokio::time::timeout(*connect_timeout, connect)
+        .await
+        .map_err(|_| upstream_failed("did not answer in time"))?
+        .map_err(|e| {
+            tracing::warn!(error = %e, "ssh upstream connection failed");
+            upstream_failed("could not be reached")
+        })?;
+    if !authenticated {
+        return Err(upstream_failed(&format!(
+            "refused Gatehouse's certificate for `{}`",
+            principal.username
+        )));
+    }
+    let up = handle
+        .channel_open_session()
+        .await
+        .map_err(|_| upstream_failed("refused a session"))?;
+    if let Some(v) = git_protocol {
+        let _ = up.set_env(false, "GIT_PROTOCOL", v).await;
+    }
+    let name = if command.wiki {
+        format!("{}.wiki", command.repo.name)
+    } else {
+        command.repo.name.clone()
+    };
+    let upstream_command = format!(
+        "{} '{repo_root}/{}/{name}.git'",
+        command.service.as_str(),
+        command.repo.owner
+    );
+    up.exec(true, upstream_command)
+        .await
+        .map_err(|_| upstream_failed("refused the command"))?;
+    let (mut up_rd, up_wr) = up.split();
+
+    // Client to upstream: stdin, then EOF.
+    let to_upstream = async {
+        let mut sink = up_wr.make_writer();
+        let mut n = 0u64;
+        while let Some(m) = client_rd.wait().await {
+            match m {
+                ChannelMsg::Data { data } => {
+                    n += data.len() as u64;
+                    if sink.write_all(&data).await.is_err() {
+                        break;
+                    }
+                }
+                ChannelMsg::Eof => {
+                    let _ = sink.flush().await;
+                    let _ = up_wr.eof().await;
+                    break;
+                }
+                ChannelMsg::Close => break,
+                _ => {}
+            }
+        }
+        n
+    };
+    // Upstream to client: stdout, stderr, exit status.
+    let from_upstream = async {
+        let mut out = client_wr.make_writer();
+        let mut err = client_wr.make_writer_ext(Some(1));
+        let mut o = Outcome::default();
+        while let Some(m) = up_rd.wait().await {
+            match m {
+                ChannelMsg::Data { data } => {
+                    o.bytes_out += data.len() as u64;
+                    if out.write_all(&data).await.is_err() {
+                        return o;
+                    }
+                }
+                ChannelMsg::ExtendedData { data, ext: 1 } => {
+                    let _ = err.write_all(&data).await;
+                }
+                ChannelMsg::ExitStatus { exit_status } => o.exit = Some(exit_status),
+                ChannelMsg::Eof => {
+                    let _ = out.flush().await;
+                    let _ = err.flush().await;
+                }
+                ChannelMsg::Close => break,
+                _ => {}
+            }
+        }
+        let _ = out.flush().await;
+        let _ = err.flush().await;
+        o.complete = o.exit.is_some();
+        o
+    };
+    tokio::pin!(to_upstream);
+    tokio::pin!(from_upstream);
+    let mut bytes_in = None;
+    let mut outcome = loop {
+        tokio::select! {
+            n = &mut to_upstream, if bytes_in.is_none() => bytes_in = Some(n),
+            o = &mut from_upstream => break o,
+        }
+    };
+    outcome.bytes_in = bytes_in.unwrap_or(0);
+    let _ = handle
+        .disconnect(russh::Disconnect::ByApplication, "", "en")
+        .await;
+    Ok(outcome)
+}
+
+async fn via_local(
+    git: &std::path::Path,
+    repos_dir: &std::path::Path,
+    mut client_rd: russh::ChannelReadHalf,
+    client_wr: &russh::ChannelWriteHalf<Msg>,
+    command: &SshCommand,
+    git_protocol: Option<&str>,
+) -> Result<Outcome, (String, u32)> {
+    let name = if command.wiki {
+        format!("{}.wiki", command.repo.name)
+    } else {
+        command.repo.name.clone()
+    };
+    let dir = repos_dir
+        .join(&command.repo.owner)
+        .join(format!("{name}.git"));
+    if !dir.is_dir() {
+        return Err((
+            format!("Gatehouse: repository {} not found\r\n", command.repo),
+            128,
+        ));
+    }
+    let sub = match command.service {
+        SshService::UploadPack => "upload-pack",
+        SshService::ReceivePack => "receive-pack",
+        SshService::UploadArchive => "upload-archive",
+    };
+    let mut cmd = tokio::process::Command::new(git);
+    cmd.arg(sub)
+        .arg(&dir)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(v) = git_protocol {
+        cmd.env("GIT_PROTOCOL", v);
+    }
+    let mut child = cmd.spawn().map_err(|e| {
+        tracing::error!(error = %e, "cannot run git");
+        (
+            "Gatehouse: the built-in upstream could not run git\r\n".to_owned(),
+            128,
+        )
+    })?;
+    let (Some(mut stdin), Some(mut stdout), Some(mut stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        return Err((
+            "Gatehouse: the built-in upstream could not run git\r\n".to_owned(),
+            128,
+        ));
+    };
+    let to_git = async {
+        let mut n = 0u64;
+        while let Some(m) = client_rd.wait().await {
+            match m {
+                ChannelMsg::Data { data } => {
+                    n += data.len() as u64;
+                    if stdin.write_all(&data).await.is_err() {
+                        break;
+                    }
+                }
+                ChannelMsg::Eof | ChannelMsg::Close => break,
+                _ => {}
+            }
+        }
+        drop(stdin);
+        n
+    };
+    let from_git = async {
+        let mut out = client_wr.make_writer();
+        let mut buf = vec![0u8; 32 * 1024];
+        let mut n = 0u64;
+        loop {
+            match stdout.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(k) => {
+                    n += k as u64;
+                    if out.write_all(&buf[..k]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = out.flush().await;
+        n
+    };
+    let err_from_git = async {
+        let mut err = client_wr.make_writer_ext(Some(1));
+        let _ = tokio::io::copy(&mut stderr, &mut err).await;
+        let _ = err.flush().await;
+    };
+    tokio::pin!(to_git);
+    let mut bytes_in = None;
+    let both = async { tokio::join!(from_git, err_from_git).0 };
+    tokio::pin!(both);
+    let bytes_out = loop {
+        tokio::select! {
+            n = &mut to_git, if bytes_in.is_none() => bytes_in = Some(n),
+            n = &mut both => break n,
+        }
+    };
+    let status = child.wait().await.ok();
+    Ok(Outcome {
+        exit: status.map(|s| s.code().map_or(255, |c| u32::try_from(c).unwrap_or(255))),
+        bytes_in: bytes_in.unwrap_or(0),
+        bytes_out,
+        complete: status.is_some(),
+    })
+}

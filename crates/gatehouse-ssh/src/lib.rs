@@ -1,0 +1,295 @@
+//! Git over SSH through Gatehouse: the SSH front door (russh), the certificates people and bots
+//! present there, and the bridge to the forge's SSH server (or the built-in upstream).
+//!
+//! The front door accepts only exec requests for `git-upload-pack`, `git-receive-pack` and
+//! `git-upload-archive`; the repository path is normalized exactly like an HTTP path and the same
+//! policy decides (`git:read`, `git:write`). Callers prove who they are with an SSH user
+//! certificate from Gatehouse's user CA (`gatehouse ssh-cert`) or a public key registered to a
+//! service account. Upstream, Gatehouse logs in as the caller's forge user with a certificate it
+//! mints for that one connection from a second CA the forge trusts; the upstream host key is
+//! pinned. Streams are copied both ways without buffering whole packs.
+//!
+//! This crate must not parse config files, read policies from disk or know about HTTP. It never
+//! logs a private key. Time comes from the injected [`Clock`].
+#![forbid(unsafe_code)]
+
+mod bridge;
+mod keys;
+mod server;
+
+pub use keys::{
+    CertError, CertIdentity, UserCa, fingerprint, load_or_generate, mint_upstream, parse_public_key,
+};
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use gatehouse_audit::AuditSink;
+use gatehouse_config::Config;
+use gatehouse_core::{Clock, Principal, PrincipalKind};
+use gatehouse_git::ForgeFlavor;
+use gatehouse_policy::PolicyEngine;
+use russh::keys::PrivateKey;
+use russh::keys::ssh_key::public::KeyData;
+
+/// A setup or key problem.
+#[derive(Debug, thiserror::Error)]
+pub enum SshError {
+    /// A key or certificate could not be read, written or made.
+    #[error("ssh key: {0}")]
+    Key(String),
+    /// The configuration cannot work.
+    #[error("ssh config: {0}")]
+    Config(String),
+    /// The listener failed.
+    #[error("ssh listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Where allowed sessions go.
+#[derive(Debug)]
+pub enum UpstreamTarget {
+    /// The forge's SSH server.
+    Ssh {
+        /// `host:port`.
+        address: String,
+        /// The SSH user (Gitea: `git`).
+        user: String,
+        /// The pinned host key.
+        host_key: KeyData,
+        /// The CA the forge trusts.
+        ca: Box<PrivateKey>,
+        /// Validity of each per-connection certificate, seconds.
+        cert_ttl: u64,
+        /// Prepended to `/owner/repo.git`.
+        repo_root: String,
+        /// Connect and authenticate timeout.
+        connect_timeout: Duration,
+    },
+    /// The built-in upstream: git's own `upload-pack`/`receive-pack` on a directory.
+    Local {
+        /// The `git` executable.
+        git: PathBuf,
+        /// `owner/repo.git` directories.
+        repos_dir: PathBuf,
+    },
+}
+
+/// Everything the SSH front door needs, derived once from the config.
+#[derive(Debug)]
+pub struct SshSettings {
+    /// How repository names compare.
+    pub flavor: ForgeFlavor,
+    /// The host key.
+    pub host_key: PrivateKey,
+    /// The user CA.
+    pub user_ca: UserCa,
+    /// Validity of issued user certificates, seconds.
+    pub cert_ttl: u64,
+    /// Service accounts by key.
+    pub service_accounts: HashMap<KeyData, Principal>,
+    /// Where allowed sessions go.
+    pub upstream: UpstreamTarget,
+    /// The host name policies see as `context.host`, and `ssh://` URLs use.
+    pub external_address: String,
+    /// Idle connections are closed after this long.
+    pub inactivity_timeout: Duration,
+}
+
+impl SshSettings {
+    /// Loads (or generates) the keys named in `[ssh]`. `None` when there is no `[ssh]` table.
+    pub fn from_config(cfg: &Config) -> Result<Option<Self>, SshError> {
+        let Some(ssh) = &cfg.ssh else {
+            return Ok(None);
+        };
+        let host_key = load_or_generate(&ssh.host_key)?;
+        let user_ca = UserCa::new(
+            load_or_generate(&ssh.user_ca_key)?,
+            ssh.revoked_serials.iter().copied(),
+        );
+        let mut service_accounts = HashMap::new();
+        for sa in &ssh.service_accounts {
+            let key = parse_public_key(&sa.public_key).map_err(|e| {
+                SshError::Config(format!("ssh.service_accounts `{}`: {e}", sa.name))
+            })?;
+            let mut p = Principal {
+                kind: PrincipalKind::Service,
+                issuer: cfg.tokens.issuer.clone(),
+                subject: sa.name.clone(),
+                username: sa.name.clone(),
+                display_name: None,
+                email: None,
+                groups: sa.groups.clone(),
+                token_id: Some(format!("ssh-key:{}", fingerprint(key.key_data()))),
+                expires_at: None,
+            };
+            p.normalize_groups();
+            service_accounts.insert(key.key_data().clone(), p);
+        }
+        let upstream = match (&ssh.upstream, &cfg.upstream.git_http_backend) {
+            (Some(u), _) => UpstreamTarget::Ssh {
+                address: u.address.clone(),
+                user: u.user.clone(),
+                host_key: parse_public_key(&u.host_key)
+                    .map_err(|e| SshError::Config(format!("ssh.upstream.host_key: {e}")))?
+                    .key_data()
+                    .clone(),
+                ca: Box::new(load_or_generate(&u.ca_key)?),
+                cert_ttl: u.cert_ttl.0.as_secs(),
+                repo_root: u.repo_root.clone(),
+                connect_timeout: u.connect_timeout.0,
+            },
+            (None, Some(g)) => UpstreamTarget::Local {
+                git: g.git.clone(),
+                repos_dir: g.repos_dir.clone(),
+            },
+            (None, None) => {
+                return Err(SshError::Config("no SSH upstream".into()));
+            }
+        };
+        let flavor = match cfg.forge.kind {
+            gatehouse_config::ForgeKind::Generic => ForgeFlavor::Generic,
+            _ => ForgeFlavor::Gitea,
+        };
+        Ok(Some(Self {
+            flavor,
+            host_key,
+            user_ca,
+            cert_ttl: ssh.cert_ttl.0.as_secs(),
+            service_accounts,
+            upstream,
+            external_address: ssh
+                .external_address
+                .clone()
+                .unwrap_or_else(|| ssh.listen.to_string()),
+            inactivity_timeout: ssh.inactivity_timeout.0,
+        }))
+    }
+
+    /// The host key's public line and fingerprint.
+    pub fn host_key_line(&self) -> (String, String) {
+        let public = self.host_key.public_key();
+        (
+            public.to_openssh().unwrap_or_default(),
+            fingerprint(public.key_data()),
+        )
+    }
+}
+
+/// A user certificate, as `gatehouse ssh-cert` receives it.
+#[derive(Debug, Clone)]
+pub struct IssuedCert {
+    /// OpenSSH text (`ssh-ed25519-cert-v01@openssh.com AAAA...`).
+    pub certificate: String,
+    /// Its serial (what `ssh.revoked_serials` names).
+    pub serial: u64,
+    /// Its end, seconds since the epoch.
+    pub valid_before: u64,
+}
+
+/// The SSH front door: settings, the live policy, the audit log.
+#[derive(Debug)]
+pub struct SshGateway {
+    settings: SshSettings,
+    policy: Arc<ArcSwap<PolicyEngine>>,
+    audit: AuditSink,
+    clock: Arc<dyn Clock>,
+}
+
+impl SshGateway {
+    /// Assembles the front door.
+    pub fn new(
+        settings: SshSettings,
+        policy: Arc<ArcSwap<PolicyEngine>>,
+        audit: AuditSink,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            settings,
+            policy,
+            audit,
+            clock,
+        }
+    }
+
+    /// The settings (for the certificate endpoint and start-up messages).
+    pub fn settings(&self) -> &SshSettings {
+        &self.settings
+    }
+
+    /// Signs a user certificate for `key` (an `authorized_keys` line) naming `p`: the
+    /// `gatehouse ssh-cert` endpoint.
+    pub fn issue_user_cert(&self, key: &str, p: &Principal) -> Result<IssuedCert, SshError> {
+        let key = parse_public_key(key)?;
+        let now = self.clock.now().as_secs();
+        let cert = self
+            .settings
+            .user_ca
+            .issue(&key, p, now, self.settings.cert_ttl)?;
+        Ok(IssuedCert {
+            certificate: cert
+                .to_openssh()
+                .map_err(|e| SshError::Key(format!("certificate: {e}")))?,
+            serial: cert.serial(),
+            valid_before: cert.valid_before(),
+        })
+    }
+
+    /// The `known_hosts` line for the front door (`[host]:port key` off port 22).
+    pub fn known_hosts_line(&self) -> String {
+        let (key, _) = self.settings.host_key_line();
+        let addr = &self.settings.external_address;
+        match addr.rsplit_once(':') {
+            Some((host, "22")) => format!("{host} {key}"),
+            Some((host, port)) => format!("[{}]:{port} {key}", host.trim_matches(['[', ']'])),
+            None => format!("{addr} {key}"),
+        }
+    }
+
+    /// Accepts connections on `listener` until `shutdown` resolves.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        let config = Arc::new(russh::server::Config {
+            keys: vec![self.settings.host_key.clone()],
+            methods: russh::MethodSet::from(&[russh::MethodKind::PublicKey][..]),
+            auth_rejection_time: Duration::from_millis(300),
+            auth_rejection_time_initial: Some(Duration::ZERO),
+            inactivity_timeout: Some(self.settings.inactivity_timeout),
+            max_auth_attempts: 6,
+            nodelay: true,
+            ..Default::default()
+        });
+        tokio::pin!(shutdown);
+        loop {
+            let (stream, peer) = tokio::select! {
+                () = &mut shutdown => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "ssh accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let handler = server::Conn::new(self.clone(), peer);
+            let config = config.clone();
+            tokio::spawn(async move {
+                match russh::server::run_stream(config, stream, handler).await {
+                    Ok(session) => {
+                        if let Err(e) = session.await {
+                            tracing::debug!(peer = %peer, error = ?e, "ssh session ended with an error");
+                        }
+                    }
+                    Err(e) => tracing::debug!(peer = %peer, error = ?e, "ssh handshake failed"),
+                }
+            });
+        }
+    }
+}

@@ -1,0 +1,119 @@
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::proc::{Child, TempDir, free_port, wait_for};
+
+/// The system user the upstream sshd lets in; its login shell is `git-shell`.
+pub const SSHD_USER: &str = "gatehouse-git";
+
+/// A real OpenSSH `sshd` on 127.0.0.1 standing in for a forge's SSH server: key-only, user
+/// [`SSHD_USER`] with `git-shell`, trusting the user CA in `ca_pub` (`TrustedUserCAKeys`) for the
+/// principals listed (`AuthorizedPrincipalsFile`). Must run as root (sshd privilege separation,
+/// the user). The repositories under `repos` are given to that user.
+pub struct Sshd {
+    pub port: u16,
+    dir: TempDir,
+    _child: Child,
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Sshd {
+    pub fn start(repos: &Path, ca_pub: &Path, principals: &[&str]) -> Self {
+        let dir = TempDir::new("sshd");
+        let d = dir.path();
+        let git_shell = String::from_utf8(
+            Command::new("sh")
+                .args(["-c", "command -v git-shell"])
+                .output()
+                .expect("sh")
+                .stdout,
+        )
+        .unwrap();
+        let git_shell = git_shell.trim();
+        assert!(!git_shell.is_empty(), "git-shell not found");
+        let exists = Command::new("id")
+            .arg(SSHD_USER)
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !exists {
+            // Another test may be creating it at the same moment: tolerate "already exists".
+            let _ = Command::new("useradd")
+                .args(["--system", "--no-create-home", "--home-dir", "/", "--shell"])
+                .arg(git_shell)
+                .arg(SSHD_USER)
+                .output();
+        }
+        // '*' = no password but not locked ('!' is refused when UsePAM is off).
+        run(Command::new("usermod").args(["-p", "*", "-s", git_shell, SSHD_USER]));
+        run(Command::new("chown").args(["-R", SSHD_USER]).arg(repos));
+        std::fs::create_dir_all("/run/sshd").unwrap();
+        run(Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(d.join("host_ed25519")));
+        let principals_dir = d.join("principals");
+        std::fs::create_dir_all(&principals_dir).unwrap();
+        std::fs::write(
+            principals_dir.join(SSHD_USER),
+            format!("{}\n", principals.join("\n")),
+        )
+        .unwrap();
+        let port = free_port();
+        let config = d.join("sshd_config");
+        std::fs::write(
+            &config,
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_ed25519\nPidFile {d}/sshd.pid\n\
+AuthorizedKeysFile none\nTrustedUserCAKeys {ca}\nAuthorizedPrincipalsFile {d}/principals/%u\n\
+StrictModes no\nPubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+UsePAM no\nPermitRootLogin no\nAllowUsers {SSHD_USER}\nAllowTcpForwarding no\nX11Forwarding no\n\
+PermitTTY no\nPrintMotd no\nAcceptEnv GIT_PROTOCOL\nLogLevel VERBOSE\n",
+                d = d.display(),
+                ca = ca_pub.display()
+            ),
+        )
+        .unwrap();
+        run(Command::new("/usr/sbin/sshd")
+            .arg("-t")
+            .arg("-f")
+            .arg(&config));
+        let mut cmd = Command::new("/usr/sbin/sshd");
+        cmd.args(["-D", "-e", "-f"]).arg(&config);
+        let mut child = Child::spawn("sshd", &mut cmd, &d.join("sshd.log"));
+        wait_for("sshd", Duration::from_secs(20), || {
+            if !child.is_running() {
+                panic!("sshd exited:\n{}", child.log_text());
+            }
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        Self {
+            port,
+            dir,
+            _child: child,
+        }
+    }
+
+    /// The host key line, to pin.
+    pub fn host_key(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("host_ed25519.pub"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        self.dir.path().to_owned()
+    }
+}

@@ -1,0 +1,408 @@
+//! Git over SSH through Gatehouse: real OpenSSH clients, the real `gatehouse` front door, and a
+//! real upstream `sshd` with `git-shell` that trusts only Gatehouse's upstream CA.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use gatehouse_testkit::{Git, SSHD_USER, Sshd, TempDir, TestGateway};
+
+use crate::common::{POLICY, builder, commit_file, head_of, repos};
+
+fn keygen(path: &Path) {
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "test", "-f"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// `ssh-keygen -s ca ...`: a certificate made outside Gatehouse (for the refusal cases).
+fn sign(ca: &Path, key_pub: &Path, serial: u64, validity: &str) {
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-s"])
+        .arg(ca)
+        .args([
+            "-I",
+            "handmade",
+            "-n",
+            "alice",
+            "-z",
+            &serial.to_string(),
+            "-V",
+            validity,
+        ])
+        .args([
+            "-O",
+            "extension:issuer@gatehouse=urn:gatehouse:test",
+            "-O",
+            "extension:subject@gatehouse=alice",
+            "-O",
+            "extension:groups@gatehouse=dev",
+        ])
+        .arg(key_pub)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+fn ssh_command(key: &Path, port: u16) -> String {
+    format!(
+        "ssh -i {} -o IdentitiesOnly=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o BatchMode=yes -p {port}",
+        key.display()
+    )
+}
+
+fn ssh(key: &Path, port: u16, extra: &[&str]) -> Output {
+    let cmd = ssh_command(key, port);
+    let mut parts = cmd.split_whitespace();
+    let mut c = Command::new(parts.next().unwrap());
+    c.args(parts).args(extra);
+    c.output().unwrap()
+}
+
+fn git_ssh(tmp: &Path, name: &str, key: &Path, port: u16) -> Git {
+    Git::new(&tmp.join(format!("home-{name}"))).env("GIT_SSH_COMMAND", &ssh_command(key, port))
+}
+
+struct Front {
+    gw: TestGateway,
+    ssh_port: u16,
+    _sshd: Sshd,
+    root: PathBuf,
+}
+
+fn front(tmp: &TempDir, ci_key_pub: &str) -> Front {
+    let (root, _) = repos(tmp);
+    // The upstream CA exists before sshd starts, so that sshd can trust it.
+    let ssh_dir = tmp.path().join("gw-ssh");
+    std::fs::create_dir_all(&ssh_dir).unwrap();
+    keygen(&ssh_dir.join("upstream_ca"));
+    let sshd = Sshd::start(
+        &root,
+        &ssh_dir.join("upstream_ca.pub"),
+        &["alice", "ci-bot"],
+    );
+    let ssh_port = gatehouse_testkit::free_port();
+    let policy = format!(
+        "{POLICY}\n@id(\"no-main-deletes\")\nforbid(principal, action == Gatehouse::Action::\"ref:delete\", resource) when {{ context.ref == \"refs/heads/main\" }};\n"
+    );
+    let gw = builder()
+        .with_upstream_url("http://127.0.0.1:9") // HTTP is not used here
+        .no_wait_ready()
+        .forge_kind("gitea")
+        .policy(&policy)
+        .extra(&format!(
+            r#"[ssh]
+listen = "127.0.0.1:{ssh_port}"
+host_key = "{dir}/host_ed25519"
+user_ca_key = "{dir}/user_ca"
+revoked_serials = [4242]
+
+[[ssh.service_accounts]]
+name = "ci-bot"
+public_key = "{ci_key_pub}"
+groups = ["ci"]
+
+[ssh.upstream]
+address = "127.0.0.1:{up}"
+user = "{SSHD_USER}"
+host_key = "{host_key}"
+ca_key = "{dir}/upstream_ca"
+repo_root = "{root}"
+"#,
+            dir = ssh_dir.display(),
+            up = sshd.port,
+            host_key = sshd.host_key(),
+            root = root.display(),
+        ))
+        .start();
+    Front {
+        gw,
+        ssh_port,
+        _sshd: sshd,
+        root,
+    }
+}
+
+#[test]
+fn git_over_ssh_with_certificates_service_keys_and_refusals() {
+    let tmp = TempDir::new("ssh");
+    let keys = tmp.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    keygen(&keys.join("alice"));
+    keygen(&keys.join("ci"));
+    keygen(&keys.join("stranger"));
+    let ci_pub = std::fs::read_to_string(keys.join("ci.pub")).unwrap();
+    let f = front(&tmp, ci_pub.trim());
+    let port = f.ssh_port;
+    let url = format!("ssh://git@127.0.0.1:{port}/demo/hello.git");
+
+    // alice gets a certificate over HTTPS-style API with a Gatehouse token.
+    let token = f.gw.token("alice", &["dev"]);
+    let out = f.gw.cli_raw(&[
+        "ssh-cert",
+        "--server",
+        &f.gw.url(),
+        "--token",
+        &token,
+        "--key",
+        &keys.join("alice.pub").to_string_lossy(),
+        "--ssh-config",
+        &tmp.path().join("ssh_config").to_string_lossy(),
+    ]);
+    assert!(
+        out.status.success(),
+        "ssh-cert: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.contains(&format!("ssh://git@127.0.0.1:{port}/")),
+        "{printed}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("SHA256:") && stderr.contains(&format!("[127.0.0.1]:{port} ssh-ed25519")),
+        "{stderr}"
+    );
+    let cert = std::fs::read_to_string(keys.join("alice-cert.pub")).unwrap();
+    assert!(
+        cert.starts_with("ssh-ed25519-cert-v01@openssh.com "),
+        "{cert}"
+    );
+    let shown = Command::new("ssh-keygen")
+        .args(["-L", "-f"])
+        .arg(keys.join("alice-cert.pub"))
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.contains("Type: ssh-ed25519-cert-v01@openssh.com user certificate"),
+        "{shown}"
+    );
+    assert!(shown.contains("groups@gatehouse"), "{shown}");
+
+    // Clone (protocol v2), commit, push: through the front door to sshd as alice.
+    let alice = git_ssh(tmp.path(), "alice", &keys.join("alice"), port);
+    let work = tmp.path().join("alice-work");
+    let clone = alice.clone().env("GIT_TRACE_PACKET", "1").ok(
+        tmp.path(),
+        &[
+            "-c",
+            "protocol.version=2",
+            "clone",
+            &url,
+            &work.to_string_lossy(),
+        ],
+    );
+    assert!(
+        clone.stderr.contains("< version 2"),
+        "not protocol v2:\n{}",
+        clone.stderr
+    );
+    commit_file(&alice, &work, "over-ssh.txt", "pushed over ssh\n");
+    alice.ok(&work, &["push", "-q", "origin", "HEAD:refs/heads/via-ssh"]);
+    let bare = f.root.join("demo/hello.git");
+    assert!(
+        !head_of(&bare, "via-ssh").is_empty(),
+        "the push did not land upstream"
+    );
+
+    // A repository the policy does not open.
+    let r = alice.run(
+        tmp.path(),
+        &[
+            "clone",
+            &format!("ssh://git@127.0.0.1:{port}/secret/repo.git"),
+            "x",
+        ],
+    );
+    assert!(!r.ok);
+    assert!(
+        r.stderr
+            .contains("git:read on secret/repo denied by policy"),
+        "{}",
+        r.stderr
+    );
+
+    // The CI key: registered, read-only by policy.
+    let ci = git_ssh(tmp.path(), "ci", &keys.join("ci"), port);
+    let ci_work = tmp.path().join("ci-work");
+    ci.ok(
+        tmp.path(),
+        &["clone", "-q", &url, &ci_work.to_string_lossy()],
+    );
+    commit_file(&ci, &ci_work, "ci.txt", "from ci\n");
+    let before = head_of(&bare, "ci-branch");
+    let r = ci.run(&ci_work, &["push", "origin", "HEAD:refs/heads/ci-branch"]);
+    assert!(!r.ok, "ci pushed");
+    assert!(
+        r.stderr
+            .contains("git:write on demo/hello denied by policy"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        head_of(&bare, "ci-branch"),
+        before,
+        "upstream changed after a denied push"
+    );
+
+    // No certificate and no registered key.
+    let r = ssh(
+        &keys.join("stranger"),
+        port,
+        &["git@127.0.0.1", "git-upload-pack 'demo/hello.git'"],
+    );
+    assert!(!r.status.success());
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("Permission denied"),
+        "{r:?}"
+    );
+
+    // Certificates made outside Gatehouse: our CA but expired, our CA but revoked, another CA.
+    // The same key with a valid handmade certificate from our CA works (the control).
+    let ca = tmp.path().join("gw-ssh/user_ca");
+    let other_ca = keys.join("other_ca");
+    keygen(&other_ca);
+    let cases: [(&str, &Path, u64, &str, bool); 4] = [
+        ("expired", &ca, 1, "20200101:20200102", false),
+        ("revoked", &ca, 4242, "-5m:+1h", false),
+        ("other-ca", &other_ca, 2, "-5m:+1h", false),
+        ("control", &ca, 3, "-5m:+1h", true),
+    ];
+    for (name, signer, serial, validity, works) in cases {
+        let k = keys.join(name);
+        keygen(&k);
+        sign(signer, &keys.join(format!("{name}.pub")), serial, validity);
+        let r = ssh(
+            &k,
+            port,
+            &["git@127.0.0.1", "git-upload-pack 'demo/hello.git'"],
+        );
+        let err = String::from_utf8_lossy(&r.stderr);
+        if works {
+            // upload-pack waits for the client; stdin is closed, so it ends after the advertisement.
+            assert!(
+                String::from_utf8_lossy(&r.stdout).contains("refs/heads/main"),
+                "{name}: {r:?}"
+            );
+        } else {
+            assert!(err.contains("Permission denied"), "{name}: {r:?}");
+        }
+    }
+    let log = f.gw.log();
+    for reason in [
+        "expired or not yet valid",
+        "revoked (serial 4242)",
+        "not signed by Gatehouse's user CA",
+    ] {
+        assert!(log.contains(reason), "no `{reason}` in the log:\n{log}");
+    }
+
+    // Anything but git is refused with a message.
+    let r = ssh(&keys.join("alice"), port, &["git@127.0.0.1", "ls", "-la"]);
+    assert_eq!(r.status.code(), Some(128), "{r:?}");
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("Gatehouse only runs git-upload-pack"),
+        "{r:?}"
+    );
+    let r = ssh(&keys.join("alice"), port, &["-T", "git@127.0.0.1"]);
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("does not provide shell access"),
+        "{r:?}"
+    );
+    let r = ssh(
+        &keys.join("alice"),
+        port,
+        &["-W", "127.0.0.1:22", "git@127.0.0.1"],
+    );
+    assert!(!r.status.success());
+    let e = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        e.contains("administratively prohibited") || e.contains("stdio forwarding failed"),
+        "{r:?}"
+    );
+    assert!(
+        f.gw.log().contains("port forwarding refused"),
+        "port forwarding was not refused"
+    );
+    let r = ssh(
+        &keys.join("alice"),
+        port,
+        &[
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-R",
+            "0:127.0.0.1:22",
+            "git@127.0.0.1",
+            "git-upload-pack 'demo/hello.git'",
+        ],
+    );
+    assert!(!r.status.success());
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("remote port forwarding failed"),
+        "{r:?}"
+    );
+    // Agent forwarding is only asked for when there is an agent: start one.
+    let sock = tmp.path().join("agent.sock");
+    let mut agent_cmd = Command::new("ssh-agent");
+    agent_cmd.arg("-D").arg("-a").arg(&sock);
+    let _agent =
+        gatehouse_testkit::Child::spawn("ssh-agent", &mut agent_cmd, &tmp.path().join("agent.log"));
+    gatehouse_testkit::wait_for("ssh-agent", std::time::Duration::from_secs(10), || {
+        sock.exists().then_some(())
+    });
+    let cmd = ssh_command(&keys.join("alice"), port);
+    let mut parts = cmd.split_whitespace();
+    let r = Command::new(parts.next().unwrap())
+        .args(parts)
+        .args(["-A", "git@127.0.0.1", "git-upload-pack 'demo/hello.git'"])
+        .env("SSH_AUTH_SOCK", &sock)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&r.stdout).contains("refs/heads/main"),
+        "{r:?}"
+    );
+    assert!(
+        f.gw.log().contains("agent forwarding refused"),
+        "agent forwarding was not refused"
+    );
+
+    // The audit log has each SSH session: who (certificate serial or key), what, the outcome.
+    let audit = std::fs::read_to_string(f.gw.audit_path()).unwrap();
+    let lines: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let push = lines
+        .iter()
+        .find(|r| r["event"] == "ssh" && r["action"] == "git:write" && r["decision"] == "allow")
+        .unwrap_or_else(|| panic!("no ssh push record:\n{audit}"));
+    assert_eq!(push["principal"]["username"], "alice");
+    assert_eq!(push["repo"], "demo/hello");
+    assert_eq!(push["status"], 0);
+    assert!(
+        push["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("certificate serial "),
+        "{push}"
+    );
+    assert!(push["bytes_in"].as_u64().unwrap() > 0, "{push}");
+    let denied = lines
+        .iter()
+        .find(|r| {
+            r["event"] == "ssh" && r["principal"]["username"] == "ci-bot" && r["decision"] == "deny"
+        })
+        .unwrap_or_else(|| panic!("no denied ci push:\n{audit}"));
+    assert!(
+        denied["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("key SHA256:"),
+        "{denied}"
+    );
+}
