@@ -17,6 +17,6 @@ pub use lfs::{LfsBatchError, LfsOperation, lfs_batch_operation};
 pub use path::{MAX_PATH_LEN, NormalizedPath, PathError, normalize_path};
 pub use pktline::{
     MAX_COMMAND_BYTES, MAX_COMMANDS, PKT_MAX, Pkt, PktError, PushParse, PushRequest, RefOp,
-    RefUpdate, parse_push_request, read_pkt, valid_ref_name,
+    RefUpdate, parse_push_request, read_pkt, refused_push_report, valid_ref_name,
 };
 pub use ssh::{SshCommand, SshCommandError, SshService, parse_ssh_command};

@@ -365,5 +365,54 @@ fn parse_certificate(r: &mut Reader<'_>, req: &mut PushRequest) -> Result<bool, 
     }
 }
 
+/// Frames a pkt-line.
+fn pkt_frame(out: &mut Vec<u8>, payload: &[u8]) {
+    out.extend_from_slice(format!("{:04x}", payload.len() + 4).as_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// The receive-pack answer for a refused push: `unpack ok`, then `ng <ref> <reason>` for every
+/// ref (a push with one refused ref is refused whole), in side-band when the client asked for it,
+/// with the reasons also on the progress band so that git prints them as `remote: ...`.
+pub fn refused_push_report(push: &PushRequest, refused: &[(usize, String)]) -> Vec<u8> {
+    let mut report = Vec::new();
+    pkt_frame(&mut report, b"unpack ok\n");
+    for (i, u) in push.updates.iter().enumerate() {
+        let why = match refused.iter().find(|(j, _)| *j == i) {
+            Some((_, reason)) => format!("denied by Gatehouse policy: {reason}"),
+            None => "push declined by Gatehouse: another ref in this push was refused".to_owned(),
+        };
+        pkt_frame(&mut report, format!("ng {} {why}\n", u.name).as_bytes());
+    }
+    report.extend_from_slice(b"0000");
+    if !(push.has_capability("side-band-64k") || push.has_capability("side-band")) {
+        return report;
+    }
+    let max = if push.has_capability("side-band-64k") {
+        65515
+    } else {
+        995
+    };
+    let mut out = Vec::new();
+    for (i, reason) in refused {
+        if let Some(u) = push.updates.get(*i) {
+            let msg = format!(
+                "\x02Gatehouse: {} {} denied by policy ({reason})\n",
+                u.op().as_str(),
+                u.name
+            );
+            pkt_frame(&mut out, msg.as_bytes());
+        }
+    }
+    for chunk in report.chunks(max) {
+        let mut band = Vec::with_capacity(chunk.len() + 1);
+        band.push(1u8);
+        band.extend_from_slice(chunk);
+        pkt_frame(&mut out, &band);
+    }
+    out.extend_from_slice(b"0000");
+    out
+}
+
 #[cfg(test)]
 mod tests;

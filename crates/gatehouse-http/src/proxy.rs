@@ -20,8 +20,8 @@ use gatehouse_config::{IdentityHeadersConfig, IpNet};
 use gatehouse_core::{Action, Clock, Principal, Redacted, Resource};
 use gatehouse_forge::ForgeGroups;
 use gatehouse_git::{
-    Classified, ForgeFlavor, GitService, LfsOperation, PushParse, PushRequest, RefOp, RequestKind,
-    classify, lfs_batch_operation, parse_push_request,
+    Classified, ForgeFlavor, GitService, LfsOperation, PushParse, RefOp, RequestKind, classify,
+    lfs_batch_operation, parse_push_request, refused_push_report,
 };
 use gatehouse_policy::{AuthzRequest, PolicyEngine, RefFacts, RequestFacts};
 use gatehouse_session::Sessions;
@@ -794,55 +794,6 @@ enum RefCheck {
     Forward(Request<Body>),
     /// At least one ref is refused: this is git's answer; nothing reaches the upstream.
     Refused(Response<Body>),
-}
-
-/// Frames a pkt-line.
-fn pkt(out: &mut Vec<u8>, payload: &[u8]) {
-    out.extend_from_slice(format!("{:04x}", payload.len() + 4).as_bytes());
-    out.extend_from_slice(payload);
-}
-
-/// The receive-pack answer for a refused push: `unpack ok`, then `ng <ref> <reason>` for every
-/// ref (a push with one refused ref is refused whole), in side-band when the client asked for it,
-/// with the reasons also on the progress band so that git prints them as `remote: ...`.
-fn refused_push_report(push: &PushRequest, refused: &[(usize, String)]) -> Vec<u8> {
-    let mut report = Vec::new();
-    pkt(&mut report, b"unpack ok\n");
-    for (i, u) in push.updates.iter().enumerate() {
-        let why = match refused.iter().find(|(j, _)| *j == i) {
-            Some((_, reason)) => format!("denied by Gatehouse policy: {reason}"),
-            None => "push declined by Gatehouse: another ref in this push was refused".to_owned(),
-        };
-        pkt(&mut report, format!("ng {} {why}\n", u.name).as_bytes());
-    }
-    report.extend_from_slice(b"0000");
-    if !(push.has_capability("side-band-64k") || push.has_capability("side-band")) {
-        return report;
-    }
-    let max = if push.has_capability("side-band-64k") {
-        65515
-    } else {
-        995
-    };
-    let mut out = Vec::new();
-    for (i, reason) in refused {
-        if let Some(u) = push.updates.get(*i) {
-            let msg = format!(
-                "\x02Gatehouse: {} {} denied by policy ({reason})\n",
-                u.op().as_str(),
-                u.name
-            );
-            pkt(&mut out, msg.as_bytes());
-        }
-    }
-    for chunk in report.chunks(max) {
-        let mut band = Vec::with_capacity(chunk.len() + 1);
-        band.push(1u8);
-        band.extend_from_slice(chunk);
-        pkt(&mut out, &band);
-    }
-    out.extend_from_slice(b"0000");
-    out
 }
 
 impl Gateway {

@@ -6,9 +6,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use gatehouse_audit::{AuditRecord, AuditSlot};
-use gatehouse_core::Principal;
-use gatehouse_git::{SshCommand, SshService};
+use gatehouse_audit::{AuditRecord, AuditRef, AuditSlot};
+use gatehouse_core::{Action, Decision, Principal, Resource};
+use gatehouse_git::{
+    PushParse, PushRequest, RefOp, SshCommand, SshService, parse_push_request, refused_push_report,
+};
+use gatehouse_policy::{AuthzRequest, RefFacts, RequestFacts};
 use russh::keys::PublicKeyOrCertificate;
 use russh::keys::ssh_key::public::KeyData;
 use russh::server::Msg;
@@ -24,8 +27,172 @@ pub(crate) struct Job {
     pub(crate) git_protocol: Option<String>,
     pub(crate) principal: Principal,
     pub(crate) conn: String,
+    pub(crate) peer: std::net::IpAddr,
+    pub(crate) host: String,
     pub(crate) rec: AuditRecord,
     pub(crate) slot: AuditSlot,
+}
+
+/// What the per-ref check of a push decided.
+#[derive(Default)]
+struct Gated {
+    refs: Option<Vec<AuditRef>>,
+    /// The deciding policy and reason of the first refused ref.
+    refused: Option<(String, String)>,
+}
+
+/// Decides a push ref by ref, as over HTTP: `ref:create|update|delete` with the ref in the
+/// context; one refused ref refuses the push.
+struct PushGate<'a> {
+    gw: &'a SshGateway,
+    principal: &'a Principal,
+    command: &'a SshCommand,
+    peer: std::net::IpAddr,
+    host: &'a str,
+}
+
+impl PushGate<'_> {
+    fn decide(
+        &self,
+        push: &PushRequest,
+    ) -> (Vec<AuditRef>, Vec<(usize, String)>, Option<Decision>) {
+        let policy = self.gw.policy.load();
+        let resource = Resource::Repo(self.command.repo.clone());
+        let mut refs = Vec::with_capacity(push.updates.len());
+        let mut refused = Vec::new();
+        let mut first = None;
+        for (i, u) in push.updates.iter().enumerate() {
+            let action = match u.op() {
+                RefOp::Create => Action::RefCreate,
+                RefOp::Update => Action::RefUpdate,
+                RefOp::Delete => Action::RefDelete,
+            };
+            let d = policy.evaluate(&AuthzRequest {
+                principal: self.principal,
+                action,
+                resource: &resource,
+                facts: RequestFacts {
+                    source_ip: self.peer,
+                    method: "SSH",
+                    host: self.host,
+                    wiki: self.command.wiki,
+                    git_ref: Some(RefFacts {
+                        name: &u.name,
+                        old: &u.old,
+                        new: &u.new,
+                    }),
+                },
+            });
+            refs.push(AuditRef {
+                name: u.name.clone(),
+                op: u.op().as_str(),
+                old: u.old.clone(),
+                new: u.new.clone(),
+                decision: if d.allowed { "allow" } else { "deny" },
+                reason: d.reason.clone(),
+            });
+            if !d.allowed {
+                refused.push((i, d.reason.clone()));
+                first.get_or_insert(d);
+            }
+        }
+        (refs, refused, first)
+    }
+}
+
+/// Copies the client's input to `sink` until the client's EOF. For a push, the command list is
+/// read first and decided ref by ref: refused, nothing reaches the upstream, git gets a
+/// report-status naming each ref and why, and the rest of its input (the pack) is read and
+/// dropped so that it reads the answer rather than a broken pipe.
+async fn client_input<W: tokio::io::AsyncWrite + Unpin>(
+    client_rd: &mut russh::ChannelReadHalf,
+    sink: &mut W,
+    gate: Option<PushGate<'_>>,
+    client_wr: &russh::ChannelWriteHalf<Msg>,
+    gated: &mut Gated,
+) -> u64 {
+    let mut n = 0u64;
+    if let Some(gate) = gate {
+        let mut buf = bytes::BytesMut::new();
+        loop {
+            match parse_push_request(&buf) {
+                Ok(PushParse::Complete { request, .. }) => {
+                    let (refs, refused, denial) = gate.decide(&request);
+                    gated.refs = Some(refs);
+                    if let Some(d) = denial {
+                        gated.refused = Some((d.deciding_policy(), d.reason.clone()));
+                        if request.has_capability("report-status")
+                            || request.has_capability("report-status-v2")
+                        {
+                            let mut out = client_wr.make_writer();
+                            let _ = out
+                                .write_all(&refused_push_report(&request, &refused))
+                                .await;
+                            let _ = out.flush().await;
+                        } else {
+                            let mut err = client_wr.make_writer_ext(Some(1));
+                            let msg =
+                                format!("Gatehouse: push denied by policy ({})\r\n", d.reason);
+                            let _ = err.write_all(msg.as_bytes()).await;
+                            let _ = err.flush().await;
+                        }
+                        let drain = async {
+                            while let Some(m) = client_rd.wait().await {
+                                match m {
+                                    ChannelMsg::Data { data } => n += data.len() as u64,
+                                    ChannelMsg::Eof | ChannelMsg::Close => break,
+                                    _ => {}
+                                }
+                            }
+                        };
+                        let _ =
+                            tokio::time::timeout(std::time::Duration::from_secs(300), drain).await;
+                        return n;
+                    }
+                    if sink.write_all(&buf).await.is_err() {
+                        return n;
+                    }
+                    break;
+                }
+                Ok(PushParse::NeedMore) => {}
+                Err(e) => {
+                    gated.refused = Some((String::new(), "bad_push_commands".into()));
+                    let mut err = client_wr.make_writer_ext(Some(1));
+                    let msg = format!("Gatehouse: the push commands are not readable: {e}\r\n");
+                    let _ = err.write_all(msg.as_bytes()).await;
+                    let _ = err.flush().await;
+                    return n;
+                }
+            }
+            match client_rd.wait().await {
+                Some(ChannelMsg::Data { data }) => {
+                    n += data.len() as u64;
+                    buf.extend_from_slice(&data);
+                }
+                Some(ChannelMsg::Eof | ChannelMsg::Close) | None => {
+                    // The client ended inside (or before) its command list: nothing to decide.
+                    let _ = sink.write_all(&buf).await;
+                    let _ = sink.flush().await;
+                    return n;
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    while let Some(m) = client_rd.wait().await {
+        match m {
+            ChannelMsg::Data { data } => {
+                n += data.len() as u64;
+                if sink.write_all(&data).await.is_err() {
+                    break;
+                }
+            }
+            ChannelMsg::Eof | ChannelMsg::Close => break,
+            _ => {}
+        }
+    }
+    let _ = sink.flush().await;
+    n
 }
 
 /// What a bridged session did.
@@ -74,10 +241,20 @@ impl Job {
             git_protocol,
             principal,
             conn,
+            peer,
+            host,
             mut rec,
             slot,
         } = self;
         let (client_rd, client_wr) = channel.split();
+        let mut gated = Gated::default();
+        let gate = (command.service == SshService::ReceivePack).then(|| PushGate {
+            gw: &gw,
+            principal: &principal,
+            command: &command,
+            peer,
+            host: &host,
+        });
         let result = match &gw.settings.upstream {
             UpstreamTarget::Ssh { .. } => {
                 via_ssh(
@@ -88,6 +265,8 @@ impl Job {
                     git_protocol.as_deref(),
                     &principal,
                     &conn,
+                    gate,
+                    &mut gated,
                 )
                 .await
             }
@@ -99,10 +278,20 @@ impl Job {
                     &client_wr,
                     &command,
                     git_protocol.as_deref(),
+                    gate,
+                    &mut gated,
                 )
                 .await
             }
         };
+        rec.refs = gated.refs;
+        if let Some((policy, reason)) = gated.refused {
+            rec.decision = Some("deny");
+            if !policy.is_empty() {
+                rec.policy = Some(policy);
+            }
+            rec.reason = Some(reason);
+        }
         let outcome = match result {
             Ok(o) => o,
             Err((msg, code)) => {
@@ -141,6 +330,8 @@ async fn via_ssh(
     git_protocol: Option<&str>,
     principal: &Principal,
     conn: &str,
+    gate: Option<PushGate<'_>>,
+    gated: &mut Gated,
 ) -> Result<Outcome, (String, u32)> {
     let UpstreamTarget::Ssh {
         address,
@@ -214,27 +405,11 @@ async fn via_ssh(
         .map_err(|_| upstream_failed("refused the command"))?;
     let (mut up_rd, up_wr) = up.split();
 
-    // Client to upstream: stdin, then EOF.
+    // Client to upstream: stdin (a push's commands decided first), then EOF.
     let to_upstream = async {
         let mut sink = up_wr.make_writer();
-        let mut n = 0u64;
-        while let Some(m) = client_rd.wait().await {
-            match m {
-                ChannelMsg::Data { data } => {
-                    n += data.len() as u64;
-                    if sink.write_all(&data).await.is_err() {
-                        break;
-                    }
-                }
-                ChannelMsg::Eof => {
-                    let _ = sink.flush().await;
-                    let _ = up_wr.eof().await;
-                    break;
-                }
-                ChannelMsg::Close => break,
-                _ => {}
-            }
-        }
+        let n = client_input(&mut client_rd, &mut sink, gate, client_wr, gated).await;
+        let _ = up_wr.eof().await;
         n
     };
     // Upstream to client: stdout, stderr, exit status.
@@ -290,6 +465,8 @@ async fn via_local(
     client_wr: &russh::ChannelWriteHalf<Msg>,
     command: &SshCommand,
     git_protocol: Option<&str>,
+    gate: Option<PushGate<'_>>,
+    gated: &mut Gated,
 ) -> Result<Outcome, (String, u32)> {
     let name = if command.wiki {
         format!("{}.wiki", command.repo.name)
@@ -338,19 +515,7 @@ async fn via_local(
         ));
     };
     let to_git = async {
-        let mut n = 0u64;
-        while let Some(m) = client_rd.wait().await {
-            match m {
-                ChannelMsg::Data { data } => {
-                    n += data.len() as u64;
-                    if stdin.write_all(&data).await.is_err() {
-                        break;
-                    }
-                }
-                ChannelMsg::Eof | ChannelMsg::Close => break,
-                _ => {}
-            }
-        }
+        let n = client_input(&mut client_rd, &mut stdin, gate, client_wr, gated).await;
         drop(stdin);
         n
     };

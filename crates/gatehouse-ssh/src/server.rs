@@ -339,6 +339,8 @@ impl russh::server::Handler for Conn {
             git_protocol: self.git_protocol.remove(&channel),
             principal: caller.principal.clone(),
             conn: self.id.clone(),
+            peer: self.peer.ip(),
+            host,
             rec,
             slot,
         };

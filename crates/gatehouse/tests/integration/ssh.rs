@@ -85,7 +85,7 @@ fn front(tmp: &TempDir, ci_key_pub: &str) -> Front {
     );
     let ssh_port = gatehouse_testkit::free_port();
     let policy = format!(
-        "{POLICY}\n@id(\"no-main-deletes\")\nforbid(principal, action == Gatehouse::Action::\"ref:delete\", resource) when {{ context.ref == \"refs/heads/main\" }};\n"
+        "{POLICY}\n@id(\"no-main-deletes\")\nforbid(principal, action == Gatehouse::Action::\"ref:delete\", resource) when {{ context.ref == \"refs/heads/main\" }};\n@id(\"release-tags\")\n@reason(\"release_tags_only\")\nforbid(principal, action in [Gatehouse::Action::\"ref:create\", Gatehouse::Action::\"ref:update\"], resource) when {{ context.ref like \"refs/tags/v*\" }} unless {{ principal in Gatehouse::Group::\"release\" }};\n"
     );
     let gw = builder()
         .with_upstream_url("http://127.0.0.1:9") // HTTP is not used here
@@ -204,10 +204,73 @@ fn git_over_ssh_with_certificates_service_keys_and_refusals() {
     commit_file(&alice, &work, "over-ssh.txt", "pushed over ssh\n");
     alice.ok(&work, &["push", "-q", "origin", "HEAD:refs/heads/via-ssh"]);
     let bare = f.root.join("demo/hello.git");
+    let pushed = head_of(&bare, "via-ssh");
+    assert!(!pushed.is_empty(), "the push did not land upstream");
+
+    // Per-ref rules over SSH: deleting main, a release tag, and a mixed push are refused before
+    // anything reaches the upstream, and git says which ref and why.
+    let main_before = head_of(&bare, "main");
+    let r = alice.run(&work, &["push", "origin", ":refs/heads/main"]);
+    assert!(!r.ok, "main was deleted");
     assert!(
-        !head_of(&bare, "via-ssh").is_empty(),
-        "the push did not land upstream"
+        r.stderr
+            .contains("[remote rejected] main (denied by Gatehouse policy"),
+        "{}",
+        r.stderr
     );
+    assert_eq!(head_of(&bare, "main"), main_before);
+    alice.ok(&work, &["tag", "v1.0"]);
+    let r = alice.run(&work, &["push", "origin", "refs/tags/v1.0"]);
+    assert!(!r.ok, "a release tag was pushed");
+    assert!(r.stderr.contains("release_tags_only"), "{}", r.stderr);
+    let r = alice.run(
+        &work,
+        &[
+            "push",
+            "--atomic",
+            "origin",
+            "HEAD:refs/heads/ok-branch",
+            "refs/tags/v1.0",
+        ],
+    );
+    assert!(!r.ok);
+    assert!(r.stderr.contains("ok-branch"), "{}", r.stderr);
+    assert!(
+        head_of(&bare, "ok-branch").is_empty(),
+        "half of a refused push landed"
+    );
+    assert!(crate::common::ref_of(&bare, "refs/tags/v1.0").is_empty());
+    // Push options pass through the command list parser too.
+    let cfg = Command::new("git")
+        .args(["-c", "safe.directory=*", "--git-dir"])
+        .arg(&bare)
+        .args(["config", "receive.advertisePushOptions", "true"])
+        .output()
+        .unwrap();
+    assert!(cfg.status.success(), "{cfg:?}");
+    alice.ok(
+        &work,
+        &[
+            "push",
+            "-q",
+            "-o",
+            "ci.skip",
+            "origin",
+            "HEAD:refs/heads/with-options",
+        ],
+    );
+    assert_eq!(head_of(&bare, "with-options"), pushed);
+
+    // Which identity pushed that commit: one query of the audit log.
+    let out = f.gw.cli_raw(&[
+        "audit",
+        "search",
+        &f.gw.audit_path().to_string_lossy(),
+        "--commit",
+        &pushed,
+    ]);
+    let found = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && found.contains("alice"), "{out:?}");
 
     // A repository the policy does not open.
     let r = alice.run(
