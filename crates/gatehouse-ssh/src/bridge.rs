@@ -322,6 +322,7 @@ impl Job {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn via_ssh(
     gw: &SshGateway,
     mut client_rd: russh::ChannelReadHalf,
@@ -458,6 +459,7 @@ async fn via_ssh(
     Ok(outcome)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn via_local(
     git: &std::path::Path,
     repos_dir: &std::path::Path,
