@@ -23,6 +23,8 @@ pub struct QuickstartArgs {
     pub listen: SocketAddr,
     /// The admin listener's address.
     pub admin_listen: SocketAddr,
+    /// Also open the SSH front door here.
+    pub ssh_listen: Option<SocketAddr>,
 }
 
 const POLICY: &str = r#"// Gatehouse quickstart policy (Cedar). Default deny: only what a permit allows passes.
@@ -148,6 +150,17 @@ pub(crate) fn prepare(args: &QuickstartArgs) -> Result<PathBuf> {
     if !config.exists() {
         std::fs::write(&config, config_text(args.listen, args.admin_listen))?;
     }
+    if let Some(ssh) = args.ssh_listen {
+        let text = std::fs::read_to_string(&config)?;
+        if !text.contains("[ssh]") {
+            std::fs::write(
+                &config,
+                format!(
+                    "{text}\n[ssh]\n# The SSH front door; its upstream is the built-in one (git on repos/).\nlisten = \"{ssh}\"\nhost_key = \"ssh/host_ed25519\"\nuser_ca_key = \"ssh/user_ca\"\n"
+                ),
+            )?;
+        }
+    }
     let key = dir.join("keys/signing.pem");
     if !key.exists() {
         write_new_key(&key, false)?;
@@ -187,6 +200,31 @@ pub fn quickstart(args: &QuickstartArgs) -> Result<()> {
     let cfg_display = config_path.display().to_string();
     let alice = alice.expose().clone();
     let ci = ci.expose().clone();
+    // The SSH front door's host key now, so that its fingerprint and a known_hosts file can be
+    // printed before the first connection.
+    let ssh_banner = match &cfg.ssh {
+        Some(ssh) => {
+            let key = gatehouse_ssh::load_or_generate(&ssh.host_key)?;
+            let public = key.public_key();
+            let line = public.to_openssh().unwrap_or_default();
+            let fp = gatehouse_ssh::fingerprint(public.key_data());
+            let addr = ssh.listen;
+            let known = config_path.with_file_name("ssh").join("known_hosts");
+            std::fs::write(&known, format!("[{}]:{} {line}\n", addr.ip(), addr.port()))?;
+            let key_path = config_path.with_file_name("alice_ed25519");
+            Some(format!(
+                r#"
+Git over SSH at ssh://git@{addr}/ (host key {fp}):
+  ssh-keygen -q -t ed25519 -N '' -f {key} <<< y >/dev/null
+  gatehouse ssh-cert --server URL --token "$ALICE_TOKEN" --key {key}.pub
+  GIT_SSH_COMMAND="ssh -i {key} -o IdentitiesOnly=yes -o UserKnownHostsFile={known}" git clone ssh://git@{addr}/demo/hello.git hello-ssh
+"#,
+                key = key_path.display(),
+                known = known.display(),
+            ))
+        }
+        None => None,
+    };
     run_blocking(cfg, &config_path, move |addr| {
         let url = format!("http://{addr}");
         println!(
@@ -206,9 +244,13 @@ Clone and push as alice:
 
 See a push denied (ci-bot may only read):
   git -c http.extraHeader="Authorization: Bearer $CI_TOKEN" push
-
+{ssh}
 Press Ctrl-C to stop.
 "#,
+            ssh = ssh_banner
+                .as_deref()
+                .map(|b| b.replace("--server URL", &format!("--server {url}")))
+                .unwrap_or_default(),
             audit = Path::new(&cfg_display)
                 .with_file_name("audit.log")
                 .display(),

@@ -34,6 +34,9 @@ enum Cmd {
         /// Address of the admin listener (health, readiness, metrics).
         #[arg(long, default_value = "127.0.0.1:8081")]
         admin_listen: SocketAddr,
+        /// Also open the SSH front door at this address (e.g. 127.0.0.1:2222).
+        #[arg(long)]
+        ssh_listen: Option<SocketAddr>,
     },
     /// Gatehouse's own tokens.
     #[command(subcommand)]
@@ -201,10 +204,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             dir,
             listen,
             admin_listen,
+            ssh_listen,
         } => gatehouse_app::quickstart(&gatehouse_app::QuickstartArgs {
             dir,
             listen,
             admin_listen,
+            ssh_listen,
         })?,
         Cmd::Token(TokenCmd::Issue {
             config,

@@ -274,3 +274,98 @@ impl TapMkdir for std::path::PathBuf {
         self
     }
 }
+
+/// `gatehouse quickstart --ssh-listen`: the SSH commands it prints work as printed (a certificate
+/// fetched over HTTP, a clone over SSH through the built-in upstream), a push lands, and a
+/// release tag is refused by the quickstart policy's per-ref rule.
+#[test]
+fn quickstart_ssh_commands_work_as_printed() {
+    let tmp = TempDir::new("quickstart-ssh");
+    let dir = tmp.path().join("qs");
+    let (port, admin, ssh) = (free_port(), free_port(), free_port());
+    let out = tmp.path().join("quickstart.out");
+    let mut cmd = Command::new(bin());
+    cmd.args(["quickstart", "--dir", &dir.to_string_lossy()])
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--admin-listen",
+            &format!("127.0.0.1:{admin}"),
+            "--ssh-listen",
+            &format!("127.0.0.1:{ssh}"),
+        ]);
+    let mut qs = Child::spawn("quickstart", &mut cmd, &out);
+    let text = wait_for("the quickstart banner", Duration::from_secs(60), || {
+        assert!(qs.is_running(), "quickstart exited:\n{}", qs.log_text());
+        let t = qs.log_text();
+        t.contains("Press Ctrl-C").then_some(t)
+    });
+    assert!(
+        text.contains(&format!("ssh://git@127.0.0.1:{ssh}/")),
+        "{text}"
+    );
+    assert!(text.contains("(host key SHA256:"), "{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with("Git over SSH at"))
+        .unwrap_or_else(|| panic!("no SSH block in\n{text}"));
+    let ssh_cmds: Vec<&str> = lines[at + 1..at + 4].iter().map(|l| l.trim()).collect();
+    let alice_export = lines
+        .iter()
+        .map(|l| l.trim())
+        .find(|l| l.starts_with("export ALICE_TOKEN="))
+        .unwrap()
+        .split('#')
+        .next()
+        .unwrap()
+        .trim()
+        .to_owned();
+    let git_ssh = ssh_cmds[2].split(" git clone").next().unwrap().to_owned();
+    let work = tmp.path().join("user");
+    std::fs::create_dir_all(&work).unwrap();
+    let bin_dir = bin().parent().unwrap().to_owned();
+    let run = |script: &str| {
+        Command::new("bash")
+            .args(["-c", script])
+            .current_dir(&work)
+            .env("HOME", &work)
+            .env(
+                "PATH",
+                format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap()),
+            )
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("GIT_AUTHOR_NAME", "Alice")
+            .env("GIT_AUTHOR_EMAIL", "alice@example.test")
+            .env("GIT_COMMITTER_NAME", "Alice")
+            .env("GIT_COMMITTER_EMAIL", "alice@example.test")
+            .output()
+            .unwrap()
+    };
+    let script = format!(
+        "set -e\n{alice_export}\n{}\n{}\n{}\ncd hello-ssh\necho ssh >> README.md\ngit commit -qam 'Over SSH'\n{git_ssh} git push -q origin HEAD:refs/heads/from-ssh\n",
+        ssh_cmds[0], ssh_cmds[1], ssh_cmds[2]
+    );
+    let o = run(&script);
+    assert!(
+        o.status.success(),
+        "{script}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let bare = dir.join("repos/demo/hello.git");
+    assert!(!crate::common::head_of(&bare, "from-ssh").is_empty());
+    let tag = format!("cd hello-ssh\ngit tag v9.9\n{git_ssh} git push origin refs/tags/v9.9\n");
+    let o = run(&tag);
+    assert!(!o.status.success(), "a release tag was pushed");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("tag_requires_release_group"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    qs.signal("INT");
+    assert!(
+        qs.wait_timeout(Duration::from_secs(30))
+            .is_some_and(|s| s.success())
+    );
+}
