@@ -229,7 +229,7 @@ impl IssuerKeys {
         nonce: Option<&str>,
         now: i64,
     ) -> Result<serde_json::Map<String, serde_json::Value>, AuthnError> {
-        let jwt = crate::parse_unverified(token)?;
+        let jwt = crate::jwt::parse_unverified_up_to(token, crate::jwt::MAX_ID_TOKEN_LEN)?;
         let alg = Algorithm::from_str(&jwt.alg).map_err(|_| AuthnError::AlgorithmNotAllowed)?;
         if !self.algorithms.contains(&alg) {
             return Err(AuthnError::AlgorithmNotAllowed);

@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 use crate::AuthnError;
 
 /// The longest token accepted, in bytes.
-pub const MAX_TOKEN_LEN: usize = 16 * 1024;
+pub const MAX_TOKEN_LEN: usize = 48 * 1024;
 
 /// A token split and decoded, signature not yet checked.
 #[derive(Debug, Clone)]
@@ -36,7 +36,19 @@ struct Header {
 /// Splits and decodes a compact JWS. Refuses anything that is not exactly three base64url parts
 /// with a JSON-object header (with a string `alg`, no `crit`) and a JSON-object payload.
 pub fn parse_unverified(token: &str) -> Result<UnverifiedJwt, AuthnError> {
-    if token.len() > MAX_TOKEN_LEN || token.is_empty() {
+    parse_unverified_up_to(token, MAX_TOKEN_LEN)
+}
+
+/// The longest ID token read at sign-in: it arrives server-side from the IdP, not in a header, and
+/// carries every group of people in large organisations.
+pub const MAX_ID_TOKEN_LEN: usize = 256 * 1024;
+
+/// [`parse_unverified`] with another length limit.
+pub(crate) fn parse_unverified_up_to(
+    token: &str,
+    limit: usize,
+) -> Result<UnverifiedJwt, AuthnError> {
+    if token.len() > limit || token.is_empty() {
         return Err(AuthnError::Malformed);
     }
     let mut parts = token.split('.');

@@ -34,6 +34,7 @@
 // Users (username / password):
 //   alice / alice-pass  groups devs, admins
 //   bob   / bob-pass    group readers
+//   carol / carol-pass  400 groups (team-000-platform-engineering ...)
 //
 // Resource indicators (all: aud=$IDP_AUDIENCE, scopes git:read git:write git:admin):
 //   urn:gatehouse         JWT access token signed RS256 (the default resource)
@@ -129,7 +130,14 @@ const signingKeys = loadKeys();
 
 const USERS = {
   alice: { password: 'alice-pass', name: 'Alice Admin', email: 'alice@example.test', groups: ['devs', 'admins'] },
-  bob: { password: 'bob-pass', name: 'Bob Reader', email: 'bob@example.test', groups: ['readers'] },
+    bob: { password: 'bob-pass', name: 'Bob Reader', email: 'bob@example.test', groups: ['readers'] },
+  // Many groups: what a large organisation's directory hands out (tokens of ~10 KB).
+  carol: {
+    password: 'carol-pass',
+    name: 'Carol Many',
+    email: 'carol@example.test',
+    groups: Array.from({ length: 400 }, (_, i) => `team-${String(i).padStart(3, '0')}-platform-engineering`),
+  },
 };
 
 function userClaims(sub) {

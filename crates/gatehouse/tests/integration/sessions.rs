@@ -260,6 +260,16 @@ impl Browser {
         return_to: &str,
         tamper: impl Fn(String) -> String,
     ) -> (String, String) {
+        self.authorize_as("alice", base, return_to, tamper).await
+    }
+
+    async fn authorize_as(
+        &mut self,
+        user: &str,
+        base: &str,
+        return_to: &str,
+        tamper: impl Fn(String) -> String,
+    ) -> (String, String) {
         let rt: String = url::form_urlencoded::byte_serialize(return_to.as_bytes()).collect();
         let start = self
             .get(
@@ -290,7 +300,7 @@ impl Browser {
             auth.contains("&nonce=") && auth.contains("&state="),
             "{auth}"
         );
-        let mut url = format!("{auth}&login_hint=alice");
+        let mut url = format!("{auth}&login_hint={user}");
         for _ in 0..20 {
             let cookie = self
                 .idp_cookies
@@ -667,4 +677,39 @@ async fn a_session_ends_when_the_idp_no_longer_renews_it() {
     assert_eq!(r.status, 302, "the session outlived the IdP's: {}", r.body);
     assert!(r.location.contains("/.gatehouse/login"), "{}", r.location);
     assert!(s.gw.log().contains("no longer renews"), "{}", s.gw.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_groups_do_not_grow_the_cookie() {
+    let s = setup("many-groups", "60s").await;
+    let base = s.base.as_str();
+    // The browser's fresh cookie jar: only the IdP's cookies for this user.
+    let mut b = Browser::new();
+    let (cookie, callback) = b.authorize_as("carol", base, "/", |u| u).await;
+    let done = b.get(&callback, &cookie, "text/html").await;
+    assert_eq!(done.status, 302, "{}", done.body);
+    let (sn, sv) = done
+        .set_cookies
+        .iter()
+        .map(|c| name_value(c))
+        .find(|(n, _)| n == "__Host-gatehouse-session")
+        .unwrap();
+    assert!(
+        sv.len() < 100,
+        "the session cookie grew to {} bytes",
+        sv.len()
+    );
+    let who: serde_json::Value = b
+        .http
+        .get(format!("{base}/.gatehouse/"))
+        .header(header::COOKIE, format!("{sn}={sv}"))
+        .header(header::ACCEPT, "application/json")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(who["username"], "carol", "{who}");
+    assert_eq!(who["groups"].as_array().unwrap().len(), 400, "{who}");
 }

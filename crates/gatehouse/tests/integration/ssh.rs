@@ -85,7 +85,7 @@ fn front(tmp: &TempDir, ci_key_pub: &str) -> Front {
     );
     let ssh_port = gatehouse_testkit::free_port();
     let policy = format!(
-        "{POLICY}\n@id(\"no-main-deletes\")\nforbid(principal, action == Gatehouse::Action::\"ref:delete\", resource) when {{ context.ref == \"refs/heads/main\" }};\n@id(\"release-tags\")\n@reason(\"release_tags_only\")\nforbid(principal, action in [Gatehouse::Action::\"ref:create\", Gatehouse::Action::\"ref:update\"], resource) when {{ context.ref like \"refs/tags/v*\" }} unless {{ principal in Gatehouse::Group::\"release\" }};\n"
+        "{POLICY}\n@id(\"no-main-deletes\")\nforbid(principal, action == Gatehouse::Action::\"ref:delete\", resource) when {{ context.ref == \"refs/heads/main\" }};\n@id(\"main-needs-release\")\n@reason(\"main_requires_release_group\")\nforbid(principal, action == Gatehouse::Action::\"ref:update\", resource) when {{ context.ref == \"refs/heads/main\" }} unless {{ principal in Gatehouse::Group::\"release\" }};\n@id(\"release-tags\")\n@reason(\"release_tags_only\")\nforbid(principal, action in [Gatehouse::Action::\"ref:create\", Gatehouse::Action::\"ref:update\"], resource) when {{ context.ref like \"refs/tags/v*\" }} unless {{ principal in Gatehouse::Group::\"release\" }};\n"
     );
     let gw = builder()
         .with_upstream_url("http://127.0.0.1:9") // HTTP is not used here
@@ -210,6 +210,14 @@ fn git_over_ssh_with_certificates_service_keys_and_refusals() {
     // Per-ref rules over SSH: deleting main, a release tag, and a mixed push are refused before
     // anything reaches the upstream, and git says which ref and why.
     let main_before = head_of(&bare, "main");
+    let r = alice.run(&work, &["push", "origin", "HEAD:refs/heads/main"]);
+    assert!(!r.ok, "main was updated");
+    assert!(
+        r.stderr.contains("[remote rejected] HEAD -> main (denied by Gatehouse policy: main_requires_release_group)"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(head_of(&bare, "main"), main_before);
     let r = alice.run(&work, &["push", "origin", ":refs/heads/main"]);
     assert!(!r.ok, "main was deleted");
     assert!(
@@ -329,8 +337,9 @@ fn git_over_ssh_with_certificates_service_keys_and_refusals() {
     let ca = tmp.path().join("gw-ssh/user_ca");
     let other_ca = keys.join("other_ca");
     keygen(&other_ca);
-    let cases: [(&str, &Path, u64, &str, bool); 4] = [
+    let cases: [(&str, &Path, u64, &str, bool); 5] = [
         ("expired", &ca, 1, "20200101:20200102", false),
+        ("not-yet-valid", &ca, 5, "+1d:+2d", false),
         ("revoked", &ca, 4242, "-5m:+1h", false),
         ("other-ca", &other_ca, 2, "-5m:+1h", false),
         ("control", &ca, 3, "-5m:+1h", true),
