@@ -41,7 +41,7 @@ pub fn parse_unverified(token: &str) -> Result<UnverifiedJwt, AuthnError> {
 
 /// The longest ID token read at sign-in: it arrives server-side from the IdP, not in a header, and
 /// carries every group of people in large organisations.
-pub const MAX_ID_TOKEN_LEN: usize = 256 * 1024;
+pub(crate) const MAX_ID_TOKEN_LEN: usize = 256 * 1024;
 
 /// [`parse_unverified`] with another length limit.
 pub(crate) fn parse_unverified_up_to(
