@@ -7,6 +7,9 @@
 #   (b) a large fetch: a protocol-v2 fetch of a >= 100 MiB bare repository of random blobs from
 #       nginx + fcgiwrap + `git http-backend`, with curl, directly and through Gatehouse; MB/s and ratio.
 #   (c) Gatehouse's RSS: idle after start, peak while (b) runs (VmRSS every 50 ms, and VmHWM).
+#   (d) the same fetch over SSH: OpenSSH `ssh` running `git-upload-pack` on a real sshd (git-shell,
+#       certificate login) directly, and through Gatehouse's SSH front door (which logs in to the
+#       same sshd with a per-connection certificate); MB/s and ratio. Needs root (sshd, a user).
 #
 # Results: bench/results/<UTC timestamp>.md and bench/results/latest.md.
 #
@@ -19,7 +22,7 @@
 #   BENCH_REPO_MIB   repository size in MiB (default 128; quick 20); cached under bench/work/
 #   BENCH_WRK_SECS   seconds per wrk run (default 10; quick 3)
 #   BENCH_PORT_BASE  first of six loopback ports used (default 19480)
-#   BENCH_TIMEOUT    the run (after the build) is stopped after this many seconds (default 420)
+#   BENCH_TIMEOUT    the run (after the build) is stopped after this many seconds (default 600)
 #
 # Needs git, curl, python3, nginx, fcgiwrap, wrk; when one is missing, scripts/install-deps.sh
 # is called (if present). Nothing else is installed.
@@ -42,24 +45,29 @@ else
 fi
 FETCH_RUNS=5
 PORT_BASE=${BENCH_PORT_BASE:-19480}
-LIMIT=${BENCH_TIMEOUT:-420}
+LIMIT=${BENCH_TIMEOUT:-600}
 P_FAST=$PORT_BASE          # nginx answering "ok"
 P_GIT=$((PORT_BASE + 1))   # nginx + fcgiwrap + git http-backend
 P_GA=$((PORT_BASE + 2))    # Gatehouse in front of the fast nginx
 P_GA_ADMIN=$((PORT_BASE + 3))
 P_GB=$((PORT_BASE + 4))    # Gatehouse in front of the git server
 P_GB_ADMIN=$((PORT_BASE + 5))
+P_SSHD=$((PORT_BASE + 6))  # OpenSSH sshd with git-shell
+P_GC=$((PORT_BASE + 7))    # Gatehouse with the SSH front door (HTTP side unused)
+P_GC_ADMIN=$((PORT_BASE + 8))
+P_GC_SSH=$((PORT_BASE + 9))
 
 # Targets: what the results file marks PASS or MISS.
 T_FETCH_RATIO=0.95
 T_P99_ADDED_MS=1
 T_RSS_MIB=64
+T_SSH_RATIO=0.8
 
 log() { printf '[bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 # ---------------------------------------------------------------- processes and cleanup
-FAST_PID="" GA_PID="" GB_PID="" SAMPLER_PID="" WD_PID="" GIT_STATE=""
+FAST_PID="" GA_PID="" GB_PID="" GC_PID="" SSHD_PID="" SAMPLER_PID="" WD_PID="" GIT_STATE=""
 RUN=$WORK/run
 
 stop_pid() { # PID...: TERM, wait up to 5 s, then KILL
@@ -80,7 +88,7 @@ cleanup() {
   trap - EXIT INT TERM
   set +e
   stop_pid "$SAMPLER_PID"
-  stop_pid "$GA_PID" "$GB_PID" "$FAST_PID"
+  stop_pid "$GA_PID" "$GB_PID" "$GC_PID" "$SSHD_PID" "$FAST_PID"
   [ -n "$GIT_STATE" ] && "$BENCH/git-http.sh" stop "$GIT_STATE"
   [ -n "$WD_PID" ] && kill -TERM "$WD_PID" 2>/dev/null && wait "$WD_PID" 2>/dev/null
   [ "$rc" = 0 ] || log "failed (exit $rc); logs in ${RUN#"$ROOT"/}/"
@@ -459,6 +467,122 @@ V_FETCH=$(verdict "$FETCH_RATIO >= $T_FETCH_RATIO")
 V_P99=$(verdict "$P99_ADDED <= $T_P99_ADDED_MS")
 V_RSS=$(verdict "$RSS_WORST_KIB < $T_RSS_MIB * 1024")
 
+# ================================================================ (d) the fetch over SSH
+SSH_DONE=0
+SSH_NOTE=""
+if [ "$(id -u)" != 0 ]; then
+  SSH_NOTE="skipped: needs root (sshd and its git user)"
+elif [ ! -x /usr/sbin/sshd ]; then
+  SSH_NOTE="skipped: sshd not installed"
+else
+  log "(d) sshd on :$P_SSHD, Gatehouse SSH on :$P_GC_SSH"
+  SD=$RUN/sshd
+  mkdir -p "$SD/principals" /run/sshd
+  SSH_USER=gatehouse-git
+  GIT_SHELL=$(command -v git-shell)
+  id "$SSH_USER" >/dev/null 2>&1 || useradd --system --no-create-home --home-dir / --shell "$GIT_SHELL" "$SSH_USER"
+  usermod -p '*' -s "$GIT_SHELL" "$SSH_USER"
+  ssh-keygen -q -t ed25519 -N '' -f "$SD/host_ed25519"
+  ssh-keygen -q -t ed25519 -N '' -f "$SD/upstream_ca"
+  ssh-keygen -q -t ed25519 -N '' -f "$SD/client"
+  # The direct path logs in with a certificate from the same CA, as Gatehouse does.
+  ssh-keygen -q -s "$SD/upstream_ca" -I bench-direct -n bench -V -5m:+2h "$SD/client.pub"
+  echo bench >"$SD/principals/$SSH_USER"
+  chmod -R a+rX "$REPOS"
+  cat >"$SD/sshd_config" <<CONF
+Port $P_SSHD
+ListenAddress 127.0.0.1
+HostKey $SD/host_ed25519
+PidFile $SD/sshd.pid
+AuthorizedKeysFile none
+TrustedUserCAKeys $SD/upstream_ca.pub
+AuthorizedPrincipalsFile $SD/principals/%u
+StrictModes no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+AllowUsers $SSH_USER
+AcceptEnv GIT_PROTOCOL
+# The benchmark repository belongs to root: let git-shell's git read it.
+SetEnv GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0=safe.directory GIT_CONFIG_VALUE_0=*
+LogLevel ERROR
+CONF
+  /usr/sbin/sshd -t -f "$SD/sshd_config" || die "bad sshd config"
+  /usr/sbin/sshd -D -e -f "$SD/sshd_config" </dev/null >"$SD/sshd.log" 2>&1 &
+  SSHD_PID=$!
+  write_config "$GH/c.toml" "$P_GC" "$P_GC_ADMIN" "http://127.0.0.1:9" audit-c.log
+  cat >>"$GH/c.toml" <<TOML
+
+[ssh]
+listen = "127.0.0.1:$P_GC_SSH"
+host_key = "$SD/gatehouse_host"
+user_ca_key = "$SD/gatehouse_user_ca"
+
+[[ssh.service_accounts]]
+name = "bench"
+public_key = "$(cat "$SD/client.pub")"
+groups = ["bench"]
+
+[ssh.upstream]
+address = "127.0.0.1:$P_SSHD"
+user = "$SSH_USER"
+host_key = "$(cut -d' ' -f1,2 "$SD/host_ed25519.pub")"
+ca_key = "$SD/upstream_ca"
+repo_root = "$REPOS"
+TOML
+  start_gatehouse c "$GH/c.toml"
+  GC_PID=$GH_STARTED
+  for _ in $(seq 1 150); do
+    port_busy "$P_GC_SSH" && port_busy "$P_SSHD" && break
+    kill -0 "$GC_PID" 2>/dev/null || die "Gatehouse (c) exited during start (see ${RUN#"$ROOT"/}/gatehouse-c.log)"
+    sleep 0.1
+  done
+  SSH_OPTS=(-i "$SD/client" -o IdentitiesOnly=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null
+    -o LogLevel=ERROR -o BatchMode=yes -o SendEnv=GIT_PROTOCOL)
+  ssh_fetch() { # direct|gatehouse: prints "bytes seconds"
+    local t0 t1 b
+    t0=$(date +%s.%N)
+    if [ "$1" = direct ]; then
+      b=$(GIT_PROTOCOL=version=2 ssh "${SSH_OPTS[@]}" -o CertificateFile="$SD/client-cert.pub" -p "$P_SSHD" \
+        "$SSH_USER@127.0.0.1" "git-upload-pack '$REPOS/bench/big.git'" <"$RUN/fetch-req" | wc -c)
+    else
+      # The plain registered key, no certificate: what the front door knows this client by.
+      b=$(GIT_PROTOCOL=version=2 ssh "${SSH_OPTS[@]}" -o CertificateFile=/dev/null -p "$P_GC_SSH" \
+        git@127.0.0.1 "git-upload-pack '/bench/big.git'" <"$RUN/fetch-req" | wc -c)
+    fi
+    t1=$(date +%s.%N)
+    echo "$b $(calc "%.3f" "$t1 - $t0")"
+  }
+  read -r sb1 _ < <(ssh_fetch direct)
+  read -r sb2 _ < <(ssh_fetch gatehouse)
+  awk "BEGIN { exit !($sb1 >= $PACK_BYTES) }" && same_size "$sb2" "$sb1" \
+    || die "SSH warm-up fetch sizes: direct $sb1, via Gatehouse $sb2, repository pack $PACK_BYTES bytes (logs in ${RUN#"$ROOT"/})"
+  SD_MBS=() SG_MBS=() SSH_ROWS=""
+  for i in $(seq 1 "$FETCH_RUNS"); do
+    if ((i % 2)); then order="direct gatehouse"; else order="gatehouse direct"; fi
+    for who in $order; do
+      read -r b s < <(ssh_fetch "$who")
+      same_size "$b" "$sb1" || die "SSH fetch $who returned $b bytes (expected about $sb1)"
+      mbs=$(calc "%.1f" "$b / $s / 1000000")
+      log "  ssh fetch $i $who: $mbs MB/s ($s s)"
+      if [ "$who" = direct ]; then SD_MBS+=("$mbs"); dcol="$mbs MB/s ($s s)"; else SG_MBS+=("$mbs"); gcol="$mbs MB/s ($s s)"; fi
+    done
+    SSH_ROWS+="| $i | $dcol | $gcol |"$'\n'
+  done
+  SD_MED=$(median "${SD_MBS[@]}")
+  SG_MED=$(median "${SG_MBS[@]}")
+  SSH_RATIO=$(calc "%.3f" "$SG_MED / $SD_MED")
+  SSH_DONE=1
+  stop_pid "$GC_PID" "$SSHD_PID"
+  GC_PID="" SSHD_PID=""
+fi
+if [ "$SSH_DONE" = 1 ]; then
+  V_SSH=$(verdict "$SSH_RATIO >= $T_SSH_RATIO")
+  SSH_TARGET_ROW="| SSH fetch through Gatehouse >= $T_SSH_RATIO of direct sshd (median MB/s) | $SSH_RATIO | $V_SSH |"
+else
+  SSH_TARGET_ROW="| SSH fetch through Gatehouse >= $T_SSH_RATIO of direct sshd | $SSH_NOTE | not measured |"
+fi
+
 # ================================================================ results
 T_END=$(date +%s)
 TS=$(date -u +%Y%m%dT%H%M%SZ)
@@ -505,6 +629,7 @@ MODE=full
 | large fetch through Gatehouse >= $T_FETCH_RATIO of direct (median MB/s) | $FETCH_RATIO | $V_FETCH |
 | p99 added latency at a paced load of half the lower maximum rate <= $T_P99_ADDED_MS ms (method below) | $P99_ADDED ms | $V_P99 |
 | Gatehouse RSS during the fetch < $T_RSS_MIB MiB (max of sampled VmRSS and VmHWM) | $(mib "$RSS_WORST_KIB") MiB | $V_RSS |
+$SSH_TARGET_ROW
 
 ## (a) Small authenticated requests
 
@@ -566,9 +691,28 @@ Ratio (Gatehouse / direct, medians): **$FETCH_RATIO**
 | VmHWM at the end of (b) (whole life of this process) | $(mib "$GB_HWM_KIB") MiB |
 | VmRSS at the end of (b) | $(mib "$GB_END_KIB") MiB |
 EOF
+  if [ "$SSH_DONE" = 1 ]; then
+    cat <<EOF
+
+## (d) The same fetch over SSH
+
+The same repository and protocol-v2 fetch request over SSH, with OpenSSH's \`ssh\` client and its
+output counted by \`wc -c\` (no client \`index-pack\`). Direct: \`ssh\` to a real \`sshd\` (a user with
+\`git-shell\`, certificate login from a CA it trusts). Through Gatehouse: \`ssh\` to Gatehouse's SSH
+front door with a key registered to a service account; Gatehouse decides, mints a certificate,
+logs in to the same \`sshd\` and copies both streams: two SSH hops, so twice the encryption, on the
+same $(nproc) cores. One warm-up each way (same size within 0.1%), then $FETCH_RUNS each way, interleaved.
+
+| run | direct to sshd | through Gatehouse |
+|---|---|---|
+${SSH_ROWS}| **median** | **$SD_MED MB/s** | **$SG_MED MB/s** |
+
+Ratio (Gatehouse / direct, medians): **$SSH_RATIO**
+EOF
+  fi
 } >"$RUN/results.md"
 
 cp "$RUN/results.md" "$RESULTS/$TS.md"
 cp "$RUN/results.md" "$RESULTS/latest.md"
-log "done in $((T_END - T_START)) s: fetch ratio $FETCH_RATIO ($V_FETCH), p99 added $P99_ADDED ms ($V_P99), RSS peak $(mib "$RSS_WORST_KIB") MiB ($V_RSS)"
+log "done in $((T_END - T_START)) s: fetch ratio $FETCH_RATIO ($V_FETCH), p99 added $P99_ADDED ms ($V_P99), RSS peak $(mib "$RSS_WORST_KIB") MiB ($V_RSS), ssh ratio ${SSH_RATIO:-not measured} (${V_SSH:-$SSH_NOTE})"
 log "results: ${RESULTS#"$ROOT"/}/$TS.md and latest.md"
