@@ -18,6 +18,20 @@ pub struct AuditPrincipal {
     pub token_id: Option<String>,
 }
 
+impl AuditPrincipal {
+    /// What the audit trail keeps of a principal (never a credential).
+    pub fn of(p: &gatehouse_core::Principal) -> Self {
+        Self {
+            kind: p.kind.as_str(),
+            subject: p.subject.clone(),
+            issuer: p.issuer.clone(),
+            username: p.username.clone(),
+            groups: p.groups.clone(),
+            token_id: p.token_id.clone(),
+        }
+    }
+}
+
 /// One ref a push asked to change, and what the policy said.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct AuditRef {

@@ -230,23 +230,7 @@ impl IssuerKeys {
         now: i64,
     ) -> Result<serde_json::Map<String, serde_json::Value>, AuthnError> {
         let jwt = crate::jwt::parse_unverified_up_to(token, crate::jwt::MAX_ID_TOKEN_LEN)?;
-        let alg = Algorithm::from_str(&jwt.alg).map_err(|_| AuthnError::AlgorithmNotAllowed)?;
-        if !self.algorithms.contains(&alg) {
-            return Err(AuthnError::AlgorithmNotAllowed);
-        }
-        if self.is_stale() {
-            let had_keys = self.state.load().fetched_at.is_some();
-            if self.refresh().await.is_err() && !had_keys {
-                return Err(AuthnError::KeysUnavailable);
-            }
-        }
-        let kid = jwt.kid.as_deref();
-        let mut state = self.state.load_full();
-        if select(&state.keys, kid, alg)?.is_none() && self.refetch_for_unknown_kid().await {
-            state = self.state.load_full();
-        }
-        let key = select(&state.keys, kid, alg)?.ok_or(AuthnError::UnknownKey)?;
-        check_signature(&jwt, key, alg)?;
+        self.check_signed(&jwt).await?;
         let claims = jwt.claims;
         if claims.get("iss").and_then(serde_json::Value::as_str) != Some(self.cfg.issuer.as_str()) {
             return Err(AuthnError::WrongIssuer);
@@ -545,12 +529,9 @@ impl IssuerKeys {
         serde_json::from_slice(&body).map_err(|e| format!("GET {url}: {e}"))
     }
 
-    /// Verifies a token that names this issuer.
-    pub(crate) async fn verify(
-        &self,
-        jwt: &UnverifiedJwt,
-        now: i64,
-    ) -> Result<Principal, AuthnError> {
+    /// Checks a token's algorithm against the allow-list and its signature against this issuer's
+    /// keys (refreshing stale keys, and refetching once, rate-limited, for an unknown `kid`).
+    async fn check_signed(&self, jwt: &UnverifiedJwt) -> Result<(), AuthnError> {
         let alg = Algorithm::from_str(&jwt.alg).map_err(|_| AuthnError::AlgorithmNotAllowed)?;
         if !self.algorithms.contains(&alg) {
             return Err(AuthnError::AlgorithmNotAllowed);
@@ -568,7 +549,16 @@ impl IssuerKeys {
             state = self.state.load_full();
         }
         let key = select(&state.keys, kid, alg)?.ok_or(AuthnError::UnknownKey)?;
-        check_signature(jwt, key, alg)?;
+        check_signature(jwt, key, alg)
+    }
+
+    /// Verifies a token that names this issuer.
+    pub(crate) async fn verify(
+        &self,
+        jwt: &UnverifiedJwt,
+        now: i64,
+    ) -> Result<Principal, AuthnError> {
+        self.check_signed(jwt).await?;
         check_standard(
             &jwt.claims,
             now,

@@ -87,6 +87,17 @@ pub enum RefOp {
 }
 
 impl RefOp {
+    /// The action the policy is asked about for a ref changed this way.
+    pub const fn action(self) -> gatehouse_core::Action {
+        match self {
+            RefOp::Create => gatehouse_core::Action::RefCreate,
+            RefOp::Update => gatehouse_core::Action::RefUpdate,
+            RefOp::Delete => gatehouse_core::Action::RefDelete,
+        }
+    }
+}
+
+impl RefOp {
     /// `create`, `update` or `delete`.
     pub const fn as_str(self) -> &'static str {
         match self {

@@ -14,7 +14,9 @@ use http::{Method, Request, Response, StatusCode};
 
 use crate::body::Body;
 use crate::pages::{self, Access, ChooserEntry, SessionView, WhoAmI};
-use crate::proxy::{Admitted, Gateway, audit_principal};
+use gatehouse_audit::AuditPrincipal;
+
+use crate::proxy::{Admitted, Gateway};
 use crate::respond::{ClientKind, Refusal, typed_response};
 
 /// The longest form body read (the sign-out form).
@@ -49,6 +51,17 @@ pub(crate) fn cookie_headers(h: &HeaderMap) -> impl Iterator<Item = &str> {
     h.get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
+}
+
+/// No credential was presented.
+fn missing(kind: ClientKind) -> (Refusal, ClientKind) {
+    (
+        Refusal::Unauthenticated {
+            error: AuthnError::Missing,
+            presented: false,
+        },
+        kind,
+    )
 }
 
 /// The response sending a browser to sign in, then back to `return_to`.
@@ -282,7 +295,7 @@ impl Gateway {
         let sessions = self.sessions()?;
         match sessions.finish(query, cookie_headers(headers)).await {
             Ok(done) => {
-                rec.principal = Some(audit_principal(&done.principal));
+                rec.principal = Some(AuditPrincipal::of(&done.principal));
                 rec.reason = Some("signed_in".into());
                 tracing::info!(user = %done.principal.username, issuer = %done.principal.issuer, "signed in");
                 let mut r = redirect(StatusCode::FOUND, &done.location);
@@ -314,7 +327,7 @@ impl Gateway {
         let Some(session) = session else {
             return Ok(redirect(StatusCode::SEE_OTHER, &sessions.signed_out_url()));
         };
-        rec.principal = Some(audit_principal(&session.principal));
+        rec.principal = Some(AuditPrincipal::of(&session.principal));
         if req.method() == Method::GET || req.method() == Method::HEAD {
             return Ok(self.html(
                 StatusCode::OK,
@@ -361,6 +374,36 @@ impl Gateway {
         }
     }
 
+    /// Who is calling a Gatehouse endpoint: the `Authorization` credential, else the browser
+    /// session (with it). `None` when neither is presented.
+    async fn caller(
+        &self,
+        headers: &HeaderMap,
+        adm: &Admitted,
+        kind: ClientKind,
+    ) -> Result<Option<(Principal, Option<ActiveSession>)>, (Refusal, ClientKind)> {
+        let refused = |error| {
+            (
+                Refusal::Unauthenticated {
+                    error,
+                    presented: true,
+                },
+                kind,
+            )
+        };
+        match crate::proxy::credential(headers) {
+            Err(e) => Err(refused(e)),
+            Ok(Some(cred)) => {
+                let p = self.authn.authenticate(&cred).await.map_err(refused)?;
+                Ok(Some((p, None)))
+            }
+            Ok(None) => Ok(self
+                .session_of(headers, &adm.request_id)
+                .await?
+                .map(|s| (s.principal.clone(), Some(s)))),
+        }
+    }
+
     /// Signs an SSH user certificate for the caller's public key (`gatehouse ssh-cert`). The
     /// caller authenticates like any API client (bearer token, or a browser session).
     async fn ssh_cert(
@@ -379,40 +422,14 @@ impl Gateway {
                 kind,
             ));
         };
-        let principal = match crate::proxy::credential(req.headers()) {
-            Err(e) => {
-                return Err((
-                    Refusal::Unauthenticated {
-                        error: e,
-                        presented: true,
-                    },
-                    kind,
-                ));
-            }
-            Ok(Some(cred)) => self.authn.authenticate(&cred).await.map_err(|e| {
-                (
-                    Refusal::Unauthenticated {
-                        error: e,
-                        presented: true,
-                    },
-                    kind,
-                )
-            })?,
-            Ok(None) => match self.session_of(req.headers(), &adm.request_id).await? {
-                Some(s) if !crate::portal::cross_site(req.headers(), &adm.host) => s.principal,
-                _ => {
-                    return Err((
-                        Refusal::Unauthenticated {
-                            error: AuthnError::Missing,
-                            presented: false,
-                        },
-                        kind,
-                    ));
-                }
-            },
+        // A browser session may ask too, but not from another site (this is a POST).
+        let principal = match self.caller(req.headers(), adm, kind).await? {
+            Some((p, None)) => p,
+            Some((p, Some(_))) if !cross_site(req.headers(), &adm.host) => p,
+            _ => return Err(missing(kind)),
         };
         let principal = self.enrich(principal, adm, kind).await?;
-        rec.principal = Some(audit_principal(&principal));
+        rec.principal = Some(AuditPrincipal::of(&principal));
         let body = crate::proxy::read_limited(req.into_body(), 16 * 1024)
             .await
             .map_err(|r| (r, kind))?;
@@ -483,48 +500,16 @@ impl Gateway {
     ) -> Result<Response<Body>, (Refusal, ClientKind)> {
         let html = wants_html(headers);
         let kind = ClientKind::Api;
-        let (principal, session) = match crate::proxy::credential(headers) {
-            Err(e) => {
-                return Err((
-                    Refusal::Unauthenticated {
-                        error: e,
-                        presented: true,
-                    },
-                    kind,
-                ));
+        let Some((principal, session)) = self.caller(headers, adm, kind).await? else {
+            if html && let Some(sessions) = &self.sessions {
+                rec.decision = Some("deny");
+                rec.reason = Some("login_required".into());
+                return Ok(login_redirect(sessions, "/.gatehouse/"));
             }
-            Ok(Some(cred)) => {
-                let p = self.authn.authenticate(&cred).await.map_err(|e| {
-                    (
-                        Refusal::Unauthenticated {
-                            error: e,
-                            presented: true,
-                        },
-                        kind,
-                    )
-                })?;
-                (p, None)
-            }
-            Ok(None) => match self.session_of(headers, &adm.request_id).await? {
-                Some(s) => (s.principal.clone(), Some(s)),
-                None => {
-                    if html && let Some(sessions) = &self.sessions {
-                        rec.decision = Some("deny");
-                        rec.reason = Some("login_required".into());
-                        return Ok(login_redirect(sessions, "/.gatehouse/"));
-                    }
-                    return Err((
-                        Refusal::Unauthenticated {
-                            error: AuthnError::Missing,
-                            presented: false,
-                        },
-                        kind,
-                    ));
-                }
-            },
+            return Err(missing(kind));
         };
         let principal = self.enrich(principal, adm, kind).await?;
-        rec.principal = Some(audit_principal(&principal));
+        rec.principal = Some(AuditPrincipal::of(&principal));
         let repos = self.reachable_repos(&principal, adm).await;
         let links = self.reachable_links(&principal, adm);
         let now = self.clock.now().as_secs();

@@ -20,7 +20,7 @@ use gatehouse_config::{IdentityHeadersConfig, IpNet};
 use gatehouse_core::{Action, Clock, Principal, Redacted, Resource};
 use gatehouse_forge::ForgeGroups;
 use gatehouse_git::{
-    Classified, ForgeFlavor, GitService, LfsOperation, PushParse, RefOp, RequestKind, classify,
+    Classified, ForgeFlavor, GitService, LfsOperation, PushParse, RequestKind, classify,
     lfs_batch_operation, parse_push_request, refused_push_report,
 };
 use gatehouse_policy::{AuthzRequest, PolicyEngine, RefFacts, RequestFacts};
@@ -150,17 +150,6 @@ fn request_host(req: &Request<Body>) -> Option<String> {
             b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']')
         });
     ok.then_some(host)
-}
-
-pub(crate) fn audit_principal(p: &Principal) -> AuditPrincipal {
-    AuditPrincipal {
-        kind: p.kind.as_str(),
-        subject: p.subject.clone(),
-        issuer: p.issuer.clone(),
-        username: p.username.clone(),
-        groups: p.groups.clone(),
-        token_id: p.token_id.clone(),
-    }
 }
 
 fn describe(action: Action, resource: &Resource) -> String {
@@ -584,7 +573,7 @@ impl Gateway {
             self.authenticate(&cred, adm, rec, kind).await?
         };
         let principal = self.enrich(principal, adm, kind).await?;
-        rec.principal = Some(audit_principal(&principal));
+        rec.principal = Some(AuditPrincipal::of(&principal));
 
         // Phase 4: authorize.
         let (req, action) = if c.kind == RequestKind::LfsBatch {
@@ -848,28 +837,28 @@ impl Gateway {
         let mut refused: Vec<(usize, String)> = Vec::new();
         let mut audit_refs = Vec::with_capacity(push.updates.len());
         let mut first_denial: Option<gatehouse_core::Decision> = None;
-        for (i, u) in push.updates.iter().enumerate() {
-            let action = match u.op() {
-                RefOp::Create => Action::RefCreate,
-                RefOp::Update => Action::RefUpdate,
-                RefOp::Delete => Action::RefDelete,
-            };
-            let d = policy.evaluate(&AuthzRequest {
-                principal,
-                action,
-                resource: &c.resource,
-                facts: RequestFacts {
-                    source_ip: adm.client,
-                    method,
-                    host: &adm.host,
-                    wiki: c.wiki,
-                    git_ref: Some(RefFacts {
+        let decisions = policy.decide_refs(
+            principal,
+            &c.resource,
+            RequestFacts {
+                source_ip: adm.client,
+                method,
+                host: &adm.host,
+                wiki: c.wiki,
+                git_ref: None,
+            },
+            push.updates.iter().map(|u| {
+                (
+                    u.op().action(),
+                    RefFacts {
                         name: &u.name,
                         old: &u.old,
                         new: &u.new,
-                    }),
-                },
-            });
+                    },
+                )
+            }),
+        );
+        for (i, (u, d)) in push.updates.iter().zip(decisions).enumerate() {
             audit_refs.push(AuditRef {
                 name: u.name.clone(),
                 op: u.op().as_str(),

@@ -44,7 +44,7 @@ pub enum PolicyError {
 }
 
 /// Request facts beyond principal, action and resource.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct RequestFacts<'a> {
     /// The client's address.
     pub source_ip: IpAddr,
@@ -362,6 +362,32 @@ impl PolicyEngine {
             cache.insert(key, decision.clone());
         }
         decision
+    }
+
+    /// Decides every ref a push changes (`ref:create|update|delete`, with the ref in the
+    /// context), after `git:write` was allowed. `refs` are the action and ref of each update, in
+    /// order; the answer has one decision per ref, in the same order. One refused ref refuses the
+    /// whole push: that is the caller's to enforce, on both transports alike.
+    pub fn decide_refs<'a>(
+        &self,
+        principal: &Principal,
+        resource: &Resource,
+        facts: RequestFacts<'a>,
+        refs: impl IntoIterator<Item = (Action, RefFacts<'a>)>,
+    ) -> Vec<Decision> {
+        refs.into_iter()
+            .map(|(action, r)| {
+                self.evaluate(&AuthzRequest {
+                    principal,
+                    action,
+                    resource,
+                    facts: RequestFacts {
+                        git_ref: Some(r),
+                        ..facts
+                    },
+                })
+            })
+            .collect()
     }
 
     /// Decides a request and says which policies decided it and why.

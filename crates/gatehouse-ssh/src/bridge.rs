@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use gatehouse_audit::{AuditRecord, AuditRef, AuditSlot};
-use gatehouse_core::{Action, Decision, Principal, Resource};
+use gatehouse_core::{Decision, Principal, Resource};
 use gatehouse_git::{
-    PushParse, PushRequest, RefOp, SshCommand, SshService, parse_push_request, refused_push_report,
+    PushParse, PushRequest, SshCommand, SshService, parse_push_request, refused_push_report,
 };
-use gatehouse_policy::{AuthzRequest, RefFacts, RequestFacts};
+use gatehouse_policy::{RefFacts, RequestFacts};
 use russh::keys::PublicKeyOrCertificate;
 use russh::keys::ssh_key::public::KeyData;
 use russh::server::Msg;
@@ -56,33 +56,32 @@ impl PushGate<'_> {
         &self,
         push: &PushRequest,
     ) -> (Vec<AuditRef>, Vec<(usize, String)>, Option<Decision>) {
-        let policy = self.gw.policy.load();
         let resource = Resource::Repo(self.command.repo.clone());
-        let mut refs = Vec::with_capacity(push.updates.len());
-        let mut refused = Vec::new();
-        let mut first = None;
-        for (i, u) in push.updates.iter().enumerate() {
-            let action = match u.op() {
-                RefOp::Create => Action::RefCreate,
-                RefOp::Update => Action::RefUpdate,
-                RefOp::Delete => Action::RefDelete,
-            };
-            let d = policy.evaluate(&AuthzRequest {
-                principal: self.principal,
-                action,
-                resource: &resource,
-                facts: RequestFacts {
-                    source_ip: self.peer,
-                    method: "SSH",
-                    host: self.host,
-                    wiki: self.command.wiki,
-                    git_ref: Some(RefFacts {
+        let decisions = self.gw.policy.load().decide_refs(
+            self.principal,
+            &resource,
+            RequestFacts {
+                source_ip: self.peer,
+                method: "SSH",
+                host: self.host,
+                wiki: self.command.wiki,
+                git_ref: None,
+            },
+            push.updates.iter().map(|u| {
+                (
+                    u.op().action(),
+                    RefFacts {
                         name: &u.name,
                         old: &u.old,
                         new: &u.new,
-                    }),
-                },
-            });
+                    },
+                )
+            }),
+        );
+        let mut refs = Vec::with_capacity(push.updates.len());
+        let mut refused = Vec::new();
+        let mut first = None;
+        for (i, (u, d)) in push.updates.iter().zip(decisions).enumerate() {
             refs.push(AuditRef {
                 name: u.name.clone(),
                 op: u.op().as_str(),

@@ -33,17 +33,6 @@ pub(crate) struct Conn {
     git_protocol: HashMap<ChannelId, String>,
 }
 
-pub(crate) fn audit_principal(p: &Principal) -> AuditPrincipal {
-    AuditPrincipal {
-        kind: p.kind.as_str(),
-        subject: p.subject.clone(),
-        issuer: p.issuer.clone(),
-        username: p.username.clone(),
-        groups: p.groups.clone(),
-        token_id: p.token_id.clone(),
-    }
-}
-
 /// Tells the client why, on stderr, and ends the channel with `code`.
 fn refuse(session: &mut Session, id: ChannelId, msg: &str, code: u32) -> Result<(), russh::Error> {
     session.extended_data(id, 1, bytes::Bytes::from(format!("Gatehouse: {msg}\r\n")))?;
@@ -273,7 +262,7 @@ impl russh::server::Handler for Conn {
             return refuse(session, channel, "not authenticated", 128);
         };
         let mut rec = self.record();
-        rec.principal = Some(audit_principal(&caller.principal));
+        rec.principal = Some(AuditPrincipal::of(&caller.principal));
         rec.detail = Some(caller.credential.clone());
         let command: String = String::from_utf8_lossy(data).chars().take(1024).collect();
         rec.path = Some(command.clone());
