@@ -374,6 +374,9 @@ pub struct SshConfig {
     /// An idle SSH connection is closed after this long.
     #[serde(default = "d600s")]
     pub inactivity_timeout: ConfigDuration,
+    /// Most SSH connections open at once; more are closed at once (before the handshake).
+    #[serde(default = "default_ssh_max_connections")]
+    pub max_connections: usize,
     /// Public keys of service accounts (bots, CI), accepted without a certificate.
     #[serde(default)]
     pub service_accounts: Vec<SshServiceAccount>,
@@ -1025,6 +1028,9 @@ fn default_ssh_user_ca() -> PathBuf {
 }
 fn default_ssh_upstream_ca() -> PathBuf {
     PathBuf::from("ssh/upstream_ca")
+}
+fn default_ssh_max_connections() -> usize {
+    512
 }
 fn default_ssh_user() -> String {
     "git".to_owned()

@@ -97,6 +97,8 @@ pub struct SshSettings {
     pub external_address: String,
     /// Idle connections are closed after this long.
     pub inactivity_timeout: Duration,
+    /// Most connections open at once.
+    pub max_connections: usize,
 }
 
 impl SshSettings {
@@ -166,6 +168,7 @@ impl SshSettings {
                 .clone()
                 .unwrap_or_else(|| ssh.listen.to_string()),
             inactivity_timeout: ssh.inactivity_timeout.0,
+            max_connections: ssh.max_connections.max(1),
         }))
     }
 
@@ -266,6 +269,7 @@ impl SshGateway {
             ..Default::default()
         });
         tokio::pin!(shutdown);
+        let slots = Arc::new(tokio::sync::Semaphore::new(self.settings.max_connections));
         loop {
             let (stream, peer) = tokio::select! {
                 () = &mut shutdown => return,
@@ -278,9 +282,16 @@ impl SshGateway {
                     }
                 },
             };
+            // Beyond the cap a connection is closed before any work is spent on it.
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                tracing::warn!(peer = %peer, max = self.settings.max_connections, "ssh: too many connections, refusing");
+                drop(stream);
+                continue;
+            };
             let handler = server::Conn::new(self.clone(), peer);
             let config = config.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 match russh::server::run_stream(config, stream, handler).await {
                     Ok(session) => {
                         if let Err(e) = session.await {

@@ -478,3 +478,62 @@ fn git_over_ssh_with_certificates_service_keys_and_refusals() {
         "{denied}"
     );
 }
+
+/// `ssh.max_connections`: one connection open, the next is closed before the handshake, and a
+/// slot frees when a connection ends. Built-in upstream (git on the gateway's own directory).
+#[test]
+fn ssh_connections_beyond_the_cap_are_closed() {
+    let tmp = TempDir::new("ssh-cap");
+    let (root, _) = repos(&tmp);
+    let keys = tmp.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    keygen(&keys.join("ci"));
+    let ci_pub = std::fs::read_to_string(keys.join("ci.pub")).unwrap();
+    let port = gatehouse_testkit::free_port();
+    let gw = builder()
+        .with_builtin_upstream(&root)
+        .policy(POLICY)
+        .extra(&format!(
+            "[ssh]\nlisten = \"127.0.0.1:{port}\"\nmax_connections = 1\n\n[[ssh.service_accounts]]\nname = \"ci-bot\"\npublic_key = \"{}\"\ngroups = [\"ci\"]\n",
+            ci_pub.trim()
+        ))
+        .start();
+    let fetch = || {
+        ssh(
+            &keys.join("ci"),
+            port,
+            &["git@127.0.0.1", "git-upload-pack 'demo/hello.git'"],
+        )
+    };
+    let first = fetch();
+    assert!(
+        String::from_utf8_lossy(&first.stdout).contains("refs/heads/main"),
+        "{first:?}"
+    );
+    // Hold the only slot with an idle connection.
+    let cmd = ssh_command(&keys.join("ci"), port);
+    let mut parts = cmd.split_whitespace();
+    let mut holder = Command::new(parts.next().unwrap());
+    holder.args(parts).args(["-N", "git@127.0.0.1"]);
+    let held =
+        gatehouse_testkit::Child::spawn("ssh-holder", &mut holder, &tmp.path().join("holder.log"));
+    // Once the holder is connected, the next connection is closed (until then it may still be
+    // served: retry).
+    gatehouse_testkit::wait_for(
+        "a connection refused at the cap",
+        std::time::Duration::from_secs(10),
+        || {
+            let o = fetch();
+            (!o.status.success() && gw.log().contains("too many connections")).then_some(())
+        },
+    );
+    drop(held);
+    let again =
+        gatehouse_testkit::wait_for("a free slot", std::time::Duration::from_secs(10), || {
+            let o = fetch();
+            String::from_utf8_lossy(&o.stdout)
+                .contains("refs/heads/main")
+                .then_some(o)
+        });
+    assert!(again.status.success() || !again.stdout.is_empty());
+}
