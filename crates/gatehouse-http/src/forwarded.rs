@@ -131,7 +131,20 @@ pub(crate) fn request_id(h: &HeaderMap) -> String {
                 && s.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
         })
-        .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned)
+        .map_or_else(new_request_id, str::to_owned)
+}
+
+/// A fresh UUIDv7 request id: the time in milliseconds, then random bits from the per-thread
+/// generator (`Uuid::now_v7` asks the kernel for randomness on every call: a syscall per request).
+fn new_request_id() -> String {
+    let (secs, nanos) = uuid::Timestamp::now(uuid::NoContext).to_unix();
+    let millis = secs.saturating_mul(1000) + u64::from(nanos / 1_000_000);
+    let mut random = [0u8; 10];
+    random[..8].copy_from_slice(&next_random().to_le_bytes());
+    random[8..].copy_from_slice(&next_random().to_le_bytes()[..2]);
+    uuid::Builder::from_unix_timestamp_millis(millis, &random)
+        .into_uuid()
+        .to_string()
 }
 
 fn push_hex(out: &mut String, mut v: u64, digits: usize) {
@@ -296,6 +309,11 @@ mod tests {
             "bad id\""
         );
         assert_eq!(request_id(&HeaderMap::new()).len(), 36);
+        let a = uuid::Uuid::parse_str(&request_id(&HeaderMap::new())).unwrap();
+        let b = uuid::Uuid::parse_str(&request_id(&HeaderMap::new())).unwrap();
+        assert_eq!(a.get_version_num(), 7);
+        assert_ne!(a, b);
+        assert!(a.get_timestamp().is_some());
     }
 
     #[test]
