@@ -46,8 +46,7 @@ impl GitHttpServer {
         let sock = d.join("fcgi.sock");
         let mut fcgi_cmd = Command::new("fcgiwrap");
         fcgi_cmd.args(["-c", "4", "-s", &format!("unix:{}", sock.display())]);
-        let mut fcgi = Child::spawn("fcgiwrap", &mut fcgi_cmd, &d.join("fcgiwrap.log"));
-        fcgi.kill_children = true;
+        let fcgi = Child::spawn_group("fcgiwrap", &mut fcgi_cmd, &d.join("fcgiwrap.log"));
         wait_for("fcgiwrap socket", Duration::from_secs(10), || {
             sock.exists().then_some(())
         });

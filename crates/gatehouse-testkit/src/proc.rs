@@ -45,7 +45,9 @@ pub struct Child {
     pub name: String,
     pub inner: std::process::Child,
     pub log: PathBuf,
-    /// Also end the process's children (fcgiwrap forks workers that outlive a TERM).
+    /// The process leads its own process group, and the whole group is ended: a pre-forking
+    /// server (fcgiwrap) replaces workers that die, so ending the workers first and then the
+    /// parent leaves the replacements behind. Set with [`Child::spawn_group`].
     pub kill_children: bool,
 }
 
@@ -65,6 +67,15 @@ impl Child {
             log: log.to_owned(),
             kill_children: false,
         }
+    }
+
+    /// Like [`Child::spawn`], in a new process group that is ended as a whole on drop.
+    pub fn spawn_group(name: &str, cmd: &mut Command, log: &Path) -> Self {
+        use std::os::unix::process::CommandExt as _;
+        cmd.process_group(0);
+        let mut c = Self::spawn(name, cmd, log);
+        c.kill_children = true;
+        c
     }
 
     pub fn pid(&self) -> u32 {
@@ -103,8 +114,9 @@ impl Child {
 impl Drop for Child {
     fn drop(&mut self) {
         if self.kill_children {
-            let _ = Command::new("pkill")
-                .args(["-TERM", "-P", &self.pid().to_string()])
+            // The whole group at once: no parent left to replace its workers.
+            let _ = Command::new("kill")
+                .args(["-TERM", "--", &format!("-{}", self.pid())])
                 .status();
         }
         if self.is_running() {
