@@ -274,14 +274,35 @@ impl std::fmt::Debug for Sessions {
     }
 }
 
-fn string_claim(p: &Principal) -> StoredPrincipal {
-    StoredPrincipal {
-        kind: p.kind.as_str().to_owned(),
-        subject: p.subject.clone(),
-        username: p.username.clone(),
-        display_name: p.display_name.clone(),
-        email: p.email.clone(),
-        groups: p.groups.clone(),
+impl StoredPrincipal {
+    fn of(p: &Principal) -> Self {
+        Self {
+            kind: p.kind.as_str().to_owned(),
+            subject: p.subject.clone(),
+            username: p.username.clone(),
+            display_name: p.display_name.clone(),
+            email: p.email.clone(),
+            groups: p.groups.clone(),
+        }
+    }
+
+    /// The principal again, as the session `id` names it until `expires_at`.
+    fn principal(&self, issuer: &str, id: &str, expires_at: i64) -> Principal {
+        Principal {
+            kind: if self.kind == "service" {
+                PrincipalKind::Service
+            } else {
+                PrincipalKind::User
+            },
+            issuer: issuer.to_owned(),
+            subject: self.subject.clone(),
+            username: self.username.clone(),
+            display_name: self.display_name.clone(),
+            email: self.email.clone(),
+            groups: self.groups.clone(),
+            token_id: Some(session_ref(id)),
+            expires_at: Some(expires_at),
+        }
     }
 }
 
@@ -429,6 +450,16 @@ impl Sessions {
         &self.cfg
     }
 
+    /// The sign-in provider of `issuer`, while it is configured.
+    fn provider(&self, issuer: &str) -> Option<&Provider> {
+        self.providers.iter().find(|p| p.issuer() == issuer)
+    }
+
+    /// The lock serialising renewal and sign-out of the session stored under `key`.
+    fn lock_of(&self, key: &str) -> &tokio::sync::Mutex<()> {
+        &self.locks[usize::from(key.as_bytes().first().copied().unwrap_or(0)) % LOCK_STRIPES]
+    }
+
     /// The issuers people can sign in at, in config order.
     pub fn providers(&self) -> &[Provider] {
         &self.providers
@@ -552,9 +583,7 @@ impl Sessions {
             return Err(SessionError::Expired);
         }
         let p = self
-            .providers
-            .iter()
-            .find(|p| p.issuer() == pending.issuer)
+            .provider(&pending.issuer)
             .ok_or(SessionError::UnknownProvider)?;
         let meta = p.metadata().await?;
         match iss {
@@ -623,7 +652,7 @@ impl Sessions {
         };
         let rec = StoredSession {
             issuer: p.issuer().to_owned(),
-            principal: string_claim(&principal),
+            principal: StoredPrincipal::of(&principal),
             created_at: now,
             expires_at,
             access_expires_at,
@@ -677,24 +706,23 @@ impl Sessions {
             return Ok(None);
         };
         let now = self.clock.now().as_secs();
-        let configured = self.providers.iter().any(|p| p.issuer() == rec.issuer);
         // Past its end, or its issuer is no longer trusted for sign-in: the session is over.
-        if now >= rec.expires_at || !configured {
+        let provider = self.provider(&rec.issuer).filter(|_| now < rec.expires_at);
+        let Some(p) = provider else {
             self.store.delete(RecordKind::Session, &key).await?;
             return Ok(None);
-        }
+        };
         let refresh_before = self.cfg.refresh_before.0.as_secs() as i64;
         let renew_at = rec.access_expires_at.saturating_sub(refresh_before);
         if rec.refresh_token.is_some() && now >= renew_at {
-            let stripe = usize::from(key.as_bytes()[0]) % LOCK_STRIPES;
-            let _guard = self.locks[stripe].lock().await;
+            let _guard = self.lock_of(&key).lock().await;
             // Another request may have renewed it while this one waited.
             let Some(fresh) = self.get::<StoredSession>(RecordKind::Session, &key).await? else {
                 return Ok(None);
             };
             rec = fresh;
             if now >= rec.access_expires_at.saturating_sub(refresh_before) {
-                match self.refresh(&mut rec, now).await {
+                match self.refresh(p, &mut rec, now).await {
                     Ok(()) => {
                         self.put(RecordKind::Session, &key, rec.expires_at, &rec)
                             .await?;
@@ -713,26 +741,11 @@ impl Sessions {
                 }
             }
         }
-        let p = self.providers.iter().find(|p| p.issuer() == rec.issuer);
-        let principal = Principal {
-            kind: if rec.principal.kind == "service" {
-                PrincipalKind::Service
-            } else {
-                PrincipalKind::User
-            },
-            issuer: rec.issuer.clone(),
-            subject: rec.principal.subject.clone(),
-            username: rec.principal.username.clone(),
-            display_name: rec.principal.display_name.clone(),
-            email: rec.principal.email.clone(),
-            groups: rec.principal.groups.clone(),
-            token_id: Some(session_ref(id)),
-            expires_at: Some(rec.expires_at),
-        };
+        let principal = rec.principal.principal(&rec.issuer, id, rec.expires_at);
         Ok(Some(ActiveSession {
             id: Redacted::new(id.to_owned()),
             principal,
-            provider_name: p.map_or_else(|| rec.issuer.clone(), |p| p.name.clone()),
+            provider_name: p.name.clone(),
             created_at: rec.created_at,
             expires_at: rec.expires_at,
             access_expires_at: rec.access_expires_at,
@@ -742,12 +755,12 @@ impl Sessions {
     }
 
     /// Renews a session's tokens; a new ID token must name the same subject.
-    async fn refresh(&self, rec: &mut StoredSession, now: i64) -> Result<(), TokenCallError> {
-        let Some(p) = self.providers.iter().find(|p| p.issuer() == rec.issuer) else {
-            return Err(TokenCallError::Refused(
-                "issuer no longer configured".into(),
-            ));
-        };
+    async fn refresh(
+        &self,
+        p: &Provider,
+        rec: &mut StoredSession,
+        now: i64,
+    ) -> Result<(), TokenCallError> {
         let Some(rt) = rec.refresh_token.clone() else {
             return Err(TokenCallError::Refused("no refresh token".into()));
         };
@@ -801,7 +814,7 @@ impl Sessions {
                     "renewed identity names another subject".into(),
                 ));
             }
-            rec.principal = string_claim(&principal);
+            rec.principal = StoredPrincipal::of(&principal);
             rec.id_token = Some(id_token.clone());
         }
         rec.access_expires_at = access_expiry(now, tokens.expires_in);
@@ -828,8 +841,7 @@ impl Sessions {
     pub async fn logout(&self, s: &ActiveSession) -> Result<Logout, SessionError> {
         let key = store_key(s.id.expose());
         // The same lock as renewal: a renewal in flight cannot write the session back.
-        let stripe = usize::from(key.as_bytes()[0]) % LOCK_STRIPES;
-        let guard = self.locks[stripe].lock().await;
+        let guard = self.lock_of(&key).lock().await;
         let rec = self
             .take::<StoredSession>(RecordKind::Session, &key)
             .await?;
@@ -837,7 +849,7 @@ impl Sessions {
         let clear = set_cookie(SESSION_COOKIE, "", 0);
         let mut location = self.signed_out_url();
         if let Some(rec) = rec
-            && let Some(p) = self.providers.iter().find(|p| p.issuer() == rec.issuer)
+            && let Some(p) = self.provider(&rec.issuer)
             && let Ok(meta) = p.metadata().await
         {
             if let (Some(rt), Some(endpoint)) = (&rec.refresh_token, &meta.revocation_endpoint) {

@@ -105,6 +105,14 @@ impl FileStore {
         self.dir.join(kind.as_str()).join(key)
     }
 
+    /// A unique hidden name beside a record (a write in progress, or a record being taken);
+    /// `sweep` removes leftovers after an hour.
+    fn scratch(&self, kind: RecordKind, key: &str, what: &str) -> PathBuf {
+        self.dir
+            .join(kind.as_str())
+            .join(format!(".{key}.{}.{what}", unique_suffix()))
+    }
+
     async fn read_record(p: &Path) -> Result<Option<Vec<u8>>, StoreError> {
         match tokio::fs::read(p).await {
             Ok(mut bytes) => {
@@ -149,10 +157,7 @@ impl SessionStore for FileStore {
         Box::pin(async move {
             valid_key(key)?;
             let path = self.path(kind, key);
-            let tmp = self
-                .dir
-                .join(kind.as_str())
-                .join(format!(".{key}.{}.tmp", unique_suffix()));
+            let tmp = self.scratch(kind, key, "tmp");
             let mut bytes = Vec::with_capacity(8 + value.len());
             bytes.extend_from_slice(&expires_at.to_be_bytes());
             bytes.extend_from_slice(value);
@@ -197,10 +202,7 @@ impl SessionStore for FileStore {
         Box::pin(async move {
             valid_key(key)?;
             let path = self.path(kind, key);
-            let claimed = self
-                .dir
-                .join(kind.as_str())
-                .join(format!(".{key}.{}.taken", unique_suffix()));
+            let claimed = self.scratch(kind, key, "taken");
             // rename(2) is atomic: of two concurrent takers, only one moves the file.
             match tokio::fs::rename(&path, &claimed).await {
                 Ok(()) => {}
