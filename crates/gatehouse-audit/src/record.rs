@@ -49,6 +49,26 @@ pub struct AuditRef {
     pub reason: String,
 }
 
+impl AuditRef {
+    /// A ref update (`op` is `create`, `update` or `delete`) and what the policy said about it.
+    pub fn decided(
+        name: &str,
+        op: &'static str,
+        old: &str,
+        new: &str,
+        d: &gatehouse_core::Decision,
+    ) -> Self {
+        Self {
+            name: name.to_owned(),
+            op,
+            old: old.to_owned(),
+            new: new.to_owned(),
+            decision: if d.allowed { "allow" } else { "deny" },
+            reason: d.reason.clone(),
+        }
+    }
+}
+
 /// One audited event. Field order is the order on disk.
 #[derive(Debug, Clone, Serialize, Default, PartialEq)]
 pub struct AuditRecord {

@@ -23,7 +23,7 @@ use gatehouse_git::{
     Classified, ForgeFlavor, GitService, LfsOperation, PushParse, RequestKind, classify,
     lfs_batch_operation, parse_push_request, refused_push_report,
 };
-use gatehouse_policy::{AuthzRequest, PolicyEngine, RefFacts, RequestFacts};
+use gatehouse_policy::{AuthzRequest, PolicyEngine, RequestFacts};
 use gatehouse_session::Sessions;
 use gatehouse_ssh::SshGateway;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -833,11 +833,7 @@ impl Gateway {
                 }
             }
         };
-        let policy = self.policy.load();
-        let mut refused: Vec<(usize, String)> = Vec::new();
-        let mut audit_refs = Vec::with_capacity(push.updates.len());
-        let mut first_denial: Option<gatehouse_core::Decision> = None;
-        let decisions = policy.decide_refs(
+        let decisions = self.policy.load().decide_refs(
             principal,
             &c.resource,
             RequestFacts {
@@ -847,33 +843,17 @@ impl Gateway {
                 wiki: c.wiki,
                 git_ref: None,
             },
-            push.updates.iter().map(|u| {
-                (
-                    u.op().action(),
-                    RefFacts {
-                        name: &u.name,
-                        old: &u.old,
-                        new: &u.new,
-                    },
-                )
-            }),
+            &push,
         );
-        for (i, (u, d)) in push.updates.iter().zip(decisions).enumerate() {
-            audit_refs.push(AuditRef {
-                name: u.name.clone(),
-                op: u.op().as_str(),
-                old: u.old.clone(),
-                new: u.new.clone(),
-                decision: if d.allowed { "allow" } else { "deny" },
-                reason: d.reason.clone(),
-            });
-            if !d.allowed {
-                refused.push((i, d.reason.clone()));
-                first_denial.get_or_insert(d);
-            }
-        }
-        rec.refs = Some(audit_refs);
-        let Some(denial) = first_denial else {
+        rec.refs = Some(
+            push.updates
+                .iter()
+                .zip(&decisions.per_ref)
+                .map(|(u, d)| AuditRef::decided(&u.name, u.op().as_str(), &u.old, &u.new, d))
+                .collect(),
+        );
+        let refused = decisions.refused();
+        let Some(denial) = decisions.first_denial() else {
             return Ok(RefCheck::Forward(Request::from_parts(
                 parts,
                 Prefixed::new(buf.freeze(), body).boxed_unsync(),

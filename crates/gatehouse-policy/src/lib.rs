@@ -15,6 +15,7 @@ use cedar_policy::{
     PolicySet, Request, RestrictedExpression, Schema, ValidationMode, Validator,
 };
 use gatehouse_core::{Action, Decision, Principal, PrincipalKind, Resource};
+use gatehouse_git::PushRequest;
 
 /// The Cedar schema every policy file is validated against.
 pub const SCHEMA: &str = include_str!("schema.cedarschema");
@@ -67,6 +68,30 @@ pub struct RefFacts<'a> {
     pub old: &'a str,
     /// The new object id (zeros when deleted).
     pub new: &'a str,
+}
+
+/// What the policy said about each ref of a push.
+#[derive(Debug, Clone)]
+pub struct RefDecisions {
+    /// One decision per ref update, in the push's order.
+    pub per_ref: Vec<Decision>,
+}
+
+impl RefDecisions {
+    /// The refused refs: their index in the push and the reason code.
+    pub fn refused(&self) -> Vec<(usize, String)> {
+        self.per_ref
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| !d.allowed)
+            .map(|(i, d)| (i, d.reason.clone()))
+            .collect()
+    }
+
+    /// The first refusal, which decides the push as a whole.
+    pub fn first_denial(&self) -> Option<&Decision> {
+        self.per_ref.iter().find(|d| !d.allowed)
+    }
 }
 
 /// One question to the policy.
@@ -364,30 +389,36 @@ impl PolicyEngine {
         decision
     }
 
-    /// Decides every ref a push changes (`ref:create|update|delete`, with the ref in the
-    /// context), after `git:write` was allowed. `refs` are the action and ref of each update, in
-    /// order; the answer has one decision per ref, in the same order. One refused ref refuses the
-    /// whole push: that is the caller's to enforce, on both transports alike.
-    pub fn decide_refs<'a>(
+    /// Decides every ref a push changes (`ref:create|update|delete`, with the ref and its old and
+    /// new ids in the context), after `git:write` was allowed; HTTP and SSH pushes both ask here.
+    /// One refused ref refuses the whole push: that is the caller's to enforce.
+    pub fn decide_refs(
         &self,
         principal: &Principal,
         resource: &Resource,
-        facts: RequestFacts<'a>,
-        refs: impl IntoIterator<Item = (Action, RefFacts<'a>)>,
-    ) -> Vec<Decision> {
-        refs.into_iter()
-            .map(|(action, r)| {
+        facts: RequestFacts<'_>,
+        push: &PushRequest,
+    ) -> RefDecisions {
+        let per_ref = push
+            .updates
+            .iter()
+            .map(|u| {
                 self.evaluate(&AuthzRequest {
                     principal,
-                    action,
+                    action: u.op().action(),
                     resource,
                     facts: RequestFacts {
-                        git_ref: Some(r),
+                        git_ref: Some(RefFacts {
+                            name: &u.name,
+                            old: &u.old,
+                            new: &u.new,
+                        }),
                         ..facts
                     },
                 })
             })
-            .collect()
+            .collect();
+        RefDecisions { per_ref }
     }
 
     /// Decides a request and says which policies decided it and why.

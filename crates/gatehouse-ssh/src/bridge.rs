@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use gatehouse_audit::{AuditRecord, AuditRef, AuditSlot};
-use gatehouse_core::{Decision, Principal, Resource};
+use gatehouse_core::{Principal, Resource};
 use gatehouse_git::{
     PushParse, PushRequest, SshCommand, SshService, parse_push_request, refused_push_report,
 };
-use gatehouse_policy::{RefFacts, RequestFacts};
+use gatehouse_policy::{RefDecisions, RequestFacts};
 use russh::keys::PublicKeyOrCertificate;
 use russh::keys::ssh_key::public::KeyData;
 use russh::server::Msg;
@@ -52,14 +52,10 @@ struct PushGate<'a> {
 }
 
 impl PushGate<'_> {
-    fn decide(
-        &self,
-        push: &PushRequest,
-    ) -> (Vec<AuditRef>, Vec<(usize, String)>, Option<Decision>) {
-        let resource = Resource::Repo(self.command.repo.clone());
-        let decisions = self.gw.policy.load().decide_refs(
+    fn decide(&self, push: &PushRequest) -> RefDecisions {
+        self.gw.policy.load().decide_refs(
             self.principal,
-            &resource,
+            &Resource::Repo(self.command.repo.clone()),
             RequestFacts {
                 source_ip: self.peer,
                 method: "SSH",
@@ -67,35 +63,8 @@ impl PushGate<'_> {
                 wiki: self.command.wiki,
                 git_ref: None,
             },
-            push.updates.iter().map(|u| {
-                (
-                    u.op().action(),
-                    RefFacts {
-                        name: &u.name,
-                        old: &u.old,
-                        new: &u.new,
-                    },
-                )
-            }),
-        );
-        let mut refs = Vec::with_capacity(push.updates.len());
-        let mut refused = Vec::new();
-        let mut first = None;
-        for (i, (u, d)) in push.updates.iter().zip(decisions).enumerate() {
-            refs.push(AuditRef {
-                name: u.name.clone(),
-                op: u.op().as_str(),
-                old: u.old.clone(),
-                new: u.new.clone(),
-                decision: if d.allowed { "allow" } else { "deny" },
-                reason: d.reason.clone(),
-            });
-            if !d.allowed {
-                refused.push((i, d.reason.clone()));
-                first.get_or_insert(d);
-            }
-        }
-        (refs, refused, first)
+            push,
+        )
     }
 }
 
@@ -116,9 +85,19 @@ async fn client_input<W: tokio::io::AsyncWrite + Unpin>(
         loop {
             match parse_push_request(&buf) {
                 Ok(PushParse::Complete { request, .. }) => {
-                    let (refs, refused, denial) = gate.decide(&request);
-                    gated.refs = Some(refs);
-                    if let Some(d) = denial {
+                    let decisions = gate.decide(&request);
+                    gated.refs = Some(
+                        request
+                            .updates
+                            .iter()
+                            .zip(&decisions.per_ref)
+                            .map(|(u, d)| {
+                                AuditRef::decided(&u.name, u.op().as_str(), &u.old, &u.new, d)
+                            })
+                            .collect(),
+                    );
+                    if let Some(d) = decisions.first_denial() {
+                        let refused = decisions.refused();
                         gated.refused = Some((d.deciding_policy(), d.reason.clone()));
                         if request.has_capability("report-status")
                             || request.has_capability("report-status-v2")
