@@ -5,27 +5,62 @@ use gatehouse_testkit::{Child, GitHttpServer, TempDir, free_port, raw_http, wait
 
 use crate::common::{POLICY, bin, builder, repos};
 
+/// Starts `gatehouse quickstart --dir DIR ARGS...` and waits for its banner.
+fn start_quickstart(
+    tmp: &std::path::Path,
+    dir: &std::path::Path,
+    args: &[&str],
+) -> (Child, String) {
+    let mut cmd = Command::new(bin());
+    cmd.args(["quickstart", "--dir", &dir.to_string_lossy()])
+        .args(args);
+    let mut qs = Child::spawn("quickstart", &mut cmd, &tmp.join("quickstart.out"));
+    let text = wait_for("the quickstart banner", Duration::from_secs(60), || {
+        assert!(qs.is_running(), "quickstart exited:\n{}", qs.log_text());
+        let t = qs.log_text();
+        t.contains("Press Ctrl-C").then_some(t)
+    });
+    (qs, text)
+}
+
+/// Runs a shell script as alice would: in `work` (also her HOME), with git's identity set, no
+/// prompts, and the `gatehouse` binaries on PATH.
+fn run_as_alice(work: &std::path::Path, script: &str) -> std::process::Output {
+    let bin_dir = bin().parent().unwrap().to_owned();
+    Command::new("bash")
+        .args(["-c", script])
+        .current_dir(work)
+        .env("HOME", work)
+        .env(
+            "PATH",
+            format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap()),
+        )
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_AUTHOR_NAME", "Alice")
+        .env("GIT_AUTHOR_EMAIL", "alice@example.test")
+        .env("GIT_COMMITTER_NAME", "Alice")
+        .env("GIT_COMMITTER_EMAIL", "alice@example.test")
+        .output()
+        .unwrap()
+}
+
 /// `gatehouse quickstart` prints commands; they are run exactly as printed.
 #[test]
 fn quickstart_prints_commands_that_work_as_printed() {
     let tmp = TempDir::new("quickstart");
     let dir = tmp.path().join("qs");
     let (port, admin) = (free_port(), free_port());
-    let out = tmp.path().join("quickstart.out");
-    let mut cmd = Command::new(bin());
-    cmd.args(["quickstart", "--dir", &dir.to_string_lossy()])
-        .args([
+    let (mut qs, text) = start_quickstart(
+        tmp.path(),
+        &dir,
+        &[
             "--listen",
             &format!("127.0.0.1:{port}"),
             "--admin-listen",
             &format!("127.0.0.1:{admin}"),
-        ]);
-    let mut qs = Child::spawn("quickstart", &mut cmd, &out);
-    let text = wait_for("the quickstart banner", Duration::from_secs(60), || {
-        assert!(qs.is_running(), "quickstart exited:\n{}", qs.log_text());
-        let t = qs.log_text();
-        t.contains("Press Ctrl-C").then_some(t)
-    });
+        ],
+    );
     assert!(dir.join("repos/demo/hello.git/HEAD").exists());
     assert!(dir.join("keys/signing.pem").exists());
     let exports: Vec<&str> = text
@@ -65,20 +100,7 @@ fn quickstart_prints_commands_that_work_as_printed() {
         alice_cmds[1],
         alice_cmds[2]
     );
-    let run = |script: &str| {
-        Command::new("bash")
-            .args(["-c", script])
-            .current_dir(&work)
-            .env("HOME", &work)
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("GIT_TERMINAL_PROMPT", "0")
-            .env("GIT_AUTHOR_NAME", "Alice")
-            .env("GIT_AUTHOR_EMAIL", "alice@example.test")
-            .env("GIT_COMMITTER_NAME", "Alice")
-            .env("GIT_COMMITTER_EMAIL", "alice@example.test")
-            .output()
-            .unwrap()
-    };
+    let run = |script: &str| run_as_alice(&work, script);
     let o = run(&script);
     assert!(
         o.status.success(),
@@ -283,23 +305,18 @@ fn quickstart_ssh_commands_work_as_printed() {
     let tmp = TempDir::new("quickstart-ssh");
     let dir = tmp.path().join("qs");
     let (port, admin, ssh) = (free_port(), free_port(), free_port());
-    let out = tmp.path().join("quickstart.out");
-    let mut cmd = Command::new(bin());
-    cmd.args(["quickstart", "--dir", &dir.to_string_lossy()])
-        .args([
+    let (mut qs, text) = start_quickstart(
+        tmp.path(),
+        &dir,
+        &[
             "--listen",
             &format!("127.0.0.1:{port}"),
             "--admin-listen",
             &format!("127.0.0.1:{admin}"),
             "--ssh-listen",
             &format!("127.0.0.1:{ssh}"),
-        ]);
-    let mut qs = Child::spawn("quickstart", &mut cmd, &out);
-    let text = wait_for("the quickstart banner", Duration::from_secs(60), || {
-        assert!(qs.is_running(), "quickstart exited:\n{}", qs.log_text());
-        let t = qs.log_text();
-        t.contains("Press Ctrl-C").then_some(t)
-    });
+        ],
+    );
     assert!(
         text.contains(&format!("ssh://git@127.0.0.1:{ssh}/")),
         "{text}"
@@ -324,25 +341,7 @@ fn quickstart_ssh_commands_work_as_printed() {
     let git_ssh = ssh_cmds[2].split(" git clone").next().unwrap().to_owned();
     let work = tmp.path().join("user");
     std::fs::create_dir_all(&work).unwrap();
-    let bin_dir = bin().parent().unwrap().to_owned();
-    let run = |script: &str| {
-        Command::new("bash")
-            .args(["-c", script])
-            .current_dir(&work)
-            .env("HOME", &work)
-            .env(
-                "PATH",
-                format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap()),
-            )
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("GIT_TERMINAL_PROMPT", "0")
-            .env("GIT_AUTHOR_NAME", "Alice")
-            .env("GIT_AUTHOR_EMAIL", "alice@example.test")
-            .env("GIT_COMMITTER_NAME", "Alice")
-            .env("GIT_COMMITTER_EMAIL", "alice@example.test")
-            .output()
-            .unwrap()
-    };
+    let run = |script: &str| run_as_alice(&work, script);
     let script = format!(
         "set -e\n{alice_export}\n{}\n{}\n{}\ncd hello-ssh\necho ssh >> README.md\ngit commit -qam 'Over SSH'\n{git_ssh} git push -q origin HEAD:refs/heads/from-ssh\n",
         ssh_cmds[0], ssh_cmds[1], ssh_cmds[2]

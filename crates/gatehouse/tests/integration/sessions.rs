@@ -202,6 +202,16 @@ struct Answer {
     body: String,
 }
 
+impl Answer {
+    /// The name and value of the cookie `name` this answer sets.
+    fn cookie(&self, name: &str) -> Option<(String, String)> {
+        self.set_cookies
+            .iter()
+            .map(|c| name_value(c))
+            .find(|(n, _)| n == name)
+    }
+}
+
 fn name_value(set_cookie: &str) -> (String, String) {
     let nv = set_cookie.split(';').next().unwrap_or("");
     let (n, v) = nv.split_once('=').unwrap_or((nv, ""));
@@ -280,10 +290,7 @@ impl Browser {
             .await;
         assert_eq!(start.status, 302, "{}", start.body);
         let login_cookie = start
-            .set_cookies
-            .iter()
-            .map(|c| name_value(c))
-            .find(|(n, _)| n == "__Host-gatehouse-login")
+            .cookie("__Host-gatehouse-login")
             .map(|(n, v)| format!("{n}={v}"))
             .expect("sign-in cookie");
         let start_cookie = start
@@ -388,13 +395,9 @@ async fn sign_in_attacks_are_refused_and_return_to_stays_on_this_host() {
     let done = b.get(&callback, &cookie, "text/html").await;
     assert_eq!(done.status, 302, "{}", done.body);
     assert_eq!(done.location, format!("{base}/_echo?x=1"));
-    let session = done
-        .set_cookies
-        .iter()
-        .find(|c| c.starts_with("__Host-gatehouse-session="))
-        .expect("session cookie")
-        .clone();
-    let (sn, sv) = name_value(&session);
+    let (sn, sv) = done
+        .cookie("__Host-gatehouse-session")
+        .expect("session cookie");
     let echo = b
         .get(
             &format!("{base}/_echo"),
@@ -659,12 +662,7 @@ async fn a_session_ends_when_the_idp_no_longer_renews_it() {
     let (cookie, callback) = b.authorize(base, "/_echo", |u| u).await;
     let done = b.get(&callback, &cookie, "text/html").await;
     assert_eq!(done.status, 302, "{}", done.body);
-    let (sn, sv) = done
-        .set_cookies
-        .iter()
-        .map(|c| name_value(c))
-        .find(|(n, _)| n == "__Host-gatehouse-session")
-        .unwrap();
+    let (sn, sv) = done.cookie("__Host-gatehouse-session").unwrap();
     let session = format!("{sn}={sv}");
     for _ in 0..2 {
         let r = b.get(&format!("{base}/_echo"), &session, "text/html").await;
@@ -688,12 +686,7 @@ async fn many_groups_do_not_grow_the_cookie() {
     let (cookie, callback) = b.authorize_as("carol", base, "/", |u| u).await;
     let done = b.get(&callback, &cookie, "text/html").await;
     assert_eq!(done.status, 302, "{}", done.body);
-    let (sn, sv) = done
-        .set_cookies
-        .iter()
-        .map(|c| name_value(c))
-        .find(|(n, _)| n == "__Host-gatehouse-session")
-        .unwrap();
+    let (sn, sv) = done.cookie("__Host-gatehouse-session").unwrap();
     assert!(
         sv.len() < 100,
         "the session cookie grew to {} bytes",
