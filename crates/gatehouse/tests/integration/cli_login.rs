@@ -135,6 +135,16 @@ async fn device_login_then_git_clone_and_push_through_the_credential_helper() {
         .await
         .unwrap();
     assert_eq!(who["username"], "alice", "{who}");
+    // This gateway has no SSH front door: no SSH certificates either.
+    let no_ssh = reqwest::Client::new()
+        .post(format!("{base}/.gatehouse/ssh/cert"))
+        .bearer_auth(&token)
+        .body("ssh-ed25519 AAAA")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_ssh.status(), 400);
+    assert!(no_ssh.text().await.unwrap().contains("ssh_not_configured"));
     // An expired cached token is renewed with the refresh token.
     let mut edited = saved.clone();
     edited["servers"][&base]["access_expires_at"] = 0.into();

@@ -560,6 +560,54 @@ async fn sign_in_attacks_are_refused_and_return_to_stays_on_this_host() {
         "the previous session outlived a new sign-in"
     );
 
+    // Sign-out needs the page's CSRF token: a forged or missing one is refused and the session
+    // lives on; the one the confirmation page carries signs out.
+    let (hn, hv) = again.cookie("__Host-gatehouse-session").unwrap();
+    let current = format!("{hn}={hv}");
+    let post_logout = |csrf: &'static str| {
+        b.http
+            .post(format!("{base}/.gatehouse/logout"))
+            .header(header::COOKIE, current.clone())
+            .header("sec-fetch-site", "same-origin")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(csrf)
+            .send()
+    };
+    for forged in ["", "csrf=AAAA"] {
+        let r = post_logout(forged).await.unwrap();
+        assert_eq!(r.status(), 403);
+        assert!(
+            r.text()
+                .await
+                .unwrap()
+                .contains("did not come from this session")
+        );
+    }
+    let still = b.get(&format!("{base}/_echo"), &current, "text/html").await;
+    assert_eq!(still.status, 200, "a forged sign-out ended the session");
+    let confirm = b
+        .get(&format!("{base}/.gatehouse/logout"), &current, "text/html")
+        .await;
+    let csrf = confirm
+        .body
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|v| v.split('"').next())
+        .expect("a CSRF token on the confirmation page")
+        .to_owned();
+    let out = b
+        .http
+        .post(format!("{base}/.gatehouse/logout"))
+        .header(header::COOKIE, current.clone())
+        .header("sec-fetch-site", "same-origin")
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 303);
+    let gone = b.get(&format!("{base}/_echo"), &current, "text/html").await;
+    assert_eq!(gone.status, 302, "the session outlived its sign-out");
+
     // Tokens rest encrypted in the store: no JWT (or refresh token) in the clear on disk.
     let dir = s.gw.dir().join("sessions/sessions");
     let mut files = 0;

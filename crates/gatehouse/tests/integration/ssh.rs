@@ -166,6 +166,39 @@ fn git_over_ssh_with_certificates_service_keys_and_refusals() {
         stderr.contains("SHA256:") && stderr.contains(&format!("[127.0.0.1]:{port} ssh-ed25519")),
         "{stderr}"
     );
+    // The endpoint behind it refuses what is not an OpenSSH public key, and callers without a
+    // credential.
+    let cert_endpoint = |auth: &str, body: &str| {
+        let mut c = Command::new("curl");
+        c.args([
+            "-s",
+            "-w",
+            "\n%{http_code}",
+            "-X",
+            "POST",
+            "--data-binary",
+            body,
+        ]);
+        if !auth.is_empty() {
+            c.args(["-H", auth]);
+        }
+        let out = c
+            .arg(format!("{}/.gatehouse/ssh/cert", f.gw.url()))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let bearer = format!("Authorization: Bearer {token}");
+    let r = cert_endpoint(&bearer, "not a key");
+    assert!(r.ends_with("\n400") && r.contains("bad_public_key"), "{r}");
+    let alice_pub = std::fs::read_to_string(keys.join("alice.pub")).unwrap();
+    let r = cert_endpoint("", alice_pub.trim());
+    assert!(r.ends_with("\n401"), "{r}");
+    let r = cert_endpoint(&bearer, alice_pub.trim());
+    assert!(
+        r.ends_with("\n200") && r.contains("ssh-ed25519-cert-v01@openssh.com"),
+        "{r}"
+    );
     let cert = std::fs::read_to_string(keys.join("alice-cert.pub")).unwrap();
     assert!(
         cert.starts_with("ssh-ed25519-cert-v01@openssh.com "),
