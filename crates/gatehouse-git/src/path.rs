@@ -199,7 +199,13 @@ pub fn normalize_path(raw: &str) -> Result<NormalizedPath, PathError> {
             _ => segments.push(seg),
         }
     }
-    Ok(NormalizedPath::from_segments(segments, trailing_slash))
+    let path = NormalizedPath::from_segments(segments, trailing_slash);
+    // Re-encoding may lengthen a path (a byte becomes `%XX`): the forwarded form must be within
+    // the limit too, or normalizing it again would fail. Only long paths can cross it.
+    if raw.len().saturating_mul(3) > MAX_PATH_LEN && path.encoded().len() > MAX_PATH_LEN {
+        return Err(PathError::TooLong);
+    }
+    Ok(path)
 }
 
 #[cfg(test)]
@@ -277,6 +283,18 @@ mod tests {
         assert_eq!(
             normalize_path(&format!("/{}", "a".repeat(MAX_PATH_LEN))),
             Err(PathError::TooLong)
+        );
+        // Under the limit as sent, over it once re-encoded (each backtick becomes `%60`).
+        let expands = format!("/{}", "`".repeat(MAX_PATH_LEN / 2));
+        assert!(expands.len() <= MAX_PATH_LEN);
+        assert_eq!(normalize_path(&expands), Err(PathError::TooLong));
+        // Just within the limit once re-encoded: accepted, and its encoding normalizes again.
+        let fits = format!("/{}", "`".repeat((MAX_PATH_LEN - 1) / 3));
+        let p = normalize_path(&fits).unwrap();
+        assert!(p.encoded().len() <= MAX_PATH_LEN);
+        assert_eq!(
+            normalize_path(&p.encoded()).map(|q| q.encoded()),
+            Ok(p.encoded())
         );
     }
 
