@@ -170,3 +170,46 @@ fn write_failure_refuses_further_requests() {
     }
     assert_eq!(sink.reserve().err(), Some(AuditUnavailable::WriteFailed));
 }
+
+#[test]
+fn records_arriving_one_by_one_are_written_while_the_writer_polls() {
+    // After its first batch the writer polls the queue instead of waiting on it; records that
+    // arrive one at a time, each after the previous one was written, must still all be written,
+    // in order, and the writer must still end once the sink is gone.
+    let path = tmp("polling");
+    let flushed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = flushed.clone();
+    let opts = AuditOptions {
+        path: path.clone(),
+        queue_capacity: 16,
+        batch_max: 16,
+        flush_interval: Duration::from_millis(2),
+    };
+    let hook: FlushHook = Box::new(move |s: FlushStats| {
+        assert!(s.ok);
+        seen.fetch_add(s.records, Ordering::SeqCst);
+    });
+    let (sink, handle) = AuditSink::open(&opts, Some(hook)).unwrap_or_else(|e| panic!("{e}"));
+    for i in 0..5u64 {
+        let slot = sink.reserve().unwrap_or_else(|e| panic!("{e}"));
+        slot.send(rec(i));
+        let mut waited = 0;
+        while flushed.load(Ordering::SeqCst) < (i + 1) as usize {
+            waited += 1;
+            assert!(waited < 2_000, "record {i} was not written within 10 s");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    drop(sink);
+    handle.join().unwrap_or_else(|_| panic!("writer panicked"));
+    let got = lines(&path);
+    assert_eq!(got.len(), 5);
+    for (i, l) in got.iter().enumerate() {
+        assert!(l.contains(&format!("\"path\":\"/r/{i}\"")), "line {i}: {l}");
+    }
+    let report = verify(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(report.records, 5);
+    let head =
+        std::fs::read_to_string(ChainHead::path_for(&path)).unwrap_or_else(|e| panic!("{e}"));
+    assert!(head.starts_with("{\"seq\":5,"), "head file: {head}");
+}
