@@ -192,6 +192,7 @@ impl Gateway {
         metrics: Arc<Metrics>,
         clock: Arc<dyn Clock>,
     ) -> Self {
+        crate::forwarded::warm_up_rng();
         let id = &settings.identity;
         let mut strip: Vec<HeaderName> = ALWAYS_STRIPPED
             .iter()

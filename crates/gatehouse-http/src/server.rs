@@ -63,6 +63,10 @@ impl Activity {
 }
 
 /// Serves the gateway on `listener` until `shutdown` resolves, then drains.
+///
+/// Connections are accepted by a task on the runtime's workers, not by the caller's thread
+/// (under `block_on` that is the main thread): every accepted connection would otherwise cost a
+/// cross-thread wake-up before its first byte is read.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
@@ -73,11 +77,48 @@ pub async fn serve(
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let (stop_tx, stop_rx) = watch::channel(false);
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
+    let mut accept = tokio::spawn(accept_loop(
+        listener, acceptor, gateway, opts, stop_rx, alive_tx,
+    ));
     tokio::pin!(shutdown);
+    let ended = tokio::select! {
+        () = &mut shutdown => None,
+        r = &mut accept => Some(r),
+    };
+    tracing::info!(grace = ?opts.shutdown_grace, "shutting down: draining in-flight requests");
+    let _ = stop_tx.send(true);
+    let result = match ended {
+        Some(r) => r,
+        None => accept.await,
+    };
+    let result = result.unwrap_or_else(|e| Err(ServeError::Accept(std::io::Error::other(e))));
+    if tokio::time::timeout(opts.shutdown_grace, alive_rx.recv())
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown grace period over; closing remaining connections");
+    }
+    result
+}
+
+/// Accepts connections until `stop` turns true; each connection holds a clone of `alive`, so
+/// the channel closes once the last one ends.
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    gateway: Arc<Gateway>,
+    opts: ServeOptions,
+    mut stop: watch::Receiver<bool>,
+    alive_tx: mpsc::Sender<()>,
+) -> Result<(), ServeError> {
+    let stop_rx = stop.clone();
     let mut accept_errors = 0u32;
     loop {
         let (stream, peer) = tokio::select! {
-            () = &mut shutdown => break,
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() { return Ok(()); }
+                continue;
+            }
             r = listener.accept() => match r {
                 Ok(x) => { accept_errors = 0; x }
                 Err(e) => {
@@ -136,17 +177,6 @@ pub async fn serve(
             }
         });
     }
-    drop(listener);
-    tracing::info!(grace = ?opts.shutdown_grace, "shutting down: draining in-flight requests");
-    let _ = stop_tx.send(true);
-    drop(alive_tx);
-    if tokio::time::timeout(opts.shutdown_grace, alive_rx.recv())
-        .await
-        .is_err()
-    {
-        tracing::warn!("shutdown grace period over; closing remaining connections");
-    }
-    Ok(())
 }
 
 async fn serve_conn<T>(
