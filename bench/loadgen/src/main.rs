@@ -1,0 +1,282 @@
+//! An open-loop, constant-rate HTTP/1.1 load generator for `bench/run.sh`: what wrk2 does, for
+//! machines where wrk2 is not packaged.
+//!
+//! Requests are due at evenly spaced times, `1 / rate` apart, dealt round-robin to `connections`
+//! keep-alive connections, each served by its own thread that sleeps until its next request is
+//! due (a nanosecond sleep, not a millisecond event-loop tick, so requests do not leave in
+//! bursts). Latency is measured from when a request was *due*, not from when it was sent: a
+//! connection still waiting for an earlier answer sends late and that wait counts, which corrects
+//! for coordinated omission the way wrk2 does. Standard library only.
+//!
+//! Usage: gatehouse-loadgen --addr 127.0.0.1:8080 --path /ping [--header 'Name: value']...
+//!        --rate 8000 --seconds 10 [--connections 16] [--warmup-seconds 1]
+//!
+//! Prints one line of `key=value` pairs: sent, ok, errors, achieved rate and latency percentiles
+//! in milliseconds. Exits non-zero when the target cannot be reached or a connection fails.
+#![forbid(unsafe_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct Args {
+    addr: String,
+    path: String,
+    headers: Vec<String>,
+    rate: f64,
+    seconds: f64,
+    warmup: f64,
+    connections: usize,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        addr: String::new(),
+        path: "/".into(),
+        headers: Vec::new(),
+        rate: 0.0,
+        seconds: 10.0,
+        warmup: 1.0,
+        connections: 16,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        let mut v = || it.next().ok_or(format!("{k} needs a value"));
+        match k.as_str() {
+            "--addr" => a.addr = v()?,
+            "--path" => a.path = v()?,
+            "--header" => a.headers.push(v()?),
+            "--rate" => a.rate = v()?.parse().map_err(|e| format!("--rate: {e}"))?,
+            "--seconds" => a.seconds = v()?.parse().map_err(|e| format!("--seconds: {e}"))?,
+            "--warmup-seconds" => {
+                a.warmup = v()?.parse().map_err(|e| format!("--warmup-seconds: {e}"))?;
+            }
+            "--connections" => {
+                a.connections = v()?.parse().map_err(|e| format!("--connections: {e}"))?;
+            }
+            _ => return Err(format!("unknown argument {k}")),
+        }
+    }
+    if a.addr.is_empty() || a.rate <= 0.0 || a.seconds <= 0.0 || a.connections == 0 {
+        return Err(
+            "--addr, a positive --rate and --seconds and at least one connection are needed".into(),
+        );
+    }
+    Ok(a)
+}
+
+/// What one connection saw: latencies (microseconds, measured requests only) and errors.
+struct Outcome {
+    latencies_us: Vec<u32>,
+    /// From when the request was written (what wrk reports), for comparison.
+    service_us: Vec<u32>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+fn request_bytes(a: &Args) -> Vec<u8> {
+    let host = a.addr.clone();
+    let mut r = format!("GET {} HTTP/1.1\r\nHost: {host}\r\n", a.path);
+    for h in &a.headers {
+        r.push_str(h);
+        r.push_str("\r\n");
+    }
+    r.push_str("\r\n");
+    r.into_bytes()
+}
+
+/// Reads one response; returns its status. Only `Content-Length` bodies are supported.
+fn read_response(rd: &mut BufReader<TcpStream>, line: &mut String) -> Result<u16, String> {
+    line.clear();
+    rd.read_line(line).map_err(|e| format!("read: {e}"))?;
+    let status: u16 = line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad status line {line:?}"))?;
+    let mut len: Option<usize> = None;
+    loop {
+        line.clear();
+        let n = rd.read_line(line).map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return Err("connection closed in the headers".into());
+        }
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = l.split_once(':')
+            && k.eq_ignore_ascii_case("content-length")
+        {
+            len = v.trim().parse().ok();
+        }
+    }
+    let len = len.ok_or("response without Content-Length")?;
+    let mut body = vec![0u8; len];
+    rd.read_exact(&mut body)
+        .map_err(|e| format!("read body: {e}"))?;
+    Ok(status)
+}
+
+fn run_connection(
+    a: &Args,
+    req: &[u8],
+    index: usize,
+    start: Instant,
+    measure_from: Duration,
+    end: Duration,
+) -> Outcome {
+    let mut out = Outcome {
+        latencies_us: Vec::new(),
+        service_us: Vec::new(),
+        errors: 0,
+        first_error: None,
+    };
+    let fail = |out: &mut Outcome, e: String| {
+        out.errors += 1;
+        if out.first_error.is_none() {
+            out.first_error = Some(e);
+        }
+    };
+    let connect = || -> Result<(TcpStream, BufReader<TcpStream>), String> {
+        let s = TcpStream::connect(&a.addr).map_err(|e| format!("connect {}: {e}", a.addr))?;
+        s.set_nodelay(true).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| e.to_string())?;
+        let r = BufReader::with_capacity(16 * 1024, s.try_clone().map_err(|e| e.to_string())?);
+        Ok((s, r))
+    };
+    let (mut w, mut rd) = match connect() {
+        Ok(x) => x,
+        Err(e) => {
+            fail(&mut out, e);
+            return out;
+        }
+    };
+    let period = Duration::from_secs_f64(a.connections as f64 / a.rate);
+    let offset = Duration::from_secs_f64(index as f64 / a.rate);
+    let mut line = String::new();
+    let mut k: u32 = 0;
+    loop {
+        let due = offset + period * k;
+        k += 1;
+        if due >= end {
+            break;
+        }
+        let now = start.elapsed();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        let sent = start.elapsed();
+        let result = w
+            .write_all(req)
+            .map_err(|e| format!("write: {e}"))
+            .and_then(|()| read_response(&mut rd, &mut line));
+        let done = start.elapsed();
+        match result {
+            Ok(200) => {
+                if due >= measure_from {
+                    let us = done.saturating_sub(due).as_micros();
+                    out.latencies_us.push(u32::try_from(us).unwrap_or(u32::MAX));
+                    let us = done.saturating_sub(sent).as_micros();
+                    out.service_us.push(u32::try_from(us).unwrap_or(u32::MAX));
+                }
+            }
+            Ok(s) => fail(&mut out, format!("status {s}")),
+            Err(e) => {
+                fail(&mut out, e);
+                match connect() {
+                    Ok(x) => (w, rd) = x,
+                    Err(e) => {
+                        fail(&mut out, e);
+                        return out;
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    f64::from(sorted[i.clamp(1, sorted.len()) - 1]) / 1000.0
+}
+
+fn main() -> ExitCode {
+    let a = match parse_args() {
+        Ok(a) => Arc::new(a),
+        Err(e) => {
+            eprintln!("gatehouse-loadgen: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let req: Arc<[u8]> = request_bytes(&a).into();
+    let measure_from = Duration::from_secs_f64(a.warmup);
+    let end = measure_from + Duration::from_secs_f64(a.seconds);
+    // Start a little in the future so that every thread is ready before the first request is due.
+    let start = Instant::now() + Duration::from_millis(50);
+    let threads: Vec<_> = (0..a.connections)
+        .map(|i| {
+            let a = a.clone();
+            let req = req.clone();
+            std::thread::spawn(move || {
+                let now = Instant::now();
+                if start > now {
+                    std::thread::sleep(start - now);
+                }
+                run_connection(&a, &req, i, start, measure_from, end)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    let mut service = Vec::new();
+    let mut errors = 0;
+    let mut first_error = None;
+    for t in threads {
+        match t.join() {
+            Ok(o) => {
+                all.extend(o.latencies_us);
+                service.extend(o.service_us);
+                errors += o.errors;
+                if first_error.is_none() {
+                    first_error = o.first_error;
+                }
+            }
+            Err(_) => {
+                eprintln!("gatehouse-loadgen: a connection thread panicked");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    all.sort_unstable();
+    service.sort_unstable();
+    let expected = (a.rate * a.seconds).round();
+    println!(
+        "target_rate={:.0} connections={} seconds={} measured={} expected={:.0} errors={} rate={:.0} p50_ms={:.3} p90_ms={:.3} p99_ms={:.3} p999_ms={:.3} max_ms={:.3} sent_p50_ms={:.3} sent_p99_ms={:.3}",
+        a.rate,
+        a.connections,
+        a.seconds,
+        all.len(),
+        expected,
+        errors,
+        all.len() as f64 / a.seconds,
+        percentile(&all, 50.0),
+        percentile(&all, 90.0),
+        percentile(&all, 99.0),
+        percentile(&all, 99.9),
+        percentile(&all, 100.0),
+        percentile(&service, 50.0),
+        percentile(&service, 99.0),
+    );
+    if let Some(e) = first_error {
+        eprintln!("gatehouse-loadgen: {errors} errors, the first: {e}");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
