@@ -249,6 +249,17 @@ impl TestGateway {
         self.dir.path().join("audit.log")
     }
 
+    /// The audit log once `done` holds for its text. Records reach the file in batches, a few
+    /// milliseconds after the response (responses never wait for the disk), so a test reading the
+    /// log of a running gateway waits for the record it needs; panics after 10 s.
+    pub fn audit_when(&self, what: &str, done: impl Fn(&str) -> bool) -> String {
+        let path = self.audit_path();
+        wait_for(what, Duration::from_secs(10), || {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            done(&text).then_some(text)
+        })
+    }
+
     pub fn policy_path(&self) -> PathBuf {
         self.dir.path().join("policy.cedar")
     }

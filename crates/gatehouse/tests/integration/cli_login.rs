@@ -196,11 +196,9 @@ async fn device_login_then_git_clone_and_push_through_the_credential_helper() {
         !head_of(&bare, "helper").is_empty(),
         "the push did not land"
     );
-    let audit = std::fs::read_to_string(gw.audit_path()).unwrap();
-    assert!(
-        audit.contains("\"git:write\"") && audit.contains("\"alice\""),
-        "{audit}"
-    );
+    gw.audit_when("the push's audit record", |a| {
+        a.contains("\"git:write\"") && a.contains("\"alice\"")
+    });
 
     // The helper answers nothing for other hosts (git then asks its next helper).
     let mut other = cli(&xdg)

@@ -477,7 +477,17 @@ fn git_over_ssh_with_certificates_service_keys_and_refusals() {
     );
 
     // The audit log has each SSH session: who (certificate serial or key), what, the outcome.
-    let audit = std::fs::read_to_string(f.gw.audit_path()).unwrap();
+    let audit = f.gw.audit_when("the SSH push records", |a| {
+        a.lines().any(|l| {
+            l.contains("\"event\":\"ssh\"")
+                && l.contains("\"action\":\"git:write\"")
+                && l.contains("\"decision\":\"allow\"")
+        }) && a.lines().any(|l| {
+            l.contains("\"event\":\"ssh\"")
+                && l.contains("\"username\":\"ci-bot\"")
+                && l.contains("\"decision\":\"deny\"")
+        })
+    });
     let lines: Vec<serde_json::Value> = audit
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
