@@ -477,16 +477,18 @@ fn git_over_ssh_with_certificates_service_keys_and_refusals() {
     );
 
     // The audit log has each SSH session: who (certificate serial or key), what, the outcome.
+    let is_push = |r: &serde_json::Value| {
+        r["event"] == "ssh" && r["action"] == "git:write" && r["decision"] == "allow"
+    };
+    let is_denied = |r: &serde_json::Value| {
+        r["event"] == "ssh" && r["principal"]["username"] == "ci-bot" && r["decision"] == "deny"
+    };
     let audit = f.gw.audit_when("the SSH push records", |a| {
-        a.lines().any(|l| {
-            l.contains("\"event\":\"ssh\"")
-                && l.contains("\"action\":\"git:write\"")
-                && l.contains("\"decision\":\"allow\"")
-        }) && a.lines().any(|l| {
-            l.contains("\"event\":\"ssh\"")
-                && l.contains("\"username\":\"ci-bot\"")
-                && l.contains("\"decision\":\"deny\"")
-        })
+        let parsed: Vec<serde_json::Value> = a
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        parsed.iter().any(is_push) && parsed.iter().any(is_denied)
     });
     let lines: Vec<serde_json::Value> = audit
         .lines()
@@ -494,7 +496,7 @@ fn git_over_ssh_with_certificates_service_keys_and_refusals() {
         .collect();
     let push = lines
         .iter()
-        .find(|r| r["event"] == "ssh" && r["action"] == "git:write" && r["decision"] == "allow")
+        .find(|r| is_push(r))
         .unwrap_or_else(|| panic!("no ssh push record:\n{audit}"));
     assert_eq!(push["principal"]["username"], "alice");
     assert_eq!(push["repo"], "demo/hello");
@@ -509,9 +511,7 @@ fn git_over_ssh_with_certificates_service_keys_and_refusals() {
     assert!(push["bytes_in"].as_u64().unwrap() > 0, "{push}");
     let denied = lines
         .iter()
-        .find(|r| {
-            r["event"] == "ssh" && r["principal"]["username"] == "ci-bot" && r["decision"] == "deny"
-        })
+        .find(|r| is_denied(r))
         .unwrap_or_else(|| panic!("no denied ci push:\n{audit}"));
     assert!(
         denied["detail"]
