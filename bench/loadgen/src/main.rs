@@ -9,7 +9,10 @@
 //! for coordinated omission the way wrk2 does. Standard library only.
 //!
 //! Usage: gatehouse-loadgen --addr 127.0.0.1:8080 --path /ping [--header 'Name: value']...
-//!        --rate 8000 --seconds 10 [--connections 16] [--warmup-seconds 1]
+//!        --rate 8000 --seconds 10 [--connections 16] [--warmup-seconds 1] [--samples FILE]
+//!
+//! `--samples FILE` writes every measured request (connection, due, sent and done times in
+//! microseconds since the start), to look at when the slow ones happen.
 //!
 //! Prints one line of `key=value` pairs: sent, ok, errors, achieved rate and latency percentiles
 //! in milliseconds. Exits non-zero when the target cannot be reached or a connection fails.
@@ -29,6 +32,7 @@ struct Args {
     seconds: f64,
     warmup: f64,
     connections: usize,
+    samples: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -40,6 +44,7 @@ fn parse_args() -> Result<Args, String> {
         seconds: 10.0,
         warmup: 1.0,
         connections: 16,
+        samples: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -53,6 +58,7 @@ fn parse_args() -> Result<Args, String> {
             "--warmup-seconds" => {
                 a.warmup = v()?.parse().map_err(|e| format!("--warmup-seconds: {e}"))?;
             }
+            "--samples" => a.samples = Some(v()?),
             "--connections" => {
                 a.connections = v()?.parse().map_err(|e| format!("--connections: {e}"))?;
             }
@@ -72,6 +78,8 @@ struct Outcome {
     latencies_us: Vec<u32>,
     /// From when the request was written (what wrk reports), for comparison.
     service_us: Vec<u32>,
+    /// (connection, due, sent, done) in microseconds since the start, measured requests only.
+    samples: Vec<(u16, u64, u64, u64)>,
     errors: u64,
     first_error: Option<String>,
 }
@@ -131,6 +139,7 @@ fn run_connection(
     let mut out = Outcome {
         latencies_us: Vec::new(),
         service_us: Vec::new(),
+        samples: Vec::new(),
         errors: 0,
         first_error: None,
     };
@@ -182,6 +191,11 @@ fn run_connection(
                     out.latencies_us.push(u32::try_from(us).unwrap_or(u32::MAX));
                     let us = done.saturating_sub(sent).as_micros();
                     out.service_us.push(u32::try_from(us).unwrap_or(u32::MAX));
+                    if a.samples.is_some() {
+                        let u = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+                        let c = u16::try_from(index).unwrap_or(u16::MAX);
+                        out.samples.push((c, u(due), u(sent), u(done)));
+                    }
                 }
             }
             Ok(s) => fail(&mut out, format!("status {s}")),
@@ -236,6 +250,7 @@ fn main() -> ExitCode {
         .collect();
     let mut all = Vec::new();
     let mut service = Vec::new();
+    let mut samples = Vec::new();
     let mut errors = 0;
     let mut first_error = None;
     for t in threads {
@@ -243,6 +258,7 @@ fn main() -> ExitCode {
             Ok(o) => {
                 all.extend(o.latencies_us);
                 service.extend(o.service_us);
+                samples.extend(o.samples);
                 errors += o.errors;
                 if first_error.is_none() {
                     first_error = o.first_error;
@@ -256,6 +272,17 @@ fn main() -> ExitCode {
     }
     all.sort_unstable();
     service.sort_unstable();
+    if let Some(path) = &a.samples {
+        samples.sort_unstable_by_key(|s| s.1);
+        let mut text = String::from("conn due_us sent_us done_us\n");
+        for (c, due, sent, done) in samples {
+            text.push_str(&format!("{c} {due} {sent} {done}\n"));
+        }
+        if let Err(e) = std::fs::write(path, text) {
+            eprintln!("gatehouse-loadgen: cannot write {path}: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let expected = (a.rate * a.seconds).round();
     println!(
         "target_rate={:.0} connections={} seconds={} measured={} expected={:.0} errors={} rate={:.0} p50_ms={:.3} p90_ms={:.3} p99_ms={:.3} p999_ms={:.3} max_ms={:.3} sent_p50_ms={:.3} sent_p99_ms={:.3}",

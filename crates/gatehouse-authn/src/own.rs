@@ -80,8 +80,8 @@ pub struct TokenRequest {
     pub kind: PrincipalKind,
 }
 
-/// (audience, a digest of every identity field the assertion carries).
-type AssertionKey = (String, [u8; 32]);
+/// A digest of the audience and every identity field the assertion carries ([`assertion_key`]).
+type AssertionKey = [u8; 32];
 
 struct PublicKey {
     kid: String,
@@ -350,22 +350,7 @@ impl OwnIssuer {
         ttl: Duration,
         now: i64,
     ) -> Result<String, AuthnError> {
-        // Keyed by everything the assertion says, so a changed group or e-mail is never stale.
-        let fingerprint = format!(
-            "{}\n{}\n{}\n{:?}\n{:?}\n{}\n{}",
-            p.issuer,
-            p.subject,
-            p.username,
-            p.email,
-            p.display_name,
-            p.groups.join("\n"),
-            p.kind.as_str()
-        );
-        let mut digest = [0u8; 32];
-        digest.copy_from_slice(
-            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, fingerprint.as_bytes()).as_ref(),
-        );
-        let key = (audience.to_owned(), digest);
+        let key = assertion_key(p, audience);
         let half = (ttl.as_secs() / 2) as i64;
         if let Ok(cache) = self.assertions.read()
             && let Some((tok, exp)) = cache.get(&key)
@@ -399,6 +384,38 @@ impl OwnIssuer {
         }
         Ok(tok)
     }
+}
+
+/// The assertion cache's key: SHA-256 over everything the assertion says, each field
+/// length-prefixed so that no two principals (whatever bytes their claims hold) share a key,
+/// and a changed group or e-mail is never served a stale assertion.
+fn assertion_key(p: &Principal, audience: &str) -> [u8; 32] {
+    let mut buf = Vec::with_capacity(256);
+    let mut field = |b: &[u8]| {
+        buf.extend_from_slice(&(b.len() as u32).to_be_bytes());
+        buf.extend_from_slice(b);
+    };
+    field(audience.as_bytes());
+    field(p.issuer.as_bytes());
+    field(p.subject.as_bytes());
+    field(p.username.as_bytes());
+    for o in [&p.email, &p.display_name] {
+        match o {
+            Some(v) => {
+                field(b"1");
+                field(v.as_bytes());
+            }
+            None => field(b"0"),
+        }
+    }
+    field(p.kind.as_str().as_bytes());
+    field(&(p.groups.len() as u32).to_be_bytes());
+    for g in &p.groups {
+        field(g.as_bytes());
+    }
+    let mut key = [0u8; 32];
+    key.copy_from_slice(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &buf).as_ref());
+    key
 }
 
 fn detail(e: &AuthnError) -> String {

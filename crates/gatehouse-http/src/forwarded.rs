@@ -9,7 +9,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
+    KEEP_ALIVE,
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
@@ -31,8 +31,27 @@ pub(crate) const ALWAYS_STRIPPED: [&str; 9] = [
     "x-remote-user",
 ];
 
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+fn is_hop_by_hop(n: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(n) || *n == PROXY_CONNECTION
+}
+
 /// Removes hop-by-hop headers, including those named in `Connection`.
 pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names (standard names compare as integers)
+    // costs less than a hashed removal of each of the nine.
+    if !h.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
@@ -46,7 +65,7 @@ pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap) {
     for n in &HOP_BY_HOP {
         h.remove(n);
     }
-    h.remove("proxy-connection");
+    h.remove(PROXY_CONNECTION);
 }
 
 /// The client's address: the peer, or, when the peer is a trusted proxy, the right-most address
@@ -57,7 +76,7 @@ pub(crate) fn client_ip(peer: IpAddr, h: &HeaderMap, trusted: &[IpNet]) -> IpAdd
         return peer;
     }
     let chain: Vec<IpAddr> = h
-        .get_all("x-forwarded-for")
+        .get_all(X_FORWARDED_FOR)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
@@ -70,60 +89,84 @@ pub(crate) fn client_ip(peer: IpAddr, h: &HeaderMap, trusted: &[IpNet]) -> IpAdd
         .unwrap_or(peer)
 }
 
+/// An address as text, the way `Display` writes it; IPv4 without the formatting machinery
+/// (this runs for every request).
+pub(crate) fn ip_text(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut s = String::with_capacity(15);
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    s.push('.');
+                }
+                if octet >= 100 {
+                    s.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    s.push(char::from(b'0' + octet / 10 % 10));
+                }
+                s.push(char::from(b'0' + octet % 10));
+            }
+            s
+        }
+        IpAddr::V6(_) => ip.to_string(),
+    }
+}
+
 /// Sets `X-Forwarded-For`, `-Proto`, `-Host` and `X-Real-IP`. A trusted peer's values are
-/// extended; anybody else's are replaced.
+/// extended; anybody else's are replaced. `peer` and `client` are addresses as [`ip_text`]
+/// writes them.
 pub(crate) fn set_forwarded(
     h: &mut HeaderMap,
-    peer: IpAddr,
-    client: IpAddr,
+    peer: &str,
+    client: &str,
     proto: &str,
     host: &str,
     trusted_peer: bool,
 ) {
-    let xff = if trusted_peer {
-        let prior: Vec<&str> = h
-            .get_all("x-forwarded-for")
+    let prior: Vec<&str> = if trusted_peer {
+        h.get_all(X_FORWARDED_FOR)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .collect();
-        if prior.is_empty() {
-            peer.to_string()
-        } else {
-            format!("{}, {peer}", prior.join(", "))
-        }
+            .collect()
     } else {
-        peer.to_string()
+        Vec::new()
     };
-    let keep_proto = trusted_peer && h.contains_key("x-forwarded-proto");
-    let keep_host = trusted_peer && h.contains_key("x-forwarded-host");
-    h.remove("forwarded");
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        h.insert("x-forwarded-for", v);
+    let xff = if prior.is_empty() {
+        HeaderValue::from_str(peer)
+    } else {
+        HeaderValue::from_str(&format!("{}, {peer}", prior.join(", ")))
+    };
+    let keep_proto = trusted_peer && h.contains_key(X_FORWARDED_PROTO);
+    let keep_host = trusted_peer && h.contains_key(X_FORWARDED_HOST);
+    h.remove(FORWARDED);
+    if let Ok(v) = xff {
+        h.insert(X_FORWARDED_FOR, v);
     }
     if !keep_proto {
         h.insert(
-            "x-forwarded-proto",
+            X_FORWARDED_PROTO,
             HeaderValue::from_static(if proto == "https" { "https" } else { "http" }),
         );
     }
     if !keep_host {
         match HeaderValue::from_str(host) {
             Ok(v) => {
-                h.insert("x-forwarded-host", v);
+                h.insert(X_FORWARDED_HOST, v);
             }
             Err(_) => {
-                h.remove("x-forwarded-host");
+                h.remove(X_FORWARDED_HOST);
             }
         }
     }
-    if let Ok(v) = HeaderValue::from_str(&client.to_string()) {
-        h.insert("x-real-ip", v);
+    if let Ok(v) = HeaderValue::from_str(client) {
+        h.insert(X_REAL_IP, v);
     }
 }
 
 /// A request id from the client when it is short and plain, or a new one.
 pub(crate) fn request_id(h: &HeaderMap) -> String {
-    h.get("x-request-id")
+    h.get(X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|s| {
             !s.is_empty()
@@ -142,9 +185,12 @@ fn new_request_id() -> String {
     let mut random = [0u8; 10];
     random[..8].copy_from_slice(&next_random().to_le_bytes());
     random[8..].copy_from_slice(&next_random().to_le_bytes()[..2]);
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
     uuid::Builder::from_unix_timestamp_millis(millis, &random)
         .into_uuid()
-        .to_string()
+        .hyphenated()
+        .encode_lower(&mut text)
+        .to_owned()
 }
 
 fn push_hex(out: &mut String, mut v: u64, digits: usize) {
@@ -203,7 +249,7 @@ fn random_hex(n: usize) -> String {
 /// `traceparent` keeps its trace id and flags; Gatehouse adds its own span id.
 pub(crate) fn trace_context(h: &HeaderMap) -> (String, String) {
     let parsed = h
-        .get("traceparent")
+        .get(TRACEPARENT)
         .and_then(|v| v.to_str().ok())
         .and_then(|s| {
             let p: Vec<&str> = s.trim().split('-').collect();
@@ -228,7 +274,13 @@ pub(crate) fn trace_context(h: &HeaderMap) -> (String, String) {
             }
         });
     let (trace, flags) = parsed.unwrap_or_else(|| (random_hex(16), "01".to_owned()));
-    let tp = format!("00-{trace}-{}-{flags}", random_hex(8));
+    let mut tp = String::with_capacity(55);
+    tp.push_str("00-");
+    tp.push_str(&trace);
+    tp.push('-');
+    push_hex(&mut tp, next_random(), 16);
+    tp.push('-');
+    tp.push_str(&flags);
     (trace, tp)
 }
 
@@ -275,7 +327,14 @@ mod tests {
         let peer = ip("10.0.0.5");
         let c = client_ip(peer, &h, &[]);
         assert_eq!(c, peer);
-        set_forwarded(&mut h, peer, c, "http", "git.example", false);
+        set_forwarded(
+            &mut h,
+            &ip_text(peer),
+            &ip_text(c),
+            "http",
+            "git.example",
+            false,
+        );
         assert_eq!(h["x-forwarded-for"], "10.0.0.5");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "git.example");
@@ -296,13 +355,54 @@ mod tests {
         let peer = ip("10.0.0.5");
         let c = client_ip(peer, &h, &trusted);
         assert_eq!(c, ip("203.0.113.7"));
-        set_forwarded(&mut h, peer, c, "http", "git.example", true);
+        set_forwarded(
+            &mut h,
+            &ip_text(peer),
+            &ip_text(c),
+            "http",
+            "git.example",
+            true,
+        );
         assert_eq!(
             h["x-forwarded-for"],
             "6.6.6.6, 203.0.113.7, 10.1.1.1, 10.0.0.5"
         );
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-real-ip"], "203.0.113.7");
+    }
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for a in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.0.9.99",
+            "192.168.100.255",
+            "255.255.255.255",
+            "1.20.100.7",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "::ffff:10.0.0.1",
+        ] {
+            assert_eq!(ip_text(ip(a)), ip(a).to_string(), "{a}");
+        }
+        for n in 0..=255u8 {
+            let v4 = IpAddr::from([n, 255 - n, n / 3, n.wrapping_mul(7)]);
+            assert_eq!(ip_text(v4), v4.to_string());
+        }
+    }
+
+    #[test]
+    fn headers_without_hop_by_hop_names_are_left_alone() {
+        let mut h = headers(&[("host", "a"), ("x-kept", "1"), ("authorization", "b")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 3);
+        let mut h = headers(&[("x-kept", "1"), ("proxy-connection", "keep-alive")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        let mut h = headers(&[("upgrade", "websocket")]);
+        strip_hop_by_hop(&mut h);
+        assert!(h.is_empty());
     }
 
     #[test]
@@ -330,7 +430,13 @@ mod tests {
         assert_eq!(trace, "4bf92f3577b34da6a3ce929d0e0e4736");
         assert!(tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
         assert!(tp.ends_with("-01"));
+        assert_eq!(tp.len(), inbound.len());
         assert_ne!(tp, inbound);
+        let (fresh, tp) = trace_context(&HeaderMap::new());
+        let parts: Vec<&str> = tp.split('-').collect();
+        assert_eq!(parts, ["00", fresh.as_str(), parts[2], "01"]);
+        assert_eq!((fresh.len(), parts[2].len()), (32, 16));
+        assert!(tp.bytes().all(|b| b == b'-' || b.is_ascii_hexdigit()));
         let (t2, _) = trace_context(&headers(&[(
             "traceparent",
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",

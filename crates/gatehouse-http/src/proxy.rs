@@ -32,7 +32,8 @@ use http_body_util::BodyExt as _;
 
 use crate::body::{Body, BodyEnd, Coalesced, Counted, Prefixed, full};
 use crate::forwarded::{
-    ALWAYS_STRIPPED, client_ip, request_id, set_forwarded, strip_hop_by_hop, trace_context,
+    ALWAYS_STRIPPED, TRACEPARENT, X_REQUEST_ID, client_ip, ip_text, request_id, set_forwarded,
+    strip_hop_by_hop, trace_context,
 };
 use crate::metrics::{ActionLabel, KindLabel, Metrics, RequestLabels};
 use crate::respond::{ClientKind, Refusal, typed_response};
@@ -65,6 +66,8 @@ pub struct GatewaySettings {
 pub struct Gateway {
     pub(crate) settings: GatewaySettings,
     strip: Vec<HeaderName>,
+    /// The identity header names, parsed once.
+    names: IdentityNames,
     pub(crate) policy: Arc<ArcSwap<PolicyEngine>>,
     pub(crate) authn: Arc<Authenticator>,
     audit: AuditSink,
@@ -74,6 +77,16 @@ pub struct Gateway {
     pub(crate) sessions: Option<Arc<Sessions>>,
     forge_groups: Option<Arc<ForgeGroups>>,
     pub(crate) ssh: Option<Arc<SshGateway>>,
+}
+
+/// `[identity_headers]` names as header names; `None` when empty or not a valid name.
+#[derive(Debug)]
+struct IdentityNames {
+    user: Option<HeaderName>,
+    email: Option<HeaderName>,
+    full_name: Option<HeaderName>,
+    groups: Option<HeaderName>,
+    assertion: Option<HeaderName>,
 }
 
 /// What the connection knows about a request.
@@ -88,7 +101,20 @@ pub(crate) struct Admitted {
     pub(crate) request_id: String,
     pub(crate) traceparent: String,
     pub(crate) client: IpAddr,
+    /// `client` as text (formatted once per request).
+    pub(crate) client_text: String,
+    /// The peer's address as text.
+    pub(crate) peer_text: String,
     pub(crate) host: String,
+}
+
+/// At most `max` characters of `s` (a path for the audit record).
+fn truncated(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        s.to_owned()
+    } else {
+        s.chars().take(max).collect()
+    }
 }
 
 fn header_name(s: &str) -> Option<HeaderName> {
@@ -214,9 +240,21 @@ impl Gateway {
                 strip.push(n);
             }
         }
+        let names = IdentityNames {
+            user: header_name(&id.user),
+            email: header_name(&id.email),
+            full_name: header_name(&id.full_name),
+            groups: (!id.groups.is_empty())
+                .then(|| header_name(&id.groups))
+                .flatten(),
+            assertion: (!id.assertion.is_empty())
+                .then(|| header_name(&id.assertion))
+                .flatten(),
+        };
         Self {
             settings,
             strip,
+            names,
             policy,
             authn,
             audit,
@@ -333,17 +371,24 @@ impl Gateway {
             .trusted_proxies
             .iter()
             .any(|n| n.contains(conn.peer.ip()));
-        let client = client_ip(conn.peer.ip(), h, &self.settings.trusted_proxies);
+        let peer = conn.peer.ip();
+        let client = client_ip(peer, h, &self.settings.trusted_proxies);
+        let client_text = ip_text(client);
+        let peer_text = if peer == client {
+            client_text.clone()
+        } else {
+            ip_text(peer)
+        };
         let host = request_host(&req);
         let mut rec = AuditRecord {
             time: self.clock.now().to_rfc3339(),
             event: "request",
             request_id: Some(request_id.clone()),
             trace_id: Some(trace_id),
-            source: Some(client.to_string()),
+            source: Some(client_text.clone()),
             method: Some(req.method().as_str().to_owned()),
             host: host.clone(),
-            path: Some(req.uri().path().chars().take(1024).collect()),
+            path: Some(truncated(req.uri().path(), 1024)),
             ..AuditRecord::default()
         };
         let slot = match self.audit.reserve() {
@@ -369,6 +414,8 @@ impl Gateway {
             request_id: request_id.clone(),
             traceparent,
             client,
+            client_text,
+            peer_text,
             host: host.clone().unwrap_or_default(),
         };
 
@@ -402,7 +449,7 @@ impl Gateway {
             }
         };
         if let Ok(v) = HeaderValue::from_str(&request_id) {
-            resp.headers_mut().insert("x-request-id", v);
+            resp.headers_mut().insert(X_REQUEST_ID, v);
         }
         let status = resp.status().as_u16();
         rec.status = Some(status);
@@ -674,23 +721,23 @@ impl Gateway {
             headers.remove(header::AUTHORIZATION);
         }
         let id = &self.settings.identity;
-        let set = |headers: &mut HeaderMap, name: &str, value: &str| {
-            if let (Some(n), Ok(v)) = (header_name(name), HeaderValue::from_bytes(value.as_bytes()))
-            {
-                headers.insert(n, v);
+        let names = &self.names;
+        let set = |headers: &mut HeaderMap, name: &Option<HeaderName>, value: &str| {
+            if let (Some(n), Ok(v)) = (name, HeaderValue::from_bytes(value.as_bytes())) {
+                headers.insert(n.clone(), v);
             }
         };
-        set(headers, &id.user, &principal.username);
+        set(headers, &names.user, &principal.username);
         if let Some(e) = &principal.email {
-            set(headers, &id.email, e);
+            set(headers, &names.email, e);
         }
         if let Some(n) = &principal.display_name {
-            set(headers, &id.full_name, n);
+            set(headers, &names.full_name, n);
         }
-        if !id.groups.is_empty() && !principal.groups.is_empty() {
-            set(headers, &id.groups, &principal.groups.join(","));
+        if names.groups.is_some() && !principal.groups.is_empty() {
+            set(headers, &names.groups, &principal.groups.join(","));
         }
-        if !id.assertion.is_empty() {
+        if names.assertion.is_some() {
             let now = self.clock.now().as_secs();
             match self.authn.own().assertion(
                 &principal,
@@ -698,7 +745,7 @@ impl Gateway {
                 id.assertion_ttl.0,
                 now,
             ) {
-                Ok(a) => set(headers, &id.assertion, &a),
+                Ok(a) => set(headers, &names.assertion, &a),
                 Err(e) => {
                     tracing::error!(error = %e, "cannot sign the upstream assertion");
                     return Err((
@@ -711,12 +758,16 @@ impl Gateway {
                 }
             }
         }
-        set(headers, "x-request-id", &adm.request_id);
-        set(headers, "traceparent", &adm.traceparent);
+        if let Ok(v) = HeaderValue::from_str(&adm.request_id) {
+            headers.insert(X_REQUEST_ID, v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&adm.traceparent) {
+            headers.insert(TRACEPARENT, v);
+        }
         set_forwarded(
             headers,
-            conn.peer.ip(),
-            adm.client,
+            &adm.peer_text,
+            &adm.client_text,
             if conn.tls { "https" } else { "http" },
             &adm.host,
             trusted_peer,
@@ -725,15 +776,12 @@ impl Gateway {
             Some(q) => format!("{}?{q}", c.forward_path),
             None => c.forward_path.clone(),
         };
-        let mut up_req = Request::from_parts(parts, Coalesced::new(body).boxed_unsync());
-        if let Ok(uri) = pq.parse() {
-            *up_req.uri_mut() = uri;
-        }
+        let up_req = Request::from_parts(parts, Coalesced::new(body).boxed_unsync());
 
         // Phase 6: proxy.
-        let caller = CallerInfo {
+        let caller = || CallerInfo {
             remote_user: Some(principal.username.clone()),
-            remote_addr: adm.client.to_string(),
+            remote_addr: adm.client_text.clone(),
             decoded_path: c.decoded_path.clone(),
         };
         let resp = self.upstream.send(up_req, &pq, caller).await.map_err(|e| {

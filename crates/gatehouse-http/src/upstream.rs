@@ -259,7 +259,7 @@ impl Upstream {
         &self,
         mut req: Request<Body>,
         path_and_query: &str,
-        caller: CallerInfo,
+        caller: impl FnOnce() -> CallerInfo,
     ) -> Result<Response<Body>, UpstreamError> {
         match self {
             Upstream::Http(h) => {
@@ -287,7 +287,12 @@ impl Upstream {
                     Err(_) => Err(UpstreamError::Timeout),
                 }
             }
-            Upstream::GitCgi(c) => c.serve(req, caller).await,
+            Upstream::GitCgi(c) => {
+                if let Ok(uri) = path_and_query.parse() {
+                    *req.uri_mut() = uri;
+                }
+                c.serve(req, caller()).await
+            }
         }
     }
 }

@@ -121,7 +121,11 @@ pub struct Explanation {
 
 /// Everything a decision depends on. Decisions are pure functions of this key and the policy set,
 /// so they are cached per engine (a reloaded policy is a new engine with an empty cache).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+///
+/// A lookup hashes the request's borrowed fields ([`PolicyEngine::cache_hash`]) and compares them
+/// with [`CacheKey::matches`]: a cache hit copies nothing. The key itself is built only to be
+/// stored, after a miss.
+#[derive(Debug, Clone)]
 struct CacheKey {
     principal: Principal,
     action: Action,
@@ -153,6 +157,29 @@ impl CacheKey {
                 .map(|r| (r.name.to_owned(), r.old.to_owned(), r.new.to_owned())),
         }
     }
+
+    /// Whether this key is what `q` would make (the credential's id and expiry left out).
+    fn matches(&self, q: &AuthzRequest<'_>) -> bool {
+        let (a, b) = (&self.principal, q.principal);
+        a.kind == b.kind
+            && a.issuer == b.issuer
+            && a.subject == b.subject
+            && a.username == b.username
+            && a.display_name == b.display_name
+            && a.email == b.email
+            && a.groups == b.groups
+            && self.action == q.action
+            && self.resource == *q.resource
+            && self.source_ip == q.facts.source_ip
+            && self.method == q.facts.method
+            && self.host == q.facts.host
+            && self.wiki == q.facts.wiki
+            && match (&self.git_ref, q.facts.git_ref) {
+                (None, None) => true,
+                (Some((name, old, new)), Some(r)) => name == r.name && old == r.old && new == r.new,
+                _ => false,
+            }
+    }
 }
 
 /// The most decisions remembered per engine; the cache is emptied when full.
@@ -167,7 +194,10 @@ pub struct PolicyEngine {
     authorizer: Authorizer,
     forge: String,
     count: usize,
-    cache: RwLock<HashMap<CacheKey, Decision>>,
+    /// Decisions by [`PolicyEngine::cache_hash`]; the keys tell colliding requests apart.
+    cache: RwLock<HashMap<u64, Vec<(CacheKey, Decision)>>>,
+    /// Keys the cache's hashes (per engine, randomly: a client cannot aim collisions).
+    cache_hasher: std::hash::RandomState,
 }
 
 fn type_name(name: &str) -> EntityTypeName {
@@ -231,6 +261,7 @@ impl PolicyEngine {
             forge: forge.to_owned(),
             count,
             cache: RwLock::new(HashMap::new()),
+            cache_hasher: std::hash::RandomState::new(),
         })
     }
 
@@ -373,20 +404,55 @@ impl PolicyEngine {
     /// Decides a request. Anything that goes wrong while building the question is a deny.
     /// Decisions are remembered for this policy set: the same question is answered from memory.
     pub fn evaluate(&self, q: &AuthzRequest<'_>) -> Decision {
-        let key = CacheKey::new(q);
+        let hash = self.cache_hash(q);
         if let Ok(cache) = self.cache.read()
-            && let Some(d) = cache.get(&key)
+            && let Some(d) = cache
+                .get(&hash)
+                .and_then(|v| v.iter().find(|(k, _)| k.matches(q)))
         {
-            return d.clone();
+            return d.1.clone();
         }
         let decision = self.explain(q).decision;
         if let Ok(mut cache) = self.cache.write() {
             if cache.len() >= DECISION_CACHE_MAX {
                 cache.clear();
             }
-            cache.insert(key, decision.clone());
+            let entries = cache.entry(hash).or_default();
+            if !entries.iter().any(|(k, _)| k.matches(q)) {
+                entries.push((CacheKey::new(q), decision.clone()));
+            }
         }
         decision
+    }
+
+    /// The hash of everything [`CacheKey`] holds, from the request's borrowed fields.
+    fn cache_hash(&self, q: &AuthzRequest<'_>) -> u64 {
+        use std::hash::{BuildHasher as _, Hash as _, Hasher as _};
+        let mut h = self.cache_hasher.build_hasher();
+        let p = q.principal;
+        p.kind.hash(&mut h);
+        p.issuer.hash(&mut h);
+        p.subject.hash(&mut h);
+        p.username.hash(&mut h);
+        p.display_name.hash(&mut h);
+        p.email.hash(&mut h);
+        p.groups.hash(&mut h);
+        q.action.hash(&mut h);
+        q.resource.hash(&mut h);
+        q.facts.source_ip.hash(&mut h);
+        q.facts.method.hash(&mut h);
+        q.facts.host.hash(&mut h);
+        q.facts.wiki.hash(&mut h);
+        match q.facts.git_ref {
+            None => h.write_u8(0),
+            Some(r) => {
+                h.write_u8(1);
+                r.name.hash(&mut h);
+                r.old.hash(&mut h);
+                r.new.hash(&mut h);
+            }
+        }
+        h.finish()
     }
 
     /// Decides every ref a push changes (`ref:create|update|delete`, with the ref and its old and

@@ -313,3 +313,120 @@ forbid(principal, action == Gatehouse::Action::"ref:delete", resource) when { co
         .allowed
     );
 }
+
+#[test]
+fn a_cache_key_matches_only_the_request_it_was_made_from() {
+    let alice = principal("alice", &["dev"]);
+    let hello = repo("demo", "hello");
+    let facts = RequestFacts {
+        source_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        method: "GET",
+        host: "git.example",
+        wiki: false,
+        git_ref: Some(RefFacts {
+            name: "refs/heads/main",
+            old: "a",
+            new: "b",
+        }),
+    };
+    let base = AuthzRequest {
+        principal: &alice,
+        action: Action::GitRead,
+        resource: &hello,
+        facts,
+    };
+    let key = CacheKey::new(&base);
+    assert!(key.matches(&base));
+    let e = engine();
+    let hash = e.cache_hash(&base);
+    // The credential's id and expiry are not part of the question.
+    let mut renewed = alice.clone();
+    renewed.token_id = Some("jti-2".into());
+    renewed.expires_at = Some(42);
+    let q = AuthzRequest {
+        principal: &renewed,
+        ..base
+    };
+    assert!(key.matches(&q));
+    assert_eq!(e.cache_hash(&q), hash);
+    // Every other field is.
+    let mut principals = Vec::new();
+    for change in 0..7 {
+        let mut p = alice.clone();
+        match change {
+            0 => p.kind = PrincipalKind::Service,
+            1 => p.issuer.push('x'),
+            2 => p.subject.push('x'),
+            3 => p.username.push('x'),
+            4 => p.display_name = Some("Alice".into()),
+            5 => p.email = Some("alice@example.com".into()),
+            _ => p.groups.push("ops".into()),
+        }
+        principals.push(p);
+    }
+    let other = repo("demo", "other");
+    let mut changed: Vec<AuthzRequest<'_>> = principals
+        .iter()
+        .map(|p| AuthzRequest {
+            principal: p,
+            ..base
+        })
+        .collect();
+    changed.push(AuthzRequest {
+        action: Action::GitWrite,
+        ..base
+    });
+    changed.push(AuthzRequest {
+        resource: &other,
+        ..base
+    });
+    for f in [
+        RequestFacts {
+            source_ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+            ..facts
+        },
+        RequestFacts {
+            method: "POST",
+            ..facts
+        },
+        RequestFacts {
+            host: "git.other",
+            ..facts
+        },
+        RequestFacts {
+            wiki: true,
+            ..facts
+        },
+        RequestFacts {
+            git_ref: None,
+            ..facts
+        },
+        RequestFacts {
+            git_ref: Some(RefFacts {
+                name: "refs/heads/dev",
+                ..facts.git_ref.unwrap()
+            }),
+            ..facts
+        },
+        RequestFacts {
+            git_ref: Some(RefFacts {
+                old: "c",
+                ..facts.git_ref.unwrap()
+            }),
+            ..facts
+        },
+        RequestFacts {
+            git_ref: Some(RefFacts {
+                new: "c",
+                ..facts.git_ref.unwrap()
+            }),
+            ..facts
+        },
+    ] {
+        changed.push(AuthzRequest { facts: f, ..base });
+    }
+    for (i, q) in changed.iter().enumerate() {
+        assert!(!key.matches(q), "change {i} still matches");
+        assert_ne!(e.cache_hash(q), hash, "change {i} hashes the same");
+    }
+}

@@ -184,3 +184,59 @@ fn assertions_are_reused_for_half_their_life() {
     assert_eq!(claims["aud"], "up");
     assert_eq!(claims["exp"], 1_091);
 }
+
+#[test]
+fn assertion_keys_tell_every_identity_apart() {
+    let base = Principal {
+        kind: gatehouse_core::PrincipalKind::User,
+        issuer: "https://idp".into(),
+        subject: "a".into(),
+        username: "b\nc".into(),
+        display_name: None,
+        email: Some("x".into()),
+        groups: vec!["g\nh".into()],
+        token_id: Some("jti".into()),
+        expires_at: Some(1),
+    };
+    let key = assertion_key(&base, "up");
+    // Neither the credential's id nor its expiry is said in an assertion.
+    let renewed = Principal {
+        token_id: None,
+        expires_at: Some(2),
+        ..base.clone()
+    };
+    assert_eq!(assertion_key(&renewed, "up"), key);
+    // Fields whose bytes run together the same way are still different identities.
+    let variants = [
+        Principal {
+            subject: "a\nb".into(),
+            username: "c".into(),
+            ..base.clone()
+        },
+        Principal {
+            groups: vec!["g".into(), "h".into()],
+            ..base.clone()
+        },
+        Principal {
+            display_name: Some("x".into()),
+            email: None,
+            ..base.clone()
+        },
+        Principal {
+            email: None,
+            ..base.clone()
+        },
+        Principal {
+            kind: gatehouse_core::PrincipalKind::Service,
+            ..base.clone()
+        },
+        Principal {
+            issuer: "https://idp2".into(),
+            ..base.clone()
+        },
+    ];
+    for (i, v) in variants.iter().enumerate() {
+        assert_ne!(assertion_key(v, "up"), key, "variant {i}");
+    }
+    assert_ne!(assertion_key(&base, "up2"), key);
+}
