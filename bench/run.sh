@@ -4,7 +4,9 @@
 #   (a) small authenticated requests: wrk against a fast nginx upstream (`return 200 "ok"`) directly
 #       and through Gatehouse with a Bearer token; req/s, p50, p99; then the p99 Gatehouse adds at
 #       a lower, paced load (half of the lower maximum rate, see "method" in the results), in
-#       several interleaved pairs judged on their median.
+#       several interleaved pairs judged on their median. For reference, the same measures of
+#       nginx as a plain reverse proxy (no authentication, no audit) in front of the same upstream:
+#       what one proxy hop costs on this machine.
 #   (b) a large fetch: a protocol-v2 fetch of a >= 100 MiB bare repository of random blobs from
 #       nginx + fcgiwrap + `git http-backend`, with curl, directly and through Gatehouse; MB/s and ratio.
 #   (c) Gatehouse's RSS: idle after start, peak while (b) runs (VmRSS every 50 ms, and VmHWM).
@@ -24,7 +26,7 @@
 #   BENCH_WRK_SECS   seconds per wrk run (default 10; quick 3)
 #   BENCH_PACED_PAIRS paced direct/Gatehouse pairs for the p99 target, judged on their median
 #                    (default 5; quick 2)
-#   BENCH_PORT_BASE  first of six loopback ports used (default 19480)
+#   BENCH_PORT_BASE  first of eleven loopback ports used (default 19480)
 #   BENCH_TIMEOUT    the run (after the build) is stopped after this many seconds (default 600)
 #
 # Needs git, curl, python3, nginx, fcgiwrap, wrk; when one is missing, scripts/install-deps.sh
@@ -61,6 +63,7 @@ P_SSHD=$((PORT_BASE + 6))  # OpenSSH sshd with git-shell
 P_GC=$((PORT_BASE + 7))    # Gatehouse with the SSH front door (HTTP side unused)
 P_GC_ADMIN=$((PORT_BASE + 8))
 P_GC_SSH=$((PORT_BASE + 9))
+P_NPX=$((PORT_BASE + 10))  # nginx as a plain reverse proxy in front of the fast nginx (reference)
 
 # Targets: what the results file marks PASS or MISS.
 T_FETCH_RATIO=0.95
@@ -72,7 +75,7 @@ log() { printf '[bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 # ---------------------------------------------------------------- processes and cleanup
-FAST_PID="" GA_PID="" GB_PID="" GC_PID="" SSHD_PID="" SAMPLER_PID="" WD_PID="" GIT_STATE=""
+FAST_PID="" NPX_PID="" GA_PID="" GB_PID="" GC_PID="" SSHD_PID="" SAMPLER_PID="" WD_PID="" GIT_STATE=""
 RUN=$WORK/run
 
 stop_pid() { # PID...: TERM, wait up to 5 s, then KILL
@@ -93,7 +96,7 @@ cleanup() {
   trap - EXIT INT TERM
   set +e
   stop_pid "$SAMPLER_PID"
-  stop_pid "$GA_PID" "$GB_PID" "$GC_PID" "$SSHD_PID" "$FAST_PID"
+  stop_pid "$GA_PID" "$GB_PID" "$GC_PID" "$SSHD_PID" "$NPX_PID" "$FAST_PID"
   [ -n "$GIT_STATE" ] && "$BENCH/git-http.sh" stop "$GIT_STATE"
   [ -n "$WD_PID" ] && kill -TERM "$WD_PID" 2>/dev/null && wait "$WD_PID" 2>/dev/null
   [ "$rc" = 0 ] || log "failed (exit $rc); logs in ${RUN#"$ROOT"/}/"
@@ -150,7 +153,7 @@ WD_PID=$!
 T_START=$(date +%s)
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for p in "$P_FAST" "$P_GIT" "$P_GA" "$P_GA_ADMIN" "$P_GB" "$P_GB_ADMIN"; do
+for p in "$P_FAST" "$P_GIT" "$P_GA" "$P_GA_ADMIN" "$P_GB" "$P_GB_ADMIN" "$P_NPX"; do
   ! port_busy "$p" || die "port $p is in use (set BENCH_PORT_BASE)"
 done
 
@@ -276,6 +279,46 @@ nginx -p "$FAST" -e "$FAST/error.log" -c "$FAST/nginx.conf" -g 'daemon off;' </d
 FAST_PID=$!
 wait_http "http://127.0.0.1:$P_FAST/ping" "$FAST_PID" "nginx (fast upstream)"
 
+# The reference: nginx as a plain reverse proxy (no authentication, no audit, 1 worker, pooled
+# keep-alive upstream connections) in front of the same fast nginx.
+NPX=$RUN/nginx-proxy
+mkdir -p "$NPX/tmp"
+cat >"$NPX/nginx.conf" <<CONF
+$USER_LINE
+worker_processes 1;
+pid $NPX/nginx.pid;
+error_log $NPX/error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  keepalive_timeout 75s;
+  keepalive_requests 10000000;
+  client_body_temp_path $NPX/tmp/body;
+  proxy_temp_path $NPX/tmp/proxy;
+  fastcgi_temp_path $NPX/tmp/fastcgi;
+  uwsgi_temp_path $NPX/tmp/uwsgi;
+  scgi_temp_path $NPX/tmp/scgi;
+  upstream fast {
+    server 127.0.0.1:$P_FAST;
+    keepalive 32;
+    keepalive_requests 10000000;
+  }
+  server {
+    listen 127.0.0.1:$P_NPX;
+    location / {
+      proxy_pass http://fast;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+CONF
+nginx -q -t -p "$NPX" -e "$NPX/error.log" -c "$NPX/nginx.conf" || die "bad nginx proxy config"
+nginx -p "$NPX" -e "$NPX/error.log" -c "$NPX/nginx.conf" -g 'daemon off;' </dev/null \
+  >"$NPX/stdout.log" 2>&1 &
+NPX_PID=$!
+wait_http "http://127.0.0.1:$P_NPX/ping" "$NPX_PID" "nginx (plain proxy)"
+
 start_gatehouse a "$GH/a.toml"
 GA_PID=$GH_STARTED
 wait_http "http://127.0.0.1:$P_GA_ADMIN/readyz" "$GA_PID" "Gatehouse (a)"
@@ -312,6 +355,7 @@ run_wrk() {
 }
 
 FAST_PIDS="$FAST_PID $(pgrep -P "$FAST_PID" | tr '\n' ' ')"
+NPX_PIDS="$NPX_PID $(pgrep -P "$NPX_PID" | tr '\n' ' ')"
 run_wrk direct-c16 16 "http://127.0.0.1:$P_FAST/ping" "$FAST_PIDS"
 D16=("$W_RPS" "$W_P50" "$W_P99" "$W_CPU_US" "${W_ERRORS:-none}")
 sleep 1
@@ -323,6 +367,10 @@ D4=("$W_RPS" "$W_P50" "$W_P99" "$W_CPU_US" "${W_ERRORS:-none}")
 sleep 1
 run_wrk gatehouse-c4 4 "http://127.0.0.1:$P_GA/ping" "$GA_PID" -H "$AUTH"
 G4=("$W_RPS" "$W_P50" "$W_P99" "$W_CPU_US" "${W_ERRORS:-none}")
+sleep 1
+# The reference proxy gets the same header wrk sends Gatehouse (it forwards it, unread).
+run_wrk nginx-proxy-c16 16 "http://127.0.0.1:$P_NPX/ping" "$NPX_PIDS" -H "$AUTH"
+N16=("$W_RPS" "$W_P50" "$W_P99" "$W_CPU_US" "${W_ERRORS:-none}")
 
 # Paced load at the same offered rate against both: half of the lower of the two maximum rates,
 # offered open-loop by bench/loadgen (what wrk2 does; wrk2 is not packaged here): requests are due
@@ -354,39 +402,52 @@ run_loadgen() {
 # One pair is at the mercy of whatever else the shared host runs during those seconds, so
 # PACED_PAIRS pairs are run, interleaved, alternating which side goes first; each pair gives one
 # p99 difference and the target is judged on their median. Every pair is in the results.
+# Each pair also runs the reference proxy at the same load (it is not part of the target).
 PAIR_ROWS=""
 P99_DIFFS=()
 DUE_DIFFS=()
+NPX_DIFFS=()
 for pair in $(seq 1 "$PACED_PAIRS"); do
-  order="direct gatehouse"
-  [ $((pair % 2)) = 0 ] && order="gatehouse direct"
+  order="direct gatehouse nginx-proxy"
+  [ $((pair % 2)) = 0 ] && order="nginx-proxy gatehouse direct"
   for side in $order; do
     sleep 1
-    if [ "$side" = direct ]; then
-      run_loadgen "direct-$pair" "$P_FAST" "$FAST_PIDS"
-      DP=("$L_RATE" "$L_P50" "$L_P99" "$L_DUE_P99" "$L_CPU_US")
-    else
-      run_loadgen "gatehouse-$pair" "$P_GA" "$GA_PID" --header "$AUTH"
-      GP=("$L_RATE" "$L_P50" "$L_P99" "$L_DUE_P99" "$L_CPU_US")
-    fi
+    case $side in
+      direct)
+        run_loadgen "direct-$pair" "$P_FAST" "$FAST_PIDS"
+        DP=("$L_RATE" "$L_P50" "$L_P99" "$L_DUE_P99" "$L_CPU_US")
+        ;;
+      gatehouse)
+        run_loadgen "gatehouse-$pair" "$P_GA" "$GA_PID" --header "$AUTH"
+        GP=("$L_RATE" "$L_P50" "$L_P99" "$L_DUE_P99" "$L_CPU_US")
+        ;;
+      nginx-proxy)
+        run_loadgen "nginx-proxy-$pair" "$P_NPX" "$NPX_PIDS" --header "$AUTH"
+        NP=("$L_RATE" "$L_P50" "$L_P99" "$L_DUE_P99" "$L_CPU_US")
+        ;;
+    esac
   done
   diff=$(calc "%.3f" "${GP[2]} - ${DP[2]}")
   due_diff=$(calc "%.3f" "${GP[3]} - ${DP[3]}")
+  npx_diff=$(calc "%.3f" "${NP[2]} - ${DP[2]}")
   P99_DIFFS+=("$diff")
   DUE_DIFFS+=("$due_diff")
-  PAIR_ROWS+="| $pair | ${order%% *} | ${DP[0]} | ${DP[1]} | ${DP[2]} | ${DP[3]} | ${GP[0]} | ${GP[1]} | ${GP[2]} | ${GP[3]} | ${GP[4]} us | **$diff** | $due_diff |"$'\n'
+  NPX_DIFFS+=("$npx_diff")
+  PAIR_ROWS+="| $pair | ${order%% *} | ${DP[1]} | ${DP[2]} | ${DP[3]} | ${DP[4]} us | ${GP[1]} | ${GP[2]} | ${GP[3]} | ${GP[4]} us | **$diff** | $due_diff | ${NP[1]} | ${NP[2]} | ${NP[4]} us | $npx_diff |"$'\n'
 done
 
 GA_RSS_KIB=$(status_kib "$GA_PID" VmRSS)
 GA_HWM_KIB=$(status_kib "$GA_PID" VmHWM)
 AUDIT_A_LINES=0
 [ ! -f "$GH/audit-a.log" ] || AUDIT_A_LINES=$(wc -l <"$GH/audit-a.log")
-stop_pid "$GA_PID" "$FAST_PID"
-GA_PID="" FAST_PID=""
+stop_pid "$GA_PID" "$NPX_PID" "$FAST_PID"
+GA_PID="" NPX_PID="" FAST_PID=""
 
 HALF_RATE=$(calc "%.0f" "${D16[0]} / 2")
 P99_ADDED=$(median "${P99_DIFFS[@]}")
 P99_DUE_ADDED=$(median "${DUE_DIFFS[@]}")
+P99_NPX_ADDED=$(median "${NPX_DIFFS[@]}")
+NPX_RPS_RATIO=$(calc "%.3f" "${G16[0]} / ${N16[0]}")
 P99_ADDED_C4=$(calc "%.3f" "${G4[2]} - ${D4[2]}")
 P99_ADDED_16=$(calc "%.3f" "${G16[2]} - ${D16[2]}")
 P50_ADDED_16=$(calc "%.3f" "${G16[1]} - ${D16[1]}")
@@ -690,9 +751,14 @@ CPU per request is the server process's user+system time over the run divided by
 | through Gatehouse | 16 | ${G16[0]} | ${G16[1]} | ${G16[2]} | ${G16[3]} us | ${G16[4]} |
 | nginx directly | 4 | ${D4[0]} | ${D4[1]} | ${D4[2]} | ${D4[3]} us | ${D4[4]} |
 | through Gatehouse | 4 | ${G4[0]} | ${G4[1]} | ${G4[2]} | ${G4[3]} us | ${G4[4]} |
+| reference: nginx as a plain proxy | 16 | ${N16[0]} | ${N16[1]} | ${N16[2]} | ${N16[3]} us | ${N16[4]} |
 
 - At 16 connections Gatehouse serves $RPS_RATIO of direct's req/s and adds $P50_ADDED_16 ms at p50, $P99_ADDED_16 ms at p99.
   At 4 connections the p99 difference is $P99_ADDED_C4 ms.
+- The reference is nginx as a plain reverse proxy (1 worker, keep-alive upstream pool, no
+  authentication, no audit) in front of the same upstream: what one proxy hop costs here.
+  Gatehouse, which also verifies the token, decides, writes the audit record and signs the
+  assertion, serves $NPX_RPS_RATIO of its req/s.
 
 ### p99 added at half the maximum rate
 
@@ -713,11 +779,15 @@ bursts. ${WRK_SECS} s measured after 1 s of warm-up. Two latencies per request:
   late), which shows in the direct runs as much as in the Gatehouse runs. Median of the
   differences: $P99_DUE_ADDED ms.
 
-CPU per request: the server's user+system time over the run divided by the requests offered.
-The pairs, one after the other, alternating which side goes first:
+Each pair also runs the reference proxy (nginx, no authentication, no audit) at the same load; it
+is not part of the target. **Median p99 the reference proxy adds: $P99_NPX_ADDED ms.**
 
-| pair | first | direct req/s | direct p50 ms | direct p99 ms | direct p99 from due | Gatehouse req/s | Gatehouse p50 ms | Gatehouse p99 ms | Gatehouse p99 from due | Gatehouse CPU per request | p99 added ms | from due |
-|---|---|---|---|---|---|---|---|---|---|---|---|---|
+CPU per request: the server's user+system time over the run divided by the requests offered
+(for direct, nginx itself; for Gatehouse and the reference proxy, the proxy alone). Every run
+offered $PACED_RATE req/s. The pairs, one after the other, alternating the order:
+
+| pair | first | direct p50 ms | direct p99 ms | direct p99 from due | direct CPU per request | Gatehouse p50 ms | Gatehouse p99 ms | Gatehouse p99 from due | Gatehouse CPU per request | p99 added ms | from due | reference p50 ms | reference p99 ms | reference CPU per request | reference p99 added ms |
+|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|
 ${PAIR_ROWS}
 - Gatehouse (a) RSS after the load: VmRSS $(mib "$GA_RSS_KIB") MiB, VmHWM $(mib "$GA_HWM_KIB") MiB; audit records written: $AUDIT_A_LINES.
 
