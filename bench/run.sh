@@ -248,56 +248,52 @@ start_gatehouse() { # NAME CONFIG ADMIN_PORT -> GH_STARTED
 
 # ================================================================ (a) small authenticated requests
 log "(a) fast upstream on :$P_FAST, Gatehouse on :$P_GA"
-FAST=$RUN/fast
-mkdir -p "$FAST/tmp"
 USER_LINE=""
 [ "$(id -u)" = 0 ] && USER_LINE="user root root;"
-cat >"$FAST/nginx.conf" <<CONF
+# start_nginx DIR WHAT: writes DIR/nginx.conf (one worker, no access log, keep-alive, temp files
+# in DIR) with stdin as the rest of its http block, starts nginx in the foreground and waits for
+# it to answer /ping on the port it listens on -> NGINX_STARTED.
+start_nginx() {
+  local d=$1 what=$2 conf port
+  mkdir -p "$d/tmp"
+  conf=$(cat)
+  cat >"$d/nginx.conf" <<CONF
 $USER_LINE
 worker_processes 1;
-pid $FAST/nginx.pid;
-error_log $FAST/error.log warn;
+pid $d/nginx.pid;
+error_log $d/error.log warn;
 events { worker_connections 1024; }
 http {
   access_log off;
   keepalive_timeout 75s;
   keepalive_requests 10000000;
-  client_body_temp_path $FAST/tmp/body;
-  proxy_temp_path $FAST/tmp/proxy;
-  fastcgi_temp_path $FAST/tmp/fastcgi;
-  uwsgi_temp_path $FAST/tmp/uwsgi;
-  scgi_temp_path $FAST/tmp/scgi;
+  client_body_temp_path $d/tmp/body;
+  proxy_temp_path $d/tmp/proxy;
+  fastcgi_temp_path $d/tmp/fastcgi;
+  uwsgi_temp_path $d/tmp/uwsgi;
+  scgi_temp_path $d/tmp/scgi;
+$conf
+}
+CONF
+  nginx -q -t -p "$d" -e "$d/error.log" -c "$d/nginx.conf" || die "bad nginx config for $what"
+  nginx -p "$d" -e "$d/error.log" -c "$d/nginx.conf" -g 'daemon off;' </dev/null \
+    >"$d/stdout.log" 2>&1 &
+  NGINX_STARTED=$!
+  port=$(sed -n 's/.*listen 127\.0\.0\.1:\([0-9]*\);.*/\1/p' "$d/nginx.conf")
+  wait_http "http://127.0.0.1:$port/ping" "$NGINX_STARTED" "nginx ($what)"
+}
+
+start_nginx "$RUN/fast" "fast upstream" <<CONF
   server {
     listen 127.0.0.1:$P_FAST;
     location / { default_type text/plain; return 200 "ok"; }
   }
-}
 CONF
-nginx -q -t -p "$FAST" -e "$FAST/error.log" -c "$FAST/nginx.conf" || die "bad nginx config"
-nginx -p "$FAST" -e "$FAST/error.log" -c "$FAST/nginx.conf" -g 'daemon off;' </dev/null \
-  >"$FAST/stdout.log" 2>&1 &
-FAST_PID=$!
-wait_http "http://127.0.0.1:$P_FAST/ping" "$FAST_PID" "nginx (fast upstream)"
+FAST_PID=$NGINX_STARTED
 
 # The reference: nginx as a plain reverse proxy (no authentication, no audit, 1 worker, pooled
 # keep-alive upstream connections) in front of the same fast nginx.
-NPX=$RUN/nginx-proxy
-mkdir -p "$NPX/tmp"
-cat >"$NPX/nginx.conf" <<CONF
-$USER_LINE
-worker_processes 1;
-pid $NPX/nginx.pid;
-error_log $NPX/error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  keepalive_timeout 75s;
-  keepalive_requests 10000000;
-  client_body_temp_path $NPX/tmp/body;
-  proxy_temp_path $NPX/tmp/proxy;
-  fastcgi_temp_path $NPX/tmp/fastcgi;
-  uwsgi_temp_path $NPX/tmp/uwsgi;
-  scgi_temp_path $NPX/tmp/scgi;
+start_nginx "$RUN/nginx-proxy" "plain proxy" <<CONF
   upstream fast {
     server 127.0.0.1:$P_FAST;
     keepalive 32;
@@ -311,13 +307,8 @@ http {
       proxy_set_header Connection "";
     }
   }
-}
 CONF
-nginx -q -t -p "$NPX" -e "$NPX/error.log" -c "$NPX/nginx.conf" || die "bad nginx proxy config"
-nginx -p "$NPX" -e "$NPX/error.log" -c "$NPX/nginx.conf" -g 'daemon off;' </dev/null \
-  >"$NPX/stdout.log" 2>&1 &
-NPX_PID=$!
-wait_http "http://127.0.0.1:$P_NPX/ping" "$NPX_PID" "nginx (plain proxy)"
+NPX_PID=$NGINX_STARTED
 
 start_gatehouse a "$GH/a.toml"
 GA_PID=$GH_STARTED

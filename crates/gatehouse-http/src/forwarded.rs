@@ -299,6 +299,12 @@ mod tests {
         h
     }
 
+    /// `set_forwarded` for a plain-HTTP request to `git.example`.
+    fn forward(h: &mut HeaderMap, peer: IpAddr, client: IpAddr, trusted_peer: bool) {
+        let (peer, client) = (ip_text(peer), ip_text(client));
+        set_forwarded(h, &peer, &client, "http", "git.example", trusted_peer);
+    }
+
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap_or_else(|e| panic!("{e}"))
     }
@@ -327,14 +333,7 @@ mod tests {
         let peer = ip("10.0.0.5");
         let c = client_ip(peer, &h, &[]);
         assert_eq!(c, peer);
-        set_forwarded(
-            &mut h,
-            &ip_text(peer),
-            &ip_text(c),
-            "http",
-            "git.example",
-            false,
-        );
+        forward(&mut h, peer, c, false);
         assert_eq!(h["x-forwarded-for"], "10.0.0.5");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "git.example");
@@ -355,14 +354,7 @@ mod tests {
         let peer = ip("10.0.0.5");
         let c = client_ip(peer, &h, &trusted);
         assert_eq!(c, ip("203.0.113.7"));
-        set_forwarded(
-            &mut h,
-            &ip_text(peer),
-            &ip_text(c),
-            "http",
-            "git.example",
-            true,
-        );
+        forward(&mut h, peer, c, true);
         assert_eq!(
             h["x-forwarded-for"],
             "6.6.6.6, 203.0.113.7, 10.1.1.1, 10.0.0.5"
