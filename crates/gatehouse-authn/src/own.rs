@@ -390,16 +390,29 @@ impl OwnIssuer {
 /// length-prefixed so that no two principals (whatever bytes their claims hold) share a key,
 /// and a changed group or e-mail is never served a stale assertion.
 fn assertion_key(p: &Principal, audience: &str) -> [u8; 32] {
+    // Every field by name, with no `..`: a field added to `Principal` does not compile until it
+    // is either keyed here or said not to reach the assertion.
+    let Principal {
+        kind,
+        issuer,
+        subject,
+        username,
+        display_name,
+        email,
+        groups,
+        token_id: _,
+        expires_at: _,
+    } = p;
     let mut buf = Vec::with_capacity(256);
     let mut field = |b: &[u8]| {
         buf.extend_from_slice(&(b.len() as u32).to_be_bytes());
         buf.extend_from_slice(b);
     };
     field(audience.as_bytes());
-    field(p.issuer.as_bytes());
-    field(p.subject.as_bytes());
-    field(p.username.as_bytes());
-    for o in [&p.email, &p.display_name] {
+    field(issuer.as_bytes());
+    field(subject.as_bytes());
+    field(username.as_bytes());
+    for o in [email, display_name] {
         match o {
             Some(v) => {
                 field(b"1");
@@ -408,9 +421,9 @@ fn assertion_key(p: &Principal, audience: &str) -> [u8; 32] {
             None => field(b"0"),
         }
     }
-    field(p.kind.as_str().as_bytes());
-    field(&(p.groups.len() as u32).to_be_bytes());
-    for g in &p.groups {
+    field(kind.as_str().as_bytes());
+    field(&(groups.len() as u32).to_be_bytes());
+    for g in groups {
         field(g.as_bytes());
     }
     let mut key = [0u8; 32];

@@ -159,22 +159,44 @@ impl CacheKey {
     }
 
     /// Whether this key is what `q` would make (the credential's id and expiry left out).
+    ///
+    /// The principal and the facts are taken apart field by field, with no `..`: a field added
+    /// to either does not compile until it is compared here (and hashed in
+    /// [`PolicyEngine::cache_hash`]), so it can never be left out of the key unnoticed.
     fn matches(&self, q: &AuthzRequest<'_>) -> bool {
-        let (a, b) = (&self.principal, q.principal);
-        a.kind == b.kind
-            && a.issuer == b.issuer
-            && a.subject == b.subject
-            && a.username == b.username
-            && a.display_name == b.display_name
-            && a.email == b.email
-            && a.groups == b.groups
+        let a = &self.principal;
+        let Principal {
+            kind,
+            issuer,
+            subject,
+            username,
+            display_name,
+            email,
+            groups,
+            token_id: _,
+            expires_at: _,
+        } = q.principal;
+        let RequestFacts {
+            source_ip,
+            method,
+            host,
+            wiki,
+            git_ref,
+        } = q.facts;
+        a.kind == *kind
+            && a.issuer == *issuer
+            && a.subject == *subject
+            && a.username == *username
+            && a.display_name == *display_name
+            && a.email == *email
+            && a.groups == *groups
             && self.action == q.action
             && self.resource == *q.resource
-            && self.source_ip == q.facts.source_ip
-            && self.method == q.facts.method
-            && self.host == q.facts.host
-            && self.wiki == q.facts.wiki
-            && match (&self.git_ref, q.facts.git_ref) {
+            && self.source_ip == source_ip
+            && self.method == method
+            && self.host == host
+            && self.wiki == wiki
+            && match (&self.git_ref, git_ref) {
                 (None, None) => true,
                 (Some((name, old, new)), Some(r)) => name == r.name && old == r.old && new == r.new,
                 _ => false,
@@ -429,21 +451,39 @@ impl PolicyEngine {
     fn cache_hash(&self, q: &AuthzRequest<'_>) -> u64 {
         use std::hash::{BuildHasher as _, Hash as _, Hasher as _};
         let mut h = self.cache_hasher.build_hasher();
-        let p = q.principal;
-        p.kind.hash(&mut h);
-        p.issuer.hash(&mut h);
-        p.subject.hash(&mut h);
-        p.username.hash(&mut h);
-        p.display_name.hash(&mut h);
-        p.email.hash(&mut h);
-        p.groups.hash(&mut h);
+        // Field by field, with no `..`, as in `CacheKey::matches`.
+        let Principal {
+            kind,
+            issuer,
+            subject,
+            username,
+            display_name,
+            email,
+            groups,
+            token_id: _,
+            expires_at: _,
+        } = q.principal;
+        let RequestFacts {
+            source_ip,
+            method,
+            host,
+            wiki,
+            git_ref,
+        } = q.facts;
+        kind.hash(&mut h);
+        issuer.hash(&mut h);
+        subject.hash(&mut h);
+        username.hash(&mut h);
+        display_name.hash(&mut h);
+        email.hash(&mut h);
+        groups.hash(&mut h);
         q.action.hash(&mut h);
         q.resource.hash(&mut h);
-        q.facts.source_ip.hash(&mut h);
-        q.facts.method.hash(&mut h);
-        q.facts.host.hash(&mut h);
-        q.facts.wiki.hash(&mut h);
-        match q.facts.git_ref {
+        source_ip.hash(&mut h);
+        method.hash(&mut h);
+        host.hash(&mut h);
+        wiki.hash(&mut h);
+        match git_ref {
             None => h.write_u8(0),
             Some(r) => {
                 h.write_u8(1);
