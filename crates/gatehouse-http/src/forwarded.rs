@@ -34,7 +34,7 @@ pub(crate) const ALWAYS_STRIPPED: [&str; 9] = [
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
-pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
@@ -236,7 +236,7 @@ fn next_random() -> u64 {
     })
 }
 
-/// `n` random bytes as lower-case hex (n is 8 or 16).
+/// `n` random bytes as lower-case hex (`n` a multiple of 8).
 fn random_hex(n: usize) -> String {
     let mut s = String::with_capacity(n * 2);
     for _ in 0..n / 8 {

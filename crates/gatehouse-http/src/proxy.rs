@@ -220,37 +220,34 @@ impl Gateway {
     ) -> Self {
         crate::forwarded::warm_up_rng();
         let id = &settings.identity;
-        let mut strip: Vec<HeaderName> = ALWAYS_STRIPPED
-            .iter()
-            .filter_map(|s| header_name(s))
-            .collect();
-        for name in [
-            &id.user,
-            &id.email,
-            &id.full_name,
-            &id.groups,
-            &id.assertion,
-        ]
-        .into_iter()
-        .chain(id.strip.iter())
-        {
-            if let Some(n) = header_name(name)
-                && !strip.contains(&n)
-            {
-                strip.push(n);
-            }
-        }
+        // An empty name (no groups header, no assertion) is not a header name: `None`.
         let names = IdentityNames {
             user: header_name(&id.user),
             email: header_name(&id.email),
             full_name: header_name(&id.full_name),
-            groups: (!id.groups.is_empty())
-                .then(|| header_name(&id.groups))
-                .flatten(),
-            assertion: (!id.assertion.is_empty())
-                .then(|| header_name(&id.assertion))
-                .flatten(),
+            groups: header_name(&id.groups),
+            assertion: header_name(&id.assertion),
         };
+        // What Gatehouse sets itself is never taken from the client either.
+        let mut strip: Vec<HeaderName> = ALWAYS_STRIPPED
+            .iter()
+            .filter_map(|s| header_name(s))
+            .collect();
+        let own = [
+            &names.user,
+            &names.email,
+            &names.full_name,
+            &names.groups,
+            &names.assertion,
+        ]
+        .into_iter()
+        .flatten()
+        .cloned();
+        for n in own.chain(id.strip.iter().filter_map(|s| header_name(s))) {
+            if !strip.contains(&n) {
+                strip.push(n);
+            }
+        }
         Self {
             settings,
             strip,
