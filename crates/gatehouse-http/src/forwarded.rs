@@ -6,18 +6,6 @@ use std::net::IpAddr;
 use gatehouse_config::IpNet;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    KEEP_ALIVE,
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
 /// Identity headers stripped from every inbound request, whatever the configuration.
 pub(crate) const ALWAYS_STRIPPED: [&str; 9] = [
     "x-webauth-user",
@@ -31,8 +19,6 @@ pub(crate) const ALWAYS_STRIPPED: [&str; 9] = [
     "x-remote-user",
 ];
 
-const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -41,31 +27,42 @@ const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub(crate) const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
+/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1), and the
+/// non-standard `Proxy-Connection`.
 fn is_hop_by_hop(n: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(n) || *n == PROXY_CONNECTION
+    matches!(
+        n.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
 }
 
 /// Removes hop-by-hop headers, including those named in `Connection`.
 pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap) {
-    // Most messages carry none: one pass over the names (standard names compare as integers)
-    // costs less than a hashed removal of each of the nine.
-    if !h.keys().any(is_hop_by_hop) {
+    // One pass over the names finds the few that are there (most messages carry none, or only
+    // `Connection`); each removal costs a hashed lookup, so only those present are removed.
+    let mut present: Vec<HeaderName> = h.keys().filter(|n| is_hop_by_hop(n)).cloned().collect();
+    if present.is_empty() {
         return;
     }
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
+    present.extend(
+        h.get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .filter(|n| !is_hop_by_hop(n)),
+    );
+    for n in present {
         h.remove(n);
     }
-    for n in &HOP_BY_HOP {
-        h.remove(n);
-    }
-    h.remove(PROXY_CONNECTION);
 }
 
 /// The client's address: the peer, or, when the peer is a trusted proxy, the right-most address
@@ -321,6 +318,37 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn every_hop_by_hop_name_goes_with_all_its_values() {
+        let names = [
+            "connection",
+            "keep-alive",
+            "proxy-authenticate",
+            "proxy-authorization",
+            "proxy-connection",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+        ];
+        for name in names {
+            let mut h = headers(&[(name, "a"), ("x-kept", "1"), (name, "b")]);
+            strip_hop_by_hop(&mut h);
+            assert_eq!(h.len(), 1, "{name}");
+            assert!(h.contains_key("x-kept"), "{name}");
+        }
+        // Names listed in Connection go too, in any case and with any spacing, across values.
+        let mut h = headers(&[
+            ("connection", "close ,X-One"),
+            ("connection", "x-two"),
+            ("x-one", "1"),
+            ("x-two", "2"),
+            ("x-kept", "1"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-kept"]);
     }
 
     #[test]
