@@ -99,7 +99,8 @@ pub struct AdminConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
-    /// The forge's base URL (`http://` or `https://`). Exactly one of `url` and `git_http_backend`.
+    /// The forge's base URL (`http://` or `https://`), or its Unix socket (`unix:/path`).
+    /// Exactly one of `url` and `git_http_backend`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     /// Serve bare repositories from a directory through `git http-backend` instead of a forge.
@@ -679,8 +680,25 @@ impl Config {
                 );
             }
             (Some(url), None) => {
-                if !(url.starts_with("http://") || url.starts_with("https://")) {
-                    return bad("upstream.url", "must start with http:// or https://");
+                if let Some(path) = url.strip_prefix("unix:") {
+                    if !path.starts_with('/') {
+                        return bad(
+                            "upstream.url",
+                            "a Unix socket is named by an absolute path: unix:/run/forge.sock",
+                        );
+                    }
+                    let tls = &self.upstream;
+                    if tls.ca_file.is_some()
+                        || tls.client_cert_file.is_some()
+                        || tls.danger_accept_invalid_certs
+                    {
+                        return bad(
+                            "upstream.url",
+                            "a unix: upstream is plain HTTP: ca_file, client_cert_file and danger_accept_invalid_certs do not apply",
+                        );
+                    }
+                } else if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return bad("upstream.url", "must start with http://, https:// or unix:");
                 }
             }
             (None, Some(_)) => {}
@@ -799,6 +817,12 @@ impl Config {
             }
             match g.api_url.as_deref().or(self.upstream.url.as_deref()) {
                 Some(u) if u.starts_with("http://") || u.starts_with("https://") => {}
+                Some(_) if g.api_url.is_none() => {
+                    return bad(
+                        "forge.groups.api_url",
+                        "set it: the forge API is read over http:// or https://, not the upstream's Unix socket",
+                    );
+                }
                 Some(_) => {
                     return bad(
                         "forge.groups.api_url",

@@ -102,6 +102,48 @@ fn upstream_must_be_exactly_one() {
 }
 
 #[test]
+fn a_unix_socket_upstream_is_an_absolute_path_without_tls() {
+    let unix = |url: &str, more: &str| {
+        parse(&MINIMAL.replace(
+            "url = \"http://127.0.0.1:3000\"",
+            &format!("url = \"{url}\"\n{more}"),
+        ))
+    };
+    assert!(unix("unix:/run/gitea/gitea.sock", "").is_ok());
+    for (url, more) in [
+        ("unix:run/gitea.sock", ""),
+        ("unix:", ""),
+        ("unix:/run/gitea.sock", "ca_file = \"ca.pem\""),
+        (
+            "unix:/run/gitea.sock",
+            "client_cert_file = \"c.pem\"\nclient_key_file = \"k.pem\"",
+        ),
+        ("unix:/run/gitea.sock", "danger_accept_invalid_certs = true"),
+    ] {
+        let e = unix(url, more)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("upstream.url"), "{url} {more}: {e}");
+    }
+    // The forge API is not read through the socket: it needs its own URL.
+    let groups = "[forge.groups]\ntoken = { env = \"T\" }\n";
+    let e = parse(&format!(
+        "{}{groups}",
+        MINIMAL.replace("http://127.0.0.1:3000", "unix:/run/gitea.sock")
+    ))
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
+    assert!(e.contains("forge.groups.api_url"), "{e}");
+    let text = format!(
+        "{}{groups}api_url = \"http://127.0.0.1:3000\"\n",
+        MINIMAL.replace("http://127.0.0.1:3000", "unix:/run/gitea.sock")
+    );
+    assert!(parse(&text).is_ok(), "{:?}", parse(&text).err());
+}
+
+#[test]
 fn durations() {
     assert_eq!(
         ConfigDuration::parse("250ms").map(|d| d.0.as_millis()),

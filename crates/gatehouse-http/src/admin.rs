@@ -14,12 +14,17 @@ use tokio::net::TcpListener;
 use crate::body::Body;
 use crate::proxy::Gateway;
 use crate::respond::typed_response;
+use crate::upstream::Probe;
 
 async fn upstream_reachable(gw: &Gateway) -> bool {
-    match gw.upstream().probe_addr() {
-        Some(addr) => matches!(
-            tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr))
-                .await,
+    let limit = Duration::from_secs(1);
+    match gw.upstream().probe() {
+        Some(Probe::Tcp(addr)) => matches!(
+            tokio::time::timeout(limit, tokio::net::TcpStream::connect(addr)).await,
+            Ok(Ok(_))
+        ),
+        Some(Probe::Unix(path)) => matches!(
+            tokio::time::timeout(limit, tokio::net::UnixStream::connect(path)).await,
             Ok(Ok(_))
         ),
         None => gw.upstream().local_ready(),

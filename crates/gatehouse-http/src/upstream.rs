@@ -1,14 +1,19 @@
 //! Where allowed requests go: a pooled HTTP(S) client to the forge (optionally with a client
-//! certificate), or the built-in `git http-backend` over a directory of bare repositories.
+//! certificate), a pooled HTTP client over the forge's Unix socket, or the built-in
+//! `git http-backend` over a directory of bare repositories.
 
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use gatehouse_config::UpstreamConfig;
 use http::{Request, Response, Uri};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -31,6 +36,113 @@ pub enum UpstreamError {
 }
 
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
+type UnixClient = Client<UnixConnector, Body>;
+
+/// How an HTTP upstream is reached.
+#[derive(Debug)]
+enum Pool {
+    /// TCP, with TLS for `https://`.
+    Tcp(HttpsClient),
+    /// A Unix socket (`unix:/path`): plain HTTP/1.1 to a forge on the same host.
+    Unix(UnixClient),
+}
+
+/// The scheme that names a Unix-socket upstream in `upstream.url`.
+pub(crate) const UNIX_SCHEME: &str = "unix:";
+
+/// Opens connections to a Unix socket, whatever the request's URI says (it names the pool only).
+#[derive(Debug, Clone)]
+pub(crate) struct UnixConnector {
+    path: Arc<Path>,
+    connect_timeout: Duration,
+}
+
+impl tower_service::Service<Uri> for UnixConnector {
+    type Response = UnixConnection;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = std::io::Result<UnixConnection>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Uri) -> Self::Future {
+        let path = self.path.clone();
+        let limit = self.connect_timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(limit, tokio::net::UnixStream::connect(&*path)).await {
+                Ok(Ok(s)) => Ok(UnixConnection(TokioIo::new(s))),
+                Ok(Err(e)) => Err(std::io::Error::new(
+                    e.kind(),
+                    format!("{}: {e}", path.display()),
+                )),
+                Err(_) => Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("{}: connect timed out", path.display()),
+                )),
+            }
+        })
+    }
+}
+
+/// A connection to a Unix-socket upstream.
+#[derive(Debug)]
+pub(crate) struct UnixConnection(TokioIo<tokio::net::UnixStream>);
+
+impl Connection for UnixConnection {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl hyper::rt::Read for UnixConnection {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for UnixConnection {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write_vectored(cx, bufs)
+    }
+}
+
+/// Where readiness probes an HTTP upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// `host:port`, by opening a TCP connection.
+    Tcp(String),
+    /// A Unix socket, by connecting to it.
+    Unix(PathBuf),
+}
 
 /// The upstream, as requests see it.
 #[derive(Debug, Clone)]
@@ -44,7 +156,9 @@ pub enum Upstream {
 /// A forge over HTTP(S).
 #[derive(Debug)]
 pub struct HttpUpstream {
-    client: HttpsClient,
+    client: Pool,
+    /// The socket of a `unix:` upstream.
+    unix: Option<PathBuf>,
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
     prefix: String,
@@ -190,6 +304,34 @@ impl Upstream {
             .url
             .as_deref()
             .ok_or_else(|| UpstreamError::Config("no upstream url".into()))?;
+        if let Some(path) = url.strip_prefix(UNIX_SCHEME) {
+            let path = PathBuf::from(path);
+            if !path.is_absolute() {
+                return Err(UpstreamError::Config(format!(
+                    "upstream.url {url:?}: a Unix socket is named by an absolute path, unix:/run/forge.sock"
+                )));
+            }
+            let connector = UnixConnector {
+                path: path.clone().into(),
+                connect_timeout: cfg.connect_timeout.0,
+            };
+            let client = Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(cfg.pool_idle_timeout.0)
+                .pool_max_idle_per_host(cfg.pool_max_idle)
+                .pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new())
+                .build(connector);
+            return Ok(Upstream::Http(Arc::new(HttpUpstream {
+                client: Pool::Unix(client),
+                unix: Some(path),
+                // Names the pool; with `preserve_host = false` it is also the Host sent.
+                scheme: http::uri::Scheme::HTTP,
+                authority: http::uri::Authority::from_static("localhost"),
+                prefix: String::new(),
+                response_timeout: cfg.response_timeout.0,
+                preserve_host: cfg.preserve_host,
+            })));
+        }
         let uri: Uri = url
             .parse()
             .map_err(|e| UpstreamError::Config(format!("upstream.url: {e}")))?;
@@ -219,7 +361,8 @@ impl Upstream {
             .timer(TokioTimer::new())
             .build(connector);
         Ok(Upstream::Http(Arc::new(HttpUpstream {
-            client,
+            client: Pool::Tcp(client),
+            unix: None,
             scheme,
             authority,
             prefix,
@@ -228,10 +371,13 @@ impl Upstream {
         })))
     }
 
-    /// `host:port` to probe for readiness, for an HTTP upstream.
-    pub fn probe_addr(&self) -> Option<String> {
+    /// Where to probe an HTTP upstream for readiness.
+    pub fn probe(&self) -> Option<Probe> {
         match self {
             Upstream::Http(h) => {
+                if let Some(path) = &h.unix {
+                    return Some(Probe::Unix(path.clone()));
+                }
                 let port =
                     h.authority
                         .port_u16()
@@ -240,7 +386,7 @@ impl Upstream {
                         } else {
                             80
                         });
-                Some(format!("{}:{port}", h.authority.host()))
+                Some(Probe::Tcp(format!("{}:{port}", h.authority.host())))
             }
             Upstream::GitCgi(_) => None,
         }
@@ -276,7 +422,10 @@ impl Upstream {
                 }
                 // The client picks HTTP/1.1 or HTTP/2 from ALPN; the inbound version does not carry over.
                 *req.version_mut() = http::Version::HTTP_11;
-                let fut = h.client.request(req);
+                let fut = match &h.client {
+                    Pool::Tcp(c) => c.request(req),
+                    Pool::Unix(c) => c.request(req),
+                };
                 match tokio::time::timeout(h.response_timeout, fut).await {
                     Ok(Ok(resp)) => Ok(resp.map(|b| {
                         use http_body_util::BodyExt as _;

@@ -6,9 +6,10 @@ use crate::proc::{Child, TempDir, free_port, wait_for};
 
 /// A real Git smart-HTTP server: nginx -> fcgiwrap -> `git http-backend`, on 127.0.0.1.
 /// `GET /_echo` answers with the identity headers it received, so tests can see exactly what
-/// reached the upstream.
+/// reached the upstream. Without TLS it also listens on a Unix socket ([`Self::unix_socket`]).
 pub struct GitHttpServer {
     pub port: u16,
+    unix_socket: PathBuf,
     _nginx: Child,
     _fcgi: Child,
     _dir: TempDir,
@@ -52,6 +53,7 @@ impl GitHttpServer {
         });
 
         let port = free_port();
+        let unix_socket = d.join("http.sock");
         let user = if is_root() { "user root root;" } else { "" };
         let conf = format!(
             r#"{user}
@@ -69,6 +71,7 @@ http {{
   scgi_temp_path {d}/tmp/scgi;
   server {{
     listen 127.0.0.1:{port}{ssl};
+    {unix_listen}
     {tls_lines}
     client_max_body_size 0;
     location = /_setcookie {{
@@ -110,6 +113,11 @@ http {{
             repos = repos.display(),
             ssl = if tls.is_some() { " ssl" } else { "" },
             tls_lines = tls.as_deref().unwrap_or(""),
+            unix_listen = if tls.is_none() {
+                format!("listen unix:{};", unix_socket.display())
+            } else {
+                String::new()
+            },
         );
         let conf_path = d.join("nginx.conf");
         std::fs::write(&conf_path, conf).unwrap();
@@ -135,6 +143,7 @@ http {{
         });
         Self {
             port,
+            unix_socket,
             _nginx: nginx,
             _fcgi: fcgi,
             _dir: dir,
@@ -143,6 +152,11 @@ http {{
 
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The Unix socket the same server listens on (plain HTTP; not with TLS).
+    pub fn unix_socket(&self) -> &Path {
+        &self.unix_socket
     }
 }
 

@@ -171,3 +171,50 @@ async fn idp_tokens_rs256_and_es256_through_a_real_nginx_upstream() {
     let ls = git.ok(tmp.path(), &["ls-remote", &url]);
     assert!(ls.stdout.contains("refs/heads/main"));
 }
+
+#[test]
+fn a_forge_on_a_unix_socket_gets_clones_pushes_and_only_gatehouse_identity() {
+    let tmp = TempDir::new("unix-upstream");
+    let (root, _) = repos(&tmp);
+    let upstream = GitHttpServer::start(&root);
+    let socket = upstream.unix_socket().to_path_buf();
+    let gw = builder()
+        .with_upstream_url(&format!("unix:{}", socket.display()))
+        .forge_kind("gitea")
+        .policy(POLICY)
+        .start();
+    let alice = gw.token("alice", &["dev"]);
+    let (git, work) = clone_demo(tmp.path(), &gw.url(), &alice, "alice-clone");
+    commit_file(&git, &work, "u.txt", "over the socket\n");
+    git.ok(&work, &["push", "-q", "origin", "main"]);
+    assert_eq!(
+        head_of(&root.join("demo/hello.git"), "main"),
+        local_head(&git, &work)
+    );
+
+    // The forge sees Gatehouse's identity headers, never the client's.
+    let (status, raw) = raw_http(
+        gw.port,
+        "GET",
+        "/_echo",
+        &[
+            ("Authorization", &format!("Bearer {alice}")),
+            ("X-WEBAUTH-USER", "admin"),
+        ],
+    );
+    assert_eq!(status, 200, "{raw}");
+    let body = raw.split("\r\n\r\n").nth(1).unwrap_or("");
+    assert!(body.starts_with("user=alice;"), "{body}");
+
+    // Readiness connects to the socket: gone, not ready; back, ready.
+    let (s, ready) = raw_http(gw.admin_port, "GET", "/readyz", &[]);
+    assert_eq!(s, 200, "{ready}");
+    let moved = socket.with_extension("moved");
+    std::fs::rename(&socket, &moved).unwrap();
+    let (s, ready) = raw_http(gw.admin_port, "GET", "/readyz", &[]);
+    assert_eq!(s, 503, "{ready}");
+    assert!(ready.contains("\"upstream\":false"), "{ready}");
+    std::fs::rename(&moved, &socket).unwrap();
+    let (s, ready) = raw_http(gw.admin_port, "GET", "/readyz", &[]);
+    assert_eq!(s, 200, "{ready}");
+}
