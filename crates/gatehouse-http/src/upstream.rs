@@ -315,12 +315,7 @@ impl Upstream {
                 path: path.clone().into(),
                 connect_timeout: cfg.connect_timeout.0,
             };
-            let client = Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(cfg.pool_idle_timeout.0)
-                .pool_max_idle_per_host(cfg.pool_max_idle)
-                .pool_timer(TokioTimer::new())
-                .timer(TokioTimer::new())
-                .build(connector);
+            let client = pool_builder(cfg).build(connector);
             return Ok(Upstream::Http(Arc::new(HttpUpstream {
                 client: Pool::Unix(client),
                 unix: Some(path),
@@ -354,12 +349,7 @@ impl Upstream {
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(cfg.pool_idle_timeout.0)
-            .pool_max_idle_per_host(cfg.pool_max_idle)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector);
+        let client = pool_builder(cfg).build(connector);
         Ok(Upstream::Http(Arc::new(HttpUpstream {
             client: Pool::Tcp(client),
             unix: None,
@@ -444,6 +434,16 @@ impl Upstream {
             }
         }
     }
+}
+
+/// The connection pool's settings, whatever the transport.
+fn pool_builder(cfg: &UpstreamConfig) -> hyper_util::client::legacy::Builder {
+    let mut b = Client::builder(TokioExecutor::new());
+    b.pool_idle_timeout(cfg.pool_idle_timeout.0)
+        .pool_max_idle_per_host(cfg.pool_max_idle)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new());
+    b
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
