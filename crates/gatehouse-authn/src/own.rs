@@ -390,9 +390,9 @@ impl OwnIssuer {
 /// length-prefixed so that no two principals (whatever bytes their claims hold) share a key,
 /// and a changed group or e-mail is never served a stale assertion.
 fn assertion_key(p: &Principal, audience: &str) -> [u8; 32] {
-    // Every field by name, with no `..`: a field added to `Principal` does not compile until it
-    // is either keyed here or said not to reach the assertion.
-    let Principal {
+    // Every claim by name, with no `..`: a claim added to the principal does not compile until
+    // it is keyed here.
+    let gatehouse_core::Claims {
         kind,
         issuer,
         subject,
@@ -400,9 +400,7 @@ fn assertion_key(p: &Principal, audience: &str) -> [u8; 32] {
         display_name,
         email,
         groups,
-        token_id: _,
-        expires_at: _,
-    } = p;
+    } = p.claims();
     let mut buf = Vec::with_capacity(256);
     let mut field = |b: &[u8]| {
         buf.extend_from_slice(&(b.len() as u32).to_be_bytes());

@@ -14,7 +14,7 @@ mod resource;
 
 pub use action::{Action, ParseActionError};
 pub use clock::{Clock, ManualClock, SystemClock, UnixTime};
-pub use principal::{Principal, PrincipalKind};
+pub use principal::{Claims, Principal, PrincipalKind};
 pub use redacted::Redacted;
 pub use resource::{RepoRef, Resource, Route};
 

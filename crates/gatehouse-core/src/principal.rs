@@ -53,4 +53,52 @@ impl Principal {
         self.groups.sort();
         self.groups.dedup();
     }
+
+    /// Everything the principal says about who it is, borrowed: what decisions and upstream
+    /// assertions depend on, and so what their caches are keyed by. The credential's id and
+    /// expiry are left out: a new token for the same claims gets the same answers.
+    pub fn claims(&self) -> Claims<'_> {
+        // Every field by name, with no `..`: a field added to `Principal` does not compile until
+        // it is either part of the claims or said to be left out here.
+        let Principal {
+            kind,
+            issuer,
+            subject,
+            username,
+            display_name,
+            email,
+            groups,
+            token_id: _,
+            expires_at: _,
+        } = self;
+        Claims {
+            kind: *kind,
+            issuer,
+            subject,
+            username,
+            display_name: display_name.as_deref(),
+            email: email.as_deref(),
+            groups,
+        }
+    }
+}
+
+/// A principal's claims, borrowed ([`Principal::claims`]). Equal claims mean equal answers from
+/// the policy and the same upstream assertion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Claims<'a> {
+    /// Person or machine.
+    pub kind: PrincipalKind,
+    /// The issuer that vouched for the principal.
+    pub issuer: &'a str,
+    /// The subject, unique within the issuer.
+    pub subject: &'a str,
+    /// The forge user name.
+    pub username: &'a str,
+    /// Display name.
+    pub display_name: Option<&'a str>,
+    /// E-mail address.
+    pub email: Option<&'a str>,
+    /// Group names, sorted and without duplicates.
+    pub groups: &'a [String],
 }

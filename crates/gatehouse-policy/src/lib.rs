@@ -159,23 +159,44 @@ impl CacheKey {
     }
 
     /// Whether this key is what `q` would make (the credential's id and expiry left out).
-    ///
-    /// The principal and the facts are taken apart field by field, with no `..`: a field added
-    /// to either does not compile until it is compared here (and hashed in
-    /// [`PolicyEngine::cache_hash`]), so it can never be left out of the key unnoticed.
     fn matches(&self, q: &AuthzRequest<'_>) -> bool {
-        let a = &self.principal;
-        let Principal {
-            kind,
-            issuer,
-            subject,
-            username,
-            display_name,
-            email,
-            groups,
-            token_id: _,
-            expires_at: _,
-        } = q.principal;
+        let stored = AuthzRequest {
+            principal: &self.principal,
+            action: self.action,
+            resource: &self.resource,
+            facts: RequestFacts {
+                source_ip: self.source_ip,
+                method: &self.method,
+                host: &self.host,
+                wiki: self.wiki,
+                git_ref: self
+                    .git_ref
+                    .as_ref()
+                    .map(|(name, old, new)| RefFacts { name, old, new }),
+            },
+        };
+        KeyView::of(&stored) == KeyView::of(q)
+    }
+}
+
+/// Everything a cached decision is keyed by, borrowed from a request: one definition for both
+/// the hash and the comparison, so the two can never disagree. The request's facts are taken
+/// apart field by field, with no `..`, and the principal through [`Principal::claims`]: a field
+/// added to either does not compile until it is part of the key or said to be left out.
+#[derive(PartialEq, Eq, Hash)]
+struct KeyView<'a> {
+    claims: gatehouse_core::Claims<'a>,
+    action: Action,
+    resource: &'a Resource,
+    source_ip: IpAddr,
+    method: &'a str,
+    host: &'a str,
+    wiki: bool,
+    git_ref: Option<(&'a str, &'a str, &'a str)>,
+}
+
+impl<'a> KeyView<'a> {
+    fn of(q: &AuthzRequest<'a>) -> Self {
         let RequestFacts {
             source_ip,
             method,
@@ -183,24 +204,16 @@ impl CacheKey {
             wiki,
             git_ref,
         } = q.facts;
-        a.kind == *kind
-            && a.issuer == *issuer
-            && a.subject == *subject
-            && a.username == *username
-            && a.display_name == *display_name
-            && a.email == *email
-            && a.groups == *groups
-            && self.action == q.action
-            && self.resource == *q.resource
-            && self.source_ip == source_ip
-            && self.method == method
-            && self.host == host
-            && self.wiki == wiki
-            && match (&self.git_ref, git_ref) {
-                (None, None) => true,
-                (Some((name, old, new)), Some(r)) => name == r.name && old == r.old && new == r.new,
-                _ => false,
-            }
+        Self {
+            claims: q.principal.claims(),
+            action: q.action,
+            resource: q.resource,
+            source_ip,
+            method,
+            host,
+            wiki,
+            git_ref: git_ref.map(|r| (r.name, r.old, r.new)),
+        }
     }
 }
 
@@ -449,50 +462,8 @@ impl PolicyEngine {
 
     /// The hash of everything [`CacheKey`] holds, from the request's borrowed fields.
     fn cache_hash(&self, q: &AuthzRequest<'_>) -> u64 {
-        use std::hash::{BuildHasher as _, Hash as _, Hasher as _};
-        let mut h = self.cache_hasher.build_hasher();
-        // Field by field, with no `..`, as in `CacheKey::matches`.
-        let Principal {
-            kind,
-            issuer,
-            subject,
-            username,
-            display_name,
-            email,
-            groups,
-            token_id: _,
-            expires_at: _,
-        } = q.principal;
-        let RequestFacts {
-            source_ip,
-            method,
-            host,
-            wiki,
-            git_ref,
-        } = q.facts;
-        kind.hash(&mut h);
-        issuer.hash(&mut h);
-        subject.hash(&mut h);
-        username.hash(&mut h);
-        display_name.hash(&mut h);
-        email.hash(&mut h);
-        groups.hash(&mut h);
-        q.action.hash(&mut h);
-        q.resource.hash(&mut h);
-        source_ip.hash(&mut h);
-        method.hash(&mut h);
-        host.hash(&mut h);
-        wiki.hash(&mut h);
-        match git_ref {
-            None => h.write_u8(0),
-            Some(r) => {
-                h.write_u8(1);
-                r.name.hash(&mut h);
-                r.old.hash(&mut h);
-                r.new.hash(&mut h);
-            }
-        }
-        h.finish()
+        use std::hash::BuildHasher as _;
+        self.cache_hasher.hash_one(KeyView::of(q))
     }
 
     /// Decides every ref a push changes (`ref:create|update|delete`, with the ref and its old and
