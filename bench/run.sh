@@ -368,7 +368,8 @@ N16=("$W_RPS" "$W_P50" "$W_P99" "$W_CPU_US" "${W_ERRORS:-none}")
 # every 1/rate seconds, dealt to PACED_CONNS keep-alive connections, whatever the answers do.
 PACED_RATE=$(calc "%.0f" "(${G16[0]} < ${D16[0]} ? ${G16[0]} : ${D16[0]}) / 2")
 PACED_CONNS=16
-# run_loadgen NAME PORT CPU_PIDS [loadgen args...]: sets L_RATE L_P50 L_P99 L_DUE_P50 L_DUE_P99 L_CPU_US
+# run_loadgen NAME PORT CPU_PIDS [loadgen args...]: sets L_RATE L_P50 L_P99 L_READ_P99 L_DUE_P50
+# L_DUE_P99 L_CPU_US
 run_loadgen() {
   local name=$1 port=$2 pids=$3 out c0 c1 kv
   shift 3
@@ -381,14 +382,14 @@ run_loadgen() {
   # shellcheck disable=SC2086
   c1=$(cpu_ticks $pids)
   kv() { tr ' ' '\n' <"$out" | awk -F= -v k="$1" '$1 == k { print $2 }'; }
-  L_RATE=$(kv rate) L_P50=$(kv sent_p50_ms) L_P99=$(kv sent_p99_ms)
+  L_RATE=$(kv rate) L_P50=$(kv rx_p50_ms) L_P99=$(kv rx_p99_ms) L_READ_P99=$(kv sent_p99_ms)
   L_DUE_P50=$(kv p50_ms) L_DUE_P99=$(kv p99_ms)
   local n
   n=$(kv measured)
   [ -n "$L_P99" ] && [ -n "$n" ] && [ "$n" -gt 0 ] || { cat "$out" >&2; die "cannot parse loadgen $name"; }
   # CPU over the whole run (warm-up included) per request sent.
   L_CPU_US=$(calc "%.1f" "($c1 - $c0) / $CLK_TCK * 1000000 / ($PACED_RATE * ($WRK_SECS + 1))")
-  log "  $name: $L_RATE req/s, p50 $L_P50 ms, p99 $L_P99 ms (from due: p50 $L_DUE_P50, p99 $L_DUE_P99), ${L_CPU_US} us CPU/request"
+  log "  $name: $L_RATE req/s, p50 $L_P50 ms, p99 $L_P99 ms (as read $L_READ_P99; from due: p50 $L_DUE_P50, p99 $L_DUE_P99), ${L_CPU_US} us CPU/request"
 }
 # One pair is at the mercy of whatever else the shared host runs during those seconds, so
 # PACED_PAIRS pairs are run, interleaved, alternating which side goes first; each pair gives one
@@ -396,6 +397,7 @@ run_loadgen() {
 # Each pair also runs the reference proxy at the same load (it is not part of the target).
 PAIR_ROWS=""
 P99_DIFFS=()
+READ_DIFFS=()
 DUE_DIFFS=()
 NPX_DIFFS=()
 for pair in $(seq 1 "$PACED_PAIRS"); do
@@ -406,25 +408,27 @@ for pair in $(seq 1 "$PACED_PAIRS"); do
     case $side in
       direct)
         run_loadgen "direct-$pair" "$P_FAST" "$FAST_PIDS"
-        DP=("$L_RATE" "$L_P50" "$L_P99" "$L_DUE_P99" "$L_CPU_US")
+        DP=("$L_RATE" "$L_P50" "$L_P99" "$L_DUE_P99" "$L_CPU_US" "$L_READ_P99")
         ;;
       gatehouse)
         run_loadgen "gatehouse-$pair" "$P_GA" "$GA_PID" --header "$AUTH"
-        GP=("$L_RATE" "$L_P50" "$L_P99" "$L_DUE_P99" "$L_CPU_US")
+        GP=("$L_RATE" "$L_P50" "$L_P99" "$L_DUE_P99" "$L_CPU_US" "$L_READ_P99")
         ;;
       nginx-proxy)
         run_loadgen "nginx-proxy-$pair" "$P_NPX" "$NPX_PIDS" --header "$AUTH"
-        NP=("$L_RATE" "$L_P50" "$L_P99" "$L_DUE_P99" "$L_CPU_US")
+        NP=("$L_RATE" "$L_P50" "$L_P99" "$L_DUE_P99" "$L_CPU_US" "$L_READ_P99")
         ;;
     esac
   done
   diff=$(calc "%.3f" "${GP[2]} - ${DP[2]}")
+  read_diff=$(calc "%.3f" "${GP[5]} - ${DP[5]}")
   due_diff=$(calc "%.3f" "${GP[3]} - ${DP[3]}")
   npx_diff=$(calc "%.3f" "${NP[2]} - ${DP[2]}")
   P99_DIFFS+=("$diff")
+  READ_DIFFS+=("$read_diff")
   DUE_DIFFS+=("$due_diff")
   NPX_DIFFS+=("$npx_diff")
-  PAIR_ROWS+="| $pair | ${order%% *} | ${DP[1]} | ${DP[2]} | ${DP[3]} | ${DP[4]} us | ${GP[1]} | ${GP[2]} | ${GP[3]} | ${GP[4]} us | **$diff** | $due_diff | ${NP[1]} | ${NP[2]} | ${NP[4]} us | $npx_diff |"$'\n'
+  PAIR_ROWS+="| $pair | ${order%% *} | ${DP[1]} | ${DP[2]} | ${DP[3]} | ${DP[4]} us | ${GP[1]} | ${GP[2]} | ${GP[3]} | ${GP[4]} us | **$diff** | ${DP[5]} / ${GP[5]}: $read_diff | $due_diff | ${NP[1]} | ${NP[2]} | ${NP[4]} us | $npx_diff |"$'\n'
 done
 
 GA_RSS_KIB=$(status_kib "$GA_PID" VmRSS)
@@ -437,6 +441,7 @@ GA_PID="" NPX_PID="" FAST_PID=""
 HALF_RATE=$(calc "%.0f" "${D16[0]} / 2")
 P99_ADDED=$(median "${P99_DIFFS[@]}")
 P99_DUE_ADDED=$(median "${DUE_DIFFS[@]}")
+P99_READ_ADDED=$(median "${READ_DIFFS[@]}")
 P99_NPX_ADDED=$(median "${NPX_DIFFS[@]}")
 NPX_RPS_RATIO=$(calc "%.3f" "${G16[0]} / ${N16[0]}")
 P99_ADDED_C4=$(calc "%.3f" "${G4[2]} - ${D4[2]}")
@@ -762,9 +767,15 @@ measured at half of the lower maximum instead.
 Load: \`bench/loadgen\` (what wrk2 does; wrk2 is not packaged here): requests are due every
 1/rate seconds, dealt round-robin to $PACED_CONNS keep-alive connections, each driven by its own
 thread that sleeps (nanosleep) until its next request is due, so requests do not leave in
-bursts. ${WRK_SECS} s measured after 1 s of warm-up. Two latencies per request:
-- *from send* (the target, and what wrk reports): from writing the request to reading the whole
-  answer;
+bursts. ${WRK_SECS} s measured after 1 s of warm-up. Three latencies per request:
+- *from send* (the target): from writing the request to when the kernel queued the last bytes of
+  the answer on the client's socket (the socket's \`SO_TIMESTAMPNS\` receive timestamp, taken
+  as the server's write hands the bytes to loopback). It leaves out how late the load
+  generator's own thread wakes up to read them: on 2 shared cores that delay grows with the CPU
+  the server under test uses, which it would not with the client on another machine, as in a
+  deployment. The upstream's and the proxy's own scheduling delays stay in.
+- *as read* (what wrk reports): from writing the request to when the generator's thread has read
+  the whole answer, so with its own wake-up delay. Median of the differences: $P99_READ_ADDED ms.
 - *from due* (coordinated omission corrected, as wrk2 reports): from when the request was due.
   It also counts the generator's own lateness (a sleeping thread on 2 busy shared cores wakes
   late), which shows in the direct runs as much as in the Gatehouse runs. Median of the
@@ -777,8 +788,8 @@ CPU per request: the server's user+system time over the run divided by the reque
 (for direct, nginx itself; for Gatehouse and the reference proxy, the proxy alone). Every run
 offered $PACED_RATE req/s. The pairs, one after the other, alternating the order:
 
-| pair | first | direct p50 ms | direct p99 ms | direct p99 from due | direct CPU per request | Gatehouse p50 ms | Gatehouse p99 ms | Gatehouse p99 from due | Gatehouse CPU per request | p99 added ms | from due | reference p50 ms | reference p99 ms | reference CPU per request | reference p99 added ms |
-|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|
+| pair | first | direct p50 ms | direct p99 ms | direct p99 from due | direct CPU per request | Gatehouse p50 ms | Gatehouse p99 ms | Gatehouse p99 from due | Gatehouse CPU per request | p99 added ms | p99 as read, direct / Gatehouse: added ms | from due | reference p50 ms | reference p99 ms | reference CPU per request | reference p99 added ms |
+|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|
 ${PAIR_ROWS}
 - Gatehouse (a) RSS after the load: VmRSS $(mib "$GA_RSS_KIB") MiB, VmHWM $(mib "$GA_HWM_KIB") MiB; audit records written: $AUDIT_A_LINES.
 
