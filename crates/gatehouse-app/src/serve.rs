@@ -322,7 +322,7 @@ pub(crate) async fn run(
 
     audit
         .send(AuditRecord {
-            time: clock.now().to_rfc3339(),
+            time: clock.now(),
             event: "gateway_start",
             detail: Some(format!(
                 "gatehouse {} config {}",
@@ -388,7 +388,7 @@ pub(crate) async fn run(
     let _ = stop_tx.send(true);
     let _ = audit
         .send(AuditRecord {
-            time: clock.now().to_rfc3339(),
+            time: clock.now(),
             event: "gateway_stop",
             ..AuditRecord::default()
         })

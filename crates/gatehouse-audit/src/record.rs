@@ -1,35 +1,54 @@
-use serde::Serialize;
+use std::borrow::Cow;
+use std::sync::Arc;
 
-/// Who made the request, as far as the audit trail needs to know.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct AuditPrincipal {
-    /// `user` or `service`.
-    pub kind: &'static str,
-    /// The credential's subject.
-    pub subject: String,
-    /// The credential's issuer.
-    pub issuer: String,
-    /// The forge user name.
-    pub username: String,
-    /// Group memberships.
-    pub groups: Vec<String>,
-    /// The credential's id, when it had one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub token_id: Option<String>,
-}
+use gatehouse_core::{Principal, UnixTime};
+use serde::ser::SerializeStruct;
+use serde::{Serialize, Serializer};
+
+/// Who made the request, as far as the audit trail needs to know: a shared reference to the
+/// authenticated principal (the request path copies no string for it), of which the record
+/// writes the kind, subject, issuer, forge user name, groups and credential id (never a
+/// credential, display name or e-mail address).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditPrincipal(Arc<Principal>);
 
 impl AuditPrincipal {
-    /// What the audit trail keeps of a principal (never a credential).
-    pub fn of(p: &gatehouse_core::Principal) -> Self {
-        Self {
-            kind: p.kind.as_str(),
-            subject: p.subject.clone(),
-            issuer: p.issuer.clone(),
-            username: p.username.clone(),
-            groups: p.groups.clone(),
-            token_id: p.token_id.clone(),
-        }
+    /// What the audit trail keeps of a principal.
+    pub fn of(p: &Arc<Principal>) -> Self {
+        Self(p.clone())
     }
+
+    /// The principal.
+    pub fn principal(&self) -> &Principal {
+        &self.0
+    }
+}
+
+impl From<Principal> for AuditPrincipal {
+    fn from(p: Principal) -> Self {
+        Self(Arc::new(p))
+    }
+}
+
+impl Serialize for AuditPrincipal {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let p = &*self.0;
+        let mut st = s.serialize_struct("AuditPrincipal", 6)?;
+        st.serialize_field("kind", p.kind.as_str())?;
+        st.serialize_field("subject", &p.subject)?;
+        st.serialize_field("issuer", &p.issuer)?;
+        st.serialize_field("username", &p.username)?;
+        st.serialize_field("groups", &p.groups)?;
+        match &p.token_id {
+            Some(id) => st.serialize_field("token_id", id)?,
+            None => st.skip_field("token_id")?,
+        }
+        st.end()
+    }
+}
+
+fn rfc3339<S: Serializer>(t: &UnixTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&t.to_rfc3339())
 }
 
 /// One ref a push asked to change, and what the policy said.
@@ -46,7 +65,7 @@ pub struct AuditRef {
     /// `allow` or `deny`.
     pub decision: &'static str,
     /// The reason code.
-    pub reason: String,
+    pub reason: Arc<str>,
 }
 
 impl AuditRef {
@@ -70,15 +89,20 @@ impl AuditRef {
 }
 
 /// One audited event. Field order is the order on disk.
+///
+/// Built on the request path and written by the audit thread: the text it shares with the
+/// request (ids, addresses, the principal, the deciding policy) is shared rather than copied, and
+/// the time is formatted by the writer.
 #[derive(Debug, Clone, Serialize, Default, PartialEq)]
 pub struct AuditRecord {
-    /// RFC 3339 time the request arrived.
-    pub time: String,
+    /// When the request arrived, written as RFC 3339 text.
+    #[serde(serialize_with = "rfc3339")]
+    pub time: UnixTime,
     /// `request`, `gateway_start` or `gateway_stop`.
     pub event: &'static str,
     /// The request id (also sent upstream as `X-Request-Id`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub request_id: Option<String>,
+    pub request_id: Option<Arc<str>>,
     /// The W3C trace id.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
@@ -87,22 +111,22 @@ pub struct AuditRecord {
     pub principal: Option<AuditPrincipal>,
     /// Why authentication failed, when it did (a stable description, never the credential).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub authn_error: Option<String>,
+    pub authn_error: Option<&'static str>,
     /// The client's address.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub source: Option<String>,
+    pub source: Option<Arc<str>>,
     /// Request method.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub method: Option<String>,
+    pub method: Option<Cow<'static, str>>,
     /// Request host.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub host: Option<String>,
+    pub host: Option<Arc<str>>,
     /// The normalized path (or the raw one, when it could not be normalized).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     /// The classified action.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub action: Option<String>,
+    pub action: Option<&'static str>,
     /// The repository, `owner/name`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub repo: Option<String>,
@@ -111,10 +135,10 @@ pub struct AuditRecord {
     pub decision: Option<&'static str>,
     /// The deciding policy ids, or `default-deny`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub policy: Option<String>,
+    pub policy: Option<Arc<str>>,
     /// The stable reason code.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+    pub reason: Option<Arc<str>>,
     /// For a push: every ref update it asked for, with the decision on each.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refs: Option<Vec<AuditRef>>,

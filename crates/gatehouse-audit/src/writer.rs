@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::chain::{ChainHead, GENESIS, hash_line};
@@ -98,14 +97,6 @@ impl AuditSlot {
     pub fn send(self, record: AuditRecord) {
         self.permit.send(record);
     }
-}
-
-#[derive(Serialize)]
-struct Entry<'a> {
-    seq: u64,
-    prev: &'a str,
-    #[serde(flatten)]
-    record: &'a AuditRecord,
 }
 
 impl AuditSink {
@@ -362,14 +353,7 @@ impl Writer {
         for record in batch {
             seq += 1;
             let start = buf.len();
-            serde_json::to_writer(
-                &mut buf,
-                &Entry {
-                    seq,
-                    prev: &prev,
-                    record,
-                },
-            )?;
+            write_entry(&mut buf, seq, &prev, record)?;
             prev = hash_line(&buf[start..]);
             buf.push(b'\n');
         }
@@ -421,6 +405,31 @@ impl Writer {
         f.sync_data()?;
         std::fs::rename(&tmp, &self.head_path)
     }
+}
+
+/// One line of the log, without its newline: `{"seq":N,"prev":"HASH",` then the record's own
+/// fields in their order. The record is serialized as a struct and its opening brace replaced,
+/// which writes the same bytes as a map with the record flattened into it, for less work.
+fn write_entry(
+    buf: &mut Vec<u8>,
+    seq: u64,
+    prev: &str,
+    record: &AuditRecord,
+) -> serde_json::Result<()> {
+    buf.extend_from_slice(b"{\"seq\":");
+    serde_json::to_writer(&mut *buf, &seq)?;
+    buf.extend_from_slice(b",\"prev\":");
+    serde_json::to_writer(&mut *buf, prev)?;
+    let body = buf.len();
+    serde_json::to_writer(&mut *buf, record)?;
+    if buf.len() - body == 2 {
+        // `{}`: a record without fields.
+        buf.truncate(body);
+        buf.push(b'}');
+    } else {
+        buf[body] = b',';
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Verified tokens, remembered by their hash until they expire.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use gatehouse_core::Principal;
 
@@ -18,7 +18,7 @@ pub(crate) fn token_key(token: &str) -> TokenKey {
 #[derive(Debug)]
 pub(crate) struct TokenCache {
     max: usize,
-    map: RwLock<HashMap<TokenKey, (Principal, i64)>>,
+    map: RwLock<HashMap<TokenKey, (Arc<Principal>, i64)>>,
 }
 
 impl TokenCache {
@@ -29,7 +29,7 @@ impl TokenCache {
         }
     }
 
-    pub(crate) fn get(&self, key: &TokenKey, now: i64) -> Option<Principal> {
+    pub(crate) fn get(&self, key: &TokenKey, now: i64) -> Option<Arc<Principal>> {
         let map = self.map.read().ok()?;
         match map.get(key) {
             Some((p, exp)) if now <= *exp => Some(p.clone()),
@@ -37,7 +37,7 @@ impl TokenCache {
         }
     }
 
-    pub(crate) fn insert(&self, key: TokenKey, p: Principal, exp: i64) {
+    pub(crate) fn insert(&self, key: TokenKey, p: Arc<Principal>, exp: i64) {
         let Ok(mut map) = self.map.write() else {
             return;
         };

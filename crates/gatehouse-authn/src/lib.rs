@@ -117,8 +117,9 @@ impl Authenticator {
         &self.own
     }
 
-    /// Authenticates a credential. Verified tokens are cached by their hash until they expire.
-    pub async fn authenticate(&self, cred: &Credential) -> Result<Principal, AuthnError> {
+    /// Authenticates a credential. Verified tokens are cached by their hash until they expire;
+    /// the principal is shared with the cache, so a cached token costs no copy of it.
+    pub async fn authenticate(&self, cred: &Credential) -> Result<Arc<Principal>, AuthnError> {
         let token = match cred {
             Credential::Bearer(t) | Credential::BasicToken(t) => t.expose().as_str(),
         };
@@ -144,6 +145,7 @@ impl Authenticator {
             let keys = self.issuers.get(iss).ok_or(AuthnError::WrongIssuer)?;
             keys.verify(&jwt, now).await?
         };
+        let principal = Arc::new(principal);
         if let Some(exp) = principal.expires_at {
             self.cache.insert(key, principal.clone(), exp);
         }
@@ -155,11 +157,12 @@ impl Authenticator {
         token: &str,
         key: cache::TokenKey,
         now: i64,
-    ) -> Result<Principal, AuthnError> {
+    ) -> Result<Arc<Principal>, AuthnError> {
         let mut last = AuthnError::Inactive;
         for i in &self.introspectors {
             match i.introspect(token, now).await {
                 Ok((p, until)) => {
+                    let p = Arc::new(p);
                     self.cache.insert(key, p.clone(), until);
                     return Ok(p);
                 }

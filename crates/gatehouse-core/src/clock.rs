@@ -2,8 +2,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-/// Seconds since the Unix epoch, with sub-second precision kept in nanoseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// Seconds since the Unix epoch, with sub-second precision kept in nanoseconds. The default is the
+/// epoch itself.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct UnixTime {
     nanos: i128,
 }

@@ -385,7 +385,10 @@ fn pkt_frame(out: &mut Vec<u8>, payload: &[u8]) {
 /// The receive-pack answer for a refused push: `unpack ok`, then `ng <ref> <reason>` for every
 /// ref (a push with one refused ref is refused whole), in side-band when the client asked for it,
 /// with the reasons also on the progress band so that git prints them as `remote: ...`.
-pub fn refused_push_report(push: &PushRequest, refused: &[(usize, String)]) -> Vec<u8> {
+pub fn refused_push_report<R: std::fmt::Display>(
+    push: &PushRequest,
+    refused: &[(usize, R)],
+) -> Vec<u8> {
     let mut report = Vec::new();
     pkt_frame(&mut report, b"unpack ok\n");
     for (i, u) in push.updates.iter().enumerate() {

@@ -2,6 +2,7 @@
 //! `X-Forwarded-*` family, `X-Request-Id` and W3C `traceparent`.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use gatehouse_config::IpNet;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -162,7 +163,7 @@ pub(crate) fn set_forwarded(
 }
 
 /// A request id from the client when it is short and plain, or a new one.
-pub(crate) fn request_id(h: &HeaderMap) -> String {
+pub(crate) fn request_id(h: &HeaderMap) -> Arc<str> {
     h.get(X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|s| {
@@ -171,12 +172,12 @@ pub(crate) fn request_id(h: &HeaderMap) -> String {
                 && s.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
         })
-        .map_or_else(new_request_id, str::to_owned)
+        .map_or_else(new_request_id, Arc::from)
 }
 
 /// A fresh UUIDv7 request id: the time in milliseconds, then random bits from the per-thread
 /// generator (`Uuid::now_v7` asks the kernel for randomness on every call: a syscall per request).
-fn new_request_id() -> String {
+fn new_request_id() -> Arc<str> {
     let (secs, nanos) = uuid::Timestamp::now(uuid::NoContext).to_unix();
     let millis = secs.saturating_mul(1000) + u64::from(nanos / 1_000_000);
     let mut random = [0u8; 10];
@@ -187,7 +188,7 @@ fn new_request_id() -> String {
         .into_uuid()
         .hyphenated()
         .encode_lower(&mut text)
-        .to_owned()
+        .into()
 }
 
 fn push_hex(out: &mut String, mut v: u64, digits: usize) {
@@ -428,11 +429,11 @@ mod tests {
     #[test]
     fn request_ids() {
         assert_eq!(
-            request_id(&headers(&[("x-request-id", "abc-123")])),
+            &*request_id(&headers(&[("x-request-id", "abc-123")])),
             "abc-123"
         );
         assert_ne!(
-            request_id(&headers(&[("x-request-id", "bad id\"")])),
+            &*request_id(&headers(&[("x-request-id", "bad id\"")])),
             "bad id\""
         );
         assert_eq!(request_id(&HeaderMap::new()).len(), 36);

@@ -162,7 +162,7 @@ impl Gateway {
     ) -> Result<Response<Body>, (Refusal, ClientKind)> {
         let path = req.uri().path().to_owned();
         let query = req.uri().query().map(str::to_owned);
-        rec.action = Some("gatehouse".to_owned());
+        rec.action = Some("gatehouse");
         rec.decision = Some("allow");
         rec.reason = Some("gatehouse_endpoint".into());
         let get = req.method() == Method::GET || req.method() == Method::HEAD;
@@ -264,7 +264,7 @@ impl Gateway {
 
     fn sign_in_error(&self, e: &SessionError, rec: &mut AuditRecord) -> Response<Body> {
         rec.decision = Some(if e.is_server_error() { "error" } else { "deny" });
-        rec.reason = Some(e.code().to_owned());
+        rec.reason = Some(e.code().into());
         if e.is_server_error() {
             tracing::warn!(error = ?e, "sign-in failed");
         } else {
@@ -295,7 +295,7 @@ impl Gateway {
         let sessions = self.sessions()?;
         match sessions.finish(query, cookie_headers(headers)).await {
             Ok(done) => {
-                rec.principal = Some(AuditPrincipal::of(&done.principal));
+                rec.principal = Some(AuditPrincipal::from(done.principal.clone()));
                 rec.reason = Some("signed_in".into());
                 tracing::info!(user = %done.principal.username, issuer = %done.principal.issuer, "signed in");
                 let mut r = redirect(StatusCode::FOUND, &done.location);
@@ -327,7 +327,7 @@ impl Gateway {
         let Some(session) = session else {
             return Ok(redirect(StatusCode::SEE_OTHER, &sessions.signed_out_url()));
         };
-        rec.principal = Some(AuditPrincipal::of(&session.principal));
+        rec.principal = Some(AuditPrincipal::from(session.principal.clone()));
         if req.method() == Method::GET || req.method() == Method::HEAD {
             return Ok(self.html(
                 StatusCode::OK,
@@ -381,7 +381,7 @@ impl Gateway {
         headers: &HeaderMap,
         adm: &Admitted,
         kind: ClientKind,
-    ) -> Result<Option<(Principal, Option<ActiveSession>)>, (Refusal, ClientKind)> {
+    ) -> Result<Option<(Arc<Principal>, Option<ActiveSession>)>, (Refusal, ClientKind)> {
         let refused = |error| {
             (
                 Refusal::Unauthenticated {
@@ -400,7 +400,7 @@ impl Gateway {
             Ok(None) => Ok(self
                 .session_of(headers, &adm.request_id)
                 .await?
-                .map(|s| (s.principal.clone(), Some(s)))),
+                .map(|s| (Arc::new(s.principal.clone()), Some(s)))),
         }
     }
 

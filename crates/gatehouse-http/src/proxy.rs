@@ -8,6 +8,7 @@
 //! 6. **proxy**: send upstream (502/504 on failure) and stream the answer back.
 //! 7. **log**: when the response body ends (or the client goes away), write the audit record.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -98,14 +99,34 @@ pub(crate) struct ConnInfo {
 
 /// The request facts gathered in the first phase.
 pub(crate) struct Admitted {
-    pub(crate) request_id: String,
+    /// Shared with the audit record, as are the addresses and the host.
+    pub(crate) request_id: Arc<str>,
     pub(crate) traceparent: String,
     pub(crate) client: IpAddr,
     /// `client` as text (formatted once per request).
-    pub(crate) client_text: String,
+    pub(crate) client_text: Arc<str>,
     /// The peer's address as text.
-    pub(crate) peer_text: String,
-    pub(crate) host: String,
+    pub(crate) peer_text: Arc<str>,
+    pub(crate) host: Arc<str>,
+}
+
+/// A method's name; the standard ones without an allocation.
+fn method_text(m: &http::Method) -> Cow<'static, str> {
+    const STANDARD: [(http::Method, &str); 9] = [
+        (http::Method::GET, "GET"),
+        (http::Method::POST, "POST"),
+        (http::Method::PUT, "PUT"),
+        (http::Method::DELETE, "DELETE"),
+        (http::Method::HEAD, "HEAD"),
+        (http::Method::OPTIONS, "OPTIONS"),
+        (http::Method::PATCH, "PATCH"),
+        (http::Method::CONNECT, "CONNECT"),
+        (http::Method::TRACE, "TRACE"),
+    ];
+    match STANDARD.iter().find(|(k, _)| k == m) {
+        Some((_, name)) => Cow::Borrowed(name),
+        None => Cow::Owned(m.as_str().to_owned()),
+    }
 }
 
 /// At most `max` characters of `s` (a path for the audit record).
@@ -154,28 +175,29 @@ pub(crate) fn credential(h: &HeaderMap) -> Result<Option<Credential>, AuthnError
     }
 }
 
-fn request_host(req: &Request<Body>) -> Option<String> {
-    let raw = req
-        .uri()
-        .authority()
-        .map(|a| a.host().to_owned())
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|v| v.to_str().ok())
-                .map(|h| {
-                    h.parse::<http::uri::Authority>()
-                        .map(|a| a.host().to_owned())
-                        .unwrap_or_default()
-                })
-        })?;
-    let host = raw.to_ascii_lowercase();
-    let ok = !host.is_empty()
-        && host.len() <= 253
-        && host.bytes().all(|b| {
+fn request_host(req: &Request<Body>) -> Option<Arc<str>> {
+    let parsed: http::uri::Authority;
+    let raw = match req.uri().authority() {
+        Some(a) => a.host(),
+        None => {
+            let h = req.headers().get(header::HOST)?.to_str().ok()?;
+            parsed = h.parse().ok()?;
+            parsed.host()
+        }
+    };
+    let ok = !raw.is_empty()
+        && raw.len() <= 253
+        && raw.bytes().all(|b| {
             b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']')
         });
-    ok.then_some(host)
+    if !ok {
+        return None;
+    }
+    Some(if raw.bytes().any(|b| b.is_ascii_uppercase()) {
+        raw.to_ascii_lowercase().into()
+    } else {
+        raw.into()
+    })
 }
 
 fn describe(action: Action, resource: &Resource) -> String {
@@ -279,12 +301,12 @@ impl Gateway {
     /// The principal with its forge groups added (when configured).
     pub(crate) async fn enrich(
         &self,
-        mut principal: Principal,
+        mut principal: Arc<Principal>,
         adm: &Admitted,
         kind: ClientKind,
-    ) -> Result<Principal, (Refusal, ClientKind)> {
+    ) -> Result<Arc<Principal>, (Refusal, ClientKind)> {
         if let Some(fg) = &self.forge_groups {
-            fg.enrich(&mut principal).await.map_err(|e| {
+            fg.enrich(Arc::make_mut(&mut principal)).await.map_err(|e| {
                 tracing::warn!(request_id = %adm.request_id, error = %e, "refusing request: forge groups unavailable");
                 (Refusal::GroupsUnavailable, kind)
             })?;
@@ -324,10 +346,10 @@ impl Gateway {
         adm: &Admitted,
         rec: &mut AuditRecord,
         kind: ClientKind,
-    ) -> Result<Principal, (Refusal, ClientKind)> {
+    ) -> Result<Arc<Principal>, (Refusal, ClientKind)> {
         self.authn.authenticate(cred).await.map_err(|e| {
             self.metrics.authn_failures.get_or_create(&KindLabel { kind: e.code() }).inc();
-            rec.authn_error = Some(e.code().to_owned());
+            rec.authn_error = Some(e.code());
             if let AuthnError::Internal(detail) = &e {
                 tracing::error!(request_id = %adm.request_id, %detail, "authentication failed internally");
             }
@@ -370,22 +392,23 @@ impl Gateway {
             .any(|n| n.contains(conn.peer.ip()));
         let peer = conn.peer.ip();
         let client = client_ip(peer, h, &self.settings.trusted_proxies);
-        let client_text = ip_text(client);
+        let client_text: Arc<str> = ip_text(client).into();
         let peer_text = if peer == client {
             client_text.clone()
         } else {
-            ip_text(peer)
+            ip_text(peer).into()
         };
         let host = request_host(&req);
+        // The path is recorded normalized once the request is classified, else as it came.
+        let raw_uri = req.uri().clone();
         let mut rec = AuditRecord {
-            time: self.clock.now().to_rfc3339(),
+            time: self.clock.now(),
             event: "request",
             request_id: Some(request_id.clone()),
             trace_id: Some(trace_id),
             source: Some(client_text.clone()),
-            method: Some(req.method().as_str().to_owned()),
+            method: Some(method_text(req.method())),
             host: host.clone(),
-            path: Some(truncated(req.uri().path(), 1024)),
             ..AuditRecord::default()
         };
         let slot = match self.audit.reserve() {
@@ -413,7 +436,7 @@ impl Gateway {
             client,
             client_text,
             peer_text,
-            host: host.clone().unwrap_or_default(),
+            host: host.clone().unwrap_or_else(|| "".into()),
         };
 
         let mut action_label = "none";
@@ -428,6 +451,9 @@ impl Gateway {
                 &mut action_label,
             )
             .await;
+        if rec.path.is_none() {
+            rec.path = Some(truncated(raw_uri.path(), 1024));
+        }
         let mut resp = match outcome {
             Ok(resp) => resp,
             Err((refusal, kind)) => {
@@ -548,7 +574,7 @@ impl Gateway {
         let kind = client_kind(Some(&c), req.headers());
         *action_label = c.action.as_str();
         rec.path = Some(c.decoded_path.clone());
-        rec.action = Some(c.action.as_str().to_owned());
+        rec.action = Some(c.action.as_str());
         rec.repo = c.resource.repo().map(|r| r.path());
 
         // Phase 3: authenticate.
@@ -557,7 +583,7 @@ impl Gateway {
                 .authn_failures
                 .get_or_create(&KindLabel { kind: e.code() })
                 .inc();
-            rec.authn_error = Some(e.code().to_owned());
+            rec.authn_error = Some(e.code());
             (
                 Refusal::Unauthenticated {
                     error: e,
@@ -588,10 +614,10 @@ impl Gateway {
             ));
         }
         let principal = if let Some(s) = session {
-            s.principal
+            Arc::new(s.principal)
         } else {
             let Some(cred) = cred else {
-                rec.authn_error = Some(AuthnError::Missing.code().to_owned());
+                rec.authn_error = Some(AuthnError::Missing.code());
                 // A browser opening a web route is sent to sign in, then back here.
                 if let Some(sessions) = &self.sessions
                     && c.kind == RequestKind::Web
@@ -644,7 +670,7 @@ impl Gateway {
             (req, c.action)
         };
         *action_label = action.as_str();
-        rec.action = Some(action.as_str().to_owned());
+        rec.action = Some(action.as_str());
         let policy = self.policy.load();
         let decision = policy.evaluate(&AuthzRequest {
             principal: &principal,
@@ -776,16 +802,16 @@ impl Gateway {
             &adm.host,
             trusted_peer,
         );
-        let pq = match &c.forward_query {
-            Some(q) => format!("{}?{q}", c.forward_path),
-            None => c.forward_path.clone(),
+        let pq: Cow<'_, str> = match &c.forward_query {
+            Some(q) => Cow::Owned(format!("{}?{q}", c.forward_path)),
+            None => Cow::Borrowed(&c.forward_path),
         };
         let up_req = Request::from_parts(parts, Coalesced::new(body).boxed_unsync());
 
         // Phase 6: proxy.
         let caller = || CallerInfo {
             remote_user: Some(principal.username.clone()),
-            remote_addr: adm.client_text.clone(),
+            remote_addr: adm.client_text.to_string(),
             decoded_path: c.decoded_path.clone(),
         };
         let resp = self.upstream.send(up_req, &pq, caller).await.map_err(|e| {

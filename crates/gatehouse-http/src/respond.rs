@@ -3,6 +3,8 @@
 //! A refused client learns that it was refused and a stable reason code; details stay in the audit
 //! record. No credential ever appears in a response.
 
+use std::sync::Arc;
+
 use gatehouse_authn::AuthnError;
 use http::{HeaderValue, Response, StatusCode, header};
 
@@ -55,7 +57,7 @@ pub enum Refusal {
     /// The policy said no.
     Forbidden {
         /// Stable reason code.
-        reason: String,
+        reason: Arc<str>,
         /// What was asked, e.g. `git:write on demo/hello`.
         what: String,
     },
@@ -90,16 +92,16 @@ impl Refusal {
     }
 
     /// The stable code recorded in the audit log and sent to the client.
-    pub fn code(&self) -> String {
+    pub fn code(&self) -> Arc<str> {
         match self {
-            Refusal::BadRequest { code, .. } => (*code).to_owned(),
-            Refusal::Unauthenticated { error, .. } => error.code().to_owned(),
+            Refusal::BadRequest { code, .. } => (*code).into(),
+            Refusal::Unauthenticated { error, .. } => error.code().into(),
             Refusal::Forbidden { reason, .. } => reason.clone(),
-            Refusal::AuditUnavailable => "audit_unavailable".to_owned(),
-            Refusal::UpstreamUnavailable => "upstream_unavailable".to_owned(),
-            Refusal::UpstreamTimeout => "upstream_timeout".to_owned(),
-            Refusal::PayloadTooLarge => "payload_too_large".to_owned(),
-            Refusal::GroupsUnavailable => "forge_groups_unavailable".to_owned(),
+            Refusal::AuditUnavailable => "audit_unavailable".into(),
+            Refusal::UpstreamUnavailable => "upstream_unavailable".into(),
+            Refusal::UpstreamTimeout => "upstream_timeout".into(),
+            Refusal::PayloadTooLarge => "payload_too_large".into(),
+            Refusal::GroupsUnavailable => "forge_groups_unavailable".into(),
         }
     }
 

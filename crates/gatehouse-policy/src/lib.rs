@@ -8,7 +8,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::str::FromStr;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use cedar_policy::{
     Authorizer, Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicyId,
@@ -79,7 +79,7 @@ pub struct RefDecisions {
 
 impl RefDecisions {
     /// The refused refs: their index in the push and the reason code.
-    pub fn refused(&self) -> Vec<(usize, String)> {
+    pub fn refused(&self) -> Vec<(usize, Arc<str>)> {
         self.per_ref
             .iter()
             .enumerate()
@@ -504,11 +504,7 @@ impl PolicyEngine {
             Ok(x) => x,
             Err(e) => {
                 return Explanation {
-                    decision: Decision {
-                        allowed: false,
-                        policies: vec![],
-                        reason: "policy_request_invalid".to_owned(),
-                    },
+                    decision: Decision::new(false, vec![], "policy_request_invalid"),
                     deciding: vec![],
                     errors: vec![e],
                 };
@@ -525,16 +521,16 @@ impl PolicyEngine {
         let cedar_allowed = resp.decision() == cedar_policy::Decision::Allow;
         let allowed = cedar_allowed && errors.is_empty();
         let reason = if allowed {
-            "allowed".to_owned()
+            "allowed"
         } else if cedar_allowed {
-            "policy_evaluation_error".to_owned()
+            "policy_evaluation_error"
         } else if let Some(id) = ids.first() {
             self.policies
                 .policy(&PolicyId::new(id))
                 .and_then(|p| p.annotation("reason"))
-                .map_or_else(|| "forbidden_by_policy".to_owned(), str::to_owned)
+                .unwrap_or("forbidden_by_policy")
         } else {
-            "no_matching_permit".to_owned()
+            "no_matching_permit"
         };
         let deciding = ids
             .iter()
@@ -545,11 +541,7 @@ impl PolicyEngine {
             })
             .collect();
         Explanation {
-            decision: Decision {
-                allowed,
-                policies: ids,
-                reason,
-            },
+            decision: Decision::new(allowed, ids, reason),
             deciding,
             errors,
         }

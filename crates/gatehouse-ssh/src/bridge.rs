@@ -25,7 +25,7 @@ pub(crate) struct Job {
     pub(crate) channel: Channel<Msg>,
     pub(crate) command: SshCommand,
     pub(crate) git_protocol: Option<String>,
-    pub(crate) principal: Principal,
+    pub(crate) principal: Arc<Principal>,
     pub(crate) conn: String,
     pub(crate) peer: std::net::IpAddr,
     pub(crate) host: String,
@@ -38,7 +38,7 @@ pub(crate) struct Job {
 struct Gated {
     refs: Option<Vec<AuditRef>>,
     /// The deciding policy and reason of the first refused ref.
-    refused: Option<(String, String)>,
+    refused: Option<(Arc<str>, Arc<str>)>,
 }
 
 /// Decides a push ref by ref, as over HTTP: `ref:create|update|delete` with the ref in the
@@ -134,7 +134,7 @@ async fn client_input<W: tokio::io::AsyncWrite + Unpin>(
                 }
                 Ok(PushParse::NeedMore) => {}
                 Err(e) => {
-                    gated.refused = Some((String::new(), "bad_push_commands".into()));
+                    gated.refused = Some(("".into(), "bad_push_commands".into()));
                     let mut err = client_wr.make_writer_ext(Some(1));
                     let msg = format!("Gatehouse: the push commands are not readable: {e}\r\n");
                     let _ = err.write_all(msg.as_bytes()).await;

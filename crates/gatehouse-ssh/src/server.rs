@@ -19,7 +19,7 @@ use crate::keys::fingerprint;
 
 /// The caller, once authenticated.
 struct Caller {
-    principal: Principal,
+    principal: Arc<Principal>,
     /// How it proved it: `certificate serial N (key id ...)` or `key SHA256:...`.
     credential: String,
 }
@@ -56,12 +56,12 @@ impl Conn {
 
     fn record(&self) -> AuditRecord {
         AuditRecord {
-            time: self.gw.clock.now().to_rfc3339(),
+            time: self.gw.clock.now(),
             event: "ssh",
-            request_id: Some(self.id.clone()),
-            source: Some(self.peer.ip().to_string()),
-            method: Some("SSH".to_owned()),
-            host: Some(self.gw.settings.external_address.clone()),
+            request_id: Some(self.id.as_str().into()),
+            source: Some(self.peer.ip().to_string().into()),
+            method: Some("SSH".into()),
+            host: Some(self.gw.settings.external_address.as_str().into()),
             ..AuditRecord::default()
         }
     }
@@ -88,7 +88,7 @@ impl russh::server::Handler for Conn {
         match self.gw.settings.service_accounts.get(data) {
             Some(p) => {
                 self.caller = Some(Caller {
-                    principal: p.clone(),
+                    principal: Arc::new(p.clone()),
                     credential: format!("key {}", fingerprint(data)),
                 });
                 Ok(Auth::Accept)
@@ -110,7 +110,7 @@ impl russh::server::Handler for Conn {
             Ok(id) => {
                 self.caller = Some(Caller {
                     credential: format!("certificate serial {} ({})", id.serial, id.key_id),
-                    principal: id.principal,
+                    principal: Arc::new(id.principal),
                 });
                 Ok(Auth::Accept)
             }
@@ -287,7 +287,7 @@ impl russh::server::Handler for Conn {
             }
         };
         let action = cmd.service.action();
-        rec.action = Some(action.as_str().to_owned());
+        rec.action = Some(action.as_str());
         rec.repo = Some(cmd.repo.path());
         let host = self
             .gw

@@ -12,7 +12,7 @@ fn tmp(name: &str) -> PathBuf {
 
 fn rec(i: u64) -> AuditRecord {
     AuditRecord {
-        time: format!("t{i}"),
+        time: gatehouse_core::UnixTime::from_secs(1_700_000_000 + i as i64),
         event: "request",
         path: Some(format!("/r/{i}")),
         status: Some(200),
@@ -212,4 +212,88 @@ fn records_arriving_one_by_one_are_written_while_the_writer_polls() {
     let head =
         std::fs::read_to_string(ChainHead::path_for(&path)).unwrap_or_else(|e| panic!("{e}"));
     assert!(head.starts_with("{\"seq\":5,"), "head file: {head}");
+}
+
+/// The line as it used to be written: a map with the record flattened into it.
+#[derive(serde::Serialize)]
+struct Flattened<'a> {
+    seq: u64,
+    prev: &'a str,
+    #[serde(flatten)]
+    record: &'a AuditRecord,
+}
+
+#[test]
+fn an_entry_is_written_as_the_record_flattened_after_its_link() {
+    let principal = gatehouse_core::Principal {
+        kind: gatehouse_core::PrincipalKind::Service,
+        issuer: "urn:gatehouse".into(),
+        subject: "agent:\"quoted\"".into(),
+        username: "agent".into(),
+        display_name: Some("never written".into()),
+        email: Some("never@written.test".into()),
+        groups: vec!["bots".into(), "ci".into()],
+        token_id: Some("jti-1".into()),
+        expires_at: Some(1_700_000_900),
+    };
+    let full = AuditRecord {
+        time: gatehouse_core::UnixTime::from_nanos(1_700_000_000_123_456_789),
+        event: "request",
+        request_id: Some("r-1".into()),
+        principal: Some(crate::AuditPrincipal::from(principal)),
+        source: Some("127.0.0.1".into()),
+        method: Some("GET".into()),
+        action: Some("git:read"),
+        policy: Some("a,b".into()),
+        reason: Some("allowed".into()),
+        status: Some(200),
+        duration_ms: 1.5,
+        ..AuditRecord::default()
+    };
+    for record in [full, rec(7)] {
+        let mut buf = Vec::new();
+        super::write_entry(&mut buf, 42, "abc", &record).unwrap();
+        let expected = serde_json::to_vec(&Flattened {
+            seq: 42,
+            prev: "abc",
+            record: &record,
+        })
+        .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&buf),
+            String::from_utf8_lossy(&expected)
+        );
+    }
+    let mut buf = Vec::new();
+    let principal = AuditRecord {
+        principal: Some(crate::AuditPrincipal::from(gatehouse_core::Principal {
+            kind: gatehouse_core::PrincipalKind::User,
+            issuer: "i".into(),
+            subject: "s".into(),
+            username: "u".into(),
+            display_name: Some("Secret Name".into()),
+            email: Some("e@x.test".into()),
+            groups: vec![],
+            token_id: None,
+            expires_at: None,
+        })),
+        time: gatehouse_core::UnixTime::from_nanos(1_700_000_000_123_456_789),
+        ..AuditRecord::default()
+    };
+    super::write_entry(&mut buf, 1, "p", &principal).unwrap();
+    let line = String::from_utf8_lossy(&buf);
+    assert!(
+        line.contains(r#""time":"2023-11-14T22:13:20.123Z""#),
+        "{line}"
+    );
+    assert!(
+        line.contains(
+            r#""principal":{"kind":"user","subject":"s","issuer":"i","username":"u","groups":[]}"#
+        ),
+        "{line}"
+    );
+    assert!(
+        !line.contains("Secret") && !line.contains("e@x.test"),
+        "{line}"
+    );
 }
