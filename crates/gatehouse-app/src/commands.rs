@@ -188,8 +188,21 @@ pub fn policy_explain(args: &ExplainArgs) -> Result<bool> {
 pub fn audit_verify(file: &Path) -> Result<()> {
     match gatehouse_audit::verify(file) {
         Ok(r) => {
+            let files = match r.rotated.len() {
+                0 => String::new(),
+                1 => " across 2 files (1 rotated out)".to_owned(),
+                n => format!(" across {} files ({n} rotated out)", n + 1),
+            };
+            let from = if r.first_seq > 1 {
+                format!(
+                    " from record {} (the files before it were removed)",
+                    r.first_seq
+                )
+            } else {
+                String::new()
+            };
             println!(
-                "ok: {} records, hash chain intact{}",
+                "ok: {} records{from}{files}, hash chain intact{}",
                 r.records,
                 if r.head_checked {
                     ", head matches"
@@ -215,13 +228,13 @@ pub fn audit_search(file: &Path, query: &gatehouse_audit::SearchQuery, json: boo
                     "time": m.time, "request_id": m.request_id, "username": m.username,
                     "subject": m.subject, "issuer": m.issuer, "repo": m.repo, "ref": m.name,
                     "op": m.op, "old": m.old, "new": m.new, "decision": m.decision,
-                    "reason": m.reason, "status": m.status, "line": m.line,
+                    "reason": m.reason, "status": m.status, "file": m.file, "line": m.line,
                 })
             );
         } else {
             let short = |id: &str| id.chars().take(12).collect::<String>();
             out!(
-                "{}  {} ({}, {})  {}  {}  {} {}..{}  {} ({})  request {}  line {}",
+                "{}  {} ({}, {})  {}  {}  {} {}..{}  {} ({})  request {}  {}:{}",
                 m.time,
                 m.username,
                 m.subject,
@@ -234,6 +247,7 @@ pub fn audit_search(file: &Path, query: &gatehouse_audit::SearchQuery, json: boo
                 m.decision,
                 m.reason,
                 m.request_id,
+                m.file.display(),
                 m.line
             );
         }

@@ -242,6 +242,8 @@ pub(crate) async fn run(
             queue_capacity: cfg.audit.queue_capacity,
             batch_max: cfg.audit.batch_max,
             flush_interval: cfg.audit.flush_interval.0,
+            rotate_size: cfg.audit.rotate_size.map(|s| s.0),
+            rotate_age: cfg.audit.rotate_age.map(|a| a.0),
         },
         Some(Box::new(move |s| {
             m.audit_flushed(s.duration.as_secs_f64(), s.ok)

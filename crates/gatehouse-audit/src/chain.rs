@@ -42,12 +42,16 @@ impl ChainHead {
 /// What a successful verification found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifyReport {
-    /// How many records the log holds.
+    /// How many records were verified, across the rotated-out files and the log.
     pub records: u64,
     /// The head record, if the log is not empty.
     pub head: Option<ChainHead>,
     /// Whether a `.head` file was found and matched.
     pub head_checked: bool,
+    /// The first record verified: 1, or later when older files were rotated out and removed.
+    pub first_seq: u64,
+    /// The rotated-out files verified before the log, oldest first.
+    pub rotated: Vec<PathBuf>,
 }
 
 /// Where and how the chain is broken.
@@ -106,31 +110,101 @@ pub enum VerifyError {
         /// What does not match.
         what: &'static str,
     },
+    /// A rotated-out file does not hold the records its name says (renamed, emptied or swapped).
+    #[error("{file}: its name says records {first}-{last}, it holds {what}")]
+    Misnamed {
+        /// The file.
+        file: String,
+        /// The first record its name gives.
+        first: u64,
+        /// The last record its name gives.
+        last: u64,
+        /// What it holds.
+        what: String,
+    },
+    /// A rotated-out file is broken.
+    #[error("{file}: {source}")]
+    Rotated {
+        /// The file.
+        file: String,
+        /// What is wrong in it.
+        #[source]
+        source: Box<VerifyError>,
+    },
 }
 
 #[derive(Deserialize)]
 struct Link {
     seq: u64,
     prev: String,
+    #[serde(default)]
+    event: Option<String>,
 }
 
-/// Verifies a log and, when present, its `.head` file.
-pub fn verify(path: &Path) -> Result<VerifyReport, VerifyError> {
-    let io = |e: std::io::Error, p: &Path| VerifyError::Io {
-        path: p.display().to_string(),
+/// The event that starts a file continuing the chain of a rotated-out one.
+pub(crate) const CONTINUED: &str = "audit_continued";
+
+/// The rotated-out files of `log` in its directory (`<log>.<first>-<last>`), oldest first, with
+/// the record range each name gives.
+pub fn rotated_parts(log: &Path) -> std::io::Result<Vec<(u64, u64, PathBuf)>> {
+    let dir = match log.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let Some(name) = log.file_name().and_then(|n| n.to_str()) else {
+        return Ok(Vec::new());
+    };
+    let prefix = format!("{name}.");
+    let mut parts = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let file_name = entry.file_name();
+        let Some(range) = file_name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .and_then(|r| r.split_once('-'))
+        else {
+            continue;
+        };
+        let number = |s: &str| {
+            (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| s.parse::<u64>().ok())
+                .flatten()
+        };
+        if let (Some(first), Some(last)) = (number(range.0), number(range.1)) {
+            parts.push((first, last, dir.join(&file_name)));
+        }
+    }
+    parts.sort();
+    Ok(parts)
+}
+
+/// What one file of the chain holds.
+struct FileChain {
+    /// First and last sequence numbers (0, 0 when empty).
+    first: u64,
+    last: u64,
+    /// Hash of the last line (the incoming `prev` when empty).
+    last_hash: String,
+}
+
+/// Verifies the chain within one file. `from` is where the previous file ended (next sequence
+/// number and hash); without it the file must start the chain (`seq` 1, `prev` [`GENESIS`]) or
+/// continue a rotated-out file that is gone (its first record an `audit_continued` event).
+fn verify_file(path: &Path, from: Option<(u64, String)>) -> Result<FileChain, VerifyError> {
+    let io = |e: std::io::Error| VerifyError::Io {
+        path: path.display().to_string(),
         message: e.to_string(),
     };
-    let file = File::open(path).map_err(|e| io(e, path))?;
+    let file = File::open(path).map_err(io)?;
     let mut reader = BufReader::new(file);
-    let mut prev_hash = GENESIS.to_owned();
-    let mut expected_seq = 1u64;
+    let (mut expected_seq, mut prev_hash) = from.clone().unwrap_or((1, GENESIS.to_owned()));
+    let mut first = 0u64;
     let mut line_no = 0u64;
     let mut buf = Vec::new();
     loop {
         buf.clear();
-        let n = reader
-            .read_until(b'\n', &mut buf)
-            .map_err(|e| io(e, path))?;
+        let n = reader.read_until(b'\n', &mut buf).map_err(io)?;
         if n == 0 {
             break;
         }
@@ -143,6 +217,16 @@ pub fn verify(path: &Path) -> Result<VerifyReport, VerifyError> {
             line: line_no,
             message: e.to_string(),
         })?;
+        // A file that continues one no longer present: the chain is taken up from its first
+        // record, which only the writer's rotation puts there.
+        if line_no == 1
+            && from.is_none()
+            && link.seq > 1
+            && link.event.as_deref() == Some(CONTINUED)
+        {
+            expected_seq = link.seq;
+            prev_hash = link.prev.clone();
+        }
         if link.seq != expected_seq {
             return Err(VerifyError::Sequence {
                 line: line_no,
@@ -153,13 +237,75 @@ pub fn verify(path: &Path) -> Result<VerifyReport, VerifyError> {
         if link.prev != prev_hash {
             return Err(VerifyError::Chain { line: line_no });
         }
+        if line_no == 1 {
+            first = link.seq;
+        }
         prev_hash = hash_line(&buf);
         expected_seq += 1;
     }
-    let records = expected_seq - 1;
-    let head = (records > 0).then(|| ChainHead {
-        seq: records,
-        hash: prev_hash.clone(),
+    Ok(FileChain {
+        first,
+        last: if first == 0 { 0 } else { expected_seq - 1 },
+        last_hash: prev_hash,
+    })
+}
+
+/// Verifies a log, the rotated-out files beside it (`<log>.<first>-<last>`, see
+/// [`rotated_parts`]) as one chain with it, and, when present, its `.head` file. Rotated-out
+/// files may be removed oldest first (retention); one missing in the middle breaks the chain.
+pub fn verify(path: &Path) -> Result<VerifyReport, VerifyError> {
+    let io = |e: std::io::Error, p: &Path| VerifyError::Io {
+        path: p.display().to_string(),
+        message: e.to_string(),
+    };
+    let parts = rotated_parts(path).map_err(|e| io(e, path))?;
+    let mut from: Option<(u64, String)> = None;
+    let mut first_seq = None;
+    let mut rotated = Vec::new();
+    // Each file's first and last record and path, for the head check.
+    let mut spans: Vec<(u64, u64, PathBuf)> = Vec::new();
+    for (first, last, part) in &parts {
+        let file = part.display().to_string();
+        let chain = verify_file(part, from.take()).map_err(|e| VerifyError::Rotated {
+            file: file.clone(),
+            source: Box::new(e),
+        })?;
+        if chain.first != *first || chain.last != *last {
+            return Err(VerifyError::Misnamed {
+                file,
+                first: *first,
+                last: *last,
+                what: if chain.first == 0 {
+                    "no records".to_owned()
+                } else {
+                    format!("records {}-{}", chain.first, chain.last)
+                },
+            });
+        }
+        first_seq.get_or_insert(chain.first);
+        spans.push((chain.first, chain.last, part.clone()));
+        rotated.push(part.clone());
+        from = Some((chain.last + 1, chain.last_hash));
+    }
+    let live = verify_file(path, from.clone())?;
+    if live.first != 0 {
+        first_seq.get_or_insert(live.first);
+        spans.push((live.first, live.last, path.to_owned()));
+    }
+    let (last_seq, last_hash) = match (&live, &from) {
+        (l, _) if l.first != 0 => (l.last, l.last_hash.clone()),
+        (_, Some((next, hash))) => (next - 1, hash.clone()),
+        _ => (0, GENESIS.to_owned()),
+    };
+    let first_seq = first_seq.unwrap_or(0);
+    let records = if last_seq == 0 {
+        0
+    } else {
+        last_seq - first_seq + 1
+    };
+    let head = (last_seq > 0).then(|| ChainHead {
+        seq: last_seq,
+        hash: last_hash.clone(),
     });
     let head_path = ChainHead::path_for(path);
     let mut head_checked = false;
@@ -171,34 +317,38 @@ pub fn verify(path: &Path) -> Result<VerifyReport, VerifyError> {
             message: format!("{}: {e}", head_path.display()),
         })?;
         let head_file = head_path.display().to_string();
-        if recorded.seq > records {
+        if recorded.seq > last_seq {
             return Err(VerifyError::Head {
                 head_file,
-                log_seq: records,
+                log_seq: last_seq,
                 head_seq: recorded.seq,
                 what: "records were removed from the end of the log",
             });
         }
         // The head may lag the log by the batch being written when the process stopped; the
         // record it names must still be in the chain unchanged.
-        if recorded.seq == records && Some(&recorded.hash) != head.as_ref().map(|h| &h.hash) {
+        if recorded.seq == last_seq && recorded.hash != last_hash {
             return Err(VerifyError::Head {
                 head_file,
-                log_seq: records,
+                log_seq: last_seq,
                 head_seq: recorded.seq,
                 what: "the last record was edited",
             });
         }
-        if recorded.seq < records
-            && recorded.seq > 0
-            && !hash_at(path, recorded.seq, &recorded.hash)?
-        {
-            return Err(VerifyError::Head {
-                head_file,
-                log_seq: records,
-                head_seq: recorded.seq,
-                what: "the record it names was edited",
-            });
+        if recorded.seq < last_seq && recorded.seq > 0 {
+            // A head older than every file left is not checked (its file was removed).
+            if let Some((first, _, file)) = spans
+                .iter()
+                .find(|(a, b, _)| (*a..=*b).contains(&recorded.seq))
+                && !hash_at(file, recorded.seq - first, &recorded.hash)?
+            {
+                return Err(VerifyError::Head {
+                    head_file,
+                    log_seq: last_seq,
+                    head_seq: recorded.seq,
+                    what: "the record it names was edited",
+                });
+            }
         }
         head_checked = true;
     }
@@ -206,15 +356,19 @@ pub fn verify(path: &Path) -> Result<VerifyReport, VerifyError> {
         records,
         head,
         head_checked,
+        first_seq,
+        rotated,
     })
 }
 
-/// Whether record `seq` of a log (already verified as a chain) hashes to `hash`.
-fn hash_at(path: &Path, seq: u64, hash: &str) -> Result<bool, VerifyError> {
+/// Whether line `index` (0-based) of a file (already verified as a chain) hashes to `hash`.
+fn hash_at(path: &Path, index: u64, hash: &str) -> Result<bool, VerifyError> {
     let file = File::open(path).map_err(|e| VerifyError::Io {
         path: path.display().to_string(),
         message: e.to_string(),
     })?;
-    let line = BufReader::new(file).split(b'\n').nth((seq - 1) as usize);
+    let line = BufReader::new(file)
+        .split(b'\n')
+        .nth(usize::try_from(index).unwrap_or(usize::MAX));
     Ok(matches!(line, Some(Ok(l)) if hash_line(&l) == hash))
 }

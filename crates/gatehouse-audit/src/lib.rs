@@ -7,6 +7,10 @@
 //! ([`AuditSink::reserve`]); when the channel is full or the last write failed, reservation fails
 //! and the request is refused. Gatehouse never serves a request it cannot audit.
 //!
+//! With a size or age limit the writer rotates: the full file becomes `<log>.<first>-<last>` and
+//! the chain continues in a new file whose first record links to it; [`verify`] checks the
+//! rotated files and the log as one chain.
+//!
 //! This crate must never receive a credential: records hold identities and decisions, not tokens.
 #![forbid(unsafe_code)]
 
@@ -15,7 +19,7 @@ mod record;
 mod search;
 mod writer;
 
-pub use chain::{ChainHead, GENESIS, VerifyError, VerifyReport, hash_line, verify};
+pub use chain::{ChainHead, GENESIS, VerifyError, VerifyReport, hash_line, rotated_parts, verify};
 pub use record::{AuditPrincipal, AuditRecord, AuditRef};
 pub use search::{PushMatch, SearchError, SearchQuery, search};
 pub use writer::{AuditOptions, AuditSink, AuditSlot, AuditUnavailable, FlushStats, OpenError};

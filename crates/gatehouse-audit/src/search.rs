@@ -46,7 +46,9 @@ pub struct PushMatch {
     pub reason: String,
     /// The HTTP status of the push, when known.
     pub status: Option<u16>,
-    /// The line of the log.
+    /// The file it was found in: the log, or one rotated out of it.
+    pub file: std::path::PathBuf,
+    /// The line of that file.
     pub line: u64,
 }
 
@@ -126,11 +128,29 @@ pub fn search(path: &Path, q: &SearchQuery) -> Result<Vec<PushMatch>, SearchErro
             "give at least one of --commit, --repo and --ref".into(),
         ));
     }
-    let file = File::open(path).map_err(|e| SearchError::Io {
+    let parts = crate::rotated_parts(path).map_err(|e| SearchError::Io {
         path: path.display().to_string(),
         message: e.to_string(),
     })?;
     let mut out = Vec::new();
+    for (_, _, part) in &parts {
+        search_file(part, q, commit.as_deref(), &mut out)?;
+    }
+    search_file(path, q, commit.as_deref(), &mut out)?;
+    Ok(out)
+}
+
+/// The matches in one file, oldest first.
+fn search_file(
+    path: &Path,
+    q: &SearchQuery,
+    commit: Option<&str>,
+    out: &mut Vec<PushMatch>,
+) -> Result<(), SearchError> {
+    let file = File::open(path).map_err(|e| SearchError::Io {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
     for (i, line) in BufReader::new(file).split(b'\n').enumerate() {
         let line = line.map_err(|e| SearchError::Io {
             path: path.display().to_string(),
@@ -148,7 +168,7 @@ pub fn search(path: &Path, q: &SearchQuery) -> Result<Vec<PushMatch>, SearchErro
             continue;
         }
         for r in refs {
-            if commit.as_deref().is_some_and(|c| !r.new.starts_with(c)) {
+            if commit.is_some_and(|c| !r.new.starts_with(c)) {
                 continue;
             }
             if q.git_ref
@@ -176,11 +196,12 @@ pub fn search(path: &Path, q: &SearchQuery) -> Result<Vec<PushMatch>, SearchErro
                 decision: r.decision,
                 reason: r.reason,
                 status: rec.status,
+                file: path.to_owned(),
                 line: i as u64 + 1,
             });
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -248,6 +269,29 @@ mod tests {
         assert_eq!(m[0].username, "alice");
         assert_eq!(q(None, Some("demo/hello"), Some("v1"))[0].username, "carol");
         assert!(q(Some("fffff"), None, None).is_empty());
+
+        // A file rotated out of the log is searched first, and named in its matches.
+        let old = dir.join("audit.log.1-1");
+        let older = rec(
+            "dave",
+            "demo/hello",
+            "refs/heads/main",
+            &format!("abcdef{}", "2".repeat(34)),
+            "allow",
+        );
+        std::fs::write(&old, format!("{older}\n")).unwrap_or_else(|e| panic!("{e}"));
+        let m = q(Some("abcdef"), None, None);
+        assert_eq!(
+            m.iter()
+                .map(|m| (m.username.as_str(), m.file.clone(), m.line))
+                .collect::<Vec<_>>(),
+            vec![
+                ("dave", old.clone(), 1),
+                ("alice", log.clone(), 1),
+                ("bob", log.clone(), 3)
+            ]
+        );
+        std::fs::remove_file(&old).unwrap_or_else(|e| panic!("{e}"));
         assert!(search(&log, &SearchQuery::default()).is_err());
         assert!(
             search(

@@ -24,6 +24,10 @@ pub struct AuditOptions {
     /// The writer waits at least this long between batches, gathering records: a bound on
     /// wake-ups and fsyncs under load (responses never wait for it). Zero writes at once.
     pub flush_interval: Duration,
+    /// Start a new file once the log reaches this many bytes (see [`crate::rotated_parts`]).
+    pub rotate_size: Option<u64>,
+    /// Start a new file once this process has written to the current one for this long.
+    pub rotate_age: Option<Duration>,
 }
 
 /// What one flush did, for metrics.
@@ -111,6 +115,7 @@ impl AuditSink {
             path: opts.path.display().to_string(),
             source,
         };
+        recover_rotation(&opts.path).map_err(io)?;
         let mut file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -118,6 +123,7 @@ impl AuditSink {
             .open(&opts.path)
             .map_err(io)?;
         let (seq, prev) = read_tail(&mut file, &opts.path)?;
+        let first_seq = read_first_seq(&mut file, &opts.path)?;
         let meta = file.metadata().ok();
         let regular = meta.as_ref().is_some_and(std::fs::Metadata::is_file);
         let len = meta.map_or(0, |m| m.len());
@@ -125,6 +131,13 @@ impl AuditSink {
         let healthy = Arc::new(AtomicBool::new(true));
         let writer = Writer {
             file,
+            path: opts.path.clone(),
+            first_seq,
+            file_since: Instant::now(),
+            rotate_size: opts.rotate_size,
+            rotate_age: opts.rotate_age,
+            rotate_retry: None,
+            at_next: false,
             regular,
             len,
             head_path: ChainHead::path_for(&opts.path),
@@ -167,6 +180,73 @@ impl AuditSink {
             .await
             .map_err(|_| AuditUnavailable::Closed)
     }
+}
+
+/// Where a rotated-out file holding records `first..=last` of `log` goes: `<log>.<first>-<last>`.
+fn rotated_path(log: &Path, first: u64, last: u64) -> PathBuf {
+    let mut p = log.as_os_str().to_owned();
+    p.push(format!(".{first}-{last}"));
+    PathBuf::from(p)
+}
+
+/// Where the next file is prepared during a rotation.
+fn next_path(log: &Path) -> PathBuf {
+    let mut p = log.as_os_str().to_owned();
+    p.push(".next");
+    PathBuf::from(p)
+}
+
+/// Finishes or discards a rotation a crash interrupted: a `.next` file without the log is the new
+/// log (the old one was already renamed aside); beside the log it was never committed.
+fn recover_rotation(log: &Path) -> std::io::Result<()> {
+    let next = next_path(log);
+    if !next.exists() {
+        return Ok(());
+    }
+    if log.exists() {
+        std::fs::remove_file(&next)
+    } else {
+        std::fs::rename(&next, log)?;
+        sync_dir(log)
+    }
+}
+
+/// Syncs the directory holding `path`, so that a rename in it survives a crash.
+fn sync_dir(path: &Path) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    File::open(dir)?.sync_all()
+}
+
+/// The sequence number of an existing log's first record (0 when it is empty).
+fn read_first_seq(file: &mut File, path: &Path) -> Result<u64, OpenError> {
+    let io = |source| OpenError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    if file.metadata().map_err(io)?.len() == 0 {
+        return Ok(0);
+    }
+    file.seek(SeekFrom::Start(0)).map_err(io)?;
+    let mut line = Vec::new();
+    std::io::BufRead::read_until(
+        &mut std::io::BufReader::new(file.take(1 << 20)),
+        b'\n',
+        &mut line,
+    )
+    .map_err(io)?;
+    #[derive(serde::Deserialize)]
+    struct Link {
+        seq: u64,
+    }
+    serde_json::from_slice::<Link>(line.trim_ascii_end())
+        .map(|l| l.seq)
+        .map_err(|e| OpenError::DamagedTail {
+            path: path.display().to_string(),
+            why: format!("the first record is unreadable: {e}"),
+        })
 }
 
 /// Reads the last record of an existing log: its sequence number and hash.
@@ -219,6 +299,17 @@ fn read_tail(file: &mut File, path: &Path) -> Result<(u64, String), OpenError> {
 
 struct Writer {
     file: File,
+    path: PathBuf,
+    /// The sequence number of the current file's first record (0 while it is empty).
+    first_seq: u64,
+    /// When this process started writing the current file.
+    file_since: Instant,
+    rotate_size: Option<u64>,
+    rotate_age: Option<Duration>,
+    /// After a failed rotation, not before this.
+    rotate_retry: Option<Instant>,
+    /// The current file is still named `<log>.next`: the last step of a rotation failed.
+    at_next: bool,
     /// A regular file (synced, truncated back on failure, with a head file); otherwise a device
     /// or pipe.
     regular: bool,
@@ -236,6 +327,9 @@ struct Writer {
     /// and when the writer stops.
     head_written: Option<Instant>,
 }
+
+/// After a failed rotation, the next attempt waits this long.
+const ROTATE_RETRY: Duration = Duration::from_secs(60);
 
 /// The head file (open, write, sync, rename) is rewritten at most this often under load.
 const HEAD_INTERVAL: Duration = Duration::from_millis(100);
@@ -372,8 +466,24 @@ impl Writer {
             return Err(e);
         }
         self.len += buf.len() as u64;
+        if self.first_seq == 0 && seq > self.seq {
+            self.first_seq = self.seq + 1;
+        }
         self.seq = seq;
         self.prev = prev;
+        if self.rotation_due() {
+            let time = batch.last().map(|r| r.time).unwrap_or_default();
+            match self.rotate(time) {
+                Ok(()) => {
+                    self.rotate_retry = None;
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, path = %self.path.display(), "audit log rotation failed; writing on in the current file and trying again in a minute");
+                    self.rotate_retry = Some(Instant::now() + ROTATE_RETRY);
+                }
+            }
+        }
         // The batch is durable. A head that fails to update only lags the log, which `verify`
         // accepts; retrying the batch would write it twice.
         if self
@@ -387,6 +497,91 @@ impl Writer {
             tracing::warn!(error = %e, "audit head file not updated; truncation checks lag until the next batch");
         }
         Ok(())
+    }
+
+    fn rotation_due(&self) -> bool {
+        self.regular
+            && self.first_seq > 0
+            && self.rotate_retry.is_none_or(|t| Instant::now() >= t)
+            && (self.at_next
+                || self.rotate_size.is_some_and(|max| self.len >= max)
+                || self
+                    .rotate_age
+                    .is_some_and(|age| self.file_since.elapsed() >= age))
+    }
+
+    /// Moves the full file aside as `<log>.<first>-<last>` and continues the chain in a new file
+    /// whose first record (`audit_continued`) links to the last one of the old. The new file is
+    /// written and synced under `<log>.next` before the old one is renamed, so that a crash at any
+    /// point leaves either the old log in place (and a stale `.next`, removed at the next start)
+    /// or the new one under `.next` (renamed into place at the next start).
+    fn rotate(&mut self, time: gatehouse_core::UnixTime) -> std::io::Result<()> {
+        let rotated = rotated_path(&self.path, self.first_seq, self.seq);
+        let next = next_path(&self.path);
+        if self.at_next {
+            // The last rotation could not give the new file the log's name: do that first.
+            std::fs::rename(&next, &self.path)?;
+            self.at_next = false;
+            return sync_dir(&self.path);
+        }
+        if rotated.exists() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} exists (a file of another chain?); move it away",
+                    rotated.display()
+                ),
+            ));
+        }
+        match std::fs::remove_file(&next) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let mut new = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .read(true)
+            .open(&next)?;
+        let marker = AuditRecord {
+            time,
+            event: "audit_continued",
+            detail: Some(format!(
+                "continues {}",
+                rotated.file_name().map_or_else(
+                    || rotated.display().to_string(),
+                    |n| n.to_string_lossy().into_owned()
+                )
+            )),
+            ..AuditRecord::default()
+        };
+        let mut buf = Vec::with_capacity(256);
+        write_entry(&mut buf, self.seq + 1, &self.prev, &marker)?;
+        let hash = hash_line(&buf);
+        buf.push(b'\n');
+        let written = new.write_all(&buf).and_then(|()| new.sync_data());
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&next);
+            return Err(e);
+        }
+        if let Err(e) = std::fs::rename(&self.path, &rotated) {
+            let _ = std::fs::remove_file(&next);
+            return Err(e);
+        }
+        // The chain now continues in the new file, whatever its name.
+        self.file = new;
+        self.len = buf.len() as u64;
+        self.seq += 1;
+        self.prev = hash;
+        self.first_seq = self.seq;
+        self.file_since = Instant::now();
+        if let Err(e) = std::fs::rename(&next, &self.path) {
+            self.at_next = true;
+            return Err(e);
+        }
+        sync_dir(&self.path)?;
+        tracing::info!(rotated = %rotated.display(), "audit log rotated");
+        self.head_written = Some(Instant::now());
+        self.write_head()
     }
 
     fn write_head(&mut self) -> std::io::Result<()> {

@@ -9,10 +9,12 @@
 mod duration;
 mod net;
 mod schema;
+mod size;
 
 pub use duration::ConfigDuration;
 pub use net::IpNet;
 pub use schema::*;
+pub use size::ByteSize;
 
 use std::path::{Path, PathBuf};
 

@@ -574,6 +574,13 @@ pub struct AuditConfig {
     /// Least time between two batches: bounds fsyncs under load; responses never wait for it.
     #[serde(default = "d5ms")]
     pub flush_interval: ConfigDuration,
+    /// Start a new file once the log reaches this size (none: never by size). The full file is
+    /// renamed `<file>.<first seq>-<last seq>` and the chain continues into the new one.
+    #[serde(default)]
+    pub rotate_size: Option<crate::ByteSize>,
+    /// Start a new file once the log has been written to for this long (none: never by age).
+    #[serde(default)]
+    pub rotate_age: Option<ConfigDuration>,
 }
 
 /// Log format.
@@ -898,6 +905,19 @@ impl Config {
         }
         if self.audit.queue_capacity == 0 || self.audit.batch_max == 0 {
             return bad("audit", "queue_capacity and batch_max must be at least 1");
+        }
+        if self.audit.rotate_size.is_some_and(|s| s.0 < 4096) {
+            return bad(
+                "audit.rotate_size",
+                "must be at least 4KiB: a new file per batch would bury the log in files",
+            );
+        }
+        if self
+            .audit
+            .rotate_age
+            .is_some_and(|a| a.0 < std::time::Duration::from_secs(1))
+        {
+            return bad("audit.rotate_age", "must be at least 1s");
         }
         for h in [
             &self.identity_headers.user,

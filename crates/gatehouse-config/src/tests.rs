@@ -89,6 +89,34 @@ fn unusable_values_are_refused() {
 }
 
 #[test]
+fn audit_rotation_takes_sizes_and_durations_with_a_floor() {
+    let with = |lines: &str| {
+        parse(&MINIMAL.replace(
+            "file = \"audit.log\"",
+            &format!("file = \"audit.log\"\n{lines}"),
+        ))
+    };
+    let cfg =
+        with("rotate_size = \"256MiB\"\nrotate_age = \"1d\"").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg.audit.rotate_size, Some(ByteSize(256 << 20)));
+    assert_eq!(
+        cfg.audit.rotate_age.map(|a| a.0),
+        Some(std::time::Duration::from_secs(86_400))
+    );
+    let cfg = parse(MINIMAL).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((cfg.audit.rotate_size, cfg.audit.rotate_age), (None, None));
+    for bad in [
+        "rotate_size = \"1KiB\"",
+        "rotate_size = \"256\"",
+        "rotate_size = \"256mb\"",
+        "rotate_age = \"0s\"",
+        "rotate_after = \"1d\"",
+    ] {
+        assert!(with(bad).is_err(), "accepted {bad}");
+    }
+}
+
+#[test]
 fn upstream_must_be_exactly_one() {
     let text = MINIMAL.replace("url = \"http://127.0.0.1:3000\"", "");
     assert!(parse(&text).is_err());

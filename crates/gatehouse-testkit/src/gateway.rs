@@ -17,6 +17,7 @@ pub struct GatewayBuilder {
     upstream_extra: String,
     extra: String,
     audit_file: String,
+    audit_extra: String,
     wait_ready: bool,
     port: Option<u16>,
 }
@@ -34,6 +35,7 @@ impl GatewayBuilder {
             upstream_extra: String::new(),
             extra: String::new(),
             audit_file: "audit.log".into(),
+            audit_extra: String::new(),
             wait_ready: true,
             port: None,
         }
@@ -106,6 +108,13 @@ impl GatewayBuilder {
         self
     }
 
+    /// Lines added to `[audit]`.
+    pub fn audit_extra(mut self, toml: &str) -> Self {
+        self.audit_extra.push_str(toml);
+        self.audit_extra.push('\n');
+        self
+    }
+
     /// Listen on this port (chosen with `free_port` beforehand, e.g. to register redirect URIs).
     pub fn port(mut self, port: u16) -> Self {
         self.port = Some(port);
@@ -158,7 +167,7 @@ reload_interval = "100ms"
 
 [audit]
 file = "{audit}"
-
+{audit_extra}
 [log]
 level = "info"
 format = "json"
@@ -171,6 +180,7 @@ format = "json"
             upstream_extra = self.upstream_extra,
             kind = self.forge_kind,
             audit = self.audit_file,
+            audit_extra = self.audit_extra,
             issuers = self.issuers.join("\n"),
             extra = self.extra,
         );

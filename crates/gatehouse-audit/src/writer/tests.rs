@@ -21,11 +21,17 @@ fn rec(i: u64) -> AuditRecord {
 }
 
 fn write_n(path: &Path, n: u64) {
+    write_n_rotating(path, n, None);
+}
+
+fn write_n_rotating(path: &Path, n: u64, rotate_size: Option<u64>) {
     let opts = AuditOptions {
         path: path.to_owned(),
         queue_capacity: 16,
         batch_max: 4,
         flush_interval: Duration::from_millis(1),
+        rotate_size,
+        rotate_age: None,
     };
     let (sink, handle) = AuditSink::open(&opts, None).unwrap_or_else(|e| panic!("{e}"));
     for i in 0..n {
@@ -143,6 +149,8 @@ fn refuses_to_append_after_a_torn_record() {
         queue_capacity: 4,
         batch_max: 4,
         flush_interval: Duration::ZERO,
+        rotate_size: None,
+        rotate_age: None,
     };
     assert!(matches!(
         AuditSink::open(&opts, None),
@@ -158,6 +166,8 @@ fn write_failure_refuses_further_requests() {
         queue_capacity: 4,
         batch_max: 4,
         flush_interval: Duration::ZERO,
+        rotate_size: None,
+        rotate_age: None,
     };
     let (sink, _handle) = AuditSink::open(&opts, None).unwrap_or_else(|e| panic!("{e}"));
     let slot = sink.reserve().unwrap_or_else(|e| panic!("{e}"));
@@ -184,6 +194,8 @@ fn records_arriving_one_by_one_are_written_while_the_writer_polls() {
         queue_capacity: 16,
         batch_max: 16,
         flush_interval: Duration::from_millis(2),
+        rotate_size: None,
+        rotate_age: None,
     };
     let hook: FlushHook = Box::new(move |s: FlushStats| {
         assert!(s.ok);
@@ -296,4 +308,115 @@ fn an_entry_is_written_as_the_record_flattened_after_its_link() {
         !line.contains("Secret") && !line.contains("e@x.test"),
         "{line}"
     );
+}
+
+/// The rotated-out files of a log, oldest first.
+fn parts(path: &Path) -> Vec<PathBuf> {
+    crate::rotated_parts(path)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_iter()
+        .map(|(_, _, p)| p)
+        .collect()
+}
+
+#[test]
+fn a_rotated_log_verifies_as_one_chain_across_its_files_and_restarts() {
+    let p = tmp("rotate");
+    write_n_rotating(&p, 40, Some(1000));
+    // A restart resumes the chain in the current file, and rotates on.
+    write_n_rotating(&p, 40, Some(1000));
+    let files = parts(&p);
+    assert!(files.len() >= 3, "{files:?}");
+    let report = verify(&p).unwrap_or_else(|e| panic!("{e}"));
+    // 80 records and one `audit_continued` record opening each new file.
+    assert_eq!(report.records, 80 + files.len() as u64);
+    assert_eq!(report.first_seq, 1);
+    assert_eq!(report.rotated, files);
+    assert!(report.head_checked);
+    let first = lines(&p).remove(0);
+    assert!(first.contains(r#""event":"audit_continued""#), "{first}");
+    let last_part = files
+        .last()
+        .and_then(|f| f.file_name())
+        .map(|n| n.to_string_lossy().into_owned());
+    assert!(
+        first.contains(&format!("continues {}", last_part.unwrap_or_default())),
+        "{first}"
+    );
+    // No file is left half-rotated.
+    assert!(!next_path(&p).exists());
+}
+
+#[test]
+fn removing_the_oldest_rotated_files_is_retention_but_a_gap_or_an_edit_is_found() {
+    let p = tmp("rotate-gaps");
+    write_n_rotating(&p, 60, Some(1000));
+    let files = parts(&p);
+    assert!(files.len() >= 3, "{files:?}");
+
+    // Retention: the oldest file goes; the chain is verified from the next one on.
+    let oldest = std::fs::read(&files[0]).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::remove_file(&files[0]).unwrap_or_else(|e| panic!("{e}"));
+    let report = verify(&p).unwrap_or_else(|e| panic!("{e}"));
+    assert!(report.first_seq > 1, "{report:?}");
+    std::fs::write(&files[0], &oldest).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(verify(&p).map(|r| r.first_seq), Ok(1));
+
+    // A file missing in the middle breaks the chain.
+    let middle = std::fs::read(&files[1]).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::remove_file(&files[1]).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        matches!(verify(&p), Err(VerifyError::Rotated { .. })),
+        "{:?}",
+        verify(&p)
+    );
+    std::fs::write(&files[1], &middle).unwrap_or_else(|e| panic!("{e}"));
+
+    // A one-byte edit in a rotated-out file is found, and named.
+    let mut edited = middle.clone();
+    let at = edited.iter().position(|&b| b == b'/').unwrap_or(0);
+    edited[at] = b'_';
+    std::fs::write(&files[1], &edited).unwrap_or_else(|e| panic!("{e}"));
+    let err = verify(&p).map(|_| ()).unwrap_err();
+    assert!(
+        err.to_string().starts_with(&files[1].display().to_string()),
+        "{err}"
+    );
+    std::fs::write(&files[1], &middle).unwrap_or_else(|e| panic!("{e}"));
+
+    // A file renamed to claim other records is found.
+    let renamed = rotated_path(&p, 1, 2);
+    std::fs::rename(&files[0], &renamed).unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(verify(&p), Err(VerifyError::Misnamed { .. })));
+    std::fs::rename(&renamed, &files[0]).unwrap_or_else(|e| panic!("{e}"));
+
+    // Deleting the first records of the current file is still found: what is left does not
+    // start with the record that links it to the file before.
+    let mut live = lines(&p);
+    assert!(!live.is_empty());
+    live.remove(0);
+    rewrite(&p, &live);
+    assert!(verify(&p).is_err());
+}
+
+#[test]
+fn a_rotation_cut_short_by_a_crash_is_finished_or_undone_at_the_next_start() {
+    // Crashed after the new file was written but before the old one was renamed: the new file
+    // was never part of the chain, and goes.
+    let p = tmp("rotate-crash-early");
+    write_n(&p, 5);
+    std::fs::write(next_path(&p), b"{\"seq\":6}\n").unwrap_or_else(|e| panic!("{e}"));
+    write_n(&p, 5);
+    assert!(!next_path(&p).exists());
+    assert_eq!(verify(&p).map(|r| r.records), Ok(10));
+
+    // Crashed after the old file was renamed aside but before the new one took its name: the
+    // new one is the log.
+    let p = tmp("rotate-crash-late");
+    write_n_rotating(&p, 30, Some(1000));
+    assert!(!parts(&p).is_empty());
+    std::fs::rename(&p, next_path(&p)).unwrap_or_else(|e| panic!("{e}"));
+    write_n_rotating(&p, 5, Some(1000));
+    assert!(!next_path(&p).exists());
+    assert!(verify(&p).is_ok(), "{:?}", verify(&p));
 }

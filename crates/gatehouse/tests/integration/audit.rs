@@ -83,6 +83,95 @@ fn audit_log_verifies_and_a_one_byte_edit_is_found() {
 }
 
 #[test]
+fn a_rotating_audit_log_verifies_across_its_files_and_an_edit_in_an_old_one_is_found() {
+    let tmp = TempDir::new("audit-rotate");
+    let (root, _) = repos(&tmp);
+    let mut gw = builder()
+        .with_builtin_upstream(&root)
+        .policy(POLICY)
+        .audit_extra(r#"rotate_size = "4KiB""#)
+        .start();
+    let alice = format!("Bearer {}", gw.token("alice", &["dev"]));
+    for _ in 0..40 {
+        let (status, _) = raw_http(
+            gw.port,
+            "GET",
+            "/demo/hello.git/info/refs?service=git-upload-pack",
+            &[("Authorization", &alice)],
+        );
+        assert_eq!(status, 200);
+    }
+    gw.signal("TERM");
+    let exit = gw
+        .wait_exit(Duration::from_secs(30))
+        .expect("gatehouse stops on SIGTERM");
+    assert!(exit.success(), "{exit:?}\n{}", gw.log());
+
+    let path = gw.audit_path();
+    let dir = path.parent().unwrap();
+    let mut rotated: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            let range = name.strip_prefix("audit.log.")?;
+            let (a, b) = range.split_once('-')?;
+            Some((
+                a.parse::<u64>().ok()?,
+                b.parse::<u64>().ok()?,
+                dir.join(&name),
+            ))
+        })
+        .collect();
+    rotated.sort();
+    assert!(
+        rotated.len() >= 2,
+        "40 records of ~400 bytes in 4 KiB files"
+    );
+    // The ranges follow each other, and each new file opens by naming the one before.
+    for w in rotated.windows(2) {
+        assert_eq!(w[0].1 + 1, w[1].0, "{rotated:?}");
+    }
+    let live = std::fs::read_to_string(&path).unwrap();
+    let last = rotated.last().unwrap();
+    assert!(
+        live.lines()
+            .next()
+            .unwrap()
+            .contains(r#""event":"audit_continued","#)
+            && live.contains(&format!("continues audit.log.{}-{}", last.0, last.1)),
+        "{live}"
+    );
+    let (ok, out) = verify(&path);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!("across {} files", rotated.len() + 1)),
+        "{out}"
+    );
+
+    // One byte changed in a rotated-out file: found, and that file named.
+    let old = std::fs::read_to_string(&rotated[0].2).unwrap();
+    let edited = old.replacen("\"status\":200", "\"status\":201", 1);
+    assert_ne!(old, edited);
+    std::fs::write(&rotated[0].2, &edited).unwrap();
+    let (ok, out) = verify(&path);
+    assert!(!ok, "an edited rotated file verified: {out}");
+    assert!(
+        out.contains(&rotated[0].2.display().to_string()) && out.contains("hash chain broken"),
+        "{out}"
+    );
+    std::fs::write(&rotated[0].2, &old).unwrap();
+
+    // Retention removes the oldest file: what is left still verifies, from a later record.
+    std::fs::remove_file(&rotated[0].2).unwrap();
+    let (ok, out) = verify(&path);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!("from record {}", rotated[0].1 + 1)),
+        "{out}"
+    );
+}
+
+#[test]
 fn an_unwritable_audit_log_refuses_requests() {
     let tmp = TempDir::new("audit-full");
     let (root, _) = repos(&tmp);
