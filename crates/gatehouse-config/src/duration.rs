@@ -1,10 +1,11 @@
 use std::fmt;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 /// A duration written as a number and a unit: `250ms`, `10s`, `5m`, `1h`, `7d`.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct ConfigDuration(pub Duration);
 
 impl ConfigDuration {
@@ -16,11 +17,7 @@ impl ConfigDuration {
     /// Parses `250ms`, `10s`, `5m`, `1h` or `7d`.
     pub fn parse(s: &str) -> Result<Self, String> {
         let s = s.trim();
-        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let (num, unit) = s.split_at(split);
-        let n: u64 = num.parse().map_err(|_| {
-            format!("invalid duration `{s}`: expected a number and a unit, e.g. 10s, 5m, 250ms")
-        })?;
+        let (n, unit) = crate::number_and_unit(s, "duration", "10s, 5m, 250ms")?;
         let d = match unit {
             "ms" => Duration::from_millis(n),
             "s" => Duration::from_secs(n),
@@ -61,15 +58,4 @@ impl fmt::Display for ConfigDuration {
     }
 }
 
-impl<'de> Deserialize<'de> for ConfigDuration {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        ConfigDuration::parse(&s).map_err(serde::de::Error::custom)
-    }
-}
-
-impl Serialize for ConfigDuration {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_string())
-    }
-}
+text_conversions!(ConfigDuration);

@@ -6,6 +6,35 @@
 //! policies (it only names where they are), or know how other crates use the values.
 #![forbid(unsafe_code)]
 
+/// `TryFrom<String>` through the type's `parse` and `From<T> for String` through its `Display`:
+/// what `#[serde(try_from = "String", into = "String")]` needs of a value written as text.
+macro_rules! text_conversions {
+    ($t:ty) => {
+        impl TryFrom<String> for $t {
+            type Error = String;
+            fn try_from(s: String) -> Result<Self, String> {
+                Self::parse(&s)
+            }
+        }
+
+        impl From<$t> for String {
+            fn from(v: $t) -> String {
+                v.to_string()
+            }
+        }
+    };
+}
+
+/// Splits `250ms` into 250 and `ms`; `what` and `examples` go into the error.
+fn number_and_unit<'a>(s: &'a str, what: &str, examples: &str) -> Result<(u64, &'a str), String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n = num.parse().map_err(|_| {
+        format!("invalid {what} `{s}`: expected a number and a unit, e.g. {examples}")
+    })?;
+    Ok((n, unit))
+}
+
 mod duration;
 mod net;
 mod schema;

@@ -1,22 +1,19 @@
 use std::fmt;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 /// A size in bytes written as a number and a unit: `512KiB`, `256MiB`, `1GiB` (powers of 1024),
 /// `100MB`, `1GB` (powers of 1000) or `4096B`.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct ByteSize(pub u64);
 
 impl ByteSize {
     /// Parses a number and a unit (`B`, `KB`, `MB`, `GB`, `KiB`, `MiB`, `GiB`).
     pub fn parse(s: &str) -> Result<Self, String> {
         let s = s.trim();
-        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let (num, unit) = s.split_at(split);
-        let n: u64 = num.parse().map_err(|_| {
-            format!("invalid size `{s}`: expected a number and a unit, e.g. 256MiB, 1GiB, 100MB")
-        })?;
-        let scale: u64 = match unit.trim() {
+        let (n, unit) = crate::number_and_unit(s, "size", "256MiB, 1GiB, 100MB")?;
+        let scale: u64 = match unit {
             "B" => 1,
             "KB" => 1_000,
             "MB" => 1_000_000,
@@ -54,18 +51,7 @@ impl fmt::Display for ByteSize {
     }
 }
 
-impl<'de> Deserialize<'de> for ByteSize {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        ByteSize::parse(&s).map_err(serde::de::Error::custom)
-    }
-}
-
-impl Serialize for ByteSize {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_string())
-    }
-}
+text_conversions!(ByteSize);
 
 #[cfg(test)]
 mod tests {

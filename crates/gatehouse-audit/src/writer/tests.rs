@@ -235,24 +235,29 @@ struct Flattened<'a> {
     record: &'a AuditRecord,
 }
 
-#[test]
-fn an_entry_is_written_as_the_record_flattened_after_its_link() {
-    let principal = gatehouse_core::Principal {
+/// A principal whose display name and e-mail address the audit record must leave out.
+fn principal(subject: &str, groups: &[&str], token_id: Option<&str>) -> gatehouse_core::Principal {
+    gatehouse_core::Principal {
         kind: gatehouse_core::PrincipalKind::Service,
         issuer: "urn:gatehouse".into(),
-        subject: "agent:\"quoted\"".into(),
+        subject: subject.into(),
         username: "agent".into(),
-        display_name: Some("never written".into()),
-        email: Some("never@written.test".into()),
-        groups: vec!["bots".into(), "ci".into()],
-        token_id: Some("jti-1".into()),
+        display_name: Some("Secret Name".into()),
+        email: Some("e@x.test".into()),
+        groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+        token_id: token_id.map(str::to_owned),
         expires_at: Some(1_700_000_900),
-    };
+    }
+}
+
+#[test]
+fn an_entry_is_written_as_the_record_flattened_after_its_link() {
+    let principal_with_all = principal("agent:\"quoted\"", &["bots", "ci"], Some("jti-1"));
     let full = AuditRecord {
         time: gatehouse_core::UnixTime::from_nanos(1_700_000_000_123_456_789),
         event: "request",
         request_id: Some("r-1".into()),
-        principal: Some(crate::AuditPrincipal::from(principal)),
+        principal: Some(crate::AuditPrincipal::from(principal_with_all)),
         source: Some("127.0.0.1".into()),
         method: Some("GET".into()),
         action: Some("git:read"),
@@ -278,17 +283,7 @@ fn an_entry_is_written_as_the_record_flattened_after_its_link() {
     }
     let mut buf = Vec::new();
     let principal = AuditRecord {
-        principal: Some(crate::AuditPrincipal::from(gatehouse_core::Principal {
-            kind: gatehouse_core::PrincipalKind::User,
-            issuer: "i".into(),
-            subject: "s".into(),
-            username: "u".into(),
-            display_name: Some("Secret Name".into()),
-            email: Some("e@x.test".into()),
-            groups: vec![],
-            token_id: None,
-            expires_at: None,
-        })),
+        principal: Some(crate::AuditPrincipal::from(principal("s", &[], None))),
         time: gatehouse_core::UnixTime::from_nanos(1_700_000_000_123_456_789),
         ..AuditRecord::default()
     };
@@ -300,7 +295,7 @@ fn an_entry_is_written_as_the_record_flattened_after_its_link() {
     );
     assert!(
         line.contains(
-            r#""principal":{"kind":"user","subject":"s","issuer":"i","username":"u","groups":[]}"#
+            r#""principal":{"kind":"service","subject":"s","issuer":"urn:gatehouse","username":"agent","groups":[]}"#
         ),
         "{line}"
     );

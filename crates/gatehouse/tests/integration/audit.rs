@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use gatehouse_testkit::{TempDir, raw_http, wait_for};
+use gatehouse_testkit::{TempDir, TestGateway, raw_http, wait_for};
 
 use crate::common::{POLICY, bin, builder, repos};
 
@@ -19,15 +19,32 @@ fn verify(path: &std::path::Path) -> (bool, String) {
     )
 }
 
+/// A gateway on the built-in upstream with the test policy (`[audit]` lines added), and alice's
+/// `Authorization` value.
+fn audited_gateway(tmp: &TempDir, audit_extra: &str) -> (TestGateway, String) {
+    let (root, _) = repos(tmp);
+    let gw = builder()
+        .with_builtin_upstream(&root)
+        .policy(POLICY)
+        .audit_extra(audit_extra)
+        .start();
+    let alice = format!("Bearer {}", gw.token("alice", &["dev"]));
+    (gw, alice)
+}
+
+/// Stops the gateway as production does (SIGTERM), so that its last records are written.
+fn stop(gw: &mut TestGateway) {
+    gw.signal("TERM");
+    let exit = gw
+        .wait_exit(Duration::from_secs(30))
+        .expect("gatehouse stops on SIGTERM");
+    assert!(exit.success(), "{exit:?}\n{}", gw.log());
+}
+
 #[test]
 fn audit_log_verifies_and_a_one_byte_edit_is_found() {
     let tmp = TempDir::new("audit");
-    let (root, _) = repos(&tmp);
-    let mut gw = builder()
-        .with_builtin_upstream(&root)
-        .policy(POLICY)
-        .start();
-    let alice = format!("Bearer {}", gw.token("alice", &["dev"]));
+    let (mut gw, alice) = audited_gateway(&tmp, "");
     for _ in 0..5 {
         raw_http(
             gw.port,
@@ -48,11 +65,7 @@ fn audit_log_verifies_and_a_one_byte_edit_is_found() {
             &[],
         );
     }
-    gw.signal("TERM");
-    let exit = gw
-        .wait_exit(Duration::from_secs(30))
-        .expect("gatehouse stops on SIGTERM");
-    assert!(exit.success(), "{exit:?}\n{}", gw.log());
+    stop(&mut gw);
 
     let path = gw.audit_path();
     let text = std::fs::read_to_string(&path).unwrap();
@@ -85,13 +98,7 @@ fn audit_log_verifies_and_a_one_byte_edit_is_found() {
 #[test]
 fn a_rotating_audit_log_verifies_across_its_files_and_an_edit_in_an_old_one_is_found() {
     let tmp = TempDir::new("audit-rotate");
-    let (root, _) = repos(&tmp);
-    let mut gw = builder()
-        .with_builtin_upstream(&root)
-        .policy(POLICY)
-        .audit_extra(r#"rotate_size = "4KiB""#)
-        .start();
-    let alice = format!("Bearer {}", gw.token("alice", &["dev"]));
+    let (mut gw, alice) = audited_gateway(&tmp, r#"rotate_size = "4KiB""#);
     for _ in 0..40 {
         let (status, _) = raw_http(
             gw.port,
@@ -101,11 +108,7 @@ fn a_rotating_audit_log_verifies_across_its_files_and_an_edit_in_an_old_one_is_f
         );
         assert_eq!(status, 200);
     }
-    gw.signal("TERM");
-    let exit = gw
-        .wait_exit(Duration::from_secs(30))
-        .expect("gatehouse stops on SIGTERM");
-    assert!(exit.success(), "{exit:?}\n{}", gw.log());
+    stop(&mut gw);
 
     let path = gw.audit_path();
     let dir = path.parent().unwrap();
