@@ -285,17 +285,7 @@ pub(crate) fn trace_context(h: &HeaderMap) -> (String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap_or_else(|e| panic!("{e}")),
-                HeaderValue::from_str(v).unwrap_or_else(|e| panic!("{e}")),
-            );
-        }
-        h
-    }
+    use crate::test_util::headers;
 
     /// `set_forwarded` for a plain-HTTP request to `git.example`.
     fn forward(h: &mut HeaderMap, peer: IpAddr, client: IpAddr, trusted_peer: bool) {

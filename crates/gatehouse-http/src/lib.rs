@@ -18,6 +18,7 @@ mod proxy;
 pub mod respond;
 mod server;
 mod tls;
+mod tunnel;
 mod upstream;
 
 pub use admin::serve_admin;
@@ -27,3 +28,20 @@ pub use proxy::{Gateway, GatewaySettings};
 pub use server::{ServeError, ServeOptions, serve};
 pub use tls::{TlsError, TlsReloader};
 pub use upstream::{Upstream, UpstreamError};
+
+#[cfg(test)]
+mod test_util {
+    use http::{HeaderMap, HeaderName, HeaderValue};
+
+    /// A header map from name-value pairs, repeats kept.
+    pub(crate) fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap_or_else(|e| panic!("{e}")),
+                HeaderValue::from_str(v).unwrap_or_else(|e| panic!("{e}")),
+            );
+        }
+        h
+    }
+}

@@ -50,6 +50,7 @@ pub struct Metrics {
     audit_write: Histogram,
     audit_failures: Counter,
     jwks_fetches: Family<FetchLabels, Counter>,
+    pub(crate) tunnels_open: Gauge,
     jwks_seen: Mutex<Vec<(FetchLabels, u64)>>,
 }
 
@@ -127,8 +128,15 @@ impl Metrics {
             "Issuer key set fetches by result",
             jwks_fetches.clone(),
         );
+        let tunnels_open = Gauge::default();
+        registry.register(
+            "tunnels_open",
+            "Upgraded connections (WebSocket and other HTTP/1.1 upgrades) being relayed",
+            tunnels_open.clone(),
+        );
         Self {
             registry,
+            tunnels_open,
             requests,
             duration,
             upstream_errors,

@@ -38,6 +38,7 @@ use crate::forwarded::{
 };
 use crate::metrics::{ActionLabel, KindLabel, Metrics, RequestLabels};
 use crate::respond::{ClientKind, Refusal, typed_response};
+use crate::tunnel::{UpstreamUpgrade, switched_to_websocket, websocket_upgrade};
 use crate::upstream::{CallerInfo, Upstream, UpstreamError};
 
 /// The most of an LFS batch body read to decide between `lfs:read` and `lfs:write`.
@@ -78,6 +79,8 @@ pub struct Gateway {
     pub(crate) sessions: Option<Arc<Sessions>>,
     forge_groups: Option<Arc<ForgeGroups>>,
     pub(crate) ssh: Option<Arc<SshGateway>>,
+    /// Cancelled when the server stops: relayed (upgraded) connections close then.
+    tunnels: tokio_util::sync::CancellationToken,
 }
 
 /// `[identity_headers]` names as header names; `None` when empty or not a valid name.
@@ -108,6 +111,61 @@ pub(crate) struct Admitted {
     /// The peer's address as text.
     pub(crate) peer_text: Arc<str>,
     pub(crate) host: Arc<str>,
+}
+
+/// What is left to do when a request ends: write its audit record and count it.
+struct Done {
+    slot: gatehouse_audit::AuditSlot,
+    rec: AuditRecord,
+    started: tokio::time::Instant,
+    action: &'static str,
+    decision: &'static str,
+    status: u16,
+    metrics: Arc<Metrics>,
+}
+
+impl Done {
+    fn finish(mut self, bytes_in: u64, bytes_out: u64, end: BodyEnd) {
+        let elapsed = self.started.elapsed();
+        let rec = &mut self.rec;
+        rec.bytes_in = bytes_in;
+        rec.bytes_out = bytes_out;
+        rec.duration_ms = (elapsed.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
+        rec.outcome = Some(match end {
+            BodyEnd::Complete => "complete",
+            BodyEnd::Aborted => "aborted",
+        });
+        self.slot.send(self.rec);
+        self.metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                action: self.action,
+                decision: self.decision,
+                status: self.status,
+            })
+            .inc();
+        self.metrics
+            .duration
+            .get_or_create(&ActionLabel {
+                action: self.action,
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+}
+
+/// An open relay: counted in `gatehouse_tunnels_open`, and recorded as aborted if dropped unfinished.
+struct RelayGuard {
+    done: Option<Done>,
+    open: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Drop for RelayGuard {
+    fn drop(&mut self) {
+        self.open.dec();
+        if let Some(done) = self.done.take() {
+            done.finish(0, 0, BodyEnd::Aborted);
+        }
+    }
 }
 
 /// A method's name; the standard ones without an allocation.
@@ -283,7 +341,14 @@ impl Gateway {
             sessions: None,
             forge_groups: None,
             ssh: None,
+            tunnels: tokio_util::sync::CancellationToken::new(),
         }
+    }
+
+    /// Closes every upgraded connection (at shutdown: they do not end on their own, and their
+    /// clients reconnect), recording each as aborted.
+    pub fn close_tunnels(&self) {
+        self.tunnels.cancel();
     }
 
     /// Enables `/.gatehouse/ssh/cert` (SSH user certificates for authenticated callers).
@@ -366,10 +431,14 @@ impl Gateway {
     /// Serves one request through every phase.
     pub(crate) async fn handle(
         self: Arc<Self>,
-        req: Request<hyper::body::Incoming>,
+        mut req: Request<hyper::body::Incoming>,
         conn: ConnInfo,
     ) -> Response<Body> {
         let started = tokio::time::Instant::now();
+        // A WebSocket handshake: the client's side of the connection, once hyper has sent a 101.
+        let client_upgrade = websocket_upgrade(req.version(), req.headers())
+            .is_some()
+            .then(|| hyper::upgrade::on(&mut req));
         let bytes_in = Arc::new(AtomicU64::new(0));
         let req = req.map(|b| {
             Counted::new(
@@ -477,39 +546,63 @@ impl Gateway {
         let status = resp.status().as_u16();
         rec.status = Some(status);
         let decision = rec.decision.unwrap_or("error");
-        let metrics = self.metrics.clone();
+        let done = Done {
+            slot,
+            rec,
+            started,
+            action: action_label,
+            decision,
+            status,
+            metrics: self.metrics.clone(),
+        };
+        if let Some(upstream) = resp
+            .extensions_mut()
+            .remove::<UpstreamUpgrade>()
+            .and_then(UpstreamUpgrade::take)
+        {
+            if let Some(client) = client_upgrade {
+                self.spawn_relay(client, upstream, done);
+                return resp;
+            }
+            // Not reached: only a WebSocket handshake is answered with the upstream's 101.
+            done.finish(0, 0, BodyEnd::Aborted);
+            return Refusal::UpstreamUnavailable.to_response(ClientKind::Api, &request_id);
+        }
         resp.map(move |body| {
             Counted::new(
                 body,
                 None,
                 Some(Box::new(move |bytes_out, end| {
-                    let elapsed = started.elapsed();
-                    rec.bytes_out = bytes_out;
-                    rec.bytes_in = bytes_in.load(Ordering::Relaxed);
-                    rec.duration_ms = (elapsed.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
-                    rec.outcome = Some(match end {
-                        BodyEnd::Complete => "complete",
-                        BodyEnd::Aborted => "aborted",
-                    });
-                    slot.send(rec);
-                    metrics
-                        .requests
-                        .get_or_create(&RequestLabels {
-                            action: action_label,
-                            decision,
-                            status,
-                        })
-                        .inc();
-                    metrics
-                        .duration
-                        .get_or_create(&ActionLabel {
-                            action: action_label,
-                        })
-                        .observe(elapsed.as_secs_f64());
+                    let bytes_in = bytes_in.load(Ordering::Relaxed);
+                    done.finish(bytes_in, bytes_out, end);
                 })),
             )
             .boxed_unsync()
         })
+    }
+
+    /// Relays an upgraded connection in its own task; its audit record is written when it ends.
+    fn spawn_relay(
+        &self,
+        client: hyper::upgrade::OnUpgrade,
+        upstream: hyper::upgrade::OnUpgrade,
+        done: Done,
+    ) {
+        let stop = self.tunnels.clone();
+        let open = self.metrics.tunnels_open.clone();
+        open.inc();
+        // Records the relay as aborted should the task be dropped before it ends (the runtime
+        // shutting down); `finish` disarms it.
+        let mut guard = RelayGuard {
+            done: Some(done),
+            open,
+        };
+        tokio::spawn(async move {
+            let (bytes_in, bytes_out, end) = crate::tunnel::relay(client, upstream, &stop).await;
+            if let Some(done) = guard.done.take() {
+                done.finish(bytes_in, bytes_out, end);
+            }
+        });
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -713,8 +806,15 @@ impl Gateway {
 
         // Phase 5: upstream request.
         let (mut parts, body) = req.into_parts();
+        // A WebSocket handshake keeps its `Connection: upgrade` and `Upgrade: websocket`, which
+        // are hop-by-hop; any other upgrade is dropped here (see `tunnel`).
+        let websocket = websocket_upgrade(parts.version, &parts.headers);
         let headers = &mut parts.headers;
         strip_hop_by_hop(headers);
+        if let Some(upgrade) = &websocket {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, upgrade.clone());
+        }
         // One pass over the request's few names finds the identity headers a client sent; a
         // hashed removal of every name on the list would cost more when (as usual) none is there.
         let sent: Vec<HeaderName> = headers
@@ -826,6 +926,11 @@ impl Gateway {
             tracing::warn!(request_id = %adm.request_id, error = %e, "upstream request failed");
             (refusal, kind)
         })?;
+        let mut resp = resp;
+        let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS
+            && websocket.is_some()
+            && switched_to_websocket(resp.headers());
+        let upstream_upgrade = switched.then(|| hyper::upgrade::on(&mut resp));
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         // The upstream may not set (or replace) Gatehouse's own cookies.
@@ -846,7 +951,18 @@ impl Gateway {
                 parts.headers.append(header::SET_COOKIE, v);
             }
         }
+        if let (Some(upgrade), Some(on)) = (websocket, upstream_upgrade) {
+            // The client's side switches once hyper has sent this head (see `handle`).
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(header::UPGRADE, upgrade);
+            parts.extensions.insert(UpstreamUpgrade::new(on));
+            return Ok(Response::from_parts(parts, full(bytes::Bytes::new())));
+        }
         if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+            // Switching to something the client did not ask for.
+            tracing::warn!(request_id = %adm.request_id, "upstream answered 101 without a WebSocket handshake to answer; refused");
             parts.status = StatusCode::BAD_GATEWAY;
         }
         Ok(Response::from_parts(

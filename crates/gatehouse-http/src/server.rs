@@ -75,6 +75,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let gateway_for_tunnels = gateway.clone();
     let (stop_tx, stop_rx) = watch::channel(false);
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
     let mut accept = tokio::spawn(accept_loop(
@@ -87,6 +88,8 @@ pub async fn serve(
     };
     tracing::info!(grace = ?opts.shutdown_grace, "shutting down: draining in-flight requests");
     let _ = stop_tx.send(true);
+    // Relays never end on their own, and their clients reconnect: they close now.
+    gateway_for_tunnels.close_tunnels();
     let result = match ended {
         Some(r) => r,
         None => accept.await,
@@ -228,7 +231,9 @@ async fn serve_conn<T>(
             }))
         }
     });
-    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    // Upgrades: a WebSocket handshake the gateway answered with 101 hands the connection to a
+    // relay (`tunnel`); everything else is served as usual.
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let tick = (opts.idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
     let mut closing = *stop.borrow();

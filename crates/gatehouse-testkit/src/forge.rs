@@ -1,8 +1,7 @@
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
 
-use crate::proc::{Child, TempDir, free_port, raw_http, wait_for};
+use crate::proc::{Child, TempDir, free_port, raw_http};
 
 /// A STAND-IN for the Gitea/Forgejo API calls of forge-group enrichment (`idp/forge-standin.mjs`):
 /// no real Gitea can be installed from this machine's registries. Named as such wherever used.
@@ -27,12 +26,7 @@ impl ForgeStandIn {
             .env("STANDIN_USERS", users.to_string())
             .env("STANDIN_EXIT_WITH_PARENT", "1");
         let mut child = Child::spawn("forge-standin", &mut cmd, &dir.path().join("standin.log"));
-        wait_for("the forge stand-in", Duration::from_secs(20), || {
-            if !child.is_running() {
-                panic!("forge stand-in exited:\n{}", child.log_text());
-            }
-            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
-        });
+        child.wait_listening("the forge stand-in", port);
         Self {
             port,
             token,

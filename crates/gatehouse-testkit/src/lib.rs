@@ -20,6 +20,7 @@ mod idp;
 mod nginx;
 mod proc;
 mod sshd;
+mod ws;
 
 pub use browser::browser_sign_in;
 pub use forge::ForgeStandIn;
@@ -29,3 +30,4 @@ pub use idp::Idp;
 pub use nginx::GitHttpServer;
 pub use proc::{Child, TempDir, free_port, raw_http, wait_for};
 pub use sshd::{SSHD_USER, Sshd};
+pub use ws::{HeldWebSocket, WsEcho, ws_exchange};

@@ -82,6 +82,17 @@ impl Child {
         self.inner.id()
     }
 
+    /// Waits (20 s at most) until something accepts connections on 127.0.0.1:`port`; panics
+    /// with the process's log if it exits first.
+    pub fn wait_listening(&mut self, what: &str, port: u16) {
+        wait_for(what, Duration::from_secs(20), || {
+            if !self.is_running() {
+                panic!("{what} exited:\n{}", self.log_text());
+            }
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -1,8 +1,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
-use crate::proc::{Child, TempDir, free_port, wait_for};
+use crate::proc::{Child, TempDir, free_port};
 
 /// The system user the upstream sshd lets in; its login shell is `git-shell`.
 pub const SSHD_USER: &str = "gatehouse-git";
@@ -88,12 +87,7 @@ PermitTTY no\nPrintMotd no\nAcceptEnv GIT_PROTOCOL\nLogLevel VERBOSE\n",
         let mut cmd = Command::new("/usr/sbin/sshd");
         cmd.args(["-D", "-e", "-f"]).arg(&config);
         let mut child = Child::spawn("sshd", &mut cmd, &d.join("sshd.log"));
-        wait_for("sshd", Duration::from_secs(20), || {
-            if !child.is_running() {
-                panic!("sshd exited:\n{}", child.log_text());
-            }
-            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
-        });
+        child.wait_listening("sshd", port);
         Self {
             port,
             dir,

@@ -19,3 +19,4 @@ mod ssh;
 mod timeouts;
 mod tls;
 mod tokens;
+mod websocket;
