@@ -17,11 +17,6 @@ impl AuditPrincipal {
     pub fn of(p: &Arc<Principal>) -> Self {
         Self(p.clone())
     }
-
-    /// The principal.
-    pub fn principal(&self) -> &Principal {
-        &self.0
-    }
 }
 
 impl From<Principal> for AuditPrincipal {

@@ -111,6 +111,8 @@ pub(crate) struct Admitted {
     /// The peer's address as text.
     pub(crate) peer_text: Arc<str>,
     pub(crate) host: Arc<str>,
+    /// The `Upgrade` value of a WebSocket handshake (see `tunnel`); `None` for anything else.
+    pub(crate) websocket: Option<HeaderValue>,
 }
 
 /// What is left to do when a request ends: write its audit record and count it.
@@ -436,9 +438,8 @@ impl Gateway {
     ) -> Response<Body> {
         let started = tokio::time::Instant::now();
         // A WebSocket handshake: the client's side of the connection, once hyper has sent a 101.
-        let client_upgrade = websocket_upgrade(req.version(), req.headers())
-            .is_some()
-            .then(|| hyper::upgrade::on(&mut req));
+        let websocket = websocket_upgrade(req.version(), req.headers());
+        let client_upgrade = websocket.is_some().then(|| hyper::upgrade::on(&mut req));
         let bytes_in = Arc::new(AtomicU64::new(0));
         let req = req.map(|b| {
             Counted::new(
@@ -506,6 +507,7 @@ impl Gateway {
             client_text,
             peer_text,
             host: host.clone().unwrap_or_else(|| "".into()),
+            websocket,
         };
 
         let mut action_label = "none";
@@ -808,10 +810,9 @@ impl Gateway {
         let (mut parts, body) = req.into_parts();
         // A WebSocket handshake keeps its `Connection: upgrade` and `Upgrade: websocket`, which
         // are hop-by-hop; any other upgrade is dropped here (see `tunnel`).
-        let websocket = websocket_upgrade(parts.version, &parts.headers);
         let headers = &mut parts.headers;
         strip_hop_by_hop(headers);
-        if let Some(upgrade) = &websocket {
+        if let Some(upgrade) = &adm.websocket {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, upgrade.clone());
         }
@@ -928,7 +929,7 @@ impl Gateway {
         })?;
         let mut resp = resp;
         let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS
-            && websocket.is_some()
+            && adm.websocket.is_some()
             && switched_to_websocket(resp.headers());
         let upstream_upgrade = switched.then(|| hyper::upgrade::on(&mut resp));
         let (mut parts, body) = resp.into_parts();
@@ -951,7 +952,7 @@ impl Gateway {
                 parts.headers.append(header::SET_COOKIE, v);
             }
         }
-        if let (Some(upgrade), Some(on)) = (websocket, upstream_upgrade) {
+        if let (Some(upgrade), Some(on)) = (adm.websocket.clone(), upstream_upgrade) {
             // The client's side switches once hyper has sent this head (see `handle`).
             parts
                 .headers

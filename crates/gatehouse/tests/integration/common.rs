@@ -10,6 +10,16 @@ pub fn builder() -> GatewayBuilder {
     GatewayBuilder::new(&bin())
 }
 
+/// `GET /_echo` through the gateway on `port` (the test upstream's page that prints the request
+/// headers it received as `name=value;` pairs); asserts a 200 and returns the whole response and
+/// its body.
+pub fn echo(port: u16, headers: &[(&str, &str)]) -> (String, String) {
+    let (status, raw) = gatehouse_testkit::raw_http(port, "GET", "/_echo", headers);
+    assert_eq!(status, 200, "{raw}");
+    let body = raw.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    (raw, body)
+}
+
 /// dev may read and write demo/*; ci may only read it; anybody may reach the echo route.
 pub const POLICY: &str = r#"
 @id("dev-demo")

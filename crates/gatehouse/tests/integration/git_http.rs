@@ -1,7 +1,7 @@
 use gatehouse_testkit::{GitHttpServer, Idp, TempDir, raw_http};
 
 use crate::common::{
-    POLICY, builder, clone_demo, commit_file, git_bearer, head_of, local_head, repos,
+    POLICY, builder, clone_demo, commit_file, echo, git_bearer, head_of, local_head, repos,
 };
 
 #[test]
@@ -193,17 +193,13 @@ fn a_forge_on_a_unix_socket_gets_clones_pushes_and_only_gatehouse_identity() {
     );
 
     // The forge sees Gatehouse's identity headers, never the client's.
-    let (status, raw) = raw_http(
+    let (_, body) = echo(
         gw.port,
-        "GET",
-        "/_echo",
         &[
             ("Authorization", &format!("Bearer {alice}")),
             ("X-WEBAUTH-USER", "admin"),
         ],
     );
-    assert_eq!(status, 200, "{raw}");
-    let body = raw.split("\r\n\r\n").nth(1).unwrap_or("");
     assert!(body.starts_with("user=alice;"), "{body}");
 
     // Readiness connects to the socket: gone, not ready; back, ready.
