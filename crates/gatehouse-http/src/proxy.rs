@@ -81,6 +81,8 @@ pub struct Gateway {
     pub(crate) ssh: Option<Arc<SshGateway>>,
     /// Cancelled when the server stops: relayed (upgraded) connections close then.
     tunnels: tokio_util::sync::CancellationToken,
+    /// The relay tasks, so that the server can wait for their audit records at shutdown.
+    relays: tokio_util::task::TaskTracker,
 }
 
 /// `[identity_headers]` names as header names; `None` when empty or not a valid name.
@@ -344,13 +346,16 @@ impl Gateway {
             forge_groups: None,
             ssh: None,
             tunnels: tokio_util::sync::CancellationToken::new(),
+            relays: tokio_util::task::TaskTracker::new(),
         }
     }
 
     /// Closes every upgraded connection (at shutdown: they do not end on their own, and their
-    /// clients reconnect), recording each as aborted.
-    pub fn close_tunnels(&self) {
+    /// clients reconnect) and waits until each has queued its audit record, as aborted.
+    pub async fn close_tunnels(&self) {
         self.tunnels.cancel();
+        self.relays.close();
+        self.relays.wait().await;
     }
 
     /// Enables `/.gatehouse/ssh/cert` (SSH user certificates for authenticated callers).
@@ -594,12 +599,12 @@ impl Gateway {
         let open = self.metrics.tunnels_open.clone();
         open.inc();
         // Records the relay as aborted should the task be dropped before it ends (the runtime
-        // shutting down); `finish` disarms it.
+        // going away after the shutdown grace ran out); `finish` disarms it.
         let mut guard = RelayGuard {
             done: Some(done),
             open,
         };
-        tokio::spawn(async move {
+        self.relays.spawn(async move {
             let (bytes_in, bytes_out, end) = crate::tunnel::relay(client, upstream, &stop).await;
             if let Some(done) = guard.done.take() {
                 done.finish(bytes_in, bytes_out, end);

@@ -88,8 +88,14 @@ pub async fn serve(
     };
     tracing::info!(grace = ?opts.shutdown_grace, "shutting down: draining in-flight requests");
     let _ = stop_tx.send(true);
-    // Relays never end on their own, and their clients reconnect: they close now.
-    gateway_for_tunnels.close_tunnels();
+    // Relays never end on their own, and their clients reconnect: they close now, and their
+    // records are queued before the runtime (and with it any task still running) goes away.
+    if tokio::time::timeout(opts.shutdown_grace, gateway_for_tunnels.close_tunnels())
+        .await
+        .is_err()
+    {
+        tracing::warn!("relays did not close within the shutdown grace period");
+    }
     let result = match ended {
         Some(r) => r,
         None => accept.await,
