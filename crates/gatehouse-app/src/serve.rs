@@ -309,6 +309,7 @@ pub(crate) async fn run(
                     .git_http_backend
                     .as_ref()
                     .map(|g| g.repos_dir.clone()),
+                websocket_idle_timeout: cfg.server.websocket_idle_timeout.0,
             },
             policy.clone(),
             authn.clone(),

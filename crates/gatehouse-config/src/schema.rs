@@ -63,6 +63,9 @@ pub struct ServerConfig {
     /// On SIGTERM, in-flight requests get this long to finish.
     #[serde(default = "d30s")]
     pub shutdown_grace: ConfigDuration,
+    /// A relayed WebSocket with no bytes either way for this long is closed.
+    #[serde(default = "d600s")]
+    pub websocket_idle_timeout: ConfigDuration,
     /// Peers whose `X-Forwarded-For`/`-Proto`/`-Host` are trusted and extended; others' are replaced.
     #[serde(default)]
     pub trusted_proxies: Vec<IpNet>,
@@ -768,6 +771,10 @@ impl Config {
                 self.server.header_read_timeout,
             ),
             ("server.idle_timeout", self.server.idle_timeout),
+            (
+                "server.websocket_idle_timeout",
+                self.server.websocket_idle_timeout,
+            ),
             ("upstream.connect_timeout", self.upstream.connect_timeout),
             ("upstream.response_timeout", self.upstream.response_timeout),
             ("tokens.default_ttl", self.tokens.default_ttl),

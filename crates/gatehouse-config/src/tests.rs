@@ -26,6 +26,7 @@ fn minimal_config_gets_defaults_and_resolved_paths() -> Result<(), ConfigError> 
     assert_eq!(c.policy.file, Path::new("/etc/gatehouse/policy.cedar"));
     assert_eq!(c.identity_headers.user, "X-WEBAUTH-USER");
     assert_eq!(c.server.header_read_timeout, ConfigDuration::secs(10));
+    assert_eq!(c.server.websocket_idle_timeout, ConfigDuration::secs(600));
     assert_eq!(c.forge.kind, ForgeKind::Gitea);
     match &c.tokens.signing_key {
         SecretSource::File { file } => {
@@ -81,6 +82,10 @@ fn unusable_values_are_refused() {
         (
             "listen = \"127.0.0.1:8080\"",
             "listen = \"127.0.0.1:8080\"\nidle_timeout = \"0s\"",
+        ),
+        (
+            "listen = \"127.0.0.1:8080\"",
+            "listen = \"127.0.0.1:8080\"\nwebsocket_idle_timeout = \"0s\"",
         ),
     ] {
         let text = MINIMAL.replacen(from, to, 1);

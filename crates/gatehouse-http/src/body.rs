@@ -213,6 +213,8 @@ pub(crate) enum BodyEnd {
     Complete,
     /// The body errored or was dropped early (client or upstream went away).
     Aborted,
+    /// A relay was closed because no bytes went either way for too long.
+    IdleTimeout,
 }
 
 type OnEnd = Box<dyn FnOnce(u64, BodyEnd) + Send>;

@@ -61,6 +61,8 @@ pub struct GatewaySettings {
     pub portal_links: Vec<String>,
     /// The built-in upstream's repositories directory (listed on the who-am-I page).
     pub builtin_repos_dir: Option<std::path::PathBuf>,
+    /// A relayed WebSocket with no bytes either way for this long is closed.
+    pub websocket_idle_timeout: std::time::Duration,
 }
 
 /// Everything a request needs; shared by all connections.
@@ -138,6 +140,7 @@ impl Done {
         rec.outcome = Some(match end {
             BodyEnd::Complete => "complete",
             BodyEnd::Aborted => "aborted",
+            BodyEnd::IdleTimeout => "idle_timeout",
         });
         self.slot.send(self.rec);
         self.metrics
@@ -596,6 +599,7 @@ impl Gateway {
         done: Done,
     ) {
         let stop = self.tunnels.clone();
+        let idle = self.settings.websocket_idle_timeout;
         let open = self.metrics.tunnels_open.clone();
         open.inc();
         // Records the relay as aborted should the task be dropped before it ends (the runtime
@@ -605,7 +609,8 @@ impl Gateway {
             open,
         };
         self.relays.spawn(async move {
-            let (bytes_in, bytes_out, end) = crate::tunnel::relay(client, upstream, &stop).await;
+            let (bytes_in, bytes_out, end) =
+                crate::tunnel::relay(client, upstream, idle, &stop).await;
             if let Some(done) = guard.done.take() {
                 done.finish(bytes_in, bytes_out, end);
             }

@@ -8,8 +8,10 @@
 //! afterwards is not inspected.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderValue};
 use hyper::upgrade::OnUpgrade;
@@ -68,10 +70,12 @@ impl UpstreamUpgrade {
 
 /// Relays bytes both ways once both sides have switched protocols. Returns the bytes the client
 /// sent, the bytes the upstream sent, and how it ended: `Complete` when one side closed and the
-/// rest was passed on, `Aborted` on an error or when `stop` was cancelled.
+/// rest was passed on, `IdleTimeout` when no byte went either way for `idle`, `Aborted` on an
+/// error or when `stop` was cancelled.
 pub(crate) async fn relay(
     client: OnUpgrade,
     upstream: OnUpgrade,
+    idle: Duration,
     stop: &CancellationToken,
 ) -> (u64, u64, BodyEnd) {
     let ios = tokio::select! {
@@ -85,8 +89,26 @@ pub(crate) async fn relay(
             return (0, 0, BodyEnd::Aborted);
         }
     };
-    let mut c = Counting::new(TokioIo::new(c));
-    let mut u = Counting::new(TokioIo::new(u));
+    pump(TokioIo::new(c), TokioIo::new(u), idle, stop).await
+}
+
+/// Copies both ways between two upgraded connections until one side closes (the other side's
+/// writes are then shut down once the rest is passed on), no byte moves for `idle`, an error,
+/// or `stop`. Dropping the connections on return closes them.
+async fn pump<C, U>(
+    client: C,
+    upstream: U,
+    idle: Duration,
+    stop: &CancellationToken,
+) -> (u64, u64, BodyEnd)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let from_client = AtomicU64::new(0);
+    let from_upstream = AtomicU64::new(0);
+    let mut c = Counting::new(client, &from_client);
+    let mut u = Counting::new(upstream, &from_upstream);
     let end = tokio::select! {
         r = tokio::io::copy_bidirectional(&mut c, &mut u) => match r {
             Ok(_) => BodyEnd::Complete,
@@ -95,24 +117,50 @@ pub(crate) async fn relay(
                 BodyEnd::Aborted
             }
         },
+        () = quiet_for(idle, &from_client, &from_upstream) => BodyEnd::IdleTimeout,
         () = stop.cancelled() => BodyEnd::Aborted,
     };
-    (c.read, u.read, end)
+    (
+        from_client.load(Ordering::Relaxed),
+        from_upstream.load(Ordering::Relaxed),
+        end,
+    )
 }
 
-/// Counts the bytes read through it.
-struct Counting<T> {
-    inner: T,
-    read: u64,
-}
-
-impl<T> Counting<T> {
-    fn new(inner: T) -> Self {
-        Self { inner, read: 0 }
+/// Returns once neither counter has moved for `idle`. It looks every quarter of `idle` (between
+/// 50 ms and 5 s), so a quiet relay ends between `idle` and `idle` plus one look later: one timer
+/// per relay, not one per byte.
+async fn quiet_for(idle: Duration, a: &AtomicU64, b: &AtomicU64) {
+    let tick = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+    let seen =
+        |a: &AtomicU64, b: &AtomicU64| (a.load(Ordering::Relaxed), b.load(Ordering::Relaxed));
+    let mut last = seen(a, b);
+    let mut quiet_since = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(tick).await;
+        let now = seen(a, b);
+        if now != last {
+            last = now;
+            quiet_since = tokio::time::Instant::now();
+        } else if quiet_since.elapsed() >= idle {
+            return;
+        }
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for Counting<T> {
+/// Counts the bytes read through it.
+struct Counting<'a, T> {
+    inner: T,
+    read: &'a AtomicU64,
+}
+
+impl<'a, T> Counting<'a, T> {
+    fn new(inner: T, read: &'a AtomicU64) -> Self {
+        Self { inner, read }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counting<'_, T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -121,12 +169,14 @@ impl<T: AsyncRead + Unpin> AsyncRead for Counting<T> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         let n = buf.filled().len().saturating_sub(before);
-        self.read += n as u64;
+        if n > 0 {
+            self.read.fetch_add(n as u64, Ordering::Relaxed);
+        }
         r
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Counting<T> {
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counting<'_, T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -193,11 +243,96 @@ mod tests {
     async fn counting_counts_what_is_read() {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         let (mut a, b) = tokio::io::duplex(64);
-        let mut b = Counting::new(b);
+        let read = AtomicU64::new(0);
+        let mut b = Counting::new(b, &read);
         a.write_all(b"hello, relay").await.unwrap();
         drop(a);
         let mut out = Vec::new();
         b.read_to_end(&mut out).await.unwrap();
-        assert_eq!((out.as_slice(), b.read), (&b"hello, relay"[..], 12));
+        assert_eq!(
+            (out.as_slice(), read.into_inner()),
+            (&b"hello, relay"[..], 12)
+        );
+    }
+
+    /// Two relayed connections in memory: what the client and the upstream hold, and the relay.
+    fn relayed(
+        idle: Duration,
+        stop: CancellationToken,
+    ) -> (
+        tokio::io::DuplexStream,
+        tokio::io::DuplexStream,
+        tokio::task::JoinHandle<(u64, u64, BodyEnd)>,
+    ) {
+        let (client, client_side) = tokio::io::duplex(1024);
+        let (upstream, upstream_side) = tokio::io::duplex(1024);
+        let task = tokio::spawn(async move { pump(client_side, upstream_side, idle, &stop).await });
+        (client, upstream, task)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_relay_is_closed_after_the_idle_timeout() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let idle = Duration::from_secs(600);
+        let (mut client, mut upstream, task) = relayed(idle, CancellationToken::new());
+        let started = tokio::time::Instant::now();
+        client.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        upstream.read_exact(&mut buf).await.unwrap();
+        upstream.write_all(b"pong!").await.unwrap();
+        let mut buf = [0u8; 5];
+        client.read_exact(&mut buf).await.unwrap();
+        let (from_client, from_upstream, end) = task.await.unwrap();
+        let took = started.elapsed();
+        assert_eq!(
+            (from_client, from_upstream, end),
+            (4, 5, BodyEnd::IdleTimeout)
+        );
+        assert!(
+            took >= idle && took <= idle + idle / 4 + Duration::from_secs(5),
+            "closed after {took:?}"
+        );
+        // Both connections were closed: each side reads the end.
+        assert_eq!(client.read(&mut buf).await.unwrap(), 0);
+        assert_eq!(upstream.read(&mut buf).await.unwrap(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn traffic_either_way_keeps_a_relay_open() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let idle = Duration::from_secs(60);
+        let (mut client, mut upstream, task) = relayed(idle, CancellationToken::new());
+        let started = tokio::time::Instant::now();
+        // Ten minutes of one byte every 40 s, alternating directions: each side on its own is
+        // quiet for 80 s, longer than the timeout, but the relay never is.
+        for i in 0..15 {
+            tokio::time::sleep(Duration::from_secs(40)).await;
+            let mut b = [0u8; 1];
+            if i % 2 == 0 {
+                client.write_all(b"c").await.unwrap();
+                upstream.read_exact(&mut b).await.unwrap();
+            } else {
+                upstream.write_all(b"u").await.unwrap();
+                client.read_exact(&mut b).await.unwrap();
+            }
+        }
+        assert!(!task.is_finished());
+        // The client leaves; the relay passes that on and ends once the upstream closes too.
+        drop(client);
+        let mut rest = Vec::new();
+        upstream.read_to_end(&mut rest).await.unwrap();
+        drop(upstream);
+        let (from_client, from_upstream, end) = task.await.unwrap();
+        assert_eq!((from_client, from_upstream, end), (8, 7, BodyEnd::Complete));
+        assert!(started.elapsed() >= Duration::from_secs(600));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_relay_ends_as_aborted_when_gatehouse_stops() {
+        let stop = CancellationToken::new();
+        let (_client, _upstream, task) = relayed(Duration::from_secs(600), stop.clone());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        stop.cancel();
+        assert_eq!(task.await.unwrap(), (0, 0, BodyEnd::Aborted));
     }
 }

@@ -7,12 +7,15 @@
 // WS_SEND: how many bytes of binary to send after a text message (default 1 MiB); each echo is
 // compared with what was sent. WS_HOLD=1: after the echoes, wait until the server side closes
 // (printing "held" first, so a test can act meanwhile) and report the close code.
+// WS_CHATTER_MS=N (with WS_HOLD=1): while holding, send a short text every N ms; the report's
+// "chatter" counts the echoes that came back.
 import { WebSocket } from 'ws';
 
 const url = process.env.WS_URL;
 const headers = JSON.parse(process.env.WS_HEADERS || '{}');
 const size = Number(process.env.WS_SEND || 1024 * 1024);
 const hold = process.env.WS_HOLD === '1';
+const chatterMs = Number(process.env.WS_CHATTER_MS || 0);
 const out = (o) => { console.log(JSON.stringify(o)); };
 
 const ws = new WebSocket(url, ['echo.v1'], { headers, maxPayload: 64 * 1024 * 1024 });
@@ -51,5 +54,11 @@ ws.on('open', async () => {
     return;
   }
   console.log('held');
-  ws.on('close', (code) => { out({ opened: true, hello, echoed: checks, closed: { code } }); process.exit(0); });
+  let chatter = 0;
+  if (chatterMs > 0) {
+    ws.removeAllListeners('message');
+    ws.on('message', () => { chatter += 1; });
+    setInterval(() => { if (ws.readyState === WebSocket.OPEN) ws.send('still here'); }, chatterMs);
+  }
+  ws.on('close', (code) => { out({ opened: true, hello, echoed: checks, closed: { code }, chatter }); process.exit(0); });
 });

@@ -78,7 +78,19 @@ pub struct HeldWebSocket {
 impl HeldWebSocket {
     /// Connects and waits until the echo checks are done and the connection is being held.
     pub fn open(url: &str, headers: &[(&str, &str)]) -> Self {
-        let mut child = client_command(url, headers)
+        Self::spawn(client_command(url, headers))
+    }
+
+    /// Like `open`, but while held the client sends a short message every `every` (the echo
+    /// server answers each), so the relay is never quiet for long.
+    pub fn open_chatty(url: &str, headers: &[(&str, &str)], every: Duration) -> Self {
+        let mut cmd = client_command(url, headers);
+        cmd.env("WS_CHATTER_MS", every.as_millis().to_string());
+        Self::spawn(cmd)
+    }
+
+    fn spawn(mut cmd: Command) -> Self {
+        let mut child = cmd
             .env("WS_SEND", "1024")
             .env("WS_HOLD", "1")
             .stdout(Stdio::piped())
@@ -91,6 +103,11 @@ impl HeldWebSocket {
             other => panic!("ws client did not hold its connection: {other:?}"),
         }
         Self { child, lines }
+    }
+
+    /// Whether the client still holds its connection (it exits when the connection closes).
+    pub fn is_open(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Waits (at most `limit`) for the connection to be closed; returns the client's report.

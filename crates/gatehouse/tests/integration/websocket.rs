@@ -139,3 +139,70 @@ fn open_websockets_are_closed_and_recorded_when_gatehouse_stops() {
     assert_eq!(recs[0]["outcome"], "aborted", "{}", recs[0]);
     assert!(recs[0]["bytes_in"].as_u64().unwrap() > 1024, "{}", recs[0]);
 }
+
+#[test]
+fn a_quiet_websocket_is_closed_after_the_idle_timeout_and_a_busy_one_is_not() {
+    let echo = WsEcho::start();
+    let gw = builder()
+        .with_upstream_url(&echo.url())
+        .policy(POLICY)
+        .server_extra("websocket_idle_timeout = \"2s\"")
+        .start();
+    let url = format!("ws://127.0.0.1:{}/live/feed", gw.port);
+    let alice = format!("Bearer {}", gw.token("alice", &["dev"]));
+
+    let mut busy = HeldWebSocket::open_chatty(
+        &url,
+        &[("Authorization", &alice)],
+        Duration::from_millis(300),
+    );
+    let quiet = HeldWebSocket::open(&url, &[("Authorization", &alice)]);
+    let opened = Instant::now();
+    let report = quiet.closed(Duration::from_secs(15));
+    let after = opened.elapsed();
+    assert_eq!(report["opened"], true, "{report}");
+    // Gatehouse closes the connections without a WebSocket close frame: 1006 at the client.
+    assert_eq!(report["closed"]["code"], 1006, "{report}");
+    assert!(
+        after >= Duration::from_millis(1900),
+        "closed after {after:?}"
+    );
+
+    // Sending every 300 ms, the other relay has outlived the timeout and is still open.
+    assert!(busy.is_open(), "the busy WebSocket was closed");
+    assert!(
+        gw.metrics().contains("gatehouse_tunnels_open 1"),
+        "{}",
+        gw.metrics()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(busy.is_open(), "the busy WebSocket was closed");
+    drop(busy);
+
+    let recs = upgraded_records(&gw, 2);
+    let idle: Vec<_> = recs
+        .iter()
+        .filter(|r| r["outcome"] == "idle_timeout")
+        .collect();
+    assert_eq!(idle.len(), 1, "{recs:?}");
+    assert!(
+        idle[0]["duration_ms"].as_f64().unwrap() >= 2000.0,
+        "{}",
+        idle[0]
+    );
+    let other: Vec<_> = recs
+        .iter()
+        .filter(|r| r["outcome"] != "idle_timeout")
+        .collect();
+    assert_eq!(other.len(), 1, "{recs:?}");
+    // The busy relay carried its messages: more than the 1 KiB echo check both ways.
+    assert!(
+        other[0]["bytes_in"].as_u64().unwrap() > idle[0]["bytes_in"].as_u64().unwrap(),
+        "{recs:?}"
+    );
+    assert!(
+        other[0]["duration_ms"].as_f64().unwrap() >= 4000.0,
+        "{}",
+        other[0]
+    );
+}
