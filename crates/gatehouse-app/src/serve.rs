@@ -310,6 +310,7 @@ pub(crate) async fn run(
                     .as_ref()
                     .map(|g| g.repos_dir.clone()),
                 websocket_idle_timeout: cfg.server.websocket_idle_timeout.0,
+                upstream_body_idle_timeout: cfg.upstream.body_idle_timeout.0,
             },
             policy.clone(),
             authn.clone(),

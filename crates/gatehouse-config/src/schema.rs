@@ -115,6 +115,9 @@ pub struct UpstreamConfig {
     /// Time allowed between sending a request and receiving the response's headers.
     #[serde(default = "d60s")]
     pub response_timeout: ConfigDuration,
+    /// A response body that delivers no data for this long is cut off.
+    #[serde(default = "d300s")]
+    pub body_idle_timeout: ConfigDuration,
     /// Idle pooled connections are closed after this long.
     #[serde(default = "d90s")]
     pub pool_idle_timeout: ConfigDuration,
@@ -777,6 +780,10 @@ impl Config {
             ),
             ("upstream.connect_timeout", self.upstream.connect_timeout),
             ("upstream.response_timeout", self.upstream.response_timeout),
+            (
+                "upstream.body_idle_timeout",
+                self.upstream.body_idle_timeout,
+            ),
             ("tokens.default_ttl", self.tokens.default_ttl),
         ];
         for (k, d) in positive {

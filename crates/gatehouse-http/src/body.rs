@@ -165,6 +165,78 @@ impl http_body::Body for Coalesced {
     }
 }
 
+/// The error a body fails with when [`IdleLimited`] gave up on it.
+#[derive(Debug, thiserror::Error)]
+#[error("no data from the upstream for {0:?}: response cut off")]
+pub(crate) struct BodyIdleTimeout(pub(crate) std::time::Duration);
+
+/// Fails a body that delivers nothing for `idle` (an upstream that stopped mid-response without
+/// closing), so that the client is told (its connection or stream is cut) instead of waiting
+/// forever. Only a body that is waited on arms a timer; one that is ready when asked costs a
+/// clock read per frame.
+pub(crate) struct IdleLimited {
+    inner: Body,
+    idle: std::time::Duration,
+    last: tokio::time::Instant,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    on_stall: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl IdleLimited {
+    /// `on_stall` runs once, when the body is given up on.
+    pub(crate) fn new(
+        inner: Body,
+        idle: std::time::Duration,
+        on_stall: Option<Box<dyn FnOnce() + Send>>,
+    ) -> Self {
+        Self {
+            inner,
+            idle,
+            last: tokio::time::Instant::now(),
+            timer: None,
+            on_stall,
+        }
+    }
+}
+
+impl http_body::Body for IdleLimited {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if let Poll::Ready(r) = Pin::new(&mut this.inner).poll_frame(cx) {
+            this.last = tokio::time::Instant::now();
+            return Poll::Ready(r);
+        }
+        let deadline = this.last + this.idle;
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
+        if timer.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        if let Some(f) = this.on_stall.take() {
+            f();
+        }
+        Poll::Ready(Some(Err(Box::new(BodyIdleTimeout(this.idle)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// A body whose first bytes were already read (to decide on them) followed by the rest.
 pub(crate) struct Prefixed {
     prefix: Option<Bytes>,
@@ -213,7 +285,8 @@ pub(crate) enum BodyEnd {
     Complete,
     /// The body errored or was dropped early (client or upstream went away).
     Aborted,
-    /// A relay was closed because no bytes went either way for too long.
+    /// Cut off for lack of traffic: a relay through which nothing went either way, or a response
+    /// body the upstream stopped sending (see [`IdleLimited`]).
     IdleTimeout,
 }
 
@@ -265,7 +338,11 @@ impl http_body::Body for Counted {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
-                this.finish(BodyEnd::Aborted);
+                this.finish(if e.is::<BodyIdleTimeout>() {
+                    BodyEnd::IdleTimeout
+                } else {
+                    BodyEnd::Aborted
+                });
                 Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(None) => {
@@ -419,5 +496,76 @@ mod tests {
             Some(&b"1"[..])
         );
         assert_eq!(collected.to_bytes(), Bytes::from_static(b"abcd"));
+    }
+
+    /// A body fed by hand: frames sent on the returned sender; it ends when the sender is dropped.
+    fn fed() -> (tokio::sync::mpsc::Sender<Bytes>, Body) {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv()
+                .await
+                .map(|b| (Ok::<_, BoxError>(Frame::data(b)), rx))
+        });
+        (tx, http_body_util::StreamBody::new(stream).boxed_unsync())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_body_fails_after_the_idle_timeout_and_is_recorded_as_such() {
+        let idle = std::time::Duration::from_secs(300);
+        let (tx, inner) = fed();
+        let stalls = Arc::new(AtomicU64::new(0));
+        let s = stalls.clone();
+        let limited = IdleLimited::new(
+            inner,
+            idle,
+            Some(Box::new(move || {
+                s.fetch_add(1, Ordering::Relaxed);
+            })),
+        );
+        let ended = Arc::new(std::sync::Mutex::new(None));
+        let e = ended.clone();
+        let mut body = Counted::new(
+            limited.boxed_unsync(),
+            None,
+            Some(Box::new(move |bytes, end| {
+                *e.lock().unwrap() = Some((bytes, end));
+            })),
+        );
+        let feeder = tokio::spawn(async move {
+            tx.send(Bytes::from_static(b"first")).await.unwrap();
+            // Just under the limit between two frames: not a stall.
+            tokio::time::sleep(idle - std::time::Duration::from_secs(1)).await;
+            tx.send(Bytes::from_static(b"second")).await.unwrap();
+            // Then nothing, without ending the body.
+            std::future::pending::<()>().await;
+        });
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&first[..], b"first");
+        let second = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&second[..], b"second");
+        let t = tokio::time::Instant::now();
+        let err = body.frame().await.unwrap().unwrap_err();
+        assert!(err.is::<BodyIdleTimeout>(), "{err}");
+        assert_eq!(t.elapsed(), idle);
+        assert_eq!(stalls.load(Ordering::Relaxed), 1);
+        assert_eq!(*ended.lock().unwrap(), Some((11, BodyEnd::IdleTimeout)));
+        feeder.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_ends_is_not_cut() {
+        let (tx, inner) = fed();
+        let mut body = IdleLimited::new(inner, std::time::Duration::from_secs(5), None);
+        tokio::spawn(async move {
+            for _ in 0..10 {
+                tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+                tx.send(Bytes::from_static(b"x")).await.unwrap();
+            }
+        });
+        let mut n = 0;
+        while let Some(f) = body.frame().await {
+            n += f.unwrap().into_data().unwrap().len();
+        }
+        assert_eq!(n, 10);
     }
 }

@@ -31,7 +31,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
 
-use crate::body::{Body, BodyEnd, Coalesced, Counted, Prefixed, full};
+use crate::body::{Body, BodyEnd, Coalesced, Counted, IdleLimited, Prefixed, full};
 use crate::forwarded::{
     ALWAYS_STRIPPED, TRACEPARENT, X_REQUEST_ID, client_ip, ip_text, request_id, set_forwarded,
     strip_hop_by_hop, trace_context,
@@ -63,6 +63,8 @@ pub struct GatewaySettings {
     pub builtin_repos_dir: Option<std::path::PathBuf>,
     /// A relayed WebSocket with no bytes either way for this long is closed.
     pub websocket_idle_timeout: std::time::Duration,
+    /// A response body the upstream sends nothing of for this long is cut off.
+    pub upstream_body_idle_timeout: std::time::Duration,
 }
 
 /// Everything a request needs; shared by all connections.
@@ -976,6 +978,17 @@ impl Gateway {
             tracing::warn!(request_id = %adm.request_id, "upstream answered 101 without a WebSocket handshake to answer; refused");
             parts.status = StatusCode::BAD_GATEWAY;
         }
+        let metrics = self.metrics.clone();
+        let request_id = adm.request_id.clone();
+        let idle = self.settings.upstream_body_idle_timeout;
+        let on_stall = Box::new(move || {
+            metrics
+                .upstream_errors
+                .get_or_create(&KindLabel { kind: "body_idle" })
+                .inc();
+            tracing::warn!(%request_id, ?idle, "the upstream sent nothing of the response body for too long; cut off");
+        });
+        let body = IdleLimited::new(body, idle, Some(on_stall)).boxed_unsync();
         Ok(Response::from_parts(
             parts,
             Coalesced::new(body).boxed_unsync(),

@@ -102,3 +102,74 @@ fn slow_headers_and_idle_connections_are_closed() {
         "{t:?}"
     );
 }
+
+#[test]
+fn a_response_body_the_upstream_stops_sending_is_cut_off_and_audited() {
+    // Fault injection (named as such): an upstream that answers the headers and the first bytes
+    // of a 1000-byte body, then sends nothing more and keeps the connection open. A real forge
+    // does this only when it hangs, which cannot be caused on demand.
+    let stuck = TcpListener::bind("127.0.0.1:0").unwrap();
+    let stuck_port = stuck.local_addr().unwrap().port();
+    let _keep = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for mut conn in stuck.incoming().flatten() {
+            let mut buf = [0u8; 8192];
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 1000\r\n\r\nten bytes.",
+            );
+            held.push(conn);
+        }
+    });
+    let gw = builder()
+        .with_upstream_url(&format!("http://127.0.0.1:{stuck_port}"))
+        .upstream_extra("body_idle_timeout = \"1s\"")
+        .forge_kind("gitea")
+        .policy(POLICY)
+        .start();
+    let auth = format!("Bearer {}", gw.token("alice", &["dev"]));
+    let mut s = TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    write!(
+        s,
+        "GET /_echo HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {auth}\r\n\r\n"
+    )
+    .unwrap();
+    // The client gets the head and the ten bytes, then the connection is closed: it is not left
+    // waiting for the other 990 bytes.
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let start = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("the connection was not closed: {e}"),
+        }
+    }
+    let took = start.elapsed();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.ends_with("\r\n\r\nten bytes."), "{text}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(10),
+        "closed after {took:?}"
+    );
+
+    let audit = gw.audit_when("the cut-off response's record", |t| {
+        t.contains("idle_timeout")
+    });
+    let rec: serde_json::Value = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|r| r["outcome"] == "idle_timeout")
+        .expect("a record with outcome idle_timeout");
+    assert_eq!(rec["status"], 200, "{rec}");
+    assert_eq!(rec["bytes_out"], 10, "{rec}");
+    let metrics = gw.metrics();
+    assert!(
+        metrics.contains("gatehouse_upstream_errors_total{kind=\"body_idle\"} 1"),
+        "{metrics}"
+    );
+}
