@@ -311,6 +311,7 @@ pub(crate) async fn run(
                     .map(|g| g.repos_dir.clone()),
                 websocket_idle_timeout: cfg.server.websocket_idle_timeout.0,
                 upstream_body_idle_timeout: cfg.upstream.body_idle_timeout.0,
+                client_body_idle_timeout: cfg.server.body_idle_timeout.0,
             },
             policy.clone(),
             authn.clone(),

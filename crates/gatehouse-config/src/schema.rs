@@ -63,6 +63,9 @@ pub struct ServerConfig {
     /// On SIGTERM, in-flight requests get this long to finish.
     #[serde(default = "d30s")]
     pub shutdown_grace: ConfigDuration,
+    /// A request body the client sends nothing of for this long is refused or cut off.
+    #[serde(default = "d60s")]
+    pub body_idle_timeout: ConfigDuration,
     /// A relayed WebSocket with no bytes either way for this long is closed.
     #[serde(default = "d600s")]
     pub websocket_idle_timeout: ConfigDuration,
@@ -774,6 +777,7 @@ impl Config {
                 self.server.header_read_timeout,
             ),
             ("server.idle_timeout", self.server.idle_timeout),
+            ("server.body_idle_timeout", self.server.body_idle_timeout),
             (
                 "server.websocket_idle_timeout",
                 self.server.websocket_idle_timeout,

@@ -28,6 +28,7 @@ fn minimal_config_gets_defaults_and_resolved_paths() -> Result<(), ConfigError> 
     assert_eq!(c.server.header_read_timeout, ConfigDuration::secs(10));
     assert_eq!(c.server.websocket_idle_timeout, ConfigDuration::secs(600));
     assert_eq!(c.upstream.body_idle_timeout, ConfigDuration::secs(300));
+    assert_eq!(c.server.body_idle_timeout, ConfigDuration::secs(60));
     assert_eq!(c.forge.kind, ForgeKind::Gitea);
     match &c.tokens.signing_key {
         SecretSource::File { file } => {

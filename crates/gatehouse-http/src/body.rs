@@ -167,30 +167,37 @@ impl http_body::Body for Coalesced {
 
 /// The error a body fails with when [`IdleLimited`] gave up on it.
 #[derive(Debug, thiserror::Error)]
-#[error("no data from the upstream for {0:?}: response cut off")]
-pub(crate) struct BodyIdleTimeout(pub(crate) std::time::Duration);
+#[error("no data from the {from} for {idle:?}: body cut off")]
+pub(crate) struct BodyIdleTimeout {
+    /// Who stopped sending: `client` or `upstream`.
+    pub(crate) from: &'static str,
+    pub(crate) idle: std::time::Duration,
+}
 
-/// Fails a body that delivers nothing for `idle` (an upstream that stopped mid-response without
-/// closing), so that the client is told (its connection or stream is cut) instead of waiting
-/// forever. Only a body that is waited on arms a timer; one that is ready when asked costs a
-/// clock read per frame.
-pub(crate) struct IdleLimited {
-    inner: Body,
+/// Fails a body that delivers nothing for `idle`: an upstream that stopped mid-response without
+/// closing (the client's connection or stream is then cut instead of waiting forever), or a
+/// client that stopped sending its request body. Only a body that is waited on arms a timer; one
+/// that is ready when asked costs a clock read per frame.
+pub(crate) struct IdleLimited<B = Body> {
+    inner: B,
+    from: &'static str,
     idle: std::time::Duration,
     last: tokio::time::Instant,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     on_stall: Option<Box<dyn FnOnce() + Send>>,
 }
 
-impl IdleLimited {
-    /// `on_stall` runs once, when the body is given up on.
+impl<B> IdleLimited<B> {
+    /// `from` names the sender in the error; `on_stall` runs once, when the body is given up on.
     pub(crate) fn new(
-        inner: Body,
+        inner: B,
+        from: &'static str,
         idle: std::time::Duration,
         on_stall: Option<Box<dyn FnOnce() + Send>>,
     ) -> Self {
         Self {
             inner,
+            from,
             idle,
             last: tokio::time::Instant::now(),
             timer: None,
@@ -199,7 +206,10 @@ impl IdleLimited {
     }
 }
 
-impl http_body::Body for IdleLimited {
+impl<B> http_body::Body for IdleLimited<B>
+where
+    B: http_body::Body<Data = Bytes, Error = BoxError> + Unpin,
+{
     type Data = Bytes;
     type Error = BoxError;
 
@@ -225,7 +235,10 @@ impl http_body::Body for IdleLimited {
         if let Some(f) = this.on_stall.take() {
             f();
         }
-        Poll::Ready(Some(Err(Box::new(BodyIdleTimeout(this.idle)))))
+        Poll::Ready(Some(Err(Box::new(BodyIdleTimeout {
+            from: this.from,
+            idle: this.idle,
+        }))))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -517,6 +530,7 @@ mod tests {
         let s = stalls.clone();
         let limited = IdleLimited::new(
             inner,
+            "upstream",
             idle,
             Some(Box::new(move || {
                 s.fetch_add(1, Ordering::Relaxed);
@@ -555,7 +569,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_body_that_ends_is_not_cut() {
         let (tx, inner) = fed();
-        let mut body = IdleLimited::new(inner, std::time::Duration::from_secs(5), None);
+        let mut body = IdleLimited::new(inner, "upstream", std::time::Duration::from_secs(5), None);
         tokio::spawn(async move {
             for _ in 0..10 {
                 tokio::time::sleep(std::time::Duration::from_secs(4)).await;

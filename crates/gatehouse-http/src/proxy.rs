@@ -31,7 +31,9 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
 
-use crate::body::{Body, BodyEnd, Coalesced, Counted, IdleLimited, Prefixed, full};
+use crate::body::{
+    Body, BodyEnd, BodyIdleTimeout, Coalesced, Counted, IdleLimited, Prefixed, full,
+};
 use crate::forwarded::{
     ALWAYS_STRIPPED, TRACEPARENT, X_REQUEST_ID, client_ip, ip_text, request_id, set_forwarded,
     strip_hop_by_hop, trace_context,
@@ -65,6 +67,8 @@ pub struct GatewaySettings {
     pub websocket_idle_timeout: std::time::Duration,
     /// A response body the upstream sends nothing of for this long is cut off.
     pub upstream_body_idle_timeout: std::time::Duration,
+    /// A request body the client sends nothing of for this long is refused (`408`) or cut off.
+    pub client_body_idle_timeout: std::time::Duration,
 }
 
 /// Everything a request needs; shared by all connections.
@@ -451,10 +455,16 @@ impl Gateway {
         let websocket = websocket_upgrade(req.version(), req.headers());
         let client_upgrade = websocket.is_some().then(|| hyper::upgrade::on(&mut req));
         let bytes_in = Arc::new(AtomicU64::new(0));
+        let client_idle = self.settings.client_body_idle_timeout;
         let req = req.map(|b| {
             Counted::new(
-                b.map_err(|e| Box::new(e) as crate::body::BoxError)
-                    .boxed_unsync(),
+                IdleLimited::new(
+                    b.map_err(|e| Box::new(e) as crate::body::BoxError),
+                    "client",
+                    client_idle,
+                    None,
+                )
+                .boxed_unsync(),
                 Some(bytes_in.clone()),
                 None,
             )
@@ -929,6 +939,11 @@ impl Gateway {
         };
         let resp = self.upstream.send(up_req, &pq, caller).await.map_err(|e| {
             let (refusal, k) = match &e {
+                // The client's fault, not the upstream's: not counted as an upstream error.
+                UpstreamError::ClientBodyTimeout => {
+                    tracing::info!(request_id = %adm.request_id, "the client stopped sending its request body");
+                    return (Refusal::RequestTimeout, kind);
+                }
                 UpstreamError::Timeout => (Refusal::UpstreamTimeout, "timeout"),
                 _ => (Refusal::UpstreamUnavailable, "unreachable"),
             };
@@ -988,7 +1003,7 @@ impl Gateway {
                 .inc();
             tracing::warn!(%request_id, ?idle, "the upstream sent nothing of the response body for too long; cut off");
         });
-        let body = IdleLimited::new(body, idle, Some(on_stall)).boxed_unsync();
+        let body = IdleLimited::new(body, "upstream", idle, Some(on_stall)).boxed_unsync();
         Ok(Response::from_parts(
             parts,
             Coalesced::new(body).boxed_unsync(),
@@ -1043,6 +1058,9 @@ impl Gateway {
                     if let Some(d) = f.data_ref() {
                         buf.extend_from_slice(d);
                     }
+                }
+                Some(Err(e)) if e.is::<BodyIdleTimeout>() => {
+                    return Err((Refusal::RequestTimeout, kind));
                 }
                 Some(Err(_)) | None => {
                     return Err(bad(
@@ -1112,9 +1130,15 @@ impl Gateway {
 pub(crate) async fn read_limited(mut body: Body, limit: usize) -> Result<bytes::Bytes, Refusal> {
     let mut buf = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|_| Refusal::BadRequest {
-            code: "body_read_failed",
-            detail: "the request body could not be read".into(),
+        let frame = frame.map_err(|e| {
+            if e.is::<BodyIdleTimeout>() {
+                Refusal::RequestTimeout
+            } else {
+                Refusal::BadRequest {
+                    code: "body_read_failed",
+                    detail: "the request body could not be read".into(),
+                }
+            }
         })?;
         if let Some(d) = frame.data_ref() {
             if buf.len() + d.len() > limit {

@@ -69,6 +69,8 @@ pub enum Refusal {
     UpstreamTimeout,
     /// The request body is larger than Gatehouse reads for a decision.
     PayloadTooLarge,
+    /// The client stopped sending its request body (`server.body_idle_timeout`).
+    RequestTimeout,
     /// The forge cannot say which organisations and teams the caller is in.
     GroupsUnavailable,
 }
@@ -87,6 +89,7 @@ impl Refusal {
             Refusal::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Refusal::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Refusal::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Refusal::GroupsUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -101,6 +104,7 @@ impl Refusal {
             Refusal::UpstreamUnavailable => "upstream_unavailable".into(),
             Refusal::UpstreamTimeout => "upstream_timeout".into(),
             Refusal::PayloadTooLarge => "payload_too_large".into(),
+            Refusal::RequestTimeout => "request_body_timeout".into(),
             Refusal::GroupsUnavailable => "forge_groups_unavailable".into(),
         }
     }
@@ -117,6 +121,7 @@ impl Refusal {
             Refusal::UpstreamUnavailable => "Upstream unavailable",
             Refusal::UpstreamTimeout => "Upstream timed out",
             Refusal::PayloadTooLarge => "Request body too large",
+            Refusal::RequestTimeout => "Request body timed out",
             Refusal::GroupsUnavailable => "Group membership unavailable",
         }
     }
@@ -133,6 +138,9 @@ impl Refusal {
             Refusal::UpstreamUnavailable => "the upstream server could not be reached".to_owned(),
             Refusal::UpstreamTimeout => "the upstream server did not answer in time".to_owned(),
             Refusal::PayloadTooLarge => "the request body is too large".to_owned(),
+            Refusal::RequestTimeout => {
+                "the request body stopped arriving; nothing came for too long".to_owned()
+            }
             Refusal::GroupsUnavailable => {
                 "the forge cannot say which teams you are in right now; try again later".to_owned()
             }

@@ -33,6 +33,9 @@ pub enum UpstreamError {
     /// The upstream did not answer in time.
     #[error("upstream timed out")]
     Timeout,
+    /// The client stopped sending the request body being forwarded.
+    #[error("the client stopped sending its request body")]
+    ClientBodyTimeout,
 }
 
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
@@ -422,6 +425,9 @@ impl Upstream {
                         b.map_err(|e| Box::new(e) as crate::body::BoxError)
                             .boxed_unsync()
                     })),
+                    Ok(Err(e)) if caused_by_client_stall(&e) => {
+                        Err(UpstreamError::ClientBodyTimeout)
+                    }
                     Ok(Err(e)) => Err(UpstreamError::Unreachable(error_chain(&e))),
                     Err(_) => Err(UpstreamError::Timeout),
                 }
@@ -444,6 +450,18 @@ fn pool_builder(cfg: &UpstreamConfig) -> hyper_util::client::legacy::Builder {
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new());
     b
+}
+
+/// Whether a failed request failed because the client's body stalled (see `IdleLimited`).
+fn caused_by_client_stall(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        if c.is::<crate::body::BodyIdleTimeout>() {
+            return true;
+        }
+        cur = c.source();
+    }
+    false
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -173,3 +173,110 @@ fn a_response_body_the_upstream_stops_sending_is_cut_off_and_audited() {
         "{metrics}"
     );
 }
+
+/// Sends `head` and `partial` (a body shorter than the head's `Content-Length`), then nothing;
+/// returns the status and the whole answer, and how long it took to come.
+fn stalled_upload(port: u16, head: &str, partial: &[u8]) -> (u16, String, Duration) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(partial).unwrap();
+    let start = Instant::now();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                got.extend_from_slice(&buf[..n]);
+                // The answer is complete once its body (Content-Length) is in.
+                let text = String::from_utf8_lossy(&got);
+                if let Some((h, b)) = text.split_once("\r\n\r\n")
+                    && let Some(len) = h.lines().find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                    })
+                    && b.len() >= len
+                {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("no answer to a stalled upload: {e}"),
+        }
+    }
+    let text = String::from_utf8_lossy(&got).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, text, start.elapsed())
+}
+
+#[test]
+fn a_client_that_stops_sending_its_request_body_gets_408() {
+    let tmp = TempDir::new("body-stall");
+    let (root, _) = crate::common::repos(&tmp);
+    let upstream = gatehouse_testkit::GitHttpServer::start(&root);
+    let gw = builder()
+        .with_upstream_url(&upstream.url())
+        .forge_kind("gitea")
+        .policy(POLICY)
+        .server_extra("body_idle_timeout = \"1s\"")
+        .start();
+    let auth = format!("Bearer {}", gw.token("alice", &["dev"]));
+    let head = |len: usize| {
+        format!(
+            "POST /demo/hello.git/git-receive-pack HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+             User-Agent: git/2.47.3\r\nAuthorization: {auth}\r\n\
+             Content-Type: application/x-git-receive-pack-request\r\nContent-Length: {len}\r\n\r\n"
+        )
+    };
+    let zero = "0".repeat(40);
+    let new = "1".repeat(40);
+    let command = format!("{zero} {new} refs/heads/stalled\0report-status\n");
+    let pkt = format!("{:04x}{command}", command.len() + 4);
+
+    // Stalled inside the command list, which Gatehouse reads to decide on each ref.
+    let (status, text, took) = stalled_upload(gw.port, &head(1000), &pkt.as_bytes()[..30]);
+    assert_eq!(status, 408, "{text}");
+    assert!(text.contains("the request body stopped arriving"), "{text}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+
+    // Stalled in the pack, after an allowed command list, while it streams to the forge.
+    let mut partial = pkt.clone().into_bytes();
+    partial.extend_from_slice(b"0000PACK\0\0\0\x02");
+    let (status, text, took) = stalled_upload(gw.port, &head(100_000), &partial);
+    assert_eq!(status, 408, "{text}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+
+    // Both are recorded, and neither counts against the upstream.
+    let audit = gw.audit_when("both stalled uploads' records", |t| {
+        t.matches("request_body_timeout").count() >= 2
+    });
+    let recs: Vec<serde_json::Value> = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|r| r["status"] == 408)
+        .collect();
+    assert_eq!(recs.len(), 2, "{audit}");
+    assert!(
+        recs.iter().all(|r| r["reason"] == "request_body_timeout"),
+        "{recs:?}"
+    );
+    let metrics = gw.metrics();
+    assert!(
+        !metrics.contains("gatehouse_upstream_errors_total{"),
+        "{metrics}"
+    );
+    // Nothing was pushed.
+    assert!(!root.join("demo/hello.git/refs/heads/stalled").exists());
+}
