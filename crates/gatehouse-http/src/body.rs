@@ -184,24 +184,18 @@ pub(crate) struct IdleLimited<B = Body> {
     idle: std::time::Duration,
     last: tokio::time::Instant,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
-    on_stall: Option<Box<dyn FnOnce() + Send>>,
 }
 
 impl<B> IdleLimited<B> {
-    /// `from` names the sender in the error; `on_stall` runs once, when the body is given up on.
-    pub(crate) fn new(
-        inner: B,
-        from: &'static str,
-        idle: std::time::Duration,
-        on_stall: Option<Box<dyn FnOnce() + Send>>,
-    ) -> Self {
+    /// `from` names the sender in the error. A wrapper around this body learns of the cut from
+    /// the error ([`Counted`] ends as [`BodyEnd::IdleTimeout`]).
+    pub(crate) fn new(inner: B, from: &'static str, idle: std::time::Duration) -> Self {
         Self {
             inner,
             from,
             idle,
             last: tokio::time::Instant::now(),
             timer: None,
-            on_stall,
         }
     }
 }
@@ -231,9 +225,6 @@ where
         }
         if timer.as_mut().poll(cx).is_pending() {
             return Poll::Pending;
-        }
-        if let Some(f) = this.on_stall.take() {
-            f();
         }
         Poll::Ready(Some(Err(Box::new(BodyIdleTimeout {
             from: this.from,
@@ -526,16 +517,7 @@ mod tests {
     async fn a_stalled_body_fails_after_the_idle_timeout_and_is_recorded_as_such() {
         let idle = std::time::Duration::from_secs(300);
         let (tx, inner) = fed();
-        let stalls = Arc::new(AtomicU64::new(0));
-        let s = stalls.clone();
-        let limited = IdleLimited::new(
-            inner,
-            "upstream",
-            idle,
-            Some(Box::new(move || {
-                s.fetch_add(1, Ordering::Relaxed);
-            })),
-        );
+        let limited = IdleLimited::new(inner, "upstream", idle);
         let ended = Arc::new(std::sync::Mutex::new(None));
         let e = ended.clone();
         let mut body = Counted::new(
@@ -561,7 +543,6 @@ mod tests {
         let err = body.frame().await.unwrap().unwrap_err();
         assert!(err.is::<BodyIdleTimeout>(), "{err}");
         assert_eq!(t.elapsed(), idle);
-        assert_eq!(stalls.load(Ordering::Relaxed), 1);
         assert_eq!(*ended.lock().unwrap(), Some((11, BodyEnd::IdleTimeout)));
         feeder.abort();
     }
@@ -569,7 +550,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_body_that_ends_is_not_cut() {
         let (tx, inner) = fed();
-        let mut body = IdleLimited::new(inner, "upstream", std::time::Duration::from_secs(5), None);
+        let mut body = IdleLimited::new(inner, "upstream", std::time::Duration::from_secs(5));
         tokio::spawn(async move {
             for _ in 0..10 {
                 tokio::time::sleep(std::time::Duration::from_secs(4)).await;

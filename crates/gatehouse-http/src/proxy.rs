@@ -137,6 +137,16 @@ struct Done {
 }
 
 impl Done {
+    /// The upstream stopped sending the response body and it was cut off (`IdleLimited`).
+    fn upstream_stalled(&self) {
+        self.metrics
+            .upstream_errors
+            .get_or_create(&KindLabel { kind: "body_idle" })
+            .inc();
+        let request_id = self.rec.request_id.as_deref().unwrap_or("-");
+        tracing::warn!(%request_id, "the upstream sent nothing of the response body for upstream.body_idle_timeout; cut off");
+    }
+
     fn finish(mut self, bytes_in: u64, bytes_out: u64, end: BodyEnd) {
         let elapsed = self.started.elapsed();
         let rec = &mut self.rec;
@@ -462,7 +472,6 @@ impl Gateway {
                     b.map_err(|e| Box::new(e) as crate::body::BoxError),
                     "client",
                     client_idle,
-                    None,
                 )
                 .boxed_unsync(),
                 Some(bytes_in.clone()),
@@ -596,6 +605,9 @@ impl Gateway {
                 None,
                 Some(Box::new(move |bytes_out, end| {
                     let bytes_in = bytes_in.load(Ordering::Relaxed);
+                    if end == BodyEnd::IdleTimeout {
+                        done.upstream_stalled();
+                    }
                     done.finish(bytes_in, bytes_out, end);
                 })),
             )
@@ -993,21 +1005,13 @@ impl Gateway {
             tracing::warn!(request_id = %adm.request_id, "upstream answered 101 without a WebSocket handshake to answer; refused");
             parts.status = StatusCode::BAD_GATEWAY;
         }
-        let metrics = self.metrics.clone();
-        let request_id = adm.request_id.clone();
-        let idle = self.settings.upstream_body_idle_timeout;
-        let on_stall = Box::new(move || {
-            metrics
-                .upstream_errors
-                .get_or_create(&KindLabel { kind: "body_idle" })
-                .inc();
-            tracing::warn!(%request_id, ?idle, "the upstream sent nothing of the response body for too long; cut off");
-        });
-        let body = IdleLimited::new(body, "upstream", idle, Some(on_stall)).boxed_unsync();
-        Ok(Response::from_parts(
-            parts,
-            Coalesced::new(body).boxed_unsync(),
-        ))
+        // A stall is counted and logged when the body ends (`Done::upstream_stalled`).
+        let body = IdleLimited::new(
+            Coalesced::new(body),
+            "upstream",
+            self.settings.upstream_body_idle_timeout,
+        );
+        Ok(Response::from_parts(parts, body.boxed_unsync()))
     }
 }
 

@@ -241,7 +241,7 @@ async fn serve_conn<T>(
     // relay (`tunnel`); everything else is served as usual.
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
-    let tick = (opts.idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+    let tick = idle_check_interval(opts.idle_timeout);
     let mut closing = *stop.borrow();
     if closing {
         conn.as_mut().graceful_shutdown();
@@ -268,4 +268,10 @@ async fn serve_conn<T>(
             }
         }
     }
+}
+
+/// How often an idle timeout is checked: a quarter of it, between 50 ms and 5 s. Something idle
+/// is closed between the timeout and one interval later, for one timer per connection or relay.
+pub(crate) fn idle_check_interval(timeout: Duration) -> Duration {
+    (timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5))
 }

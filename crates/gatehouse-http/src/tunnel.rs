@@ -127,11 +127,11 @@ where
     )
 }
 
-/// Returns once neither counter has moved for `idle`. It looks every quarter of `idle` (between
-/// 50 ms and 5 s), so a quiet relay ends between `idle` and `idle` plus one look later: one timer
-/// per relay, not one per byte.
+/// Returns once neither counter has moved for `idle`. It looks every
+/// [`idle_check_interval`](crate::server::idle_check_interval), so a quiet relay ends between
+/// `idle` and `idle` plus one look later: one timer per relay, not one per byte.
 async fn quiet_for(idle: Duration, a: &AtomicU64, b: &AtomicU64) {
-    let tick = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+    let tick = crate::server::idle_check_interval(idle);
     let seen =
         |a: &AtomicU64, b: &AtomicU64| (a.load(Ordering::Relaxed), b.load(Ordering::Relaxed));
     let mut last = seen(a, b);

@@ -24,6 +24,24 @@ fn closed_within(s: &mut TcpStream, limit: Duration) -> Option<Duration> {
     }
 }
 
+/// A fault-injecting upstream (a test double, for faults no real forge produces on demand): on
+/// each connection it reads the request, sends `answer` (maybe nothing) and then stays silent,
+/// holding the connection open. Returns its port.
+fn fault_upstream(answer: &'static [u8]) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for mut conn in listener.incoming().flatten() {
+            let mut buf = [0u8; 8192];
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(answer);
+            held.push(conn);
+        }
+    });
+    port
+}
+
 #[test]
 fn upstream_failures_are_502_and_504_with_problem_details() {
     let tmp = TempDir::new("upstream-fail");
@@ -46,14 +64,7 @@ fn upstream_failures_are_502_and_504_with_problem_details() {
 
     // Fault injection (named as such): an upstream that accepts connections and never answers,
     // which no real forge does on demand.
-    let hung = TcpListener::bind("127.0.0.1:0").unwrap();
-    let hung_port = hung.local_addr().unwrap().port();
-    let _keep = std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for conn in hung.incoming().flatten() {
-            held.push(conn);
-        }
-    });
+    let hung_port = fault_upstream(b"");
     let gw = builder()
         .with_upstream_url(&format!("http://127.0.0.1:{hung_port}"))
         .upstream_extra("response_timeout = \"1s\"")
@@ -108,19 +119,9 @@ fn a_response_body_the_upstream_stops_sending_is_cut_off_and_audited() {
     // Fault injection (named as such): an upstream that answers the headers and the first bytes
     // of a 1000-byte body, then sends nothing more and keeps the connection open. A real forge
     // does this only when it hangs, which cannot be caused on demand.
-    let stuck = TcpListener::bind("127.0.0.1:0").unwrap();
-    let stuck_port = stuck.local_addr().unwrap().port();
-    let _keep = std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for mut conn in stuck.incoming().flatten() {
-            let mut buf = [0u8; 8192];
-            let _ = conn.read(&mut buf);
-            let _ = conn.write_all(
-                b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 1000\r\n\r\nten bytes.",
-            );
-            held.push(conn);
-        }
-    });
+    let stuck_port = fault_upstream(
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 1000\r\n\r\nten bytes.",
+    );
     let gw = builder()
         .with_upstream_url(&format!("http://127.0.0.1:{stuck_port}"))
         .upstream_extra("body_idle_timeout = \"1s\"")
