@@ -18,7 +18,8 @@
 //!        --rate 8000 --seconds 10 [--connections 16] [--warmup-seconds 1] [--samples FILE]
 //!
 //! `--samples FILE` writes every measured request (connection, due, sent and done times in
-//! microseconds since the start), to look at when the slow ones happen.
+//! microseconds since the start, and the kernel receive time in microseconds after the send), to
+//! look at when the slow ones happen.
 //!
 //! Prints one line of `key=value` pairs: sent, ok, errors, achieved rate and latency percentiles
 //! in milliseconds (`p*` from due, `sent_p*` as read, `rx_p*` as queued by the kernel). Exits
@@ -93,7 +94,7 @@ struct Outcome {
     /// on the client's socket: leaves out how late the client's own thread wakes to read it.
     kernel_us: Vec<u32>,
     /// (connection, due, sent, done) in microseconds since the start, measured requests only.
-    samples: Vec<(u16, u64, u64, u64)>,
+    samples: Vec<(u16, u64, u64, u64, u64)>,
     errors: u64,
     first_error: Option<String>,
 }
@@ -280,9 +281,11 @@ fn run_connection(
                     out.latencies_us.push(u32::try_from(us).unwrap_or(u32::MAX));
                     let us = done.saturating_sub(sent).as_micros();
                     out.service_us.push(u32::try_from(us).unwrap_or(u32::MAX));
+                    let mut rx_us = u64::MAX;
                     match conn.last_rx_ns {
                         Some(rx) => {
                             let us = (rx - sent_wall).max(0) / 1000;
+                            rx_us = u64::try_from(us).unwrap_or(u64::MAX);
                             out.kernel_us.push(u32::try_from(us).unwrap_or(u32::MAX));
                         }
                         None => fail(&mut out, "no receive timestamp".into()),
@@ -290,7 +293,7 @@ fn run_connection(
                     if a.samples.is_some() {
                         let u = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
                         let c = u16::try_from(index).unwrap_or(u16::MAX);
-                        out.samples.push((c, u(due), u(sent), u(done)));
+                        out.samples.push((c, u(due), u(sent), u(done), rx_us));
                     }
                 }
             }
@@ -373,9 +376,9 @@ fn main() -> ExitCode {
     kernel.sort_unstable();
     if let Some(path) = &a.samples {
         samples.sort_unstable_by_key(|s| s.1);
-        let mut text = String::from("conn due_us sent_us done_us\n");
-        for (c, due, sent, done) in samples {
-            text.push_str(&format!("{c} {due} {sent} {done}\n"));
+        let mut text = String::from("conn due_us sent_us done_us rx_after_send_us\n");
+        for (c, due, sent, done, rx) in samples {
+            text.push_str(&format!("{c} {due} {sent} {done} {rx}\n"));
         }
         if let Err(e) = std::fs::write(path, text) {
             eprintln!("gatehouse-loadgen: cannot write {path}: {e}");

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use gatehouse_core::Principal;
+use gatehouse_core::{Prehashed, Principal};
 
 pub(crate) type TokenKey = [u8; 32];
 
@@ -18,14 +18,15 @@ pub(crate) fn token_key(token: &str) -> TokenKey {
 #[derive(Debug)]
 pub(crate) struct TokenCache {
     max: usize,
-    map: RwLock<HashMap<TokenKey, (Arc<Principal>, i64)>>,
+    /// Keyed by the digest itself: hashing it again would add nothing.
+    map: RwLock<HashMap<TokenKey, (Arc<Principal>, i64), Prehashed>>,
 }
 
 impl TokenCache {
     pub(crate) fn new(max: usize) -> Self {
         Self {
             max,
-            map: RwLock::new(HashMap::new()),
+            map: RwLock::new(HashMap::default()),
         }
     }
 

@@ -2,13 +2,13 @@
 //! published JWKS, and the signed assertion sent upstream.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use gatehouse_config::{ClaimMapping, TokensConfig};
-use gatehouse_core::{Principal, PrincipalKind, Redacted};
+use gatehouse_core::{Prehashed, Principal, PrincipalKind, Redacted};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
 use serde_json::{Value, json};
 
@@ -100,7 +100,7 @@ pub struct OwnIssuer {
     signing: EncodingKey,
     public: Vec<PublicKey>,
     keys: Vec<Key>,
-    assertions: RwLock<HashMap<AssertionKey, (String, i64)>>,
+    assertions: RwLock<HashMap<AssertionKey, (Arc<str>, i64), Prehashed>>,
 }
 
 impl std::fmt::Debug for OwnIssuer {
@@ -234,7 +234,7 @@ impl OwnIssuer {
             signing,
             public,
             keys,
-            assertions: RwLock::new(HashMap::new()),
+            assertions: RwLock::new(HashMap::default()),
         })
     }
 
@@ -349,7 +349,7 @@ impl OwnIssuer {
         audience: &str,
         ttl: Duration,
         now: i64,
-    ) -> Result<String, AuthnError> {
+    ) -> Result<Arc<str>, AuthnError> {
         let key = assertion_key(p, audience);
         let half = (ttl.as_secs() / 2) as i64;
         if let Ok(cache) = self.assertions.read()
@@ -368,14 +368,15 @@ impl OwnIssuer {
             "email": p.email,
             "name": p.display_name,
             "groups": p.groups,
-                        "kind": p.kind.as_str(),
+            "kind": p.kind.as_str(),
             "token_use": "assertion",
             "iat": now,
             "exp": exp,
         });
-        let tok = self
+        let tok: Arc<str> = self
             .sign(&claims)
-            .map_err(|e| AuthnError::Internal(e.to_string()))?;
+            .map_err(|e| AuthnError::Internal(e.to_string()))?
+            .into();
         if let Ok(mut cache) = self.assertions.write() {
             if cache.len() > 16_384 {
                 cache.clear();

@@ -8,12 +8,14 @@
 
 mod action;
 mod clock;
+mod prehashed;
 mod principal;
 mod redacted;
 mod resource;
 
 pub use action::{Action, ParseActionError};
 pub use clock::{Clock, ManualClock, SystemClock, UnixTime};
+pub use prehashed::{Prehashed, PrehashedHasher};
 pub use principal::{Claims, Principal, PrincipalKind};
 pub use redacted::Redacted;
 pub use resource::{RepoRef, Resource, Route};

@@ -13,6 +13,7 @@ mod cgi;
 mod forwarded;
 mod metrics;
 mod pages;
+mod pool;
 mod portal;
 mod proxy;
 pub mod respond;

@@ -191,6 +191,15 @@ impl Drop for RelayGuard {
     }
 }
 
+/// Shared text as bytes, to make a header value of it without a copy.
+struct SharedText(Arc<str>);
+
+impl AsRef<[u8]> for SharedText {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
 /// A method's name; the standard ones without an allocation.
 fn method_text(m: &http::Method) -> Cow<'static, str> {
     const STANDARD: [(http::Method, &str); 9] = [
@@ -910,7 +919,15 @@ impl Gateway {
                 id.assertion_ttl.0,
                 now,
             ) {
-                Ok(a) => set(headers, &names.assertion, &a),
+                Ok(a) => {
+                    // Shared with the cache, not copied: an assertion is most of a request's headers.
+                    if let Some(n) = &names.assertion
+                        && let Ok(v) =
+                            HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(SharedText(a)))
+                    {
+                        headers.insert(n.clone(), v);
+                    }
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "cannot sign the upstream assertion");
                     return Err((

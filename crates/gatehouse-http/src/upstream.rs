@@ -11,14 +11,14 @@ use std::time::Duration;
 
 use gatehouse_config::UpstreamConfig;
 use http::{Request, Response, Uri};
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::body::Body;
 use crate::cgi::GitCgi;
+use crate::pool::ConnPool;
 
 /// Why the upstream could not be set up or did not answer.
 #[derive(Debug, thiserror::Error)]
@@ -38,16 +38,13 @@ pub enum UpstreamError {
     ClientBodyTimeout,
 }
 
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
-type UnixClient = Client<UnixConnector, Body>;
-
 /// How an HTTP upstream is reached.
 #[derive(Debug)]
 enum Pool {
     /// TCP, with TLS for `https://`.
-    Tcp(HttpsClient),
+    Tcp(Arc<ConnPool<hyper_rustls::HttpsConnector<HttpConnector>>>),
     /// A Unix socket (`unix:/path`): plain HTTP/1.1 to a forge on the same host.
-    Unix(UnixClient),
+    Unix(Arc<ConnPool<UnixConnector>>),
 }
 
 /// The scheme that names a Unix-socket upstream in `upstream.url`.
@@ -318,9 +315,14 @@ impl Upstream {
                 path: path.clone().into(),
                 connect_timeout: cfg.connect_timeout.0,
             };
-            let client = pool_builder(cfg).build(connector);
+            let pool = ConnPool::new(
+                connector,
+                Uri::from_static("http://localhost"),
+                cfg.pool_max_idle,
+                cfg.pool_idle_timeout.0,
+            );
             return Ok(Upstream::Http(Arc::new(HttpUpstream {
-                client: Pool::Unix(client),
+                client: Pool::Unix(Arc::new(pool)),
                 unix: Some(path),
                 // Names the pool; with `preserve_host = false` it is also the Host sent.
                 scheme: http::uri::Scheme::HTTP,
@@ -352,9 +354,20 @@ impl Upstream {
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
-        let client = pool_builder(cfg).build(connector);
+        let target = Uri::builder()
+            .scheme(scheme.clone())
+            .authority(authority.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|e| UpstreamError::Config(format!("upstream.url: {e}")))?;
+        let pool = ConnPool::new(
+            connector,
+            target,
+            cfg.pool_max_idle,
+            cfg.pool_idle_timeout.0,
+        );
         Ok(Upstream::Http(Arc::new(HttpUpstream {
-            client: Pool::Tcp(client),
+            client: Pool::Tcp(Arc::new(pool)),
             unix: None,
             scheme,
             authority,
@@ -411,19 +424,22 @@ impl Upstream {
                     .map_err(|e| UpstreamError::Unreachable(format!("bad upstream uri: {e}")))?;
                 *req.uri_mut() = uri;
                 if !h.preserve_host {
+                    // The pool sends the upstream's authority as `Host` (HTTP/1.1) or
+                    // `:authority` (HTTP/2).
                     req.headers_mut().remove(http::header::HOST);
                 }
-                // The client picks HTTP/1.1 or HTTP/2 from ALPN; the inbound version does not carry over.
+                // The pool picks HTTP/1.1 or HTTP/2 from ALPN; the inbound version does not carry over.
                 *req.version_mut() = http::Version::HTTP_11;
-                let fut = match &h.client {
-                    Pool::Tcp(c) => c.request(req),
-                    Pool::Unix(c) => c.request(req),
+                let fut = async {
+                    match &h.client {
+                        Pool::Tcp(c) => c.send(req).await,
+                        Pool::Unix(c) => c.send(req).await,
+                    }
                 };
                 match tokio::time::timeout(h.response_timeout, fut).await {
                     Ok(Ok(resp)) => Ok(resp.map(|b| {
                         use http_body_util::BodyExt as _;
-                        b.map_err(|e| Box::new(e) as crate::body::BoxError)
-                            .boxed_unsync()
+                        b.boxed_unsync()
                     })),
                     Ok(Err(e)) if caused_by_client_stall(&e) => {
                         Err(UpstreamError::ClientBodyTimeout)
@@ -440,16 +456,6 @@ impl Upstream {
             }
         }
     }
-}
-
-/// The connection pool's settings, whatever the transport.
-fn pool_builder(cfg: &UpstreamConfig) -> hyper_util::client::legacy::Builder {
-    let mut b = Client::builder(TokioExecutor::new());
-    b.pool_idle_timeout(cfg.pool_idle_timeout.0)
-        .pool_max_idle_per_host(cfg.pool_max_idle)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new());
-    b
 }
 
 /// Whether a failed request failed because the client's body stalled (see `IdleLimited`).

@@ -217,6 +217,9 @@ impl<'a> KeyView<'a> {
     }
 }
 
+/// Decisions by the keyed hash of their key (already a hash: not hashed again).
+type DecisionCache = HashMap<u64, Vec<(CacheKey, Decision)>, gatehouse_core::Prehashed>;
+
 /// The most decisions remembered per engine; the cache is emptied when full.
 const DECISION_CACHE_MAX: usize = 65_536;
 
@@ -230,7 +233,7 @@ pub struct PolicyEngine {
     forge: String,
     count: usize,
     /// Decisions by [`PolicyEngine::cache_hash`]; the keys tell colliding requests apart.
-    cache: RwLock<HashMap<u64, Vec<(CacheKey, Decision)>>>,
+    cache: RwLock<DecisionCache>,
     /// Keys the cache's hashes (per engine, randomly: a client cannot aim collisions).
     cache_hasher: std::hash::RandomState,
 }
@@ -295,7 +298,7 @@ impl PolicyEngine {
             authorizer: Authorizer::new(),
             forge: forge.to_owned(),
             count,
-            cache: RwLock::new(HashMap::new()),
+            cache: RwLock::new(HashMap::default()),
             cache_hasher: std::hash::RandomState::new(),
         })
     }

@@ -251,6 +251,24 @@ fn upstream_over_https_with_a_client_certificate() {
     let (s, raw) = raw_http(with_cert.port, "GET", "/_echo", &[("Authorization", &tok)]);
     assert_eq!(s, 200, "{raw}");
     assert!(raw.contains("client_dn=CN=gatehouse-client"), "{raw}");
+    // ALPN chose HTTP/2, and requests share that one connection.
+    assert!(raw.contains("upstream_http=HTTP/2.0;"), "{raw}");
+    // The client's Host (`preserve_host` is on by default) went as `:authority`, once.
+    assert!(
+        raw.contains(&format!(";host=127.0.0.1:{}\n", with_cert.port)),
+        "{raw}"
+    );
+    let conn = |raw: &str| {
+        raw.split(';')
+            .find_map(|kv| kv.strip_prefix("upstream_conn="))
+            .map(str::to_owned)
+    };
+    let first = conn(&raw);
+    for _ in 0..3 {
+        let (s, again) = raw_http(with_cert.port, "GET", "/_echo", &[("Authorization", &tok)]);
+        assert_eq!(s, 200, "{again}");
+        assert_eq!(conn(&again), first, "{again}");
+    }
     let (s, raw) = raw_http(
         with_cert.port,
         "GET",

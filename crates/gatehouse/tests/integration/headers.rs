@@ -81,3 +81,40 @@ fn the_upstream_sees_only_gatehouse_identity_headers() {
     assert_eq!(status, 401, "{raw}");
     assert!(!raw.contains("user=admin"));
 }
+
+/// Requests from different clients ride one pooled keep-alive connection to the upstream, in
+/// HTTP/1.1, with the client's `Host` (or with `preserve_host = false`, the upstream's authority);
+/// with `pool_max_idle = 0` every request opens its own.
+#[test]
+fn upstream_connections_are_pooled() {
+    let tmp = TempDir::new("pool");
+    let (root, _) = repos(&tmp);
+    let upstream = GitHttpServer::start(&root);
+    let conns_seen = |extra: &str, want_host: &dyn Fn(u16) -> String| {
+        let gw = builder()
+            .with_upstream_url(&upstream.url())
+            .upstream_extra(extra)
+            .forge_kind("gitea")
+            .policy(POLICY)
+            .start();
+        let bearer = format!("Bearer {}", gw.token("alice", &["dev"]));
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..5 {
+            // A new client connection each time (raw_http closes after one request).
+            let (_, body) = echo(gw.port, &[("Authorization", &bearer)]);
+            assert_eq!(field(&body, "upstream_http"), "HTTP/1.1");
+            assert_eq!(field(&body, "host"), want_host(gw.port));
+            seen.insert(field(&body, "upstream_conn").to_owned());
+        }
+        seen.len()
+    };
+    let client_host = |port: u16| format!("127.0.0.1:{port}");
+    let upstream_host = |_: u16| format!("127.0.0.1:{}", upstream.port);
+    assert_eq!(
+        conns_seen("", &client_host),
+        1,
+        "five requests should share one upstream connection"
+    );
+    assert_eq!(conns_seen("preserve_host = false", &upstream_host), 1);
+    assert_eq!(conns_seen("pool_max_idle = 0", &client_host), 5);
+}
