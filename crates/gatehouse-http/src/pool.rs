@@ -86,12 +86,20 @@ struct IdleStack {
 }
 
 impl IdleStack {
-    fn pop(&self) -> Option<http1::SendRequest<Body>> {
+    /// The most recently used connection that can take a request now. Closed and expired ones
+    /// are dropped on the way; one still busy (its request body is still being sent after the
+    /// response ended, say) stays for later rather than making this request wait behind it.
+    fn take_ready(&self) -> Option<http1::SendRequest<Body>> {
         let mut stack = self.stack.lock().ok()?;
         let now = Instant::now();
-        while let Some(i) = stack.pop() {
-            if !i.tx.is_closed() && now.duration_since(i.since) < self.idle_timeout {
-                return Some(i.tx);
+        let mut i = stack.len();
+        while i > 0 {
+            i -= 1;
+            let e = &stack[i];
+            if e.tx.is_closed() || now.duration_since(e.since) >= self.idle_timeout {
+                stack.remove(i);
+            } else if e.tx.is_ready() {
+                return Some(stack.remove(i).tx);
             }
         }
         None
@@ -207,7 +215,7 @@ impl<C: Connect> ConnPool<C> {
             let taken = if fresh_only {
                 Box::pin(self.connect()).await?
             } else {
-                match self.checkout().await {
+                match self.checkout() {
                     Some(t) => t,
                     None => Box::pin(self.connect()).await?,
                 }
@@ -256,7 +264,7 @@ impl<C: Connect> ConnPool<C> {
     }
 
     /// A live connection from the pool, if there is one.
-    async fn checkout(&self) -> Option<Taken> {
+    fn checkout(&self) -> Option<Taken> {
         let h2 = self.h2.lock().ok().and_then(|g| g.clone());
         if let Some(tx) = h2 {
             if !tx.is_closed() {
@@ -264,14 +272,8 @@ impl<C: Connect> ConnPool<C> {
             }
             self.forget_h2(&tx);
         }
-        loop {
-            let mut tx = self.idle.pop()?;
-            // Normally ready already; a connection put back as its body ended may still be
-            // finishing that response, which `ready` waits for. A closed one is dropped.
-            if tx.ready().await.is_ok() {
-                return Some(Taken::H1 { tx, reused: true });
-            }
-        }
+        let tx = self.idle.take_ready()?;
+        Some(Taken::H1 { tx, reused: true })
     }
 
     /// Forgets the shared HTTP/2 connection once it is closed.
@@ -503,6 +505,13 @@ mod tests {
         (format!("http://{addr}").parse().unwrap(), conns)
     }
 
+    /// An mpsc receiver as a stream of body frames.
+    fn tokio_stream_from<T>(
+        mut rx: tokio::sync::mpsc::Receiver<T>,
+    ) -> impl futures_util::Stream<Item = T> {
+        futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+    }
+
     fn get(target: &Uri, path: &str) -> Request<Body> {
         let uri = format!("{target}{}", path.trim_start_matches('/'));
         Request::get(uri)
@@ -625,6 +634,64 @@ mod tests {
         assert_eq!(pool.idle_len(), 0, "the reaper closed it");
         text(pool.send(get(&target, "/b")).await.unwrap()).await;
         assert_eq!(conns.load(Ordering::SeqCst), 2);
+    }
+
+    /// Fault injection (named as such): a raw TCP upstream that answers as soon as it has the
+    /// request head, while the request body is still being sent (as a forge refusing a push
+    /// early does). The response ends first, so its connection goes back on the stack busy; the
+    /// next request must not wait behind the unfinished upload but take a new connection.
+    #[tokio::test]
+    async fn a_connection_still_sending_a_request_body_is_not_handed_out() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let conns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let c = conns.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = l.accept().await.unwrap();
+                c.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let mut got = Vec::new();
+                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let n = s.read(&mut buf).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        got.extend_from_slice(&buf[..n]);
+                    }
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await;
+                    // Keep reading (and dropping) whatever else comes.
+                    while s.read(&mut buf).await.unwrap_or(0) > 0 {}
+                });
+            }
+        });
+        let target: Uri = format!("http://{addr}").parse().unwrap();
+        let pool = Arc::new(ConnPool::new(
+            Plain,
+            target.clone(),
+            8,
+            Duration::from_secs(60),
+        ));
+        let (tx, rx) = tokio::sync::mpsc::channel::<
+            Result<http_body::Frame<bytes::Bytes>, crate::body::BoxError>,
+        >(1);
+        let upload = http_body_util::StreamBody::new(tokio_stream_from(rx));
+        let req = Request::post(format!("{target}push"))
+            .body(upload.boxed_unsync())
+            .unwrap();
+        let resp = pool.send(req).await.unwrap();
+        assert_eq!(text(resp).await, "ok");
+        assert_eq!(pool.idle_len(), 1, "the connection went back, busy");
+        let second = tokio::time::timeout(Duration::from_secs(5), pool.send(get(&target, "/x")))
+            .await
+            .expect("the second request waited behind the first one's upload")
+            .unwrap();
+        assert_eq!(text(second).await, "ok");
+        assert_eq!(conns.load(Ordering::SeqCst), 2);
+        drop(tx);
     }
 
     /// Fault injection (named as such): a raw TCP upstream that answers the first request on a

@@ -7,7 +7,7 @@ use crate::proc::{Child, TempDir, free_port, wait_for};
 /// A real Git smart-HTTP server: nginx -> fcgiwrap -> `git http-backend`, on 127.0.0.1.
 /// `GET /_echo` answers with the identity headers it received, so tests can see exactly what
 /// reached the upstream, and with nginx's connection number and protocol version (`upstream_conn`,
-/// `upstream_http`), so tests can see connection reuse. Without TLS it also listens on a Unix socket ([`Self::unix_socket`]).
+/// `upstream_http`), so tests can see connection reuse. `cookie` comes last: its value has `;`. Without TLS it also listens on a Unix socket ([`Self::unix_socket`]).
 pub struct GitHttpServer {
     pub port: u16,
     unix_socket: PathBuf,
@@ -84,7 +84,7 @@ http {{
     }}
     location = /_echo {{
       default_type text/plain;
-      return 200 "user=$http_x_webauth_user;email=$http_x_webauth_email;fullname=$http_x_webauth_fullname;authorization=$http_authorization;assertion=$http_x_gatehouse_assertion;xff=$http_x_forwarded_for;proto=$http_x_forwarded_proto;request_id=$http_x_request_id;traceparent=$http_traceparent;remote_user=$http_remote_user;connection=$http_connection;client_dn=$ssl_client_s_dn;groups=$http_x_gatehouse_groups;cookie=$http_cookie;upstream_conn=$connection;upstream_http=$server_protocol;host=$http_host\n";
+      return 200 "user=$http_x_webauth_user;email=$http_x_webauth_email;fullname=$http_x_webauth_fullname;authorization=$http_authorization;assertion=$http_x_gatehouse_assertion;xff=$http_x_forwarded_for;proto=$http_x_forwarded_proto;request_id=$http_x_request_id;traceparent=$http_traceparent;remote_user=$http_remote_user;connection=$http_connection;client_dn=$ssl_client_s_dn;groups=$http_x_gatehouse_groups;upstream_conn=$connection;upstream_http=$server_protocol;host=$http_host;cookie=$http_cookie\n";
     }}
     location / {{
       fastcgi_pass unix:{sock};

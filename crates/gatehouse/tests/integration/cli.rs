@@ -255,7 +255,7 @@ fn upstream_over_https_with_a_client_certificate() {
     assert!(raw.contains("upstream_http=HTTP/2.0;"), "{raw}");
     // The client's Host (`preserve_host` is on by default) went as `:authority`, once.
     assert!(
-        raw.contains(&format!(";host=127.0.0.1:{}\n", with_cert.port)),
+        raw.contains(&format!(";host=127.0.0.1:{};", with_cert.port)),
         "{raw}"
     );
     let conn = |raw: &str| {
