@@ -636,16 +636,22 @@ mod tests {
         assert_eq!(conns.load(Ordering::SeqCst), 2);
     }
 
-    /// Fault injection (named as such): a raw TCP upstream that answers as soon as it has the
-    /// request head, while the request body is still being sent (as a forge refusing a push
-    /// early does). The response ends first, so its connection goes back on the stack busy; the
-    /// next request must not wait behind the unfinished upload but take a new connection.
-    #[tokio::test]
-    async fn a_connection_still_sending_a_request_body_is_not_handed_out() {
+    /// What the raw upstream of the fault-injection tests does once it has answered.
+    enum AfterAnswer {
+        /// Closes the connection, with no `Connection: close` said.
+        Close,
+        /// Reads on (and drops) whatever else the client sends.
+        KeepReading,
+    }
+
+    /// Fault injection (named as such): a raw TCP upstream that answers `200 ok` (keep-alive) as
+    /// soon as it has a request head, whatever the body, then does `after`. Counts connections.
+    async fn raw_upstream(after: AfterAnswer) -> (Uri, Arc<std::sync::atomic::AtomicUsize>) {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let conns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let c = conns.clone();
+        let close = matches!(after, AfterAnswer::Close);
         tokio::spawn(async move {
             loop {
                 let (mut s, _) = l.accept().await.unwrap();
@@ -663,12 +669,24 @@ mod tests {
                     let _ = s
                         .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
                         .await;
-                    // Keep reading (and dropping) whatever else comes.
-                    while s.read(&mut buf).await.unwrap_or(0) > 0 {}
+                    if close {
+                        let _ = s.shutdown().await;
+                    } else {
+                        while s.read(&mut buf).await.unwrap_or(0) > 0 {}
+                    }
                 });
             }
         });
-        let target: Uri = format!("http://{addr}").parse().unwrap();
+        (format!("http://{addr}").parse().unwrap(), conns)
+    }
+
+    /// The upstream (`raw_upstream`, fault injection) answers as soon as it has the request
+    /// head, while the request body is still being sent (as a forge refusing a push
+    /// early does). The response ends first, so its connection goes back on the stack busy; the
+    /// next request must not wait behind the unfinished upload but take a new connection.
+    #[tokio::test]
+    async fn a_connection_still_sending_a_request_body_is_not_handed_out() {
+        let (target, conns) = raw_upstream(AfterAnswer::KeepReading).await;
         let pool = Arc::new(ConnPool::new(
             Plain,
             target.clone(),
@@ -694,38 +712,13 @@ mod tests {
         drop(tx);
     }
 
-    /// Fault injection (named as such): a raw TCP upstream that answers the first request on a
-    /// connection with keep-alive and then closes that connection without reading further, the
-    /// race a real server's keep-alive timeout causes. The pooled connection is closed by the
+    /// The upstream (`raw_upstream`, fault injection) answers the first request on a connection
+    /// with keep-alive and then closes that connection without reading further, the race a real
+    /// server's keep-alive timeout causes. The pooled connection is closed by the
     /// time of the next request; the request must go out on a new connection and succeed.
     #[tokio::test]
     async fn a_stale_pooled_connection_is_replaced_without_failing_the_request() {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let conns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let c = conns.clone();
-        tokio::spawn(async move {
-            loop {
-                let (mut s, _) = l.accept().await.unwrap();
-                c.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 4096];
-                    let mut got = Vec::new();
-                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                        let n = s.read(&mut buf).await.unwrap_or(0);
-                        if n == 0 {
-                            return;
-                        }
-                        got.extend_from_slice(&buf[..n]);
-                    }
-                    let _ = s
-                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                        .await;
-                    let _ = s.shutdown().await;
-                });
-            }
-        });
-        let target: Uri = format!("http://{addr}").parse().unwrap();
+        let (target, conns) = raw_upstream(AfterAnswer::Close).await;
         let pool = Arc::new(ConnPool::new(
             Plain,
             target.clone(),
