@@ -176,6 +176,63 @@ impl Done {
     }
 }
 
+/// The request's audit slot and record while its phases run. The handler's future can be dropped
+/// before a response exists (an HTTP/1.1 client that disconnects while the upstream is still
+/// answering, an HTTP/2 stream reset, the runtime stopping after the shutdown grace); the record
+/// is then written on drop, as `aborted` with no status, so that a push the client gave up on
+/// after uploading it is still on record. [`Pending::done`] disarms it.
+struct Pending {
+    slot: Option<gatehouse_audit::AuditSlot>,
+    rec: AuditRecord,
+    started: tokio::time::Instant,
+    bytes_in: Arc<AtomicU64>,
+    action: &'static str,
+    metrics: Arc<Metrics>,
+}
+
+impl Pending {
+    fn done(mut self, status: u16) -> Done {
+        Done {
+            slot: self
+                .slot
+                .take()
+                .unwrap_or_else(|| unreachable!("taken once, here")),
+            rec: std::mem::take(&mut self.rec),
+            started: self.started,
+            action: self.action,
+            decision: self.rec.decision.unwrap_or("error"),
+            status,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let Some(slot) = self.slot.take() else { return };
+        let rec = std::mem::take(&mut self.rec);
+        tracing::info!(
+            request_id = rec.request_id.as_deref().unwrap_or("-"),
+            "request abandoned before its response (client gone or shutting down)"
+        );
+        Done {
+            slot,
+            decision: rec.decision.unwrap_or("error"),
+            rec,
+            started: self.started,
+            action: self.action,
+            // Counted as nginx logs it: the client closed the request before the response.
+            status: CLIENT_CLOSED_REQUEST,
+            metrics: self.metrics.clone(),
+        }
+        .finish(self.bytes_in.load(Ordering::Relaxed), 0, BodyEnd::Aborted);
+    }
+}
+
+/// The status label of a request that ended before it had a response (nginx's 499). It is a
+/// metrics label only: the audit record of such a request has no status.
+const CLIENT_CLOSED_REQUEST: u16 = 499;
+
 /// An open relay: counted in `gatehouse_tunnels_open`, and recorded as aborted if dropped unfinished.
 struct RelayGuard {
     done: Option<Done>,
@@ -509,7 +566,7 @@ impl Gateway {
         let host = request_host(&req);
         // The path is recorded normalized once the request is classified, else as it came.
         let raw_uri = req.uri().clone();
-        let mut rec = AuditRecord {
+        let rec = AuditRecord {
             time: self.clock.now(),
             event: "request",
             request_id: Some(request_id.clone()),
@@ -548,7 +605,19 @@ impl Gateway {
             websocket,
         };
 
-        let mut action_label = "none";
+        let mut pending = Pending {
+            slot: Some(slot),
+            rec,
+            started,
+            bytes_in: bytes_in.clone(),
+            action: "none",
+            metrics: self.metrics.clone(),
+        };
+        if pending.rec.path.is_none() {
+            // Until classification puts the normalized path there, a record written on drop
+            // says what came.
+            pending.rec.path = Some(truncated(raw_uri.path(), 1024));
+        }
         let outcome = self
             .phases(
                 req,
@@ -556,13 +625,11 @@ impl Gateway {
                 conn,
                 trusted_peer,
                 host.is_some(),
-                &mut rec,
-                &mut action_label,
+                &mut pending.rec,
+                &mut pending.action,
             )
             .await;
-        if rec.path.is_none() {
-            rec.path = Some(truncated(raw_uri.path(), 1024));
-        }
+        let rec = &mut pending.rec;
         let mut resp = match outcome {
             Ok(resp) => resp,
             Err((refusal, kind)) => {
@@ -585,16 +652,7 @@ impl Gateway {
         }
         let status = resp.status().as_u16();
         rec.status = Some(status);
-        let decision = rec.decision.unwrap_or("error");
-        let done = Done {
-            slot,
-            rec,
-            started,
-            action: action_label,
-            decision,
-            status,
-            metrics: self.metrics.clone(),
-        };
+        let done = pending.done(status);
         if let Some(upstream) = resp
             .extensions_mut()
             .remove::<UpstreamUpgrade>()

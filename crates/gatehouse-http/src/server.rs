@@ -62,6 +62,27 @@ impl Activity {
     }
 }
 
+/// One request in flight on a connection, from its head until its response body ends. Dropped
+/// either way: at the body's end, or with the handler's future when the client goes first (an
+/// HTTP/2 stream reset, an HTTP/1.1 disconnect), so that the connection's idle timeout still
+/// comes when nothing is in flight.
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn start(activity: &Arc<Activity>) -> Self {
+        activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        activity.touch();
+        Self(activity.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
+    }
+}
+
 /// Serves the gateway on `listener` until `shutdown` resolves, then drains.
 ///
 /// Connections are accepted by a task on the runtime's workers, not by the caller's thread
@@ -214,26 +235,15 @@ async fn serve_conn<T>(
     let act = activity.clone();
     let svc = hyper::service::service_fn(move |req| {
         let gateway = gateway.clone();
-        let act = act.clone();
-        act.in_flight.fetch_add(1, Ordering::Relaxed);
-        act.touch();
+        let in_flight = InFlight::start(&act);
         // Boxing erases the handler's future type, which keeps the compiler's higher-ranked
         // lifetime inference out of hyper's `Send` and `Into<BoxError>` bounds.
         let fut: Pin<Box<dyn Future<Output = http::Response<crate::body::Body>> + Send>> =
             Box::pin(gateway.handle(req, info));
         async move {
             let resp = fut.await;
-            let done = act.clone();
             Ok::<_, std::convert::Infallible>(resp.map(move |b| {
-                Counted::new(
-                    b,
-                    None,
-                    Some(Box::new(move |_, _| {
-                        done.in_flight.fetch_sub(1, Ordering::Relaxed);
-                        done.touch();
-                    })),
-                )
-                .boxed_unsync()
+                Counted::new(b, None, Some(Box::new(move |_, _| drop(in_flight)))).boxed_unsync()
             }))
         }
     });

@@ -281,3 +281,117 @@ fn a_client_that_stops_sending_its_request_body_gets_408() {
     // Nothing was pushed.
     assert!(!root.join("demo/hello.git/refs/heads/stalled").exists());
 }
+
+#[test]
+fn a_request_the_client_abandons_before_its_response_is_still_audited() {
+    // Fault injection (named as such): an upstream that reads the request and never answers, so
+    // that the client gives up while Gatehouse is still waiting for the response head.
+    let hung_port = fault_upstream(b"");
+    let policy = format!(
+        "{POLICY}\n@id(\"api-write\")\npermit(principal in Gatehouse::Group::\"dev\", \
+         action == Gatehouse::Action::\"api:write\", resource in Gatehouse::Owner::\"demo\");\n"
+    );
+    let gw = builder()
+        .with_upstream_url(&format!("http://127.0.0.1:{hung_port}"))
+        .forge_kind("gitea")
+        .policy(&policy)
+        .start();
+    let auth = format!("Bearer {}", gw.token("alice", &["dev"]));
+    let mut s = TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    write!(
+        s,
+        "POST /api/v1/repos/demo/hello/issues HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {auth}\r\n\
+         Content-Type: application/json\r\nContent-Length: 11\r\n\r\n{{\"a\":\"bcd\"}}"
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    drop(s);
+
+    let audit = gw.audit_when("the abandoned request's record", |t| {
+        t.contains("/api/v1/repos/demo/hello/issues")
+    });
+    let rec: serde_json::Value = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|r| r["path"] == "/api/v1/repos/demo/hello/issues")
+        .expect("a record of the abandoned request");
+    assert_eq!(rec["outcome"], "aborted", "{rec}");
+    assert_eq!(rec["decision"], "allow", "{rec}");
+    assert_eq!(rec["action"], "api:write", "{rec}");
+    assert_eq!(rec["repo"], "demo/hello", "{rec}");
+    assert_eq!(rec["principal"]["subject"], "alice", "{rec}");
+    assert_eq!(rec["bytes_in"], 11, "{rec}");
+    assert!(rec.get("status").is_none(), "{rec}");
+    let out = gw.cli_raw(&["audit", "verify", gw.audit_path().to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let metrics = gw.metrics();
+    assert!(
+        metrics.contains(
+            "gatehouse_requests_total{action=\"api:write\",decision=\"allow\",status=\"499\"} 1"
+        ),
+        "{metrics}"
+    );
+}
+
+/// The established TCP connections whose local port is `port` (from `/proc/net/tcp`).
+fn established_on(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let local = format!(":{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[1].ends_with(&local) && f[3] == "01"
+        })
+        .count()
+}
+
+#[test]
+fn an_http2_connection_whose_streams_were_reset_still_goes_idle() {
+    // Fault injection (named as such): an upstream that never answers, so that the client's
+    // request is still in flight when the client cancels it (an HTTP/2 RST_STREAM).
+    let hung_port = fault_upstream(b"");
+    let gw = builder()
+        .with_upstream_url(&format!("http://127.0.0.1:{hung_port}"))
+        .forge_kind("gitea")
+        .policy(POLICY)
+        .server_extra("idle_timeout = \"1s\"")
+        .start();
+    let auth = format!("Bearer {}", gw.token("alice", &["dev"]));
+    let url = format!("{}/_echo", gw.url());
+    let port = gw.port;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let client = reqwest::Client::builder()
+            .http2_prior_knowledge()
+            .http2_keep_alive_interval(Duration::from_millis(200))
+            .http2_keep_alive_while_idle(true)
+            .build()
+            .unwrap();
+        // Two requests on the one connection, both cancelled by the client after 300 ms.
+        for _ in 0..2 {
+            let r = tokio::time::timeout(
+                Duration::from_millis(300),
+                client.get(&url).header("Authorization", &auth).send(),
+            )
+            .await;
+            assert!(r.is_err(), "the hung upstream answered: {r:?}");
+        }
+        assert_eq!(established_on(port), 1, "one HTTP/2 connection");
+        // Nothing is in flight any more: the connection is closed after the idle timeout,
+        // although the client keeps it alive with pings.
+        let start = std::time::Instant::now();
+        while established_on(port) > 0 {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the connection stayed open with no request in flight"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        drop(client);
+    });
+}
