@@ -419,11 +419,16 @@ impl IssuerKeys {
         }
     }
 
-    /// Fetches the keys now, unless another task just did. Keeps the old keys on failure.
+    /// Fetches the keys now (the background refresher's call). Keeps the old keys on failure.
     pub async fn refresh(&self) -> Result<(), AuthnError> {
         let _guard = self.fetch_lock.lock().await;
-        let now = self.clock.now().as_secs();
-        self.last_attempt.store(now, Ordering::Relaxed);
+        self.fetch_locked().await
+    }
+
+    /// The fetch itself; the caller holds `fetch_lock`.
+    async fn fetch_locked(&self) -> Result<(), AuthnError> {
+        self.last_attempt
+            .store(self.clock.now().as_secs(), Ordering::Relaxed);
         match self.fetch().await {
             Ok(set) => {
                 tracing::info!(issuer = %self.cfg.issuer, keys = set.keys.len(), "issuer keys loaded");
@@ -439,25 +444,53 @@ impl IssuerKeys {
         }
     }
 
-    /// Refetches because of an unknown `kid`, at most once per `jwks_min_refetch_interval`.
-    async fn refetch_for_unknown_kid(&self) -> bool {
+    /// How many fetches were attempted, successful or not.
+    fn fetches(&self) -> u64 {
+        self.fetches_ok.load(Ordering::Relaxed) + self.fetches_failed.load(Ordering::Relaxed)
+    }
+
+    /// Whether a fetch was attempted less than `jwks_min_refetch_interval` ago.
+    fn attempted_recently(&self) -> bool {
         let now = self.clock.now().as_secs();
         let min = self.cfg.jwks_min_refetch_interval.0.as_secs() as i64;
         let last = self.last_attempt.load(Ordering::Relaxed);
-        if last != i64::MIN && now.saturating_sub(last) < min {
+        last != i64::MIN && now.saturating_sub(last) < min
+    }
+
+    /// Refreshes stale keys for a request. Every check happens under `fetch_lock`, so a burst of
+    /// requests that find the keys stale causes one fetch: those that waited find them fresh, or
+    /// find that the attempt just failed. While the issuer is down, a request tries again at most
+    /// once per `jwks_min_refetch_interval` instead of each one waiting for its own timeout.
+    async fn refresh_stale(&self) -> Result<(), AuthnError> {
+        let before = self.fetches();
+        let _guard = self.fetch_lock.lock().await;
+        if !self.is_stale() {
+            return Ok(());
+        }
+        if self.fetches() != before || self.attempted_recently() {
+            return Err(AuthnError::KeysUnavailable);
+        }
+        self.fetch_locked().await
+    }
+
+    /// Refetches because of an unknown `kid`, at most once per `jwks_min_refetch_interval`.
+    /// Returns whether the keys may have changed since the caller looked (it then looks again).
+    /// The rate limit is checked under `fetch_lock`: a burst of tokens with made-up `kid`s costs
+    /// one fetch, not one each.
+    async fn refetch_for_unknown_kid(&self) -> bool {
+        if self.attempted_recently() {
             return false;
         }
-        let before =
-            self.fetches_ok.load(Ordering::Relaxed) + self.fetches_failed.load(Ordering::Relaxed);
+        let before = self.fetches();
         let _guard = self.fetch_lock.lock().await;
-        // Another task may have refetched while this one waited.
-        let after =
-            self.fetches_ok.load(Ordering::Relaxed) + self.fetches_failed.load(Ordering::Relaxed);
-        if after != before {
+        // Another task fetched while this one waited: its keys are the ones to look at.
+        if self.fetches() != before {
             return true;
         }
-        drop(_guard);
-        self.refresh().await.is_ok()
+        if self.attempted_recently() {
+            return false;
+        }
+        self.fetch_locked().await.is_ok()
     }
 
     async fn fetch(&self) -> Result<KeySet, String> {
@@ -539,7 +572,7 @@ impl IssuerKeys {
         if self.is_stale() {
             // Stale keys stay usable when the refresh fails; absent keys make this an outage.
             let had_keys = self.state.load().fetched_at.is_some();
-            if self.refresh().await.is_err() && !had_keys {
+            if self.refresh_stale().await.is_err() && !had_keys {
                 return Err(AuthnError::KeysUnavailable);
             }
         }

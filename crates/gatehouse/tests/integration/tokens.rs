@@ -221,6 +221,72 @@ async fn idp_key_rotation_needs_no_restart() {
     );
 }
 
+/// The JWKS fetches Gatehouse has made for `issuer`, successful or not.
+fn jwks_fetches(metrics: &str, issuer: &str) -> u64 {
+    let label = format!("issuer=\"{issuer}\"");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("gatehouse_jwks_fetches_total{") && l.contains(&label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_unknown_kids_costs_one_refetch() {
+    let tmp = TempDir::new("kid-burst");
+    let (root, _) = repos(&tmp);
+    let idp = Idp::shared();
+    let gw = builder()
+        .with_builtin_upstream(&root)
+        .with_idp(idp)
+        .policy(POLICY)
+        .start();
+    let iss = idp.issuer();
+    let t = now();
+    let mut tokens = Vec::new();
+    for i in 0..16 {
+        let claims = json!({"iss": iss, "sub": "mallory", "aud": "gatehouse", "iat": t,
+                            "exp": t + 600, "preferred_username": "mallory"});
+        tokens.push(
+            idp.sign(claims, "RS256", Some(&format!("made-up-{i}")))
+                .await,
+        );
+    }
+    // Past the test configuration's 1 s refetch interval since the keys were loaded.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let before = jwks_fetches(&gw.metrics(), &iss);
+    assert!(before >= 1, "{}", gw.metrics());
+
+    // Sixteen requests at once, each with a key id the IdP never had.
+    let port = gw.port;
+    let start = std::sync::Arc::new(std::sync::Barrier::new(tokens.len()));
+    let answers: Vec<_> = tokens
+        .into_iter()
+        .map(|token| {
+            let start = start.clone();
+            std::thread::spawn(move || {
+                start.wait();
+                raw_http(
+                    port,
+                    "GET",
+                    "/demo/hello.git/info/refs?service=git-upload-pack",
+                    &[("Authorization", &format!("Bearer {token}"))],
+                )
+            })
+        })
+        .collect();
+    for a in answers {
+        let (status, raw) = a.join().unwrap();
+        assert_eq!(status, 401, "{raw}");
+        assert!(
+            challenge(&raw).contains("token was signed by an unknown key"),
+            "{raw}"
+        );
+    }
+    let after = jwks_fetches(&gw.metrics(), &iss);
+    assert_eq!(after - before, 1, "one refetch for the whole burst");
+}
+
 #[test]
 fn gatehouse_tokens_and_published_keys() {
     let tmp = TempDir::new("own");
