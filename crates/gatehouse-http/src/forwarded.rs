@@ -20,6 +20,19 @@ pub(crate) const ALWAYS_STRIPPED: [&str; 9] = [
     "x-remote-user",
 ];
 
+/// Prefixes of identity headers stripped from every inbound request: any `X-WEBAUTH-*` (Gitea's
+/// and Gogs's reverse-proxy headers, whichever of them the forge is set to read, e.g.
+/// `REVERSE_PROXY_AUTHENTICATION_USER = X-WEBAUTH-LOGIN`) and Gatehouse's own `X-Gatehouse-*`
+/// (the default assertion header, even when the assertion is renamed or turned off).
+pub(crate) const ALWAYS_STRIPPED_PREFIXES: [&str; 2] = ["x-webauth-", "x-gatehouse-"];
+
+/// Whether a client-sent header is an identity header by its prefix (names are lowercase).
+pub(crate) fn has_identity_prefix(n: &HeaderName) -> bool {
+    ALWAYS_STRIPPED_PREFIXES
+        .iter()
+        .any(|p| n.as_str().starts_with(p))
+}
+
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");

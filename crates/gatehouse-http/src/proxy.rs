@@ -35,8 +35,8 @@ use crate::body::{
     Body, BodyEnd, BodyIdleTimeout, Coalesced, Counted, IdleLimited, Prefixed, full,
 };
 use crate::forwarded::{
-    ALWAYS_STRIPPED, TRACEPARENT, X_REQUEST_ID, client_ip, ip_text, request_id, set_forwarded,
-    strip_hop_by_hop, trace_context,
+    ALWAYS_STRIPPED, TRACEPARENT, X_REQUEST_ID, client_ip, has_identity_prefix, ip_text,
+    request_id, set_forwarded, strip_hop_by_hop, trace_context,
 };
 use crate::metrics::{ActionLabel, KindLabel, Metrics, RequestLabels};
 use crate::respond::{ClientKind, Refusal, typed_response};
@@ -345,6 +345,27 @@ fn request_host(req: &Request<Body>) -> Option<Arc<str>> {
     } else {
         raw.into()
     })
+}
+
+/// `X-Forwarded-Host`: the host the client asked for, validated and lowercased as
+/// [`request_host`] made it, with the port it named (the `Host` header's value, as nginx and
+/// other proxies send it). Empty when the request named no valid host.
+fn forwarded_host<'a>(uri: &http::Uri, h: &HeaderMap, host: &'a str) -> Cow<'a, str> {
+    if host.is_empty() {
+        return Cow::Borrowed("");
+    }
+    let port = match uri.authority() {
+        Some(a) => a.port_u16(),
+        None => h
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<http::uri::Authority>().ok())
+            .and_then(|a| a.port_u16()),
+    };
+    match port {
+        Some(p) => Cow::Owned(format!("{host}:{p}")),
+        None => Cow::Borrowed(host),
+    }
 }
 
 fn describe(action: Action, resource: &Resource) -> String {
@@ -909,6 +930,7 @@ impl Gateway {
 
         // Phase 5: upstream request.
         let (mut parts, body) = req.into_parts();
+        let xfh = forwarded_host(&parts.uri, &parts.headers, &adm.host);
         // A WebSocket handshake keeps its `Connection: upgrade` and `Upgrade: websocket`, which
         // are hop-by-hop; any other upgrade is dropped here (see `tunnel`).
         let headers = &mut parts.headers;
@@ -921,7 +943,7 @@ impl Gateway {
         // hashed removal of every name on the list would cost more when (as usual) none is there.
         let sent: Vec<HeaderName> = headers
             .keys()
-            .filter(|n| self.strip.contains(n))
+            .filter(|n| has_identity_prefix(n) || self.strip.contains(n))
             .cloned()
             .collect();
         for n in sent {
@@ -1009,7 +1031,7 @@ impl Gateway {
             &adm.peer_text,
             &adm.client_text,
             if conn.tls { "https" } else { "http" },
-            &adm.host,
+            &xfh,
             trusted_peer,
         );
         let pq: Cow<'_, str> = match &c.forward_query {

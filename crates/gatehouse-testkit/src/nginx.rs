@@ -84,7 +84,7 @@ http {{
     }}
     location = /_echo {{
       default_type text/plain;
-      return 200 "user=$http_x_webauth_user;email=$http_x_webauth_email;fullname=$http_x_webauth_fullname;authorization=$http_authorization;assertion=$http_x_gatehouse_assertion;xff=$http_x_forwarded_for;proto=$http_x_forwarded_proto;request_id=$http_x_request_id;traceparent=$http_traceparent;remote_user=$http_remote_user;connection=$http_connection;client_dn=$ssl_client_s_dn;groups=$http_x_gatehouse_groups;upstream_conn=$connection;upstream_http=$server_protocol;host=$http_host;cookie=$http_cookie\n";
+      return 200 "user=$http_x_webauth_user;email=$http_x_webauth_email;fullname=$http_x_webauth_fullname;authorization=$http_authorization;assertion=$http_x_gatehouse_assertion;xff=$http_x_forwarded_for;proto=$http_x_forwarded_proto;request_id=$http_x_request_id;traceparent=$http_traceparent;remote_user=$http_remote_user;connection=$http_connection;client_dn=$ssl_client_s_dn;groups=$http_x_gatehouse_groups;xfh=$http_x_forwarded_host;login=$http_x_webauth_login;xfu=$http_x_forwarded_user;other=$http_x_gatehouse_other;custom=$http_x_custom_identity;upstream_conn=$connection;upstream_http=$server_protocol;host=$http_host;cookie=$http_cookie\n";
     }}
     location / {{
       fastcgi_pass unix:{sock};

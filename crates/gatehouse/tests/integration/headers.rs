@@ -17,6 +17,7 @@ fn the_upstream_sees_only_gatehouse_identity_headers() {
         .with_upstream_url(&upstream.url())
         .forge_kind("gitea")
         .policy(POLICY)
+        .extra("[identity_headers]\nstrip = [\"X-Custom-Identity\"]\n")
         .start();
     let alice = gw.token("alice", &["dev"]);
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -28,6 +29,10 @@ fn the_upstream_sees_only_gatehouse_identity_headers() {
             ("X-WebAuth-Email", "admin@evil.example"),
             ("x-webauth-fullname", "Admin"),
             ("X-Forwarded-User", "admin"),
+            ("X-WEBAUTH-LOGIN", "admin"),
+            ("X-Gatehouse-Other", "forged"),
+            ("x-custom-identity", "admin"),
+            ("X-Forwarded-Host", "evil.example"),
             ("Remote-User", "admin"),
             ("X-Gatehouse-Assertion", "forged"),
             ("X-Forwarded-For", "6.6.6.6"),
@@ -40,6 +45,29 @@ fn the_upstream_sees_only_gatehouse_identity_headers() {
     assert_eq!(field(body, "user"), "alice");
     assert_eq!(field(body, "email"), "");
     assert_eq!(field(body, "remote_user"), "");
+    // Any X-WEBAUTH-* (whichever the forge reads), any X-Gatehouse-*, the configured names.
+    assert_eq!(
+        field(body, "login"),
+        "",
+        "a client-sent X-WEBAUTH-LOGIN survived"
+    );
+    assert_eq!(
+        field(body, "xfu"),
+        "",
+        "a client-sent X-Forwarded-User survived"
+    );
+    assert_eq!(
+        field(body, "other"),
+        "",
+        "a client-sent X-Gatehouse-* survived"
+    );
+    assert_eq!(
+        field(body, "custom"),
+        "",
+        "a configured strip name survived"
+    );
+    // The host the client named, with its port; the client's own claim is not believed.
+    assert_eq!(field(body, "xfh"), format!("127.0.0.1:{}", gw.port));
     assert_eq!(
         field(body, "authorization"),
         "",
@@ -80,6 +108,25 @@ fn the_upstream_sees_only_gatehouse_identity_headers() {
     let (status, raw) = raw_http(gw.port, "GET", "/_echo", &[("X-WEBAUTH-USER", "admin")]);
     assert_eq!(status, 401, "{raw}");
     assert!(!raw.contains("user=admin"));
+    drop(gw);
+
+    // With the assertion turned off, a client's X-Gatehouse-Assertion is still not forwarded.
+    let gw = builder()
+        .with_upstream_url(&upstream.url())
+        .forge_kind("gitea")
+        .policy(POLICY)
+        .extra("[identity_headers]\nassertion = \"\"\n")
+        .start();
+    let bearer = format!("Bearer {}", gw.token("alice", &["dev"]));
+    let (_, body) = echo(
+        gw.port,
+        &[
+            ("Authorization", &bearer),
+            ("X-Gatehouse-Assertion", "forged"),
+        ],
+    );
+    assert_eq!(field(&body, "assertion"), "", "{body}");
+    assert_eq!(field(&body, "user"), "alice");
 }
 
 /// Requests from different clients ride one pooled keep-alive connection to the upstream, in
