@@ -282,6 +282,93 @@ impl http_body::Body for Prefixed {
     }
 }
 
+/// When the upstream last took a piece of the request body, shared between the body (which
+/// notes it) and the wait for the response head (which reads it): the response must start within
+/// `upstream.response_timeout` of the last progress, not of the request's start, so that a long
+/// upload is never cut off while it moves. While the upstream waits for the client's next piece,
+/// the clock is the client's (`server.body_idle_timeout`), not the upstream's.
+#[derive(Clone)]
+pub(crate) struct UploadProgress {
+    epoch: tokio::time::Instant,
+    shared: Arc<ProgressState>,
+}
+
+struct ProgressState {
+    /// Milliseconds since `epoch` of the last frame taken.
+    last_ms: AtomicU64,
+    /// The upstream connection asked for more and the client has not sent it yet.
+    client_owes: std::sync::atomic::AtomicBool,
+}
+
+impl UploadProgress {
+    pub(crate) fn new() -> Self {
+        Self {
+            epoch: tokio::time::Instant::now(),
+            shared: Arc::new(ProgressState {
+                last_ms: AtomicU64::new(0),
+                client_owes: std::sync::atomic::AtomicBool::new(false),
+            }),
+        }
+    }
+
+    fn note(&self) {
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.shared.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// When the upstream last made progress: now, while it waits for the client.
+    pub(crate) fn last(&self) -> tokio::time::Instant {
+        if self.shared.client_owes.load(Ordering::Relaxed) {
+            return tokio::time::Instant::now();
+        }
+        let ms = self.shared.last_ms.load(Ordering::Relaxed);
+        self.epoch + std::time::Duration::from_millis(ms)
+    }
+
+    /// Wraps a request body so that each frame the upstream connection takes counts as progress.
+    pub(crate) fn watch(&self, inner: Body) -> Body {
+        Progressing {
+            inner,
+            progress: self.clone(),
+        }
+        .boxed_unsync()
+    }
+}
+
+struct Progressing {
+    inner: Body,
+    progress: UploadProgress,
+}
+
+impl http_body::Body for Progressing {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        let owes = r.is_pending();
+        if !owes {
+            self.progress.note();
+        }
+        self.progress
+            .shared
+            .client_owes
+            .store(owes, Ordering::Relaxed);
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// How a counted body ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum BodyEnd {

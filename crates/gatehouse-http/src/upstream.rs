@@ -430,22 +430,37 @@ impl Upstream {
                 }
                 // The pool picks HTTP/1.1 or HTTP/2 from ALPN; the inbound version does not carry over.
                 *req.version_mut() = http::Version::HTTP_11;
+                // Without a body the response is due `response_timeout` after sending; with one,
+                // that long after the upstream last took a piece of it.
+                let progress = (!http_body::Body::is_end_stream(req.body())).then(|| {
+                    let p = crate::body::UploadProgress::new();
+                    let req_body = std::mem::take(req.body_mut());
+                    *req.body_mut() = p.watch(req_body);
+                    p
+                });
                 let fut = async {
                     match &h.client {
                         Pool::Tcp(c) => c.send(req).await,
                         Pool::Unix(c) => c.send(req).await,
                     }
                 };
-                match tokio::time::timeout(h.response_timeout, fut).await {
-                    Ok(Ok(resp)) => Ok(resp.map(|b| {
+                let answer = match progress {
+                    None => tokio::time::timeout(h.response_timeout, fut).await.ok(),
+                    Some(p) => tokio::select! {
+                        r = fut => Some(r),
+                        () = response_overdue(h.response_timeout, &p) => None,
+                    },
+                };
+                match answer {
+                    Some(Ok(resp)) => Ok(resp.map(|b| {
                         use http_body_util::BodyExt as _;
                         b.boxed_unsync()
                     })),
-                    Ok(Err(e)) if caused_by_client_stall(&e) => {
+                    Some(Err(e)) if caused_by_client_stall(&e) => {
                         Err(UpstreamError::ClientBodyTimeout)
                     }
-                    Ok(Err(e)) => Err(UpstreamError::Unreachable(error_chain(&e))),
-                    Err(_) => Err(UpstreamError::Timeout),
+                    Some(Err(e)) => Err(UpstreamError::Unreachable(error_chain(&e))),
+                    None => Err(UpstreamError::Timeout),
                 }
             }
             Upstream::GitCgi(c) => {
@@ -455,6 +470,18 @@ impl Upstream {
                 c.serve(req, caller()).await
             }
         }
+    }
+}
+
+/// Returns once `timeout` has passed since the upload last made progress: one timer at a time,
+/// re-armed from the last progress when it fires early.
+async fn response_overdue(timeout: Duration, progress: &crate::body::UploadProgress) {
+    loop {
+        let due = progress.last() + timeout;
+        if tokio::time::Instant::now() >= due {
+            return;
+        }
+        tokio::time::sleep_until(due).await;
     }
 }
 
@@ -479,4 +506,148 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt as _;
+
+    /// A real HTTP/1.1 server (hyper) that reads each request's whole body, then answers with its
+    /// length, or (`answer = false`) never answers.
+    async fn reading_server(answer: bool) -> String {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (s, _) = l.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(
+                        move |req: Request<hyper::body::Incoming>| async move {
+                            let n = req.into_body().collect().await.map(|b| b.to_bytes().len());
+                            if !answer {
+                                std::future::pending::<()>().await;
+                            }
+                            let text = format!("{}", n.unwrap_or(0));
+                            Ok::<_, std::convert::Infallible>(Response::new(
+                                http_body_util::Full::new(bytes::Bytes::from(text)),
+                            ))
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    fn upstream(url: &str, response_timeout: &str) -> Upstream {
+        let cfg: UpstreamConfig = serde_json::from_value(serde_json::json!({
+            "url": url,
+            "response_timeout": response_timeout,
+        }))
+        .unwrap();
+        Upstream::new(&cfg).unwrap()
+    }
+
+    /// A request body of `chunks` pieces of 1 KiB, one every `every`; `None` pieces stall it.
+    fn slow_body(chunks: usize, every: Duration) -> Body {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(1);
+        tokio::spawn(async move {
+            for _ in 0..chunks {
+                tokio::time::sleep(every).await;
+                if tx.send(bytes::Bytes::from(vec![b'x'; 1024])).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let frames = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+            .map(|b| Ok::<_, crate::body::BoxError>(http_body::Frame::data(b)));
+        http_body_util::StreamBody::new(frames).boxed_unsync()
+    }
+
+    fn post(body: Body) -> Request<Body> {
+        Request::post("/upload").body(body).unwrap()
+    }
+
+    fn caller() -> CallerInfo {
+        CallerInfo {
+            remote_user: None,
+            remote_addr: "127.0.0.1".into(),
+            decoded_path: "/upload".into(),
+        }
+    }
+
+    use futures_util::StreamExt as _;
+
+    #[tokio::test]
+    async fn an_upload_longer_than_the_response_timeout_is_not_cut_off_while_it_moves() {
+        let url = reading_server(true).await;
+        let up = upstream(&url, "300ms");
+        // Eight pieces, 150 ms apart: 1.2 s of upload against a 300 ms response timeout.
+        let start = tokio::time::Instant::now();
+        let resp = up
+            .send(
+                post(slow_body(8, Duration::from_millis(150))),
+                "/upload",
+                caller,
+            )
+            .await
+            .expect("the upload was cut off by the response timeout");
+        assert!(start.elapsed() >= Duration::from_millis(1100));
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"8192");
+    }
+
+    #[tokio::test]
+    async fn the_response_is_due_within_the_timeout_of_the_uploads_end() {
+        let url = reading_server(false).await;
+        let up = upstream(&url, "300ms");
+        let start = tokio::time::Instant::now();
+        let r = up
+            .send(
+                post(slow_body(4, Duration::from_millis(150))),
+                "/upload",
+                caller,
+            )
+            .await;
+        let took = start.elapsed();
+        assert!(matches!(r, Err(UpstreamError::Timeout)), "{r:?}");
+        // The upload took ~600 ms; the timeout counts from its end, not from the start.
+        assert!(
+            took >= Duration::from_millis(850) && took < Duration::from_secs(3),
+            "{took:?}"
+        );
+        // Without a body the timeout counts from sending.
+        let start = tokio::time::Instant::now();
+        let r = up
+            .send(
+                Request::get("/x").body(crate::body::full("")).unwrap(),
+                "/x",
+                caller,
+            )
+            .await;
+        assert!(matches!(r, Err(UpstreamError::Timeout)), "{r:?}");
+        assert!(start.elapsed() < Duration::from_secs(2));
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stalls_its_upload_is_not_the_upstreams_timeout() {
+        let url = reading_server(true).await;
+        let up = upstream(&url, "200ms");
+        // One piece, then nothing: the upstream waits for the client, which owes the rest.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(1);
+        tx.send(bytes::Bytes::from_static(b"first")).await.unwrap();
+        let frames = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+            .map(|b| Ok::<_, crate::body::BoxError>(http_body::Frame::data(b)));
+        let body = http_body_util::StreamBody::new(frames).boxed_unsync();
+        let sending = up.send(post(body), "/upload", caller);
+        // Well past the response timeout the request is still waiting on the client (whose own
+        // timeout, `server.body_idle_timeout`, is the proxy's business), not failed with 504.
+        let r = tokio::time::timeout(Duration::from_millis(1000), sending).await;
+        assert!(r.is_err(), "{:?}", r.map(|x| x.map(|_| ())));
+        drop(tx);
+    }
 }
