@@ -178,6 +178,18 @@ pub fn quickstart(args: &QuickstartArgs) -> Result<()> {
     let config_path = prepare(args)?;
     let config_path = config_path.canonicalize().unwrap_or(config_path);
     let cfg = Config::load(&config_path)?;
+    // A directory from an earlier run keeps its configuration; say so rather than listen
+    // somewhere other than asked without a word.
+    let admin = cfg.admin.as_ref().map(|a| a.listen);
+    if cfg.server.listen != args.listen || admin.is_some_and(|a| a != args.admin_listen) {
+        eprintln!(
+            "note: {} already exists and is used as it is: listening on {} (admin {}); \
+             edit it, or remove the directory to start afresh",
+            config_path.display(),
+            cfg.server.listen,
+            admin.map_or_else(|| "off".to_owned(), |a| a.to_string()),
+        );
+    }
     init_logging(&cfg);
     let own = own_issuer(&cfg)?;
     let now = SystemClock.now().as_secs();
@@ -239,7 +251,7 @@ Tokens (12 hours; re-issue with `gatehouse token issue --config {cfg_display} --
 
 Clone and push as alice:
   git -c http.extraHeader="Authorization: Bearer $ALICE_TOKEN" clone {url}/demo/hello.git
-  cd hello && echo "hello from alice" >> README.md && git commit -qam "Say hello"
+  cd hello && echo "hello from alice" >> README.md && git -c user.name=alice -c user.email=alice@example.com commit -qam "Say hello"
   git -c http.extraHeader="Authorization: Bearer $ALICE_TOKEN" push
 
 See a push denied (ci-bot may only read):

@@ -147,6 +147,7 @@ impl AuditSink {
             batch_max: opts.batch_max.max(1),
             flush_interval: opts.flush_interval,
             head_written: None,
+            head_behind: false,
             on_flush,
         };
         let handle = std::thread::Builder::new()
@@ -326,6 +327,9 @@ struct Writer {
     /// When the head file was last written; it is rewritten at most every `HEAD_INTERVAL`
     /// and when the writer stops.
     head_written: Option<Instant>,
+    /// A durable batch skipped the head update: the head lags the log until it is rewritten,
+    /// which happens before the writer waits idle.
+    head_behind: bool,
 }
 
 /// After a failed rotation, the next attempt waits this long.
@@ -418,7 +422,7 @@ impl Writer {
     /// must be woken by whoever queues the next record, and that wake-up (a futex call, often a
     /// cross-CPU interrupt) would land on a request's path. Idle, it waits and costs nothing.
     fn next_record(
-        &self,
+        &mut self,
         rx: &mut mpsc::Receiver<AuditRecord>,
         last_flush: Option<Instant>,
     ) -> Option<AuditRecord> {
@@ -433,6 +437,19 @@ impl Writer {
                     }
                     Err(mpsc::error::TryRecvError::Disconnected) => return None,
                 }
+            }
+        }
+        // Going idle: bring the head up to date first, so that cutting the last records of a
+        // burst off the log cannot pass `verify` however long the quiet lasts.
+        match rx.try_recv() {
+            Ok(r) => return Some(r),
+            Err(mpsc::error::TryRecvError::Disconnected) => return None,
+            Err(mpsc::error::TryRecvError::Empty) => {}
+        }
+        if self.head_behind {
+            self.head_written = Some(Instant::now());
+            if let Err(e) = self.write_head() {
+                tracing::warn!(error = %e, "audit head file not updated; truncation checks lag until the next batch");
             }
         }
         rx.blocking_recv()
@@ -490,6 +507,7 @@ impl Writer {
             .head_written
             .is_some_and(|t| t.elapsed() < HEAD_INTERVAL)
         {
+            self.head_behind = true;
             return Ok(());
         }
         self.head_written = Some(Instant::now());
@@ -598,7 +616,9 @@ impl Writer {
         let mut f = File::create(&tmp)?;
         f.write_all(&bytes)?;
         f.sync_data()?;
-        std::fs::rename(&tmp, &self.head_path)
+        std::fs::rename(&tmp, &self.head_path)?;
+        self.head_behind = false;
+        Ok(())
     }
 }
 

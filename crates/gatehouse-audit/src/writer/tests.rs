@@ -415,3 +415,53 @@ fn a_rotation_cut_short_by_a_crash_is_finished_or_undone_at_the_next_start() {
     assert!(!next_path(&p).exists());
     assert!(verify(&p).is_ok(), "{:?}", verify(&p));
 }
+
+#[test]
+fn the_head_catches_up_when_the_writer_goes_idle() {
+    // Batches less than 100 ms apart skip the head update. Once the records stop, the head
+    // must name the last record while the gateway runs on, not only when it stops: otherwise
+    // cutting the end of a burst off the log would pass `verify` for as long as it stays quiet.
+    let path = tmp("head-idle");
+    let flushed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = flushed.clone();
+    let opts = AuditOptions {
+        path: path.clone(),
+        queue_capacity: 16,
+        batch_max: 16,
+        flush_interval: Duration::from_millis(2),
+        rotate_size: None,
+        rotate_age: None,
+    };
+    let hook: FlushHook = Box::new(move |s: FlushStats| {
+        seen.fetch_add(s.records, Ordering::SeqCst);
+    });
+    let (sink, handle) = AuditSink::open(&opts, Some(hook)).unwrap_or_else(|e| panic!("{e}"));
+    for i in 0..5u64 {
+        let slot = sink.reserve().unwrap_or_else(|e| panic!("{e}"));
+        slot.send(rec(i));
+        while flushed.load(Ordering::SeqCst) < (i + 1) as usize {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    let head_path = ChainHead::path_for(&path);
+    let mut waited = Duration::ZERO;
+    loop {
+        let head = std::fs::read_to_string(&head_path).unwrap_or_default();
+        if head.starts_with("{\"seq\":5,") {
+            break;
+        }
+        assert!(
+            waited < Duration::from_secs(5),
+            "the head still says {head} with the writer idle"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        waited += Duration::from_millis(20);
+    }
+    // Cutting the last record off is now found.
+    let mut all = lines(&path);
+    all.pop();
+    rewrite(&path, &all);
+    assert!(verify(&path).is_err());
+    drop(sink);
+    handle.join().unwrap_or_else(|_| panic!("writer panicked"));
+}

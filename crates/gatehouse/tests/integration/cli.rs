@@ -89,8 +89,11 @@ fn quickstart_prints_commands_that_work_as_printed() {
 
     let work = tmp.path().join("user");
     std::fs::create_dir_all(&work).unwrap();
+    // As on a fresh machine: no git identity configured, and none guessed from the host.
     let script = format!(
-        "set -e\n{}\n{}\n{}\n{}\n",
+        "set -e\nunset GIT_AUTHOR_NAME GIT_AUTHOR_EMAIL GIT_COMMITTER_NAME GIT_COMMITTER_EMAIL\n\
+         export GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0=user.useConfigOnly GIT_CONFIG_VALUE_0=true\n\
+         {}\n{}\n{}\n{}\n",
         exports
             .iter()
             .map(|e| e.split('#').next().unwrap_or(e).trim())
