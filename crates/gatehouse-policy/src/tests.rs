@@ -430,3 +430,14 @@ fn a_cache_key_matches_only_the_request_it_was_made_from() {
         assert_ne!(e.cache_hash(q), hash, "change {i} hashes the same");
     }
 }
+
+/// `examples/policy-gitea.cedar` validates against the schema, with the eight policies that
+/// docs/policy.md shows `gatehouse policy check` reporting for it.
+#[test]
+fn the_example_policy_validates() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/policy-gitea.cedar");
+    let src = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let engine = PolicyEngine::new(&src, "default").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(engine.len(), 8);
+}
