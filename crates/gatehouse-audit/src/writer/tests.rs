@@ -181,12 +181,17 @@ fn write_failure_refuses_further_requests() {
     assert_eq!(sink.reserve().err(), Some(AuditUnavailable::WriteFailed));
 }
 
-#[test]
-fn records_arriving_one_by_one_are_written_while_the_writer_polls() {
-    // After its first batch the writer polls the queue instead of waiting on it; records that
-    // arrive one at a time, each after the previous one was written, must still all be written,
-    // in order, and the writer must still end once the sink is gone.
-    let path = tmp("polling");
+/// A writer on a fresh log that polls every 2 ms, with a hook counting the records written
+/// (and asserting each batch succeeded).
+fn polling_writer(
+    name: &str,
+) -> (
+    PathBuf,
+    Arc<std::sync::atomic::AtomicUsize>,
+    AuditSink,
+    std::thread::JoinHandle<()>,
+) {
+    let path = tmp(name);
     let flushed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let seen = flushed.clone();
     let opts = AuditOptions {
@@ -202,6 +207,15 @@ fn records_arriving_one_by_one_are_written_while_the_writer_polls() {
         seen.fetch_add(s.records, Ordering::SeqCst);
     });
     let (sink, handle) = AuditSink::open(&opts, Some(hook)).unwrap_or_else(|e| panic!("{e}"));
+    (path, flushed, sink, handle)
+}
+
+#[test]
+fn records_arriving_one_by_one_are_written_while_the_writer_polls() {
+    // After its first batch the writer polls the queue instead of waiting on it; records that
+    // arrive one at a time, each after the previous one was written, must still all be written,
+    // in order, and the writer must still end once the sink is gone.
+    let (path, flushed, sink, handle) = polling_writer("polling");
     for i in 0..5u64 {
         let slot = sink.reserve().unwrap_or_else(|e| panic!("{e}"));
         slot.send(rec(i));
@@ -421,21 +435,7 @@ fn the_head_catches_up_when_the_writer_goes_idle() {
     // Batches less than 100 ms apart skip the head update. Once the records stop, the head
     // must name the last record while the gateway runs on, not only when it stops: otherwise
     // cutting the end of a burst off the log would pass `verify` for as long as it stays quiet.
-    let path = tmp("head-idle");
-    let flushed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let seen = flushed.clone();
-    let opts = AuditOptions {
-        path: path.clone(),
-        queue_capacity: 16,
-        batch_max: 16,
-        flush_interval: Duration::from_millis(2),
-        rotate_size: None,
-        rotate_age: None,
-    };
-    let hook: FlushHook = Box::new(move |s: FlushStats| {
-        seen.fetch_add(s.records, Ordering::SeqCst);
-    });
-    let (sink, handle) = AuditSink::open(&opts, Some(hook)).unwrap_or_else(|e| panic!("{e}"));
+    let (path, flushed, sink, handle) = polling_writer("head-idle");
     for i in 0..5u64 {
         let slot = sink.reserve().unwrap_or_else(|e| panic!("{e}"));
         slot.send(rec(i));

@@ -1,4 +1,4 @@
-use gatehouse_testkit::{Idp, TempDir, raw_http, wait_for};
+use gatehouse_testkit::{Idp, TempDir, TestGateway, raw_http, wait_for};
 use serde_json::json;
 
 use crate::common::{POLICY, builder, repos};
@@ -26,9 +26,9 @@ fn b64(s: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_bad_token_is_refused_with_its_own_description() {
-    let tmp = TempDir::new("badtokens");
+/// A gateway trusting the shared IdP, with the built-in upstream serving demo/hello.
+fn gateway_with_shared_idp(name: &str) -> (TempDir, &'static Idp, TestGateway) {
+    let tmp = TempDir::new(name);
     let (root, _) = repos(&tmp);
     let idp = Idp::shared();
     let gw = builder()
@@ -36,6 +36,12 @@ async fn every_bad_token_is_refused_with_its_own_description() {
         .with_idp(idp)
         .policy(POLICY)
         .start();
+    (tmp, idp, gw)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bad_token_is_refused_with_its_own_description() {
+    let (_tmp, idp, gw) = gateway_with_shared_idp("badtokens");
     let iss = idp.issuer();
     let t = now();
     let claims = |over: serde_json::Value| {
@@ -233,14 +239,7 @@ fn jwks_fetches(metrics: &str, issuer: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_unknown_kids_costs_one_refetch() {
-    let tmp = TempDir::new("kid-burst");
-    let (root, _) = repos(&tmp);
-    let idp = Idp::shared();
-    let gw = builder()
-        .with_builtin_upstream(&root)
-        .with_idp(idp)
-        .policy(POLICY)
-        .start();
+    let (_tmp, idp, gw) = gateway_with_shared_idp("kid-burst");
     let iss = idp.issuer();
     let t = now();
     let mut tokens = Vec::new();
