@@ -192,6 +192,8 @@ struct Pending {
 
 impl Pending {
     fn done(mut self, status: u16) -> Done {
+        // Read before the record is taken out below.
+        let decision = self.rec.decision.unwrap_or("error");
         Done {
             slot: self
                 .slot
@@ -200,7 +202,7 @@ impl Pending {
             rec: std::mem::take(&mut self.rec),
             started: self.started,
             action: self.action,
-            decision: self.rec.decision.unwrap_or("error"),
+            decision,
             status,
             metrics: self.metrics.clone(),
         }

@@ -104,6 +104,34 @@ fn the_upstream_sees_only_gatehouse_identity_headers() {
     assert_eq!(claims["groups"], serde_json::json!(["dev"]));
     assert!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap() <= 60);
 
+    // The request's audit record: who, from where, to which host and path, under which trace.
+    let audit = gw.audit_when("the echo request's record", |t| t.contains("req-abc-123"));
+    let rec: serde_json::Value = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|r| r["request_id"] == "req-abc-123")
+        .expect("a record with the client's request id");
+    assert_eq!(rec["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736", "{rec}");
+    assert_eq!(rec["principal"]["subject"], "alice", "{rec}");
+    assert_eq!(rec["source"], "127.0.0.1", "{rec}");
+    assert_eq!(rec["host"], "127.0.0.1", "{rec}");
+    assert_eq!(rec["method"], "GET", "{rec}");
+    assert_eq!(rec["path"], "/_echo", "{rec}");
+    assert_eq!(rec["action"], "web:access", "{rec}");
+    assert_eq!(rec["decision"], "allow", "{rec}");
+    assert_eq!(rec["policy"], "echo", "{rec}");
+    assert_eq!(rec["status"], 200, "{rec}");
+    assert_eq!(rec["outcome"], "complete", "{rec}");
+    assert!(rec["bytes_out"].as_u64().unwrap_or(0) > 0, "{rec}");
+    let metrics = gw.metrics();
+    for want in [
+        "gatehouse_requests_total{action=\"web:access\",decision=\"allow\",status=\"200\"} 1",
+        "gatehouse_request_duration_seconds_count{action=\"web:access\"} 1",
+        "gatehouse_audit_write_seconds_count",
+    ] {
+        assert!(metrics.contains(want), "no {want} in\n{metrics}");
+    }
+
     // Without credentials the forged header gets nowhere.
     let (status, raw) = raw_http(gw.port, "GET", "/_echo", &[("X-WEBAUTH-USER", "admin")]);
     assert_eq!(status, 401, "{raw}");
