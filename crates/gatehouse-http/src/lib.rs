@@ -45,4 +45,15 @@ mod test_util {
         }
         h
     }
+
+    /// A request body made of what arrives on `rx`; it ends when the sender is dropped.
+    pub(crate) fn channel_body(
+        mut rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    ) -> crate::body::Body {
+        use futures_util::StreamExt as _;
+        use http_body_util::BodyExt as _;
+        let frames = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+            .map(|b| Ok::<_, crate::body::BoxError>(http_body::Frame::data(b)));
+        http_body_util::StreamBody::new(frames).boxed_unsync()
+    }
 }

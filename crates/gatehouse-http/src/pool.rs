@@ -505,13 +505,6 @@ mod tests {
         (format!("http://{addr}").parse().unwrap(), conns)
     }
 
-    /// An mpsc receiver as a stream of body frames.
-    fn tokio_stream_from<T>(
-        mut rx: tokio::sync::mpsc::Receiver<T>,
-    ) -> impl futures_util::Stream<Item = T> {
-        futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
-    }
-
     fn get(target: &Uri, path: &str) -> Request<Body> {
         let uri = format!("{target}{}", path.trim_start_matches('/'));
         Request::get(uri)
@@ -693,12 +686,9 @@ mod tests {
             8,
             Duration::from_secs(60),
         ));
-        let (tx, rx) = tokio::sync::mpsc::channel::<
-            Result<http_body::Frame<bytes::Bytes>, crate::body::BoxError>,
-        >(1);
-        let upload = http_body_util::StreamBody::new(tokio_stream_from(rx));
+        let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(1);
         let req = Request::post(format!("{target}push"))
-            .body(upload.boxed_unsync())
+            .body(crate::test_util::channel_body(rx))
             .unwrap();
         let resp = pool.send(req).await.unwrap();
         assert_eq!(text(resp).await, "ok");

@@ -121,6 +121,8 @@ pub(crate) struct Admitted {
     /// The peer's address as text.
     pub(crate) peer_text: Arc<str>,
     pub(crate) host: Arc<str>,
+    /// The port the request named with its host, if any (for `X-Forwarded-Host`).
+    pub(crate) port: Option<u16>,
     /// The `Upgrade` value of a WebSocket handshake (see `tunnel`); `None` for anything else.
     pub(crate) websocket: Option<HeaderValue>,
 }
@@ -180,10 +182,12 @@ impl Done {
 /// before a response exists (an HTTP/1.1 client that disconnects while the upstream is still
 /// answering, an HTTP/2 stream reset, the runtime stopping after the shutdown grace); the record
 /// is then written on drop, as `aborted` with no status, so that a push the client gave up on
-/// after uploading it is still on record. [`Pending::done`] disarms it.
+/// after uploading it is still on record. Taking its [`Done`] disarms it.
 struct Pending {
     slot: Option<gatehouse_audit::AuditSlot>,
     rec: AuditRecord,
+    /// The path as it came, for a record that classification did not reach.
+    raw_uri: http::Uri,
     started: tokio::time::Instant,
     bytes_in: Arc<AtomicU64>,
     action: &'static str,
@@ -191,43 +195,36 @@ struct Pending {
 }
 
 impl Pending {
-    fn done(mut self, status: u16) -> Done {
-        // Read before the record is taken out below.
-        let decision = self.rec.decision.unwrap_or("error");
-        Done {
-            slot: self
-                .slot
-                .take()
-                .unwrap_or_else(|| unreachable!("taken once, here")),
-            rec: std::mem::take(&mut self.rec),
-            started: self.started,
-            action: self.action,
-            decision,
-            status,
-            metrics: self.metrics.clone(),
+    /// The request's end, once: `None` when it was already taken.
+    fn take(&mut self, status: u16) -> Option<Done> {
+        let slot = self.slot.take()?;
+        let mut rec = std::mem::take(&mut self.rec);
+        if rec.path.is_none() {
+            rec.path = Some(truncated(self.raw_uri.path(), 1024));
         }
-    }
-}
-
-impl Drop for Pending {
-    fn drop(&mut self) {
-        let Some(slot) = self.slot.take() else { return };
-        let rec = std::mem::take(&mut self.rec);
-        tracing::info!(
-            request_id = rec.request_id.as_deref().unwrap_or("-"),
-            "request abandoned before its response (client gone or shutting down)"
-        );
-        Done {
+        Some(Done {
             slot,
             decision: rec.decision.unwrap_or("error"),
             rec,
             started: self.started,
             action: self.action,
-            // Counted as nginx logs it: the client closed the request before the response.
-            status: CLIENT_CLOSED_REQUEST,
+            status,
             metrics: self.metrics.clone(),
-        }
-        .finish(self.bytes_in.load(Ordering::Relaxed), 0, BodyEnd::Aborted);
+        })
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        // Counted as nginx logs it: the client closed the request before the response.
+        let Some(done) = self.take(CLIENT_CLOSED_REQUEST) else {
+            return;
+        };
+        tracing::info!(
+            request_id = done.rec.request_id.as_deref().unwrap_or("-"),
+            "request abandoned before its response (client gone or shutting down)"
+        );
+        done.finish(self.bytes_in.load(Ordering::Relaxed), 0, BodyEnd::Aborted);
     }
 }
 
@@ -324,16 +321,19 @@ pub(crate) fn credential(h: &HeaderMap) -> Result<Option<Credential>, AuthnError
     }
 }
 
-fn request_host(req: &Request<Body>) -> Option<Arc<str>> {
+/// The host the request names (HTTP/2 `:authority`, else `Host`), validated and lowercased, and
+/// the port it names, if any.
+fn request_host(req: &Request<Body>) -> Option<(Arc<str>, Option<u16>)> {
     let parsed: http::uri::Authority;
-    let raw = match req.uri().authority() {
-        Some(a) => a.host(),
+    let authority = match req.uri().authority() {
+        Some(a) => a,
         None => {
             let h = req.headers().get(header::HOST)?.to_str().ok()?;
             parsed = h.parse().ok()?;
-            parsed.host()
+            &parsed
         }
     };
+    let (raw, port) = (authority.host(), authority.port_u16());
     let ok = !raw.is_empty()
         && raw.len() <= 253
         && raw.bytes().all(|b| {
@@ -342,29 +342,19 @@ fn request_host(req: &Request<Body>) -> Option<Arc<str>> {
     if !ok {
         return None;
     }
-    Some(if raw.bytes().any(|b| b.is_ascii_uppercase()) {
+    let host = if raw.bytes().any(|b| b.is_ascii_uppercase()) {
         raw.to_ascii_lowercase().into()
     } else {
         raw.into()
-    })
+    };
+    Some((host, port))
 }
 
-/// `X-Forwarded-Host`: the host the client asked for, validated and lowercased as
-/// [`request_host`] made it, with the port it named (the `Host` header's value, as nginx and
-/// other proxies send it). Empty when the request named no valid host.
-fn forwarded_host<'a>(uri: &http::Uri, h: &HeaderMap, host: &'a str) -> Cow<'a, str> {
-    if host.is_empty() {
-        return Cow::Borrowed("");
-    }
-    let port = match uri.authority() {
-        Some(a) => a.port_u16(),
-        None => h
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<http::uri::Authority>().ok())
-            .and_then(|a| a.port_u16()),
-    };
-    match port {
+/// `X-Forwarded-Host`: the host the client asked for, as [`request_host`] found it, with the
+/// port it named (the `Host` header's value, as nginx and other proxies send it). Empty when the
+/// request named no valid host.
+fn forwarded_host(host: &str, port: Option<u16>) -> Cow<'_, str> {
+    match port.filter(|_| !host.is_empty()) {
         Some(p) => Cow::Owned(format!("{host}:{p}")),
         None => Cow::Borrowed(host),
     }
@@ -586,7 +576,7 @@ impl Gateway {
         } else {
             ip_text(peer).into()
         };
-        let host = request_host(&req);
+        let (host, port) = request_host(&req).map_or((None, None), |(h, p)| (Some(h), p));
         // The path is recorded normalized once the request is classified, else as it came.
         let raw_uri = req.uri().clone();
         let rec = AuditRecord {
@@ -625,22 +615,19 @@ impl Gateway {
             client_text,
             peer_text,
             host: host.clone().unwrap_or_else(|| "".into()),
+            port,
             websocket,
         };
 
         let mut pending = Pending {
             slot: Some(slot),
             rec,
+            raw_uri,
             started,
             bytes_in: bytes_in.clone(),
             action: "none",
             metrics: self.metrics.clone(),
         };
-        if pending.rec.path.is_none() {
-            // Until classification puts the normalized path there, a record written on drop
-            // says what came.
-            pending.rec.path = Some(truncated(raw_uri.path(), 1024));
-        }
         let outcome = self
             .phases(
                 req,
@@ -675,7 +662,9 @@ impl Gateway {
         }
         let status = resp.status().as_u16();
         rec.status = Some(status);
-        let done = pending.done(status);
+        let Some(done) = pending.take(status) else {
+            unreachable!("the slot is taken only here and on drop")
+        };
         if let Some(upstream) = resp
             .extensions_mut()
             .remove::<UpstreamUpgrade>()
@@ -932,7 +921,6 @@ impl Gateway {
 
         // Phase 5: upstream request.
         let (mut parts, body) = req.into_parts();
-        let xfh = forwarded_host(&parts.uri, &parts.headers, &adm.host);
         // A WebSocket handshake keeps its `Connection: upgrade` and `Upgrade: websocket`, which
         // are hop-by-hop; any other upgrade is dropped here (see `tunnel`).
         let headers = &mut parts.headers;
@@ -1033,7 +1021,7 @@ impl Gateway {
             &adm.peer_text,
             &adm.client_text,
             if conn.tls { "https" } else { "http" },
-            &xfh,
+            &forwarded_host(&adm.host, adm.port),
             trusted_peer,
         );
         let pq: Cow<'_, str> = match &c.forward_query {

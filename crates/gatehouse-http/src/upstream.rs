@@ -511,6 +511,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::channel_body;
     use http_body_util::BodyExt as _;
 
     /// A real HTTP/1.1 server (hyper) that reads each request's whole body, then answers with its
@@ -552,9 +553,9 @@ mod tests {
         Upstream::new(&cfg).unwrap()
     }
 
-    /// A request body of `chunks` pieces of 1 KiB, one every `every`; `None` pieces stall it.
+    /// A request body of `chunks` pieces of 1 KiB, one every `every`.
     fn slow_body(chunks: usize, every: Duration) -> Body {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(1);
+        let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(1);
         tokio::spawn(async move {
             for _ in 0..chunks {
                 tokio::time::sleep(every).await;
@@ -563,9 +564,7 @@ mod tests {
                 }
             }
         });
-        let frames = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
-            .map(|b| Ok::<_, crate::body::BoxError>(http_body::Frame::data(b)));
-        http_body_util::StreamBody::new(frames).boxed_unsync()
+        channel_body(rx)
     }
 
     fn post(body: Body) -> Request<Body> {
@@ -579,8 +578,6 @@ mod tests {
             decoded_path: "/upload".into(),
         }
     }
-
-    use futures_util::StreamExt as _;
 
     #[tokio::test]
     async fn an_upload_longer_than_the_response_timeout_is_not_cut_off_while_it_moves() {
@@ -638,12 +635,9 @@ mod tests {
         let url = reading_server(true).await;
         let up = upstream(&url, "200ms");
         // One piece, then nothing: the upstream waits for the client, which owes the rest.
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(1);
+        let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(1);
         tx.send(bytes::Bytes::from_static(b"first")).await.unwrap();
-        let frames = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
-            .map(|b| Ok::<_, crate::body::BoxError>(http_body::Frame::data(b)));
-        let body = http_body_util::StreamBody::new(frames).boxed_unsync();
-        let sending = up.send(post(body), "/upload", caller);
+        let sending = up.send(post(channel_body(rx)), "/upload", caller);
         // Well past the response timeout the request is still waiting on the client (whose own
         // timeout, `server.body_idle_timeout`, is the proxy's business), not failed with 504.
         let r = tokio::time::timeout(Duration::from_millis(1000), sending).await;
