@@ -22,6 +22,9 @@ pub struct Config {
     /// What kind of forge is upstream.
     #[serde(default)]
     pub forge: ForgeConfig,
+    /// How much of a push Gatehouse reads before its pack, on both transports.
+    #[serde(default)]
+    pub git: GitConfig,
     /// How the caller's identity is passed to the upstream.
     #[serde(default)]
     pub identity_headers: IdentityHeadersConfig,
@@ -193,6 +196,35 @@ impl Default for ForgeConfig {
             groups: None,
         }
     }
+}
+
+/// `[git]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GitConfig {
+    /// The most bytes of a push's command list (with its certificate and push options).
+    #[serde(default = "default_max_command_list")]
+    pub max_command_list: crate::ByteSize,
+    /// The most ref updates in one push.
+    #[serde(default = "default_max_ref_updates")]
+    pub max_ref_updates: usize,
+}
+
+impl Default for GitConfig {
+    fn default() -> Self {
+        Self {
+            max_command_list: default_max_command_list(),
+            max_ref_updates: default_max_ref_updates(),
+        }
+    }
+}
+
+fn default_max_command_list() -> crate::ByteSize {
+    crate::ByteSize(4 << 20)
+}
+
+fn default_max_ref_updates() -> usize {
+    100_000
 }
 
 /// What happens to a request when the forge cannot say which groups the caller is in.
@@ -923,6 +955,15 @@ impl Config {
         }
         if self.audit.queue_capacity == 0 || self.audit.batch_max == 0 {
             return bad("audit", "queue_capacity and batch_max must be at least 1");
+        }
+        if self.git.max_command_list.0 < 4096 {
+            return bad(
+                "git.max_command_list",
+                "must be at least 4KiB: a real push's first command line alone can take 200 bytes",
+            );
+        }
+        if self.git.max_ref_updates == 0 {
+            return bad("git.max_ref_updates", "must be at least 1");
         }
         if self.audit.rotate_size.is_some_and(|s| s.0 < 4096) {
             return bad(

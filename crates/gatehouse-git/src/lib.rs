@@ -10,13 +10,16 @@ mod classify;
 mod lfs;
 mod path;
 mod pktline;
+mod push;
 mod ssh;
 
 pub use classify::{Classified, ForgeFlavor, GitService, RequestKind, classify};
 pub use lfs::{LfsBatchError, LfsOperation, lfs_batch_operation};
 pub use path::{MAX_PATH_LEN, NormalizedPath, PathError, normalize_path};
-pub use pktline::{
-    MAX_COMMAND_BYTES, MAX_COMMANDS, PKT_MAX, Pkt, PktError, PushParse, PushRequest, RefOp,
-    RefUpdate, parse_push_request, read_pkt, refused_push_report, valid_ref_name,
+pub use pktline::{BadPktLength, PKT_MAX, Pkt, PktLength, pkt_length, read_pkt};
+pub use push::{
+    Feed, MAX_COMMAND_BYTES, MAX_COMMANDS, ObjectFormat, PushError, PushFeatures, PushLimits,
+    PushReader, PushRequest, RefOp, RefUpdate, corpus, model, parse_push_request,
+    refused_push_report, valid_ref_name,
 };
 pub use ssh::{SshCommand, SshCommandError, SshService, parse_ssh_command};

@@ -21,8 +21,8 @@ use gatehouse_config::{IdentityHeadersConfig, IpNet};
 use gatehouse_core::{Action, Clock, Principal, Redacted, Resource};
 use gatehouse_forge::ForgeGroups;
 use gatehouse_git::{
-    Classified, ForgeFlavor, GitService, LfsOperation, PushParse, RequestKind, classify,
-    lfs_batch_operation, parse_push_request, refused_push_report,
+    Classified, ForgeFlavor, GitService, LfsOperation, PushLimits, PushReader, RequestKind,
+    classify, lfs_batch_operation, refused_push_report,
 };
 use gatehouse_policy::{AuthzRequest, PolicyEngine, RequestFacts};
 use gatehouse_session::Sessions;
@@ -69,6 +69,8 @@ pub struct GatewaySettings {
     pub upstream_body_idle_timeout: std::time::Duration,
     /// A request body the client sends nothing of for this long is refused (`408`) or cut off.
     pub client_body_idle_timeout: std::time::Duration,
+    /// How much of a push's command list is read before it is refused.
+    pub push_limits: PushLimits,
 }
 
 /// Everything a request needs; shared by all connections.
@@ -1137,30 +1139,33 @@ impl Gateway {
             ));
         }
         let (parts, mut body) = req.into_parts();
+        // Every byte read is kept, to be put back in front of the body; the reader looks at each
+        // once (the list is bounded by `push_limits`).
         let mut buf = bytes::BytesMut::new();
-        let push = loop {
-            match parse_push_request(&buf) {
-                Ok(PushParse::Complete { request, .. }) => break request,
-                Ok(PushParse::NeedMore) => {}
-                Err(e) => return Err(bad("bad_push_commands", e.to_string())),
-            }
+        let mut reader = PushReader::new(self.settings.push_limits);
+        while !reader.is_done() {
             match body.frame().await {
                 Some(Ok(f)) => {
                     if let Some(d) = f.data_ref() {
                         buf.extend_from_slice(d);
+                        if let Err(e) = reader.feed(d) {
+                            // A little of what the client is still sending is read and dropped,
+                            // so that a client that writes its whole body before reading (git)
+                            // gets the answer rather than a reset connection.
+                            drain(&mut body, DRAIN_AFTER_REFUSAL).await;
+                            return Err(bad("bad_push_commands", e.to_string()));
+                        }
                     }
                 }
                 Some(Err(e)) if e.is::<BodyIdleTimeout>() => {
                     return Err((Refusal::RequestTimeout, kind));
                 }
-                Some(Err(_)) | None => {
-                    return Err(bad(
-                        "bad_push_commands",
-                        "the push ended inside its command list".into(),
-                    ));
-                }
+                Some(Err(_)) | None => break,
             }
-        };
+        }
+        let push = reader
+            .finish()
+            .map_err(|e| bad("bad_push_commands", e.to_string()))?;
         let decisions = self.policy.load().decide_refs(
             principal,
             &c.resource,
@@ -1193,7 +1198,7 @@ impl Gateway {
         // Read (and drop) the pack the client is sending, so that it gets the answer rather than
         // a broken connection.
         while let Some(Ok(_)) = body.frame().await {}
-        if !(push.has_capability("report-status") || push.has_capability("report-status-v2")) {
+        if !push.wants_report() {
             let (i, reason) = &refused[0];
             let name = push.updates.get(*i).map_or("", |u| u.name.as_str());
             return Err((
@@ -1214,6 +1219,20 @@ impl Gateway {
             "no-cache, max-age=0, must-revalidate",
         );
         Ok(RefCheck::Refused(resp))
+    }
+}
+
+/// At most this much of a refused push's body is read (and dropped) before the refusal is sent.
+const DRAIN_AFTER_REFUSAL: u64 = 8 * 1024 * 1024;
+
+/// Reads and drops up to `limit` more bytes of `body`, stopping at its end or on an error.
+async fn drain(body: &mut Body, limit: u64) {
+    let mut seen = 0u64;
+    while seen < limit {
+        match body.frame().await {
+            Some(Ok(f)) => seen += f.data_ref().map_or(0, |d| d.len() as u64),
+            _ => break,
+        }
     }
 }
 

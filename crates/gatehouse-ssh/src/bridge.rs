@@ -8,9 +8,7 @@ use std::time::Instant;
 
 use gatehouse_audit::{AuditRecord, AuditRef, AuditSlot};
 use gatehouse_core::{Principal, Resource};
-use gatehouse_git::{
-    PushParse, PushRequest, SshCommand, SshService, parse_push_request, refused_push_report,
-};
+use gatehouse_git::{PushReader, PushRequest, SshCommand, SshService, refused_push_report};
 use gatehouse_policy::{RefDecisions, RequestFacts};
 use russh::keys::PublicKeyOrCertificate;
 use russh::keys::ssh_key::public::KeyData;
@@ -81,80 +79,78 @@ async fn client_input<W: tokio::io::AsyncWrite + Unpin>(
 ) -> u64 {
     let mut n = 0u64;
     if let Some(gate) = gate {
+        // Every byte read is kept, to be forwarded once the refs are decided; the reader looks
+        // at each once (the list is bounded by `push_limits`).
         let mut buf = bytes::BytesMut::new();
-        loop {
-            match parse_push_request(&buf) {
-                Ok(PushParse::Complete { request, .. }) => {
-                    let decisions = gate.decide(&request);
-                    gated.refs = Some(
-                        request
-                            .updates
-                            .iter()
-                            .zip(&decisions.per_ref)
-                            .map(|(u, d)| {
-                                AuditRef::decided(&u.name, u.op().as_str(), &u.old, &u.new, d)
-                            })
-                            .collect(),
-                    );
-                    if let Some(d) = decisions.first_denial() {
-                        let refused = decisions.refused();
-                        gated.refused = Some((d.deciding_policy(), d.reason.clone()));
-                        if request.has_capability("report-status")
-                            || request.has_capability("report-status-v2")
-                        {
-                            let mut out = client_wr.make_writer();
-                            let _ = out
-                                .write_all(&refused_push_report(&request, &refused))
-                                .await;
-                            let _ = out.flush().await;
-                        } else {
-                            let mut err = client_wr.make_writer_ext(Some(1));
-                            let msg =
-                                format!("Gatehouse: push denied by policy ({})\r\n", d.reason);
-                            let _ = err.write_all(msg.as_bytes()).await;
-                            let _ = err.flush().await;
-                        }
-                        let drain = async {
-                            while let Some(m) = client_rd.wait().await {
-                                match m {
-                                    ChannelMsg::Data { data } => n += data.len() as u64,
-                                    ChannelMsg::Eof | ChannelMsg::Close => break,
-                                    _ => {}
-                                }
-                            }
-                        };
-                        let _ =
-                            tokio::time::timeout(std::time::Duration::from_secs(300), drain).await;
-                        return n;
-                    }
-                    if sink.write_all(&buf).await.is_err() {
-                        return n;
-                    }
-                    break;
-                }
-                Ok(PushParse::NeedMore) => {}
-                Err(e) => {
-                    gated.refused = Some(("".into(), "bad_push_commands".into()));
-                    let mut err = client_wr.make_writer_ext(Some(1));
-                    let msg = format!("Gatehouse: the push commands are not readable: {e}\r\n");
-                    let _ = err.write_all(msg.as_bytes()).await;
-                    let _ = err.flush().await;
-                    return n;
-                }
-            }
+        let mut reader = PushReader::new(gate.gw.settings.push_limits);
+        let mut unreadable = None;
+        while !reader.is_done() {
             match client_rd.wait().await {
                 Some(ChannelMsg::Data { data }) => {
                     n += data.len() as u64;
                     buf.extend_from_slice(&data);
+                    if let Err(e) = reader.feed(&data) {
+                        unreadable = Some(e);
+                        break;
+                    }
                 }
-                Some(ChannelMsg::Eof | ChannelMsg::Close) | None => {
-                    // The client ended inside (or before) its command list: nothing to decide.
-                    let _ = sink.write_all(&buf).await;
-                    let _ = sink.flush().await;
-                    return n;
-                }
+                // The client ended inside (or before) its command list: git would act on what
+                // it got, Gatehouse has not decided it, so none of it goes on.
+                Some(ChannelMsg::Eof | ChannelMsg::Close) | None => break,
                 Some(_) => {}
             }
+        }
+        let request = match unreadable.map_or_else(|| reader.finish(), Err) {
+            Ok(r) => r,
+            Err(e) => {
+                gated.refused = Some(("".into(), "bad_push_commands".into()));
+                let mut err = client_wr.make_writer_ext(Some(1));
+                let msg = format!(
+                    "Gatehouse: the push commands are not readable: {e}; nothing was sent to the forge\r\n"
+                );
+                let _ = err.write_all(msg.as_bytes()).await;
+                let _ = err.flush().await;
+                return n;
+            }
+        };
+        let decisions = gate.decide(&request);
+        gated.refs = Some(
+            request
+                .updates
+                .iter()
+                .zip(&decisions.per_ref)
+                .map(|(u, d)| AuditRef::decided(&u.name, u.op().as_str(), &u.old, &u.new, d))
+                .collect(),
+        );
+        if let Some(d) = decisions.first_denial() {
+            let refused = decisions.refused();
+            gated.refused = Some((d.deciding_policy(), d.reason.clone()));
+            if request.wants_report() {
+                let mut out = client_wr.make_writer();
+                let _ = out
+                    .write_all(&refused_push_report(&request, &refused))
+                    .await;
+                let _ = out.flush().await;
+            } else {
+                let mut err = client_wr.make_writer_ext(Some(1));
+                let msg = format!("Gatehouse: push denied by policy ({})\r\n", d.reason);
+                let _ = err.write_all(msg.as_bytes()).await;
+                let _ = err.flush().await;
+            }
+            let drain = async {
+                while let Some(m) = client_rd.wait().await {
+                    match m {
+                        ChannelMsg::Data { data } => n += data.len() as u64,
+                        ChannelMsg::Eof | ChannelMsg::Close => break,
+                        _ => {}
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(300), drain).await;
+            return n;
+        }
+        if sink.write_all(&buf).await.is_err() {
+            return n;
         }
     }
     while let Some(m) = client_rd.wait().await {

@@ -12,6 +12,7 @@ mod git_http;
 mod headers;
 mod large;
 mod paths;
+mod push_reading;
 mod refs;
 mod reload;
 mod sessions;
