@@ -100,6 +100,16 @@ pub struct Classified {
     pub wiki: bool,
 }
 
+/// The query sent upstream: a forge's credential parameters (`token`, `access_token`, `sudo`)
+/// removed, so that the only identity the forge sees is the one Gatehouse asserts.
+fn forwarded_query(flavor: ForgeFlavor, query: Option<&str>) -> Option<String> {
+    let q = query?;
+    if flavor == ForgeFlavor::Generic {
+        return Some(q.to_owned());
+    }
+    crate::query::without_forge_credentials(q).map(std::borrow::Cow::into_owned)
+}
+
 /// A valid owner or repository name on Gitea, Forgejo and Gogs: ASCII letters, digits, `-`, `_`, `.`,
 /// not `.` or `..`.
 fn valid_name(s: &str) -> bool {
@@ -120,7 +130,7 @@ fn fold(flavor: ForgeFlavor, s: &str) -> String {
 }
 
 /// Decodes an `application/x-www-form-urlencoded` component as Go's `url.ParseQuery` does.
-fn form_decode(s: &str) -> Result<String, PathError> {
+pub(crate) fn form_decode(s: &str) -> Result<String, PathError> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -323,7 +333,7 @@ pub fn classify(
         let forward_query = match kind {
             RequestKind::GitAdvertise(svc) => Some(format!("service={}", svc.as_str())),
             RequestKind::GitRpc(_) | RequestKind::GitDumb => None,
-            _ => query.map(str::to_owned),
+            _ => forwarded_query(flavor, query),
         };
         return Ok(Classified {
             kind,
@@ -360,7 +370,7 @@ pub fn classify(
             resource: Resource::Repo(repo_ref),
             forward_path: forward.encoded(),
             decoded_path: forward.decoded(),
-            forward_query: query.map(str::to_owned),
+            forward_query: forwarded_query(flavor, query),
             wiki,
         });
     }
@@ -387,7 +397,7 @@ pub fn classify(
         }),
         forward_path: path.encoded(),
         decoded_path: decoded,
-        forward_query: query.map(str::to_owned),
+        forward_query: forwarded_query(flavor, query),
         wiki: false,
     })
 }

@@ -11,6 +11,7 @@ mod lfs;
 mod path;
 mod pktline;
 mod push;
+mod query;
 mod ssh;
 
 pub use classify::{Classified, ForgeFlavor, GitService, RequestKind, classify};
@@ -22,4 +23,5 @@ pub use push::{
     PushReader, PushRequest, RefOp, RefUpdate, corpus, model, parse_push_request,
     refused_push_report, valid_ref_name,
 };
+pub use query::without_forge_credentials;
 pub use ssh::{SshCommand, SshCommandError, SshService, parse_ssh_command};

@@ -7,30 +7,88 @@ use std::sync::Arc;
 use gatehouse_config::IpNet;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-/// Identity headers stripped from every inbound request, whatever the configuration.
-pub(crate) const ALWAYS_STRIPPED: [&str; 9] = [
-    "x-webauth-user",
-    "x-webauth-email",
-    "x-webauth-fullname",
+/// Identity-bearing headers stripped from every inbound request, whatever the configuration,
+/// compared as [`normalized`] names: reverse-proxy identity headers the forge or an app behind
+/// Gatehouse may trust, and URL overrides some frameworks honour.
+const ALWAYS_STRIPPED: [&str; 8] = [
     "x-forwarded-user",
     "x-forwarded-email",
     "x-forwarded-preferred-username",
     "x-forwarded-groups",
-    "remote-user",
-    "x-remote-user",
+    "x-forwarded-access-token",
+    "x-original-url",
+    "x-rewrite-url",
+    // Gitea and Forgejo let an admin token act as the user this names (checked before the
+    // reverse-proxy header).
+    "sudo",
 ];
 
-/// Prefixes of identity headers stripped from every inbound request: any `X-WEBAUTH-*` (Gitea's
-/// and Gogs's reverse-proxy headers, whichever of them the forge is set to read, e.g.
-/// `REVERSE_PROXY_AUTHENTICATION_USER = X-WEBAUTH-LOGIN`) and Gatehouse's own `X-Gatehouse-*`
-/// (the default assertion header, even when the assertion is renamed or turned off).
-pub(crate) const ALWAYS_STRIPPED_PREFIXES: [&str; 2] = ["x-webauth-", "x-gatehouse-"];
+/// Prefixes of identity header families stripped from every inbound request: Gitea's and Gogs's
+/// reverse-proxy headers (`X-WEBAUTH-*`, whichever the forge is set to read), Gatehouse's own
+/// `X-Gatehouse-*` (even when the assertion is renamed or off), `Remote-*` and `X-Remote-*`
+/// (Apache, Authelia), `X-Auth-Request-*` (oauth2-proxy) and `X-authentik-*`.
+const ALWAYS_STRIPPED_PREFIXES: [&str; 6] = [
+    "x-webauth-",
+    "x-gatehouse-",
+    "remote-",
+    "x-remote-",
+    "x-auth-request-",
+    "x-authentik-",
+];
 
-/// Whether a client-sent header is an identity header by its prefix (names are lowercase).
-pub(crate) fn has_identity_prefix(n: &HeaderName) -> bool {
-    ALWAYS_STRIPPED_PREFIXES
-        .iter()
-        .any(|p| n.as_str().starts_with(p))
+/// Headers Gatehouse sets itself: a client's spelling of them with `_` is dropped, since CGI,
+/// WSGI, PHP, Rack and nginx with `underscores_in_headers` read it as the same variable.
+const SET_BY_GATEHOUSE: [&str; 8] = [
+    "forwarded",
+    "x-real-ip",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-request-id",
+    "traceparent",
+    "tracestate",
+];
+
+/// A header name as an upstream that reads `_` as `-` sees it (CGI's `HTTP_X_WEBAUTH_USER` is
+/// the same variable for `X-WEBAUTH-USER` and `X_WEBAUTH_USER`); names are already lowercase.
+pub(crate) fn normalized(name: &str) -> std::borrow::Cow<'_, str> {
+    if name.contains('_') {
+        std::borrow::Cow::Owned(name.replace('_', "-"))
+    } else {
+        std::borrow::Cow::Borrowed(name)
+    }
+}
+
+/// Which client-sent headers never reach the upstream: the identity families above, the
+/// configured identity header names and `identity_headers.strip`, in any spelling an upstream
+/// may read as theirs; and `_` spellings of the headers Gatehouse sets.
+#[derive(Debug)]
+pub(crate) struct ClientHeaderFilter {
+    /// Normalized names, exact.
+    exact: Vec<String>,
+}
+
+impl ClientHeaderFilter {
+    /// The filter for these configured names (identity headers and `strip`).
+    pub(crate) fn new<'a>(configured: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut exact: Vec<String> = ALWAYS_STRIPPED.iter().map(|s| (*s).to_owned()).collect();
+        for n in configured {
+            let n = normalized(&n.to_ascii_lowercase()).into_owned();
+            if !n.is_empty() && !exact.contains(&n) {
+                exact.push(n);
+            }
+        }
+        ClientHeaderFilter { exact }
+    }
+
+    /// Whether a client's header `name` (lowercase, as `http` keeps it) is dropped.
+    pub(crate) fn drops(&self, name: &HeaderName) -> bool {
+        let raw = name.as_str();
+        let n = normalized(raw);
+        ALWAYS_STRIPPED_PREFIXES.iter().any(|p| n.starts_with(p))
+            || self.exact.iter().any(|e| *e == n)
+            || (raw.contains('_') && SET_BY_GATEHOUSE.contains(&n.as_ref()))
+    }
 }
 
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
@@ -299,6 +357,56 @@ pub(crate) fn trace_context(h: &HeaderMap) -> (String, String) {
 mod tests {
     use super::*;
     use crate::test_util::headers;
+
+    #[test]
+    fn identity_headers_are_dropped_in_every_spelling_an_upstream_reads() {
+        let f = ClientHeaderFilter::new(["X-WEBAUTH-USER", "X-Custom_Identity", ""]);
+        let drops = |n: &str| f.drops(&HeaderName::from_bytes(n.as_bytes()).unwrap());
+        for n in [
+            "x-webauth-user",
+            "X_WEBAUTH_USER",
+            "x_webauth-login",
+            "x-gatehouse-assertion",
+            "x_gatehouse_anything",
+            "x-custom-identity",
+            "x_custom_identity",
+            "remote-user",
+            "remote_groups",
+            "x-remote-user",
+            "x-forwarded-user",
+            "x_forwarded_email",
+            "x-forwarded-preferred-username",
+            "x-forwarded-groups",
+            "x-forwarded-access-token",
+            "x-auth-request-user",
+            "x_auth_request_email",
+            "x-authentik-username",
+            "x-original-url",
+            "x_rewrite_url",
+            "sudo",
+            // `_` spellings of what Gatehouse sets itself
+            "x_forwarded_for",
+            "x_forwarded_host",
+            "x_request_id",
+            "x_real_ip",
+        ] {
+            assert!(drops(n), "{n} reached the upstream");
+        }
+        for n in [
+            "x-forwarded-for",
+            "x-request-id",
+            "traceparent",
+            "x-real-ip",
+            "accept",
+            "x_custom_thing",
+            "content-type",
+            "x-remoteness",
+            "sudoku",
+            "user-agent",
+        ] {
+            assert!(!drops(n), "{n} was dropped");
+        }
+    }
 
     /// `set_forwarded` for a plain-HTTP request to `git.example`.
     fn forward(h: &mut HeaderMap, peer: IpAddr, client: IpAddr, trusted_peer: bool) {

@@ -35,8 +35,8 @@ use crate::body::{
     Body, BodyEnd, BodyIdleTimeout, Coalesced, Counted, IdleLimited, Prefixed, full,
 };
 use crate::forwarded::{
-    ALWAYS_STRIPPED, TRACEPARENT, X_REQUEST_ID, client_ip, has_identity_prefix, ip_text,
-    request_id, set_forwarded, strip_hop_by_hop, trace_context,
+    ClientHeaderFilter, TRACEPARENT, X_REQUEST_ID, client_ip, ip_text, request_id, set_forwarded,
+    strip_hop_by_hop, trace_context,
 };
 use crate::metrics::{ActionLabel, KindLabel, Metrics, RequestLabels};
 use crate::respond::{ClientKind, Refusal, typed_response};
@@ -77,7 +77,7 @@ pub struct GatewaySettings {
 #[derive(Debug)]
 pub struct Gateway {
     pub(crate) settings: GatewaySettings,
-    strip: Vec<HeaderName>,
+    strip: ClientHeaderFilter,
     /// The identity header names, parsed once.
     names: IdentityNames,
     pub(crate) policy: Arc<ArcSwap<PolicyEngine>>,
@@ -413,25 +413,18 @@ impl Gateway {
             assertion: header_name(&id.assertion),
         };
         // What Gatehouse sets itself is never taken from the client either.
-        let mut strip: Vec<HeaderName> = ALWAYS_STRIPPED
-            .iter()
-            .filter_map(|s| header_name(s))
-            .collect();
-        let own = [
-            &names.user,
-            &names.email,
-            &names.full_name,
-            &names.groups,
-            &names.assertion,
-        ]
-        .into_iter()
-        .flatten()
-        .cloned();
-        for n in own.chain(id.strip.iter().filter_map(|s| header_name(s))) {
-            if !strip.contains(&n) {
-                strip.push(n);
-            }
-        }
+        let strip = ClientHeaderFilter::new(
+            [
+                &id.user,
+                &id.email,
+                &id.full_name,
+                &id.groups,
+                &id.assertion,
+            ]
+            .into_iter()
+            .chain(&id.strip)
+            .map(String::as_str),
+        );
         Self {
             settings,
             strip,
@@ -935,7 +928,7 @@ impl Gateway {
         // hashed removal of every name on the list would cost more when (as usual) none is there.
         let sent: Vec<HeaderName> = headers
             .keys()
-            .filter(|n| has_identity_prefix(n) || self.strip.contains(n))
+            .filter(|n| self.strip.drops(n))
             .cloned()
             .collect();
         for n in sent {

@@ -76,6 +76,8 @@ http {{
     {unix_listen}
     {tls_lines}
     client_max_body_size 0;
+    # Read `X_WEBAUTH_USER` as `X-WEBAUTH-USER`, as CGI, WSGI, PHP and Rack upstreams do.
+    underscores_in_headers on;
     location = /_setcookie {{
       add_header Set-Cookie "__Host-gatehouse-session=planted; Path=/; Secure; HttpOnly";
       add_header Set-Cookie "theirs=1; Path=/";
@@ -84,7 +86,7 @@ http {{
     }}
     location = /_echo {{
       default_type text/plain;
-      return 200 "user=$http_x_webauth_user;email=$http_x_webauth_email;fullname=$http_x_webauth_fullname;authorization=$http_authorization;assertion=$http_x_gatehouse_assertion;xff=$http_x_forwarded_for;proto=$http_x_forwarded_proto;request_id=$http_x_request_id;traceparent=$http_traceparent;remote_user=$http_remote_user;connection=$http_connection;client_dn=$ssl_client_s_dn;groups=$http_x_gatehouse_groups;xfh=$http_x_forwarded_host;login=$http_x_webauth_login;xfu=$http_x_forwarded_user;other=$http_x_gatehouse_other;custom=$http_x_custom_identity;upstream_conn=$connection;upstream_http=$server_protocol;host=$http_host;cookie=$http_cookie\n";
+      return 200 "user=$http_x_webauth_user;email=$http_x_webauth_email;fullname=$http_x_webauth_fullname;authorization=$http_authorization;assertion=$http_x_gatehouse_assertion;xff=$http_x_forwarded_for;proto=$http_x_forwarded_proto;request_id=$http_x_request_id;traceparent=$http_traceparent;remote_user=$http_remote_user;connection=$http_connection;client_dn=$ssl_client_s_dn;groups=$http_x_gatehouse_groups;xfh=$http_x_forwarded_host;login=$http_x_webauth_login;xfu=$http_x_forwarded_user;other=$http_x_gatehouse_other;custom=$http_x_custom_identity;upstream_conn=$connection;upstream_http=$server_protocol;host=$http_host;auth_request=$http_x_auth_request_user;authentik=$http_x_authentik_username;sudo=$http_sudo;original_url=$http_x_original_url;rewrite_url=$http_x_rewrite_url;xfat=$http_x_forwarded_access_token;xremote=$http_x_remote_user;remote_email=$http_remote_email;thing=$http_x_custom_thing;args=$args;cookie=$http_cookie\n";
     }}
     location / {{
       fastcgi_pass unix:{sock};

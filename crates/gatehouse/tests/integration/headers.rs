@@ -157,6 +157,79 @@ fn the_upstream_sees_only_gatehouse_identity_headers() {
     assert_eq!(field(&body, "user"), "alice");
 }
 
+/// Identity headers in every spelling an upstream may read as theirs (`_` for `-`, any case),
+/// every identity family a forge or app may trust, and the forge's own query credentials are
+/// dropped; a header or parameter that is none of those passes (the allowed twin). The echo is
+/// real nginx with `underscores_in_headers on`.
+#[test]
+fn no_spelling_of_an_identity_header_or_forge_credential_reaches_the_upstream() {
+    let tmp = TempDir::new("header-spellings");
+    let (root, _) = repos(&tmp);
+    let upstream = GitHttpServer::start(&root);
+    let gw = builder()
+        .with_upstream_url(&upstream.url())
+        .forge_kind("gitea")
+        .policy(POLICY)
+        .extra("[identity_headers]\nstrip = [\"X-Custom-Identity\"]\n")
+        .start();
+    let alice = gw.token("alice", &["dev"]);
+    let (status, raw) = raw_http(
+        gw.port,
+        "GET",
+        "/_echo?token=t1&keep=1&access_token=t2&%73udo=admin&sudoku=9",
+        &[
+            ("Authorization", &format!("Bearer {alice}")),
+            ("X_WEBAUTH_LOGIN", "admin"),
+            ("x_webauth_email", "admin@evil.example"),
+            ("X_Gatehouse_Assertion", "forged"),
+            ("X_Custom_Identity", "admin"),
+            ("Remote_User", "admin"),
+            ("Remote-Email", "admin@evil.example"),
+            ("X-Remote-User", "admin"),
+            ("X_Forwarded_User", "admin"),
+            ("X-Forwarded-Access-Token", "stolen"),
+            ("X-Auth-Request-User", "admin"),
+            ("X_authentik_username", "admin"),
+            ("X-Original-URL", "/admin"),
+            ("X_Rewrite_URL", "/admin"),
+            ("Sudo", "admin"),
+            ("X_Forwarded_For", "6.6.6.6"),
+            ("X_Request_Id", "forged-id"),
+            ("X_Custom_Thing", "kept"),
+        ],
+    );
+    assert_eq!(status, 200, "{raw}");
+    let body = raw.split("\r\n\r\n").nth(1).unwrap_or("");
+    for name in [
+        "login",
+        "email",
+        "custom",
+        "remote_user",
+        "remote_email",
+        "xremote",
+        "xfu",
+        "xfat",
+        "auth_request",
+        "authentik",
+        "original_url",
+        "rewrite_url",
+        "sudo",
+    ] {
+        assert_eq!(
+            field(body, name),
+            "",
+            "a client's {name} reached the upstream: {body}"
+        );
+    }
+    assert_ne!(field(body, "assertion"), "forged", "{body}");
+    assert_eq!(field(body, "user"), "alice");
+    assert_eq!(field(body, "xff"), "127.0.0.1", "{body}");
+    assert_ne!(field(body, "request_id"), "forged-id", "{body}");
+    // The twins: a header and parameters that carry no identity pass unchanged.
+    assert_eq!(field(body, "thing"), "kept", "{body}");
+    assert_eq!(field(body, "args"), "keep=1&sudoku=9", "{body}");
+}
+
 /// Requests from different clients ride one pooled keep-alive connection to the upstream, in
 /// HTTP/1.1, with the client's `Host` (or with `preserve_host = false`, the upstream's authority);
 /// with `pool_max_idle = 0` every request opens its own.

@@ -17,17 +17,7 @@ use gatehouse_git::corpus::{self, EMPTY_PACK, ZERO, pkt};
 use gatehouse_testkit::{TempDir, TestGateway};
 
 use crate::common::{POLICY, builder, ref_of, repos};
-
-const RULES: &str = r#"
-@id("tags-release-only")
-@reason("tag_requires_release_group")
-forbid(principal, action in [Gatehouse::Action::"ref:create", Gatehouse::Action::"ref:update"], resource)
-  when { context.ref like "refs/tags/v*" } unless { principal in Gatehouse::Group::"release" };
-
-@id("keep-main")
-@reason("main_cannot_be_deleted")
-forbid(principal, action == Gatehouse::Action::"ref:delete", resource) when { context.ref == "refs/heads/main" };
-"#;
+use crate::refs::REF_RULES as RULES;
 
 /// The issue's push: a certificate whose first command has no LF, then a lone LF packet.
 fn issue_certificate(head: &str) -> Vec<u8> {

@@ -2,7 +2,7 @@ use gatehouse_testkit::TempDir;
 
 use crate::common::{POLICY, builder, clone_demo, commit_file, head_of, local_head, ref_of, repos};
 
-const REF_RULES: &str = r#"
+pub(crate) const REF_RULES: &str = r#"
 @id("tags-release-only")
 @reason("tag_requires_release_group")
 forbid(principal, action in [Gatehouse::Action::"ref:create", Gatehouse::Action::"ref:update"], resource)
