@@ -312,10 +312,10 @@ pub(crate) async fn run(
                 websocket_idle_timeout: cfg.server.websocket_idle_timeout.0,
                 upstream_body_idle_timeout: cfg.upstream.body_idle_timeout.0,
                 client_body_idle_timeout: cfg.server.body_idle_timeout.0,
-                push_limits: gatehouse_git::PushLimits {
-                    max_bytes: usize::try_from(cfg.git.max_command_list.0).unwrap_or(usize::MAX),
-                    max_commands: cfg.git.max_ref_updates,
-                },
+                push_limits: gatehouse_git::PushLimits::new(
+                    cfg.git.max_command_list.0,
+                    cfg.git.max_ref_updates,
+                ),
             },
             policy.clone(),
             authn.clone(),

@@ -57,6 +57,16 @@ pub struct PushLimits {
     pub max_commands: usize,
 }
 
+impl PushLimits {
+    /// Limits from configured values (a byte count too large for this platform means none).
+    pub fn new(max_bytes: u64, max_commands: usize) -> Self {
+        PushLimits {
+            max_bytes: usize::try_from(max_bytes).unwrap_or(usize::MAX),
+            max_commands,
+        }
+    }
+}
+
 impl Default for PushLimits {
     fn default() -> Self {
         PushLimits {

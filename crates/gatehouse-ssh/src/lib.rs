@@ -171,10 +171,10 @@ impl SshSettings {
                 .unwrap_or_else(|| ssh.listen.to_string()),
             inactivity_timeout: ssh.inactivity_timeout.0,
             max_connections: ssh.max_connections.max(1),
-            push_limits: gatehouse_git::PushLimits {
-                max_bytes: usize::try_from(cfg.git.max_command_list.0).unwrap_or(usize::MAX),
-                max_commands: cfg.git.max_ref_updates,
-            },
+            push_limits: gatehouse_git::PushLimits::new(
+                cfg.git.max_command_list.0,
+                cfg.git.max_ref_updates,
+            ),
         }))
     }
 

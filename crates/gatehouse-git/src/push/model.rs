@@ -7,7 +7,7 @@
 //! and the `push_request` fuzz target check that [`super::PushReader`] never names other refs
 //! than this model does. It is a test oracle, not used at run time.
 
-use super::ObjectFormat;
+use super::{Feed, ObjectFormat, PushError, PushLimits, PushReader, PushRequest, valid_ref_name};
 
 /// What `receive-pack` does with an input.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -221,6 +221,96 @@ fn queue_commands_from_cert(
         };
     }
     Ok(())
+}
+
+/// The reader over `data` fed in pieces of `piece` bytes: the request and where the pack starts,
+/// `None` when `data` ends inside the list.
+pub fn read_in_pieces(
+    data: &[u8],
+    piece: usize,
+) -> Result<Option<(PushRequest, usize)>, PushError> {
+    let mut reader = PushReader::new(PushLimits::default());
+    let mut at = 0;
+    while at < data.len() {
+        let end = (at + piece.max(1)).min(data.len());
+        if let Feed::Done(n) = reader.feed(&data[at..end])? {
+            return reader.finish().map(|r| Some((r, at + n)));
+        }
+        at = end;
+    }
+    Ok(None)
+}
+
+/// Panics where [`PushReader`] reads `data` otherwise than git (this model) does:
+/// - the result does not depend on how the bytes are cut (each size in `pieces`);
+/// - what the reader accepts, git reads the same way: the same commands in the same order, the
+///   same push options, the pack at the same offset;
+/// - what it refuses, git dies on, or git would be handed something the reader cannot name for
+///   the policy (a ref git itself refuses to update, a push option that is not UTF-8);
+/// - when it wants more, git reading this input would have hit its end.
+pub fn assert_reader_agrees(data: &[u8], pieces: &[usize]) {
+    let whole = read_in_pieces(data, data.len());
+    for &piece in pieces {
+        assert_eq!(read_in_pieces(data, piece), whole, "pieces of {piece}");
+    }
+    let format = match &whole {
+        Ok(Some((r, _))) => r.object_format,
+        _ => ObjectFormat::Sha1,
+    };
+    match (&whole, receive_pack(data, format, true)) {
+        (
+            Ok(Some((req, off))),
+            Outcome::Commands {
+                updates,
+                push_options,
+                pack_offset,
+            },
+        ) => {
+            let mine: Vec<_> = req
+                .updates
+                .iter()
+                .map(|u| (u.old.clone(), u.new.clone(), u.name.as_bytes().to_vec()))
+                .collect();
+            assert_eq!(mine, updates, "commands");
+            assert_eq!(*off, pack_offset, "where the pack starts");
+            let opts: Vec<Vec<u8>> = req
+                .push_options
+                .iter()
+                .map(|o| o.as_bytes().to_vec())
+                .collect();
+            assert_eq!(opts, push_options.unwrap_or_default(), "push options");
+        }
+        (Ok(Some(_)), Outcome::Dies(why)) => panic!("git dies ({why}), the reader accepts"),
+        (Ok(None), Outcome::Dies(why)) => {
+            assert!(
+                why.contains("hung up"),
+                "the reader waits where git dies: {why}"
+            );
+        }
+        (Ok(None), Outcome::Commands { .. }) => panic!("the reader waits where git goes on"),
+        (Err(_), Outcome::Dies(_)) => {}
+        (
+            Err(e),
+            Outcome::Commands {
+                updates,
+                push_options,
+                ..
+            },
+        ) => {
+            let unnameable = updates
+                .iter()
+                .any(|(_, _, r)| std::str::from_utf8(r).map_or(true, |r| !valid_ref_name(r)));
+            let bad_option = push_options
+                .iter()
+                .flatten()
+                .any(|o| std::str::from_utf8(o).is_err());
+            assert!(
+                (unnameable && *e == PushError::BadRefName)
+                    || (bad_option && *e == PushError::BadPushOption),
+                "the reader refuses ({e}) what git reads: {updates:?}"
+            );
+        }
+    }
 }
 
 /// `cmd_receive_pack` from `read_head_info` to where it reads the pack, on a repository of
