@@ -5,8 +5,10 @@
 #                                                      at http://127.0.0.1:PORT/<owner>/<repo>.git
 #   bench/git-http.sh stop STATE_DIR                   stops what `start` left in STATE_DIR
 #
-# Env: NGINX_WORKERS (default 1), FCGI_CHILDREN (default 2: one git process per concurrent request).
-# Reads only; pushes are refused (no http.receivepack). REMOTE_USER is taken from the
+# Env: NGINX_WORKERS (default 1), FCGI_CHILDREN (default 2: one git process per concurrent request),
+# GIT_HTTP_WRITES=1 (accept pushes, and answer `/api/...` with 201 `{}` for any method: a forge
+# API's writes without the forge; used by bench/writes.sh).
+# Without GIT_HTTP_WRITES, reads only; pushes are refused (no http.receivepack). REMOTE_USER is taken from the
 # X-WEBAUTH-USER header, the name Gatehouse sends upstream by default.
 # Needs nginx and fcgiwrap (scripts/install-deps.sh installs them).
 set -euo pipefail
@@ -32,7 +34,7 @@ stop() {
 }
 
 start() {
-  local port=$1 repos d backend user_line
+  local port=$1 repos d backend user_line api_location push_params
   repos=$(realpath "$2")
   mkdir -p "$3/tmp"
   d=$(realpath "$3")
@@ -43,6 +45,13 @@ start() {
   # Workers must reach fcgiwrap's socket, and git refuses repositories owned by another user.
   user_line=""
   [ "$(id -u)" = 0 ] && user_line="user root root;"
+  api_location="" push_params=""
+  if [ "${GIT_HTTP_WRITES:-0}" = 1 ]; then
+    api_location='    location /api/ { default_type application/json; return 201 "{}\n"; }'
+    push_params='      fastcgi_param GIT_CONFIG_COUNT 1;
+      fastcgi_param GIT_CONFIG_KEY_0 http.receivepack;
+      fastcgi_param GIT_CONFIG_VALUE_0 true;'
+  fi
 
   rm -f "$d/fcgiwrap.sock"
   fcgiwrap -c "${FCGI_CHILDREN:-2}" -s "unix:$d/fcgiwrap.sock" </dev/null >"$d/fcgiwrap.log" 2>&1 &
@@ -67,6 +76,7 @@ http {
   server {
     listen 127.0.0.1:$port;
     client_max_body_size 0;
+$api_location
     location / {
       fastcgi_pass unix:$d/fcgiwrap.sock;
       # Our own parameter list rather than /etc/nginx/fastcgi_params, whose REMOTE_USER would be
@@ -82,6 +92,7 @@ http {
       fastcgi_param GIT_HTTP_EXPORT_ALL "";
       fastcgi_param PATH_INFO \$uri;
       fastcgi_param REMOTE_USER \$http_x_webauth_user;
+$push_params
       fastcgi_request_buffering off;
       fastcgi_buffering off;
       fastcgi_read_timeout 300s;

@@ -228,13 +228,14 @@ pub fn audit_search(file: &Path, query: &gatehouse_audit::SearchQuery, json: boo
                     "time": m.time, "request_id": m.request_id, "username": m.username,
                     "subject": m.subject, "issuer": m.issuer, "repo": m.repo, "ref": m.name,
                     "op": m.op, "old": m.old, "new": m.new, "decision": m.decision,
-                    "reason": m.reason, "status": m.status, "file": m.file, "line": m.line,
+                    "reason": m.reason, "status": m.status, "finished": m.finished,
+                    "file": m.file, "line": m.line,
                 })
             );
         } else {
             let short = |id: &str| id.chars().take(12).collect::<String>();
             out!(
-                "{}  {} ({}, {})  {}  {}  {} {}..{}  {} ({})  request {}  {}:{}",
+                "{}  {} ({}, {})  {}  {}  {} {}..{}  {} ({})  request {}  {}:{}{}",
                 m.time,
                 m.username,
                 m.subject,
@@ -248,7 +249,12 @@ pub fn audit_search(file: &Path, query: &gatehouse_audit::SearchQuery, json: boo
                 m.reason,
                 m.request_id,
                 m.file.display(),
-                m.line
+                m.line,
+                if m.finished {
+                    ""
+                } else {
+                    "  (forwarded; its end was never recorded)"
+                }
             );
         }
     }

@@ -152,4 +152,8 @@ pub struct AuditRecord {
     /// Free-form detail for non-request events (e.g. the version at start).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// In the completion record of a request that can change the forge: the `seq` of its
+    /// `forwarding` record, written and synced before it was forwarded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forwarding_seq: Option<u64>,
 }

@@ -46,6 +46,10 @@ pub struct PushMatch {
     pub reason: String,
     /// The HTTP status of the push, when known.
     pub status: Option<u16>,
+    /// Whether the push's completion record was found. A push that can change the forge is
+    /// first recorded as `forwarding` (synced before it went upstream); a match found only
+    /// there was forwarded but its end was never recorded (the gateway died first).
+    pub finished: bool,
     /// The file it was found in: the log, or one rotated out of it.
     pub file: std::path::PathBuf,
     /// The line of that file.
@@ -89,6 +93,8 @@ struct Ref {
 #[derive(Deserialize)]
 struct Line {
     #[serde(default)]
+    event: String,
+    #[serde(default)]
     time: String,
     #[serde(default)]
     request_id: Option<String>,
@@ -100,6 +106,10 @@ struct Line {
     refs: Option<Vec<Ref>>,
     #[serde(default)]
     status: Option<u16>,
+    #[serde(default)]
+    seq: u64,
+    #[serde(default)]
+    forwarding_seq: Option<u64>,
 }
 
 fn ref_matches(wanted: &str, name: &str) -> bool {
@@ -132,12 +142,21 @@ pub fn search(path: &Path, q: &SearchQuery) -> Result<Vec<PushMatch>, SearchErro
         path: path.display().to_string(),
         message: e.to_string(),
     })?;
-    let mut out = Vec::new();
+    let mut found = Found::default();
     for (_, _, part) in &parts {
-        search_file(part, q, commit.as_deref(), &mut out)?;
+        search_file(part, q, commit.as_deref(), &mut found)?;
     }
-    search_file(path, q, commit.as_deref(), &mut out)?;
-    Ok(out)
+    search_file(path, q, commit.as_deref(), &mut found)?;
+    Ok(found.out)
+}
+
+/// The matches so far, and where those known only from a `forwarding` record are (by that
+/// record's `seq` and the ref), so that the completion record naming it (`forwarding_seq`)
+/// takes their place.
+#[derive(Default)]
+struct Found {
+    out: Vec<PushMatch>,
+    forwarded: std::collections::HashMap<(u64, String), usize>,
 }
 
 /// The matches in one file, oldest first.
@@ -145,7 +164,7 @@ fn search_file(
     path: &Path,
     q: &SearchQuery,
     commit: Option<&str>,
-    out: &mut Vec<PushMatch>,
+    found: &mut Found,
 ) -> Result<(), SearchError> {
     let file = File::open(path).map_err(|e| SearchError::Io {
         path: path.display().to_string(),
@@ -182,7 +201,8 @@ fn search_file(
                 .as_ref()
                 .map(|p| (p.username.clone(), p.subject.clone(), p.issuer.clone()))
                 .unwrap_or_default();
-            out.push(PushMatch {
+            let forwarding = rec.event == "forwarding";
+            let m = PushMatch {
                 time: rec.time.clone(),
                 request_id: rec.request_id.clone().unwrap_or_default(),
                 username,
@@ -196,9 +216,23 @@ fn search_file(
                 decision: r.decision,
                 reason: r.reason,
                 status: rec.status,
+                finished: !forwarding,
                 file: path.to_owned(),
                 line: i as u64 + 1,
-            });
+            };
+            let announced = rec
+                .forwarding_seq
+                .and_then(|s| found.forwarded.remove(&(s, m.name.clone())));
+            if forwarding {
+                found
+                    .forwarded
+                    .insert((rec.seq, m.name.clone()), found.out.len());
+                found.out.push(m);
+            } else if let Some(at) = announced {
+                found.out[at] = m;
+            } else {
+                found.out.push(m);
+            }
         }
     }
     Ok(())
@@ -303,5 +337,57 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn a_push_is_one_match_and_a_forwarded_push_without_an_end_is_still_found() {
+        let dir = std::env::temp_dir().join(format!("gh-search-fwd-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let log = dir.join("audit.log");
+        let line = |seq: u64, event: &str, id: &str, name: &str, status: &str| {
+            format!(
+                r#"{{"seq":{seq},"prev":"x","time":"t","event":"{event}","request_id":"{id}","principal":{{"kind":"user","subject":"a","issuer":"i","username":"alice","groups":[]}},"repo":"demo/hello","refs":[{{"name":"{name}","op":"create","old":"{z}","new":"{n}","decision":"allow","reason":"allowed"}}]{status}}}"#,
+                z = "0".repeat(40),
+                n = "a".repeat(40),
+            )
+        };
+        let text = [
+            line(1, "forwarding", "r1", "refs/heads/one", ""),
+            line(2, "forwarding", "r2", "refs/heads/two", ""),
+            line(
+                3,
+                "request",
+                "r1",
+                "refs/heads/one",
+                r#","status":200,"forwarding_seq":1"#,
+            ),
+            // Another push under the same (client-chosen) request id and ref, not announced:
+            // not taken for r2's end.
+            line(4, "request", "r2", "refs/heads/two", r#","status":403"#),
+        ]
+        .join("\n");
+        std::fs::write(&log, text).unwrap_or_else(|e| panic!("{e}"));
+        let m = search(
+            &log,
+            &SearchQuery {
+                commit: Some("aaaa".into()),
+                ..SearchQuery::default()
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(m.len(), 3, "{m:?}");
+        assert_eq!((m[2].line, m[2].finished), (4, true));
+        // r1: its completion record replaces its announcement.
+        assert_eq!(
+            (m[0].name.as_str(), m[0].finished),
+            ("refs/heads/one", true)
+        );
+        assert_eq!((m[0].status, m[0].line), (Some(200), 3));
+        // r2: forwarded, then nothing (the gateway died): still found, and said to be unfinished.
+        assert_eq!(
+            (m[1].name.as_str(), m[1].finished),
+            ("refs/heads/two", false)
+        );
+        assert_eq!(m[1].status, None);
     }
 }

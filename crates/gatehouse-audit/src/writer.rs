@@ -1,4 +1,10 @@
 //! The single writer: bounded channel in, batched appends with `fdatasync` out.
+//!
+//! Most records are group-committed: the request that queued one never waits for the disk. A
+//! record queued with [`AuditSink::commit`] is one its request waits for: the writer takes it
+//! at once (no gathering interval), and the caller learns its sequence number once it is synced.
+//! The gateway commits the decision of every request that can change the forge this way before
+//! forwarding it, so that no crash can lose the record of a write the forge applied.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -79,27 +85,47 @@ pub enum AuditUnavailable {
     /// The writer has stopped.
     #[error("audit writer stopped")]
     Closed,
+    /// A committed record was not synced in time (the disk stalls).
+    #[error("audit log sync took too long")]
+    SyncTimeout,
 }
 
+/// How long [`AuditSink::commit`] waits for a place in the queue, and then for the sync.
+pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
+
 type FlushHook = Box<dyn Fn(FlushStats) + Send>;
+
+/// Who waits for a committed record: told its sequence number once it is synced, or why not.
+type Ack = tokio::sync::oneshot::Sender<Result<u64, AuditUnavailable>>;
+
+/// One record in the queue, and whoever waits for it to be durable.
+#[derive(Debug)]
+struct Entry {
+    record: AuditRecord,
+    ack: Option<Ack>,
+}
 
 /// The sending side of the audit log. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct AuditSink {
-    tx: mpsc::Sender<AuditRecord>,
+    tx: mpsc::Sender<Entry>,
     healthy: Arc<AtomicBool>,
+    /// Set by [`AuditSink::commit`]: the writer stops gathering and writes now.
+    urgent: Arc<AtomicBool>,
+    /// The writer thread, woken (unparked) by a commit.
+    writer: std::thread::Thread,
 }
 
 /// A reserved place in the audit queue: holding one guarantees the record can be queued.
 #[derive(Debug)]
 pub struct AuditSlot {
-    permit: mpsc::OwnedPermit<AuditRecord>,
+    permit: mpsc::OwnedPermit<Entry>,
 }
 
 impl AuditSlot {
     /// Queues the record for writing.
     pub fn send(self, record: AuditRecord) {
-        self.permit.send(record);
+        self.permit.send(Entry { record, ack: None });
     }
 }
 
@@ -129,7 +155,9 @@ impl AuditSink {
         let len = meta.map_or(0, |m| m.len());
         let (tx, rx) = mpsc::channel(opts.queue_capacity.max(1));
         let healthy = Arc::new(AtomicBool::new(true));
+        let urgent = Arc::new(AtomicBool::new(false));
         let writer = Writer {
+            urgent: urgent.clone(),
             file,
             path: opts.path.clone(),
             first_seq,
@@ -154,7 +182,13 @@ impl AuditSink {
             .name("audit-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(io)?;
-        Ok((AuditSink { tx, healthy }, handle))
+        let sink = AuditSink {
+            tx,
+            healthy,
+            urgent,
+            writer: handle.thread().clone(),
+        };
+        Ok((sink, handle))
     }
 
     /// Reserves a place for one record, or says why the request must be refused.
@@ -177,9 +211,36 @@ impl AuditSink {
     /// Queues a record, waiting for room. For events outside the request path (start, stop).
     pub async fn send(&self, record: AuditRecord) -> Result<(), AuditUnavailable> {
         self.tx
-            .send(record)
+            .send(Entry { record, ack: None })
             .await
             .map_err(|_| AuditUnavailable::Closed)
+    }
+
+    /// Writes the record and returns once it is durable (appended to the chain and synced), with
+    /// its sequence number; or says why it is not, in which case the caller must not go on with
+    /// what the record announces. Waits at most [`COMMIT_TIMEOUT`] for a place in the queue and
+    /// as long again for the sync. Concurrent commits share one sync.
+    pub async fn commit(&self, record: AuditRecord) -> Result<u64, AuditUnavailable> {
+        if !self.healthy.load(Ordering::Acquire) {
+            return Err(AuditUnavailable::WriteFailed);
+        }
+        let permit = match tokio::time::timeout(COMMIT_TIMEOUT, self.tx.reserve()).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(_)) => return Err(AuditUnavailable::Closed),
+            Err(_) => return Err(AuditUnavailable::QueueFull),
+        };
+        let (ack, done) = tokio::sync::oneshot::channel();
+        permit.send(Entry {
+            record,
+            ack: Some(ack),
+        });
+        self.urgent.store(true, Ordering::Release);
+        self.writer.unpark();
+        match tokio::time::timeout(COMMIT_TIMEOUT, done).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(AuditUnavailable::Closed),
+            Err(_) => Err(AuditUnavailable::SyncTimeout),
+        }
     }
 }
 
@@ -321,6 +382,8 @@ struct Writer {
     seq: u64,
     prev: String,
     healthy: Arc<AtomicBool>,
+    /// A commit is waiting: write without gathering.
+    urgent: Arc<AtomicBool>,
     batch_max: usize,
     flush_interval: Duration,
     on_flush: Option<FlushHook>,
@@ -342,7 +405,7 @@ const HEAD_INTERVAL: Duration = Duration::from_millis(100);
 const ACTIVE_WINDOW: Duration = Duration::from_secs(1);
 
 impl Writer {
-    fn run(mut self, rx: mpsc::Receiver<AuditRecord>) {
+    fn run(mut self, rx: mpsc::Receiver<Entry>) {
         self.run_batches(rx);
         // The last batches may have skipped the head update; bring it up to date.
         if self.seq > 0
@@ -352,8 +415,8 @@ impl Writer {
         }
     }
 
-    fn run_batches(&mut self, mut rx: mpsc::Receiver<AuditRecord>) {
-        let mut pending: Vec<AuditRecord> = Vec::new();
+    fn run_batches(&mut self, mut rx: mpsc::Receiver<Entry>) {
+        let mut pending: Vec<Entry> = Vec::new();
         let mut closed = false;
         let mut failures = 0u32;
         let mut last_flush: Option<Instant> = None;
@@ -364,13 +427,23 @@ impl Writer {
                     None => break,
                 }
             }
-            // Group commit: gather what arrives until the interval since the last batch is over.
+            // Group commit: gather what arrives until the interval since the last batch is over,
+            // unless someone waits for a record (a commit), which is written now.
             if let Some(t) = last_flush {
-                let wait = self.flush_interval.saturating_sub(t.elapsed());
-                if !wait.is_zero() && !closed {
-                    std::thread::sleep(wait);
+                let deadline = t + self.flush_interval;
+                while !closed
+                    && !self.urgent.load(Ordering::Acquire)
+                    && !pending.iter().any(|e| e.ack.is_some())
+                {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        break;
+                    }
+                    std::thread::park_timeout(deadline - now);
                 }
             }
+            // Commits queued from here on make the next batch urgent.
+            let was_urgent = self.urgent.swap(false, Ordering::AcqRel);
             while pending.len() < self.batch_max {
                 match rx.try_recv() {
                     Ok(r) => pending.push(r),
@@ -381,8 +454,14 @@ impl Writer {
                     }
                 }
             }
+            // A full batch may have left the commit behind it in the queue: the next batch is
+            // still urgent.
+            if was_urgent && pending.len() >= self.batch_max {
+                self.urgent.store(true, Ordering::Release);
+            }
             let started = Instant::now();
             last_flush = Some(started);
+            let first_seq = self.seq + 1;
             let result = self.append(&pending);
             let ok = result.is_ok();
             if let Some(hook) = &self.on_flush {
@@ -394,13 +473,26 @@ impl Writer {
             }
             match result {
                 Ok(()) => {
-                    pending.clear();
+                    for (seq, entry) in (first_seq..).zip(pending.drain(..)) {
+                        if let Some(ack) = entry.ack {
+                            let _ = ack.send(Ok(seq));
+                        }
+                    }
                     failures = 0;
                     self.healthy.store(true, Ordering::Release);
                 }
                 Err(e) => {
                     failures += 1;
                     self.healthy.store(false, Ordering::Release);
+                    // Whoever waits for a record is told now and does not go on (its request is
+                    // refused, and its own completion record says so); the others are retried.
+                    pending.retain_mut(|entry| match entry.ack.take() {
+                        Some(ack) => {
+                            let _ = ack.send(Err(AuditUnavailable::WriteFailed));
+                            false
+                        }
+                        None => true,
+                    });
                     tracing::error!(error = %e, queued = pending.len(), "audit log write failed; refusing requests until it succeeds");
                     if closed && failures >= 5 {
                         tracing::error!(lost = pending.len(), "audit writer giving up at shutdown");
@@ -423,18 +515,20 @@ impl Writer {
     /// cross-CPU interrupt) would land on a request's path. Idle, it waits and costs nothing.
     fn next_record(
         &mut self,
-        rx: &mut mpsc::Receiver<AuditRecord>,
+        rx: &mut mpsc::Receiver<Entry>,
         last_flush: Option<Instant>,
-    ) -> Option<AuditRecord> {
+    ) -> Option<Entry> {
         if !self.flush_interval.is_zero()
             && let Some(last) = last_flush
         {
             while last.elapsed() < ACTIVE_WINDOW {
                 match rx.try_recv() {
                     Ok(r) => return Some(r),
-                    Err(mpsc::error::TryRecvError::Empty) => {
-                        std::thread::sleep(self.flush_interval)
-                    }
+                    // A commit unparks the thread: it is not kept waiting for the interval.
+                    Err(mpsc::error::TryRecvError::Empty) => std::thread::park_timeout(
+                        self.flush_interval
+                            .min(ACTIVE_WINDOW.saturating_sub(last.elapsed())),
+                    ),
                     Err(mpsc::error::TryRecvError::Disconnected) => return None,
                 }
             }
@@ -457,11 +551,11 @@ impl Writer {
 
     /// Appends a batch and syncs it. On failure the file is cut back to where it was, so that a
     /// torn batch never stays in the chain, and the batch is retried later.
-    fn append(&mut self, batch: &[AuditRecord]) -> std::io::Result<()> {
+    fn append(&mut self, batch: &[Entry]) -> std::io::Result<()> {
         let mut buf = Vec::with_capacity(batch.len() * 512);
         let mut seq = self.seq;
         let mut prev = self.prev.clone();
-        for record in batch {
+        for Entry { record, .. } in batch {
             seq += 1;
             let start = buf.len();
             write_entry(&mut buf, seq, &prev, record)?;
@@ -489,7 +583,7 @@ impl Writer {
         self.seq = seq;
         self.prev = prev;
         if self.rotation_due() {
-            let time = batch.last().map(|r| r.time).unwrap_or_default();
+            let time = batch.last().map(|e| e.record.time).unwrap_or_default();
             match self.rotate(time) {
                 Ok(()) => {
                     self.rotate_retry = None;

@@ -12,6 +12,10 @@ pub enum AuthnError {
     /// Not a well-formed compact JWS.
     #[error("token is malformed")]
     Malformed,
+    /// The JWT's `typ` names another kind of token (`dpop+jwt`, `logout+jwt`, `secevent+jwt`,
+    /// ...), which must never pass as an access token (RFC 8725 §3.11).
+    #[error("token is not an access token")]
+    WrongTokenType,
     /// `exp` is in the past (beyond the leeway).
     #[error("token has expired")]
     Expired,
@@ -80,6 +84,7 @@ impl AuthnError {
             AuthnError::Missing => "missing",
             AuthnError::UnsupportedScheme => "unsupported_scheme",
             AuthnError::Malformed => "malformed",
+            AuthnError::WrongTokenType => "wrong_token_type",
             AuthnError::Expired => "expired",
             AuthnError::NotYetValid => "not_yet_valid",
             AuthnError::IssuedInFuture => "issued_in_future",

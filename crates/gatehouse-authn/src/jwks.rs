@@ -366,21 +366,22 @@ impl IssuerKeys {
         if exp.is_some_and(|e| now > e.saturating_add(leeway)) {
             return Err(AuthnError::Inactive);
         }
-        // `aud` is optional in an introspection answer; when it is there it must fit.
-        if claims.contains_key("aud") {
-            let mut with_exp = claims.clone();
-            with_exp.insert(
-                "exp".into(),
-                serde_json::Value::from(exp.unwrap_or(now + 1)),
-            );
-            check_standard(
-                &with_exp,
-                now,
-                leeway,
-                &self.cfg.audiences,
-                &self.cfg.required_claims,
-            )?;
-        }
+        // `aud` is optional in an introspection answer (RFC 7662 §2.2), but an answer without
+        // one does not say the token was meant for Gatehouse: a token the IdP issued to any
+        // other client would pass. `audiences` is always set, so `aud` must name one of them,
+        // and the required claims must be there, as for a JWT.
+        let mut with_exp = claims.clone();
+        with_exp.insert(
+            "exp".into(),
+            serde_json::Value::from(exp.unwrap_or(now + 1)),
+        );
+        check_standard(
+            &with_exp,
+            now,
+            leeway,
+            &self.cfg.audiences,
+            &self.cfg.required_claims,
+        )?;
         // `sub` is optional in an introspection answer (RFC 7662 §2.2). Without it, a token from
         // the client-credentials grant names its client: that client is the caller.
         if !claims.contains_key(&self.cfg.claims.subject)
@@ -388,8 +389,13 @@ impl IssuerKeys {
         {
             claims.insert(self.cfg.claims.subject.clone(), client);
         }
-        let p = self.principal(&claims)?;
+        let mut p = self.principal(&claims)?;
         let until = (now + ic.cache_ttl.0.as_secs() as i64).min(exp.unwrap_or(i64::MAX));
+        // An answer without `exp` vouches for the token only as long as it is cached: what the
+        // token buys (an SSH certificate) must not last longer.
+        if p.expires_at.is_none() {
+            p.expires_at = Some(until);
+        }
         Ok((p, until))
     }
 

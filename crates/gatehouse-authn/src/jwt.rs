@@ -31,6 +31,26 @@ struct Header {
     kid: Option<String>,
     #[serde(default)]
     crit: Option<Value>,
+    #[serde(default)]
+    typ: Option<Value>,
+}
+
+/// Whether a `typ` header says the token may be an access token or an ID token: none, `JWT`
+/// (RFC 7519 §5.1), or `at+jwt` (RFC 9068 §2.1), each with or without `application/`, in any
+/// case (media types are case-insensitive, RFC 7515 §4.1.9). Any other type is another kind of
+/// token signed by the same key (`dpop+jwt`, `logout+jwt`, `secevent+jwt`,
+/// `token-introspection+jwt`, ...), and is refused (RFC 8725 §3.11): accepting one would let a
+/// proof or an event pass as a credential. (`null` counts as none.)
+fn access_token_type(typ: Option<&Value>) -> bool {
+    match typ {
+        None => true,
+        Some(Value::String(t)) => {
+            let t = t.to_ascii_lowercase();
+            let t = t.strip_prefix("application/").unwrap_or(&t);
+            t == "jwt" || t == "at+jwt"
+        }
+        Some(_) => false,
+    }
 }
 
 /// Splits and decodes a compact JWS. Refuses anything that is not exactly three base64url parts
@@ -69,6 +89,9 @@ pub(crate) fn parse_unverified_up_to(
         // No critical extension is understood, so none may be accepted (RFC 7515 §4.1.11).
         return Err(AuthnError::Malformed);
     }
+    if !access_token_type(header.typ.as_ref()) {
+        return Err(AuthnError::WrongTokenType);
+    }
     let payload = URL_SAFE_NO_PAD
         .decode(p)
         .map_err(|_| AuthnError::Malformed)?;
@@ -105,6 +128,44 @@ mod tests {
         assert_eq!(j.alg, "RS256");
         assert_eq!(j.kid.as_deref(), Some("k1"));
         assert_eq!(j.claims.get("iss").and_then(Value::as_str), Some("x"));
+    }
+
+    #[test]
+    fn only_access_and_id_token_types_pass() {
+        let with_typ = |typ: &str| {
+            format!(
+                "{}.{}.c2ln",
+                b64(&format!(r#"{{"alg":"RS256","typ":{typ}}}"#)),
+                b64(r#"{"iss":"x"}"#)
+            )
+        };
+        for ok in [
+            r#""JWT""#,
+            r#""jwt""#,
+            r#""at+jwt""#,
+            r#""AT+JWT""#,
+            r#""application/at+jwt""#,
+            r#""application/jwt""#,
+            "null",
+        ] {
+            assert!(parse_unverified(&with_typ(ok)).is_ok(), "{ok}");
+        }
+        for bad in [
+            r#""dpop+jwt""#,
+            r#""logout+jwt""#,
+            r#""secevent+jwt""#,
+            r#""token-introspection+jwt""#,
+            r#""application/logout+jwt""#,
+            r#""JOSE""#,
+            r#""""#,
+            "1",
+        ] {
+            assert_eq!(
+                parse_unverified(&with_typ(bad)).err(),
+                Some(AuthnError::WrongTokenType),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

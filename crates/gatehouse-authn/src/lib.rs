@@ -131,6 +131,9 @@ impl Authenticator {
         let jwt = match parse_unverified(token) {
             Ok(jwt) => jwt,
             Err(e) if self.introspectors.is_empty() => return Err(e),
+            // A JWT of another kind (a DPoP proof, a logout token): refused as what it is, and
+            // never sent to an issuer's introspection endpoint.
+            Err(AuthnError::WrongTokenType) => return Err(AuthnError::WrongTokenType),
             // Not a JWT: an opaque token, for an issuer that introspects (in config order).
             Err(_) => return self.introspect(token, key, now).await,
         };

@@ -953,8 +953,12 @@ impl Config {
                 "must differ from tokens.audience, or an assertion sent upstream could be replayed as a Gatehouse token",
             );
         }
-        if self.audit.queue_capacity == 0 || self.audit.batch_max == 0 {
-            return bad("audit", "queue_capacity and batch_max must be at least 1");
+        if self.audit.queue_capacity < 2 || self.audit.batch_max == 0 {
+            // A write holds its own place and needs a second one for its `forwarding` record.
+            return bad(
+                "audit",
+                "queue_capacity must be at least 2 and batch_max at least 1",
+            );
         }
         if self.git.max_command_list.0 < 4096 {
             return bad(

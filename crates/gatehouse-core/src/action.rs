@@ -69,6 +69,18 @@ impl Action {
                 | Action::RefDelete
         )
     }
+
+    /// Whether a request classified as this action, with this method, may change what the forge
+    /// holds: a method other than GET, HEAD or OPTIONS on a write action or a web or plain route
+    /// (a push, an LFS upload, an API write, a form post in the web UI, a call to a generic
+    /// upstream). The gateway makes the audit record of such a request durable before forwarding
+    /// it. A push's ref advertisement (`GET .../info/refs?service=git-receive-pack`, `git:write`)
+    /// changes nothing: Gitea answers it for a repository that does not exist yet with a dummy
+    /// advertisement and creates one (push-to-create) only on the POST.
+    pub fn may_change_forge(self, method: &str) -> bool {
+        !matches!(method, "GET" | "HEAD" | "OPTIONS")
+            && (self.is_write() || self == Action::WebAccess)
+    }
 }
 
 impl fmt::Display for Action {
@@ -105,5 +117,23 @@ mod tests {
             assert_eq!(a.as_str().parse::<Action>(), Ok(a));
         }
         assert!("git:admin".parse::<Action>().is_err());
+    }
+
+    #[test]
+    fn what_may_change_the_forge() {
+        assert!(Action::GitWrite.may_change_forge("POST"));
+        assert!(
+            !Action::GitWrite.may_change_forge("GET"),
+            "a push's advertisement"
+        );
+        assert!(Action::LfsWrite.may_change_forge("PUT"));
+        assert!(Action::ApiWrite.may_change_forge("DELETE"));
+        assert!(Action::WebAccess.may_change_forge("POST"));
+        assert!(!Action::WebAccess.may_change_forge("GET"));
+        assert!(!Action::GitRead.may_change_forge("POST"), "a fetch");
+        assert!(
+            !Action::LfsRead.may_change_forge("POST"),
+            "a download batch"
+        );
     }
 }

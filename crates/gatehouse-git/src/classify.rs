@@ -276,6 +276,46 @@ fn method_action(method: &str) -> Action {
     }
 }
 
+/// Whether the owner and repository names a forge route carries are names the forge can have
+/// (Gitea, Forgejo and Gogs: ASCII letters, digits, `-`, `_`, `.`). On the web UI these are the
+/// first two segments (`/{owner}/{repo}/...`, and every top-level page such as `/user/login` or
+/// `/explore/repos` fits too); on the API, see [`api_names_valid`]. Anything else is refused,
+/// so that no Unicode spelling (`İ`, a full-width letter) that the forge or its database might
+/// fold onto another name (Go's `strings.ToLower("İ")` is `i`) reaches it under a path the policy
+/// matched as something else. Other segments (file paths, branch and token names) are not names.
+fn forge_names_valid(kind: RequestKind, segs: &[&str]) -> bool {
+    match kind {
+        RequestKind::Api => api_names_valid(segs),
+        _ => segs.iter().take(2).all(|s| valid_name(s)),
+    }
+}
+
+/// The owner, user and repository names in an API route outside `/api/v1/repos/{owner}/{repo}`
+/// (read from Gitea's `routers/api/v1/api.go` and `routers/api/packages/api.go`): the segment
+/// after `users`, `orgs`, `org`, `following`, `members`, `public_members` and `blocks` names a
+/// user or organisation (`/api/v1/users/{username}/...`, `/api/v1/org/{org}/repos`,
+/// `/api/v1/admin/users/{username}`, `/api/v1/orgs/{org}/members/{username}`,
+/// `/api/v1/user/following/{username}`); the two after `repos`, `starred` and `unadopted` name an
+/// owner and a repository (`/api/v1/teams/{id}/repos/{org}/{repo}`,
+/// `/api/v1/user/starred/{owner}/{repo}`, `/api/v1/admin/unadopted/{owner}/{repo}`); after
+/// `packages` only the owner is a name (package names and versions are free-form).
+fn api_names_valid(segs: &[&str]) -> bool {
+    let mut i = 1;
+    while i < segs.len() {
+        let names = match segs[i] {
+            "packages" => return segs.get(i + 1).is_none_or(|s| valid_name(s)),
+            "users" | "orgs" | "org" | "following" | "members" | "public_members" | "blocks" => 1,
+            "repos" | "starred" | "unadopted" => 2,
+            _ => 0,
+        };
+        if !segs.iter().skip(i + 1).take(names).all(|s| valid_name(s)) {
+            return false;
+        }
+        i += 1 + names;
+    }
+    true
+}
+
 /// Builds a repository reference from raw path segments. Names are case-folded first (for
 /// case-insensitive forges) so that every suffix rule applies to exactly the spelling that is
 /// forwarded upstream. Strips one `.git` suffix, and `.wiki` for the wiki repository.
@@ -380,6 +420,9 @@ pub fn classify(
     } else {
         (RequestKind::Web, Action::WebAccess)
     };
+    if flavor != ForgeFlavor::Generic && !forge_names_valid(kind, &strs) {
+        return Err(PathError::BadRepoName);
+    }
     let decoded = path.decoded();
     Ok(Classified {
         kind,
@@ -681,5 +724,59 @@ mod tests {
         assert_eq!(c("GET", "/demo/hello", None)?.kind, RequestKind::Web);
         assert_eq!(c("GET", "/demo/hello.git", None)?.kind, RequestKind::Web);
         Ok(())
+    }
+
+    #[test]
+    fn forge_routes_with_names_the_forge_cannot_have_are_refused() {
+        // Web UI: owner and repository, and top-level pages.
+        for p in [
+            "/acme/secret%C4%B0/settings",
+            "/%C4%B0acme/repo",
+            "/acme/s%EF%BD%85crets",
+            "/%C4%B0",
+            "/acme/sec%20rets",
+        ] {
+            assert_eq!(c("GET", p, None), Err(PathError::BadRepoName), "{p}");
+        }
+        // API: users, organisations and repositories outside /api/v1/repos/{owner}/{repo}.
+        for (m, p) in [
+            ("GET", "/api/v1/users/adm%C4%B1n"),
+            ("DELETE", "/api/v1/orgs/%C4%B0acme"),
+            ("POST", "/api/v1/org/%C4%B0acme/repos"),
+            ("PUT", "/api/v1/teams/7/repos/%C4%B0acme/api"),
+            ("PUT", "/api/v1/teams/7/repos/acme/ap%C4%B0"),
+            ("DELETE", "/api/v1/admin/users/%C4%B0van"),
+            ("PUT", "/api/v1/user/starred/acme/%C4%B0"),
+            ("PUT", "/api/v1/user/following/%C4%B0van"),
+            ("PUT", "/api/v1/orgs/acme/members/%C4%B0van"),
+            ("POST", "/api/v1/admin/unadopted/acme/%C4%B0"),
+            ("GET", "/api/v1/packages/%C4%B0acme"),
+            ("PUT", "/api/packages/%C4%B0acme/generic/p/1.0/f"),
+        ] {
+            assert_eq!(c(m, p, None), Err(PathError::BadRepoName), "{m} {p}");
+        }
+        // The allowed twins: ASCII names, and anything deeper than the names.
+        for p in [
+            "/acme/secrets/settings",
+            "/acme/secrets/src/branch/main/%E6%96%87%E4%BB%B6.txt",
+            "/user/login",
+            "/explore/repos",
+            "/-/admin",
+            "/",
+            "/api/v1/users/alice",
+            "/api/v1/orgs/acme/repos",
+            "/api/v1/user",
+            "/api/v1/teams/7/repos/acme/api",
+            "/api/v1/repos/search",
+            "/api/v1/users/alice/tokens/my%20token%20%E2%9C%93",
+            "/api/v1/gitignore/templates/C++",
+            "/api/v1/licenses/GPL-2.0+",
+            "/api/packages/acme/npm/@scope/name",
+            "/api/v1/packages/acme/generic/n%C3%A4me/1.0+build",
+        ] {
+            assert!(c("GET", p, None).is_ok(), "{p}");
+        }
+        // A generic upstream has no forge names: any path is a route.
+        assert!(classify(ForgeFlavor::Generic, "GET", "h", "/%C4%B0/x", None).is_ok());
     }
 }

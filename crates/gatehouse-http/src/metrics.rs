@@ -48,6 +48,7 @@ pub struct Metrics {
     policy_reloads: Family<ResultLabel, Counter>,
     policy_rules: Gauge,
     audit_write: Histogram,
+    pub(crate) audit_commit: Histogram,
     audit_failures: Counter,
     jwks_fetches: Family<FetchLabels, Counter>,
     pub(crate) tunnels_open: Gauge,
@@ -116,6 +117,12 @@ impl Metrics {
             "Time to write and fsync one audit batch",
             audit_write.clone(),
         );
+        let audit_commit = Histogram::new(latency_buckets());
+        registry.register(
+            "audit_commit_seconds",
+            "Time a request that can change the forge waited for its audit record to be synced before it was forwarded",
+            audit_commit.clone(),
+        );
         let audit_failures = Counter::default();
         registry.register(
             "audit_write_failures",
@@ -144,6 +151,7 @@ impl Metrics {
             policy_reloads,
             policy_rules,
             audit_write,
+            audit_commit,
             audit_failures,
             jwks_fetches,
             jwks_seen: Mutex::new(Vec::new()),

@@ -422,11 +422,21 @@ impl Gateway {
                 kind,
             ));
         };
-        // A browser session may ask too, but not from another site (this is a POST).
+        // A browser session may ask too, but nothing may from another site (this is a POST, and
+        // a browser replays cached Basic credentials as readily as cookies).
+        if cross_site(req.headers(), &adm.host) {
+            rec.decision = Some("deny");
+            return Err((
+                Refusal::Forbidden {
+                    reason: "cross_site_request".into(),
+                    what: "POST /.gatehouse/ssh/cert from another site".into(),
+                },
+                kind,
+            ));
+        }
         let principal = match self.caller(req.headers(), adm, kind).await? {
-            Some((p, None)) => p,
-            Some((p, Some(_))) if !cross_site(req.headers(), &adm.host) => p,
-            _ => return Err(missing(kind)),
+            Some((p, _)) => p,
+            None => return Err(missing(kind)),
         };
         let principal = self.enrich(principal, adm, kind).await?;
         rec.principal = Some(AuditPrincipal::of(&principal));
@@ -438,15 +448,24 @@ impl Gateway {
             Ok(v) => v["public_key"].as_str().unwrap_or("").to_owned(),
             Err(_) => text.trim().to_owned(),
         };
-        let issued = ssh.issue_user_cert(&key_line, &principal).map_err(|e| {
-            (
-                Refusal::BadRequest {
-                    code: "bad_public_key",
-                    detail: format!("send an OpenSSH public key line: {e}"),
-                },
-                kind,
-            )
-        })?;
+        let issued = ssh
+            .issue_user_cert(&key_line, &principal)
+            .map_err(|e| match e {
+                gatehouse_ssh::SshError::CredentialExpired => (
+                    Refusal::Unauthenticated {
+                        error: AuthnError::Expired,
+                        presented: true,
+                    },
+                    kind,
+                ),
+                e => (
+                    Refusal::BadRequest {
+                        code: "bad_public_key",
+                        detail: format!("send an OpenSSH public key line: {e}"),
+                    },
+                    kind,
+                ),
+            })?;
         rec.reason = Some("ssh_cert_issued".into());
         rec.detail = Some(format!("certificate serial {}", issued.serial));
         let (_, fingerprint) = ssh.settings().host_key_line();

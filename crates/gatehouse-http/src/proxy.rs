@@ -689,6 +689,28 @@ impl Gateway {
         })
     }
 
+    /// Writes the `forwarding` record of a request that can change the forge (the decision as it
+    /// stands, refs included) and waits until it is durable.
+    async fn commit_forwarding(
+        &self,
+        rec: &mut AuditRecord,
+        adm: &Admitted,
+    ) -> Result<(), Refusal> {
+        let forwarding = AuditRecord {
+            event: "forwarding",
+            ..rec.clone()
+        };
+        let started = std::time::Instant::now();
+        let result = self.audit.commit(forwarding).await;
+        self.metrics
+            .audit_commit
+            .observe(started.elapsed().as_secs_f64());
+        result.map(|seq| rec.forwarding_seq = Some(seq)).map_err(|e| {
+            tracing::warn!(error = %e, request_id = %adm.request_id, "refusing a write: its audit record could not be made durable; nothing was forwarded");
+            Refusal::AuditUnavailable
+        })
+    }
+
     /// Relays an upgraded connection in its own task; its audit record is written when it ends.
     fn spawn_relay(
         &self,
@@ -780,6 +802,24 @@ impl Gateway {
         rec.action = Some(c.action.as_str());
         rec.repo = c.resource.repo().map(|r| r.path());
 
+        // A browser sends what it holds for this site (a session cookie, Basic credentials it
+        // cached, a client certificate) with a request another site made it send. So a
+        // state-changing request that a browser says came from another site is refused whatever
+        // it carries, before any credential is looked at. Git, LFS and API clients send neither
+        // `Sec-Fetch-Site` nor `Origin`.
+        if !matches!(method.as_str(), "GET" | "HEAD" | "OPTIONS")
+            && crate::portal::cross_site(req.headers(), &adm.host)
+        {
+            rec.decision = Some("deny");
+            return Err((
+                Refusal::Forbidden {
+                    reason: "cross_site_request".into(),
+                    what: format!("{method} from another site"),
+                },
+                kind,
+            ));
+        }
+
         // Phase 3: authenticate.
         let cred = credential(req.headers()).map_err(|e| {
             self.metrics
@@ -803,19 +843,6 @@ impl Gateway {
             }
             _ => None,
         };
-        if session.is_some()
-            && !matches!(method.as_str(), "GET" | "HEAD" | "OPTIONS")
-            && crate::portal::cross_site(req.headers(), &adm.host)
-        {
-            rec.decision = Some("deny");
-            return Err((
-                Refusal::Forbidden {
-                    reason: "cross_site_request".into(),
-                    what: format!("{method} with a session cookie from another site"),
-                },
-                kind,
-            ));
-        }
         let principal = if let Some(s) = session {
             Arc::new(s.principal)
         } else {
@@ -1024,6 +1051,15 @@ impl Gateway {
             None => Cow::Borrowed(&c.forward_path),
         };
         let up_req = Request::from_parts(parts, Coalesced::new(body).boxed_unsync());
+
+        // Phase 5b: a request that can change the forge is on record, synced, before its first
+        // byte goes upstream; a crash after this point cannot lose it. Its completion record (the
+        // ordinary one, with the same request id) follows when it ends.
+        if action.may_change_forge(&method) {
+            self.commit_forwarding(rec, adm)
+                .await
+                .map_err(|r| (r, kind))?;
+        }
 
         // Phase 6: proxy.
         let caller = || CallerInfo {

@@ -37,12 +37,36 @@ struct Gated {
     refs: Option<Vec<AuditRef>>,
     /// The deciding policy and reason of the first refused ref.
     refused: Option<(Arc<str>, Arc<str>)>,
+    /// The `seq` of the `forwarding` record that announced the refs.
+    forwarding_seq: Option<u64>,
+    /// The audit log could not record the push: an error, not a denial.
+    audit_failed: bool,
 }
+
+/// Reads and drops the rest of the client's input (the pack of a refused push), for at most five
+/// minutes, so that git reads the answer rather than a broken pipe.
+async fn drain(client_rd: &mut russh::ChannelReadHalf, n: &mut u64) {
+    let drain = async {
+        while let Some(m) = client_rd.wait().await {
+            match m {
+                ChannelMsg::Data { data } => *n += data.len() as u64,
+                ChannelMsg::Eof | ChannelMsg::Close => break,
+                _ => {}
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(300), drain).await;
+}
+
+/// The line an SSH client shows when a push cannot be recorded.
+const AUDIT_UNAVAILABLE: &[u8] = b"Gatehouse: the audit log cannot record this push, so nothing was sent to the forge; try again later\r\n";
 
 /// Decides a push ref by ref, as over HTTP: `ref:create|update|delete` with the ref in the
 /// context; one refused ref refuses the push.
 struct PushGate<'a> {
     gw: &'a SshGateway,
+    /// The session's record so far: the `forwarding` record of an allowed push is made of it.
+    rec: &'a AuditRecord,
     principal: &'a Principal,
     command: &'a SshCommand,
     peer: std::net::IpAddr,
@@ -137,17 +161,29 @@ async fn client_input<W: tokio::io::AsyncWrite + Unpin>(
                 let _ = err.write_all(msg.as_bytes()).await;
                 let _ = err.flush().await;
             }
-            let drain = async {
-                while let Some(m) = client_rd.wait().await {
-                    match m {
-                        ChannelMsg::Data { data } => n += data.len() as u64,
-                        ChannelMsg::Eof | ChannelMsg::Close => break,
-                        _ => {}
-                    }
-                }
-            };
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(300), drain).await;
+            drain(client_rd, &mut n).await;
             return n;
+        }
+        // The push is allowed: its decision is on record, synced, before the command list
+        // reaches git (nothing before it can change a ref), so a crash cannot lose it.
+        if !request.updates.is_empty() {
+            let forwarding = AuditRecord {
+                event: "forwarding",
+                refs: gated.refs.clone(),
+                ..gate.rec.clone()
+            };
+            match gate.gw.audit.commit(forwarding).await {
+                Ok(seq) => gated.forwarding_seq = Some(seq),
+                Err(e) => {
+                    tracing::warn!(error = %e, "refusing a push: its audit record could not be made durable; nothing was sent to the forge");
+                    gated.audit_failed = true;
+                    let mut err = client_wr.make_writer_ext(Some(1));
+                    let _ = err.write_all(AUDIT_UNAVAILABLE).await;
+                    let _ = err.flush().await;
+                    drain(client_rd, &mut n).await;
+                    return n;
+                }
+            }
         }
         if sink.write_all(&buf).await.is_err() {
             return n;
@@ -221,9 +257,35 @@ impl Job {
             slot,
         } = self;
         let (client_rd, client_wr) = channel.split();
+        // A push session is announced (synced) before anything reaches the upstream: a forge
+        // may act on the exec alone (Gitea's push-to-create makes the repository there). Its
+        // refs are announced again once the command list is decided, before git gets it.
+        if command.service == SshService::ReceivePack {
+            let opening = AuditRecord {
+                event: "forwarding",
+                ..rec.clone()
+            };
+            if let Err(e) = gw.audit.commit(opening).await {
+                tracing::warn!(conn = %conn, error = %e, "refusing a push: its audit record could not be made durable; nothing was sent to the forge");
+                rec.decision = Some("error");
+                rec.reason = Some("audit_unavailable".into());
+                let mut err = client_wr.make_writer_ext(Some(1));
+                let _ = err.write_all(AUDIT_UNAVAILABLE).await;
+                let _ = err.flush().await;
+                let _ = client_wr.exit_status(128).await;
+                let _ = client_wr.eof().await;
+                let _ = client_wr.close().await;
+                rec.status = Some(128);
+                rec.duration_ms = (started.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0;
+                rec.outcome = Some("complete");
+                slot.send(rec);
+                return;
+            }
+        }
         let mut gated = Gated::default();
         let gate = (command.service == SshService::ReceivePack).then(|| PushGate {
             gw: &gw,
+            rec: &rec,
             principal: &principal,
             command: &command,
             peer,
@@ -259,6 +321,11 @@ impl Job {
             }
         };
         rec.refs = gated.refs;
+        rec.forwarding_seq = gated.forwarding_seq;
+        if gated.audit_failed {
+            rec.decision = Some("error");
+            rec.reason = Some("audit_unavailable".into());
+        }
         if let Some((policy, reason)) = gated.refused {
             rec.decision = Some("deny");
             if !policy.is_empty() {

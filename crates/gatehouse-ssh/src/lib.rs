@@ -44,6 +44,9 @@ pub enum SshError {
     /// The configuration cannot work.
     #[error("ssh config: {0}")]
     Config(String),
+    /// The credential that asked for a certificate has ended (the caller's fault: sign in again).
+    #[error("the credential asking for the certificate has expired")]
+    CredentialExpired,
     /// The listener failed.
     #[error("ssh listener: {0}")]
     Io(#[from] std::io::Error),
@@ -188,6 +191,18 @@ impl SshSettings {
     }
 }
 
+/// How long a certificate issued at `now` may live: `ssh.cert_ttl`, but never past the end of
+/// the credential that asked for it (a token's `exp`, a browser session's end), so that a
+/// short-lived credential cannot buy a longer-lived one. A credential without an end (an
+/// introspected token whose answer had no `exp`) gets `ssh.cert_ttl`.
+pub fn cert_lifetime(now: i64, cert_ttl: u64, expires_at: Option<i64>) -> Result<u64, SshError> {
+    match expires_at {
+        None => Ok(cert_ttl),
+        Some(end) if end <= now => Err(SshError::CredentialExpired),
+        Some(end) => Ok(cert_ttl.min(u64::try_from(end - now).unwrap_or(0))),
+    }
+}
+
 /// A user certificate, as `gatehouse ssh-cert` receives it.
 #[derive(Debug, Clone)]
 pub struct IssuedCert {
@@ -234,10 +249,8 @@ impl SshGateway {
     pub fn issue_user_cert(&self, key: &str, p: &Principal) -> Result<IssuedCert, SshError> {
         let key = parse_public_key(key)?;
         let now = self.clock.now().as_secs();
-        let cert = self
-            .settings
-            .user_ca
-            .issue(&key, p, now, self.settings.cert_ttl)?;
+        let ttl = cert_lifetime(now, self.settings.cert_ttl, p.expires_at)?;
+        let cert = self.settings.user_ca.issue(&key, p, now, ttl)?;
         Ok(IssuedCert {
             certificate: cert
                 .to_openssh()
@@ -308,5 +321,36 @@ impl SshGateway {
                 }
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod lifetime_tests {
+    use super::*;
+
+    #[test]
+    fn a_certificate_never_outlives_the_credential_that_bought_it() {
+        let now = 1_700_000_000;
+        // A 5-minute token buys at most 5 minutes, whatever `ssh.cert_ttl` says.
+        assert_eq!(
+            cert_lifetime(now, 16 * 3600, Some(now + 300)).ok(),
+            Some(300)
+        );
+        // A long session is cut to `ssh.cert_ttl`.
+        assert_eq!(
+            cert_lifetime(now, 3600, Some(now + 86_400)).ok(),
+            Some(3600)
+        );
+        // No known end: `ssh.cert_ttl`.
+        assert_eq!(cert_lifetime(now, 3600, None).ok(), Some(3600));
+        // Ended (now or before): refused, not a zero-length certificate.
+        assert!(matches!(
+            cert_lifetime(now, 3600, Some(now)),
+            Err(SshError::CredentialExpired)
+        ));
+        assert!(matches!(
+            cert_lifetime(now, 3600, Some(now - 1)),
+            Err(SshError::CredentialExpired)
+        ));
     }
 }

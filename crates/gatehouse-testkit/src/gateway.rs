@@ -193,25 +193,18 @@ format = "json"
         let port = self.port.unwrap_or_else(free_port);
         let admin_port = free_port();
         let config = self.write_config(port, admin_port);
-        let mut cmd = Command::new(&self.bin);
-        cmd.args(["serve", "--config", &config.to_string_lossy()]);
-        let mut child = Child::spawn(
-            "gatehouse",
-            &mut cmd,
-            &self.dir.path().join("gatehouse.log"),
-        );
         let ready_path = if self.wait_ready {
             "/readyz"
         } else {
             "/healthz"
         };
-        wait_for("gatehouse to become ready", Duration::from_secs(30), || {
-            if !child.is_running() {
-                panic!("gatehouse exited:\n{}", child.log_text());
-            }
-            let (status, _) = try_get(admin_port, ready_path)?;
-            (status == 200).then_some(())
-        });
+        let child = spawn_serve(
+            &self.bin,
+            &config,
+            &self.dir.path().join("gatehouse.log"),
+            admin_port,
+            ready_path,
+        );
         TestGateway {
             port,
             admin_port,
@@ -221,6 +214,21 @@ format = "json"
             dir: self.dir,
         }
     }
+}
+
+/// Starts `gatehouse serve --config <config>` and waits until `ready_path` answers 200.
+fn spawn_serve(bin: &Path, config: &Path, log: &Path, admin_port: u16, ready_path: &str) -> Child {
+    let mut cmd = Command::new(bin);
+    cmd.args(["serve", "--config", &config.to_string_lossy()]);
+    let mut child = Child::spawn("gatehouse", &mut cmd, log);
+    wait_for("gatehouse to become ready", Duration::from_secs(30), || {
+        if !child.is_running() {
+            panic!("gatehouse exited:\n{}", child.log_text());
+        }
+        let (status, _) = try_get(admin_port, ready_path)?;
+        (status == 200).then_some(())
+    });
+    child
 }
 
 fn try_get(port: u16, path: &str) -> Option<(u16, String)> {
@@ -342,6 +350,23 @@ impl TestGateway {
     /// Waits for the process to exit.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         self.child.wait_timeout(timeout)
+    }
+
+    /// Kills the gateway with SIGKILL (no shutdown, nothing flushed) and starts it again on the
+    /// same config, directory and ports; its log goes on in `gatehouse.restarted.log`.
+    pub fn kill_and_restart(&mut self) {
+        self.signal("KILL");
+        assert!(
+            self.wait_exit(Duration::from_secs(10)).is_some(),
+            "gatehouse did not die on SIGKILL"
+        );
+        self.child = spawn_serve(
+            &self.bin,
+            &self.config,
+            &self.dir.path().join("gatehouse.restarted.log"),
+            self.admin_port,
+            "/readyz",
+        );
     }
 
     pub fn metrics(&self) -> String {

@@ -137,9 +137,23 @@ impl Idp {
     /// A token signed by the IdP's real published key with exactly these claims (test-only IdP
     /// endpoint, used to mint expired, not-yet-valid or wrong-audience tokens).
     pub async fn sign(&self, claims: Value, alg: &str, kid: Option<&str>) -> String {
+        self.sign_typed(claims, alg, kid, None).await
+    }
+
+    /// [`Self::sign`] with this `typ` header (the IdP writes `JWT` when none is given).
+    pub async fn sign_typed(
+        &self,
+        claims: Value,
+        alg: &str,
+        kid: Option<&str>,
+        typ: Option<&str>,
+    ) -> String {
         let mut body = serde_json::json!({"claims": claims, "alg": alg});
         if let Some(k) = kid {
             body["kid"] = Value::String(k.to_owned());
+        }
+        if let Some(t) = typ {
+            body["typ"] = Value::String(t.to_owned());
         }
         let resp: Value = reqwest::Client::new()
             .post(format!("{}/test/sign", self.issuer()))

@@ -5,12 +5,16 @@ use std::time::Duration;
 use crate::proc::{Child, TempDir, free_port, wait_for};
 
 /// A real Git smart-HTTP server: nginx -> fcgiwrap -> `git http-backend`, on 127.0.0.1.
+/// `/api/...` stands in for a forge's REST API (any method, `201` with `{}`), and every request
+/// other than GET, HEAD and OPTIONS is logged with its `X-Request-Id` ([`Self::writes_log`]), so
+/// tests can see what writes reached the upstream.
 /// `GET /_echo` answers with the identity headers it received, so tests can see exactly what
 /// reached the upstream, and with nginx's connection number and protocol version (`upstream_conn`,
 /// `upstream_http`), so tests can see connection reuse. `cookie` comes last: its value has `;`. Without TLS it also listens on a Unix socket ([`Self::unix_socket`]).
 pub struct GitHttpServer {
     pub port: u16,
     unix_socket: PathBuf,
+    writes_log: PathBuf,
     _nginx: Child,
     _fcgi: Child,
     _dir: TempDir,
@@ -66,6 +70,8 @@ error_log {d}/error.log warn;
 events {{ worker_connections 256; }}
 http {{
   access_log off;
+  map $request_method $write_method {{ GET 0; HEAD 0; OPTIONS 0; default 1; }}
+  log_format writes '$http_x_request_id $request_method $uri';
   client_body_temp_path {d}/tmp/body;
   fastcgi_temp_path {d}/tmp/fastcgi;
   proxy_temp_path {d}/tmp/proxy;
@@ -76,6 +82,7 @@ http {{
     {unix_listen}
     {tls_lines}
     client_max_body_size 0;
+    access_log {d}/writes.log writes if=$write_method;
     # Read `X_WEBAUTH_USER` as `X-WEBAUTH-USER`, as CGI, WSGI, PHP and Rack upstreams do.
     underscores_in_headers on;
     location = /_setcookie {{
@@ -83,6 +90,10 @@ http {{
       add_header Set-Cookie "theirs=1; Path=/";
       default_type text/plain;
       return 200 "ok\n";
+    }}
+    location /api/ {{
+      default_type application/json;
+      return 201 "{{}}\n";
     }}
     location = /_echo {{
       default_type text/plain;
@@ -148,6 +159,7 @@ http {{
         Self {
             port,
             unix_socket,
+            writes_log: d.join("writes.log"),
             _nginx: nginx,
             _fcgi: fcgi,
             _dir: dir,
@@ -156,6 +168,16 @@ http {{
 
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// One line per request other than GET, HEAD and OPTIONS that reached this server, written
+    /// when it ended: `<X-Request-Id> <method> <path>`.
+    pub fn writes(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.writes_log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
     }
 
     /// The Unix socket the same server listens on (plain HTTP; not with TLS).

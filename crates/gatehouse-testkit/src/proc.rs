@@ -157,7 +157,17 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
 /// Sends one HTTP/1.1 request with the path exactly as given (no client-side normalization) and
 /// returns the status and the raw response.
 pub fn raw_http(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    try_raw_http(port, method, path, headers).expect("connect")
+}
+
+/// [`raw_http`], or `None` when nothing accepts connections on the port.
+pub fn try_raw_http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(20))).ok();
     let mut req =
         format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
@@ -174,5 +184,5 @@ pub fn raw_http(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    (status, text)
+    Some((status, text))
 }

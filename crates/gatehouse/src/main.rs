@@ -71,7 +71,7 @@ enum Cmd {
         #[arg(long)]
         server: String,
         /// A token (default: the sign-in saved by `gatehouse login`).
-        #[arg(long, env = "GATEHOUSE_TOKEN")]
+        #[arg(long, env = "GATEHOUSE_TOKEN", hide_env_values = true)]
         token: Option<String>,
         /// The public key to certify.
         #[arg(long, default_value = "~/.ssh/id_ed25519.pub")]

@@ -465,3 +465,85 @@ fn the_head_catches_up_when_the_writer_goes_idle() {
     drop(sink);
     handle.join().unwrap_or_else(|_| panic!("writer panicked"));
 }
+
+/// A current-thread runtime for the async half of the sink.
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .block_on(f)
+}
+
+#[test]
+fn a_committed_record_is_on_disk_when_commit_returns_without_waiting_for_the_interval() {
+    // A gathering interval of an hour: a commit that waited for it would hang this test (the
+    // timeout below fails it first). Between two commits the writer is polling (it wrote a batch
+    // less than a second ago); the commit wakes it rather than wait for its next look.
+    let path = tmp("commit");
+    let opts = AuditOptions {
+        path: path.clone(),
+        queue_capacity: 16,
+        batch_max: 16,
+        flush_interval: Duration::from_secs(3600),
+        rotate_size: None,
+        rotate_age: None,
+    };
+    let (sink, handle) = AuditSink::open(&opts, None).unwrap_or_else(|e| panic!("{e}"));
+    // An ordinary record first: it waits for the writer like any other.
+    sink.reserve()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .send(rec(0));
+    block_on(async {
+        for i in 1..=3u64 {
+            let seq = tokio::time::timeout(Duration::from_secs(60), sink.commit(rec(i)))
+                .await
+                .unwrap_or_else(|_| panic!("commit {i} waited for the gathering interval"))
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(seq, i + 1, "the ordinary record went first");
+            // Durable means readable from the file now, with its place in the chain.
+            let got = lines(&path);
+            assert_eq!(got.len() as u64, seq);
+            assert!(got[seq as usize - 1].contains(&format!("\"path\":\"/r/{i}\"")));
+        }
+    });
+    drop(sink);
+    handle.join().unwrap_or_else(|_| panic!("writer panicked"));
+    assert_eq!(verify(&path).unwrap_or_else(|e| panic!("{e}")).records, 4);
+}
+
+#[test]
+fn a_commit_that_cannot_reach_the_disk_is_refused_and_not_retried() {
+    // /dev/full: every write fails. The committer is told, and the record is not written later
+    // (its request was refused, so it must not be announced as forwarded).
+    let opts = AuditOptions {
+        path: PathBuf::from("/dev/full"),
+        queue_capacity: 4,
+        batch_max: 4,
+        flush_interval: Duration::ZERO,
+        rotate_size: None,
+        rotate_age: None,
+    };
+    let batches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = batches.clone();
+    let hook: FlushHook = Box::new(move |_| {
+        seen.fetch_add(1, Ordering::SeqCst);
+    });
+    let (sink, handle) = AuditSink::open(&opts, Some(hook)).unwrap_or_else(|e| panic!("{e}"));
+    let got = block_on(async {
+        tokio::time::timeout(Duration::from_secs(60), sink.commit(rec(1)))
+            .await
+            .unwrap_or_else(|_| panic!("commit hung on a failing log"))
+    });
+    assert_eq!(got, Err(AuditUnavailable::WriteFailed));
+    assert_eq!(
+        block_on(sink.commit(rec(2))),
+        Err(AuditUnavailable::WriteFailed),
+        "an unhealthy log refuses commits at once"
+    );
+    // Not retried: a record kept for retrying would be tried again every 500 ms and five more
+    // times at shutdown. The writer, with nothing pending, ends at once after one attempt.
+    drop(sink);
+    handle.join().unwrap_or_else(|_| panic!("writer panicked"));
+    assert_eq!(batches.load(Ordering::SeqCst), 1);
+}

@@ -199,6 +199,41 @@ fn git_over_ssh_with_certificates_service_keys_and_refusals() {
         r.ends_with("\n200") && r.contains("ssh-ed25519-cert-v01@openssh.com"),
         "{r}"
     );
+    // A certificate never outlives the credential that bought it (`ssh.cert_ttl` is 8 h here):
+    // a 2-minute token buys one that ends when the token does; the 10-minute token, when it does.
+    let cert_end = |r: &str| {
+        let body = r.rsplit_once('\n').unwrap().0;
+        let doc: serde_json::Value = serde_json::from_str(body).unwrap();
+        russh::keys::Certificate::from_openssh(doc["certificate"].as_str().unwrap())
+            .unwrap()
+            .valid_before()
+    };
+    let exp_of = |jwt: &str| {
+        use base64::Engine as _;
+        let payload = jwt.split('.').nth(1).unwrap();
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&raw).unwrap()["exp"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(cert_end(&r), exp_of(&token), "{r}");
+    let short = f.gw.cli(&[
+        "token",
+        "issue",
+        "--subject",
+        "alice",
+        "--group",
+        "dev",
+        "--ttl",
+        "2m",
+    ]);
+    let short = String::from_utf8_lossy(&short.stdout).trim().to_owned();
+    let r = cert_endpoint(&format!("Authorization: Bearer {short}"), alice_pub.trim());
+    assert!(r.ends_with("\n200"), "{r}");
+    assert_eq!(cert_end(&r), exp_of(&short), "{r}");
+
     let cert = std::fs::read_to_string(keys.join("alice-cert.pub")).unwrap();
     assert!(
         cert.starts_with("ssh-ed25519-cert-v01@openssh.com "),
@@ -509,6 +544,25 @@ fn git_over_ssh_with_certificates_service_keys_and_refusals() {
         "{push}"
     );
     assert!(push["bytes_in"].as_u64().unwrap() > 0, "{push}");
+    // Announced twice before the forge saw anything of it: the session before the exec reached
+    // the upstream, and its refs before the command list reached git. The completion record names
+    // the second.
+    let at = |r: &serde_json::Value| lines.iter().position(|l| l == r).unwrap();
+    let announced: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|r| r["event"] == "forwarding" && r["request_id"] == push["request_id"])
+        .collect();
+    assert_eq!(announced.len(), 2, "{audit}");
+    let (session, refs) = (announced[0], announced[1]);
+    assert!(at(session) < at(refs) && at(refs) < at(push), "{audit}");
+    assert!(session.get("refs").is_none(), "{session}");
+    assert_eq!(refs["decision"], "allow", "{refs}");
+    assert_eq!(refs["method"], "SSH", "{refs}");
+    assert!(
+        refs["refs"].as_array().is_some_and(|r| !r.is_empty()),
+        "{refs}"
+    );
+    assert_eq!(push["forwarding_seq"], refs["seq"], "{push}");
     let denied = lines
         .iter()
         .find(|r| is_denied(r))

@@ -308,13 +308,19 @@ fn a_request_the_client_abandons_before_its_response_is_still_audited() {
     drop(s);
 
     let audit = gw.audit_when("the abandoned request's record", |t| {
-        t.contains("/api/v1/repos/demo/hello/issues")
+        t.contains("\"outcome\":\"aborted\"")
     });
-    let rec: serde_json::Value = audit
+    let recs: Vec<serde_json::Value> = audit
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|r| r["path"] == "/api/v1/repos/demo/hello/issues")
-        .expect("a record of the abandoned request");
+        .filter(|r| r["path"] == "/api/v1/repos/demo/hello/issues")
+        .collect();
+    // A write: announced (synced) before it went upstream, then recorded when it ended.
+    assert_eq!(recs.len(), 2, "{audit}");
+    assert_eq!(recs[0]["event"], "forwarding", "{audit}");
+    assert_eq!(recs[0]["request_id"], recs[1]["request_id"], "{audit}");
+    let rec = &recs[1];
+    assert_eq!(rec["event"], "request", "{rec}");
     assert_eq!(rec["outcome"], "aborted", "{rec}");
     assert_eq!(rec["decision"], "allow", "{rec}");
     assert_eq!(rec["action"], "api:write", "{rec}");

@@ -120,7 +120,38 @@ async fn every_bad_token_is_refused_with_its_own_description() {
         .unwrap()
     };
 
+    // Another kind of token signed by the same key (RFC 8725 §3.11): a DPoP proof, a logout
+    // token, a security event. Its claims are an access token's; its `typ` says what it is.
+    let dpop = idp
+        .sign_typed(claims(json!({})), "RS256", None, Some("dpop+jwt"))
+        .await;
+    let logout = idp
+        .sign_typed(claims(json!({})), "ES256", None, Some("logout+jwt"))
+        .await;
+    let secevent = idp
+        .sign_typed(
+            claims(json!({})),
+            "RS256",
+            None,
+            Some("application/secevent+jwt"),
+        )
+        .await;
+    // The allowed twin: an RFC 9068 access token says `at+jwt`.
+    let at_jwt = idp
+        .sign_typed(claims(json!({})), "RS256", None, Some("at+jwt"))
+        .await;
+    let (status, raw) = raw_http(
+        gw.port,
+        "GET",
+        path,
+        &[("Authorization", &format!("Bearer {at_jwt}"))],
+    );
+    assert_eq!(status, 200, "{raw}");
+
     let cases = [
+        (dpop, "token is not an access token"),
+        (logout, "token is not an access token"),
+        (secevent, "token is not an access token"),
         (expired, "token has expired"),
         (not_yet, "token is not yet valid"),
         (wrong_iss, "token issuer is not trusted"),
