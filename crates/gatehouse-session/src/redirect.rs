@@ -101,6 +101,9 @@ mod tests {
             "/@evil.example",
             "/a%20b",
             "/x/.../y",
+            // Not Gatehouse's pages (`/.gatehouse`, `/.gatehouse/...`): the upstream's.
+            "/.gatehouse-session",
+            "/.gatehousefoo/bar",
         ] {
             assert_eq!(safe_return_to(ok), ok);
         }

@@ -66,6 +66,12 @@ fn per_ref_rules_over_http() {
         d.stderr
     );
     assert_eq!(head_of(&bare, "main"), before_main);
+    // The allowed twin: an ordinary branch may be deleted.
+    git.ok(&work, &["push", "-q", "origin", ":feature"]);
+    assert!(
+        head_of(&bare, "feature").is_empty(),
+        "feature was not deleted"
+    );
 
     // A mixed push (an allowed branch and a refused tag) is refused whole; both are reported.
     commit_file(&git, &work, "g.txt", "more\n");

@@ -451,7 +451,11 @@ async fn sign_in_attacks_are_refused_and_return_to_stays_on_this_host() {
     assert_eq!(planted.set_cookies, vec!["theirs=1; Path=/".to_owned()]);
 
     // The session id is opaque and signed: a changed cookie is no session.
-    let forged = format!("{sn}=A{}", &sv[1..]);
+    // One character changed to a different one (an `A` in place of an `A` would be the real
+    // cookie, about one run in 64).
+    let first = if sv.starts_with('A') { 'B' } else { 'A' };
+    let forged = format!("{sn}={first}{}", &sv[1..]);
+    assert_ne!(forged, format!("{sn}={sv}"));
     let r = b.get(&format!("{base}/_echo"), &forged, "text/html").await;
     assert_eq!(r.status, 302, "a forged session cookie was accepted");
 

@@ -68,13 +68,21 @@ fn git_ssh(tmp: &Path, name: &str, key: &Path, port: u16) -> Git {
 struct Front {
     gw: TestGateway,
     ssh_port: u16,
-    _sshd: Sshd,
+    sshd: Sshd,
     root: PathBuf,
 }
 
+/// The per-ref rules the SSH tests add to [`POLICY`].
+const SSH_REF_RULES: &str = "@id(\"no-main-deletes\")\nforbid(principal, action == Gatehouse::Action::\"ref:delete\", resource) when { context.ref == \"refs/heads/main\" };\n@id(\"main-needs-release\")\n@reason(\"main_requires_release_group\")\nforbid(principal, action == Gatehouse::Action::\"ref:update\", resource) when { context.ref == \"refs/heads/main\" } unless { principal in Gatehouse::Group::\"release\" };\n@id(\"release-tags\")\n@reason(\"release_tags_only\")\nforbid(principal, action in [Gatehouse::Action::\"ref:create\", Gatehouse::Action::\"ref:update\"], resource) when { context.ref like \"refs/tags/v*\" } unless { principal in Gatehouse::Group::\"release\" };\n";
+
 fn front(tmp: &TempDir, ci_key_pub: &str) -> Front {
+    front_with(tmp, ci_key_pub, "")
+}
+
+/// A forge stand-in's sshd (real OpenSSH) and a gateway in front of it, with `policy_extra`
+/// added to the policy.
+fn front_with(tmp: &TempDir, ci_key_pub: &str, policy_extra: &str) -> Front {
     let (root, _) = repos(tmp);
-    // The upstream CA exists before sshd starts, so that sshd can trust it.
     let ssh_dir = tmp.path().join("gw-ssh");
     std::fs::create_dir_all(&ssh_dir).unwrap();
     keygen(&ssh_dir.join("upstream_ca"));
@@ -83,15 +91,39 @@ fn front(tmp: &TempDir, ci_key_pub: &str) -> Front {
         &ssh_dir.join("upstream_ca.pub"),
         &["alice", "ci-bot"],
     );
-    let ssh_port = gatehouse_testkit::free_port();
-    let policy = format!(
-        "{POLICY}\n@id(\"no-main-deletes\")\nforbid(principal, action == Gatehouse::Action::\"ref:delete\", resource) when {{ context.ref == \"refs/heads/main\" }};\n@id(\"main-needs-release\")\n@reason(\"main_requires_release_group\")\nforbid(principal, action == Gatehouse::Action::\"ref:update\", resource) when {{ context.ref == \"refs/heads/main\" }} unless {{ principal in Gatehouse::Group::\"release\" }};\n@id(\"release-tags\")\n@reason(\"release_tags_only\")\nforbid(principal, action in [Gatehouse::Action::\"ref:create\", Gatehouse::Action::\"ref:update\"], resource) when {{ context.ref like \"refs/tags/v*\" }} unless {{ principal in Gatehouse::Group::\"release\" }};\n"
+    let policy = format!("{POLICY}\n{SSH_REF_RULES}\n{policy_extra}");
+    let (gw, ssh_port) = ssh_gateway(
+        &ssh_dir,
+        &root,
+        &sshd,
+        &sshd.host_key(),
+        ci_key_pub,
+        &policy,
     );
+    Front {
+        gw,
+        ssh_port,
+        sshd,
+        root,
+    }
+}
+
+/// A gateway whose SSH front door logs in to `sshd` with certificates from the CA in `ssh_dir`,
+/// pinning `host_key`.
+fn ssh_gateway(
+    ssh_dir: &Path,
+    root: &Path,
+    sshd: &Sshd,
+    host_key: &str,
+    ci_key_pub: &str,
+    policy: &str,
+) -> (TestGateway, u16) {
+    let ssh_port = gatehouse_testkit::free_port();
     let gw = builder()
         .with_upstream_url("http://127.0.0.1:9") // HTTP is not used here
         .no_wait_ready()
         .forge_kind("gitea")
-        .policy(&policy)
+        .policy(policy)
         .extra(&format!(
             r#"[ssh]
 listen = "127.0.0.1:{ssh_port}"
@@ -113,16 +145,10 @@ repo_root = "{root}"
 "#,
             dir = ssh_dir.display(),
             up = sshd.port,
-            host_key = sshd.host_key(),
             root = root.display(),
         ))
         .start();
-    Front {
-        gw,
-        ssh_port,
-        _sshd: sshd,
-        root,
-    }
+    (gw, ssh_port)
 }
 
 #[test]
@@ -316,6 +342,36 @@ fn git_over_ssh_with_certificates_service_keys_and_refusals() {
         "half of a refused push landed"
     );
     assert!(crate::common::ref_of(&bare, "refs/tags/v1.0").is_empty());
+    f.gw.audit_when("the refused SSH pushes' records", |a| {
+        a.contains("\"reason\":\"release_tags_only\"")
+            && a.contains("\"reason\":\"main_requires_release_group\"")
+    });
+
+    // The allowed twins: an ordinary branch may be deleted where main may not, and a member of
+    // `release` (alice, signed in with that group) moves main and pushes the release tag.
+    alice.ok(&work, &["push", "-q", "origin", ":refs/heads/via-ssh"]);
+    assert!(
+        head_of(&bare, "via-ssh").is_empty(),
+        "via-ssh was not deleted"
+    );
+    keygen(&keys.join("release"));
+    let release_token = f.gw.token("alice", &["dev", "release"]);
+    let out = f.gw.cli_raw(&[
+        "ssh-cert",
+        "--server",
+        &f.gw.url(),
+        "--token",
+        &release_token,
+        "--key",
+        &keys.join("release.pub").to_string_lossy(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let release = git_ssh(tmp.path(), "release", &keys.join("release"), port);
+    release.ok(&work, &["push", "-q", "origin", "HEAD:refs/heads/main"]);
+    assert_eq!(head_of(&bare, "main"), pushed, "main did not move");
+    release.ok(&work, &["push", "-q", "origin", "refs/tags/v1.0"]);
+    assert!(!crate::common::ref_of(&bare, "refs/tags/v1.0").is_empty());
+
     // Push options pass through the command list parser too.
     let cfg = Command::new("git")
         .args(["-c", "safe.directory=*", "--git-dir"])
@@ -633,4 +689,176 @@ fn ssh_connections_beyond_the_cap_are_closed() {
                 .then_some(o)
         });
     assert!(again.status.success() || !again.stdout.is_empty());
+}
+
+/// The principals the certificates presented to the forge's sshd carried, from `since` on.
+fn principals_since(sshd: &Sshd, since: usize) -> Vec<(Vec<String>, String)> {
+    sshd.presented_certificates()
+        .into_iter()
+        .skip(since)
+        .map(|(text, key_id)| {
+            let cert = russh::keys::Certificate::from_openssh(&text)
+                .unwrap_or_else(|e| panic!("{text}: {e}"));
+            (cert.valid_principals().to_vec(), key_id)
+        })
+        .collect()
+}
+
+/// Towards the forge, each SSH session logs in as its own caller: the forge's real sshd sees
+/// alice's sessions with principal `alice` and the CI key's with `ci-bot` (both principals are
+/// accepted there, so a gateway that presented one user for everybody would still get in: the
+/// certificates are read back). A registered service key pushes where its policy allows. A
+/// gateway that pins another host key than the forge's refuses to talk to it.
+#[test]
+fn the_forge_sees_each_ssh_caller_as_itself() {
+    let tmp = TempDir::new("ssh-principals");
+    let keys = tmp.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    keygen(&keys.join("alice"));
+    keygen(&keys.join("ci"));
+    let ci_pub = std::fs::read_to_string(keys.join("ci.pub")).unwrap();
+    let ci_may_push = "@id(\"ci-builds\")\npermit(principal == Gatehouse::ServiceAccount::\"ci-bot\", action in [Gatehouse::Action::\"git:read\", Gatehouse::Action::\"git:write\"], resource in Gatehouse::Owner::\"ci\");\n";
+    let f = front_with(&tmp, ci_pub.trim(), ci_may_push);
+    let builds = f.root.join("ci/builds.git");
+    gatehouse_testkit::make_repo(&f.root, "ci", "builds");
+    let chown = Command::new("chown")
+        .args(["-R", SSHD_USER])
+        .arg(&f.root)
+        .output()
+        .unwrap();
+    assert!(chown.status.success(), "{chown:?}");
+    let port = f.ssh_port;
+
+    let token = f.gw.token("alice", &["dev"]);
+    let out = f.gw.cli_raw(&[
+        "ssh-cert",
+        "--server",
+        &f.gw.url(),
+        "--token",
+        &token,
+        "--key",
+        &keys.join("alice.pub").to_string_lossy(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let alice = git_ssh(tmp.path(), "alice", &keys.join("alice"), port);
+    let ci = git_ssh(tmp.path(), "ci", &keys.join("ci"), port);
+
+    // alice clones: every certificate the forge saw names alice, and only alice.
+    let seen = f.sshd.presented_certificates().len();
+    let alice_work = tmp.path().join("alice-work");
+    alice.ok(
+        tmp.path(),
+        &[
+            "clone",
+            "-q",
+            &format!("ssh://git@127.0.0.1:{port}/demo/hello.git"),
+            &alice_work.to_string_lossy(),
+        ],
+    );
+    let got = principals_since(&f.sshd, seen);
+    assert!(
+        !got.is_empty(),
+        "the clone presented no certificate to the forge"
+    );
+    for (principals, key_id) in &got {
+        assert_eq!(principals, &["alice".to_owned()], "{key_id}");
+        assert!(key_id.ends_with(" as alice"), "{key_id}");
+    }
+
+    // The CI key clones and pushes where its policy allows: the forge sees ci-bot.
+    let seen = f.sshd.presented_certificates().len();
+    let ci_work = tmp.path().join("ci-work");
+    ci.ok(
+        tmp.path(),
+        &[
+            "clone",
+            "-q",
+            &format!("ssh://git@127.0.0.1:{port}/ci/builds.git"),
+            &ci_work.to_string_lossy(),
+        ],
+    );
+    commit_file(&ci, &ci_work, "build.txt", "built\n");
+    ci.ok(
+        &ci_work,
+        &["push", "-q", "origin", "HEAD:refs/heads/build-1"],
+    );
+    assert_eq!(
+        head_of(&builds, "build-1"),
+        ci.ok(&ci_work, &["rev-parse", "HEAD"]).stdout.trim(),
+        "the service key's push did not land"
+    );
+    let got = principals_since(&f.sshd, seen);
+    assert!(got.len() >= 2, "{got:?}");
+    for (principals, key_id) in &got {
+        assert_eq!(principals, &["ci-bot".to_owned()], "{key_id}");
+    }
+    // Its allowed twin's refusal: the same key may not push to demo/hello.
+    let r = ci.run(
+        &ci_work,
+        &[
+            "push",
+            &format!("ssh://git@127.0.0.1:{port}/demo/hello.git"),
+            "HEAD:refs/heads/from-ci",
+        ],
+    );
+    assert!(!r.ok, "ci pushed to demo/hello");
+    assert!(head_of(&f.root.join("demo/hello.git"), "from-ci").is_empty());
+    f.gw.audit_when("the denied CI push's record", |a| {
+        a.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .any(|r| {
+                r["event"] == "ssh"
+                    && r["principal"]["username"] == "ci-bot"
+                    && r["repo"] == "demo/hello"
+                    && r["action"] == "git:write"
+                    && r["decision"] == "deny"
+            })
+    });
+
+    // alice again, after ci-bot: still alice.
+    let seen = f.sshd.presented_certificates().len();
+    alice.ok(&alice_work, &["fetch", "-q", "origin"]);
+    let got = principals_since(&f.sshd, seen);
+    assert!(!got.is_empty());
+    assert!(
+        got.iter().all(|(p, _)| p == &["alice".to_owned()]),
+        "{got:?}"
+    );
+
+    // A gateway that pins another host key than the forge's: the clone fails, and no login
+    // reached the forge.
+    let other = tmp.path().join("other-host");
+    keygen(&other);
+    let wrong_key = std::fs::read_to_string(other.with_extension("pub")).unwrap();
+    let (wrong, wrong_port) = ssh_gateway(
+        &tmp.path().join("gw-ssh"),
+        &f.root,
+        &f.sshd,
+        wrong_key.trim(),
+        ci_pub.trim(),
+        &format!("{POLICY}\n{ci_may_push}"),
+    );
+    let seen = f.sshd.presented_certificates().len();
+    // (A client of its own: `ssh -p` given first wins over the URL's port.)
+    let ci_wrong = git_ssh(tmp.path(), "ci-wrong", &keys.join("ci"), wrong_port);
+    let r = ci_wrong.run(
+        tmp.path(),
+        &[
+            "clone",
+            &format!("ssh://git@127.0.0.1:{wrong_port}/ci/builds.git"),
+            &tmp.path().join("never").to_string_lossy(),
+        ],
+    );
+    assert!(!r.ok, "cloned through a gateway pinning the wrong host key");
+    assert!(
+        r.stderr.contains("Gatehouse: the upstream SSH server"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(f.sshd.presented_certificates().len(), seen);
+    assert!(
+        wrong.log().contains("host key does not match"),
+        "{}",
+        wrong.log()
+    );
 }
