@@ -560,8 +560,15 @@ pub fn logout(server: Option<&str>) -> Result<()> {
                 ("token_type_hint", "refresh_token"),
                 ("client_id", saved.client_id.as_str()),
             ];
-            if let Err(e) = c.post(endpoint).form(&form).send().await {
-                eprintln!("warning: could not revoke the refresh token: {e}");
+            // RFC 7009 §2.2: 200 whether or not the token was still valid; anything else means
+            // it may still be usable at the IdP.
+            match c.post(endpoint).form(&form).send().await {
+                Ok(r) if r.status().is_success() => {}
+                Ok(r) => eprintln!(
+                    "warning: could not revoke the refresh token: the issuer answered {}",
+                    r.status()
+                ),
+                Err(e) => eprintln!("warning: could not revoke the refresh token: {e}"),
             }
         }
         save(&file)?;

@@ -72,6 +72,7 @@ http {{
   access_log off;
   map $request_method $write_method {{ GET 0; HEAD 0; OPTIONS 0; default 1; }}
   log_format writes '$http_x_request_id $request_method $uri';
+  log_format lfs_bodies escape=json '$request_body';
   client_body_temp_path {d}/tmp/body;
   fastcgi_temp_path {d}/tmp/fastcgi;
   proxy_temp_path {d}/tmp/proxy;
@@ -90,6 +91,20 @@ http {{
       add_header Set-Cookie "theirs=1; Path=/";
       default_type text/plain;
       return 200 "ok\n";
+    }}
+    # LFS batch requests: the body is read (kept in memory), logged as it arrived
+    # ([`GitHttpServer::lfs_bodies`]) and answered with an empty batch.
+    location ~ /info/lfs/objects/batch$ {{
+      client_body_buffer_size 1m;
+      client_body_in_single_buffer on;
+      access_log {d}/lfs-bodies.log lfs_bodies;
+      rewrite ^ /_lfs_batch_answer break;
+      proxy_pass http://127.0.0.1:{port};
+    }}
+    location = /_lfs_batch_answer {{
+      access_log off;
+      default_type application/vnd.git-lfs+json;
+      return 200 '{{"transfer":"basic","objects":[]}}';
     }}
     location /api/ {{
       default_type application/json;
@@ -174,6 +189,16 @@ http {{
     /// when it ended: `<X-Request-Id> <method> <path>`.
     pub fn writes(&self) -> Vec<String> {
         std::fs::read_to_string(&self.writes_log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The body of every LFS batch request that reached this server, in order, as it arrived
+    /// (JSON-escaped by nginx: `"` is `\"`).
+    pub fn lfs_bodies(&self) -> Vec<String> {
+        std::fs::read_to_string(self.writes_log.with_file_name("lfs-bodies.log"))
             .unwrap_or_default()
             .lines()
             .map(str::to_owned)

@@ -215,12 +215,42 @@ async fn device_login_then_git_clone_and_push_through_the_credential_helper() {
     let out = other.wait_with_output().unwrap();
     assert!(out.status.success() && out.stdout.is_empty(), "{out:?}");
 
-    // logout forgets the sign-in; git then gets no credentials and fails without prompting.
+    // logout revokes the refresh token at the IdP and forgets the sign-in; git then gets no
+    // credentials and fails without prompting.
+    let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&creds).unwrap()).unwrap();
+    let refresh = saved["servers"][&base]["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let client_id = saved["servers"][&base]["client_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let out = cli(&xdg)
         .args(["logout", "--server", &base])
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("could not revoke"),
+        "{out:?}"
+    );
+    // The refresh token the file held (the one `token print` renewed with just before): the IdP
+    // no longer knows it.
+    let reuse: serde_json::Value = reqwest::Client::new()
+        .post(format!("{}/token", idp.issuer()))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh.as_str()),
+            ("client_id", client_id.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(reuse["error"], "invalid_grant", "{reuse}");
     let out = cli(&xdg).args(["token", "print"]).output().unwrap();
     assert!(!out.status.success());
     let r = git.run(

@@ -110,10 +110,15 @@ fn an_introspection_answer_without_an_audience_is_refused() {
     assert_eq!(s, 200, "{raw}");
 }
 
-/// Policy: dev may read LFS objects of demo/*, not write them; anyone may post to `/_echo`.
+/// Policy: dev may read LFS objects of demo/*, not write them; `api-writers` may write through
+/// demo/*'s API, dev may not.
 const LFS_AND_ECHO: &str = r#"
 @id("dev-lfs-read")
 permit(principal in Gatehouse::Group::"dev", action == Gatehouse::Action::"lfs:read",
+       resource in Gatehouse::Owner::"demo");
+
+@id("api-writers")
+permit(principal in Gatehouse::Group::"api-writers", action == Gatehouse::Action::"api:write",
        resource in Gatehouse::Owner::"demo");
 "#;
 
@@ -147,15 +152,56 @@ fn an_lfs_batch_is_read_as_the_forge_reads_it_and_forge_names_are_checked_on_eve
     assert!(r.contains("lfs:write"), "{r}");
     let r = batch(r#"{"OPERATION":"upload","objects":[]}"#);
     assert!(r.starts_with("HTTP/1.1 403"), "{r}");
-    // The twins: a download, however spelled, is decided as one and forwarded.
-    for body in [
-        r#"{"operation":"download","objects":[]}"#,
+    // The twins: a download, however spelled, is decided as one and forwarded, through the
+    // production upstream path (nginx), with its body as the client sent it.
+    let twins = [
+        r#"{"operation":"download","objects":[{"oid":"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef","size":12}]}"#,
         r#"{"Operation":"upload","operation":"download","objects":[]}"#,
-    ] {
+    ];
+    for body in twins {
         let r = batch(body);
-        assert!(!r.starts_with("HTTP/1.1 403"), "{body}: {r}");
-        assert!(!r.starts_with("HTTP/1.1 400"), "{body}: {r}");
+        assert!(r.starts_with("HTTP/1.1 200"), "{body}: {r}");
+        assert!(r.contains(r#""transfer":"basic""#), "{body}: {r}");
     }
+    // Only the two downloads reached the upstream, byte for byte.
+    let escaped: Vec<String> = twins.iter().map(|b| b.replace('"', "\\\"")).collect();
+    assert_eq!(upstream.lfs_bodies(), escaped);
+
+    // An API write by a reader is refused, and nothing reaches the upstream; its allowed twin,
+    // by a member of `api-writers`, goes through.
+    let carol = format!("Bearer {}", gw.token("carol", &["api-writers"]));
+    let post = |auth: &str, id: &str| {
+        raw_http(
+            gw.port,
+            "POST",
+            "/api/v1/repos/demo/hello/issues",
+            &[
+                ("Authorization", auth),
+                ("X-Request-Id", id),
+                ("Content-Length", "0"),
+            ],
+        )
+    };
+    let (s, raw) = post(&alice, "api-write-by-alice");
+    assert_eq!(s, 403, "{raw}");
+    let (s, raw) = post(&carol, "api-write-by-carol");
+    assert_eq!(s, 201, "{raw}");
+    let writes = upstream.writes();
+    assert!(
+        writes.iter().any(|w| w.starts_with("api-write-by-carol ")),
+        "{writes:?}"
+    );
+    assert!(
+        !writes.iter().any(|w| w.starts_with("api-write-by-alice ")),
+        "{writes:?}"
+    );
+    gw.audit_when("the refused API write's record", |a| {
+        a.lines().any(|l| {
+            l.contains("\"request_id\":\"api-write-by-alice\"")
+                && l.contains("\"decision\":\"deny\"")
+                && l.contains("\"action\":\"api:write\"")
+        })
+    });
 
     // Names a Gitea owner or repository cannot have are refused on every route, before any
     // policy: no Unicode spelling reaches a forge that might fold it onto another name.
