@@ -152,3 +152,137 @@ fn a_kill_9_during_a_burst_of_writes_loses_no_record_of_what_the_forge_applied()
     // And the records of completed requests follow their announcements, as before.
     assert!(audit.contains("\"event\":\"request\""));
 }
+
+/// A small tmpfs, unmounted when dropped (after the gateway writing to it has stopped: declare
+/// it first). Mounting needs root, as the SSH tests do.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(path: std::path::PathBuf, size: &str) -> Self {
+        std::fs::create_dir_all(&path).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mount a tmpfs (needs root): {out:?}");
+        Self(path)
+    }
+
+    /// Fills what is left with a file, until the file system says it is full.
+    fn fill(&self) {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(self.0.join("filler")).unwrap();
+        let chunk = vec![0u8; 4096];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+    }
+
+    fn free(&self) {
+        std::fs::remove_file(self.0.join("filler")).unwrap();
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_full_audit_disk_refuses_writes_and_the_gateway_recovers_when_space_returns() {
+    let tmp = TempDir::new("audit-full");
+    let disk = SmallDisk::mount(tmp.path().join("auditfs"), "1m");
+    let (root, _) = repos(&tmp);
+    let upstream = GitHttpServer::start(&root);
+    let log = disk.0.join("audit.log");
+    let mut gw = builder()
+        .with_upstream_url(&upstream.url())
+        .forge_kind("gitea")
+        .policy(&format!("{POLICY}\n{API_WRITES}"))
+        .audit_file(&log.to_string_lossy())
+        .start();
+    let auth = format!("Bearer {}", gw.token("alice", &["dev"]));
+    let post = |id: &str| {
+        try_raw_http(
+            gw.port,
+            "POST",
+            "/api/v1/repos/demo/hello/issues",
+            &[
+                ("Authorization", &auth),
+                ("X-Request-Id", id),
+                ("Content-Length", "0"),
+            ],
+        )
+        .map(|(s, _)| s)
+        .unwrap_or(0)
+    };
+    let ready = || gatehouse_testkit::raw_http(gw.admin_port, "GET", "/readyz", &[]).0 == 200;
+    assert_eq!(post("before-full"), 201);
+
+    // The disk fills up. The page the log ends in may still take a record or two; then every
+    // write is refused before it reaches the forge, and the gateway says it is not ready.
+    disk.fill();
+    let mut refused = None;
+    for i in 0..200 {
+        let id = format!("while-full-{i}");
+        match post(&id) {
+            201 => continue,
+            503 => {
+                refused = Some(id);
+                break;
+            }
+            s => panic!("{id}: status {s}"),
+        }
+    }
+    let refused = refused.expect("no write was refused on a full audit disk");
+    assert!(!ready(), "ready with a full audit disk");
+    assert!(
+        !upstream
+            .writes()
+            .iter()
+            .any(|w| w.starts_with(&format!("{refused} "))),
+        "a write the audit log could not record reached the forge"
+    );
+    // Reads are refused too while records cannot be written.
+    let (s, _) = gatehouse_testkit::raw_http(
+        gw.port,
+        "GET",
+        "/demo/hello.git/info/refs?service=git-upload-pack",
+        &[("Authorization", &auth)],
+    );
+    assert_eq!(s, 503);
+
+    // Space returns: the writer's retry succeeds, the gateway is ready and writes again.
+    disk.free();
+    wait_for("ready again", Duration::from_secs(20), || {
+        ready().then_some(())
+    });
+    assert_eq!(post("after-free"), 201);
+
+    gw.signal("TERM");
+    gw.wait_exit(Duration::from_secs(30))
+        .expect("gatehouse stops on SIGTERM");
+    let out = std::process::Command::new(bin())
+        .args(["audit", "verify", &log.to_string_lossy()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let audit = std::fs::read_to_string(&log).unwrap();
+    // The refused write's end is on record, as refused; it was never announced.
+    let recs: Vec<serde_json::Value> = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|r: &serde_json::Value| r["request_id"] == refused.as_str())
+        .collect();
+    assert_eq!(recs.len(), 1, "{recs:?}");
+    assert_eq!(recs[0]["event"], "request", "{recs:?}");
+    assert_eq!(recs[0]["reason"], "audit_unavailable", "{recs:?}");
+    assert_eq!(recs[0]["status"], 503, "{recs:?}");
+    assert!(audit.contains("\"request_id\":\"after-free\""));
+    drop(gw);
+    drop(disk);
+}
