@@ -122,6 +122,8 @@ pub struct IssuerKeys {
     fetches_failed: AtomicU64,
     introspection_secret: Option<Redacted<String>>,
     metadata: tokio::sync::OnceCell<Arc<ProviderMetadata>>,
+    /// Shared with the token cache: bumped when a fetch no longer has a key the last one had.
+    withdrawals: crate::cache::Withdrawals,
 }
 
 /// What an issuer's OpenID Connect discovery document says (the parts Gatehouse uses).
@@ -166,6 +168,7 @@ impl IssuerKeys {
         http: reqwest::Client,
         clock: Arc<dyn Clock>,
         introspection_secret: Option<Redacted<String>>,
+        withdrawals: crate::cache::Withdrawals,
     ) -> Self {
         // Config validation has already refused unknown and HMAC algorithms.
         let algorithms = cfg
@@ -186,6 +189,7 @@ impl IssuerKeys {
             fetches_failed: AtomicU64::new(0),
             introspection_secret,
             metadata: tokio::sync::OnceCell::new(),
+            withdrawals,
         }
     }
 
@@ -438,7 +442,19 @@ impl IssuerKeys {
         match self.fetch().await {
             Ok(set) => {
                 tracing::info!(issuer = %self.cfg.issuer, keys = set.keys.len(), "issuer keys loaded");
+                let old = self.state.load();
+                let withdrawn = old.keys.iter().any(|k| {
+                    !set.keys
+                        .iter()
+                        .any(|n| n.kid == k.kid && n.family == k.family)
+                });
                 self.state.store(Arc::new(set));
+                if withdrawn {
+                    // Tokens verified with the withdrawn key must not stay accepted from the
+                    // cache until they expire.
+                    self.withdrawals.fetch_add(1, Ordering::AcqRel);
+                    tracing::warn!(issuer = %self.cfg.issuer, "the issuer withdrew a key; every verified token is checked again");
+                }
                 self.fetches_ok.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }

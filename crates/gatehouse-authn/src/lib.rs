@@ -65,6 +65,7 @@ impl Authenticator {
             .map_err(|e| AuthnError::Internal(format!("http client: {e}")))?;
         let mut issuers = HashMap::new();
         let mut introspectors = Vec::new();
+        let withdrawals = cache::Withdrawals::default();
         for i in &cfg.issuers {
             let secret = match &i.introspection {
                 Some(ic) => Some(
@@ -81,6 +82,7 @@ impl Authenticator {
                 http.clone(),
                 clock.clone(),
                 secret,
+                withdrawals.clone(),
             ));
             if keys.introspects() {
                 introspectors.push(keys.clone());
@@ -92,7 +94,7 @@ impl Authenticator {
             introspectors,
             own,
             clock,
-            cache: TokenCache::new(16_384),
+            cache: TokenCache::new(16_384, withdrawals),
             http,
         })
     }

@@ -81,6 +81,19 @@ impl Idp {
         self.launch(generation);
     }
 
+    /// Stops the IdP (TERM, then waits): it answers nothing until [`Self::relaunch_dropping_keys`].
+    pub fn stop(&mut self) {
+        self.child = None;
+    }
+
+    /// Starts the IdP again on the same port with new keys of `generation` and none of the old
+    /// ones: every key it published before is withdrawn from its JWKS.
+    pub fn relaunch_dropping_keys(&mut self, generation: u32) {
+        self.child = None;
+        let _ = std::fs::remove_file(self.dir.path().join("keys.json"));
+        self.launch(generation);
+    }
+
     /// Registers a confidential web client (RFC 7591 dynamic registration) that may use these
     /// redirect URIs; returns its id and secret.
     pub async fn register_client(

@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use gatehouse_testkit::{Idp, TempDir, TestGateway, raw_http, wait_for};
 use serde_json::json;
 
@@ -256,6 +258,85 @@ async fn idp_key_rotation_needs_no_restart() {
         "{}",
         gw.metrics()
     );
+}
+
+/// The IdP goes away: tokens signed with keys Gatehouse already has keep working, a token naming
+/// a key it never saw is refused with `unknown_key` (the refetch fails). The IdP comes back
+/// having withdrawn its old keys: once Gatehouse refetches (on the first token naming a new key),
+/// every token signed with a withdrawn key is refused, including one it had verified and
+/// remembered before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_idp_going_away_and_withdrawing_its_keys() {
+    let tmp = TempDir::new("idp-faults");
+    let (root, _) = repos(&tmp);
+    let mut idp = Idp::start();
+    let gw = builder()
+        .with_builtin_upstream(&root)
+        .with_idp(&idp)
+        .policy(POLICY)
+        .start();
+    let iss = idp.issuer();
+    let t = now();
+    let claims = json!({"iss": iss, "sub": "alice", "aud": "gatehouse", "iat": t, "exp": t + 600,
+                        "preferred_username": "alice", "groups": ["dev"]});
+    let path = "/demo/hello.git/info/refs?service=git-upload-pack";
+    let get = |token: &str| {
+        raw_http(
+            gw.port,
+            "GET",
+            path,
+            &[("Authorization", &format!("Bearer {token}"))],
+        )
+    };
+    // Signed while the IdP is up: one used now (and remembered), one kept for later, one with a
+    // key id the IdP never published.
+    let used = idp.sign(claims.clone(), "RS256", None).await;
+    let mut unused_claims = claims.clone();
+    unused_claims["jti"] = "unused".into();
+    let unused = idp.sign(unused_claims, "RS256", None).await;
+    let mut later_claims = claims.clone();
+    later_claims["jti"] = "later".into();
+    let later = idp.sign(later_claims, "RS256", None).await;
+    let unknown = idp
+        .sign(claims.clone(), "RS256", Some("never-published"))
+        .await;
+    let (s, raw) = get(&used);
+    assert_eq!(s, 200, "{raw}");
+
+    idp.stop();
+    // Known key, never-seen token: verified with the keys Gatehouse holds.
+    let (s, raw) = get(&unused);
+    assert_eq!(s, 200, "{raw}");
+    // Unknown key: the refetch fails; refused as an unknown key, not let through.
+    let (s, raw) = get(&unknown);
+    assert_eq!(s, 401, "{raw}");
+    assert!(
+        challenge(&raw).contains("token was signed by an unknown key"),
+        "{raw}"
+    );
+
+    // Back, with new keys only. The first token naming a new key makes Gatehouse refetch (at most
+    // once per jwks_min_refetch_interval, 1 s here).
+    idp.relaunch_dropping_keys(2);
+    let fresh = idp.client_token("urn:gatehouse:rs256").await;
+    wait_for(
+        "the new key to be accepted",
+        Duration::from_secs(10),
+        || (get(&fresh).0 == 200).then_some(()),
+    );
+    // Every token signed with a withdrawn key is refused now: never seen, and remembered.
+    for (what, token) in [
+        ("never seen", &later),
+        ("remembered", &used),
+        ("seen while down", &unused),
+    ] {
+        let (s, raw) = get(token);
+        assert_eq!(s, 401, "{what}: {raw}");
+        assert!(
+            challenge(&raw).contains("token was signed by an unknown key"),
+            "{what}: {raw}"
+        );
+    }
 }
 
 /// The JWKS fetches Gatehouse has made for `issuer`, successful or not.
