@@ -401,3 +401,103 @@ fn an_http2_connection_whose_streams_were_reset_still_goes_idle() {
         drop(client);
     });
 }
+
+/// FAULT INJECTION (named as such): a TCP forwarder in front of a real upstream that can be
+/// switched off and on ([`Forwarder::set`]). Off, it cuts every connection it carries and closes
+/// each new one at once, as an upstream that went away does; on, it forwards again.
+struct Forwarder {
+    port: u16,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    live: std::sync::Arc<std::sync::Mutex<Vec<TcpStream>>>,
+}
+
+impl Forwarder {
+    fn start(target: u16) -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(AtomicBool::new(true));
+        let live: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (switch, carried) = (up.clone(), live.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                if !switch.load(Ordering::SeqCst) {
+                    let _ = conn.shutdown(std::net::Shutdown::Both);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                carried.lock().unwrap().push(conn.try_clone().unwrap());
+                for (mut from, mut to) in [
+                    (conn.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, conn),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    });
+                }
+            }
+        });
+        Self { port, up, live }
+    }
+
+    fn set(&self, up: bool) {
+        self.up.store(up, std::sync::atomic::Ordering::SeqCst);
+        if !up {
+            for c in self.live.lock().unwrap().drain(..) {
+                let _ = c.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+}
+
+/// The upstream goes away and comes back: while it is away requests get 502 with the documented
+/// code, and then every request succeeds again: no pooled connection to the old upstream is
+/// stuck or reused.
+#[test]
+fn the_upstream_going_away_and_coming_back() {
+    let tmp = TempDir::new("upstream-back");
+    let (root, _) = crate::common::repos(&tmp);
+    let upstream = gatehouse_testkit::GitHttpServer::start(&root);
+    let fwd = Forwarder::start(upstream.port);
+    let gw = builder()
+        .with_upstream_url(&format!("http://127.0.0.1:{}", fwd.port))
+        .forge_kind("gitea")
+        .policy(POLICY)
+        .start();
+    let auth = format!("Bearer {}", gw.token("alice", &["dev"]));
+    let get = || raw_http(gw.port, "GET", "/_echo", &[("Authorization", &auth)]);
+    // Several requests: the gateway keeps connections to the upstream in its pool.
+    for _ in 0..5 {
+        let (s, raw) = get();
+        assert_eq!(s, 200, "{raw}");
+    }
+
+    fwd.set(false);
+    // A pooled connection the upstream cut: the gateway finds out on its next request.
+    let (s, raw) = get();
+    assert_eq!(s, 502, "{raw}");
+    assert!(raw.contains("\"code\":\"upstream_unavailable\""), "{raw}");
+    assert!(raw.contains("application/problem+json"), "{raw}");
+    for _ in 0..3 {
+        let (s, raw) = get();
+        assert_eq!(s, 502, "{raw}");
+    }
+
+    fwd.set(true);
+    gatehouse_testkit::wait_for("the upstream to be back", Duration::from_secs(10), || {
+        (get().0 == 200).then_some(())
+    });
+    for i in 0..20 {
+        let (s, raw) = get();
+        assert_eq!(s, 200, "request {i} after recovery: {raw}");
+    }
+    let metrics = gw.metrics();
+    assert!(
+        metrics.contains("gatehouse_upstream_errors_total{kind=\"unreachable\"}"),
+        "{metrics}"
+    );
+}
