@@ -479,7 +479,7 @@ impl IssuerKeys {
         last != i64::MIN && now.saturating_sub(last) < min
     }
 
-    /// Refreshes stale keys for a request. Every check happens under `fetch_lock`, so a burst of
+    /// Fetches keys for a request that found none. Every check happens under `fetch_lock`, so a burst of
     /// requests that find the keys stale causes one fetch: those that waited find them fresh, or
     /// find that the attempt just failed. While the issuer is down, a request tries again at most
     /// once per `jwks_min_refetch_interval` instead of each one waiting for its own timeout.
@@ -591,12 +591,11 @@ impl IssuerKeys {
         if !self.algorithms.contains(&alg) {
             return Err(AuthnError::AlgorithmNotAllowed);
         }
-        if self.is_stale() {
-            // Stale keys stay usable when the refresh fails; absent keys make this an outage.
-            let had_keys = self.state.load().fetched_at.is_some();
-            if self.refresh_stale().await.is_err() && !had_keys {
-                return Err(AuthnError::KeysUnavailable);
-            }
+        // Without any keys this request needs the fetch (and fails as an outage without it).
+        // Keys fetched once stay in use when stale: the background task refreshes them, so a
+        // request never waits on a slow or unreachable JWKS endpoint for keys it already has.
+        if self.state.load().fetched_at.is_none() && self.refresh_stale().await.is_err() {
+            return Err(AuthnError::KeysUnavailable);
         }
         let kid = jwt.kid.as_deref();
         let mut state = self.state.load_full();

@@ -339,6 +339,111 @@ async fn the_idp_going_away_and_withdrawing_its_keys() {
     }
 }
 
+/// FAULT INJECTION (named as such): a JWKS endpoint serving `jwks` that, once `slow` is set,
+/// answers each request only after `delay`. Returns its URL.
+fn slow_jwks(
+    jwks: String,
+    slow: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    delay: Duration,
+) -> String {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let (jwks, slow) = (jwks.clone(), slow.clone());
+            std::thread::spawn(move || {
+                let mut conn = conn;
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf);
+                if slow.load(std::sync::atomic::Ordering::SeqCst) {
+                    std::thread::sleep(delay);
+                }
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{jwks}",
+                    jwks.len()
+                );
+            });
+        }
+    });
+    format!("http://127.0.0.1:{port}/jwks")
+}
+
+/// A JWKS endpoint that turns slow holds up no request that can be decided with the keys held:
+/// while a token with an unknown `kid` waits for the slow refetch, a never-seen token signed
+/// with a known key (the keys are stale by then) is answered first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_jwks_endpoint_holds_up_no_request_with_known_keys() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let tmp = TempDir::new("slow-jwks");
+    let (root, _) = repos(&tmp);
+    let idp = Idp::shared();
+    let jwks = idp.jwks().await.to_string();
+    let slow = Arc::new(AtomicBool::new(false));
+    let url = slow_jwks(jwks, slow.clone(), Duration::from_secs(4));
+    let gw = builder()
+        .with_builtin_upstream(&root)
+        .with_idp_extra(
+            idp,
+            &format!("jwks_uri = \"{url}\"\njwks_cache_ttl = \"1s\"\nhttp_timeout = \"10s\""),
+        )
+        .policy(POLICY)
+        .start();
+    let iss = idp.issuer();
+    let t = now();
+    let token = |jti: &str, kid: Option<&'static str>| {
+        let claims = json!({"iss": iss, "sub": "alice", "aud": "gatehouse", "iat": t,
+                            "exp": t + 600, "preferred_username": "alice", "groups": ["dev"],
+                            "jti": jti});
+        idp.sign(claims, "RS256", kid)
+    };
+    let known = token("known", None).await;
+    let unknown = token("unknown", Some("not-published")).await;
+    let port = gw.port;
+    let path = "/demo/hello.git/info/refs?service=git-upload-pack";
+
+    slow.store(true, Ordering::SeqCst);
+    // Let the keys go stale (jwks_cache_ttl is 1 s).
+    std::thread::sleep(Duration::from_millis(1500));
+    let unknown_done = Arc::new(AtomicBool::new(false));
+    let done = unknown_done.clone();
+    let waiting = std::thread::spawn(move || {
+        let r = raw_http(
+            port,
+            "GET",
+            path,
+            &[("Authorization", &format!("Bearer {unknown}"))],
+        );
+        done.store(true, Ordering::SeqCst);
+        r
+    });
+    // The refetch for the unknown kid is under way (and takes 4 s)...
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !unknown_done.load(Ordering::SeqCst),
+        "the refetch was not slow"
+    );
+    // ...and the known key's token is answered without waiting for it (the fetch has more than
+    // 3.5 s to go: half that is a wide margin for a request on loopback).
+    let asked = std::time::Instant::now();
+    let (s, raw) = raw_http(
+        port,
+        "GET",
+        path,
+        &[("Authorization", &format!("Bearer {known}"))],
+    );
+    assert_eq!(s, 200, "{raw}");
+    assert!(
+        !unknown_done.load(Ordering::SeqCst) && asked.elapsed() < Duration::from_millis(1800),
+        "a request with known keys waited for the slow JWKS fetch ({:?})",
+        asked.elapsed()
+    );
+    let (s, raw) = waiting.join().unwrap();
+    assert_eq!(s, 401, "{raw}");
+}
+
 /// The JWKS fetches Gatehouse has made for `issuer`, successful or not.
 fn jwks_fetches(metrics: &str, issuer: &str) -> u64 {
     let label = format!("issuer=\"{issuer}\"");
