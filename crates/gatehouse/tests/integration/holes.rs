@@ -5,7 +5,9 @@
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::TcpListener;
 
-use gatehouse_testkit::{GitHttpServer, Idp, TempDir, raw_http};
+use std::time::Duration;
+
+use gatehouse_testkit::{GitHttpServer, Idp, TempDir, raw_http, wait_for};
 
 use crate::common::{POLICY, bin, builder, repos};
 
@@ -163,9 +165,14 @@ fn an_lfs_batch_is_read_as_the_forge_reads_it_and_forge_names_are_checked_on_eve
         assert!(r.starts_with("HTTP/1.1 200"), "{body}: {r}");
         assert!(r.contains(r#""transfer":"basic""#), "{body}: {r}");
     }
-    // Only the two downloads reached the upstream, byte for byte.
+    // Only the two downloads reached the upstream, byte for byte. (nginx logs a request when it
+    // has finished it, which may be just after the client has its answer.)
     let escaped: Vec<String> = twins.iter().map(|b| b.replace('"', "\\\"")).collect();
-    assert_eq!(upstream.lfs_bodies(), escaped);
+    let bodies = wait_for("nginx to log both batches", Duration::from_secs(10), || {
+        let b = upstream.lfs_bodies();
+        (b.len() >= escaped.len()).then_some(b)
+    });
+    assert_eq!(bodies, escaped);
 
     // An API write by a reader is refused, and nothing reaches the upstream; its allowed twin,
     // by a member of `api-writers`, goes through.
@@ -186,10 +193,16 @@ fn an_lfs_batch_is_read_as_the_forge_reads_it_and_forge_names_are_checked_on_eve
     assert_eq!(s, 403, "{raw}");
     let (s, raw) = post(&carol, "api-write-by-carol");
     assert_eq!(s, 201, "{raw}");
-    let writes = upstream.writes();
-    assert!(
-        writes.iter().any(|w| w.starts_with("api-write-by-carol ")),
-        "{writes:?}"
+    // The refused write came first: had it reached nginx, it would be logged before this one.
+    let writes = wait_for(
+        "nginx to log the allowed write",
+        Duration::from_secs(10),
+        || {
+            let w = upstream.writes();
+            w.iter()
+                .any(|w| w.starts_with("api-write-by-carol "))
+                .then_some(w)
+        },
     );
     assert!(
         !writes.iter().any(|w| w.starts_with("api-write-by-alice ")),
