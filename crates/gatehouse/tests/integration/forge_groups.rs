@@ -99,3 +99,59 @@ fn team_membership_on_the_forge_opens_a_push_and_outages_fail_closed() {
         a.contains("forge:acme/release")
     });
 }
+
+/// A short `cache_ttl` through a forge outage, on git routes: once alice's cached groups have
+/// expired and the forge fails, her push is refused (fail closed), nothing reaches the upstream
+/// and the refusal is recorded; the forge back, the same push goes through.
+#[test]
+fn expired_forge_groups_during_an_outage_refuse_a_push_until_the_forge_is_back() {
+    let tmp = TempDir::new("forge-groups-ttl");
+    let (root, _) = repos(&tmp);
+    let forge = ForgeStandIn::start(&serde_json::json!({
+        "alice": {"orgs": ["acme"], "teams": [["acme", "release"]]},
+    }));
+    let token_file = tmp.path().join("forge-token");
+    std::fs::write(&token_file, &forge.token).unwrap();
+    let gw = builder()
+        .with_builtin_upstream(&root)
+        .forge_kind("gitea")
+        .policy(POLICY)
+        .extra(&format!(
+            "[forge.groups]\napi_url = \"{}\"\ntoken = {{ file = \"{}\" }}\ncache_ttl = \"1s\"\n",
+            forge.url(),
+            token_file.display()
+        ))
+        .start();
+    let alice = gw.token("alice", &[]);
+    let bare = root.join("demo/hello.git");
+    let (git, work) = clone_demo(tmp.path(), &gw.url(), &alice, "alice");
+    commit_file(&git, &work, "one.txt", "while the forge answers\n");
+    git.ok(&work, &["push", "-q", "origin", "HEAD:refs/heads/one"]);
+    assert!(!head_of(&bare, "one").is_empty());
+
+    // The forge fails and the cached answer expires (cache_ttl 1 s): a fetch (a git route) shows
+    // when the gateway has asked the forge again and failed.
+    forge.fail_with(500);
+    gatehouse_testkit::wait_for(
+        "a git request refused for want of forge groups",
+        std::time::Duration::from_secs(10),
+        || (!git.run(&work, &["ls-remote", "origin"]).ok).then_some(()),
+    );
+    commit_file(&git, &work, "two.txt", "during the outage\n");
+    let r = git.run(&work, &["push", "origin", "HEAD:refs/heads/two"]);
+    assert!(!r.ok, "pushed during the outage");
+    assert!(
+        r.stderr.contains("forge_groups_unavailable") || r.stderr.contains("503"),
+        "{}",
+        r.stderr
+    );
+    assert!(head_of(&bare, "two").is_empty(), "pushed during the outage");
+    gw.audit_when("the refusal's record", |a| {
+        a.contains("\"reason\":\"forge_groups_unavailable\"")
+    });
+
+    // The forge answers again: the same push goes through.
+    forge.fail_with(0);
+    git.ok(&work, &["push", "-q", "origin", "HEAD:refs/heads/two"]);
+    assert!(!head_of(&bare, "two").is_empty());
+}
