@@ -20,6 +20,7 @@ pub struct GatewayBuilder {
     audit_extra: String,
     wait_ready: bool,
     port: Option<u16>,
+    shutdown_grace: String,
 }
 
 impl GatewayBuilder {
@@ -38,6 +39,7 @@ impl GatewayBuilder {
             audit_extra: String::new(),
             wait_ready: true,
             port: None,
+            shutdown_grace: "30s".into(),
         }
     }
 
@@ -121,6 +123,12 @@ impl GatewayBuilder {
         self
     }
 
+    /// `server.shutdown_grace` (30 s unless set).
+    pub fn shutdown_grace(mut self, grace: &str) -> Self {
+        self.shutdown_grace = grace.to_owned();
+        self
+    }
+
     /// Do not wait for `/readyz` (for tests of a gateway that cannot become ready).
     pub fn no_wait_ready(mut self) -> Self {
         self.wait_ready = false;
@@ -146,7 +154,7 @@ impl GatewayBuilder {
         let config = format!(
             r#"[server]
 listen = "127.0.0.1:{port}"
-shutdown_grace = "30s"
+shutdown_grace = "{grace}"
 {server_extra}
 [admin]
 listen = "127.0.0.1:{admin_port}"
@@ -176,6 +184,7 @@ format = "json"
 {extra}
 "#,
             server_extra = self.server_extra,
+            grace = self.shutdown_grace,
             upstream = self.upstream,
             upstream_extra = self.upstream_extra,
             kind = self.forge_kind,

@@ -18,6 +18,7 @@ mod push_reading;
 mod refs;
 mod reload;
 mod sessions;
+mod shutdown;
 mod ssh;
 mod timeouts;
 mod tls;
