@@ -3,7 +3,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::idp::Idp;
-use crate::proc::{Child, TempDir, free_port, wait_for};
+use crate::proc::{Child, TempDir, wait_for};
 
 /// Builds a config for the real `gatehouse` binary and starts it.
 pub struct GatewayBuilder {
@@ -198,25 +198,27 @@ format = "json"
         path
     }
 
+    /// Starts the gateway. Its listeners bind port 0 (the kernel picks a free port, which no
+    /// other component can take in between) and the ports are read back from its log; only a
+    /// port set with [`Self::port`] is fixed.
     pub fn start(self) -> TestGateway {
-        let port = self.port.unwrap_or_else(free_port);
-        let admin_port = free_port();
-        let config = self.write_config(port, admin_port);
+        let config = self.write_config(self.port.unwrap_or(0), 0);
         let ready_path = if self.wait_ready {
             "/readyz"
         } else {
             "/healthz"
         };
-        let child = spawn_serve(
+        let (child, ports) = spawn_serve(
             &self.bin,
             &config,
             &self.dir.path().join("gatehouse.log"),
-            admin_port,
             ready_path,
         );
         TestGateway {
-            port,
-            admin_port,
+            port: ports.http,
+            admin_port: ports.admin,
+            ssh_port: ports.ssh,
+            ready_path,
             bin: self.bin,
             config,
             child,
@@ -225,19 +227,49 @@ format = "json"
     }
 }
 
-/// Starts `gatehouse serve --config <config>` and waits until `ready_path` answers 200.
-fn spawn_serve(bin: &Path, config: &Path, log: &Path, admin_port: u16, ready_path: &str) -> Child {
+/// The ports a running gateway's listeners bound.
+#[derive(Debug, Clone, Copy)]
+struct Ports {
+    http: u16,
+    admin: u16,
+    ssh: Option<u16>,
+}
+
+/// The port in the `addr` of the last log line whose message is `message` (Gatehouse logs each
+/// listener's bound address: `{"message":"gatehouse listening","addr":"127.0.0.1:N",...}`).
+fn logged_port(log: &str, message: &str) -> Option<u16> {
+    let needle = format!("\"message\":\"{message}\"");
+    let line = log.lines().rev().find(|l| l.contains(&needle))?;
+    let addr = line.split("\"addr\":\"").nth(1)?.split('"').next()?;
+    addr.rsplit(':').next()?.parse().ok()
+}
+
+/// Starts `gatehouse serve --config <config>`, reads its listeners' ports from its log, and waits
+/// until `ready_path` answers 200 on the admin port.
+fn spawn_serve(bin: &Path, config: &Path, log: &Path, ready_path: &str) -> (Child, Ports) {
     let mut cmd = Command::new(bin);
     cmd.args(["serve", "--config", &config.to_string_lossy()]);
     let mut child = Child::spawn("gatehouse", &mut cmd, log);
+    // The admin and SSH listeners are logged before the main one.
+    let ports = wait_for("gatehouse to listen", Duration::from_secs(30), || {
+        if !child.is_running() {
+            panic!("gatehouse exited:\n{}", child.log_text());
+        }
+        let text = child.log_text();
+        Some(Ports {
+            http: logged_port(&text, "gatehouse listening")?,
+            admin: logged_port(&text, "admin listener ready")?,
+            ssh: logged_port(&text, "ssh listening"),
+        })
+    });
     wait_for("gatehouse to become ready", Duration::from_secs(30), || {
         if !child.is_running() {
             panic!("gatehouse exited:\n{}", child.log_text());
         }
-        let (status, _) = try_get(admin_port, ready_path)?;
+        let (status, _) = try_get(ports.admin, ready_path)?;
         (status == 200).then_some(())
     });
-    child
+    (child, ports)
 }
 
 fn try_get(port: u16, path: &str) -> Option<(u16, String)> {
@@ -249,6 +281,9 @@ fn try_get(port: u16, path: &str) -> Option<(u16, String)> {
 pub struct TestGateway {
     pub port: u16,
     pub admin_port: u16,
+    /// The SSH front door's port, when `[ssh]` is configured (bind it to `127.0.0.1:0`).
+    ssh_port: Option<u16>,
+    ready_path: &'static str,
     bin: PathBuf,
     config: PathBuf,
     child: Child,
@@ -361,21 +396,31 @@ impl TestGateway {
         self.child.wait_timeout(timeout)
     }
 
+    /// The SSH front door's port.
+    pub fn ssh_port(&self) -> u16 {
+        self.ssh_port
+            .expect("this gateway has no SSH listener in its log")
+    }
+
     /// Kills the gateway with SIGKILL (no shutdown, nothing flushed) and starts it again on the
-    /// same config, directory and ports; its log goes on in `gatehouse.restarted.log`.
+    /// same config and directory (its listeners get new ports: read them again from the fields);
+    /// its log goes on in `gatehouse.restarted.log`.
     pub fn kill_and_restart(&mut self) {
         self.signal("KILL");
         assert!(
             self.wait_exit(Duration::from_secs(10)).is_some(),
             "gatehouse did not die on SIGKILL"
         );
-        self.child = spawn_serve(
+        let (child, ports) = spawn_serve(
             &self.bin,
             &self.config,
             &self.dir.path().join("gatehouse.restarted.log"),
-            self.admin_port,
-            "/readyz",
+            self.ready_path,
         );
+        self.child = child;
+        self.port = ports.http;
+        self.admin_port = ports.admin;
+        self.ssh_port = ports.ssh;
     }
 
     pub fn metrics(&self) -> String {

@@ -238,13 +238,12 @@ fn ssh_front(tmp: &TempDir, root: &Path) -> SshFront {
     let releaser = dir.join("releaser");
     let pusher_pub = keygen(&pusher);
     let releaser_pub = keygen(&releaser);
-    let port = gatehouse_testkit::free_port();
     let gw = builder()
         .with_builtin_upstream(root)
         .policy(&format!("{POLICY}\n{RULES}"))
         .extra(&format!(
             r#"[ssh]
-listen = "127.0.0.1:{port}"
+listen = "127.0.0.1:0"
 host_key = "{d}/host_ed25519"
 user_ca_key = "{d}/user_ca"
 
@@ -262,8 +261,8 @@ groups = ["dev", "release"]
         ))
         .start();
     SshFront {
+        port: gw.ssh_port(),
         gw,
-        port,
         pusher,
         releaser,
     }

@@ -65,6 +65,20 @@ fn git_ssh(tmp: &Path, name: &str, key: &Path, port: u16) -> Git {
     Git::new(&tmp.join(format!("home-{name}"))).env("GIT_SSH_COMMAND", &ssh_command(key, port))
 }
 
+/// `gatehouse ssh-cert` for `key_pub` with `token`: the certificate lands beside the key.
+fn ssh_cert(gw: &TestGateway, token: &str, key_pub: &Path) {
+    let out = gw.cli_raw(&[
+        "ssh-cert",
+        "--server",
+        &gw.url(),
+        "--token",
+        token,
+        "--key",
+        &key_pub.to_string_lossy(),
+    ]);
+    assert!(out.status.success(), "ssh-cert: {out:?}");
+}
+
 struct Front {
     gw: TestGateway,
     ssh_port: u16,
@@ -118,6 +132,8 @@ fn ssh_gateway(
     ci_key_pub: &str,
     policy: &str,
 ) -> (TestGateway, u16) {
+    // A fixed port: the front door's default `external_address` (printed by `ssh-cert`) is
+    // its configured listen address.
     let ssh_port = gatehouse_testkit::free_port();
     let gw = builder()
         .with_upstream_url("http://127.0.0.1:9") // HTTP is not used here
@@ -356,16 +372,7 @@ fn git_over_ssh_with_certificates_service_keys_and_refusals() {
     );
     keygen(&keys.join("release"));
     let release_token = f.gw.token("alice", &["dev", "release"]);
-    let out = f.gw.cli_raw(&[
-        "ssh-cert",
-        "--server",
-        &f.gw.url(),
-        "--token",
-        &release_token,
-        "--key",
-        &keys.join("release.pub").to_string_lossy(),
-    ]);
-    assert!(out.status.success(), "{out:?}");
+    ssh_cert(&f.gw, &release_token, &keys.join("release.pub"));
     let release = git_ssh(tmp.path(), "release", &keys.join("release"), port);
     release.ok(&work, &["push", "-q", "origin", "HEAD:refs/heads/main"]);
     assert_eq!(head_of(&bare, "main"), pushed, "main did not move");
@@ -642,15 +649,15 @@ fn ssh_connections_beyond_the_cap_are_closed() {
     std::fs::create_dir_all(&keys).unwrap();
     keygen(&keys.join("ci"));
     let ci_pub = std::fs::read_to_string(keys.join("ci.pub")).unwrap();
-    let port = gatehouse_testkit::free_port();
     let gw = builder()
         .with_builtin_upstream(&root)
         .policy(POLICY)
         .extra(&format!(
-            "[ssh]\nlisten = \"127.0.0.1:{port}\"\nmax_connections = 1\n\n[[ssh.service_accounts]]\nname = \"ci-bot\"\npublic_key = \"{}\"\ngroups = [\"ci\"]\n",
+            "[ssh]\nlisten = \"127.0.0.1:0\"\nmax_connections = 1\n\n[[ssh.service_accounts]]\nname = \"ci-bot\"\npublic_key = \"{}\"\ngroups = [\"ci\"]\n",
             ci_pub.trim()
         ))
         .start();
+    let port = gw.ssh_port();
     let fetch = || {
         ssh(
             &keys.join("ci"),
@@ -729,17 +736,11 @@ fn the_forge_sees_each_ssh_caller_as_itself() {
     assert!(chown.status.success(), "{chown:?}");
     let port = f.ssh_port;
 
-    let token = f.gw.token("alice", &["dev"]);
-    let out = f.gw.cli_raw(&[
-        "ssh-cert",
-        "--server",
-        &f.gw.url(),
-        "--token",
-        &token,
-        "--key",
-        &keys.join("alice.pub").to_string_lossy(),
-    ]);
-    assert!(out.status.success(), "{out:?}");
+    ssh_cert(
+        &f.gw,
+        &f.gw.token("alice", &["dev"]),
+        &keys.join("alice.pub"),
+    );
     let alice = git_ssh(tmp.path(), "alice", &keys.join("alice"), port);
     let ci = git_ssh(tmp.path(), "ci", &keys.join("ci"), port);
 
