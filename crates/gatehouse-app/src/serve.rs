@@ -216,14 +216,19 @@ pub(crate) async fn run(
     let authn = Arc::new(Authenticator::new(&cfg, own, clock.clone())?);
     let upstream = Upstream::new(&cfg.upstream)?;
     let ssh = match SshSettings::from_config(&cfg).context("ssh")? {
-        Some(settings) => {
-            let listen = cfg.ssh.as_ref().map(|s| s.listen);
-            let l = match listen {
+        Some(mut settings) => {
+            let ssh_cfg = cfg.ssh.as_ref();
+            let l = match ssh_cfg.map(|s| s.listen) {
                 Some(a) => TcpListener::bind(a)
                     .await
                     .with_context(|| format!("cannot listen on {a} (ssh)"))?,
                 None => anyhow::bail!("ssh: no listen address"),
             };
+            // Without `ssh.external_address`, clients are told the address the front door
+            // listens on: the bound one, so that port 0 (the kernel's choice) names a real port.
+            if ssh_cfg.is_some_and(|s| s.external_address.is_none()) {
+                settings.external_address = l.local_addr()?.to_string();
+            }
             Some((settings, l))
         }
         None => None,

@@ -132,9 +132,6 @@ fn ssh_gateway(
     ci_key_pub: &str,
     policy: &str,
 ) -> (TestGateway, u16) {
-    // A fixed port: the front door's default `external_address` (printed by `ssh-cert`) is
-    // its configured listen address.
-    let ssh_port = gatehouse_testkit::free_port();
     let gw = builder()
         .with_upstream_url("http://127.0.0.1:9") // HTTP is not used here
         .no_wait_ready()
@@ -142,7 +139,7 @@ fn ssh_gateway(
         .policy(policy)
         .extra(&format!(
             r#"[ssh]
-listen = "127.0.0.1:{ssh_port}"
+listen = "127.0.0.1:0"
 host_key = "{dir}/host_ed25519"
 user_ca_key = "{dir}/user_ca"
 revoked_serials = [4242]
@@ -164,6 +161,7 @@ repo_root = "{root}"
             root = root.display(),
         ))
         .start();
+    let ssh_port = gw.ssh_port();
     (gw, ssh_port)
 }
 
