@@ -157,3 +157,15 @@ pub struct AuditRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub forwarding_seq: Option<u64>,
 }
+
+impl AuditRecord {
+    /// The announcement of a request that can change the forge: this record as decided so far,
+    /// as a `forwarding` event, to be committed ([`crate::AuditSink::commit`]) before the
+    /// request goes upstream.
+    pub fn forwarding(&self) -> AuditRecord {
+        AuditRecord {
+            event: "forwarding",
+            ..self.clone()
+        }
+    }
+}

@@ -479,11 +479,11 @@ impl IssuerKeys {
         last != i64::MIN && now.saturating_sub(last) < min
     }
 
-    /// Fetches keys for a request that found none. Every check happens under `fetch_lock`, so a burst of
-    /// requests that find the keys stale causes one fetch: those that waited find them fresh, or
-    /// find that the attempt just failed. While the issuer is down, a request tries again at most
-    /// once per `jwks_min_refetch_interval` instead of each one waiting for its own timeout.
-    async fn refresh_stale(&self) -> Result<(), AuthnError> {
+    /// Fetches keys for a request that found none. Every check happens under `fetch_lock`, so a
+    /// burst of such requests causes one fetch: those that waited find the keys there, or find
+    /// that the attempt just failed. While the issuer is down, a request tries again at most once
+    /// per `jwks_min_refetch_interval` instead of each one waiting for its own timeout.
+    async fn fetch_missing(&self) -> Result<(), AuthnError> {
         let before = self.fetches();
         let _guard = self.fetch_lock.lock().await;
         if !self.is_stale() {
@@ -594,7 +594,7 @@ impl IssuerKeys {
         // Without any keys this request needs the fetch (and fails as an outage without it).
         // Keys fetched once stay in use when stale: the background task refreshes them, so a
         // request never waits on a slow or unreachable JWKS endpoint for keys it already has.
-        if self.state.load().fetched_at.is_none() && self.refresh_stale().await.is_err() {
+        if self.state.load().fetched_at.is_none() && self.fetch_missing().await.is_err() {
             return Err(AuthnError::KeysUnavailable);
         }
         let kid = jwt.kid.as_deref();

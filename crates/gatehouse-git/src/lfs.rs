@@ -42,10 +42,11 @@ const BATCH_FIELDS: [&str; 5] = ["operation", "transfers", "ref", "objects", "ha
 /// `Operation`: `{"operation":"download","Operation":"upload"}` would pass as a download that
 /// the forge performs as an upload. A key that is none of [`BATCH_FIELDS`] is refused
 /// ([`LfsBatchError::UnknownField`]).
-struct GoOperation(Option<String>);
-
-/// The serde error that stands for [`LfsBatchError::UnknownField`].
-const UNKNOWN_FIELD: &str = "gatehouse: unknown LFS batch field";
+struct GoOperation {
+    op: Option<String>,
+    /// A top-level key that is none of [`BATCH_FIELDS`] was seen (its value is skipped).
+    unknown_field: bool,
+}
 
 impl<'de> serde::Deserialize<'de> for GoOperation {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -59,19 +60,22 @@ impl<'de> serde::Deserialize<'de> for GoOperation {
                 self,
                 mut map: A,
             ) -> Result<GoOperation, A::Error> {
-                let mut op = None;
+                let mut read = GoOperation {
+                    op: None,
+                    unknown_field: false,
+                };
                 while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
                     if key.eq_ignore_ascii_case("operation") {
                         if let Some(v) = map.next_value::<Option<String>>()? {
-                            op = Some(v);
+                            read.op = Some(v);
                         }
-                    } else if BATCH_FIELDS.iter().any(|f| key.eq_ignore_ascii_case(f)) {
-                        map.next_value::<serde::de::IgnoredAny>()?;
                     } else {
-                        return Err(serde::de::Error::custom(UNKNOWN_FIELD));
+                        read.unknown_field |=
+                            !BATCH_FIELDS.iter().any(|f| key.eq_ignore_ascii_case(f));
+                        map.next_value::<serde::de::IgnoredAny>()?;
                     }
                 }
-                Ok(GoOperation(op))
+                Ok(read)
             }
         }
         d.deserialize_map(Visit)
@@ -80,14 +84,11 @@ impl<'de> serde::Deserialize<'de> for GoOperation {
 
 /// Reads the `operation` of an LFS batch request body, as the forge will.
 pub fn lfs_batch_operation(body: &[u8]) -> Result<LfsOperation, LfsBatchError> {
-    let GoOperation(op) = serde_json::from_slice(body).map_err(|e| {
-        if e.to_string().starts_with(UNKNOWN_FIELD) {
-            LfsBatchError::UnknownField
-        } else {
-            LfsBatchError::Malformed
-        }
-    })?;
-    match op.as_deref() {
+    let read: GoOperation = serde_json::from_slice(body).map_err(|_| LfsBatchError::Malformed)?;
+    if read.unknown_field {
+        return Err(LfsBatchError::UnknownField);
+    }
+    match read.op.as_deref() {
         Some("download") => Ok(LfsOperation::Download),
         Some("upload") => Ok(LfsOperation::Upload),
         Some(_) => Err(LfsBatchError::UnknownOperation),

@@ -47,6 +47,24 @@ pub(crate) fn cross_site(h: &HeaderMap, host: &str) -> bool {
     }
 }
 
+/// The refusal of a state-changing request (not `GET`, `HEAD` or `OPTIONS`) that a browser says
+/// another site made it send ([`cross_site`]), whatever credential it carries: a browser sends a
+/// session cookie, cached Basic credentials and client certificates alike. `what` names the
+/// request in the refusal.
+pub(crate) fn cross_site_write(
+    h: &HeaderMap,
+    host: &str,
+    method: &str,
+    what: &str,
+) -> Option<Refusal> {
+    (!matches!(method, "GET" | "HEAD" | "OPTIONS") && cross_site(h, host)).then(|| {
+        Refusal::Forbidden {
+            reason: "cross_site_request".into(),
+            what: format!("{what} from another site"),
+        }
+    })
+}
+
 pub(crate) fn cookie_headers(h: &HeaderMap) -> impl Iterator<Item = &str> {
     h.get_all(header::COOKIE)
         .iter()
@@ -424,15 +442,14 @@ impl Gateway {
         };
         // A browser session may ask too, but nothing may from another site (this is a POST, and
         // a browser replays cached Basic credentials as readily as cookies).
-        if cross_site(req.headers(), &adm.host) {
+        if let Some(refusal) = cross_site_write(
+            req.headers(),
+            &adm.host,
+            "POST",
+            "POST /.gatehouse/ssh/cert",
+        ) {
             rec.decision = Some("deny");
-            return Err((
-                Refusal::Forbidden {
-                    reason: "cross_site_request".into(),
-                    what: "POST /.gatehouse/ssh/cert from another site".into(),
-                },
-                kind,
-            ));
+            return Err((refusal, kind));
         }
         let principal = match self.caller(req.headers(), adm, kind).await? {
             Some((p, _)) => p,

@@ -696,12 +696,8 @@ impl Gateway {
         rec: &mut AuditRecord,
         adm: &Admitted,
     ) -> Result<(), Refusal> {
-        let forwarding = AuditRecord {
-            event: "forwarding",
-            ..rec.clone()
-        };
         let started = std::time::Instant::now();
-        let result = self.audit.commit(forwarding).await;
+        let result = self.audit.commit(rec.forwarding()).await;
         self.metrics
             .audit_commit
             .observe(started.elapsed().as_secs_f64());
@@ -807,17 +803,11 @@ impl Gateway {
         // state-changing request that a browser says came from another site is refused whatever
         // it carries, before any credential is looked at. Git, LFS and API clients send neither
         // `Sec-Fetch-Site` nor `Origin`.
-        if !matches!(method.as_str(), "GET" | "HEAD" | "OPTIONS")
-            && crate::portal::cross_site(req.headers(), &adm.host)
+        if let Some(refusal) =
+            crate::portal::cross_site_write(req.headers(), &adm.host, &method, &method)
         {
             rec.decision = Some("deny");
-            return Err((
-                Refusal::Forbidden {
-                    reason: "cross_site_request".into(),
-                    what: format!("{method} from another site"),
-                },
-                kind,
-            ));
+            return Err((refusal, kind));
         }
 
         // Phase 3: authenticate.

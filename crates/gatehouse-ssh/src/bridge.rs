@@ -58,6 +58,13 @@ async fn drain(client_rd: &mut russh::ChannelReadHalf, n: &mut u64) {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(300), drain).await;
 }
 
+/// Writes one message to the client's stderr (extended data 1), which git prints.
+async fn tell_client(client_wr: &russh::ChannelWriteHalf<Msg>, msg: &[u8]) {
+    let mut err = client_wr.make_writer_ext(Some(1));
+    let _ = err.write_all(msg).await;
+    let _ = err.flush().await;
+}
+
 /// The line an SSH client shows when a push cannot be recorded.
 const AUDIT_UNAVAILABLE: &[u8] = b"Gatehouse: the audit log cannot record this push, so nothing was sent to the forge; try again later\r\n";
 
@@ -128,12 +135,10 @@ async fn client_input<W: tokio::io::AsyncWrite + Unpin>(
             Ok(r) => r,
             Err(e) => {
                 gated.refused = Some(("".into(), "bad_push_commands".into()));
-                let mut err = client_wr.make_writer_ext(Some(1));
                 let msg = format!(
                     "Gatehouse: the push commands are not readable: {e}; nothing was sent to the forge\r\n"
                 );
-                let _ = err.write_all(msg.as_bytes()).await;
-                let _ = err.flush().await;
+                tell_client(client_wr, msg.as_bytes()).await;
                 return n;
             }
         };
@@ -156,10 +161,8 @@ async fn client_input<W: tokio::io::AsyncWrite + Unpin>(
                     .await;
                 let _ = out.flush().await;
             } else {
-                let mut err = client_wr.make_writer_ext(Some(1));
                 let msg = format!("Gatehouse: push denied by policy ({})\r\n", d.reason);
-                let _ = err.write_all(msg.as_bytes()).await;
-                let _ = err.flush().await;
+                tell_client(client_wr, msg.as_bytes()).await;
             }
             drain(client_rd, &mut n).await;
             return n;
@@ -168,18 +171,15 @@ async fn client_input<W: tokio::io::AsyncWrite + Unpin>(
         // reaches git (nothing before it can change a ref), so a crash cannot lose it.
         if !request.updates.is_empty() {
             let forwarding = AuditRecord {
-                event: "forwarding",
                 refs: gated.refs.clone(),
-                ..gate.rec.clone()
+                ..gate.rec.forwarding()
             };
             match gate.gw.audit.commit(forwarding).await {
                 Ok(seq) => gated.forwarding_seq = Some(seq),
                 Err(e) => {
                     tracing::warn!(error = %e, "refusing a push: its audit record could not be made durable; nothing was sent to the forge");
                     gated.audit_failed = true;
-                    let mut err = client_wr.make_writer_ext(Some(1));
-                    let _ = err.write_all(AUDIT_UNAVAILABLE).await;
-                    let _ = err.flush().await;
+                    tell_client(client_wr, AUDIT_UNAVAILABLE).await;
                     drain(client_rd, &mut n).await;
                     return n;
                 }
@@ -260,64 +260,58 @@ impl Job {
         // A push session is announced (synced) before anything reaches the upstream: a forge
         // may act on the exec alone (Gitea's push-to-create makes the repository there). Its
         // refs are announced again once the command list is decided, before git gets it.
-        if command.service == SshService::ReceivePack {
-            let opening = AuditRecord {
-                event: "forwarding",
-                ..rec.clone()
-            };
-            if let Err(e) = gw.audit.commit(opening).await {
-                tracing::warn!(conn = %conn, error = %e, "refusing a push: its audit record could not be made durable; nothing was sent to the forge");
-                rec.decision = Some("error");
-                rec.reason = Some("audit_unavailable".into());
-                let mut err = client_wr.make_writer_ext(Some(1));
-                let _ = err.write_all(AUDIT_UNAVAILABLE).await;
-                let _ = err.flush().await;
-                let _ = client_wr.exit_status(128).await;
-                let _ = client_wr.eof().await;
-                let _ = client_wr.close().await;
-                rec.status = Some(128);
-                rec.duration_ms = (started.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0;
-                rec.outcome = Some("complete");
-                slot.send(rec);
-                return;
-            }
-        }
         let mut gated = Gated::default();
-        let gate = (command.service == SshService::ReceivePack).then(|| PushGate {
-            gw: &gw,
-            rec: &rec,
-            principal: &principal,
-            command: &command,
-            peer,
-            host: &host,
-        });
-        let result = match &gw.settings.upstream {
-            UpstreamTarget::Ssh { .. } => {
-                via_ssh(
-                    &gw,
-                    client_rd,
-                    &client_wr,
-                    &command,
-                    git_protocol.as_deref(),
-                    &principal,
-                    &conn,
-                    gate,
-                    &mut gated,
-                )
-                .await
-            }
-            UpstreamTarget::Local { git, repos_dir } => {
-                via_local(
-                    git,
-                    repos_dir,
-                    client_rd,
-                    &client_wr,
-                    &command,
-                    git_protocol.as_deref(),
-                    gate,
-                    &mut gated,
-                )
-                .await
+        let opened = if command.service == SshService::ReceivePack {
+            gw.audit.commit(rec.forwarding()).await.map(drop)
+        } else {
+            Ok(())
+        };
+        let result = if let Err(e) = opened {
+            tracing::warn!(conn = %conn, error = %e, "refusing a push: its audit record could not be made durable; nothing was sent to the forge");
+            gated.audit_failed = true;
+            tell_client(&client_wr, AUDIT_UNAVAILABLE).await;
+            Ok(Outcome {
+                exit: Some(128),
+                complete: true,
+                ..Outcome::default()
+            })
+        } else {
+            let gate = (command.service == SshService::ReceivePack).then(|| PushGate {
+                gw: &gw,
+                rec: &rec,
+                principal: &principal,
+                command: &command,
+                peer,
+                host: &host,
+            });
+            match &gw.settings.upstream {
+                UpstreamTarget::Ssh { .. } => {
+                    via_ssh(
+                        &gw,
+                        client_rd,
+                        &client_wr,
+                        &command,
+                        git_protocol.as_deref(),
+                        &principal,
+                        &conn,
+                        gate,
+                        &mut gated,
+                    )
+                    .await
+                }
+                UpstreamTarget::Local { git, repos_dir } => {
+                    via_local(
+                        git,
+                        repos_dir,
+                        client_rd,
+                        &client_wr,
+                        &command,
+                        git_protocol.as_deref(),
+                        gate,
+                        &mut gated,
+                    )
+                    .await
+                }
             }
         };
         rec.refs = gated.refs;
@@ -337,9 +331,7 @@ impl Job {
             Ok(o) => o,
             Err((msg, code)) => {
                 tracing::warn!(conn = %conn, error = %msg.trim(), "ssh upstream failed");
-                let mut err = client_wr.make_writer_ext(Some(1));
-                let _ = err.write_all(msg.as_bytes()).await;
-                let _ = err.flush().await;
+                tell_client(&client_wr, msg.as_bytes()).await;
                 Outcome {
                     exit: Some(code),
                     ..Outcome::default()

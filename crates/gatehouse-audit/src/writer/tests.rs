@@ -158,17 +158,22 @@ fn refuses_to_append_after_a_torn_record() {
     ));
 }
 
-#[test]
-fn write_failure_refuses_further_requests() {
-    // /dev/full accepts open() and fails every write with ENOSPC: a real fault, not a mock.
-    let opts = AuditOptions {
+/// A log on /dev/full, which accepts open() and fails every write with ENOSPC: a real fault,
+/// not a mock.
+fn failing_log() -> AuditOptions {
+    AuditOptions {
         path: PathBuf::from("/dev/full"),
         queue_capacity: 4,
         batch_max: 4,
         flush_interval: Duration::ZERO,
         rotate_size: None,
         rotate_age: None,
-    };
+    }
+}
+
+#[test]
+fn write_failure_refuses_further_requests() {
+    let opts = failing_log();
     let (sink, _handle) = AuditSink::open(&opts, None).unwrap_or_else(|e| panic!("{e}"));
     let slot = sink.reserve().unwrap_or_else(|e| panic!("{e}"));
     slot.send(rec(1));
@@ -516,14 +521,7 @@ fn a_committed_record_is_on_disk_when_commit_returns_without_waiting_for_the_int
 fn a_commit_that_cannot_reach_the_disk_is_refused_and_not_retried() {
     // /dev/full: every write fails. The committer is told, and the record is not written later
     // (its request was refused, so it must not be announced as forwarded).
-    let opts = AuditOptions {
-        path: PathBuf::from("/dev/full"),
-        queue_capacity: 4,
-        batch_max: 4,
-        flush_interval: Duration::ZERO,
-        rotate_size: None,
-        rotate_age: None,
-    };
+    let opts = failing_log();
     let batches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let seen = batches.clone();
     let hook: FlushHook = Box::new(move |_| {
