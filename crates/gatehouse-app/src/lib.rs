@@ -11,6 +11,7 @@ mod commands;
 mod login;
 mod quickstart;
 mod serve;
+mod sockets;
 
 pub use commands::{
     ExplainArgs, TokenIssueArgs, audit_search, audit_verify, keys_generate, policy_check,

@@ -13,6 +13,7 @@ use gatehouse_core::{Clock, PrincipalKind, SystemClock};
 
 use crate::commands::write_new_key;
 use crate::serve::{init_logging, own_issuer, run_blocking};
+use crate::sockets::Inherited;
 
 /// Arguments of `gatehouse quickstart`.
 #[derive(Debug, Clone)]
@@ -175,6 +176,8 @@ pub(crate) fn prepare(args: &QuickstartArgs) -> Result<PathBuf> {
 
 /// `gatehouse quickstart`.
 pub fn quickstart(args: &QuickstartArgs) -> Result<()> {
+    // First, while the process has one thread: it changes the environment.
+    let inherited = Inherited::from_env()?;
     let config_path = prepare(args)?;
     let config_path = config_path.canonicalize().unwrap_or(config_path);
     let cfg = Config::load(&config_path)?;
@@ -237,7 +240,7 @@ Git over SSH at ssh://git@{addr}/ (host key {fp}):
         }
         None => None,
     };
-    run_blocking(cfg, &config_path, move |addr| {
+    run_blocking(cfg, &config_path, inherited, move |addr| {
         let url = format!("http://{addr}");
         println!(
             r#"

@@ -16,7 +16,8 @@ use gatehouse_http::{Gateway, GatewaySettings, Metrics, ServeOptions, TlsReloade
 use gatehouse_policy::PolicyEngine;
 use gatehouse_session::Sessions;
 use gatehouse_ssh::{SshGateway, SshSettings};
-use tokio::net::TcpListener;
+
+use crate::sockets::Inherited;
 use tokio::sync::watch;
 
 /// Options of `gatehouse serve` beyond the config file.
@@ -204,6 +205,7 @@ pub(crate) struct Running {
 pub(crate) async fn run(
     cfg: Config,
     config_path: &Path,
+    mut inherited: Inherited,
     on_ready: impl FnOnce(std::net::SocketAddr),
 ) -> Result<Running> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -219,9 +221,7 @@ pub(crate) async fn run(
         Some(mut settings) => {
             let ssh_cfg = cfg.ssh.as_ref();
             let l = match ssh_cfg.map(|s| s.listen) {
-                Some(a) => TcpListener::bind(a)
-                    .await
-                    .with_context(|| format!("cannot listen on {a} (ssh)"))?,
+                Some(a) => inherited.listen(a, "ssh").await?,
                 None => anyhow::bail!("ssh: no listen address"),
             };
             // Without `ssh.external_address`, clients are told the address the front door
@@ -262,17 +262,12 @@ pub(crate) async fn run(
         }
         None => None,
     };
-    let listener = TcpListener::bind(cfg.server.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", cfg.server.listen))?;
+    let listener = inherited.listen(cfg.server.listen, "server").await?;
     let admin = match &cfg.admin {
-        Some(a) => Some(
-            TcpListener::bind(a.listen)
-                .await
-                .with_context(|| format!("cannot listen on {} (admin)", a.listen))?,
-        ),
+        Some(a) => Some(inherited.listen(a.listen, "admin").await?),
         None => None,
     };
+    inherited.all_claimed()?;
 
     let assertion_audience = cfg
         .identity_headers
@@ -416,6 +411,7 @@ pub(crate) async fn run(
 pub(crate) fn run_blocking(
     cfg: Config,
     config_path: &Path,
+    inherited: Inherited,
     on_ready: impl FnOnce(std::net::SocketAddr),
 ) -> Result<()> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -424,7 +420,7 @@ pub(crate) fn run_blocking(
         builder.worker_threads(cfg.server.worker_threads);
     }
     let rt = builder.build()?;
-    let result = rt.block_on(run(cfg, config_path, on_ready));
+    let result = rt.block_on(run(cfg, config_path, inherited, on_ready));
     // Dropping the runtime ends any request still running after the grace period; its audit
     // record is queued (as aborted) before the last sink goes away and the writer exits.
     rt.shutdown_timeout(Duration::from_secs(2));
@@ -437,7 +433,9 @@ pub(crate) fn run_blocking(
 
 /// `gatehouse serve --config FILE`.
 pub fn serve(args: &ServeArgs) -> Result<()> {
+    // First, while the process has one thread: it changes the environment.
+    let inherited = Inherited::from_env()?;
     let cfg = Config::load(&args.config)?;
     init_logging(&cfg);
-    run_blocking(cfg, &args.config, |_| {})
+    run_blocking(cfg, &args.config, inherited, |_| {})
 }

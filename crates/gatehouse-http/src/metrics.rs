@@ -52,6 +52,7 @@ pub struct Metrics {
     audit_failures: Counter,
     jwks_fetches: Family<FetchLabels, Counter>,
     pub(crate) tunnels_open: Gauge,
+    requests_in_flight: Gauge,
     jwks_seen: Mutex<Vec<(FetchLabels, u64)>>,
 }
 
@@ -69,7 +70,23 @@ impl Default for Metrics {
     }
 }
 
+/// One request counted in `gatehouse_requests_in_flight` for as long as this lives.
+#[derive(Debug)]
+pub(crate) struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 impl Metrics {
+    /// Counts a request in flight until the returned value is dropped.
+    pub(crate) fn in_flight(&self) -> InFlight {
+        self.requests_in_flight.inc();
+        InFlight(self.requests_in_flight.clone())
+    }
+
     /// A registry with every metric registered.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("gatehouse");
@@ -141,9 +158,17 @@ impl Metrics {
             "Upgraded connections (WebSocket and other HTTP/1.1 upgrades) being relayed",
             tunnels_open.clone(),
         );
+        let requests_in_flight = Gauge::default();
+        registry.register(
+            "requests_in_flight",
+            "Requests on the public listener from their arrival to the end of their response body \
+             (or their abort)",
+            requests_in_flight.clone(),
+        );
         Self {
             registry,
             tunnels_open,
+            requests_in_flight,
             requests,
             duration,
             upstream_errors,

@@ -138,6 +138,7 @@ struct Done {
     decision: &'static str,
     status: u16,
     metrics: Arc<Metrics>,
+    _in_flight: Option<crate::metrics::InFlight>,
 }
 
 impl Done {
@@ -194,6 +195,7 @@ struct Pending {
     bytes_in: Arc<AtomicU64>,
     action: &'static str,
     metrics: Arc<Metrics>,
+    in_flight: Option<crate::metrics::InFlight>,
 }
 
 impl Pending {
@@ -212,6 +214,7 @@ impl Pending {
             action: self.action,
             status,
             metrics: self.metrics.clone(),
+            _in_flight: self.in_flight.take(),
         })
     }
 }
@@ -621,6 +624,7 @@ impl Gateway {
             started,
             bytes_in: bytes_in.clone(),
             action: "none",
+            in_flight: Some(self.metrics.in_flight()),
             metrics: self.metrics.clone(),
         };
         let outcome = self
@@ -647,6 +651,10 @@ impl Gateway {
                         | Refusal::PayloadTooLarge => "deny",
                         _ => "error",
                     });
+                    rec.reason = Some(refusal.code());
+                } else if rec.reason.is_none() {
+                    // Refused before the policy was asked (a cross-site write): the refusal's
+                    // own reason.
                     rec.reason = Some(refusal.code());
                 }
                 refusal.to_response(kind, &request_id)

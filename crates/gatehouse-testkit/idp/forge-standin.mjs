@@ -6,7 +6,8 @@
 // with `Authorization: token <STANDIN_TOKEN>` (401 otherwise) acting as the user named by the
 // `Sudo` header (404 "user does not exist" for an unknown user), paged like Gitea.
 //
-// Env: STANDIN_PORT (required), STANDIN_TOKEN, STANDIN_USERS as JSON
+// Env: STANDIN_PORT (required; 0: the kernel picks one, logged as `forge stand-in on <port>`),
+//   STANDIN_TOKEN, STANDIN_USERS as JSON
 //   {"alice": {"orgs": ["acme"], "teams": [["acme", "release"]]}}
 // Test controls (FAULT INJECTION): GET /_calls -> number of API calls answered;
 //   POST /_fault?status=500 makes every API call fail with that status (status=0 clears it).
@@ -23,7 +24,7 @@ const json = (res, status, body) => {
   res.end(JSON.stringify(body));
 };
 
-http.createServer((req, res) => {
+const server = http.createServer((req, res) => {
   const u = new URL(req.url, 'http://standin.invalid');
   if (u.pathname === '/_calls') return json(res, 200, { calls });
   if (u.pathname === '/_fault' && req.method === 'POST') {
@@ -45,7 +46,8 @@ http.createServer((req, res) => {
       id: 100 + i, name: team, permission: 'write', organization: { id: 1, username: org, name: org },
     }));
   return json(res, 200, all.slice((page - 1) * limit, page * limit));
-}).listen(PORT, '127.0.0.1', () => console.log(`forge stand-in on ${PORT}`));
+});
+server.listen(PORT, '127.0.0.1', () => console.log(`forge stand-in on ${server.address().port}`));
 
 if (process.env.STANDIN_EXIT_WITH_PARENT === '1') {
   const parent = process.ppid;

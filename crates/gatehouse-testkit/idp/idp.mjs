@@ -3,8 +3,9 @@
 // It listens on 127.0.0.1 only and must never be exposed beyond it.
 //
 // Environment:
-//   IDP_PORT              listen port (required)
-//   IDP_ISSUER            issuer URL (default http://127.0.0.1:$IDP_PORT)
+//   IDP_PORT              listen port (required; 0: the kernel picks one, logged as
+//                         `idp: listening on http://127.0.0.1:<port>`)
+//   IDP_ISSUER            issuer URL (default http://127.0.0.1:<the port bound>)
 //   IDP_AUDIENCE          "aud" of every access token (default "gatehouse")
 //   IDP_KEYS_FILE         private JWKS file. Created when missing, reused otherwise,
 //                         so kids stay stable across restarts. Without it the keys
@@ -72,9 +73,19 @@ function intEnv(name, dflt, min) {
   return Number(raw);
 }
 
-const PORT = intEnv('IDP_PORT', undefined, 1);
+const PORT = intEnv('IDP_PORT', undefined, 0);
 if (PORT > 65535) fail(`IDP_PORT out of range: ${PORT}`);
-const ISSUER = env.IDP_ISSUER || `http://${HOST}:${PORT}`;
+// The socket is bound first, so that the issuer can name the port actually bound when IDP_PORT
+// is 0. Until the provider is ready (a few lines of setup below, before the "listening" line
+// is printed), requests get 503.
+let handler = (req, res) => res.writeHead(503, { 'content-type': 'text/plain' }).end('starting');
+const server = http.createServer((req, res) => handler(req, res));
+await new Promise((resolve) => {
+  server.once('error', (e) => fail(`cannot listen on ${HOST}:${PORT}: ${e.message}`));
+  server.listen(PORT, HOST, resolve);
+});
+const BOUND_PORT = server.address().port;
+const ISSUER = env.IDP_ISSUER || `http://${HOST}:${BOUND_PORT}`;
 const AUDIENCE = env.IDP_AUDIENCE || 'gatehouse';
 const AT_TTL = intEnv('IDP_AT_TTL', 3600, 1);
 const KEY_GEN = intEnv('IDP_KEY_GENERATION', 1, 1);
@@ -437,7 +448,7 @@ function failed(res, e) {
   res.end(String(e?.message ?? e));
 }
 
-const server = http.createServer((req, res) => {
+handler = (req, res) => {
   const { pathname } = new URL(req.url, 'http://idp.invalid');
   if (pathname === '/healthz') {
     res.writeHead(200, { 'content-type': 'text/plain' }).end('ok');
@@ -448,14 +459,12 @@ const server = http.createServer((req, res) => {
   } else {
     oidc(req, res);
   }
-});
-
-server.on('error', (e) => fail(`cannot listen on ${HOST}:${PORT}: ${e.message}`));
-server.listen(PORT, HOST, () => {
+};
+{
   const kids = signingKeys.map((k) => k.kid).join(',');
-  console.log(`idp: listening on http://${HOST}:${PORT} issuer=${ISSUER} kids=${kids}`
+  console.log(`idp: listening on http://${HOST}:${BOUND_PORT} issuer=${ISSUER} kids=${kids}`
     + `${TEST_SIGNING ? ' test-signing=on' : ''}`);
-});
+}
 
 function shutdown() {
   server.close(() => process.exit(0));

@@ -4,7 +4,7 @@
 // (text as text, binary as binary). A plain HTTP request gets that JSON object as its body, so
 // tests can see what an upgrade that was not relayed looked like upstream.
 //
-// Env: WS_PORT (required).
+// Env: WS_PORT (required; 0: the kernel picks one, logged as `ws echo on <port>`).
 import * as http from 'node:http';
 import { WebSocketServer } from 'ws';
 
@@ -25,7 +25,7 @@ wss.on('connection', (ws, req) => {
   ws.send(JSON.stringify({ ...seen(req), protocol: ws.protocol }));
   ws.on('message', (data, isBinary) => ws.send(data, { binary: isBinary }));
 });
-server.listen(PORT, '127.0.0.1', () => console.log(`ws echo on ${PORT}`));
+server.listen(PORT, '127.0.0.1', () => console.log(`ws echo on ${server.address().port}`));
 
 const parent = process.ppid;
 setInterval(() => { if (process.ppid !== parent) process.exit(0); }, 500).unref();

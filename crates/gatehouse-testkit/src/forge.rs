@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use crate::proc::{Child, TempDir, free_port, raw_http};
+use crate::proc::{Child, TempDir, raw_http};
 
 /// A STAND-IN for the Gitea/Forgejo API calls of forge-group enrichment (`idp/forge-standin.mjs`):
 /// no real Gitea can be installed from this machine's registries. Named as such wherever used.
@@ -16,17 +16,16 @@ impl ForgeStandIn {
     /// `users`: `{"alice": {"orgs": ["acme"], "teams": [["acme", "release"]]}}`.
     pub fn start(users: &serde_json::Value) -> Self {
         let dir = TempDir::new("forge-standin");
-        let port = free_port();
         let token = "forge-admin-token".to_owned();
         let mut cmd = Command::new("node");
         cmd.arg("forge-standin.mjs")
             .current_dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("idp"))
-            .env("STANDIN_PORT", port.to_string())
+            .env("STANDIN_PORT", "0")
             .env("STANDIN_TOKEN", &token)
             .env("STANDIN_USERS", users.to_string())
             .env("STANDIN_EXIT_WITH_PARENT", "1");
         let mut child = Child::spawn("forge-standin", &mut cmd, &dir.path().join("standin.log"));
-        child.wait_listening("the forge stand-in", port);
+        let port = child.wait_logged_port("the forge stand-in to listen", "forge stand-in on ");
         Self {
             port,
             token,

@@ -19,7 +19,7 @@ pub struct GatewayBuilder {
     audit_file: String,
     audit_extra: String,
     wait_ready: bool,
-    port: Option<u16>,
+    listener: Option<std::net::TcpListener>,
     shutdown_grace: String,
 }
 
@@ -38,7 +38,7 @@ impl GatewayBuilder {
             audit_file: "audit.log".into(),
             audit_extra: String::new(),
             wait_ready: true,
-            port: None,
+            listener: None,
             shutdown_grace: "30s".into(),
         }
     }
@@ -117,9 +117,12 @@ impl GatewayBuilder {
         self
     }
 
-    /// Listen on this port (chosen with `free_port` beforehand, e.g. to register redirect URIs).
-    pub fn port(mut self, port: u16) -> Self {
-        self.port = Some(port);
+    /// Serve on this socket ([`crate::local_listener`]), handed to the gateway as systemd
+    /// socket activation does (`LISTEN_FDS`), for a test that must know the port before the
+    /// gateway starts (to register redirect URIs, or to set `session.external_url`). The test
+    /// keeps a copy, so a restarted gateway serves on it again.
+    pub fn listener(mut self, listener: std::net::TcpListener) -> Self {
+        self.listener = Some(listener);
         self
     }
 
@@ -200,9 +203,13 @@ format = "json"
 
     /// Starts the gateway. Its listeners bind port 0 (the kernel picks a free port, which no
     /// other component can take in between) and the ports are read back from its log; only a
-    /// port set with [`Self::port`] is fixed.
+    /// socket given with [`Self::listener`] is handed over instead.
     pub fn start(self) -> TestGateway {
-        let config = self.write_config(self.port.unwrap_or(0), 0);
+        let port = self
+            .listener
+            .as_ref()
+            .map_or(0, |l| l.local_addr().expect("local addr").port());
+        let config = self.write_config(port, 0);
         let ready_path = if self.wait_ready {
             "/readyz"
         } else {
@@ -211,6 +218,7 @@ format = "json"
         let (child, ports) = spawn_serve(
             &self.bin,
             &config,
+            self.listener.as_ref(),
             &self.dir.path().join("gatehouse.log"),
             ready_path,
         );
@@ -219,6 +227,7 @@ format = "json"
             admin_port: ports.admin,
             ssh_port: ports.ssh,
             ready_path,
+            listener: self.listener,
             bin: self.bin,
             config,
             child,
@@ -246,9 +255,19 @@ fn logged_port(log: &str, message: &str) -> Option<u16> {
 
 /// Starts `gatehouse serve --config <config>`, reads its listeners' ports from its log, and waits
 /// until `ready_path` answers 200 on the admin port.
-fn spawn_serve(bin: &Path, config: &Path, log: &Path, ready_path: &str) -> (Child, Ports) {
+fn spawn_serve(
+    bin: &Path,
+    config: &Path,
+    listener: Option<&std::net::TcpListener>,
+    log: &Path,
+    ready_path: &str,
+) -> (Child, Ports) {
     let mut cmd = Command::new(bin);
     cmd.args(["serve", "--config", &config.to_string_lossy()]);
+    if let Some(l) = listener {
+        crate::proc::hand_over(&mut cmd, &[l]);
+        cmd.env("LISTEN_FDS", "1");
+    }
     let mut child = Child::spawn("gatehouse", &mut cmd, log);
     // The admin and SSH listeners are logged before the main one.
     let ports = wait_for("gatehouse to listen", Duration::from_secs(30), || {
@@ -284,6 +303,7 @@ pub struct TestGateway {
     /// The SSH front door's port, when `[ssh]` is configured (bind it to `127.0.0.1:0`).
     ssh_port: Option<u16>,
     ready_path: &'static str,
+    listener: Option<std::net::TcpListener>,
     bin: PathBuf,
     config: PathBuf,
     child: Child,
@@ -414,6 +434,7 @@ impl TestGateway {
         let (child, ports) = spawn_serve(
             &self.bin,
             &self.config,
+            self.listener.as_ref(),
             &self.dir.path().join("gatehouse.restarted.log"),
             self.ready_path,
         );

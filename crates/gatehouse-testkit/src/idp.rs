@@ -1,11 +1,10 @@
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::proc::{Child, TempDir, free_port, wait_for};
+use crate::proc::{Child, TempDir};
 
 /// The real OIDC provider (`oidc-provider`, pinned by `idp/package-lock.json`) on 127.0.0.1.
 pub struct Idp {
@@ -22,7 +21,7 @@ impl Idp {
     /// Starts a fresh IdP with its own keys (generation 1).
     pub fn start() -> Self {
         let mut idp = Self {
-            port: free_port(),
+            port: 0,
             child: None,
             dir: TempDir::new("idp"),
         };
@@ -52,21 +51,13 @@ impl Idp {
             .env("IDP_TEST_SIGNING", "1")
             .env("IDP_EXIT_WITH_PARENT", "1")
             .env("IDP_TRUST_LOGIN_HINT", "1");
-        let child = Child::spawn("idp", &mut cmd, &log);
+        let mut child = Child::spawn("idp", &mut cmd, &log);
+        // The first launch asks for port 0 and reads back the port it got; a restart asks for
+        // that same port again, so that the issuer stays the same (a restart of one component,
+        // not a port handed from one component to another).
+        self.port =
+            child.wait_logged_port("the IdP to start", "idp: listening on http://127.0.0.1:");
         self.child = Some(child);
-        let url = format!("{}/.well-known/openid-configuration", self.issuer());
-        wait_for("the IdP to start", Duration::from_secs(30), || {
-            if let Some(c) = self.child.as_mut()
-                && !c.is_running()
-            {
-                panic!("IdP exited:\n{}", c.log_text());
-            }
-            std::process::Command::new("curl")
-                .args(["-fs", "-o", "/dev/null", &url])
-                .status()
-                .ok()
-                .filter(|s| s.success())
-        });
     }
 
     /// The issuer URL.

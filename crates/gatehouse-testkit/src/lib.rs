@@ -28,6 +28,8 @@ pub use gateway::{GatewayBuilder, TestGateway};
 pub use git::{Git, GitOutput, make_repo};
 pub use idp::Idp;
 pub use nginx::GitHttpServer;
-pub use proc::{Child, TempDir, free_port, raw_http, try_raw_http, wait_for};
+pub use proc::{
+    Child, RefusedPort, TempDir, hand_over, local_listener, raw_http, try_raw_http, wait_for,
+};
 pub use sshd::{SSHD_USER, Sshd};
 pub use ws::{HeldWebSocket, WsEcho, ws_exchange};

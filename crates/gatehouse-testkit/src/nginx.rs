@@ -2,7 +2,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::proc::{Child, TempDir, free_port, wait_for};
+use crate::proc::{Child, TempDir, hand_over, local_listener, wait_for};
 
 /// A real Git smart-HTTP server: nginx -> fcgiwrap -> `git http-backend`, on 127.0.0.1.
 /// `/api/...` stands in for a forge's REST API (any method, `201` with `{}`), and every request
@@ -58,7 +58,10 @@ impl GitHttpServer {
             sock.exists().then_some(())
         });
 
-        let port = free_port();
+        // nginx takes its listening socket from us (`NGINX`, the variable its binary upgrade
+        // uses), so the port is never released between being chosen and being served.
+        let listener = local_listener();
+        let port = listener.local_addr().unwrap().port();
         let unix_socket = d.join("http.sock");
         let user = if is_root() { "user root root;" } else { "" };
         let conf = format!(
@@ -158,8 +161,14 @@ http {{
             "-e",
             &d.join("error.log").to_string_lossy(),
         ]);
+        hand_over(&mut cmd, &[&listener]);
+        cmd.env("NGINX", "3;");
         let mut nginx = Child::spawn("nginx", &mut cmd, &d.join("nginx.out"));
-        wait_for("nginx to listen", Duration::from_secs(10), || {
+        drop(listener); // nginx holds it now: when nginx ends, connections are refused
+        // The master writes its pid file once its configuration is loaded and the sockets are
+        // taken; from then on connections wait in the socket's queue for a worker.
+        let pid_file = d.join("nginx.pid");
+        wait_for("nginx to start", Duration::from_secs(10), || {
             if !nginx.is_running() {
                 panic!(
                     "nginx exited: {}\n{}",
@@ -167,9 +176,7 @@ http {{
                     std::fs::read_to_string(d.join("error.log")).unwrap_or_default()
                 );
             }
-            std::net::TcpStream::connect(("127.0.0.1", port))
-                .ok()
-                .map(|_| ())
+            pid_file.exists().then_some(())
         });
         Self {
             port,
@@ -193,6 +200,20 @@ http {{
             .lines()
             .map(str::to_owned)
             .collect()
+    }
+
+    /// [`Self::writes`] once the write with request id `request_id` is among them (10 s at most):
+    /// a request sent after others, waited for so that the log is known to hold every earlier one.
+    pub fn writes_through(&self, request_id: &str) -> Vec<String> {
+        let prefix = format!("{request_id} ");
+        wait_for(
+            &format!("nginx to log the write {request_id}"),
+            Duration::from_secs(10),
+            || {
+                let w = self.writes();
+                w.iter().any(|l| l.starts_with(&prefix)).then_some(w)
+            },
+        )
     }
 
     /// The body of every LFS batch request that reached this server, in order, as it arrived

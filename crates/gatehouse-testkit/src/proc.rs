@@ -5,10 +5,54 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-/// A free TCP port on 127.0.0.1 (bound and released; the caller binds it next).
-pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
+/// A listening socket on 127.0.0.1, on a port of the kernel's choice. Hand it to the program
+/// that serves on it ([`hand_over`]) rather than releasing the port for the program to bind: a
+/// released port can be taken by another component in between.
+pub fn local_listener() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port")
+}
+
+/// Hands `sockets` to the program `cmd` starts as file descriptors 3, 4, ..., in order (the
+/// systemd `LISTEN_FDS` numbering; nginx takes them from `NGINX`). Only that child gets them: the
+/// copies are made after the fork, so no other process started meanwhile inherits one.
+pub fn hand_over(cmd: &mut Command, sockets: &[&TcpListener]) {
+    use command_fds::{CommandFdExt as _, FdMapping};
+    let mappings = sockets
+        .iter()
+        .zip(3..)
+        .map(|(s, child_fd)| FdMapping {
+            parent_fd: std::os::fd::OwnedFd::from(s.try_clone().expect("clone a listening socket")),
+            child_fd,
+        })
+        .collect();
+    cmd.fd_mappings(mappings).expect("file descriptor mappings");
+}
+
+/// A port on 127.0.0.1 where connections are refused: a socket is bound to it but never listens,
+/// so the port stays taken (nobody else can be given it) for as long as this lives.
+pub struct RefusedPort {
+    pub port: u16,
+    _socket: tokio::net::TcpSocket,
+}
+
+impl RefusedPort {
+    pub fn new() -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind("127.0.0.1:0".parse().expect("address"))
+            .expect("bind an ephemeral port");
+        let port = socket.local_addr().expect("local addr").port();
+        Self {
+            port,
+            _socket: socket,
+        }
+    }
+}
+
+impl Default for RefusedPort {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// A directory removed on drop (kept when `GATEHOUSE_KEEP_TEST_DIRS=1`).
@@ -91,6 +135,21 @@ impl Child {
             }
             std::net::TcpStream::connect(("127.0.0.1", port)).ok()
         });
+    }
+
+    /// Waits (30 s at most) until the log has a line with `prefix` followed by a port number,
+    /// and returns that port: how a program told to listen on port 0 says which one it got.
+    /// Panics with the log if the process exits first.
+    pub fn wait_logged_port(&mut self, what: &str, prefix: &str) -> u16 {
+        wait_for(what, Duration::from_secs(30), || {
+            if !self.is_running() {
+                panic!("{what}: exited:\n{}", self.log_text());
+            }
+            let text = self.log_text();
+            let rest = text.lines().find_map(|l| l.split_once(prefix))?.1;
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
     }
 
     pub fn log_text(&self) -> String {

@@ -1,7 +1,11 @@
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
-use crate::proc::{Child, TempDir, free_port};
+use crate::proc::{TempDir, local_listener};
 
 /// The system user the upstream sshd lets in; its login shell is `git-shell`.
 pub const SSHD_USER: &str = "gatehouse-git";
@@ -15,10 +19,16 @@ pub const SSHD_USER: &str = "gatehouse-git";
 /// certificate a login presents ([`Self::presented_certificates`]), so that tests can see which
 /// principal each session towards the forge carried: sshd itself logs the key id, not the
 /// principals.
+///
+/// sshd runs in inetd mode (`sshd -i`, one process per connection, as OpenSSH documents it): the
+/// harness listens on a port of the kernel's choice and hands each accepted connection to a new
+/// `sshd -i`, because sshd cannot be given a listening socket or told to bind port 0.
 pub struct Sshd {
     pub port: u16,
     dir: TempDir,
-    _child: Child,
+    stop: Arc<AtomicBool>,
+    sessions: Arc<Mutex<Vec<std::process::Child>>>,
+    acceptor: Option<JoinHandle<()>>,
 }
 
 /// Where the principals command lives: sshd runs only a command owned by root whose path has no
@@ -93,12 +103,11 @@ impl Sshd {
         )
         .unwrap();
         install_principals_command();
-        let port = free_port();
         let config = d.join("sshd_config");
         std::fs::write(
             &config,
             format!(
-                "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_ed25519\nPidFile {d}/sshd.pid\n\
+                "HostKey {d}/host_ed25519\n\
 AuthorizedKeysFile none\nTrustedUserCAKeys {ca}\n\
 AuthorizedPrincipalsCommand {PRINCIPALS_COMMAND} {d} %u %t %k %i\nAuthorizedPrincipalsCommandUser root\n\
 StrictModes no\nPubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
@@ -113,14 +122,20 @@ PermitTTY no\nPrintMotd no\nAcceptEnv GIT_PROTOCOL\nLogLevel VERBOSE\n",
             .arg("-t")
             .arg("-f")
             .arg(&config));
-        let mut cmd = Command::new("/usr/sbin/sshd");
-        cmd.args(["-D", "-e", "-f"]).arg(&config);
-        let mut child = Child::spawn("sshd", &mut cmd, &d.join("sshd.log"));
-        child.wait_listening("sshd", port);
+        let listener = local_listener();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let sessions = Arc::new(Mutex::new(Vec::new()));
+        let acceptor = {
+            let (stop, sessions, log) = (stop.clone(), sessions.clone(), d.join("sshd.log"));
+            std::thread::spawn(move || accept_loop(&listener, &config, &log, &stop, &sessions))
+        };
         Self {
             port,
             dir,
-            _child: child,
+            stop,
+            sessions,
+            acceptor: Some(acceptor),
         }
     }
 
@@ -152,5 +167,59 @@ PermitTTY no\nPrintMotd no\nAcceptEnv GIT_PROTOCOL\nLogLevel VERBOSE\n",
 
     pub fn dir(&self) -> PathBuf {
         self.dir.path().to_owned()
+    }
+}
+
+/// Hands each connection to a new `sshd -i` (its stdin and stdout are the connection, its stderr
+/// goes to `log`) until `stop` is set.
+fn accept_loop(
+    listener: &TcpListener,
+    config: &Path,
+    log: &Path,
+    stop: &AtomicBool,
+    sessions: &Mutex<Vec<std::process::Child>>,
+) {
+    for conn in listener.incoming() {
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let Ok(conn) = conn else { continue };
+        let (Ok(out), Ok(err)) = (
+            conn.try_clone(),
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log),
+        ) else {
+            continue;
+        };
+        let child = Command::new("/usr/sbin/sshd")
+            .args(["-i", "-e", "-f"])
+            .arg(config)
+            .stdin(Stdio::from(std::os::fd::OwnedFd::from(conn)))
+            .stdout(Stdio::from(std::os::fd::OwnedFd::from(out)))
+            .stderr(err)
+            .spawn();
+        let mut sessions = sessions.lock().unwrap_or_else(|e| e.into_inner());
+        sessions.retain_mut(|c| matches!(c.try_wait(), Ok(None)));
+        if let Ok(c) = child {
+            sessions.push(c);
+        }
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the acceptor so that it sees `stop`.
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(a) = self.acceptor.take() {
+            let _ = a.join();
+        }
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        for c in sessions.iter_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }

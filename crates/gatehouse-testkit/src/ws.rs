@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::proc::{Child, TempDir, free_port};
+use crate::proc::{Child, TempDir};
 
 fn idp_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("idp")
@@ -21,13 +21,12 @@ pub struct WsEcho {
 impl WsEcho {
     pub fn start() -> Self {
         let dir = TempDir::new("ws-echo");
-        let port = free_port();
         let mut cmd = Command::new("node");
         cmd.arg("ws-echo.mjs")
             .current_dir(idp_dir())
-            .env("WS_PORT", port.to_string());
+            .env("WS_PORT", "0");
         let mut child = Child::spawn("ws-echo", &mut cmd, &dir.path().join("ws-echo.log"));
-        child.wait_listening("the WebSocket echo server", port);
+        let port = child.wait_logged_port("the WebSocket echo server to listen", "ws echo on ");
         Self {
             port,
             _child: child,

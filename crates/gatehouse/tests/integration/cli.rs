@@ -1,19 +1,29 @@
 use std::process::Command;
 use std::time::Duration;
 
-use gatehouse_testkit::{Child, GitHttpServer, TempDir, free_port, raw_http, wait_for};
+use gatehouse_testkit::{
+    Child, GitHttpServer, TempDir, hand_over, local_listener, raw_http, wait_for,
+};
 
-use crate::common::{POLICY, bin, builder, repos};
+use crate::common::{POLICY, bin, builder, denials_in, head_of, ref_of, repos};
 
 /// Starts `gatehouse quickstart --dir DIR ARGS...` and waits for its banner.
+/// Starts `gatehouse quickstart` listening on `sockets` (`("--listen", socket)`, ...): each is
+/// handed over as systemd socket activation does, so its port is known before the start and never
+/// released in between.
 fn start_quickstart(
     tmp: &std::path::Path,
     dir: &std::path::Path,
-    args: &[&str],
+    sockets: &[(&str, &std::net::TcpListener)],
 ) -> (Child, String) {
     let mut cmd = Command::new(bin());
-    cmd.args(["quickstart", "--dir", &dir.to_string_lossy()])
-        .args(args);
+    cmd.args(["quickstart", "--dir", &dir.to_string_lossy()]);
+    for (flag, s) in sockets {
+        cmd.arg(flag).arg(s.local_addr().unwrap().to_string());
+    }
+    let handed: Vec<&std::net::TcpListener> = sockets.iter().map(|(_, s)| *s).collect();
+    hand_over(&mut cmd, &handed);
+    cmd.env("LISTEN_FDS", handed.len().to_string());
     let mut qs = Child::spawn("quickstart", &mut cmd, &tmp.join("quickstart.out"));
     let text = wait_for("the quickstart banner", Duration::from_secs(60), || {
         assert!(qs.is_running(), "quickstart exited:\n{}", qs.log_text());
@@ -50,17 +60,13 @@ fn run_as_alice(work: &std::path::Path, script: &str) -> std::process::Output {
 fn quickstart_prints_commands_that_work_as_printed() {
     let tmp = TempDir::new("quickstart");
     let dir = tmp.path().join("qs");
-    let (port, admin) = (free_port(), free_port());
+    let (main, admin) = (local_listener(), local_listener());
     let (mut qs, text) = start_quickstart(
         tmp.path(),
         &dir,
-        &[
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--admin-listen",
-            &format!("127.0.0.1:{admin}"),
-        ],
+        &[("--listen", &main), ("--admin-listen", &admin)],
     );
+    drop((main, admin)); // the quickstart holds them now
     assert!(dir.join("repos/demo/hello.git/HEAD").exists());
     assert!(dir.join("keys/signing.pem").exists());
     let exports: Vec<&str> = text
@@ -119,12 +125,25 @@ fn quickstart_prints_commands_that_work_as_printed() {
             .join("\n"),
         denied_cmd[0]
     );
+    let bare = dir.join("repos/demo/hello.git");
+    let before = head_of(&bare, "main");
     let o = run(&denied);
     assert!(!o.status.success(), "ci-bot's push was not denied");
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("git:write on demo/hello denied by policy"),
         "{}",
         String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(head_of(&bare, "main"), before, "the upstream changed");
+    // The quickstart's audit log (`audit.log` in its directory) has the refusal.
+    let record = denials_in(&dir.join("audit.log"), "ci-bot's refused push", 1, |l| {
+        l.contains(r#""path":"/demo/hello.git/info/refs","action":"git:write","repo":"demo/hello""#)
+            && l.contains(r#""subject":"ci-bot""#)
+    })
+    .swap_remove(0);
+    assert!(
+        record.contains(r#""reason":"no_matching_permit""#),
+        "{record}"
     );
     // Ctrl-C (SIGINT) stops it cleanly, and the audit trail verifies.
     qs.signal("INT");
@@ -325,19 +344,18 @@ impl TapMkdir for std::path::PathBuf {
 fn quickstart_ssh_commands_work_as_printed() {
     let tmp = TempDir::new("quickstart-ssh");
     let dir = tmp.path().join("qs");
-    let (port, admin, ssh) = (free_port(), free_port(), free_port());
+    let (main, admin, ssh_socket) = (local_listener(), local_listener(), local_listener());
+    let ssh = ssh_socket.local_addr().unwrap().port();
     let (mut qs, text) = start_quickstart(
         tmp.path(),
         &dir,
         &[
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--admin-listen",
-            &format!("127.0.0.1:{admin}"),
-            "--ssh-listen",
-            &format!("127.0.0.1:{ssh}"),
+            ("--listen", &main),
+            ("--admin-listen", &admin),
+            ("--ssh-listen", &ssh_socket),
         ],
     );
+    drop((main, admin, ssh_socket)); // the quickstart holds them now
     assert!(
         text.contains(&format!("ssh://git@127.0.0.1:{ssh}/")),
         "{text}"
@@ -382,6 +400,22 @@ fn quickstart_ssh_commands_work_as_printed() {
         String::from_utf8_lossy(&o.stderr).contains("tag_requires_release_group"),
         "{}",
         String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(
+        ref_of(&bare, "refs/tags/v9.9"),
+        "",
+        "the refused tag reached the upstream"
+    );
+    let record = denials_in(
+        &dir.join("audit.log"),
+        "the refused tag push over SSH",
+        1,
+        |l| l.contains(r#""name":"refs/tags/v9.9","op":"create""#),
+    )
+    .swap_remove(0);
+    assert!(
+        record.contains(r#""decision":"deny","reason":"tag_requires_release_group""#),
+        "{record}"
     );
     qs.signal("INT");
     assert!(

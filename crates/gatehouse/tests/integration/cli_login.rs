@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use gatehouse_testkit::{Git, Idp, TempDir, browser_sign_in, free_port};
+use gatehouse_testkit::{Git, Idp, TempDir, browser_sign_in, local_listener};
 
 use crate::common::{POLICY, builder, commit_file, head_of, repos};
 
@@ -21,7 +21,8 @@ async fn device_login_then_git_clone_and_push_through_the_credential_helper() {
     let tmp = TempDir::new("cli-login");
     let (root, _) = repos(&tmp);
     let idp = Idp::shared();
-    let port = free_port();
+    let listener = local_listener();
+    let port = listener.local_addr().unwrap().port();
     let base = format!("http://127.0.0.1:{port}");
     let secret = tmp.path().join("gatehouse-secret");
     std::fs::write(&secret, "gatehouse-secret").unwrap();
@@ -29,7 +30,7 @@ async fn device_login_then_git_clone_and_push_through_the_credential_helper() {
         "{POLICY}\n@id(\"devs-demo\")\npermit(principal in Gatehouse::Group::\"devs\", action in [Gatehouse::Action::\"git:read\", Gatehouse::Action::\"git:write\"], resource in Gatehouse::Owner::\"demo\");\n"
     );
     let gw = builder()
-        .port(port)
+        .listener(listener)
         .with_builtin_upstream(&root)
         .with_idp_extra(
             idp,

@@ -1,6 +1,7 @@
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-use gatehouse_testkit::{GatewayBuilder, Git, TempDir};
+use gatehouse_testkit::{GatewayBuilder, Git, TempDir, TestGateway};
 
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_gatehouse"))
@@ -18,6 +19,45 @@ pub fn echo(port: u16, headers: &[(&str, &str)]) -> (String, String) {
     assert_eq!(status, 200, "{raw}");
     let body = raw.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
     (raw, body)
+}
+
+/// The records in the audit log at `path` whose decision is `deny` and whose line `is_it` picks
+/// out, once there are at least `n` (records reach the file in batches, a few milliseconds after
+/// the response). After 10 s, panics with the log (each line cut to 1000 characters).
+pub fn denials_in(path: &Path, what: &str, n: usize, is_it: impl Fn(&str) -> bool) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let found: Vec<String> = text
+            .lines()
+            .filter(|&l| {
+                serde_json::from_str::<serde_json::Value>(l).is_ok_and(|r| r["decision"] == "deny")
+                    && is_it(l)
+            })
+            .map(str::to_owned)
+            .collect();
+        if found.len() >= n {
+            return found;
+        }
+        if Instant::now() > deadline {
+            let shown: Vec<&str> = text
+                .lines()
+                .map(|l| l.char_indices().nth(1000).map_or(l, |(i, _)| &l[..i]))
+                .collect();
+            panic!(
+                "{} deny record(s) of {what} found in {}, {n} expected:\n{}",
+                found.len(),
+                path.display(),
+                shown.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The (first) deny record of `what` in `gw`'s audit log: see [`denials_in`].
+pub fn denial(gw: &TestGateway, what: &str, is_it: impl Fn(&str) -> bool) -> String {
+    denials_in(&gw.audit_path(), what, 1, is_it).swap_remove(0)
 }
 
 /// dev may read and write demo/*; ci may only read it; anybody may reach the echo route.

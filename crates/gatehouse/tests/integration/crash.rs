@@ -259,14 +259,7 @@ fn a_full_audit_disk_refuses_writes_and_the_gateway_recovers_when_space_returns(
     assert_eq!(post("after-free"), 201);
     // nginx logs a request once it has finished it: once the last write is there, an earlier
     // one that had reached it would be there too.
-    let writes = wait_for(
-        "nginx to log the last write",
-        Duration::from_secs(10),
-        || {
-            let w = upstream.writes();
-            w.iter().any(|w| w.starts_with("after-free ")).then_some(w)
-        },
-    );
+    let writes = upstream.writes_through("after-free");
     assert!(
         !writes.iter().any(|w| w.starts_with(&format!("{refused} "))),
         "a write the audit log could not record reached the forge"

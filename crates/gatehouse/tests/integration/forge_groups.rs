@@ -4,7 +4,7 @@
 
 use gatehouse_testkit::{ForgeStandIn, TempDir, raw_http};
 
-use crate::common::{builder, clone_demo, commit_file, head_of, repos};
+use crate::common::{builder, clone_demo, commit_file, denial, head_of, repos};
 
 const POLICY: &str = r#"
 @id("everyone-reads")
@@ -72,6 +72,18 @@ fn team_membership_on_the_forge_opens_a_push_and_outages_fail_closed() {
             .contains("git:write on demo/hello denied by policy"),
         "{}",
         r.stderr
+    );
+    assert!(
+        head_of(&root.join("demo/hello.git"), "bob").is_empty(),
+        "bob's branch reached the upstream"
+    );
+    let record = denial(&gw, "bob's refused push", |l| {
+        l.contains(r#""path":"/demo/hello.git/info/refs","action":"git:write","repo":"demo/hello""#)
+            && l.contains(r#""subject":"bob""#)
+    });
+    assert!(
+        record.contains(r#""reason":"no_matching_permit""#),
+        "{record}"
     );
 
     // A user the forge does not know gets no forge groups (and is not refused for it).

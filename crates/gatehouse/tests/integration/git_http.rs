@@ -1,7 +1,7 @@
 use gatehouse_testkit::{GitHttpServer, Idp, TempDir, raw_http};
 
 use crate::common::{
-    POLICY, builder, clone_demo, commit_file, echo, git_bearer, head_of, local_head, repos,
+    POLICY, builder, clone_demo, commit_file, denial, echo, git_bearer, head_of, local_head, repos,
 };
 
 #[test]
@@ -53,6 +53,15 @@ fn read_only_identity_cannot_push_and_git_shows_why() {
         head_of(&root.join("demo/hello.git"), "main"),
         before,
         "upstream changed"
+    );
+    // The refusal is on record: ci-bot's push (its ref advertisement, where git:write is decided).
+    let record = denial(&gw, "ci-bot's refused push", |l| {
+        l.contains(r#""path":"/demo/hello.git/info/refs","action":"git:write","repo":"demo/hello""#)
+            && l.contains(r#""subject":"ci-bot""#)
+    });
+    assert!(
+        record.contains(r#""reason":"no_matching_permit""#),
+        "{record}"
     );
 
     // and a repository outside the policy cannot even be read

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use gatehouse_testkit::{GitHttpServer, Idp, TempDir, raw_http, wait_for};
 
-use crate::common::{POLICY, bin, builder, repos};
+use crate::common::{POLICY, bin, builder, denial, repos};
 
 #[allow(clippy::disallowed_methods)] // the gateway under test runs on the real clock
 fn real_now() -> u64 {
@@ -135,12 +135,12 @@ fn an_lfs_batch_is_read_as_the_forge_reads_it_and_forge_names_are_checked_on_eve
         .policy(&format!("{POLICY}\n{LFS_AND_ECHO}"))
         .start();
     let alice = format!("Bearer {}", gw.token("alice", &["dev"]));
-    let batch = |body: &str| {
+    let batch = |id: &str, body: &str| {
         let len = body.len().to_string();
         let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
         write!(
             s,
-            "POST /demo/hello.git/info/lfs/objects/batch HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {alice}\r\nAccept: application/vnd.git-lfs+json\r\nContent-Type: application/vnd.git-lfs+json\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n{body}"
+            "POST /demo/hello.git/info/lfs/objects/batch HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {alice}\r\nX-Request-Id: {id}\r\nAccept: application/vnd.git-lfs+json\r\nContent-Type: application/vnd.git-lfs+json\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n{body}"
         )
         .unwrap();
         let mut out = String::new();
@@ -149,11 +149,24 @@ fn an_lfs_batch_is_read_as_the_forge_reads_it_and_forge_names_are_checked_on_eve
     };
     // Gitea decodes with Go's encoding/json: keys match without regard to case and the last one
     // wins, so this is an upload, which alice may not do.
-    let r = batch(r#"{"operation":"download","Operation":"upload","objects":[]}"#);
+    let r = batch(
+        "lfs-upload-last-key",
+        r#"{"operation":"download","Operation":"upload","objects":[]}"#,
+    );
     assert!(r.starts_with("HTTP/1.1 403"), "{r}");
     assert!(r.contains("lfs:write"), "{r}");
-    let r = batch(r#"{"OPERATION":"upload","objects":[]}"#);
+    let r = batch(
+        "lfs-upload-upper-case",
+        r#"{"OPERATION":"upload","objects":[]}"#,
+    );
     assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+    // Both refusals are on record as lfs:write denials (that they reached no upstream is checked
+    // below: only the downloads' bodies reached nginx).
+    for id in ["lfs-upload-last-key", "lfs-upload-upper-case"] {
+        let rid = format!(r#""request_id":"{id}""#);
+        let record = denial(&gw, id, |l| l.contains(&rid));
+        assert!(record.contains(r#""action":"lfs:write""#), "{record}");
+    }
     // The twins: a download, however spelled, is decided as one and forwarded, through the
     // production upstream path (nginx), with its body as the client sent it.
     let twins = [
@@ -161,7 +174,7 @@ fn an_lfs_batch_is_read_as_the_forge_reads_it_and_forge_names_are_checked_on_eve
         r#"{"Operation":"upload","operation":"download","objects":[]}"#,
     ];
     for body in twins {
-        let r = batch(body);
+        let r = batch("lfs-download", body);
         assert!(r.starts_with("HTTP/1.1 200"), "{body}: {r}");
         assert!(r.contains(r#""transfer":"basic""#), "{body}: {r}");
     }
@@ -194,16 +207,7 @@ fn an_lfs_batch_is_read_as_the_forge_reads_it_and_forge_names_are_checked_on_eve
     let (s, raw) = post(&carol, "api-write-by-carol");
     assert_eq!(s, 201, "{raw}");
     // The refused write came first: had it reached nginx, it would be logged before this one.
-    let writes = wait_for(
-        "nginx to log the allowed write",
-        Duration::from_secs(10),
-        || {
-            let w = upstream.writes();
-            w.iter()
-                .any(|w| w.starts_with("api-write-by-carol "))
-                .then_some(w)
-        },
-    );
+    let writes = upstream.writes_through("api-write-by-carol");
     assert!(
         !writes.iter().any(|w| w.starts_with("api-write-by-alice ")),
         "{writes:?}"
@@ -263,10 +267,20 @@ fn a_cross_site_write_is_refused_whatever_credential_the_browser_replays() {
         h.extend_from_slice(extra);
         raw_http(gw.port, "POST", "/_echo", &h)
     };
+    // Each with its own request id, to find it upstream (it must not be there) and on record.
     for extra in [
-        [("Sec-Fetch-Site", "cross-site")],
-        [("Sec-Fetch-Site", "same-site")],
-        [("Origin", "https://evil.example")],
+        [
+            ("Sec-Fetch-Site", "cross-site"),
+            ("X-Request-Id", "cross-site-basic"),
+        ],
+        [
+            ("Sec-Fetch-Site", "same-site"),
+            ("X-Request-Id", "same-site-basic"),
+        ],
+        [
+            ("Origin", "https://evil.example"),
+            ("X-Request-Id", "evil-origin-basic"),
+        ],
     ] {
         let (s, raw) = post(&extra);
         assert_eq!(s, 403, "{extra:?}: {raw}");
@@ -281,6 +295,7 @@ fn a_cross_site_write_is_refused_whatever_credential_the_browser_replays() {
         &[
             ("Authorization", &bearer),
             ("Sec-Fetch-Site", "cross-site"),
+            ("X-Request-Id", "cross-site-bearer"),
             ("Content-Length", "0"),
         ],
     );
@@ -290,8 +305,30 @@ fn a_cross_site_write_is_refused_whatever_credential_the_browser_replays() {
     assert_eq!(s, 200, "{raw}");
     let (s, raw) = post(&[("Origin", "http://127.0.0.1")]);
     assert_eq!(s, 200, "{raw}");
-    let (s, raw) = post(&[]);
+    let (s, raw) = post(&[("X-Request-Id", "no-browser-twin")]);
     assert_eq!(s, 200, "{raw}");
+    // None of the refused writes reached the upstream: had one, nginx would have logged it before
+    // this last twin, sent after them all. Each is on record as refused.
+    let writes = upstream.writes_through("no-browser-twin");
+    for id in [
+        "cross-site-basic",
+        "same-site-basic",
+        "evil-origin-basic",
+        "cross-site-bearer",
+    ] {
+        assert!(
+            !writes.iter().any(|w| w.starts_with(&format!("{id} "))),
+            "{id} reached the upstream: {writes:?}"
+        );
+        let rid = format!(r#""request_id":"{id}""#);
+        let record = denial(&gw, id, |l| l.contains(&rid));
+        assert!(
+            record.contains(r#""path":"/_echo""#)
+                && record.contains(r#""status":403"#)
+                && record.contains(r#""reason":"cross_site_request""#),
+            "{record}"
+        );
+    }
     // A cross-site read is not refused for being cross-site.
     let (s, raw) = raw_http(
         gw.port,

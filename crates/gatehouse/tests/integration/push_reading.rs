@@ -16,7 +16,7 @@ use base64::Engine as _;
 use gatehouse_git::corpus::{self, EMPTY_PACK, ZERO, pkt};
 use gatehouse_testkit::{TempDir, TestGateway};
 
-use crate::common::{POLICY, builder, ref_of, repos};
+use crate::common::{POLICY, builder, denial, ref_of, repos};
 use crate::refs::REF_RULES as RULES;
 
 /// The issue's push: a certificate whose first command has no LF, then a lone LF packet.
@@ -116,6 +116,13 @@ fn main_deletion_refused_in_time(report: &str, started: Instant, bare: &Path, he
     assert_eq!(ref_of(bare, "refs/heads/main"), head);
 }
 
+/// The entry of an audit record's `refs` for [`long_list`]'s refused deletion of main.
+fn main_deletion_entry(head: &str) -> String {
+    format!(
+        r#"{{"name":"refs/heads/main","op":"delete","old":"{head}","new":"{ZERO}","decision":"deny","reason":"main_cannot_be_deleted"}}"#
+    )
+}
+
 #[test]
 fn a_push_certificate_is_decided_ref_by_ref_over_http() {
     let tmp = TempDir::new("push-cert-http");
@@ -177,6 +184,12 @@ fn a_push_certificate_is_decided_ref_by_ref_over_http() {
         report.contains("the push ended inside its command list"),
         "{report}"
     );
+    // (Both refs already hold `head`, from the allowed push: the refs cannot show whether it was
+    // forwarded; the record shows it was refused.)
+    let record = denial(&gw, "the cut-off push", |l| {
+        l.contains(r#""reason":"bad_push_commands""#) && l.contains(r#""subject":"rita""#)
+    });
+    assert!(record.contains(r#""status":400"#), "{record}");
 }
 
 #[test]
@@ -200,6 +213,8 @@ fn a_command_list_a_byte_at_a_time_and_the_size_limit_over_http() {
     let (status, report) = post_receive_pack(&gw, &alice, &list, Some(1));
     assert!(status.contains("200"), "{status}");
     main_deletion_refused_in_time(&report, started, &bare, &head);
+    let entry = main_deletion_entry(&head);
+    denial(&gw, "the refused deletion of main", |l| l.contains(&entry));
 
     // Over the configured limit: refused with a message, nothing forwarded.
     let (status, report) =
@@ -207,6 +222,10 @@ fn a_command_list_a_byte_at_a_time_and_the_size_limit_over_http() {
     assert!(status.contains("400"), "{status}");
     assert!(report.contains("push command list too large"), "{report}");
     assert_eq!(ref_of(&bare, "refs/heads/main"), head);
+    let record = denial(&gw, "the push over the size limit", |l| {
+        l.contains(r#""reason":"bad_push_commands""#)
+    });
+    assert!(record.contains(r#""status":400"#), "{record}");
 }
 
 fn keygen(path: &Path) -> String {
@@ -324,6 +343,14 @@ fn over_ssh_a_certificate_is_decided_and_an_unfinished_list_is_refused() {
     );
     assert_eq!(ref_of(&bare, "refs/tags/v7.7.7"), "");
     assert_eq!(ref_of(&bare, "refs/heads/feature-cert"), "");
+    let record = denial(&front.gw, "the refused certificate push over SSH", |l| {
+        l.contains(r#""name":"refs/tags/v7.7.7","op":"create""#)
+            && l.contains(r#""decision":"deny","reason":"tag_requires_release_group""#)
+    });
+    assert!(
+        record.contains(r#""name":"refs/heads/feature-cert","op":"create""#),
+        "{record}"
+    );
     // Its allowed twin.
     let (out, err) = ssh_receive_pack(&front.releaser, front.port, &cert);
     assert!(out.contains("ok refs/tags/v7.7.7"), "{out}{err}");
@@ -349,6 +376,10 @@ fn over_ssh_a_certificate_is_decided_and_an_unfinished_list_is_refused() {
         head,
         "the tag was deleted"
     );
+    let record = denial(&front.gw, "the unfinished push", |l| {
+        l.contains(r#""event":"ssh""#) && l.contains(r#""reason":"bad_push_commands""#)
+    });
+    assert!(record.contains("\"principal\""), "{record}");
     // Finished, the same deletion is decided and (tags may be deleted by dev) carried out.
     let finished = [unfinished.clone(), pkt("ci.skip\n"), b"0000".to_vec()].concat();
     let (out, err) = ssh_receive_pack(&front.pusher, front.port, &finished);
@@ -367,11 +398,6 @@ fn over_ssh_a_certificate_is_decided_and_an_unfinished_list_is_refused() {
     let (out, err) = ssh_receive_pack(&front.pusher, front.port, &nul);
     assert!(out.contains("ok refs/tags/v7.7.7"), "{out}{err}");
     assert_eq!(ref_of(&bare, "refs/tags/v7.7.7"), "");
-
-    let audit = front.gw.audit_when("the unfinished push's record", |a| {
-        a.contains("bad_push_commands")
-    });
-    assert!(audit.contains("\"principal\""), "{audit}");
 }
 
 fn git_update_ref(bare: &Path, name: &str, id: &str) {
@@ -458,4 +484,10 @@ async fn over_ssh_a_command_list_a_byte_at_a_time_is_read_in_linear_time() {
     .await
     .expect("the push was answered");
     main_deletion_refused_in_time(&String::from_utf8_lossy(&out), started, &bare, &head);
+    let entry = main_deletion_entry(&head);
+    tokio::task::block_in_place(|| {
+        denial(&front.gw, "the refused deletion of main over SSH", |l| {
+            l.contains(&entry)
+        })
+    });
 }

@@ -1,6 +1,8 @@
 use gatehouse_testkit::TempDir;
 
-use crate::common::{POLICY, builder, clone_demo, commit_file, head_of, local_head, ref_of, repos};
+use crate::common::{
+    POLICY, builder, clone_demo, commit_file, denials_in, head_of, local_head, ref_of, repos,
+};
 
 pub(crate) const REF_RULES: &str = r#"
 @id("tags-release-only")
@@ -97,7 +99,27 @@ fn per_ref_rules_over_http() {
         "",
         "part of a refused push reached the upstream"
     );
-    // The same with --atomic and with push options.
+    assert_eq!(
+        tag_of(&bare, "v2.0"),
+        "",
+        "the refused tag reached the upstream"
+    );
+    // Its record names both refs, the tag refused.
+    let mixed = |l: &str| {
+        l.contains(r#""name":"refs/heads/feature2","op":"create""#)
+            && l.contains(r#""name":"refs/tags/v2.0","op":"create""#)
+            && l.contains(r#""decision":"deny","reason":"tag_requires_release_group""#)
+    };
+    denials_in(&gw.audit_path(), "the refused mixed push", 1, mixed);
+    // The same with --atomic and with push options. The upstream offers push options: to a
+    // server that does not, git refuses to send them and the push never reaches the gateway.
+    let cfg = std::process::Command::new("git")
+        .args(["-c", "safe.directory=*", "--git-dir"])
+        .arg(&bare)
+        .args(["config", "receive.advertisePushOptions", "true"])
+        .output()
+        .unwrap();
+    assert!(cfg.status.success(), "{cfg:?}");
     let a = git.run(
         &work,
         &[
@@ -111,7 +133,20 @@ fn per_ref_rules_over_http() {
         ],
     );
     assert!(!a.ok);
+    assert!(
+        a.stderr
+            .contains("v2.0 -> v2.0 (denied by Gatehouse policy: tag_requires_release_group)"),
+        "{}",
+        a.stderr
+    );
     assert_eq!(head_of(&bare, "feature2"), "");
+    assert_eq!(
+        tag_of(&bare, "v2.0"),
+        "",
+        "the refused tag reached the upstream"
+    );
+    // A second record of the same refusal: this push's.
+    denials_in(&gw.audit_path(), "the refused atomic push", 2, mixed);
 
     // A member of `release` may push the tag.
     let (rgit, rwork) = clone_demo(tmp.path(), &gw.url(), &rita, "rita");

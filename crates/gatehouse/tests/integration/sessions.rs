@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use gatehouse_testkit::{GitHttpServer, Idp, TempDir, browser_sign_in, free_port};
+use gatehouse_testkit::{GitHttpServer, Idp, TempDir, browser_sign_in, local_listener};
 use reqwest::header;
 
 use crate::common::{POLICY, builder, repos};
@@ -32,7 +32,8 @@ async fn setup_with(idp: &Idp, name: &str, refresh_before: &str) -> Setup {
     let tmp = TempDir::new(name);
     let (root, _) = repos(&tmp);
     let upstream = GitHttpServer::start(&root);
-    let port = free_port();
+    let listener = local_listener();
+    let port = listener.local_addr().unwrap().port();
     let base = format!("https://127.0.0.1:{port}");
     let (client_id, secret) = idp
         .register_client(
@@ -48,7 +49,7 @@ async fn setup_with(idp: &Idp, name: &str, refresh_before: &str) -> Setup {
     std::fs::write(&crt, ck.cert.pem()).unwrap();
     std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
     let gw = builder()
-        .port(port)
+        .listener(listener)
         .with_upstream_url(&format!("http://127.0.0.1:{}", upstream.port))
         .with_idp_extra(
             idp,
@@ -637,13 +638,14 @@ async fn several_issuers_get_a_chooser_and_each_sends_to_its_own_idp() {
     let (root, _) = repos(&tmp);
     let first = Idp::shared();
     let second = Idp::start();
-    let port = free_port();
+    let listener = local_listener();
+    let port = listener.local_addr().unwrap().port();
     let base = format!("http://127.0.0.1:{port}");
     let login = |name: &str| {
         format!("[issuers.login]\nclient_id = \"gatehouse\"\ndisplay_name = \"{name}\"\n")
     };
     let gw = builder()
-        .port(port)
+        .listener(listener)
         .with_builtin_upstream(&root)
         .with_idp_extra(first, &login("Company SSO"))
         .with_idp_extra(&second, &login("Partner <SSO>"))

@@ -52,8 +52,12 @@ fn shutdown_drains_and_records(upstream: &str) {
     // Two fetches in flight, each with part of its body sent: one will finish, one never will.
     let mut finishing = start_fetch(gw.port, &auth, "finishes", &body, 10);
     let mut stalled = start_fetch(gw.port, &auth, "cut-off", &body, 10);
-    // Both are admitted (their audit slots taken) before the signal.
-    std::thread::sleep(Duration::from_millis(300));
+    // Both are in flight (read, decided, forwarded) before the signal.
+    wait_for("both fetches in flight", Duration::from_secs(10), || {
+        gw.metrics()
+            .contains("gatehouse_requests_in_flight 2")
+            .then_some(())
+    });
 
     let signalled = Instant::now();
     gw.signal("TERM");

@@ -6,7 +6,7 @@ use std::process::{Command, Output};
 
 use gatehouse_testkit::{Git, SSHD_USER, Sshd, TempDir, TestGateway};
 
-use crate::common::{POLICY, builder, commit_file, head_of, repos};
+use crate::common::{POLICY, builder, commit_file, denial, head_of, repos};
 
 fn keygen(path: &Path) {
     let out = Command::new("ssh-keygen")
@@ -335,6 +335,12 @@ fn git_over_ssh_with_certificates_service_keys_and_refusals() {
         r.stderr
     );
     assert_eq!(head_of(&bare, "main"), main_before);
+    // Its record: the deletion of main, refused by `no-main-deletes` (which gives no reason).
+    let record = denial(&f.gw, "the refused deletion of main over SSH", |l| {
+        l.contains(r#""policy":"no-main-deletes""#)
+            && l.contains(r#""name":"refs/heads/main","op":"delete""#)
+    });
+    assert!(record.contains(r#""event":"ssh""#), "{record}");
     alice.ok(&work, &["tag", "v1.0"]);
     let r = alice.run(&work, &["push", "origin", "refs/tags/v1.0"]);
     assert!(!r.ok, "a release tag was pushed");
@@ -356,6 +362,15 @@ fn git_over_ssh_with_certificates_service_keys_and_refusals() {
         "half of a refused push landed"
     );
     assert!(crate::common::ref_of(&bare, "refs/tags/v1.0").is_empty());
+    // Its record (the only push naming ok-branch) names both refs, the tag refused.
+    let record = denial(&f.gw, "the refused --atomic push over SSH", |l| {
+        l.contains(r#""name":"refs/heads/ok-branch","op":"create""#)
+            && l.contains(r#""name":"refs/tags/v1.0","op":"create""#)
+    });
+    assert!(
+        record.contains(r#""decision":"deny","reason":"release_tags_only""#),
+        "{record}"
+    );
     f.gw.audit_when("the refused SSH pushes' records", |a| {
         a.contains("\"reason\":\"release_tags_only\"")
             && a.contains("\"reason\":\"main_requires_release_group\"")

@@ -2,7 +2,7 @@ use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use gatehouse_testkit::{TempDir, free_port, raw_http};
+use gatehouse_testkit::{RefusedPort, TempDir, raw_http};
 
 use crate::common::{POLICY, builder};
 
@@ -45,8 +45,10 @@ fn fault_upstream(answer: &'static [u8]) -> u16 {
 #[test]
 fn upstream_failures_are_502_and_504_with_problem_details() {
     let tmp = TempDir::new("upstream-fail");
-    // Nothing listens on this port: connection refused.
-    let dead = free_port();
+    // Bound but never listening: connections are refused, and no other component can be given
+    // the port meanwhile.
+    let dead_port = RefusedPort::new();
+    let dead = dead_port.port;
     let gw = builder()
         .with_upstream_url(&format!("http://127.0.0.1:{dead}"))
         .forge_kind("gitea")
@@ -304,7 +306,10 @@ fn a_request_the_client_abandons_before_its_response_is_still_audited() {
          Content-Type: application/json\r\nContent-Length: 11\r\n\r\n{{\"a\":\"bcd\"}}"
     )
     .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    // Abandoned once it is on its way upstream (its announcement written).
+    gw.audit_when("the write's announcement", |t| {
+        t.contains("\"event\":\"forwarding\"")
+    });
     drop(s);
 
     let audit = gw.audit_when("the abandoned request's record", |t| {

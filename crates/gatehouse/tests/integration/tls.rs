@@ -86,7 +86,14 @@ fn tls_with_http2_and_certificate_reload_without_restart() {
 
     // A broken replacement keeps the current certificate.
     std::fs::write(&live_crt, "not a certificate").unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    wait_for(
+        "the failed reload to be logged",
+        Duration::from_secs(10),
+        || {
+            gw.log()
+                .contains("TLS certificate reload failed")
+                .then_some(())
+        },
+    );
     assert!(curl(gw.port, &b_crt, &[]).is_some());
-    assert!(gw.log().contains("TLS certificate reload failed"));
 }
