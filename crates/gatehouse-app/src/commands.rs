@@ -148,11 +148,13 @@ pub fn policy_explain(args: &ExplainArgs) -> Result<bool> {
             method: &method,
             host: &host,
             wiki: c.wiki,
+            via: c.via,
             git_ref: None,
         },
     });
     let resource = match &c.resource {
         Resource::Repo(r) => format!("Gatehouse::Repo::\"{r}\""),
+        Resource::Owner(o) => format!("Gatehouse::Owner::\"{o}\""),
         Resource::Route(r) => format!(
             "Gatehouse::Route (host {}, path {}, method {})",
             r.host, r.path, r.method
@@ -171,6 +173,10 @@ pub fn policy_explain(args: &ExplainArgs) -> Result<bool> {
     );
     out!("action:    Gatehouse::Action::\"{}\"", c.action);
     out!("resource:  {resource}");
+    out!("via:       {}", c.via);
+    if let Some(m) = c.moves {
+        out!("moves:     refs ({})", m.as_str());
+    }
     out!("forwarded: {}", c.forward_path);
     if ex.deciding.is_empty() {
         out!("decided by: default deny (no permit matched)");

@@ -12,12 +12,29 @@ pub enum Action {
     LfsRead,
     /// Upload LFS objects, manage locks.
     LfsWrite,
-    /// Forge REST API with a safe method (GET, HEAD, OPTIONS).
+    /// An instance-level forge REST API route (not about one repository or owner) with a safe
+    /// method (GET, HEAD, OPTIONS); any API route of a generic upstream.
     ApiRead,
-    /// Forge REST API with any other method.
+    /// The same with any other method.
     ApiWrite,
-    /// Anything else: the web UI and plain routes.
+    /// An instance-level web page of a forge (sign-in, explore, admin panel, the signed-in user's
+    /// own settings), any method; any other route of a generic upstream.
     WebAccess,
+    /// Views a repository in the web UI or over the REST API: code, raw files, archives, history,
+    /// issues and pull requests, releases, wiki, feeds.
+    RepoRead,
+    /// Changes a repository's data without moving a ref of its Git repository: issues, comments,
+    /// labels, reviews, wiki edits, stars and watches.
+    RepoWrite,
+    /// Administers a repository: settings, collaborators, hooks, deploy keys, protection rules,
+    /// transfer, delete, Actions secrets.
+    RepoAdmin,
+    /// Views a user's or an organisation's pages.
+    OwnerRead,
+    /// Changes a user's or an organisation's data short of administering it.
+    OwnerWrite,
+    /// Administers a user or an organisation: settings, members, teams, hooks.
+    OwnerAdmin,
     /// One ref created by a push (checked for each ref, after `git:write`).
     RefCreate,
     /// One ref moved by a push.
@@ -28,7 +45,7 @@ pub enum Action {
 
 impl Action {
     /// Every action, in a stable order.
-    pub const ALL: [Action; 10] = [
+    pub const ALL: [Action; 16] = [
         Action::GitRead,
         Action::GitWrite,
         Action::LfsRead,
@@ -36,6 +53,12 @@ impl Action {
         Action::ApiRead,
         Action::ApiWrite,
         Action::WebAccess,
+        Action::RepoRead,
+        Action::RepoWrite,
+        Action::RepoAdmin,
+        Action::OwnerRead,
+        Action::OwnerWrite,
+        Action::OwnerAdmin,
         Action::RefCreate,
         Action::RefUpdate,
         Action::RefDelete,
@@ -51,19 +74,30 @@ impl Action {
             Action::ApiRead => "api:read",
             Action::ApiWrite => "api:write",
             Action::WebAccess => "web:access",
+            Action::RepoRead => "repo:read",
+            Action::RepoWrite => "repo:write",
+            Action::RepoAdmin => "repo:admin",
+            Action::OwnerRead => "owner:read",
+            Action::OwnerWrite => "owner:write",
+            Action::OwnerAdmin => "owner:admin",
             Action::RefCreate => "ref:create",
             Action::RefUpdate => "ref:update",
             Action::RefDelete => "ref:delete",
         }
     }
 
-    /// Whether the action changes state on the forge.
+    /// Whether the action may change state on the forge (the admin actions included: their
+    /// pages are read with GET, their forms change settings).
     pub const fn is_write(self) -> bool {
         matches!(
             self,
             Action::GitWrite
                 | Action::LfsWrite
                 | Action::ApiWrite
+                | Action::RepoWrite
+                | Action::RepoAdmin
+                | Action::OwnerWrite
+                | Action::OwnerAdmin
                 | Action::RefCreate
                 | Action::RefUpdate
                 | Action::RefDelete
@@ -73,7 +107,8 @@ impl Action {
     /// Whether a request classified as this action, with this method, may change what the forge
     /// holds: a method other than GET, HEAD or OPTIONS on a write action or a web or plain route
     /// (a push, an LFS upload, an API write, a form post in the web UI, a call to a generic
-    /// upstream). The gateway makes the audit record of such a request durable before forwarding
+    /// upstream). A request that the forge's routes say only reads (`repo:read`, a search posted
+    /// as a form) is not one, whatever its method. The gateway makes the audit record of such a request durable before forwarding
     /// it. A push's ref advertisement (`GET .../info/refs?service=git-receive-pack`, `git:write`)
     /// changes nothing: Gitea answers it for a repository that does not exist yet with a dummy
     /// advertisement and creates one (push-to-create) only on the POST.
@@ -92,7 +127,7 @@ impl fmt::Display for Action {
 /// An action name that Gatehouse does not know.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown action `{0}` (expected one of git:read, git:write, lfs:read, lfs:write, api:read, api:write, web:access)"
+    "unknown action `{0}` (expected one of git:read, git:write, lfs:read, lfs:write, repo:read, repo:write, repo:admin, owner:read, owner:write, owner:admin, api:read, api:write, web:access, ref:create, ref:update, ref:delete)"
 )]
 pub struct ParseActionError(pub String);
 
@@ -129,6 +164,16 @@ mod tests {
         assert!(Action::LfsWrite.may_change_forge("PUT"));
         assert!(Action::ApiWrite.may_change_forge("DELETE"));
         assert!(Action::WebAccess.may_change_forge("POST"));
+        assert!(Action::RepoWrite.may_change_forge("POST"));
+        assert!(Action::RepoAdmin.may_change_forge("POST"));
+        assert!(
+            !Action::RepoAdmin.may_change_forge("GET"),
+            "a settings page"
+        );
+        assert!(
+            !Action::RepoRead.may_change_forge("POST"),
+            "a preview the forge says writes nothing"
+        );
         assert!(!Action::WebAccess.may_change_forge("GET"));
         assert!(!Action::GitRead.may_change_forge("POST"), "a fetch");
         assert!(

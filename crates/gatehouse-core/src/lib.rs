@@ -18,7 +18,7 @@ pub use clock::{Clock, ManualClock, SystemClock, UnixTime};
 pub use prehashed::{Prehashed, PrehashedHasher};
 pub use principal::{Claims, Principal, PrincipalKind};
 pub use redacted::Redacted;
-pub use resource::{RepoRef, Resource, Route};
+pub use resource::{OwnerRef, RepoRef, Resource, Route, Via};
 
 /// The outcome of an authorization decision, with what a human needs to understand it.
 ///

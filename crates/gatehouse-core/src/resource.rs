@@ -25,7 +25,20 @@ impl fmt::Display for RepoRef {
     }
 }
 
-/// A plain HTTP route: anything that is not a repository.
+/// A user or an organisation on the forge, by name (folded as [`RepoRef`] names are).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OwnerRef {
+    /// The user's or organisation's name.
+    pub name: String,
+}
+
+impl fmt::Display for OwnerRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+/// A plain HTTP route: anything that is not a repository or an owner.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Route {
     /// The request's host (without port), lower-cased.
@@ -41,6 +54,8 @@ pub struct Route {
 pub enum Resource {
     /// A repository on the forge.
     Repo(RepoRef),
+    /// A user or an organisation on the forge.
+    Owner(OwnerRef),
     /// Any other route.
     Route(Route),
 }
@@ -50,7 +65,35 @@ impl Resource {
     pub fn repo(&self) -> Option<&RepoRef> {
         match self {
             Resource::Repo(r) => Some(r),
-            Resource::Route(_) => None,
+            Resource::Owner(_) | Resource::Route(_) => None,
         }
+    }
+}
+
+/// Which way a request reaches the forge: policies see it as `context.via`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Via {
+    /// Git itself: smart or dumb HTTP, LFS, SSH.
+    Git,
+    /// The forge's web UI.
+    Web,
+    /// The forge's REST API.
+    Api,
+}
+
+impl Via {
+    /// `git`, `web` or `api`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Via::Git => "git",
+            Via::Web => "web",
+            Via::Api => "api",
+        }
+    }
+}
+
+impl fmt::Display for Via {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }

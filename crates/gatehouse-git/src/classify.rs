@@ -1,6 +1,8 @@
 //! Request classification: which forge operation a request is, on which repository.
 
-use gatehouse_core::{Action, RepoRef, Resource, Route};
+use gatehouse_core::{Action, OwnerRef, RepoRef, Resource, Route, Via};
+
+use crate::forge::{self, RefMove, RouteClass, Target, Verdict};
 
 use crate::path::{NormalizedPath, PathError, normalize_path};
 
@@ -96,8 +98,13 @@ pub struct Classified {
     pub decoded_path: String,
     /// The query to forward upstream: rebuilt canonically for Git endpoints, as received otherwise.
     pub forward_query: Option<String>,
-    /// The request is for the repository's wiki (`repo.wiki.git`), which shares its permissions.
+    /// The request is for the repository's wiki (`repo.wiki.git`, or its pages in the web UI
+    /// and API), which shares its permissions.
     pub wiki: bool,
+    /// Which way the request reaches the forge: Git itself, the web UI or the REST API.
+    pub via: Via,
+    /// For a web or API route that creates, moves or deletes refs: how.
+    pub moves: Option<RefMove>,
 }
 
 /// The query sent upstream: a forge's credential parameters (`token`, `access_token`, `sudo`)
@@ -216,12 +223,9 @@ fn git_endpoint(
             RequestKind::GitRpc(GitService::ReceivePack),
             Action::GitWrite,
         ),
-        ["HEAD"]
-        | [
-            "objects",
-            "info",
-            "alternates" | "http-alternates" | "packs",
-        ] => (RequestKind::GitDumb, Action::GitRead),
+        // Gitea and Gogs serve every file under `objects/info/` (`commit-graph` too), not only
+        // the three `git http-backend` knows.
+        ["HEAD"] | ["objects", "info", _, ..] => (RequestKind::GitDumb, Action::GitRead),
         ["objects", dir, file] if is_hex(dir, 2..=2) && is_hex(file, 38..=62) => {
             (RequestKind::GitDumb, Action::GitRead)
         }
@@ -254,6 +258,8 @@ fn looks_like_git(segs: &[&str]) -> bool {
         .iter()
         .enumerate()
         .any(|(i, s)| s.ends_with(".git") && !(segs.len() == 2 && i == 1));
+    // `git http-backend` also serves a repository's `HEAD` and `objects/...` to dumb clients,
+    // at whatever depth the repository sits under its root.
     dot_git
         || segs
             .iter()
@@ -261,11 +267,10 @@ fn looks_like_git(segs: &[&str]) -> bool {
         || segs
             .windows(2)
             .any(|w| w[0] == "info" && matches!(w[1], "refs" | "lfs"))
-}
-
-/// API paths under `/api/v1/repos/` that are not a repository (Gitea routes them first).
-fn is_global_repos_api(segs: &[&str]) -> bool {
-    matches!(segs, ["search"] | ["migrate"] | ["issues", "search"])
+        || segs.last() == Some(&"HEAD")
+        || segs
+            .windows(2)
+            .any(|w| w[0] == "objects" && (matches!(w[1], "info" | "pack") || is_hex(w[1], 2..=2)))
 }
 
 fn method_action(method: &str) -> Action {
@@ -284,8 +289,15 @@ fn method_action(method: &str) -> Action {
 /// fold onto another name (Go's `strings.ToLower("İ")` is `i`) reaches it under a path the policy
 /// matched as something else. Other segments (file paths, branch and token names) are not names.
 fn forge_names_valid(kind: RequestKind, segs: &[&str]) -> bool {
-    match kind {
-        RequestKind::Api => api_names_valid(segs),
+    match (kind, segs) {
+        // Under a repository, what follows its two names is the repository's own (file paths,
+        // branch names): only the two names are names.
+        (RequestKind::Api, ["api", "v1", "repos", owner, repo, _, ..])
+            if !matches!(segs, ["api", "v1", "repos", "issues", "search"]) =>
+        {
+            valid_name(owner) && valid_name(repo)
+        }
+        (RequestKind::Api, _) => api_names_valid(segs),
         _ => segs.iter().take(2).all(|s| valid_name(s)),
     }
 }
@@ -383,6 +395,8 @@ pub fn classify(
             decoded_path: forward.decoded(),
             forward_query,
             wiki,
+            via: Via::Git,
+            moves: None,
         });
     }
 
@@ -393,55 +407,176 @@ pub fn classify(
         // serves Git only at /{owner}/{repo}, so there such paths are ordinary routes.
         return Err(PathError::BadRepoName);
     }
-    if let ["api", "v1", "repos", rest @ ..] = strs.as_slice()
-        && let [owner, repo, ..] = rest
-        && !is_global_repos_api(rest)
-    {
-        let (repo_ref, wiki) = repo_ref(flavor, owner, repo)?;
-        let mut new_segs = segs.to_vec();
-        if flavor.case_insensitive() {
-            new_segs[3] = new_segs[3].to_ascii_lowercase();
-            new_segs[4] = new_segs[4].to_ascii_lowercase();
-        }
-        let forward = NormalizedPath::from_segments(new_segs, path.trailing_slash());
+    if flavor == ForgeFlavor::Generic {
+        // A plain Git server has no web UI or API of its own: everything else is a route.
+        let (kind, action, via) = if strs.first() == Some(&"api") {
+            (RequestKind::Api, method_action(method), Via::Api)
+        } else {
+            (RequestKind::Web, Action::WebAccess, Via::Web)
+        };
+        let decoded = path.decoded();
         return Ok(Classified {
-            kind: RequestKind::RepoApi,
-            action: method_action(method),
-            resource: Resource::Repo(repo_ref),
-            forward_path: forward.encoded(),
-            decoded_path: forward.decoded(),
+            kind,
+            action,
+            resource: Resource::Route(Route {
+                host: host.to_ascii_lowercase(),
+                path: decoded.clone(),
+                method: method.to_owned(),
+            }),
+            forward_path: path.encoded(),
+            decoded_path: decoded,
             forward_query: forwarded_query(flavor, query),
-            wiki,
+            wiki: false,
+            via,
+            moves: None,
         });
     }
+    forge_route(flavor, method, host, &path, &strs, query)
+}
 
-    let (kind, action) = if strs.first() == Some(&"api") {
-        (RequestKind::Api, method_action(method))
-    } else {
-        (RequestKind::Web, Action::WebAccess)
-    };
-    if flavor != ForgeFlavor::Generic && !forge_names_valid(kind, &strs) {
+/// The repository a web route's `{reponame}` names, read as the forge reads it: Gitea's and
+/// Forgejo's `RepoAssignment` trims `.git`, then `.rss`, then `.atom` (with `[other]
+/// ENABLE_FEED`, the default), each once and case-sensitively, then looks the name up without
+/// regard to case; Gogs trims `.git`. API routes trim nothing. A name that still ends in one of
+/// those suffixes, or in `.wiki`, is no repository any current version lets anyone create, and
+/// reading it any other way than the forge risks naming another repository: it is refused.
+fn route_repo(flavor: ForgeFlavor, api: bool, raw: &str) -> Result<String, PathError> {
+    let mut name = raw;
+    if !api {
+        name = name.strip_suffix(".git").unwrap_or(name);
+        if matches!(flavor, ForgeFlavor::Gitea | ForgeFlavor::Forgejo) {
+            name = name.strip_suffix(".rss").unwrap_or(name);
+            name = name.strip_suffix(".atom").unwrap_or(name);
+        }
+    }
+    let folded = fold(flavor, name);
+    if [".git", ".rss", ".atom", ".wiki"]
+        .iter()
+        .any(|s| folded.ends_with(s))
+        || !valid_name(&folded)
+    {
         return Err(PathError::BadRepoName);
     }
-    let decoded = path.decoded();
+    Ok(folded)
+}
+
+/// The owner a single-segment web path names: Gitea and Forgejo serve `/{user}.rss`, `.atom`,
+/// `.keys`, `.gpg` and `.png` as that user's feed, keys and avatar; Gogs serves `.keys`.
+fn owner_page_name(flavor: ForgeFlavor, seg: &str) -> &str {
+    let suffixes: &[&str] = match flavor {
+        ForgeFlavor::Gogs => &[".keys"],
+        _ => &[".rss", ".atom", ".keys", ".gpg", ".png"],
+    };
+    suffixes
+        .iter()
+        .find_map(|s| seg.strip_suffix(s))
+        .unwrap_or(seg)
+}
+
+/// A forge's web or API route, decided by its route knowledge ([`crate::forge`]).
+fn forge_route(
+    flavor: ForgeFlavor,
+    method: &str,
+    host: &str,
+    path: &NormalizedPath,
+    strs: &[&str],
+    query: Option<&str>,
+) -> Result<Classified, PathError> {
+    let api = matches!(strs, ["api", "v1", ..]);
+    let kind = if strs.first() == Some(&"api") {
+        RequestKind::Api
+    } else {
+        RequestKind::Web
+    };
+    if !forge_names_valid(kind, strs) {
+        return Err(PathError::BadRepoName);
+    }
+    let (verdict, base) = if api {
+        (forge::api_route(flavor, method, &strs[2..]), 2)
+    } else {
+        (forge::web_route(flavor, method, strs), 0)
+    };
+    let Verdict::Route(target, class) = verdict else {
+        return Err(PathError::NumberedRepository);
+    };
+    let via = if kind == RequestKind::Api {
+        Via::Api
+    } else {
+        Via::Web
+    };
+    let moves = match class {
+        RouteClass::Ref(m) => Some(m),
+        _ => None,
+    };
+    // The path goes upstream as it came: the forge's router matches its own route names
+    // case-sensitively (`/Api/...` is a user's, `/api/...` the API), so changing the case of a
+    // name could change which route the forge runs. Names themselves compare without case there.
+    let (resource, action, kind, wiki) = match target {
+        Target::Instance => {
+            let action = match (kind, class) {
+                (RequestKind::Web, _) => Action::WebAccess,
+                (_, RouteClass::Read) => Action::ApiRead,
+                _ => Action::ApiWrite,
+            };
+            let route = Route {
+                host: host.to_ascii_lowercase(),
+                path: path.decoded().to_lowercase(),
+                method: method.to_owned(),
+            };
+            (Resource::Route(route), action, kind, false)
+        }
+        Target::Owner(i) => {
+            let raw = strs.get(base + i).copied().unwrap_or_default();
+            let name = fold(flavor, raw);
+            let name = if base == 0 && strs.len() == 1 {
+                owner_page_name(flavor, &name).to_owned()
+            } else {
+                name
+            };
+            if !valid_name(&name) {
+                return Err(PathError::BadRepoName);
+            }
+            let action = match class {
+                RouteClass::Read => Action::OwnerRead,
+                RouteClass::Write | RouteClass::Ref(_) => Action::OwnerWrite,
+                RouteClass::Admin => Action::OwnerAdmin,
+            };
+            (Resource::Owner(OwnerRef { name }), action, kind, false)
+        }
+        Target::Repo(i) => {
+            let (Some(owner), Some(name)) = (strs.get(base + i), strs.get(base + i + 1)) else {
+                return Err(PathError::BadRepoName);
+            };
+            let owner = fold(flavor, owner);
+            if !valid_name(&owner) {
+                return Err(PathError::BadRepoName);
+            }
+            let repo = RepoRef {
+                owner,
+                name: route_repo(flavor, api, name)?,
+            };
+            let action = match class {
+                RouteClass::Read => Action::RepoRead,
+                RouteClass::Write => Action::RepoWrite,
+                RouteClass::Admin => Action::RepoAdmin,
+                // Moving refs is writing code: `git:write`, as a push is.
+                RouteClass::Ref(_) => Action::GitWrite,
+            };
+            let wiki = strs.get(base + i + 2) == Some(&"wiki");
+            let kind = if api { RequestKind::RepoApi } else { kind };
+            (Resource::Repo(repo), action, kind, wiki)
+        }
+    };
     Ok(Classified {
         kind,
         action,
-        resource: Resource::Route(Route {
-            host: host.to_ascii_lowercase(),
-            // A case-insensitive forge serves /Acme/Secrets/... as /acme/secrets/..., so route
-            // policies are matched against the lower-cased path there.
-            path: if flavor.case_insensitive() {
-                decoded.to_lowercase()
-            } else {
-                decoded.clone()
-            },
-            method: method.to_owned(),
-        }),
+        resource,
         forward_path: path.encoded(),
-        decoded_path: decoded,
+        decoded_path: path.decoded(),
         forward_query: forwarded_query(flavor, query),
-        wiki: false,
+        wiki,
+        via,
+        moves,
     })
 }
 
@@ -590,16 +725,214 @@ mod tests {
     }
 
     #[test]
-    fn routes_on_a_case_insensitive_forge_are_matched_lower_case() -> Result<(), PathError> {
-        let r = c("GET", "/ACME/Secrets/src/branch/main", None)?;
-        assert_eq!(r.resource.repo(), None);
-        match r.resource {
-            Resource::Route(route) => assert_eq!(route.path, "/acme/secrets/src/branch/main"),
-            Resource::Repo(_) => panic!("not a route"),
+    fn a_repository_s_web_pages_are_the_repository_in_every_spelling() -> Result<(), PathError> {
+        let r = c("GET", "/ACME/Secrets/src/branch/main/Docs/A.md", None)?;
+        assert_eq!(r.resource, repo("acme", "secrets"));
+        assert_eq!(
+            (r.kind, r.action, r.via),
+            (RequestKind::Web, Action::RepoRead, Via::Web)
+        );
+        // The path goes upstream as it came (the forge's router is case-sensitive).
+        assert_eq!(r.forward_path, "/ACME/Secrets/src/branch/main/Docs/A.md");
+        // Suffixes the forge folds name the same repository (routes/README.md, issue examples).
+        for (m, p) in [
+            ("GET", "/acme/secrets.git/archive/main.zip"),
+            ("GET", "/acme/secrets.rss"),
+            ("GET", "/acme/Secrets.atom"),
+            ("GET", "/acme/secrets.git"),
+            ("GET", "/acme/secrets"),
+            ("POST", "/acme/secrets/issues/new"),
+            ("GET", "/acme/secrets/settings"),
+            ("GET", "/acme/secrets/some/route/no/forge/has"),
+        ] {
+            assert_eq!(c(m, p, None)?.resource, repo("acme", "secrets"), "{m} {p}");
         }
-        // the forwarded path keeps its case (file names in a repository are case-sensitive)
-        assert_eq!(r.forward_path, "/ACME/Secrets/src/branch/main");
+        // Git served at other paths is Git.
+        let g = c("GET", "/acme/secrets.git/objects/info/commit-graph", None)?;
+        assert_eq!((g.kind, g.action), (RequestKind::GitDumb, Action::GitRead));
+        assert_eq!(g.resource, repo("acme", "secrets"));
         Ok(())
+    }
+
+    #[test]
+    fn what_a_route_does_decides_its_action() -> Result<(), PathError> {
+        let a = |m: &str, p: &str| c(m, p, None).map(|r| r.action);
+        assert_eq!(a("GET", "/acme/api/src/branch/main")?, Action::RepoRead);
+        assert_eq!(a("POST", "/acme/api/issues/new")?, Action::RepoWrite);
+        assert_eq!(a("POST", "/acme/api/markup")?, Action::RepoRead);
+        assert_eq!(a("GET", "/acme/api/settings/hooks")?, Action::RepoAdmin);
+        assert_eq!(
+            a("POST", "/acme/api/settings/collaboration")?,
+            Action::RepoAdmin
+        );
+        // Unknown routes: read for a safe method, write for any other; never a free route.
+        assert_eq!(a("GET", "/acme/api/-/brand-new")?, Action::RepoRead);
+        assert_eq!(a("PATCH", "/acme/api/-/brand-new")?, Action::RepoWrite);
+        // Owners.
+        let o = c("GET", "/Acme", None)?;
+        assert_eq!(
+            o.resource,
+            Resource::Owner(OwnerRef {
+                name: "acme".into()
+            })
+        );
+        assert_eq!(o.forward_path, "/Acme");
+        assert_eq!(
+            c("GET", "/alice.keys", None)?.resource,
+            Resource::Owner(OwnerRef {
+                name: "alice".into()
+            })
+        );
+        assert_eq!(a("GET", "/org/acme/settings")?, Action::OwnerAdmin);
+        assert_eq!(a("GET", "/org/acme/teams")?, Action::OwnerRead);
+        assert_eq!(a("POST", "/acme/-/projects/new")?, Action::OwnerWrite);
+        // Instance pages.
+        assert_eq!(a("GET", "/user/settings")?, Action::WebAccess);
+        assert_eq!(a("GET", "/avatar/abc")?, Action::WebAccess);
+        // Under a name only recent versions reserve, only the exact route is the instance's.
+        assert_eq!(
+            c("GET", "/avatar/abc/settings", None)?.resource,
+            repo("avatar", "abc")
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn refs_moved_through_the_web_ui_and_the_api_are_writes_of_code() -> Result<(), PathError> {
+        for (m, p, how) in [
+            ("POST", "/acme/api/_edit/main/README.md", RefMove::Commit),
+            ("POST", "/acme/api/branches/delete", RefMove::BranchDelete),
+            ("POST", "/acme/api/pulls/1/merge", RefMove::Merge),
+            ("PUT", "/api/v1/repos/acme/api/contents/x", RefMove::Commit),
+            (
+                "DELETE",
+                "/api/v1/repos/acme/api/branches/main",
+                RefMove::BranchDelete,
+            ),
+            ("POST", "/api/v1/repos/acme/api/tags", RefMove::TagCreate),
+        ] {
+            let r = c(m, p, None)?;
+            assert_eq!(
+                (r.action, r.moves),
+                (Action::GitWrite, Some(how)),
+                "{m} {p}"
+            );
+            assert_eq!(r.resource, repo("acme", "api"), "{m} {p}");
+        }
+        Ok(())
+    }
+
+    /// The forge's router reads route names case-sensitively: what goes upstream is read there as
+    /// it was read here (found by the fuzzer, `fuzz/seeds/path_classify/case-changes-route`).
+    #[test]
+    fn the_forwarded_path_is_read_upstream_as_it_was_here() -> Result<(), PathError> {
+        for p in [
+            "/Api/repos/x",
+            "/api/v1/repos/Issues/Search",
+            "/api/v1/repos/search/x/y",
+            "/User/settings",
+            "/Avatar/abc",
+        ] {
+            let r = c("GET", p, None)?;
+            let again = c("GET", &r.forward_path, None)?;
+            assert_eq!(
+                (again.resource, again.action),
+                (r.resource, r.action),
+                "{p}"
+            );
+        }
+        assert_eq!(
+            c("GET", "/api/v1/repos/search/x/y", None)?.resource,
+            repo("search", "x")
+        );
+        Ok(())
+    }
+
+    /// Found in review: each a way to reach a repository under another name than a policy knows.
+    #[test]
+    fn suffixes_packages_and_admin_pages_are_read_as_the_forge_reads_them() -> Result<(), PathError>
+    {
+        // Gitea trims `.git`, then `.rss`, then `.atom`: these are all acme/secrets.
+        for p in [
+            "/acme/secrets.rss.git/raw/branch/main/prod.env",
+            "/acme/secrets.atom.git",
+            "/acme/secrets.atom.rss",
+            "/acme/secrets.atom.rss.git/settings",
+        ] {
+            assert_eq!(c("GET", p, None)?.resource, repo("acme", "secrets"), "{p}");
+        }
+        // What is left ending in a suffix no repository can have is refused, not guessed at.
+        for p in [
+            "/acme/secrets.git.rss",
+            "/acme/secrets.wiki/settings",
+            "/acme/Secrets.RSS",
+        ] {
+            assert_eq!(c("GET", p, None), Err(PathError::BadRepoName), "{p}");
+        }
+        // The API trims nothing.
+        assert_eq!(
+            c("GET", "/api/v1/repos/acme/secrets.git", None),
+            Err(PathError::BadRepoName)
+        );
+        // The admin panel of Gitea 1.23 and Forgejo, and the package registry of an owner.
+        let admin = c("GET", "/-/admin/users", None)?;
+        assert_eq!(admin.action, Action::WebAccess);
+        let pkg = c("PUT", "/api/packages/Acme/generic/p/1.0/f", None)?;
+        assert_eq!(
+            (pkg.resource, pkg.action, pkg.via),
+            (
+                Resource::Owner(OwnerRef {
+                    name: "acme".into()
+                }),
+                Action::OwnerWrite,
+                Via::Api
+            )
+        );
+        // Gogs lets a repository be named `-`.
+        let gogs = classify(ForgeFlavor::Gogs, "GET", "h", "/acme/-/src/master/x", None)?;
+        assert_eq!(gogs.resource, repo("acme", "-"));
+        // Only a GET of `repos/issues/search` is the search; a POST falls through to a repository.
+        assert_eq!(
+            c("POST", "/api/v1/repos/issues/search", None)?.resource,
+            repo("issues", "search")
+        );
+        // What follows a repository's names is its own: a file called `users/Zoë.md` is fine.
+        assert!(
+            c(
+                "GET",
+                "/api/v1/repos/acme/api/contents/users/Zo%C3%AB.md",
+                None
+            )
+            .is_ok()
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn dumb_http_at_any_depth_of_a_plain_git_server_is_refused() {
+        for p in [
+            "/secret/objects/info/packs",
+            "/secret/objects/pack/pack-0123.pack",
+            "/a/b/c/HEAD",
+            "/a/b/c/objects/ab/cdef",
+        ] {
+            assert_eq!(
+                classify(ForgeFlavor::Generic, "GET", "h", p, None),
+                Err(PathError::BadRepoName),
+                "{p}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_repository_named_by_number_is_refused() {
+        for p in ["/api/v1/repositories/7", "/repo/fork/7"] {
+            assert_eq!(
+                c("POST", p, None),
+                Err(PathError::NumberedRepository),
+                "{p}"
+            );
+        }
     }
 
     #[test]
@@ -688,13 +1021,20 @@ mod tests {
     #[test]
     fn repo_api() -> Result<(), PathError> {
         let r = c("GET", "/api/v1/repos/Demo/Hello/issues", Some("state=open"))?;
-        assert_eq!((r.kind, r.action), (RequestKind::RepoApi, Action::ApiRead));
+        assert_eq!(
+            (r.kind, r.action, r.via),
+            (RequestKind::RepoApi, Action::RepoRead, Via::Api)
+        );
         assert_eq!(r.resource, repo("demo", "hello"));
-        assert_eq!(r.forward_path, "/api/v1/repos/demo/hello/issues");
+        assert_eq!(r.forward_path, "/api/v1/repos/Demo/Hello/issues");
         assert_eq!(r.forward_query.as_deref(), Some("state=open"));
         assert_eq!(
             c("DELETE", "/api/v1/repos/demo/hello", None)?.action,
-            Action::ApiWrite
+            Action::RepoAdmin
+        );
+        assert_eq!(
+            c("POST", "/api/v1/repos/demo/hello/issues", None)?.action,
+            Action::RepoWrite
         );
         let s = c("GET", "/api/v1/repos/search", Some("q=x"))?;
         assert_eq!(s.kind, RequestKind::Api);
@@ -708,7 +1048,7 @@ mod tests {
     }
 
     #[test]
-    fn everything_else_is_a_route() -> Result<(), PathError> {
+    fn instance_pages_are_routes() -> Result<(), PathError> {
         let r = c("GET", "/explore/repos/", None)?;
         assert_eq!(r.kind, RequestKind::Web);
         assert_eq!(r.action, Action::WebAccess);
@@ -720,9 +1060,15 @@ mod tests {
                 method: "GET".into()
             })
         );
-        // a repository's web page is a route too
-        assert_eq!(c("GET", "/demo/hello", None)?.kind, RequestKind::Web);
-        assert_eq!(c("GET", "/demo/hello.git", None)?.kind, RequestKind::Web);
+        // The forge's router matches its own pages case-sensitively: `/Explore/repos` is not the
+        // explore page but the path of a repository (of a user no one can be).
+        assert_eq!(
+            c("GET", "/Explore/repos", None)?.resource,
+            repo("explore", "repos")
+        );
+        // A generic upstream has no web UI of its own: every other path is a route.
+        let g = classify(ForgeFlavor::Generic, "GET", "h", "/demo/hello", None)?;
+        assert_eq!((g.kind, g.action), (RequestKind::Web, Action::WebAccess));
         Ok(())
     }
 

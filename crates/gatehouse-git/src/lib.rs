@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod classify;
+mod forge;
 mod lfs;
 mod path;
 mod pktline;
@@ -15,6 +16,7 @@ mod query;
 mod ssh;
 
 pub use classify::{Classified, ForgeFlavor, GitService, RequestKind, classify};
+pub use forge::{RefMove, RouteClass, RuleError, Target, Verdict, api_route, rules_ok, web_route};
 pub use lfs::{LfsBatchError, LfsOperation, lfs_batch_operation};
 pub use path::{MAX_PATH_LEN, NormalizedPath, PathError, normalize_path};
 pub use pktline::{BadPktLength, PKT_MAX, Pkt, PktLength, pkt_length, read_pkt};

@@ -33,6 +33,10 @@ pub enum PathError {
     /// A query parameter that Gatehouse must read appears twice or is malformed.
     #[error("ambiguous or malformed query")]
     BadQuery,
+    /// A forge route that names a repository only by its number (`/api/v1/repositories/{id}`):
+    /// which repository it reaches cannot be known without asking the forge.
+    #[error("the route names a repository only by number, so Gatehouse cannot decide it")]
+    NumberedRepository,
 }
 
 /// The longest request path accepted, in bytes before decoding.

@@ -605,6 +605,7 @@ impl Gateway {
             method,
             host,
             wiki: false,
+            via: gatehouse_core::Via::Git,
             git_ref: None,
         }
     }

@@ -368,6 +368,7 @@ fn forwarded_host(host: &str, port: Option<u16>) -> Cow<'_, str> {
 fn describe(action: Action, resource: &Resource) -> String {
     match resource {
         Resource::Repo(r) => format!("{action} on {r}"),
+        Resource::Owner(o) => format!("{action} on {o}"),
         Resource::Route(r) => format!("{action} on {} {}", r.method, r.path),
     }
 }
@@ -653,8 +654,9 @@ impl Gateway {
                     });
                     rec.reason = Some(refusal.code());
                 } else if rec.reason.is_none() {
-                    // Refused before the policy was asked (a cross-site write): the refusal's
-                    // own reason.
+                    // Refused before the policy was asked (a cross-site write, a repository
+                    // named by number): the refusal's own reason.
+                    rec.decision = Some("deny");
                     rec.reason = Some(refusal.code());
                 }
                 refusal.to_response(kind, &request_id)
@@ -792,13 +794,18 @@ impl Gateway {
             req.uri().query(),
         )
         .map_err(|e| {
-            (
-                Refusal::BadRequest {
+            let refusal = match e {
+                // Well-formed, but Gatehouse cannot tell which repository it reaches.
+                gatehouse_git::PathError::NumberedRepository => Refusal::Forbidden {
+                    reason: "repository_named_by_number".into(),
+                    what: "a route that names a repository only by number".into(),
+                },
+                e => Refusal::BadRequest {
                     code: "bad_path",
                     detail: e.to_string(),
                 },
-                early_kind,
-            )
+            };
+            (refusal, early_kind)
         })?;
         let kind = client_kind(Some(&c), req.headers());
         *action_label = c.action.as_str();
@@ -909,6 +916,7 @@ impl Gateway {
                 method: &method,
                 host: &adm.host,
                 wiki: c.wiki,
+                via: c.via,
                 git_ref: None,
             },
         });
@@ -1201,6 +1209,7 @@ impl Gateway {
                 method,
                 host: &adm.host,
                 wiki: c.wiki,
+                via: c.via,
                 git_ref: None,
             },
             &push,

@@ -14,7 +14,7 @@ use cedar_policy::{
     Authorizer, Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicyId,
     PolicySet, Request, RestrictedExpression, Schema, ValidationMode, Validator,
 };
-use gatehouse_core::{Action, Decision, Principal, PrincipalKind, Resource};
+use gatehouse_core::{Action, Decision, Principal, PrincipalKind, Resource, Via};
 use gatehouse_git::PushRequest;
 
 /// The Cedar schema every policy file is validated against.
@@ -55,6 +55,8 @@ pub struct RequestFacts<'a> {
     pub host: &'a str,
     /// The request is for a repository's wiki.
     pub wiki: bool,
+    /// Which way the request reaches the forge (`context.via`).
+    pub via: Via,
     /// For the ref actions: the ref and its old and new object ids.
     pub git_ref: Option<RefFacts<'a>>,
 }
@@ -134,6 +136,7 @@ struct CacheKey {
     method: String,
     host: String,
     wiki: bool,
+    via: Via,
     git_ref: Option<(String, String, String)>,
 }
 
@@ -151,6 +154,7 @@ impl CacheKey {
             method: q.facts.method.to_owned(),
             host: q.facts.host.to_owned(),
             wiki: q.facts.wiki,
+            via: q.facts.via,
             git_ref: q
                 .facts
                 .git_ref
@@ -169,6 +173,7 @@ impl CacheKey {
                 method: &self.method,
                 host: &self.host,
                 wiki: self.wiki,
+                via: self.via,
                 git_ref: self
                     .git_ref
                     .as_ref()
@@ -192,6 +197,7 @@ struct KeyView<'a> {
     method: &'a str,
     host: &'a str,
     wiki: bool,
+    via: Via,
     git_ref: Option<(&'a str, &'a str, &'a str)>,
 }
 
@@ -202,6 +208,7 @@ impl<'a> KeyView<'a> {
             method,
             host,
             wiki,
+            via,
             git_ref,
         } = q.facts;
         Self {
@@ -212,6 +219,7 @@ impl<'a> KeyView<'a> {
             method,
             host,
             wiki,
+            via,
             git_ref: git_ref.map(|r| (r.name, r.old, r.new)),
         }
     }
@@ -285,6 +293,25 @@ impl PolicyEngine {
         if !result.validation_passed() {
             let msgs: Vec<String> = result.validation_errors().map(|e| format!("{e}")).collect();
             return Err(PolicyError::Validation(msgs.join("; ")));
+        }
+        // A policy that can never apply is a mistake, and a dangerous one in a `forbid` (one
+        // written for an action that no longer applies to that resource protects nothing): it is
+        // refused, not warned about.
+        let never: Vec<String> = result
+            .validation_warnings()
+            .filter(|w| {
+                matches!(
+                    w,
+                    cedar_policy::ValidationWarning::ImpossiblePolicy(_)
+                        | cedar_policy::ValidationWarning::InvalidActionApplication(_)
+                )
+            })
+            .map(|w| {
+                format!("{w} (this policy can never apply; see the actions in docs/policy.md)")
+            })
+            .collect();
+        if !never.is_empty() {
+            return Err(PolicyError::Validation(never.join("; ")));
         }
         let action_entities = schema
             .action_entities()
@@ -390,6 +417,17 @@ impl PolicyEngine {
                     vec![Entity::new_no_attrs(forge, HashSet::new()), owner_e, repo_e],
                 ))
             }
+            Resource::Owner(owner) => {
+                let forge = uid("Forge", &self.forge);
+                let id = uid("Owner", &owner.name);
+                let e = Entity::new(
+                    id.clone(),
+                    HashMap::from([("name".to_owned(), s(&owner.name))]),
+                    HashSet::from([forge.clone()]),
+                )
+                .map_err(|e| e.to_string())?;
+                Ok((id, vec![Entity::new_no_attrs(forge, HashSet::new()), e]))
+            }
             Resource::Route(route) => {
                 let id = uid(
                     "Route",
@@ -426,6 +464,7 @@ impl PolicyEngine {
                 "wiki".to_owned(),
                 RestrictedExpression::new_bool(q.facts.wiki),
             ),
+            ("via".to_owned(), s(q.facts.via.as_str())),
         ];
         if let Some(r) = q.facts.git_ref {
             pairs.push(("ref".to_owned(), s(r.name)));

@@ -90,6 +90,7 @@ impl PushGate<'_> {
                 method: "SSH",
                 host: self.host,
                 wiki: self.command.wiki,
+                via: gatehouse_core::Via::Git,
                 git_ref: None,
             },
             push,

@@ -305,6 +305,7 @@ impl russh::server::Handler for Conn {
                 method: "SSH",
                 host: &host,
                 wiki: cmd.wiki,
+                via: gatehouse_core::Via::Git,
                 git_ref: None,
             },
         });

@@ -8,7 +8,7 @@ use crate::proc::{Child, TempDir, hand_over, local_listener, wait_for};
 /// `/api/...` stands in for a forge's REST API (any method, `201` with `{}`), and every request
 /// other than GET, HEAD and OPTIONS is logged with its `X-Request-Id` ([`Self::writes_log`]), so
 /// tests can see what writes reached the upstream.
-/// `GET /_echo` answers with the identity headers it received, so tests can see exactly what
+/// `GET /_echo` (also at `/explore/_echo`) answers with the identity headers it received, so tests can see exactly what
 /// reached the upstream, and with nginx's connection number and protocol version (`upstream_conn`,
 /// `upstream_http`), so tests can see connection reuse. `cookie` comes last: its value has `;`. Without TLS it also listens on a Unix socket ([`Self::unix_socket`]).
 pub struct GitHttpServer {
@@ -113,7 +113,8 @@ http {{
       default_type application/json;
       return 201 "{{}}\n";
     }}
-    location = /_echo {{
+    # Also under /explore/: a forge's instance page (on Gitea, /_echo would be a user's).
+    location ~ ^/(explore/)?_echo$ {{
       default_type text/plain;
       return 200 "user=$http_x_webauth_user;email=$http_x_webauth_email;fullname=$http_x_webauth_fullname;authorization=$http_authorization;assertion=$http_x_gatehouse_assertion;xff=$http_x_forwarded_for;proto=$http_x_forwarded_proto;request_id=$http_x_request_id;traceparent=$http_traceparent;remote_user=$http_remote_user;connection=$http_connection;client_dn=$ssl_client_s_dn;groups=$http_x_gatehouse_groups;xfh=$http_x_forwarded_host;login=$http_x_webauth_login;xfu=$http_x_forwarded_user;other=$http_x_gatehouse_other;custom=$http_x_custom_identity;upstream_conn=$connection;upstream_http=$server_protocol;host=$http_host;auth_request=$http_x_auth_request_user;authentik=$http_x_authentik_username;sudo=$http_sudo;original_url=$http_x_original_url;rewrite_url=$http_x_rewrite_url;xfat=$http_x_forwarded_access_token;xremote=$http_x_remote_user;remote_email=$http_remote_email;thing=$http_x_custom_thing;args=$args;cookie=$http_cookie\n";
     }}

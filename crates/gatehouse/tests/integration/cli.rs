@@ -270,7 +270,12 @@ fn upstream_over_https_with_a_client_certificate() {
         .policy(POLICY)
         .start();
     let tok = format!("Bearer {}", with_cert.token("alice", &["dev"]));
-    let (s, raw) = raw_http(with_cert.port, "GET", "/_echo", &[("Authorization", &tok)]);
+    let (s, raw) = raw_http(
+        with_cert.port,
+        "GET",
+        "/explore/_echo",
+        &[("Authorization", &tok)],
+    );
     assert_eq!(s, 200, "{raw}");
     assert!(raw.contains("client_dn=CN=gatehouse-client"), "{raw}");
     // ALPN chose HTTP/2, and requests share that one connection.
@@ -287,7 +292,12 @@ fn upstream_over_https_with_a_client_certificate() {
     };
     let first = conn(&raw);
     for _ in 0..3 {
-        let (s, again) = raw_http(with_cert.port, "GET", "/_echo", &[("Authorization", &tok)]);
+        let (s, again) = raw_http(
+            with_cert.port,
+            "GET",
+            "/explore/_echo",
+            &[("Authorization", &tok)],
+        );
         assert_eq!(s, 200, "{again}");
         assert_eq!(conn(&again), first, "{again}");
     }
@@ -307,7 +317,12 @@ fn upstream_over_https_with_a_client_certificate() {
         .policy(POLICY)
         .start();
     let tok = format!("Bearer {}", without.token("alice", &["dev"]));
-    let (s, raw) = raw_http(without.port, "GET", "/_echo", &[("Authorization", &tok)]);
+    let (s, raw) = raw_http(
+        without.port,
+        "GET",
+        "/explore/_echo",
+        &[("Authorization", &tok)],
+    );
     assert_eq!(
         s, 400,
         "nginx should refuse a request without a client certificate: {raw}"
@@ -321,7 +336,12 @@ fn upstream_over_https_with_a_client_certificate() {
         .no_wait_ready()
         .start();
     let tok = format!("Bearer {}", untrusted.token("alice", &["dev"]));
-    let (s, raw) = raw_http(untrusted.port, "GET", "/_echo", &[("Authorization", &tok)]);
+    let (s, raw) = raw_http(
+        untrusted.port,
+        "GET",
+        "/explore/_echo",
+        &[("Authorization", &tok)],
+    );
     assert_eq!(s, 502, "{raw}");
     assert!(raw.contains("upstream_unavailable"), "{raw}");
 }

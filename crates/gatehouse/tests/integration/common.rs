@@ -11,11 +11,11 @@ pub fn builder() -> GatewayBuilder {
     GatewayBuilder::new(&bin())
 }
 
-/// `GET /_echo` through the gateway on `port` (the test upstream's page that prints the request
-/// headers it received as `name=value;` pairs); asserts a 200 and returns the whole response and
-/// its body.
+/// `GET /explore/_echo` through the gateway on `port` (the test upstream's page that prints the
+/// request headers it received as `name=value;` pairs; under `/explore/`, an instance page on a
+/// forge); asserts a 200 and returns the whole response and its body.
 pub fn echo(port: u16, headers: &[(&str, &str)]) -> (String, String) {
-    let (status, raw) = gatehouse_testkit::raw_http(port, "GET", "/_echo", headers);
+    let (status, raw) = gatehouse_testkit::raw_http(port, "GET", "/explore/_echo", headers);
     assert_eq!(status, 200, "{raw}");
     let body = raw.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
     (raw, body)
@@ -80,7 +80,7 @@ permit(principal == Gatehouse::ServiceAccount::"ci-bot",
 
 @id("echo")
 permit(principal, action == Gatehouse::Action::"web:access", resource is Gatehouse::Route)
-  when { resource.path == "/_echo" };
+  when { resource.path == "/_echo" || resource.path == "/explore/_echo" };
 "#;
 
 /// Repositories demo/hello and secret/repo; returns the directory and secret/repo's commit.

@@ -12,7 +12,7 @@ use crate::common::{POLICY, bin, builder, clone_demo, commit_file, repos};
 
 const API_WRITES: &str = r#"
 @id("dev-api")
-permit(principal in Gatehouse::Group::"dev", action == Gatehouse::Action::"api:write",
+permit(principal in Gatehouse::Group::"dev", action == Gatehouse::Action::"repo:write",
        resource in Gatehouse::Owner::"demo");
 "#;
 

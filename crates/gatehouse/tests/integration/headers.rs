@@ -123,7 +123,7 @@ fn the_upstream_sees_only_gatehouse_identity_headers() {
     assert_eq!(rec["source"], "127.0.0.1", "{rec}");
     assert_eq!(rec["host"], "127.0.0.1", "{rec}");
     assert_eq!(rec["method"], "GET", "{rec}");
-    assert_eq!(rec["path"], "/_echo", "{rec}");
+    assert_eq!(rec["path"], "/explore/_echo", "{rec}");
     assert_eq!(rec["action"], "web:access", "{rec}");
     assert_eq!(rec["decision"], "allow", "{rec}");
     assert_eq!(rec["policy"], "echo", "{rec}");
@@ -140,7 +140,12 @@ fn the_upstream_sees_only_gatehouse_identity_headers() {
     }
 
     // Without credentials the forged header gets nowhere.
-    let (status, raw) = raw_http(gw.port, "GET", "/_echo", &[("X-WEBAUTH-USER", "admin")]);
+    let (status, raw) = raw_http(
+        gw.port,
+        "GET",
+        "/explore/_echo",
+        &[("X-WEBAUTH-USER", "admin")],
+    );
     assert_eq!(status, 401, "{raw}");
     assert!(!raw.contains("user=admin"));
     drop(gw);
@@ -176,7 +181,7 @@ fn no_spelling_of_an_identity_header_or_forge_credential_reaches_the_upstream() 
     let (status, raw) = raw_http(
         gw.port,
         "GET",
-        "/_echo?token=t1&keep=1&access_token=t2&%73udo=admin&sudoku=9",
+        "/explore/_echo?token=t1&keep=1&access_token=t2&%73udo=admin&sudoku=9",
         &[
             ("Authorization", &format!("Bearer {alice}")),
             ("X_WEBAUTH_LOGIN", "admin"),

@@ -120,7 +120,7 @@ permit(principal in Gatehouse::Group::"dev", action == Gatehouse::Action::"lfs:r
        resource in Gatehouse::Owner::"demo");
 
 @id("api-writers")
-permit(principal in Gatehouse::Group::"api-writers", action == Gatehouse::Action::"api:write",
+permit(principal in Gatehouse::Group::"api-writers", action == Gatehouse::Action::"repo:write",
        resource in Gatehouse::Owner::"demo");
 "#;
 
@@ -216,7 +216,7 @@ fn an_lfs_batch_is_read_as_the_forge_reads_it_and_forge_names_are_checked_on_eve
         a.lines().any(|l| {
             l.contains("\"request_id\":\"api-write-by-alice\"")
                 && l.contains("\"decision\":\"deny\"")
-                && l.contains("\"action\":\"api:write\"")
+                && l.contains("\"action\":\"repo:write\"")
         })
     });
 
@@ -265,7 +265,7 @@ fn a_cross_site_write_is_refused_whatever_credential_the_browser_replays() {
     let post = |extra: &[(&str, &str)]| {
         let mut h = vec![("Authorization", basic.as_str()), ("Content-Length", "0")];
         h.extend_from_slice(extra);
-        raw_http(gw.port, "POST", "/_echo", &h)
+        raw_http(gw.port, "POST", "/explore/_echo", &h)
     };
     // Each with its own request id, to find it upstream (it must not be there) and on record.
     for extra in [
@@ -291,7 +291,7 @@ fn a_cross_site_write_is_refused_whatever_credential_the_browser_replays() {
     let (s, raw) = raw_http(
         gw.port,
         "POST",
-        "/_echo",
+        "/explore/_echo",
         &[
             ("Authorization", &bearer),
             ("Sec-Fetch-Site", "cross-site"),
@@ -323,7 +323,7 @@ fn a_cross_site_write_is_refused_whatever_credential_the_browser_replays() {
         let rid = format!(r#""request_id":"{id}""#);
         let record = denial(&gw, id, |l| l.contains(&rid));
         assert!(
-            record.contains(r#""path":"/_echo""#)
+            record.contains(r#""path":"/explore/_echo""#)
                 && record.contains(r#""status":403"#)
                 && record.contains(r#""reason":"cross_site_request""#),
             "{record}"
@@ -333,7 +333,7 @@ fn a_cross_site_write_is_refused_whatever_credential_the_browser_replays() {
     let (s, raw) = raw_http(
         gw.port,
         "GET",
-        "/_echo",
+        "/explore/_echo",
         &[("Authorization", &basic), ("Sec-Fetch-Site", "cross-site")],
     );
     assert_eq!(s, 200, "{raw}");

@@ -9,6 +9,7 @@ mod cli_login;
 mod common;
 mod crash;
 mod forge_groups;
+mod forge_routes;
 mod git_http;
 mod headers;
 mod holes;

@@ -56,7 +56,12 @@ fn upstream_failures_are_502_and_504_with_problem_details() {
         .no_wait_ready()
         .start();
     let auth = format!("Bearer {}", gw.token("alice", &["dev"]));
-    let (s, raw) = raw_http(gw.port, "GET", "/_echo", &[("Authorization", &auth)]);
+    let (s, raw) = raw_http(
+        gw.port,
+        "GET",
+        "/explore/_echo",
+        &[("Authorization", &auth)],
+    );
     assert_eq!(s, 502, "{raw}");
     assert!(raw.contains("\"code\":\"upstream_unavailable\""), "{raw}");
     let (s, ready) = raw_http(gw.admin_port, "GET", "/readyz", &[]);
@@ -75,7 +80,12 @@ fn upstream_failures_are_502_and_504_with_problem_details() {
         .start();
     let auth = format!("Bearer {}", gw.token("alice", &["dev"]));
     let start = Instant::now();
-    let (s, raw) = raw_http(gw.port, "GET", "/_echo", &[("Authorization", &auth)]);
+    let (s, raw) = raw_http(
+        gw.port,
+        "GET",
+        "/explore/_echo",
+        &[("Authorization", &auth)],
+    );
     assert_eq!(s, 504, "{raw}");
     assert!(start.elapsed() < Duration::from_secs(10));
     assert!(raw.contains("\"code\":\"upstream_timeout\""), "{raw}");
@@ -134,7 +144,7 @@ fn a_response_body_the_upstream_stops_sending_is_cut_off_and_audited() {
     let mut s = TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
     write!(
         s,
-        "GET /_echo HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {auth}\r\n\r\n"
+        "GET /explore/_echo HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {auth}\r\n\r\n"
     )
     .unwrap();
     // The client gets the head and the ten bytes, then the connection is closed: it is not left
@@ -291,7 +301,7 @@ fn a_request_the_client_abandons_before_its_response_is_still_audited() {
     let hung_port = fault_upstream(b"");
     let policy = format!(
         "{POLICY}\n@id(\"api-write\")\npermit(principal in Gatehouse::Group::\"dev\", \
-         action == Gatehouse::Action::\"api:write\", resource in Gatehouse::Owner::\"demo\");\n"
+         action == Gatehouse::Action::\"repo:write\", resource in Gatehouse::Owner::\"demo\");\n"
     );
     let gw = builder()
         .with_upstream_url(&format!("http://127.0.0.1:{hung_port}"))
@@ -328,7 +338,7 @@ fn a_request_the_client_abandons_before_its_response_is_still_audited() {
     assert_eq!(rec["event"], "request", "{rec}");
     assert_eq!(rec["outcome"], "aborted", "{rec}");
     assert_eq!(rec["decision"], "allow", "{rec}");
-    assert_eq!(rec["action"], "api:write", "{rec}");
+    assert_eq!(rec["action"], "repo:write", "{rec}");
     assert_eq!(rec["repo"], "demo/hello", "{rec}");
     assert_eq!(rec["principal"]["subject"], "alice", "{rec}");
     assert_eq!(rec["bytes_in"], 11, "{rec}");
@@ -338,7 +348,7 @@ fn a_request_the_client_abandons_before_its_response_is_still_audited() {
     let metrics = gw.metrics();
     assert!(
         metrics.contains(
-            "gatehouse_requests_total{action=\"api:write\",decision=\"allow\",status=\"499\"} 1"
+            "gatehouse_requests_total{action=\"repo:write\",decision=\"allow\",status=\"499\"} 1"
         ),
         "{metrics}"
     );
@@ -370,7 +380,7 @@ fn an_http2_connection_whose_streams_were_reset_still_goes_idle() {
         .server_extra("idle_timeout = \"1s\"")
         .start();
     let auth = format!("Bearer {}", gw.token("alice", &["dev"]));
-    let url = format!("{}/_echo", gw.url());
+    let url = format!("{}/explore/_echo", gw.url());
     let port = gw.port;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -474,7 +484,14 @@ fn the_upstream_going_away_and_coming_back() {
         .policy(POLICY)
         .start();
     let auth = format!("Bearer {}", gw.token("alice", &["dev"]));
-    let get = || raw_http(gw.port, "GET", "/_echo", &[("Authorization", &auth)]);
+    let get = || {
+        raw_http(
+            gw.port,
+            "GET",
+            "/explore/_echo",
+            &[("Authorization", &auth)],
+        )
+    };
     // Several requests: the gateway keeps connections to the upstream in its pool.
     for _ in 0..5 {
         let (s, raw) = get();
