@@ -118,6 +118,20 @@ pub(crate) struct Access {
     pub(crate) name: String,
     pub(crate) read: bool,
     pub(crate) write: bool,
+    /// In the forge's web UI and API (`repo:read`, `repo:write`, `repo:admin`); `None` with a
+    /// generic upstream, which has neither.
+    pub(crate) web: Option<WebAccess>,
+}
+
+/// What a caller may do with a repository in the forge's web UI and API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct WebAccess {
+    /// View it (`repo:read`).
+    pub(crate) view: bool,
+    /// Work on it: issues, reviews, comments (`repo:write`).
+    pub(crate) work: bool,
+    /// Administer it (`repo:admin`).
+    pub(crate) administer: bool,
 }
 
 /// What the who-am-I page shows.
@@ -216,22 +230,33 @@ pub(crate) fn whoami(w: &WhoAmI<'_>) -> String {
     if w.repos.is_empty() {
         b.push_str("<p class=\"muted\">No listed repository is open to you.</p>");
     } else {
-        b.push_str("<table><thead><tr><th>Repository</th><th>Read (clone, fetch)</th><th>Write (push)</th></tr></thead><tbody>");
+        let web = w.repos.iter().any(|r| r.web.is_some());
+        b.push_str("<table><thead><tr><th>Repository</th><th>Read (clone, fetch)</th><th>Write (push)</th>");
+        if web {
+            b.push_str(
+                "<th>View (web, API)</th><th>Work (issues, reviews)</th><th>Administer</th>",
+            );
+        }
+        b.push_str("</tr></thead><tbody>");
+        let cell = |ok: bool| {
+            if ok {
+                "<td class=\"yes\">yes</td>"
+            } else {
+                "<td class=\"no\">no</td>"
+            }
+        };
         for r in &w.repos {
-            let cell = |ok: bool| {
-                if ok {
-                    "<td class=\"yes\">yes</td>"
-                } else {
-                    "<td class=\"no\">no</td>"
-                }
-            };
             let _ = write!(
                 b,
-                "<tr><td><code>{}</code></td>{}{}</tr>",
+                "<tr><td><code>{}</code></td>{}{}",
                 esc(&r.name),
                 cell(r.read),
                 cell(r.write)
             );
+            if let Some(a) = r.web {
+                let _ = write!(b, "{}{}{}", cell(a.view), cell(a.work), cell(a.administer));
+            }
+            b.push_str("</tr>");
         }
         b.push_str("</tbody></table>");
     }
@@ -257,6 +282,50 @@ mod tests {
             "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
         );
         assert_eq!(query_value("/a b?c=d&e"), "/a%20b%3Fc%3Dd%26e");
+    }
+
+    /// The web and API columns appear in front of a forge, and only there.
+    #[test]
+    fn who_am_i_shows_web_access_only_in_front_of_a_forge() {
+        let p = gatehouse_core::Principal {
+            kind: gatehouse_core::PrincipalKind::User,
+            issuer: "urn:i".into(),
+            subject: "alice".into(),
+            username: "alice".into(),
+            display_name: None,
+            email: None,
+            groups: vec![],
+            token_id: None,
+            expires_at: None,
+        };
+        let page = |web: Option<WebAccess>| {
+            whoami(&WhoAmI {
+                principal: &p,
+                via: "a token".into(),
+                session: None,
+                repos: vec![Access {
+                    name: "acme/api".into(),
+                    read: true,
+                    write: false,
+                    web,
+                }],
+                links: vec![],
+            })
+        };
+        let forge = page(Some(WebAccess {
+            view: true,
+            work: false,
+            administer: false,
+        }));
+        assert!(forge.contains("<th>Administer</th>"), "{forge}");
+        assert!(
+            forge.contains(
+                "<td class=\"yes\">yes</td><td class=\"no\">no</td><td class=\"yes\">yes</td>"
+            ),
+            "{forge}"
+        );
+        let plain = page(None);
+        assert!(!plain.contains("Administer"), "{plain}");
     }
 
     #[test]

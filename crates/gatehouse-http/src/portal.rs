@@ -6,14 +6,15 @@ use std::sync::Arc;
 
 use gatehouse_audit::AuditRecord;
 use gatehouse_authn::AuthnError;
-use gatehouse_core::{Action, Principal, RepoRef, Resource, Route, UnixTime};
+use gatehouse_core::{Action, Principal, RepoRef, Resource, Route, UnixTime, Via};
+use gatehouse_git::ForgeFlavor;
 use gatehouse_policy::{AuthzRequest, RequestFacts};
 use gatehouse_session::{ActiveSession, SessionError, Sessions, safe_return_to};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 
 use crate::body::Body;
-use crate::pages::{self, Access, ChooserEntry, SessionView, WhoAmI};
+use crate::pages::{self, Access, ChooserEntry, SessionView, WebAccess, WhoAmI};
 use gatehouse_audit::AuditPrincipal;
 
 use crate::proxy::{Admitted, Gateway};
@@ -564,9 +565,17 @@ impl Gateway {
                     "renews": s.renews,
                     "refreshes": s.refreshes,
                 })),
-                "repositories": repos.iter().map(|r| serde_json::json!({
-                    "repo": r.name, "read": r.read, "write": r.write,
-                })).collect::<Vec<_>>(),
+                "repositories": repos.iter().map(|r| {
+                    let mut v = serde_json::json!({
+                        "repo": r.name, "read": r.read, "write": r.write,
+                    });
+                    if let Some(w) = r.web {
+                        v["web"] = serde_json::json!({
+                            "view": w.view, "work": w.work, "administer": w.administer,
+                        });
+                    }
+                    v
+                }).collect::<Vec<_>>(),
                 "links": links,
             });
             return Ok(typed_response(
@@ -599,13 +608,13 @@ impl Gateway {
         Ok(self.html(StatusCode::OK, pages::whoami(&view)))
     }
 
-    fn facts<'a>(adm: &'a Admitted, method: &'a str, host: &'a str) -> RequestFacts<'a> {
+    fn facts<'a>(adm: &'a Admitted, method: &'a str, host: &'a str, via: Via) -> RequestFacts<'a> {
         RequestFacts {
             source_ip: adm.client,
             method,
             host,
             wiki: false,
-            via: gatehouse_core::Via::Git,
+            via,
             git_ref: None,
         }
     }
@@ -631,20 +640,32 @@ impl Gateway {
                 owner: owner.to_owned(),
                 name: repo.to_owned(),
             });
-            let ask = |action: Action, method: &str| {
+            let ask = |action: Action, method: &str, via: Via| {
                 policy
                     .evaluate(&AuthzRequest {
                         principal,
                         action,
                         resource: &resource,
-                        facts: Self::facts(adm, method, &adm.host),
+                        facts: Self::facts(adm, method, &adm.host, via),
                     })
                     .allowed
             };
-            let read = ask(Action::GitRead, "GET");
-            let write = ask(Action::GitWrite, "POST");
-            if read || write {
-                out.push(Access { name, read, write });
+            let read = ask(Action::GitRead, "GET", Via::Git);
+            let write = ask(Action::GitWrite, "POST", Via::Git);
+            // In a forge's web UI (asked with `via` "web": a policy may let the API do otherwise).
+            let web = (self.settings.flavor != ForgeFlavor::Generic).then(|| WebAccess {
+                view: ask(Action::RepoRead, "GET", Via::Web),
+                work: ask(Action::RepoWrite, "POST", Via::Web),
+                administer: ask(Action::RepoAdmin, "POST", Via::Web),
+            });
+            let any_web = web.is_some_and(|w| w.view || w.work || w.administer);
+            if read || write || any_web {
+                out.push(Access {
+                    name,
+                    read,
+                    write,
+                    web,
+                });
             }
         }
         out
@@ -671,7 +692,7 @@ impl Gateway {
                         principal,
                         action: Action::WebAccess,
                         resource: &resource,
-                        facts: Self::facts(adm, "GET", &host),
+                        facts: Self::facts(adm, "GET", &host, Via::Web),
                     })
                     .allowed
             })

@@ -4,7 +4,7 @@
 //! number is refused. Every refusal has its allowed twin, never reaches the upstream and is on
 //! record.
 
-use gatehouse_testkit::{GitHttpServer, TempDir, raw_http};
+use gatehouse_testkit::{GitHttpServer, TempDir, TestGateway, raw_http};
 
 use crate::common::{builder, denial, repos};
 
@@ -28,15 +28,19 @@ unless { context.via == "api" };
 permit(principal in Gatehouse::Group::"admins", action in Gatehouse::Action::"admin",
        resource in Gatehouse::Forge::"default");
 
+@id("hello-viewers")
+permit(principal in Gatehouse::Group::"viewers", action == Gatehouse::Action::"repo:read",
+       resource == Gatehouse::Repo::"demo/hello");
+
 @id("secret-closed")
 @reason("restricted_repository")
 forbid(principal, action, resource == Gatehouse::Repo::"secret/repo")
 unless { principal in Gatehouse::Group::"security" };
 "#;
 
-#[test]
-fn web_pages_and_api_routes_are_decided_on_their_repository() {
-    let tmp = TempDir::new("forge-routes");
+/// A Gitea-kind gateway with [`FORGE_POLICY`] in front of nginx serving demo/hello and secret/repo.
+fn forge_gateway(tag: &str) -> (TempDir, GitHttpServer, TestGateway) {
+    let tmp = TempDir::new(tag);
     let (root, _) = repos(&tmp);
     let upstream = GitHttpServer::start(&root);
     let gw = builder()
@@ -44,6 +48,12 @@ fn web_pages_and_api_routes_are_decided_on_their_repository() {
         .forge_kind("gitea")
         .policy(FORGE_POLICY)
         .start();
+    (tmp, upstream, gw)
+}
+
+#[test]
+fn web_pages_and_api_routes_are_decided_on_their_repository() {
+    let (_tmp, upstream, gw) = forge_gateway("forge-routes");
     let bearer = |sub: &str, groups: &[&str]| format!("Bearer {}", gw.token(sub, groups));
     let alice = bearer("alice", &["dev"]);
     let sec = bearer("sam", &["dev", "security"]);
@@ -172,17 +182,52 @@ fn web_pages_and_api_routes_are_decided_on_their_repository() {
     );
 }
 
+/// The who-am-I page says what a caller may do with each listed repository in the web UI and API
+/// as well as over Git.
+#[test]
+fn who_am_i_lists_web_and_api_access_per_repository() {
+    let (_tmp, _upstream, gw) = forge_gateway("forge-whoami");
+    let whoami = |sub: &str, groups: &[&str]| -> serde_json::Value {
+        let auth = format!("Bearer {}", gw.token(sub, groups));
+        let (s, raw) = raw_http(
+            gw.port,
+            "GET",
+            "/.gatehouse/",
+            &[("Authorization", &auth), ("Accept", "application/json")],
+        );
+        assert_eq!(s, 200, "{raw}");
+        serde_json::from_str(raw.split("\r\n\r\n").nth(1).unwrap_or_default()).unwrap()
+    };
+    let hello = |doc: &serde_json::Value| -> serde_json::Value {
+        doc["repositories"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["repo"] == "demo/hello")
+            .cloned()
+            .unwrap_or_else(|| panic!("demo/hello is not listed: {doc}"))
+    };
+    let dev = whoami("alice", &["dev"]);
+    let h = hello(&dev);
+    assert_eq!(h["read"], true, "{h}");
+    assert_eq!(
+        h["web"],
+        serde_json::json!({"view": true, "work": true, "administer": false}),
+        "{h}"
+    );
+    // The closed repository is not listed for a developer.
+    assert!(
+        !dev["repositories"].to_string().contains("secret/repo"),
+        "{dev}"
+    );
+    let admin = whoami("root", &["dev", "admins"]);
+    assert_eq!(hello(&admin)["web"]["administer"], true, "{admin}");
+}
+
 /// `gatehouse policy explain` shows the classification: resource, action, via and the ref move.
 #[test]
 fn policy_explain_shows_what_a_web_route_does() {
-    let tmp = TempDir::new("forge-explain");
-    let (root, _) = repos(&tmp);
-    let upstream = GitHttpServer::start(&root);
-    let gw = builder()
-        .with_upstream_url(&upstream.url())
-        .forge_kind("gitea")
-        .policy(FORGE_POLICY)
-        .start();
+    let (_tmp, _upstream, gw) = forge_gateway("forge-explain");
     let token = gw.token("alice", &["dev"]);
     let out = gw.cli(&[
         "policy",
