@@ -8,6 +8,7 @@
 
 mod classify;
 mod forge;
+mod form;
 mod lfs;
 mod path;
 mod pktline;
@@ -17,6 +18,7 @@ mod ssh;
 
 pub use classify::{Classified, ForgeFlavor, GitService, RequestKind, classify};
 pub use forge::{RefMove, RouteClass, RuleError, Target, Verdict, api_route, rules_ok, web_route};
+pub use form::{Form, FormError};
 pub use lfs::{LfsBatchError, LfsOperation, lfs_batch_operation};
 pub use path::{MAX_PATH_LEN, NormalizedPath, PathError, normalize_path};
 pub use pktline::{BadPktLength, PKT_MAX, Pkt, PktLength, pkt_length, read_pkt};
