@@ -107,14 +107,14 @@ pub enum Verdict {
     Refuse,
 }
 
-/// Where a path is matched.
+/// Where a path is matched; the discriminant indexes [`RuleIndex`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Surface {
-    Repo,
-    Owner,
-    Top,
-    ApiRepo,
-    Api,
+    Repo = 0,
+    Owner = 1,
+    Top = 2,
+    ApiRepo = 3,
+    Api = 4,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -285,10 +285,10 @@ const SURFACES: [Surface; 5] = [
 fn index(rules: Vec<Rule>) -> RuleIndex {
     let mut idx: RuleIndex = Default::default();
     for (f, per_flavor) in idx.iter_mut().enumerate() {
-        for (s, list) in per_flavor.iter_mut().enumerate() {
-            *list = rules
+        for surface in SURFACES {
+            per_flavor[surface as usize] = rules
                 .iter()
-                .filter(|r| r.flavors[f] && r.surface == SURFACES[s])
+                .filter(|r| r.flavors[f] && r.surface == surface)
                 .cloned()
                 .collect();
         }
@@ -359,8 +359,7 @@ fn decide(
         Ok(r) => r,
         Err(_) => return Some(Verdict::Refuse),
     };
-    let s = SURFACES.iter().position(|x| *x == surface).unwrap_or(0);
-    let r = rules[flavor][s]
+    let r = rules[flavor][surface as usize]
         .iter()
         .find(|r| method_matches(r, method) && pattern_matches(&r.pattern, segs))?;
     Some(match r.class {
