@@ -108,6 +108,18 @@ pub fn commit_file(git: &Git, work: &Path, name: &str, content: &str) {
     git.ok(work, &["commit", "-qm", &format!("add {name}")]);
 }
 
+/// Makes the bare repository offer push options (`receive.advertisePushOptions`): to a server
+/// that does not, git refuses to send them and the push never leaves the client.
+pub fn offer_push_options(bare: &Path) {
+    let cfg = std::process::Command::new("git")
+        .args(["-c", "safe.directory=*", "--git-dir"])
+        .arg(bare)
+        .args(["config", "receive.advertisePushOptions", "true"])
+        .output()
+        .unwrap();
+    assert!(cfg.status.success(), "{cfg:?}");
+}
+
 /// The id `full_ref` names in a bare repository on disk; empty when there is none.
 pub fn ref_of(bare: &Path, full_ref: &str) -> String {
     let out = std::process::Command::new("git")

@@ -2,7 +2,7 @@
 //! (`gatehouse_testkit::ForgeStandIn`): no Gitea or Forgejo can be installed from this machine's
 //! registries. It answers like Gitea's `/api/v1/user/orgs` and `/api/v1/user/teams` with `Sudo`.
 
-use gatehouse_testkit::{ForgeStandIn, TempDir, raw_http};
+use gatehouse_testkit::{ForgeStandIn, TempDir, TestGateway, raw_http};
 
 use crate::common::{builder, clone_demo, commit_file, denial, head_of, repos};
 
@@ -14,6 +14,30 @@ permit(principal, action == Gatehouse::Action::"git:read", resource in Gatehouse
 permit(principal in Gatehouse::Group::"forge:acme/release",
        action in [Gatehouse::Action::"git:write"], resource in Gatehouse::Owner::"demo");
 "#;
+
+/// The repositories in `tmp`, the forge stand-in with `users`, and a Gitea-kind gateway over the
+/// built-in upstream that takes groups from it, caching them for `ttl`.
+fn forge_groups_gateway(
+    tmp: &TempDir,
+    users: &serde_json::Value,
+    ttl: &str,
+) -> (std::path::PathBuf, ForgeStandIn, TestGateway) {
+    let (root, _) = repos(tmp);
+    let forge = ForgeStandIn::start(users);
+    let token_file = tmp.path().join("forge-token");
+    std::fs::write(&token_file, &forge.token).unwrap();
+    let gw = builder()
+        .with_builtin_upstream(&root)
+        .forge_kind("gitea")
+        .policy(POLICY)
+        .extra(&format!(
+            "[forge.groups]\napi_url = \"{}\"\ntoken = {{ file = \"{}\" }}\ncache_ttl = \"{ttl}\"\n",
+            forge.url(),
+            token_file.display()
+        ))
+        .start();
+    (root, forge, gw)
+}
 
 fn who(port: u16, token: &str) -> (u16, String) {
     let auth = format!("Bearer {token}");
@@ -28,24 +52,15 @@ fn who(port: u16, token: &str) -> (u16, String) {
 #[test]
 fn team_membership_on_the_forge_opens_a_push_and_outages_fail_closed() {
     let tmp = TempDir::new("forge-groups");
-    let (root, _) = repos(&tmp);
-    let forge = ForgeStandIn::start(&serde_json::json!({
-        "alice": {"orgs": ["acme"], "teams": [["acme", "release"]]},
-        "bob": {"orgs": ["acme"], "teams": [["acme", "readers"]]},
-        "dave": {"orgs": ["acme"], "teams": [["acme", "release"]]},
-    }));
-    let token_file = tmp.path().join("forge-token");
-    std::fs::write(&token_file, &forge.token).unwrap();
-    let gw = builder()
-        .with_builtin_upstream(&root)
-        .forge_kind("gitea")
-        .policy(POLICY)
-        .extra(&format!(
-            "[forge.groups]\napi_url = \"{}\"\ntoken = {{ file = \"{}\" }}\ncache_ttl = \"1h\"\n",
-            forge.url(),
-            token_file.display()
-        ))
-        .start();
+    let (root, forge, gw) = forge_groups_gateway(
+        &tmp,
+        &serde_json::json!({
+            "alice": {"orgs": ["acme"], "teams": [["acme", "release"]]},
+            "bob": {"orgs": ["acme"], "teams": [["acme", "readers"]]},
+            "dave": {"orgs": ["acme"], "teams": [["acme", "release"]]},
+        }),
+        "1h",
+    );
     let alice = gw.token("alice", &[]);
     let bob = gw.token("bob", &[]);
 
@@ -118,22 +133,13 @@ fn team_membership_on_the_forge_opens_a_push_and_outages_fail_closed() {
 #[test]
 fn expired_forge_groups_during_an_outage_refuse_a_push_until_the_forge_is_back() {
     let tmp = TempDir::new("forge-groups-ttl");
-    let (root, _) = repos(&tmp);
-    let forge = ForgeStandIn::start(&serde_json::json!({
-        "alice": {"orgs": ["acme"], "teams": [["acme", "release"]]},
-    }));
-    let token_file = tmp.path().join("forge-token");
-    std::fs::write(&token_file, &forge.token).unwrap();
-    let gw = builder()
-        .with_builtin_upstream(&root)
-        .forge_kind("gitea")
-        .policy(POLICY)
-        .extra(&format!(
-            "[forge.groups]\napi_url = \"{}\"\ntoken = {{ file = \"{}\" }}\ncache_ttl = \"1s\"\n",
-            forge.url(),
-            token_file.display()
-        ))
-        .start();
+    let (root, forge, gw) = forge_groups_gateway(
+        &tmp,
+        &serde_json::json!({
+            "alice": {"orgs": ["acme"], "teams": [["acme", "release"]]},
+        }),
+        "1s",
+    );
     let alice = gw.token("alice", &[]);
     let bare = root.join("demo/hello.git");
     let (git, work) = clone_demo(tmp.path(), &gw.url(), &alice, "alice");

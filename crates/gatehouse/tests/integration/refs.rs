@@ -113,13 +113,7 @@ fn per_ref_rules_over_http() {
     denials_in(&gw.audit_path(), "the refused mixed push", 1, mixed);
     // The same with --atomic and with push options. The upstream offers push options: to a
     // server that does not, git refuses to send them and the push never reaches the gateway.
-    let cfg = std::process::Command::new("git")
-        .args(["-c", "safe.directory=*", "--git-dir"])
-        .arg(&bare)
-        .args(["config", "receive.advertisePushOptions", "true"])
-        .output()
-        .unwrap();
-    assert!(cfg.status.success(), "{cfg:?}");
+    crate::common::offer_push_options(&bare);
     let a = git.run(
         &work,
         &[

@@ -393,13 +393,7 @@ fn git_over_ssh_with_certificates_service_keys_and_refusals() {
     assert!(!crate::common::ref_of(&bare, "refs/tags/v1.0").is_empty());
 
     // Push options pass through the command list parser too.
-    let cfg = Command::new("git")
-        .args(["-c", "safe.directory=*", "--git-dir"])
-        .arg(&bare)
-        .args(["config", "receive.advertisePushOptions", "true"])
-        .output()
-        .unwrap();
-    assert!(cfg.status.success(), "{cfg:?}");
+    crate::common::offer_push_options(&bare);
     alice.ok(
         &work,
         &[
