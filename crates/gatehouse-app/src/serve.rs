@@ -10,7 +10,7 @@ use gatehouse_audit::{AuditOptions, AuditRecord, AuditSink};
 use gatehouse_authn::{Authenticator, OwnIssuer};
 use gatehouse_config::{Config, ForgeKind, LogFormat, read_secret};
 use gatehouse_core::{Clock, SystemClock};
-use gatehouse_forge::ForgeGroups;
+use gatehouse_forge::{ForgeApi, ForgeGroups};
 use gatehouse_git::ForgeFlavor;
 use gatehouse_http::{Gateway, GatewaySettings, Metrics, ServeOptions, TlsReloader, Upstream};
 use gatehouse_policy::PolicyEngine;
@@ -236,6 +236,9 @@ pub(crate) async fn run(
     let forge_groups = ForgeGroups::from_config(&cfg, clock.clone())
         .context("forge groups")?
         .map(Arc::new);
+    let forge_api = ForgeApi::from_config(&cfg, clock.clone())
+        .context("forge API")?
+        .map(Arc::new);
     let sessions = Sessions::from_config(&cfg, &authn, clock.clone())
         .context("browser sessions")?
         .map(Arc::new);
@@ -326,6 +329,7 @@ pub(crate) async fn run(
         )
         .with_sessions(sessions.clone())
         .with_forge_groups(forge_groups)
+        .with_forge_api(forge_api)
         .with_ssh(ssh_gateway.clone()),
     );
 

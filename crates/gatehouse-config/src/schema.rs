@@ -186,6 +186,10 @@ pub struct ForgeConfig {
     /// Add the caller's organisations and teams on the forge to its groups (Gitea, Forgejo).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub groups: Option<ForgeGroupsConfig>,
+    /// The forge's API, asked which refs a web or API route moves when the request does not say
+    /// (a pull request's branches, a release's tag, the default branch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<ForgeApiConfig>,
 }
 
 impl Default for ForgeConfig {
@@ -194,8 +198,27 @@ impl Default for ForgeConfig {
             kind: ForgeKind::default(),
             name: default_forge_name(),
             groups: None,
+            api: None,
         }
     }
+}
+
+/// `[forge.api]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForgeApiConfig {
+    /// The forge's base URL for API calls (default: `upstream.url`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// A token that may read every repository's pull requests and releases (a site
+    /// administrator's, or a read-only one of a user who sees every repository).
+    pub token: SecretSource,
+    /// An answer is reused for this long.
+    #[serde(default = "d10s")]
+    pub cache_ttl: ConfigDuration,
+    /// Timeout of each API call.
+    #[serde(default = "d5s")]
+    pub timeout: ConfigDuration,
 }
 
 /// `[git]`
@@ -698,6 +721,9 @@ impl Config {
         {
             resolve(base, file);
         }
+        if let Some(SecretSource::File { file }) = self.forge.api.as_mut().map(|a| &mut a.token) {
+            resolve(base, file);
+        }
         if let Some(ssh) = &mut self.ssh {
             resolve(base, &mut ssh.host_key);
             resolve(base, &mut ssh.user_ca_key);
@@ -895,6 +921,26 @@ impl Config {
             }
             if g.timeout.0.is_zero() {
                 return bad("forge.groups.timeout", "must be greater than zero");
+            }
+        }
+        if let Some(a) = &self.forge.api {
+            if self.forge.kind == ForgeKind::Generic {
+                return bad(
+                    "forge.api",
+                    "a generic upstream has no forge API: forge.kind must be gitea, forgejo or gogs",
+                );
+            }
+            match a.url.as_deref().or(self.upstream.url.as_deref()) {
+                Some(u) if u.starts_with("http://") || u.starts_with("https://") => {}
+                _ => {
+                    return bad(
+                        "forge.api.url",
+                        "set it to the forge's http:// or https:// URL (the upstream is not one)",
+                    );
+                }
+            }
+            if a.timeout.0.is_zero() {
+                return bad("forge.api.timeout", "must be greater than zero");
             }
         }
         if let Some(tls) = &self.server.tls

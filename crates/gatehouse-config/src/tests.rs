@@ -292,6 +292,40 @@ fn every_key_is_documented() {
 }
 
 #[test]
+fn forge_api_settings_are_checked() {
+    let c = parse(&format!(
+        "{MINIMAL}\n[forge.api]\ntoken = {{ env = \"T\" }}\n"
+    ))
+    .unwrap();
+    let a = c.forge.api.unwrap();
+    assert_eq!(a.cache_ttl.0, std::time::Duration::from_secs(10));
+    assert_eq!(a.url, None);
+    for (extra, key) in [
+        (
+            "[forge]\nkind = \"generic\"\n[forge.api]\ntoken = { env = \"T\" }\n",
+            "forge.api",
+        ),
+        (
+            "[forge.api]\nurl = \"unix:/run/forge.sock\"\ntoken = { env = \"T\" }\n",
+            "forge.api.url",
+        ),
+        (
+            "[forge.api]\ntoken = { env = \"T\" }\ntimeout = \"0s\"\n",
+            "forge.api.timeout",
+        ),
+        (
+            "[forge.api]\ntoken = { env = \"T\" }\nsudo = true\n",
+            "sudo",
+        ),
+    ] {
+        let e = parse(&format!("{MINIMAL}\n{extra}"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(key), "{extra}: {e}");
+    }
+}
+
+#[test]
 fn sign_in_settings_are_checked() {
     let login = "[[issuers]]\nissuer = \"https://idp\"\naudiences = [\"gatehouse\"]\n[issuers.login]\nclient_id = \"gh\"\n";
     let with = |extra: &str, session: &str| parse(&format!("{MINIMAL}\n{login}{extra}\n{session}"));

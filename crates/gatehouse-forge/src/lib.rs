@@ -1,11 +1,14 @@
-//! The forge's REST API as Gatehouse uses it: which organisations and teams a caller belongs to
-//! on Gitea or Forgejo, so that a policy can say "members of the team acme/release". Answers are
-//! cached per user for `forge.groups.cache_ttl`.
+//! The forge's REST API as Gatehouse uses it:
+//! - which organisations and teams a caller belongs to on Gitea or Forgejo, so that a policy can
+//!   say "members of the team acme/release" ([`ForgeGroups`]). Answers are cached per user for
+//!   `forge.groups.cache_ttl`. Calls are made with a site administrator's token acting as the
+//!   caller (`Sudo: <user>`), two calls per user (`/api/v1/user/orgs`, `/api/v1/user/teams`),
+//!   paged;
+//! - what a web or API route that moves refs does not say itself: a pull request's base and head
+//!   branches, a release's tag, a repository's default branch ([`ForgeApi`]), cached briefly.
 //!
-//! Calls are made with a site administrator's token acting as the caller (`Sudo: <user>`), two
-//! calls per user (`/api/v1/user/orgs`, `/api/v1/user/teams`), paged. This crate must not decide
-//! anything or know about HTTP routing; it never logs the token. Time comes from the injected
-//! [`Clock`].
+//! This crate must not decide anything or know about HTTP routing; it never logs the token. Time
+//! comes from the injected [`Clock`].
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
@@ -251,6 +254,9 @@ impl ForgeGroups {
         Ok(Some(all))
     }
 }
+
+mod lookups;
+pub use lookups::{ForgeApi, LookupError, PullBranches};
 
 #[cfg(test)]
 mod tests {

@@ -9,16 +9,19 @@
 mod classify;
 mod forge;
 mod form;
+mod json_body;
 mod lfs;
 mod path;
 mod pktline;
 mod push;
 mod query;
+mod refplan;
 mod ssh;
 
 pub use classify::{Classified, ForgeFlavor, GitService, RequestKind, classify};
 pub use forge::{RefMove, RouteClass, RuleError, Target, Verdict, api_route, rules_ok, web_route};
 pub use form::{Form, FormError};
+pub use json_body::{JsonBodyError, JsonFields, JsonKind, JsonValue, read_json_fields};
 pub use lfs::{LfsBatchError, LfsOperation, lfs_batch_operation};
 pub use path::{MAX_PATH_LEN, NormalizedPath, PathError, normalize_path};
 pub use pktline::{BadPktLength, PKT_MAX, Pkt, PktLength, pkt_length, read_pkt};
@@ -28,4 +31,8 @@ pub use push::{
     refused_push_report, valid_ref_name,
 };
 pub use query::without_forge_credentials;
+pub use refplan::{
+    Fields, PlanError, PlannedMove, RefSource, RouteFields, body_fields, plan_moves,
+    read_route_fields, route_rest,
+};
 pub use ssh::{SshCommand, SshCommandError, SshService, parse_ssh_command};

@@ -5,7 +5,8 @@
 
 use gatehouse_core::{Action, Resource};
 use gatehouse_git::{
-    Classified, ForgeFlavor, PathError, RefMove, RouteClass, Target, Verdict, api_route, classify,
+    Classified, ForgeFlavor, JsonKind, PathError, PlanError, RefMove, RefSource, RouteClass,
+    Target, Verdict, api_route, body_fields, classify, plan_moves, read_route_fields, route_rest,
     web_route,
 };
 
@@ -329,6 +330,132 @@ fn every_forgejo_route_is_classified_as_its_router_source_says() {
 #[test]
 fn every_gogs_route_is_classified_as_its_router_source_says() {
     check_table("gogs", 300);
+}
+
+/// Fields a table lists that name a ref the route reads but does not move (a tag's target, a
+/// new branch's start point), or that do not change which ref moves (a release's draft flag:
+/// Gatehouse asks for the tag either way; a deleted branch's record, which it cannot read).
+const NOT_MOVED: &[&str] = &[
+    "tag_target",
+    "target",
+    "target_commitish",
+    "old_ref_name",
+    "old_branch_name",
+    "draft",
+    "branch_id",
+];
+
+/// Every ref-moving route of a table: Gatehouse reads every field the table says names a moved
+/// ref, and with those fields given, it can say which refs move (or, where the forge's API
+/// cannot say, refuses).
+fn check_moves(name: &str) {
+    let (_, rows) = table(name);
+    let flavor = flavor_of(name);
+    let mut wrong = Vec::new();
+    let mut seen = 0;
+    for row in rows.iter().filter(|r| r.class == "ref") {
+        seen += 1;
+        let path = instantiate(&row.pattern);
+        let at = format!("{name}.tsv:{} {} {path}", row.line, row.method);
+        let c = match classify(flavor, &row.method, "forge.example", &path, None) {
+            Ok(c) => c,
+            Err(e) => {
+                wrong.push(format!("{at}: {e}"));
+                continue;
+            }
+        };
+        let Some(m) = c.moves else {
+            wrong.push(format!("{at}: no ref move"));
+            continue;
+        };
+        let rest = route_rest(&c.decoded_path, c.via);
+        let wanted = body_fields(flavor, m, c.via, &rest);
+        let (op, sources) = row.moves.split_once(':').unwrap_or((&row.moves, ""));
+        assert_eq!(op, m.as_str(), "{at}");
+        let web = c.via == gatehouse_core::Via::Web;
+        // A restored branch's name comes from its record, whatever the form says.
+        let sources_read = if m == RefMove::BranchRestore {
+            ""
+        } else {
+            sources
+        };
+        for src in sources_read.split(',').filter(|s| !s.is_empty()) {
+            let (kind, field) = src.split_once(':').unwrap_or((src, ""));
+            match kind {
+                // Web forms are bound from the body and the query alike.
+                "form" | "query" if web => {}
+                "json" if !web => {}
+                // A JSON body on a web route, and a form on an API route, are refused
+                // (`read_route_fields`).
+                "form" | "query" | "json" => continue,
+                _ => continue,
+            }
+            if NOT_MOVED.contains(&field) {
+                continue;
+            }
+            if !wanted.iter().any(|(w, _)| *w == field) {
+                wrong.push(format!("{at}: `{src}` names a moved ref but is not read"));
+            }
+        }
+        // With every field given, the refs that move are known.
+        let value = |f: &str| match f {
+            "commit_choice" => "direct",
+            "id" => "3",
+            _ => "feature",
+        };
+        let form_body: Vec<String> = wanted
+            .iter()
+            .map(|(f, k)| match k {
+                JsonKind::Str => format!("{f}={}", value(f)),
+                JsonKind::Bool => format!("{f}=true"),
+            })
+            .collect();
+        let json_body: Vec<String> = wanted
+            .iter()
+            .map(|(f, k)| match k {
+                JsonKind::Str => format!("\"{f}\":\"{}\"", value(f)),
+                JsonKind::Bool => format!("\"{f}\":true"),
+            })
+            .collect();
+        let (ct, body) = if web {
+            ("application/x-www-form-urlencoded", form_body.join("&"))
+        } else {
+            ("application/json", format!("{{{}}}", json_body.join(",")))
+        };
+        let read = read_route_fields(c.via, &row.method, Some(ct), None, body.as_bytes(), wanted)
+            .unwrap_or_else(|e| panic!("{at}: {e}"));
+        match (plan_moves(flavor, m, c.via, &rest, read.fields()), m) {
+            (Err(PlanError::Undecidable(_)), RefMove::BranchRestore) => {}
+            (Ok(planned), _) if !planned.is_empty() => {
+                let looks_up = planned
+                    .iter()
+                    .any(|p| matches!(p.source, RefSource::PullBase(_) | RefSource::PullHead(_)));
+                if sources.contains("lookup:pull") != looks_up {
+                    wrong.push(format!(
+                        "{at}: pull request lookup {looks_up}, table says {sources}"
+                    ));
+                }
+            }
+            (got, _) => wrong.push(format!("{at}: {got:?}")),
+        }
+    }
+    assert!(seen >= 10, "{name}.tsv has {seen} ref rows");
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn every_gitea_ref_route_says_which_refs_move() {
+    check_moves("gitea");
+}
+
+#[test]
+fn every_forgejo_ref_route_says_which_refs_move() {
+    check_moves("forgejo");
+}
+
+#[test]
+fn every_gogs_ref_route_says_which_refs_move() {
+    check_moves("gogs");
 }
 
 #[test]

@@ -17,6 +17,7 @@ mod pool;
 mod portal;
 mod proxy;
 pub mod respond;
+mod route_refs;
 mod server;
 mod tls;
 mod tunnel;

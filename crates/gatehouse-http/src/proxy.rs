@@ -19,7 +19,7 @@ use gatehouse_audit::{AuditPrincipal, AuditRecord, AuditRef, AuditSink};
 use gatehouse_authn::{Authenticator, AuthnError, Credential};
 use gatehouse_config::{IdentityHeadersConfig, IpNet};
 use gatehouse_core::{Action, Clock, Principal, Redacted, Resource};
-use gatehouse_forge::ForgeGroups;
+use gatehouse_forge::{ForgeApi, ForgeGroups};
 use gatehouse_git::{
     Classified, ForgeFlavor, GitService, LfsOperation, PushLimits, PushReader, RequestKind,
     classify, lfs_batch_operation, refused_push_report,
@@ -88,6 +88,8 @@ pub struct Gateway {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) sessions: Option<Arc<Sessions>>,
     forge_groups: Option<Arc<ForgeGroups>>,
+    /// Asked which refs a web or API route moves when the request does not say.
+    pub(crate) forge_api: Option<Arc<ForgeApi>>,
     pub(crate) ssh: Option<Arc<SshGateway>>,
     /// Cancelled when the server stops: relayed (upgraded) connections close then.
     tunnels: tokio_util::sync::CancellationToken,
@@ -441,6 +443,7 @@ impl Gateway {
             clock,
             sessions: None,
             forge_groups: None,
+            forge_api: None,
             ssh: None,
             tunnels: tokio_util::sync::CancellationToken::new(),
             relays: tokio_util::task::TaskTracker::new(),
@@ -458,6 +461,12 @@ impl Gateway {
     /// Enables `/.gatehouse/ssh/cert` (SSH user certificates for authenticated callers).
     pub fn with_ssh(mut self, ssh: Option<Arc<SshGateway>>) -> Self {
         self.ssh = ssh;
+        self
+    }
+
+    /// The forge API that says which refs a web or API route moves when the request does not.
+    pub fn with_forge_api(mut self, forge_api: Option<Arc<ForgeApi>>) -> Self {
+        self.forge_api = forge_api;
         self
     }
 
@@ -945,6 +954,15 @@ impl Gateway {
             }
         } else {
             req
+        };
+
+        // Phase 4c: a web or API route that moves refs is decided ref by ref too.
+        let req = match c.moves {
+            Some(m) => {
+                self.authorize_route_refs(req, m, &principal, &c, adm, &method, rec, kind)
+                    .await?
+            }
+            None => req,
         };
 
         // Phase 5: upstream request.

@@ -73,6 +73,16 @@ pub enum Refusal {
     RequestTimeout,
     /// The forge cannot say which organisations and teams the caller is in.
     GroupsUnavailable,
+    /// A route moves refs Gatehouse cannot know before the forge acts (the text says why).
+    Undecidable(&'static str),
+    /// A route moves refs the request does not name, and the forge could not say which.
+    RefLookup {
+        /// The forge has no such pull request, release or repository (else it could not be
+        /// asked).
+        not_found: bool,
+        /// What was looked up, and what went wrong.
+        detail: String,
+    },
 }
 
 impl Refusal {
@@ -91,6 +101,11 @@ impl Refusal {
             Refusal::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Refusal::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Refusal::GroupsUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::Undecidable(_) => StatusCode::FORBIDDEN,
+            Refusal::RefLookup {
+                not_found: true, ..
+            } => StatusCode::NOT_FOUND,
+            Refusal::RefLookup { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -106,6 +121,8 @@ impl Refusal {
             Refusal::PayloadTooLarge => "payload_too_large".into(),
             Refusal::RequestTimeout => "request_body_timeout".into(),
             Refusal::GroupsUnavailable => "forge_groups_unavailable".into(),
+            Refusal::Undecidable(_) => "ref_move_undecidable".into(),
+            Refusal::RefLookup { .. } => "ref_lookup_failed".into(),
         }
     }
 
@@ -123,6 +140,9 @@ impl Refusal {
             Refusal::PayloadTooLarge => "Request body too large",
             Refusal::RequestTimeout => "Request body timed out",
             Refusal::GroupsUnavailable => "Group membership unavailable",
+            Refusal::Undecidable(_) | Refusal::RefLookup { .. } => {
+                "Cannot tell which refs this moves"
+            }
         }
     }
 
@@ -144,6 +164,10 @@ impl Refusal {
             Refusal::GroupsUnavailable => {
                 "the forge cannot say which teams you are in right now; try again later".to_owned()
             }
+            Refusal::Undecidable(why) => format!("Gatehouse cannot decide this request: {why}"),
+            Refusal::RefLookup { detail, .. } => format!(
+                "this request moves refs it does not name, and Gatehouse could not ask the forge which: {detail}"
+            ),
         }
     }
 

@@ -9,19 +9,61 @@
 // Env: STANDIN_PORT (required; 0: the kernel picks one, logged as `forge stand-in on <port>`),
 //   STANDIN_TOKEN, STANDIN_USERS as JSON
 //   {"alice": {"orgs": ["acme"], "teams": [["acme", "release"]]}}
+//
+// It also stands in for the lookups Gatehouse makes for web and API routes that move refs, as
+// Gitea's API answers them (routers/api/v1/repo/pull.go GetPullRequest, release.go GetRelease,
+// repo.go Get; structs PullRequest{base,head: PRBranchInfo{ref, repo{full_name}}}, Release
+// {tag_name}, Repository{default_branch}), for the repositories in STANDIN_REPOS:
+//   {"acme/api": {"default_branch": "main",
+//                 "pulls": {"7": {"base": "main", "head": "feature", "head_repo": "acme/api"}},
+//                 "releases": {"4": "v1.0"}}}
+//   GET /api/v1/repos/{owner}/{repo}            -> {"full_name", "default_branch"}
+//   GET /api/v1/repos/{owner}/{repo}/pulls/{n}  -> {"number", "base": {...}, "head": {...}}
+//   GET /api/v1/repos/{owner}/{repo}/releases/{id} -> {"id", "tag_name"}
+// with the same token (a deleted head repository is `"head_repo": null`).
+// Any other request is the forge's web UI or API as Gatehouse forwards it: it is RECORDED
+// (method, path and query, the identity header, the request id, the body) and answered 200, so
+// that a test can see what reached the forge and that it came unchanged.
+//
 // Test controls (FAULT INJECTION): GET /_calls -> number of API calls answered;
-//   POST /_fault?status=500 makes every API call fail with that status (status=0 clears it).
+//   POST /_fault?status=500 makes every API call fail with that status (status=0 clears it);
+//   GET /_received -> the recorded requests.
 import * as http from 'node:http';
 
 const PORT = Number(process.env.STANDIN_PORT);
 const TOKEN = process.env.STANDIN_TOKEN || 'forge-admin-token';
 const USERS = JSON.parse(process.env.STANDIN_USERS || '{}');
+const REPOS = JSON.parse(process.env.STANDIN_REPOS || '{}');
 let calls = 0;
 let fault = 0;
+const received = [];
+
+const repoLookup = (res, parts) => {
+  const [owner, repo, what, id] = parts;
+  const full = `${owner}/${repo}`;
+  const r = REPOS[full.toLowerCase()];
+  if (!r) return json(res, 404, { message: 'repository does not exist' });
+  if (!what) return json(res, 200, { full_name: full, default_branch: r.default_branch || 'main' });
+  if (what === 'pulls') {
+    const p = (r.pulls || {})[id];
+    if (!p) return json(res, 404, { message: 'pull request does not exist' });
+    const repoOf = (name) => (name === null ? null : { full_name: name || full });
+    return json(res, 200, {
+      number: Number(id),
+      base: { label: p.base, ref: p.base, repo: repoOf(full) },
+      head: { label: p.head, ref: p.head, repo: repoOf(p.head_repo) },
+      merged: false,
+    });
+  }
+  const tag = (r.releases || {})[id];
+  if (!tag) return json(res, 404, { message: 'release does not exist' });
+  return json(res, 200, { id: Number(id), tag_name: tag });
+};
 
 const json = (res, status, body) => {
-  res.writeHead(status, { 'content-type': 'application/json' });
-  res.end(JSON.stringify(body));
+  const text = Buffer.from(JSON.stringify(body));
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': text.length });
+  res.end(text);
 };
 
 const server = http.createServer((req, res) => {
@@ -31,9 +73,31 @@ const server = http.createServer((req, res) => {
     fault = Number(u.searchParams.get('status') || 0);
     return json(res, 200, { fault });
   }
+  if (u.pathname === '/_received') return json(res, 200, received);
+  const lookup = u.pathname.match(/^\/api\/v1\/repos\/([^/]+)\/([^/]+)(?:\/(pulls|releases)\/(\d+))?$/);
+  const isLookup = lookup && req.method === 'GET' && req.headers.authorization === `token ${TOKEN}`;
   const m = u.pathname.match(/^\/api\/v1\/user\/(orgs|teams)$/);
-  if (!m || req.method !== 'GET') return json(res, 404, { message: 'not found' });
+  if (!isLookup && !(m && req.method === 'GET')) {
+    const chunks = [];
+    req.on('data', (c) => chunks.push(c));
+    req.on('end', () => {
+      received.push({
+        method: req.method,
+        url: req.url,
+        user: req.headers['x-webauth-user'] || null,
+        request_id: req.headers['x-request-id'] || null,
+        content_type: req.headers['content-type'] || null,
+        body: Buffer.concat(chunks).toString('latin1'),
+      });
+      json(res, 200, { recorded: true });
+    });
+    return undefined;
+  }
   calls += 1;
+  if (isLookup) {
+    if (fault) return json(res, fault, { message: 'injected fault' });
+    return repoLookup(res, lookup.slice(1));
+  }
   if (fault) return json(res, fault, { message: 'injected fault' });
   if (req.headers.authorization !== `token ${TOKEN}`) return json(res, 401, { message: 'token is required' });
   const who = USERS[req.headers.sudo];

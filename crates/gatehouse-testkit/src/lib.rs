@@ -29,7 +29,8 @@ pub use git::{Git, GitOutput, make_repo};
 pub use idp::Idp;
 pub use nginx::GitHttpServer;
 pub use proc::{
-    Child, RefusedPort, TempDir, hand_over, local_listener, raw_http, try_raw_http, wait_for,
+    Child, RefusedPort, TempDir, hand_over, local_listener, raw_http, raw_http_with_body,
+    try_raw_http, wait_for,
 };
 pub use sshd::{SSHD_USER, Sshd};
 pub use ws::{HeldWebSocket, WsEcho, ws_exchange};

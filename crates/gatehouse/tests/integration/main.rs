@@ -18,6 +18,7 @@ mod paths;
 mod push_reading;
 mod refs;
 mod reload;
+mod route_refs;
 mod sessions;
 mod shutdown;
 mod ssh;

@@ -1,0 +1,279 @@
+//! What a ref-moving web or API route leaves to the forge: a pull request's base and head
+//! branches, a release's tag, a repository's default branch. Asked on the forge's REST API
+//! (`/api/v1/repos/{owner}/{repo}/pulls/{index}`, `/releases/{id}`, the repository itself) with
+//! the `forge.api` token, and cached for `forge.api.cache_ttl`, so that a burst of merges asks
+//! once. A failed lookup is an error: the caller refuses the request.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use gatehouse_config::Config;
+use gatehouse_core::{Clock, Redacted};
+use serde::Deserialize;
+
+use crate::ForgeError;
+
+/// Most answers remembered; the cache is emptied when full.
+const MAX_CACHED: usize = 10_000;
+/// The largest answer read.
+const MAX_ANSWER: usize = 4 * 1024 * 1024;
+
+/// Why a lookup failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LookupError {
+    /// The forge says there is no such pull request, release or repository.
+    #[error("the forge has no {0}")]
+    NotFound(String),
+    /// The forge could not be asked, or its answer could not be read.
+    #[error("the forge could not say: {0}")]
+    Unavailable(String),
+}
+
+/// A pull request's branches, as the forge's API gives them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullBranches {
+    /// The full ref of the base branch (in the repository the pull request is in).
+    pub base: String,
+    /// The full ref of the head branch.
+    pub head: String,
+    /// The head repository (`owner`, `name`), or `None` when it no longer exists.
+    pub head_repo: Option<(String, String)>,
+}
+
+#[derive(Debug, Clone)]
+enum Answer {
+    Pull(PullBranches),
+    Text(String),
+}
+
+#[derive(Deserialize)]
+struct ApiRepo {
+    full_name: String,
+}
+
+#[derive(Deserialize)]
+struct ApiBranch {
+    #[serde(rename = "ref")]
+    reference: String,
+    #[serde(default)]
+    repo: Option<ApiRepo>,
+}
+
+#[derive(Deserialize)]
+struct ApiPull {
+    base: ApiBranch,
+    head: ApiBranch,
+}
+
+#[derive(Deserialize)]
+struct ApiRelease {
+    tag_name: String,
+}
+
+#[derive(Deserialize)]
+struct ApiRepository {
+    default_branch: String,
+}
+
+/// A branch name as the API gives it (`main`), or a full ref (an AGit pull request's head is
+/// `refs/pull/7/head`), as a full ref.
+fn branch_ref(name: &str) -> String {
+    if name.starts_with("refs/") {
+        name.to_owned()
+    } else {
+        format!("refs/heads/{name}")
+    }
+}
+
+fn pull_branches(a: ApiPull) -> PullBranches {
+    PullBranches {
+        base: branch_ref(&a.base.reference),
+        head: branch_ref(&a.head.reference),
+        head_repo: a.head.repo.and_then(|r| {
+            r.full_name
+                .split_once('/')
+                .map(|(o, n)| (o.to_owned(), n.to_owned()))
+        }),
+    }
+}
+
+/// The forge's REST API, for the refs a route does not name.
+pub struct ForgeApi {
+    api: String,
+    token: Redacted<String>,
+    http: reqwest::Client,
+    clock: Arc<dyn Clock>,
+    ttl: i64,
+    cache: Mutex<HashMap<String, (Answer, i64)>>,
+}
+
+impl std::fmt::Debug for ForgeApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ForgeApi")
+            .field("api", &self.api)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ForgeApi {
+    /// Builds the client when the config has `[forge.api]`.
+    pub fn from_config(cfg: &Config, clock: Arc<dyn Clock>) -> Result<Option<Self>, ForgeError> {
+        let Some(a) = &cfg.forge.api else {
+            return Ok(None);
+        };
+        let api = a
+            .url
+            .clone()
+            .or_else(|| cfg.upstream.url.clone())
+            .ok_or_else(|| ForgeError("no forge API URL".into()))?
+            .trim_end_matches('/')
+            .to_owned();
+        let token = gatehouse_config::read_secret("forge.api.token", &a.token)
+            .map_err(|e| ForgeError(e.to_string()))?;
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("gatehouse/", env!("CARGO_PKG_VERSION")))
+            .timeout(a.timeout.0)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| ForgeError(format!("http client: {e}")))?;
+        Ok(Some(Self {
+            api,
+            token: Redacted::new(token.expose().trim().to_owned()),
+            http,
+            clock,
+            ttl: i64::try_from(a.cache_ttl.0.as_secs()).unwrap_or(i64::MAX),
+            cache: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// The base and head branches of pull request `index` of `owner/repo`.
+    pub async fn pull(
+        &self,
+        owner: &str,
+        repo: &str,
+        index: u64,
+    ) -> Result<PullBranches, LookupError> {
+        let path = format!("/api/v1/repos/{owner}/{repo}/pulls/{index}");
+        if let Some(Answer::Pull(p)) = self.cached(&path) {
+            return Ok(p);
+        }
+        let what = format!("pull request {owner}/{repo}#{index}");
+        let a: ApiPull = self.get(&path, &what).await?;
+        let p = pull_branches(a);
+        self.remember(path, Answer::Pull(p.clone()));
+        Ok(p)
+    }
+
+    /// The tag of release `id` of `owner/repo`, as a full ref.
+    pub async fn release_tag(
+        &self,
+        owner: &str,
+        repo: &str,
+        id: u64,
+    ) -> Result<String, LookupError> {
+        let path = format!("/api/v1/repos/{owner}/{repo}/releases/{id}");
+        if let Some(Answer::Text(t)) = self.cached(&path) {
+            return Ok(t);
+        }
+        let what = format!("release {id} of {owner}/{repo}");
+        let a: ApiRelease = self.get(&path, &what).await?;
+        if a.tag_name.is_empty() {
+            return Err(LookupError::Unavailable(format!("{what} has no tag")));
+        }
+        let t = format!("refs/tags/{}", a.tag_name);
+        self.remember(path, Answer::Text(t.clone()));
+        Ok(t)
+    }
+
+    /// The default branch of `owner/repo`, as a full ref.
+    pub async fn default_branch(&self, owner: &str, repo: &str) -> Result<String, LookupError> {
+        let path = format!("/api/v1/repos/{owner}/{repo}");
+        if let Some(Answer::Text(t)) = self.cached(&path) {
+            return Ok(t);
+        }
+        let what = format!("repository {owner}/{repo}");
+        let a: ApiRepository = self.get(&path, &what).await?;
+        if a.default_branch.is_empty() {
+            return Err(LookupError::Unavailable(format!(
+                "{what} has no default branch"
+            )));
+        }
+        let t = branch_ref(&a.default_branch);
+        self.remember(path, Answer::Text(t.clone()));
+        Ok(t)
+    }
+
+    fn cached(&self, key: &str) -> Option<Answer> {
+        let now = self.clock.now().as_secs();
+        let c = self.cache.lock().ok()?;
+        let (a, at) = c.get(key)?;
+        (now - at < self.ttl).then(|| a.clone())
+    }
+
+    fn remember(&self, key: String, a: Answer) {
+        let now = self.clock.now().as_secs();
+        if let Ok(mut c) = self.cache.lock() {
+            if c.len() >= MAX_CACHED {
+                c.clear();
+            }
+            c.insert(key, (a, now));
+        }
+    }
+
+    async fn get<T: for<'de> Deserialize<'de>>(
+        &self,
+        path: &str,
+        what: &str,
+    ) -> Result<T, LookupError> {
+        let unavailable = |e: String| LookupError::Unavailable(format!("GET {path}: {e}"));
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.api))
+            .header("authorization", format!("token {}", self.token.expose()))
+            .header("accept", "application/json")
+            .send()
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        let status = resp.status();
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Err(LookupError::NotFound(what.to_owned()));
+        }
+        if !status.is_success() {
+            return Err(unavailable(format!("status {status}")));
+        }
+        let body = resp.bytes().await.map_err(|e| unavailable(e.to_string()))?;
+        if body.len() > MAX_ANSWER {
+            return Err(unavailable("answer too large".into()));
+        }
+        serde_json::from_slice(&body).map_err(|e| unavailable(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pull_answers_are_read_as_full_refs() {
+        let a: ApiPull = serde_json::from_str(
+            r#"{"number":7,"base":{"ref":"main","repo":{"full_name":"acme/api"}},"head":{"ref":"feature/x","repo":{"full_name":"bob/api-fork"}},"merged":false}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            pull_branches(a),
+            PullBranches {
+                base: "refs/heads/main".into(),
+                head: "refs/heads/feature/x".into(),
+                head_repo: Some(("bob".into(), "api-fork".into())),
+            }
+        );
+        // A deleted fork: no head repository. An AGit head is a full ref already.
+        let a: ApiPull = serde_json::from_str(
+            r#"{"base":{"ref":"main"},"head":{"ref":"refs/pull/7/head","repo":null}}"#,
+        )
+        .unwrap();
+        let p = pull_branches(a);
+        assert_eq!(p.head, "refs/pull/7/head");
+        assert_eq!(p.head_repo, None);
+    }
+}
