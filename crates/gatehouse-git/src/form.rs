@@ -8,7 +8,10 @@
 //! Where Go would read a value Gatehouse cannot be sure of, the form is refused instead of
 //! guessed at: a field given twice (Go takes the first, which depends on where each came from), a
 //! `;` separator (Go refuses it but keeps parsing), a malformed `%` escape, a value that is not
-//! UTF-8. Multipart and JSON bodies are refused for now ([`FormError::UnsupportedBody`]).
+//! UTF-8. A `multipart/form-data` body (the web UI's `fetch` with `FormData`) is read as Go's
+//! `ParseMultipartForm` reads it: the query's fields first, then the parts' ([`crate::multipart`],
+//! which refuses what Go would read otherwise). A JSON body, which the binding would decode into
+//! the form by Go field names, is refused ([`FormError::UnsupportedBody`]).
 //! Pure: no I/O; a fuzz target (`form_fields`) holds it to never panicking.
 
 use crate::classify::form_decode;
@@ -27,9 +30,12 @@ pub enum FormError {
     /// A field Gatehouse reads is given more than once (in the body, the query, or both).
     #[error("the form gives `{0}` more than once")]
     Repeated(String),
-    /// A multipart or JSON body on a route whose fields Gatehouse must read.
+    /// A JSON body on a route whose fields Gatehouse must read.
     #[error("a {0} body cannot be read on this route")]
     UnsupportedBody(&'static str),
+    /// A multipart body Go's reader could read otherwise than Gatehouse.
+    #[error("the multipart body has {0}")]
+    Multipart(&'static str),
 }
 
 /// A request's form fields, in the order Go's `Request.Form` holds them.
@@ -69,8 +75,9 @@ fn parse_query(s: &str, out: &mut Vec<(String, String)>) -> Result<(), FormError
 impl Form {
     /// Reads the form of a request: its `method` (upper-case), `Content-Type`, URL query and
     /// body. The body is read only where Go reads it (a POST, PUT or PATCH whose media type is
-    /// `application/x-www-form-urlencoded`); any other body is none of the form's business,
-    /// except multipart and JSON, which the forge's binding reads and Gatehouse does not yet.
+    /// `application/x-www-form-urlencoded`, or any method's `multipart/form-data` body); any
+    /// other body is none of the form's business, except JSON, which the forge's binding reads
+    /// and Gatehouse refuses.
     pub fn read(
         method: &str,
         content_type: Option<&str>,
@@ -80,7 +87,11 @@ impl Form {
         let mut fields = Vec::new();
         let ct = content_type.map(media_type).unwrap_or_default();
         if ct == "multipart/form-data" {
-            return Err(FormError::UnsupportedBody("multipart"));
+            if let Some(q) = query {
+                parse_query(q, &mut fields)?;
+            }
+            crate::multipart::read_values(content_type.unwrap_or_default(), body, &mut fields)?;
+            return Ok(Self { fields });
         }
         // go-chi/binding decodes any body whose type mentions JSON into the form.
         if ct.contains("json") {
@@ -173,10 +184,18 @@ mod tests {
         assert_eq!(r(b"name=ma%zzin"), Err(FormError::Malformed));
         assert_eq!(r(b"name=%ff"), Err(FormError::Malformed));
         assert_eq!(r(&[0xff, b'=', b'x']), Err(FormError::Malformed));
-        assert_eq!(
+        assert!(matches!(
             Form::read("POST", Some("multipart/form-data; boundary=x"), None, b""),
-            Err(FormError::UnsupportedBody("multipart"))
-        );
+            Err(FormError::Multipart(_))
+        ));
+        // The query's fields and the parts' are one form: a field in both is refused.
+        let mp = Some("multipart/form-data; boundary=x");
+        let body = b"--x\r\nContent-Disposition: form-data; name=\"name\"\r\n\r\nmain\r\n--x--\r\n";
+        let f = Form::read("POST", mp, Some("a=1"), body).unwrap();
+        assert_eq!(f.one("name"), Ok(Some("main")));
+        assert_eq!(f.one("a"), Ok(Some("1")));
+        let f = Form::read("POST", mp, Some("name=dev"), body).unwrap();
+        assert_eq!(f.one("name"), Err(FormError::Repeated("name".into())));
         assert_eq!(
             Form::read("POST", Some("application/json"), None, b"{}"),
             Err(FormError::UnsupportedBody("JSON"))

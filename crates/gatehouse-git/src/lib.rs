@@ -11,6 +11,7 @@ mod forge;
 mod form;
 mod json_body;
 mod lfs;
+mod multipart;
 mod path;
 mod pktline;
 mod push;

@@ -352,10 +352,18 @@ pub fn plan_moves(
             )?);
         }
         (Via::Api, RefMove::BranchDelete) => {
-            out.push(PlannedMove::named(heads, &joined(&rest[1..])?, Delete)?);
+            out.push(PlannedMove::named(
+                heads,
+                &joined(rest.get(1..).unwrap_or_default())?,
+                Delete,
+            )?);
         }
         (Via::Api, RefMove::BranchRename) => {
-            out.push(PlannedMove::named(heads, &joined(&rest[1..])?, Delete)?);
+            out.push(PlannedMove::named(
+                heads,
+                &joined(rest.get(1..).unwrap_or_default())?,
+                Delete,
+            )?);
             out.push(PlannedMove::named(heads, fields.required("name")?, Create)?);
         }
         (Via::Api, RefMove::TagCreate) => {
@@ -366,7 +374,11 @@ pub fn plan_moves(
             )?);
         }
         (Via::Api, RefMove::TagDelete) => {
-            out.push(PlannedMove::named(tags, &joined(&rest[1..])?, Delete)?);
+            out.push(PlannedMove::named(
+                tags,
+                &joined(rest.get(1..).unwrap_or_default())?,
+                Delete,
+            )?);
         }
         (Via::Api, RefMove::Release) => match (fields.str("tag_name")?, rest.get(1)) {
             (Some(t), _) => out.push(PlannedMove::named(tags, t, Create)?),

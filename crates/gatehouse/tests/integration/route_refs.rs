@@ -42,6 +42,7 @@ unless { principal in Gatehouse::Group::"release" };
 
 const FORM: &str = "application/x-www-form-urlencoded";
 const JSON: &str = "application/json";
+const MULTIPART: &str = "multipart/form-data; boundary=b0undary";
 
 struct Forge {
     _tmp: TempDir,
