@@ -14,7 +14,7 @@
 use crate::form::FormError;
 
 /// The most parts read (Go refuses more by default).
-pub const MAX_PARTS: usize = 1000;
+pub(crate) const MAX_PARTS: usize = 1000;
 
 /// The boundary of a `multipart/form-data` content type: `multipart/form-data; boundary=...`
 /// with nothing Go would read otherwise (one `boundary` parameter, a token or a quoted string

@@ -202,6 +202,21 @@ fn nobody_but_release_moves_main_or_release_tags_whichever_way_they_try() {
             body: "_csrf=x",
             refused: main,
         },
+        // The web UI's delete button: the name in the query, the body FormData (multipart).
+        Case {
+            method: "POST",
+            path: "/acme/api/branches/delete?name=main",
+            ct: MULTIPART,
+            body: "--b0undary\r\nContent-Disposition: form-data; name=\"_csrf\"\r\n\r\nx\r\n--b0undary--\r\n",
+            refused: main,
+        },
+        Case {
+            method: "POST",
+            path: "/acme/api/_edit/main/README.md",
+            ct: MULTIPART,
+            body: "--b0undary\r\nContent-Disposition: form-data; name=\"commit_choice\"\r\n\r\ndirect\r\n--b0undary\r\nContent-Disposition: form-data; name=\"content\"\r\n\r\nhello\r\n--b0undary--\r\n",
+            refused: main,
+        },
         Case {
             method: "POST",
             path: "/acme/api/settings/rename_branch",
@@ -455,12 +470,12 @@ fn what_cannot_be_read_for_sure_or_looked_up_is_refused() {
             403,
             "ref_move_undecidable",
         ),
-        // A multipart body is not read (yet): refused rather than guessed at.
+        // A multipart part Go would decode (quoted-printable) is refused rather than guessed at.
         (
             "POST",
             "/acme/api/branches/delete",
-            "multipart/form-data; boundary=x",
-            "--x--\r\n",
+            MULTIPART,
+            "--b0undary\r\nContent-Disposition: form-data; name=\"name\"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\nm=61in\r\n--b0undary--\r\n",
             400,
             "bad_ref_fields",
         ),
