@@ -102,6 +102,10 @@ pub struct ExplainArgs {
     pub url: String,
     /// The client address (for `context.source_ip`).
     pub source_ip: std::net::IpAddr,
+    /// The request body, for a route that names the refs it moves in its form or JSON fields.
+    pub body: Option<String>,
+    /// The body's `Content-Type` (default: JSON for API routes, a form for web routes).
+    pub content_type: Option<String>,
 }
 
 /// Prints a line; a closed pipe (`gatehouse policy explain ... | head -1`) is not an error.
@@ -160,11 +164,28 @@ pub fn policy_explain(args: &ExplainArgs) -> Result<bool> {
             r.host, r.path, r.method
         ),
     };
+    // A route that moves refs is decided ref by ref, as the gateway decides it.
+    let mut refs: Vec<String> = Vec::new();
+    let mut refused: Option<String> = None;
+    if let (Some(m), true) = (c.moves, ex.decision.allowed) {
+        match explain_refs(&cfg, &policy, &principal, &c, m, args, &method, &host, &rt) {
+            Ok(decided) => {
+                for (line, deny) in decided {
+                    if let (Some(r), None) = (deny, &refused) {
+                        refused = Some(r);
+                    }
+                    refs.push(line);
+                }
+            }
+            Err(why) => refused = Some(why),
+        }
+    }
+    let allowed = ex.decision.allowed && refused.is_none();
+    out!("decision:  {}", if allowed { "ALLOW" } else { "DENY" });
     out!(
-        "decision:  {}",
-        if ex.decision.allowed { "ALLOW" } else { "DENY" }
+        "reason:    {}",
+        refused.as_deref().unwrap_or(&ex.decision.reason)
     );
-    out!("reason:    {}", ex.decision.reason);
     out!(
         "principal: {} (issuer {}, groups: {})",
         principal.username,
@@ -177,6 +198,9 @@ pub fn policy_explain(args: &ExplainArgs) -> Result<bool> {
     if let Some(m) = c.moves {
         out!("moves:     refs ({})", m.as_str());
     }
+    for line in &refs {
+        out!("ref:       {line}");
+    }
     out!("forwarded: {}", c.forward_path);
     if ex.deciding.is_empty() {
         out!("decided by: default deny (no permit matched)");
@@ -187,7 +211,90 @@ pub fn policy_explain(args: &ExplainArgs) -> Result<bool> {
     for e in &ex.errors {
         out!("evaluation error: {e}");
     }
-    Ok(ex.decision.allowed)
+    Ok(allowed)
+}
+
+/// The refs a ref-moving route moves, each with its decision: a line per ref, and the reason
+/// when refused. `Err` when the refs cannot be told (the gateway refuses the request then).
+#[allow(clippy::too_many_arguments)]
+fn explain_refs(
+    cfg: &Config,
+    policy: &gatehouse_policy::PolicyEngine,
+    principal: &gatehouse_core::Principal,
+    c: &gatehouse_git::Classified,
+    moves: gatehouse_git::RefMove,
+    args: &ExplainArgs,
+    method: &str,
+    host: &str,
+    rt: &tokio::runtime::Runtime,
+) -> std::result::Result<Vec<(String, Option<String>)>, String> {
+    let f = flavor(cfg.forge.kind);
+    let Resource::Repo(repo) = &c.resource else {
+        return Err("a ref-moving route that names no repository".into());
+    };
+    let rest = gatehouse_git::route_rest(&c.decoded_path, c.via);
+    let wanted = gatehouse_git::body_fields(f, moves, c.via, &rest);
+    let default_ct = if c.via == gatehouse_core::Via::Api {
+        "application/json"
+    } else {
+        "application/x-www-form-urlencoded"
+    };
+    let ct = args.content_type.as_deref().unwrap_or(default_ct);
+    let body = args.body.as_deref().unwrap_or_default();
+    let fields = gatehouse_git::read_route_fields(
+        c.via,
+        method,
+        Some(ct),
+        c.forward_query.as_deref(),
+        body.as_bytes(),
+        wanted,
+    )
+    .map_err(|e| format!("the body cannot be read: {e}"))?;
+    let planned = gatehouse_git::plan_moves(f, moves, c.via, &rest, fields.fields())
+        .map_err(|e| format!("cannot tell which refs move: {e}"))?;
+    let api = gatehouse_forge::ForgeApi::from_config(cfg, Arc::new(SystemClock))
+        .map_err(|e| e.to_string())?;
+    let resolved = rt
+        .block_on(gatehouse_forge::resolve_moves(
+            api.as_ref(),
+            f.case_insensitive(),
+            repo,
+            planned,
+        ))
+        .map_err(|e| format!("ref_lookup_failed: {e}"))?;
+    Ok(resolved
+        .iter()
+        .map(|m| {
+            let resource = Resource::Repo(m.repo.clone());
+            let d = policy.evaluate(&AuthzRequest {
+                principal,
+                action: m.op.action(),
+                resource: &resource,
+                facts: RequestFacts {
+                    source_ip: args.source_ip,
+                    method,
+                    host,
+                    wiki: c.wiki,
+                    via: c.via,
+                    git_ref: Some(gatehouse_policy::RefFacts {
+                        name: &m.name,
+                        old: "",
+                        new: "",
+                    }),
+                },
+            });
+            let verdict = if d.allowed { "ALLOW" } else { "DENY " };
+            let line = format!(
+                "{verdict} {} {} on {} ({}, policy {})",
+                m.op.action(),
+                m.name,
+                m.repo,
+                d.reason,
+                d.deciding_policy()
+            );
+            (line, (!d.allowed).then(|| d.reason.to_string()))
+        })
+        .collect())
 }
 
 /// `gatehouse audit verify FILE`.

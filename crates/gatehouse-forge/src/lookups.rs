@@ -8,7 +8,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use gatehouse_config::Config;
-use gatehouse_core::{Clock, Redacted};
+use gatehouse_core::{Clock, Redacted, RepoRef};
+use gatehouse_git::{PlannedMove, RefOp, RefSource};
 use serde::Deserialize;
 
 use crate::ForgeError;
@@ -249,6 +250,110 @@ impl ForgeApi {
     }
 }
 
+/// One ref a route moves, with the repository it is in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedMove {
+    /// The repository (a pull request's head may be in a fork).
+    pub repo: RepoRef,
+    /// The full ref name.
+    pub name: String,
+    /// Created, updated or deleted.
+    pub op: RefOp,
+}
+
+/// A repository name from the forge's API as the policy names repositories (the characters the
+/// forges allow; lower-cased where the forge compares names without case), or `None`.
+fn repo_ref(owner: &str, name: &str, case_insensitive: bool) -> Option<RepoRef> {
+    let ok = |s: &str| {
+        !s.is_empty()
+            && s != "."
+            && s != ".."
+            && s.len() <= 255
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    };
+    if !ok(owner) || !ok(name) {
+        return None;
+    }
+    let fold = |s: &str| {
+        if case_insensitive {
+            s.to_ascii_lowercase()
+        } else {
+            s.to_owned()
+        }
+    };
+    Some(RepoRef {
+        owner: fold(owner),
+        name: fold(name),
+    })
+}
+
+/// The refs `planned` (`gatehouse_git::plan_moves` for a route of `repo`) moves, with what only
+/// the forge knows looked up on `api`. No `api` and a lookup needed: an error. A pull request
+/// whose head repository is gone has no head branch to move: that move is dropped.
+pub async fn resolve_moves(
+    api: Option<&ForgeApi>,
+    case_insensitive: bool,
+    repo: &RepoRef,
+    planned: Vec<PlannedMove>,
+) -> Result<Vec<ResolvedMove>, LookupError> {
+    let api = || {
+        api.ok_or_else(|| {
+            LookupError::Unavailable(
+                "no forge API is configured ([forge.api]) to ask which branch or tag this moves"
+                    .into(),
+            )
+        })
+    };
+    let mut out = Vec::new();
+    let mut pulls: HashMap<u64, PullBranches> = HashMap::new();
+    for p in planned {
+        let here = |name: String| ResolvedMove {
+            repo: repo.clone(),
+            name,
+            op: p.op,
+        };
+        match p.source {
+            RefSource::Named(n) => out.push(here(n)),
+            RefSource::AnyOf(ns) => out.extend(ns.into_iter().map(here)),
+            RefSource::PullBase(i) | RefSource::PullHead(i) => {
+                let pr = match pulls.get(&i) {
+                    Some(pr) => pr.clone(),
+                    None => {
+                        let pr = api()?.pull(&repo.owner, &repo.name, i).await?;
+                        pulls.insert(i, pr.clone());
+                        pr
+                    }
+                };
+                if matches!(p.source, RefSource::PullBase(_)) {
+                    out.push(here(pr.base));
+                    continue;
+                }
+                let Some((owner, name)) = pr.head_repo else {
+                    continue;
+                };
+                let head = repo_ref(&owner, &name, case_insensitive).ok_or_else(|| {
+                    LookupError::Unavailable(format!(
+                        "the head repository `{owner}/{name}` is no name Gatehouse reads"
+                    ))
+                })?;
+                out.push(ResolvedMove {
+                    repo: head,
+                    name: pr.head,
+                    op: p.op,
+                });
+            }
+            RefSource::DefaultBranch => {
+                out.push(here(api()?.default_branch(&repo.owner, &repo.name).await?));
+            }
+            RefSource::ReleaseTag(id) => {
+                out.push(here(api()?.release_tag(&repo.owner, &repo.name, id).await?));
+            }
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -275,5 +380,57 @@ mod tests {
         let p = pull_branches(a);
         assert_eq!(p.head, "refs/pull/7/head");
         assert_eq!(p.head_repo, None);
+    }
+
+    #[test]
+    fn head_repositories_are_named_as_the_policy_names_them() {
+        let r = repo_ref("Bob", "API.fork", true).unwrap();
+        assert_eq!((r.owner.as_str(), r.name.as_str()), ("bob", "api.fork"));
+        assert_eq!(repo_ref("Bob", "API", false).unwrap().owner, "Bob");
+        for (o, n) in [
+            ("", "x"),
+            ("a/b", "x"),
+            ("a", ".."),
+            ("a", "x y"),
+            ("ä", "x"),
+        ] {
+            assert_eq!(repo_ref(o, n, true), None, "{o}/{n}");
+        }
+    }
+
+    #[tokio::test]
+    async fn what_the_request_names_needs_no_forge_and_the_rest_fails_closed_without_one() {
+        let repo = RepoRef {
+            owner: "acme".into(),
+            name: "api".into(),
+        };
+        let planned = vec![
+            PlannedMove {
+                source: RefSource::Named("refs/heads/dev".into()),
+                op: RefOp::Create,
+            },
+            PlannedMove {
+                source: RefSource::AnyOf(vec!["refs/heads/a".into(), "refs/heads/a/b".into()]),
+                op: RefOp::Update,
+            },
+        ];
+        let got = resolve_moves(None, true, &repo, planned).await.unwrap();
+        let names: Vec<&str> = got.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["refs/heads/dev", "refs/heads/a", "refs/heads/a/b"]);
+        for source in [
+            RefSource::PullBase(1),
+            RefSource::PullHead(1),
+            RefSource::DefaultBranch,
+            RefSource::ReleaseTag(1),
+        ] {
+            let planned = vec![PlannedMove {
+                source,
+                op: RefOp::Update,
+            }];
+            assert!(matches!(
+                resolve_moves(None, true, &repo, planned).await,
+                Err(LookupError::Unavailable(_))
+            ));
+        }
     }
 }

@@ -6,14 +6,11 @@
 //! `ref:create|update|delete` with `context.via` `web` or `api`; one refusal refuses the request
 //! before a byte of it reaches the forge.
 
-use std::collections::HashMap;
-
 use gatehouse_audit::{AuditRecord, AuditRef};
-use gatehouse_core::{Decision, Principal, RepoRef, Resource};
-use gatehouse_forge::{LookupError, PullBranches};
+use gatehouse_core::{Decision, Principal, Resource};
+use gatehouse_forge::{LookupError, resolve_moves};
 use gatehouse_git::{
-    Classified, PlanError, RefMove, RefOp, RefSource, body_fields, plan_moves, read_route_fields,
-    route_rest,
+    Classified, PlanError, RefMove, body_fields, plan_moves, read_route_fields, route_rest,
 };
 use gatehouse_policy::{AuthzRequest, RefFacts, RequestFacts};
 use http::Request;
@@ -128,70 +125,27 @@ impl Gateway {
         };
 
         // Which repository and ref each move is about.
-        let mut asks: Vec<(Resource, String, RefOp)> = Vec::new();
-        let mut pulls: HashMap<u64, PullBranches> = HashMap::new();
-        for p in planned {
-            let here = |name: String| (c.resource.clone(), name, p.op);
-            match p.source {
-                RefSource::Named(n) => asks.push(here(n)),
-                RefSource::AnyOf(ns) => asks.extend(ns.into_iter().map(here)),
-                RefSource::PullBase(i) | RefSource::PullHead(i) => {
-                    let pr = match pulls.get(&i) {
-                        Some(pr) => pr.clone(),
-                        None => {
-                            let pr = self
-                                .forge_api(kind)?
-                                .pull(&repo.owner, &repo.name, i)
-                                .await
-                                .map_err(|e| lookup_refusal(e, kind))?;
-                            pulls.insert(i, pr.clone());
-                            pr
-                        }
-                    };
-                    if matches!(p.source, RefSource::PullBase(_)) {
-                        asks.push(here(pr.base));
-                        continue;
-                    }
-                    // A head repository that is gone has no branch to move.
-                    let Some((owner, name)) = pr.head_repo else {
-                        continue;
-                    };
-                    let head = self.head_repo(&owner, &name).ok_or_else(|| {
-                        lookup_refusal(
-                            LookupError::Unavailable(format!(
-                                "the head repository `{owner}/{name}` is no name Gatehouse reads"
-                            )),
-                            kind,
-                        )
-                    })?;
-                    asks.push((Resource::Repo(head), pr.head, p.op));
-                }
-                RefSource::DefaultBranch => {
-                    let b = self
-                        .forge_api(kind)?
-                        .default_branch(&repo.owner, &repo.name)
-                        .await
-                        .map_err(|e| lookup_refusal(e, kind))?;
-                    asks.push(here(b));
-                }
-                RefSource::ReleaseTag(id) => {
-                    let t = self
-                        .forge_api(kind)?
-                        .release_tag(&repo.owner, &repo.name, id)
-                        .await
-                        .map_err(|e| lookup_refusal(e, kind))?;
-                    asks.push(here(t));
-                }
-            }
-        }
+        let asks = resolve_moves(
+            self.forge_api.as_deref(),
+            flavor.case_insensitive(),
+            repo,
+            planned,
+        )
+        .await
+        .map_err(|e| lookup_refusal(e, kind))?;
 
         let policy = self.policy.load();
+        let resources: Vec<Resource> = asks
+            .iter()
+            .map(|m| Resource::Repo(m.repo.clone()))
+            .collect();
         let decisions: Vec<Decision> = asks
             .iter()
-            .map(|(resource, name, op)| {
+            .zip(&resources)
+            .map(|(m, resource)| {
                 policy.evaluate(&AuthzRequest {
                     principal,
-                    action: op.action(),
+                    action: m.op.action(),
                     resource,
                     facts: RequestFacts {
                         source_ip: adm.client,
@@ -201,7 +155,7 @@ impl Gateway {
                         via: c.via,
                         // The forge makes the commit: its id is not known before it does.
                         git_ref: Some(RefFacts {
-                            name,
+                            name: &m.name,
                             old: "",
                             new: "",
                         }),
@@ -212,24 +166,22 @@ impl Gateway {
         rec.refs = Some(
             asks.iter()
                 .zip(&decisions)
-                .map(|((_, name, op), d)| AuditRef::decided(name, op.as_str(), "", "", d))
+                .map(|(m, d)| AuditRef::decided(&m.name, m.op.as_str(), "", "", d))
                 .collect(),
         );
         let denied = asks.iter().zip(&decisions).find(|(_, d)| !d.allowed);
-        if let Some(((resource, name, op), d)) = denied {
+        if let Some((m, d)) = denied {
             rec.decision = Some("deny");
             rec.policy = Some(d.deciding_policy());
             rec.reason = Some(d.reason.clone());
-            let on = match resource {
-                Resource::Repo(r) => r.to_string(),
-                other => format!("{other:?}"),
-            };
             return Err((
                 Refusal::Forbidden {
                     reason: d.reason.clone(),
                     what: format!(
-                        "{} of {name} on {on} (through the {})",
-                        op.action().as_str(),
+                        "{} of {} on {} (through the {})",
+                        m.op.action().as_str(),
+                        m.name,
+                        m.repo,
                         c.via.as_str()
                     ),
                 },
@@ -237,43 +189,5 @@ impl Gateway {
             ));
         }
         Ok(req)
-    }
-
-    fn forge_api(&self, kind: ClientKind) -> Result<&gatehouse_forge::ForgeApi, Refused> {
-        self.forge_api.as_deref().ok_or_else(|| {
-            lookup_refusal(
-                LookupError::Unavailable(
-                    "no forge API is configured ([forge.api]) to ask which branch or tag this moves"
-                        .into(),
-                ),
-                kind,
-            )
-        })
-    }
-
-    /// The head repository of a pull request as the policy names repositories.
-    fn head_repo(&self, owner: &str, name: &str) -> Option<RepoRef> {
-        let ok = |s: &str| {
-            !s.is_empty()
-                && s != "."
-                && s != ".."
-                && s.len() <= 255
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        };
-        if !ok(owner) || !ok(name) {
-            return None;
-        }
-        let fold = |s: &str| {
-            if self.settings.flavor.case_insensitive() {
-                s.to_ascii_lowercase()
-            } else {
-                s.to_owned()
-            }
-        };
-        Some(RepoRef {
-            owner: fold(owner),
-            name: fold(name),
-        })
     }
 }

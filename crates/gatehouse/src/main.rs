@@ -153,6 +153,14 @@ enum PolicyCmd {
         /// The client address to assume.
         #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
         source_ip: IpAddr,
+        /// The request body, for a web or API route that names the refs it moves in its form
+        /// or JSON fields (e.g. `commit_choice=direct` or `{"branch":"main"}`).
+        #[arg(long)]
+        body: Option<String>,
+        /// The body's Content-Type (default: application/json for API routes,
+        /// application/x-www-form-urlencoded for web routes).
+        #[arg(long)]
+        content_type: Option<String>,
     },
 }
 
@@ -237,6 +245,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             method,
             url,
             source_ip,
+            body,
+            content_type,
         }) => {
             let allowed = gatehouse_app::policy_explain(&gatehouse_app::ExplainArgs {
                 config,
@@ -244,6 +254,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 method,
                 url,
                 source_ip,
+                body,
+                content_type,
             })?;
             if !allowed {
                 return Ok(ExitCode::from(3));

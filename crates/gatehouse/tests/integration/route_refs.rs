@@ -553,3 +553,86 @@ fn what_cannot_be_read_for_sure_or_looked_up_is_refused() {
     assert_eq!(got, 200, "{raw}");
     f.forge.fail_with(0);
 }
+
+/// `gatehouse policy explain` tells the refs a route moves from its URL and body (and the
+/// forge's API, with the gateway's `[forge.api]`), and each decision, as the gateway decides.
+#[test]
+fn policy_explain_shows_which_refs_a_route_moves_and_each_decision() {
+    let f = forge();
+    let explain = |groups: &[&str], method: &str, url: &str, body: Option<&str>| {
+        let token = f.gw.token("erin", groups);
+        let mut args = vec![
+            "policy", "explain", "--token", &token, "--method", method, "--url", url,
+        ];
+        if let Some(b) = body {
+            args.extend(["--body", b]);
+        }
+        let out = f.gw.cli(&args);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, text) = explain(
+        &["dev"],
+        "POST",
+        "https://git.example.com/acme/api/_edit/main/docs/x.md",
+        Some("commit_choice=direct"),
+    );
+    assert_eq!(code, Some(3), "{text}");
+    for line in [
+        "decision:  DENY",
+        "reason:    main_is_protected",
+        "via:       web",
+        "moves:     refs (commit)",
+        "ref:       DENY  ref:update refs/heads/main on acme/api (main_is_protected, policy main-is-protected)",
+        "ref:       ALLOW ref:update refs/heads/main/docs on acme/api",
+    ] {
+        assert!(text.contains(line), "no `{line}` in\n{text}");
+    }
+    // The new-branch choice creates the new branch only.
+    let (code, text) = explain(
+        &["dev"],
+        "POST",
+        "https://git.example.com/acme/api/_edit/main/docs/x.md",
+        Some("commit_choice=commit-to-new-branch&new_branch_name=fix"),
+    );
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("ref:       ALLOW ref:create refs/heads/fix on acme/api"),
+        "{text}"
+    );
+    assert!(!text.contains("refs/heads/main"), "{text}");
+    // A merge's base comes from the forge's API.
+    let (code, text) = explain(
+        &["dev"],
+        "POST",
+        "https://git.example.com/api/v1/repos/acme/api/pulls/7/merge",
+        Some(r#"{"Do":"merge"}"#),
+    );
+    assert_eq!(code, Some(3), "{text}");
+    assert!(
+        text.contains("ref:       DENY  ref:update refs/heads/main on acme/api"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ref:       ALLOW ref:delete refs/heads/feature on acme/api"),
+        "{text}"
+    );
+    let (code, text) = explain(
+        &["dev", "release"],
+        "POST",
+        "https://git.example.com/api/v1/repos/acme/api/pulls/7/merge",
+        Some(r#"{"Do":"merge"}"#),
+    );
+    assert_eq!(code, Some(0), "{text}");
+    // What the gateway would refuse unread is refused here too.
+    let (code, text) = explain(
+        &["dev"],
+        "PUT",
+        "https://git.example.com/api/v1/repos/acme/api/contents/x",
+        Some(r#"{"branch":"x","Branch":"main"}"#),
+    );
+    assert_eq!(code, Some(3), "{text}");
+    assert!(text.contains("the body cannot be read"), "{text}");
+}
