@@ -40,12 +40,24 @@ permit (
   resource in Gatehouse::Owner::"demo"
 );
 
-// Release tags (refs/tags/v*) may be created or moved only by group "release".
+// Nobody but group "release" creates, moves or deletes main, whichever way: a push, or (with a
+// forge upstream) the web editor, a merge, the contents API.
+@id("main-is-protected")
+@reason("main_is_protected")
+forbid (
+  principal,
+  action in [Gatehouse::Action::"ref:create", Gatehouse::Action::"ref:update",
+             Gatehouse::Action::"ref:delete"],
+  resource
+) when { context.ref == "refs/heads/main" } unless { principal in Gatehouse::Group::"release" };
+
+// Release tags (refs/tags/v*) may be created, moved or deleted only by group "release".
 @id("release-tags")
 @reason("tag_requires_release_group")
 forbid (
   principal,
-  action in [Gatehouse::Action::"ref:create", Gatehouse::Action::"ref:update"],
+  action in [Gatehouse::Action::"ref:create", Gatehouse::Action::"ref:update",
+             Gatehouse::Action::"ref:delete"],
   resource
 ) when { context.ref like "refs/tags/v*" } unless { principal in Gatehouse::Group::"release" };
 
@@ -196,12 +208,12 @@ pub fn quickstart(args: &QuickstartArgs) -> Result<()> {
     init_logging(&cfg);
     let own = own_issuer(&cfg)?;
     let now = SystemClock.now().as_secs();
-    let issue = |sub: &str, group: &str, kind: PrincipalKind| {
+    let issue = |sub: &str, groups: &[&str], kind: PrincipalKind| {
         own.issue(
             &TokenRequest {
                 subject: sub.to_owned(),
                 username: None,
-                groups: vec![group.to_owned()],
+                groups: groups.iter().map(|g| (*g).to_owned()).collect(),
                 ttl: Some(Duration::from_secs(12 * 3600)),
                 name: None,
                 email: Some(format!("{sub}@example.test")),
@@ -210,10 +222,12 @@ pub fn quickstart(args: &QuickstartArgs) -> Result<()> {
             now,
         )
     };
-    let (alice, _) = issue("alice", "dev", PrincipalKind::User)?;
-    let (ci, _) = issue("ci-bot", "ci", PrincipalKind::Service)?;
+    let (alice, _) = issue("alice", &["dev", "release"], PrincipalKind::User)?;
+    let (bob, _) = issue("bob", &["dev"], PrincipalKind::User)?;
+    let (ci, _) = issue("ci-bot", &["ci"], PrincipalKind::Service)?;
     let cfg_display = config_path.display().to_string();
     let alice = alice.expose().clone();
+    let bob = bob.expose().clone();
     let ci = ci.expose().clone();
     // The SSH front door's host key now, so that its fingerprint and a known_hosts file can be
     // printed before the first connection.
@@ -248,8 +262,9 @@ Gatehouse quickstart is running at {url}
   config:  {cfg_display}
   audit:   gatehouse audit verify {audit}
 
-Tokens (12 hours; re-issue with `gatehouse token issue --config {cfg_display} --subject alice --group dev --ttl 1h`):
-  export ALICE_TOKEN={alice}   # alice, group dev: read and write demo/*
+Tokens (12 hours; re-issue with `gatehouse token issue --config {cfg_display} --subject alice --group dev --group release --ttl 1h`):
+  export ALICE_TOKEN={alice}   # alice, groups dev and release: read and write demo/*, main included
+  export BOB_TOKEN={bob}   # bob, group dev: read and write demo/*, but not main
   export CI_TOKEN={ci}   # ci-bot, group ci: read only
 
 Clone and push as alice:
@@ -259,6 +274,10 @@ Clone and push as alice:
 
 See a push denied (ci-bot may only read):
   git -c http.extraHeader="Authorization: Bearer $CI_TOKEN" push
+
+See main protected (only group release moves it; bob pushes a branch instead):
+  git -c user.name=bob -c user.email=bob@example.com commit -q --allow-empty -m "Bob's change" && git -c http.extraHeader="Authorization: Bearer $BOB_TOKEN" push
+  git -c http.extraHeader="Authorization: Bearer $BOB_TOKEN" push origin HEAD:refs/heads/bob/change
 {ssh}
 Press Ctrl-C to stop.
 "#,

@@ -74,7 +74,7 @@ fn quickstart_prints_commands_that_work_as_printed() {
         .map(str::trim)
         .filter(|l| l.starts_with("export "))
         .collect();
-    assert_eq!(exports.len(), 2, "{text}");
+    assert_eq!(exports.len(), 3, "{text}");
     let block = |title: &str, n: usize| -> Vec<String> {
         let lines: Vec<&str> = text.lines().collect();
         let at = lines
@@ -145,6 +145,22 @@ fn quickstart_prints_commands_that_work_as_printed() {
         record.contains(r#""reason":"no_matching_permit""#),
         "{record}"
     );
+    // Main is protected: bob (dev, not release) is refused on main, and pushes a branch.
+    let protected = block("See main protected", 2);
+    let exported = exports
+        .iter()
+        .map(|e| e.split('#').next().unwrap_or(e).trim())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let before = head_of(&bare, "main");
+    let o = run(&format!("{exported}\ncd hello\n{}\n", protected[0]));
+    assert!(!o.status.success(), "bob moved main");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("main_is_protected"), "{err}");
+    assert_eq!(head_of(&bare, "main"), before, "the upstream changed");
+    let o = run(&format!("set -e\n{exported}\ncd hello\n{}\n", protected[1]));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_ne!(head_of(&bare, "bob/change"), before);
     // Ctrl-C (SIGINT) stops it cleanly, and the audit trail verifies.
     qs.signal("INT");
     assert!(
@@ -413,7 +429,27 @@ fn quickstart_ssh_commands_work_as_printed() {
     );
     let bare = dir.join("repos/demo/hello.git");
     assert!(!crate::common::head_of(&bare, "from-ssh").is_empty());
-    let tag = format!("cd hello-ssh\ngit tag v9.9\n{git_ssh} git push origin refs/tags/v9.9\n");
+    // Bob (dev, not release) gets a certificate the same way and may not push a release tag.
+    let bob_export = lines
+        .iter()
+        .map(|l| l.trim())
+        .find(|l| l.starts_with("export BOB_TOKEN="))
+        .unwrap()
+        .split('#')
+        .next()
+        .unwrap()
+        .trim()
+        .to_owned();
+    let as_bob = |cmd: &str| {
+        cmd.replace("alice_ed25519", "bob_ed25519")
+            .replace("$ALICE_TOKEN", "$BOB_TOKEN")
+    };
+    let tag = format!(
+        "set -e\n{bob_export}\n{}\n{}\ncd hello-ssh\ngit tag v9.9\n{} git push origin refs/tags/v9.9\n",
+        as_bob(ssh_cmds[0]),
+        as_bob(ssh_cmds[1]),
+        as_bob(&git_ssh)
+    );
     let o = run(&tag);
     assert!(!o.status.success(), "a release tag was pushed");
     assert!(
