@@ -497,7 +497,7 @@ fn a_cache_key_matches_only_the_request_it_was_made_from() {
     }
 }
 
-/// `examples/policy-gitea.cedar` validates against the schema, with the six policies that
+/// `examples/policy-gitea.cedar` validates against the schema, with the eight policies that
 /// docs/policy.md shows `gatehouse policy check` reporting for it.
 #[test]
 fn the_example_policy_validates() {
@@ -505,7 +505,41 @@ fn the_example_policy_validates() {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/policy-gitea.cedar");
     let src = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let engine = PolicyEngine::new(&src, "default").unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(engine.len(), 6);
+    assert_eq!(engine.len(), 8);
+    // Only acme-release moves main or a release tag, by whichever way the ref is asked about.
+    let api = repo("acme", "api");
+    let dev = principal("alice", &["acme-devs"]);
+    let rel = principal("rita", &["acme-devs", "acme-release"]);
+    for via in [Via::Git, Via::Web, Via::Api] {
+        let ask = |p: &Principal, action: Action, name: &str| {
+            engine.evaluate(&AuthzRequest {
+                principal: p,
+                action,
+                resource: &api,
+                facts: RequestFacts {
+                    via,
+                    git_ref: Some(RefFacts {
+                        name,
+                        old: "",
+                        new: "",
+                    }),
+                    ..facts("POST")
+                },
+            })
+        };
+        for action in [Action::RefCreate, Action::RefUpdate, Action::RefDelete] {
+            let d = ask(&dev, action, "refs/heads/main");
+            assert_eq!(&*d.reason, "main_is_protected", "{via:?} {action}");
+            let d = ask(&dev, action, "refs/tags/v1.0");
+            assert_eq!(
+                &*d.reason, "release_tags_are_for_release",
+                "{via:?} {action}"
+            );
+            assert!(ask(&dev, action, "refs/heads/feature").allowed);
+            assert!(ask(&rel, action, "refs/heads/main").allowed);
+            assert!(ask(&rel, action, "refs/tags/v1.0").allowed);
+        }
+    }
 }
 
 /// Every Cedar snippet docs/policy.md shows validates against the schema.
