@@ -59,7 +59,8 @@ fuzz_target!(|data: &[u8]| {
             RefSource::PullBase(n) | RefSource::PullHead(n) | RefSource::ReleaseTag(n) => {
                 assert!(n > 0);
             }
-            RefSource::DefaultBranch => {}
+            RefSource::IfEmpty(n) => assert!(valid_ref_name(&n), "{n}"),
+            RefSource::DefaultBranch | RefSource::DefaultBranchIfEmpty => {}
         }
     }
 });

@@ -256,7 +256,7 @@ impl ForgeGroups {
 }
 
 mod lookups;
-pub use lookups::{ForgeApi, LookupError, PullBranches, ResolvedMove, resolve_moves};
+pub use lookups::{ForgeApi, LookupError, PullBranches, RepoInfo, ResolvedMove, resolve_moves};
 
 #[cfg(test)]
 mod tests {

@@ -1,8 +1,11 @@
 //! What a ref-moving web or API route leaves to the forge: a pull request's base and head
-//! branches, a release's tag, a repository's default branch. Asked on the forge's REST API
-//! (`/api/v1/repos/{owner}/{repo}/pulls/{index}`, `/releases/{id}`, the repository itself) with
-//! the `forge.api` token, and cached for `forge.api.cache_ttl`, so that a burst of merges asks
-//! once. A failed lookup is an error: the caller refuses the request.
+//! branches, a release's tag, a repository's default branch and whether it is empty. Asked on the
+//! forge's REST API (`/api/v1/repos/{owner}/{repo}/pulls/{index}`, `/releases/{id}`, the
+//! repository itself) with the `forge.api` token. Release tags and repositories are cached for
+//! `forge.api.cache_ttl`, so that a burst of commits asks once. Pull requests are asked afresh
+//! for every request: anyone who may work on a pull request may retarget it to another base, and
+//! a cached base would let a merge into `main` be decided as a merge into `dev`. A failed lookup
+//! is an error: the caller refuses the request.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -41,9 +44,18 @@ pub struct PullBranches {
     pub head_repo: Option<(String, String)>,
 }
 
+/// What Gatehouse needs to know of a repository.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepoInfo {
+    /// The default branch, as a full ref.
+    pub default_branch: String,
+    /// It has no commits yet: the forge's editor and contents API create its default branch.
+    pub empty: bool,
+}
+
 #[derive(Debug, Clone)]
 enum Answer {
-    Pull(PullBranches),
+    Repo(RepoInfo),
     Text(String),
 }
 
@@ -74,6 +86,8 @@ struct ApiRelease {
 #[derive(Deserialize)]
 struct ApiRepository {
     default_branch: String,
+    #[serde(default)]
+    empty: bool,
 }
 
 /// A branch name as the API gives it (`main`), or a full ref (an AGit pull request's head is
@@ -147,7 +161,8 @@ impl ForgeApi {
         }))
     }
 
-    /// The base and head branches of pull request `index` of `owner/repo`.
+    /// The base and head branches of pull request `index` of `owner/repo`, asked afresh every
+    /// time (a pull request can be retargeted; see the module's documentation).
     pub async fn pull(
         &self,
         owner: &str,
@@ -155,14 +170,9 @@ impl ForgeApi {
         index: u64,
     ) -> Result<PullBranches, LookupError> {
         let path = format!("/api/v1/repos/{owner}/{repo}/pulls/{index}");
-        if let Some(Answer::Pull(p)) = self.cached(&path) {
-            return Ok(p);
-        }
         let what = format!("pull request {owner}/{repo}#{index}");
         let a: ApiPull = self.get(&path, &what).await?;
-        let p = pull_branches(a);
-        self.remember(path, Answer::Pull(p.clone()));
-        Ok(p)
+        Ok(pull_branches(a))
     }
 
     /// The tag of release `id` of `owner/repo`, as a full ref.
@@ -186,11 +196,11 @@ impl ForgeApi {
         Ok(t)
     }
 
-    /// The default branch of `owner/repo`, as a full ref.
-    pub async fn default_branch(&self, owner: &str, repo: &str) -> Result<String, LookupError> {
+    /// The default branch of `owner/repo` and whether it is empty.
+    pub async fn repository(&self, owner: &str, repo: &str) -> Result<RepoInfo, LookupError> {
         let path = format!("/api/v1/repos/{owner}/{repo}");
-        if let Some(Answer::Text(t)) = self.cached(&path) {
-            return Ok(t);
+        if let Some(Answer::Repo(r)) = self.cached(&path) {
+            return Ok(r);
         }
         let what = format!("repository {owner}/{repo}");
         let a: ApiRepository = self.get(&path, &what).await?;
@@ -199,9 +209,12 @@ impl ForgeApi {
                 "{what} has no default branch"
             )));
         }
-        let t = branch_ref(&a.default_branch);
-        self.remember(path, Answer::Text(t.clone()));
-        Ok(t)
+        let r = RepoInfo {
+            default_branch: branch_ref(&a.default_branch),
+            empty: a.empty,
+        };
+        self.remember(path, Answer::Repo(r.clone()));
+        Ok(r)
     }
 
     fn cached(&self, key: &str) -> Option<Answer> {
@@ -307,6 +320,7 @@ pub async fn resolve_moves(
     };
     let mut out = Vec::new();
     let mut pulls: HashMap<u64, PullBranches> = HashMap::new();
+    let mut info: Option<RepoInfo> = None;
     for p in planned {
         let here = |name: String| ResolvedMove {
             repo: repo.clone(),
@@ -343,8 +357,21 @@ pub async fn resolve_moves(
                     op: p.op,
                 });
             }
-            RefSource::DefaultBranch => {
-                out.push(here(api()?.default_branch(&repo.owner, &repo.name).await?));
+            RefSource::DefaultBranch | RefSource::DefaultBranchIfEmpty | RefSource::IfEmpty(_) => {
+                let r = match &info {
+                    Some(r) => r.clone(),
+                    None => {
+                        let r = api()?.repository(&repo.owner, &repo.name).await?;
+                        info = Some(r.clone());
+                        r
+                    }
+                };
+                match p.source {
+                    RefSource::DefaultBranch => out.push(here(r.default_branch)),
+                    RefSource::DefaultBranchIfEmpty if r.empty => out.push(here(r.default_branch)),
+                    RefSource::IfEmpty(name) if r.empty => out.push(here(name)),
+                    _ => {}
+                }
             }
             RefSource::ReleaseTag(id) => {
                 out.push(here(api()?.release_tag(&repo.owner, &repo.name, id).await?));
@@ -421,6 +448,8 @@ mod tests {
             RefSource::PullBase(1),
             RefSource::PullHead(1),
             RefSource::DefaultBranch,
+            RefSource::DefaultBranchIfEmpty,
+            RefSource::IfEmpty("refs/heads/x".into()),
             RefSource::ReleaseTag(1),
         ] {
             let planned = vec![PlannedMove {

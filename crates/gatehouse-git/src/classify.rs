@@ -810,6 +810,22 @@ mod tests {
                 RefMove::BranchDelete,
             ),
             ("POST", "/api/v1/repos/acme/api/tags", RefMove::TagCreate),
+            ("POST", "/acme/api/branches/rename", RefMove::BranchRename),
+            (
+                "POST",
+                "/acme/api/branches/merge-upstream",
+                RefMove::UpdateBranch,
+            ),
+            (
+                "POST",
+                "/api/v1/repos/acme/api/merge-upstream",
+                RefMove::UpdateBranch,
+            ),
+            (
+                "PUT",
+                "/api/v1/repos/acme/api/branches/main",
+                RefMove::UpdateBranch,
+            ),
         ] {
             let r = c(m, p, None)?;
             assert_eq!(

@@ -1,18 +1,23 @@
-//! The fields of a forge's web form, read as the forge reads them: Go's `Request.ParseForm`
-//! (`net/http`) puts the values of an `application/x-www-form-urlencoded` body of a POST, PUT or
-//! PATCH first and the URL query's after them, each parsed by `url.ParseQuery`; the forge's form
-//! binding takes a field's first value. The routes that move refs name their refs in such fields
-//! (`new_branch_name`, `commit_choice`, `name`, `tag_name`), so Gatehouse must read the same
-//! value the forge will act on.
+//! The fields of a forge's web form, read as the forge reads them. A handler reads a field one of
+//! two ways, and they differ:
+//! - **bound** into its form struct by go-chi/binding (Gitea, Forgejo; macaron's binding in Gogs
+//!   does the same), which picks a decoder by looking for `form-urlencoded`, then
+//!   `multipart/form-data`, then `json` in the `Content-Type` as sent (case-sensitively): the
+//!   first binds `Request.Form` after `ParseForm` (a POST, PUT or PATCH body whose media type is
+//!   `application/x-www-form-urlencoded`, then the URL query), the second the multipart parts
+//!   alone (not the query), the third a JSON body (refused here:
+//!   [`FormError::UnsupportedBody`]); any other type binds nothing, and the handler runs with an
+//!   empty form;
+//! - **`FormValue`** (`ctx.FormString`): `Request.Form` after `ParseMultipartForm`, by media type:
+//!   `ParseForm`'s fields, then, for `multipart/form-data`, the parts'.
 //!
+//! Both are kept ([`Form::bound`], [`Form::one`]); the caller asks the way the handler reads.
 //! Where Go would read a value Gatehouse cannot be sure of, the form is refused instead of
-//! guessed at: a field given twice (Go takes the first, which depends on where each came from), a
-//! `;` separator (Go refuses it but keeps parsing), a malformed `%` escape, a value that is not
-//! UTF-8. A `multipart/form-data` body (the web UI's `fetch` with `FormData`) is read as Go's
-//! `ParseMultipartForm` reads it: the query's fields first, then the parts' ([`crate::multipart`],
-//! which refuses what Go would read otherwise). A JSON body, which the binding would decode into
-//! the form by Go field names, is refused ([`FormError::UnsupportedBody`]).
-//! Pure: no I/O; a fuzz target (`form_fields`) holds it to never panicking.
+//! guessed at: a field given twice in the reading asked for (Go takes the first, which depends on
+//! where each came from), a `;` separator (Go refuses it but keeps parsing), a malformed `%`
+//! escape, a value that is not UTF-8, a multipart body Go's reader could read otherwise
+//! ([`crate::multipart`]). Pure: no I/O; a fuzz target (`form_fields`) holds it to never
+//! panicking.
 
 use crate::classify::form_decode;
 
@@ -33,15 +38,30 @@ pub enum FormError {
     /// A JSON body on a route whose fields Gatehouse must read.
     #[error("a {0} body cannot be read on this route")]
     UnsupportedBody(&'static str),
+    /// The handler could read a field from the binding or from `FormValue`, and they differ.
+    #[error("the form's `{0}` is read differently by the form binding and by FormValue")]
+    Ambiguous(String),
     /// A multipart body Go's reader could read otherwise than Gatehouse.
     #[error("the multipart body has {0}")]
     Multipart(&'static str),
 }
 
-/// A request's form fields, in the order Go's `Request.Form` holds them.
+/// A request's form fields, both ways a handler can read them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Form {
-    fields: Vec<(String, String)>,
+    /// `Request.Form` after `ParseMultipartForm`, in Go's order.
+    form_value: Vec<(String, String)>,
+    /// What the binding maps into the form struct.
+    bound: Vec<(String, String)>,
+}
+
+fn only<'a>(fields: &'a [(String, String)], name: &str) -> Result<Option<&'a str>, FormError> {
+    let mut found = fields.iter().filter(|(k, _)| k == name);
+    let first = found.next();
+    if found.next().is_some() {
+        return Err(FormError::Repeated(name.to_owned()));
+    }
+    Ok(first.map(|(_, v)| v.as_str()))
 }
 
 /// What Go's `mime.ParseMediaType` makes of a `Content-Type`, as far as `ParseForm` cares: the
@@ -73,49 +93,69 @@ fn parse_query(s: &str, out: &mut Vec<(String, String)>) -> Result<(), FormError
 }
 
 impl Form {
-    /// Reads the form of a request: its `method` (upper-case), `Content-Type`, URL query and
-    /// body. The body is read only where Go reads it (a POST, PUT or PATCH whose media type is
-    /// `application/x-www-form-urlencoded`, or any method's `multipart/form-data` body); any
-    /// other body is none of the form's business, except JSON, which the forge's binding reads
-    /// and Gatehouse refuses.
+    /// Reads the form of a request: its `method` (upper-case), `Content-Type` (as sent), URL
+    /// query and body, both ways (see the module's documentation).
     pub fn read(
         method: &str,
         content_type: Option<&str>,
         query: Option<&str>,
         body: &[u8],
     ) -> Result<Self, FormError> {
-        let mut fields = Vec::new();
-        let ct = content_type.map(media_type).unwrap_or_default();
-        if ct == "multipart/form-data" {
-            if let Some(q) = query {
-                parse_query(q, &mut fields)?;
-            }
-            crate::multipart::read_values(content_type.unwrap_or_default(), body, &mut fields)?;
-            return Ok(Self { fields });
-        }
-        // go-chi/binding decodes any body whose type mentions JSON into the form.
-        if ct.contains("json") {
-            return Err(FormError::UnsupportedBody("JSON"));
-        }
-        if matches!(method, "POST" | "PUT" | "PATCH") && ct == "application/x-www-form-urlencoded" {
+        let raw = content_type.unwrap_or_default();
+        let media = media_type(raw);
+        let mut parse_form = Vec::new();
+        if matches!(method, "POST" | "PUT" | "PATCH")
+            && media == "application/x-www-form-urlencoded"
+        {
             let text = std::str::from_utf8(body).map_err(|_| FormError::Malformed)?;
-            parse_query(text, &mut fields)?;
+            parse_query(text, &mut parse_form)?;
         }
         if let Some(q) = query {
-            parse_query(q, &mut fields)?;
+            parse_query(q, &mut parse_form)?;
         }
-        Ok(Self { fields })
+        let parts = if media == "multipart/form-data" {
+            let mut p = Vec::new();
+            crate::multipart::read_values(raw, body, &mut p)?;
+            p
+        } else {
+            Vec::new()
+        };
+        let mut form_value = parse_form.clone();
+        form_value.extend(parts.iter().cloned());
+        let writes = matches!(method, "POST" | "PUT" | "PATCH" | "DELETE");
+        // Without a body method or type the binding reads the form too.
+        let bound = if (!writes && raw.is_empty()) || raw.contains("form-urlencoded") {
+            parse_form
+        } else if raw.contains("multipart/form-data") {
+            // Not a multipart media type: `ParseMultipartForm` fails and nothing is bound.
+            parts
+        } else if raw.contains("json") {
+            return Err(FormError::UnsupportedBody("JSON"));
+        } else {
+            Vec::new()
+        };
+        Ok(Self { form_value, bound })
     }
 
-    /// The value of `name` (compared exactly, as the binding does), if the form has it; refused
-    /// if it has it more than once.
+    /// The value of `name` as `FormValue` reads it (compared exactly), if the form has it;
+    /// refused if it has it more than once.
     pub fn one(&self, name: &str) -> Result<Option<&str>, FormError> {
-        let mut found = self.fields.iter().filter(|(k, _)| k == name);
-        let first = found.next();
-        if found.next().is_some() {
-            return Err(FormError::Repeated(name.to_owned()));
+        only(&self.form_value, name)
+    }
+
+    /// The value of `name` as the binding maps it into the form struct.
+    pub fn bound(&self, name: &str) -> Result<Option<&str>, FormError> {
+        only(&self.bound, name)
+    }
+
+    /// The value of `name` when both readings give the same one (for a field Gatehouse cannot
+    /// say how the handler reads); refused when they differ.
+    pub fn agreed(&self, name: &str) -> Result<Option<&str>, FormError> {
+        let (a, b) = (self.one(name)?, self.bound(name)?);
+        if a != b {
+            return Err(FormError::Ambiguous(name.to_owned()));
         }
-        Ok(first.map(|(_, v)| v.as_str()))
+        Ok(a)
     }
 }
 
@@ -175,6 +215,48 @@ mod tests {
         )
         .unwrap();
         assert_eq!(f.one("name"), Ok(Some("main")));
+        // ... but the binding looks for `form-urlencoded` as sent: this binds nothing.
+        assert_eq!(f.bound("name"), Ok(None));
+    }
+
+    /// The binding picks its decoder by substrings of the Content-Type as sent, and binds
+    /// multipart parts without the query; `FormValue` goes by media type and reads the query too.
+    #[test]
+    fn the_binding_reads_otherwise_than_form_value() {
+        let mp = "multipart/form-data; boundary=x";
+        let parts = b"--x\r\nContent-Disposition: form-data; name=\"commit_choice\"\r\n\r\ncommit-to-new-branch\r\n--x--\r\n";
+        // Multipart: the query is FormValue's, not the binding's.
+        let f = Form::read("POST", Some(mp), Some("new_branch_name=ok"), parts).unwrap();
+        assert_eq!(f.one("new_branch_name"), Ok(Some("ok")));
+        assert_eq!(f.bound("new_branch_name"), Ok(None));
+        assert_eq!(f.bound("commit_choice"), Ok(Some("commit-to-new-branch")));
+        assert_eq!(
+            f.agreed("new_branch_name"),
+            Err(FormError::Ambiguous("new_branch_name".into()))
+        );
+        assert_eq!(f.agreed("commit_choice"), Ok(Some("commit-to-new-branch")));
+        // `form-urlencoded` anywhere in the type wins: the binding reads ParseForm's fields
+        // (here the query alone), FormValue the parts too.
+        let f = Form::read(
+            "POST",
+            Some("multipart/form-data; boundary=x; x=form-urlencoded"),
+            Some("a=1"),
+            parts,
+        )
+        .unwrap();
+        assert_eq!(f.bound("commit_choice"), Ok(None));
+        assert_eq!(f.bound("a"), Ok(Some("1")));
+        assert_eq!(f.one("commit_choice"), Ok(Some("commit-to-new-branch")));
+        // Another type, or none: the binding binds nothing; FormValue reads the query.
+        for ct in [Some("text/plain"), None] {
+            let f = Form::read("POST", ct, Some("commit_choice=x"), b"commit_choice=y").unwrap();
+            assert_eq!(f.bound("commit_choice"), Ok(None), "{ct:?}");
+            assert_eq!(f.one("commit_choice"), Ok(Some("x")), "{ct:?}");
+        }
+        // A URL-encoded body: both read the body, then the query.
+        let f = Form::read("POST", FORM, Some("b=2"), b"a=1").unwrap();
+        assert_eq!((f.bound("a"), f.bound("b")), (Ok(Some("1")), Ok(Some("2"))));
+        assert_eq!(f.agreed("a"), Ok(Some("1")));
     }
 
     #[test]

@@ -31,6 +31,12 @@ pub enum RefSource {
     PullHead(u64),
     /// The repository's default branch.
     DefaultBranch,
+    /// The repository's default branch, if the repository is empty: the forge's editor and
+    /// contents API then commit there, creating it, whatever branch the request names.
+    DefaultBranchIfEmpty,
+    /// This full name, if the repository is empty (a commit that then creates the branch it
+    /// names).
+    IfEmpty(String),
     /// The tag of the release with this id.
     ReleaseTag(u64),
 }
@@ -157,12 +163,23 @@ pub enum Fields<'a> {
     Json(&'a JsonFields),
 }
 
+/// How the forges' web handlers read a form field: `ctx.FormString` / `FormInt64` (`FormValue`:
+/// the query and the body) for these; the form struct's binding for the rest, except `branch`,
+/// whose handlers differ between forges and versions: both readings must agree for it.
+fn form_field<'f>(f: &'f Form, name: &str) -> Result<Option<&'f str>, FormError> {
+    match name {
+        "name" | "id" | "from_base_branch" => f.one(name),
+        "branch" => f.agreed(name),
+        _ => f.bound(name),
+    }
+}
+
 impl Fields<'_> {
     /// The non-empty string `name`.
     fn str(&self, name: &'static str) -> Result<Option<&str>, PlanError> {
         let v = match self {
             Fields::None => None,
-            Fields::Form(f) => f.one(name)?,
+            Fields::Form(f) => form_field(f, name)?,
             Fields::Json(j) => j.str(name),
         };
         Ok(v.filter(|s| !s.is_empty()))
@@ -178,7 +195,7 @@ impl Fields<'_> {
         match self {
             Fields::None => Ok(None),
             Fields::Json(j) => Ok(j.bool(name)),
-            Fields::Form(f) => match f.one(name)? {
+            Fields::Form(f) => match form_field(f, name)? {
                 None => Ok(None),
                 Some("on" | "1" | "t" | "T" | "TRUE" | "true" | "True") => Ok(Some(true)),
                 Some("" | "0" | "f" | "F" | "FALSE" | "false" | "False") => Ok(Some(false)),
@@ -192,6 +209,9 @@ const NONE: &[(&str, JsonKind)] = &[];
 const COMMIT_FORM: &[(&str, JsonKind)] = &[
     ("commit_choice", JsonKind::Str),
     ("new_branch_name", JsonKind::Str),
+    // Gitea 1.25: editing a repository the user cannot write to commits to a new branch of
+    // their fork when this is set, whatever `commit_choice` says.
+    ("from_base_branch", JsonKind::Str),
 ];
 const FILE_OPTIONS: &[(&str, JsonKind)] =
     &[("branch", JsonKind::Str), ("new_branch", JsonKind::Str)];
@@ -235,6 +255,7 @@ pub fn body_fields(
         (Via::Api, RefMove::BranchRename) => NAME,
         (Via::Api, RefMove::TagCreate | RefMove::Release) => TAG_NAME,
         (Via::Api, RefMove::Merge) => MERGE,
+        (Via::Api, RefMove::UpdateBranch) if first == "merge-upstream" => BRANCH,
         (Via::Api, _) => NONE,
         (_, RefMove::Commit) => COMMIT_FORM,
         (_, RefMove::BranchCreate) => NEW_BRANCH_FORM,
@@ -243,7 +264,11 @@ pub fn body_fields(
         (_, RefMove::TagDelete) => ID,
         (_, RefMove::Release) if first == "releases" && rest.get(1) == Some(&"new") => TAG_NAME,
         (_, RefMove::Merge) => MERGE,
-        (_, RefMove::UpdateBranch) if first == "sync_fork" => BRANCH,
+        (_, RefMove::UpdateBranch)
+            if first == "sync_fork" || rest.get(1) == Some(&"merge-upstream") =>
+        {
+            BRANCH
+        }
         _ => NONE,
     }
 }
@@ -322,7 +347,10 @@ pub fn plan_moves(
         (Via::Api, RefMove::Commit) if flavor == ForgeFlavor::Gogs => {
             // Gogs commits on `branch`, made from the default branch when it differs.
             match fields.str("branch")? {
-                None => out.push(mv(RefSource::DefaultBranch, Update)),
+                None => {
+                    out.push(mv(RefSource::DefaultBranch, Update));
+                    out.push(mv(RefSource::DefaultBranchIfEmpty, Create));
+                }
                 Some(b) => {
                     out.push(PlannedMove::named(heads, b, Create)?);
                     out.push(PlannedMove::named(heads, b, Update)?);
@@ -332,10 +360,24 @@ pub fn plan_moves(
         (Via::Api, RefMove::Commit) => {
             // Gitea's files service: the old branch defaults to the default branch, the new
             // one to the old; a new branch other than the old one is created.
+            // In an empty repository the commit creates the branch it goes to.
+            let update = |out: &mut Vec<PlannedMove>, b: &str| -> Result<(), PlanError> {
+                let m = PlannedMove::named(heads, b, Update)?;
+                let full = match &m.source {
+                    RefSource::Named(full) => full.clone(),
+                    _ => return Err(PlanError::BadRefName(b.to_owned())),
+                };
+                out.push(m);
+                out.push(mv(RefSource::IfEmpty(full), Create));
+                Ok(())
+            };
             match (fields.str("branch")?, fields.str("new_branch")?) {
-                (None, None) => out.push(mv(RefSource::DefaultBranch, Update)),
-                (Some(b), None) => out.push(PlannedMove::named(heads, b, Update)?),
-                (Some(b), Some(n)) if b == n => out.push(PlannedMove::named(heads, b, Update)?),
+                (None, None) => {
+                    out.push(mv(RefSource::DefaultBranch, Update));
+                    out.push(mv(RefSource::DefaultBranchIfEmpty, Create));
+                }
+                (Some(b), None) => update(&mut out, b)?,
+                (Some(b), Some(n)) if b == n => update(&mut out, b)?,
                 (Some(_), Some(n)) => out.push(PlannedMove::named(heads, n, Create)?),
                 // The new branch may be the default branch itself: both are asked.
                 (None, Some(n)) => {
@@ -390,6 +432,22 @@ pub fn plan_moves(
         (Via::Api, RefMove::UpdateBranch) if first == "pulls" => {
             out.push(mv(RefSource::PullHead(pull()?), Update));
         }
+        // Gitea's `merge-upstream` (a fork's branch from its base repository).
+        (Via::Api, RefMove::UpdateBranch) if first == "merge-upstream" => {
+            out.push(PlannedMove::named(
+                heads,
+                fields.required("branch")?,
+                Update,
+            )?);
+        }
+        // Gitea 1.25's `PUT branches/{branch}`: the branch is moved to another commit.
+        (Via::Api, RefMove::UpdateBranch) if first == "branches" => {
+            out.push(PlannedMove::named(
+                heads,
+                &joined(rest.get(1..).unwrap_or_default())?,
+                Update,
+            )?);
+        }
         (Via::Api, RefMove::UpdateBranch) if first == "sync_fork" => match rest.get(1..) {
             Some(b) if !b.is_empty() => out.push(PlannedMove::named(heads, &joined(b)?, Update)?),
             _ => out.push(mv(RefSource::DefaultBranch, Update)),
@@ -401,11 +459,20 @@ pub fn plan_moves(
                 _ => rest.get(1..).unwrap_or_default(),
             };
             // Anything but the new-branch choice commits to the branch in the path.
-            if fields.str("commit_choice")? == Some("commit-to-new-branch") {
+            let new_branch = fields.str("commit_choice")? == Some("commit-to-new-branch")
+                || fields.str("from_base_branch")?.is_some();
+            if new_branch {
                 let n = fields.required("new_branch_name")?;
                 out.push(PlannedMove::named(heads, n, Create)?);
             } else {
                 out.push(mv(branch_candidates(branch)?, Update));
+                // `HEAD` that is no branch is the default branch there.
+                if branch.first() == Some(&"HEAD") {
+                    out.push(mv(RefSource::DefaultBranch, Update));
+                }
+                // An empty repository's editor commits to its default branch, creating it,
+                // whatever the path says.
+                out.push(mv(RefSource::DefaultBranchIfEmpty, Create));
             }
         }
         (Via::Web, RefMove::BranchCreate) => {
@@ -457,7 +524,10 @@ pub fn plan_moves(
             )?);
         }
         (Via::Web, RefMove::Merge) => merge(&mut out)?,
-        (Via::Web, RefMove::UpdateBranch) if first == "sync_fork" => {
+        // Forgejo's `sync_fork`, Gitea's `branches/merge-upstream`.
+        (Via::Web, RefMove::UpdateBranch)
+            if first == "sync_fork" || rest.get(1) == Some(&"merge-upstream") =>
+        {
             out.push(PlannedMove::named(
                 heads,
                 fields.required("branch")?,

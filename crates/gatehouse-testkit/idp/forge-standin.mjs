@@ -16,8 +16,9 @@
 // {tag_name}, Repository{default_branch}), for the repositories in STANDIN_REPOS:
 //   {"acme/api": {"default_branch": "main",
 //                 "pulls": {"7": {"base": "main", "head": "feature", "head_repo": "acme/api"}},
-//                 "releases": {"4": "v1.0"}}}
-//   GET /api/v1/repos/{owner}/{repo}            -> {"full_name", "default_branch"}
+//                 "releases": {"4": "v1.0"}},
+//    "acme/new": {"empty": true}}
+//   GET /api/v1/repos/{owner}/{repo}            -> {"full_name", "default_branch", "empty"}
 //   GET /api/v1/repos/{owner}/{repo}/pulls/{n}  -> {"number", "base": {...}, "head": {...}}
 //   GET /api/v1/repos/{owner}/{repo}/releases/{id} -> {"id", "tag_name"}
 // with the same token (a deleted head repository is `"head_repo": null`).
@@ -43,7 +44,9 @@ const repoLookup = (res, parts) => {
   const full = `${owner}/${repo}`;
   const r = REPOS[full.toLowerCase()];
   if (!r) return json(res, 404, { message: 'repository does not exist' });
-  if (!what) return json(res, 200, { full_name: full, default_branch: r.default_branch || 'main' });
+  if (!what) {
+    return json(res, 200, { full_name: full, default_branch: r.default_branch || 'main', empty: Boolean(r.empty) });
+  }
   if (what === 'pulls') {
     const p = (r.pulls || {})[id];
     if (!p) return json(res, 404, { message: 'pull request does not exist' });

@@ -31,6 +31,21 @@ fn gitea_web(m: RefMove, path: &str, body: &str) -> Result<Vec<PlannedMove>, Pla
     web(ForgeFlavor::Gitea, m, path, body)
 }
 
+/// Plans a web route with a body of the given type.
+fn web_typed(
+    m: RefMove,
+    path: &str,
+    ct: Option<&str>,
+    body: &str,
+) -> Result<Vec<PlannedMove>, PlanError> {
+    let (path_only, query) = path
+        .split_once('?')
+        .map_or((path, None), |(p, q)| (p, Some(q)));
+    let rest = route_rest(path_only, Via::Web);
+    let form = Form::read("POST", ct, query, body.as_bytes())?;
+    plan_moves(ForgeFlavor::Gitea, m, Via::Web, &rest, Fields::Form(&form))
+}
+
 /// Plans an API route with a JSON body.
 fn api(
     flavor: ForgeFlavor,
@@ -58,14 +73,18 @@ fn the_web_editor_commits_to_the_branch_in_its_path_or_to_a_new_one() {
             "/acme/api/_edit/main/docs/README.md",
             "commit_choice=direct"
         ),
-        Ok(vec![mv(
-            RefSource::AnyOf(vec![
-                "refs/heads/main".into(),
-                "refs/heads/main/docs".into(),
-                "refs/heads/main/docs/README.md".into(),
-            ]),
-            Update
-        )])
+        Ok(vec![
+            mv(
+                RefSource::AnyOf(vec![
+                    "refs/heads/main".into(),
+                    "refs/heads/main/docs".into(),
+                    "refs/heads/main/docs/README.md".into(),
+                ]),
+                Update
+            ),
+            // In an empty repository the editor creates the default branch.
+            mv(RefSource::DefaultBranchIfEmpty, Create),
+        ])
     );
     // Anything but the new-branch choice commits to the path's branch.
     for choice in [
@@ -99,13 +118,16 @@ fn the_web_editor_commits_to_the_branch_in_its_path_or_to_a_new_one() {
             "/acme/api/_cherrypick/abcdef1/release/1.0",
             "revert=true"
         ),
-        Ok(vec![mv(
-            RefSource::AnyOf(vec![
-                "refs/heads/release".into(),
-                "refs/heads/release/1.0".into()
-            ]),
-            Update
-        )])
+        Ok(vec![
+            mv(
+                RefSource::AnyOf(vec![
+                    "refs/heads/release".into(),
+                    "refs/heads/release/1.0".into()
+                ]),
+                Update
+            ),
+            mv(RefSource::DefaultBranchIfEmpty, Create),
+        ])
     );
     // A choice given twice (body and query) is refused.
     assert_eq!(
@@ -274,15 +296,24 @@ fn the_contents_api_reads_branch_and_new_branch_as_gitea_does() {
     let p = "/api/v1/repos/acme/api/contents/README.md";
     assert_eq!(
         gitea_api(RefMove::Commit, p, r#"{"content":"aGk=","branch":"main"}"#),
-        Ok(vec![named("refs/heads/main", Update)])
+        Ok(vec![
+            named("refs/heads/main", Update),
+            mv(RefSource::IfEmpty("refs/heads/main".into()), Create)
+        ])
     );
     assert_eq!(
         gitea_api(RefMove::Commit, p, r#"{"content":"aGk="}"#),
-        Ok(vec![mv(RefSource::DefaultBranch, Update)])
+        Ok(vec![
+            mv(RefSource::DefaultBranch, Update),
+            mv(RefSource::DefaultBranchIfEmpty, Create)
+        ])
     );
     assert_eq!(
         gitea_api(RefMove::Commit, p, r#"{"branch":"","new_branch":""}"#),
-        Ok(vec![mv(RefSource::DefaultBranch, Update)])
+        Ok(vec![
+            mv(RefSource::DefaultBranch, Update),
+            mv(RefSource::DefaultBranchIfEmpty, Create)
+        ])
     );
     assert_eq!(
         gitea_api(
@@ -298,7 +329,10 @@ fn the_contents_api_reads_branch_and_new_branch_as_gitea_does() {
             p,
             r#"{"branch":"main","new_branch":"main"}"#
         ),
-        Ok(vec![named("refs/heads/main", Update)])
+        Ok(vec![
+            named("refs/heads/main", Update),
+            mv(RefSource::IfEmpty("refs/heads/main".into()), Create)
+        ])
     );
     // Without `branch`, the new branch may be the default branch: both are asked.
     assert_eq!(
@@ -323,13 +357,19 @@ fn the_contents_api_reads_branch_and_new_branch_as_gitea_does() {
             "/api/v1/repos/acme/api/diffpatch",
             r#"{"branch":"main","content":"diff"}"#
         ),
-        Ok(vec![named("refs/heads/main", Update)])
+        Ok(vec![
+            named("refs/heads/main", Update),
+            mv(RefSource::IfEmpty("refs/heads/main".into()), Create)
+        ])
     );
     // Gogs commits on `branch`, made from the default branch when it is another.
     let gogs = |b: &str| api(ForgeFlavor::Gogs, RefMove::Commit, p, b);
     assert_eq!(
         gogs(r#"{"message":"m","content":"aGk="}"#),
-        Ok(vec![mv(RefSource::DefaultBranch, Update)])
+        Ok(vec![
+            mv(RefSource::DefaultBranch, Update),
+            mv(RefSource::DefaultBranchIfEmpty, Create)
+        ])
     );
     assert_eq!(
         gogs(r#"{"branch":"main"}"#),
@@ -457,4 +497,138 @@ fn no_path_after_the_repository_is_an_error_not_a_panic() {
             }
         }
     }
+}
+
+/// What the form binding and `FormValue` read differently is read the way the handler reads it
+/// (found by review: each of these moved `main` while Gatehouse asked about another branch).
+#[test]
+fn fields_are_read_the_way_the_handler_reads_them() {
+    let main_update = |got: Result<Vec<PlannedMove>, PlanError>| {
+        let got = got.unwrap();
+        assert!(
+            got.iter().any(|m| m.op == Update
+                && matches!(&m.source, RefSource::AnyOf(ns) if ns[0] == "refs/heads/main")),
+            "{got:?}"
+        );
+    };
+    // Another Content-Type: the binding binds nothing, so the editor commits to the path's
+    // branch, whatever the query says.
+    main_update(web_typed(
+        RefMove::Commit,
+        "/acme/api/_delete/main/README.md?commit_choice=commit-to-new-branch&new_branch_name=ok",
+        Some("text/plain"),
+        "",
+    ));
+    main_update(web_typed(
+        RefMove::Commit,
+        "/acme/api/_delete/main/README.md?commit_choice=commit-to-new-branch&new_branch_name=ok",
+        None,
+        "",
+    ));
+    // Multipart: the binding reads the parts alone. A new branch named only in the query is no
+    // new branch there (the forge commits to the path's branch): refused as incomplete.
+    let mp = Some("multipart/form-data; boundary=x");
+    let part = |name: &str, v: &str| {
+        format!("--x\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{v}\r\n")
+    };
+    let body = format!("{}--x--\r\n", part("commit_choice", "commit-to-new-branch"));
+    assert_eq!(
+        web_typed(
+            RefMove::Commit,
+            "/acme/api/_edit/main/x?new_branch_name=ok",
+            mp,
+            &body
+        ),
+        Err(PlanError::Missing("new_branch_name"))
+    );
+    // ... and a switch in the query does not make a branch a tag.
+    let body = format!("{}--x--\r\n", part("new_branch_name", "v1.0"));
+    assert_eq!(
+        web_typed(
+            RefMove::BranchCreate,
+            "/acme/api/branches/_new/branch/main?create_tag=true",
+            mp,
+            &body
+        ),
+        Ok(vec![named("refs/heads/v1.0", Create)])
+    );
+    // `form-urlencoded` anywhere in the type: the binding reads ParseForm's fields (the query),
+    // not the parts.
+    let body = format!(
+        "{}{}--x--\r\n",
+        part("commit_choice", "commit-to-new-branch"),
+        part("new_branch_name", "ok")
+    );
+    main_update(web_typed(
+        RefMove::Commit,
+        "/acme/api/_edit/main/x",
+        Some("multipart/form-data; boundary=x; a=form-urlencoded"),
+        &body,
+    ));
+    // The delete button: the name in the query, read by `FormValue`, whatever the body is.
+    let body = format!("{}--x--\r\n", part("_csrf", "t"));
+    assert_eq!(
+        web_typed(
+            RefMove::BranchDelete,
+            "/acme/api/branches/delete?name=main",
+            mp,
+            &body
+        ),
+        Ok(vec![named("refs/heads/main", Delete)])
+    );
+    // Gitea 1.25 commits to a new branch when `from_base_branch` is set, whatever the choice.
+    assert_eq!(
+        gitea_web(
+            RefMove::Commit,
+            "/acme/api/_edit/main/x",
+            "commit_choice=direct&from_base_branch=main&new_branch_name=release%2Fx"
+        ),
+        Ok(vec![named("refs/heads/release/x", Create)])
+    );
+    // `HEAD` that is no branch is the default branch.
+    let got = gitea_web(RefMove::Commit, "/acme/api/_edit/HEAD/README.md", "").unwrap();
+    assert!(
+        got.contains(&mv(RefSource::DefaultBranch, Update)),
+        "{got:?}"
+    );
+}
+
+/// Routes of Gitea versions after the route tables' (1.23 to 1.25).
+#[test]
+fn later_routes_move_refs_too() {
+    assert_eq!(
+        gitea_web(
+            RefMove::BranchRename,
+            "/acme/api/branches/rename",
+            "from=main&to=trunk"
+        ),
+        Ok(vec![
+            named("refs/heads/main", Delete),
+            named("refs/heads/trunk", Create)
+        ])
+    );
+    assert_eq!(
+        gitea_web(
+            RefMove::UpdateBranch,
+            "/acme/api/branches/merge-upstream",
+            "branch=main"
+        ),
+        Ok(vec![named("refs/heads/main", Update)])
+    );
+    assert_eq!(
+        gitea_api(
+            RefMove::UpdateBranch,
+            "/api/v1/repos/acme/api/merge-upstream",
+            r#"{"branch":"main","ff_only":true}"#
+        ),
+        Ok(vec![named("refs/heads/main", Update)])
+    );
+    assert_eq!(
+        gitea_api(
+            RefMove::UpdateBranch,
+            "/api/v1/repos/acme/api/branches/main",
+            r#"{"new_commit_id":"abc"}"#
+        ),
+        Ok(vec![named("refs/heads/main", Update)])
+    );
 }

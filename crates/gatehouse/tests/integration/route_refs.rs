@@ -64,7 +64,8 @@ fn forge() -> Forge {
                     "10": {"base": "dev", "head": "gone", "head_repo": null},
                 },
                 "releases": {"4": "v1.0", "5": "nightly"},
-            }
+            },
+            "acme/new": {"default_branch": "main", "empty": true},
         }),
     );
     let token_file = tmp.path().join("forge-token");
@@ -170,6 +171,30 @@ fn nobody_but_release_moves_main_or_release_tags_whichever_way_they_try() {
             path: "/acme/api/_cherrypick/abcdef1234/main",
             ct: FORM,
             body: "commit_choice=direct&revert=true",
+            refused: main,
+        },
+        // A Content-Type the form binding does not bind: the forge commits to the path's
+        // branch, whatever the query asks for.
+        Case {
+            method: "POST",
+            path: "/acme/api/_delete/main/README.md?commit_choice=commit-to-new-branch&new_branch_name=ok",
+            ct: "text/plain",
+            body: "",
+            refused: main,
+        },
+        // An empty repository's editor commits to (creates) its default branch, whatever the path.
+        Case {
+            method: "POST",
+            path: "/acme/new/_upload/feature/",
+            ct: FORM,
+            body: "commit_choice=direct&files=abc",
+            refused: main,
+        },
+        Case {
+            method: "PUT",
+            path: "/api/v1/repos/acme/new/contents/README.md",
+            ct: JSON,
+            body: r#"{"content":"aGk="}"#,
             refused: main,
         },
         // "Commit to a new branch" named main is a create of main.
@@ -502,7 +527,8 @@ fn what_cannot_be_read_for_sure_or_looked_up_is_refused() {
     );
     assert_eq!(got, 200, "{raw}");
 
-    // Lookups are cached: the same pull request again asks the forge nothing.
+    // A pull request is asked afresh every time (it can be retargeted in between); a
+    // repository's default branch is cached.
     let before = f.forge.calls();
     let (got, raw) = f.send(
         dev,
@@ -510,7 +536,7 @@ fn what_cannot_be_read_for_sure_or_looked_up_is_refused() {
         "/acme/api/pulls/9/merge",
         FORM,
         "do=merge",
-        "rr-cached-1",
+        "rr-fresh-1",
     );
     assert_eq!(got, 200, "{raw}");
     let (got, raw) = f.send(
@@ -519,13 +545,27 @@ fn what_cannot_be_read_for_sure_or_looked_up_is_refused() {
         "/acme/api/pulls/9/update",
         FORM,
         "",
-        "rr-cached-2",
+        "rr-fresh-2",
     );
     assert_eq!(got, 200, "{raw}");
-    assert!(
-        f.forge.calls() - before <= 1,
-        "{} lookups",
-        f.forge.calls() - before
+    assert_eq!(f.forge.calls() - before, 2);
+    let before = f.forge.calls();
+    for i in 0..3 {
+        let id = format!("rr-cached-{i}");
+        let (got, raw) = f.send(
+            dev,
+            "POST",
+            "/acme/api/_edit/feature/x.md",
+            FORM,
+            "commit_choice=direct",
+            &id,
+        );
+        assert_eq!(got, 200, "{raw}");
+    }
+    assert_eq!(
+        f.forge.calls() - before,
+        1,
+        "the repository was asked more than once"
     );
 
     // FAULT INJECTION: the forge's API fails; what needs a lookup is refused (503), what does
