@@ -786,6 +786,20 @@ mod tests {
         assert_eq!(a("GET", "/org/acme/settings")?, Action::OwnerAdmin);
         assert_eq!(a("GET", "/org/acme/teams")?, Action::OwnerRead);
         assert_eq!(a("POST", "/acme/-/projects/new")?, Action::OwnerWrite);
+        // The container registry: an owner's packages.
+        let v2 = c("PUT", "/v2/Acme/tools/img/manifests/1.0", None)?;
+        assert_eq!(
+            (v2.resource, v2.action),
+            (
+                Resource::Owner(OwnerRef {
+                    name: "acme".into()
+                }),
+                Action::OwnerWrite
+            )
+        );
+        assert_eq!(a("GET", "/v2/acme/img/tags/list")?, Action::OwnerRead);
+        assert_eq!(a("GET", "/v2/")?, Action::WebAccess);
+        assert_eq!(a("GET", "/v2/_catalog")?, Action::WebAccess);
         // Instance pages.
         assert_eq!(a("GET", "/user/settings")?, Action::WebAccess);
         assert_eq!(a("GET", "/avatar/abc")?, Action::WebAccess);
