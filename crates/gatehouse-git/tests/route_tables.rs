@@ -67,6 +67,14 @@ fn param(name: &str, re: &str) -> String {
         if alts.contains('|') && !alts.contains('[') {
             return alts.split('|').next().unwrap_or("x").to_owned();
         }
+        // A single literal (`{type:pulls}`, `{editor_action:_edit}`).
+        if !alts.is_empty()
+            && alts
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+        {
+            return alts.to_owned();
+        }
         if re.contains("{2}") && !re.contains("{7") {
             return "ab".into();
         }
@@ -117,6 +125,18 @@ fn instantiate(pattern: &str) -> String {
                 let (name, re) = inner.split_once(':').unwrap_or((inner, ""));
                 out.push_str(&param(name.trim(), re));
                 i = j + 1;
+            }
+            // Gitea's PathGroup/MatchPath captures: `<ref:*>`, `<sha>`.
+            b'<' => {
+                let close = pattern[i..].find('>').map_or(pattern.len(), |e| i + e);
+                let inner = &pattern[i + 1..close];
+                let name = inner.split(':').next().unwrap_or_default();
+                out.push_str(match name {
+                    "sha" => HEX,
+                    "ref" => "main",
+                    _ => "x",
+                });
+                i = close + 1;
             }
             b'^' if pattern[i..].starts_with("^:type(issues|pulls)$") => {
                 out.push_str("issues");
