@@ -219,6 +219,9 @@ fn git_endpoint(
             },
         },
         ["git-upload-pack"] => (RequestKind::GitRpc(GitService::UploadPack), Action::GitRead),
+        // Gitea 1.26 serves `git archive --remote` over smart HTTP: a read, answered like a
+        // dumb read (no ref is moved, no body is read).
+        ["git-upload-archive"] => (RequestKind::GitDumb, Action::GitRead),
         ["git-receive-pack"] => (
             RequestKind::GitRpc(GitService::ReceivePack),
             Action::GitWrite,
@@ -261,9 +264,12 @@ fn looks_like_git(segs: &[&str]) -> bool {
     // `git http-backend` also serves a repository's `HEAD` and `objects/...` to dumb clients,
     // at whatever depth the repository sits under its root.
     dot_git
-        || segs
-            .iter()
-            .any(|s| matches!(*s, "git-upload-pack" | "git-receive-pack"))
+        || segs.iter().any(|s| {
+            matches!(
+                *s,
+                "git-upload-pack" | "git-receive-pack" | "git-upload-archive"
+            )
+        })
         || segs
             .windows(2)
             .any(|w| w[0] == "info" && matches!(w[1], "refs" | "lfs"))

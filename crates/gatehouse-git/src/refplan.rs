@@ -213,8 +213,12 @@ const COMMIT_FORM: &[(&str, JsonKind)] = &[
     // their fork when this is set, whatever `commit_choice` says.
     ("from_base_branch", JsonKind::Str),
 ];
-const FILE_OPTIONS: &[(&str, JsonKind)] =
-    &[("branch", JsonKind::Str), ("new_branch", JsonKind::Str)];
+const FILE_OPTIONS: &[(&str, JsonKind)] = &[
+    ("branch", JsonKind::Str),
+    ("new_branch", JsonKind::Str),
+    // Gitea 1.26: an existing `new_branch` is force-pushed over rather than refused.
+    ("force_push", JsonKind::Bool),
+];
 const GOGS_CONTENTS: &[(&str, JsonKind)] = &[("branch", JsonKind::Str)];
 const NEW_BRANCH_FORM: &[(&str, JsonKind)] = &[
     ("new_branch_name", JsonKind::Str),
@@ -378,7 +382,12 @@ pub fn plan_moves(
                 }
                 (Some(b), None) => update(&mut out, b)?,
                 (Some(b), Some(n)) if b == n => update(&mut out, b)?,
-                (Some(_), Some(n)) => out.push(PlannedMove::named(heads, n, Create)?),
+                (Some(_), Some(n)) => {
+                    out.push(PlannedMove::named(heads, n, Create)?);
+                    if fields.bool("force_push")? == Some(true) {
+                        out.push(PlannedMove::named(heads, n, Update)?);
+                    }
+                }
                 // The new branch may be the default branch itself: both are asked.
                 (None, Some(n)) => {
                     out.push(PlannedMove::named(heads, n, Create)?);

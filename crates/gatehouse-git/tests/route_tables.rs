@@ -363,6 +363,11 @@ const NOT_MOVED: &[&str] = &[
     "old_branch_name",
     "draft",
     "branch_id",
+    // The commit a branch is moved to, and the switches of such moves.
+    "new_commit_id",
+    "old_commit_id",
+    "force",
+    "force_push",
 ];
 
 /// Every ref-moving route of a table: Gatehouse reads every field the table says names a moved

@@ -632,3 +632,28 @@ fn later_routes_move_refs_too() {
         Ok(vec![named("refs/heads/main", Update)])
     );
 }
+
+/// Gitea 1.26's `force_push` overwrites an existing new branch: that is an update of it too.
+#[test]
+fn a_forced_new_branch_is_an_update_too() {
+    let p = "/api/v1/repos/acme/api/contents/README.md";
+    assert_eq!(
+        gitea_api(
+            RefMove::Commit,
+            p,
+            r#"{"branch":"dev","new_branch":"main","force_push":true}"#
+        ),
+        Ok(vec![
+            named("refs/heads/main", Create),
+            named("refs/heads/main", Update)
+        ])
+    );
+    assert_eq!(
+        gitea_api(
+            RefMove::Commit,
+            p,
+            r#"{"branch":"dev","new_branch":"main","force_push":false}"#
+        ),
+        Ok(vec![named("refs/heads/main", Create)])
+    );
+}
