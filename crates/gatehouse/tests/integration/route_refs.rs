@@ -377,6 +377,50 @@ fn nobody_but_release_moves_main_or_release_tags_whichever_way_they_try() {
             body: r#"{"Do":"merge","delete_branch_after_merge":false}"#,
             refused: main,
         },
+        // Gitea 1.23 and later.
+        Case {
+            method: "POST",
+            path: "/acme/api/branches/rename",
+            ct: FORM,
+            body: "from=main&to=trunk",
+            refused: main,
+        },
+        Case {
+            method: "POST",
+            path: "/acme/api/branches/merge-upstream",
+            ct: FORM,
+            body: "branch=main",
+            refused: main,
+        },
+        Case {
+            method: "POST",
+            path: "/api/v1/repos/acme/api/merge-upstream",
+            ct: JSON,
+            body: r#"{"branch":"main","ff_only":true}"#,
+            refused: main,
+        },
+        Case {
+            method: "PUT",
+            path: "/api/v1/repos/acme/api/branches/main",
+            ct: JSON,
+            body: r#"{"new_commit_id":"abc123","force":true}"#,
+            refused: main,
+        },
+        Case {
+            method: "POST",
+            path: "/acme/api/_edit/feature/x.md",
+            ct: FORM,
+            body: "commit_choice=direct&from_base_branch=dev&new_branch_name=main",
+            refused: main,
+        },
+        // The web UI's "update branch" of pull request 8, whose head is `main` of Bob/API.
+        Case {
+            method: "POST",
+            path: "/acme/api/pulls/8/update",
+            ct: FORM,
+            body: "_csrf=x",
+            refused: main,
+        },
         // The head of pull request 8 is `main` of another repository, Bob/API.
         Case {
             method: "POST",
