@@ -60,6 +60,9 @@ fuzz_target!(|data: &[u8]| {
                 assert!(n > 0);
             }
             RefSource::IfEmpty(n) => assert!(valid_ref_name(&n), "{n}"),
+            RefSource::TagsLike(t) | RefSource::ReleaseTagsLike(t) => {
+                assert!(valid_ref_name(&format!("refs/tags/{t}")), "{t}");
+            }
             RefSource::DefaultBranch | RefSource::DefaultBranchIfEmpty => {}
         }
     }

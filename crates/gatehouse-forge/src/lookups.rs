@@ -84,6 +84,15 @@ struct ApiRelease {
 }
 
 #[derive(Deserialize)]
+struct ApiTag {
+    name: String,
+}
+
+/// Page size of the tag and release lists, and most pages read (10,000 entries).
+const LIST_PAGE: usize = 50;
+const MAX_LIST_PAGES: usize = 200;
+
+#[derive(Deserialize)]
 struct ApiRepository {
     default_branch: String,
     #[serde(default)]
@@ -215,6 +224,67 @@ impl ForgeApi {
         };
         self.remember(path, Answer::Repo(r.clone()));
         Ok(r)
+    }
+
+    /// The tags of `owner/repo` whose names equal `name` without regard to case (the forge's
+    /// `lower_tag_name`), listed afresh.
+    pub async fn tags_like(
+        &self,
+        owner: &str,
+        repo: &str,
+        name: &str,
+    ) -> Result<Vec<String>, LookupError> {
+        let want = name.to_lowercase();
+        let mut out = Vec::new();
+        self.each_page::<ApiTag>(&format!("/api/v1/repos/{owner}/{repo}/tags"), |t| {
+            if t.name.to_lowercase() == want {
+                out.push(t.name);
+            }
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// The tags of the releases of `owner/repo` (drafts included) whose tags equal `name`
+    /// without regard to case, listed afresh.
+    pub async fn release_tags_like(
+        &self,
+        owner: &str,
+        repo: &str,
+        name: &str,
+    ) -> Result<Vec<String>, LookupError> {
+        let want = name.to_lowercase();
+        let mut out = Vec::new();
+        self.each_page::<ApiRelease>(&format!("/api/v1/repos/{owner}/{repo}/releases"), |r| {
+            if r.tag_name.to_lowercase() == want {
+                out.push(r.tag_name);
+            }
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// Every entry of a paged list, up to [`MAX_LIST_PAGES`] pages (more is an error: the answer
+    /// would be incomplete).
+    async fn each_page<T: for<'de> Deserialize<'de>>(
+        &self,
+        path: &str,
+        mut each: impl FnMut(T),
+    ) -> Result<(), LookupError> {
+        for page in 1..=MAX_LIST_PAGES {
+            let items: Vec<T> = self
+                .get(&format!("{path}?limit={LIST_PAGE}&page={page}"), path)
+                .await?;
+            let n = items.len();
+            items.into_iter().for_each(&mut each);
+            if n < LIST_PAGE {
+                return Ok(());
+            }
+        }
+        Err(LookupError::Unavailable(format!(
+            "{path}: more than {} entries",
+            LIST_PAGE * MAX_LIST_PAGES
+        )))
     }
 
     fn cached(&self, key: &str) -> Option<Answer> {
@@ -373,6 +443,19 @@ pub async fn resolve_moves(
                     _ => {}
                 }
             }
+            RefSource::TagsLike(name) => {
+                for t in api()?.tags_like(&repo.owner, &repo.name, &name).await? {
+                    out.push(here(format!("refs/tags/{t}")));
+                }
+            }
+            RefSource::ReleaseTagsLike(name) => {
+                for t in api()?
+                    .release_tags_like(&repo.owner, &repo.name, &name)
+                    .await?
+                {
+                    out.push(here(format!("refs/tags/{t}")));
+                }
+            }
             RefSource::ReleaseTag(id) => {
                 out.push(here(api()?.release_tag(&repo.owner, &repo.name, id).await?));
             }
@@ -451,6 +534,8 @@ mod tests {
             RefSource::DefaultBranchIfEmpty,
             RefSource::IfEmpty("refs/heads/x".into()),
             RefSource::ReleaseTag(1),
+            RefSource::TagsLike("v1".into()),
+            RefSource::ReleaseTagsLike("v1".into()),
         ] {
             let planned = vec![PlannedMove {
                 source,

@@ -39,6 +39,12 @@ pub enum RefSource {
     IfEmpty(String),
     /// The tag of the release with this id.
     ReleaseTag(u64),
+    /// Every tag whose name equals this one without regard to case: the forge finds a tag to
+    /// delete by its lower-cased name (`GetRelease` on `lower_tag_name`).
+    TagsLike(String),
+    /// The tag of every release (drafts included) whose tag equals this one without regard to
+    /// case: the forge finds the release to edit that way, and publishing it creates its tag.
+    ReleaseTagsLike(String),
 }
 
 /// One ref a route moves, and how.
@@ -141,8 +147,21 @@ pub fn read_route_fields(
             body,
         )?));
     }
+    // The binding looks at the type as sent; the forge's authentication may already have read
+    // the body as a form by the media type, lower-cased (`ParseForm` in OAuth2's token lookup):
+    // both must see JSON, and nothing else.
     let ct = content_type.unwrap_or_default();
-    if ct.contains("form-urlencoded") || ct.contains("multipart/form-data") || !ct.contains("json")
+    let media = ct
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    let lower = ct.to_ascii_lowercase();
+    if lower.contains("form-urlencoded")
+        || lower.contains("multipart/form-data")
+        || !ct.contains("json")
+        || !media.contains("json")
     {
         return Err(PlanError::NotJson);
     }
@@ -316,6 +335,16 @@ fn branch_candidates(segs: &[&str]) -> Result<RefSource, PlanError> {
     Ok(RefSource::AnyOf(out))
 }
 
+/// A tag the forge creates from `name`: Gitea and Forgejo strip one leading `--` before they
+/// create it (`services/release`), so both names are asked where that applies.
+fn tag_created(out: &mut Vec<PlannedMove>, name: &str) -> Result<(), PlanError> {
+    out.push(PlannedMove::named("refs/tags/", name, RefOp::Create)?);
+    if let Some(trimmed) = name.strip_prefix("--") {
+        out.push(PlannedMove::named("refs/tags/", trimmed, RefOp::Create)?);
+    }
+    Ok(())
+}
+
 fn mv(source: RefSource, op: RefOp) -> PlannedMove {
     PlannedMove { source, op }
 }
@@ -417,22 +446,14 @@ pub fn plan_moves(
             )?);
             out.push(PlannedMove::named(heads, fields.required("name")?, Create)?);
         }
-        (Via::Api, RefMove::TagCreate) => {
-            out.push(PlannedMove::named(
-                tags,
-                fields.required("tag_name")?,
-                Create,
-            )?);
-        }
+        (Via::Api, RefMove::TagCreate) => tag_created(&mut out, fields.required("tag_name")?)?,
         (Via::Api, RefMove::TagDelete) => {
-            out.push(PlannedMove::named(
-                tags,
-                &joined(rest.get(1..).unwrap_or_default())?,
-                Delete,
-            )?);
+            let t = joined(rest.get(1..).unwrap_or_default())?;
+            out.push(PlannedMove::named(tags, &t, Delete)?);
+            out.push(mv(RefSource::TagsLike(t), Delete));
         }
         (Via::Api, RefMove::Release) => match (fields.str("tag_name")?, rest.get(1)) {
-            (Some(t), _) => out.push(PlannedMove::named(tags, t, Create)?),
+            (Some(t), _) => tag_created(&mut out, t)?,
             // Editing a release without naming a tag publishes (creates) its own.
             (None, Some(id)) => out.push(mv(RefSource::ReleaseTag(number(id)?), Create)),
             (None, None) => return Err(PlanError::Missing("tag_name")),
@@ -487,7 +508,7 @@ pub fn plan_moves(
         (Via::Web, RefMove::BranchCreate) => {
             let n = fields.required("new_branch_name")?;
             match fields.bool("create_tag")? {
-                Some(true) => out.push(PlannedMove::named(tags, n, Create)?),
+                Some(true) => tag_created(&mut out, n)?,
                 _ => out.push(PlannedMove::named(heads, n, Create)?),
             }
         }
@@ -518,19 +539,14 @@ pub fn plan_moves(
             out.push(mv(RefSource::ReleaseTag(number(id)?), Delete));
         }
         (Via::Web, RefMove::Release) if rest.get(1) == Some(&"new") => {
-            out.push(PlannedMove::named(
-                tags,
-                fields.required("tag_name")?,
-                Create,
-            )?);
+            tag_created(&mut out, fields.required("tag_name")?)?;
         }
         (Via::Web, RefMove::Release) => {
-            // `releases/edit/{tag}`: publishing a draft creates its tag.
-            out.push(PlannedMove::named(
-                tags,
-                &joined(rest.get(2..).unwrap_or_default())?,
-                Create,
-            )?);
+            // `releases/edit/{tag}`: publishing a draft creates its tag, which the forge finds
+            // without regard to case.
+            let t = joined(rest.get(2..).unwrap_or_default())?;
+            out.push(PlannedMove::named(tags, &t, Create)?);
+            out.push(mv(RefSource::ReleaseTagsLike(t), Create));
         }
         (Via::Web, RefMove::Merge) => merge(&mut out)?,
         // Forgejo's `sync_fork`, Gitea's `branches/merge-upstream`.

@@ -21,6 +21,8 @@
 //   GET /api/v1/repos/{owner}/{repo}            -> {"full_name", "default_branch", "empty"}
 //   GET /api/v1/repos/{owner}/{repo}/pulls/{n}  -> {"number", "base": {...}, "head": {...}}
 //   GET /api/v1/repos/{owner}/{repo}/releases/{id} -> {"id", "tag_name"}
+//   GET /api/v1/repos/{owner}/{repo}/tags?limit=&page=     -> [{"name"}] (from "tags": [...])
+//   GET /api/v1/repos/{owner}/{repo}/releases?limit=&page= -> [{"id", "tag_name"}]
 // with the same token (a deleted head repository is `"head_repo": null`).
 // Any other request is the forge's web UI or API as Gatehouse forwards it: it is RECORDED
 // (method, path and query, the identity header, the request id, the body) and answered 200, so
@@ -39,11 +41,21 @@ let calls = 0;
 let fault = 0;
 const received = [];
 
-const repoLookup = (res, parts) => {
+const page = (res, u, all) => {
+  const limit = Math.max(1, Number(u.searchParams.get('limit') || 30));
+  const p = Math.max(1, Number(u.searchParams.get('page') || 1));
+  return json(res, 200, all.slice((p - 1) * limit, p * limit));
+};
+
+const repoLookup = (res, parts, u) => {
   const [owner, repo, what, id] = parts;
   const full = `${owner}/${repo}`;
   const r = REPOS[full.toLowerCase()];
   if (!r) return json(res, 404, { message: 'repository does not exist' });
+  if (what === 'tags' && id === undefined) return page(res, u, (r.tags || []).map((name) => ({ name })));
+  if (what === 'releases' && id === undefined) {
+    return page(res, u, Object.entries(r.releases || {}).map(([rid, tag]) => ({ id: Number(rid), tag_name: tag })));
+  }
   if (!what) {
     return json(res, 200, { full_name: full, default_branch: r.default_branch || 'main', empty: Boolean(r.empty) });
   }
@@ -77,7 +89,7 @@ const server = http.createServer((req, res) => {
     return json(res, 200, { fault });
   }
   if (u.pathname === '/_received') return json(res, 200, received);
-  const lookup = u.pathname.match(/^\/api\/v1\/repos\/([^/]+)\/([^/]+)(?:\/(pulls|releases)\/(\d+))?$/);
+  const lookup = u.pathname.match(/^\/api\/v1\/repos\/([^/]+)\/([^/]+)(?:\/(pulls|releases)\/(\d+)|\/(tags|releases))?$/);
   const isLookup = lookup && req.method === 'GET' && req.headers.authorization === `token ${TOKEN}`;
   const m = u.pathname.match(/^\/api\/v1\/user\/(orgs|teams)$/);
   if (!isLookup && !(m && req.method === 'GET')) {
@@ -99,7 +111,8 @@ const server = http.createServer((req, res) => {
   calls += 1;
   if (isLookup) {
     if (fault) return json(res, fault, { message: 'injected fault' });
-    return repoLookup(res, lookup.slice(1));
+    const [, owner, repo, what, id, list] = lookup;
+    return repoLookup(res, [owner, repo, what || list, id], u);
   }
   if (fault) return json(res, fault, { message: 'injected fault' });
   if (req.headers.authorization !== `token ${TOKEN}`) return json(res, 401, { message: 'token is required' });

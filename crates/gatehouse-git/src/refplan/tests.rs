@@ -247,7 +247,10 @@ fn branches_and_tags_on_the_web() {
     );
     assert_eq!(
         gitea_web(RefMove::Release, "/acme/api/releases/edit/v2/rc", "title=x"),
-        Ok(vec![named("refs/tags/v2/rc", Create)])
+        Ok(vec![
+            named("refs/tags/v2/rc", Create),
+            mv(RefSource::ReleaseTagsLike("v2/rc".into()), Create)
+        ])
     );
 }
 
@@ -428,7 +431,10 @@ fn branches_tags_and_releases_in_the_api() {
     );
     assert_eq!(
         gitea_api(RefMove::TagDelete, "/api/v1/repos/acme/api/tags/v1", ""),
-        Ok(vec![named("refs/tags/v1", Delete)])
+        Ok(vec![
+            named("refs/tags/v1", Delete),
+            mv(RefSource::TagsLike("v1".into()), Delete)
+        ])
     );
     assert_eq!(
         gitea_api(
@@ -552,18 +558,20 @@ fn fields_are_read_the_way_the_handler_reads_them() {
         ),
         Ok(vec![named("refs/heads/v1.0", Create)])
     );
-    // `form-urlencoded` anywhere in the type: the binding reads ParseForm's fields (the query),
-    // not the parts.
+    // A type naming both decoders is refused: the forge may bind the parts or not.
     let body = format!(
         "{}{}--x--\r\n",
         part("commit_choice", "commit-to-new-branch"),
-        part("new_branch_name", "ok")
+        part("new_branch_name", "release/9")
     );
-    main_update(web_typed(
-        RefMove::Commit,
-        "/acme/api/_edit/main/x",
-        Some("multipart/form-data; boundary=x; a=form-urlencoded"),
-        &body,
+    assert!(matches!(
+        web_typed(
+            RefMove::Commit,
+            "/acme/api/_edit/feature/README.md",
+            Some("multipart/form-data; boundary=form-urlencoded"),
+            &body.replace("--x", "--form-urlencoded"),
+        ),
+        Err(PlanError::Form(FormError::Multipart(_)))
     ));
     // The delete button: the name in the query, read by `FormValue`, whatever the body is.
     let body = format!("{}--x--\r\n", part("_csrf", "t"));
@@ -655,5 +663,78 @@ fn a_forced_new_branch_is_an_update_too() {
             r#"{"branch":"dev","new_branch":"main","force_push":false}"#
         ),
         Ok(vec![named("refs/heads/main", Create)])
+    );
+}
+
+/// Found by review: the forge strips one leading `--` from a tag it creates, finds a tag to
+/// delete and a release to edit without regard to case, and reads an API body as a form when
+/// its media type (any case) says so.
+#[test]
+fn tag_names_and_api_bodies_as_the_forge_reads_them() {
+    assert_eq!(
+        gitea_api(
+            RefMove::TagCreate,
+            "/api/v1/repos/acme/api/tags",
+            r#"{"tag_name":"--v2.0"}"#
+        ),
+        Ok(vec![
+            named("refs/tags/--v2.0", Create),
+            named("refs/tags/v2.0", Create)
+        ])
+    );
+    assert_eq!(
+        gitea_web(
+            RefMove::BranchCreate,
+            "/acme/api/branches/_new/branch/main",
+            "new_branch_name=--v2&create_tag=on"
+        ),
+        Ok(vec![
+            named("refs/tags/--v2", Create),
+            named("refs/tags/v2", Create)
+        ])
+    );
+    assert_eq!(
+        gitea_api(RefMove::TagDelete, "/api/v1/repos/acme/api/tags/V1.0", ""),
+        Ok(vec![
+            named("refs/tags/V1.0", Delete),
+            mv(RefSource::TagsLike("V1.0".into()), Delete)
+        ])
+    );
+    assert_eq!(
+        gitea_web(RefMove::Release, "/acme/api/releases/edit/V3.0", ""),
+        Ok(vec![
+            named("refs/tags/V3.0", Create),
+            mv(RefSource::ReleaseTagsLike("V3.0".into()), Create)
+        ])
+    );
+    let wanted = body_fields(
+        ForgeFlavor::Gitea,
+        RefMove::Commit,
+        Via::Api,
+        &["contents", "x"],
+    );
+    for ct in [
+        "application/x-www-form-URLENCODED; a=json",
+        "Application/X-WWW-Form-Urlencoded; a=json",
+        "text/plain; a=json",
+        "multipart/form-data; boundary=json",
+        "APPLICATION/JSON",
+    ] {
+        assert_eq!(
+            read_route_fields(Via::Api, "POST", Some(ct), None, b"{}", wanted),
+            Err(PlanError::NotJson),
+            "{ct}"
+        );
+    }
+    assert!(
+        read_route_fields(
+            Via::Api,
+            "POST",
+            Some("application/json; charset=utf-8"),
+            None,
+            b"{}",
+            wanted
+        )
+        .is_ok()
     );
 }

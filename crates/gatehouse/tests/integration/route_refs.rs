@@ -64,6 +64,7 @@ fn forge() -> Forge {
                     "10": {"base": "dev", "head": "gone", "head_repo": null},
                 },
                 "releases": {"4": "v1.0", "5": "nightly"},
+                "tags": ["v1.0", "nightly", "v0.9"],
             },
             "acme/new": {"default_branch": "main", "empty": true},
         }),
@@ -421,6 +422,29 @@ fn nobody_but_release_moves_main_or_release_tags_whichever_way_they_try() {
             body: "_csrf=x",
             refused: main,
         },
+        // The forge finds a tag to delete, and a release to edit, without regard to case, and
+        // strips a leading `--` from a tag it creates.
+        Case {
+            method: "DELETE",
+            path: "/api/v1/repos/acme/api/tags/V0.9",
+            ct: "",
+            body: "",
+            refused: ("refs/tags/v0.9", "release_tags_are_for_release"),
+        },
+        Case {
+            method: "POST",
+            path: "/acme/api/releases/edit/V1.0",
+            ct: FORM,
+            body: "title=One",
+            refused: v1,
+        },
+        Case {
+            method: "POST",
+            path: "/api/v1/repos/acme/api/tags",
+            ct: JSON,
+            body: r#"{"tag_name":"--v1.0","target":"dev"}"#,
+            refused: v1,
+        },
         // The head of pull request 8 is `main` of another repository, Bob/API.
         Case {
             method: "POST",
@@ -467,7 +491,7 @@ fn nobody_but_release_moves_main_or_release_tags_whichever_way_they_try() {
 fn what_cannot_be_read_for_sure_or_looked_up_is_refused() {
     let f = forge();
     let dev = &["dev", "release"][..];
-    let cases: [(&str, &str, &str, &str, u16, &str); 9] = [
+    let cases: [(&str, &str, &str, &str, u16, &str); 10] = [
         // Another spelling of `branch` that some JSON decoder of the forge would read.
         (
             "PUT",
@@ -476,6 +500,15 @@ fn what_cannot_be_read_for_sure_or_looked_up_is_refused() {
             r#"{"branch":"feature","Branch":"main"}"#,
             400,
             "bad_ref_fields",
+        ),
+        // A form media type that also says `json`: the forge reads the body as a form.
+        (
+            "PUT",
+            "/api/v1/repos/acme/api/contents/x",
+            "application/x-www-form-URLENCODED; a=json",
+            r#"{"branch":"feature","content":"aGk="}"#,
+            400,
+            "body_not_json",
         ),
         // A form on an API route is bound under other names: only JSON is read there.
         (
