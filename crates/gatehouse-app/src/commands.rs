@@ -122,13 +122,33 @@ pub fn policy_explain(args: &ExplainArgs) -> Result<bool> {
     let policy = load_policy(&cfg)?;
     let own = own_issuer(&cfg)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let authn = Authenticator::new(&cfg, own, clock)?;
+    let authn = Arc::new(Authenticator::new(&cfg, own, clock.clone())?);
+    // The gateway's own decision core: the same authentication, forge groups, policy and
+    // ref lookups as a request through the gateway.
+    let decider = gatehouse_decide::Decider::new(
+        authn,
+        Arc::new(arc_swap::ArcSwap::from_pointee(policy)),
+        flavor(cfg.forge.kind),
+    )
+    .with_forge_groups(
+        gatehouse_forge::ForgeGroups::from_config(&cfg, clock.clone())
+            .context("forge groups")?
+            .map(Arc::new),
+    )
+    .with_forge_api(
+        gatehouse_forge::ForgeApi::from_config(&cfg, clock)
+            .context("forge API")?
+            .map(Arc::new),
+    );
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let principal = rt
-        .block_on(authn.authenticate(&Credential::Bearer(args.token.clone())))
-        .map_err(|e| anyhow::anyhow!("token refused: {e}"))?;
+        .block_on(decider.caller(&Credential::Bearer(args.token.clone())))
+        .map_err(|e| match e {
+            gatehouse_decide::CallerError::Authn(e) => anyhow::anyhow!("token refused: {e}"),
+            e => anyhow::anyhow!("the gateway would refuse this caller: {e}"),
+        })?;
     let uri: http::Uri = args
         .url
         .parse()
@@ -143,7 +163,7 @@ pub fn policy_explain(args: &ExplainArgs) -> Result<bool> {
         uri.query(),
     )
     .map_err(|e| anyhow::anyhow!("request refused before policy: {e}"))?;
-    let ex = policy.explain(&AuthzRequest {
+    let ex = decider.explain(&AuthzRequest {
         principal: &principal,
         action: c.action,
         resource: &c.resource,
@@ -168,7 +188,7 @@ pub fn policy_explain(args: &ExplainArgs) -> Result<bool> {
     let mut refs: Vec<String> = Vec::new();
     let mut refused: Option<String> = None;
     if let (Some(m), true) = (c.moves, ex.decision.allowed) {
-        match explain_refs(&cfg, &policy, &principal, &c, m, args, &method, &host, &rt) {
+        match explain_refs(&decider, &principal, &c, m, args, &method, &host, &rt) {
             Ok(decided) => {
                 for (line, deny) in decided {
                     if let (Some(r), None) = (deny, &refused) {
@@ -214,12 +234,12 @@ pub fn policy_explain(args: &ExplainArgs) -> Result<bool> {
     Ok(allowed)
 }
 
-/// The refs a ref-moving route moves, each with its decision: a line per ref, and the reason
-/// when refused. `Err` when the refs cannot be told (the gateway refuses the request then).
+/// The refs a ref-moving route moves, each with its decision (the decision core's
+/// `route_refs`, as the gateway asks it): a line per ref, and the reason when refused. `Err`
+/// when the refs cannot be told (the gateway refuses the request then).
 #[allow(clippy::too_many_arguments)]
 fn explain_refs(
-    cfg: &Config,
-    policy: &gatehouse_policy::PolicyEngine,
+    decider: &gatehouse_decide::Decider,
     principal: &gatehouse_core::Principal,
     c: &gatehouse_git::Classified,
     moves: gatehouse_git::RefMove,
@@ -228,12 +248,6 @@ fn explain_refs(
     host: &str,
     rt: &tokio::runtime::Runtime,
 ) -> std::result::Result<Vec<(String, Option<String>)>, String> {
-    let f = flavor(cfg.forge.kind);
-    let Resource::Repo(repo) = &c.resource else {
-        return Err("a ref-moving route that names no repository".into());
-    };
-    let rest = gatehouse_git::route_rest(&c.decoded_path, c.via);
-    let wanted = gatehouse_git::body_fields(f, moves, c.via, &rest);
     let default_ct = if c.via == gatehouse_core::Via::Api {
         "application/json"
     } else {
@@ -241,54 +255,45 @@ fn explain_refs(
     };
     let ct = args.content_type.as_deref().unwrap_or(default_ct);
     let body = args.body.as_deref().unwrap_or_default();
-    let fields = gatehouse_git::read_route_fields(
-        c.via,
-        method,
-        Some(ct),
-        c.forward_query.as_deref(),
-        body.as_bytes(),
-        wanted,
-    )
-    .map_err(|e| format!("the body cannot be read: {e}"))?;
-    let planned = gatehouse_git::plan_moves(f, moves, c.via, &rest, fields.fields())
-        .map_err(|e| format!("cannot tell which refs move: {e}"))?;
-    let api = gatehouse_forge::ForgeApi::from_config(cfg, Arc::new(SystemClock))
-        .map_err(|e| e.to_string())?;
-    let resolved = rt
-        .block_on(gatehouse_forge::resolve_moves(
-            api.as_ref(),
-            f.case_insensitive(),
-            repo,
-            planned,
+    let verdict = rt
+        .block_on(decider.route_refs(
+            principal,
+            c,
+            moves,
+            gatehouse_decide::RouteRequest {
+                method,
+                content_type: Some(ct),
+                body: body.as_bytes(),
+            },
+            RequestFacts {
+                source_ip: args.source_ip,
+                method,
+                host,
+                wiki: c.wiki,
+                via: c.via,
+                git_ref: None,
+            },
         ))
-        .map_err(|e| format!("ref_lookup_failed: {e}"))?;
-    Ok(resolved
+        .map_err(|e| match e {
+            gatehouse_decide::RouteRefsError::Lookup(e) => format!("ref_lookup_failed: {e}"),
+            gatehouse_decide::RouteRefsError::Plan(
+                e @ (gatehouse_git::PlanError::Form(_)
+                | gatehouse_git::PlanError::Json(_)
+                | gatehouse_git::PlanError::NotJson),
+            ) => format!("the body cannot be read: {e}"),
+            e => format!("cannot tell which refs move: {e}"),
+        })?;
+    Ok(verdict
+        .refs
         .iter()
-        .map(|m| {
-            let resource = Resource::Repo(m.repo.clone());
-            let d = policy.evaluate(&AuthzRequest {
-                principal,
-                action: m.op.action(),
-                resource: &resource,
-                facts: RequestFacts {
-                    source_ip: args.source_ip,
-                    method,
-                    host,
-                    wiki: c.wiki,
-                    via: c.via,
-                    git_ref: Some(gatehouse_policy::RefFacts {
-                        name: &m.name,
-                        old: "",
-                        new: "",
-                    }),
-                },
-            });
+        .map(|r| {
+            let d = &r.decision;
             let verdict = if d.allowed { "ALLOW" } else { "DENY " };
             let line = format!(
                 "{verdict} {} {} on {} ({}, policy {})",
-                m.op.action(),
-                m.name,
-                m.repo,
+                r.op.action(),
+                r.name,
+                r.repo,
                 d.reason,
                 d.deciding_policy()
             );

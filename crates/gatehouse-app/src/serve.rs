@@ -10,6 +10,7 @@ use gatehouse_audit::{AuditOptions, AuditRecord, AuditSink};
 use gatehouse_authn::{Authenticator, OwnIssuer};
 use gatehouse_config::{Config, ForgeKind, LogFormat, read_secret};
 use gatehouse_core::{Clock, SystemClock};
+use gatehouse_decide::Decider;
 use gatehouse_forge::{ForgeApi, ForgeGroups};
 use gatehouse_git::ForgeFlavor;
 use gatehouse_http::{Gateway, GatewaySettings, Metrics, ServeOptions, TlsReloader, Upstream};
@@ -242,6 +243,12 @@ pub(crate) async fn run(
     let sessions = Sessions::from_config(&cfg, &authn, clock.clone())
         .context("browser sessions")?
         .map(Arc::new);
+    // The one decision core every front door calls.
+    let decider = Arc::new(
+        Decider::new(authn.clone(), policy.clone(), flavor(cfg.forge.kind))
+            .with_forge_groups(forge_groups)
+            .with_forge_api(forge_api),
+    );
 
     let m = metrics.clone();
     let (audit, writer) = AuditSink::open(
@@ -282,7 +289,7 @@ pub(crate) async fn run(
         Some((settings, l)) => (
             Some(Arc::new(SshGateway::new(
                 settings,
-                policy.clone(),
+                decider.clone(),
                 audit.clone(),
                 clock.clone(),
             ))),
@@ -320,16 +327,13 @@ pub(crate) async fn run(
                     cfg.git.max_ref_updates,
                 ),
             },
-            policy.clone(),
-            authn.clone(),
+            decider.clone(),
             audit.clone(),
             upstream,
             metrics.clone(),
             clock.clone(),
         )
         .with_sessions(sessions.clone())
-        .with_forge_groups(forge_groups)
-        .with_forge_api(forge_api)
         .with_ssh(ssh_gateway.clone()),
     );
 

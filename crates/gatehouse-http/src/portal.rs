@@ -413,7 +413,7 @@ impl Gateway {
         match crate::proxy::credential(headers) {
             Err(e) => Err(refused(e)),
             Ok(Some(cred)) => {
-                let p = self.authn.authenticate(&cred).await.map_err(refused)?;
+                let p = self.decider.authenticate(&cred).await.map_err(refused)?;
                 Ok(Some((p, None)))
             }
             Ok(None) => Ok(self
@@ -622,7 +622,7 @@ impl Gateway {
     /// The candidate repositories (config, policy, built-in upstream) the principal can read,
     /// with whether it can also write.
     async fn reachable_repos(&self, principal: &Principal, adm: &Admitted) -> Vec<Access> {
-        let policy = self.policy.load();
+        let policy = self.decider.policy();
         let mut names: Vec<String> = self.settings.portal_repositories.clone();
         names.extend(policy.named_repositories());
         if let Some(dir) = &self.settings.builtin_repos_dir {
@@ -673,7 +673,7 @@ impl Gateway {
 
     /// The configured links the principal may open (`web:access`, GET).
     fn reachable_links(&self, principal: &Principal, adm: &Admitted) -> Vec<String> {
-        let policy = self.policy.load();
+        let policy = self.decider.policy();
         self.settings
             .portal_links
             .iter()

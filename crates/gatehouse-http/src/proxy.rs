@@ -13,18 +13,17 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use arc_swap::ArcSwap;
 use base64::Engine as _;
 use gatehouse_audit::{AuditPrincipal, AuditRecord, AuditRef, AuditSink};
 use gatehouse_authn::{Authenticator, AuthnError, Credential};
 use gatehouse_config::{IdentityHeadersConfig, IpNet};
 use gatehouse_core::{Action, Clock, Principal, Redacted, Resource};
-use gatehouse_forge::{ForgeApi, ForgeGroups};
+use gatehouse_decide::Decider;
 use gatehouse_git::{
     Classified, ForgeFlavor, GitService, LfsOperation, PushLimits, PushReader, RequestKind,
     classify, lfs_batch_operation, refused_push_report,
 };
-use gatehouse_policy::{AuthzRequest, PolicyEngine, RequestFacts};
+use gatehouse_policy::{AuthzRequest, RequestFacts};
 use gatehouse_session::Sessions;
 use gatehouse_ssh::SshGateway;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -80,16 +79,13 @@ pub struct Gateway {
     strip: ClientHeaderFilter,
     /// The identity header names, parsed once.
     names: IdentityNames,
-    pub(crate) policy: Arc<ArcSwap<PolicyEngine>>,
-    pub(crate) authn: Arc<Authenticator>,
+    /// The decision core: the caller, the policy, the refs a route moves.
+    pub(crate) decider: Arc<Decider>,
     audit: AuditSink,
     upstream: Upstream,
     metrics: Arc<Metrics>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) sessions: Option<Arc<Sessions>>,
-    forge_groups: Option<Arc<ForgeGroups>>,
-    /// Asked which refs a web or API route moves when the request does not say.
-    pub(crate) forge_api: Option<Arc<ForgeApi>>,
     pub(crate) ssh: Option<Arc<SshGateway>>,
     /// Cancelled when the server stops: relayed (upgraded) connections close then.
     tunnels: tokio_util::sync::CancellationToken,
@@ -401,8 +397,7 @@ impl Gateway {
     /// Assembles the gateway.
     pub fn new(
         settings: GatewaySettings,
-        policy: Arc<ArcSwap<PolicyEngine>>,
-        authn: Arc<Authenticator>,
+        decider: Arc<Decider>,
         audit: AuditSink,
         upstream: Upstream,
         metrics: Arc<Metrics>,
@@ -435,15 +430,12 @@ impl Gateway {
             settings,
             strip,
             names,
-            policy,
-            authn,
+            decider,
             audit,
             upstream,
             metrics,
             clock,
             sessions: None,
-            forge_groups: None,
-            forge_api: None,
             ssh: None,
             tunnels: tokio_util::sync::CancellationToken::new(),
             relays: tokio_util::task::TaskTracker::new(),
@@ -464,32 +456,17 @@ impl Gateway {
         self
     }
 
-    /// The forge API that says which refs a web or API route moves when the request does not.
-    pub fn with_forge_api(mut self, forge_api: Option<Arc<ForgeApi>>) -> Self {
-        self.forge_api = forge_api;
-        self
-    }
-
-    /// Adds callers' forge organisations and teams to their groups.
-    pub fn with_forge_groups(mut self, forge_groups: Option<Arc<ForgeGroups>>) -> Self {
-        self.forge_groups = forge_groups;
-        self
-    }
-
     /// The principal with its forge groups added (when configured).
     pub(crate) async fn enrich(
         &self,
-        mut principal: Arc<Principal>,
+        principal: Arc<Principal>,
         adm: &Admitted,
         kind: ClientKind,
     ) -> Result<Arc<Principal>, (Refusal, ClientKind)> {
-        if let Some(fg) = &self.forge_groups {
-            fg.enrich(Arc::make_mut(&mut principal)).await.map_err(|e| {
-                tracing::warn!(request_id = %adm.request_id, error = %e, "refusing request: forge groups unavailable");
-                (Refusal::GroupsUnavailable, kind)
-            })?;
-        }
-        Ok(principal)
+        self.decider.enrich(principal).await.map_err(|e| {
+            tracing::warn!(request_id = %adm.request_id, error = %e, "refusing request: forge groups unavailable");
+            (Refusal::GroupsUnavailable, kind)
+        })
     }
 
     /// Enables browser sign-in sessions.
@@ -500,7 +477,12 @@ impl Gateway {
 
     /// The authenticator (for readiness and metrics).
     pub fn authn(&self) -> &Arc<Authenticator> {
-        &self.authn
+        self.decider.authn()
+    }
+
+    /// The decision core.
+    pub fn decider(&self) -> &Arc<Decider> {
+        &self.decider
     }
 
     /// The upstream (for readiness).
@@ -525,7 +507,7 @@ impl Gateway {
         rec: &mut AuditRecord,
         kind: ClientKind,
     ) -> Result<Arc<Principal>, (Refusal, ClientKind)> {
-        self.authn.authenticate(cred).await.map_err(|e| {
+        self.decider.authenticate(cred).await.map_err(|e| {
             self.metrics.authn_failures.get_or_create(&KindLabel { kind: e.code() }).inc();
             rec.authn_error = Some(e.code());
             if let AuthnError::Internal(detail) = &e {
@@ -780,7 +762,7 @@ impl Gateway {
             rec.reason = Some("public_endpoint".into());
             let r = typed_response(
                 StatusCode::OK,
-                self.authn.own().jwks().to_string(),
+                self.decider.authn().own().jwks().to_string(),
                 "application/jwk-set+json",
                 "public, max-age=300",
             );
@@ -915,8 +897,7 @@ impl Gateway {
         };
         *action_label = action.as_str();
         rec.action = Some(action.as_str());
-        let policy = self.policy.load();
-        let decision = policy.evaluate(&AuthzRequest {
+        let decision = self.decider.decide(&AuthzRequest {
             principal: &principal,
             action,
             resource: &c.resource,
@@ -1029,7 +1010,7 @@ impl Gateway {
         }
         if names.assertion.is_some() {
             let now = self.clock.now().as_secs();
-            match self.authn.own().assertion(
+            match self.decider.authn().own().assertion(
                 &principal,
                 &self.settings.assertion_audience,
                 id.assertion_ttl.0,
@@ -1219,7 +1200,7 @@ impl Gateway {
         let push = reader
             .finish()
             .map_err(|e| bad("bad_push_commands", e.to_string()))?;
-        let decisions = self.policy.load().decide_refs(
+        let decisions = self.decider.policy().decide_refs(
             principal,
             &c.resource,
             RequestFacts {

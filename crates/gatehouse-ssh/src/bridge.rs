@@ -82,7 +82,7 @@ struct PushGate<'a> {
 
 impl PushGate<'_> {
     fn decide(&self, push: &PushRequest) -> RefDecisions {
-        self.gw.policy.load().decide_refs(
+        self.gw.decider.policy().decide_refs(
             self.principal,
             &Resource::Repo(self.command.repo.clone()),
             RequestFacts {

@@ -26,12 +26,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use gatehouse_audit::AuditSink;
 use gatehouse_config::Config;
 use gatehouse_core::{Clock, Principal, PrincipalKind};
+use gatehouse_decide::Decider;
 use gatehouse_git::ForgeFlavor;
-use gatehouse_policy::PolicyEngine;
 use russh::keys::PrivateKey;
 use russh::keys::ssh_key::public::KeyData;
 
@@ -218,7 +217,8 @@ pub struct IssuedCert {
 #[derive(Debug)]
 pub struct SshGateway {
     settings: SshSettings,
-    policy: Arc<ArcSwap<PolicyEngine>>,
+    /// The decision core, shared with the HTTP front door.
+    decider: Arc<Decider>,
     audit: AuditSink,
     clock: Arc<dyn Clock>,
 }
@@ -227,13 +227,13 @@ impl SshGateway {
     /// Assembles the front door.
     pub fn new(
         settings: SshSettings,
-        policy: Arc<ArcSwap<PolicyEngine>>,
+        decider: Arc<Decider>,
         audit: AuditSink,
         clock: Arc<dyn Clock>,
     ) -> Self {
         Self {
             settings,
-            policy,
+            decider,
             audit,
             clock,
         }

@@ -296,8 +296,25 @@ impl russh::server::Handler for Conn {
             .rsplit_once(':')
             .map_or(self.gw.settings.external_address.as_str(), |(h, _)| h)
             .to_ascii_lowercase();
-        let decision = self.gw.policy.load().evaluate(&AuthzRequest {
-            principal: &caller.principal,
+        // The forge's teams, as over HTTP: a policy that names them decides SSH alike.
+        let principal = match self.gw.decider.enrich(caller.principal.clone()).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(conn = %self.id, error = %e, "ssh: refusing: forge groups unavailable");
+                rec.decision = Some("deny");
+                rec.reason = Some("forge_groups_unavailable".into());
+                slot.send(rec);
+                return refuse(
+                    session,
+                    channel,
+                    "the forge cannot say which teams you are in right now; try again later",
+                    128,
+                );
+            }
+        };
+        rec.principal = Some(AuditPrincipal::of(&principal));
+        let decision = self.gw.decider.decide(&AuthzRequest {
+            principal: &principal,
             action,
             resource: &gatehouse_core::Resource::Repo(cmd.repo.clone()),
             facts: RequestFacts {
@@ -321,13 +338,13 @@ impl russh::server::Handler for Conn {
             return refuse(session, channel, &msg, 128);
         }
         rec.decision = Some("allow");
-        tracing::info!(conn = %self.id, user = %caller.principal.username, repo = %cmd.repo, %action, "ssh: allowed");
+        tracing::info!(conn = %self.id, user = %principal.username, repo = %cmd.repo, %action, "ssh: allowed");
         let job = crate::bridge::Job {
             gw: self.gw.clone(),
             channel: ch,
             command: cmd,
             git_protocol: self.git_protocol.remove(&channel),
-            principal: caller.principal.clone(),
+            principal,
             conn: self.id.clone(),
             peer: self.peer.ip(),
             host,

@@ -101,6 +101,33 @@ fn team_membership_on_the_forge_opens_a_push_and_outages_fail_closed() {
         "{record}"
     );
 
+    // `policy explain` asks the forge too: the same decision as the gateway's (it used to
+    // skip the forge's groups and deny what the gateway allows).
+    let explain = |token: &str| {
+        let out = gw.cli(&[
+            "policy",
+            "explain",
+            "--token",
+            token,
+            "--method",
+            "POST",
+            "--url",
+            "https://git.example.com/demo/hello.git/git-receive-pack",
+        ]);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, text) = explain(&alice);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("forge:acme/release") && text.contains("release-team-pushes"),
+        "{text}"
+    );
+    let (code, text) = explain(&bob);
+    assert_eq!(code, Some(3), "{text}");
+
     // A user the forge does not know gets no forge groups (and is not refused for it).
     let carol = gw.token("carol", &[]);
     let (status, body) = who(gw.port, &carol);
