@@ -210,7 +210,8 @@ pub(crate) async fn run(
     on_ready: impl FnOnce(std::net::SocketAddr),
 ) -> Result<Running> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let metrics = Arc::new(Metrics::new());
+    let ssh_metrics = gatehouse_ssh::SshMetrics::default();
+    let metrics = Arc::new(Metrics::with(|r| ssh_metrics.register(r)));
 
     let policy = load_policy(&cfg)?;
     metrics.policy_reloaded(true, policy.len());
@@ -292,6 +293,7 @@ pub(crate) async fn run(
                 decider.clone(),
                 audit.clone(),
                 clock.clone(),
+                ssh_metrics,
             ))),
             Some(l),
         ),

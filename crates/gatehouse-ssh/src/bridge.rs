@@ -29,6 +29,10 @@ pub(crate) struct Job {
     pub(crate) host: String,
     pub(crate) rec: AuditRecord,
     pub(crate) slot: AuditSlot,
+    /// When the command arrived (for `gatehouse_ssh_command_duration_seconds`).
+    pub(crate) arrived: Instant,
+    /// Counts the command in flight until the job ends.
+    pub(crate) in_flight: crate::metrics::InFlight,
 }
 
 /// What the per-ref check of a push decided.
@@ -256,6 +260,8 @@ impl Job {
             host,
             mut rec,
             slot,
+            arrived,
+            in_flight,
         } = self;
         let (client_rd, client_wr) = channel.split();
         // A push session is announced (synced) before anything reaches the upstream: a forge
@@ -352,6 +358,13 @@ impl Job {
         } else {
             "aborted"
         });
+        gw.metrics.finished(
+            rec.action,
+            rec.decision,
+            u16::try_from(code).unwrap_or(255),
+            arrived,
+        );
+        drop(in_flight);
         slot.send(rec);
     }
 }

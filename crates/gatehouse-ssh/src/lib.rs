@@ -15,11 +15,13 @@
 
 mod bridge;
 mod keys;
+mod metrics;
 mod server;
 
 pub use keys::{
     CertError, CertIdentity, UserCa, fingerprint, load_or_generate, mint_upstream, parse_public_key,
 };
+pub use metrics::SshMetrics;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -221,6 +223,7 @@ pub struct SshGateway {
     decider: Arc<Decider>,
     audit: AuditSink,
     clock: Arc<dyn Clock>,
+    metrics: SshMetrics,
 }
 
 impl SshGateway {
@@ -230,12 +233,14 @@ impl SshGateway {
         decider: Arc<Decider>,
         audit: AuditSink,
         clock: Arc<dyn Clock>,
+        metrics: SshMetrics,
     ) -> Self {
         Self {
             settings,
             decider,
             audit,
             clock,
+            metrics,
         }
     }
 

@@ -254,6 +254,7 @@ impl russh::server::Handler for Conn {
         data: &[u8],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        let arrived = std::time::Instant::now();
         session.channel_success(channel)?;
         let Some(ch) = self.channels.remove(&channel) else {
             return refuse(session, channel, "one command per channel", 128);
@@ -282,6 +283,9 @@ impl russh::server::Handler for Conn {
             Err(e) => {
                 rec.decision = Some("deny");
                 rec.reason = Some("bad_command".into());
+                self.gw
+                    .metrics
+                    .finished(rec.action, rec.decision, 128, arrived);
                 slot.send(rec);
                 return refuse(session, channel, &e.to_string(), 128);
             }
@@ -303,6 +307,9 @@ impl russh::server::Handler for Conn {
                 tracing::warn!(conn = %self.id, error = %e, "ssh: refusing: forge groups unavailable");
                 rec.decision = Some("deny");
                 rec.reason = Some("forge_groups_unavailable".into());
+                self.gw
+                    .metrics
+                    .finished(rec.action, rec.decision, 128, arrived);
                 slot.send(rec);
                 return refuse(
                     session,
@@ -330,6 +337,9 @@ impl russh::server::Handler for Conn {
         rec.reason = Some(decision.reason.clone());
         if !decision.allowed {
             rec.decision = Some("deny");
+            self.gw
+                .metrics
+                .finished(rec.action, rec.decision, 128, arrived);
             slot.send(rec);
             let msg = format!(
                 "{action} on {} denied by policy ({})",
@@ -350,6 +360,8 @@ impl russh::server::Handler for Conn {
             host,
             rec,
             slot,
+            arrived,
+            in_flight: self.gw.metrics.in_flight(),
         };
         tokio::spawn(job.run());
         Ok(())

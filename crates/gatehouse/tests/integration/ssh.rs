@@ -644,6 +644,32 @@ fn git_over_ssh_with_certificates_service_keys_and_refusals() {
             .starts_with("key SHA256:"),
         "{denied}"
     );
+    // SSH commands have the metrics HTTP requests have: by action, decision and exit status.
+    let metrics = f.gw.metrics();
+    let count = |prefix: &str| -> u64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    assert!(
+        count("gatehouse_ssh_commands_total{action=\"git:read\",decision=\"allow\",exit=\"0\"}")
+            >= 1,
+        "{metrics}"
+    );
+    assert!(
+        count("gatehouse_ssh_commands_total{action=\"git:write\",decision=\"deny\"") >= 1,
+        "{metrics}"
+    );
+    assert!(
+        count("gatehouse_ssh_command_duration_seconds_count{action=\"git:write\"}") >= 1,
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("gatehouse_ssh_commands_in_flight "),
+        "{metrics}"
+    );
 }
 
 /// `ssh.max_connections`: one connection open, the next is closed before the handshake, and a
