@@ -125,21 +125,14 @@ pub fn policy_explain(args: &ExplainArgs) -> Result<bool> {
     let authn = Arc::new(Authenticator::new(&cfg, own, clock.clone())?);
     // The gateway's own decision core: the same authentication, forge groups, policy and
     // ref lookups as a request through the gateway.
+    let (forge_groups, forge_api) = crate::serve::forge_clients(&cfg, clock)?;
     let decider = gatehouse_decide::Decider::new(
         authn,
         Arc::new(arc_swap::ArcSwap::from_pointee(policy)),
         flavor(cfg.forge.kind),
     )
-    .with_forge_groups(
-        gatehouse_forge::ForgeGroups::from_config(&cfg, clock.clone())
-            .context("forge groups")?
-            .map(Arc::new),
-    )
-    .with_forge_api(
-        gatehouse_forge::ForgeApi::from_config(&cfg, clock)
-            .context("forge API")?
-            .map(Arc::new),
-    );
+    .with_forge_groups(forge_groups)
+    .with_forge_api(forge_api);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

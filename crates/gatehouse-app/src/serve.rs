@@ -11,7 +11,7 @@ use gatehouse_authn::{Authenticator, OwnIssuer};
 use gatehouse_config::{Config, ForgeKind, LogFormat, read_secret};
 use gatehouse_core::{Clock, SystemClock};
 use gatehouse_decide::Decider;
-use gatehouse_forge::{ForgeApi, ForgeGroups};
+use gatehouse_forge::{ForgeApi, ForgeClient, ForgeGroups};
 use gatehouse_git::ForgeFlavor;
 use gatehouse_http::{Gateway, GatewaySettings, Metrics, ServeOptions, TlsReloader, Upstream};
 use gatehouse_policy::PolicyEngine;
@@ -39,6 +39,54 @@ pub(crate) fn init_logging(cfg: &Config) {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
     };
+}
+
+/// The forge's API clients of `[forge.groups]` and `[forge.api]`, built here from the
+/// configuration (the forge crate takes only what it needs).
+pub(crate) type ForgeClients = (Option<Arc<ForgeGroups>>, Option<Arc<ForgeApi>>);
+
+pub(crate) fn forge_clients(cfg: &Config, clock: Arc<dyn Clock>) -> Result<ForgeClients> {
+    let client = |url: &Option<String>,
+                  token: &gatehouse_config::SecretSource,
+                  key: &str,
+                  timeout: std::time::Duration|
+     -> Result<ForgeClient> {
+        let api = url
+            .clone()
+            .or_else(|| cfg.upstream.url.clone())
+            .with_context(|| format!("{key}: no forge API URL"))?
+            .trim_end_matches('/')
+            .to_owned();
+        let token = read_secret(key, token)?;
+        Ok(ForgeClient {
+            api,
+            token: gatehouse_core::Redacted::new(token.expose().trim().to_owned()),
+            timeout,
+        })
+    };
+    let groups = match &cfg.forge.groups {
+        Some(g) => Some(Arc::new(
+            ForgeGroups::new(
+                client(&g.api_url, &g.token, "forge.groups.token", g.timeout.0)?,
+                g.clone(),
+                clock.clone(),
+            )
+            .context("forge groups")?,
+        )),
+        None => None,
+    };
+    let api = match &cfg.forge.api {
+        Some(a) => Some(Arc::new(
+            ForgeApi::new(
+                client(&a.url, &a.token, "forge.api.token", a.timeout.0)?,
+                a.cache_ttl.0,
+                clock,
+            )
+            .context("forge API")?,
+        )),
+        None => None,
+    };
+    Ok((groups, api))
 }
 
 pub(crate) fn flavor(kind: ForgeKind) -> ForgeFlavor {
@@ -235,12 +283,7 @@ pub(crate) async fn run(
         }
         None => None,
     };
-    let forge_groups = ForgeGroups::from_config(&cfg, clock.clone())
-        .context("forge groups")?
-        .map(Arc::new);
-    let forge_api = ForgeApi::from_config(&cfg, clock.clone())
-        .context("forge API")?
-        .map(Arc::new);
+    let (forge_groups, forge_api) = forge_clients(&cfg, clock.clone())?;
     let sessions = Sessions::from_config(&cfg, &authn, clock.clone())
         .context("browser sessions")?
         .map(Arc::new);

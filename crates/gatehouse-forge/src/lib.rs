@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use gatehouse_config::{Config, ForgeGroupsConfig, OnForgeError};
+use gatehouse_config::{ForgeGroupsConfig, OnForgeError};
 use gatehouse_core::{Clock, Principal, Redacted};
 use serde::Deserialize;
 
@@ -22,6 +22,31 @@ use serde::Deserialize;
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("forge groups unavailable: {0}")]
 pub struct ForgeError(pub String);
+
+/// How to reach the forge's API: built by the app from the config (this crate never reads the
+/// whole configuration).
+#[derive(Debug, Clone)]
+pub struct ForgeClient {
+    /// The base URL (`https://forge.example`), without a trailing `/`.
+    pub api: String,
+    /// The API token.
+    pub token: Redacted<String>,
+    /// Timeout of each call.
+    pub timeout: std::time::Duration,
+}
+
+impl ForgeClient {
+    fn http(&self, redirects: bool) -> Result<reqwest::Client, ForgeError> {
+        let mut b = reqwest::Client::builder()
+            .user_agent(concat!("gatehouse/", env!("CARGO_PKG_VERSION")))
+            .timeout(self.timeout);
+        if !redirects {
+            b = b.redirect(reqwest::redirect::Policy::none());
+        }
+        b.build()
+            .map_err(|e| ForgeError(format!("http client: {e}")))
+    }
+}
 
 /// Most users whose groups are remembered; the cache is emptied when full.
 const MAX_CACHED: usize = 10_000;
@@ -87,33 +112,21 @@ fn clean(s: &str) -> bool {
 }
 
 impl ForgeGroups {
-    /// Builds the enricher when the config has `[forge.groups]`.
-    pub fn from_config(cfg: &Config, clock: Arc<dyn Clock>) -> Result<Option<Self>, ForgeError> {
-        let Some(g) = &cfg.forge.groups else {
-            return Ok(None);
-        };
-        let api = g
-            .api_url
-            .clone()
-            .or_else(|| cfg.upstream.url.clone())
-            .ok_or_else(|| ForgeError("no forge API URL".into()))?
-            .trim_end_matches('/')
-            .to_owned();
-        let token = gatehouse_config::read_secret("forge.groups.token", &g.token)
-            .map_err(|e| ForgeError(e.to_string()))?;
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("gatehouse/", env!("CARGO_PKG_VERSION")))
-            .timeout(g.timeout.0)
-            .build()
-            .map_err(|e| ForgeError(format!("http client: {e}")))?;
-        Ok(Some(Self {
-            cfg: g.clone(),
-            api,
-            token: Redacted::new(token.expose().trim().to_owned()),
+    /// The enricher over the forge's API (`client`) with the `[forge.groups]` settings.
+    pub fn new(
+        client: ForgeClient,
+        cfg: ForgeGroupsConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, ForgeError> {
+        let http = client.http(true)?;
+        Ok(Self {
+            cfg,
+            api: client.api,
+            token: client.token,
             http,
             clock,
             cache: Mutex::new(HashMap::new()),
-        }))
+        })
     }
 
     /// Adds the principal's forge groups (prefixed) to its groups. When the forge cannot be asked

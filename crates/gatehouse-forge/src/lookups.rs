@@ -10,7 +10,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use gatehouse_config::Config;
 use gatehouse_core::{Clock, Redacted, RepoRef};
 use gatehouse_git::{PlannedMove, RefOp, RefSource};
 use serde::Deserialize;
@@ -140,34 +139,22 @@ impl std::fmt::Debug for ForgeApi {
 }
 
 impl ForgeApi {
-    /// Builds the client when the config has `[forge.api]`.
-    pub fn from_config(cfg: &Config, clock: Arc<dyn Clock>) -> Result<Option<Self>, ForgeError> {
-        let Some(a) = &cfg.forge.api else {
-            return Ok(None);
-        };
-        let api = a
-            .url
-            .clone()
-            .or_else(|| cfg.upstream.url.clone())
-            .ok_or_else(|| ForgeError("no forge API URL".into()))?
-            .trim_end_matches('/')
-            .to_owned();
-        let token = gatehouse_config::read_secret("forge.api.token", &a.token)
-            .map_err(|e| ForgeError(e.to_string()))?;
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("gatehouse/", env!("CARGO_PKG_VERSION")))
-            .timeout(a.timeout.0)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| ForgeError(format!("http client: {e}")))?;
-        Ok(Some(Self {
-            api,
-            token: Redacted::new(token.expose().trim().to_owned()),
+    /// The lookups over the forge's API (`client`), answers of repositories and release tags
+    /// reused for `cache_ttl`.
+    pub fn new(
+        client: crate::ForgeClient,
+        cache_ttl: std::time::Duration,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, ForgeError> {
+        let http = client.http(false)?;
+        Ok(Self {
+            api: client.api,
+            token: client.token,
             http,
             clock,
-            ttl: i64::try_from(a.cache_ttl.0.as_secs()).unwrap_or(i64::MAX),
+            ttl: i64::try_from(cache_ttl.as_secs()).unwrap_or(i64::MAX),
             cache: Mutex::new(HashMap::new()),
-        }))
+        })
     }
 
     /// The base and head branches of pull request `index` of `owner/repo`, asked afresh every
