@@ -267,7 +267,27 @@ pub(crate) async fn run(
     let own = own_issuer(&cfg)?;
     let authn = Arc::new(Authenticator::new(&cfg, own, clock.clone())?);
     let upstream = Upstream::new(&cfg.upstream)?;
-    let ssh = match SshSettings::from_config(&cfg).context("ssh")? {
+    let push_limits =
+        gatehouse_git::PushLimits::new(cfg.git.max_command_list.0, cfg.git.max_ref_updates);
+    let ssh_settings = match &cfg.ssh {
+        Some(ssh) => Some(
+            SshSettings::new(
+                ssh,
+                cfg.upstream.git_http_backend.as_ref(),
+                &cfg.tokens.issuer,
+                // SSH paths name repositories as Gitea's do (case-insensitively), or keep their
+                // case with a generic upstream.
+                match cfg.forge.kind {
+                    ForgeKind::Generic => ForgeFlavor::Generic,
+                    _ => ForgeFlavor::Gitea,
+                },
+                push_limits,
+            )
+            .context("ssh")?,
+        ),
+        None => None,
+    };
+    let ssh = match ssh_settings {
         Some(mut settings) => {
             let ssh_cfg = cfg.ssh.as_ref();
             let l = match ssh_cfg.map(|s| s.listen) {
@@ -367,10 +387,7 @@ pub(crate) async fn run(
                 websocket_idle_timeout: cfg.server.websocket_idle_timeout.0,
                 upstream_body_idle_timeout: cfg.upstream.body_idle_timeout.0,
                 client_body_idle_timeout: cfg.server.body_idle_timeout.0,
-                push_limits: gatehouse_git::PushLimits::new(
-                    cfg.git.max_command_list.0,
-                    cfg.git.max_ref_updates,
-                ),
+                push_limits,
             },
             decider.clone(),
             audit.clone(),

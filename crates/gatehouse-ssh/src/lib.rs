@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gatehouse_audit::AuditSink;
-use gatehouse_config::Config;
+use gatehouse_config::{GitBackendConfig, SshConfig};
 use gatehouse_core::{Clock, Principal, PrincipalKind};
 use gatehouse_decide::Decider;
 use gatehouse_git::ForgeFlavor;
@@ -108,11 +108,17 @@ pub struct SshSettings {
 }
 
 impl SshSettings {
-    /// Loads (or generates) the keys named in `[ssh]`. `None` when there is no `[ssh]` table.
-    pub fn from_config(cfg: &Config) -> Result<Option<Self>, SshError> {
-        let Some(ssh) = &cfg.ssh else {
-            return Ok(None);
-        };
+    /// Loads (or generates) the keys named in `[ssh]` (`ssh`). The app hands over the other
+    /// few settings the front door needs: the built-in upstream, if that is the upstream; the
+    /// issuer service accounts are named under; how repository names compare; how much of a
+    /// push is read.
+    pub fn new(
+        ssh: &SshConfig,
+        builtin: Option<&GitBackendConfig>,
+        issuer: &str,
+        flavor: ForgeFlavor,
+        push_limits: gatehouse_git::PushLimits,
+    ) -> Result<Self, SshError> {
         let host_key = load_or_generate(&ssh.host_key)?;
         let user_ca = UserCa::new(
             load_or_generate(&ssh.user_ca_key)?,
@@ -125,7 +131,7 @@ impl SshSettings {
             })?;
             let mut p = Principal {
                 kind: PrincipalKind::Service,
-                issuer: cfg.tokens.issuer.clone(),
+                issuer: issuer.to_owned(),
                 subject: sa.name.clone(),
                 username: sa.name.clone(),
                 display_name: None,
@@ -137,7 +143,7 @@ impl SshSettings {
             p.normalize_groups();
             service_accounts.insert(key.key_data().clone(), p);
         }
-        let upstream = match (&ssh.upstream, &cfg.upstream.git_http_backend) {
+        let upstream = match (&ssh.upstream, builtin) {
             (Some(u), _) => UpstreamTarget::Ssh {
                 address: u.address.clone(),
                 user: u.user.clone(),
@@ -158,11 +164,7 @@ impl SshSettings {
                 return Err(SshError::Config("no SSH upstream".into()));
             }
         };
-        let flavor = match cfg.forge.kind {
-            gatehouse_config::ForgeKind::Generic => ForgeFlavor::Generic,
-            _ => ForgeFlavor::Gitea,
-        };
-        Ok(Some(Self {
+        Ok(Self {
             flavor,
             host_key,
             user_ca,
@@ -175,11 +177,8 @@ impl SshSettings {
                 .unwrap_or_else(|| ssh.listen.to_string()),
             inactivity_timeout: ssh.inactivity_timeout.0,
             max_connections: ssh.max_connections.max(1),
-            push_limits: gatehouse_git::PushLimits::new(
-                cfg.git.max_command_list.0,
-                cfg.git.max_ref_updates,
-            ),
-        }))
+            push_limits,
+        })
     }
 
     /// The host key's public line and fingerprint.
