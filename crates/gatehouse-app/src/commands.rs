@@ -122,7 +122,7 @@ pub fn policy_explain(args: &ExplainArgs) -> Result<bool> {
     let policy = load_policy(&cfg)?;
     let own = own_issuer(&cfg)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let authn = Arc::new(Authenticator::new(&cfg, own, clock.clone())?);
+    let authn = Arc::new(Authenticator::new(&cfg.issuers, own, clock.clone())?);
     // The gateway's own decision core: the same authentication, forge groups, policy and
     // ref lookups as a request through the gateway.
     let (forge_groups, forge_api) = crate::serve::forge_clients(&cfg, clock)?;

@@ -265,7 +265,7 @@ pub(crate) async fn run(
     metrics.policy_reloaded(true, policy.len());
     let policy = Arc::new(ArcSwap::from_pointee(policy));
     let own = own_issuer(&cfg)?;
-    let authn = Arc::new(Authenticator::new(&cfg, own, clock.clone())?);
+    let authn = Arc::new(Authenticator::new(&cfg.issuers, own, clock.clone())?);
     let upstream = Upstream::new(&cfg.upstream)?;
     let push_limits =
         gatehouse_git::PushLimits::new(cfg.git.max_command_list.0, cfg.git.max_ref_updates);
@@ -304,9 +304,13 @@ pub(crate) async fn run(
         None => None,
     };
     let (forge_groups, forge_api) = forge_clients(&cfg, clock.clone())?;
-    let sessions = Sessions::from_config(&cfg, &authn, clock.clone())
-        .context("browser sessions")?
-        .map(Arc::new);
+    let sessions = match &cfg.session {
+        Some(scfg) => Some(Arc::new(
+            Sessions::with_file_store(scfg, &cfg.issuers, &authn, clock.clone())
+                .context("browser sessions")?,
+        )),
+        None => None,
+    };
     // The one decision core every front door calls.
     let decider = Arc::new(
         Decider::new(authn.clone(), policy.clone(), flavor(cfg.forge.kind))

@@ -24,7 +24,7 @@ pub use own::{OwnIssuer, OwnKeyError, TokenRequest, generate_signing_key_pem};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use gatehouse_config::Config;
+use gatehouse_config::IssuerConfig;
 use gatehouse_core::{Clock, Principal, Redacted};
 
 use crate::cache::TokenCache;
@@ -51,10 +51,10 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
-    /// Builds the authenticator from the config: reads Gatehouse's keys and prepares (but does
-    /// not yet fetch) each issuer's key set.
+    /// Builds the authenticator over the configured `[[issuers]]`: prepares (but does not yet
+    /// fetch) each issuer's key set; Gatehouse's own issuer is `own`.
     pub fn new(
-        cfg: &Config,
+        issuers_cfg: &[IssuerConfig],
         own: Arc<OwnIssuer>,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, AuthnError> {
@@ -66,7 +66,7 @@ impl Authenticator {
         let mut issuers = HashMap::new();
         let mut introspectors = Vec::new();
         let withdrawals = cache::Withdrawals::default();
-        for i in &cfg.issuers {
+        for i in issuers_cfg {
             let secret = match &i.introspection {
                 Some(ic) => Some(
                     gatehouse_config::read_secret(

@@ -60,7 +60,8 @@ fn core(groups: &[&str]) -> (Decider, Credential) {
             now(),
         )
         .unwrap_or_else(|e| panic!("{e}"));
-    let authn = Arc::new(Authenticator::new(&cfg, own, clock).unwrap_or_else(|e| panic!("{e}")));
+    let authn =
+        Arc::new(Authenticator::new(&cfg.issuers, own, clock).unwrap_or_else(|e| panic!("{e}")));
     let policy = PolicyEngine::new(POLICY, "default").unwrap_or_else(|e| panic!("{e}"));
     let d = Decider::new(
         authn,

@@ -24,7 +24,7 @@ pub use store::{FileStore, RecordKind, SessionStore, StoreError};
 use std::sync::Arc;
 
 use gatehouse_authn::{Authenticator, AuthnError, IssuerKeys, ProviderMetadata};
-use gatehouse_config::{Config, LoginConfig, SessionConfig};
+use gatehouse_config::{IssuerConfig, LoginConfig, SessionConfig};
 use gatehouse_core::{Clock, Principal, PrincipalKind, Redacted};
 use serde::{Deserialize, Serialize};
 
@@ -360,24 +360,22 @@ fn form_encode(s: &str) -> String {
 }
 
 impl Sessions {
-    /// Builds the session manager when the config has a `[session]` table, with the file store
-    /// under `session.dir`.
-    pub fn from_config(
-        cfg: &Config,
+    /// Builds the session manager of `[session]` (`scfg`) with the file store under
+    /// `session.dir`, signing in with the `[[issuers]]` that have a `login` table.
+    pub fn with_file_store(
+        scfg: &SessionConfig,
+        issuers: &[IssuerConfig],
         authn: &Authenticator,
         clock: Arc<dyn Clock>,
-    ) -> Result<Option<Self>, SessionError> {
-        let Some(scfg) = &cfg.session else {
-            return Ok(None);
-        };
+    ) -> Result<Self, SessionError> {
         let store = FileStore::open(&scfg.dir)?;
-        Self::new(cfg, scfg, Arc::new(store), authn, clock).map(Some)
+        Self::new(scfg, issuers, Arc::new(store), authn, clock)
     }
 
     /// Builds the session manager over any store.
     pub fn new(
-        cfg: &Config,
         scfg: &SessionConfig,
+        issuers: &[IssuerConfig],
         store: Arc<dyn SessionStore>,
         authn: &Authenticator,
         clock: Arc<dyn Clock>,
@@ -385,7 +383,7 @@ impl Sessions {
         let secret = session_secret(scfg)?;
         let keys = Keys::derive(secret.expose().as_bytes())?;
         let mut providers = Vec::new();
-        for i in &cfg.issuers {
+        for i in issuers {
             let Some(login) = &i.login else { continue };
             let keys = authn
                 .issuer(&i.issuer)

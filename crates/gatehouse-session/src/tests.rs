@@ -47,8 +47,9 @@ client_id = "gh"
     let cfg = Config::parse(text, dir, "test.toml").unwrap();
     let pem = Redacted::new(generate_signing_key_pem().unwrap());
     let own = Arc::new(OwnIssuer::new(&cfg.tokens, &pem).unwrap());
-    let authn = Authenticator::new(&cfg, own, clock.clone()).unwrap();
-    Sessions::from_config(&cfg, &authn, clock).unwrap().unwrap()
+    let authn = Authenticator::new(&cfg.issuers, own, clock.clone()).unwrap();
+    let scfg = cfg.session.as_ref().unwrap();
+    Sessions::with_file_store(scfg, &cfg.issuers, &authn, clock).unwrap()
 }
 
 /// Stores a session as a completed sign-in would; returns its cookie header value.
