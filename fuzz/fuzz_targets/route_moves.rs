@@ -11,26 +11,14 @@ use gatehouse_git::{
 };
 use libfuzzer_sys::fuzz_target;
 
-const MOVES: [RefMove; 11] = [
-    RefMove::Commit,
-    RefMove::BranchCreate,
-    RefMove::BranchDelete,
-    RefMove::BranchRename,
-    RefMove::BranchRestore,
-    RefMove::TagCreate,
-    RefMove::TagDelete,
-    RefMove::Release,
-    RefMove::Merge,
-    RefMove::UpdateBranch,
-    RefMove::DefaultBranch,
-];
+
 
 fuzz_target!(|data: &[u8]| {
     // selector byte, then path \n content type \n query \n body
     let Some((&sel, data)) = data.split_first() else { return };
     let flavor = [ForgeFlavor::Gitea, ForgeFlavor::Forgejo, ForgeFlavor::Gogs][usize::from(sel % 3)];
     let via = if sel & 4 == 0 { Via::Web } else { Via::Api };
-    let moves = MOVES[usize::from(sel >> 3) % MOVES.len()];
+    let moves = RefMove::ALL[usize::from(sel >> 3) % RefMove::ALL.len()];
     let mut parts = data.splitn(4, |b| *b == b'\n');
     let path = parts.next().and_then(|p| std::str::from_utf8(p).ok()).unwrap_or("/a/b/_edit/main");
     let ct = parts.next().and_then(|c| std::str::from_utf8(c).ok());

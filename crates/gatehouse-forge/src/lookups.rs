@@ -221,15 +221,8 @@ impl ForgeApi {
         repo: &str,
         name: &str,
     ) -> Result<Vec<String>, LookupError> {
-        let want = name.to_lowercase();
-        let mut out = Vec::new();
-        self.each_page::<ApiTag>(&format!("/api/v1/repos/{owner}/{repo}/tags"), |t| {
-            if t.name.to_lowercase() == want {
-                out.push(t.name);
-            }
-        })
-        .await?;
-        Ok(out)
+        let path = format!("/api/v1/repos/{owner}/{repo}/tags");
+        self.names_like::<ApiTag>(&path, name, |t| t.name).await
     }
 
     /// The tags of the releases of `owner/repo` (drafts included) whose tags equal `name`
@@ -240,11 +233,25 @@ impl ForgeApi {
         repo: &str,
         name: &str,
     ) -> Result<Vec<String>, LookupError> {
+        let path = format!("/api/v1/repos/{owner}/{repo}/releases");
+        self.names_like::<ApiRelease>(&path, name, |r| r.tag_name)
+            .await
+    }
+
+    /// The names (`name_of` each entry of the list at `path`) that equal `name` without regard
+    /// to case.
+    async fn names_like<T: for<'de> Deserialize<'de>>(
+        &self,
+        path: &str,
+        name: &str,
+        name_of: impl Fn(T) -> String,
+    ) -> Result<Vec<String>, LookupError> {
         let want = name.to_lowercase();
         let mut out = Vec::new();
-        self.each_page::<ApiRelease>(&format!("/api/v1/repos/{owner}/{repo}/releases"), |r| {
-            if r.tag_name.to_lowercase() == want {
-                out.push(r.tag_name);
+        self.each_page::<T>(path, |t| {
+            let n = name_of(t);
+            if n.to_lowercase() == want {
+                out.push(n);
             }
         })
         .await?;

@@ -68,22 +68,23 @@ impl RefMove {
         }
     }
 
+    /// Every kind of move.
+    pub const ALL: [RefMove; 11] = [
+        RefMove::Commit,
+        RefMove::BranchCreate,
+        RefMove::BranchDelete,
+        RefMove::BranchRename,
+        RefMove::BranchRestore,
+        RefMove::TagCreate,
+        RefMove::TagDelete,
+        RefMove::Release,
+        RefMove::Merge,
+        RefMove::UpdateBranch,
+        RefMove::DefaultBranch,
+    ];
+
     fn parse(s: &str) -> Option<Self> {
-        [
-            RefMove::Commit,
-            RefMove::BranchCreate,
-            RefMove::BranchDelete,
-            RefMove::BranchRename,
-            RefMove::BranchRestore,
-            RefMove::TagCreate,
-            RefMove::TagDelete,
-            RefMove::Release,
-            RefMove::Merge,
-            RefMove::UpdateBranch,
-            RefMove::DefaultBranch,
-        ]
-        .into_iter()
-        .find(|m| m.as_str() == s)
+        Self::ALL.into_iter().find(|m| m.as_str() == s)
     }
 }
 

@@ -484,19 +484,7 @@ fn branches_tags_and_releases_in_the_api() {
 #[test]
 fn no_path_after_the_repository_is_an_error_not_a_panic() {
     let json = JsonFields::default();
-    for m in [
-        RefMove::Commit,
-        RefMove::BranchCreate,
-        RefMove::BranchDelete,
-        RefMove::BranchRename,
-        RefMove::BranchRestore,
-        RefMove::TagCreate,
-        RefMove::TagDelete,
-        RefMove::Release,
-        RefMove::Merge,
-        RefMove::UpdateBranch,
-        RefMove::DefaultBranch,
-    ] {
+    for m in RefMove::ALL {
         for via in [Via::Web, Via::Api] {
             for flavor in [ForgeFlavor::Gitea, ForgeFlavor::Gogs] {
                 let _ = plan_moves(flavor, m, via, &[], Fields::Json(&json));
