@@ -46,6 +46,19 @@ pub struct Config {
     /// Diagnostic logs.
     #[serde(default)]
     pub log: LogConfig,
+    /// Gatehouse as the authorizer of a front proxy (nginx `auth_request`, Caddy
+    /// `forward_auth`, Traefik `forwardAuth`) at `/.gatehouse/auth`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward_auth: Option<ForwardAuthConfig>,
+}
+
+/// `[forward_auth]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardAuthConfig {
+    /// The front proxies that may ask (their addresses as Gatehouse sees them); anyone else is
+    /// refused, since the request it describes is whatever its headers say.
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 /// `[server]`
@@ -922,6 +935,16 @@ impl Config {
             if g.timeout.0.is_zero() {
                 return bad("forge.groups.timeout", "must be greater than zero");
             }
+        }
+        if self
+            .forward_auth
+            .as_ref()
+            .is_some_and(|f| f.trusted_proxies.is_empty())
+        {
+            return bad(
+                "forward_auth.trusted_proxies",
+                "name the front proxies that may ask (their addresses or ranges)",
+            );
         }
         if let Some(a) = &self.forge.api {
             if self.forge.kind == ForgeKind::Generic {

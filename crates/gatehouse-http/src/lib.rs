@@ -10,6 +10,7 @@
 mod admin;
 mod body;
 mod cgi;
+mod forward_auth;
 mod forwarded;
 mod metrics;
 mod pages;

@@ -211,6 +211,7 @@ impl Gateway {
                 ),
             )),
             ("/.gatehouse/cli", true) => Ok(self.cli_settings()),
+            ("/.gatehouse/auth", _) => self.forward_auth(req, adm, rec).await,
             ("/.gatehouse/ssh/cert", false) if req.method() == Method::POST => {
                 self.ssh_cert(req, adm, rec).await
             }

@@ -70,6 +70,8 @@ pub struct GatewaySettings {
     pub client_body_idle_timeout: std::time::Duration,
     /// How much of a push's command list is read before it is refused.
     pub push_limits: PushLimits,
+    /// The front proxies that may ask `/.gatehouse/auth` (forward auth); `None`: it is off.
+    pub forward_auth: Option<Vec<IpNet>>,
 }
 
 /// Everything a request needs; shared by all connections.
@@ -116,6 +118,8 @@ pub(crate) struct Admitted {
     pub(crate) request_id: Arc<str>,
     pub(crate) traceparent: String,
     pub(crate) client: IpAddr,
+    /// The connection's peer (a front proxy, when there is one).
+    pub(crate) peer: IpAddr,
     /// `client` as text (formatted once per request).
     pub(crate) client_text: Arc<str>,
     /// The peer's address as text.
@@ -371,7 +375,7 @@ fn describe(action: Action, resource: &Resource) -> String {
     }
 }
 
-fn client_kind(classified: Option<&Classified>, h: &HeaderMap) -> ClientKind {
+pub(crate) fn client_kind(classified: Option<&Classified>, h: &HeaderMap) -> ClientKind {
     let git_kind = classified.is_some_and(|c| {
         matches!(
             c.kind,
@@ -454,6 +458,59 @@ impl Gateway {
     pub fn with_ssh(mut self, ssh: Option<Arc<SshGateway>>) -> Self {
         self.ssh = ssh;
         self
+    }
+
+    /// Sets the identity headers that tell the forge who the caller is (`[identity_headers]`:
+    /// user, e-mail, full name, groups, the signed assertion): on the request sent upstream, or
+    /// on a forward-auth answer for the front proxy to copy.
+    pub(crate) fn set_identity(
+        &self,
+        headers: &mut HeaderMap,
+        principal: &Principal,
+    ) -> Result<(), Refusal> {
+        let id = &self.settings.identity;
+        let names = &self.names;
+        let set = |headers: &mut HeaderMap, name: &Option<HeaderName>, value: &str| {
+            if let (Some(n), Ok(v)) = (name, HeaderValue::from_bytes(value.as_bytes())) {
+                headers.insert(n.clone(), v);
+            }
+        };
+        set(headers, &names.user, &principal.username);
+        if let Some(e) = &principal.email {
+            set(headers, &names.email, e);
+        }
+        if let Some(n) = &principal.display_name {
+            set(headers, &names.full_name, n);
+        }
+        if names.groups.is_some() && !principal.groups.is_empty() {
+            set(headers, &names.groups, &principal.groups.join(","));
+        }
+        if let Some(n) = &names.assertion {
+            let now = self.clock.now().as_secs();
+            match self.decider.authn().own().assertion(
+                principal,
+                &self.settings.assertion_audience,
+                id.assertion_ttl.0,
+                now,
+            ) {
+                Ok(a) => {
+                    // Shared with the cache, not copied: an assertion is most of a request's headers.
+                    if let Ok(v) =
+                        HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(SharedText(a)))
+                    {
+                        headers.insert(n.clone(), v);
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot sign the upstream assertion");
+                    return Err(Refusal::Unauthenticated {
+                        error: AuthnError::Internal("assertion".into()),
+                        presented: true,
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The principal with its forge groups added (when configured).
@@ -602,6 +659,7 @@ impl Gateway {
             request_id: request_id.clone(),
             traceparent,
             client,
+            peer,
             client_text,
             peer_text,
             host: host.clone().unwrap_or_else(|| "".into()),
@@ -991,52 +1049,8 @@ impl Gateway {
         if !self.settings.identity.forward_authorization {
             headers.remove(header::AUTHORIZATION);
         }
-        let id = &self.settings.identity;
-        let names = &self.names;
-        let set = |headers: &mut HeaderMap, name: &Option<HeaderName>, value: &str| {
-            if let (Some(n), Ok(v)) = (name, HeaderValue::from_bytes(value.as_bytes())) {
-                headers.insert(n.clone(), v);
-            }
-        };
-        set(headers, &names.user, &principal.username);
-        if let Some(e) = &principal.email {
-            set(headers, &names.email, e);
-        }
-        if let Some(n) = &principal.display_name {
-            set(headers, &names.full_name, n);
-        }
-        if names.groups.is_some() && !principal.groups.is_empty() {
-            set(headers, &names.groups, &principal.groups.join(","));
-        }
-        if names.assertion.is_some() {
-            let now = self.clock.now().as_secs();
-            match self.decider.authn().own().assertion(
-                &principal,
-                &self.settings.assertion_audience,
-                id.assertion_ttl.0,
-                now,
-            ) {
-                Ok(a) => {
-                    // Shared with the cache, not copied: an assertion is most of a request's headers.
-                    if let Some(n) = &names.assertion
-                        && let Ok(v) =
-                            HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(SharedText(a)))
-                    {
-                        headers.insert(n.clone(), v);
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot sign the upstream assertion");
-                    return Err((
-                        Refusal::Unauthenticated {
-                            error: AuthnError::Internal("assertion".into()),
-                            presented: true,
-                        },
-                        kind,
-                    ));
-                }
-            }
-        }
+        self.set_identity(headers, &principal)
+            .map_err(|r| (r, kind))?;
         if let Ok(v) = HeaderValue::from_str(&adm.request_id) {
             headers.insert(X_REQUEST_ID, v);
         }

@@ -200,6 +200,10 @@ impl Refusal {
                 )
             }
         };
+        // The reason code, also as a header: a front proxy asking forward auth passes it on.
+        if let Ok(v) = HeaderValue::from_str(&self.code()) {
+            resp.headers_mut().insert("x-gatehouse-reason", v);
+        }
         if let Refusal::Unauthenticated { error, presented } = self
             && status == StatusCode::UNAUTHORIZED
         {

@@ -27,7 +27,7 @@ pub use forge::ForgeStandIn;
 pub use gateway::{GatewayBuilder, TestGateway};
 pub use git::{Git, GitOutput, make_repo};
 pub use idp::Idp;
-pub use nginx::GitHttpServer;
+pub use nginx::{AuthRequestProxy, GitHttpServer};
 pub use proc::{
     Child, RefusedPort, TempDir, hand_over, local_listener, raw_http, raw_http_with_body,
     try_raw_http, wait_for,

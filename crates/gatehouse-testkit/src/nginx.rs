@@ -240,3 +240,128 @@ fn is_root() -> bool {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
         .unwrap_or(false)
 }
+
+/// A real nginx in front of an upstream that asks Gatehouse with `auth_request` before every
+/// request (Gatehouse as a front proxy's authorizer: `/.gatehouse/auth`), copies the identity
+/// headers Gatehouse answers with onto the upstream request (replacing whatever the client
+/// sent), and passes Gatehouse's `WWW-Authenticate` and `X-Gatehouse-Reason` to the client. The
+/// configuration is the one `docs/forward-auth.md` shows.
+pub struct AuthRequestProxy {
+    pub port: u16,
+    _nginx: Child,
+    _dir: TempDir,
+}
+
+impl AuthRequestProxy {
+    /// Fronts `upstream_port`, asking the gateway on `gatehouse_port`.
+    pub fn start(gatehouse_port: u16, upstream_port: u16) -> Self {
+        let dir = TempDir::new("nginx-auth");
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("tmp")).unwrap();
+        let listener = local_listener();
+        let port = listener.local_addr().unwrap().port();
+        let user = if is_root() { "user root root;" } else { "" };
+        let conf = format!(
+            r#"{user}
+worker_processes 1;
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/tmp/body;
+  fastcgi_temp_path {d}/tmp/fastcgi;
+  proxy_temp_path {d}/tmp/proxy;
+  uwsgi_temp_path {d}/tmp/uwsgi;
+  scgi_temp_path {d}/tmp/scgi;
+  map $http_accept $gatehouse_browser {{ default 0; ~text/html 1; }}
+  server {{
+    listen 127.0.0.1:{port};
+    client_max_body_size 0;
+    location /.gatehouse/ {{
+      proxy_pass http://127.0.0.1:{gatehouse_port};
+    }}
+    location = /_gatehouse_auth {{
+      internal;
+      proxy_pass http://127.0.0.1:{gatehouse_port}/.gatehouse/auth;
+      proxy_pass_request_body off;
+      proxy_set_header Content-Length "";
+      proxy_set_header X-Original-URI $request_uri;
+      proxy_set_header X-Original-Method $request_method;
+      proxy_set_header X-Forwarded-Host $host;
+      proxy_set_header X-Forwarded-Proto $scheme;
+    }}
+    location / {{
+      auth_request /_gatehouse_auth;
+      auth_request_set $gatehouse_user $upstream_http_x_webauth_user;
+      auth_request_set $gatehouse_email $upstream_http_x_webauth_email;
+      auth_request_set $gatehouse_challenge $upstream_http_www_authenticate;
+      auth_request_set $gatehouse_reason $upstream_http_x_gatehouse_reason;
+      error_page 401 = @gatehouse_401;
+      error_page 403 = @gatehouse_403;
+      proxy_set_header X-WEBAUTH-USER $gatehouse_user;
+      proxy_set_header X-WEBAUTH-EMAIL $gatehouse_email;
+      proxy_set_header Authorization "";
+      proxy_http_version 1.1;
+      proxy_request_buffering off;
+      proxy_buffering off;
+      proxy_pass http://127.0.0.1:{upstream_port};
+    }}
+    location @gatehouse_401 {{
+      if ($gatehouse_browser) {{
+        return 302 /.gatehouse/login?return_to=$request_uri;
+      }}
+      add_header WWW-Authenticate $gatehouse_challenge always;
+      add_header X-Gatehouse-Reason $gatehouse_reason always;
+      return 401;
+    }}
+    location @gatehouse_403 {{
+      add_header X-Gatehouse-Reason $gatehouse_reason always;
+      default_type text/plain;
+      return 403 "Gatehouse: denied ($gatehouse_reason)\n";
+    }}
+  }}
+}}
+"#,
+            d = d.display(),
+        );
+        let conf_path = d.join("nginx.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let mut cmd = Command::new("nginx");
+        cmd.args([
+            "-c",
+            &conf_path.to_string_lossy(),
+            "-e",
+            &d.join("error.log").to_string_lossy(),
+        ]);
+        hand_over(&mut cmd, &[&listener]);
+        cmd.env("NGINX", "3;");
+        let mut nginx = Child::spawn("nginx-auth", &mut cmd, &d.join("nginx.out"));
+        drop(listener);
+        let pid_file = d.join("nginx.pid");
+        wait_for(
+            "nginx (auth_request) to start",
+            Duration::from_secs(10),
+            || {
+                if !nginx.is_running() {
+                    panic!(
+                        "nginx exited: {}\n{}",
+                        nginx.log_text(),
+                        std::fs::read_to_string(d.join("error.log")).unwrap_or_default()
+                    );
+                }
+                pid_file.exists().then_some(())
+            },
+        );
+        Self {
+            port,
+            _nginx: nginx,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}

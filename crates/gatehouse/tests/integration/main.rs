@@ -10,6 +10,7 @@ mod common;
 mod crash;
 mod forge_groups;
 mod forge_routes;
+mod forward_auth;
 mod git_http;
 mod headers;
 mod holes;

@@ -1,0 +1,263 @@
+//! `/.gatehouse/auth`: Gatehouse as the authorizer of a front proxy that serves the forge itself
+//! (nginx `auth_request`, Caddy `forward_auth`, Traefik `forwardAuth`). The proxy asks with the
+//! original request's head: its method and URI in `X-Original-Method` / `X-Original-URI` (or
+//! `X-Forwarded-Method` / `X-Forwarded-Uri`), its host in `X-Forwarded-Host` (else `Host`), and
+//! the client's `Authorization`. Gatehouse classifies, authenticates and decides that request
+//! through the decision core, exactly as if it had come through the gateway, and answers:
+//! - `200` with the identity headers (`[identity_headers]`) for the proxy to copy upstream;
+//! - `401` with the challenge git and browsers expect;
+//! - `403` (or `400`) with the reason, also in `X-Gatehouse-Reason` (as every refusal has it).
+//!
+//! Only the front proxies in `forward_auth.trusted_proxies` may ask: for anyone else the headers
+//! describe whatever request they like. The body is not seen, so a push is decided as `git:write`
+//! without its per-ref rules, and a web or API route whose refs are named in its body is decided
+//! on what its URL says: per-ref rules need Gatehouse in the request path (documented).
+
+use gatehouse_audit::{AuditPrincipal, AuditRecord, AuditRef};
+use gatehouse_authn::AuthnError;
+use gatehouse_decide::RouteRequest;
+use gatehouse_git::classify;
+use gatehouse_policy::{AuthzRequest, RequestFacts};
+use http::header::{HeaderMap, HeaderValue};
+use http::{Request, Response, StatusCode};
+
+use crate::body::{Body, full};
+use crate::proxy::{Admitted, Gateway, client_kind, credential};
+use crate::respond::{ClientKind, Refusal};
+
+fn first<'h>(h: &'h HeaderMap, names: &[&str]) -> Option<&'h str> {
+    names
+        .iter()
+        .find_map(|n| h.get(*n))
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+}
+
+impl Gateway {
+    /// Decides the request a front proxy describes.
+    pub(crate) async fn forward_auth(
+        &self,
+        req: Request<Body>,
+        adm: &Admitted,
+        rec: &mut AuditRecord,
+    ) -> Result<Response<Body>, (Refusal, ClientKind)> {
+        rec.event = "forward_auth";
+        let refuse = |rec: &mut AuditRecord, r: Refusal, kind: ClientKind| {
+            rec.decision = Some("deny");
+            rec.reason = Some(r.code());
+            (r, kind)
+        };
+        let Some(trusted) = &self.settings.forward_auth else {
+            return Err(refuse(
+                rec,
+                Refusal::BadRequest {
+                    code: "not_found",
+                    detail: "forward auth is not configured on this gateway ([forward_auth])"
+                        .into(),
+                },
+                ClientKind::Api,
+            ));
+        };
+        if !trusted.iter().any(|n| n.contains(adm.peer)) {
+            return Err(refuse(
+                rec,
+                Refusal::Forbidden {
+                    reason: "untrusted_front_proxy".into(),
+                    what: "forward auth from an address not in forward_auth.trusted_proxies".into(),
+                },
+                ClientKind::Api,
+            ));
+        }
+        let h = req.headers();
+        let bad = |rec: &mut AuditRecord, code: &'static str, detail: &str| {
+            refuse(
+                rec,
+                Refusal::BadRequest {
+                    code,
+                    detail: detail.to_owned(),
+                },
+                ClientKind::Api,
+            )
+        };
+        let method = first(h, &["x-original-method", "x-forwarded-method"])
+            .unwrap_or("GET")
+            .to_ascii_uppercase();
+        let Some(uri) = first(h, &["x-original-uri", "x-forwarded-uri"]) else {
+            return Err(bad(
+                rec,
+                "missing_original_uri",
+                "the front proxy did not say which request it asks about (X-Original-URI)",
+            ));
+        };
+        let Ok(uri) = uri.parse::<http::Uri>() else {
+            return Err(bad(rec, "bad_original_uri", "X-Original-URI is not a URI"));
+        };
+        let host = first(h, &["x-forwarded-host"])
+            .map(|h| h.split(':').next().unwrap_or(h).to_ascii_lowercase())
+            .unwrap_or_else(|| adm.host.to_string());
+        rec.method = Some(method.clone().into());
+        rec.host = Some(host.as_str().into());
+        let c = classify(
+            self.settings.flavor,
+            &method,
+            &host,
+            uri.path(),
+            uri.query(),
+        )
+        .map_err(|e| {
+            let r = match e {
+                gatehouse_git::PathError::NumberedRepository => Refusal::Forbidden {
+                    reason: "repository_named_by_number".into(),
+                    what: "a route that names a repository only by number".into(),
+                },
+                e => Refusal::BadRequest {
+                    code: "bad_path",
+                    detail: e.to_string(),
+                },
+            };
+            refuse(rec, r, ClientKind::Api)
+        })?;
+        let kind = client_kind(Some(&c), h);
+        rec.path = Some(c.decoded_path.clone());
+        rec.action = Some(c.action.as_str());
+        rec.repo = c.resource.repo().map(|r| r.path());
+
+        let cred = credential(h).map_err(|e| {
+            rec.authn_error = Some(e.code());
+            refuse(
+                rec,
+                Refusal::Unauthenticated {
+                    error: e,
+                    presented: true,
+                },
+                kind,
+            )
+        })?;
+        // A browser on a web route signs in with Gatehouse's session cookie, which the front
+        // proxy passes on with the other headers.
+        let session = match &cred {
+            None if c.kind == gatehouse_git::RequestKind::Web => {
+                self.session_of(h, &adm.request_id).await?
+            }
+            _ => None,
+        };
+        let principal = if let Some(s) = session {
+            std::sync::Arc::new(s.principal)
+        } else {
+            let Some(cred) = cred else {
+                rec.authn_error = Some(AuthnError::Missing.code());
+                return Err(refuse(
+                    rec,
+                    Refusal::Unauthenticated {
+                        error: AuthnError::Missing,
+                        presented: false,
+                    },
+                    kind,
+                ));
+            };
+            self.decider.authenticate(&cred).await.map_err(|e| {
+                rec.authn_error = Some(e.code());
+                refuse(
+                    rec,
+                    Refusal::Unauthenticated {
+                        error: e,
+                        presented: true,
+                    },
+                    kind,
+                )
+            })?
+        };
+        let principal = self
+            .decider
+            .enrich(principal)
+            .await
+            .map_err(|_| refuse(rec, Refusal::GroupsUnavailable, kind))?;
+        rec.principal = Some(AuditPrincipal::of(&principal));
+        let facts = RequestFacts {
+            source_ip: adm.client,
+            method: &method,
+            host: &host,
+            wiki: c.wiki,
+            via: c.via,
+            git_ref: None,
+        };
+        let decision = self.decider.decide(&AuthzRequest {
+            principal: &principal,
+            action: c.action,
+            resource: &c.resource,
+            facts,
+        });
+        rec.policy = Some(decision.deciding_policy());
+        rec.reason = Some(decision.reason.clone());
+        if !decision.allowed {
+            return Err(refuse(
+                rec,
+                Refusal::Forbidden {
+                    reason: decision.reason,
+                    what: format!("{} on the requested resource", c.action),
+                },
+                kind,
+            ));
+        }
+        // A route whose refs are in its URL is decided ref by ref here too; one whose refs are
+        // in its body cannot be (the body is not seen).
+        if let Some(m) = c.moves
+            && !self.decider.route_body_needed(&c, m)
+        {
+            let verdict = self
+                .decider
+                .route_refs(
+                    &principal,
+                    &c,
+                    m,
+                    RouteRequest {
+                        method: &method,
+                        content_type: None,
+                        body: b"",
+                    },
+                    facts,
+                )
+                .await;
+            match verdict {
+                Ok(v) => {
+                    rec.refs = Some(
+                        v.refs
+                            .iter()
+                            .map(|r| AuditRef::decided(&r.name, r.op.as_str(), "", "", &r.decision))
+                            .collect(),
+                    );
+                    if let Some(r) = v.first_denial() {
+                        rec.policy = Some(r.decision.deciding_policy());
+                        return Err(refuse(
+                            rec,
+                            Refusal::Forbidden {
+                                reason: r.decision.reason.clone(),
+                                what: format!("{} of {} on {}", r.op.action(), r.name, r.repo),
+                            },
+                            kind,
+                        ));
+                    }
+                }
+                Err(e) => {
+                    return Err(refuse(
+                        rec,
+                        Refusal::BadRequest {
+                            code: "bad_ref_fields",
+                            detail: e.to_string(),
+                        },
+                        kind,
+                    ));
+                }
+            }
+        }
+        rec.decision = Some("allow");
+        let mut resp = Response::new(full(bytes::Bytes::new()));
+        *resp.status_mut() = StatusCode::OK;
+        self.set_identity(resp.headers_mut(), &principal)
+            .map_err(|r| refuse(rec, r, kind))?;
+        resp.headers_mut()
+            .insert("x-gatehouse-decision", HeaderValue::from_static("allow"));
+        Ok(resp)
+    }
+}

@@ -1,0 +1,130 @@
+//! Gatehouse as the authorizer of a front proxy: real nginx with `auth_request` in front of real
+//! nginx + `git http-backend`, asking `/.gatehouse/auth` before every request. A reader clones
+//! and is refused a push, git is asked for credentials through the front proxy, a spoofed
+//! identity header never reaches the upstream, and an address that is not a trusted front proxy
+//! is refused. Every decision is on record.
+
+use gatehouse_testkit::{AuthRequestProxy, GitHttpServer, TempDir, raw_http};
+
+use crate::common::{POLICY, builder, clone_demo, commit_file, denial, head_of, repos};
+
+#[test]
+fn nginx_auth_request_decides_with_the_gateways_policy() {
+    let tmp = TempDir::new("forward-auth");
+    let (root, _) = repos(&tmp);
+    let upstream = GitHttpServer::start(&root);
+    let gw = builder()
+        .with_upstream_url(&upstream.url())
+        .policy(POLICY)
+        .extra("[forward_auth]\ntrusted_proxies = [\"127.0.0.1\"]\n")
+        .start();
+    let front = AuthRequestProxy::start(gw.port, upstream.port);
+    let dev = gw.token("alice", &["dev"]);
+    let ci = gw.token("ci-bot", &["ci"]);
+    let bare = root.join("demo/hello.git");
+
+    // A reader clones through the front proxy and is refused a push; nothing reaches the
+    // upstream.
+    let (git, work) = clone_demo(tmp.path(), &front.url(), &ci, "ci");
+    commit_file(&git, &work, "ci.txt", "from ci\n");
+    let before = head_of(&bare, "main");
+    let r = git.run(&work, &["push", "origin", "HEAD:refs/heads/ci"]);
+    assert!(!r.ok, "ci pushed");
+    assert!(r.stderr.contains("403"), "{}", r.stderr);
+    assert!(head_of(&bare, "ci").is_empty());
+    assert_eq!(head_of(&bare, "main"), before);
+    let record = denial(&gw, "ci's refused push through forward auth", |l| {
+        l.contains(r#""event":"forward_auth""#) && l.contains(r#""subject":"ci-bot""#)
+    });
+    assert!(record.contains(r#""action":"git:write""#), "{record}");
+    assert!(
+        record.contains(r#""reason":"no_matching_permit""#),
+        "{record}"
+    );
+
+    // A developer pushes; the upstream sees the identity Gatehouse named.
+    let (git, work) = clone_demo(tmp.path(), &front.url(), &dev, "dev");
+    commit_file(&git, &work, "dev.txt", "from dev\n");
+    git.ok(&work, &["push", "-q", "origin", "HEAD:refs/heads/dev"]);
+    assert!(!head_of(&bare, "dev").is_empty());
+
+    // Without credentials git is asked for them: the challenge comes through the front proxy.
+    let (status, raw) = raw_http(
+        front.port,
+        "GET",
+        "/demo/hello.git/info/refs?service=git-upload-pack",
+        &[("User-Agent", "git/2.47.0")],
+    );
+    assert_eq!(status, 401, "{raw}");
+    assert!(
+        raw.contains("WWW-Authenticate: Basic realm=\"Gatehouse\""),
+        "{raw}"
+    );
+
+    // A browser is sent to sign in, and back.
+    let (status, raw) = raw_http(
+        front.port,
+        "GET",
+        "/demo/hello/src/branch/main",
+        &[("Accept", "text/html,application/xhtml+xml")],
+    );
+    assert_eq!(status, 302, "{raw}");
+    assert!(
+        raw.contains("/.gatehouse/login?return_to=/demo/hello/src/branch/main"),
+        "{raw}"
+    );
+
+    // A spoofed identity header from the client never reaches the upstream.
+    let auth = format!("Bearer {dev}");
+    let (status, raw) = raw_http(
+        front.port,
+        "GET",
+        "/_echo",
+        &[("Authorization", &auth), ("X-WEBAUTH-USER", "admin")],
+    );
+    assert_eq!(status, 200, "{raw}");
+    assert!(raw.contains("user=alice;"), "{raw}");
+    assert!(!raw.contains("user=admin"), "{raw}");
+
+    // A refusal's reason reaches the client through the front proxy.
+    let ci_auth = format!("Bearer {ci}");
+    let (status, raw) = raw_http(
+        front.port,
+        "GET",
+        "/secret/repo.git/info/refs?service=git-upload-pack",
+        &[("Authorization", &ci_auth)],
+    );
+    assert_eq!(status, 403, "{raw}");
+    assert!(raw.contains("no_matching_permit"), "{raw}");
+
+    // An address that is not a trusted front proxy is refused, whatever it says.
+    let other = builder()
+        .with_upstream_url(&upstream.url())
+        .policy(POLICY)
+        .extra("[forward_auth]\ntrusted_proxies = [\"10.9.8.7\"]\n")
+        .start();
+    let (status, raw) = raw_http(
+        other.port,
+        "GET",
+        "/.gatehouse/auth",
+        &[
+            ("Authorization", &auth),
+            (
+                "X-Original-URI",
+                "/demo/hello.git/info/refs?service=git-receive-pack",
+            ),
+            ("X-Original-Method", "GET"),
+        ],
+    );
+    assert_eq!(status, 403, "{raw}");
+    assert!(raw.contains("untrusted_front_proxy"), "{raw}");
+    // ... and a trusted one must say which request it asks about.
+    let (status, raw) = raw_http(
+        gw.port,
+        "GET",
+        "/.gatehouse/auth",
+        &[("Authorization", &auth)],
+    );
+    assert_eq!(status, 400, "{raw}");
+    assert!(raw.contains("missing_original_uri"), "{raw}");
+}
