@@ -392,7 +392,7 @@ pub(crate) async fn run(
                 upstream_body_idle_timeout: cfg.upstream.body_idle_timeout.0,
                 client_body_idle_timeout: cfg.server.body_idle_timeout.0,
                 push_limits,
-                forward_auth: cfg.forward_auth.as_ref().map(|f| f.trusted_proxies.clone()),
+                forward_auth: cfg.forward_auth.clone(),
             },
             decider.clone(),
             audit.clone(),

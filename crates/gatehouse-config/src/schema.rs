@@ -59,6 +59,38 @@ pub struct ForwardAuthConfig {
     /// The front proxies that may ask (their addresses as Gatehouse sees them); anyone else is
     /// refused, since the request it describes is whatever its headers say.
     pub trusted_proxies: Vec<IpNet>,
+    /// Which headers describe the original request: `original` (`X-Original-URI`,
+    /// `X-Original-Method`: nginx) or `forwarded` (`X-Forwarded-Uri`, `X-Forwarded-Method`:
+    /// Caddy, Traefik). The other set, which a client could send through, is refused.
+    #[serde(default)]
+    pub request_headers: ForwardAuthHeaders,
+    /// What to do with a push, or a web or API route that names the refs it moves in its
+    /// body, which a front proxy never shows: `refuse` (per-ref rules cannot be applied), or
+    /// `decide_without_ref_rules` (only `git:write` on the repository is asked).
+    #[serde(default)]
+    pub ref_moves_in_body: RefMovesInBody,
+}
+
+/// `forward_auth.request_headers`
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ForwardAuthHeaders {
+    /// `X-Original-URI` and `X-Original-Method` (nginx `auth_request`).
+    #[default]
+    Original,
+    /// `X-Forwarded-Uri` and `X-Forwarded-Method` (Caddy `forward_auth`, Traefik `forwardAuth`).
+    Forwarded,
+}
+
+/// `forward_auth.ref_moves_in_body`
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RefMovesInBody {
+    /// Refused: per-ref rules cannot be applied without the body.
+    #[default]
+    Refuse,
+    /// Decided on `git:write` alone.
+    DecideWithoutRefRules,
 }
 
 /// `[server]`

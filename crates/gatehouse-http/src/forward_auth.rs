@@ -15,8 +15,9 @@
 
 use gatehouse_audit::{AuditPrincipal, AuditRecord, AuditRef};
 use gatehouse_authn::AuthnError;
+use gatehouse_config::{ForwardAuthHeaders, RefMovesInBody};
 use gatehouse_decide::RouteRequest;
-use gatehouse_git::classify;
+use gatehouse_git::{GitService, RequestKind, classify};
 use gatehouse_policy::{AuthzRequest, RequestFacts};
 use http::header::{HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
@@ -48,7 +49,7 @@ impl Gateway {
             rec.reason = Some(r.code());
             (r, kind)
         };
-        let Some(trusted) = &self.settings.forward_auth else {
+        let Some(fa) = &self.settings.forward_auth else {
             return Err(refuse(
                 rec,
                 Refusal::BadRequest {
@@ -59,6 +60,7 @@ impl Gateway {
                 ClientKind::Api,
             ));
         };
+        let trusted = &fa.trusted_proxies;
         if !trusted.iter().any(|n| n.contains(adm.peer)) {
             return Err(refuse(
                 rec,
@@ -70,6 +72,52 @@ impl Gateway {
             ));
         }
         let h = req.headers();
+        // Refusals a front proxy passes to the client (it turns anything but 401 and 403 into a
+        // 500).
+        let forbid = |rec: &mut AuditRecord, reason: &'static str, what: &str| {
+            refuse(
+                rec,
+                Refusal::Forbidden {
+                    reason: reason.into(),
+                    what: what.to_owned(),
+                },
+                ClientKind::Api,
+            )
+        };
+        // The client's address, as the trusted front proxy reports it (`X-Forwarded-For`, its
+        // rightmost entry that is not itself a front proxy).
+        let client = crate::forwarded::client_ip(adm.peer, h, trusted);
+        rec.source = Some(crate::forwarded::ip_text(client).into());
+        // The front proxy passes the client's headers along: the set it does not write itself
+        // could describe another request, and an identity header would reach the forge.
+        let (ours, theirs) = match fa.request_headers {
+            ForwardAuthHeaders::Original => (
+                ["x-original-uri", "x-original-method"],
+                ["x-forwarded-uri", "x-forwarded-method"],
+            ),
+            ForwardAuthHeaders::Forwarded => (
+                ["x-forwarded-uri", "x-forwarded-method"],
+                ["x-original-uri", "x-original-method"],
+            ),
+        };
+        if theirs.iter().any(|n| h.contains_key(*n))
+            || ours.iter().any(|n| h.get_all(*n).iter().count() > 1)
+        {
+            return Err(forbid(
+                rec,
+                "ambiguous_original_request",
+                "a request that names its method or URI in more than the front proxy's own headers",
+            ));
+        }
+        if let Some(n) = h.keys().find(|n| self.strip.drops(n)) {
+            return Err(forbid(
+                rec,
+                "identity_header_from_client",
+                &format!(
+                    "a request with its own `{n}` header, which the front proxy would pass to the forge"
+                ),
+            ));
+        }
         let bad = |rec: &mut AuditRecord, code: &'static str, detail: &str| {
             refuse(
                 rec,
@@ -80,10 +128,8 @@ impl Gateway {
                 ClientKind::Api,
             )
         };
-        let method = first(h, &["x-original-method", "x-forwarded-method"])
-            .unwrap_or("GET")
-            .to_ascii_uppercase();
-        let Some(uri) = first(h, &["x-original-uri", "x-forwarded-uri"]) else {
+        let method = first(h, &[ours[1]]).unwrap_or("GET").to_ascii_uppercase();
+        let Some(uri) = first(h, &[ours[0]]) else {
             return Err(bad(
                 rec,
                 "missing_original_uri",
@@ -119,6 +165,31 @@ impl Gateway {
             refuse(rec, r, ClientKind::Api)
         })?;
         let kind = client_kind(Some(&c), h);
+        // The front proxy forwards the path and query as the client sent them, not as Gatehouse
+        // normalized them: what it would send otherwise, or with a forge credential in the query,
+        // is refused.
+        if c.forward_path != uri.path() {
+            return Err(forbid(
+                rec,
+                "unnormalized_path",
+                "a path the forge could read otherwise than Gatehouse (dot segments, doubled slashes, needless escapes)",
+            ));
+        }
+        if uri.query().is_some_and(|q| {
+            matches!(
+                gatehouse_git::without_forge_credentials(q),
+                Some(std::borrow::Cow::Owned(_)) | None
+            ) && !q.is_empty()
+        }) {
+            return Err(forbid(
+                rec,
+                "forge_credential_in_query",
+                "a forge credential (token, access_token, sudo) in the query, which the front proxy would pass to the forge",
+            ));
+        }
+        if let Some(r) = crate::portal::cross_site_write(h, &host, &method, &method) {
+            return Err(refuse(rec, r, kind));
+        }
         rec.path = Some(c.decoded_path.clone());
         rec.action = Some(c.action.as_str());
         rec.repo = c.resource.repo().map(|r| r.path());
@@ -175,7 +246,7 @@ impl Gateway {
             .map_err(|_| refuse(rec, Refusal::GroupsUnavailable, kind))?;
         rec.principal = Some(AuditPrincipal::of(&principal));
         let facts = RequestFacts {
-            source_ip: adm.client,
+            source_ip: client,
             method: &method,
             host: &host,
             wiki: c.wiki,
@@ -200,10 +271,25 @@ impl Gateway {
                 kind,
             ));
         }
-        // A route whose refs are in its URL is decided ref by ref here too; one whose refs are
-        // in its body cannot be (the body is not seen).
+        // A push, and a route whose refs are in its body, cannot be decided ref by ref: the
+        // body is not seen.
+        let push = c.kind == RequestKind::GitRpc(GitService::ReceivePack);
+        let body_refs = c
+            .moves
+            .is_some_and(|m| self.decider.route_body_needed(&c, m));
+        if (push || body_refs) && fa.ref_moves_in_body == RefMovesInBody::Refuse {
+            return Err(refuse(
+                rec,
+                Refusal::Forbidden {
+                    reason: "ref_rules_need_the_gateway".into(),
+                    what: "a request whose refs are named in its body, which forward auth never sees (forward_auth.ref_moves_in_body)".into(),
+                },
+                kind,
+            ));
+        }
+        // A route whose refs are in its URL is decided ref by ref here too.
         if let Some(m) = c.moves
-            && !self.decider.route_body_needed(&c, m)
+            && !body_refs
         {
             let verdict = self
                 .decider
@@ -252,6 +338,12 @@ impl Gateway {
             }
         }
         rec.decision = Some("allow");
+        // A write is on record, synced, before the front proxy lets it through.
+        if c.action.may_change_forge(&method) {
+            self.commit_forwarding(rec, adm)
+                .await
+                .map_err(|r| (r, kind))?;
+        }
         let mut resp = Response::new(full(bytes::Bytes::new()));
         *resp.status_mut() = StatusCode::OK;
         self.set_identity(resp.headers_mut(), &principal)

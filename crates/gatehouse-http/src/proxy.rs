@@ -70,15 +70,15 @@ pub struct GatewaySettings {
     pub client_body_idle_timeout: std::time::Duration,
     /// How much of a push's command list is read before it is refused.
     pub push_limits: PushLimits,
-    /// The front proxies that may ask `/.gatehouse/auth` (forward auth); `None`: it is off.
-    pub forward_auth: Option<Vec<IpNet>>,
+    /// Forward auth (`/.gatehouse/auth`); `None`: it is off.
+    pub forward_auth: Option<gatehouse_config::ForwardAuthConfig>,
 }
 
 /// Everything a request needs; shared by all connections.
 #[derive(Debug)]
 pub struct Gateway {
     pub(crate) settings: GatewaySettings,
-    strip: ClientHeaderFilter,
+    pub(crate) strip: ClientHeaderFilter,
     /// The identity header names, parsed once.
     names: IdentityNames,
     /// The decision core: the caller, the policy, the refs a route moves.
@@ -750,7 +750,7 @@ impl Gateway {
 
     /// Writes the `forwarding` record of a request that can change the forge (the decision as it
     /// stands, refs included) and waits until it is durable.
-    async fn commit_forwarding(
+    pub(crate) async fn commit_forwarding(
         &self,
         rec: &mut AuditRecord,
         adm: &Admitted,

@@ -282,6 +282,10 @@ http {{
     location /.gatehouse/ {{
       proxy_pass http://127.0.0.1:{gatehouse_port};
     }}
+    # Only nginx itself asks.
+    location = /.gatehouse/auth {{
+      return 404;
+    }}
     location = /_gatehouse_auth {{
       internal;
       proxy_pass http://127.0.0.1:{gatehouse_port}/.gatehouse/auth;
@@ -291,6 +295,7 @@ http {{
       proxy_set_header X-Original-Method $request_method;
       proxy_set_header X-Forwarded-Host $host;
       proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Forwarded-For $remote_addr;
     }}
     location / {{
       auth_request /_gatehouse_auth;

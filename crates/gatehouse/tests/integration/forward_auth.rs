@@ -16,7 +16,9 @@ fn nginx_auth_request_decides_with_the_gateways_policy() {
     let gw = builder()
         .with_upstream_url(&upstream.url())
         .policy(POLICY)
-        .extra("[forward_auth]\ntrusted_proxies = [\"127.0.0.1\"]\n")
+        .extra(
+            "[forward_auth]\ntrusted_proxies = [\"127.0.0.1\"]\nref_moves_in_body = \"decide_without_ref_rules\"\n",
+        )
         .start();
     let front = AuthRequestProxy::start(gw.port, upstream.port);
     let dev = gw.token("alice", &["dev"]);
@@ -74,17 +76,31 @@ fn nginx_auth_request_decides_with_the_gateways_policy() {
         "{raw}"
     );
 
-    // A spoofed identity header from the client never reaches the upstream.
+    // A client's own identity header is refused: the front proxy would pass it to the forge.
     let auth = format!("Bearer {dev}");
     let (status, raw) = raw_http(
         front.port,
         "GET",
         "/_echo",
-        &[("Authorization", &auth), ("X-WEBAUTH-USER", "admin")],
+        &[("Authorization", &auth), ("X-WEBAUTH-FULLNAME", "Admin")],
     );
+    assert_eq!(status, 403, "{raw}");
+    assert!(raw.contains("identity_header_from_client"), "{raw}");
+    // Without one, the upstream sees the identity Gatehouse named.
+    let (status, raw) = raw_http(front.port, "GET", "/_echo", &[("Authorization", &auth)]);
     assert_eq!(status, 200, "{raw}");
     assert!(raw.contains("user=alice;"), "{raw}");
-    assert!(!raw.contains("user=admin"), "{raw}");
+    // The endpoint is the front proxy's alone.
+    let (status, raw) = raw_http(
+        front.port,
+        "GET",
+        "/.gatehouse/auth",
+        &[
+            ("Authorization", &auth),
+            ("X-Original-URI", "/demo/hello.git/info/refs"),
+        ],
+    );
+    assert_eq!(status, 404, "{raw}");
 
     // A refusal's reason reaches the client through the front proxy.
     let ci_auth = format!("Bearer {ci}");
@@ -96,6 +112,61 @@ fn nginx_auth_request_decides_with_the_gateways_policy() {
     );
     assert_eq!(status, 403, "{raw}");
     assert!(raw.contains("no_matching_permit"), "{raw}");
+
+    // What the front proxy would forward otherwise than Gatehouse reads it is refused: another
+    // method or URI header set, a path with dot segments, a forge credential in the query.
+    let ask = |headers: &[(&str, &str)]| {
+        let mut all = vec![("Authorization", auth.as_str())];
+        all.extend_from_slice(headers);
+        raw_http(gw.port, "GET", "/.gatehouse/auth", &all)
+    };
+    for (headers, reason) in [
+        (
+            vec![
+                (
+                    "X-Original-URI",
+                    "/demo/hello.git/info/refs?service=git-upload-pack",
+                ),
+                ("X-Forwarded-Uri", "/secret/repo.git/git-receive-pack"),
+            ],
+            "ambiguous_original_request",
+        ),
+        (
+            vec![("X-Original-URI", "/secret/x/../../demo/hello.git/info/refs")],
+            "unnormalized_path",
+        ),
+        (
+            vec![(
+                "X-Original-URI",
+                "/demo/hello.git/info/refs?service=git-upload-pack&access_token=x",
+            )],
+            "forge_credential_in_query",
+        ),
+    ] {
+        let (status, raw) = ask(&headers);
+        assert_eq!(status, 403, "{headers:?}: {raw}");
+        assert!(raw.contains(reason), "{headers:?}: {raw}");
+    }
+
+    // By default a push is refused: its per-ref rules cannot be applied without its body.
+    let strict = builder()
+        .with_upstream_url(&upstream.url())
+        .policy(POLICY)
+        .extra("[forward_auth]\ntrusted_proxies = [\"127.0.0.1\"]\n")
+        .start();
+    let strict_auth = format!("Bearer {}", strict.token("alice", &["dev"]));
+    let (status, raw) = raw_http(
+        strict.port,
+        "GET",
+        "/.gatehouse/auth",
+        &[
+            ("Authorization", &strict_auth),
+            ("X-Original-URI", "/demo/hello.git/git-receive-pack"),
+            ("X-Original-Method", "POST"),
+        ],
+    );
+    assert_eq!(status, 403, "{raw}");
+    assert!(raw.contains("ref_rules_need_the_gateway"), "{raw}");
 
     // An address that is not a trusted front proxy is refused, whatever it says.
     let other = builder()
