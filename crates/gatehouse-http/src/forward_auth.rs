@@ -227,17 +227,10 @@ impl Gateway {
                     kind,
                 ));
             };
-            self.decider.authenticate(&cred).await.map_err(|e| {
-                rec.authn_error = Some(e.code());
-                refuse(
-                    rec,
-                    Refusal::Unauthenticated {
-                        error: e,
-                        presented: true,
-                    },
-                    kind,
-                )
-            })?
+            // The gateway's own: counted and recorded as through it.
+            self.authenticate(&cred, adm, rec, kind)
+                .await
+                .map_err(|(r, k)| refuse(rec, r, k))?
         };
         let principal = self
             .decider

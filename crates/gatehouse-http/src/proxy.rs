@@ -557,7 +557,7 @@ impl Gateway {
         &self.metrics
     }
 
-    async fn authenticate(
+    pub(crate) async fn authenticate(
         &self,
         cred: &Credential,
         adm: &Admitted,

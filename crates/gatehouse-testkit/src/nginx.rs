@@ -153,32 +153,7 @@ http {{
                 String::new()
             },
         );
-        let conf_path = d.join("nginx.conf");
-        std::fs::write(&conf_path, conf).unwrap();
-        let mut cmd = Command::new("nginx");
-        cmd.args([
-            "-c",
-            &conf_path.to_string_lossy(),
-            "-e",
-            &d.join("error.log").to_string_lossy(),
-        ]);
-        hand_over(&mut cmd, &[&listener]);
-        cmd.env("NGINX", "3;");
-        let mut nginx = Child::spawn("nginx", &mut cmd, &d.join("nginx.out"));
-        drop(listener); // nginx holds it now: when nginx ends, connections are refused
-        // The master writes its pid file once its configuration is loaded and the sockets are
-        // taken; from then on connections wait in the socket's queue for a worker.
-        let pid_file = d.join("nginx.pid");
-        wait_for("nginx to start", Duration::from_secs(10), || {
-            if !nginx.is_running() {
-                panic!(
-                    "nginx exited: {}\n{}",
-                    nginx.log_text(),
-                    std::fs::read_to_string(d.join("error.log")).unwrap_or_default()
-                );
-            }
-            pid_file.exists().then_some(())
-        });
+        let nginx = spawn_nginx(d, &conf, listener, "nginx");
         Self {
             port,
             unix_socket,
@@ -331,34 +306,7 @@ http {{
 "#,
             d = d.display(),
         );
-        let conf_path = d.join("nginx.conf");
-        std::fs::write(&conf_path, conf).unwrap();
-        let mut cmd = Command::new("nginx");
-        cmd.args([
-            "-c",
-            &conf_path.to_string_lossy(),
-            "-e",
-            &d.join("error.log").to_string_lossy(),
-        ]);
-        hand_over(&mut cmd, &[&listener]);
-        cmd.env("NGINX", "3;");
-        let mut nginx = Child::spawn("nginx-auth", &mut cmd, &d.join("nginx.out"));
-        drop(listener);
-        let pid_file = d.join("nginx.pid");
-        wait_for(
-            "nginx (auth_request) to start",
-            Duration::from_secs(10),
-            || {
-                if !nginx.is_running() {
-                    panic!(
-                        "nginx exited: {}\n{}",
-                        nginx.log_text(),
-                        std::fs::read_to_string(d.join("error.log")).unwrap_or_default()
-                    );
-                }
-                pid_file.exists().then_some(())
-            },
-        );
+        let nginx = spawn_nginx(d, &conf, listener, "nginx-auth");
         Self {
             port,
             _nginx: nginx,
@@ -369,4 +317,37 @@ http {{
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
+}
+
+/// Starts nginx with `conf` (written to `d/nginx.conf`) on the socket `listener`, handed over
+/// through `NGINX` (the variable nginx's own binary upgrade uses), so the port is never released
+/// between being chosen and being served; returns once nginx has loaded its configuration.
+fn spawn_nginx(d: &Path, conf: &str, listener: std::net::TcpListener, name: &str) -> Child {
+    let conf_path = d.join("nginx.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let mut cmd = Command::new("nginx");
+    cmd.args([
+        "-c",
+        &conf_path.to_string_lossy(),
+        "-e",
+        &d.join("error.log").to_string_lossy(),
+    ]);
+    hand_over(&mut cmd, &[&listener]);
+    cmd.env("NGINX", "3;");
+    let mut nginx = Child::spawn(name, &mut cmd, &d.join("nginx.out"));
+    drop(listener); // nginx holds it now: when nginx ends, connections are refused
+    // The master writes its pid file once its configuration is loaded and the sockets are
+    // taken; from then on connections wait in the socket's queue for a worker.
+    let pid_file = d.join("nginx.pid");
+    wait_for(&format!("{name} to start"), Duration::from_secs(10), || {
+        if !nginx.is_running() {
+            panic!(
+                "{name} exited: {}\n{}",
+                nginx.log_text(),
+                std::fs::read_to_string(d.join("error.log")).unwrap_or_default()
+            );
+        }
+        pid_file.exists().then_some(())
+    });
+    nginx
 }
