@@ -13,7 +13,7 @@
 //! without its per-ref rules, and a web or API route whose refs are named in its body is decided
 //! on what its URL says: per-ref rules need Gatehouse in the request path (documented).
 
-use gatehouse_audit::{AuditPrincipal, AuditRecord, AuditRef};
+use gatehouse_audit::AuditRecord;
 use gatehouse_authn::AuthnError;
 use gatehouse_config::{ForwardAuthHeaders, RefMovesInBody};
 use gatehouse_decide::RouteRequest;
@@ -23,8 +23,9 @@ use http::header::{HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
 
 use crate::body::{Body, full};
-use crate::proxy::{Admitted, Gateway, client_kind, credential};
+use crate::proxy::{Admitted, Gateway, client_kind, path_refusal};
 use crate::respond::{ClientKind, Refusal};
+use crate::route_refs;
 
 fn first<'h>(h: &'h HeaderMap, names: &[&str]) -> Option<&'h str> {
     names
@@ -151,19 +152,7 @@ impl Gateway {
             uri.path(),
             uri.query(),
         )
-        .map_err(|e| {
-            let r = match e {
-                gatehouse_git::PathError::NumberedRepository => Refusal::Forbidden {
-                    reason: "repository_named_by_number".into(),
-                    what: "a route that names a repository only by number".into(),
-                },
-                e => Refusal::BadRequest {
-                    code: "bad_path",
-                    detail: e.to_string(),
-                },
-            };
-            refuse(rec, r, ClientKind::Api)
-        })?;
+        .map_err(|e| refuse(rec, path_refusal(e), ClientKind::Api))?;
         let kind = client_kind(Some(&c), h);
         // The front proxy forwards the path and query as the client sent them, not as Gatehouse
         // normalized them: what it would send otherwise, or with a forge credential in the query,
@@ -194,50 +183,21 @@ impl Gateway {
         rec.action = Some(c.action.as_str());
         rec.repo = c.resource.repo().map(|r| r.path());
 
-        let cred = credential(h).map_err(|e| {
-            rec.authn_error = Some(e.code());
-            refuse(
+        // Named as through the gateway: a credential, or a session cookie on a web route.
+        let principal = self
+            .request_caller(h, &c, adm, rec, kind)
+            .await
+            .map_err(|(r, k)| refuse(rec, r, k))?;
+        let Some(principal) = principal else {
+            return Err(refuse(
                 rec,
                 Refusal::Unauthenticated {
-                    error: e,
-                    presented: true,
+                    error: AuthnError::Missing,
+                    presented: false,
                 },
                 kind,
-            )
-        })?;
-        // A browser on a web route signs in with Gatehouse's session cookie, which the front
-        // proxy passes on with the other headers.
-        let session = match &cred {
-            None if c.kind == gatehouse_git::RequestKind::Web => {
-                self.session_of(h, &adm.request_id).await?
-            }
-            _ => None,
+            ));
         };
-        let principal = if let Some(s) = session {
-            std::sync::Arc::new(s.principal)
-        } else {
-            let Some(cred) = cred else {
-                rec.authn_error = Some(AuthnError::Missing.code());
-                return Err(refuse(
-                    rec,
-                    Refusal::Unauthenticated {
-                        error: AuthnError::Missing,
-                        presented: false,
-                    },
-                    kind,
-                ));
-            };
-            // The gateway's own: counted and recorded as through it.
-            self.authenticate(&cred, adm, rec, kind)
-                .await
-                .map_err(|(r, k)| refuse(rec, r, k))?
-        };
-        let principal = self
-            .decider
-            .enrich(principal)
-            .await
-            .map_err(|_| refuse(rec, Refusal::GroupsUnavailable, kind))?;
-        rec.principal = Some(AuditPrincipal::of(&principal));
         let facts = RequestFacts {
             source_ip: client,
             method: &method,
@@ -298,37 +258,8 @@ impl Gateway {
                     facts,
                 )
                 .await;
-            match verdict {
-                Ok(v) => {
-                    rec.refs = Some(
-                        v.refs
-                            .iter()
-                            .map(|r| AuditRef::decided(&r.name, r.op.as_str(), "", "", &r.decision))
-                            .collect(),
-                    );
-                    if let Some(r) = v.first_denial() {
-                        rec.policy = Some(r.decision.deciding_policy());
-                        return Err(refuse(
-                            rec,
-                            Refusal::Forbidden {
-                                reason: r.decision.reason.clone(),
-                                what: format!("{} of {} on {}", r.op.action(), r.name, r.repo),
-                            },
-                            kind,
-                        ));
-                    }
-                }
-                Err(e) => {
-                    return Err(refuse(
-                        rec,
-                        Refusal::BadRequest {
-                            code: "bad_ref_fields",
-                            detail: e.to_string(),
-                        },
-                        kind,
-                    ));
-                }
-            }
+            let verdict = verdict.map_err(|e| refuse(rec, route_refs::refusal(e), kind))?;
+            route_refs::settle(rec, &verdict, c.via).map_err(|r| refuse(rec, r, kind))?;
         }
         rec.decision = Some("allow");
         // A write is on record, synced, before the front proxy lets it through.

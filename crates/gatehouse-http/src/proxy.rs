@@ -367,6 +367,21 @@ fn forwarded_host(host: &str, port: Option<u16>) -> Cow<'_, str> {
     }
 }
 
+/// The refusal of a path `classify` refuses.
+pub(crate) fn path_refusal(e: gatehouse_git::PathError) -> Refusal {
+    match e {
+        // Well-formed, but Gatehouse cannot tell which repository it reaches.
+        gatehouse_git::PathError::NumberedRepository => Refusal::Forbidden {
+            reason: "repository_named_by_number".into(),
+            what: "a route that names a repository only by number".into(),
+        },
+        e => Refusal::BadRequest {
+            code: "bad_path",
+            detail: e.to_string(),
+        },
+    }
+}
+
 fn describe(action: Action, resource: &Resource) -> String {
     match resource {
         Resource::Repo(r) => format!("{action} on {r}"),
@@ -458,6 +473,51 @@ impl Gateway {
     pub fn with_ssh(mut self, ssh: Option<Arc<SshGateway>>) -> Self {
         self.ssh = ssh;
         self
+    }
+
+    /// Phase 3 for every HTTP front door (the gateway, forward auth): the caller of a classified
+    /// request named by its credential (`Authorization`) or, on a web route without one, by its
+    /// session cookie, with its forge groups, and put on the record. `None` when the request
+    /// carries neither (`rec.authn_error` says so; the front door answers it).
+    pub(crate) async fn request_caller(
+        &self,
+        h: &HeaderMap,
+        c: &Classified,
+        adm: &Admitted,
+        rec: &mut AuditRecord,
+        kind: ClientKind,
+    ) -> Result<Option<Arc<Principal>>, (Refusal, ClientKind)> {
+        let cred = credential(h).map_err(|e| {
+            self.metrics
+                .authn_failures
+                .get_or_create(&KindLabel { kind: e.code() })
+                .inc();
+            rec.authn_error = Some(e.code());
+            (
+                Refusal::Unauthenticated {
+                    error: e,
+                    presented: true,
+                },
+                kind,
+            )
+        })?;
+        // Sessions are for browsers on web routes: git, LFS and API clients never carry cookies, so
+        // a cookie there could only come from a browser tricked into sending it.
+        let session = match &cred {
+            None if c.kind == RequestKind::Web => self.session_of(h, &adm.request_id).await?,
+            _ => None,
+        };
+        let principal = match (session, cred) {
+            (Some(s), _) => Arc::new(s.principal),
+            (None, Some(cred)) => self.authenticate(&cred, adm, rec, kind).await?,
+            (None, None) => {
+                rec.authn_error = Some(AuthnError::Missing.code());
+                return Ok(None);
+            }
+        };
+        let principal = self.enrich(principal, adm, kind).await?;
+        rec.principal = Some(AuditPrincipal::of(&principal));
+        Ok(Some(principal))
     }
 
     /// Sets the identity headers that tell the forge who the caller is (`[identity_headers]`:
@@ -842,20 +902,7 @@ impl Gateway {
             req.uri().path(),
             req.uri().query(),
         )
-        .map_err(|e| {
-            let refusal = match e {
-                // Well-formed, but Gatehouse cannot tell which repository it reaches.
-                gatehouse_git::PathError::NumberedRepository => Refusal::Forbidden {
-                    reason: "repository_named_by_number".into(),
-                    what: "a route that names a repository only by number".into(),
-                },
-                e => Refusal::BadRequest {
-                    code: "bad_path",
-                    detail: e.to_string(),
-                },
-            };
-            (refusal, early_kind)
-        })?;
+        .map_err(|e| (path_refusal(e), early_kind))?;
         let kind = client_kind(Some(&c), req.headers());
         *action_label = c.action.as_str();
         rec.path = Some(c.decoded_path.clone());
@@ -875,60 +922,33 @@ impl Gateway {
         }
 
         // Phase 3: authenticate.
-        let cred = credential(req.headers()).map_err(|e| {
-            self.metrics
-                .authn_failures
-                .get_or_create(&KindLabel { kind: e.code() })
-                .inc();
-            rec.authn_error = Some(e.code());
-            (
+        let Some(principal) = self
+            .request_caller(req.headers(), &c, adm, rec, kind)
+            .await?
+        else {
+            // A browser opening a web route is sent to sign in, then back here.
+            if let Some(sessions) = &self.sessions
+                && c.kind == RequestKind::Web
+                && (method == "GET" || method == "HEAD")
+                && crate::portal::wants_html(req.headers())
+            {
+                rec.decision = Some("deny");
+                rec.reason = Some("login_required".into());
+                let pq = req
+                    .uri()
+                    .path_and_query()
+                    .map_or("/", |pq| pq.as_str())
+                    .to_owned();
+                return Ok(crate::portal::login_redirect(sessions, &pq));
+            }
+            return Err((
                 Refusal::Unauthenticated {
-                    error: e,
-                    presented: true,
+                    error: AuthnError::Missing,
+                    presented: false,
                 },
                 kind,
-            )
-        })?;
-        // Sessions are for browsers on web routes: git, LFS and API clients never carry cookies, so
-        // a cookie there could only come from a browser tricked into sending it.
-        let session = match &cred {
-            None if c.kind == RequestKind::Web => {
-                self.session_of(req.headers(), &adm.request_id).await?
-            }
-            _ => None,
+            ));
         };
-        let principal = if let Some(s) = session {
-            Arc::new(s.principal)
-        } else {
-            let Some(cred) = cred else {
-                rec.authn_error = Some(AuthnError::Missing.code());
-                // A browser opening a web route is sent to sign in, then back here.
-                if let Some(sessions) = &self.sessions
-                    && c.kind == RequestKind::Web
-                    && (method == "GET" || method == "HEAD")
-                    && crate::portal::wants_html(req.headers())
-                {
-                    rec.decision = Some("deny");
-                    rec.reason = Some("login_required".into());
-                    let pq = req
-                        .uri()
-                        .path_and_query()
-                        .map_or("/", |pq| pq.as_str())
-                        .to_owned();
-                    return Ok(crate::portal::login_redirect(sessions, &pq));
-                }
-                return Err((
-                    Refusal::Unauthenticated {
-                        error: AuthnError::Missing,
-                        presented: false,
-                    },
-                    kind,
-                ));
-            };
-            self.authenticate(&cred, adm, rec, kind).await?
-        };
-        let principal = self.enrich(principal, adm, kind).await?;
-        rec.principal = Some(AuditPrincipal::of(&principal));
 
         // Phase 4: authorize.
         let (req, action) = if c.kind == RequestKind::LfsBatch {

@@ -7,7 +7,8 @@
 
 use gatehouse_audit::{AuditRecord, AuditRef};
 use gatehouse_core::Principal;
-use gatehouse_decide::{RouteRefsError, RouteRequest};
+use gatehouse_core::Via;
+use gatehouse_decide::{RefVerdict, RouteRefsError, RouteRequest};
 use gatehouse_forge::LookupError;
 use gatehouse_git::{Classified, PlanError, RefMove};
 use gatehouse_policy::RequestFacts;
@@ -23,8 +24,9 @@ pub(crate) const MAX_ROUTE_BODY: usize = 1024 * 1024;
 
 type Refused = (Refusal, ClientKind);
 
-fn refusal(e: RouteRefsError, kind: ClientKind) -> Refused {
-    let r = match e {
+/// The refusal of refs that could not be decided.
+pub(crate) fn refusal(e: RouteRefsError) -> Refusal {
+    match e {
         RouteRefsError::Plan(PlanError::Undecidable(why)) => Refusal::Undecidable(why),
         RouteRefsError::Plan(e @ PlanError::NotJson) => Refusal::BadRequest {
             code: "body_not_json",
@@ -41,8 +43,34 @@ fn refusal(e: RouteRefsError, kind: ClientKind) -> Refused {
         RouteRefsError::NoRepository => {
             Refusal::Undecidable("a ref-moving route that names no repository")
         }
+    }
+}
+
+/// Puts every decided ref on the record; the first refused one refuses the request (on record
+/// with its policy and reason).
+pub(crate) fn settle(rec: &mut AuditRecord, v: &RefVerdict, via: Via) -> Result<(), Refusal> {
+    rec.refs = Some(
+        v.refs
+            .iter()
+            .map(|r| AuditRef::decided(&r.name, r.op.as_str(), "", "", &r.decision))
+            .collect(),
+    );
+    let Some(r) = v.first_denial() else {
+        return Ok(());
     };
-    (r, kind)
+    rec.decision = Some("deny");
+    rec.policy = Some(r.decision.deciding_policy());
+    rec.reason = Some(r.decision.reason.clone());
+    Err(Refusal::Forbidden {
+        reason: r.decision.reason.clone(),
+        what: format!(
+            "{} of {} on {} (through the {})",
+            r.op.action().as_str(),
+            r.name,
+            r.repo,
+            via.as_str()
+        ),
+    })
 }
 
 impl Gateway {
@@ -116,32 +144,8 @@ impl Gateway {
                 },
             )
             .await
-            .map_err(|e| refusal(e, kind))?;
-        rec.refs = Some(
-            verdict
-                .refs
-                .iter()
-                .map(|r| AuditRef::decided(&r.name, r.op.as_str(), "", "", &r.decision))
-                .collect(),
-        );
-        if let Some(r) = verdict.first_denial() {
-            rec.decision = Some("deny");
-            rec.policy = Some(r.decision.deciding_policy());
-            rec.reason = Some(r.decision.reason.clone());
-            return Err((
-                Refusal::Forbidden {
-                    reason: r.decision.reason.clone(),
-                    what: format!(
-                        "{} of {} on {} (through the {})",
-                        r.op.action().as_str(),
-                        r.name,
-                        r.repo,
-                        c.via.as_str()
-                    ),
-                },
-                kind,
-            ));
-        }
+            .map_err(|e| (refusal(e), kind))?;
+        settle(rec, &verdict, c.via).map_err(|r| (r, kind))?;
         Ok(req)
     }
 }

@@ -63,24 +63,11 @@ impl GitHttpServer {
         let listener = local_listener();
         let port = listener.local_addr().unwrap().port();
         let unix_socket = d.join("http.sock");
-        let user = if is_root() { "user root root;" } else { "" };
         let conf = format!(
-            r#"{user}
-worker_processes 1;
-daemon off;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 256; }}
-http {{
-  access_log off;
+            r#"{head}
   map $request_method $write_method {{ GET 0; HEAD 0; OPTIONS 0; default 1; }}
   log_format writes '$http_x_request_id $request_method $uri';
   log_format lfs_bodies escape=json '$request_body';
-  client_body_temp_path {d}/tmp/body;
-  fastcgi_temp_path {d}/tmp/fastcgi;
-  proxy_temp_path {d}/tmp/proxy;
-  uwsgi_temp_path {d}/tmp/uwsgi;
-  scgi_temp_path {d}/tmp/scgi;
   server {{
     listen 127.0.0.1:{port}{ssl};
     {unix_listen}
@@ -141,6 +128,7 @@ http {{
   }}
 }}
 "#,
+            head = conf_head(d),
             d = d.display(),
             sock = sock.display(),
             backend = git_backend().display(),
@@ -235,21 +223,8 @@ impl AuthRequestProxy {
         std::fs::create_dir_all(d.join("tmp")).unwrap();
         let listener = local_listener();
         let port = listener.local_addr().unwrap().port();
-        let user = if is_root() { "user root root;" } else { "" };
         let conf = format!(
-            r#"{user}
-worker_processes 1;
-daemon off;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 256; }}
-http {{
-  access_log off;
-  client_body_temp_path {d}/tmp/body;
-  fastcgi_temp_path {d}/tmp/fastcgi;
-  proxy_temp_path {d}/tmp/proxy;
-  uwsgi_temp_path {d}/tmp/uwsgi;
-  scgi_temp_path {d}/tmp/scgi;
+            r#"{head}
   map $http_accept $gatehouse_browser {{ default 0; ~text/html 1; }}
   server {{
     listen 127.0.0.1:{port};
@@ -304,7 +279,7 @@ http {{
   }}
 }}
 "#,
-            d = d.display(),
+            head = conf_head(d),
         );
         let nginx = spawn_nginx(d, &conf, listener, "nginx-auth");
         Self {
@@ -317,6 +292,28 @@ http {{
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
+}
+
+/// The start of an nginx configuration kept under `d`: one worker in the foreground, its pid,
+/// error log and temporary files there, and the `http` block opened (with no access log).
+fn conf_head(d: &Path) -> String {
+    let user = if is_root() { "user root root;" } else { "" };
+    let d = d.display();
+    format!(
+        r#"{user}
+worker_processes 1;
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/tmp/body;
+  fastcgi_temp_path {d}/tmp/fastcgi;
+  proxy_temp_path {d}/tmp/proxy;
+  uwsgi_temp_path {d}/tmp/uwsgi;
+  scgi_temp_path {d}/tmp/scgi;"#
+    )
 }
 
 /// Starts nginx with `conf` (written to `d/nginx.conf`) on the socket `listener`, handed over

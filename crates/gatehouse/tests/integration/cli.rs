@@ -403,16 +403,20 @@ fn quickstart_ssh_commands_work_as_printed() {
         .position(|l| l.starts_with("Git over SSH at"))
         .unwrap_or_else(|| panic!("no SSH block in\n{text}"));
     let ssh_cmds: Vec<&str> = lines[at + 1..at + 4].iter().map(|l| l.trim()).collect();
-    let alice_export = lines
-        .iter()
-        .map(|l| l.trim())
-        .find(|l| l.starts_with("export ALICE_TOKEN="))
-        .unwrap()
-        .split('#')
-        .next()
-        .unwrap()
-        .trim()
-        .to_owned();
+    // The banner's `export NAME=...` line, without its comment.
+    let export_of = |name: &str| {
+        lines
+            .iter()
+            .map(|l| l.trim())
+            .find(|l| l.starts_with(&format!("export {name}=")))
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+            .split('#')
+            .next()
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    let alice_export = export_of("ALICE_TOKEN");
     let git_ssh = ssh_cmds[2].split(" git clone").next().unwrap().to_owned();
     let work = tmp.path().join("user");
     std::fs::create_dir_all(&work).unwrap();
@@ -430,16 +434,7 @@ fn quickstart_ssh_commands_work_as_printed() {
     let bare = dir.join("repos/demo/hello.git");
     assert!(!crate::common::head_of(&bare, "from-ssh").is_empty());
     // Bob (dev, not release) gets a certificate the same way and may not push a release tag.
-    let bob_export = lines
-        .iter()
-        .map(|l| l.trim())
-        .find(|l| l.starts_with("export BOB_TOKEN="))
-        .unwrap()
-        .split('#')
-        .next()
-        .unwrap()
-        .trim()
-        .to_owned();
+    let bob_export = export_of("BOB_TOKEN");
     let as_bob = |cmd: &str| {
         cmd.replace("alice_ed25519", "bob_ed25519")
             .replace("$ALICE_TOKEN", "$BOB_TOKEN")
