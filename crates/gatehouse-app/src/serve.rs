@@ -345,6 +345,10 @@ pub(crate) async fn run(
         Some(a) => Some(inherited.listen(a.listen, "admin").await?),
         None => None,
     };
+    let ext_authz = match cfg.ext_authz.as_ref().and_then(|e| e.grpc_listen) {
+        Some(a) => Some(inherited.listen(a, "ext_authz").await?),
+        None => None,
+    };
     inherited.all_claimed()?;
 
     let assertion_audience = cfg
@@ -393,6 +397,7 @@ pub(crate) async fn run(
                 client_body_idle_timeout: cfg.server.body_idle_timeout.0,
                 push_limits,
                 forward_auth: cfg.forward_auth.clone(),
+                ext_authz: cfg.ext_authz.clone(),
             },
             decider.clone(),
             audit.clone(),
@@ -458,6 +463,18 @@ pub(crate) async fn run(
                 let _ = stop.changed().await;
             }));
         }
+    }
+    if let Some(l) = ext_authz {
+        let (gw, mut stop) = (gateway.clone(), stop_rx.clone());
+        tracing::info!(addr = %l.local_addr()?, service = "envoy.service.auth.v3.Authorization", "ext_authz listening");
+        tokio::spawn(async move {
+            let done = gatehouse_extauthz::serve(gw, l, async move {
+                let _ = stop.changed().await;
+            });
+            if let Err(e) = done.await {
+                tracing::error!(error = %e, "the ext_authz gRPC service stopped");
+            }
+        });
     }
     let local = listener.local_addr()?;
     tracing::info!(addr = %local, tls = server_tls.is_some(), "gatehouse listening");

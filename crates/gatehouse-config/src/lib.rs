@@ -141,5 +141,39 @@ pub fn read_secret(
     }
 }
 
+/// Whether `id` is a SPIFFE id as the SPIFFE standard defines it: `spiffe://`, a trust domain of
+/// lower-case letters, digits, `.`, `-` and `_`, then a path of non-empty segments of letters,
+/// digits, `.`, `-` and `_`, none of them `.` or `..`; no query, no fragment, at most 2048 bytes.
+pub fn check_spiffe_id(id: &str) -> Result<(), &'static str> {
+    let Some(rest) = id.strip_prefix("spiffe://") else {
+        return Err("must start with spiffe://");
+    };
+    if id.len() > 2048 {
+        return Err("longer than 2048 bytes");
+    }
+    let (domain, path) = rest.split_once('/').map_or((rest, ""), |(d, p)| (d, p));
+    if domain.is_empty()
+        || !domain
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+    {
+        return Err("the trust domain must be lower-case letters, digits, '.', '-' and '_'");
+    }
+    if !path.is_empty() || rest.ends_with('/') {
+        for seg in path.split('/') {
+            if seg.is_empty() || seg == "." || seg == ".." {
+                return Err("the path has an empty, '.' or '..' segment (or a trailing '/')");
+            }
+            if !seg
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            {
+                return Err("the path may hold only letters, digits, '.', '-' and '_'");
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests;

@@ -50,6 +50,45 @@ pub struct Config {
     /// `forward_auth`, Traefik `forwardAuth`) at `/.gatehouse/auth`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forward_auth: Option<ForwardAuthConfig>,
+    /// Gatehouse as Envoy's (and Istio's) external authorizer: the gRPC
+    /// `envoy.service.auth.v3.Authorization` service and the HTTP variant at
+    /// `/.gatehouse/ext_authz/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ext_authz: Option<ExtAuthzConfig>,
+}
+
+/// `[ext_authz]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtAuthzConfig {
+    /// The Envoy proxies (sidecars, gateways) that may ask, by the address Gatehouse sees them
+    /// connect from; anyone else is refused.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Where the gRPC service listens (plain HTTP/2; in a mesh the sidecar adds mTLS). Unset:
+    /// only the HTTP variant on the public listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_listen: Option<SocketAddr>,
+    /// What to do with a push, or a route that names its refs in its body, when Envoy forwards
+    /// no body (`with_request_body` unset): as `forward_auth.ref_moves_in_body`.
+    #[serde(default)]
+    pub ref_moves_in_body: RefMovesInBody,
+    /// Mesh workloads named by the SPIFFE id of their mTLS certificate (Envoy's
+    /// `source.principal`), for requests that carry no credential of their own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workloads: Vec<WorkloadConfig>,
+}
+
+/// `[[ext_authz.workloads]]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadConfig {
+    /// The SPIFFE id, exactly (`spiffe://cluster.local/ns/ci/sa/deployer`).
+    pub spiffe_id: String,
+    /// The name the forge knows it by (`X-WEBAUTH-USER`).
+    pub username: String,
+    /// Its groups, for the policy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
 }
 
 /// `[forward_auth]`
@@ -977,6 +1016,32 @@ impl Config {
                 "forward_auth.trusted_proxies",
                 "name the front proxies that may ask (their addresses or ranges)",
             );
+        }
+        if let Some(e) = &self.ext_authz {
+            if e.trusted_proxies.is_empty() {
+                return bad(
+                    "ext_authz.trusted_proxies",
+                    "name the Envoy proxies that may ask (their addresses or ranges)",
+                );
+            }
+            let mut seen = std::collections::HashSet::new();
+            for w in &e.workloads {
+                if let Err(why) = crate::check_spiffe_id(&w.spiffe_id) {
+                    return bad("ext_authz.workloads.spiffe_id", why);
+                }
+                if !seen.insert(w.spiffe_id.as_str()) {
+                    return bad(
+                        "ext_authz.workloads.spiffe_id",
+                        "each SPIFFE id once: it names one workload",
+                    );
+                }
+                if w.username.trim().is_empty() || w.username.trim() != w.username {
+                    return bad(
+                        "ext_authz.workloads.username",
+                        "a forge user name, without surrounding spaces",
+                    );
+                }
+            }
         }
         if let Some(a) = &self.forge.api {
             if self.forge.kind == ForgeKind::Generic {

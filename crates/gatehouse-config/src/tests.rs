@@ -375,3 +375,31 @@ fn sign_in_settings_are_checked() {
     }
     assert!(with("", "[session]\nexternal_url = \"http://127.0.0.1:8443\"\n").is_ok());
 }
+
+#[test]
+fn spiffe_ids() {
+    for ok in [
+        "spiffe://cluster.local/ns/ci/sa/deployer",
+        "spiffe://example.org",
+        "spiffe://td_1.example-2/a.b/c_d-e",
+    ] {
+        assert!(crate::check_spiffe_id(ok).is_ok(), "refused {ok}");
+    }
+    for bad in [
+        "",
+        "http://cluster.local/ns/ci",
+        "spiffe://",
+        "spiffe://Cluster.local/ns",
+        "spiffe://cluster.local/ns/",
+        "spiffe://cluster.local//ns",
+        "spiffe://cluster.local/ns/../sa",
+        "spiffe://cluster.local/ns/./sa",
+        "spiffe://cluster.local/ns?x=1",
+        "spiffe://cluster.local/ns#f",
+        "spiffe://user@cluster.local/ns",
+        "spiffe://cluster.local:443/ns",
+        "spiffe://cluster.local/n%41",
+    ] {
+        assert!(crate::check_spiffe_id(bad).is_err(), "accepted {bad:?}");
+    }
+}

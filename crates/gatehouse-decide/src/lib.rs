@@ -17,10 +17,12 @@ use gatehouse_authn::{Authenticator, AuthnError, Credential};
 use gatehouse_core::{Decision, Principal, RepoRef, Resource};
 use gatehouse_forge::{ForgeApi, ForgeError, ForgeGroups, LookupError, resolve_moves};
 use gatehouse_git::{
-    Classified, ForgeFlavor, PlanError, RefMove, RefOp, body_fields, plan_moves, read_route_fields,
-    route_rest,
+    Classified, ForgeFlavor, PlanError, PushRequest, RefMove, RefOp, body_fields, plan_moves,
+    read_route_fields, route_rest,
 };
-use gatehouse_policy::{AuthzRequest, Explanation, PolicyEngine, RefFacts, RequestFacts};
+use gatehouse_policy::{
+    AuthzRequest, Explanation, PolicyEngine, RefDecisions, RefFacts, RequestFacts,
+};
 
 /// Why the caller could not be named.
 #[derive(Debug, thiserror::Error)]
@@ -177,6 +179,21 @@ impl Decider {
     /// The same, with the policies that decided it.
     pub fn explain(&self, q: &AuthzRequest<'_>) -> Explanation {
         self.policy.load().explain(q)
+    }
+
+    /// Every ref a push changes, each decided (`ref:create|update|delete` with the ref and its
+    /// old and new ids in the context), after `git:write` was allowed: for a push over HTTP,
+    /// over SSH and one a proxy forwarded the command list of. One refused ref refuses the push.
+    pub fn push_refs(
+        &self,
+        principal: &Principal,
+        resource: &Resource,
+        facts: RequestFacts<'_>,
+        push: &PushRequest,
+    ) -> RefDecisions {
+        self.policy
+            .load()
+            .decide_refs(principal, resource, facts, push)
     }
 
     /// Whether a ref-moving route's body must be read: only when its handler names refs in

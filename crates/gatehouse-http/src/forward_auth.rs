@@ -14,18 +14,14 @@
 //! on what its URL says: per-ref rules need Gatehouse in the request path (documented).
 
 use gatehouse_audit::AuditRecord;
-use gatehouse_authn::AuthnError;
-use gatehouse_config::{ForwardAuthHeaders, RefMovesInBody};
-use gatehouse_decide::RouteRequest;
-use gatehouse_git::{GitService, RequestKind, classify};
-use gatehouse_policy::{AuthzRequest, RequestFacts};
+use gatehouse_config::ForwardAuthHeaders;
 use http::header::{HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
 
 use crate::body::{Body, full};
-use crate::proxy::{Admitted, Gateway, client_kind, path_refusal};
+use crate::described::{Answer, Described, bare_host};
+use crate::proxy::{Admitted, Gateway};
 use crate::respond::{ClientKind, Refusal};
-use crate::route_refs;
 
 fn first<'h>(h: &'h HeaderMap, names: &[&str]) -> Option<&'h str> {
     names
@@ -45,10 +41,10 @@ impl Gateway {
         rec: &mut AuditRecord,
     ) -> Result<Response<Body>, (Refusal, ClientKind)> {
         rec.event = "forward_auth";
-        let refuse = |rec: &mut AuditRecord, r: Refusal, kind: ClientKind| {
+        let refuse = |rec: &mut AuditRecord, r: Refusal| {
             rec.decision = Some("deny");
             rec.reason = Some(r.code());
-            (r, kind)
+            (r, ClientKind::Api)
         };
         let Some(fa) = &self.settings.forward_auth else {
             return Err(refuse(
@@ -58,7 +54,6 @@ impl Gateway {
                     detail: "forward auth is not configured on this gateway ([forward_auth])"
                         .into(),
                 },
-                ClientKind::Api,
             ));
         };
         let trusted = &fa.trusted_proxies;
@@ -69,28 +64,11 @@ impl Gateway {
                     reason: "untrusted_front_proxy".into(),
                     what: "forward auth from an address not in forward_auth.trusted_proxies".into(),
                 },
-                ClientKind::Api,
             ));
         }
         let h = req.headers();
-        // Refusals a front proxy passes to the client (it turns anything but 401 and 403 into a
-        // 500).
-        let forbid = |rec: &mut AuditRecord, reason: &'static str, what: &str| {
-            refuse(
-                rec,
-                Refusal::Forbidden {
-                    reason: reason.into(),
-                    what: what.to_owned(),
-                },
-                ClientKind::Api,
-            )
-        };
-        // The client's address, as the trusted front proxy reports it (`X-Forwarded-For`, its
-        // rightmost entry that is not itself a front proxy).
-        let client = crate::forwarded::client_ip(adm.peer, h, trusted);
-        rec.source = Some(crate::forwarded::ip_text(client).into());
         // The front proxy passes the client's headers along: the set it does not write itself
-        // could describe another request, and an identity header would reach the forge.
+        // could describe another request.
         let (ours, theirs) = match fa.request_headers {
             ForwardAuthHeaders::Original => (
                 ["x-original-uri", "x-original-method"],
@@ -104,19 +82,12 @@ impl Gateway {
         if theirs.iter().any(|n| h.contains_key(*n))
             || ours.iter().any(|n| h.get_all(*n).iter().count() > 1)
         {
-            return Err(forbid(
+            return Err(refuse(
                 rec,
-                "ambiguous_original_request",
-                "a request that names its method or URI in more than the front proxy's own headers",
-            ));
-        }
-        if let Some(n) = h.keys().find(|n| self.strip.drops(n)) {
-            return Err(forbid(
-                rec,
-                "identity_header_from_client",
-                &format!(
-                    "a request with its own `{n}` header, which the front proxy would pass to the forge"
-                ),
+                Refusal::Forbidden {
+                    reason: "ambiguous_original_request".into(),
+                    what: "a request that names its method or URI in more than the front proxy's own headers".into(),
+                },
             ));
         }
         let bad = |rec: &mut AuditRecord, code: &'static str, detail: &str| {
@@ -126,7 +97,6 @@ impl Gateway {
                     code,
                     detail: detail.to_owned(),
                 },
-                ClientKind::Api,
             )
         };
         let method = first(h, &[ours[1]]).unwrap_or("GET").to_ascii_uppercase();
@@ -140,140 +110,42 @@ impl Gateway {
         let Ok(uri) = uri.parse::<http::Uri>() else {
             return Err(bad(rec, "bad_original_uri", "X-Original-URI is not a URI"));
         };
+        if uri.scheme().is_some() || uri.authority().is_some() {
+            return Err(bad(
+                rec,
+                "bad_original_uri",
+                "X-Original-URI names a host: it must be the path and query",
+            ));
+        }
         let host = first(h, &["x-forwarded-host"])
-            .map(|h| h.split(':').next().unwrap_or(h).to_ascii_lowercase())
+            .map(bare_host)
             .unwrap_or_else(|| adm.host.to_string());
-        rec.method = Some(method.clone().into());
-        rec.host = Some(host.as_str().into());
-        let c = classify(
-            self.settings.flavor,
-            &method,
-            &host,
-            uri.path(),
-            uri.query(),
-        )
-        .map_err(|e| refuse(rec, path_refusal(e), ClientKind::Api))?;
-        let kind = client_kind(Some(&c), h);
-        // The front proxy forwards the path and query as the client sent them, not as Gatehouse
-        // normalized them: what it would send otherwise, or with a forge credential in the query,
-        // is refused.
-        if c.forward_path != uri.path() {
-            return Err(forbid(
-                rec,
-                "unnormalized_path",
-                "a path the forge could read otherwise than Gatehouse (dot segments, doubled slashes, needless escapes)",
-            ));
-        }
-        if uri.query().is_some_and(|q| {
-            matches!(
-                gatehouse_git::without_forge_credentials(q),
-                Some(std::borrow::Cow::Owned(_)) | None
-            ) && !q.is_empty()
-        }) {
-            return Err(forbid(
-                rec,
-                "forge_credential_in_query",
-                "a forge credential (token, access_token, sudo) in the query, which the front proxy would pass to the forge",
-            ));
-        }
-        if let Some(r) = crate::portal::cross_site_write(h, &host, &method, &method) {
-            return Err(refuse(rec, r, kind));
-        }
-        rec.path = Some(c.decoded_path.clone());
-        rec.action = Some(c.action.as_str());
-        rec.repo = c.resource.repo().map(|r| r.path());
-
-        // Named as through the gateway: a credential, or a session cookie on a web route.
-        let principal = self
-            .request_caller(h, &c, adm, rec, kind)
-            .await
-            .map_err(|(r, k)| refuse(rec, r, k))?;
-        let Some(principal) = principal else {
-            return Err(refuse(
-                rec,
-                Refusal::Unauthenticated {
-                    error: AuthnError::Missing,
-                    presented: false,
-                },
-                kind,
-            ));
+        // The client's address, as the trusted front proxy reports it (`X-Forwarded-For`, its
+        // rightmost entry that is not itself a front proxy).
+        let client = crate::forwarded::client_ip(adm.peer, h, trusted);
+        let described = Described {
+            method,
+            uri,
+            host,
+            headers: h,
+            client,
+            body: None,
+            workload: None,
+            ref_moves_in_body: fa.ref_moves_in_body,
+            // nginx turns anything but 2xx, 401 and 403 into a 500; Caddy and Traefik pass the
+            // answer on.
+            sign_in_redirect: fa.request_headers == ForwardAuthHeaders::Forwarded,
         };
-        let facts = RequestFacts {
-            source_ip: client,
-            method: &method,
-            host: &host,
-            wiki: c.wiki,
-            via: c.via,
-            git_ref: None,
-        };
-        let decision = self.decider.decide(&AuthzRequest {
-            principal: &principal,
-            action: c.action,
-            resource: &c.resource,
-            facts,
-        });
-        rec.policy = Some(decision.deciding_policy());
-        rec.reason = Some(decision.reason.clone());
-        if !decision.allowed {
-            return Err(refuse(
-                rec,
-                Refusal::Forbidden {
-                    reason: decision.reason,
-                    what: format!("{} on the requested resource", c.action),
-                },
-                kind,
-            ));
+        match self.decide_described(described, adm, rec).await? {
+            Answer::Respond(r) => Ok(r),
+            Answer::Allow { set, .. } => {
+                let mut resp = Response::new(full(bytes::Bytes::new()));
+                *resp.status_mut() = StatusCode::OK;
+                *resp.headers_mut() = set;
+                resp.headers_mut()
+                    .insert("x-gatehouse-decision", HeaderValue::from_static("allow"));
+                Ok(resp)
+            }
         }
-        // A push, and a route whose refs are in its body, cannot be decided ref by ref: the
-        // body is not seen.
-        let push = c.kind == RequestKind::GitRpc(GitService::ReceivePack);
-        let body_refs = c
-            .moves
-            .is_some_and(|m| self.decider.route_body_needed(&c, m));
-        if (push || body_refs) && fa.ref_moves_in_body == RefMovesInBody::Refuse {
-            return Err(refuse(
-                rec,
-                Refusal::Forbidden {
-                    reason: "ref_rules_need_the_gateway".into(),
-                    what: "a request whose refs are named in its body, which forward auth never sees (forward_auth.ref_moves_in_body)".into(),
-                },
-                kind,
-            ));
-        }
-        // A route whose refs are in its URL is decided ref by ref here too.
-        if let Some(m) = c.moves
-            && !body_refs
-        {
-            let verdict = self
-                .decider
-                .route_refs(
-                    &principal,
-                    &c,
-                    m,
-                    RouteRequest {
-                        method: &method,
-                        content_type: None,
-                        body: b"",
-                    },
-                    facts,
-                )
-                .await;
-            let verdict = verdict.map_err(|e| refuse(rec, route_refs::refusal(e), kind))?;
-            route_refs::settle(rec, &verdict, c.via).map_err(|r| refuse(rec, r, kind))?;
-        }
-        rec.decision = Some("allow");
-        // A write is on record, synced, before the front proxy lets it through.
-        if c.action.may_change_forge(&method) {
-            self.commit_forwarding(rec, adm)
-                .await
-                .map_err(|r| (r, kind))?;
-        }
-        let mut resp = Response::new(full(bytes::Bytes::new()));
-        *resp.status_mut() = StatusCode::OK;
-        self.set_identity(resp.headers_mut(), &principal)
-            .map_err(|r| refuse(rec, r, kind))?;
-        resp.headers_mut()
-            .insert("x-gatehouse-decision", HeaderValue::from_static("allow"));
-        Ok(resp)
     }
 }

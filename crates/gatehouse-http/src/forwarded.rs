@@ -81,6 +81,13 @@ impl ClientHeaderFilter {
         ClientHeaderFilter { exact }
     }
 
+    /// The exact names the filter drops (its prefixes aside), as header names.
+    pub(crate) fn names(&self) -> impl Iterator<Item = HeaderName> + '_ {
+        self.exact
+            .iter()
+            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+    }
+
     /// Whether a client's header `name` (lowercase, as `http` keeps it) is dropped.
     pub(crate) fn drops(&self, name: &HeaderName) -> bool {
         let raw = name.as_str();

@@ -10,6 +10,9 @@
 mod admin;
 mod body;
 mod cgi;
+mod check;
+mod described;
+mod ext_authz_http;
 mod forward_auth;
 mod forwarded;
 mod metrics;
@@ -26,6 +29,7 @@ mod upstream;
 
 pub use admin::serve_admin;
 pub use body::Body;
+pub use check::{CheckInput, CheckOutcome};
 pub use metrics::Metrics;
 pub use proxy::{Gateway, GatewaySettings};
 pub use server::{ServeError, ServeOptions, serve};

@@ -212,6 +212,12 @@ impl Gateway {
             )),
             ("/.gatehouse/cli", true) => Ok(self.cli_settings()),
             ("/.gatehouse/auth", _) => self.forward_auth(req, adm, rec).await,
+            (p, _)
+                if p.starts_with(crate::ext_authz_http::PREFIX)
+                    && p[crate::ext_authz_http::PREFIX.len()..].starts_with('/') =>
+            {
+                self.ext_authz_http(req, adm, rec).await
+            }
             ("/.gatehouse/ssh/cert", false) if req.method() == Method::POST => {
                 self.ssh_cert(req, adm, rec).await
             }

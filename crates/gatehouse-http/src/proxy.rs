@@ -72,6 +72,8 @@ pub struct GatewaySettings {
     pub push_limits: PushLimits,
     /// Forward auth (`/.gatehouse/auth`); `None`: it is off.
     pub forward_auth: Option<gatehouse_config::ForwardAuthConfig>,
+    /// Envoy's ext_authz (`[ext_authz]`), if on.
+    pub ext_authz: Option<gatehouse_config::ExtAuthzConfig>,
 }
 
 /// Everything a request needs; shared by all connections.
@@ -132,7 +134,7 @@ pub(crate) struct Admitted {
 }
 
 /// What is left to do when a request ends: write its audit record and count it.
-struct Done {
+pub(crate) struct Done {
     slot: gatehouse_audit::AuditSlot,
     rec: AuditRecord,
     started: tokio::time::Instant,
@@ -154,7 +156,7 @@ impl Done {
         tracing::warn!(%request_id, "the upstream sent nothing of the response body for upstream.body_idle_timeout; cut off");
     }
 
-    fn finish(mut self, bytes_in: u64, bytes_out: u64, end: BodyEnd) {
+    pub(crate) fn finish(mut self, bytes_in: u64, bytes_out: u64, end: BodyEnd) {
         let elapsed = self.started.elapsed();
         let rec = &mut self.rec;
         rec.bytes_in = bytes_in;
@@ -188,21 +190,21 @@ impl Done {
 /// answering, an HTTP/2 stream reset, the runtime stopping after the shutdown grace); the record
 /// is then written on drop, as `aborted` with no status, so that a push the client gave up on
 /// after uploading it is still on record. Taking its [`Done`] disarms it.
-struct Pending {
-    slot: Option<gatehouse_audit::AuditSlot>,
-    rec: AuditRecord,
+pub(crate) struct Pending {
+    pub(crate) slot: Option<gatehouse_audit::AuditSlot>,
+    pub(crate) rec: AuditRecord,
     /// The path as it came, for a record that classification did not reach.
-    raw_uri: http::Uri,
-    started: tokio::time::Instant,
-    bytes_in: Arc<AtomicU64>,
-    action: &'static str,
-    metrics: Arc<Metrics>,
-    in_flight: Option<crate::metrics::InFlight>,
+    pub(crate) raw_uri: http::Uri,
+    pub(crate) started: tokio::time::Instant,
+    pub(crate) bytes_in: Arc<AtomicU64>,
+    pub(crate) action: &'static str,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) in_flight: Option<crate::metrics::InFlight>,
 }
 
 impl Pending {
     /// The request's end, once: `None` when it was already taken.
-    fn take(&mut self, status: u16) -> Option<Done> {
+    pub(crate) fn take(&mut self, status: u16) -> Option<Done> {
         let slot = self.slot.take()?;
         let mut rec = std::mem::take(&mut self.rec);
         if rec.path.is_none() {
@@ -382,7 +384,7 @@ pub(crate) fn path_refusal(e: gatehouse_git::PathError) -> Refusal {
     }
 }
 
-fn describe(action: Action, resource: &Resource) -> String {
+pub(crate) fn describe(action: Action, resource: &Resource) -> String {
     match resource {
         Resource::Repo(r) => format!("{action} on {r}"),
         Resource::Owner(o) => format!("{action} on {o}"),
@@ -1234,7 +1236,7 @@ impl Gateway {
         let push = reader
             .finish()
             .map_err(|e| bad("bad_push_commands", e.to_string()))?;
-        let decisions = self.decider.policy().decide_refs(
+        let decisions = self.decider.push_refs(
             principal,
             &c.resource,
             RequestFacts {

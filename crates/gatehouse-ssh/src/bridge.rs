@@ -86,7 +86,7 @@ struct PushGate<'a> {
 
 impl PushGate<'_> {
     fn decide(&self, push: &PushRequest) -> RefDecisions {
-        self.gw.decider.policy().decide_refs(
+        self.gw.decider.push_refs(
             self.principal,
             &Resource::Repo(self.command.repo.clone()),
             RequestFacts {

@@ -226,6 +226,7 @@ format = "json"
             port: ports.http,
             admin_port: ports.admin,
             ssh_port: ports.ssh,
+            ext_authz_port: ports.ext_authz,
             ready_path,
             listener: self.listener,
             bin: self.bin,
@@ -242,6 +243,7 @@ struct Ports {
     http: u16,
     admin: u16,
     ssh: Option<u16>,
+    ext_authz: Option<u16>,
 }
 
 /// The port in the `addr` of the last log line whose message is `message` (Gatehouse logs each
@@ -279,6 +281,7 @@ fn spawn_serve(
             http: logged_port(&text, "gatehouse listening")?,
             admin: logged_port(&text, "admin listener ready")?,
             ssh: logged_port(&text, "ssh listening"),
+            ext_authz: logged_port(&text, "ext_authz listening"),
         })
     });
     wait_for("gatehouse to become ready", Duration::from_secs(30), || {
@@ -302,6 +305,8 @@ pub struct TestGateway {
     pub admin_port: u16,
     /// The SSH front door's port, when `[ssh]` is configured (bind it to `127.0.0.1:0`).
     ssh_port: Option<u16>,
+    /// The ext_authz gRPC port, when `ext_authz.grpc_listen` is set (bind it to `127.0.0.1:0`).
+    ext_authz_port: Option<u16>,
     ready_path: &'static str,
     listener: Option<std::net::TcpListener>,
     bin: PathBuf,
@@ -422,6 +427,12 @@ impl TestGateway {
             .expect("this gateway has no SSH listener in its log")
     }
 
+    /// The ext_authz gRPC service's port.
+    pub fn ext_authz_port(&self) -> u16 {
+        self.ext_authz_port
+            .expect("this gateway has no ext_authz listener in its log")
+    }
+
     /// Kills the gateway with SIGKILL (no shutdown, nothing flushed) and starts it again on the
     /// same config and directory (its listeners get new ports: read them again from the fields);
     /// its log goes on in `gatehouse.restarted.log`.
@@ -442,6 +453,7 @@ impl TestGateway {
         self.port = ports.http;
         self.admin_port = ports.admin;
         self.ssh_port = ports.ssh;
+        self.ext_authz_port = ports.ext_authz;
     }
 
     pub fn metrics(&self) -> String {

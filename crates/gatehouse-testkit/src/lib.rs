@@ -13,6 +13,7 @@
 )]
 
 mod browser;
+mod caddy;
 mod forge;
 mod gateway;
 mod git;
@@ -23,6 +24,7 @@ mod sshd;
 mod ws;
 
 pub use browser::browser_sign_in;
+pub use caddy::{CaddyForwardAuth, caddyfile};
 pub use forge::ForgeStandIn;
 pub use gateway::{GatewayBuilder, TestGateway};
 pub use git::{Git, GitOutput, make_repo};

@@ -167,3 +167,21 @@ pub fn local_head(git: &Git, work: &Path) -> String {
         .trim()
         .to_owned()
 }
+
+/// The first record of `what` in `gw`'s audit log, whatever its decision, waiting for it as
+/// [`denials_in`] does.
+pub fn record_of(gw: &TestGateway, what: &str, is_it: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(gw.audit_path()).unwrap_or_default();
+        if let Some(l) = text.lines().find(|l| is_it(l)) {
+            return l.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no record of {what} in {}:\n{text}",
+            gw.audit_path().display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

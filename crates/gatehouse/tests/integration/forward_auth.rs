@@ -199,3 +199,122 @@ fn nginx_auth_request_decides_with_the_gateways_policy() {
     assert_eq!(status, 400, "{raw}");
     assert!(raw.contains("missing_original_uri"), "{raw}");
 }
+
+/// The same with real Caddy (`forward_auth`, the Caddyfile of docs/forward-auth.md).
+#[test]
+fn caddy_forward_auth_decides_with_the_gateways_policy() {
+    use gatehouse_testkit::{CaddyForwardAuth, Git};
+    use std::os::unix::fs::PermissionsExt as _;
+
+    let tmp = TempDir::new("caddy-forward-auth");
+    let (root, _) = repos(&tmp);
+    let upstream = GitHttpServer::start(&root);
+    let gw = builder()
+        .with_upstream_url(&upstream.url())
+        .policy(POLICY)
+        .extra(
+            "[forward_auth]\ntrusted_proxies = [\"127.0.0.1\"]\nrequest_headers = \"forwarded\"\nref_moves_in_body = \"decide_without_ref_rules\"\n",
+        )
+        .start();
+    let front = CaddyForwardAuth::start(gw.port, upstream.port);
+    let dev = gw.token("alice", &["dev"]);
+    let ci = gw.token("ci-bot", &["ci"]);
+    let bare = root.join("demo/hello.git");
+
+    // git is asked for credentials through Caddy (the challenge comes back as Gatehouse sent
+    // it) and clones with a token as the password.
+    let askpass = tmp.path().join("askpass.sh");
+    let asked = tmp.path().join("asked");
+    std::fs::write(
+        &askpass,
+        format!(
+            "#!/bin/sh\necho \"$1\" >> '{}'\ncase \"$1\" in Username*) echo ci-bot ;; *) echo '{ci}' ;; esac\n",
+            asked.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&askpass, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let git = Git::new(&tmp.path().join("home-prompted"))
+        .env("GIT_ASKPASS", &askpass.to_string_lossy())
+        .env("GIT_TERMINAL_PROMPT", "0");
+    let work = tmp.path().join("prompted");
+    git.ok(
+        tmp.path(),
+        &[
+            "clone",
+            "-q",
+            &format!("{}/demo/hello.git", front.url()),
+            &work.to_string_lossy(),
+        ],
+    );
+    let prompts = std::fs::read_to_string(&asked).unwrap_or_default();
+    assert!(prompts.contains("Password"), "git was not asked: {prompts}");
+
+    // The reader is refused a push; nothing reaches the upstream.
+    commit_file(&git, &work, "ci.txt", "from ci\n");
+    let before = head_of(&bare, "main");
+    let r = git.run(&work, &["push", "origin", "HEAD:refs/heads/ci"]);
+    assert!(!r.ok, "ci pushed");
+    assert!(r.stderr.contains("403"), "{}", r.stderr);
+    assert!(head_of(&bare, "ci").is_empty());
+    assert_eq!(head_of(&bare, "main"), before);
+    let record = denial(&gw, "ci's refused push through Caddy", |l| {
+        l.contains(r#""event":"forward_auth""#) && l.contains(r#""subject":"ci-bot""#)
+    });
+    assert!(record.contains(r#""action":"git:write""#), "{record}");
+
+    // A developer pushes through Caddy.
+    let (git, work) = clone_demo(tmp.path(), &front.url(), &dev, "dev");
+    commit_file(&git, &work, "dev.txt", "from dev\n");
+    git.ok(&work, &["push", "-q", "origin", "HEAD:refs/heads/dev"]);
+    assert!(!head_of(&bare, "dev").is_empty());
+
+    // The upstream sees the identity Gatehouse named, never the credential; a client's own
+    // identity header is refused.
+    let auth = format!("Bearer {dev}");
+    let (status, raw) = raw_http(front.port, "GET", "/_echo", &[("Authorization", &auth)]);
+    assert_eq!(status, 200, "{raw}");
+    assert!(raw.contains("user=alice;"), "{raw}");
+    assert!(raw.contains("authorization=;"), "{raw}");
+    let (status, raw) = raw_http(
+        front.port,
+        "GET",
+        "/_echo",
+        &[("Authorization", &auth), ("X-WEBAUTH-USER", "root")],
+    );
+    assert_eq!(status, 403, "{raw}");
+    assert!(raw.contains("identity_header_from_client"), "{raw}");
+    // The header set Caddy does not write is refused: a client could describe another request.
+    let (status, raw) = raw_http(
+        front.port,
+        "GET",
+        "/_echo",
+        &[
+            ("Authorization", &auth),
+            ("X-Original-URI", "/secret/repo.git/info/refs"),
+        ],
+    );
+    assert_eq!(status, 403, "{raw}");
+    assert!(raw.contains("ambiguous_original_request"), "{raw}");
+    // The endpoint is Caddy's alone.
+    let (status, _) = raw_http(
+        front.port,
+        "GET",
+        "/.gatehouse/auth",
+        &[("Authorization", &auth)],
+    );
+    assert_eq!(status, 404);
+
+    // Behind a Caddy Gatehouse does not trust, every request is refused.
+    let other = builder()
+        .with_upstream_url(&upstream.url())
+        .policy(POLICY)
+        .extra(
+            "[forward_auth]\ntrusted_proxies = [\"10.9.8.7\"]\nrequest_headers = \"forwarded\"\n",
+        )
+        .start();
+    let untrusted = CaddyForwardAuth::start(other.port, upstream.port);
+    let (status, raw) = raw_http(untrusted.port, "GET", "/_echo", &[("Authorization", &auth)]);
+    assert_eq!(status, 403, "{raw}");
+    assert!(raw.contains("untrusted_front_proxy"), "{raw}");
+}
