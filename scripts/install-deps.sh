@@ -2,6 +2,7 @@
 # Install what Gatehouse's integration tests and benchmarks need (Debian 12, run as root):
 #   - apt packages: git curl nginx caddy fcgiwrap openssh-server wrk procps chromium chromium-driver
 #     (installed only when one of their programs is missing)
+#   - kubernetes-validate from PyPI (validates deploy/ in the tests)
 #   - the test IdP's and browser driver's npm dependencies (oidc-provider, playwright-core;
 #     crates/gatehouse-testkit/idp), via `npm ci`,
 #     when node_modules is missing or older than package-lock.json
@@ -34,6 +35,17 @@ if ((${#missing[@]})); then
   done
 else
   say "apt: all present (${PACKAGES[*]%%:*})"
+fi
+
+# ---- kubernetes-validate (PyPI): the tests validate deploy/ against Kubernetes' schemas
+KV_VERSION=1.37.0
+if [ "$(kubernetes-validate --version 2>/dev/null)" != "$KV_VERSION" ]; then
+  command -v python3 >/dev/null 2>&1 || die "python3 not found; the deploy/ tests need kubernetes-validate"
+  say "pip: installing kubernetes-validate==$KV_VERSION"
+  python3 -m pip install -q --disable-pip-version-check "kubernetes-validate==$KV_VERSION" >/dev/null
+  command -v kubernetes-validate >/dev/null 2>&1 || die "kubernetes-validate installed but not on PATH"
+else
+  say "pip: kubernetes-validate $KV_VERSION present"
 fi
 
 # ---- Node.js

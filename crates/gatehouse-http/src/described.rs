@@ -17,7 +17,7 @@ use std::sync::Arc;
 use gatehouse_audit::{AuditPrincipal, AuditRecord};
 use gatehouse_authn::AuthnError;
 use gatehouse_config::RefMovesInBody;
-use gatehouse_core::Principal;
+use gatehouse_core::{Action, Principal};
 use gatehouse_decide::RouteRequest;
 use gatehouse_git::{GitService, PushReader, RequestKind, classify};
 use gatehouse_policy::{AuthzRequest, RequestFacts};
@@ -168,14 +168,28 @@ impl Gateway {
         rec.path = Some(c.decoded_path.clone());
         rec.action = Some(c.action.as_str());
         rec.repo = c.resource.repo().map(|r| r.path());
-        if c.kind == RequestKind::LfsBatch {
-            // The batch body says download or upload: only the gateway reads it.
-            return Err(forbid(
-                rec,
-                "lfs_batch_needs_the_gateway",
-                "a Git LFS batch request, whose body says whether it uploads, which this front door never reads",
-            ));
-        }
+        // An LFS batch says in its body whether it downloads or uploads: read when the proxy
+        // forwarded the whole body, else decided as the upload it may be.
+        let action = match d.body {
+            Some(b) if c.kind == RequestKind::LfsBatch && b.complete => {
+                match gatehouse_git::lfs_batch_operation(b.bytes) {
+                    Ok(gatehouse_git::LfsOperation::Download) => Action::LfsRead,
+                    Ok(gatehouse_git::LfsOperation::Upload) => Action::LfsWrite,
+                    Err(e) => {
+                        return Err(refuse(
+                            rec,
+                            Refusal::BadRequest {
+                                code: "bad_lfs_batch",
+                                detail: e.to_string(),
+                            },
+                            ClientKind::Git,
+                        ));
+                    }
+                }
+            }
+            _ => c.action,
+        };
+        rec.action = Some(action.as_str());
 
         // Named as through the gateway: a credential, or a session cookie on a web route; else
         // the proxy's mTLS peer, when it is a configured workload.
@@ -221,7 +235,7 @@ impl Gateway {
         };
         let decision = self.decider.decide(&AuthzRequest {
             principal: &principal,
-            action: c.action,
+            action,
             resource: &c.resource,
             facts,
         });
@@ -232,7 +246,7 @@ impl Gateway {
                 rec,
                 Refusal::Forbidden {
                     reason: decision.reason,
-                    what: format!("{} on the requested resource", c.action),
+                    what: crate::proxy::describe(action, &c.resource),
                 },
                 kind,
             ));
@@ -292,7 +306,7 @@ impl Gateway {
         }
         rec.decision = Some("allow");
         // A write is on record, synced, before the proxy lets it through.
-        if c.action.may_change_forge(method) {
+        if action.may_change_forge(method) {
             self.commit_forwarding(rec, adm)
                 .await
                 .map_err(|r| (r, kind))?;

@@ -8,6 +8,7 @@ mod cli;
 mod cli_login;
 mod common;
 mod crash;
+mod deploy;
 mod ext_authz;
 mod forge_groups;
 mod forge_routes;
