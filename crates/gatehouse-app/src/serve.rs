@@ -406,7 +406,11 @@ pub(crate) async fn run(
             clock.clone(),
         )
         .with_sessions(sessions.clone())
-        .with_ssh(ssh_gateway.clone()),
+        .with_ssh(
+            ssh_gateway
+                .clone()
+                .map(|g| Arc::new(SshCerts(g)) as Arc<dyn gatehouse_http::SshCertIssuer>),
+        ),
     );
 
     audit
@@ -530,4 +534,37 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
     let cfg = Config::load(&args.config)?;
     init_logging(&cfg);
     run_blocking(cfg, &args.config, inherited, |_| {})
+}
+
+/// The SSH front door as the HTTP gateway's certificate issuer (`/.gatehouse/ssh/cert`): the
+/// composition root joins the two, so neither crate depends on the other.
+#[derive(Debug)]
+struct SshCerts(Arc<SshGateway>);
+
+impl gatehouse_http::SshCertIssuer for SshCerts {
+    fn issue(
+        &self,
+        public_key: &str,
+        principal: &gatehouse_core::Principal,
+    ) -> Result<gatehouse_http::SshCert, gatehouse_http::SshCertError> {
+        let issued = self
+            .0
+            .issue_user_cert(public_key, principal)
+            .map_err(|e| match e {
+                gatehouse_ssh::SshError::CredentialExpired => {
+                    gatehouse_http::SshCertError::CredentialExpired
+                }
+                e => gatehouse_http::SshCertError::BadKey(e.to_string()),
+            })?;
+        let settings = self.0.settings();
+        let (_, fingerprint) = settings.host_key_line();
+        Ok(gatehouse_http::SshCert {
+            certificate: issued.certificate,
+            serial: issued.serial,
+            valid_before: issued.valid_before,
+            ssh_address: settings.external_address.clone(),
+            known_hosts: self.0.known_hosts_line(),
+            host_key_fingerprint: fingerprint,
+        })
+    }
 }

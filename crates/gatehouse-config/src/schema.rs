@@ -72,10 +72,18 @@ pub struct ExtAuthzConfig {
     /// no body (`with_request_body` unset): as `forward_auth.ref_moves_in_body`.
     #[serde(default)]
     pub ref_moves_in_body: RefMovesInBody,
+    /// Envoy's `with_request_body.max_request_bytes` (Istio's `maxRequestBytes`): a forwarded
+    /// body this long may have been cut, even when Envoy says it was not.
+    #[serde(default = "default_ext_authz_max_request_bytes")]
+    pub max_request_bytes: crate::ByteSize,
     /// Mesh workloads named by the SPIFFE id of their mTLS certificate (Envoy's
     /// `source.principal`), for requests that carry no credential of their own.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub workloads: Vec<WorkloadConfig>,
+}
+
+fn default_ext_authz_max_request_bytes() -> crate::ByteSize {
+    crate::ByteSize(1 << 20)
 }
 
 /// `[[ext_authz.workloads]]`
@@ -1022,6 +1030,12 @@ impl Config {
                 return bad(
                     "ext_authz.trusted_proxies",
                     "name the Envoy proxies that may ask (their addresses or ranges)",
+                );
+            }
+            if e.max_request_bytes.0 == 0 || e.max_request_bytes.0 > 1 << 20 {
+                return bad(
+                    "ext_authz.max_request_bytes",
+                    "between 1 byte and 1 MiB (Gatehouse reads no more of a forwarded body)",
                 );
             }
             let mut seen = std::collections::HashSet::new();

@@ -125,23 +125,25 @@ pub fn check_input(req: &CheckRequest, peer: IpAddr) -> Result<CheckInput, MapEr
             }
         }
     }
-    let partial = headers
-        .get(PARTIAL_BODY)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
-    let bytes: &[u8] = if http.raw_body.is_empty() {
-        http.body.as_bytes()
-    } else {
-        &http.raw_body
-    };
-    // A body is known when Envoy forwarded one, or when the request has none at all.
-    let body = if !bytes.is_empty() {
-        let complete = !partial && (http.size < 0 || bytes.len() as i64 >= http.size);
-        Some((bytes::Bytes::copy_from_slice(bytes), complete))
-    } else if http.size == 0 {
-        Some((bytes::Bytes::new(), true))
+    // The body Envoy forwarded, as bytes (`pack_as_bytes`). As text, Envoy replaced what is
+    // not UTF-8: not the body, so not known. Envoy marks a buffered body with
+    // `x-envoy-auth-partial-body` (and drops a client's own); without it nothing was buffered,
+    // whatever `size` says (0 when the check was sent on the headers alone).
+    let buffered = headers.contains_key(PARTIAL_BODY);
+    let body = if !http.raw_body.is_empty() {
+        Some(bytes::Bytes::copy_from_slice(&http.raw_body))
+    } else if !http.body.is_empty() {
+        None
+    } else if buffered {
+        Some(bytes::Bytes::new())
     } else {
         None
     };
+    // `id` is Envoy's stream id; the request's id is its `x-request-id`.
+    let request_id = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     Ok(CheckInput {
         peer,
         client,
@@ -151,7 +153,7 @@ pub fn check_input(req: &CheckRequest, peer: IpAddr) -> Result<CheckInput, MapEr
         headers,
         body,
         spiffe_id,
-        request_id: Some(http.id.clone()).filter(|s| !s.is_empty()),
+        request_id,
     })
 }
 

@@ -14,7 +14,7 @@ use http::header::{HeaderMap, HeaderName};
 use http_body_util::BodyExt as _;
 
 use crate::body::BodyEnd;
-use crate::described::{Answer, BodyPrefix, Described, bare_host};
+use crate::described::{Answer, BodyPrefix, Described, bare_host, forwarded_body_complete};
 use crate::forwarded::ip_text;
 use crate::proxy::{Admitted, Gateway, Pending};
 use crate::respond::{ClientKind, Refusal};
@@ -34,9 +34,10 @@ pub struct CheckInput {
     pub host: String,
     /// The client's headers (pseudo-headers left out).
     pub headers: HeaderMap,
-    /// The start of the body and whether it is all of it, when Envoy forwards it
-    /// (`with_request_body`).
-    pub body: Option<(bytes::Bytes, bool)>,
+    /// The start of the body, when Envoy forwarded it (`with_request_body`, as bytes); whether
+    /// it is all of it is read from `x-envoy-auth-partial-body` and the client's
+    /// `Content-Length` in `headers` (see `described::forwarded_body_complete`).
+    pub body: Option<bytes::Bytes>,
     /// The SPIFFE id (URI SAN) of the client's verified mTLS certificate (`source.principal`).
     pub spiffe_id: Option<String>,
     /// Envoy's request id (`x-request-id`), kept as the audit record's.
@@ -268,9 +269,14 @@ impl Gateway {
             host: bare_host(&input.host),
             headers: &input.headers,
             client: adm.client,
-            body: input.body.as_ref().map(|(b, complete)| BodyPrefix {
+            body: input.body.as_ref().map(|b| BodyPrefix {
                 bytes: b,
-                complete: *complete,
+                complete: forwarded_body_complete(
+                    b.len(),
+                    &input.headers,
+                    true,
+                    ea.max_request_bytes.0,
+                ),
             }),
             workload,
             ref_moves_in_body: ea.ref_moves_in_body,

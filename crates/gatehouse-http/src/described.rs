@@ -100,6 +100,32 @@ fn forbid(rec: &mut AuditRecord, reason: &'static str, what: &str) -> Refused {
     )
 }
 
+/// Whether a body prefix Envoy forwarded is the whole body. Envoy says so with
+/// `x-envoy-auth-partial-body: false`, but it starts the check once it has buffered
+/// `max_request_bytes` and then compares only with what it buffered: a body of exactly that length
+/// is marked whole while more may be coming. So the mark must be there and say `false`, and the
+/// body be shorter than `max_request_bytes`, or (when the client's headers are the request's,
+/// `client_length`) exactly as long as the client's `Content-Length`.
+pub(crate) fn forwarded_body_complete(
+    len: usize,
+    headers: &HeaderMap,
+    client_length: bool,
+    max_request_bytes: u64,
+) -> bool {
+    let marked_whole = headers
+        .get("x-envoy-auth-partial-body")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"false"));
+    if !marked_whole {
+        return false;
+    }
+    let declared = client_length
+        .then(|| headers.get(header::CONTENT_LENGTH))
+        .flatten()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    declared == Some(len as u64) || (len as u64) < max_request_bytes
+}
+
 /// A front proxy's `Host` or `X-Forwarded-Host`: lower-case, without a port.
 pub(crate) fn bare_host(h: &str) -> String {
     let h = h.trim();
@@ -314,15 +340,13 @@ impl Gateway {
         let mut set = HeaderMap::new();
         self.set_identity(&mut set, &principal)
             .map_err(|r| refuse(rec, r, kind))?;
-        let mut remove: Vec<HeaderName> = self
-            .strip
-            .names()
-            .filter(|n| !set.contains_key(n))
-            .collect();
+        set.insert("x-gatehouse-decision", HeaderValue::from_static("allow"));
+        // Envoy removes after it sets: a name on both lists would be dropped.
+        let mut remove: Vec<HeaderName> = self.strip.names().collect();
         if !self.settings.identity.forward_authorization {
             remove.push(header::AUTHORIZATION);
         }
-        set.insert("x-gatehouse-decision", HeaderValue::from_static("allow"));
+        remove.retain(|n| !set.contains_key(n));
         Ok(Answer::Allow { set, remove })
     }
 
@@ -438,5 +462,37 @@ impl Gateway {
             .await
             .map_err(|e| refuse(rec, route_refs::refusal(e), kind))?;
         route_refs::settle(rec, &verdict, c.via).map_err(|r| refuse(rec, r, kind))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::forwarded_body_complete;
+    use crate::test_util::headers;
+
+    #[test]
+    fn a_forwarded_body_is_whole_only_when_envoy_could_know() {
+        let max = 1024;
+        let marked = headers(&[("x-envoy-auth-partial-body", "false")]);
+        assert!(forwarded_body_complete(10, &marked, true, max));
+        // No mark, or marked partial: a prefix.
+        assert!(!forwarded_body_complete(10, &headers(&[]), true, max));
+        let cut = headers(&[("x-envoy-auth-partial-body", "true")]);
+        assert!(!forwarded_body_complete(10, &cut, true, max));
+        // Exactly max_request_bytes: Envoy marks it whole while more may come ...
+        assert!(!forwarded_body_complete(1024, &marked, true, max));
+        // ... unless the client's Content-Length says that is all.
+        let declared = headers(&[
+            ("x-envoy-auth-partial-body", "false"),
+            ("content-length", "1024"),
+        ]);
+        assert!(forwarded_body_complete(1024, &declared, true, max));
+        // The HTTP variant's Content-Length is Envoy's own, never the client's.
+        assert!(!forwarded_body_complete(1024, &declared, false, max));
+        let longer = headers(&[
+            ("x-envoy-auth-partial-body", "false"),
+            ("content-length", "5000"),
+        ]);
+        assert!(!forwarded_body_complete(1024, &longer, true, max));
     }
 }

@@ -30,6 +30,23 @@ pub(crate) const MAX_FORWARDED_BODY: usize = 1024 * 1024;
 /// The header that tells Envoy what to remove from the upstream request.
 const HEADERS_TO_REMOVE: &str = "x-envoy-auth-headers-to-remove";
 
+/// Envoy's HTTP ext_authz client takes any 5xx answer for its own failure: with
+/// `failure_mode_allow` it would let the request through, headers unremoved; without it the
+/// client gets a bare 403. So what Gatehouse cannot decide now (the audit log, the forge's API,
+/// the IdP's keys unavailable) is answered 403, its reason code kept.
+pub(crate) fn no_server_errors((r, kind): (Refusal, ClientKind)) -> (Refusal, ClientKind) {
+    if !r.status().is_server_error() {
+        return (r, kind);
+    }
+    (
+        Refusal::Forbidden {
+            reason: r.code(),
+            what: "a request Gatehouse cannot decide right now (try again later)".into(),
+        },
+        kind,
+    )
+}
+
 impl Gateway {
     /// Decides the request Envoy describes.
     pub(crate) async fn ext_authz_http(
@@ -84,9 +101,6 @@ impl Gateway {
             ));
         };
         let h: &HeaderMap = &parts.headers;
-        let partial = h
-            .get("x-envoy-auth-partial-body")
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
         // Envoy sends a body only with `with_request_body`; without it, the length is 0 and
         // nothing was forwarded.
         let forwarded = h
@@ -106,9 +120,17 @@ impl Gateway {
             host: bare_host(&adm.host),
             headers: h,
             client: crate::forwarded::client_ip(adm.peer, h, trusted),
+            // Envoy sends this request's own length, not the client's: only its mark and
+            // `max_request_bytes` say whether the body is whole (and the mark reaches Gatehouse
+            // only when `allowed_headers` lets it through: without it, the body is a prefix).
             body: forwarded.then_some(BodyPrefix {
                 bytes: &bytes,
-                complete: !partial,
+                complete: crate::described::forwarded_body_complete(
+                    bytes.len(),
+                    h,
+                    false,
+                    ea.max_request_bytes.0,
+                ),
             }),
             workload: None,
             ref_moves_in_body: ea.ref_moves_in_body,

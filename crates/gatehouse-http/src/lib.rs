@@ -23,6 +23,7 @@ mod proxy;
 pub mod respond;
 mod route_refs;
 mod server;
+mod ssh_cert;
 mod tls;
 mod tunnel;
 mod upstream;
@@ -33,6 +34,7 @@ pub use check::{CheckInput, CheckOutcome};
 pub use metrics::Metrics;
 pub use proxy::{Gateway, GatewaySettings};
 pub use server::{ServeError, ServeOptions, serve};
+pub use ssh_cert::{SshCert, SshCertError, SshCertIssuer};
 pub use tls::{TlsError, TlsReloader};
 pub use upstream::{Upstream, UpstreamError};
 

@@ -216,7 +216,9 @@ impl Gateway {
                 if p.starts_with(crate::ext_authz_http::PREFIX)
                     && p[crate::ext_authz_http::PREFIX.len()..].starts_with('/') =>
             {
-                self.ext_authz_http(req, adm, rec).await
+                self.ext_authz_http(req, adm, rec)
+                    .await
+                    .map_err(crate::ext_authz_http::no_server_errors)
             }
             ("/.gatehouse/ssh/cert", false) if req.method() == Method::POST => {
                 self.ssh_cert(req, adm, rec).await
@@ -473,35 +475,32 @@ impl Gateway {
             Ok(v) => v["public_key"].as_str().unwrap_or("").to_owned(),
             Err(_) => text.trim().to_owned(),
         };
-        let issued = ssh
-            .issue_user_cert(&key_line, &principal)
-            .map_err(|e| match e {
-                gatehouse_ssh::SshError::CredentialExpired => (
-                    Refusal::Unauthenticated {
-                        error: AuthnError::Expired,
-                        presented: true,
-                    },
-                    kind,
-                ),
-                e => (
-                    Refusal::BadRequest {
-                        code: "bad_public_key",
-                        detail: format!("send an OpenSSH public key line: {e}"),
-                    },
-                    kind,
-                ),
-            })?;
+        let issued = ssh.issue(&key_line, &principal).map_err(|e| match e {
+            crate::SshCertError::CredentialExpired => (
+                Refusal::Unauthenticated {
+                    error: AuthnError::Expired,
+                    presented: true,
+                },
+                kind,
+            ),
+            crate::SshCertError::BadKey(e) => (
+                Refusal::BadRequest {
+                    code: "bad_public_key",
+                    detail: format!("send an OpenSSH public key line: {e}"),
+                },
+                kind,
+            ),
+        })?;
         rec.reason = Some("ssh_cert_issued".into());
         rec.detail = Some(format!("certificate serial {}", issued.serial));
-        let (_, fingerprint) = ssh.settings().host_key_line();
         let doc = serde_json::json!({
             "certificate": issued.certificate,
             "serial": issued.serial,
             "valid_before": UnixTime::from_secs(i64::try_from(issued.valid_before).unwrap_or(i64::MAX)).to_rfc3339(),
             "principal": principal.username,
-            "ssh_address": ssh.settings().external_address,
-            "known_hosts": ssh.known_hosts_line(),
-            "host_key_fingerprint": fingerprint,
+            "ssh_address": issued.ssh_address,
+            "known_hosts": issued.known_hosts,
+            "host_key_fingerprint": issued.host_key_fingerprint,
         });
         Ok(typed_response(
             StatusCode::OK,

@@ -25,7 +25,6 @@ use gatehouse_git::{
 };
 use gatehouse_policy::{AuthzRequest, RequestFacts};
 use gatehouse_session::Sessions;
-use gatehouse_ssh::SshGateway;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
@@ -90,7 +89,7 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) sessions: Option<Arc<Sessions>>,
-    pub(crate) ssh: Option<Arc<SshGateway>>,
+    pub(crate) ssh: Option<Arc<dyn crate::SshCertIssuer>>,
     /// Cancelled when the server stops: relayed (upgraded) connections close then.
     tunnels: tokio_util::sync::CancellationToken,
     /// The relay tasks, so that the server can wait for their audit records at shutdown.
@@ -472,7 +471,7 @@ impl Gateway {
     }
 
     /// Enables `/.gatehouse/ssh/cert` (SSH user certificates for authenticated callers).
-    pub fn with_ssh(mut self, ssh: Option<Arc<SshGateway>>) -> Self {
+    pub fn with_ssh(mut self, ssh: Option<Arc<dyn crate::SshCertIssuer>>) -> Self {
         self.ssh = ssh;
         self
     }

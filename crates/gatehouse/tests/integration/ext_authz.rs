@@ -66,12 +66,19 @@ fn check_request(a: &Ask<'_>) -> CheckRequest {
         .iter()
         .map(|(k, v)| (k.to_ascii_lowercase(), (*v).to_owned()))
         .collect();
-    // Envoy sends the pseudo-headers too.
+    // Envoy sends the pseudo-headers too, its request id, and marks a body it buffered.
     headers.insert(":authority".into(), "git.example.com".into());
+    headers.insert("x-request-id".into(), "envoy-req-1".into());
+    headers.insert("x-forwarded-proto".into(), "https".into());
+    if a.body.is_some() {
+        headers
+            .entry("x-envoy-auth-partial-body".into())
+            .or_insert_with(|| "false".into());
+    }
     headers.insert(":path".into(), a.path.into());
     headers.insert(":method".into(), a.method.into());
-    // Envoy reports -1 when the request names no length.
-    let (raw_body, size) = a.body.map_or((Vec::new(), -1), |(b, s)| (b.to_vec(), s));
+    // Envoy reports the bytes received when it asks (0 for a check sent on the headers alone).
+    let (raw_body, size) = a.body.map_or((Vec::new(), 0), |(b, s)| (b.to_vec(), s));
     CheckRequest {
         attributes: Some(AttributeContext {
             source: Some(Peer {
@@ -87,7 +94,7 @@ fn check_request(a: &Ask<'_>) -> CheckRequest {
             request: Some(Request {
                 time: None,
                 http: Some(HttpRequest {
-                    id: "envoy-req-1".into(),
+                    id: "7391".into(),
                     method: a.method.into(),
                     headers,
                     path: a.path.into(),
@@ -300,7 +307,7 @@ fn envoy_check_decides_with_the_gateways_policy() {
     // A push with its command list in the forwarded body is decided ref by ref.
     let zero = "0".repeat(40);
     let one = "1".repeat(40);
-    let push = |updates: &[(&str, &str, &str)], size: i64| {
+    let push = |updates: &[(&str, &str, &str)]| {
         let body = push_body(updates);
         check(
             port,
@@ -312,20 +319,17 @@ fn envoy_check_decides_with_the_gateways_policy() {
                     ("content-type", "application/x-git-receive-pack-request"),
                     ("user-agent", "git/2.47.0"),
                 ],
-                body: Some((&body, size)),
+                body: Some((&body, body.len() as i64)),
                 ..Ask::default()
             },
         )
     };
-    let r = push(&[(&zero, &one, "refs/heads/feature")], 1000);
+    let r = push(&[(&zero, &one, "refs/heads/feature")]);
     assert_eq!(code(&r), OK, "{r:?}");
-    let r = push(
-        &[
-            (&zero, &one, "refs/heads/feature"),
-            (&one, &zero, "refs/heads/main"),
-        ],
-        1000,
-    );
+    let r = push(&[
+        (&zero, &one, "refs/heads/feature"),
+        (&one, &zero, "refs/heads/main"),
+    ]);
     assert_eq!(code(&r), PERMISSION_DENIED, "{r:?}");
     let (status, headers, body) = denied(&r);
     assert_eq!(status, 403);
