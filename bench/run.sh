@@ -10,6 +10,11 @@
 #   (b) a large fetch: a protocol-v2 fetch of a >= 100 MiB bare repository of random blobs from
 #       nginx + fcgiwrap + `git http-backend`, with curl, directly and through Gatehouse; MB/s and ratio.
 #   (c) Gatehouse's RSS: idle after start, peak while (b) runs (VmRSS every 50 ms, and VmHWM).
+#   (e) front doors that only ask: forward auth (`/.gatehouse/auth`, wrk with nginx's
+#       X-Original-* headers) and Envoy's gRPC ext_authz Check (bench/../gatehouse-extauthz's
+#       check_load example: one HTTP/2 connection, 16 Checks in flight), each with the same cached
+#       token and route as (a); req/s, p50, p99 and Gatehouse's CPU per decision, as a ratio to
+#       its CPU per proxied request in (a).
 #   (d) the same fetch over SSH: OpenSSH `ssh` running `git-upload-pack` on a real sshd (git-shell,
 #       certificate login) directly, and through Gatehouse's SSH front door (which logs in to the
 #       same sshd with a per-connection certificate); MB/s and ratio. Needs root (sshd, a user).
@@ -26,7 +31,7 @@
 #   BENCH_WRK_SECS   seconds per wrk run (default 10; quick 3)
 #   BENCH_PACED_PAIRS paced direct/Gatehouse pairs for the p99 target, judged on their median
 #                    (default 5; quick 2)
-#   BENCH_PORT_BASE  first of eleven loopback ports used (default 19480)
+#   BENCH_PORT_BASE  first of twelve loopback ports used (default 19480)
 #   BENCH_TIMEOUT    the run (after the build) is stopped after this many seconds (default 600)
 #
 # Needs git, curl, python3, nginx, fcgiwrap, wrk; when one is missing, scripts/install-deps.sh
@@ -64,12 +69,16 @@ P_GC=$((PORT_BASE + 7))    # Gatehouse with the SSH front door (HTTP side unused
 P_GC_ADMIN=$((PORT_BASE + 8))
 P_GC_SSH=$((PORT_BASE + 9))
 P_NPX=$((PORT_BASE + 10))  # nginx as a plain reverse proxy in front of the fast nginx (reference)
+P_GA_GRPC=$((PORT_BASE + 11))  # Gatehouse (a)'s ext_authz gRPC service
 
 # Targets: what the results file marks PASS or MISS.
 T_FETCH_RATIO=0.95
 T_P99_ADDED_MS=1
 T_RSS_MIB=64
 T_SSH_RATIO=0.8
+T_CPU_VS_NGINX=1.8       # CPU per proxied request / nginx plain proxy's
+T_P99_VS_NGINX=2         # p99 at 16 connections / nginx plain proxy's
+T_FRONT_DOOR_CPU=0.5     # forward auth or ext_authz CPU per decision / CPU per proxied request
 
 log() { printf '[bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -118,6 +127,8 @@ if ((${#missing[@]})); then
 fi
 
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+PROFILE_HINT=release
+[ "$QUICK" = 1 ] && PROFILE_HINT=debug
 if [ -n "${GATEHOUSE_BIN:-}" ]; then
   BIN=$GATEHOUSE_BIN
 elif [ "$QUICK" = 1 ]; then
@@ -134,6 +145,17 @@ log "cargo build --release (bench/loadgen)"
 cargo build --release --quiet --manifest-path "$BENCH/loadgen/Cargo.toml" --target-dir "$TARGET_DIR/loadgen" >&2 \
   || die "cannot build bench/loadgen"
 LOADGEN=$TARGET_DIR/loadgen/release/gatehouse-loadgen
+# The gRPC Check load generator (tonic over envoy-types, as Envoy speaks it).
+if [ "$PROFILE_HINT" = release ]; then
+  log "cargo build --release --example check_load"
+  (cd "$ROOT" && cargo build --release --quiet -p gatehouse-extauthz --example check_load) >&2 \
+    || die "cannot build the check_load example"
+  CHECK_LOAD=$TARGET_DIR/release/examples/check_load
+else
+  (cd "$ROOT" && cargo build --quiet -p gatehouse-extauthz --example check_load) >&2 \
+    || die "cannot build the check_load example"
+  CHECK_LOAD=$TARGET_DIR/debug/examples/check_load
+fi
 BIN=$(realpath "$BIN")
 case "$BIN" in
   */release/*) PROFILE=release ;;
@@ -153,7 +175,7 @@ WD_PID=$!
 T_START=$(date +%s)
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for p in "$P_FAST" "$P_GIT" "$P_GA" "$P_GA_ADMIN" "$P_GB" "$P_GB_ADMIN" "$P_NPX"; do
+for p in "$P_FAST" "$P_GIT" "$P_GA" "$P_GA_ADMIN" "$P_GB" "$P_GB_ADMIN" "$P_NPX" "$P_GA_GRPC"; do
   ! port_busy "$p" || die "port $p is in use (set BENCH_PORT_BASE)"
 done
 
@@ -234,6 +256,16 @@ TOML
 }
 write_config "$GH/a.toml" "$P_GA" "$P_GA_ADMIN" "http://127.0.0.1:$P_FAST" audit-a.log
 write_config "$GH/b.toml" "$P_GB" "$P_GB_ADMIN" "http://127.0.0.1:$P_GIT" audit-b.log
+# (a) also answers as the authorizer of a front proxy and of Envoy (section (e)).
+cat >>"$GH/a.toml" <<TOML
+
+[forward_auth]
+trusted_proxies = ["127.0.0.1"]
+
+[ext_authz]
+trusted_proxies = ["127.0.0.1"]
+grpc_listen = "127.0.0.1:$P_GA_GRPC"
+TOML
 "$BIN" policy check --config "$GH/a.toml" >"$RUN/policy-check.txt" 2>&1 \
   || { cat "$RUN/policy-check.txt" >&2; die "policy check failed"; }
 TOKEN=$("$BIN" token issue --config "$GH/a.toml" --subject bench --group bench --ttl 1h 2>"$RUN/token-issue.log") \
@@ -430,6 +462,38 @@ for pair in $(seq 1 "$PACED_PAIRS"); do
   NPX_DIFFS+=("$npx_diff")
   PAIR_ROWS+="| $pair | ${order%% *} | ${DP[1]} | ${DP[2]} | ${DP[3]} | ${DP[4]} us | ${GP[1]} | ${GP[2]} | ${GP[3]} | ${GP[4]} us | **$diff** | ${DP[5]} / ${GP[5]}: $read_diff | $due_diff | ${NP[1]} | ${NP[2]} | ${NP[4]} us | $npx_diff |"$'\n'
 done
+
+# ================================================================ (e) front doors that only ask
+log "(e) forward auth and ext_authz on Gatehouse (a)"
+code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 -H "$AUTH" -H "X-Original-URI: /ping" \
+  -H "X-Original-Method: GET" "http://127.0.0.1:$P_GA/.gatehouse/auth")
+[ "$code" = 200 ] || die "forward auth answered $code, expected 200"
+sleep 1
+run_wrk forward-auth-c16 16 "http://127.0.0.1:$P_GA/.gatehouse/auth" "$GA_PID" -H "$AUTH" \
+  -H "X-Original-URI: /ping" -H "X-Original-Method: GET"
+FA16=("$W_RPS" "$W_P50" "$W_P99" "$W_CPU_US" "${W_ERRORS:-none}")
+sleep 1
+out=$RUN/check-load-c16.txt
+c0=$(cpu_ticks "$GA_PID")
+timeout $((WRK_SECS + 30)) "$CHECK_LOAD" --addr "127.0.0.1:$P_GA_GRPC" --seconds "$WRK_SECS" \
+  --warmup-seconds 1 --concurrency 16 --token "$TOKEN" >"$out" 2>&1 \
+  || { cat "$out" >&2; die "check_load failed"; }
+c1=$(cpu_ticks "$GA_PID")
+ckv() { tr ' ' '\n' <"$out" | awk -F= -v k="$1" '$1 == k { print $2 }'; }
+EA_REQS=$(ckv requests)
+[ -n "$EA_REQS" ] && [ "$EA_REQS" -gt 0 ] && [ "$(ckv errors)" = 0 ] || { cat "$out" >&2; die "check_load: no Checks, or errors"; }
+# CPU over warm-up and measurement, per Check in both (the warm-up ran at the same rate).
+EA_CPU_US=$(calc "%.1f" "($c1 - $c0) / $CLK_TCK * 1000000 / ($EA_REQS * ($WRK_SECS + 1) / $WRK_SECS)")
+EA16=("$(ckv rate)" "$(ckv p50_ms)" "$(ckv p99_ms)" "$EA_CPU_US" none)
+log "  ext_authz: ${EA16[0]} Checks/s, p50 ${EA16[1]} ms, p99 ${EA16[2]} ms, ${EA_CPU_US} us CPU/Check"
+FA_CPU_RATIO=$(calc "%.3f" "${FA16[3]} / ${G16[3]}")
+EA_CPU_RATIO=$(calc "%.3f" "${EA16[3]} / ${G16[3]}")
+CPU_VS_NGINX=$(calc "%.3f" "${G16[3]} / ${N16[3]}")
+P99_VS_NGINX=$(calc "%.3f" "${G16[2]} / ${N16[2]}")
+V_FA=$(verdict "$FA_CPU_RATIO <= $T_FRONT_DOOR_CPU")
+V_EA=$(verdict "$EA_CPU_RATIO <= $T_FRONT_DOOR_CPU")
+V_CPU_NGINX=$(verdict "$CPU_VS_NGINX <= $T_CPU_VS_NGINX")
+V_P99_NGINX=$(verdict "$P99_VS_NGINX <= $T_P99_VS_NGINX")
 
 GA_RSS_KIB=$(status_kib "$GA_PID" VmRSS)
 GA_HWM_KIB=$(status_kib "$GA_PID" VmHWM)
@@ -731,6 +795,10 @@ MODE=full
 | p99 added latency at a paced load of half the lower maximum rate <= $T_P99_ADDED_MS ms (method below) | $P99_ADDED ms | $V_P99 |
 | Gatehouse RSS during the fetch < $T_RSS_MIB MiB (max of sampled VmRSS and VmHWM) | $(mib "$RSS_WORST_KIB") MiB | $V_RSS |
 $SSH_TARGET_ROW
+| CPU per proxied request <= ${T_CPU_VS_NGINX}x nginx as a plain proxy's (16 connections, (a)) | ${CPU_VS_NGINX}x (${G16[3]} / ${N16[3]} us) | $V_CPU_NGINX |
+| p99 at 16 connections <= ${T_P99_VS_NGINX}x nginx as a plain proxy's ((a), \`worker_threads = 1\`) | ${P99_VS_NGINX}x (${G16[2]} / ${N16[2]} ms) | $V_P99_NGINX |
+| forward-auth decision CPU <= $T_FRONT_DOOR_CPU of a proxied request's ((e)) | $FA_CPU_RATIO (${FA16[3]} / ${G16[3]} us) | $V_FA |
+| ext_authz Check CPU <= $T_FRONT_DOOR_CPU of a proxied request's ((e)) | $EA_CPU_RATIO (${EA16[3]} / ${G16[3]} us) | $V_EA |
 
 ## (a) Small authenticated requests
 
@@ -792,6 +860,22 @@ offered $PACED_RATE req/s. The pairs, one after the other, alternating the order
 |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|
 ${PAIR_ROWS}
 - Gatehouse (a) RSS after the load: VmRSS $(mib "$GA_RSS_KIB") MiB, VmHWM $(mib "$GA_HWM_KIB") MiB; audit records written: $AUDIT_A_LINES.
+
+## (e) Front doors that only ask
+
+Gatehouse (a), with \`[forward_auth]\` and \`[ext_authz]\` on, decides the same \`GET /ping\` with the
+same cached token as in (a), without proxying it: through forward auth (\`wrk -t1 -c16\` on
+\`/.gatehouse/auth\` with nginx's \`X-Original-URI\` and \`X-Original-Method\`) and through Envoy's
+gRPC \`Authorization/Check\` (\`gatehouse-extauthz\`'s \`check_load\` example: one HTTP/2 connection,
+16 Checks in flight, closed loop, as Envoy multiplexes them). Each decision writes its audit
+record, as a proxied request does. CPU per decision is Gatehouse's user+system time divided by
+decisions.
+
+| front door | connections / in flight | decisions/s | p50 ms | p99 ms | Gatehouse CPU per decision | ratio to a proxied request's CPU |
+|---|---|---|---|---|---|---|
+| proxied request ((a), for reference) | 16 | ${G16[0]} | ${G16[1]} | ${G16[2]} | ${G16[3]} us | 1 |
+| forward auth | 16 | ${FA16[0]} | ${FA16[1]} | ${FA16[2]} | ${FA16[3]} us | $FA_CPU_RATIO |
+| ext_authz gRPC Check | 16 | ${EA16[0]} | ${EA16[1]} | ${EA16[2]} | ${EA16[3]} us | $EA_CPU_RATIO |
 
 ## (b) Large fetch
 
