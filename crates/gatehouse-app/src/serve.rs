@@ -335,7 +335,11 @@ pub(crate) async fn run(
 
     let tls = match &cfg.server.tls {
         Some(t) => {
-            let r = TlsReloader::new(t.cert_file.clone(), t.key_file.clone())?;
+            let r = TlsReloader::with_client_ca(
+                t.cert_file.clone(),
+                t.key_file.clone(),
+                t.client_ca_file.clone(),
+            )?;
             Some(r)
         }
         None => None,

@@ -12,6 +12,12 @@ pub struct IpNet {
 }
 
 impl IpNet {
+    /// The range holding `ip` alone.
+    pub fn single(ip: IpAddr) -> Self {
+        let prefix = if ip.is_ipv4() { 32 } else { 128 };
+        IpNet { addr: ip, prefix }
+    }
+
     /// Whether `ip` is inside the range.
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip) {

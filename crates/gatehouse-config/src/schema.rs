@@ -105,7 +105,12 @@ pub struct WorkloadConfig {
 pub struct ForwardAuthConfig {
     /// The front proxies that may ask (their addresses as Gatehouse sees them); anyone else is
     /// refused, since the request it describes is whatever its headers say.
+    #[serde(default)]
     pub trusted_proxies: Vec<IpNet>,
+    /// Front proxies that may ask, named by their TLS client certificate (a URI or DNS SAN,
+    /// exactly), verified against `server.tls.client_ca_file`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxy_names: Vec<String>,
     /// Which headers describe the original request: `original` (`X-Original-URI`,
     /// `X-Original-Method`: nginx) or `forwarded` (`X-Forwarded-Uri`, `X-Forwarded-Method`:
     /// Caddy, Traefik). The other set, which a client could send through, is refused.
@@ -186,6 +191,12 @@ pub struct TlsConfig {
     /// How often the files are checked for changes (reloaded without a restart).
     #[serde(default = "d10s")]
     pub reload_interval: ConfigDuration,
+    /// PEM CA certificates: clients are asked for a certificate (optionally) and one signed by
+    /// these is verified, its names (URI and DNS SANs) then able to name a trusted front proxy
+    /// (`forward_auth.trusted_proxy_names`). A certificate that does not verify ends the
+    /// handshake.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca_file: Option<PathBuf>,
 }
 
 /// `[admin]`
@@ -780,6 +791,9 @@ impl Config {
         if let Some(tls) = &mut self.server.tls {
             resolve(base, &mut tls.cert_file);
             resolve(base, &mut tls.key_file);
+            if let Some(ca) = &mut tls.client_ca_file {
+                resolve(base, ca);
+            }
         }
         if let Some(g) = &mut self.upstream.git_http_backend {
             resolve(base, &mut g.repos_dir);
@@ -1015,15 +1029,27 @@ impl Config {
                 return bad("forge.groups.timeout", "must be greater than zero");
             }
         }
-        if self
-            .forward_auth
-            .as_ref()
-            .is_some_and(|f| f.trusted_proxies.is_empty())
-        {
-            return bad(
-                "forward_auth.trusted_proxies",
-                "name the front proxies that may ask (their addresses or ranges)",
-            );
+        if let Some(f) = &self.forward_auth {
+            if f.trusted_proxies.is_empty() && f.trusted_proxy_names.is_empty() {
+                return bad(
+                    "forward_auth.trusted_proxies",
+                    "name the front proxies that may ask (their addresses or ranges, or their certificates' names in trusted_proxy_names)",
+                );
+            }
+            let client_ca = self
+                .server
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.client_ca_file.is_some());
+            if !f.trusted_proxy_names.is_empty() && !client_ca {
+                return bad(
+                    "forward_auth.trusted_proxy_names",
+                    "set server.tls.client_ca_file: names come from client certificates it verifies",
+                );
+            }
+            if f.trusted_proxy_names.iter().any(|n| n.trim().is_empty()) {
+                return bad("forward_auth.trusted_proxy_names", "a name cannot be empty");
+            }
         }
         if let Some(e) = &self.ext_authz {
             if e.trusted_proxies.is_empty() {

@@ -148,6 +148,7 @@ impl Gateway {
             host: host.clone(),
             port: None,
             websocket: None,
+            peer_names: None,
         };
         let outcome = self.check_phases(&input, &adm, &mut pending.rec).await;
         let rec = &mut pending.rec;

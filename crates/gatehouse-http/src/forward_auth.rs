@@ -56,16 +56,31 @@ impl Gateway {
                 },
             ));
         };
-        let trusted = &fa.trusted_proxies;
-        if !trusted.iter().any(|n| n.contains(adm.peer)) {
+        // A front proxy is trusted by its address, or by a name in the client certificate it
+        // presented (verified against server.tls.client_ca_file).
+        let by_address = fa.trusted_proxies.iter().any(|n| n.contains(adm.peer));
+        let by_certificate = adm.peer_names.as_deref().is_some_and(|names| {
+            names
+                .iter()
+                .any(|n| fa.trusted_proxy_names.iter().any(|t| t == n))
+        });
+        if !by_address && !by_certificate {
             return Err(refuse(
                 rec,
                 Refusal::Forbidden {
                     reason: "untrusted_front_proxy".into(),
-                    what: "forward auth from an address not in forward_auth.trusted_proxies".into(),
+                    what: "forward auth from an address not in forward_auth.trusted_proxies, without a client certificate named in forward_auth.trusted_proxy_names".into(),
                 },
             ));
         }
+        let trusted_here;
+        let trusted = if by_address {
+            &fa.trusted_proxies[..]
+        } else {
+            // Its X-Forwarded-For is believed as a trusted address's would be.
+            trusted_here = [gatehouse_config::IpNet::single(adm.peer)];
+            &trusted_here[..]
+        };
         let h = req.headers();
         // The front proxy passes the client's headers along: the set it does not write itself
         // could describe another request.

@@ -107,10 +107,13 @@ struct IdentityNames {
 }
 
 /// What the connection knows about a request.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct ConnInfo {
     pub(crate) peer: SocketAddr,
     pub(crate) tls: bool,
+    /// The names (URI and DNS SANs) of the client certificate the peer presented and
+    /// `server.tls.client_ca_file` verified, if any.
+    pub(crate) peer_names: Option<Arc<[String]>>,
 }
 
 /// The request facts gathered in the first phase.
@@ -130,6 +133,8 @@ pub(crate) struct Admitted {
     pub(crate) port: Option<u16>,
     /// The `Upgrade` value of a WebSocket handshake (see `tunnel`); `None` for anything else.
     pub(crate) websocket: Option<HeaderValue>,
+    /// The names of the peer's verified client certificate (see [`ConnInfo`]).
+    pub(crate) peer_names: Option<Arc<[String]>>,
 }
 
 /// What is left to do when a request ends: write its audit record and count it.
@@ -726,6 +731,7 @@ impl Gateway {
             host: host.clone().unwrap_or_else(|| "".into()),
             port,
             websocket,
+            peer_names: conn.peer_names.clone(),
         };
 
         let mut pending = Pending {

@@ -177,10 +177,20 @@ async fn accept_loop(
                 Some(acc) => {
                     match tokio::time::timeout(opts.header_read_timeout, acc.accept(stream)).await {
                         Ok(Ok(tls)) => {
+                            let peer_names = tls
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|c| c.first())
+                                .map(|der| crate::tls::client_cert_names(der).into());
                             let io = tls;
                             serve_conn(
                                 io,
-                                ConnInfo { peer, tls: true },
+                                ConnInfo {
+                                    peer,
+                                    tls: true,
+                                    peer_names,
+                                },
                                 gateway,
                                 opts,
                                 activity,
@@ -196,7 +206,11 @@ async fn accept_loop(
                     let io = stream;
                     serve_conn(
                         io,
-                        ConnInfo { peer, tls: false },
+                        ConnInfo {
+                            peer,
+                            tls: false,
+                            peer_names: None,
+                        },
                         gateway,
                         opts,
                         activity,
@@ -233,13 +247,14 @@ async fn serve_conn<T>(
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
     let act = activity.clone();
+    let peer = info.peer;
     let svc = hyper::service::service_fn(move |req| {
         let gateway = gateway.clone();
         let in_flight = InFlight::start(&act);
         // Boxing erases the handler's future type, which keeps the compiler's higher-ranked
         // lifetime inference out of hyper's `Send` and `Into<BoxError>` bounds.
         let fut: Pin<Box<dyn Future<Output = http::Response<crate::body::Body>> + Send>> =
-            Box::pin(gateway.handle(req, info));
+            Box::pin(gateway.handle(req, info.clone()));
         async move {
             let resp = fut.await;
             Ok::<_, std::convert::Infallible>(resp.map(move |b| {
@@ -260,7 +275,7 @@ async fn serve_conn<T>(
         tokio::select! {
             r = conn.as_mut() => {
                 if let Err(e) = r {
-                    tracing::debug!(peer = %info.peer, error = %e, "connection ended with an error");
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
                 return;
             }

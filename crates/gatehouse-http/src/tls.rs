@@ -38,6 +38,8 @@ pub enum TlsError {
 pub struct TlsReloader {
     cert_file: PathBuf,
     key_file: PathBuf,
+    /// CA certificates client certificates are verified against (asked for, optional).
+    client_ca_file: Option<PathBuf>,
     current: ArcSwap<CertifiedKey>,
     stamp: Mutex<(Option<SystemTime>, Option<SystemTime>)>,
 }
@@ -70,11 +72,22 @@ fn load(cert_file: &Path, key_file: &Path) -> Result<CertifiedKey, TlsError> {
 impl TlsReloader {
     /// Loads the certificate and key.
     pub fn new(cert_file: PathBuf, key_file: PathBuf) -> Result<Arc<Self>, TlsError> {
+        Self::with_client_ca(cert_file, key_file, None)
+    }
+
+    /// Loads the certificate and key, and asks clients for a certificate signed by one in
+    /// `client_ca_file` (optional for the client; one that does not verify ends the handshake).
+    pub fn with_client_ca(
+        cert_file: PathBuf,
+        key_file: PathBuf,
+        client_ca_file: Option<PathBuf>,
+    ) -> Result<Arc<Self>, TlsError> {
         let ck = load(&cert_file, &key_file)?;
         let stamp = (mtime(&cert_file), mtime(&key_file));
         Ok(Arc::new(Self {
             cert_file,
             key_file,
+            client_ca_file,
             current: ArcSwap::from_pointee(ck),
             stamp: Mutex::new(stamp),
         }))
@@ -83,14 +96,39 @@ impl TlsReloader {
     /// A rustls server config that asks this reloader for its certificate (ALPN h2, http/1.1).
     pub fn server_config(self: &Arc<Self>) -> Result<Arc<rustls::ServerConfig>, TlsError> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::Cert {
                 path: self.cert_file.display().to_string(),
                 message: e.to_string(),
-            })?
-            .with_no_client_auth()
-            .with_cert_resolver(self.clone());
+            })?;
+        let builder = match &self.client_ca_file {
+            None => builder.with_no_client_auth(),
+            Some(ca) => {
+                let ca_err = |m: String| TlsError::Cert {
+                    path: ca.display().to_string(),
+                    message: m,
+                };
+                let mut roots = rustls::RootCertStore::empty();
+                for c in CertificateDer::pem_file_iter(ca).map_err(|e| ca_err(e.to_string()))? {
+                    roots
+                        .add(c.map_err(|e| ca_err(e.to_string()))?)
+                        .map_err(|e| ca_err(e.to_string()))?;
+                }
+                if roots.is_empty() {
+                    return Err(ca_err("no CA certificate in file".into()));
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| ca_err(e.to_string()))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut cfg = builder.with_cert_resolver(self.clone());
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Arc::new(cfg))
     }
@@ -120,4 +158,25 @@ impl ResolvesServerCert for TlsReloader {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(self.current.load_full())
     }
+}
+
+/// The names a verified client certificate carries: its URI and DNS subject alternative names.
+/// Empty when it cannot be read (it was verified, so that is not expected).
+pub(crate) fn client_cert_names(der: &[u8]) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::URI(u) => Some((*u).to_owned()),
+            GeneralName::DNSName(d) => Some((*d).to_owned()),
+            _ => None,
+        })
+        .collect()
 }

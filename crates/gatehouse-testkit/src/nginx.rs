@@ -218,6 +218,25 @@ pub struct AuthRequestProxy {
 impl AuthRequestProxy {
     /// Fronts `upstream_port`, asking the gateway on `gatehouse_port`.
     pub fn start(gatehouse_port: u16, upstream_port: u16) -> Self {
+        Self::start_with(gatehouse_port, upstream_port, None)
+    }
+
+    /// The same, asking the gateway over TLS and presenting the client certificate
+    /// `(cert, key)` (nginx's `proxy_ssl_certificate`): a front proxy trusted by its name.
+    pub fn start_tls(
+        gatehouse_port: u16,
+        upstream_port: u16,
+        client_cert: &Path,
+        client_key: &Path,
+    ) -> Self {
+        Self::start_with(
+            gatehouse_port,
+            upstream_port,
+            Some((client_cert, client_key)),
+        )
+    }
+
+    fn start_with(gatehouse_port: u16, upstream_port: u16, client: Option<(&Path, &Path)>) -> Self {
         let dir = TempDir::new("nginx-auth");
         let d = dir.path();
         std::fs::create_dir_all(d.join("tmp")).unwrap();
@@ -230,7 +249,7 @@ impl AuthRequestProxy {
     listen 127.0.0.1:{port};
     client_max_body_size 0;
     location /.gatehouse/ {{
-      proxy_pass http://127.0.0.1:{gatehouse_port};
+      proxy_pass {scheme}://127.0.0.1:{gatehouse_port};{ssl}
     }}
     # Only nginx itself asks.
     location = /.gatehouse/auth {{
@@ -238,7 +257,7 @@ impl AuthRequestProxy {
     }}
     location = /_gatehouse_auth {{
       internal;
-      proxy_pass http://127.0.0.1:{gatehouse_port}/.gatehouse/auth;
+      proxy_pass {scheme}://127.0.0.1:{gatehouse_port}/.gatehouse/auth;{ssl}
       proxy_pass_request_body off;
       proxy_set_header Content-Length "";
       proxy_set_header X-Original-URI $request_uri;
@@ -280,6 +299,12 @@ impl AuthRequestProxy {
 }}
 "#,
             head = conf_head(d),
+            scheme = if client.is_some() { "https" } else { "http" },
+            ssl = client.map_or(String::new(), |(c, k)| format!(
+                "\n      proxy_ssl_certificate {};\n      proxy_ssl_certificate_key {};\n      proxy_ssl_server_name on;\n      proxy_ssl_name gatehouse.test;",
+                c.display(),
+                k.display()
+            )),
         );
         let nginx = spawn_nginx(d, &conf, listener, "nginx-auth");
         Self {

@@ -318,3 +318,135 @@ fn caddy_forward_auth_decides_with_the_gateways_policy() {
     assert_eq!(status, 403, "{raw}");
     assert!(raw.contains("untrusted_front_proxy"), "{raw}");
 }
+
+/// A CA, a server certificate for `gatehouse.test` and client certificates with URI names, all
+/// signed by it, written to `dir`: (ca, server cert, server key, [(client cert, client key)]).
+fn pki(dir: &std::path::Path, clients: &[&str]) -> (String, String, String, Vec<(String, String)>) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
+    let write = |name: &str, text: String| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_string_lossy().into_owned()
+    };
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    // Distinct names: a leaf named like its issuer reads as self-signed.
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "Gatehouse test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let ca = write("ca.crt", ca_cert.pem());
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf = |sans: Vec<SanType>, cn: &str| {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.subject_alt_names = sans;
+        p.distinguished_name.push(DnType::CommonName, cn);
+        (
+            p.signed_by(&key, &issuer).unwrap().pem(),
+            key.serialize_pem(),
+        )
+    };
+    let (c, k) = leaf(
+        vec![SanType::DnsName("gatehouse.test".try_into().unwrap())],
+        "gatehouse.test",
+    );
+    let server = (write("server.crt", c), write("server.key", k));
+    let clients = clients
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let (c, k) = leaf(vec![SanType::URI((*name).try_into().unwrap())], name);
+            (
+                write(&format!("client{i}.crt"), c),
+                write(&format!("client{i}.key"), k),
+            )
+        })
+        .collect();
+    (ca, server.0, server.1, clients)
+}
+
+/// A front proxy trusted by the name in its client certificate, not by its address: nginx asks
+/// over TLS with its certificate; anyone else, with another certificate or none, is refused.
+#[test]
+fn a_front_proxy_is_trusted_by_its_client_certificate() {
+    let tmp = TempDir::new("forward-auth-mtls");
+    let (root, _) = repos(&tmp);
+    let upstream = GitHttpServer::start(&root);
+    let (ca, crt, key, clients) = pki(
+        tmp.path(),
+        &[
+            "spiffe://example.test/front/nginx",
+            "spiffe://example.test/intruder",
+        ],
+    );
+    let gw = builder()
+        .with_upstream_url(&upstream.url())
+        .policy(POLICY)
+        .server_extra(&format!(
+            "tls = {{ cert_file = \"{crt}\", key_file = \"{key}\", client_ca_file = \"{ca}\" }}"
+        ))
+        .extra(
+            "[forward_auth]\ntrusted_proxies = [\"10.9.8.7\"]\ntrusted_proxy_names = [\"spiffe://example.test/front/nginx\"]\nref_moves_in_body = \"decide_without_ref_rules\"\n",
+        )
+        .start();
+    let front = AuthRequestProxy::start_tls(
+        gw.port,
+        upstream.port,
+        std::path::Path::new(&clients[0].0),
+        std::path::Path::new(&clients[0].1),
+    );
+    let dev = gw.token("alice", &["dev"]);
+    let auth = format!("Bearer {dev}");
+
+    // Through the trusted nginx: decided, and the upstream sees the identity.
+    let (status, raw) = raw_http(front.port, "GET", "/_echo", &[("Authorization", &auth)]);
+    assert_eq!(status, 200, "{raw}");
+    assert!(raw.contains("user=alice;"), "{raw}");
+    let (git, work) = clone_demo(tmp.path(), &front.url(), &dev, "dev");
+    commit_file(&git, &work, "dev.txt", "from dev\n");
+    git.ok(&work, &["push", "-q", "origin", "HEAD:refs/heads/dev"]);
+
+    // Directly, with another certificate from the same CA, or with none: refused.
+    let ask = |cert: Option<&(String, String)>| {
+        let mut cmd = std::process::Command::new("curl");
+        cmd.args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--cacert",
+            &ca,
+        ])
+        .args([
+            "--resolve",
+            &format!("gatehouse.test:{}:127.0.0.1", gw.port),
+        ])
+        .args(["-H", &format!("Authorization: {auth}")])
+        .args(["-H", "X-Original-URI: /_echo"]);
+        if let Some((c, k)) = cert {
+            cmd.args(["--cert", c, "--key", k]);
+        }
+        let out = cmd
+            .arg(format!(
+                "https://gatehouse.test:{}/.gatehouse/auth",
+                gw.port
+            ))
+            .output()
+            .unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    assert_eq!(ask(Some(&clients[0])), "200");
+    assert_eq!(ask(Some(&clients[1])), "403");
+    assert_eq!(ask(None), "403");
+    let record = denial(&gw, "the intruder's question", |l| {
+        l.contains(r#""event":"forward_auth""#) && l.contains("untrusted_front_proxy")
+    });
+    assert!(record.contains(r#""decision":"deny""#), "{record}");
+}
