@@ -75,7 +75,7 @@ P_GA_GRPC=$((PORT_BASE + 11))  # Gatehouse (a)'s ext_authz gRPC service
 T_FETCH_RATIO=0.95
 T_P99_ADDED_MS=1
 T_RSS_MIB=64
-T_SSH_RATIO=0.8
+T_SSH_RATIO=0.85      # issue 17: the SSH fetch through Gatehouse >= 0.85 of direct
 T_CPU_VS_NGINX=1.8       # CPU per proxied request / nginx plain proxy's
 T_P99_VS_NGINX=2         # p99 at 16 connections / nginx plain proxy's
 T_FRONT_DOOR_CPU=0.5     # forward auth or ext_authz CPU per decision / CPU per proxied request

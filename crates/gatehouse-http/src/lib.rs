@@ -17,9 +17,12 @@ mod forward_auth;
 mod forwarded;
 mod metrics;
 mod pages;
+#[cfg(test)]
+mod phase_tests;
 mod pool;
 mod portal;
 mod proxy;
+mod push_refs;
 pub mod respond;
 mod route_refs;
 mod server;
@@ -27,6 +30,8 @@ mod ssh_cert;
 mod tls;
 mod tunnel;
 mod upstream;
+mod upstream_request;
+mod upstream_response;
 
 pub use admin::serve_admin;
 pub use body::Body;

@@ -14,14 +14,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use base64::Engine as _;
-use gatehouse_audit::{AuditPrincipal, AuditRecord, AuditRef, AuditSink};
+use gatehouse_audit::{AuditPrincipal, AuditRecord, AuditSink};
 use gatehouse_authn::{Authenticator, AuthnError, Credential};
 use gatehouse_config::{IdentityHeadersConfig, IpNet};
 use gatehouse_core::{Action, Clock, Principal, Redacted, Resource};
 use gatehouse_decide::Decider;
 use gatehouse_git::{
-    Classified, ForgeFlavor, GitService, LfsOperation, PushLimits, PushReader, RequestKind,
-    classify, lfs_batch_operation, refused_push_report,
+    Classified, ForgeFlavor, GitService, LfsOperation, PushLimits, RequestKind, classify,
+    lfs_batch_operation,
 };
 use gatehouse_policy::{AuthzRequest, RequestFacts};
 use gatehouse_session::Sessions;
@@ -29,16 +29,13 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
 
-use crate::body::{
-    Body, BodyEnd, BodyIdleTimeout, Coalesced, Counted, IdleLimited, Prefixed, full,
-};
+use crate::body::{Body, BodyEnd, BodyIdleTimeout, Coalesced, Counted, IdleLimited, full};
 use crate::forwarded::{
-    ClientHeaderFilter, TRACEPARENT, X_REQUEST_ID, client_ip, ip_text, request_id, set_forwarded,
-    strip_hop_by_hop, trace_context,
+    ClientHeaderFilter, X_REQUEST_ID, client_ip, ip_text, request_id, trace_context,
 };
 use crate::metrics::{ActionLabel, KindLabel, Metrics, RequestLabels};
 use crate::respond::{ClientKind, Refusal, typed_response};
-use crate::tunnel::{UpstreamUpgrade, switched_to_websocket, websocket_upgrade};
+use crate::tunnel::{UpstreamUpgrade, websocket_upgrade};
 use crate::upstream::{CallerInfo, Upstream, UpstreamError};
 
 /// The most of an LFS batch body read to decide between `lfs:read` and `lfs:write`.
@@ -366,7 +363,7 @@ fn request_host(req: &Request<Body>) -> Option<(Arc<str>, Option<u16>)> {
 /// `X-Forwarded-Host`: the host the client asked for, as [`request_host`] found it, with the
 /// port it named (the `Host` header's value, as nginx and other proxies send it). Empty when the
 /// request named no valid host.
-fn forwarded_host(host: &str, port: Option<u16>) -> Cow<'_, str> {
+pub(crate) fn forwarded_host(host: &str, port: Option<u16>) -> Cow<'_, str> {
     match port.filter(|_| !host.is_empty()) {
         Some(p) => Cow::Owned(format!("{host}:{p}")),
         None => Cow::Borrowed(host),
@@ -649,7 +646,7 @@ impl Gateway {
     /// Serves one request through every phase.
     pub(crate) async fn handle(
         self: Arc<Self>,
-        mut req: Request<hyper::body::Incoming>,
+        mut req: Request<Body>,
         conn: ConnInfo,
     ) -> Response<Body> {
         let started = tokio::time::Instant::now();
@@ -660,12 +657,7 @@ impl Gateway {
         let client_idle = self.settings.client_body_idle_timeout;
         let req = req.map(|b| {
             Counted::new(
-                IdleLimited::new(
-                    b.map_err(|e| Box::new(e) as crate::body::BoxError),
-                    "client",
-                    client_idle,
-                )
-                .boxed_unsync(),
+                IdleLimited::new(b, "client", client_idle).boxed_unsync(),
                 Some(bytes_in.clone()),
                 None,
             )
@@ -1015,8 +1007,8 @@ impl Gateway {
                 .authorize_refs(req, &principal, &c, adm, &method, rec, kind)
                 .await?
             {
-                RefCheck::Forward(req) => req,
-                RefCheck::Refused(resp) => return Ok(resp),
+                crate::push_refs::RefCheck::Forward(req) => req,
+                crate::push_refs::RefCheck::Refused(resp) => return Ok(resp),
             }
         } else {
             req
@@ -1031,67 +1023,10 @@ impl Gateway {
             None => req,
         };
 
-        // Phase 5: upstream request.
-        let (mut parts, body) = req.into_parts();
-        // A WebSocket handshake keeps its `Connection: upgrade` and `Upgrade: websocket`, which
-        // are hop-by-hop; any other upgrade is dropped here (see `tunnel`).
-        let headers = &mut parts.headers;
-        strip_hop_by_hop(headers);
-        if let Some(upgrade) = &adm.websocket {
-            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            headers.insert(header::UPGRADE, upgrade.clone());
-        }
-        // One pass over the request's few names finds the identity headers a client sent; a
-        // hashed removal of every name on the list would cost more when (as usual) none is there.
-        let sent: Vec<HeaderName> = headers
-            .keys()
-            .filter(|n| self.strip.drops(n))
-            .cloned()
-            .collect();
-        for n in sent {
-            headers.remove(n);
-        }
-        headers.remove(header::EXPECT);
-        // Gatehouse's own cookies are not the upstream's business.
-        if self.sessions.is_some() && headers.contains_key(header::COOKIE) {
-            let kept: Vec<String> = crate::portal::cookie_headers(headers)
-                .filter_map(gatehouse_session::without_own_cookies)
-                .collect();
-            headers.remove(header::COOKIE);
-            if !kept.is_empty()
-                && let Ok(v) = HeaderValue::from_str(&kept.join("; "))
-            {
-                headers.insert(header::COOKIE, v);
-            }
-        }
-        // HTTP/2 carries the host in :authority and an absolute-form HTTP/1.1 request names it in
-        // the URI (which wins over Host, RFC 9112 §3.2.2): the upstream gets the host that was
-        // classified, as a Host header.
-        if let Some(authority) = parts.uri.authority()
-            && let Ok(v) = HeaderValue::from_str(authority.as_str())
-        {
-            parts.headers.insert(header::HOST, v);
-        }
-        let headers = &mut parts.headers;
-        if !self.settings.identity.forward_authorization {
-            headers.remove(header::AUTHORIZATION);
-        }
-        self.set_identity(headers, &principal)
+        // Phase 5: upstream request (`upstream_request.rs`).
+        let (parts, body) = self
+            .upstream_request(req, &principal, adm, conn.tls, trusted_peer)
             .map_err(|r| (r, kind))?;
-        if let Ok(v) = HeaderValue::from_str(&adm.request_id) {
-            headers.insert(X_REQUEST_ID, v);
-        }
-        if let Ok(v) = HeaderValue::from_str(&adm.traceparent) {
-            headers.insert(TRACEPARENT, v);
-        }
-        set_forwarded(
-            headers,
-            &adm.peer_text,
-            &adm.client_text,
-            if conn.tls { "https" } else { "http" },
-            &forwarded_host(&adm.host, adm.port),
-            trusted_peer,
-        );
         let pq: Cow<'_, str> = match &c.forward_query {
             Some(q) => Cow::Owned(format!("{}?{q}", c.forward_path)),
             None => Cow::Borrowed(&c.forward_path),
@@ -1130,185 +1065,8 @@ impl Gateway {
             tracing::warn!(request_id = %adm.request_id, error = %e, "upstream request failed");
             (refusal, kind)
         })?;
-        let mut resp = resp;
-        let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS
-            && adm.websocket.is_some()
-            && switched_to_websocket(resp.headers());
-        let upstream_upgrade = switched.then(|| hyper::upgrade::on(&mut resp));
-        let (mut parts, body) = resp.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        // The upstream may not set (or replace) Gatehouse's own cookies.
-        if parts.headers.contains_key(header::SET_COOKIE) {
-            let kept: Vec<HeaderValue> = parts
-                .headers
-                .get_all(header::SET_COOKIE)
-                .iter()
-                .filter(|v| {
-                    !v.as_bytes()
-                        .trim_ascii_start()
-                        .starts_with(b"__Host-gatehouse-")
-                })
-                .cloned()
-                .collect();
-            parts.headers.remove(header::SET_COOKIE);
-            for v in kept {
-                parts.headers.append(header::SET_COOKIE, v);
-            }
-        }
-        if let (Some(upgrade), Some(on)) = (adm.websocket.clone(), upstream_upgrade) {
-            // The client's side switches once hyper has sent this head (see `handle`).
-            parts
-                .headers
-                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            parts.headers.insert(header::UPGRADE, upgrade);
-            parts.extensions.insert(UpstreamUpgrade::new(on));
-            return Ok(Response::from_parts(parts, full(bytes::Bytes::new())));
-        }
-        if parts.status == StatusCode::SWITCHING_PROTOCOLS {
-            // Switching to something the client did not ask for.
-            tracing::warn!(request_id = %adm.request_id, "upstream answered 101 without a WebSocket handshake to answer; refused");
-            parts.status = StatusCode::BAD_GATEWAY;
-        }
-        // A stall is counted and logged when the body ends (`Done::upstream_stalled`).
-        let body = IdleLimited::new(
-            Coalesced::new(body),
-            "upstream",
-            self.settings.upstream_body_idle_timeout,
-        );
-        Ok(Response::from_parts(parts, body.boxed_unsync()))
-    }
-}
-
-/// What the per-ref check decided.
-enum RefCheck {
-    /// Every ref is allowed: forward the request (its body unchanged).
-    Forward(Request<Body>),
-    /// At least one ref is refused: this is git's answer; nothing reaches the upstream.
-    Refused(Response<Body>),
-}
-
-impl Gateway {
-    /// Reads a push's command list, asks the policy about each ref, and either hands the request
-    /// on (with the bytes already read put back in front) or answers git itself.
-    #[allow(clippy::too_many_arguments)]
-    async fn authorize_refs(
-        &self,
-        req: Request<Body>,
-        principal: &Principal,
-        c: &Classified,
-        adm: &Admitted,
-        method: &str,
-        rec: &mut AuditRecord,
-        kind: ClientKind,
-    ) -> Result<RefCheck, (Refusal, ClientKind)> {
-        let bad = |code: &'static str, detail: String| (Refusal::BadRequest { code, detail }, kind);
-        if req
-            .headers()
-            .get(header::CONTENT_ENCODING)
-            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
-        {
-            return Err(bad(
-                "compressed_push",
-                "compressed push requests are not supported; Gatehouse must read the ref updates"
-                    .into(),
-            ));
-        }
-        let (parts, mut body) = req.into_parts();
-        // Every byte read is kept, to be put back in front of the body; the reader looks at each
-        // once (the list is bounded by `push_limits`).
-        let mut buf = bytes::BytesMut::new();
-        let mut reader = PushReader::new(self.settings.push_limits);
-        while !reader.is_done() {
-            match body.frame().await {
-                Some(Ok(f)) => {
-                    if let Some(d) = f.data_ref() {
-                        buf.extend_from_slice(d);
-                        if let Err(e) = reader.feed(d) {
-                            // A little of what the client is still sending is read and dropped,
-                            // so that a client that writes its whole body before reading (git)
-                            // gets the answer rather than a reset connection.
-                            drain(&mut body, DRAIN_AFTER_REFUSAL).await;
-                            return Err(bad("bad_push_commands", e.to_string()));
-                        }
-                    }
-                }
-                Some(Err(e)) if e.is::<BodyIdleTimeout>() => {
-                    return Err((Refusal::RequestTimeout, kind));
-                }
-                Some(Err(_)) | None => break,
-            }
-        }
-        let push = reader
-            .finish()
-            .map_err(|e| bad("bad_push_commands", e.to_string()))?;
-        let decisions = self.decider.push_refs(
-            principal,
-            &c.resource,
-            RequestFacts {
-                source_ip: adm.client,
-                method,
-                host: &adm.host,
-                wiki: c.wiki,
-                via: c.via,
-                git_ref: None,
-            },
-            &push,
-        );
-        rec.refs = Some(
-            push.updates
-                .iter()
-                .zip(&decisions.per_ref)
-                .map(|(u, d)| AuditRef::decided(&u.name, u.op().as_str(), &u.old, &u.new, d))
-                .collect(),
-        );
-        let refused = decisions.refused();
-        let Some(denial) = decisions.first_denial() else {
-            return Ok(RefCheck::Forward(Request::from_parts(
-                parts,
-                Prefixed::new(buf.freeze(), body).boxed_unsync(),
-            )));
-        };
-        rec.decision = Some("deny");
-        rec.policy = Some(denial.deciding_policy());
-        rec.reason = Some(denial.reason.clone());
-        // Read (and drop) the pack the client is sending, so that it gets the answer rather than
-        // a broken connection.
-        while let Some(Ok(_)) = body.frame().await {}
-        if !push.wants_report() {
-            let (i, reason) = &refused[0];
-            let name = push.updates.get(*i).map_or("", |u| u.name.as_str());
-            return Err((
-                Refusal::Forbidden {
-                    reason: reason.clone(),
-                    what: format!(
-                        "push to {name} of {}",
-                        describe(Action::GitWrite, &c.resource)
-                    ),
-                },
-                kind,
-            ));
-        }
-        let resp = typed_response(
-            StatusCode::OK,
-            refused_push_report(&push, &refused),
-            "application/x-git-receive-pack-result",
-            "no-cache, max-age=0, must-revalidate",
-        );
-        Ok(RefCheck::Refused(resp))
-    }
-}
-
-/// At most this much of a refused push's body is read (and dropped) before the refusal is sent.
-const DRAIN_AFTER_REFUSAL: u64 = 8 * 1024 * 1024;
-
-/// Reads and drops up to `limit` more bytes of `body`, stopping at its end or on an error.
-async fn drain(body: &mut Body, limit: u64) {
-    let mut seen = 0u64;
-    while seen < limit {
-        match body.frame().await {
-            Some(Ok(f)) => seen += f.data_ref().map_or(0, |d| d.len() as u64),
-            _ => break,
-        }
+        // Phase 6b: the upstream's answer, as the client gets it (`upstream_response.rs`).
+        Ok(self.upstream_response(resp, adm))
     }
 }
 

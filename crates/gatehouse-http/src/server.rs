@@ -254,7 +254,13 @@ async fn serve_conn<T>(
         // Boxing erases the handler's future type, which keeps the compiler's higher-ranked
         // lifetime inference out of hyper's `Send` and `Into<BoxError>` bounds.
         let fut: Pin<Box<dyn Future<Output = http::Response<crate::body::Body>> + Send>> =
-            Box::pin(gateway.handle(req, info.clone()));
+            Box::pin(gateway.handle(
+                req.map(|b: hyper::body::Incoming| {
+                    b.map_err(|e| Box::new(e) as crate::body::BoxError)
+                        .boxed_unsync()
+                }),
+                info.clone(),
+            ));
         async move {
             let resp = fut.await;
             Ok::<_, std::convert::Infallible>(resp.map(move |b| {
