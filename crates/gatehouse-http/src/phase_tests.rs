@@ -438,12 +438,13 @@ fn admitted() -> crate::proxy::Admitted {
 async fn phase5_the_upstream_gets_gatehouses_identity_and_nothing_the_client_claimed() {
     let h = harness("p5");
     let token = h.token(&["dev"]);
-    let principal = h
-        .gw
-        .decider()
-        .caller(&gatehouse_authn::Credential::Bearer(Redacted::new(token.clone())))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let principal =
+        h.gw.decider()
+            .caller(&gatehouse_authn::Credential::Bearer(Redacted::new(
+                token.clone(),
+            )))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
     let req: Request<Body> = Request::builder()
         .uri("/acme/api.git/info/refs?service=git-upload-pack")
         .header("host", "git.example")
@@ -457,10 +458,9 @@ async fn phase5_the_upstream_gets_gatehouses_identity_and_nothing_the_client_cla
         .header("x-forwarded-for", "203.0.113.9")
         .body(full(bytes::Bytes::new()))
         .unwrap_or_else(|e| panic!("{e}"));
-    let (parts, _) = h
-        .gw
-        .upstream_request(req, &principal, &admitted(), false, false)
-        .unwrap_or_else(|e| panic!("{e:?}"));
+    let (parts, _) =
+        h.gw.upstream_request(req, &principal, &admitted(), false, false)
+            .unwrap_or_else(|e| panic!("{e:?}"));
     let hd = &parts.headers;
     assert_eq!(hd["x-webauth-user"], "alice");
     assert_eq!(hd.get_all("x-webauth-user").iter().count(), 1);

@@ -402,36 +402,6 @@ impl Gateway {
         }
     }
 
-    /// Who is calling a Gatehouse endpoint: the `Authorization` credential, else the browser
-    /// session (with it). `None` when neither is presented.
-    async fn caller(
-        &self,
-        headers: &HeaderMap,
-        adm: &Admitted,
-        kind: ClientKind,
-    ) -> Result<Option<(Arc<Principal>, Option<ActiveSession>)>, (Refusal, ClientKind)> {
-        let refused = |error| {
-            (
-                Refusal::Unauthenticated {
-                    error,
-                    presented: true,
-                },
-                kind,
-            )
-        };
-        match crate::proxy::credential(headers) {
-            Err(e) => Err(refused(e)),
-            Ok(Some(cred)) => {
-                let p = self.decider.authenticate(&cred).await.map_err(refused)?;
-                Ok(Some((p, None)))
-            }
-            Ok(None) => Ok(self
-                .session_of(headers, &adm.request_id)
-                .await?
-                .map(|s| (Arc::new(s.principal.clone()), Some(s)))),
-        }
-    }
-
     /// Signs an SSH user certificate for the caller's public key (`gatehouse ssh-cert`). The
     /// caller authenticates like any API client (bearer token, or a browser session).
     async fn ssh_cert(
@@ -461,12 +431,10 @@ impl Gateway {
             rec.decision = Some("deny");
             return Err((refusal, kind));
         }
-        let principal = match self.caller(req.headers(), adm, kind).await? {
+        let principal = match self.identify(req.headers(), adm, rec, kind, true).await? {
             Some((p, _)) => p,
             None => return Err(missing(kind)),
         };
-        let principal = self.enrich(principal, adm, kind).await?;
-        rec.principal = Some(AuditPrincipal::of(&principal));
         let body = crate::proxy::read_limited(req.into_body(), 16 * 1024)
             .await
             .map_err(|r| (r, kind))?;
@@ -543,7 +511,7 @@ impl Gateway {
     ) -> Result<Response<Body>, (Refusal, ClientKind)> {
         let html = wants_html(headers);
         let kind = ClientKind::Api;
-        let Some((principal, session)) = self.caller(headers, adm, kind).await? else {
+        let Some((principal, session)) = self.identify(headers, adm, rec, kind, true).await? else {
             if html && let Some(sessions) = &self.sessions {
                 rec.decision = Some("deny");
                 rec.reason = Some("login_required".into());
@@ -551,8 +519,6 @@ impl Gateway {
             }
             return Err(missing(kind));
         };
-        let principal = self.enrich(principal, adm, kind).await?;
-        rec.principal = Some(AuditPrincipal::of(&principal));
         let repos = self.reachable_repos(&principal, adm).await;
         let links = self.reachable_links(&principal, adm);
         let now = self.clock.now().as_secs();

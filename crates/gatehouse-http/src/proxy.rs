@@ -24,7 +24,7 @@ use gatehouse_git::{
     lfs_batch_operation,
 };
 use gatehouse_policy::{AuthzRequest, RequestFacts};
-use gatehouse_session::Sessions;
+use gatehouse_session::{ActiveSession, Sessions};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
@@ -478,18 +478,19 @@ impl Gateway {
         self
     }
 
-    /// Phase 3 for every HTTP front door (the gateway, forward auth): the caller of a classified
-    /// request named by its credential (`Authorization`) or, on a web route without one, by its
-    /// session cookie, with its forge groups, and put on the record. `None` when the request
-    /// carries neither (`rec.authn_error` says so; the front door answers it).
-    pub(crate) async fn request_caller(
+    /// Phase 3 for every HTTP front door (the gateway, forward auth, Envoy's checks) and for
+    /// Gatehouse's own endpoints: the caller named by its credential (`Authorization`) or, where
+    /// `sessions` allows it, by its session cookie (returned too), with its forge groups, and
+    /// put on the record. `None` when the request carries neither (`rec.authn_error` says so;
+    /// the front door answers it).
+    pub(crate) async fn identify(
         &self,
         h: &HeaderMap,
-        c: &Classified,
         adm: &Admitted,
         rec: &mut AuditRecord,
         kind: ClientKind,
-    ) -> Result<Option<Arc<Principal>>, (Refusal, ClientKind)> {
+        sessions: bool,
+    ) -> Result<Option<(Arc<Principal>, Option<ActiveSession>)>, (Refusal, ClientKind)> {
         let cred = credential(h).map_err(|e| {
             self.metrics
                 .authn_failures
@@ -504,23 +505,42 @@ impl Gateway {
                 kind,
             )
         })?;
-        // Sessions are for browsers on web routes: git, LFS and API clients never carry cookies, so
-        // a cookie there could only come from a browser tricked into sending it.
-        let session = match &cred {
-            None if c.kind == RequestKind::Web => self.session_of(h, &adm.request_id).await?,
-            _ => None,
-        };
-        let principal = match (session, cred) {
-            (Some(s), _) => Arc::new(s.principal),
-            (None, Some(cred)) => self.authenticate(&cred, adm, rec, kind).await?,
-            (None, None) => {
-                rec.authn_error = Some(AuthnError::Missing.code());
-                return Ok(None);
-            }
+        let (principal, session) = match cred {
+            Some(cred) => (self.authenticate(&cred, adm, rec, kind).await?, None),
+            None => match sessions {
+                true => match self.session_of(h, &adm.request_id).await? {
+                    Some(s) => (Arc::new(s.principal.clone()), Some(s)),
+                    None => {
+                        rec.authn_error = Some(AuthnError::Missing.code());
+                        return Ok(None);
+                    }
+                },
+                false => {
+                    rec.authn_error = Some(AuthnError::Missing.code());
+                    return Ok(None);
+                }
+            },
         };
         let principal = self.enrich(principal, adm, kind).await?;
         rec.principal = Some(AuditPrincipal::of(&principal));
-        Ok(Some(principal))
+        Ok(Some((principal, session)))
+    }
+
+    /// [`Self::identify`] for a classified request: sessions are for browsers on web routes
+    /// (git, LFS and API clients never carry cookies, so a cookie there could only come from a
+    /// browser tricked into sending it).
+    pub(crate) async fn request_caller(
+        &self,
+        h: &HeaderMap,
+        c: &Classified,
+        adm: &Admitted,
+        rec: &mut AuditRecord,
+        kind: ClientKind,
+    ) -> Result<Option<Arc<Principal>>, (Refusal, ClientKind)> {
+        Ok(self
+            .identify(h, adm, rec, kind, c.kind == RequestKind::Web)
+            .await?
+            .map(|(p, _)| p))
     }
 
     /// Sets the identity headers that tell the forge who the caller is (`[identity_headers]`:
