@@ -8,6 +8,45 @@ use gatehouse_testkit::{AuthRequestProxy, GitHttpServer, TempDir, raw_http};
 
 use crate::common::{POLICY, builder, clone_demo, commit_file, denial, head_of, repos};
 
+/// Clones demo/hello from `base` with no credential configured: git must be asked for one
+/// (through `GIT_ASKPASS`, which answers `user` and `token`) after the front proxy passes
+/// Gatehouse's challenge on. Returns the git client and work tree, and the prompts git showed.
+fn clone_when_prompted(
+    tmp: &std::path::Path,
+    base: &str,
+    user: &str,
+    token: &str,
+    name: &str,
+) -> (gatehouse_testkit::Git, std::path::PathBuf, String) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let askpass = tmp.join(format!("askpass-{name}.sh"));
+    let asked = tmp.join(format!("asked-{name}"));
+    std::fs::write(
+        &askpass,
+        format!(
+            "#!/bin/sh\necho \"$1\" >> '{}'\ncase \"$1\" in Username*) echo {user} ;; *) echo '{token}' ;; esac\n",
+            asked.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&askpass, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let git = gatehouse_testkit::Git::new(&tmp.join(format!("home-{name}")))
+        .env("GIT_ASKPASS", &askpass.to_string_lossy())
+        .env("GIT_TERMINAL_PROMPT", "0");
+    let work = tmp.join(name);
+    git.ok(
+        tmp,
+        &[
+            "clone",
+            "-q",
+            &format!("{base}/demo/hello.git"),
+            &work.to_string_lossy(),
+        ],
+    );
+    let prompts = std::fs::read_to_string(&asked).unwrap_or_default();
+    (git, work, prompts)
+}
+
 #[test]
 fn nginx_auth_request_decides_with_the_gateways_policy() {
     let tmp = TempDir::new("forward-auth");
@@ -50,7 +89,10 @@ fn nginx_auth_request_decides_with_the_gateways_policy() {
     git.ok(&work, &["push", "-q", "origin", "HEAD:refs/heads/dev"]);
     assert!(!head_of(&bare, "dev").is_empty());
 
-    // Without credentials git is asked for them: the challenge comes through the front proxy.
+    // Without credentials git is asked for them: the challenge comes through the front proxy,
+    // and git clones with a token as the password.
+    let (_, _, prompts) = clone_when_prompted(tmp.path(), &front.url(), "ci-bot", &ci, "prompted");
+    assert!(prompts.contains("Password"), "git was not asked: {prompts}");
     let (status, raw) = raw_http(
         front.port,
         "GET",
@@ -203,8 +245,7 @@ fn nginx_auth_request_decides_with_the_gateways_policy() {
 /// The same with real Caddy (`forward_auth`, the Caddyfile of docs/forward-auth.md).
 #[test]
 fn caddy_forward_auth_decides_with_the_gateways_policy() {
-    use gatehouse_testkit::{CaddyForwardAuth, Git};
-    use std::os::unix::fs::PermissionsExt as _;
+    use gatehouse_testkit::CaddyForwardAuth;
 
     let tmp = TempDir::new("caddy-forward-auth");
     let (root, _) = repos(&tmp);
@@ -223,31 +264,8 @@ fn caddy_forward_auth_decides_with_the_gateways_policy() {
 
     // git is asked for credentials through Caddy (the challenge comes back as Gatehouse sent
     // it) and clones with a token as the password.
-    let askpass = tmp.path().join("askpass.sh");
-    let asked = tmp.path().join("asked");
-    std::fs::write(
-        &askpass,
-        format!(
-            "#!/bin/sh\necho \"$1\" >> '{}'\ncase \"$1\" in Username*) echo ci-bot ;; *) echo '{ci}' ;; esac\n",
-            asked.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&askpass, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let git = Git::new(&tmp.path().join("home-prompted"))
-        .env("GIT_ASKPASS", &askpass.to_string_lossy())
-        .env("GIT_TERMINAL_PROMPT", "0");
-    let work = tmp.path().join("prompted");
-    git.ok(
-        tmp.path(),
-        &[
-            "clone",
-            "-q",
-            &format!("{}/demo/hello.git", front.url()),
-            &work.to_string_lossy(),
-        ],
-    );
-    let prompts = std::fs::read_to_string(&asked).unwrap_or_default();
+    let (git, work, prompts) =
+        clone_when_prompted(tmp.path(), &front.url(), "ci-bot", &ci, "prompted");
     assert!(prompts.contains("Password"), "git was not asked: {prompts}");
 
     // The reader is refused a push; nothing reaches the upstream.
