@@ -31,7 +31,7 @@
 #   BENCH_WRK_SECS   seconds per wrk run (default 10; quick 3)
 #   BENCH_PACED_PAIRS paced direct/Gatehouse pairs for the p99 target, judged on their median
 #                    (default 5; quick 2)
-#   BENCH_PORT_BASE  first of fourteen loopback ports used (default 19480)
+#   BENCH_PORT_BASE  first of sixteen loopback ports used (default 19480)
 #   BENCH_TIMEOUT    the run (after the build) is stopped after this many seconds (default 600)
 #
 # Needs git, curl, python3, nginx, fcgiwrap, wrk; when one is missing, scripts/install-deps.sh
@@ -72,6 +72,8 @@ P_NPX=$((PORT_BASE + 10))  # nginx as a plain reverse proxy in front of the fast
 P_GA_GRPC=$((PORT_BASE + 11))  # Gatehouse (a)'s ext_authz gRPC service
 P_GD=$((PORT_BASE + 12))   # Gatehouse (a) with the default worker threads
 P_GD_ADMIN=$((PORT_BASE + 13))
+P_GT=$((PORT_BASE + 14))   # Gatehouse (a) with thread-per-core serving, default threads
+P_GT_ADMIN=$((PORT_BASE + 15))
 
 # Targets: what the results file marks PASS or MISS.
 T_FETCH_RATIO=0.95
@@ -86,7 +88,7 @@ log() { printf '[bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 # ---------------------------------------------------------------- processes and cleanup
-FAST_PID="" NPX_PID="" GA_PID="" GB_PID="" GC_PID="" GD_PID="" SSHD_PID="" SAMPLER_PID="" WD_PID="" GIT_STATE=""
+FAST_PID="" NPX_PID="" GA_PID="" GB_PID="" GC_PID="" GD_PID="" GT_PID="" SSHD_PID="" SAMPLER_PID="" WD_PID="" GIT_STATE=""
 RUN=$WORK/run
 
 stop_pid() { # PID...: TERM, wait up to 5 s, then KILL
@@ -107,7 +109,7 @@ cleanup() {
   trap - EXIT INT TERM
   set +e
   stop_pid "$SAMPLER_PID"
-  stop_pid "$GA_PID" "$GB_PID" "$GC_PID" "$GD_PID" "$SSHD_PID" "$NPX_PID" "$FAST_PID"
+  stop_pid "$GA_PID" "$GB_PID" "$GC_PID" "$GD_PID" "$GT_PID" "$SSHD_PID" "$NPX_PID" "$FAST_PID"
   [ -n "$GIT_STATE" ] && "$BENCH/git-http.sh" stop "$GIT_STATE"
   [ -n "$WD_PID" ] && kill -TERM "$WD_PID" 2>/dev/null && wait "$WD_PID" 2>/dev/null
   [ "$rc" = 0 ] || log "failed (exit $rc); logs in ${RUN#"$ROOT"/}/"
@@ -177,7 +179,7 @@ WD_PID=$!
 T_START=$(date +%s)
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for p in "$P_FAST" "$P_GIT" "$P_GA" "$P_GA_ADMIN" "$P_GB" "$P_GB_ADMIN" "$P_NPX" "$P_GA_GRPC" "$P_GD" "$P_GD_ADMIN"; do
+for p in "$P_FAST" "$P_GIT" "$P_GA" "$P_GA_ADMIN" "$P_GB" "$P_GB_ADMIN" "$P_NPX" "$P_GA_GRPC" "$P_GD" "$P_GD_ADMIN" "$P_GT" "$P_GT_ADMIN"; do
   ! port_busy "$p" || die "port $p is in use (set BENCH_PORT_BASE)"
 done
 
@@ -509,6 +511,19 @@ run_wrk gatehouse-default-c16 16 "http://127.0.0.1:$P_GD/ping" "$GD_PID" -H "$AU
 GD16=("$W_RPS" "$W_P50" "$W_P99" "$W_CPU_US" "${W_ERRORS:-none}")
 stop_pid "$GD_PID"
 GD_PID=""
+# ... and thread per core: one single-threaded runtime per CPU, each accepting.
+write_config "$GH/t.toml" "$P_GT" "$P_GT_ADMIN" "http://127.0.0.1:$P_FAST" audit-t.log
+sed -i 's/^worker_threads = 1$/threading = "thread_per_core"/' "$GH/t.toml"
+start_gatehouse t "$GH/t.toml"
+GT_PID=$GH_STARTED
+wait_http "http://127.0.0.1:$P_GT_ADMIN/readyz" "$GT_PID" "Gatehouse (thread per core)"
+sleep 1
+run_wrk gatehouse-tpc-c16 16 "http://127.0.0.1:$P_GT/ping" "$GT_PID" -H "$AUTH"
+GT16=("$W_RPS" "$W_P50" "$W_P99" "$W_CPU_US" "${W_ERRORS:-none}")
+stop_pid "$GT_PID"
+GT_PID=""
+P99_TPC_VS_NGINX=$(calc "%.3f" "${GT16[2]} / ${N16[2]}")
+V_P99_TPC=$(verdict "$P99_TPC_VS_NGINX <= $T_P99_VS_NGINX")
 P99_DEFAULT_VS_NGINX=$(calc "%.3f" "${GD16[2]} / ${N16[2]}")
 V_P99_DEFAULT=$(verdict "$P99_DEFAULT_VS_NGINX <= $T_P99_VS_NGINX")
 
@@ -815,6 +830,7 @@ $SSH_TARGET_ROW
 | CPU per proxied request <= ${T_CPU_VS_NGINX}x nginx as a plain proxy's (16 connections, (a)) | ${CPU_VS_NGINX}x (${G16[3]} / ${N16[3]} us) | $V_CPU_NGINX |
 | p99 at 16 connections <= ${T_P99_VS_NGINX}x nginx as a plain proxy's ((a), \`worker_threads = 1\`) | ${P99_VS_NGINX}x (${G16[2]} / ${N16[2]} ms) | $V_P99_NGINX |
 | the same with Gatehouse's default settings (worker threads: one per core) | ${P99_DEFAULT_VS_NGINX}x (${GD16[2]} / ${N16[2]} ms) | $V_P99_DEFAULT |
+| the same with \`threading = "thread_per_core"\` (one runtime per core) | ${P99_TPC_VS_NGINX}x (${GT16[2]} / ${N16[2]} ms) | $V_P99_TPC |
 | forward-auth decision CPU <= $T_FRONT_DOOR_CPU of a proxied request's ((e)) | $FA_CPU_RATIO (${FA16[3]} / ${G16[3]} us) | $V_FA |
 | ext_authz Check CPU <= $T_FRONT_DOOR_CPU of a proxied request's ((e)) | $EA_CPU_RATIO (${EA16[3]} / ${G16[3]} us) | $V_EA |
 
@@ -835,6 +851,7 @@ CPU per request is the server process's user+system time over the run divided by
 | through Gatehouse | 4 | ${G4[0]} | ${G4[1]} | ${G4[2]} | ${G4[3]} us | ${G4[4]} |
 | reference: nginx as a plain proxy | 16 | ${N16[0]} | ${N16[1]} | ${N16[2]} | ${N16[3]} us | ${N16[4]} |
 | through Gatehouse, default worker threads | 16 | ${GD16[0]} | ${GD16[1]} | ${GD16[2]} | ${GD16[3]} us | ${GD16[4]} |
+| through Gatehouse, thread per core (default threads) | 16 | ${GT16[0]} | ${GT16[1]} | ${GT16[2]} | ${GT16[3]} us | ${GT16[4]} |
 
 - At 16 connections Gatehouse serves $RPS_RATIO of direct's req/s and adds $P50_ADDED_16 ms at p50, $P99_ADDED_16 ms at p99.
   At 4 connections the p99 difference is $P99_ADDED_C4 ms.

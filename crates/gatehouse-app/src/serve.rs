@@ -492,6 +492,10 @@ pub(crate) async fn run(
         idle_timeout: cfg.server.idle_timeout.0,
         shutdown_grace: cfg.server.shutdown_grace.0,
         max_header_bytes: cfg.server.max_header_bytes,
+        extra_accept_threads: match cfg.server.threading {
+            gatehouse_config::Threading::WorkStealing => 0,
+            gatehouse_config::Threading::ThreadPerCore => threads(&cfg).saturating_sub(1),
+        },
     };
     gatehouse_http::serve(listener, server_tls, gateway, opts, shutdown_signal()).await?;
     let _ = stop_tx.send(true);
@@ -516,8 +520,16 @@ pub(crate) fn run_blocking(
 ) -> Result<()> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all().thread_name("gatehouse");
-    if cfg.server.worker_threads > 0 {
-        builder.worker_threads(cfg.server.worker_threads);
+    match cfg.server.threading {
+        // One worker here (background work and one accept loop); the others run their own.
+        gatehouse_config::Threading::ThreadPerCore => {
+            builder.worker_threads(1);
+        }
+        gatehouse_config::Threading::WorkStealing => {
+            if cfg.server.worker_threads > 0 {
+                builder.worker_threads(cfg.server.worker_threads);
+            }
+        }
     }
     let rt = builder.build()?;
     let result = rt.block_on(run(cfg, config_path, inherited, on_ready));
@@ -570,5 +582,13 @@ impl gatehouse_http::SshCertIssuer for SshCerts {
             known_hosts: self.0.known_hosts_line(),
             host_key_fingerprint: fingerprint,
         })
+    }
+}
+
+/// The threads that serve requests: `server.worker_threads`, or one per CPU.
+fn threads(cfg: &Config) -> usize {
+    match cfg.server.worker_threads {
+        0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+        n => n,
     }
 }

@@ -178,6 +178,22 @@ pub struct ServerConfig {
     /// Runtime worker threads; 0 means one per CPU.
     #[serde(default)]
     pub worker_threads: usize,
+    /// How requests are spread over those threads: `work_stealing` (one runtime whose workers
+    /// take each other's tasks) or `thread_per_core` (each thread its own runtime, accepting on
+    /// the listener; a connection stays on the thread that accepted it).
+    #[serde(default)]
+    pub threading: Threading,
+}
+
+/// `server.threading`
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Threading {
+    /// One multi-threaded, work-stealing runtime.
+    #[default]
+    WorkStealing,
+    /// One single-threaded runtime per thread, each accepting connections.
+    ThreadPerCore,
 }
 
 /// `[server.tls]`

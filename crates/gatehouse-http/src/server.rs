@@ -39,6 +39,10 @@ pub struct ServeOptions {
     pub shutdown_grace: Duration,
     /// Largest request head.
     pub max_header_bytes: usize,
+    /// Threads that each run their own single-threaded runtime and accept on the same
+    /// listener besides the caller's runtime (thread per core: a connection stays on the
+    /// thread that accepted it). `0`: the caller's runtime alone.
+    pub extra_accept_threads: usize,
 }
 
 /// When a connection last started or finished a request, and how many of its requests are
@@ -99,6 +103,23 @@ pub async fn serve(
     let gateway_for_tunnels = gateway.clone();
     let (stop_tx, stop_rx) = watch::channel(false);
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
+    let listener = if opts.extra_accept_threads > 0 {
+        let std_listener = listener.into_std()?;
+        for i in 0..opts.extra_accept_threads {
+            spawn_accept_thread(
+                i,
+                std_listener.try_clone()?,
+                acceptor.clone(),
+                gateway.clone(),
+                opts,
+                stop_rx.clone(),
+                alive_tx.clone(),
+            )?;
+        }
+        TcpListener::from_std(std_listener)?
+    } else {
+        listener
+    };
     let mut accept = tokio::spawn(accept_loop(
         listener, acceptor, gateway, opts, stop_rx, alive_tx,
     ));
@@ -129,6 +150,48 @@ pub async fn serve(
         tracing::warn!("shutdown grace period over; closing remaining connections");
     }
     result
+}
+
+/// A thread with its own single-threaded runtime accepting on a clone of the listener: the
+/// connections it accepts are served on it alone, with no hand-off between threads. It holds a
+/// clone of `alive` until its own connections have ended (or the grace is over), so that
+/// `serve`'s drain waits for them too.
+fn spawn_accept_thread(
+    i: usize,
+    listener: std::net::TcpListener,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    gateway: Arc<Gateway>,
+    opts: ServeOptions,
+    stop: watch::Receiver<bool>,
+    alive: mpsc::Sender<()>,
+) -> io::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name(format!("gatehouse-accept-{i}"))
+        .spawn(move || {
+            rt.block_on(async move {
+                let listener = match TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(error = %e, "an accept thread could not take the listener");
+                        return;
+                    }
+                };
+                let (local_tx, mut local_rx) = mpsc::channel::<()>(1);
+                let mut stop_for_drain = stop.clone();
+                if let Err(e) = accept_loop(listener, acceptor, gateway, opts, stop, local_tx).await
+                {
+                    tracing::error!(error = %e, "an accept thread stopped accepting");
+                }
+                // Its connections end on this runtime: wait for them, within the grace.
+                let _ = stop_for_drain.wait_for(|s| *s).await;
+                let _ = tokio::time::timeout(opts.shutdown_grace, local_rx.recv()).await;
+                drop(alive);
+            });
+        })?;
+    Ok(())
 }
 
 /// Accepts connections until `stop` turns true; each connection holds a clone of `alive`, so

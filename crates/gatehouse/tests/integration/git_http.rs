@@ -223,3 +223,55 @@ fn a_forge_on_a_unix_socket_gets_clones_pushes_and_only_gatehouse_identity() {
     let (s, ready) = raw_http(gw.admin_port, "GET", "/readyz", &[]);
     assert_eq!(s, 200, "{ready}");
 }
+
+/// `server.threading = "thread_per_core"`: several threads, each its own runtime accepting on
+/// the listener, serve clones, pushes and concurrent requests alike, and drain on SIGTERM.
+#[test]
+fn thread_per_core_serves_and_drains_like_the_default() {
+    let tmp = TempDir::new("tpc");
+    let (root, _) = repos(&tmp);
+    let mut gw = builder()
+        .with_builtin_upstream(&root)
+        .policy(POLICY)
+        .server_extra("threading = \"thread_per_core\"\nworker_threads = 3")
+        .start();
+    let alice = gw.token("alice", &["dev"]);
+    let (git, work) = clone_demo(tmp.path(), &gw.url(), &alice, "tpc-clone");
+    commit_file(&git, &work, "t.txt", "thread per core\n");
+    git.ok(&work, &["push", "-q", "origin", "main"]);
+    assert_eq!(
+        head_of(&root.join("demo/hello.git"), "main"),
+        local_head(&git, &work)
+    );
+    // Many connections at once: they land on the several accept threads.
+    let auth = format!("Bearer {alice}");
+    let port = gw.port;
+    let handles: Vec<_> = (0..24)
+        .map(|_| {
+            let auth = auth.clone();
+            std::thread::spawn(move || {
+                raw_http(
+                    port,
+                    "GET",
+                    "/demo/hello.git/info/refs?service=git-upload-pack",
+                    &[("Authorization", &auth)],
+                )
+                .0
+            })
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().unwrap(), 200);
+    }
+    let threads = std::fs::read_dir(format!("/proc/{}/task", gw.pid()))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|c| c.starts_with("gatehouse-accep"))
+        .count();
+    assert_eq!(threads, 2, "two accept threads besides the main runtime's");
+    gw.signal("TERM");
+    let status = gw
+        .wait_exit(std::time::Duration::from_secs(15))
+        .expect("gatehouse did not stop on SIGTERM");
+    assert!(status.success(), "{status:?}");
+}
