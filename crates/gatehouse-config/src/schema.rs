@@ -190,9 +190,11 @@ pub struct ServerConfig {
 #[serde(rename_all = "snake_case")]
 pub enum Threading {
     /// One multi-threaded, work-stealing runtime.
-    #[default]
     WorkStealing,
-    /// One single-threaded runtime per thread, each accepting connections.
+    /// One single-threaded runtime per thread, each accepting connections: the default, since
+    /// it holds the tail where work stealing does not (bench/results, 2026-12-07: p99 0.78 ms
+    /// against 4.21 ms at 16 connections on 2 shared cores, and 22% less CPU per request).
+    #[default]
     ThreadPerCore,
 }
 

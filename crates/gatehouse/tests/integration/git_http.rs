@@ -224,16 +224,23 @@ fn a_forge_on_a_unix_socket_gets_clones_pushes_and_only_gatehouse_identity() {
     assert_eq!(s, 200, "{ready}");
 }
 
-/// `server.threading = "thread_per_core"`: several threads, each its own runtime accepting on
-/// the listener, serve clones, pushes and concurrent requests alike, and drain on SIGTERM.
+/// Both `server.threading` modes (thread per core, the default: several threads, each its own
+/// runtime accepting on the listener; and the work-stealing runtime) serve clones, pushes and
+/// concurrent requests alike, and drain on SIGTERM.
 #[test]
-fn thread_per_core_serves_and_drains_like_the_default() {
-    let tmp = TempDir::new("tpc");
+fn both_threading_modes_serve_and_drain() {
+    for (mode, accept_threads) in [("thread_per_core", 2), ("work_stealing", 0)] {
+        serves_and_drains(mode, accept_threads);
+    }
+}
+
+fn serves_and_drains(mode: &str, accept_threads: usize) {
+    let tmp = TempDir::new(&format!("threading-{mode}"));
     let (root, _) = repos(&tmp);
     let mut gw = builder()
         .with_builtin_upstream(&root)
         .policy(POLICY)
-        .server_extra("threading = \"thread_per_core\"\nworker_threads = 3")
+        .server_extra(&format!("threading = \"{mode}\"\nworker_threads = 3"))
         .start();
     let alice = gw.token("alice", &["dev"]);
     let (git, work) = clone_demo(tmp.path(), &gw.url(), &alice, "tpc-clone");
@@ -268,10 +275,13 @@ fn thread_per_core_serves_and_drains_like_the_default() {
         .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
         .filter(|c| c.starts_with("gatehouse-accep"))
         .count();
-    assert_eq!(threads, 2, "two accept threads besides the main runtime's");
+    assert_eq!(
+        threads, accept_threads,
+        "{mode}: accept threads besides the main runtime's"
+    );
     gw.signal("TERM");
     let status = gw
         .wait_exit(std::time::Duration::from_secs(15))
         .expect("gatehouse did not stop on SIGTERM");
-    assert!(status.success(), "{status:?}");
+    assert!(status.success(), "{mode}: {status:?}");
 }
