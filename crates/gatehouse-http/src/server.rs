@@ -181,13 +181,20 @@ fn spawn_accept_thread(
                 };
                 let (local_tx, mut local_rx) = mpsc::channel::<()>(1);
                 let mut stop_for_drain = stop.clone();
-                if let Err(e) = accept_loop(listener, acceptor, gateway, opts, stop, local_tx).await
+                if let Err(e) =
+                    accept_loop(listener, acceptor, gateway.clone(), opts, stop, local_tx).await
                 {
                     tracing::error!(error = %e, "an accept thread stopped accepting");
                 }
-                // Its connections end on this runtime: wait for them, within the grace.
+                // Its connections, and the WebSocket relays they became, run on this runtime:
+                // wait for them (the relays close once `serve` closes the tunnels), within the
+                // grace, so that none is dropped unrecorded with the runtime.
                 let _ = stop_for_drain.wait_for(|s| *s).await;
-                let _ = tokio::time::timeout(opts.shutdown_grace, local_rx.recv()).await;
+                let _ = tokio::time::timeout(opts.shutdown_grace, async {
+                    let _ = local_rx.recv().await;
+                    gateway.close_tunnels().await;
+                })
+                .await;
                 drop(alive);
             });
         })?;
