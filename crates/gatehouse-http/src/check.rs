@@ -216,24 +216,7 @@ impl Gateway {
             rec.reason = Some(r.code());
             (r, ClientKind::Api)
         };
-        let Some(ea) = &self.settings.ext_authz else {
-            return Err(refuse(
-                rec,
-                Refusal::BadRequest {
-                    code: "not_found",
-                    detail: "ext_authz is not configured on this gateway ([ext_authz])".into(),
-                },
-            ));
-        };
-        if !ea.trusted_proxies.iter().any(|n| n.contains(adm.peer)) {
-            return Err(refuse(
-                rec,
-                Refusal::Forbidden {
-                    reason: "untrusted_front_proxy".into(),
-                    what: "ext_authz from an address not in ext_authz.trusted_proxies".into(),
-                },
-            ));
-        }
+        let ea = self.ext_authz_for(adm.peer).map_err(|r| refuse(rec, r))?;
         let Ok(uri) = input.path.parse::<http::Uri>() else {
             return Err(refuse(
                 rec,

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use gatehouse_audit::{AuditPrincipal, AuditRecord};
 use gatehouse_authn::AuthnError;
 use gatehouse_config::RefMovesInBody;
-use gatehouse_core::{Action, Principal};
+use gatehouse_core::Principal;
 use gatehouse_decide::RouteRequest;
 use gatehouse_git::{GitService, PushReader, RequestKind, classify};
 use gatehouse_policy::{AuthzRequest, RequestFacts};
@@ -198,20 +198,8 @@ impl Gateway {
         // forwarded the whole body, else decided as the upload it may be.
         let action = match d.body {
             Some(b) if c.kind == RequestKind::LfsBatch && b.complete => {
-                match gatehouse_git::lfs_batch_operation(b.bytes) {
-                    Ok(gatehouse_git::LfsOperation::Download) => Action::LfsRead,
-                    Ok(gatehouse_git::LfsOperation::Upload) => Action::LfsWrite,
-                    Err(e) => {
-                        return Err(refuse(
-                            rec,
-                            Refusal::BadRequest {
-                                code: "bad_lfs_batch",
-                                detail: e.to_string(),
-                            },
-                            ClientKind::Git,
-                        ));
-                    }
-                }
+                crate::authorize::lfs_batch_action(b.bytes)
+                    .map_err(|r| refuse(rec, r, ClientKind::Git))?
             }
             _ => c.action,
         };

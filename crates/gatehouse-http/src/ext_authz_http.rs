@@ -48,6 +48,26 @@ pub(crate) fn no_server_errors((r, kind): (Refusal, ClientKind)) -> (Refusal, Cl
 }
 
 impl Gateway {
+    /// `[ext_authz]`, when on and `peer` is one of its trusted proxies; else the refusal.
+    pub(crate) fn ext_authz_for(
+        &self,
+        peer: std::net::IpAddr,
+    ) -> Result<&gatehouse_config::ExtAuthzConfig, Refusal> {
+        let Some(ea) = &self.settings.ext_authz else {
+            return Err(Refusal::BadRequest {
+                code: "not_found",
+                detail: "ext_authz is not configured on this gateway ([ext_authz])".into(),
+            });
+        };
+        if !ea.trusted_proxies.iter().any(|n| n.contains(peer)) {
+            return Err(Refusal::Forbidden {
+                reason: "untrusted_front_proxy".into(),
+                what: "ext_authz from an address not in ext_authz.trusted_proxies".into(),
+            });
+        }
+        Ok(ea)
+    }
+
     /// Decides the request Envoy describes.
     pub(crate) async fn ext_authz_http(
         &self,
@@ -61,25 +81,8 @@ impl Gateway {
             rec.reason = Some(r.code());
             (r, ClientKind::Api)
         };
-        let Some(ea) = &self.settings.ext_authz else {
-            return Err(refuse(
-                rec,
-                Refusal::BadRequest {
-                    code: "not_found",
-                    detail: "ext_authz is not configured on this gateway ([ext_authz])".into(),
-                },
-            ));
-        };
+        let ea = self.ext_authz_for(adm.peer).map_err(|r| refuse(rec, r))?;
         let trusted = &ea.trusted_proxies;
-        if !trusted.iter().any(|n| n.contains(adm.peer)) {
-            return Err(refuse(
-                rec,
-                Refusal::Forbidden {
-                    reason: "untrusted_front_proxy".into(),
-                    what: "ext_authz from an address not in ext_authz.trusted_proxies".into(),
-                },
-            ));
-        }
         let (parts, body) = req.into_parts();
         let raw = parts.uri.path_and_query().map_or("", |pq| pq.as_str());
         let Some(original) = raw.strip_prefix(PREFIX).filter(|o| o.starts_with('/')) else {

@@ -8,6 +8,8 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod authenticate;
+mod authorize;
 mod body;
 mod cgi;
 mod check;

@@ -13,23 +13,18 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use base64::Engine as _;
-use gatehouse_audit::{AuditPrincipal, AuditRecord, AuditSink};
-use gatehouse_authn::{Authenticator, AuthnError, Credential};
+use gatehouse_audit::{AuditRecord, AuditSink};
+use gatehouse_authn::{Authenticator, AuthnError};
 use gatehouse_config::{IdentityHeadersConfig, IpNet};
-use gatehouse_core::{Action, Clock, Principal, Redacted, Resource};
+use gatehouse_core::{Action, Clock, Principal, Resource};
 use gatehouse_decide::Decider;
-use gatehouse_git::{
-    Classified, ForgeFlavor, GitService, LfsOperation, PushLimits, RequestKind, classify,
-    lfs_batch_operation,
-};
-use gatehouse_policy::{AuthzRequest, RequestFacts};
-use gatehouse_session::{ActiveSession, Sessions};
+use gatehouse_git::{Classified, ForgeFlavor, GitService, PushLimits, RequestKind, classify};
+use gatehouse_session::Sessions;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
 
-use crate::body::{Body, BodyEnd, BodyIdleTimeout, Coalesced, Counted, IdleLimited, full};
+use crate::body::{Body, BodyEnd, BodyIdleTimeout, Coalesced, Counted, IdleLimited};
 use crate::forwarded::{
     ClientHeaderFilter, X_REQUEST_ID, client_ip, ip_text, request_id, trace_context,
 };
@@ -37,9 +32,6 @@ use crate::metrics::{ActionLabel, KindLabel, Metrics, RequestLabels};
 use crate::respond::{ClientKind, Refusal, typed_response};
 use crate::tunnel::{UpstreamUpgrade, websocket_upgrade};
 use crate::upstream::{CallerInfo, Upstream, UpstreamError};
-
-/// The most of an LFS batch body read to decide between `lfs:read` and `lfs:write`.
-const MAX_LFS_BATCH_BODY: usize = 1024 * 1024;
 
 /// Settings the phases need, derived once from the config.
 #[derive(Debug, Clone)]
@@ -298,39 +290,6 @@ fn header_name(s: &str) -> Option<HeaderName> {
     HeaderName::from_bytes(s.as_bytes()).ok()
 }
 
-pub(crate) fn credential(h: &HeaderMap) -> Result<Option<Credential>, AuthnError> {
-    let mut all = h.get_all(header::AUTHORIZATION).iter();
-    let Some(v) = all.next() else { return Ok(None) };
-    if all.next().is_some() {
-        return Err(AuthnError::Malformed);
-    }
-    let s = v.to_str().map_err(|_| AuthnError::Malformed)?.trim();
-    let (scheme, rest) = s.split_once(' ').ok_or(AuthnError::UnsupportedScheme)?;
-    let rest = rest.trim();
-    if scheme.eq_ignore_ascii_case("bearer") {
-        if rest.is_empty() {
-            return Err(AuthnError::Malformed);
-        }
-        Ok(Some(Credential::Bearer(Redacted::new(rest.to_owned()))))
-    } else if scheme.eq_ignore_ascii_case("basic") {
-        let raw = base64::engine::general_purpose::STANDARD
-            .decode(rest)
-            .map_err(|_| AuthnError::Malformed)?;
-        let text = String::from_utf8(raw).map_err(|_| AuthnError::Malformed)?;
-        let (user, pass) = text.split_once(':').ok_or(AuthnError::Malformed)?;
-        // git sends the token as the password (https://x:TOKEN@host); some tools send it as the user.
-        let token = if pass.is_empty() { user } else { pass };
-        if token.is_empty() {
-            return Err(AuthnError::Missing);
-        }
-        Ok(Some(Credential::BasicToken(Redacted::new(
-            token.to_owned(),
-        ))))
-    } else {
-        Err(AuthnError::UnsupportedScheme)
-    }
-}
-
 /// The host the request names (HTTP/2 `:authority`, else `Host`), validated and lowercased, and
 /// the port it names, if any.
 fn request_host(req: &Request<Body>) -> Option<(Arc<str>, Option<u16>)> {
@@ -478,71 +437,6 @@ impl Gateway {
         self
     }
 
-    /// Phase 3 for every HTTP front door (the gateway, forward auth, Envoy's checks) and for
-    /// Gatehouse's own endpoints: the caller named by its credential (`Authorization`) or, where
-    /// `sessions` allows it, by its session cookie (returned too), with its forge groups, and
-    /// put on the record. `None` when the request carries neither (`rec.authn_error` says so;
-    /// the front door answers it).
-    pub(crate) async fn identify(
-        &self,
-        h: &HeaderMap,
-        adm: &Admitted,
-        rec: &mut AuditRecord,
-        kind: ClientKind,
-        sessions: bool,
-    ) -> Result<Option<(Arc<Principal>, Option<ActiveSession>)>, (Refusal, ClientKind)> {
-        let cred = credential(h).map_err(|e| {
-            self.metrics
-                .authn_failures
-                .get_or_create(&KindLabel { kind: e.code() })
-                .inc();
-            rec.authn_error = Some(e.code());
-            (
-                Refusal::Unauthenticated {
-                    error: e,
-                    presented: true,
-                },
-                kind,
-            )
-        })?;
-        let (principal, session) = match cred {
-            Some(cred) => (self.authenticate(&cred, adm, rec, kind).await?, None),
-            None => match sessions {
-                true => match self.session_of(h, &adm.request_id).await? {
-                    Some(s) => (Arc::new(s.principal.clone()), Some(s)),
-                    None => {
-                        rec.authn_error = Some(AuthnError::Missing.code());
-                        return Ok(None);
-                    }
-                },
-                false => {
-                    rec.authn_error = Some(AuthnError::Missing.code());
-                    return Ok(None);
-                }
-            },
-        };
-        let principal = self.enrich(principal, adm, kind).await?;
-        rec.principal = Some(AuditPrincipal::of(&principal));
-        Ok(Some((principal, session)))
-    }
-
-    /// [`Self::identify`] for a classified request: sessions are for browsers on web routes
-    /// (git, LFS and API clients never carry cookies, so a cookie there could only come from a
-    /// browser tricked into sending it).
-    pub(crate) async fn request_caller(
-        &self,
-        h: &HeaderMap,
-        c: &Classified,
-        adm: &Admitted,
-        rec: &mut AuditRecord,
-        kind: ClientKind,
-    ) -> Result<Option<Arc<Principal>>, (Refusal, ClientKind)> {
-        Ok(self
-            .identify(h, adm, rec, kind, c.kind == RequestKind::Web)
-            .await?
-            .map(|(p, _)| p))
-    }
-
     /// Sets the identity headers that tell the forge who the caller is (`[identity_headers]`:
     /// user, e-mail, full name, groups, the signed assertion): on the request sent upstream, or
     /// on a forward-auth answer for the front proxy to copy.
@@ -596,19 +490,6 @@ impl Gateway {
         Ok(())
     }
 
-    /// The principal with its forge groups added (when configured).
-    pub(crate) async fn enrich(
-        &self,
-        principal: Arc<Principal>,
-        adm: &Admitted,
-        kind: ClientKind,
-    ) -> Result<Arc<Principal>, (Refusal, ClientKind)> {
-        self.decider.enrich(principal).await.map_err(|e| {
-            tracing::warn!(request_id = %adm.request_id, error = %e, "refusing request: forge groups unavailable");
-            (Refusal::GroupsUnavailable, kind)
-        })
-    }
-
     /// Enables browser sign-in sessions.
     pub fn with_sessions(mut self, sessions: Option<Arc<Sessions>>) -> Self {
         self.sessions = sessions;
@@ -638,29 +519,6 @@ impl Gateway {
     /// The metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
-    }
-
-    pub(crate) async fn authenticate(
-        &self,
-        cred: &Credential,
-        adm: &Admitted,
-        rec: &mut AuditRecord,
-        kind: ClientKind,
-    ) -> Result<Arc<Principal>, (Refusal, ClientKind)> {
-        self.decider.authenticate(cred).await.map_err(|e| {
-            self.metrics.authn_failures.get_or_create(&KindLabel { kind: e.code() }).inc();
-            rec.authn_error = Some(e.code());
-            if let AuthnError::Internal(detail) = &e {
-                tracing::error!(request_id = %adm.request_id, %detail, "authentication failed internally");
-            }
-            (
-                Refusal::Unauthenticated {
-                    error: e,
-                    presented: true,
-                },
-                kind,
-            )
-        })
     }
 
     /// Serves one request through every phase.
@@ -969,57 +827,10 @@ impl Gateway {
             ));
         };
 
-        // Phase 4: authorize.
-        let (req, action) = if c.kind == RequestKind::LfsBatch {
-            let (parts, body) = req.into_parts();
-            let bytes = read_limited(body, MAX_LFS_BATCH_BODY)
-                .await
-                .map_err(|r| (r, kind))?;
-            let op = lfs_batch_operation(&bytes).map_err(|e| {
-                (
-                    Refusal::BadRequest {
-                        code: "bad_lfs_batch",
-                        detail: e.to_string(),
-                    },
-                    kind,
-                )
-            })?;
-            let action = match op {
-                LfsOperation::Download => Action::LfsRead,
-                LfsOperation::Upload => Action::LfsWrite,
-            };
-            (Request::from_parts(parts, full(bytes)), action)
-        } else {
-            (req, c.action)
-        };
-        *action_label = action.as_str();
-        rec.action = Some(action.as_str());
-        let decision = self.decider.decide(&AuthzRequest {
-            principal: &principal,
-            action,
-            resource: &c.resource,
-            facts: RequestFacts {
-                source_ip: adm.client,
-                method: &method,
-                host: &adm.host,
-                wiki: c.wiki,
-                via: c.via,
-                git_ref: None,
-            },
-        });
-        rec.policy = Some(decision.deciding_policy());
-        rec.reason = Some(decision.reason.clone());
-        if !decision.allowed {
-            rec.decision = Some("deny");
-            return Err((
-                Refusal::Forbidden {
-                    reason: decision.reason,
-                    what: describe(action, &c.resource),
-                },
-                kind,
-            ));
-        }
-        rec.decision = Some("allow");
+        // Phase 4: authorize (`authorize.rs`).
+        let (req, action) = self
+            .authorize(req, &principal, &c, adm, &method, rec, kind, action_label)
+            .await?;
 
         // Phase 4b: a push is decided ref by ref, from the command list before the pack.
         let req = if c.kind == RequestKind::GitRpc(GitService::ReceivePack) {
@@ -1112,63 +923,4 @@ pub(crate) async fn read_limited(mut body: Body, limit: usize) -> Result<bytes::
         }
     }
     Ok(buf.freeze())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn h(v: &str) -> HeaderMap {
-        let mut m = HeaderMap::new();
-        m.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_str(v).unwrap_or_else(|e| panic!("{e}")),
-        );
-        m
-    }
-
-    fn token(c: Result<Option<Credential>, AuthnError>) -> Option<String> {
-        match c {
-            Ok(Some(Credential::Bearer(t) | Credential::BasicToken(t))) => Some(t.into_inner()),
-            _ => None,
-        }
-    }
-
-    #[test]
-    fn credentials() {
-        assert_eq!(
-            token(credential(&h("Bearer abc.def.ghi"))).as_deref(),
-            Some("abc.def.ghi")
-        );
-        assert_eq!(
-            token(credential(&h("bearer   abc"))).as_deref(),
-            Some("abc")
-        );
-        let basic = base64::engine::general_purpose::STANDARD.encode("x:tok.en.sig");
-        assert_eq!(
-            token(credential(&h(&format!("Basic {basic}")))).as_deref(),
-            Some("tok.en.sig")
-        );
-        let user_only = base64::engine::general_purpose::STANDARD.encode("tok.en.sig:");
-        assert_eq!(
-            token(credential(&h(&format!("Basic {user_only}")))).as_deref(),
-            Some("tok.en.sig")
-        );
-        assert_eq!(
-            credential(&h("Digest x")).err(),
-            Some(AuthnError::UnsupportedScheme)
-        );
-        assert_eq!(
-            credential(&h("Basic !!!")).err(),
-            Some(AuthnError::Malformed)
-        );
-        assert_eq!(
-            credential(&h("Bearer ")).err(),
-            Some(AuthnError::UnsupportedScheme)
-        );
-        assert!(matches!(credential(&HeaderMap::new()), Ok(None)));
-        let mut two = h("Bearer a");
-        two.append(header::AUTHORIZATION, HeaderValue::from_static("Bearer b"));
-        assert_eq!(credential(&two).err(), Some(AuthnError::Malformed));
-    }
 }
