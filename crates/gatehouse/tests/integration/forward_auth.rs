@@ -468,3 +468,49 @@ fn a_front_proxy_is_trusted_by_its_client_certificate() {
     });
     assert!(record.contains(r#""decision":"deny""#), "{record}");
 }
+
+/// Behind Caddy, which passes any answer on, a browser without a session is sent to sign in
+/// and back (with `[session]` on); git still gets its challenge.
+#[test]
+fn caddy_sends_a_browser_to_sign_in_and_git_to_its_prompt() {
+    use gatehouse_testkit::{CaddyForwardAuth, Idp};
+
+    let tmp = TempDir::new("caddy-sign-in");
+    let (root, _) = repos(&tmp);
+    let upstream = GitHttpServer::start(&root);
+    let gw = builder()
+        .with_upstream_url(&upstream.url())
+        .with_idp_extra(Idp::shared(), "[issuers.login]\nclient_id = \"gatehouse\"\n")
+        .policy(POLICY)
+        .extra(
+            "[session]\nexternal_url = \"https://git.example\"\n\n[forward_auth]\ntrusted_proxies = [\"127.0.0.1\"]\nrequest_headers = \"forwarded\"\n",
+        )
+        .start();
+    let front = CaddyForwardAuth::start(gw.port, upstream.port);
+    let (status, raw) = raw_http(
+        front.port,
+        "GET",
+        "/demo/hello/src/branch/main",
+        &[("Accept", "text/html,application/xhtml+xml")],
+    );
+    assert_eq!(status, 302, "{raw}");
+    assert!(
+        raw.contains(
+            "Location: https://git.example/.gatehouse/login?return_to=/demo/hello/src/branch/main"
+        ),
+        "{raw}"
+    );
+    let (status, raw) = raw_http(
+        front.port,
+        "GET",
+        "/demo/hello.git/info/refs?service=git-upload-pack",
+        &[("User-Agent", "git/2.47.0")],
+    );
+    assert_eq!(status, 401, "{raw}");
+    // Caddy (Go) writes header names in its canonical case.
+    assert!(
+        raw.to_ascii_lowercase()
+            .contains("www-authenticate: basic realm=\"gatehouse\""),
+        "{raw}"
+    );
+}
