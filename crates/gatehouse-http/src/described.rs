@@ -18,7 +18,6 @@ use gatehouse_audit::{AuditPrincipal, AuditRecord};
 use gatehouse_authn::AuthnError;
 use gatehouse_config::RefMovesInBody;
 use gatehouse_core::Principal;
-use gatehouse_decide::RouteRequest;
 use gatehouse_git::{GitService, PushReader, RequestKind, classify};
 use gatehouse_policy::{AuthzRequest, RequestFacts};
 use http::Response;
@@ -27,7 +26,6 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use crate::body::Body;
 use crate::proxy::{Admitted, Gateway, client_kind, path_refusal};
 use crate::respond::{ClientKind, Refusal};
-use crate::route_refs;
 
 /// The original request, as the asking proxy describes it.
 #[derive(Debug)]
@@ -309,14 +307,18 @@ impl Gateway {
                             kind,
                         ));
                     }
-                    self.described_route_refs(h, body.bytes, &principal, &c, facts, rec, kind)
-                        .await?;
+                    if let Some(m) = c.moves {
+                        self.decide_route_refs(h, body.bytes, &principal, &c, m, facts, rec)
+                            .await
+                            .map_err(|r| refuse(rec, r, kind))?;
+                    }
                 }
             }
-        } else if c.moves.is_some() {
+        } else if let Some(m) = c.moves {
             // A route whose refs are in its URL is decided ref by ref here too.
-            self.described_route_refs(h, b"", &principal, &c, facts, rec, kind)
-                .await?;
+            self.decide_route_refs(h, b"", &principal, &c, m, facts, rec)
+                .await
+                .map_err(|r| refuse(rec, r, kind))?;
         }
         rec.decision = Some("allow");
         // A write is on record, synced, before the proxy lets it through.
@@ -403,53 +405,6 @@ impl Gateway {
             ));
         }
         Ok(())
-    }
-
-    /// The refs a web or API route moves, decided from its URL and (complete) body.
-    #[allow(clippy::too_many_arguments)]
-    async fn described_route_refs(
-        &self,
-        headers: &HeaderMap,
-        body: &[u8],
-        principal: &Principal,
-        c: &gatehouse_git::Classified,
-        facts: RequestFacts<'_>,
-        rec: &mut AuditRecord,
-        kind: ClientKind,
-    ) -> Result<(), Refused> {
-        let Some(moves) = c.moves else {
-            return Ok(());
-        };
-        // Go's `Header.Get`: the first `Content-Type`.
-        let ct = match headers.get(header::CONTENT_TYPE) {
-            None => None,
-            Some(v) => Some(v.to_str().map_err(|_| {
-                refuse(
-                    rec,
-                    Refusal::BadRequest {
-                        code: "bad_content_type",
-                        detail: "the Content-Type is not text".into(),
-                    },
-                    kind,
-                )
-            })?),
-        };
-        let verdict = self
-            .decider
-            .route_refs(
-                principal,
-                c,
-                moves,
-                RouteRequest {
-                    method: facts.method,
-                    content_type: ct,
-                    body,
-                },
-                facts,
-            )
-            .await
-            .map_err(|e| refuse(rec, route_refs::refusal(e), kind))?;
-        route_refs::settle(rec, &verdict, c.via).map_err(|r| refuse(rec, r, kind))
     }
 }
 

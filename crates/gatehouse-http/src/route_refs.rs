@@ -13,7 +13,7 @@ use gatehouse_forge::LookupError;
 use gatehouse_git::{Classified, PlanError, RefMove};
 use gatehouse_policy::RequestFacts;
 use http::Request;
-use http::header;
+use http::header::{self, HeaderMap};
 
 use crate::body::{Body, full};
 use crate::proxy::{Admitted, Gateway, read_limited};
@@ -110,17 +110,40 @@ impl Gateway {
         } else {
             (req, bytes::Bytes::new())
         };
-        // Go's `Header.Get`: the first `Content-Type`.
-        let ct = match req.headers().get(header::CONTENT_TYPE) {
+        let facts = RequestFacts {
+            source_ip: adm.client,
+            method,
+            host: &adm.host,
+            wiki: c.wiki,
+            via: c.via,
+            git_ref: None,
+        };
+        self.decide_route_refs(req.headers(), &bytes, principal, c, moves, facts, rec)
+            .await
+            .map_err(|r| (r, kind))?;
+        Ok(req)
+    }
+
+    /// Every ref a ref-moving route moves, read from its `Content-Type` (Go's `Header.Get`: the
+    /// first) and `body` (empty when not needed), decided by the core and put on the record;
+    /// the first refused ref, or what could not be decided, is the refusal. The gateway and the
+    /// front doors that only ask both decide here.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn decide_route_refs(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+        principal: &Principal,
+        c: &Classified,
+        moves: RefMove,
+        facts: RequestFacts<'_>,
+        rec: &mut AuditRecord,
+    ) -> Result<(), Refusal> {
+        let content_type = match headers.get(header::CONTENT_TYPE) {
             None => None,
-            Some(v) => Some(v.to_str().map_err(|_| {
-                (
-                    Refusal::BadRequest {
-                        code: "bad_content_type",
-                        detail: "the Content-Type is not text".into(),
-                    },
-                    kind,
-                )
+            Some(v) => Some(v.to_str().map_err(|_| Refusal::BadRequest {
+                code: "bad_content_type",
+                detail: "the Content-Type is not text".into(),
             })?),
         };
         let verdict = self
@@ -130,22 +153,14 @@ impl Gateway {
                 c,
                 moves,
                 RouteRequest {
-                    method,
-                    content_type: ct,
-                    body: &bytes,
+                    method: facts.method,
+                    content_type,
+                    body,
                 },
-                RequestFacts {
-                    source_ip: adm.client,
-                    method,
-                    host: &adm.host,
-                    wiki: c.wiki,
-                    via: c.via,
-                    git_ref: None,
-                },
+                facts,
             )
             .await
-            .map_err(|e| (refusal(e), kind))?;
-        settle(rec, &verdict, c.via).map_err(|r| (r, kind))?;
-        Ok(req)
+            .map_err(refusal)?;
+        settle(rec, &verdict, c.via)
     }
 }
