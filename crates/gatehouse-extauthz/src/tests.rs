@@ -168,7 +168,6 @@ fn outcomes_map_to_responses() {
     let r = check_response(CheckOutcome::Allow {
         set,
         remove: vec![http::header::AUTHORIZATION],
-        request_id: "r".into(),
     });
     assert_eq!(r.status.as_ref().map(|s| s.code), Some(OK));
     let Some(HttpResponse::OkResponse(ok)) = r.http_response else {
@@ -196,7 +195,6 @@ fn outcomes_map_to_responses() {
         headers,
         body: bytes::Bytes::from_static(b"{\"code\":\"no_matching_permit\"}"),
         unauthenticated: false,
-        request_id: "r".into(),
     });
     let s = r.status.unwrap_or_default();
     assert_eq!(
@@ -213,7 +211,6 @@ fn outcomes_map_to_responses() {
         headers: HeaderMap::new(),
         body: bytes::Bytes::new(),
         unauthenticated: true,
-        request_id: "r".into(),
     });
     assert_eq!(r.status.map(|s| s.code), Some(UNAUTHENTICATED));
 }

@@ -53,8 +53,6 @@ pub enum CheckOutcome {
         set: HeaderMap,
         /// Header names to remove from it.
         remove: Vec<HeaderName>,
-        /// The audit record's request id.
-        request_id: String,
     },
     /// Answer the client with this and forward nothing.
     Deny {
@@ -67,8 +65,6 @@ pub enum CheckOutcome {
         /// Whether the policy (or a refusal of the request itself) said no, rather than the
         /// caller being unknown: gRPC `PERMISSION_DENIED` against `UNAUTHENTICATED`.
         unauthenticated: bool,
-        /// The audit record's request id.
-        request_id: String,
     },
 }
 
@@ -156,14 +152,7 @@ impl Gateway {
             pending.action = a;
         }
         let (outcome, status) = match outcome {
-            Ok(Answer::Allow { set, remove }) => (
-                CheckOutcome::Allow {
-                    set,
-                    remove,
-                    request_id: request_id.to_string(),
-                },
-                200,
-            ),
+            Ok(Answer::Allow { set, remove }) => (CheckOutcome::Allow { set, remove }, 200),
             Ok(Answer::Respond(resp)) => {
                 let (parts, body) = resp.into_parts();
                 let body = body
@@ -177,7 +166,6 @@ impl Gateway {
                         headers: parts.headers,
                         body,
                         unauthenticated: true,
-                        request_id: request_id.to_string(),
                     },
                     parts.status.as_u16(),
                 )
@@ -283,6 +271,5 @@ async fn denial(r: &Refusal, kind: ClientKind, request_id: &str) -> CheckOutcome
         headers: parts.headers,
         body,
         unauthenticated: matches!(r, Refusal::Unauthenticated { .. }),
-        request_id: request_id.to_owned(),
     }
 }
