@@ -88,7 +88,7 @@ log() { printf '[bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 # ---------------------------------------------------------------- processes and cleanup
-FAST_PID="" NPX_PID="" GA_PID="" GB_PID="" GC_PID="" GD_PID="" GT_PID="" SSHD_PID="" SAMPLER_PID="" WD_PID="" GIT_STATE=""
+FAST_PID="" NPX_PID="" GA_PID="" GB_PID="" GC_PID="" GX_PID="" SSHD_PID="" SAMPLER_PID="" WD_PID="" GIT_STATE=""
 RUN=$WORK/run
 
 stop_pid() { # PID...: TERM, wait up to 5 s, then KILL
@@ -109,7 +109,7 @@ cleanup() {
   trap - EXIT INT TERM
   set +e
   stop_pid "$SAMPLER_PID"
-  stop_pid "$GA_PID" "$GB_PID" "$GC_PID" "$GD_PID" "$GT_PID" "$SSHD_PID" "$NPX_PID" "$FAST_PID"
+  stop_pid "$GA_PID" "$GB_PID" "$GC_PID" "$GX_PID" "$SSHD_PID" "$NPX_PID" "$FAST_PID"
   [ -n "$GIT_STATE" ] && "$BENCH/git-http.sh" stop "$GIT_STATE"
   [ -n "$WD_PID" ] && kill -TERM "$WD_PID" 2>/dev/null && wait "$WD_PID" 2>/dev/null
   [ "$rc" = 0 ] || log "failed (exit $rc); logs in ${RUN#"$ROOT"/}/"
@@ -499,32 +499,28 @@ V_EA=$(verdict "$EA_CPU_RATIO <= $T_FRONT_DOOR_CPU")
 V_CPU_NGINX=$(verdict "$CPU_VS_NGINX <= $T_CPU_VS_NGINX")
 V_P99_NGINX=$(verdict "$P99_VS_NGINX <= $T_P99_VS_NGINX")
 
+# run_threading NAME PORT ADMIN_PORT SED WHAT: Gatehouse (a)'s config with its one worker changed
+# by SED, started on PORT, measured at 16 connections, stopped; sets W_* as run_wrk does.
+run_threading() {
+  write_config "$GH/$1.toml" "$2" "$3" "http://127.0.0.1:$P_FAST" "audit-$1.log"
+  sed -i "$4" "$GH/$1.toml"
+  start_gatehouse "$1" "$GH/$1.toml"
+  GX_PID=$GH_STARTED
+  wait_http "http://127.0.0.1:$3/readyz" "$GX_PID" "Gatehouse ($5)"
+  sleep 1
+  run_wrk "gatehouse-$1-c16" 16 "http://127.0.0.1:$2/ping" "$GX_PID" -H "$AUTH"
+  stop_pid "$GX_PID"
+  GX_PID=""
+}
 # The same Gatehouse with its default settings (thread per core, one thread per CPU): the p99 a
-# user gets without tuning.
-write_config "$GH/d.toml" "$P_GD" "$P_GD_ADMIN" "http://127.0.0.1:$P_FAST" audit-d.log
-sed -i '/^worker_threads = 1$/d' "$GH/d.toml"
-start_gatehouse d "$GH/d.toml"
-GD_PID=$GH_STARTED
-wait_http "http://127.0.0.1:$P_GD_ADMIN/readyz" "$GD_PID" "Gatehouse (default threads)"
-sleep 1
-run_wrk gatehouse-default-c16 16 "http://127.0.0.1:$P_GD/ping" "$GD_PID" -H "$AUTH"
+# user gets without tuning ...
+run_threading default "$P_GD" "$P_GD_ADMIN" '/^worker_threads = 1$/d' "default threads"
 GD16=("$W_RPS" "$W_P50" "$W_P99" "$W_CPU_US" "${W_ERRORS:-none}")
-stop_pid "$GD_PID"
-GD_PID=""
 # ... and with the work-stealing runtime (one multi-threaded runtime, one worker per CPU), for
-# comparison with the default (thread per core).
-write_config "$GH/t.toml" "$P_GT" "$P_GT_ADMIN" "http://127.0.0.1:$P_FAST" audit-t.log
-sed -i 's/^worker_threads = 1$/threading = "work_stealing"/' "$GH/t.toml"
-start_gatehouse t "$GH/t.toml"
-GT_PID=$GH_STARTED
-wait_http "http://127.0.0.1:$P_GT_ADMIN/readyz" "$GT_PID" "Gatehouse (work stealing)"
-sleep 1
-run_wrk gatehouse-ws-c16 16 "http://127.0.0.1:$P_GT/ping" "$GT_PID" -H "$AUTH"
+# comparison with the default.
+run_threading ws "$P_GT" "$P_GT_ADMIN" 's/^worker_threads = 1$/threading = "work_stealing"/' "work stealing"
 GT16=("$W_RPS" "$W_P50" "$W_P99" "$W_CPU_US" "${W_ERRORS:-none}")
-stop_pid "$GT_PID"
-GT_PID=""
-P99_TPC_VS_NGINX=$(calc "%.3f" "${GT16[2]} / ${N16[2]}")
-V_P99_TPC=$(verdict "$P99_TPC_VS_NGINX <= $T_P99_VS_NGINX")
+P99_WS_VS_NGINX=$(calc "%.3f" "${GT16[2]} / ${N16[2]}")
 P99_DEFAULT_VS_NGINX=$(calc "%.3f" "${GD16[2]} / ${N16[2]}")
 V_P99_DEFAULT=$(verdict "$P99_DEFAULT_VS_NGINX <= $T_P99_VS_NGINX")
 
@@ -831,7 +827,7 @@ $SSH_TARGET_ROW
 | CPU per proxied request <= ${T_CPU_VS_NGINX}x nginx as a plain proxy's (16 connections, (a)) | ${CPU_VS_NGINX}x (${G16[3]} / ${N16[3]} us) | $V_CPU_NGINX |
 | p99 at 16 connections <= ${T_P99_VS_NGINX}x nginx as a plain proxy's ((a), \`worker_threads = 1\`) | ${P99_VS_NGINX}x (${G16[2]} / ${N16[2]} ms) | $V_P99_NGINX |
 | the same with Gatehouse's default settings (thread per core, one thread per CPU) | ${P99_DEFAULT_VS_NGINX}x (${GD16[2]} / ${N16[2]} ms) | $V_P99_DEFAULT |
-| for comparison: \`threading = "work_stealing"\`, one worker per CPU (not a target) | ${P99_TPC_VS_NGINX}x (${GT16[2]} / ${N16[2]} ms) | - |
+| for comparison: \`threading = "work_stealing"\`, one worker per CPU (not a target) | ${P99_WS_VS_NGINX}x (${GT16[2]} / ${N16[2]} ms) | - |
 | forward-auth decision CPU <= $T_FRONT_DOOR_CPU of a proxied request's ((e)) | $FA_CPU_RATIO (${FA16[3]} / ${G16[3]} us) | $V_FA |
 | ext_authz Check CPU <= $T_FRONT_DOOR_CPU of a proxied request's ((e)) | $EA_CPU_RATIO (${EA16[3]} / ${G16[3]} us) | $V_EA |
 
