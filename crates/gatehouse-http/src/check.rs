@@ -238,7 +238,7 @@ impl Gateway {
         let described = Described {
             method: input.method.to_ascii_uppercase(),
             uri,
-            host: bare_host(&input.host),
+            host: adm.host.to_string(),
             headers: &input.headers,
             client: adm.client,
             body: input.body.as_ref().map(|b| BodyPrefix {

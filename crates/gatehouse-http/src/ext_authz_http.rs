@@ -16,7 +16,7 @@ use http::header::{HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
 
 use crate::body::{Body, full};
-use crate::described::{Answer, BodyPrefix, Described, bare_host};
+use crate::described::{Answer, BodyPrefix, Described};
 use crate::proxy::{Admitted, Gateway, read_limited};
 use crate::respond::{ClientKind, Refusal};
 
@@ -120,7 +120,7 @@ impl Gateway {
         let described = Described {
             method: parts.method.as_str().to_ascii_uppercase(),
             uri,
-            host: bare_host(&adm.host),
+            host: adm.host.to_string(),
             headers: h,
             client: crate::forwarded::client_ip(adm.peer, h, trusted),
             // Envoy sends this request's own length, not the client's: only its mark and
