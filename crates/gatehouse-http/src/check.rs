@@ -96,11 +96,8 @@ impl Gateway {
     /// Decides a request Envoy asks about, audits it and says what Envoy should do.
     pub async fn check(&self, input: CheckInput) -> CheckOutcome {
         let started = tokio::time::Instant::now();
-        let request_id: Arc<str> = input
-            .request_id
-            .as_deref()
-            .filter(|r| !r.is_empty() && r.len() <= 200 && r.bytes().all(|b| b.is_ascii_graphic()))
-            .map_or_else(|| uuid::Uuid::now_v7().to_string().into(), Into::into);
+        // Kept by the gateway's own rule for a client's `X-Request-Id`.
+        let request_id = crate::forwarded::own_request_id(input.request_id.as_deref());
         let client = input.client.unwrap_or(input.peer);
         let client_text: Arc<str> = ip_text(client).into();
         let host: Arc<str> = bare_host(&input.host).into();

@@ -242,15 +242,19 @@ pub(crate) fn set_forwarded(
 
 /// A request id from the client when it is short and plain, or a new one.
 pub(crate) fn request_id(h: &HeaderMap) -> Arc<str> {
-    h.get(X_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|s| {
-            !s.is_empty()
-                && s.len() <= 128
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
-        })
-        .map_or_else(new_request_id, Arc::from)
+    own_request_id(h.get(X_REQUEST_ID).and_then(|v| v.to_str().ok()))
+}
+
+/// A request id the caller sent, kept when it is short plain text (at most 128 of letters,
+/// digits, `-`, `_`, `.`, `:`), else a new one.
+pub(crate) fn own_request_id(sent: Option<&str>) -> Arc<str> {
+    sent.filter(|s| {
+        !s.is_empty()
+            && s.len() <= 128
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+    })
+    .map_or_else(new_request_id, Arc::from)
 }
 
 /// A fresh UUIDv7 request id: the time in milliseconds, then random bits from the per-thread
