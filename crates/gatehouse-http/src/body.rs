@@ -464,6 +464,13 @@ impl Drop for Counted {
     }
 }
 
+/// Whether a request's body is sent encoded (`Content-Encoding` other than `identity`): then
+/// it cannot be read for the refs it moves.
+pub(crate) fn is_encoded(h: &http::HeaderMap) -> bool {
+    h.get(http::header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -269,10 +269,7 @@ impl Gateway {
             .moves
             .is_some_and(|m| self.decider.route_body_needed(&c, m));
         if push || body_refs {
-            if h.get(header::CONTENT_ENCODING)
-                .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
-                && d.body.is_some()
-            {
+            if crate::body::is_encoded(h) && d.body.is_some() {
                 return Err(refuse(
                     rec,
                     Refusal::BadRequest {

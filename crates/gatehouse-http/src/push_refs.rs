@@ -9,7 +9,7 @@ use gatehouse_audit::{AuditRecord, AuditRef};
 use gatehouse_core::{Action, Principal};
 use gatehouse_git::{Classified, PushReader, refused_push_report};
 use gatehouse_policy::RequestFacts;
-use http::{Request, Response, StatusCode, header};
+use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
 
 use crate::body::{Body, BodyIdleTimeout, Prefixed};
@@ -39,11 +39,7 @@ impl Gateway {
         kind: ClientKind,
     ) -> Result<RefCheck, (Refusal, ClientKind)> {
         let bad = |code: &'static str, detail: String| (Refusal::BadRequest { code, detail }, kind);
-        if req
-            .headers()
-            .get(header::CONTENT_ENCODING)
-            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
-        {
+        if crate::body::is_encoded(req.headers()) {
             return Err(bad(
                 "compressed_push",
                 "compressed push requests are not supported; Gatehouse must read the ref updates"

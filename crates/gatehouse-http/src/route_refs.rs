@@ -89,11 +89,7 @@ impl Gateway {
         kind: ClientKind,
     ) -> Result<Request<Body>, Refused> {
         let (req, bytes) = if self.decider.route_body_needed(c, moves) {
-            if req
-                .headers()
-                .get(header::CONTENT_ENCODING)
-                .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
-            {
+            if crate::body::is_encoded(req.headers()) {
                 return Err((
                     Refusal::BadRequest {
                         code: "compressed_body",
