@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what Gatehouse's integration tests and benchmarks need (Debian 12, run as root):
 #   - apt packages: git curl nginx caddy fcgiwrap openssh-server wrk procps chromium chromium-driver
+#     postgresql (the store's tests start their own server from its binaries)
 #     (installed only when one of their programs is missing)
 #   - kubernetes-validate from PyPI (validates deploy/ in the tests)
 #   - the test IdP's and browser driver's npm dependencies (oidc-provider, playwright-core;
@@ -19,7 +20,7 @@ say() { printf 'install-deps: %s\n' "$*"; }
 die() { printf 'install-deps: error: %s\n' "$*" >&2; exit 1; }
 
 # ---- apt packages: "package:program" (the program proves the package is there)
-PACKAGES=(git:git curl:curl nginx:nginx caddy:caddy fcgiwrap:fcgiwrap openssh-server:sshd wrk:wrk procps:pgrep chromium:chromium chromium-driver:chromedriver)
+PACKAGES=(git:git curl:curl nginx:nginx caddy:caddy fcgiwrap:fcgiwrap openssh-server:sshd wrk:wrk procps:pgrep chromium:chromium chromium-driver:chromedriver postgresql:pg_ctlcluster)
 missing=()
 for entry in "${PACKAGES[@]}"; do
   command -v "${entry#*:}" >/dev/null 2>&1 || missing+=("${entry%%:*}")

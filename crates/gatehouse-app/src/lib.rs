@@ -12,12 +12,20 @@ mod login;
 mod quickstart;
 mod serve;
 mod sockets;
+mod store;
 
 pub use commands::{
     ExplainArgs, TokenIssueArgs, audit_search, audit_verify, keys_generate, policy_check,
     policy_explain, token_issue,
 };
 pub use gatehouse_audit::SearchQuery;
+pub use gatehouse_core::RevocationKind;
 pub use login::{LoginArgs, SshCertArgs, credential, login, logout, ssh_cert, token_print};
 pub use quickstart::{QuickstartArgs, quickstart};
 pub use serve::{ServeArgs, serve};
+pub use store::{RevokeCommand, migrate as store_migrate, revoke, status as store_status};
+
+/// Reads a duration as the config does (`90s`, `15m`, `12h`).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    gatehouse_config::ConfigDuration::parse(s).map(|d| d.0)
+}

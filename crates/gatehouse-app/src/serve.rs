@@ -265,7 +265,11 @@ pub(crate) async fn run(
     metrics.policy_reloaded(true, policy.len());
     let policy = Arc::new(ArcSwap::from_pointee(policy));
     let own = own_issuer(&cfg)?;
-    let authn = Arc::new(Authenticator::new(&cfg.issuers, own, clock.clone())?);
+    // The store first: a node must know what is revoked before it serves anything.
+    let store = crate::store::open(&cfg, None).await?;
+    let (revoked, revocation_feed) = crate::store::revocations(&store, &cfg, clock.clone()).await?;
+    let authn =
+        Arc::new(Authenticator::new(&cfg.issuers, own, clock.clone())?.with_revocations(revoked));
     let upstream = Upstream::new(&cfg.upstream)?;
     let push_limits =
         gatehouse_git::PushLimits::new(cfg.git.max_command_list.0, cfg.git.max_ref_updates);
@@ -439,6 +443,12 @@ pub(crate) async fn run(
         stop_rx.clone(),
     ));
     tokio::spawn(refresh_keys(authn.clone(), stop_rx.clone()));
+    {
+        let mut stop = stop_rx.clone();
+        tokio::spawn(revocation_feed.run(async move {
+            let _ = stop.changed().await;
+        }));
+    }
     if let Some(s) = &sessions {
         tokio::spawn(sweep_sessions(s.clone(), stop_rx.clone()));
     }

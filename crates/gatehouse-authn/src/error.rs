@@ -34,6 +34,9 @@ pub enum AuthnError {
     /// Introspection says the token is not active (revoked, expired or unknown).
     #[error("token is not active")]
     Inactive,
+    /// The token, its subject or its service account was revoked (`gatehouse revoke`).
+    #[error("token has been revoked")]
+    Revoked(gatehouse_core::Revoked),
     /// `iss` names no trusted issuer.
     #[error("token issuer is not trusted")]
     WrongIssuer,
@@ -91,6 +94,7 @@ impl AuthnError {
             AuthnError::BadSignature => "bad_signature",
             AuthnError::UnknownKey => "unknown_key",
             AuthnError::Inactive => "inactive",
+            AuthnError::Revoked(r) => r.reason(),
             AuthnError::WrongIssuer => "wrong_issuer",
             AuthnError::WrongAudience => "wrong_audience",
             AuthnError::AlgorithmNotAllowed => "algorithm_not_allowed",

@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use gatehouse_config::IssuerConfig;
-use gatehouse_core::{Clock, Principal, Redacted};
+use gatehouse_core::{Clock, Principal, Redacted, Revocations};
 
 use crate::cache::TokenCache;
 
@@ -48,6 +48,8 @@ pub struct Authenticator {
     clock: Arc<dyn Clock>,
     cache: TokenCache,
     http: reqwest::Client,
+    /// What is revoked: checked on every path, a cached token included.
+    revoked: Arc<Revocations>,
 }
 
 impl Authenticator {
@@ -96,7 +98,25 @@ impl Authenticator {
             clock,
             cache: TokenCache::new(16_384, withdrawals),
             http,
+            revoked: Arc::default(),
         })
+    }
+
+    /// Refuses credentials `revoked` names (shared with the store's feed, which keeps it current).
+    pub fn with_revocations(mut self, revoked: Arc<Revocations>) -> Self {
+        self.revoked = revoked;
+        self
+    }
+
+    /// What is revoked.
+    pub fn revocations(&self) -> &Arc<Revocations> {
+        &self.revoked
+    }
+
+    /// Whether `p` (from any credential: a token, a session, an SSH certificate or key) is
+    /// revoked now.
+    pub fn revoked(&self, p: &Principal) -> Option<gatehouse_core::Revoked> {
+        self.revoked.check(p, self.clock.now().as_secs())
     }
 
     /// The configured issuers' key sets (for readiness and background refresh).
@@ -120,12 +140,22 @@ impl Authenticator {
     }
 
     /// Authenticates a credential. Verified tokens are cached by their hash until they expire;
-    /// the principal is shared with the cache, so a cached token costs no copy of it.
+    /// the principal is shared with the cache, so a cached token costs no copy of it. A revoked
+    /// token (or subject, or service account) is refused whether it came from the cache or not:
+    /// the revocation set is checked after every lookup, so the cache never serves one.
     pub async fn authenticate(&self, cred: &Credential) -> Result<Arc<Principal>, AuthnError> {
+        let now = self.clock.now().as_secs();
+        let p = self.verify(cred, now).await?;
+        match self.revoked.check(&p, now) {
+            Some(r) => Err(AuthnError::Revoked(r)),
+            None => Ok(p),
+        }
+    }
+
+    async fn verify(&self, cred: &Credential, now: i64) -> Result<Arc<Principal>, AuthnError> {
         let token = match cred {
             Credential::Bearer(t) | Credential::BasicToken(t) => t.expose().as_str(),
         };
-        let now = self.clock.now().as_secs();
         let key = cache::token_key(token);
         if let Some(p) = self.cache.get(&key, now) {
             return Ok(p);

@@ -55,6 +55,142 @@ pub struct Config {
     /// `/.gatehouse/ext_authz/`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ext_authz: Option<ExtAuthzConfig>,
+    /// Durable state shared by every node: revocations (and, as they move onto it, sessions,
+    /// environments, leases and webhook deliveries). SQLite in one file unless told otherwise.
+    #[serde(default)]
+    pub store: StoreConfig,
+}
+
+/// `[store]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite://PATH` (the embedded default; a relative path is under the config file's
+    /// directory) or `postgres://USER@HOST:PORT/DB?sslmode=verify-full` for several nodes. Either
+    /// a string, which must not hold a password, or `{ file = ".." }` / `{ env = ".." }` holding
+    /// the whole URL.
+    #[serde(default = "default_store_url")]
+    pub url: StoreUrl,
+    /// The PostgreSQL password, when the URL does not carry one: `{ file = ".." }` or
+    /// `{ env = ".." }`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<SecretSource>,
+    /// `auto`: apply pending schema migrations at start. `manual`: refuse to start until
+    /// `gatehouse store migrate` has run (for operators who migrate before rolling out nodes).
+    #[serde(default)]
+    pub migrate: MigrateMode,
+    /// Most database connections per node.
+    #[serde(default = "default_store_connections")]
+    pub max_connections: u32,
+    /// How long to wait for a connection (or SQLite's write lock) before an operation fails.
+    #[serde(default = "d5s")]
+    pub busy_timeout: ConfigDuration,
+    /// How often a node reads the revocation log for what it has not been told of. PostgreSQL
+    /// notifies nodes at once; this is the fallback when a notification is lost, and how a node
+    /// on SQLite sees a `gatehouse revoke` run by another process. At most 1s.
+    #[serde(default = "d500ms")]
+    pub revocation_poll: ConfigDuration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            url: default_store_url(),
+            password: None,
+            migrate: MigrateMode::default(),
+            max_connections: default_store_connections(),
+            busy_timeout: d5s(),
+            revocation_poll: d500ms(),
+        }
+    }
+}
+
+/// `store.url`: the URL itself, or where to read it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum StoreUrl {
+    /// The URL, in the config (no password in it).
+    Plain(String),
+    /// The whole URL from a file or an environment variable.
+    Secret(SecretSource),
+}
+
+/// `store.migrate`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MigrateMode {
+    /// Apply pending migrations at start.
+    #[default]
+    Auto,
+    /// Refuse to start with pending migrations.
+    Manual,
+}
+
+impl StoreConfig {
+    fn validate(&self) -> Result<(), (String, String)> {
+        let bad = |k: &str, m: String| Err((format!("store.{k}"), m));
+        if let StoreUrl::Plain(url) = &self.url {
+            let postgres = url.starts_with("postgres://") || url.starts_with("postgresql://");
+            if !postgres && !url.starts_with("sqlite://") {
+                return bad("url", "must start with sqlite:// or postgres://".into());
+            }
+            if url == "sqlite://" {
+                return bad(
+                    "url",
+                    "sqlite:// needs a file path (sqlite://gatehouse.db)".into(),
+                );
+            }
+            if !postgres && url.contains('?') {
+                return bad(
+                    "url",
+                    "sqlite:// takes no parameters: Gatehouse sets WAL and full sync itself".into(),
+                );
+            }
+            let userinfo = url
+                .split_once("://")
+                .map(|(_, rest)| rest.split(['/', '?']).next().unwrap_or(""))
+                .and_then(|authority| authority.rsplit_once('@'))
+                .map(|(userinfo, _)| userinfo);
+            if userinfo.is_some_and(|u| u.contains(':')) || url.contains("password=") {
+                return bad(
+                    "url",
+                    "holds a password: give it as store.password = { file = \"..\" } (or env), \
+                     or the whole URL as store.url = { file = \"..\" }"
+                        .into(),
+                );
+            }
+            if self.password.is_some() && !postgres {
+                return bad("password", "is for a postgres:// store only".into());
+            }
+        }
+        if self.max_connections < 2 {
+            return bad(
+                "max_connections",
+                "must be at least 2 (one listens for revocations)".into(),
+            );
+        }
+        let poll = self.revocation_poll.0;
+        if poll < std::time::Duration::from_millis(10) || poll > std::time::Duration::from_secs(1) {
+            return bad(
+                "revocation_poll",
+                "must be between 10ms and 1s: a revocation must reach every node within a second"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+fn default_store_url() -> StoreUrl {
+    StoreUrl::Plain("sqlite://gatehouse.db".into())
+}
+
+fn default_store_connections() -> u32 {
+    8
+}
+
+fn d500ms() -> ConfigDuration {
+    ConfigDuration(std::time::Duration::from_millis(500))
 }
 
 /// `[ext_authz]`
@@ -866,10 +1002,26 @@ impl Config {
         }
         resolve(base, &mut self.policy.file);
         resolve(base, &mut self.audit.file);
+        match &mut self.store.url {
+            StoreUrl::Plain(url) => {
+                if let Some(path) = url.strip_prefix("sqlite://")
+                    && !path.is_empty()
+                    && std::path::Path::new(path).is_relative()
+                {
+                    *url = format!("sqlite://{}", base.join(path).display());
+                }
+            }
+            StoreUrl::Secret(SecretSource::File { file }) => resolve(base, file),
+            StoreUrl::Secret(SecretSource::Env { .. }) => {}
+        }
+        if let Some(SecretSource::File { file }) = &mut self.store.password {
+            resolve(base, file);
+        }
     }
 
     pub(crate) fn validate(&self) -> Result<(), (String, String)> {
         let bad = |k: &str, m: &str| Err((k.to_owned(), m.to_owned()));
+        self.store.validate()?;
         match (&self.upstream.url, &self.upstream.git_http_backend) {
             (Some(_), Some(_)) | (None, None) => {
                 return bad(

@@ -12,6 +12,7 @@ mod prehashed;
 mod principal;
 mod redacted;
 mod resource;
+mod revocation;
 
 pub use action::{Action, ParseActionError};
 pub use clock::{Clock, ManualClock, SystemClock, UnixTime};
@@ -19,6 +20,7 @@ pub use prehashed::{Prehashed, PrehashedHasher};
 pub use principal::{Claims, Principal, PrincipalKind};
 pub use redacted::Redacted;
 pub use resource::{OwnerRef, RepoRef, Resource, Route, Via};
+pub use revocation::{RevocationChange, RevocationKind, Revocations, Revoked};
 
 /// The outcome of an authorization decision, with what a human needs to understand it.
 ///

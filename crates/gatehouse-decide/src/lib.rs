@@ -171,14 +171,26 @@ impl Decider {
         Ok(self.enrich(p).await?)
     }
 
-    /// What the policy says of a request.
+    /// What the policy says of a request. A revoked caller is refused before the policy is
+    /// asked, whatever front door and credential brought it (a browser session or an SSH
+    /// certificate never passes [`Self::authenticate`]), with the revocation as the reason.
     pub fn decide(&self, q: &AuthzRequest<'_>) -> Decision {
-        self.policy.load().evaluate(q)
+        match self.authn.revoked(q.principal) {
+            Some(r) => Decision::new(false, Vec::new(), r.reason()),
+            None => self.policy.load().evaluate(q),
+        }
     }
 
     /// The same, with the policies that decided it.
     pub fn explain(&self, q: &AuthzRequest<'_>) -> Explanation {
-        self.policy.load().explain(q)
+        match self.authn.revoked(q.principal) {
+            Some(r) => Explanation {
+                decision: Decision::new(false, Vec::new(), r.reason()),
+                deciding: Vec::new(),
+                errors: Vec::new(),
+            },
+            None => self.policy.load().explain(q),
+        }
     }
 
     /// Every ref a push changes, each decided (`ref:create|update|delete` with the ref and its

@@ -86,6 +86,10 @@ impl russh::server::Handler for Conn {
     ) -> Result<Auth, Self::Error> {
         let data = key.public_key.key_data();
         match self.gw.settings.service_accounts.get(data) {
+            Some(p) if let Some(r) = self.gw.decider.authn().revoked(p) => {
+                tracing::info!(peer = %self.peer, key = %fingerprint(data), reason = r.reason(), "ssh: revoked service account refused");
+                Ok(Auth::reject())
+            }
             Some(p) => {
                 self.caller = Some(Caller {
                     principal: Arc::new(p.clone()),
@@ -107,6 +111,10 @@ impl russh::server::Handler for Conn {
     ) -> Result<Auth, Self::Error> {
         let now = self.gw.clock.now().as_secs();
         match self.gw.settings.user_ca.verify(certificate, now) {
+            Ok(id) if let Some(r) = self.gw.decider.authn().revoked(&id.principal) => {
+                tracing::info!(peer = %self.peer, serial = id.serial, reason = r.reason(), "ssh: revoked certificate refused");
+                Ok(Auth::reject())
+            }
             Ok(id) => {
                 self.caller = Some(Caller {
                     credential: format!("certificate serial {} ({})", id.serial, id.key_id),

@@ -19,6 +19,7 @@ mod gateway;
 mod git;
 mod idp;
 mod nginx;
+mod postgres;
 mod proc;
 mod sshd;
 mod ws;
@@ -30,6 +31,7 @@ pub use gateway::{GatewayBuilder, TestGateway};
 pub use git::{Git, GitOutput, make_repo};
 pub use idp::Idp;
 pub use nginx::{AuthRequestProxy, GitHttpServer};
+pub use postgres::Postgres;
 pub use proc::{
     Child, RefusedPort, TempDir, hand_over, local_listener, raw_http, raw_http_with_body,
     try_raw_http, wait_for,

@@ -21,6 +21,7 @@ mod paths;
 mod push_reading;
 mod refs;
 mod reload;
+mod revocation;
 mod route_refs;
 mod sessions;
 mod shutdown;

@@ -896,3 +896,102 @@ fn the_forge_sees_each_ssh_caller_as_itself() {
         wrong.log()
     );
 }
+
+/// The serial `ssh-keygen -L` shows for the certificate `cert`.
+fn serial_of(cert: &Path) -> String {
+    let out = Command::new("ssh-keygen")
+        .arg("-L")
+        .arg("-f")
+        .arg(cert)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("Serial: "))
+        .unwrap_or_else(|| panic!("no serial in {text}"))
+        .trim()
+        .to_owned()
+}
+
+/// Runs `what` until it fails (at most 1 s after the revocation); returns its stderr.
+fn fails_within_a_second(what: &str, run: impl Fn() -> gatehouse_testkit::GitOutput) -> String {
+    let start = std::time::Instant::now();
+    loop {
+        let out = run();
+        if !out.ok {
+            return out.stderr;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(1),
+            "{what}: still allowed 1 s after the revocation"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn revoked_certificates_and_service_keys_are_refused_on_the_next_command() {
+    let tmp = TempDir::new("ssh-revoke");
+    let keys = tmp.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    keygen(&keys.join("alice"));
+    keygen(&keys.join("ci"));
+    let ci_pub = std::fs::read_to_string(keys.join("ci.pub")).unwrap();
+    let f = front(&tmp, ci_pub.trim());
+    let port = f.ssh_port;
+    let url = format!("ssh://git@127.0.0.1:{port}/demo/hello.git");
+    let token = f.gw.token("alice", &["dev"]);
+    ssh_cert(&f.gw, &token, &keys.join("alice.pub"));
+    let serial = serial_of(&keys.join("alice-cert.pub"));
+
+    // A connection opened before the revocation (OpenSSH connection sharing, as a CI job or an
+    // editor keeps one), and fresh connections.
+    let control = tmp.path().join("alice.ctl");
+    let master = format!(
+        "{} -o ControlPath={}",
+        ssh_command(&keys.join("alice"), port),
+        control.display()
+    );
+    let mut parts = master.split_whitespace();
+    let out = Command::new(parts.next().unwrap())
+        .args(parts)
+        .args(["-o", "ControlMaster=yes", "-f", "-N", "git@127.0.0.1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "master: {out:?}");
+    let shared = Git::new(&tmp.path().join("home-shared"))
+        .env("GIT_SSH_COMMAND", &format!("{master} -o ControlMaster=no"));
+    let fresh = git_ssh(tmp.path(), "alice", &keys.join("alice"), port);
+    let ci = git_ssh(tmp.path(), "ci", &keys.join("ci"), port);
+    for g in [&shared, &fresh, &ci] {
+        let out = g.run(tmp.path(), &["ls-remote", &url]);
+        assert!(out.ok, "before: {}", out.stderr);
+    }
+
+    let revoke =
+        f.gw.cli(&["revoke", "ssh-cert", &serial, "--reason", "laptop lost"]);
+    assert!(revoke.status.success(), "{revoke:?}");
+    let err = fails_within_a_second("the shared connection", || {
+        shared.run(tmp.path(), &["ls-remote", &url])
+    });
+    assert!(err.contains("ssh_cert_revoked"), "{err}");
+    let err = fails_within_a_second("a new connection", || {
+        fresh.run(tmp.path(), &["ls-remote", &url])
+    });
+    assert!(err.contains("Permission denied"), "{err}");
+    let record = denial(&f.gw, "the shared connection's command", |l| {
+        l.contains("ssh_cert_revoked")
+    });
+    assert!(record.contains(&format!("cert:{serial}")), "{record}");
+    // ci-bot's key is untouched, then revoked as a service account.
+    assert!(ci.run(tmp.path(), &["ls-remote", &url]).ok);
+    let revoke = f.gw.cli(&["revoke", "service-account", "ci-bot"]);
+    assert!(revoke.status.success(), "{revoke:?}");
+    fails_within_a_second("ci-bot", || ci.run(tmp.path(), &["ls-remote", &url]));
+
+    let _ = Command::new("ssh")
+        .arg("-o")
+        .arg(format!("ControlPath={}", control.display()))
+        .args(["-O", "exit", "git@127.0.0.1"])
+        .output();
+}

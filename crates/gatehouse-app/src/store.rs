@@ -1,0 +1,251 @@
+//! Opening the configured store, and the `gatehouse store` and `gatehouse revoke` commands.
+//! This is the one place that knows which backend `[store]` picked.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use gatehouse_config::{Config, MigrateMode, StoreUrl};
+use gatehouse_core::{Clock, RevocationKind, SystemClock, UnixTime};
+use gatehouse_store::{AtOpen, NewRevocation, Store, StoreOptions};
+
+/// Opens `[store]`: its URL read from where the config says, the PostgreSQL password added,
+/// migrations applied (`migrate = "auto"`) or required. `at_open` overrides the config (`store
+/// migrate` migrates, `store status` only looks).
+pub(crate) async fn open(cfg: &Config, at_open: Option<AtOpen>) -> Result<Store> {
+    let s = &cfg.store;
+    let mut url = match &s.url {
+        StoreUrl::Plain(u) => gatehouse_core::Redacted::new(u.clone()),
+        StoreUrl::Secret(src) => {
+            let u = gatehouse_config::read_secret("store.url", src)?;
+            gatehouse_core::Redacted::new(u.expose().trim().to_owned())
+        }
+    };
+    if let Some(src) = &s.password {
+        let pw = gatehouse_config::read_secret("store.password", src)?;
+        url = gatehouse_core::Redacted::new(with_password(url.expose(), pw.expose().trim())?);
+    }
+    let opts = StoreOptions {
+        at_open: at_open.unwrap_or(match s.migrate {
+            MigrateMode::Auto => AtOpen::Migrate,
+            MigrateMode::Manual => AtOpen::Require,
+        }),
+        max_connections: s.max_connections,
+        busy_timeout: s.busy_timeout.0,
+    };
+    // A relative sqlite:// path in a URL read from a secret is under the working directory.
+    let store = gatehouse_store::open(url.expose(), Path::new("."), &opts).await?;
+    tracing::info!(store = %store.location(), backend = store.backend(), "store open");
+    Ok(store)
+}
+
+/// `postgres://user@host/db` with `password` put in, percent-encoded.
+fn with_password(url: &str, password: &str) -> Result<String> {
+    let mut u = url::Url::parse(url).context("store.url is not a URL")?;
+    anyhow::ensure!(
+        matches!(u.scheme(), "postgres" | "postgresql"),
+        "store.password is for a postgres:// store only"
+    );
+    u.set_password(Some(password))
+        .map_err(|()| anyhow::anyhow!("store.url cannot take a password"))?;
+    Ok(u.to_string())
+}
+
+/// `gatehouse store migrate`: applies pending migrations and says which.
+pub fn migrate(config: &Path) -> Result<()> {
+    let cfg = Config::load(config)?;
+    runtime()?.block_on(async {
+        let store = open(&cfg, Some(AtOpen::Migrate)).await?;
+        let status = store.status().await?;
+        let last = status.iter().map(|s| s.version).max().unwrap_or(0);
+        println!(
+            "store {} ({}) is at schema version {last}",
+            store.location(),
+            store.backend()
+        );
+        store.close().await;
+        Ok(())
+    })
+}
+
+/// `gatehouse store status`: every migration, applied or pending; exits non-zero when any is
+/// pending, so deployment scripts can gate on it.
+pub fn status(config: &Path) -> Result<bool> {
+    let cfg = Config::load(config)?;
+    runtime()?.block_on(async {
+        let store = open(&cfg, Some(AtOpen::Inspect)).await?;
+        let status = store.status().await?;
+        println!("store {} ({})", store.location(), store.backend());
+        let mut pending = false;
+        for s in &status {
+            pending |= !s.applied;
+            println!(
+                "  {:>4}  {:<8}  {}",
+                s.version,
+                if s.applied { "applied" } else { "pending" },
+                s.description
+            );
+        }
+        if pending {
+            println!("pending migrations: run `gatehouse store migrate`");
+        }
+        store.close().await;
+        Ok(!pending)
+    })
+}
+
+/// What `gatehouse revoke` was asked.
+#[derive(Debug)]
+pub enum RevokeCommand {
+    /// Revoke `value` of `kind`.
+    Revoke {
+        /// What it names.
+        kind: RevocationKind,
+        /// The jti, session id, serial, subject or service account.
+        value: String,
+        /// Why (recorded).
+        reason: String,
+        /// The revocation lapses after this many seconds (the credential's remaining life).
+        lapse_after: Option<std::time::Duration>,
+    },
+    /// Lift the revocation of `value` of `kind`.
+    Lift {
+        /// What it names.
+        kind: RevocationKind,
+        /// The value revoked.
+        value: String,
+    },
+    /// List the revocations in force.
+    List,
+}
+
+/// `gatehouse revoke ...`: writes to the store every node follows, so the revocation holds
+/// everywhere within `store.revocation_poll` (at once on PostgreSQL).
+pub fn revoke(config: &Path, cmd: RevokeCommand) -> Result<()> {
+    let cfg = Config::load(config)?;
+    let now = SystemClock.now();
+    let actor = format!(
+        "cli:{}",
+        std::env::var("SUDO_USER")
+            .or_else(|_| std::env::var("USER"))
+            .unwrap_or_else(|_| "unknown".into())
+    );
+    runtime()?.block_on(async {
+        let store = open(&cfg, None).await?;
+        let log = store.revocations();
+        match cmd {
+            RevokeCommand::Revoke {
+                kind,
+                value,
+                reason,
+                lapse_after,
+            } => {
+                let until = lapse_after.map(|d| now.plus(d).as_secs());
+                let c = log
+                    .revoke(
+                        NewRevocation {
+                            kind,
+                            value,
+                            reason,
+                            actor,
+                            until,
+                        },
+                        now.as_secs(),
+                    )
+                    .await?;
+                println!(
+                    "revoked {} {} (log entry {}{})",
+                    c.kind,
+                    c.value,
+                    c.seq,
+                    until.map_or(String::new(), |u| format!(
+                        ", lapses {}",
+                        UnixTime::from_secs(u).to_rfc3339()
+                    ))
+                );
+            }
+            RevokeCommand::Lift { kind, value } => {
+                match log.lift(kind, &value, &actor, now.as_secs()).await? {
+                    Some(c) => println!(
+                        "lifted the revocation of {kind} {value} (log entry {})",
+                        c.seq
+                    ),
+                    None => anyhow::bail!("no revocation of {kind} {value} is in force"),
+                }
+            }
+            RevokeCommand::List => {
+                let all = log.in_force(now.as_secs()).await?;
+                if all.is_empty() {
+                    println!("no revocations in force");
+                }
+                for r in all {
+                    println!(
+                        "{:<16} {:<40} {}  by {}  {}{}",
+                        r.change.kind.as_str(),
+                        r.change.value,
+                        UnixTime::from_secs(r.at).to_rfc3339(),
+                        r.actor,
+                        r.reason,
+                        r.change.until.map_or(String::new(), |u| format!(
+                            "  (lapses {})",
+                            UnixTime::from_secs(u).to_rfc3339()
+                        ))
+                    );
+                }
+            }
+        }
+        store.close().await;
+        Ok(())
+    })
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// The in-memory revocations of a serving node, loaded from the store before it serves, and the
+/// feed that keeps them current.
+pub(crate) async fn revocations(
+    store: &Store,
+    cfg: &Config,
+    clock: Arc<dyn Clock>,
+) -> Result<(
+    Arc<gatehouse_core::Revocations>,
+    gatehouse_store::RevocationFeed,
+)> {
+    let set = Arc::new(gatehouse_core::Revocations::new());
+    let feed = gatehouse_store::RevocationFeed::new(
+        store.clone(),
+        set.clone(),
+        clock,
+        cfg.store.revocation_poll.0,
+    );
+    let n = feed.load().await.context("loading revocations")?;
+    tracing::info!(
+        log_entries = n,
+        in_force_seq = set.seq(),
+        "revocations loaded"
+    );
+    Ok((set, feed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_password_from_a_secret_is_encoded_into_the_url() {
+        let u = with_password(
+            "postgres://gh@db.internal:5432/gatehouse?sslmode=verify-full",
+            "p@ss/w:rd",
+        )
+        .unwrap();
+        assert_eq!(
+            u,
+            "postgres://gh:p%40ss%2Fw%3Ard@db.internal:5432/gatehouse?sslmode=verify-full"
+        );
+        assert!(with_password("sqlite:///x.db", "p").is_err());
+    }
+}

@@ -1,0 +1,387 @@
+//! The revocation log and the feed that replays it into each node's in-memory set.
+//!
+//! Every revocation made or lifted is one appended row with an increasing sequence number. A node
+//! loads the whole log at start, then applies what follows its last sequence number when
+//! PostgreSQL notifies it (`LISTEN gatehouse_revocations`, sent in the writer's transaction) and,
+//! as the fallback that needs nothing but the table, on a poll. Sequence numbers become visible
+//! in order: SQLite has one writer at a time, and PostgreSQL writers take a self-conflicting lock
+//! on the log until they commit, so a reader never sees seq 8 before seq 7 and skips it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use gatehouse_core::{Clock, RevocationChange, RevocationKind, Revocations};
+use sqlx::Row;
+use sqlx::postgres::PgListener;
+
+use crate::{Db, Store, StoreError, on_db};
+
+/// The PostgreSQL channel a revocation is announced on (the payload is its sequence number).
+pub(crate) const CHANNEL: &str = "gatehouse_revocations";
+
+/// Rows read per query when catching up.
+const PAGE: i64 = 1000;
+
+/// A revocation to record.
+#[derive(Debug, Clone)]
+pub struct NewRevocation {
+    /// What it names.
+    pub kind: RevocationKind,
+    /// The jti, session id, serial, subject or service account.
+    pub value: String,
+    /// Why (free text for the record; never a secret).
+    pub reason: String,
+    /// Who revoked it (an operator, `cli:<user>`, an admin API caller).
+    pub actor: String,
+    /// When it lapses (the credential's own expiry), in seconds since the epoch; `None`: never.
+    pub until: Option<i64>,
+}
+
+/// A revocation in force, as `gatehouse revoke list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevocationRecord {
+    /// The change that made it.
+    pub change: RevocationChange,
+    /// Why.
+    pub reason: String,
+    /// Who.
+    pub actor: String,
+    /// When, in seconds since the epoch.
+    pub at: i64,
+}
+
+/// The revocation log of a [`Store`].
+#[derive(Debug)]
+pub struct RevocationLog<'a> {
+    store: &'a Store,
+}
+
+fn change_of(row: &impl RowLike) -> Result<RevocationChange, sqlx::Error> {
+    let kind: String = row.text("kind")?;
+    let kind = RevocationKind::parse(&kind).ok_or_else(|| {
+        sqlx::Error::Decode(format!("unknown revocation kind {kind:?} in the log").into())
+    })?;
+    Ok(RevocationChange {
+        seq: row.int("seq")?,
+        lift: row.flag("lift")?,
+        kind,
+        value: row.text("value")?,
+        until: row.opt_int("until")?,
+    })
+}
+
+/// Reads a column from either backend's row.
+trait RowLike {
+    fn text(&self, c: &str) -> Result<String, sqlx::Error>;
+    fn int(&self, c: &str) -> Result<i64, sqlx::Error>;
+    fn opt_int(&self, c: &str) -> Result<Option<i64>, sqlx::Error>;
+    fn flag(&self, c: &str) -> Result<bool, sqlx::Error>;
+}
+
+macro_rules! row_like {
+    ($row:ty) => {
+        impl RowLike for $row {
+            fn text(&self, c: &str) -> Result<String, sqlx::Error> {
+                self.try_get(c)
+            }
+            fn int(&self, c: &str) -> Result<i64, sqlx::Error> {
+                self.try_get(c)
+            }
+            fn opt_int(&self, c: &str) -> Result<Option<i64>, sqlx::Error> {
+                self.try_get(c)
+            }
+            fn flag(&self, c: &str) -> Result<bool, sqlx::Error> {
+                self.try_get(c)
+            }
+        }
+    };
+}
+row_like!(sqlx::sqlite::SqliteRow);
+row_like!(sqlx::postgres::PgRow);
+
+const INSERT: &str = "INSERT INTO revocation_log (lift, kind, value, reason, actor, at, until) \
+                      VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING seq";
+
+impl<'a> RevocationLog<'a> {
+    pub(crate) fn new(store: &'a Store) -> Self {
+        Self { store }
+    }
+
+    /// Records `r` and returns the change every node will apply. Revoking what is already
+    /// revoked records it again (with the new reason and lapse time): the latest one counts.
+    pub async fn revoke(&self, r: NewRevocation, now: i64) -> Result<RevocationChange, StoreError> {
+        r.kind.check_value(&r.value).map_err(StoreError::Invalid)?;
+        let seq = self
+            .append(false, r.kind, &r.value, &r.reason, &r.actor, now, r.until)
+            .await?;
+        Ok(RevocationChange {
+            seq,
+            lift: false,
+            kind: r.kind,
+            value: r.value,
+            until: r.until,
+        })
+    }
+
+    /// Lifts the revocation of `kind` `value`. `Ok(None)`: none was in force.
+    pub async fn lift(
+        &self,
+        kind: RevocationKind,
+        value: &str,
+        actor: &str,
+        now: i64,
+    ) -> Result<Option<RevocationChange>, StoreError> {
+        let in_force = self
+            .in_force(now)
+            .await?
+            .into_iter()
+            .any(|r| r.change.kind == kind && r.change.value == value);
+        if !in_force {
+            return Ok(None);
+        }
+        let seq = self
+            .append(true, kind, value, "lifted", actor, now, None)
+            .await?;
+        Ok(Some(RevocationChange {
+            seq,
+            lift: true,
+            kind,
+            value: value.to_owned(),
+            until: None,
+        }))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn append(
+        &self,
+        lift: bool,
+        kind: RevocationKind,
+        value: &str,
+        reason: &str,
+        actor: &str,
+        at: i64,
+        until: Option<i64>,
+    ) -> Result<i64, StoreError> {
+        let what = "recording a revocation";
+        match self.store.db() {
+            Db::Sqlite(pool) => {
+                // One statement, one implicit transaction: SQLite's single writer gives sequence
+                // numbers in commit order.
+                let row = sqlx::query(INSERT)
+                    .bind(lift)
+                    .bind(kind.as_str())
+                    .bind(value)
+                    .bind(reason)
+                    .bind(actor)
+                    .bind(at)
+                    .bind(until)
+                    .fetch_one(pool)
+                    .await
+                    .map_err(StoreError::query(what))?;
+                row.try_get("seq").map_err(StoreError::query(what))
+            }
+            Db::Postgres(pool) => {
+                let mut tx = pool.begin().await.map_err(StoreError::query(what))?;
+                // SHARE ROW EXCLUSIVE conflicts with itself and not with readers: writers queue
+                // and commit in the order they took their sequence numbers.
+                sqlx::query("LOCK TABLE revocation_log IN SHARE ROW EXCLUSIVE MODE")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StoreError::query(what))?;
+                let row = sqlx::query(INSERT)
+                    .bind(lift)
+                    .bind(kind.as_str())
+                    .bind(value)
+                    .bind(reason)
+                    .bind(actor)
+                    .bind(at)
+                    .bind(until)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(StoreError::query(what))?;
+                let seq: i64 = row.try_get("seq").map_err(StoreError::query(what))?;
+                // Delivered to listeners when (and only if) the transaction commits.
+                sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(CHANNEL)
+                    .bind(seq.to_string())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StoreError::query(what))?;
+                tx.commit().await.map_err(StoreError::query(what))?;
+                Ok(seq)
+            }
+        }
+    }
+
+    /// The changes after `seq`, in order, at most `limit`.
+    pub async fn since(&self, seq: i64, limit: i64) -> Result<Vec<RevocationChange>, StoreError> {
+        let what = "reading the revocation log";
+        on_db!(self.store.db(), |pool| {
+            let rows = sqlx::query(
+                "SELECT seq, lift, kind, value, until FROM revocation_log \
+                 WHERE seq > $1 ORDER BY seq LIMIT $2",
+            )
+            .bind(seq)
+            .bind(limit)
+            .fetch_all(pool)
+            .await
+            .map_err(StoreError::query(what))?;
+            rows.iter()
+                .map(change_of)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(StoreError::query(what))
+        })
+    }
+
+    /// Every revocation in force at `now`: the latest change of each kind and value, when it is
+    /// a revocation that has not lapsed.
+    pub async fn in_force(&self, now: i64) -> Result<Vec<RevocationRecord>, StoreError> {
+        let what = "listing revocations";
+        on_db!(self.store.db(), |pool| {
+            let rows = sqlx::query(
+                "SELECT l.seq, l.lift, l.kind, l.value, l.until, l.reason, l.actor, l.at \
+                 FROM revocation_log l \
+                 WHERE l.seq = (SELECT max(m.seq) FROM revocation_log m \
+                                WHERE m.kind = l.kind AND m.value = l.value) \
+                   AND NOT l.lift AND (l.until IS NULL OR l.until >= $1) \
+                 ORDER BY l.seq",
+            )
+            .bind(now)
+            .fetch_all(pool)
+            .await
+            .map_err(StoreError::query(what))?;
+            rows.iter()
+                .map(|row| {
+                    Ok(RevocationRecord {
+                        change: change_of(row)?,
+                        reason: row.text("reason")?,
+                        actor: row.text("actor")?,
+                        at: row.int("at")?,
+                    })
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()
+                .map_err(StoreError::query(what))
+        })
+    }
+
+    /// Applies to `set` every change after its sequence number. Returns how many were applied.
+    pub async fn catch_up(&self, set: &Revocations) -> Result<usize, StoreError> {
+        let mut n = 0;
+        loop {
+            let page = self.since(set.seq(), PAGE).await?;
+            n += page.len();
+            set.apply(&page);
+            if (page.len() as i64) < PAGE {
+                return Ok(n);
+            }
+        }
+    }
+}
+
+/// Keeps a node's [`Revocations`] in step with the store: a PostgreSQL notification wakes it at
+/// once; a poll every `poll` catches what a dropped listener missed, and is all SQLite needs (a
+/// `gatehouse revoke` in another process writes the same file).
+#[derive(Debug)]
+pub struct RevocationFeed {
+    store: Store,
+    set: Arc<Revocations>,
+    clock: Arc<dyn Clock>,
+    poll: Duration,
+}
+
+impl RevocationFeed {
+    /// A feed into `set`; call [`Self::load`] before serving, then [`Self::run`].
+    pub fn new(store: Store, set: Arc<Revocations>, clock: Arc<dyn Clock>, poll: Duration) -> Self {
+        Self {
+            store,
+            set,
+            clock,
+            poll: poll.max(Duration::from_millis(10)),
+        }
+    }
+
+    /// Reads the whole log: a node must not serve before it knows what is revoked.
+    pub async fn load(&self) -> Result<usize, StoreError> {
+        let n = self.store.revocations().catch_up(&self.set).await?;
+        self.set.prune(self.clock.now().as_secs());
+        Ok(n)
+    }
+
+    /// Follows the log until `shutdown` resolves. Errors are logged and retried on the next
+    /// poll: while the store is unreachable the node keeps refusing what it knew was revoked.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut listener = None;
+        let mut tick = tokio::time::interval(self.poll);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        loop {
+            if listener.is_none() {
+                listener = self.listen().await;
+            }
+            let woke_by_notice = match &mut listener {
+                Some(l) => tokio::select! {
+                    _ = &mut shutdown => return,
+                    _ = tick.tick() => false,
+                    n = l.recv() => match n {
+                        Ok(_) => true,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "revocation notifications lost; polling");
+                            listener = None;
+                            false
+                        }
+                    },
+                },
+                None => tokio::select! {
+                    _ = &mut shutdown => return,
+                    _ = tick.tick() => false,
+                },
+            };
+            match self.store.revocations().catch_up(&self.set).await {
+                Ok(n) => {
+                    if failing {
+                        tracing::info!("revocation log reachable again");
+                        failing = false;
+                    }
+                    if n > 0 {
+                        tracing::debug!(
+                            applied = n,
+                            woke_by_notice,
+                            seq = self.set.seq(),
+                            "revocations applied"
+                        );
+                    }
+                }
+                Err(e) => {
+                    if !failing {
+                        tracing::error!(error = %e, "cannot read the revocation log; known revocations stay in force");
+                    }
+                    failing = true;
+                }
+            }
+            if !woke_by_notice {
+                self.set.prune(self.clock.now().as_secs());
+            }
+        }
+    }
+
+    async fn listen(&self) -> Option<PgListener> {
+        let Db::Postgres(pool) = self.store.db() else {
+            return None;
+        };
+        let mut l = match PgListener::connect_with(pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for revocations; polling");
+                return None;
+            }
+        };
+        match l.listen(CHANNEL).await {
+            Ok(()) => Some(l),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for revocations; polling");
+                None
+            }
+        }
+    }
+}

@@ -1,0 +1,339 @@
+//! The conformance suite: every behaviour of the store, run once on SQLite and once on a real
+//! PostgreSQL (Debian's package, started by the test harness). A behaviour that holds on one
+//! backend and not the other fails here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use gatehouse_core::{ManualClock, Principal, PrincipalKind, RevocationKind, Revocations};
+use gatehouse_testkit::{Postgres, TempDir};
+
+use super::*;
+
+/// One PostgreSQL server for the whole test binary, each test in its own database.
+fn postgres() -> &'static Postgres {
+    Postgres::shared()
+}
+
+/// Both backends, fresh and migrated, named for failure messages. The temporary directory must
+/// outlive the SQLite store.
+async fn backends(test: &str) -> Vec<(Store, TempDir)> {
+    let dir = TempDir::new(&format!("store-{test}"));
+    let opts = StoreOptions::default();
+    let lite = Store::sqlite(&dir.path().join("store.db"), &opts)
+        .await
+        .unwrap();
+    let pg = postgres();
+    let url = pg.create_database(&format!("t_{test}"));
+    let pgs = Store::postgres(&url, &opts).await.unwrap();
+    vec![
+        (lite, dir),
+        (pgs, TempDir::new(&format!("store-{test}-pg"))),
+    ]
+}
+
+fn revocation(kind: RevocationKind, value: &str) -> NewRevocation {
+    NewRevocation {
+        kind,
+        value: value.into(),
+        reason: "test".into(),
+        actor: "cli:test".into(),
+        until: None,
+    }
+}
+
+fn user(token: &str) -> Principal {
+    Principal {
+        kind: PrincipalKind::User,
+        issuer: "urn:test".into(),
+        subject: "s-alice".into(),
+        username: "alice".into(),
+        display_name: None,
+        email: None,
+        groups: vec![],
+        token_id: Some(token.into()),
+        expires_at: None,
+    }
+}
+
+#[tokio::test]
+async fn migrations_apply_once_and_status_reports_them() {
+    for (store, _d) in backends("migrations").await {
+        let b = store.backend();
+        let status = store.status().await.unwrap();
+        assert!(status.iter().all(|s| s.applied), "{b}: {status:?}");
+        assert_eq!(
+            store.migrate().await.unwrap(),
+            Vec::<i64>::new(),
+            "{b}: twice"
+        );
+        store.check_schema().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn an_unmigrated_store_is_refused_unless_told_to_migrate() {
+    let dir = TempDir::new("store-unmigrated");
+    let opts = StoreOptions {
+        at_open: AtOpen::Require,
+        ..StoreOptions::default()
+    };
+    let path = dir.path().join("fresh.db");
+    let err = Store::sqlite(&path, &opts).await.unwrap_err();
+    assert!(matches!(err, StoreError::Pending { .. }), "{err}");
+    assert!(err.to_string().contains("gatehouse store migrate"), "{err}");
+
+    let pg = postgres();
+    let url = pg.create_database("t_unmigrated");
+    let err = Store::postgres(&url, &opts).await.unwrap_err();
+    assert!(matches!(err, StoreError::Pending { .. }), "{err}");
+    // Then migrated, it opens.
+    Store::postgres(&url, &StoreOptions::default())
+        .await
+        .unwrap();
+    Store::postgres(&url, &opts).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_store_migrated_by_a_newer_version_is_refused() {
+    for (store, _d) in backends("newer").await {
+        let b = store.backend();
+        on_db!(store.db(), |pool| {
+            sqlx::query(
+                "INSERT INTO gatehouse_migrations (version, description, success, checksum, \
+                 execution_time) VALUES (999, 'future', TRUE, $1, 0)",
+            )
+            .bind(vec![0u8; 48])
+            .execute(pool)
+            .await
+            .unwrap();
+        });
+        let err = store.check_schema().await.unwrap_err();
+        assert!(matches!(err, StoreError::Schema { .. }), "{b}: {err}");
+        assert!(err.to_string().contains("999"), "{b}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn a_wrong_password_or_url_names_the_store_and_never_the_password() {
+    let pg = postgres();
+    let bad = pg.url().replace(pg.password(), "not-the-password");
+    let err = Store::postgres(&bad, &StoreOptions::default())
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, StoreError::Open { .. }), "{text}");
+    assert!(text.contains(&format!("127.0.0.1:{}", pg.port)), "{text}");
+    assert!(!text.contains("not-the-password"), "{text}");
+
+    let err = Store::postgres(
+        "postgres://u:s3cret@127.0.0.1:notaport/db",
+        &StoreOptions::default(),
+    )
+    .await
+    .unwrap_err();
+    assert!(!err.to_string().contains("s3cret"), "{err}");
+    for url in [
+        "mysql://x",
+        "sqlite://",
+        "sqlite://a.db?mode=ro",
+        "gatehouse.db",
+    ] {
+        assert!(StoreLocation::parse(url).is_err(), "{url}");
+    }
+    assert_eq!(
+        StoreLocation::parse("sqlite://var/store.db"),
+        Ok(StoreLocation::Sqlite("var/store.db".into()))
+    );
+    assert_eq!(
+        StoreLocation::parse("postgresql://h/db"),
+        Ok(StoreLocation::Postgres)
+    );
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn the_sqlite_file_is_private() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = TempDir::new("store-private");
+    let path = dir.path().join("sub/store.db");
+    let store = Store::sqlite(&path, &StoreOptions::default())
+        .await
+        .unwrap();
+    store
+        .revocations()
+        .revoke(revocation(RevocationKind::Token, "j"), 1)
+        .await
+        .unwrap();
+    for f in ["store.db", "store.db-wal", "store.db-shm"] {
+        let p = dir.path().join("sub").join(f);
+        if let Ok(m) = std::fs::metadata(&p) {
+            assert_eq!(
+                m.permissions().mode() & 0o077,
+                0,
+                "{f} is readable by others"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn revocations_are_logged_in_order_listed_and_lifted() {
+    for (store, _d) in backends("revlog").await {
+        let b = store.backend();
+        let log = store.revocations();
+        let a = log
+            .revoke(revocation(RevocationKind::Token, "jti-a"), 100)
+            .await
+            .unwrap();
+        let s = log
+            .revoke(
+                NewRevocation {
+                    until: Some(150),
+                    ..revocation(RevocationKind::SshCert, "42")
+                },
+                101,
+            )
+            .await
+            .unwrap();
+        assert!(s.seq > a.seq, "{b}");
+        let listed = log.in_force(120).await.unwrap();
+        assert_eq!(listed.len(), 2, "{b}: {listed:?}");
+        assert_eq!(listed[0].actor, "cli:test");
+        assert_eq!(listed[0].at, 100);
+        assert_eq!(log.in_force(151).await.unwrap().len(), 1, "{b}: lapsed");
+
+        let lifted = log
+            .lift(RevocationKind::Token, "jti-a", "cli:test", 130)
+            .await
+            .unwrap();
+        assert!(lifted.is_some_and(|c| c.lift && c.seq > s.seq), "{b}");
+        assert!(
+            log.lift(RevocationKind::Token, "jti-a", "cli:test", 131)
+                .await
+                .unwrap()
+                .is_none(),
+            "{b}: nothing left to lift"
+        );
+        let listed = log.in_force(131).await.unwrap();
+        assert_eq!(listed.len(), 1, "{b}: {listed:?}");
+        assert_eq!(listed[0].change.kind, RevocationKind::SshCert);
+
+        let all = log.since(0, 100).await.unwrap();
+        assert_eq!(all.len(), 3, "{b}");
+        assert!(all.windows(2).all(|w| w[0].seq < w[1].seq), "{b}: ordered");
+        assert_eq!(log.since(all[1].seq, 100).await.unwrap().len(), 1, "{b}");
+
+        let err = log
+            .revoke(revocation(RevocationKind::SshCert, "not-a-serial"), 1)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Invalid(_)), "{b}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn a_feed_brings_another_nodes_revocation_within_a_second() {
+    for (store, _d) in backends("feed").await {
+        let b = store.backend();
+        // Node B's view, fed from the store; node A writes through its own handle.
+        let set = Arc::new(Revocations::new());
+        let clock = Arc::new(ManualClock::new(1_000));
+        let feed = RevocationFeed::new(
+            store.clone(),
+            set.clone(),
+            clock,
+            Duration::from_millis(200),
+        );
+        store
+            .revocations()
+            .revoke(revocation(RevocationKind::Token, "before-start"), 900)
+            .await
+            .unwrap();
+        assert_eq!(feed.load().await.unwrap(), 1, "{b}");
+        assert!(set.check(&user("before-start"), 1_000).is_some(), "{b}");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(feed.run(async {
+            let _ = stopped.await;
+        }));
+        // Let the listener (PostgreSQL) settle, then revoke and time the arrival.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for i in 0..5 {
+            let jti = format!("jti-{i}");
+            let started = std::time::Instant::now();
+            store
+                .revocations()
+                .revoke(revocation(RevocationKind::Token, &jti), 1_000)
+                .await
+                .unwrap();
+            while set.check(&user(&jti), 1_000).is_none() {
+                assert!(
+                    started.elapsed() < Duration::from_secs(1),
+                    "{b}: revocation {i} not seen within 1 s"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        store
+            .revocations()
+            .lift(RevocationKind::Token, "jti-0", "cli:test", 1_000)
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        while set.check(&user("jti-0"), 1_000).is_some() {
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "{b}: lift not seen"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let _ = stop.send(());
+        task.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn concurrent_writers_never_let_a_reader_skip_a_sequence_number() {
+    for (store, _d) in backends("concurrent").await {
+        let b = store.backend();
+        let set = Arc::new(Revocations::new());
+        let mut writers = Vec::new();
+        for w in 0..4 {
+            let store = store.clone();
+            writers.push(tokio::spawn(async move {
+                for i in 0..25 {
+                    store
+                        .revocations()
+                        .revoke(revocation(RevocationKind::Token, &format!("w{w}-{i}")), 1)
+                        .await
+                        .unwrap();
+                }
+            }));
+        }
+        // A reader catching up while they write must end with all 100, none skipped.
+        let reader = {
+            let store = store.clone();
+            let set = set.clone();
+            tokio::spawn(async move {
+                for _ in 0..200 {
+                    store.revocations().catch_up(&set).await.unwrap();
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        for w in writers {
+            w.await.unwrap();
+        }
+        reader.await.unwrap();
+        store.revocations().catch_up(&set).await.unwrap();
+        for w in 0..4 {
+            for i in 0..25 {
+                assert!(
+                    set.check(&user(&format!("w{w}-{i}")), 1).is_some(),
+                    "{b}: w{w}-{i} was skipped"
+                );
+            }
+        }
+    }
+}
