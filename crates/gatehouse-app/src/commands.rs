@@ -60,6 +60,7 @@ pub fn token_issue(args: &TokenIssueArgs) -> Result<()> {
             } else {
                 PrincipalKind::Service
             },
+            environment: None,
         },
         now,
     )?;

@@ -218,6 +218,7 @@ pub fn quickstart(args: &QuickstartArgs) -> Result<()> {
                 name: None,
                 email: Some(format!("{sub}@example.test")),
                 kind,
+                environment: None,
             },
             now,
         )

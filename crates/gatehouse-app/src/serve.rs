@@ -310,8 +310,14 @@ pub(crate) async fn run(
     let (forge_groups, forge_api) = forge_clients(&cfg, clock.clone())?;
     let sessions = match &cfg.session {
         Some(scfg) => Some(Arc::new(
-            Sessions::with_file_store(scfg, &cfg.issuers, &authn, clock.clone())
-                .context("browser sessions")?,
+            Sessions::new(
+                scfg,
+                &cfg.issuers,
+                Arc::new(crate::store::StoreSessions(store.clone())),
+                &authn,
+                clock.clone(),
+            )
+            .context("browser sessions")?,
         )),
         None => None,
     };

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use futures_util::future::BoxFuture;
 use gatehouse_config::{Config, MigrateMode, StoreUrl};
 use gatehouse_core::{Clock, RevocationKind, SystemClock, UnixTime};
 use gatehouse_store::{AtOpen, NewRevocation, Store, StoreOptions};
@@ -247,5 +248,134 @@ mod tests {
             "postgres://gh:p%40ss%2Fw%3Ard@db.internal:5432/gatehouse?sslmode=verify-full"
         );
         assert!(with_password("sqlite:///x.db", "p").is_err());
+    }
+}
+
+/// Browser sessions on the store: the session crate's five operations and renewal lease over
+/// `gatehouse-store`'s session records.
+#[derive(Debug)]
+pub(crate) struct StoreSessions(pub(crate) Store);
+
+fn session_err(e: gatehouse_store::StoreError) -> gatehouse_session::StoreError {
+    gatehouse_session::StoreError(e.to_string())
+}
+
+impl gatehouse_session::SessionStore for StoreSessions {
+    fn put<'a>(
+        &'a self,
+        kind: gatehouse_session::RecordKind,
+        key: &'a str,
+        expires_at: i64,
+        value: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), gatehouse_session::StoreError>> {
+        Box::pin(async move {
+            self.0
+                .sessions()
+                .put(kind.as_str(), key, expires_at, value)
+                .await
+                .map_err(session_err)
+        })
+    }
+
+    fn get<'a>(
+        &'a self,
+        kind: gatehouse_session::RecordKind,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, gatehouse_session::StoreError>> {
+        Box::pin(async move {
+            self.0
+                .sessions()
+                .get(kind.as_str(), key)
+                .await
+                .map_err(session_err)
+        })
+    }
+
+    fn take<'a>(
+        &'a self,
+        kind: gatehouse_session::RecordKind,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, gatehouse_session::StoreError>> {
+        Box::pin(async move {
+            self.0
+                .sessions()
+                .take(kind.as_str(), key)
+                .await
+                .map_err(session_err)
+        })
+    }
+
+    fn delete<'a>(
+        &'a self,
+        kind: gatehouse_session::RecordKind,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<(), gatehouse_session::StoreError>> {
+        Box::pin(async move {
+            self.0
+                .sessions()
+                .delete(kind.as_str(), key)
+                .await
+                .map_err(session_err)
+        })
+    }
+
+    fn sweep(&self, now: i64) -> BoxFuture<'_, Result<usize, gatehouse_session::StoreError>> {
+        Box::pin(async move {
+            self.0
+                .sessions()
+                .sweep(now)
+                .await
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+                .map_err(session_err)
+        })
+    }
+
+    fn try_lease<'a>(
+        &'a self,
+        kind: gatehouse_session::RecordKind,
+        key: &'a str,
+        holder: &'a str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> BoxFuture<'a, Result<bool, gatehouse_session::StoreError>> {
+        Box::pin(async move {
+            self.0
+                .sessions()
+                .try_lease(kind.as_str(), key, holder, now_ms, until_ms)
+                .await
+                .map_err(session_err)
+        })
+    }
+
+    fn update_leased<'a>(
+        &'a self,
+        kind: gatehouse_session::RecordKind,
+        key: &'a str,
+        holder: &'a str,
+        expires_at: i64,
+        value: &'a [u8],
+    ) -> BoxFuture<'a, Result<bool, gatehouse_session::StoreError>> {
+        Box::pin(async move {
+            self.0
+                .sessions()
+                .update_leased(kind.as_str(), key, holder, expires_at, value)
+                .await
+                .map_err(session_err)
+        })
+    }
+
+    fn release<'a>(
+        &'a self,
+        kind: gatehouse_session::RecordKind,
+        key: &'a str,
+        holder: &'a str,
+    ) -> BoxFuture<'a, Result<(), gatehouse_session::StoreError>> {
+        Box::pin(async move {
+            self.0
+                .sessions()
+                .release(kind.as_str(), key, holder)
+                .await
+                .map_err(session_err)
+        })
     }
 }

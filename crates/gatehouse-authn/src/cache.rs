@@ -85,6 +85,7 @@ mod tests {
             groups: Vec::new(),
             token_id: None,
             expires_at: None,
+            environment: None,
         });
         cache.insert(token_key("a"), p, 100);
         assert!(cache.get(&token_key("a"), 50).is_some());

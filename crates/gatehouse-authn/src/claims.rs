@@ -145,6 +145,7 @@ pub fn map_principal(
         groups,
         token_id: claims.get("jti").and_then(Value::as_str).map(str::to_owned),
         expires_at: number(claims, "exp")?,
+        environment: None,
     })
 }
 

@@ -78,6 +78,8 @@ pub struct TokenRequest {
     pub email: Option<String>,
     /// Person or machine.
     pub kind: PrincipalKind,
+    /// The environment the token is bound to (`gatehouse_env`): ending it revokes the token.
+    pub environment: Option<String>,
 }
 
 /// A digest of the audience and every identity field the assertion carries ([`assertion_key`]).
@@ -299,6 +301,9 @@ impl OwnIssuer {
             if let Some(e) = &req.email {
                 obj.insert("email".into(), Value::String(e.clone()));
             }
+            if let Some(env) = &req.environment {
+                obj.insert("gatehouse_env".into(), Value::String(env.clone()));
+            }
         }
         // Check the claims the way a request would before handing the token out.
         let principal = map_principal(
@@ -337,7 +342,14 @@ impl OwnIssuer {
             Some("user") => PrincipalKind::User,
             _ => PrincipalKind::Service,
         };
-        map_principal(&jwt.claims, &ClaimMapping::default(), &self.issuer, kind)
+        let mut p = map_principal(&jwt.claims, &ClaimMapping::default(), &self.issuer, kind)?;
+        p.environment = match jwt.claims.get("gatehouse_env") {
+            None => None,
+            Some(Value::String(env)) if !env.is_empty() => Some(env.clone()),
+            // A binding that cannot be read is never dropped: the token is refused.
+            Some(_) => return Err(AuthnError::BadClaim("gatehouse_env".into())),
+        };
+        Ok(p)
     }
 
     /// A short-lived assertion of who the caller is, for the upstream (`aud` = the upstream).

@@ -38,6 +38,9 @@ pub struct Principal {
     pub token_id: Option<String>,
     /// When the credential expires, in seconds since the epoch.
     pub expires_at: Option<i64>,
+    /// The environment the credential is bound to (a token from an RFC 8693 exchange, an SSH
+    /// certificate bought with one): ending the environment revokes it.
+    pub environment: Option<String>,
 }
 
 impl Principal {
@@ -70,6 +73,7 @@ impl Principal {
             groups,
             token_id: _,
             expires_at: _,
+            environment: _,
         } = self;
         Claims {
             kind: *kind,

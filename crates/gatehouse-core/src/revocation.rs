@@ -22,20 +22,23 @@ pub enum RevocationKind {
     Subject,
     /// A service account (any principal of kind service), by its username.
     ServiceAccount,
+    /// Every credential bound to an environment (`gatehouse env end`), by the environment's id.
+    Environment,
 }
 
 impl RevocationKind {
     /// Every kind, in the order the CLI lists them.
-    pub const ALL: [RevocationKind; 5] = [
+    pub const ALL: [RevocationKind; 6] = [
         RevocationKind::Token,
         RevocationKind::Session,
         RevocationKind::SshCert,
         RevocationKind::Subject,
         RevocationKind::ServiceAccount,
+        RevocationKind::Environment,
     ];
 
     /// The name stored and typed on the command line: `token`, `session`, `ssh-cert`,
-    /// `subject`, `service-account`.
+    /// `subject`, `service-account`, `environment`.
     pub const fn as_str(self) -> &'static str {
         match self {
             RevocationKind::Token => "token",
@@ -43,6 +46,7 @@ impl RevocationKind {
             RevocationKind::SshCert => "ssh-cert",
             RevocationKind::Subject => "subject",
             RevocationKind::ServiceAccount => "service-account",
+            RevocationKind::Environment => "environment",
         }
     }
 
@@ -82,7 +86,9 @@ impl RevocationKind {
             RevocationKind::Token => Some(value.to_owned()),
             RevocationKind::Session => Some(format!("session:{value}")),
             RevocationKind::SshCert => Some(format!("cert:{value}")),
-            RevocationKind::Subject | RevocationKind::ServiceAccount => None,
+            RevocationKind::Subject
+            | RevocationKind::ServiceAccount
+            | RevocationKind::Environment => None,
         }
     }
 }
@@ -118,7 +124,7 @@ pub struct Revoked {
 
 impl Revoked {
     /// The reason code decisions and audit records carry: `token_revoked`, `session_revoked`,
-    /// `ssh_cert_revoked`, `subject_revoked`, `service_account_revoked`.
+    /// `ssh_cert_revoked`, `subject_revoked`, `service_account_revoked`, `environment_ended`.
     pub const fn reason(self) -> &'static str {
         match self.kind {
             RevocationKind::Token => "token_revoked",
@@ -126,6 +132,7 @@ impl Revoked {
             RevocationKind::SshCert => "ssh_cert_revoked",
             RevocationKind::Subject => "subject_revoked",
             RevocationKind::ServiceAccount => "service_account_revoked",
+            RevocationKind::Environment => "environment_ended",
         }
     }
 }
@@ -145,6 +152,7 @@ struct State {
     credentials: HashMap<String, Option<i64>>,
     subjects: HashMap<String, Option<i64>>,
     services: HashMap<String, Option<i64>>,
+    environments: HashMap<String, Option<i64>>,
 }
 
 impl State {
@@ -155,11 +163,15 @@ impl State {
             }
             RevocationKind::Subject => &mut self.subjects,
             RevocationKind::ServiceAccount => &mut self.services,
+            RevocationKind::Environment => &mut self.environments,
         }
     }
 
     fn is_empty(&self) -> bool {
-        self.credentials.is_empty() && self.subjects.is_empty() && self.services.is_empty()
+        self.credentials.is_empty()
+            && self.subjects.is_empty()
+            && self.services.is_empty()
+            && self.environments.is_empty()
     }
 }
 
@@ -211,6 +223,7 @@ impl Revocations {
             RevocationKind::Token,
             RevocationKind::Subject,
             RevocationKind::ServiceAccount,
+            RevocationKind::Environment,
         ] {
             st.map(kind).retain(|_, until| in_force(*until, now));
         }
@@ -248,6 +261,13 @@ impl Revocations {
                 kind: RevocationKind::ServiceAccount,
             });
         }
+        if let Some(env) = &p.environment
+            && hit(&st.environments, env)
+        {
+            return Some(Revoked {
+                kind: RevocationKind::Environment,
+            });
+        }
         None
     }
 }
@@ -267,6 +287,7 @@ mod tests {
             groups: vec![],
             token_id: token.map(str::to_owned),
             expires_at: None,
+            environment: None,
         }
     }
 

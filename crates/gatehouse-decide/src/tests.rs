@@ -56,6 +56,7 @@ fn core(groups: &[&str]) -> (Decider, Credential) {
                 name: None,
                 email: None,
                 kind: PrincipalKind::User,
+                environment: None,
             },
             now(),
         )

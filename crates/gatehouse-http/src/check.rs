@@ -90,6 +90,7 @@ impl Gateway {
             groups,
             token_id: None,
             expires_at: None,
+            environment: None,
         }))
     }
 

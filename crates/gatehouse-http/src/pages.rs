@@ -297,6 +297,7 @@ mod tests {
             groups: vec![],
             token_id: None,
             expires_at: None,
+            environment: None,
         };
         let page = |web: Option<WebAccess>| {
             whoami(&WhoAmI {

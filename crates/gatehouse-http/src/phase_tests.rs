@@ -148,6 +148,7 @@ impl Harness {
                     name: None,
                     email: None,
                     kind: PrincipalKind::User,
+                    environment: None,
                 },
                 now(),
             )

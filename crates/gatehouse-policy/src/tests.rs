@@ -30,6 +30,7 @@ fn principal(user: &str, groups: &[&str]) -> Principal {
         groups: groups.iter().map(|g| (*g).to_owned()).collect(),
         token_id: None,
         expires_at: None,
+        environment: None,
     }
 }
 

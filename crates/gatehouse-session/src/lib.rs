@@ -19,7 +19,7 @@ mod store;
 
 pub use cookie::{LOGIN_COOKIE, SESSION_COOKIE, cookie_values, set_cookie, without_own_cookies};
 pub use redirect::safe_return_to;
-pub use store::{FileStore, RecordKind, SessionStore, StoreError};
+pub use store::{MemoryStore, RecordKind, SessionStore, StoreError};
 
 use std::sync::Arc;
 
@@ -263,6 +263,9 @@ pub struct Sessions {
     clock: Arc<dyn Clock>,
     http: reqwest::Client,
     locks: Vec<tokio::sync::Mutex<()>>,
+    /// This process's name on renewal leases (random): the striped locks serialise renewal
+    /// within a process, the store's lease across the nodes that share it.
+    holder: String,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -302,6 +305,7 @@ impl StoredPrincipal {
             groups: self.groups.clone(),
             token_id: Some(session_ref(id)),
             expires_at: Some(expires_at),
+            environment: None,
         }
     }
 }
@@ -321,6 +325,14 @@ fn session_secret(cfg: &SessionConfig) -> Result<Redacted<String>, SessionError>
         Err(e) => {
             return Err(SessionError::Config(format!("{}: {e}", path.display())));
         }
+    }
+    std::fs::create_dir_all(&cfg.dir)
+        .map_err(|e| SessionError::Config(format!("{}: {e}", cfg.dir.display())))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&cfg.dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| SessionError::Config(format!("{}: {e}", cfg.dir.display())))?;
     }
     let mut raw = [0u8; 32];
     aws_lc_rs::rand::fill(&mut raw).map_err(|_| SessionError::Internal("rng".into()))?;
@@ -360,19 +372,8 @@ fn form_encode(s: &str) -> String {
 }
 
 impl Sessions {
-    /// Builds the session manager of `[session]` (`scfg`) with the file store under
-    /// `session.dir`, signing in with the `[[issuers]]` that have a `login` table.
-    pub fn with_file_store(
-        scfg: &SessionConfig,
-        issuers: &[IssuerConfig],
-        authn: &Authenticator,
-        clock: Arc<dyn Clock>,
-    ) -> Result<Self, SessionError> {
-        let store = FileStore::open(&scfg.dir)?;
-        Self::new(scfg, issuers, Arc::new(store), authn, clock)
-    }
-
-    /// Builds the session manager over any store.
+    /// Builds the session manager of `[session]` (`scfg`) over `store` (the app gives it the
+    /// shared store every node uses), signing in with the `[[issuers]]` that have a `login` table.
     pub fn new(
         scfg: &SessionConfig,
         issuers: &[IssuerConfig],
@@ -421,6 +422,11 @@ impl Sessions {
             locks: (0..LOCK_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
+            holder: {
+                let mut b = [0u8; 12];
+                aws_lc_rs::rand::fill(&mut b).map_err(|_| SessionError::Internal("rng".into()))?;
+                b.iter().map(|x| format!("{x:02x}")).collect()
+            },
         })
     }
 
@@ -714,29 +720,18 @@ impl Sessions {
         let renew_at = rec.access_expires_at.saturating_sub(refresh_before);
         if rec.refresh_token.is_some() && now >= renew_at {
             let _guard = self.lock_of(&key).lock().await;
-            // Another request may have renewed it while this one waited.
-            let Some(fresh) = self.get::<StoredSession>(RecordKind::Session, &key).await? else {
-                return Ok(None);
-            };
-            rec = fresh;
-            if now >= rec.access_expires_at.saturating_sub(refresh_before) {
-                match self.refresh(p, &mut rec, now).await {
-                    Ok(()) => {
-                        self.put(RecordKind::Session, &key, rec.expires_at, &rec)
-                            .await?;
-                    }
-                    Err(TokenCallError::Refused(why)) => {
-                        tracing::info!(reason = %why, "session ended: the identity provider no longer renews it");
-                        self.store.delete(RecordKind::Session, &key).await?;
-                        return Ok(None);
-                    }
-                    Err(TokenCallError::Unavailable(why)) => {
-                        tracing::warn!(error = %why, "session renewal failed");
-                        if now >= rec.access_expires_at {
-                            return Ok(None);
-                        }
-                    }
-                }
+            // One renewal at a time across every node sharing the store: a rotating refresh
+            // token is spent once. Whoever waited reads what the renewal wrote.
+            let leased = self.lease(&key).await?;
+            let renewed = self.renew(p, &key, leased, now, refresh_before).await;
+            if leased {
+                self.store
+                    .release(RecordKind::Session, &key, &self.holder)
+                    .await?;
+            }
+            match renewed? {
+                Some(r) => rec = r,
+                None => return Ok(None),
             }
         }
         let principal = rec.principal.principal(&rec.issuer, id, rec.expires_at);
@@ -750,6 +745,84 @@ impl Sessions {
             renews: rec.refresh_token.is_some(),
             refreshes: rec.refreshes,
         }))
+    }
+
+    /// How long a renewal lease lasts: past it (a node died mid-renewal), another may renew.
+    const LEASE_MS: i64 = 30_000;
+    /// How long a request waits for another node's renewal before giving up on renewing.
+    const LEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+    /// Takes the renewal lease of the session under `key`, waiting while another node holds it.
+    /// `false`: the wait ran out (or the session is gone).
+    async fn lease(&self, key: &str) -> Result<bool, SessionError> {
+        let started = std::time::Instant::now();
+        loop {
+            let now_ms = (self.clock.now().as_nanos() / 1_000_000) as i64;
+            let got = self
+                .store
+                .try_lease(
+                    RecordKind::Session,
+                    key,
+                    &self.holder,
+                    now_ms,
+                    now_ms + Self::LEASE_MS,
+                )
+                .await?;
+            if got || started.elapsed() >= Self::LEASE_WAIT {
+                return Ok(got);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The session under `key` as it is now, renewed first if it still needs it and this
+    /// process holds the lease (`leased`). `None`: the session has ended.
+    async fn renew(
+        &self,
+        p: &Provider,
+        key: &str,
+        leased: bool,
+        now: i64,
+        refresh_before: i64,
+    ) -> Result<Option<StoredSession>, SessionError> {
+        // Another request, here or on another node, may have renewed it while this one waited.
+        let Some(mut rec) = self.get::<StoredSession>(RecordKind::Session, key).await? else {
+            return Ok(None);
+        };
+        if now < rec.access_expires_at.saturating_sub(refresh_before) {
+            return Ok(Some(rec));
+        }
+        if !leased {
+            // Another node is renewing and slow: use what there is while it is valid.
+            tracing::warn!("session renewal is held by another node; not renewing here");
+            return Ok((now < rec.access_expires_at).then_some(rec));
+        }
+        match self.refresh(p, &mut rec, now).await {
+            Ok(()) => {
+                let sealed = self.seal(RecordKind::Session, key, &rec)?;
+                let kept = self
+                    .store
+                    .update_leased(
+                        RecordKind::Session,
+                        key,
+                        &self.holder,
+                        rec.expires_at,
+                        &sealed,
+                    )
+                    .await?;
+                // Signed out meanwhile (on any node): it stays signed out.
+                Ok(kept.then_some(rec))
+            }
+            Err(TokenCallError::Refused(why)) => {
+                tracing::info!(reason = %why, "session ended: the identity provider no longer renews it");
+                self.store.delete(RecordKind::Session, key).await?;
+                Ok(None)
+            }
+            Err(TokenCallError::Unavailable(why)) => {
+                tracing::warn!(error = %why, "session renewal failed");
+                Ok((now < rec.access_expires_at).then_some(rec))
+            }
+        }
     }
 
     /// Renews a session's tokens; a new ID token must name the same subject.
@@ -1006,6 +1079,16 @@ impl Sessions {
         }
     }
 
+    fn seal<T: Serialize>(
+        &self,
+        kind: RecordKind,
+        key: &str,
+        value: &T,
+    ) -> Result<Vec<u8>, SessionError> {
+        let plain = serde_json::to_vec(value).map_err(|e| SessionError::Internal(e.to_string()))?;
+        self.keys.seal(&format!("{}/{key}", kind.as_str()), &plain)
+    }
+
     async fn put<T: Serialize>(
         &self,
         kind: RecordKind,
@@ -1013,10 +1096,7 @@ impl Sessions {
         expires_at: i64,
         value: &T,
     ) -> Result<(), SessionError> {
-        let plain = serde_json::to_vec(value).map_err(|e| SessionError::Internal(e.to_string()))?;
-        let sealed = self
-            .keys
-            .seal(&format!("{}/{key}", kind.as_str()), &plain)?;
+        let sealed = self.seal(kind, key, value)?;
         Ok(self.store.put(kind, key, expires_at, &sealed).await?)
     }
 

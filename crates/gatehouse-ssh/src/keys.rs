@@ -19,6 +19,9 @@ const EXT_SUBJECT: &str = "subject@gatehouse";
 const EXT_GROUPS: &str = "groups@gatehouse";
 const EXT_EMAIL: &str = "email@gatehouse";
 const EXT_NAME: &str = "name@gatehouse";
+/// The environment the credential that bought the certificate is bound to: ending it revokes
+/// the certificate too.
+const EXT_ENVIRONMENT: &str = "environment@gatehouse";
 const EXT_KIND: &str = "kind@gatehouse";
 
 /// Loads an Ed25519 private key, or generates one (mode 0600) when the file is missing.
@@ -149,6 +152,9 @@ impl UserCa {
         if let Some(n) = &p.display_name {
             b.extension(EXT_NAME, n.clone()).map_err(sign)?;
         }
+        if let Some(env) = &p.environment {
+            b.extension(EXT_ENVIRONMENT, env.clone()).map_err(sign)?;
+        }
         b.sign(&self.key).map_err(sign)
     }
 
@@ -195,6 +201,7 @@ impl UserCa {
                 .unwrap_or_default(),
             token_id: Some(format!("cert:{}", cert.serial())),
             expires_at: i64::try_from(cert.valid_before()).ok(),
+            environment: ext(EXT_ENVIRONMENT),
         };
         principal.normalize_groups();
         Ok(CertIdentity {
@@ -250,6 +257,7 @@ mod tests {
             groups: vec!["dev".into(), "release".into()],
             token_id: Some("jti-1".into()),
             expires_at: None,
+            environment: None,
         }
     }
 

@@ -139,6 +139,7 @@ impl SshSettings {
                 groups: sa.groups.clone(),
                 token_id: Some(format!("ssh-key:{}", fingerprint(key.key_data()))),
                 expires_at: None,
+                environment: None,
             };
             p.normalize_groups();
             service_accounts.insert(key.key_data().clone(), p);

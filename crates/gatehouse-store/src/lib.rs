@@ -1,9 +1,10 @@
 //! Gatehouse's durable, shared state: one [`Store`] over two backends with one behaviour, SQLite
 //! in one file (the embedded default: WAL, every commit fsynced) and PostgreSQL (several gateway
 //! nodes on one database). It owns the schema, its versioned migrations and the typed stores over
-//! it: today the revocation log ([`RevocationLog`]) and the feed that keeps every node's
-//! in-memory [`Revocations`](gatehouse_core::Revocations) current within a second
-//! ([`RevocationFeed`]).
+//! it: the revocation log ([`RevocationLog`]) and the feed that keeps every node's in-memory
+//! [`Revocations`](gatehouse_core::Revocations) current within a second ([`RevocationFeed`]),
+//! and sealed browser-session records with a lease that serialises their renewal across nodes
+//! ([`SessionRecords`]).
 //!
 //! This crate must not know about HTTP, SSH, policy or configuration files: the app crate picks
 //! the backend ([`Store::sqlite`] or [`Store::postgres`]) and no other crate knows which one it
@@ -12,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 mod revocations;
+mod sessions;
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
@@ -24,6 +26,7 @@ use sqlx::sqlite::{
 };
 
 pub use revocations::{NewRevocation, RevocationFeed, RevocationLog, RevocationRecord};
+pub use sessions::SessionRecords;
 
 /// The table sqlx records applied migrations in (its default name would collide with an
 /// application sharing the database).
@@ -31,12 +34,20 @@ const MIGRATIONS_TABLE: &str = "gatehouse_migrations";
 
 /// The migrations, in order: (version, description, SQLite, PostgreSQL). A migration is never
 /// edited once released (its checksum is recorded): a change is a new version.
-const MIGRATIONS: &[(i64, &str, &str, &str)] = &[(
-    1,
-    "revocations",
-    include_str!("../migrations/sqlite/0001_revocations.sql"),
-    include_str!("../migrations/postgres/0001_revocations.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
+    (
+        1,
+        "revocations",
+        include_str!("../migrations/sqlite/0001_revocations.sql"),
+        include_str!("../migrations/postgres/0001_revocations.sql"),
+    ),
+    (
+        2,
+        "sessions",
+        include_str!("../migrations/sqlite/0002_sessions.sql"),
+        include_str!("../migrations/postgres/0002_sessions.sql"),
+    ),
+];
 
 /// What went wrong, and whose move it is.
 #[derive(Debug, thiserror::Error)]
@@ -379,6 +390,11 @@ impl Store {
     /// The revocation log.
     pub fn revocations(&self) -> RevocationLog<'_> {
         RevocationLog::new(self)
+    }
+
+    /// Sealed session records.
+    pub fn sessions(&self) -> SessionRecords<'_> {
+        SessionRecords::new(self)
     }
 
     /// Closes the pool (waits for connections in use to be returned).

@@ -54,6 +54,7 @@ fn user(token: &str) -> Principal {
         groups: vec![],
         token_id: Some(token.into()),
         expires_at: None,
+        environment: None,
     }
 }
 
@@ -335,5 +336,156 @@ async fn concurrent_writers_never_let_a_reader_skip_a_sequence_number() {
                 );
             }
         }
+    }
+}
+
+#[tokio::test]
+async fn session_records_put_get_take_and_sweep_alike() {
+    for (store, _d) in backends("sessions").await {
+        let b = store.backend();
+        let s = store.sessions();
+        let k = "ab".repeat(32);
+        assert_eq!(s.get("sessions", &k).await.unwrap(), None, "{b}");
+        s.put("sessions", &k, 100, b"sealed-1").await.unwrap();
+        s.put("sessions", &k, 200, b"sealed-2\0\xff").await.unwrap();
+        assert_eq!(
+            s.get("sessions", &k).await.unwrap().as_deref(),
+            Some(&b"sealed-2\0\xff"[..]),
+            "{b}: replaced, bytes kept exactly"
+        );
+        assert_eq!(
+            s.get("other", &k).await.unwrap(),
+            None,
+            "{b}: kinds are apart"
+        );
+        s.put("sessions", "old", 50, b"x").await.unwrap();
+        assert_eq!(s.sweep(100).await.unwrap(), 1, "{b}");
+        assert_eq!(s.get("sessions", "old").await.unwrap(), None, "{b}");
+
+        // Of many concurrent takes, exactly one gets the record.
+        let mut takers = Vec::new();
+        for _ in 0..8 {
+            let store = store.clone();
+            let k = k.clone();
+            takers.push(tokio::spawn(async move {
+                store.sessions().take("sessions", &k).await.unwrap()
+            }));
+        }
+        let mut got = 0;
+        for t in takers {
+            got += usize::from(t.await.unwrap().is_some());
+        }
+        assert_eq!(got, 1, "{b}");
+        s.delete("sessions", &k).await.unwrap();
+        // A leased update of a record taken meanwhile (signed out on another node) writes
+        // nothing: the session stays gone.
+        s.put("sessions", &k, 200, b"v").await.unwrap();
+        assert!(s.try_lease("sessions", &k, "n1", 0, 30_000).await.unwrap());
+        s.take("sessions", &k).await.unwrap();
+        assert!(
+            !s.update_leased("sessions", &k, "n1", 200, b"v2")
+                .await
+                .unwrap(),
+            "{b}"
+        );
+        assert_eq!(
+            s.get("sessions", &k).await.unwrap(),
+            None,
+            "{b}: resurrected"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_renewal_lease_has_one_holder_until_released_or_expired() {
+    for (store, _d) in backends("lease").await {
+        let b = store.backend();
+        let s = store.sessions();
+        assert!(
+            !s.try_lease("sessions", "k", "a", 0, 10).await.unwrap(),
+            "{b}: no record"
+        );
+        s.put("sessions", "k", 100, b"v").await.unwrap();
+        // Many nodes at once: one holder.
+        let mut tries = Vec::new();
+        for i in 0..8 {
+            let store = store.clone();
+            tries.push(tokio::spawn(async move {
+                store
+                    .sessions()
+                    .try_lease("sessions", "k", &format!("n{i}"), 1_000, 31_000)
+                    .await
+                    .unwrap()
+            }));
+        }
+        let mut won = 0;
+        for t in tries {
+            won += usize::from(t.await.unwrap());
+        }
+        assert_eq!(won, 1, "{b}");
+        let holder_of = |store: &Store| {
+            let store = store.clone();
+            async move {
+                for i in 0..8 {
+                    let h = format!("n{i}");
+                    if store
+                        .sessions()
+                        .try_lease("sessions", "k", &h, 1_000, 31_000)
+                        .await
+                        .unwrap()
+                    {
+                        return h;
+                    }
+                }
+                panic!("nobody holds it");
+            }
+        };
+        let h = holder_of(&store).await;
+        assert!(
+            !s.try_lease("sessions", "k", "z", 2_000, 3_000)
+                .await
+                .unwrap(),
+            "{b}"
+        );
+        // A write keeps the lease; only the holder's leased update lands; a release by another
+        // holder does nothing.
+        s.put("sessions", "k", 100, b"v2").await.unwrap();
+        assert!(
+            !s.update_leased("sessions", "k", "z", 100, b"no")
+                .await
+                .unwrap(),
+            "{b}"
+        );
+        assert!(
+            s.update_leased("sessions", "k", &h, 100, b"v3")
+                .await
+                .unwrap(),
+            "{b}"
+        );
+        assert_eq!(
+            s.get("sessions", "k").await.unwrap().as_deref(),
+            Some(&b"v3"[..])
+        );
+        s.release("sessions", "k", "z").await.unwrap();
+        assert!(
+            !s.try_lease("sessions", "k", "z", 2_000, 3_000)
+                .await
+                .unwrap(),
+            "{b}"
+        );
+        // Expired (a node died holding it): another may take it.
+        assert!(
+            s.try_lease("sessions", "k", "z", 31_001, 40_000)
+                .await
+                .unwrap(),
+            "{b}"
+        );
+        s.release("sessions", "k", "z").await.unwrap();
+        assert!(
+            s.try_lease("sessions", "k", &h, 31_002, 40_000)
+                .await
+                .unwrap(),
+            "{b}: released"
+        );
     }
 }

@@ -271,6 +271,10 @@ const configuration = {
   // Identity claims copied into access tokens (JWT payload and introspection answer).
   extraTokenClaims: async (ctx, token) => (token.accountId ? userClaims(token.accountId) : undefined),
   issueRefreshToken: async (ctx, client) => client.grantTypeAllowed('refresh_token'),
+  // Every refresh spends the refresh token and issues a new one (OAuth 2.0 Security BCP; what
+  // Keycloak's "revoke refresh token" and Okta's rotation do): a refresh token used twice is
+  // refused, so a gateway whose nodes both renew one session shows up as a lost session.
+  rotateRefreshToken: true,
   ttl: {
     AccessToken: () => AT_TTL,
     ClientCredentials: () => AT_TTL,

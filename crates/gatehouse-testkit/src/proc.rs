@@ -137,11 +137,12 @@ impl Child {
         });
     }
 
-    /// Waits (30 s at most) until the log has a line with `prefix` followed by a port number,
+    /// Waits (90 s at most: a full test run on 2 cores starts browsers, databases and IdPs at
+    /// once) until the log has a line with `prefix` followed by a port number,
     /// and returns that port: how a program told to listen on port 0 says which one it got.
     /// Panics with the log if the process exits first.
     pub fn wait_logged_port(&mut self, what: &str, prefix: &str) -> u16 {
-        wait_for(what, Duration::from_secs(30), || {
+        wait_for(what, Duration::from_secs(90), || {
             if !self.is_running() {
                 panic!("{what}: exited:\n{}", self.log_text());
             }

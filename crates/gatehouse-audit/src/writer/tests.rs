@@ -266,6 +266,7 @@ fn principal(subject: &str, groups: &[&str], token_id: Option<&str>) -> gatehous
         groups: groups.iter().map(|g| (*g).to_owned()).collect(),
         token_id: token_id.map(str::to_owned),
         expires_at: Some(1_700_000_900),
+        environment: None,
     }
 }
 

@@ -30,6 +30,7 @@ fn req(sub: &str) -> TokenRequest {
         name: None,
         email: None,
         kind: PrincipalKind::Service,
+        environment: None,
     }
 }
 
@@ -197,6 +198,7 @@ fn assertion_keys_tell_every_identity_apart() {
         groups: vec!["g\nh".into()],
         token_id: Some("jti".into()),
         expires_at: Some(1),
+        environment: None,
     };
     let key = assertion_key(&base, "up");
     // Neither the credential's id nor its expiry is said in an assertion.

@@ -613,22 +613,21 @@ async fn sign_in_attacks_are_refused_and_return_to_stays_on_this_host() {
     let gone = b.get(&format!("{base}/_echo"), &current, "text/html").await;
     assert_eq!(gone.status, 302, "the session outlived its sign-out");
 
-    // Tokens rest encrypted in the store: no JWT (or refresh token) in the clear on disk.
-    let dir = s.gw.dir().join("sessions/sessions");
-    let mut files = 0;
-    for e in std::fs::read_dir(&dir).unwrap() {
-        let bytes = std::fs::read(e.unwrap().path()).unwrap();
-        files += 1;
-        assert!(
-            !bytes.windows(3).any(|w| w == b"eyJ"),
-            "a token is stored in the clear"
-        );
-        assert!(
-            !bytes.windows(5).any(|w| w == b"alice"),
-            "a session is stored in the clear"
-        );
+    // Tokens rest encrypted in the store: no JWT (or refresh token), no name in the clear in
+    // the SQLite file or its write-ahead log.
+    let mut bytes = Vec::new();
+    for f in ["gatehouse.db", "gatehouse.db-wal"] {
+        bytes.extend(std::fs::read(s.gw.dir().join(f)).unwrap_or_default());
     }
-    assert!(files >= 3, "{files} session files");
+    assert!(bytes.len() > 4096, "no store file beside the config");
+    assert!(
+        !bytes.windows(3).any(|w| w == b"eyJ"),
+        "a token is stored in the clear"
+    );
+    assert!(
+        !bytes.windows(5).any(|w| w == b"alice"),
+        "a session is stored in the clear"
+    );
     assert!(!s.gw.log().contains(&sv), "the session id was logged");
 }
 
@@ -759,4 +758,170 @@ async fn many_groups_do_not_grow_the_cookie() {
         .unwrap();
     assert_eq!(who["username"], "carol", "{who}");
     assert_eq!(who["groups"].as_array().unwrap().len(), 400, "{who}");
+}
+
+/// Two TLS gateway nodes in front of one nginx, sharing one PostgreSQL store and one session
+/// secret, signing in at the shared IdP (which rotates refresh tokens) with one client. Every
+/// request renews (`refresh_before` = the IdP's token lifetime).
+async fn two_nodes(name: &str) -> (Setup, Setup) {
+    let pg = gatehouse_testkit::Postgres::shared();
+    let url = pg.create_database(&format!("sessions_{name}"));
+    let idp = Idp::shared();
+    let tmp = TempDir::new(name);
+    let (root, _) = repos(&tmp);
+    let listeners = [local_listener(), local_listener()];
+    let bases: Vec<String> = listeners
+        .iter()
+        .map(|l| format!("https://127.0.0.1:{}", l.local_addr().unwrap().port()))
+        .collect();
+    let callbacks: Vec<String> = bases
+        .iter()
+        .map(|b| format!("{b}/.gatehouse/callback"))
+        .collect();
+    let signed_out: Vec<String> = bases
+        .iter()
+        .map(|b| format!("{b}/.gatehouse/signed-out"))
+        .collect();
+    let (client_id, secret) = idp
+        .register_client(
+            &callbacks.iter().map(String::as_str).collect::<Vec<_>>(),
+            &signed_out.iter().map(String::as_str).collect::<Vec<_>>(),
+        )
+        .await;
+    let files = tmp.path();
+    std::fs::write(files.join("client-secret"), &secret).unwrap();
+    std::fs::write(files.join("session-secret"), "s".repeat(48)).unwrap();
+    std::fs::write(files.join("store-url"), &url).unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    std::fs::write(files.join("gw.crt"), ck.cert.pem()).unwrap();
+    std::fs::write(files.join("gw.key"), ck.signing_key.serialize_pem()).unwrap();
+    let mut nodes = Vec::new();
+    for (listener, base) in listeners.into_iter().zip(&bases) {
+        let upstream = GitHttpServer::start(&root);
+        let gw = builder()
+            .listener(listener)
+            .with_upstream_url(&format!("http://127.0.0.1:{}", upstream.port))
+            .with_idp_extra(
+                idp,
+                &format!(
+                    "[issuers.login]\nclient_id = \"{client_id}\"\nclient_secret = {{ file = \"{}\" }}\nscopes = [\"openid\", \"profile\", \"email\", \"groups\", \"offline_access\"]\nextra_params = {{ resource = \"urn:gatehouse\" }}\n",
+                    files.join("client-secret").display()
+                ),
+            )
+            .server_extra(&format!(
+                "tls = {{ cert_file = \"{}\", key_file = \"{}\" }}",
+                files.join("gw.crt").display(),
+                files.join("gw.key").display()
+            ))
+            .policy(&policy())
+            .extra(&format!(
+                "[session]\nexternal_url = \"{base}\"\nrefresh_before = \"3600s\"\nsecret = {{ file = \"{}\" }}\n\n[store]\nurl = {{ file = \"{}\" }}\n",
+                files.join("session-secret").display(),
+                files.join("store-url").display()
+            ))
+            .start();
+        nodes.push(Setup {
+            gw,
+            _upstream: upstream,
+            _tmp: TempDir::new(&format!("{name}-node")),
+            base: base.clone(),
+        });
+    }
+    let b = nodes.pop().unwrap();
+    let a = nodes.pop().unwrap();
+    // The repositories and files live as long as node A's setup.
+    (Setup { _tmp: tmp, ..a }, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_from_one_node_works_on_the_other_and_is_renewed_once_at_a_time() {
+    let (a, b) = two_nodes("two_nodes").await;
+    let mut browser = Browser::new();
+    let (cookie, callback) = browser.authorize(&a.base, "/_echo", |u| u).await;
+    let done = browser.get(&callback, &cookie, "text/html").await;
+    assert_eq!(done.status, 302, "{}", done.body);
+    let (sn, sv) = done.cookie("__Host-gatehouse-session").unwrap();
+    let session = format!("{sn}={sv}");
+
+    // Signed in on A, known on B.
+    let on_b = browser
+        .get(&format!("{}/_echo", b.base), &session, "text/html")
+        .await;
+    assert_eq!(on_b.status, 200, "{}", on_b.body);
+    assert!(on_b.body.contains("user=alice;"), "{}", on_b.body);
+
+    // Both nodes renew at once, again and again: each refresh token is spent once (the IdP
+    // rotates them and refuses a second use, which would end the session).
+    for round in 0..5 {
+        let mut calls = Vec::new();
+        for i in 0..6 {
+            let base = if i % 2 == 0 { &a.base } else { &b.base };
+            let url = format!("{base}/_echo?round={round}&i={i}");
+            let http = browser.http.clone();
+            let session = session.clone();
+            calls.push(tokio::spawn(async move {
+                http.get(url)
+                    .header(header::COOKIE, session)
+                    .header(header::ACCEPT, "text/html")
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            }));
+        }
+        for c in calls {
+            assert_eq!(
+                c.await.unwrap(),
+                200,
+                "round {round}: the session was lost\nA:\n{}\nB:\n{}",
+                a.gw.log(),
+                b.gw.log()
+            );
+        }
+    }
+    for node in [&a, &b] {
+        let r = browser
+            .get(&format!("{}/_echo", node.base), &session, "text/html")
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(
+            !node.gw.log().contains("no longer renews"),
+            "{}",
+            node.gw.log()
+        );
+    }
+
+    // Signed out on B: gone on A too.
+    let confirm = browser
+        .get(
+            &format!("{}/.gatehouse/logout", b.base),
+            &session,
+            "text/html",
+        )
+        .await;
+    let csrf = confirm
+        .body
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|v| v.split('"').next())
+        .expect("a CSRF token on the confirmation page")
+        .to_owned();
+    let out = browser
+        .http
+        .post(format!("{}/.gatehouse/logout", b.base))
+        .header(header::COOKIE, session.clone())
+        .header("sec-fetch-site", "same-origin")
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 303);
+    let gone = browser
+        .get(&format!("{}/_echo", a.base), &session, "text/html")
+        .await;
+    assert_eq!(
+        gone.status, 302,
+        "the session outlived its sign-out on the other node"
+    );
 }
