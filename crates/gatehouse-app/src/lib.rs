@@ -23,7 +23,9 @@ pub use gatehouse_core::RevocationKind;
 pub use login::{LoginArgs, SshCertArgs, credential, login, logout, ssh_cert, token_print};
 pub use quickstart::{QuickstartArgs, quickstart};
 pub use serve::{ServeArgs, serve};
-pub use store::{RevokeCommand, migrate as store_migrate, revoke, status as store_status};
+pub use store::{
+    EnvCommand, RevokeCommand, env, migrate as store_migrate, revoke, status as store_status,
+};
 
 /// Reads a duration as the config does (`90s`, `15m`, `12h`).
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {

@@ -424,7 +424,10 @@ pub(crate) async fn run(
             ssh_gateway
                 .clone()
                 .map(|g| Arc::new(SshCerts(g)) as Arc<dyn gatehouse_http::SshCertIssuer>),
-        ),
+        )
+        .with_environments(Some(Arc::new(crate::store::StoreEnvironments(
+            store.clone(),
+        )))),
     );
 
     audit

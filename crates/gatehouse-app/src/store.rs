@@ -379,3 +379,101 @@ impl gatehouse_session::SessionStore for StoreSessions {
         })
     }
 }
+
+/// Environments for token exchanges, looked up in the store.
+#[derive(Debug)]
+pub(crate) struct StoreEnvironments(pub(crate) Store);
+
+impl gatehouse_http::EnvironmentLookup for StoreEnvironments {
+    fn environment<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<gatehouse_http::EnvironmentState>, String>> {
+        Box::pin(async move {
+            let env = self
+                .0
+                .environments()
+                .get(id)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(env.map(|e| gatehouse_http::EnvironmentState {
+                expires_at: e.expires_at,
+                ended: e.ended_at.is_some(),
+            }))
+        })
+    }
+}
+
+/// What `gatehouse env` was asked.
+#[derive(Debug)]
+pub enum EnvCommand {
+    /// Create an environment that ends by itself after `ttl`.
+    Create {
+        /// Its name.
+        name: String,
+        /// How long it lives.
+        ttl: std::time::Duration,
+    },
+    /// End one now: every credential bound to it is revoked.
+    End {
+        /// Its id.
+        id: String,
+    },
+    /// The environments not ended.
+    List,
+}
+
+/// `gatehouse env ...`.
+pub fn env(config: &Path, cmd: EnvCommand) -> Result<()> {
+    let cfg = Config::load(config)?;
+    let now = SystemClock.now();
+    let actor = format!(
+        "cli:{}",
+        std::env::var("SUDO_USER")
+            .or_else(|_| std::env::var("USER"))
+            .unwrap_or_else(|_| "unknown".into())
+    );
+    runtime()?.block_on(async {
+        let store = open(&cfg, None).await?;
+        let envs = store.environments();
+        match cmd {
+            EnvCommand::Create { name, ttl } => {
+                let e = envs
+                    .create(&name, &actor, now.as_secs(), now.plus(ttl).as_secs())
+                    .await?;
+                // The id alone on stdout, for scripts: ENV=$(gatehouse env create ...).
+                println!("{}", e.id);
+                eprintln!(
+                    "environment {} ({}) ends {}",
+                    e.id,
+                    e.name,
+                    UnixTime::from_secs(e.expires_at).to_rfc3339()
+                );
+            }
+            EnvCommand::End { id } => match envs.end(&id, &actor, now.as_secs()).await? {
+                Some(e) => println!(
+                    "environment {} ({}) ended: every credential bound to it is revoked",
+                    e.id, e.name
+                ),
+                None => anyhow::bail!("no environment {id}"),
+            },
+            EnvCommand::List => {
+                let live = envs.live(now.as_secs()).await?;
+                if live.is_empty() {
+                    println!("no live environments");
+                }
+                for e in live {
+                    println!(
+                        "{}  {:<24}  by {}  ends {}",
+                        e.id,
+                        e.name,
+                        e.created_by,
+                        UnixTime::from_secs(e.expires_at).to_rfc3339()
+                    );
+                }
+            }
+        }
+        store.close().await;
+        Ok(())
+    })
+}

@@ -11,12 +11,17 @@
 mod cache;
 mod claims;
 mod error;
+mod exchange;
 mod jwks;
 mod jwt;
 mod own;
 
 pub use claims::map_principal;
 pub use error::AuthnError;
+pub use exchange::{
+    ACCESS_TOKEN_TYPE, EXCHANGE_GRANT, ExchangeForm, ExchangeFormError, parse_exchange_form,
+    valid_role,
+};
 pub use jwks::{IssuerKeys, KeyStatus, ProviderMetadata};
 pub use jwt::{MAX_TOKEN_LEN, UnverifiedJwt, parse_unverified};
 pub use own::{OwnIssuer, OwnKeyError, TokenRequest, generate_signing_key_pem};

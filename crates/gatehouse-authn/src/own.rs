@@ -245,6 +245,16 @@ impl OwnIssuer {
         &self.issuer
     }
 
+    /// The `aud` of Gatehouse's tokens.
+    pub fn audience(&self) -> &str {
+        &self.audience
+    }
+
+    /// The lifetime of a token issued without one (`tokens.default_ttl`).
+    pub fn default_ttl(&self) -> Duration {
+        self.default_ttl
+    }
+
     /// The `kid` of the current signing key.
     pub fn signing_kid(&self) -> &str {
         &self.signing_kid

@@ -181,6 +181,15 @@ impl Decider {
         }
     }
 
+    /// Whether the policy lets a token exchange give one role (`token:exchange`), a revoked
+    /// caller refused first.
+    pub fn decide_exchange(&self, q: &gatehouse_policy::ExchangeRequest<'_>) -> Decision {
+        match self.authn.revoked(q.principal) {
+            Some(r) => Decision::new(false, Vec::new(), r.reason()),
+            None => self.policy.load().decide_exchange(q),
+        }
+    }
+
     /// The same, with the policies that decided it.
     pub fn explain(&self, q: &AuthzRequest<'_>) -> Explanation {
         match self.authn.revoked(q.principal) {

@@ -30,6 +30,7 @@ mod route_refs;
 mod server;
 mod ssh_cert;
 mod tls;
+mod token_exchange;
 mod tunnel;
 mod upstream;
 mod upstream_request;
@@ -43,6 +44,7 @@ pub use proxy::{Gateway, GatewaySettings};
 pub use server::{ServeError, ServeOptions, serve};
 pub use ssh_cert::{SshCert, SshCertError, SshCertIssuer};
 pub use tls::{TlsError, TlsReloader};
+pub use token_exchange::{EnvironmentLookup, EnvironmentState};
 pub use upstream::{Upstream, UpstreamError};
 
 #[cfg(test)]

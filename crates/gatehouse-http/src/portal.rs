@@ -223,6 +223,9 @@ impl Gateway {
             ("/.gatehouse/ssh/cert", false) if req.method() == Method::POST => {
                 self.ssh_cert(req, adm, rec).await
             }
+            ("/.gatehouse/token", false) if req.method() == Method::POST => {
+                self.token_exchange(req, adm, rec).await
+            }
             _ => Err(not_found()),
         }
     }

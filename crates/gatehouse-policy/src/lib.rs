@@ -61,6 +61,23 @@ pub struct RequestFacts<'a> {
     pub git_ref: Option<RefFacts<'a>>,
 }
 
+/// An RFC 8693 token exchange's question, for one role: `token:exchange` on `Role::"<role>"`.
+#[derive(Debug, Clone, Copy)]
+pub struct ExchangeRequest<'a> {
+    /// Who the subject token names.
+    pub principal: &'a Principal,
+    /// The role asked for.
+    pub role: &'a str,
+    /// The client's address.
+    pub source_ip: IpAddr,
+    /// The request host, lower-case, without port.
+    pub host: &'a str,
+    /// The environment the token would be bound to.
+    pub environment: Option<&'a str>,
+    /// How long the token would live, in seconds.
+    pub lifetime: i64,
+}
+
 /// The ref a `ref:*` question is about.
 #[derive(Debug, Clone, Copy)]
 pub struct RefFacts<'a> {
@@ -478,6 +495,48 @@ impl PolicyEngine {
         Ok((req, ents))
     }
 
+    /// Decides a token exchange for one role (never cached: exchanges are rare and each carries
+    /// its own lifetime). Anything that goes wrong while building the question is a deny.
+    pub fn decide_exchange(&self, q: &ExchangeRequest<'_>) -> Decision {
+        let built = (|| -> Result<(Request, Entities), String> {
+            let (p, mut entities) = self.principal_entity(q.principal)?;
+            let r = uid("Role", q.role);
+            entities.push(
+                Entity::new(
+                    r.clone(),
+                    HashMap::from([("name".to_owned(), s(q.role))]),
+                    HashSet::new(),
+                )
+                .map_err(|e| e.to_string())?,
+            );
+            entities.extend(self.action_entities.iter().cloned());
+            let ctx = Context::from_pairs([
+                (
+                    "source_ip".to_owned(),
+                    RestrictedExpression::new_ip(q.source_ip.to_string()),
+                ),
+                ("method".to_owned(), s("POST")),
+                ("host".to_owned(), s(q.host)),
+                ("wiki".to_owned(), RestrictedExpression::new_bool(false)),
+                ("via".to_owned(), s(Via::Api.as_str())),
+                ("environment".to_owned(), s(q.environment.unwrap_or(""))),
+                (
+                    "lifetime".to_owned(),
+                    RestrictedExpression::new_long(q.lifetime),
+                ),
+            ])
+            .map_err(|e| e.to_string())?;
+            let a = uid("Action", "token:exchange");
+            let req = Request::new(p, a, r, ctx, Some(&self.schema)).map_err(|e| e.to_string())?;
+            let ents = Entities::from_entities(entities, None).map_err(|e| e.to_string())?;
+            Ok((req, ents))
+        })();
+        match built {
+            Ok((req, ents)) => self.answer(&req, &ents).decision,
+            Err(_) => Decision::new(false, vec![], "policy_request_invalid"),
+        }
+    }
+
     /// Decides a request. Anything that goes wrong while building the question is a deny.
     /// Decisions are remembered for this policy set: the same question is answered from memory.
     pub fn evaluate(&self, q: &AuthzRequest<'_>) -> Decision {
@@ -552,7 +611,12 @@ impl PolicyEngine {
                 };
             }
         };
-        let resp = self.authorizer.is_authorized(&req, &self.policies, &ents);
+        self.answer(&req, &ents)
+    }
+
+    /// Cedar's answer to a built request, with its reason and the deciding policies.
+    fn answer(&self, req: &Request, ents: &Entities) -> Explanation {
+        let resp = self.authorizer.is_authorized(req, &self.policies, ents);
         let mut ids: Vec<String> = resp
             .diagnostics()
             .reason()

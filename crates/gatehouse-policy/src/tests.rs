@@ -558,3 +558,72 @@ fn the_documented_snippets_validate() {
     }
     assert!(n >= 10, "only {n} snippets found");
 }
+
+#[test]
+fn token_exchange_is_decided_per_role_with_the_request_in_the_context() {
+    let text = r#"
+@id("ci-deploys-in-envs")
+permit(principal, action == Gatehouse::Action::"token:exchange", resource == Gatehouse::Role::"deployer")
+  when { principal.issuer == "https://ci" && context.environment != "" && context.lifetime <= 3600 };
+@id("no-deployer-from-outside")
+forbid(principal, action == Gatehouse::Action::"token:exchange", resource)
+  unless { context.source_ip.isInRange(ip("10.0.0.0/8")) };
+"#;
+    let e = PolicyEngine::new(text, "forge").unwrap();
+    let job = Principal {
+        issuer: "https://ci".into(),
+        kind: PrincipalKind::Service,
+        ..principal("job-7", &[])
+    };
+    let ask = |p: &Principal, role: &str, env: Option<&str>, lifetime: i64, ip: [u8; 4]| {
+        e.decide_exchange(&ExchangeRequest {
+            principal: p,
+            role,
+            source_ip: IpAddr::V4(Ipv4Addr::from(ip)),
+            host: "git.example.com",
+            environment: env,
+            lifetime,
+        })
+    };
+    let d = ask(&job, "deployer", Some("env-1"), 600, [10, 1, 2, 3]);
+    assert!(d.allowed, "{d:?}");
+    assert_eq!(d.deciding_policy().as_ref(), "ci-deploys-in-envs");
+    assert!(
+        !ask(&job, "admin", Some("env-1"), 600, [10, 1, 2, 3]).allowed,
+        "another role"
+    );
+    assert!(
+        !ask(&job, "deployer", None, 600, [10, 1, 2, 3]).allowed,
+        "not bound"
+    );
+    assert!(
+        !ask(&job, "deployer", Some("env-1"), 7200, [10, 1, 2, 3]).allowed,
+        "too long"
+    );
+    let outside = ask(&job, "deployer", Some("env-1"), 600, [192, 0, 2, 1]);
+    assert!(!outside.allowed);
+    assert_eq!(
+        outside.deciding_policy().as_ref(),
+        "no-deployer-from-outside"
+    );
+    let person = principal("alice", &["dev"]);
+    assert!(
+        !ask(&person, "deployer", Some("env-1"), 600, [10, 1, 2, 3]).allowed,
+        "another issuer"
+    );
+    // The exchange action answers nothing else, and nothing else answers it.
+    let q = AuthzRequest {
+        principal: &job,
+        action: Action::GitRead,
+        resource: &repo("demo", "hello"),
+        facts: RequestFacts {
+            source_ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+            method: "GET",
+            host: "h",
+            wiki: false,
+            via: Via::Git,
+            git_ref: None,
+        },
+    };
+    assert!(!e.evaluate(&q).allowed);
+}

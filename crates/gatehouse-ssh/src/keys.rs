@@ -303,6 +303,28 @@ mod tests {
     }
 
     #[test]
+    fn a_certificate_keeps_the_environment_its_credential_was_bound_to() {
+        let ca = ca();
+        assert_eq!(
+            ca.verify(
+                &ca.issue(&user_key(), &principal(), 1_000_000, 60).unwrap(),
+                1_000_001
+            )
+            .unwrap()
+            .principal
+            .environment,
+            None
+        );
+        let bound = Principal {
+            environment: Some("env-0123".into()),
+            ..principal()
+        };
+        let cert = ca.issue(&user_key(), &bound, 1_000_000, 60).unwrap();
+        let id = ca.verify(&cert, 1_000_001).unwrap();
+        assert_eq!(id.principal.environment.as_deref(), Some("env-0123"));
+    }
+
+    #[test]
     fn another_ca_and_revoked_serials_are_refused() {
         let ca1 = ca();
         let cert = ca1

@@ -3,8 +3,9 @@
 //! nodes on one database). It owns the schema, its versioned migrations and the typed stores over
 //! it: the revocation log ([`RevocationLog`]) and the feed that keeps every node's in-memory
 //! [`Revocations`](gatehouse_core::Revocations) current within a second ([`RevocationFeed`]),
-//! and sealed browser-session records with a lease that serialises their renewal across nodes
-//! ([`SessionRecords`]).
+//! sealed browser-session records with a lease that serialises their renewal across nodes
+//! ([`SessionRecords`]), and ephemeral environments whose end revokes every credential bound to
+//! them ([`Environments`]).
 //!
 //! This crate must not know about HTTP, SSH, policy or configuration files: the app crate picks
 //! the backend ([`Store::sqlite`] or [`Store::postgres`]) and no other crate knows which one it
@@ -12,6 +13,7 @@
 //! keep up to date.
 #![forbid(unsafe_code)]
 
+mod environments;
 mod revocations;
 mod sessions;
 
@@ -25,6 +27,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+pub use environments::{Environment, Environments};
 pub use revocations::{NewRevocation, RevocationFeed, RevocationLog, RevocationRecord};
 pub use sessions::SessionRecords;
 
@@ -46,6 +49,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         "sessions",
         include_str!("../migrations/sqlite/0002_sessions.sql"),
         include_str!("../migrations/postgres/0002_sessions.sql"),
+    ),
+    (
+        3,
+        "environments",
+        include_str!("../migrations/sqlite/0003_environments.sql"),
+        include_str!("../migrations/postgres/0003_environments.sql"),
     ),
 ];
 
@@ -390,6 +399,11 @@ impl Store {
     /// The revocation log.
     pub fn revocations(&self) -> RevocationLog<'_> {
         RevocationLog::new(self)
+    }
+
+    /// Ephemeral environments.
+    pub fn environments(&self) -> Environments<'_> {
+        Environments::new(self)
     }
 
     /// Sealed session records.

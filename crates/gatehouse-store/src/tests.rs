@@ -489,3 +489,61 @@ async fn a_renewal_lease_has_one_holder_until_released_or_expired() {
         );
     }
 }
+
+#[tokio::test]
+async fn ending_an_environment_revokes_what_is_bound_to_it() {
+    for (store, _d) in backends("envs").await {
+        let b = store.backend();
+        let envs = store.environments();
+        let e = envs
+            .create("review-42", "cli:test", 1_000, 4_600)
+            .await
+            .unwrap();
+        assert!(
+            e.id.starts_with("env-") && e.id.len() == 36,
+            "{b}: {}",
+            e.id
+        );
+        assert!(e.is_live(1_000) && !e.is_live(4_600), "{b}");
+        let other = envs
+            .create("review-43", "cli:test", 1_000, 4_600)
+            .await
+            .unwrap();
+        assert_eq!(envs.live(2_000).await.unwrap().len(), 2, "{b}");
+        assert_eq!(envs.live(5_000).await.unwrap().len(), 0, "{b}: expired");
+        assert!(envs.create("", "x", 1, 2).await.is_err(), "{b}");
+        assert!(envs.create("n", "x", 2, 2).await.is_err(), "{b}");
+
+        let set = Arc::new(Revocations::new());
+        let bound = Principal {
+            environment: Some(e.id.clone()),
+            ..user("t-1")
+        };
+        let ended = envs.end(&e.id, "cli:ops", 2_000).await.unwrap().unwrap();
+        assert_eq!(ended.ended_at, Some(2_000), "{b}");
+        assert_eq!(ended.ended_by.as_deref(), Some("cli:ops"), "{b}");
+        assert!(!ended.is_live(2_001), "{b}");
+        store.revocations().catch_up(&set).await.unwrap();
+        assert_eq!(
+            set.check(&bound, 2_001).map(|r| r.reason()),
+            Some("environment_ended"),
+            "{b}"
+        );
+        let elsewhere = Principal {
+            environment: Some(other.id.clone()),
+            ..user("t-2")
+        };
+        assert_eq!(set.check(&elsewhere, 2_001), None, "{b}");
+        let live = envs.live(2_001).await.unwrap();
+        assert_eq!(live.len(), 1, "{b}");
+        assert_eq!(live[0].id, other.id);
+        // Ending it again keeps the first end; an unknown id is no environment.
+        let again = envs
+            .end(&e.id, "cli:someone", 3_000)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(again.ended_at, Some(2_000), "{b}");
+        assert!(envs.end("env-nope", "x", 1).await.unwrap().is_none(), "{b}");
+    }
+}

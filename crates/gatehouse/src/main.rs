@@ -62,6 +62,15 @@ enum Cmd {
     /// The store (`[store]`): schema migrations.
     #[command(subcommand)]
     Store(StoreCmd),
+    /// Ephemeral environments: tokens from a token exchange (and SSH certificates bought with
+    /// them) bound to one die when it ends.
+    Env {
+        /// The configuration file (its `[store]` is used).
+        #[arg(long, short, env = "GATEHOUSE_CONFIG", global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        what: EnvCmd,
+    },
     /// Revoke a token, session, SSH certificate, subject or service account on every node (within
     /// `store.revocation_poll`, at once on PostgreSQL), list revocations, or lift one.
     Revoke {
@@ -211,6 +220,27 @@ enum AuditCmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum EnvCmd {
+    /// Create one; prints its id (alone on stdout).
+    Create {
+        /// A name for people (`review-42`, `alice-devbox`).
+        #[arg(long)]
+        name: String,
+        /// How long it lives at most (e.g. `8h`).
+        #[arg(long, default_value = "8h")]
+        ttl: String,
+    },
+    /// End one now: every token, and SSH certificate, bound to it is refused on every node.
+    End {
+        /// Its id (`env-...`).
+        #[arg(allow_hyphen_values = true)]
+        id: String,
+    },
+    /// The environments not ended.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -386,6 +416,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if !gatehouse_app::store_status(&config)? {
                 return Ok(ExitCode::FAILURE);
             }
+        }
+        Cmd::Env { config, what } => {
+            let Some(config) = config else {
+                anyhow::bail!(
+                    "env needs --config (or GATEHOUSE_CONFIG): environments are in the store"
+                );
+            };
+            let cmd = match what {
+                EnvCmd::Create { name, ttl } => gatehouse_app::EnvCommand::Create {
+                    name,
+                    ttl: gatehouse_app::parse_duration(&ttl)
+                        .map_err(|e| anyhow::anyhow!("--ttl: {e}"))?,
+                },
+                EnvCmd::End { id } => gatehouse_app::EnvCommand::End { id },
+                EnvCmd::List => gatehouse_app::EnvCommand::List,
+            };
+            gatehouse_app::env(&config, cmd)?
         }
         Cmd::Revoke { config, what } => {
             let Some(config) = config else {

@@ -56,6 +56,31 @@ fn issue_and_verify() {
 }
 
 #[test]
+fn an_environment_binding_survives_verification_and_a_bad_one_is_refused() {
+    let own = issuer(&pem(), vec![]);
+    let mut r = req("job");
+    r.environment = Some("env-1".into());
+    let (tok, _) = own.issue(&r, 1_000).unwrap_or_else(|e| panic!("{e}"));
+    let jwt = parse_unverified(tok.expose()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(jwt.claims["gatehouse_env"], "env-1");
+    let p = own.verify(&jwt, 1_010).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(p.environment.as_deref(), Some("env-1"));
+    let (plain, _) = own
+        .issue(&req("job"), 1_000)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let jwt = parse_unverified(plain.expose()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(own.verify(&jwt, 1_010).map(|p| p.environment), Ok(None));
+    // A binding that cannot be read is never dropped silently: the token is refused.
+    let mut odd = jwt.clone();
+    odd.claims
+        .insert("gatehouse_env".into(), serde_json::json!(7));
+    assert!(matches!(
+        own.verify(&odd, 1_010),
+        Err(AuthnError::BadClaim(_) | AuthnError::BadSignature)
+    ));
+}
+
+#[test]
 fn ttl_is_bounded() {
     let own = issuer(&pem(), vec![]);
     let mut r = req("x");

@@ -263,11 +263,15 @@ fn upstream_connections_are_pooled() {
     };
     let client_host = |port: u16| format!("127.0.0.1:{port}");
     let upstream_host = |_: u16| format!("127.0.0.1:{}", upstream.port);
-    assert_eq!(
-        conns_seen("", &client_host),
-        1,
-        "five requests should share one upstream connection"
+    // Five requests share one upstream connection, or two: a connection goes back to the pool
+    // when its response body has been read, which on a loaded machine the next request can
+    // overtake. Without pooling every request opens its own.
+    let pooled = conns_seen("", &client_host);
+    assert!(
+        (1..=2).contains(&pooled),
+        "five requests should share upstream connections: {pooled}"
     );
-    assert_eq!(conns_seen("preserve_host = false", &upstream_host), 1);
+    let pooled = conns_seen("preserve_host = false", &upstream_host);
+    assert!((1..=2).contains(&pooled), "{pooled}");
     assert_eq!(conns_seen("pool_max_idle = 0", &client_host), 5);
 }

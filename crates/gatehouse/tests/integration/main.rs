@@ -9,6 +9,7 @@ mod cli_login;
 mod common;
 mod crash;
 mod deploy;
+mod exchange;
 mod ext_authz;
 mod forge_groups;
 mod forge_routes;
