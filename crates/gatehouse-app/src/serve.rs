@@ -425,9 +425,10 @@ pub(crate) async fn run(
                 .clone()
                 .map(|g| Arc::new(SshCerts(g)) as Arc<dyn gatehouse_http::SshCertIssuer>),
         )
-        .with_environments(Some(Arc::new(crate::store::StoreEnvironments(
-            store.clone(),
-        )))),
+        .with_state(Some(Arc::new(crate::store::StoreState {
+            store: store.clone(),
+            clock: clock.clone(),
+        }))),
     );
 
     audit

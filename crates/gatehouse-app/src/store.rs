@@ -380,26 +380,152 @@ impl gatehouse_session::SessionStore for StoreSessions {
     }
 }
 
-/// Environments for token exchanges, looked up in the store.
+/// Gatehouse's state for the HTTP API and token exchanges, over the store.
 #[derive(Debug)]
-pub(crate) struct StoreEnvironments(pub(crate) Store);
+pub(crate) struct StoreState {
+    pub(crate) store: Store,
+    pub(crate) clock: Arc<dyn Clock>,
+}
 
-impl gatehouse_http::EnvironmentLookup for StoreEnvironments {
+fn state_err(e: gatehouse_store::StoreError) -> gatehouse_http::StateError {
+    match e {
+        gatehouse_store::StoreError::Invalid(why) => gatehouse_http::StateError::Invalid(why),
+        other => {
+            tracing::error!(error = %other, "store operation failed");
+            gatehouse_http::StateError::Unavailable(other.to_string())
+        }
+    }
+}
+
+fn env_view(e: gatehouse_store::Environment) -> gatehouse_http::EnvironmentView {
+    gatehouse_http::EnvironmentView {
+        id: e.id,
+        name: e.name,
+        created_by: e.created_by,
+        created_at: e.created_at,
+        expires_at: e.expires_at,
+        ended_at: e.ended_at,
+    }
+}
+
+impl gatehouse_http::StateStore for StoreState {
     fn environment<'a>(
         &'a self,
         id: &'a str,
-    ) -> BoxFuture<'a, Result<Option<gatehouse_http::EnvironmentState>, String>> {
+    ) -> BoxFuture<'a, Result<Option<gatehouse_http::EnvironmentView>, gatehouse_http::StateError>>
+    {
         Box::pin(async move {
-            let env = self
-                .0
+            let e = self.store.environments().get(id).await.map_err(state_err)?;
+            Ok(e.map(env_view))
+        })
+    }
+
+    fn create_environment<'a>(
+        &'a self,
+        name: &'a str,
+        created_by: &'a str,
+        ttl: i64,
+    ) -> BoxFuture<'a, Result<gatehouse_http::EnvironmentView, gatehouse_http::StateError>> {
+        Box::pin(async move {
+            let now = self.clock.now().as_secs();
+            let e = self
+                .store
                 .environments()
-                .get(id)
+                .create(name, created_by, now, now.saturating_add(ttl))
                 .await
-                .map_err(|e| e.to_string())?;
-            Ok(env.map(|e| gatehouse_http::EnvironmentState {
-                expires_at: e.expires_at,
-                ended: e.ended_at.is_some(),
-            }))
+                .map_err(state_err)?;
+            Ok(env_view(e))
+        })
+    }
+
+    fn end_environment<'a>(
+        &'a self,
+        id: &'a str,
+        actor: &'a str,
+    ) -> BoxFuture<'a, Result<Option<gatehouse_http::EnvironmentView>, gatehouse_http::StateError>>
+    {
+        Box::pin(async move {
+            let now = self.clock.now().as_secs();
+            let e = self
+                .store
+                .environments()
+                .end(id, actor, now)
+                .await
+                .map_err(state_err)?;
+            Ok(e.map(env_view))
+        })
+    }
+
+    fn revoke<'a>(
+        &'a self,
+        kind: RevocationKind,
+        value: &'a str,
+        reason: &'a str,
+        actor: &'a str,
+        until: Option<i64>,
+    ) -> BoxFuture<'a, Result<i64, gatehouse_http::StateError>> {
+        Box::pin(async move {
+            let now = self.clock.now().as_secs();
+            let c = self
+                .store
+                .revocations()
+                .revoke(
+                    NewRevocation {
+                        kind,
+                        value: value.to_owned(),
+                        reason: reason.to_owned(),
+                        actor: actor.to_owned(),
+                        until,
+                    },
+                    now,
+                )
+                .await
+                .map_err(state_err)?;
+            Ok(c.seq)
+        })
+    }
+
+    fn lift<'a>(
+        &'a self,
+        kind: RevocationKind,
+        value: &'a str,
+        actor: &'a str,
+    ) -> BoxFuture<'a, Result<Option<i64>, gatehouse_http::StateError>> {
+        Box::pin(async move {
+            let now = self.clock.now().as_secs();
+            let c = self
+                .store
+                .revocations()
+                .lift(kind, value, actor, now)
+                .await
+                .map_err(state_err)?;
+            Ok(c.map(|c| c.seq))
+        })
+    }
+
+    fn revocations(
+        &self,
+    ) -> BoxFuture<'_, Result<Vec<gatehouse_http::RevocationView>, gatehouse_http::StateError>>
+    {
+        Box::pin(async move {
+            let now = self.clock.now().as_secs();
+            let all = self
+                .store
+                .revocations()
+                .in_force(now)
+                .await
+                .map_err(state_err)?;
+            Ok(all
+                .into_iter()
+                .map(|r| gatehouse_http::RevocationView {
+                    kind: r.change.kind,
+                    value: r.change.value,
+                    reason: r.reason,
+                    actor: r.actor,
+                    at: r.at,
+                    until: r.change.until,
+                })
+                .collect())
         })
     }
 }

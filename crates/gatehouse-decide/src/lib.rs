@@ -190,6 +190,15 @@ impl Decider {
         }
     }
 
+    /// Whether the policy lets the caller act on Gatehouse's own state (environments,
+    /// revocations), a revoked caller refused first.
+    pub fn decide_admin(&self, q: &gatehouse_policy::AdminRequest<'_>) -> Decision {
+        match self.authn.revoked(q.principal) {
+            Some(r) => Decision::new(false, Vec::new(), r.reason()),
+            None => self.policy.load().decide_admin(q),
+        }
+    }
+
     /// The same, with the policies that decided it.
     pub fn explain(&self, q: &AuthzRequest<'_>) -> Explanation {
         match self.authn.revoked(q.principal) {

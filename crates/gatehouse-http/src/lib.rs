@@ -29,6 +29,7 @@ pub mod respond;
 mod route_refs;
 mod server;
 mod ssh_cert;
+mod state_api;
 mod tls;
 mod token_exchange;
 mod tunnel;
@@ -43,8 +44,8 @@ pub use metrics::Metrics;
 pub use proxy::{Gateway, GatewaySettings};
 pub use server::{ServeError, ServeOptions, serve};
 pub use ssh_cert::{SshCert, SshCertError, SshCertIssuer};
+pub use state_api::{EnvironmentView, RevocationView, StateError, StateStore};
 pub use tls::{TlsError, TlsReloader};
-pub use token_exchange::{EnvironmentLookup, EnvironmentState};
 pub use upstream::{Upstream, UpstreamError};
 
 #[cfg(test)]

@@ -73,7 +73,7 @@ pub(crate) fn cookie_headers(h: &HeaderMap) -> impl Iterator<Item = &str> {
 }
 
 /// No credential was presented.
-fn missing(kind: ClientKind) -> (Refusal, ClientKind) {
+pub(crate) fn missing(kind: ClientKind) -> (Refusal, ClientKind) {
     (
         Refusal::Unauthenticated {
             error: AuthnError::Missing,
@@ -225,6 +225,15 @@ impl Gateway {
             }
             ("/.gatehouse/token", false) if req.method() == Method::POST => {
                 self.token_exchange(req, adm, rec).await
+            }
+            (p, _)
+                if ["/.gatehouse/envs", "/.gatehouse/revocations"]
+                    .iter()
+                    .any(|base| {
+                        p == *base || p.strip_prefix(base).is_some_and(|r| r.starts_with('/'))
+                    }) =>
+            {
+                self.state_api(req, adm, rec).await
             }
             _ => Err(not_found()),
         }

@@ -79,8 +79,8 @@ pub struct Gateway {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) sessions: Option<Arc<Sessions>>,
     pub(crate) ssh: Option<Arc<dyn crate::SshCertIssuer>>,
-    /// Environments a token exchange may bind to (`/.gatehouse/token`).
-    pub(crate) environments: Option<Arc<dyn crate::EnvironmentLookup>>,
+    /// Gatehouse's durable state: the state API, and environments token exchanges bind to.
+    pub(crate) state: Option<Arc<dyn crate::StateStore>>,
     /// Cancelled when the server stops: relayed (upgraded) connections close then.
     tunnels: tokio_util::sync::CancellationToken,
     /// The relay tasks, so that the server can wait for their audit records at shutdown.
@@ -420,7 +420,7 @@ impl Gateway {
             clock,
             sessions: None,
             ssh: None,
-            environments: None,
+            state: None,
             tunnels: tokio_util::sync::CancellationToken::new(),
             relays: tokio_util::task::TaskTracker::new(),
         }

@@ -75,6 +75,10 @@ pub enum Refusal {
     GroupsUnavailable,
     /// A route moves refs Gatehouse cannot know before the forge acts (the text says why).
     Undecidable(&'static str),
+    /// Gatehouse's store could not be read or written (the text says what).
+    StoreUnavailable(String),
+    /// A Gatehouse resource (an environment, a revocation) does not exist.
+    NotFound(String),
     /// A route moves refs the request does not name, and the forge could not say which.
     RefLookup {
         /// The forge has no such pull request, release or repository (else it could not be
@@ -102,6 +106,8 @@ impl Refusal {
             Refusal::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Refusal::GroupsUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::Undecidable(_) => StatusCode::FORBIDDEN,
+            Refusal::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::NotFound(_) => StatusCode::NOT_FOUND,
             Refusal::RefLookup {
                 not_found: true, ..
             } => StatusCode::NOT_FOUND,
@@ -122,6 +128,8 @@ impl Refusal {
             Refusal::RequestTimeout => "request_body_timeout".into(),
             Refusal::GroupsUnavailable => "forge_groups_unavailable".into(),
             Refusal::Undecidable(_) => "ref_move_undecidable".into(),
+            Refusal::StoreUnavailable(_) => "store_unavailable".into(),
+            Refusal::NotFound(_) => "not_found".into(),
             Refusal::RefLookup { .. } => "ref_lookup_failed".into(),
         }
     }
@@ -140,6 +148,8 @@ impl Refusal {
             Refusal::PayloadTooLarge => "Request body too large",
             Refusal::RequestTimeout => "Request body timed out",
             Refusal::GroupsUnavailable => "Group membership unavailable",
+            Refusal::StoreUnavailable(_) => "Store unavailable",
+            Refusal::NotFound(_) => "Not found",
             Refusal::Undecidable(_) | Refusal::RefLookup { .. } => {
                 "Cannot tell which refs this moves"
             }
@@ -165,6 +175,10 @@ impl Refusal {
                 "the forge cannot say which teams you are in right now; try again later".to_owned()
             }
             Refusal::Undecidable(why) => format!("Gatehouse cannot decide this request: {why}"),
+            Refusal::StoreUnavailable(what) => {
+                format!("Gatehouse's store cannot be used right now ({what}); try again later")
+            }
+            Refusal::NotFound(what) => what.clone(),
             Refusal::RefLookup { detail, .. } => format!(
                 "this request moves refs it does not name, and Gatehouse could not ask the forge which: {detail}"
             ),

@@ -10,9 +10,6 @@
 //! This module reads the form and shapes the answer; the decision is the core's
 //! ([`gatehouse_decide::Decider::decide_exchange`]) and the token is the own issuer's.
 
-use std::sync::Arc;
-
-use futures_util::future::BoxFuture;
 use gatehouse_audit::{AuditPrincipal, AuditRecord};
 use gatehouse_authn::{Credential, TokenRequest};
 use gatehouse_core::UnixTime;
@@ -24,24 +21,6 @@ use crate::respond::{ClientKind, Refusal};
 
 /// Largest form read.
 const MAX_FORM: usize = 64 * 1024;
-
-/// An environment as the token endpoint needs it.
-#[derive(Debug, Clone, Copy)]
-pub struct EnvironmentState {
-    /// When it ends by itself (seconds since the epoch).
-    pub expires_at: i64,
-    /// Whether it was ended.
-    pub ended: bool,
-}
-
-/// Looks environments up (the app implements it over the store).
-pub trait EnvironmentLookup: Send + Sync + std::fmt::Debug {
-    /// The environment `id`, if it exists. `Err`: the store could not be asked.
-    fn environment<'a>(
-        &'a self,
-        id: &'a str,
-    ) -> BoxFuture<'a, Result<Option<EnvironmentState>, String>>;
-}
 
 /// An RFC 6749 §5.2 error.
 #[derive(Debug)]
@@ -70,12 +49,6 @@ fn json_response(status: StatusCode, doc: &serde_json::Value) -> Response<Body> 
 }
 
 impl Gateway {
-    /// Enables `environment` in token exchanges (the app looks them up in the store).
-    pub fn with_environments(mut self, envs: Option<Arc<dyn EnvironmentLookup>>) -> Self {
-        self.environments = envs;
-        self
-    }
-
     /// Serves `POST /.gatehouse/token`.
     pub(crate) async fn token_exchange(
         &self,
@@ -170,16 +143,18 @@ impl Gateway {
         };
         let mut end = principal.expires_at.unwrap_or(i64::MAX);
         if let Some(env) = &environment {
-            let Some(envs) = &self.environments else {
+            let Some(state) = &self.state else {
                 return Err(oauth("invalid_target", "environments are not enabled here"));
             };
-            let state = envs.environment(env).await.map_err(|e| OAuthError {
+            let found = state.environment(env).await.map_err(|e| OAuthError {
                 status: StatusCode::SERVICE_UNAVAILABLE,
                 code: "temporarily_unavailable",
-                description: format!("the environment cannot be looked up now: {e}"),
+                description: format!("the environment cannot be looked up now: {e:?}"),
             })?;
-            match state {
-                Some(s) if !s.ended && now < s.expires_at => end = end.min(s.expires_at),
+            match found {
+                Some(s) if s.ended_at.is_none() && now < s.expires_at => {
+                    end = end.min(s.expires_at)
+                }
                 Some(_) => {
                     return Err(oauth(
                         "invalid_target",

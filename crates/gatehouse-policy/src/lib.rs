@@ -78,6 +78,73 @@ pub struct ExchangeRequest<'a> {
     pub lifetime: i64,
 }
 
+/// A question about Gatehouse's own state (`env:create`, `env:end`, `revocation:create`,
+/// `revocation:lift`, `revocation:read`).
+#[derive(Debug, Clone, Copy)]
+pub struct AdminRequest<'a> {
+    /// Who asks.
+    pub principal: &'a Principal,
+    /// The action's name.
+    pub action: AdminAction,
+    /// What it is about.
+    pub resource: AdminResource<'a>,
+    /// The client's address.
+    pub source_ip: IpAddr,
+    /// The request method, upper-case.
+    pub method: &'a str,
+    /// The request host, lower-case, without port.
+    pub host: &'a str,
+}
+
+/// The actions on Gatehouse's own state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminAction {
+    /// `env:create`
+    EnvCreate,
+    /// `env:end`
+    EnvEnd,
+    /// `revocation:create`
+    RevocationCreate,
+    /// `revocation:lift`
+    RevocationLift,
+    /// `revocation:read`
+    RevocationRead,
+}
+
+impl AdminAction {
+    /// The name policies use.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AdminAction::EnvCreate => "env:create",
+            AdminAction::EnvEnd => "env:end",
+            AdminAction::RevocationCreate => "revocation:create",
+            AdminAction::RevocationLift => "revocation:lift",
+            AdminAction::RevocationRead => "revocation:read",
+        }
+    }
+}
+
+/// What an [`AdminRequest`] is about.
+#[derive(Debug, Clone, Copy)]
+pub enum AdminResource<'a> {
+    /// An environment (`id` "" while it is being created).
+    Environment {
+        /// Its id.
+        id: &'a str,
+        /// Its name.
+        name: &'a str,
+        /// Who created it (or is creating it).
+        created_by: &'a str,
+    },
+    /// A revocation of `kind` `value` (both "" for the list).
+    Revocation {
+        /// token, session, ssh-cert, subject, service-account, environment.
+        kind: &'a str,
+        /// What it names.
+        value: &'a str,
+    },
+}
+
 /// The ref a `ref:*` question is about.
 #[derive(Debug, Clone, Copy)]
 pub struct RefFacts<'a> {
@@ -527,6 +594,70 @@ impl PolicyEngine {
             ])
             .map_err(|e| e.to_string())?;
             let a = uid("Action", "token:exchange");
+            let req = Request::new(p, a, r, ctx, Some(&self.schema)).map_err(|e| e.to_string())?;
+            let ents = Entities::from_entities(entities, None).map_err(|e| e.to_string())?;
+            Ok((req, ents))
+        })();
+        match built {
+            Ok((req, ents)) => self.answer(&req, &ents).decision,
+            Err(_) => Decision::new(false, vec![], "policy_request_invalid"),
+        }
+    }
+
+    /// Decides a question about Gatehouse's own state (never cached). Anything that goes wrong
+    /// while building the question is a deny.
+    pub fn decide_admin(&self, q: &AdminRequest<'_>) -> Decision {
+        let built = (|| -> Result<(Request, Entities), String> {
+            let (p, mut entities) = self.principal_entity(q.principal)?;
+            let (r, e) = match q.resource {
+                AdminResource::Environment {
+                    id,
+                    name,
+                    created_by,
+                } => {
+                    let r = uid("Environment", id);
+                    let e = Entity::new(
+                        r.clone(),
+                        HashMap::from([
+                            ("name".to_owned(), s(name)),
+                            ("created_by".to_owned(), s(created_by)),
+                        ]),
+                        HashSet::new(),
+                    );
+                    (r, e)
+                }
+                AdminResource::Revocation { kind, value } => {
+                    let id = if kind.is_empty() {
+                        "*".to_owned()
+                    } else {
+                        format!("{kind}:{value}")
+                    };
+                    let r = uid("Revocation", &id);
+                    let e = Entity::new(
+                        r.clone(),
+                        HashMap::from([
+                            ("kind".to_owned(), s(kind)),
+                            ("value".to_owned(), s(value)),
+                        ]),
+                        HashSet::new(),
+                    );
+                    (r, e)
+                }
+            };
+            entities.push(e.map_err(|e| e.to_string())?);
+            entities.extend(self.action_entities.iter().cloned());
+            let ctx = Context::from_pairs([
+                (
+                    "source_ip".to_owned(),
+                    RestrictedExpression::new_ip(q.source_ip.to_string()),
+                ),
+                ("method".to_owned(), s(q.method)),
+                ("host".to_owned(), s(q.host)),
+                ("wiki".to_owned(), RestrictedExpression::new_bool(false)),
+                ("via".to_owned(), s(Via::Api.as_str())),
+            ])
+            .map_err(|e| e.to_string())?;
+            let a = uid("Action", q.action.as_str());
             let req = Request::new(p, a, r, ctx, Some(&self.schema)).map_err(|e| e.to_string())?;
             let ents = Entities::from_entities(entities, None).map_err(|e| e.to_string())?;
             Ok((req, ents))

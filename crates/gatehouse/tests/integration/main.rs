@@ -27,6 +27,7 @@ mod route_refs;
 mod sessions;
 mod shutdown;
 mod ssh;
+mod state_api;
 mod timeouts;
 mod tls;
 mod tokens;
