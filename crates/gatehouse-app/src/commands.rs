@@ -33,6 +33,9 @@ pub struct TokenIssueArgs {
     pub email: Option<String>,
     /// The principal is a person rather than a service account.
     pub user: bool,
+    /// Bind the token to this environment (it must be live; the token ends with it at the
+    /// latest, and ending it revokes the token).
+    pub environment: Option<String>,
 }
 
 /// `gatehouse token issue`: prints a token on stdout, its expiry on stderr.
@@ -47,6 +50,24 @@ pub fn token_issue(args: &TokenIssueArgs) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("--ttl: {e}"))?
         .map(|d| d.0);
     let now = SystemClock.now().as_secs();
+    let ttl = match &args.environment {
+        None => ttl,
+        Some(id) => {
+            let env = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(async {
+                    let store = crate::store::open(&cfg, None).await?;
+                    let env = store.environments().get(id).await;
+                    store.close().await;
+                    anyhow::Ok(env?)
+                })?
+                .ok_or_else(|| anyhow::anyhow!("no environment {id}"))?;
+            anyhow::ensure!(env.is_live(now), "environment {id} has ended");
+            let left = std::time::Duration::from_secs((env.expires_at - now) as u64);
+            Some(ttl.unwrap_or_else(|| own.default_ttl()).min(left))
+        }
+    };
     let (token, exp) = own.issue(
         &TokenRequest {
             subject: args.subject.clone(),
@@ -60,7 +81,7 @@ pub fn token_issue(args: &TokenIssueArgs) -> Result<()> {
             } else {
                 PrincipalKind::Service
             },
-            environment: None,
+            environment: args.environment.clone(),
         },
         now,
     )?;

@@ -160,7 +160,7 @@ impl Gateway {
         if cookie_headers(h).next().is_none() {
             return Ok(None);
         }
-        sessions.resolve(cookie_headers(h)).await.map_err(|e| {
+        let session = sessions.resolve(cookie_headers(h)).await.map_err(|e| {
             tracing::error!(request_id = %request_id, error = %e, "session lookup failed");
             (
                 Refusal::Unauthenticated {
@@ -169,7 +169,16 @@ impl Gateway {
                 },
                 ClientKind::Api,
             )
-        })
+        })?;
+        // A revoked session (or one of a revoked subject) is no session: the browser is sent to
+        // sign in again, which a revoked subject cannot.
+        Ok(session.filter(|s| {
+            let revoked = self.decider.authn().revoked(&s.principal);
+            if let Some(r) = revoked {
+                tracing::info!(request_id = %request_id, reason = r.reason(), "revoked session refused");
+            }
+            revoked.is_none()
+        }))
     }
 
     /// Serves `/.gatehouse/...`.

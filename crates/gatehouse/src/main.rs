@@ -148,6 +148,9 @@ enum TokenCmd {
         /// Issue for a person instead of a service account.
         #[arg(long)]
         user: bool,
+        /// Bind the token to a live environment (`gatehouse env create`): it ends with it.
+        #[arg(long, allow_hyphen_values = true)]
+        environment: Option<String>,
     },
     /// Print a fresh access token for a gateway signed in to with `gatehouse login`.
     Print {
@@ -360,6 +363,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             name,
             email,
             user,
+            environment,
         }) => gatehouse_app::token_issue(&gatehouse_app::TokenIssueArgs {
             config,
             subject,
@@ -369,6 +373,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             name,
             email,
             user,
+            environment,
         })?,
         Cmd::Policy(PolicyCmd::Check { config }) => gatehouse_app::policy_check(&config)?,
         Cmd::Policy(PolicyCmd::Explain {

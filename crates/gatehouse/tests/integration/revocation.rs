@@ -123,6 +123,45 @@ fn a_revoked_token_is_refused_within_a_second_and_after_a_restart() {
     assert_eq!(get(&gw, &token).0, 401, "revoked after a restart");
     assert_eq!(get(&gw, &other).0, 200);
 
+    // The schema: applied on the gateway's store; pending on a fresh one with manual migration,
+    // which `store status` reports (exit 1) and `store migrate` applies.
+    let status = cli_ok(&gw, &["store", "status"]);
+    assert!(
+        status.contains("applied") && !status.contains("pending"),
+        "{status}"
+    );
+    let manual = gw.dir().join("manual.toml");
+    let text = std::fs::read_to_string(gw.config_path()).unwrap();
+    std::fs::write(
+        &manual,
+        format!("{text}\n[store]\nurl = \"sqlite://fresh.db\"\nmigrate = \"manual\"\n"),
+    )
+    .unwrap();
+    let manual = manual.to_string_lossy().into_owned();
+    let out = gw.cli_raw(&["store", "status", "--config", &manual]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("pending") && text.contains("gatehouse store migrate"),
+        "{text}"
+    );
+    let out = gw.cli_raw(&["revoke", "list", "--config", &manual]);
+    assert!(
+        !out.status.success(),
+        "a store with pending migrations is refused"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("gatehouse store migrate"),
+        "{out:?}"
+    );
+    let out = gw.cli_raw(&["store", "migrate", "--config", &manual]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        gw.cli_raw(&["store", "status", "--config", &manual])
+            .status
+            .success()
+    );
+
     // Nonsense is refused with a readable line, nothing recorded.
     let out = gw.cli(&["revoke", "ssh-cert", "not-a-number"]);
     assert!(!out.status.success());

@@ -924,4 +924,54 @@ async fn a_session_from_one_node_works_on_the_other_and_is_renewed_once_at_a_tim
         gone.status, 302,
         "the session outlived its sign-out on the other node"
     );
+
+    // A second sign-in, revoked by its id as the audit records name it: on the next request
+    // the browser is sent to sign in again, on either node.
+    let (cookie, callback) = browser.authorize(&a.base, "/_echo", |u| u).await;
+    let done = browser.get(&callback, &cookie, "text/html").await;
+    let (sn, sv) = done.cookie("__Host-gatehouse-session").unwrap();
+    let second = format!("{sn}={sv}");
+    let r = browser
+        .get(&format!("{}/_echo?second=1", b.base), &second, "text/html")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Its id is in the audit record of that request: the newest naming a session other than
+    // the first one (records reach the file a few milliseconds after the answer).
+    let session_of = |line: &str| -> Option<String> {
+        let rec: serde_json::Value = serde_json::from_str(line).ok()?;
+        rec["principal"]["token_id"]
+            .as_str()?
+            .strip_prefix("session:")
+            .map(str::to_owned)
+    };
+    let before = std::fs::read_to_string(b.gw.audit_path()).unwrap_or_default();
+    let first_id = before.lines().find_map(session_of).unwrap();
+    let record = b.gw.audit_when("the second session's request", |a| {
+        a.lines().filter_map(session_of).any(|id| id != first_id)
+    });
+    let id = record
+        .lines()
+        .filter_map(session_of)
+        .rfind(|id| *id != first_id)
+        .unwrap();
+    let out = a.gw.cli(&["revoke", "session", &id]);
+    assert!(out.status.success(), "{out:?}");
+    for node in [&a, &b] {
+        let started = std::time::Instant::now();
+        loop {
+            let r = browser
+                .get(&format!("{}/_echo", node.base), &second, "text/html")
+                .await;
+            if r.status == 302 {
+                assert!(r.location.contains("/.gatehouse/login"), "{}", r.location);
+                break;
+            }
+            assert_eq!(r.status, 200, "{}", r.body);
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "revoked session still served"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }

@@ -989,6 +989,39 @@ fn revoked_certificates_and_service_keys_are_refused_on_the_next_command() {
     assert!(revoke.status.success(), "{revoke:?}");
     fails_within_a_second("ci-bot", || ci.run(tmp.path(), &["ls-remote", &url]));
 
+    // A certificate bought with a token bound to an environment dies with the environment.
+    let out =
+        f.gw.cli(&["env", "create", "--name", "devbox", "--ttl", "1h"]);
+    assert!(out.status.success(), "{out:?}");
+    let env = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let bound = f.gw.cli(&[
+        "token",
+        "issue",
+        "--subject",
+        "alice",
+        "--group",
+        "dev",
+        "--ttl",
+        "10m",
+        "--environment",
+        &env,
+    ]);
+    assert!(bound.status.success(), "{bound:?}");
+    let bound = String::from_utf8_lossy(&bound.stdout).trim().to_owned();
+    keygen(&keys.join("devbox"));
+    ssh_cert(&f.gw, &bound, &keys.join("devbox.pub"));
+    let devbox = git_ssh(tmp.path(), "devbox", &keys.join("devbox"), port);
+    assert!(devbox.run(tmp.path(), &["ls-remote", &url]).ok);
+    let out = f.gw.cli(&["env", "end", &env]);
+    assert!(out.status.success(), "{out:?}");
+    let err = fails_within_a_second("the environment's certificate", || {
+        devbox.run(tmp.path(), &["ls-remote", &url])
+    });
+    assert!(err.contains("Permission denied"), "{err}");
+    let out =
+        f.gw.cli(&["token", "issue", "--subject", "x", "--environment", &env]);
+    assert!(!out.status.success(), "a token for an ended environment");
+
     let _ = Command::new("ssh")
         .arg("-o")
         .arg(format!("ControlPath={}", control.display()))
