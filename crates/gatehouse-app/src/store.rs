@@ -125,12 +125,7 @@ pub enum RevokeCommand {
 pub fn revoke(config: &Path, cmd: RevokeCommand) -> Result<()> {
     let cfg = Config::load(config)?;
     let now = SystemClock.now();
-    let actor = format!(
-        "cli:{}",
-        std::env::var("SUDO_USER")
-            .or_else(|_| std::env::var("USER"))
-            .unwrap_or_else(|_| "unknown".into())
-    );
+    let actor = cli_actor();
     runtime()?.block_on(async {
         let store = open(&cfg, None).await?;
         let log = store.revocations();
@@ -198,6 +193,16 @@ pub fn revoke(config: &Path, cmd: RevokeCommand) -> Result<()> {
         store.close().await;
         Ok(())
     })
+}
+
+/// Who runs a CLI command, for the store's records (`cli:<login>`, the sudoer's when sudo).
+fn cli_actor() -> String {
+    format!(
+        "cli:{}",
+        std::env::var("SUDO_USER")
+            .or_else(|_| std::env::var("USER"))
+            .unwrap_or_else(|_| "unknown".into())
+    )
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -553,12 +558,7 @@ pub enum EnvCommand {
 pub fn env(config: &Path, cmd: EnvCommand) -> Result<()> {
     let cfg = Config::load(config)?;
     let now = SystemClock.now();
-    let actor = format!(
-        "cli:{}",
-        std::env::var("SUDO_USER")
-            .or_else(|_| std::env::var("USER"))
-            .unwrap_or_else(|_| "unknown".into())
-    );
+    let actor = cli_actor();
     runtime()?.block_on(async {
         let store = open(&cfg, None).await?;
         let envs = store.environments();

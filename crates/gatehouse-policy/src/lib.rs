@@ -565,35 +565,65 @@ impl PolicyEngine {
     /// Decides a token exchange for one role (never cached: exchanges are rare and each carries
     /// its own lifetime). Anything that goes wrong while building the question is a deny.
     pub fn decide_exchange(&self, q: &ExchangeRequest<'_>) -> Decision {
-        let built = (|| -> Result<(Request, Entities), String> {
-            let (p, mut entities) = self.principal_entity(q.principal)?;
+        let role = || -> Result<(EntityUid, Entity), String> {
             let r = uid("Role", q.role);
-            entities.push(
-                Entity::new(
-                    r.clone(),
-                    HashMap::from([("name".to_owned(), s(q.role))]),
-                    HashSet::new(),
-                )
-                .map_err(|e| e.to_string())?,
-            );
-            entities.extend(self.action_entities.iter().cloned());
-            let ctx = Context::from_pairs([
-                (
-                    "source_ip".to_owned(),
-                    RestrictedExpression::new_ip(q.source_ip.to_string()),
-                ),
-                ("method".to_owned(), s("POST")),
-                ("host".to_owned(), s(q.host)),
-                ("wiki".to_owned(), RestrictedExpression::new_bool(false)),
-                ("via".to_owned(), s(Via::Api.as_str())),
+            let e = Entity::new(
+                r.clone(),
+                HashMap::from([("name".to_owned(), s(q.role))]),
+                HashSet::new(),
+            )
+            .map_err(|e| e.to_string())?;
+            Ok((r, e))
+        };
+        self.ask_uncached(
+            q.principal,
+            "token:exchange",
+            role,
+            q.source_ip,
+            "POST",
+            q.host,
+            vec![
                 ("environment".to_owned(), s(q.environment.unwrap_or(""))),
                 (
                     "lifetime".to_owned(),
                     RestrictedExpression::new_long(q.lifetime),
                 ),
-            ])
-            .map_err(|e| e.to_string())?;
-            let a = uid("Action", "token:exchange");
+            ],
+        )
+    }
+
+    /// One uncached question about something other than the forge (a role, Gatehouse's own
+    /// state): the request context's attributes (`wiki` false, `via` `api`) and `extra`. Anything
+    /// that goes wrong while building the question is a deny.
+    #[allow(clippy::too_many_arguments)]
+    fn ask_uncached(
+        &self,
+        principal: &Principal,
+        action: &str,
+        resource: impl FnOnce() -> Result<(EntityUid, Entity), String>,
+        source_ip: IpAddr,
+        method: &str,
+        host: &str,
+        extra: Vec<(String, RestrictedExpression)>,
+    ) -> Decision {
+        let built = (|| -> Result<(Request, Entities), String> {
+            let (p, mut entities) = self.principal_entity(principal)?;
+            let (r, e) = resource()?;
+            entities.push(e);
+            entities.extend(self.action_entities.iter().cloned());
+            let mut pairs = vec![
+                (
+                    "source_ip".to_owned(),
+                    RestrictedExpression::new_ip(source_ip.to_string()),
+                ),
+                ("method".to_owned(), s(method)),
+                ("host".to_owned(), s(host)),
+                ("wiki".to_owned(), RestrictedExpression::new_bool(false)),
+                ("via".to_owned(), s(Via::Api.as_str())),
+            ];
+            pairs.extend(extra);
+            let ctx = Context::from_pairs(pairs).map_err(|e| e.to_string())?;
+            let a = uid("Action", action);
             let req = Request::new(p, a, r, ctx, Some(&self.schema)).map_err(|e| e.to_string())?;
             let ents = Entities::from_entities(entities, None).map_err(|e| e.to_string())?;
             Ok((req, ents))
@@ -607,65 +637,46 @@ impl PolicyEngine {
     /// Decides a question about Gatehouse's own state (never cached). Anything that goes wrong
     /// while building the question is a deny.
     pub fn decide_admin(&self, q: &AdminRequest<'_>) -> Decision {
-        let built = (|| -> Result<(Request, Entities), String> {
-            let (p, mut entities) = self.principal_entity(q.principal)?;
-            let (r, e) = match q.resource {
+        let resource = || -> Result<(EntityUid, Entity), String> {
+            let (r, attrs) = match q.resource {
                 AdminResource::Environment {
                     id,
                     name,
                     created_by,
-                } => {
-                    let r = uid("Environment", id);
-                    let e = Entity::new(
-                        r.clone(),
-                        HashMap::from([
-                            ("name".to_owned(), s(name)),
-                            ("created_by".to_owned(), s(created_by)),
-                        ]),
-                        HashSet::new(),
-                    );
-                    (r, e)
-                }
+                } => (
+                    uid("Environment", id),
+                    HashMap::from([
+                        ("name".to_owned(), s(name)),
+                        ("created_by".to_owned(), s(created_by)),
+                    ]),
+                ),
                 AdminResource::Revocation { kind, value } => {
                     let id = if kind.is_empty() {
                         "*".to_owned()
                     } else {
                         format!("{kind}:{value}")
                     };
-                    let r = uid("Revocation", &id);
-                    let e = Entity::new(
-                        r.clone(),
+                    (
+                        uid("Revocation", &id),
                         HashMap::from([
                             ("kind".to_owned(), s(kind)),
                             ("value".to_owned(), s(value)),
                         ]),
-                        HashSet::new(),
-                    );
-                    (r, e)
+                    )
                 }
             };
-            entities.push(e.map_err(|e| e.to_string())?);
-            entities.extend(self.action_entities.iter().cloned());
-            let ctx = Context::from_pairs([
-                (
-                    "source_ip".to_owned(),
-                    RestrictedExpression::new_ip(q.source_ip.to_string()),
-                ),
-                ("method".to_owned(), s(q.method)),
-                ("host".to_owned(), s(q.host)),
-                ("wiki".to_owned(), RestrictedExpression::new_bool(false)),
-                ("via".to_owned(), s(Via::Api.as_str())),
-            ])
-            .map_err(|e| e.to_string())?;
-            let a = uid("Action", q.action.as_str());
-            let req = Request::new(p, a, r, ctx, Some(&self.schema)).map_err(|e| e.to_string())?;
-            let ents = Entities::from_entities(entities, None).map_err(|e| e.to_string())?;
-            Ok((req, ents))
-        })();
-        match built {
-            Ok((req, ents)) => self.answer(&req, &ents).decision,
-            Err(_) => Decision::new(false, vec![], "policy_request_invalid"),
-        }
+            let e = Entity::new(r.clone(), attrs, HashSet::new()).map_err(|e| e.to_string())?;
+            Ok((r, e))
+        };
+        self.ask_uncached(
+            q.principal,
+            q.action.as_str(),
+            resource,
+            q.source_ip,
+            q.method,
+            q.host,
+            Vec::new(),
+        )
     }
 
     /// Decides a request. Anything that goes wrong while building the question is a deny.
