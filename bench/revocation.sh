@@ -2,9 +2,9 @@
 # How fast a revocation reaches another gateway node (issue: "revoked on A, refused on B within
 # 1 s"). Runs the integration test `a_revocation_on_one_node_is_refused_on_the_other_within_a_second`:
 # two `gatehouse serve` nodes on one real PostgreSQL (Debian's package, started by the test
-# harness), 100 tokens, each revoked with `gatehouse revoke token` against node A's config and
-# polled on node B (every 5 ms) until B refuses it. The time counted runs from the moment the
-# revoke command has committed to B's first refusal. The store's fallback poll is set to 1 s in
+# harness), 100 tokens, each revoked with `POST /.gatehouse/revocations` on node A and polled on
+# node B (every 5 ms) until B refuses it. The time counted runs from node A's answer (the
+# revocation committed) to B's first refusal. The store's fallback poll is set to 1 s in
 # that test, so the figures show PostgreSQL's notification path.
 #
 # Results: bench/results/revocation-<UTC timestamp>.md and bench/results/revocation-latest.md.
@@ -36,8 +36,8 @@ PGV=$("$PG/postgres" --version 2>/dev/null || echo unknown)
   echo "- Commit: \`$(git -C "$ROOT" rev-parse --short HEAD)\`"
   echo "- Machine: $(nproc) CPUs ($MODEL), $MEM memory, Linux $(uname -r)"
   echo "- PostgreSQL: $PGV, on 127.0.0.1, fsync on; both nodes and the database on the same cores"
-  echo "- Method: bench/revocation.sh (two \`gatehouse serve\` nodes, one store; \`gatehouse revoke\`"
-  echo "  against node A; node B polled every 5 ms; store.revocation_poll = 1s)"
+  echo "- Method: bench/revocation.sh (two \`gatehouse serve\` nodes, one store; \`POST"
+  echo "  /.gatehouse/revocations\` on node A; node B polled every 5 ms; store.revocation_poll = 1s)"
   echo
   echo "| target | measured | result |"
   echo "|---|---|---|"

@@ -82,6 +82,7 @@ pub fn token_issue(args: &TokenIssueArgs) -> Result<()> {
                 PrincipalKind::Service
             },
             environment: args.environment.clone(),
+            derived_from: Vec::new(),
         },
         now,
     )?;
@@ -144,7 +145,18 @@ pub fn policy_explain(args: &ExplainArgs) -> Result<bool> {
     let policy = load_policy(&cfg)?;
     let own = own_issuer(&cfg)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let authn = Arc::new(Authenticator::new(&cfg.issuers, own, clock.clone())?);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // What is revoked, as the gateway knows it: a revoked caller is explained as refused.
+    let revoked = rt.block_on(async {
+        let store = crate::store::open(&cfg, None).await?;
+        let (set, _feed) = crate::store::revocations(&store, &cfg, clock.clone()).await?;
+        store.close().await;
+        anyhow::Ok(set)
+    })?;
+    let authn =
+        Arc::new(Authenticator::new(&cfg.issuers, own, clock.clone())?.with_revocations(revoked));
     // The gateway's own decision core: the same authentication, forge groups, policy and
     // ref lookups as a request through the gateway.
     let (forge_groups, forge_api) = crate::serve::forge_clients(&cfg, clock)?;
@@ -155,9 +167,6 @@ pub fn policy_explain(args: &ExplainArgs) -> Result<bool> {
     )
     .with_forge_groups(forge_groups)
     .with_forge_api(forge_api);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     let principal = rt
         .block_on(decider.caller(&Credential::Bearer(args.token.clone())))
         .map_err(|e| match e {

@@ -219,6 +219,7 @@ pub fn quickstart(args: &QuickstartArgs) -> Result<()> {
                 email: Some(format!("{sub}@example.test")),
                 kind,
                 environment: None,
+                derived_from: Vec::new(),
             },
             now,
         )

@@ -340,13 +340,12 @@ impl gatehouse_session::SessionStore for StoreSessions {
         kind: gatehouse_session::RecordKind,
         key: &'a str,
         holder: &'a str,
-        now_ms: i64,
-        until_ms: i64,
+        lease_ms: i64,
     ) -> BoxFuture<'a, Result<bool, gatehouse_session::StoreError>> {
         Box::pin(async move {
             self.0
                 .sessions()
-                .try_lease(kind.as_str(), key, holder, now_ms, until_ms)
+                .try_lease(kind.as_str(), key, holder, lease_ms)
                 .await
                 .map_err(session_err)
         })

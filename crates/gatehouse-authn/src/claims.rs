@@ -146,6 +146,7 @@ pub fn map_principal(
         token_id: claims.get("jti").and_then(Value::as_str).map(str::to_owned),
         expires_at: number(claims, "exp")?,
         environment: None,
+        derived_from: Vec::new(),
     })
 }
 

@@ -80,6 +80,8 @@ pub struct TokenRequest {
     pub kind: PrincipalKind,
     /// The environment the token is bound to (`gatehouse_env`): ending it revokes the token.
     pub environment: Option<String>,
+    /// The credentials it is bought with (`gatehouse_from`): revoking one revokes it.
+    pub derived_from: Vec<String>,
 }
 
 /// A digest of the audience and every identity field the assertion carries ([`assertion_key`]).
@@ -314,6 +316,9 @@ impl OwnIssuer {
             if let Some(env) = &req.environment {
                 obj.insert("gatehouse_env".into(), Value::String(env.clone()));
             }
+            if !req.derived_from.is_empty() {
+                obj.insert("gatehouse_from".into(), json!(req.derived_from));
+            }
         }
         // Check the claims the way a request would before handing the token out.
         let principal = map_principal(
@@ -358,6 +363,15 @@ impl OwnIssuer {
             Some(Value::String(env)) if !env.is_empty() => Some(env.clone()),
             // A binding that cannot be read is never dropped: the token is refused.
             Some(_) => return Err(AuthnError::BadClaim("gatehouse_env".into())),
+        };
+        p.derived_from = match jwt.claims.get("gatehouse_from") {
+            None => Vec::new(),
+            Some(Value::Array(ids)) => ids
+                .iter()
+                .map(|v| v.as_str().map(str::to_owned))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| AuthnError::BadClaim("gatehouse_from".into()))?,
+            Some(_) => return Err(AuthnError::BadClaim("gatehouse_from".into())),
         };
         Ok(p)
     }

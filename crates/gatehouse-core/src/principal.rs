@@ -41,6 +41,9 @@ pub struct Principal {
     /// The environment the credential is bound to (a token from an RFC 8693 exchange, an SSH
     /// certificate bought with one): ending the environment revokes it.
     pub environment: Option<String>,
+    /// The ids of the credentials this one was bought with, oldest first (a token exchanged for
+    /// another, an SSH certificate bought with a token): revoking any of them revokes this one.
+    pub derived_from: Vec<String>,
 }
 
 impl Principal {
@@ -74,6 +77,7 @@ impl Principal {
             token_id: _,
             expires_at: _,
             environment: _,
+            derived_from: _,
         } = self;
         Claims {
             kind: *kind,

@@ -71,6 +71,19 @@ impl RevocationKind {
             RevocationKind::SshCert if value.parse::<u64>().is_err() => Err(format!(
                 "an SSH certificate is revoked by its serial, a decimal number (not {value:?})"
             )),
+            // A token's id never looks like another credential's (`session:`, `cert:`,
+            // `ssh-key:` are what sessions, certificates and service keys are named by): one
+            // revocation must never stand for, or lift, another kind's.
+            RevocationKind::Token
+                if ["session:", "cert:", "ssh-key:"]
+                    .iter()
+                    .any(|p| value.starts_with(p)) =>
+            {
+                Err(format!(
+                    "{value:?} names a session, certificate or key, not a token: revoke it as \
+                     that"
+                ))
+            }
             RevocationKind::Session if value.starts_with("session:") => Err(
                 "give the session id without its `session:` prefix, as `gatehouse audit` shows it \
                  after the colon"
@@ -216,6 +229,18 @@ impl Revocations {
         self.seq.store(seq, Ordering::Release);
     }
 
+    /// Forgets everything and applies `changes` from the start: for a log that went backwards
+    /// (a store restored from a backup), which [`Self::apply`] would otherwise skip.
+    pub fn replace<'a>(&self, changes: impl IntoIterator<Item = &'a RevocationChange>) {
+        {
+            let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
+            *st = State::default();
+            self.seq.store(0, Ordering::Release);
+            self.any.store(false, Ordering::Release);
+        }
+        self.apply(changes);
+    }
+
     /// Drops revocations that lapsed before `now` (their credentials have expired anyway).
     pub fn prune(&self, now: i64) {
         let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
@@ -245,6 +270,17 @@ impl Revocations {
             let kind = if id.starts_with("session:") {
                 RevocationKind::Session
             } else if id.starts_with("cert:") {
+                RevocationKind::SshCert
+            } else {
+                RevocationKind::Token
+            };
+            return Some(Revoked { kind });
+        }
+        // Bought with a revoked credential: revoked as that one is.
+        if let Some(from) = p.derived_from.iter().find(|id| hit(&st.credentials, id)) {
+            let kind = if from.starts_with("session:") {
+                RevocationKind::Session
+            } else if from.starts_with("cert:") {
                 RevocationKind::SshCert
             } else {
                 RevocationKind::Token
@@ -288,6 +324,7 @@ mod tests {
             token_id: token.map(str::to_owned),
             expires_at: None,
             environment: None,
+            derived_from: Vec::new(),
         }
     }
 
@@ -371,6 +408,29 @@ mod tests {
     }
 
     #[test]
+    fn a_log_that_went_backwards_is_applied_from_scratch() {
+        let r = Revocations::new();
+        let p = principal(PrincipalKind::User, "s", "u", Some("j"));
+        r.apply(&[
+            change(1, false, RevocationKind::Token, "j"),
+            change(2, false, RevocationKind::Token, "k"),
+        ]);
+        // The store was restored to before seq 2, then got a new entry 2.
+        r.replace(&[
+            change(1, false, RevocationKind::Token, "x"),
+            change(2, false, RevocationKind::Token, "y"),
+        ]);
+        assert_eq!(
+            r.check(&p, 0),
+            None,
+            "what the restored log does not hold is gone"
+        );
+        let y = principal(PrincipalKind::User, "s", "u", Some("y"));
+        assert!(r.check(&y, 0).is_some());
+        assert_eq!(r.seq(), 2);
+    }
+
+    #[test]
     fn a_revocation_lapses_with_the_credential() {
         let r = Revocations::new();
         let p = principal(PrincipalKind::User, "s", "u", Some("j"));
@@ -390,6 +450,8 @@ mod tests {
         assert!(RevocationKind::SshCert.check_value("12").is_ok());
         assert!(RevocationKind::Session.check_value("session:ab").is_err());
         assert!(RevocationKind::Token.check_value("").is_err());
+        assert!(RevocationKind::Token.check_value("session:ab").is_err());
+        assert!(RevocationKind::Token.check_value("cert:12").is_err());
         assert!(RevocationKind::Subject.check_value("a\nb").is_err());
         for k in RevocationKind::ALL {
             assert_eq!(RevocationKind::parse(k.as_str()), Some(k));

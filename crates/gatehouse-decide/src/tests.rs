@@ -57,6 +57,7 @@ fn core(groups: &[&str]) -> (Decider, Credential) {
                 email: None,
                 kind: PrincipalKind::User,
                 environment: None,
+                derived_from: Vec::new(),
             },
             now(),
         )

@@ -298,6 +298,7 @@ mod tests {
             token_id: None,
             expires_at: None,
             environment: None,
+            derived_from: Vec::new(),
         };
         let page = |web: Option<WebAccess>| {
             whoami(&WhoAmI {

@@ -149,6 +149,7 @@ impl Harness {
                     email: None,
                     kind: PrincipalKind::User,
                     environment: None,
+                    derived_from: Vec::new(),
                 },
                 now(),
             )

@@ -127,7 +127,11 @@ fn refused(e: StateError) -> (Refusal, ClientKind) {
             code: "invalid_request",
             detail: why,
         },
-        StateError::Unavailable(why) => Refusal::StoreUnavailable(why),
+        StateError::Unavailable(why) => {
+            // The driver's words stay in the log; the client learns only that the store failed.
+            tracing::error!(error = %why, "store unavailable");
+            Refusal::StoreUnavailable("the store did not answer".into())
+        }
     };
     (r, ClientKind::Api)
 }
@@ -282,6 +286,7 @@ impl Gateway {
                             id: "",
                             name,
                             created_by: &principal.username,
+                            created_by_kind: principal.kind.as_str(),
                         },
                         source_ip: adm.client,
                         method: "POST",
@@ -298,24 +303,26 @@ impl Gateway {
                 Ok(json(StatusCode::CREATED, &env.json()))
             }
             (m @ ("GET" | "HEAD" | "DELETE"), ["envs", id]) => {
-                let env = state
-                    .environment(id)
-                    .await
-                    .map_err(refused)?
-                    .ok_or_else(|| (Refusal::NotFound(format!("no environment {id}")), kind))?;
-                let creator = env
-                    .created_by
-                    .split_once(':')
-                    .map_or(env.created_by.as_str(), |(_, u)| u);
-                // Seeing an environment is for those who may end it.
+                let env = state.environment(id).await.map_err(refused)?;
+                // Seeing an environment is for those who may end it. One that does not exist is
+                // asked about as nobody's, so that a caller who may not end others' cannot tell
+                // which ids exist (403 either way).
+                let (name, creator_kind, creator) = match &env {
+                    Some(e) => {
+                        let (k, u) = e.created_by.split_once(':').unwrap_or(("", &e.created_by));
+                        (e.name.as_str(), k, u)
+                    }
+                    None => ("", "", ""),
+                };
                 self.admit_admin(
                     &AdminRequest {
                         principal: &principal,
                         action: AdminAction::EnvEnd,
                         resource: AdminResource::Environment {
                             id,
-                            name: &env.name,
+                            name,
                             created_by: creator,
+                            created_by_kind: creator_kind,
                         },
                         source_ip: adm.client,
                         method: m,
@@ -324,6 +331,8 @@ impl Gateway {
                     rec,
                     format!("env:end of {id}"),
                 )?;
+                let env =
+                    env.ok_or_else(|| (Refusal::NotFound(format!("no environment {id}")), kind))?;
                 if m != "DELETE" {
                     return Ok(json(StatusCode::OK, &env.json()));
                 }

@@ -21,6 +21,8 @@ use crate::respond::{ClientKind, Refusal};
 
 /// Largest form read.
 const MAX_FORM: usize = 64 * 1024;
+/// Most credentials a token may have been bought with (exchanges of exchanged tokens).
+const MAX_CHAIN: usize = 8;
 
 /// An RFC 6749 §5.2 error.
 #[derive(Debug)]
@@ -139,7 +141,14 @@ impl Gateway {
                 ));
             }
             (Some(bound), _) => Some(bound.clone()),
-            (None, asked) => asked,
+            (None, Some(asked)) => Some(asked),
+            (None, None) => {
+                return Err(oauth(
+                    "invalid_request",
+                    "environment is required: an exchanged token is bound to an environment \
+                     (gatehouse env create, or POST /.gatehouse/envs)",
+                ));
+            }
         };
         let mut end = principal.expires_at.unwrap_or(i64::MAX);
         if let Some(env) = &environment {
@@ -149,7 +158,10 @@ impl Gateway {
             let found = state.environment(env).await.map_err(|e| OAuthError {
                 status: StatusCode::SERVICE_UNAVAILABLE,
                 code: "temporarily_unavailable",
-                description: format!("the environment cannot be looked up now: {e:?}"),
+                description: {
+                    tracing::error!(error = ?e, "environment lookup failed");
+                    "the environment cannot be looked up now".into()
+                },
             })?;
             match found {
                 Some(s) if s.ended_at.is_none() && now < s.expires_at => {
@@ -194,6 +206,15 @@ impl Gateway {
             rec.policy = Some(d.deciding_policy());
         }
 
+        // Bought with the subject token: revoking it (or what it was bought with) revokes this.
+        let mut derived_from = principal.derived_from.clone();
+        derived_from.extend(principal.token_id.clone());
+        if derived_from.len() > MAX_CHAIN {
+            return Err(oauth(
+                "invalid_request",
+                "the subject token was itself exchanged too many times",
+            ));
+        }
         let (token, exp) = own
             .issue(
                 &TokenRequest {
@@ -205,6 +226,7 @@ impl Gateway {
                     email: principal.email.clone(),
                     kind: principal.kind,
                     environment: environment.clone(),
+                    derived_from: derived_from.clone(),
                 },
                 now,
             )

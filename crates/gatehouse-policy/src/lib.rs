@@ -133,8 +133,10 @@ pub enum AdminResource<'a> {
         id: &'a str,
         /// Its name.
         name: &'a str,
-        /// Who created it (or is creating it).
+        /// The user name of who created it (or is creating it).
         created_by: &'a str,
+        /// What created it: `user`, `service` or `cli` (an operator on the gateway's host).
+        created_by_kind: &'a str,
     },
     /// A revocation of `kind` `value` (both "" for the list).
     Revocation {
@@ -643,11 +645,13 @@ impl PolicyEngine {
                     id,
                     name,
                     created_by,
+                    created_by_kind,
                 } => (
                     uid("Environment", id),
                     HashMap::from([
                         ("name".to_owned(), s(name)),
                         ("created_by".to_owned(), s(created_by)),
+                        ("created_by_kind".to_owned(), s(created_by_kind)),
                     ]),
                 ),
                 AdminResource::Revocation { kind, value } => {

@@ -31,6 +31,7 @@ fn principal(user: &str, groups: &[&str]) -> Principal {
         token_id: None,
         expires_at: None,
         environment: None,
+        derived_from: Vec::new(),
     }
 }
 

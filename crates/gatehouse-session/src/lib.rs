@@ -306,6 +306,7 @@ impl StoredPrincipal {
             token_id: Some(session_ref(id)),
             expires_at: Some(expires_at),
             environment: None,
+            derived_from: Vec::new(),
         }
     }
 }
@@ -723,6 +724,8 @@ impl Sessions {
             // One renewal at a time across every node sharing the store: a rotating refresh
             // token is spent once. Whoever waited reads what the renewal wrote.
             let leased = self.lease(&key).await?;
+            // The wait may have been long: decide on the time now.
+            let now = self.clock.now().as_secs();
             let renewed = self.renew(p, &key, leased, now, refresh_before).await;
             if leased {
                 self.store
@@ -757,16 +760,9 @@ impl Sessions {
     async fn lease(&self, key: &str) -> Result<bool, SessionError> {
         let started = std::time::Instant::now();
         loop {
-            let now_ms = (self.clock.now().as_nanos() / 1_000_000) as i64;
             let got = self
                 .store
-                .try_lease(
-                    RecordKind::Session,
-                    key,
-                    &self.holder,
-                    now_ms,
-                    now_ms + Self::LEASE_MS,
-                )
+                .try_lease(RecordKind::Session, key, &self.holder, Self::LEASE_MS)
                 .await?;
             if got || started.elapsed() >= Self::LEASE_WAIT {
                 return Ok(got);

@@ -58,15 +58,15 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug {
     ) -> BoxFuture<'a, Result<(), StoreError>>;
     /// Removes every record that expired before `now`; returns how many.
     fn sweep(&self, now: i64) -> BoxFuture<'_, Result<usize, StoreError>>;
-    /// Takes the record's renewal lease for `holder` until `until_ms`, unless another holder's
-    /// runs past `now_ms` (milliseconds since the epoch). `false`: held by another, or no record.
+    /// Takes the record's renewal lease for `holder` for `lease_ms` milliseconds of the store's
+    /// own clock (so that nodes whose clocks disagree agree on whose lease it is), unless
+    /// another holder's has not run out. `false`: held by another, or no record.
     fn try_lease<'a>(
         &'a self,
         kind: RecordKind,
         key: &'a str,
         holder: &'a str,
-        now_ms: i64,
-        until_ms: i64,
+        lease_ms: i64,
     ) -> BoxFuture<'a, Result<bool, StoreError>>;
     /// Replaces the record only while `holder` has its lease (`false`: it was taken or deleted
     /// meanwhile, and stays so).
@@ -89,9 +89,20 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug {
 
 /// A store in memory: for tests of this crate and of its users, never for serving (nothing is
 /// shared between processes or kept across a restart).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemoryStore {
     records: std::sync::Mutex<std::collections::HashMap<(RecordKind, String), Record>>,
+    /// The store's own clock, for leases (as a database's would be).
+    started: std::time::Instant,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self {
+            records: std::sync::Mutex::default(),
+            started: std::time::Instant::now(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -174,9 +185,10 @@ impl SessionStore for MemoryStore {
         kind: RecordKind,
         key: &'a str,
         holder: &'a str,
-        now_ms: i64,
-        until_ms: i64,
+        lease_ms: i64,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let now_ms = i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX);
+        let until_ms = now_ms.saturating_add(lease_ms);
         let got = self.with(|m| match m.get_mut(&(kind, key.to_owned())) {
             Some(r)
                 if r.lease

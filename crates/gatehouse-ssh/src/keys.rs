@@ -22,6 +22,8 @@ const EXT_NAME: &str = "name@gatehouse";
 /// The environment the credential that bought the certificate is bound to: ending it revokes
 /// the certificate too.
 const EXT_ENVIRONMENT: &str = "environment@gatehouse";
+/// The credentials that bought the certificate (comma-separated ids): revoking one revokes it.
+const EXT_FROM: &str = "from@gatehouse";
 const EXT_KIND: &str = "kind@gatehouse";
 
 /// Loads an Ed25519 private key, or generates one (mode 0600) when the file is missing.
@@ -155,6 +157,23 @@ impl UserCa {
         if let Some(env) = &p.environment {
             b.extension(EXT_ENVIRONMENT, env.clone()).map_err(sign)?;
         }
+        // The token (or session) that buys it, and what that was bought with. An id with a comma
+        // cannot be listed: such a credential buys no certificate rather than one that would
+        // outlive its revocation.
+        let from: Vec<&str> = p
+            .derived_from
+            .iter()
+            .chain(&p.token_id)
+            .map(String::as_str)
+            .collect();
+        if from.iter().any(|id| id.contains(',') || id.is_empty()) {
+            return Err(SshError::Key(
+                "the credential's id cannot be carried in a certificate".into(),
+            ));
+        }
+        if !from.is_empty() {
+            b.extension(EXT_FROM, from.join(",")).map_err(sign)?;
+        }
         b.sign(&self.key).map_err(sign)
     }
 
@@ -202,6 +221,9 @@ impl UserCa {
             token_id: Some(format!("cert:{}", cert.serial())),
             expires_at: i64::try_from(cert.valid_before()).ok(),
             environment: ext(EXT_ENVIRONMENT),
+            derived_from: ext(EXT_FROM)
+                .map(|f| f.split(',').map(str::to_owned).collect())
+                .unwrap_or_default(),
         };
         principal.normalize_groups();
         Ok(CertIdentity {
@@ -258,6 +280,7 @@ mod tests {
             token_id: Some("jti-1".into()),
             expires_at: None,
             environment: None,
+            derived_from: Vec::new(),
         }
     }
 
@@ -322,6 +345,17 @@ mod tests {
         let cert = ca.issue(&user_key(), &bound, 1_000_000, 60).unwrap();
         let id = ca.verify(&cert, 1_000_001).unwrap();
         assert_eq!(id.principal.environment.as_deref(), Some("env-0123"));
+        // And what bought it, so that revoking that revokes the certificate.
+        assert_eq!(id.principal.derived_from, ["jti-1"]);
+        let chained = Principal {
+            derived_from: vec!["jti-0".into()],
+            ..principal()
+        };
+        let cert = ca.issue(&user_key(), &chained, 1_000_000, 60).unwrap();
+        assert_eq!(
+            ca.verify(&cert, 1_000_001).unwrap().principal.derived_from,
+            ["jti-0", "jti-1"]
+        );
     }
 
     #[test]

@@ -7,6 +7,10 @@ use sqlx::Row;
 
 use crate::{NewRevocation, Store, StoreError, on_db};
 
+/// How long an environment's revocation outlasts the environment's own end: longer than any
+/// clock leeway a credential bound to it is verified with.
+const ENDED_MARGIN: i64 = 86_400;
+
 /// An environment as the store holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Environment {
@@ -161,8 +165,9 @@ impl<'a> Environments<'a> {
                     value: env.id.clone(),
                     reason: format!("environment {} ended", env.name),
                     actor: actor.to_owned(),
-                    // Nothing bound to it lives past its expiry.
-                    until: Some(env.expires_at),
+                    // Nothing bound to it lives past its expiry, give or take a verifier's clock
+                    // leeway: the revocation outlasts both by a day.
+                    until: Some(env.expires_at.saturating_add(ENDED_MARGIN)),
                 },
                 now,
             )

@@ -131,6 +131,13 @@ impl<'a> RevocationLog<'a> {
         actor: &str,
         now: i64,
     ) -> Result<Option<RevocationChange>, StoreError> {
+        if kind == RevocationKind::Environment {
+            // An ended environment stays ended: lifting would bring back every credential that
+            // was bound to it.
+            return Err(StoreError::Invalid(
+                "an ended environment cannot be resumed: create a new one".into(),
+            ));
+        }
         let in_force = self
             .in_force(now)
             .await?
@@ -264,7 +271,23 @@ impl<'a> RevocationLog<'a> {
         })
     }
 
+    /// The newest sequence number in the log (0: empty).
+    pub async fn head(&self) -> Result<i64, StoreError> {
+        let what = "reading the revocation log's head";
+        on_db!(self.store.db(), |pool| {
+            let row = sqlx::query("SELECT coalesce(max(seq), 0) AS head FROM revocation_log")
+                .fetch_one(pool)
+                .await
+                .map_err(StoreError::query(what))?;
+            row.try_get::<i64, _>("head")
+                .map_err(StoreError::query(what))
+        })
+    }
+
     /// Applies to `set` every change after its sequence number. Returns how many were applied.
+    /// A log whose head is behind `set` (the store was restored from a backup, or replaced) is
+    /// applied again from the start: otherwise every new entry up to the old head would be
+    /// skipped as already seen.
     pub async fn catch_up(&self, set: &Revocations) -> Result<usize, StoreError> {
         let mut n = 0;
         loop {
@@ -272,9 +295,29 @@ impl<'a> RevocationLog<'a> {
             n += page.len();
             set.apply(&page);
             if (page.len() as i64) < PAGE {
-                return Ok(n);
+                break;
             }
         }
+        if n == 0 && set.seq() > 0 && self.head().await? < set.seq() {
+            tracing::warn!(
+                node_seq = set.seq(),
+                "the revocation log is behind this node (restored from a backup?): reloading it"
+            );
+            let mut all = Vec::new();
+            loop {
+                let page = self
+                    .since(all.last().map_or(0, |c: &RevocationChange| c.seq), PAGE)
+                    .await?;
+                let done = (page.len() as i64) < PAGE;
+                all.extend(page);
+                if done {
+                    break;
+                }
+            }
+            set.replace(&all);
+            n = all.len();
+        }
+        Ok(n)
     }
 }
 

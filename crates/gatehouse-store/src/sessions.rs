@@ -3,7 +3,7 @@
 
 use sqlx::Row;
 
-use crate::{Store, StoreError, on_db};
+use crate::{Db, Store, StoreError, on_db};
 
 /// The session records of a [`Store`].
 #[derive(Debug)]
@@ -101,33 +101,53 @@ impl<'a> SessionRecords<'a> {
         })
     }
 
-    /// Takes the renewal lease on the record for `holder` until `until_ms` (milliseconds since the
-    /// epoch), unless another holder's lease runs past `now_ms`. One conditional update, so of
-    /// two nodes asking at once exactly one gets it. `false`: held by another, or no record.
+    /// Takes the renewal lease on the record for `holder` for `lease_ms` milliseconds, unless
+    /// another holder's has not run out. One conditional update, so of two nodes asking at once
+    /// exactly one gets it; the time is the database's, so nodes whose clocks disagree still
+    /// agree on whose lease it is. `false`: held by another, or no record.
     pub async fn try_lease(
         &self,
         kind: &str,
         key: &str,
         holder: &str,
-        now_ms: i64,
-        until_ms: i64,
+        lease_ms: i64,
     ) -> Result<bool, StoreError> {
-        on_db!(self.store.db(), |pool| {
-            let done = sqlx::query(
-                "UPDATE session_records SET lease_holder = $3, lease_until = $4 \
+        let what = "leasing a session";
+        let done = match self.store.db() {
+            Db::Sqlite(pool) => sqlx::query(
+                "UPDATE session_records \
+                 SET lease_holder = $3, \
+                     lease_until = CAST(unixepoch('subsec') * 1000 AS INTEGER) + $4 \
                  WHERE kind = $1 AND key = $2 \
-                   AND (lease_holder IS NULL OR lease_until < $5 OR lease_holder = $3)",
+                   AND (lease_holder IS NULL OR lease_holder = $3 \
+                        OR lease_until < CAST(unixepoch('subsec') * 1000 AS INTEGER))",
             )
             .bind(kind)
             .bind(key)
             .bind(holder)
-            .bind(until_ms)
-            .bind(now_ms)
+            .bind(lease_ms)
             .execute(pool)
             .await
-            .map_err(StoreError::query("leasing a session"))?;
-            Ok(done.rows_affected() == 1)
-        })
+            .map_err(StoreError::query(what))?
+            .rows_affected(),
+            Db::Postgres(pool) => sqlx::query(
+                "UPDATE session_records \
+                 SET lease_holder = $3, \
+                     lease_until = (extract(epoch FROM clock_timestamp()) * 1000)::bigint + $4 \
+                 WHERE kind = $1 AND key = $2 \
+                   AND (lease_holder IS NULL OR lease_holder = $3 \
+                        OR lease_until < (extract(epoch FROM clock_timestamp()) * 1000)::bigint)",
+            )
+            .bind(kind)
+            .bind(key)
+            .bind(holder)
+            .bind(lease_ms)
+            .execute(pool)
+            .await
+            .map_err(StoreError::query(what))?
+            .rows_affected(),
+        };
+        Ok(done == 1)
     }
 
     /// Replaces the record's value only while `holder` has its lease: a renewal finishing after

@@ -31,6 +31,7 @@ fn req(sub: &str) -> TokenRequest {
         email: None,
         kind: PrincipalKind::Service,
         environment: None,
+        derived_from: Vec::new(),
     }
 }
 
@@ -224,6 +225,7 @@ fn assertion_keys_tell_every_identity_apart() {
         token_id: Some("jti".into()),
         expires_at: Some(1),
         environment: None,
+        derived_from: Vec::new(),
     };
     let key = assertion_key(&base, "up");
     // Neither the credential's id nor its expiry is said in an assertion.

@@ -135,13 +135,18 @@ async fn an_exchanged_token_works_until_its_environment_ends() {
         .await;
     let (_, doc) = ask(form(&short, "dev", &env)).await;
     assert!(doc["expires_in"].as_i64().unwrap() <= 120, "{doc}");
+    // Nor past its environment's end (shorter here than the subject token and the default).
+    let brief = cli_ok(&gw, &["env", "create", "--name", "brief", "--ttl", "90s"]);
+    let (_, doc) = ask(form(&alice, "dev", &brief)).await;
+    let capped = doc["expires_in"].as_i64().unwrap_or(0);
+    assert!((1..=90).contains(&capped), "{doc}");
     for (what, f, code) in [
         (
             "a role not granted",
             form(&alice, "admin", &env),
             "invalid_scope",
         ),
-        ("no environment", form(&alice, "dev", ""), "invalid_scope"),
+        ("no environment", form(&alice, "dev", ""), "invalid_request"),
         (
             "an unknown environment",
             form(&alice, "dev", "env-nope"),
@@ -200,6 +205,29 @@ async fn an_exchanged_token_works_until_its_environment_ends() {
         (status, doc["error"].as_str()),
         (400, Some("invalid_target")),
         "{doc}"
+    );
+
+    // Revoking the subject token revokes what was exchanged for it.
+    let with_jti = idp
+        .sign(subject(json!({"jti": "subject-1"})), "RS256", None)
+        .await;
+    let (status, doc) = ask(form(&with_jti, "dev", &env)).await;
+    assert_eq!(status, 200, "{doc}");
+    let derived = doc["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(get(&gw, &derived).0, 200);
+    cli_ok(&gw, &["revoke", "token", "subject-1"]);
+    let start = Instant::now();
+    while get(&gw, &derived).0 != 401 {
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "derived token still accepted"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        get(&gw, &jit).0,
+        200,
+        "a token exchanged from another subject token"
     );
 
     // Teardown: the token is refused on its next use, within a second.

@@ -24,8 +24,8 @@ permit(principal in Gatehouse::Group::"ops",
 @id("ci-envs")
 permit(principal in Gatehouse::Group::"ci", action == Gatehouse::Action::"env:create", resource);
 @id("own-envs")
-permit(principal, action == Gatehouse::Action::"env:end", resource)
-  when { resource.created_by == principal.username };
+permit(principal is Gatehouse::ServiceAccount, action == Gatehouse::Action::"env:end", resource)
+  when { resource.created_by == principal.username && resource.created_by_kind == "service" };
 "#;
 
 /// One request on a fresh connection; `None` when the gateway cannot be reached or the answer
