@@ -413,6 +413,10 @@ fn env_view(e: gatehouse_store::Environment) -> gatehouse_http::EnvironmentView 
 }
 
 impl gatehouse_http::StateStore for StoreState {
+    fn ping(&self) -> BoxFuture<'_, Result<(), gatehouse_http::StateError>> {
+        Box::pin(async move { self.store.ping().await.map_err(state_err) })
+    }
+
     fn environment<'a>(
         &'a self,
         id: &'a str,

@@ -1,6 +1,6 @@
 //! The admin listener: `/healthz` (the process runs), `/readyz` (issuers' keys loaded, policy
-//! loaded, upstream reachable, audit log writable) and `/metrics` (Prometheus text). Keep it on a
-//! private address: it is not authenticated.
+//! loaded, upstream reachable, audit log writable, store answering) and `/metrics` (Prometheus
+//! text). Keep it on a private address: it is not authenticated.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -49,7 +49,15 @@ async fn route(gw: Arc<Gateway>, req: Request<hyper::body::Incoming>) -> Respons
             let keys_ok = issuers.iter().all(|s| s.loaded);
             let upstream_ok = upstream_reachable(&gw).await;
             let audit_ok = gw.audit().is_healthy();
-            let ready = keys_ok && upstream_ok && audit_ok;
+            // Without its store a node serves no browser session and hears of no revocation.
+            let store_ok = match gw.state() {
+                Some(s) => matches!(
+                    tokio::time::timeout(Duration::from_secs(1), s.ping()).await,
+                    Ok(Ok(()))
+                ),
+                None => true,
+            };
+            let ready = keys_ok && upstream_ok && audit_ok && store_ok;
             let doc = json!({
                 "ready": ready,
                 "checks": {
@@ -57,6 +65,7 @@ async fn route(gw: Arc<Gateway>, req: Request<hyper::body::Incoming>) -> Respons
                     "issuer_keys": issuers.iter().map(|s| json!({"issuer": s.issuer, "loaded": s.loaded, "keys": s.keys})).collect::<Vec<_>>(),
                     "upstream": upstream_ok,
                     "audit": audit_ok,
+                    "store": store_ok,
                 }
             });
             let status = if ready {

@@ -119,6 +119,8 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
     ) -> BoxFuture<'a, Result<Option<i64>, StateError>>;
     /// The revocations in force.
     fn revocations(&self) -> BoxFuture<'_, Result<Vec<RevocationView>, StateError>>;
+    /// Whether the store answers (for `/readyz`).
+    fn ping(&self) -> BoxFuture<'_, Result<(), StateError>>;
 }
 
 fn refused(e: StateError) -> (Refusal, ClientKind) {
@@ -189,6 +191,11 @@ impl Gateway {
     pub fn with_state(mut self, state: Option<Arc<dyn StateStore>>) -> Self {
         self.state = state;
         self
+    }
+
+    /// Gatehouse's state, when the app gave it one.
+    pub(crate) fn state(&self) -> Option<&Arc<dyn StateStore>> {
+        self.state.as_ref()
     }
 
     fn state_store(&self) -> Result<&Arc<dyn StateStore>, (Refusal, ClientKind)> {

@@ -411,6 +411,17 @@ impl Store {
         SessionRecords::new(self)
     }
 
+    /// Whether the database answers (a trivial query), for readiness checks.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        on_db!(&self.db, |pool| {
+            sqlx::query("SELECT 1")
+                .execute(pool)
+                .await
+                .map_err(StoreError::query("pinging the store"))?;
+        });
+        Ok(())
+    }
+
     /// Closes the pool (waits for connections in use to be returned).
     pub async fn close(&self) {
         on_db!(&self.db, |pool| pool.close().await)

@@ -271,6 +271,33 @@ impl<'a> RevocationLog<'a> {
         })
     }
 
+    /// Deletes what no node needs to replay: revocations that lapsed more than a day before
+    /// `now` (their credentials are long expired), and every entry of a kind and value whose
+    /// latest entry is a lift older than a day (the revocation and its lift together, so that a
+    /// replay never finds a revocation without the lift that ended it). Never the newest entry:
+    /// a log whose head went backwards would look restored. Returns how many.
+    pub async fn prune(&self, now: i64) -> Result<u64, StoreError> {
+        on_db!(self.store.db(), |pool| {
+            Ok(sqlx::query(
+                "DELETE FROM revocation_log \
+                 WHERE seq < (SELECT max(seq) FROM revocation_log) \
+                   AND ((NOT lift AND until IS NOT NULL AND until < $1) \
+                        OR EXISTS (SELECT 1 FROM revocation_log l \
+                                   WHERE l.kind = revocation_log.kind \
+                                     AND l.value = revocation_log.value \
+                                     AND l.lift AND l.at < $1 \
+                                     AND l.seq = (SELECT max(m.seq) FROM revocation_log m \
+                                                  WHERE m.kind = l.kind \
+                                                    AND m.value = l.value)))",
+            )
+            .bind(now.saturating_sub(86_400))
+            .execute(pool)
+            .await
+            .map_err(StoreError::query("pruning the revocation log"))?
+            .rows_affected())
+        })
+    }
+
     /// The newest sequence number in the log (0: empty).
     pub async fn head(&self) -> Result<i64, StoreError> {
         let what = "reading the revocation log's head";
@@ -358,6 +385,7 @@ impl RevocationFeed {
         let mut tick = tokio::time::interval(self.poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failing = false;
+        let mut pruned_at = tokio::time::Instant::now();
         loop {
             if listener.is_none() {
                 listener = self.listen().await;
@@ -404,6 +432,20 @@ impl RevocationFeed {
             }
             if !woke_by_notice {
                 self.set.prune(self.clock.now().as_secs());
+            }
+            // Lapsed entries leave the database too, once an hour (any node may; it is idempotent).
+            if pruned_at.elapsed() >= std::time::Duration::from_secs(3600) {
+                pruned_at = tokio::time::Instant::now();
+                match self
+                    .store
+                    .revocations()
+                    .prune(self.clock.now().as_secs())
+                    .await
+                {
+                    Ok(n) if n > 0 => tracing::info!(deleted = n, "lapsed revocations pruned"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "pruning the revocation log failed"),
+                }
             }
         }
     }

@@ -322,6 +322,80 @@ async fn a_feed_brings_another_nodes_revocation_within_a_second() {
 }
 
 #[tokio::test]
+async fn lapsed_entries_are_pruned_and_what_is_in_force_is_kept() {
+    for (store, _d) in backends("prune").await {
+        let b = store.backend();
+        let log = store.revocations();
+        let day = 86_400;
+        log.revoke(
+            NewRevocation {
+                until: Some(1_000),
+                ..revocation(RevocationKind::Token, "old")
+            },
+            900,
+        )
+        .await
+        .unwrap();
+        log.revoke(revocation(RevocationKind::Subject, "forever"), 900)
+            .await
+            .unwrap();
+        log.revoke(revocation(RevocationKind::Token, "lifted"), 900)
+            .await
+            .unwrap();
+        log.lift(RevocationKind::Token, "lifted", "t", 950)
+            .await
+            .unwrap();
+        log.revoke(
+            NewRevocation {
+                until: Some(1_000),
+                ..revocation(RevocationKind::Token, "newest")
+            },
+            960,
+        )
+        .await
+        .unwrap();
+        // A day and more after: the lapsed ones and the old lift go, the head stays.
+        let n = log.prune(1_001 + day).await.unwrap();
+        assert_eq!(
+            n, 3,
+            "{b}: the lapsed token, and the lifted one with its lift"
+        );
+        let left: Vec<String> = log
+            .since(0, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| c.value)
+            .collect();
+        assert!(left.contains(&"forever".to_owned()), "{b}: {left:?}");
+        assert!(
+            left.contains(&"newest".to_owned()),
+            "{b}: the head is kept: {left:?}"
+        );
+        assert!(!left.contains(&"old".to_owned()), "{b}: {left:?}");
+        assert!(!left.contains(&"lifted".to_owned()), "{b}: {left:?}");
+        // Replaying what is left gives what is in force.
+        let set = Revocations::new();
+        log.catch_up(&set).await.unwrap();
+        assert!(
+            set.check(
+                &Principal {
+                    username: "forever".into(),
+                    ..user("x")
+                },
+                1_001 + day
+            )
+            .is_some(),
+            "{b}"
+        );
+        assert!(
+            set.check(&user("lifted"), 1_001 + day).is_none(),
+            "{b}: a lift outlived by its revocation"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_log_restored_to_an_older_state_is_reloaded_not_skipped() {
     for (store, _d) in backends("restored").await {
         let b = store.backend();

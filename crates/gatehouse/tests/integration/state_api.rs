@@ -341,3 +341,86 @@ fn killed_mid_burst(mut gw: TestGateway) {
         200
     );
 }
+
+/// A node whose PostgreSQL refuses it is not ready (`/readyz` says `store: false`) and keeps
+/// refusing what it knew was revoked; when the database is back, it is ready again.
+#[test]
+fn a_node_without_its_store_is_not_ready_and_keeps_its_revocations() {
+    let pg = gatehouse_testkit::Postgres::shared();
+    let url = pg.create_database("readyz_store");
+    let dir = TempDir::new("readyz-store-url");
+    std::fs::write(dir.path().join("url"), url).unwrap();
+    let (_tmp, gw) = gateway_with(
+        "readyz-store",
+        &format!(
+            "[store]\nurl = {{ file = \"{}\" }}\n",
+            dir.path().join("url").display()
+        ),
+    );
+    let ready = || raw_http(gw.admin_port, "GET", "/readyz", &[]);
+    let (status, body) = ready();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"store\":true"), "{body}");
+    let dev = gw.token("alice", &["dev"]);
+    let out = gw.cli(&["revoke", "token", &jti(&dev)]);
+    assert!(out.status.success(), "{out:?}");
+    let bearer = format!("Bearer {dev}");
+    let start = Instant::now();
+    while raw_http(gw.port, "GET", REFS, &[("Authorization", &bearer)]).0 != 401 {
+        assert!(start.elapsed() < Duration::from_secs(1), "not refused");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    // The database turns the gateway away.
+    pg.psql(
+        "postgres",
+        "ALTER DATABASE readyz_store WITH ALLOW_CONNECTIONS false",
+    )
+    .unwrap();
+    pg.psql(
+        "postgres",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'readyz_store'",
+    )
+    .unwrap();
+    let start = Instant::now();
+    loop {
+        let (status, body) = ready();
+        if status == 503 {
+            assert!(body.contains("\"store\":false"), "{body}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "still ready: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        raw_http(gw.port, "GET", REFS, &[("Authorization", &bearer)]).0,
+        401,
+        "a known revocation stays in force while the store is gone"
+    );
+    let other = gw.token("alice", &["dev"]);
+    assert_eq!(
+        raw_http(
+            gw.port,
+            "GET",
+            REFS,
+            &[("Authorization", &format!("Bearer {other}"))]
+        )
+        .0,
+        200,
+        "tokens are still served without the store"
+    );
+
+    pg.psql(
+        "postgres",
+        "ALTER DATABASE readyz_store WITH ALLOW_CONNECTIONS true",
+    )
+    .unwrap();
+    let start = Instant::now();
+    while ready().0 != 200 {
+        assert!(start.elapsed() < Duration::from_secs(15), "not ready again");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
