@@ -156,6 +156,8 @@ impl Revoked {
 pub struct Revocations {
     any: AtomicBool,
     seq: AtomicI64,
+    /// When the store was last read successfully (seconds since the epoch; 0: never).
+    synced_at: AtomicI64,
     state: RwLock<State>,
 }
 
@@ -196,6 +198,27 @@ impl Revocations {
     /// An empty set.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Records that the store was read successfully at `now` (seconds since the epoch).
+    pub fn mark_synced(&self, now: i64) {
+        self.synced_at.store(now, Ordering::Release);
+    }
+
+    /// When the store was last read successfully (0: never): how stale this node's view may be.
+    pub fn synced_at(&self) -> i64 {
+        self.synced_at.load(Ordering::Acquire)
+    }
+
+    /// How many revocations are held (lapsed ones until the next prune).
+    pub fn len(&self) -> usize {
+        let st = self.state.read().unwrap_or_else(|e| e.into_inner());
+        st.credentials.len() + st.subjects.len() + st.services.len() + st.environments.len()
+    }
+
+    /// Whether none is held.
+    pub fn is_empty(&self) -> bool {
+        !self.any.load(Ordering::Acquire)
     }
 
     /// The sequence number of the last change applied (0: none).

@@ -78,6 +78,7 @@ async fn route(gw: Arc<Gateway>, req: Request<hyper::body::Incoming>) -> Respons
         "/metrics" => {
             let statuses: Vec<_> = gw.authn().issuers().map(|i| i.status()).collect();
             gw.metrics().sync_jwks(&statuses);
+            gw.metrics().sync_revocations(gw.authn().revocations());
             text(
                 StatusCode::OK,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",

@@ -54,6 +54,9 @@ pub struct Metrics {
     pub(crate) tunnels_open: Gauge,
     requests_in_flight: Gauge,
     jwks_seen: Mutex<Vec<(FetchLabels, u64)>>,
+    revocations: Gauge,
+    revocation_seq: Gauge,
+    revocations_synced: Gauge,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -172,8 +175,31 @@ impl Metrics {
              (or their abort)",
             requests_in_flight.clone(),
         );
+        let revocations = Gauge::default();
+        registry.register(
+            "revocations",
+            "Revocations this node holds in memory and checks every request against",
+            revocations.clone(),
+        );
+        let revocation_seq = Gauge::default();
+        registry.register(
+            "revocation_log_position",
+            "The sequence number of the last revocation log entry this node applied (every node \
+             of a deployment should show the same)",
+            revocation_seq.clone(),
+        );
+        let revocations_synced = Gauge::default();
+        registry.register(
+            "revocations_synced_timestamp_seconds",
+            "When this node last read the revocation log successfully (alert when it falls more \
+             than a few seconds behind: new revocations are not reaching it)",
+            revocations_synced.clone(),
+        );
         Self {
             registry,
+            revocations,
+            revocation_seq,
+            revocations_synced,
             tunnels_open,
             requests_in_flight,
             requests,
@@ -208,6 +234,14 @@ impl Metrics {
         if !ok {
             self.audit_failures.inc();
         }
+    }
+
+    /// Reads the node's revocation state into its gauges (at scrape time).
+    pub(crate) fn sync_revocations(&self, r: &gatehouse_core::Revocations) {
+        self.revocations
+            .set(i64::try_from(r.len()).unwrap_or(i64::MAX));
+        self.revocation_seq.set(r.seq());
+        self.revocations_synced.set(r.synced_at());
     }
 
     /// Brings the JWKS fetch counters up to the authenticator's totals.

@@ -373,7 +373,9 @@ impl RevocationFeed {
     /// Reads the whole log: a node must not serve before it knows what is revoked.
     pub async fn load(&self) -> Result<usize, StoreError> {
         let n = self.store.revocations().catch_up(&self.set).await?;
-        self.set.prune(self.clock.now().as_secs());
+        let now = self.clock.now().as_secs();
+        self.set.mark_synced(now);
+        self.set.prune(now);
         Ok(n)
     }
 
@@ -410,6 +412,7 @@ impl RevocationFeed {
             };
             match self.store.revocations().catch_up(&self.set).await {
                 Ok(n) => {
+                    self.set.mark_synced(self.clock.now().as_secs());
                     if failing {
                         tracing::info!("revocation log reachable again");
                         failing = false;

@@ -89,6 +89,18 @@ fn a_revoked_token_is_refused_within_a_second_and_after_a_restart() {
     let took = until_refused(&gw, &token);
     assert!(took < Duration::from_secs(1), "took {took:?}");
     assert_eq!(get(&gw, &other).0, 200, "another token of the same subject");
+    let metrics = gw.metrics();
+    assert!(metrics.contains("gatehouse_revocations 1\n"), "{metrics}");
+    assert!(
+        metrics.contains("gatehouse_revocation_log_position 1\n"),
+        "{metrics}"
+    );
+    let synced: i64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("gatehouse_revocations_synced_timestamp_seconds "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(synced > 1_700_000_000, "{metrics}");
     // `policy explain` decides as the gateway does: the revoked token is refused there too.
     let url = format!("http://127.0.0.1{REFS}");
     let explain = gw.cli(&[
