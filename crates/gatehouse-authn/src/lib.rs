@@ -121,6 +121,10 @@ impl Authenticator {
     /// Whether `p` (from any credential: a token, a session, an SSH certificate or key) is
     /// revoked now.
     pub fn revoked(&self, p: &Principal) -> Option<gatehouse_core::Revoked> {
+        // Every decision asks: with nothing revoked, no clock read.
+        if self.revoked.is_empty() {
+            return None;
+        }
         self.revoked.check(p, self.clock.now().as_secs())
     }
 

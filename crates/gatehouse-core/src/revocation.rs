@@ -104,6 +104,17 @@ impl RevocationKind {
             | RevocationKind::Environment => None,
         }
     }
+
+    /// The kind a credential id names: the inverse of [`Self::token_key`].
+    fn of_credential(id: &str) -> Self {
+        if id.starts_with("session:") {
+            RevocationKind::Session
+        } else if id.starts_with("cert:") {
+            RevocationKind::SshCert
+        } else {
+            RevocationKind::Token
+        }
+    }
 }
 
 impl std::fmt::Display for RevocationKind {
@@ -287,28 +298,16 @@ impl Revocations {
         let hit = |m: &HashMap<String, Option<i64>>, k: &str| {
             m.get(k).is_some_and(|until| in_force(*until, now))
         };
-        if let Some(id) = &p.token_id
-            && hit(&st.credentials, id)
+        // The credential itself, or one it was bought with: revoked as that one is.
+        if let Some(id) = p
+            .token_id
+            .iter()
+            .chain(&p.derived_from)
+            .find(|id| hit(&st.credentials, id))
         {
-            let kind = if id.starts_with("session:") {
-                RevocationKind::Session
-            } else if id.starts_with("cert:") {
-                RevocationKind::SshCert
-            } else {
-                RevocationKind::Token
-            };
-            return Some(Revoked { kind });
-        }
-        // Bought with a revoked credential: revoked as that one is.
-        if let Some(from) = p.derived_from.iter().find(|id| hit(&st.credentials, id)) {
-            let kind = if from.starts_with("session:") {
-                RevocationKind::Session
-            } else if from.starts_with("cert:") {
-                RevocationKind::SshCert
-            } else {
-                RevocationKind::Token
-            };
-            return Some(Revoked { kind });
+            return Some(Revoked {
+                kind: RevocationKind::of_credential(id),
+            });
         }
         if hit(&st.subjects, &p.subject) || hit(&st.subjects, &p.username) {
             return Some(Revoked {

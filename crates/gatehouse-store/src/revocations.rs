@@ -56,48 +56,24 @@ pub struct RevocationLog<'a> {
     store: &'a Store,
 }
 
-fn change_of(row: &impl RowLike) -> Result<RevocationChange, sqlx::Error> {
-    let kind: String = row.text("kind")?;
-    let kind = RevocationKind::parse(&kind).ok_or_else(|| {
-        sqlx::Error::Decode(format!("unknown revocation kind {kind:?} in the log").into())
-    })?;
-    Ok(RevocationChange {
-        seq: row.int("seq")?,
-        lift: row.flag("lift")?,
-        kind,
-        value: row.text("value")?,
-        until: row.opt_int("until")?,
-    })
+/// A log entry from either backend's row (a macro: each arm of `on_db!` decodes its own row
+/// type, as `env_of!` does for environments).
+macro_rules! change_of {
+    ($row:expr) => {{
+        let r = $row;
+        let kind: String = r.try_get("kind")?;
+        let kind = RevocationKind::parse(&kind).ok_or_else(|| {
+            sqlx::Error::Decode(format!("unknown revocation kind {kind:?} in the log").into())
+        })?;
+        Ok::<_, sqlx::Error>(RevocationChange {
+            seq: r.try_get("seq")?,
+            lift: r.try_get("lift")?,
+            kind,
+            value: r.try_get("value")?,
+            until: r.try_get("until")?,
+        })
+    }};
 }
-
-/// Reads a column from either backend's row.
-trait RowLike {
-    fn text(&self, c: &str) -> Result<String, sqlx::Error>;
-    fn int(&self, c: &str) -> Result<i64, sqlx::Error>;
-    fn opt_int(&self, c: &str) -> Result<Option<i64>, sqlx::Error>;
-    fn flag(&self, c: &str) -> Result<bool, sqlx::Error>;
-}
-
-macro_rules! row_like {
-    ($row:ty) => {
-        impl RowLike for $row {
-            fn text(&self, c: &str) -> Result<String, sqlx::Error> {
-                self.try_get(c)
-            }
-            fn int(&self, c: &str) -> Result<i64, sqlx::Error> {
-                self.try_get(c)
-            }
-            fn opt_int(&self, c: &str) -> Result<Option<i64>, sqlx::Error> {
-                self.try_get(c)
-            }
-            fn flag(&self, c: &str) -> Result<bool, sqlx::Error> {
-                self.try_get(c)
-            }
-        }
-    };
-}
-row_like!(sqlx::sqlite::SqliteRow);
-row_like!(sqlx::postgres::PgRow);
 
 const INSERT: &str = "INSERT INTO revocation_log (lift, kind, value, reason, actor, at, until) \
                       VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING seq";
@@ -170,11 +146,10 @@ impl<'a> RevocationLog<'a> {
         until: Option<i64>,
     ) -> Result<i64, StoreError> {
         let what = "recording a revocation";
-        match self.store.db() {
-            Db::Sqlite(pool) => {
-                // One statement, one implicit transaction: SQLite's single writer gives sequence
-                // numbers in commit order.
-                let row = sqlx::query(INSERT)
+        // The same insert on either backend (each arm binds for its own driver).
+        macro_rules! insert {
+            () => {
+                sqlx::query(INSERT)
                     .bind(lift)
                     .bind(kind.as_str())
                     .bind(value)
@@ -182,6 +157,13 @@ impl<'a> RevocationLog<'a> {
                     .bind(actor)
                     .bind(at)
                     .bind(until)
+            };
+        }
+        match self.store.db() {
+            Db::Sqlite(pool) => {
+                // One statement, one implicit transaction: SQLite's single writer gives sequence
+                // numbers in commit order.
+                let row = insert!()
                     .fetch_one(pool)
                     .await
                     .map_err(StoreError::query(what))?;
@@ -195,14 +177,7 @@ impl<'a> RevocationLog<'a> {
                     .execute(&mut *tx)
                     .await
                     .map_err(StoreError::query(what))?;
-                let row = sqlx::query(INSERT)
-                    .bind(lift)
-                    .bind(kind.as_str())
-                    .bind(value)
-                    .bind(reason)
-                    .bind(actor)
-                    .bind(at)
-                    .bind(until)
+                let row = insert!()
                     .fetch_one(&mut *tx)
                     .await
                     .map_err(StoreError::query(what))?;
@@ -234,7 +209,7 @@ impl<'a> RevocationLog<'a> {
             .await
             .map_err(StoreError::query(what))?;
             rows.iter()
-                .map(change_of)
+                .map(|r| change_of!(r))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(StoreError::query(what))
         })
@@ -260,10 +235,10 @@ impl<'a> RevocationLog<'a> {
             rows.iter()
                 .map(|row| {
                     Ok(RevocationRecord {
-                        change: change_of(row)?,
-                        reason: row.text("reason")?,
-                        actor: row.text("actor")?,
-                        at: row.int("at")?,
+                        change: change_of!(row)?,
+                        reason: row.try_get("reason")?,
+                        actor: row.try_get("actor")?,
+                        at: row.try_get("at")?,
                     })
                 })
                 .collect::<Result<Vec<_>, sqlx::Error>>()

@@ -112,41 +112,35 @@ impl<'a> SessionRecords<'a> {
         holder: &str,
         lease_ms: i64,
     ) -> Result<bool, StoreError> {
-        let what = "leasing a session";
-        let done = match self.store.db() {
-            Db::Sqlite(pool) => sqlx::query(
-                "UPDATE session_records \
-                 SET lease_holder = $3, \
-                     lease_until = CAST(unixepoch('subsec') * 1000 AS INTEGER) + $4 \
-                 WHERE kind = $1 AND key = $2 \
-                   AND (lease_holder IS NULL OR lease_holder = $3 \
-                        OR lease_until < CAST(unixepoch('subsec') * 1000 AS INTEGER))",
-            )
-            .bind(kind)
-            .bind(key)
-            .bind(holder)
-            .bind(lease_ms)
-            .execute(pool)
-            .await
-            .map_err(StoreError::query(what))?
-            .rows_affected(),
-            Db::Postgres(pool) => sqlx::query(
-                "UPDATE session_records \
-                 SET lease_holder = $3, \
-                     lease_until = (extract(epoch FROM clock_timestamp()) * 1000)::bigint + $4 \
-                 WHERE kind = $1 AND key = $2 \
-                   AND (lease_holder IS NULL OR lease_holder = $3 \
-                        OR lease_until < (extract(epoch FROM clock_timestamp()) * 1000)::bigint)",
-            )
-            .bind(kind)
-            .bind(key)
-            .bind(holder)
-            .bind(lease_ms)
-            .execute(pool)
-            .await
-            .map_err(StoreError::query(what))?
-            .rows_affected(),
+        // The same conditional update on either backend, with the database's own time in
+        // milliseconds spelled in its dialect.
+        macro_rules! lease_sql {
+            ($now:literal) => {
+                concat!(
+                    "UPDATE session_records SET lease_holder = $3, lease_until = ",
+                    $now,
+                    " + $4 WHERE kind = $1 AND key = $2 \
+                     AND (lease_holder IS NULL OR lease_holder = $3 OR lease_until < ",
+                    $now,
+                    ")"
+                )
+            };
+        }
+        let sql = match self.store.db() {
+            Db::Sqlite(_) => lease_sql!("CAST(unixepoch('subsec') * 1000 AS INTEGER)"),
+            Db::Postgres(_) => lease_sql!("(extract(epoch FROM clock_timestamp()) * 1000)::bigint"),
         };
+        let done = on_db!(self.store.db(), |pool| {
+            sqlx::query(sql)
+                .bind(kind)
+                .bind(key)
+                .bind(holder)
+                .bind(lease_ms)
+                .execute(pool)
+                .await
+                .map_err(StoreError::query("leasing a session"))?
+                .rows_affected()
+        });
         Ok(done == 1)
     }
 
