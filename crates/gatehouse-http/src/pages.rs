@@ -194,6 +194,13 @@ pub(crate) fn whoami(w: &WhoAmI<'_>) -> String {
         let _ = write!(b, "<span class=\"chip\">{}</span>", esc(g));
     }
     b.push_str("</dd>");
+    if let Some(env) = &p.environment {
+        let _ = write!(
+            b,
+            "<dt>Environment</dt><dd><code>{}</code> <span class=\"muted\">(ending it ends this credential)</span></dd>",
+            esc(env)
+        );
+    }
     if let Some(s) = &w.session {
         let _ = write!(
             b,

@@ -9,7 +9,9 @@ use gatehouse_authn::AuthnError;
 use gatehouse_core::{Action, Principal, RepoRef, Resource, Route, UnixTime, Via};
 use gatehouse_git::ForgeFlavor;
 use gatehouse_policy::{AuthzRequest, RequestFacts};
-use gatehouse_session::{ActiveSession, SessionError, Sessions, safe_return_to};
+use gatehouse_session::{
+    ActiveSession, EnvironmentBinding, SessionError, Sessions, safe_return_to,
+};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 
@@ -266,13 +268,35 @@ impl Gateway {
         let sessions = self.sessions()?;
         let mut return_to = "/".to_owned();
         let mut provider = None;
+        let mut environment = None;
         for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
             match k.as_ref() {
                 "return_to" => return_to = safe_return_to(&v),
                 "provider" => provider = v.parse::<usize>().ok(),
+                "environment" if !v.is_empty() => environment = Some(v.into_owned()),
                 _ => {}
             }
         }
+        // A sign-in for an environment makes a session bound to it: it ends with the
+        // environment. Binding only narrows a session, so any live environment may be named.
+        let binding = match &environment {
+            None => None,
+            Some(id) => match self.environment_binding(id).await {
+                Ok(b) => Some(b),
+                Err(why) => {
+                    rec.decision = Some("deny");
+                    rec.reason = Some("environment_not_live".into());
+                    return Ok(self.html(
+                        StatusCode::BAD_REQUEST,
+                        pages::message("Sign-in failed", &why, None, true),
+                    ));
+                }
+            },
+        };
+        let env_param = environment
+            .as_deref()
+            .map(|e| format!("&environment={}", pages::query_value(e)))
+            .unwrap_or_default();
         let n = match (provider, sessions.providers().len()) {
             (_, 0) => {
                 return Err(self.sessions().err().unwrap_or((
@@ -293,7 +317,7 @@ impl Gateway {
                     .map(|(i, p)| ChooserEntry {
                         name: p.display_name().to_owned(),
                         href: format!(
-                            "/.gatehouse/login?provider={i}&return_to={}",
+                            "/.gatehouse/login?provider={i}&return_to={}{env_param}",
                             pages::query_value(&return_to)
                         ),
                     })
@@ -301,13 +325,34 @@ impl Gateway {
                 return Ok(self.html(StatusCode::OK, pages::chooser(&entries)));
             }
         };
-        match sessions.begin(n, &return_to).await {
+        match sessions.begin(n, &return_to, binding).await {
             Ok(start) => {
                 let mut r = redirect(StatusCode::FOUND, &start.location);
                 add_cookie(&mut r, &start.set_cookie);
                 Ok(r)
             }
             Err(e) => Ok(self.sign_in_error(&e, rec)),
+        }
+    }
+
+    /// The binding of a sign-in to the live environment `id`, or why there is none (safe to
+    /// show).
+    async fn environment_binding(&self, id: &str) -> Result<EnvironmentBinding, String> {
+        let Some(state) = &self.state else {
+            return Err("Environments are not enabled on this gateway.".into());
+        };
+        let now = self.clock.now().as_secs();
+        match state.environment(id).await {
+            Ok(Some(e)) if e.ended_at.is_none() && now < e.expires_at => Ok(EnvironmentBinding {
+                id: e.id,
+                expires_at: e.expires_at,
+            }),
+            Ok(Some(_)) => Err(format!("Environment {id} has ended.")),
+            Ok(None) => Err(format!("There is no environment {id}.")),
+            Err(e) => {
+                tracing::error!(error = ?e, "environment lookup failed");
+                Err("The environment cannot be looked up now; try again shortly.".into())
+            }
         }
     }
 
@@ -552,6 +597,7 @@ impl Gateway {
                 "name": principal.display_name,
                 "email": principal.email,
                 "groups": principal.groups,
+                "environment": principal.environment,
                 "session": session.as_ref().map(|s| serde_json::json!({
                     "started_at": UnixTime::from_secs(s.created_at).to_rfc3339(),
                     "expires_at": UnixTime::from_secs(s.expires_at).to_rfc3339(),

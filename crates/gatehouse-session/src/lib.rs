@@ -41,6 +41,9 @@ pub enum SessionError {
     /// The sign-in took longer than `session.login_timeout`.
     #[error("this sign-in has expired")]
     Expired,
+    /// The environment the sign-in was bound to ended before it completed.
+    #[error("the environment this sign-in is for has ended")]
+    EnvironmentEnded,
     /// The callback lacks `code` or `state`, or repeats them.
     #[error("the sign-in response is incomplete")]
     BadCallback,
@@ -79,6 +82,7 @@ impl SessionError {
         match self {
             SessionError::StateMismatch => "state_mismatch",
             SessionError::Expired => "login_expired",
+            SessionError::EnvironmentEnded => "environment_ended",
             SessionError::BadCallback => "bad_callback",
             SessionError::Refused(_) => "idp_refused",
             SessionError::IssuerMismatch => "issuer_mismatch",
@@ -209,6 +213,9 @@ struct StoredSession {
     id_token: Option<String>,
     #[serde(default)]
     refreshes: u32,
+    /// The environment the session is bound to: ending it revokes the session.
+    #[serde(default)]
+    environment: Option<String>,
 }
 
 /// A sign-in between `begin` and the callback. It travels sealed (AES-256-GCM) in the sign-in
@@ -222,6 +229,19 @@ struct PendingLogin {
     nonce: String,
     return_to: String,
     expires_at: i64,
+    #[serde(default)]
+    environment: Option<EnvironmentBinding>,
+}
+
+/// An environment a sign-in binds its session to: the session ends no later than the
+/// environment, and ending the environment revokes it. The caller checks that the environment
+/// is live before asking; binding only ever narrows a session.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EnvironmentBinding {
+    /// The environment's id.
+    pub id: String,
+    /// When it ends by itself (seconds since the epoch).
+    pub expires_at: i64,
 }
 
 #[derive(Deserialize)]
@@ -290,7 +310,13 @@ impl StoredPrincipal {
     }
 
     /// The principal again, as the session `id` names it until `expires_at`.
-    fn principal(&self, issuer: &str, id: &str, expires_at: i64) -> Principal {
+    fn principal(
+        &self,
+        issuer: &str,
+        id: &str,
+        expires_at: i64,
+        environment: Option<&str>,
+    ) -> Principal {
         Principal {
             kind: if self.kind == "service" {
                 PrincipalKind::Service
@@ -305,7 +331,7 @@ impl StoredPrincipal {
             groups: self.groups.clone(),
             token_id: Some(session_ref(id)),
             expires_at: Some(expires_at),
-            environment: None,
+            environment: environment.map(str::to_owned),
             derived_from: Vec::new(),
         }
     }
@@ -482,7 +508,13 @@ impl Sessions {
 
     /// Starts a sign-in at provider `n`: remembers `state`, `nonce` and the PKCE verifier, and
     /// returns the IdP URL and the cookie binding the sign-in to this browser.
-    pub async fn begin(&self, n: usize, return_to: &str) -> Result<LoginStart, SessionError> {
+    /// With `environment`, the session is bound to it (see [`EnvironmentBinding`]).
+    pub async fn begin(
+        &self,
+        n: usize,
+        return_to: &str,
+        environment: Option<EnvironmentBinding>,
+    ) -> Result<LoginStart, SessionError> {
         let p = self.providers.get(n).ok_or(SessionError::UnknownProvider)?;
         let meta = p.metadata().await?;
         let endpoint = meta.authorization_endpoint.as_deref().ok_or_else(|| {
@@ -503,6 +535,7 @@ impl Sessions {
             nonce: nonce.clone(),
             return_to: safe_return_to(return_to),
             expires_at,
+            environment,
         };
         let sealed = self.seal_cookie(&pending)?;
         {
@@ -655,6 +688,12 @@ impl Sessions {
         } else {
             hard_end.min(access_expires_at)
         };
+        let expires_at = match &pending.environment {
+            Some(env) if env.expires_at <= now => return Err(SessionError::EnvironmentEnded),
+            Some(env) => expires_at.min(env.expires_at),
+            None => expires_at,
+        };
+        let environment = pending.environment.map(|e| e.id);
         let rec = StoredSession {
             issuer: p.issuer().to_owned(),
             principal: StoredPrincipal::of(&principal),
@@ -665,12 +704,14 @@ impl Sessions {
             refresh_token: tokens.refresh_token,
             id_token: Some(id_token.to_owned()),
             refreshes: 0,
+            environment: environment.clone(),
         };
         self.put(RecordKind::Session, &store_key(&id), expires_at, &rec)
             .await?;
         let mut principal = principal;
         principal.token_id = Some(session_ref(&id));
         principal.expires_at = Some(expires_at);
+        principal.environment = environment;
         Ok(LoginDone {
             location: format!("{}{}", self.external, pending.return_to),
             set_cookies: vec![
@@ -737,7 +778,9 @@ impl Sessions {
                 None => return Ok(None),
             }
         }
-        let principal = rec.principal.principal(&rec.issuer, id, rec.expires_at);
+        let principal =
+            rec.principal
+                .principal(&rec.issuer, id, rec.expires_at, rec.environment.as_deref());
         Ok(Some(ActiveSession {
             id: Redacted::new(id.to_owned()),
             principal,

@@ -108,6 +108,7 @@ async fn signed_in_at(
         refresh_token: refresh.then(|| "RT".into()),
         id_token: None,
         refreshes: 0,
+        environment: None,
     };
     s.put(RecordKind::Session, &store_key(&id), expires_at, &rec)
         .await
@@ -222,7 +223,7 @@ async fn callbacks_without_a_matching_sign_in_are_refused() {
     let clock = Arc::new(ManualClock::new(T0));
     let s = sessions(&dir, &"k".repeat(32), clock.clone());
     assert!(matches!(
-        s.begin(7, "/").await,
+        s.begin(7, "/", None).await,
         Err(SessionError::UnknownProvider)
     ));
     let login_cookie = |issuer: &str, state: &str, expires_at: i64| {
@@ -233,6 +234,7 @@ async fn callbacks_without_a_matching_sign_in_are_refused() {
             nonce: "n".into(),
             return_to: "/".into(),
             expires_at,
+            environment: None,
         };
         format!("{LOGIN_COOKIE}={}", s.seal_cookie(&p).unwrap())
     };

@@ -281,10 +281,31 @@ impl Browser {
         return_to: &str,
         tamper: impl Fn(String) -> String,
     ) -> (String, String) {
-        let rt: String = url::form_urlencoded::byte_serialize(return_to.as_bytes()).collect();
+        self.authorize_with(
+            user,
+            base,
+            &format!("return_to={}", form(return_to)),
+            tamper,
+        )
+        .await
+    }
+
+    /// A sign-in whose session is bound to the environment `env`.
+    async fn authorize_in(&mut self, base: &str, return_to: &str, env: &str) -> (String, String) {
+        let query = format!("return_to={}&environment={}", form(return_to), form(env));
+        self.authorize_with("alice", base, &query, |u| u).await
+    }
+
+    async fn authorize_with(
+        &mut self,
+        user: &str,
+        base: &str,
+        login_query: &str,
+        tamper: impl Fn(String) -> String,
+    ) -> (String, String) {
         let start = self
             .get(
-                &format!("{base}/.gatehouse/login?return_to={rt}"),
+                &format!("{base}/.gatehouse/login?{login_query}"),
                 "",
                 "text/html",
             )
@@ -340,6 +361,10 @@ impl Browser {
         }
         panic!("the IdP never sent the browser back");
     }
+}
+
+fn form(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
 fn param(url: &str, name: &str) -> String {
@@ -974,4 +999,81 @@ async fn a_session_from_one_node_works_on_the_other_and_is_renewed_once_at_a_tim
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+
+    // A sign-in for an environment: the session says so, ends no later than the environment,
+    // and dies with it on every node.
+    let env = String::from_utf8(
+        a.gw.cli(&["env", "create", "--name", "preview-7", "--ttl", "1h"])
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_owned();
+    assert!(env.starts_with("env-"), "{env}");
+    let (cookie, callback) = browser.authorize_in(&a.base, "/_echo", &env).await;
+    let done = browser.get(&callback, &cookie, "text/html").await;
+    assert_eq!(done.status, 302, "{}", done.body);
+    let (sn, sv) = done.cookie("__Host-gatehouse-session").unwrap();
+    let bound = format!("{sn}={sv}");
+    let who = browser
+        .get(
+            &format!("{}/.gatehouse/", b.base),
+            &bound,
+            "application/json",
+        )
+        .await;
+    let who: serde_json::Value = serde_json::from_str(&who.body).unwrap();
+    assert_eq!(who["environment"], env.as_str(), "{who}");
+    let ends = chrono_secs(who["session"]["expires_at"].as_str().unwrap());
+    assert!(
+        ends <= chrono_secs_now() + 3600 + 5,
+        "the session outlives its environment: {who}"
+    );
+    let out = b.gw.cli(&["env", "end", &env]);
+    assert!(out.status.success(), "{out:?}");
+    for node in [&a, &b] {
+        let started = std::time::Instant::now();
+        loop {
+            let r = browser
+                .get(&format!("{}/_echo", node.base), &bound, "text/html")
+                .await;
+            if r.status == 302 {
+                assert!(r.location.contains("/.gatehouse/login"), "{}", r.location);
+                break;
+            }
+            assert_eq!(r.status, 200, "{}", r.body);
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "a session outlived its environment"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    // An ended or unknown environment cannot be signed in for.
+    for (id, why) in [(env.as_str(), "has ended"), ("env-nope", "no environment")] {
+        let r = browser
+            .get(
+                &format!("{}/.gatehouse/login?environment={id}", a.base),
+                "",
+                "text/html",
+            )
+            .await;
+        assert_eq!(r.status, 400, "{}", r.body);
+        assert!(r.body.contains(why), "{}", r.body);
+    }
+}
+
+/// Seconds since the epoch of an RFC 3339 UTC time (`2026-12-07T08:00:00Z`).
+fn chrono_secs(t: &str) -> i64 {
+    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+        .unwrap()
+        .unix_timestamp()
+}
+
+#[allow(clippy::disallowed_methods)] // the gateway under test runs on the real clock
+fn chrono_secs_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
 }
