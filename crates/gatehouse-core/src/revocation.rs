@@ -179,6 +179,9 @@ struct State {
     subjects: HashMap<String, Option<i64>>,
     services: HashMap<String, Option<i64>>,
     environments: HashMap<String, Option<i64>>,
+    /// The last change applied: the store checks it is still in the log where this node saw it
+    /// (a log restored from a backup and written to since has other entries there).
+    last: Option<RevocationChange>,
 }
 
 impl State {
@@ -237,17 +240,25 @@ impl Revocations {
         self.seq.load(Ordering::Acquire)
     }
 
+    /// The last change applied (`None`: none yet).
+    pub fn last_applied(&self) -> Option<RevocationChange> {
+        let st = self.state.read().unwrap_or_else(|e| e.into_inner());
+        st.last.clone()
+    }
+
     /// Applies changes in log order. Changes at or below [`Self::seq`] were applied already and
     /// are skipped, so a batch read twice (a notification and a poll racing) does no harm.
     pub fn apply<'a>(&self, changes: impl IntoIterator<Item = &'a RevocationChange>) {
         // A poisoned lock only means a panic elsewhere mid-update of plain maps: keep going.
         let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
         let mut seq = self.seq.load(Ordering::Acquire);
+        let mut last = None;
         for c in changes {
             if c.seq <= seq {
                 continue;
             }
             seq = c.seq;
+            last = Some(c);
             let key = c
                 .kind
                 .token_key(&c.value)
@@ -258,6 +269,9 @@ impl Revocations {
             } else {
                 map.insert(key, c.until);
             }
+        }
+        if let Some(c) = last {
+            st.last = Some(c.clone());
         }
         self.any.store(!st.is_empty(), Ordering::Release);
         self.seq.store(seq, Ordering::Release);

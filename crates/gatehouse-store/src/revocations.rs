@@ -287,39 +287,56 @@ impl<'a> RevocationLog<'a> {
     }
 
     /// Applies to `set` every change after its sequence number. Returns how many were applied.
-    /// A log whose head is behind `set` (the store was restored from a backup, or replaced) is
-    /// applied again from the start: otherwise every new entry up to the old head would be
-    /// skipped as already seen.
+    ///
+    /// The read starts at the last change `set` applied, which must still be there as the node
+    /// saw it. When it is not, the log is not the one this node followed (the store was restored
+    /// from a backup, or replaced, and perhaps written to since, reusing sequence numbers), and
+    /// it is applied again from the start: otherwise the entries up to the node's position would
+    /// be skipped as already seen. (Pruning can remove that entry too, in the moment between a
+    /// newer entry's commit and this node reading it; the reload is then merely redundant.)
     pub async fn catch_up(&self, set: &Revocations) -> Result<usize, StoreError> {
         let mut n = 0;
+        if let Some(last) = set.last_applied() {
+            let page = self.since(last.seq - 1, PAGE).await?;
+            if page.first() != Some(&last) {
+                tracing::warn!(
+                    node_seq = last.seq,
+                    "the revocation log is not the one this node followed (restored from a \
+                     backup?): reloading it"
+                );
+                return self.reload(set).await;
+            }
+            n += page.len() - 1;
+            set.apply(&page);
+            if (page.len() as i64) < PAGE {
+                return Ok(n);
+            }
+        }
         loop {
             let page = self.since(set.seq(), PAGE).await?;
             n += page.len();
             set.apply(&page);
             if (page.len() as i64) < PAGE {
+                return Ok(n);
+            }
+        }
+    }
+
+    /// Replaces `set` with the whole log.
+    async fn reload(&self, set: &Revocations) -> Result<usize, StoreError> {
+        let mut all = Vec::new();
+        loop {
+            let page = self
+                .since(all.last().map_or(0, |c: &RevocationChange| c.seq), PAGE)
+                .await?;
+            let done = (page.len() as i64) < PAGE;
+            all.extend(page);
+            if done {
                 break;
             }
         }
-        if n == 0 && set.seq() > 0 && self.head().await? < set.seq() {
-            tracing::warn!(
-                node_seq = set.seq(),
-                "the revocation log is behind this node (restored from a backup?): reloading it"
-            );
-            let mut all = Vec::new();
-            loop {
-                let page = self
-                    .since(all.last().map_or(0, |c: &RevocationChange| c.seq), PAGE)
-                    .await?;
-                let done = (page.len() as i64) < PAGE;
-                all.extend(page);
-                if done {
-                    break;
-                }
-            }
-            set.replace(&all);
-            n = all.len();
-        }
-        Ok(n)
+        set.replace(&all);
+        Ok(all.len())
     }
 }
 

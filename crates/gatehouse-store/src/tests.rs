@@ -430,18 +430,38 @@ async fn a_log_restored_to_an_older_state_is_reloaded_not_skipped() {
                     .unwrap();
             }
         }
-        log.revoke(revocation(RevocationKind::Token, "d"), 2)
-            .await
-            .unwrap();
+        // Written to since, past the node's position before the node reads: the head alone
+        // no longer says the log went back.
+        for v in ["d", "e", "f"] {
+            log.revoke(revocation(RevocationKind::Token, v), 2)
+                .await
+                .unwrap();
+        }
+        assert!(log.head().await.unwrap() > set.seq(), "{b}");
         log.catch_up(&set).await.unwrap();
-        assert!(
-            set.check(&user("d"), 2).is_some(),
-            "{b}: the new entry was skipped"
-        );
-        assert!(
-            set.check(&user("b"), 2).is_none(),
-            "{b}: what the restore removed stays"
-        );
+        for v in ["d", "e", "f"] {
+            assert!(
+                set.check(&user(v), 2).is_some(),
+                "{b}: the new entry {v} was skipped"
+            );
+        }
+        for v in ["b", "c"] {
+            assert!(
+                set.check(&user(v), 2).is_none(),
+                "{b}: {v}, which the restore removed, stays"
+            );
+        }
+        assert_eq!(set.seq(), log.head().await.unwrap(), "{b}");
+        // And a log that went back without new entries is reloaded too.
+        on_db!(store.db(), |pool| {
+            sqlx::query("DELETE FROM revocation_log WHERE value <> 'a'")
+                .execute(pool)
+                .await
+                .unwrap();
+        });
+        log.catch_up(&set).await.unwrap();
+        assert!(set.check(&user("f"), 2).is_none(), "{b}");
+        assert!(set.check(&user("a"), 2).is_some(), "{b}");
     }
 }
 
