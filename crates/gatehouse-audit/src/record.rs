@@ -28,7 +28,7 @@ impl From<Principal> for AuditPrincipal {
 impl Serialize for AuditPrincipal {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let p = &*self.0;
-        let mut st = s.serialize_struct("AuditPrincipal", 6)?;
+        let mut st = s.serialize_struct("AuditPrincipal", 8)?;
         st.serialize_field("kind", p.kind.as_str())?;
         st.serialize_field("subject", &p.subject)?;
         st.serialize_field("issuer", &p.issuer)?;
@@ -38,7 +38,68 @@ impl Serialize for AuditPrincipal {
             Some(id) => st.serialize_field("token_id", id)?,
             None => st.skip_field("token_id")?,
         }
+        match &p.environment {
+            Some(env) => st.serialize_field("environment", env)?,
+            None => st.skip_field("environment")?,
+        }
+        match &p.workload {
+            Some(w) => st.serialize_field("workload", &WorkloadView(w))?,
+            None => st.skip_field("workload")?,
+        }
         st.end()
+    }
+}
+
+/// A workload's claims in a record: the fields the token had (job, run, repository, ref,
+/// commit, ...), by their policy names.
+struct WorkloadView<'a>(&'a gatehouse_core::Workload);
+
+impl Serialize for WorkloadView<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let gatehouse_core::Workload {
+            platform,
+            repository,
+            owner,
+            git_ref,
+            ref_type,
+            commit,
+            workflow,
+            job,
+            run_id,
+            run_attempt,
+            environment,
+            event,
+            runner,
+            actor,
+            namespace,
+            service_account,
+        } = self.0;
+        let fields = [
+            ("platform", platform),
+            ("repository", repository),
+            ("owner", owner),
+            ("ref", git_ref),
+            ("ref_type", ref_type),
+            ("commit", commit),
+            ("workflow", workflow),
+            ("job", job),
+            ("run_id", run_id),
+            ("run_attempt", run_attempt),
+            ("environment", environment),
+            ("event", event),
+            ("runner", runner),
+            ("actor", actor),
+            ("namespace", namespace),
+            ("service_account", service_account),
+        ];
+        let mut m = s.serialize_map(None)?;
+        for (k, v) in fields {
+            if !v.is_empty() {
+                m.serialize_entry(k, v)?;
+            }
+        }
+        m.end()
     }
 }
 

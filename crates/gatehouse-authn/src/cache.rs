@@ -86,6 +86,7 @@ mod tests {
             token_id: None,
             expires_at: None,
             environment: None,
+            workload: None,
             derived_from: Vec::new(),
         });
         cache.insert(token_key("a"), p, 100);

@@ -7,17 +7,28 @@ use serde_json::{Map, Value};
 use crate::AuthnError;
 
 /// Looks a claim up by name; a name with dots that is not itself a claim is read as a path into
-/// nested objects (`realm_access.roles`).
+/// nested objects (`realm_access.roles`), whose names may hold dots themselves
+/// (`kubernetes.io.namespace`: the shortest name that is there is taken first).
 pub(crate) fn lookup<'a>(claims: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
+    lookup_depth(claims, path, 0)
+}
+
+fn lookup_depth<'a>(claims: &'a Map<String, Value>, path: &str, depth: usize) -> Option<&'a Value> {
     if let Some(v) = claims.get(path) {
         return Some(v);
     }
-    let mut parts = path.split('.');
-    let mut cur = claims.get(parts.next()?)?;
-    for p in parts {
-        cur = cur.as_object()?.get(p)?;
+    // Bounded: a path has at most a few dozen dots in any config, but each level may try each.
+    if depth > 8 {
+        return None;
     }
-    Some(cur)
+    for (i, _) in path.match_indices('.') {
+        if let Some(Value::Object(inner)) = claims.get(&path[..i])
+            && let Some(v) = lookup_depth(inner, &path[i + 1..], depth + 1)
+        {
+            return Some(v);
+        }
+    }
+    None
 }
 
 fn number(claims: &Map<String, Value>, name: &str) -> Result<Option<i64>, AuthnError> {
@@ -146,6 +157,7 @@ pub fn map_principal(
         token_id: claims.get("jti").and_then(Value::as_str).map(str::to_owned),
         expires_at: number(claims, "exp")?,
         environment: None,
+        workload: None,
         derived_from: Vec::new(),
     })
 }

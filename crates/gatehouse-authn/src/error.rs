@@ -52,6 +52,9 @@ pub enum AuthnError {
     /// A mapped claim cannot be used (e.g. a user name with characters no forge accepts).
     #[error("token has an unusable identity claim")]
     BadClaim(String),
+    /// A claim fails the issuer's `bound_claims` (absent, or a value not allowed).
+    #[error("token claims are not accepted here")]
+    Unbound(String),
     /// The issuer's keys could not be fetched: the identity provider is unreachable.
     #[error("identity provider keys are unavailable")]
     KeysUnavailable,
@@ -100,6 +103,7 @@ impl AuthnError {
             AuthnError::AlgorithmNotAllowed => "algorithm_not_allowed",
             AuthnError::MissingClaim(_) => "missing_claim",
             AuthnError::BadClaim(_) => "bad_claim",
+            AuthnError::Unbound(_) => "claim_not_bound",
             AuthnError::KeysUnavailable => "keys_unavailable",
             AuthnError::IntrospectionUnavailable => "introspection_unavailable",
             AuthnError::NonceMismatch => "nonce_mismatch",

@@ -10,6 +10,7 @@ use gatehouse_config::{IssuerConfig, PrincipalKindConfig};
 use gatehouse_core::{Clock, Principal, PrincipalKind, Redacted};
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
+use serde_json::Value;
 
 use crate::claims::{check_standard, issued_to_a_client, map_principal};
 use crate::{AuthnError, UnverifiedJwt};
@@ -112,6 +113,7 @@ pub struct KeyStatus {
 #[derive(Debug)]
 pub struct IssuerKeys {
     cfg: IssuerConfig,
+    bound: crate::workload::BoundClaims,
     algorithms: Vec<Algorithm>,
     http: reqwest::Client,
     clock: Arc<dyn Clock>,
@@ -178,6 +180,7 @@ impl IssuerKeys {
             .filter(|a| !matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512))
             .collect();
         Self {
+            bound: crate::workload::BoundClaims::new(&cfg.bound_claims),
             cfg,
             algorithms,
             http,
@@ -629,7 +632,13 @@ impl IssuerKeys {
         &self,
         claims: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<Principal, AuthnError> {
-        let kind = if issued_to_a_client(claims) {
+        self.bound.check(claims)?;
+        let workload = self
+            .cfg
+            .workload
+            .map(|platform| crate::workload::workload_of(platform, claims))
+            .transpose()?;
+        let kind = if issued_to_a_client(claims) || workload.is_some() {
             PrincipalKind::Service
         } else {
             match self.cfg.principal_kind {
@@ -637,7 +646,29 @@ impl IssuerKeys {
                 PrincipalKindConfig::Service => PrincipalKind::Service,
             }
         };
-        let mut p = map_principal(claims, &self.cfg.claims, &self.cfg.issuer, kind)?;
+        let mut p = match &workload {
+            // A workload token rarely names a forge user: it goes by a name built from what it
+            // proved, unless the mapped claim is there.
+            Some(w) => {
+                let mut with_name;
+                let claims = if crate::claims::lookup(claims, &self.cfg.claims.username).is_none()
+                    && let Some(Value::String(sub)) =
+                        crate::claims::lookup(claims, &self.cfg.claims.subject)
+                {
+                    with_name = claims.clone();
+                    with_name.insert(
+                        self.cfg.claims.username.clone(),
+                        Value::String(crate::workload::workload_username(w, sub)),
+                    );
+                    &with_name
+                } else {
+                    claims
+                };
+                map_principal(claims, &self.cfg.claims, &self.cfg.issuer, kind)?
+            }
+            None => map_principal(claims, &self.cfg.claims, &self.cfg.issuer, kind)?,
+        };
+        p.workload = workload.map(Arc::new);
         if !self.cfg.groups_prefix.is_empty() {
             for g in &mut p.groups {
                 g.insert_str(0, &self.cfg.groups_prefix);

@@ -15,6 +15,7 @@ mod exchange;
 mod jwks;
 mod jwt;
 mod own;
+mod workload;
 
 pub use claims::map_principal;
 pub use error::AuthnError;
@@ -25,6 +26,7 @@ pub use exchange::{
 pub use jwks::{IssuerKeys, KeyStatus, ProviderMetadata};
 pub use jwt::{MAX_TOKEN_LEN, UnverifiedJwt, parse_unverified};
 pub use own::{OwnIssuer, OwnKeyError, TokenRequest, generate_signing_key_pem};
+pub use workload::{BoundClaims, glob_match, workload_of, workload_username};
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -364,6 +364,11 @@ impl OwnIssuer {
             // A binding that cannot be read is never dropped: the token is refused.
             Some(_) => return Err(AuthnError::BadClaim("gatehouse_env".into())),
         };
+        // A token bound to an environment ends with it, to the second: its `exp` is capped at
+        // the environment's end, and no clock-skew leeway may stretch it past that.
+        if p.environment.is_some() && p.expires_at.is_none_or(|exp| now > exp) {
+            return Err(AuthnError::Expired);
+        }
         p.derived_from = match jwt.claims.get("gatehouse_from") {
             None => Vec::new(),
             Some(Value::Array(ids)) => ids
@@ -437,6 +442,8 @@ fn assertion_key(p: &Principal, audience: &str) -> [u8; 32] {
         display_name,
         email,
         groups,
+        // The assertion names the caller; a workload's claims are not in it.
+        workload: _,
     } = p.claims();
     let mut buf = Vec::with_capacity(256);
     let mut field = |b: &[u8]| {
@@ -468,7 +475,7 @@ fn assertion_key(p: &Principal, audience: &str) -> [u8; 32] {
 
 fn detail(e: &AuthnError) -> String {
     match e {
-        AuthnError::BadClaim(c) | AuthnError::MissingClaim(c) => c.clone(),
+        AuthnError::BadClaim(c) | AuthnError::MissingClaim(c) | AuthnError::Unbound(c) => c.clone(),
         _ => String::new(),
     }
 }

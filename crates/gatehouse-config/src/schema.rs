@@ -647,6 +647,75 @@ pub struct IssuerConfig {
     /// `gatehouse login` (device authorization grant).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub login: Option<LoginConfig>,
+    /// This issuer vouches for CI jobs or pods: its tokens are workload identities whose claims
+    /// (repository, ref, commit, workflow, job, run, environment, event, runner) the policy reads
+    /// as `principal.workload`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<WorkloadPlatform>,
+    /// Claims a token must carry with matching values, or it is refused: a claim name (or a
+    /// dotted path into nested objects) to one pattern or a list. `*` matches any run of
+    /// characters, `?` one, `\` escapes; a pattern starting with `!` must not match. A value
+    /// must match one of the plain patterns (when there are any) and none of the negated ones;
+    /// a token without the claim is refused.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub bound_claims: std::collections::BTreeMap<String, OneOrMany>,
+}
+
+/// `issuers.workload`: whose workload tokens an issuer signs, which says where their claims are.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum WorkloadPlatform {
+    /// GitHub Actions (`https://token.actions.githubusercontent.com`), or GitHub Enterprise's.
+    GithubActions,
+    /// Forgejo Actions (`<instance>/api/actions`, Forgejo 15 and later).
+    ForgejoActions,
+    /// Kubernetes service-account tokens (the `kubernetes.io` claim).
+    Kubernetes,
+    /// Any other OIDC issuer of workload tokens: claims read by GitHub Actions' names.
+    Oidc,
+}
+
+impl WorkloadPlatform {
+    /// The name used in config and policy (`github-actions`, ...).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            WorkloadPlatform::GithubActions => "github-actions",
+            WorkloadPlatform::ForgejoActions => "forgejo-actions",
+            WorkloadPlatform::Kubernetes => "kubernetes",
+            WorkloadPlatform::Oidc => "oidc",
+        }
+    }
+}
+
+/// Whether a `bound_claims` pattern ends with a `\` that escapes nothing.
+fn dangling_escape(p: &str) -> bool {
+    let mut chars = p.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' && chars.next().is_none() {
+            return true;
+        }
+    }
+    false
+}
+
+/// One string, or a list of them.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    /// `"value"`
+    One(String),
+    /// `["a", "b"]`
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    /// The values.
+    pub fn values(&self) -> &[String] {
+        match self {
+            OneOrMany::One(s) => std::slice::from_ref(s),
+            OneOrMany::Many(v) => v,
+        }
+    }
 }
 
 /// `[issuers.login]`
@@ -1091,6 +1160,29 @@ impl Config {
             }
             if iss.issuer == self.tokens.issuer {
                 return bad(&k("issuer"), "must differ from tokens.issuer");
+            }
+            for (claim, patterns) in &iss.bound_claims {
+                let kc = k(&format!("bound_claims.{claim}"));
+                if claim.is_empty() {
+                    return bad(&k("bound_claims"), "a claim name must not be empty");
+                }
+                if patterns.values().is_empty() {
+                    return bad(&kc, "name at least one pattern");
+                }
+                for p in patterns.values() {
+                    if p.is_empty() || p == "!" {
+                        return bad(&kc, "a pattern must not be empty");
+                    }
+                    if p.len() > 1024 {
+                        return bad(&kc, "a pattern must be at most 1024 bytes");
+                    }
+                    if dangling_escape(p) {
+                        return Err((
+                            kc,
+                            format!("`{p}` ends with an escape (`\\`) that escapes nothing"),
+                        ));
+                    }
+                }
             }
         }
         let mut seen = std::collections::HashSet::new();

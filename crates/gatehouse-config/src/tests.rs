@@ -245,7 +245,7 @@ fn keys(prefix: &str, v: &toml::Value, out: &mut BTreeSet<String>) {
                 };
                 out.insert(p.clone());
                 // A free-form map (its keys are the user's, not the schema's).
-                if p != "issuers.login.extra_params" {
+                if p != "issuers.login.extra_params" && p != "issuers.bound_claims" {
                     keys(&p, v, out);
                 }
             }
@@ -402,4 +402,33 @@ fn spiffe_ids() {
     ] {
         assert!(crate::check_spiffe_id(bad).is_err(), "accepted {bad:?}");
     }
+}
+
+#[test]
+fn bound_claims_and_workloads_are_checked() {
+    let with = |extra: &str| {
+        parse(&format!(
+            "{MINIMAL}\n[[issuers]]\nissuer = \"https://idp\"\naudiences = [\"gatehouse\"]\n{extra}\n"
+        ))
+    };
+    let ok = with("workload = \"github-actions\"\nbound_claims = { ref = [\"refs/heads/*\", \"!refs/heads/dev\"], \"kubernetes.io.namespace\" = \"ci\" }")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        ok.issuers[0].workload,
+        Some(WorkloadPlatform::GithubActions)
+    );
+    assert_eq!(ok.issuers[0].bound_claims.len(), 2);
+    for (extra, want) in [
+        ("bound_claims = { ref = \"\" }", "must not be empty"),
+        ("bound_claims = { ref = \"!\" }", "must not be empty"),
+        ("bound_claims = { ref = [] }", "at least one pattern"),
+        ("bound_claims = { ref = \"main\\\\\" }", "escapes nothing"),
+        ("bound_claims = { ref = 7 }", "bound_claims"),
+        ("workload = \"jenkins\"", "workload"),
+    ] {
+        let err = with(extra).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains(want), "{extra}: {err}");
+    }
+    // An escaped backslash at the end is a literal one.
+    assert!(with("bound_claims = { ref = \"main\\\\\\\\\" }").is_ok());
 }

@@ -17,7 +17,7 @@ mod revocation;
 pub use action::{Action, ParseActionError};
 pub use clock::{Clock, ManualClock, SystemClock, UnixTime};
 pub use prehashed::{Prehashed, PrehashedHasher};
-pub use principal::{Claims, Principal, PrincipalKind};
+pub use principal::{Claims, Principal, PrincipalKind, Workload};
 pub use redacted::Redacted;
 pub use resource::{OwnerRef, RepoRef, Resource, Route, Via};
 pub use revocation::{RevocationChange, RevocationKind, Revocations, Revoked};

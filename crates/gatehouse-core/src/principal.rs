@@ -44,6 +44,47 @@ pub struct Principal {
     /// The ids of the credentials this one was bought with, oldest first (a token exchanged for
     /// another, an SSH certificate bought with a token): revoking any of them revokes this one.
     pub derived_from: Vec<String>,
+    /// What a CI job or pod proved about itself, when the credential is a workload token.
+    pub workload: Option<std::sync::Arc<Workload>>,
+}
+
+/// What a workload token says about the CI job or pod that holds it. Every field is the claim
+/// as the platform's issuer signed it, or empty when the token has none.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct Workload {
+    /// `github-actions`, `forgejo-actions`, `kubernetes`, `oidc`, or `gatehouse` for a job token
+    /// Gatehouse minted for a Gitea runner.
+    pub platform: String,
+    /// `owner/name`.
+    pub repository: String,
+    /// The repository's owner.
+    pub owner: String,
+    /// The full ref the job runs for (`refs/heads/main`).
+    pub git_ref: String,
+    /// `branch` or `tag`.
+    pub ref_type: String,
+    /// The commit the job runs (full hex id).
+    pub commit: String,
+    /// The workflow's name or file.
+    pub workflow: String,
+    /// The job within the workflow run.
+    pub job: String,
+    /// The workflow run's id.
+    pub run_id: String,
+    /// Which attempt of the run.
+    pub run_attempt: String,
+    /// The CI platform's deployment environment (`prod`), not a Gatehouse environment.
+    pub environment: String,
+    /// The event that started the run (`push`, `pull_request`, ...).
+    pub event: String,
+    /// Where it runs (`github-hosted`, `self-hosted`, a runner name).
+    pub runner: String,
+    /// Who started the run.
+    pub actor: String,
+    /// Kubernetes: the pod's namespace.
+    pub namespace: String,
+    /// Kubernetes: the service account's name.
+    pub service_account: String,
 }
 
 impl Principal {
@@ -77,6 +118,7 @@ impl Principal {
             token_id: _,
             expires_at: _,
             environment: _,
+            workload,
             derived_from: _,
         } = self;
         Claims {
@@ -87,6 +129,7 @@ impl Principal {
             display_name: display_name.as_deref(),
             email: email.as_deref(),
             groups,
+            workload: workload.as_deref(),
         }
     }
 }
@@ -109,4 +152,6 @@ pub struct Claims<'a> {
     pub email: Option<&'a str>,
     /// Group names, sorted and without duplicates.
     pub groups: &'a [String],
+    /// The workload's claims, for a CI job or pod.
+    pub workload: Option<&'a Workload>,
 }

@@ -251,7 +251,17 @@ impl Revocations {
     pub fn apply<'a>(&self, changes: impl IntoIterator<Item = &'a RevocationChange>) {
         // A poisoned lock only means a panic elsewhere mid-update of plain maps: keep going.
         let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
-        let mut seq = self.seq.load(Ordering::Acquire);
+        let seq = self.seq.load(Ordering::Acquire);
+        let seq = Self::apply_to(&mut st, seq, changes);
+        self.any.store(!st.is_empty(), Ordering::Release);
+        self.seq.store(seq, Ordering::Release);
+    }
+
+    fn apply_to<'a>(
+        st: &mut State,
+        mut seq: i64,
+        changes: impl IntoIterator<Item = &'a RevocationChange>,
+    ) -> i64 {
         let mut last = None;
         for c in changes {
             if c.seq <= seq {
@@ -273,20 +283,19 @@ impl Revocations {
         if let Some(c) = last {
             st.last = Some(c.clone());
         }
-        self.any.store(!st.is_empty(), Ordering::Release);
-        self.seq.store(seq, Ordering::Release);
+        seq
     }
 
     /// Forgets everything and applies `changes` from the start: for a log that went backwards
-    /// (a store restored from a backup), which [`Self::apply`] would otherwise skip.
+    /// (a store restored from a backup), which [`Self::apply`] would otherwise skip. The new
+    /// set is built aside and swapped in under one lock: no check ever sees it half-built.
     pub fn replace<'a>(&self, changes: impl IntoIterator<Item = &'a RevocationChange>) {
-        {
-            let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
-            *st = State::default();
-            self.seq.store(0, Ordering::Release);
-            self.any.store(false, Ordering::Release);
-        }
-        self.apply(changes);
+        let mut fresh = State::default();
+        let seq = Self::apply_to(&mut fresh, 0, changes);
+        let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
+        *st = fresh;
+        self.any.store(!st.is_empty(), Ordering::Release);
+        self.seq.store(seq, Ordering::Release);
     }
 
     /// Drops revocations that lapsed before `now` (their credentials have expired anyway).
@@ -360,6 +369,7 @@ mod tests {
             token_id: token.map(str::to_owned),
             expires_at: None,
             environment: None,
+            workload: None,
             derived_from: Vec::new(),
         }
     }

@@ -91,6 +91,7 @@ impl Gateway {
             token_id: None,
             expires_at: None,
             environment: None,
+            workload: None,
             derived_from: Vec::new(),
         }))
     }

@@ -305,6 +305,7 @@ mod tests {
             token_id: None,
             expires_at: None,
             environment: None,
+            workload: None,
             derived_from: Vec::new(),
         };
         let page = |web: Option<WebAccess>| {

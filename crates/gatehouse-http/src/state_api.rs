@@ -391,8 +391,15 @@ impl Gateway {
                 let m = object(&body)?;
                 let k = text_field(&m, "kind")?.ok_or_else(|| bad("kind is missing"))?;
                 let rk = RevocationKind::parse(k).ok_or_else(|| {
-                    bad("kind is one of token, session, ssh-cert, subject, service-account, environment")
+                    bad("kind is one of token, session, ssh-cert, subject, service-account")
                 })?;
+                if rk == RevocationKind::Environment {
+                    // Ending an environment is `env:end` (DELETE /.gatehouse/envs/{id}), never a
+                    // revocation anyone with revocation:create could write or re-write.
+                    return Err(bad(
+                        "an environment is ended with DELETE /.gatehouse/envs/{id}, not revoked",
+                    ));
+                }
                 let value = text_field(&m, "value")?.ok_or_else(|| bad("value is missing"))?;
                 rk.check_value(value).map_err(bad)?;
                 let reason = text_field(&m, "reason")?.unwrap_or("");

@@ -346,6 +346,47 @@ fn s(v: &str) -> RestrictedExpression {
     RestrictedExpression::new_string(v.to_owned())
 }
 
+/// `principal.workload`, every field of the schema's `Workload` type.
+fn workload_record(w: &gatehouse_core::Workload) -> Result<RestrictedExpression, String> {
+    let gatehouse_core::Workload {
+        platform,
+        repository,
+        owner,
+        git_ref,
+        ref_type,
+        commit,
+        workflow,
+        job,
+        run_id,
+        run_attempt,
+        environment,
+        event,
+        runner,
+        actor,
+        namespace,
+        service_account,
+    } = w;
+    RestrictedExpression::new_record([
+        ("platform".to_owned(), s(platform)),
+        ("repository".to_owned(), s(repository)),
+        ("owner".to_owned(), s(owner)),
+        ("ref".to_owned(), s(git_ref)),
+        ("ref_type".to_owned(), s(ref_type)),
+        ("commit".to_owned(), s(commit)),
+        ("workflow".to_owned(), s(workflow)),
+        ("job".to_owned(), s(job)),
+        ("run_id".to_owned(), s(run_id)),
+        ("run_attempt".to_owned(), s(run_attempt)),
+        ("environment".to_owned(), s(environment)),
+        ("event".to_owned(), s(event)),
+        ("runner".to_owned(), s(runner)),
+        ("actor".to_owned(), s(actor)),
+        ("namespace".to_owned(), s(namespace)),
+        ("service_account".to_owned(), s(service_account)),
+    ])
+    .map_err(|e| e.to_string())
+}
+
 impl PolicyEngine {
     /// Parses and validates policy text. Policies are named by their `@id("...")` annotation (or
     /// `policyN` by position); an optional `@reason("...")` on a `forbid` becomes the reason code
@@ -463,6 +504,11 @@ impl PolicyEngine {
         }
         if let Some(n) = &p.display_name {
             attrs.insert("name".to_owned(), s(n));
+        }
+        if let Some(w) = &p.workload
+            && p.kind == PrincipalKind::Service
+        {
+            attrs.insert("workload".to_owned(), workload_record(w)?);
         }
         let groups: Vec<EntityUid> = p.groups.iter().map(|g| uid("Group", g)).collect();
         let mut out: Vec<Entity> = groups

@@ -31,6 +31,7 @@ fn principal(user: &str, groups: &[&str]) -> Principal {
         token_id: None,
         expires_at: None,
         environment: None,
+        workload: None,
         derived_from: Vec::new(),
     }
 }
@@ -627,4 +628,63 @@ forbid(principal, action == Gatehouse::Action::"token:exchange", resource)
         },
     };
     assert!(!e.evaluate(&q).allowed);
+}
+
+#[test]
+fn a_policy_reads_a_workloads_claims() {
+    let engine = PolicyEngine::new(
+        r#"
+@id("deploy-job")
+permit(principal is Gatehouse::ServiceAccount, action == Gatehouse::Action::"git:read", resource in Gatehouse::Owner::"acme")
+  when { principal has workload && principal.workload.platform == "github-actions"
+         && principal.workload.repository == "acme/api" && principal.workload.ref == "refs/heads/main"
+         && principal.workload.environment == "prod" && principal.workload.event != "pull_request" };
+"#,
+        "forge",
+    )
+    .unwrap();
+    let job = |repository: &str, git_ref: &str, environment: &str| Principal {
+        kind: PrincipalKind::Service,
+        username: "github-actions:acme:api".into(),
+        workload: Some(Arc::new(gatehouse_core::Workload {
+            platform: "github-actions".into(),
+            repository: repository.into(),
+            owner: "acme".into(),
+            git_ref: git_ref.into(),
+            environment: environment.into(),
+            event: "push".into(),
+            ..Default::default()
+        })),
+        ..principal("job", &[])
+    };
+    let api = repo("acme", "api");
+    assert!(
+        ask(
+            &engine,
+            &job("acme/api", "refs/heads/main", "prod"),
+            Action::GitRead,
+            &api
+        )
+        .allowed
+    );
+    for (what, p) in [
+        (
+            "another repository",
+            job("acme/web", "refs/heads/main", "prod"),
+        ),
+        ("another ref", job("acme/api", "refs/heads/dev", "prod")),
+        (
+            "another environment",
+            job("acme/api", "refs/heads/main", "staging"),
+        ),
+        (
+            "no workload",
+            Principal {
+                kind: PrincipalKind::Service,
+                ..principal("job", &[])
+            },
+        ),
+    ] {
+        assert!(!ask(&engine, &p, Action::GitRead, &api).allowed, "{what}");
+    }
 }

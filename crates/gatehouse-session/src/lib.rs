@@ -332,6 +332,7 @@ impl StoredPrincipal {
             token_id: Some(session_ref(id)),
             expires_at: Some(expires_at),
             environment: environment.map(str::to_owned),
+            workload: None,
             derived_from: Vec::new(),
         }
     }
@@ -794,7 +795,9 @@ impl Sessions {
     }
 
     /// How long a renewal lease lasts: past it (a node died mid-renewal), another may renew.
-    const LEASE_MS: i64 = 30_000;
+    /// Longer than a renewal can take (token call, key fetch and UserInfo, 10 s each at most),
+    /// so a slow renewal never loses its lease to a second spend of the refresh token.
+    const LEASE_MS: i64 = 45_000;
     /// How long a request waits for another node's renewal before giving up on renewing.
     const LEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 

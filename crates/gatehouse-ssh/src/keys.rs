@@ -221,6 +221,7 @@ impl UserCa {
             token_id: Some(format!("cert:{}", cert.serial())),
             expires_at: i64::try_from(cert.valid_before()).ok(),
             environment: ext(EXT_ENVIRONMENT),
+            workload: None,
             derived_from: ext(EXT_FROM)
                 .map(|f| f.split(',').map(str::to_owned).collect())
                 .unwrap_or_default(),
@@ -280,6 +281,7 @@ mod tests {
             token_id: Some("jti-1".into()),
             expires_at: None,
             environment: None,
+            workload: None,
             derived_from: Vec::new(),
         }
     }
@@ -348,6 +350,7 @@ mod tests {
         // And what bought it, so that revoking that revokes the certificate.
         assert_eq!(id.principal.derived_from, ["jti-1"]);
         let chained = Principal {
+            workload: None,
             derived_from: vec!["jti-0".into()],
             ..principal()
         };

@@ -140,6 +140,7 @@ impl SshSettings {
                 token_id: Some(format!("ssh-key:{}", fingerprint(key.key_data()))),
                 expires_at: None,
                 environment: None,
+                workload: None,
                 derived_from: Vec::new(),
             };
             p.normalize_groups();

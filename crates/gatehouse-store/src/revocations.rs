@@ -84,10 +84,12 @@ impl<'a> RevocationLog<'a> {
     }
 
     /// Records `r` and returns the change every node will apply. Revoking what is already
-    /// revoked records it again (with the new reason and lapse time): the latest one counts.
+    /// revoked records it again with the new reason; its lapse time is the later of the two
+    /// (never lapsing wins): a revocation is ended only by lifting it, never shortened by
+    /// another.
     pub async fn revoke(&self, r: NewRevocation, now: i64) -> Result<RevocationChange, StoreError> {
         r.kind.check_value(&r.value).map_err(StoreError::Invalid)?;
-        let seq = self
+        let (seq, until) = self
             .append(false, r.kind, &r.value, &r.reason, &r.actor, now, r.until)
             .await?;
         Ok(RevocationChange {
@@ -95,7 +97,7 @@ impl<'a> RevocationLog<'a> {
             lift: false,
             kind: r.kind,
             value: r.value,
-            until: r.until,
+            until,
         })
     }
 
@@ -122,7 +124,7 @@ impl<'a> RevocationLog<'a> {
         if !in_force {
             return Ok(None);
         }
-        let seq = self
+        let (seq, _) = self
             .append(true, kind, value, "lifted", actor, now, None)
             .await?;
         Ok(Some(RevocationChange {
@@ -134,6 +136,10 @@ impl<'a> RevocationLog<'a> {
         }))
     }
 
+    /// Appends one entry; returns its sequence number and, for a revocation, its lapse time
+    /// merged with the one in force (see [`Self::revoke`]). Read and insert are one
+    /// transaction that holds the log's write lock, so two revocations of one credential
+    /// cannot both miss each other.
     #[allow(clippy::too_many_arguments)]
     async fn append(
         &self,
@@ -144,12 +150,36 @@ impl<'a> RevocationLog<'a> {
         actor: &str,
         at: i64,
         until: Option<i64>,
-    ) -> Result<i64, StoreError> {
+    ) -> Result<(i64, Option<i64>), StoreError> {
         let what = "recording a revocation";
-        // The same insert on either backend (each arm binds for its own driver).
-        macro_rules! insert {
-            () => {
-                sqlx::query(INSERT)
+        const LATEST: &str = "SELECT lift, until FROM revocation_log \
+                              WHERE kind = $1 AND value = $2 ORDER BY seq DESC LIMIT 1";
+        // The lapse time, merged with what is in force; then the insert (each arm binds for its
+        // own driver).
+        macro_rules! write {
+            ($tx:expr) => {{
+                let mut until = until;
+                if !lift {
+                    let latest = sqlx::query(LATEST)
+                        .bind(kind.as_str())
+                        .bind(value)
+                        .fetch_optional(&mut *$tx)
+                        .await
+                        .map_err(StoreError::query(what))?;
+                    if let Some(row) = latest {
+                        let was_lift: bool =
+                            row.try_get("lift").map_err(StoreError::query(what))?;
+                        let was: Option<i64> =
+                            row.try_get("until").map_err(StoreError::query(what))?;
+                        if !was_lift && was.is_none_or(|u| u >= at) {
+                            until = match (was, until) {
+                                (Some(a), Some(b)) => Some(a.max(b)),
+                                _ => None,
+                            };
+                        }
+                    }
+                }
+                let row = sqlx::query(INSERT)
                     .bind(lift)
                     .bind(kind.as_str())
                     .bind(value)
@@ -157,17 +187,24 @@ impl<'a> RevocationLog<'a> {
                     .bind(actor)
                     .bind(at)
                     .bind(until)
-            };
+                    .fetch_one(&mut *$tx)
+                    .await
+                    .map_err(StoreError::query(what))?;
+                let seq: i64 = row.try_get("seq").map_err(StoreError::query(what))?;
+                (seq, until)
+            }};
         }
         match self.store.db() {
             Db::Sqlite(pool) => {
-                // One statement, one implicit transaction: SQLite's single writer gives sequence
-                // numbers in commit order.
-                let row = insert!()
-                    .fetch_one(pool)
+                // BEGIN IMMEDIATE takes SQLite's single write lock before the read: sequence
+                // numbers in commit order, and no other writer between read and insert.
+                let mut tx = pool
+                    .begin_with("BEGIN IMMEDIATE")
                     .await
                     .map_err(StoreError::query(what))?;
-                row.try_get("seq").map_err(StoreError::query(what))
+                let out = write!(tx);
+                tx.commit().await.map_err(StoreError::query(what))?;
+                Ok(out)
             }
             Db::Postgres(pool) => {
                 let mut tx = pool.begin().await.map_err(StoreError::query(what))?;
@@ -177,20 +214,16 @@ impl<'a> RevocationLog<'a> {
                     .execute(&mut *tx)
                     .await
                     .map_err(StoreError::query(what))?;
-                let row = insert!()
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(StoreError::query(what))?;
-                let seq: i64 = row.try_get("seq").map_err(StoreError::query(what))?;
+                let out = write!(tx);
                 // Delivered to listeners when (and only if) the transaction commits.
                 sqlx::query("SELECT pg_notify($1, $2)")
                     .bind(CHANNEL)
-                    .bind(seq.to_string())
+                    .bind(out.0.to_string())
                     .execute(&mut *tx)
                     .await
                     .map_err(StoreError::query(what))?;
                 tx.commit().await.map_err(StoreError::query(what))?;
-                Ok(seq)
+                Ok(out)
             }
         }
     }
@@ -246,24 +279,23 @@ impl<'a> RevocationLog<'a> {
         })
     }
 
-    /// Deletes what no node needs to replay: revocations that lapsed more than a day before
-    /// `now` (their credentials are long expired), and every entry of a kind and value whose
-    /// latest entry is a lift older than a day (the revocation and its lift together, so that a
-    /// replay never finds a revocation without the lift that ended it). Never the newest entry:
-    /// a log whose head went backwards would look restored. Returns how many.
+    /// Deletes what no node needs to replay: every entry of a kind and value whose latest entry
+    /// is a revocation that lapsed more than a day before `now` (its credentials are long
+    /// expired) or a lift older than a day. Always a key's entries together, judged by its
+    /// latest: deleting only a lapsed newest entry would bring an older one back. Never the
+    /// log's newest entry (nodes check their last entry is still there). Returns how many.
     pub async fn prune(&self, now: i64) -> Result<u64, StoreError> {
         on_db!(self.store.db(), |pool| {
             Ok(sqlx::query(
                 "DELETE FROM revocation_log \
                  WHERE seq < (SELECT max(seq) FROM revocation_log) \
-                   AND ((NOT lift AND until IS NOT NULL AND until < $1) \
-                        OR EXISTS (SELECT 1 FROM revocation_log l \
-                                   WHERE l.kind = revocation_log.kind \
-                                     AND l.value = revocation_log.value \
-                                     AND l.lift AND l.at < $1 \
-                                     AND l.seq = (SELECT max(m.seq) FROM revocation_log m \
-                                                  WHERE m.kind = l.kind \
-                                                    AND m.value = l.value)))",
+                   AND EXISTS (SELECT 1 FROM revocation_log l \
+                               WHERE l.kind = revocation_log.kind \
+                                 AND l.value = revocation_log.value \
+                                 AND l.seq = (SELECT max(m.seq) FROM revocation_log m \
+                                              WHERE m.kind = l.kind AND m.value = l.value) \
+                                 AND ((NOT l.lift AND l.until IS NOT NULL AND l.until < $1) \
+                                      OR (l.lift AND l.at < $1)))",
             )
             .bind(now.saturating_sub(86_400))
             .execute(pool)

@@ -55,6 +55,7 @@ fn user(token: &str) -> Principal {
         token_id: Some(token.into()),
         expires_at: None,
         environment: None,
+        workload: None,
         derived_from: Vec::new(),
     }
 }
@@ -318,6 +319,77 @@ async fn a_feed_brings_another_nodes_revocation_within_a_second() {
         }
         let _ = stop.send(());
         task.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_revocation_is_never_shortened_by_another_and_pruning_brings_none_back() {
+    for (store, _d) in backends("no_shorten").await {
+        let b = store.backend();
+        let log = store.revocations();
+        let day = 86_400;
+        log.revoke(revocation(RevocationKind::Token, "x"), 1_000)
+            .await
+            .unwrap();
+        // Revoked again "for a second": still revoked for good.
+        let again = log
+            .revoke(
+                NewRevocation {
+                    until: Some(1_001),
+                    ..revocation(RevocationKind::Token, "x")
+                },
+                1_000,
+            )
+            .await
+            .unwrap();
+        assert_eq!(again.until, None, "{b}");
+        // A longer one over a shorter one takes the longer; a shorter over a longer keeps it.
+        for (first, second, want) in [(2_000, 3_000, 3_000), (3_000, 2_000, 3_000)] {
+            let v = format!("y{first}");
+            for until in [first, second] {
+                log.revoke(
+                    NewRevocation {
+                        until: Some(until),
+                        ..revocation(RevocationKind::Token, &v)
+                    },
+                    1_000,
+                )
+                .await
+                .unwrap();
+            }
+            let set = Revocations::new();
+            log.catch_up(&set).await.unwrap();
+            assert!(set.check(&user(&v), want).is_some(), "{b}: {v}");
+            assert!(set.check(&user(&v), want + 1).is_none(), "{b}: {v}");
+        }
+        // A lapsed revocation does not stretch a new one.
+        log.revoke(
+            NewRevocation {
+                until: Some(5_000),
+                ..revocation(RevocationKind::Token, "z")
+            },
+            6_000,
+        )
+        .await
+        .unwrap();
+        // Prune a day later: nothing that was in force comes back or goes.
+        log.revoke(revocation(RevocationKind::Token, "head"), 7_000)
+            .await
+            .unwrap();
+        log.prune(3_001 + day).await.unwrap();
+        let set = Revocations::new();
+        log.catch_up(&set).await.unwrap();
+        assert!(set.check(&user("x"), 3_001 + day).is_some(), "{b}");
+        assert!(set.check(&user("y2000"), 3_001 + day).is_none(), "{b}");
+        assert!(set.check(&user("y3000"), 3_001 + day).is_none(), "{b}");
+        assert!(
+            log.in_force(3_001 + day)
+                .await
+                .unwrap()
+                .iter()
+                .all(|r| r.change.value != "y2000" && r.change.value != "y3000"),
+            "{b}"
+        );
     }
 }
 

@@ -267,6 +267,7 @@ fn principal(subject: &str, groups: &[&str], token_id: Option<&str>) -> gatehous
         token_id: token_id.map(str::to_owned),
         expires_at: Some(1_700_000_900),
         environment: None,
+        workload: None,
         derived_from: Vec::new(),
     }
 }

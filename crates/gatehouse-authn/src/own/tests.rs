@@ -82,6 +82,25 @@ fn an_environment_binding_survives_verification_and_a_bad_one_is_refused() {
 }
 
 #[test]
+fn no_leeway_stretches_a_token_past_its_environments_end() {
+    let mut c = cfg(vec![]);
+    c.leeway = ConfigDuration::secs(60);
+    let own = OwnIssuer::new(&c, &Redacted::new(pem())).unwrap_or_else(|e| panic!("{e}"));
+    let mut bound = req("job");
+    bound.environment = Some("env-1".into());
+    let (tok, exp) = own.issue(&bound, 1_000).unwrap_or_else(|e| panic!("{e}"));
+    let jwt = parse_unverified(tok.expose()).unwrap_or_else(|e| panic!("{e}"));
+    assert!(own.verify(&jwt, exp).is_ok());
+    assert_eq!(own.verify(&jwt, exp + 1).err(), Some(AuthnError::Expired));
+    // An unbound token keeps the leeway (clock skew between nodes).
+    let (tok, exp) = own
+        .issue(&req("job"), 1_000)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let jwt = parse_unverified(tok.expose()).unwrap_or_else(|e| panic!("{e}"));
+    assert!(own.verify(&jwt, exp + 30).is_ok());
+}
+
+#[test]
 fn ttl_is_bounded() {
     let own = issuer(&pem(), vec![]);
     let mut r = req("x");
@@ -225,6 +244,7 @@ fn assertion_keys_tell_every_identity_apart() {
         token_id: Some("jti".into()),
         expires_at: Some(1),
         environment: None,
+        workload: None,
         derived_from: Vec::new(),
     };
     let key = assertion_key(&base, "up");

@@ -32,3 +32,4 @@ mod timeouts;
 mod tls;
 mod tokens;
 mod websocket;
+mod workload;
