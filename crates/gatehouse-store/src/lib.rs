@@ -15,6 +15,7 @@
 
 mod environments;
 mod revocations;
+mod secrets;
 mod sessions;
 
 use std::borrow::Cow;
@@ -29,6 +30,7 @@ use sqlx::sqlite::{
 
 pub use environments::{Environment, Environments};
 pub use revocations::{NewRevocation, RevocationFeed, RevocationLog, RevocationRecord};
+pub use secrets::{NewSecret, NewVersion, SecretRow, SecretRows, SecretVersion, VersionRow};
 pub use sessions::SessionRecords;
 
 /// The table sqlx records applied migrations in (its default name would collide with an
@@ -55,6 +57,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         "environments",
         include_str!("../migrations/sqlite/0003_environments.sql"),
         include_str!("../migrations/postgres/0003_environments.sql"),
+    ),
+    (
+        4,
+        "secrets",
+        include_str!("../migrations/sqlite/0004_secrets.sql"),
+        include_str!("../migrations/postgres/0004_secrets.sql"),
     ),
 ];
 
@@ -409,6 +417,11 @@ impl Store {
     /// Sealed session records.
     pub fn sessions(&self) -> SessionRecords<'_> {
         SessionRecords::new(self)
+    }
+
+    /// The secrets broker's rows (sealed values, wrapped data keys).
+    pub fn secrets(&self) -> SecretRows<'_> {
+        SecretRows::new(self)
     }
 
     /// Whether the database answers (a trivial query), for readiness checks.
