@@ -10,6 +10,7 @@
 mod commands;
 mod login;
 mod quickstart;
+mod secrets_cli;
 mod serve;
 mod sockets;
 mod store;
@@ -22,6 +23,7 @@ pub use gatehouse_audit::SearchQuery;
 pub use gatehouse_core::RevocationKind;
 pub use login::{LoginArgs, SshCertArgs, credential, login, logout, ssh_cert, token_print};
 pub use quickstart::{QuickstartArgs, quickstart};
+pub use secrets_cli::{SecretClient, SecretCommand, master_key_generate, secret};
 pub use serve::{ServeArgs, serve};
 pub use store::{
     EnvCommand, RevokeCommand, env, migrate as store_migrate, revoke, status as store_status,

@@ -51,7 +51,7 @@ impl std::fmt::Debug for Saved {
 }
 
 #[derive(Serialize, Deserialize, Default)]
-struct CredentialsFile {
+pub(crate) struct CredentialsFile {
     servers: BTreeMap<String, Saved>,
 }
 
@@ -130,9 +130,9 @@ fn credentials_path() -> Result<PathBuf> {
 /// An exclusive lock on the credentials (`credentials.lock` beside the file), held while a
 /// sign-in is read, renewed and written back: parallel git processes must not both spend one
 /// refresh token or overwrite each other's.
-struct FileLock(std::fs::File);
+pub(crate) struct FileLock(std::fs::File);
 
-fn lock() -> Result<FileLock> {
+pub(crate) fn lock() -> Result<FileLock> {
     let dir = config_dir()?;
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     set_mode(&dir, 0o700)?;
@@ -154,7 +154,7 @@ impl Drop for FileLock {
     }
 }
 
-fn load() -> Result<CredentialsFile> {
+pub(crate) fn load() -> Result<CredentialsFile> {
     let p = credentials_path()?;
     match std::fs::read(&p) {
         Ok(b) => {
@@ -218,12 +218,12 @@ fn secure_url(url: &str) -> bool {
 }
 
 /// Printable text from a server, for the terminal: no control characters (escape sequences).
-fn printable(s: &str) -> String {
+pub(crate) fn printable(s: &str) -> String {
     s.chars().filter(|c| !c.is_control()).take(512).collect()
 }
 
 /// `scheme://host[:port]`, lower-case, no path: how gateways are keyed.
-fn normalize_server(url: &str) -> Result<String> {
+pub(crate) fn normalize_server(url: &str) -> Result<String> {
     let u = url::Url::parse(url.trim()).with_context(|| format!("`{url}` is not a URL"))?;
     if !matches!(u.scheme(), "http" | "https") {
         bail!("`{url}` must be an http:// or https:// URL");
@@ -240,7 +240,7 @@ fn normalize_server(url: &str) -> Result<String> {
     })
 }
 
-fn http() -> Result<reqwest::Client> {
+pub(crate) fn http() -> Result<reqwest::Client> {
     reqwest::Client::builder()
         .user_agent(concat!("gatehouse-cli/", env!("CARGO_PKG_VERSION")))
         .timeout(Duration::from_secs(30))
@@ -289,7 +289,7 @@ async fn token_post(
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -504,7 +504,7 @@ async fn fresh_token(file: &mut CredentialsFile, server: &str) -> Result<(String
 }
 
 /// [`fresh_token`], writing the file back only when something changed.
-async fn renew(file: &mut CredentialsFile, server: &str) -> Result<(String, i64)> {
+pub(crate) async fn renew(file: &mut CredentialsFile, server: &str) -> Result<(String, i64)> {
     let before = serde_json::to_vec(&*file)?;
     let result = fresh_token(file, server).await;
     if serde_json::to_vec(&*file)? != before {

@@ -227,6 +227,21 @@ async fn sweep_sessions(sessions: Arc<Sessions>, mut stop: watch::Receiver<bool>
     }
 }
 
+/// Purges the deleted secrets whose retention has passed, every hour.
+async fn sweep_secrets(broker: Arc<gatehouse_secrets::Broker>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = tokio::time::sleep(Duration::from_secs(3600)) => {}
+        }
+        match broker.sweep().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(purged = n, "deleted secrets past their retention purged"),
+            Err(e) => tracing::warn!(error = %e, "secret sweep failed"),
+        }
+    }
+}
+
 async fn shutdown_signal() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -268,6 +283,7 @@ pub(crate) async fn run(
     // The store first: a node must know what is revoked before it serves anything.
     let store = crate::store::open(&cfg, None).await?;
     let (revoked, revocation_feed) = crate::store::revocations(&store, &cfg, clock.clone()).await?;
+    let secrets = crate::store::secrets_broker(&store, &cfg, clock.clone())?;
     let authn =
         Arc::new(Authenticator::new(&cfg.issuers, own, clock.clone())?.with_revocations(revoked));
     let upstream = Upstream::new(&cfg.upstream)?;
@@ -428,7 +444,8 @@ pub(crate) async fn run(
         .with_state(Some(Arc::new(crate::store::StoreState {
             store: store.clone(),
             clock: clock.clone(),
-        }))),
+        })))
+        .with_secrets(secrets.clone()),
     );
 
     audit
@@ -461,6 +478,9 @@ pub(crate) async fn run(
     }
     if let Some(s) = &sessions {
         tokio::spawn(sweep_sessions(s.clone(), stop_rx.clone()));
+    }
+    if let Some(b) = &secrets {
+        tokio::spawn(sweep_secrets(b.clone(), stop_rx.clone()));
     }
     let server_tls = match &tls {
         Some(r) => {

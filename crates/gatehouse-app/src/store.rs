@@ -237,6 +237,42 @@ pub(crate) async fn revocations(
     Ok((set, feed))
 }
 
+/// The secrets broker of `[secrets]` over `store`, when configured: its master keys read from
+/// their files or environment variables.
+pub(crate) fn secrets_broker(
+    store: &Store,
+    cfg: &Config,
+    clock: Arc<dyn Clock>,
+) -> Result<Option<Arc<gatehouse_secrets::Broker>>> {
+    let Some(sc) = &cfg.secrets else {
+        return Ok(None);
+    };
+    let key = |what: &str,
+               src: &gatehouse_config::SecretSource|
+     -> Result<gatehouse_secrets::MasterKey> {
+        let text = gatehouse_config::read_secret(what, src)?;
+        gatehouse_secrets::MasterKey::from_text(text.expose()).with_context(|| what.to_owned())
+    };
+    let current = key("secrets.master_key", &sc.master_key)?;
+    let previous = sc
+        .previous_master_keys
+        .iter()
+        .enumerate()
+        .map(|(i, src)| key(&format!("secrets.previous_master_keys[{i}]"), src))
+        .collect::<Result<Vec<_>>>()?;
+    let keys = gatehouse_secrets::MasterKeys::new(current, previous);
+    tracing::info!(master_key = keys.current_id(), "secrets broker ready");
+    Ok(Some(Arc::new(gatehouse_secrets::Broker::new(
+        store.clone(),
+        Arc::new(keys),
+        clock,
+        gatehouse_secrets::BrokerSettings {
+            max_versions: sc.max_versions,
+            retention: sc.retention.0.as_secs() as i64,
+        },
+    ))))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -59,6 +59,36 @@ pub struct Config {
     /// environments, leases and webhook deliveries). SQLite in one file unless told otherwise.
     #[serde(default)]
     pub store: StoreConfig,
+    /// The secrets broker (`/.gatehouse/secrets`): values sealed in the store under a master key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<SecretsConfig>,
+}
+
+/// `[secrets]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsConfig {
+    /// The master key (32 bytes, base64 or 64 hex digits): `{ file = ".." }` or `{ env = ".." }`.
+    /// It wraps every secret's data key and never reaches the store.
+    pub master_key: SecretSource,
+    /// Master keys rotated out, kept for opening until `gatehouse secret rewrap` has moved every
+    /// data key to `master_key`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_master_keys: Vec<SecretSource>,
+    /// Versions kept of a secret that does not say.
+    #[serde(default = "default_secret_versions")]
+    pub max_versions: i64,
+    /// How long a deleted secret stays recoverable before it is purged by itself.
+    #[serde(default = "d30d")]
+    pub retention: ConfigDuration,
+}
+
+fn default_secret_versions() -> i64 {
+    10
+}
+
+fn d30d() -> ConfigDuration {
+    ConfigDuration::secs(30 * 86_400)
 }
 
 /// `[store]`
@@ -1192,6 +1222,17 @@ impl Config {
                     format!("issuers[{i}].issuer"),
                     "issuer listed twice".to_owned(),
                 ));
+            }
+        }
+        if let Some(sec) = &self.secrets {
+            if !(1..=1000).contains(&sec.max_versions) {
+                return bad("secrets.max_versions", "keep between 1 and 1000 versions");
+            }
+            if sec.retention.0 < std::time::Duration::from_secs(3600) {
+                return bad(
+                    "secrets.retention",
+                    "at least 1h: a deleted secret must stay recoverable for a while",
+                );
             }
         }
         if self.tokens.default_ttl > self.tokens.max_ttl {

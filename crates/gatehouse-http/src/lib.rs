@@ -27,6 +27,7 @@ mod proxy;
 mod push_refs;
 pub mod respond;
 mod route_refs;
+mod secrets_api;
 mod server;
 mod ssh_cert;
 mod state_api;

@@ -238,6 +238,13 @@ impl Gateway {
                 self.token_exchange(req, adm, rec).await
             }
             (p, _)
+                if p == "/.gatehouse/secrets"
+                    || p.starts_with("/.gatehouse/secrets/")
+                    || p.starts_with("/.gatehouse/secrets:") =>
+            {
+                self.secrets_api(req, adm, rec).await
+            }
+            (p, _)
                 if ["/.gatehouse/envs", "/.gatehouse/revocations"]
                     .iter()
                     .any(|base| {

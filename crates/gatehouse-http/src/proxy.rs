@@ -81,6 +81,8 @@ pub struct Gateway {
     pub(crate) ssh: Option<Arc<dyn crate::SshCertIssuer>>,
     /// Gatehouse's durable state: the state API, and environments token exchanges bind to.
     pub(crate) state: Option<Arc<dyn crate::StateStore>>,
+    /// The secrets broker, when `[secrets]` is configured.
+    pub(crate) secrets: Option<Arc<gatehouse_secrets::Broker>>,
     /// Cancelled when the server stops: relayed (upgraded) connections close then.
     tunnels: tokio_util::sync::CancellationToken,
     /// The relay tasks, so that the server can wait for their audit records at shutdown.
@@ -421,6 +423,7 @@ impl Gateway {
             sessions: None,
             ssh: None,
             state: None,
+            secrets: None,
             tunnels: tokio_util::sync::CancellationToken::new(),
             relays: tokio_util::task::TaskTracker::new(),
         }

@@ -79,6 +79,16 @@ pub enum Refusal {
     StoreUnavailable(String),
     /// A Gatehouse resource (an environment, a revocation) does not exist.
     NotFound(String),
+    /// A Gatehouse resource is in a state that refuses the request (a deleted secret, a
+    /// disabled or expired version).
+    Conflict {
+        /// Stable code.
+        code: &'static str,
+        /// Readable detail.
+        detail: String,
+    },
+    /// The method does not apply to the resource.
+    MethodNotAllowed(String),
     /// A route moves refs the request does not name, and the forge could not say which.
     RefLookup {
         /// The forge has no such pull request, release or repository (else it could not be
@@ -108,6 +118,8 @@ impl Refusal {
             Refusal::Undecidable(_) => StatusCode::FORBIDDEN,
             Refusal::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::NotFound(_) => StatusCode::NOT_FOUND,
+            Refusal::Conflict { .. } => StatusCode::CONFLICT,
+            Refusal::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Refusal::RefLookup {
                 not_found: true, ..
             } => StatusCode::NOT_FOUND,
@@ -130,6 +142,8 @@ impl Refusal {
             Refusal::Undecidable(_) => "ref_move_undecidable".into(),
             Refusal::StoreUnavailable(_) => "store_unavailable".into(),
             Refusal::NotFound(_) => "not_found".into(),
+            Refusal::Conflict { code, .. } => (*code).into(),
+            Refusal::MethodNotAllowed(_) => "method_not_allowed".into(),
             Refusal::RefLookup { .. } => "ref_lookup_failed".into(),
         }
     }
@@ -150,6 +164,8 @@ impl Refusal {
             Refusal::GroupsUnavailable => "Group membership unavailable",
             Refusal::StoreUnavailable(_) => "Store unavailable",
             Refusal::NotFound(_) => "Not found",
+            Refusal::Conflict { .. } => "Conflict",
+            Refusal::MethodNotAllowed(_) => "Method not allowed",
             Refusal::Undecidable(_) | Refusal::RefLookup { .. } => {
                 "Cannot tell which refs this moves"
             }
@@ -179,6 +195,8 @@ impl Refusal {
                 format!("Gatehouse's store cannot be used right now ({what}); try again later")
             }
             Refusal::NotFound(what) => what.clone(),
+            Refusal::Conflict { detail, .. } => detail.clone(),
+            Refusal::MethodNotAllowed(what) => what.clone(),
             Refusal::RefLookup { detail, .. } => format!(
                 "this request moves refs it does not name, and Gatehouse could not ask the forge which: {detail}"
             ),

@@ -138,7 +138,7 @@ fn refused(e: StateError) -> (Refusal, ClientKind) {
     (r, ClientKind::Api)
 }
 
-fn bad(detail: impl Into<String>) -> (Refusal, ClientKind) {
+pub(crate) fn bad(detail: impl Into<String>) -> (Refusal, ClientKind) {
     (
         Refusal::BadRequest {
             code: "invalid_request",
@@ -148,12 +148,12 @@ fn bad(detail: impl Into<String>) -> (Refusal, ClientKind) {
     )
 }
 
-fn json(status: StatusCode, doc: &serde_json::Value) -> Response<Body> {
+pub(crate) fn json(status: StatusCode, doc: &serde_json::Value) -> Response<Body> {
     typed_response(status, doc.to_string(), "application/json", "no-store")
 }
 
 /// A JSON object body.
-fn object(
+pub(crate) fn object(
     body: &[u8],
 ) -> Result<serde_json::Map<String, serde_json::Value>, (Refusal, ClientKind)> {
     match serde_json::from_slice::<serde_json::Value>(body) {
@@ -162,7 +162,7 @@ fn object(
     }
 }
 
-fn text_field<'a>(
+pub(crate) fn text_field<'a>(
     m: &'a serde_json::Map<String, serde_json::Value>,
     k: &str,
 ) -> Result<Option<&'a str>, (Refusal, ClientKind)> {
@@ -174,7 +174,7 @@ fn text_field<'a>(
 }
 
 /// A duration field (`"8h"`, `"90s"`, `"2d"`) in seconds.
-fn duration_field(
+pub(crate) fn duration_field(
     m: &serde_json::Map<String, serde_json::Value>,
     k: &str,
 ) -> Result<Option<i64>, (Refusal, ClientKind)> {
@@ -211,7 +211,7 @@ impl Gateway {
     }
 
     /// Asks the core; a denial is a refusal (and on record).
-    fn admit_admin(
+    pub(crate) fn admit_admin(
         &self,
         q: &AdminRequest<'_>,
         rec: &mut AuditRecord,

@@ -109,6 +109,18 @@ pub enum AdminAction {
     RevocationLift,
     /// `revocation:read`
     RevocationRead,
+    /// `secret:get`
+    SecretGet,
+    /// `secret:list`
+    SecretList,
+    /// `secret:put`
+    SecretPut,
+    /// `secret:rotate`
+    SecretRotate,
+    /// `secret:delete`
+    SecretDelete,
+    /// `secret:admin`
+    SecretAdmin,
 }
 
 impl AdminAction {
@@ -120,6 +132,12 @@ impl AdminAction {
             AdminAction::RevocationCreate => "revocation:create",
             AdminAction::RevocationLift => "revocation:lift",
             AdminAction::RevocationRead => "revocation:read",
+            AdminAction::SecretGet => "secret:get",
+            AdminAction::SecretList => "secret:list",
+            AdminAction::SecretPut => "secret:put",
+            AdminAction::SecretRotate => "secret:rotate",
+            AdminAction::SecretDelete => "secret:delete",
+            AdminAction::SecretAdmin => "secret:admin",
         }
     }
 }
@@ -137,6 +155,13 @@ pub enum AdminResource<'a> {
         created_by: &'a str,
         /// What created it: `user`, `service` or `cli` (an operator on the gateway's host).
         created_by_kind: &'a str,
+    },
+    /// A secret (or, for a listing, the prefix listed), with its tags.
+    Secret {
+        /// Its path.
+        path: &'a str,
+        /// Its tags.
+        tags: &'a std::collections::BTreeMap<String, String>,
     },
     /// A revocation of `kind` `value` (both "" for the list).
     Revocation {
@@ -687,6 +712,18 @@ impl PolicyEngine {
     pub fn decide_admin(&self, q: &AdminRequest<'_>) -> Decision {
         let resource = || -> Result<(EntityUid, Entity), String> {
             let (r, attrs) = match q.resource {
+                // A secret carries its tags as Cedar entity tags.
+                AdminResource::Secret { path, tags } => {
+                    let r = uid("Secret", path);
+                    let e = Entity::new_with_tags(
+                        r.clone(),
+                        HashMap::from([("path".to_owned(), s(path))]),
+                        HashSet::new(),
+                        tags.iter().map(|(k, v)| (k.clone(), s(v))),
+                    )
+                    .map_err(|e| e.to_string())?;
+                    return Ok((r, e));
+                }
                 AdminResource::Environment {
                     id,
                     name,

@@ -688,3 +688,86 @@ permit(principal is Gatehouse::ServiceAccount, action == Gatehouse::Action::"git
         assert!(!ask(&engine, &p, Action::GitRead, &api).allowed, "{what}");
     }
 }
+
+#[test]
+fn a_job_gets_the_secrets_of_its_repository_branch_and_environment_and_tags_narrow_them() {
+    let engine = PolicyEngine::new(
+        r#"
+@id("job-secrets")
+permit(principal is Gatehouse::ServiceAccount, action == Gatehouse::Action::"secret:get", resource is Gatehouse::Secret)
+  when { principal has workload && principal.workload.repository == "acme/api"
+         && principal.workload.ref == "refs/heads/main" && principal.workload.environment == "prod"
+         && resource.path like "prod/acme/api/*" };
+
+@id("no-break-glass")
+forbid(principal, action, resource is Gatehouse::Secret)
+  when { resource.hasTag("break-glass") && resource.getTag("break-glass") == "true" };
+
+@id("payments-team")
+permit(principal in Gatehouse::Group::"payments", action in [Gatehouse::Action::"secret:get", Gatehouse::Action::"secret:put"], resource is Gatehouse::Secret)
+  when { resource.hasTag("team") && resource.getTag("team") == "payments" };
+"#,
+        "forge",
+    )
+    .unwrap();
+    let job = |environment: &str| Principal {
+        kind: PrincipalKind::Service,
+        username: "github-actions:acme:api".into(),
+        workload: Some(Arc::new(gatehouse_core::Workload {
+            platform: "github-actions".into(),
+            repository: "acme/api".into(),
+            git_ref: "refs/heads/main".into(),
+            environment: environment.into(),
+            ..Default::default()
+        })),
+        ..principal("job", &[])
+    };
+    let ask = |p: &Principal, action: AdminAction, path: &str, tags: &[(&str, &str)]| {
+        let tags: std::collections::BTreeMap<String, String> = tags
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        engine
+            .decide_admin(&AdminRequest {
+                principal: p,
+                action,
+                resource: AdminResource::Secret { path, tags: &tags },
+                source_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                method: "GET",
+                host: "git.example",
+            })
+            .allowed
+    };
+    let get = AdminAction::SecretGet;
+    assert!(ask(&job("prod"), get, "prod/acme/api/db-password", &[]));
+    assert!(
+        !ask(&job("staging"), get, "prod/acme/api/db-password", &[]),
+        "another environment"
+    );
+    assert!(
+        !ask(&job("prod"), get, "prod/acme/web/db-password", &[]),
+        "another repository's"
+    );
+    assert!(
+        !ask(
+            &job("prod"),
+            AdminAction::SecretPut,
+            "prod/acme/api/db-password",
+            &[]
+        ),
+        "read only"
+    );
+    assert!(
+        !ask(
+            &job("prod"),
+            get,
+            "prod/acme/api/root",
+            &[("break-glass", "true")]
+        ),
+        "tag forbids"
+    );
+    let alice = principal("alice", &["payments"]);
+    assert!(ask(&alice, get, "any/path", &[("team", "payments")]));
+    assert!(!ask(&alice, get, "any/path", &[("team", "search")]));
+    assert!(!ask(&alice, get, "any/path", &[]));
+}

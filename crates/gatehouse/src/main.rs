@@ -80,6 +80,18 @@ enum Cmd {
         #[command(subcommand)]
         what: RevokeCmd,
     },
+    /// Secrets of the gateway's broker, over its HTTP API (each call decided by the policy and
+    /// audited by the gateway).
+    Secret {
+        /// The gateway's URL, e.g. `https://git.example.com`.
+        #[arg(long, env = "GATEHOUSE_SERVER", global = true)]
+        server: Option<String>,
+        /// A token (default: the sign-in saved by `gatehouse login`).
+        #[arg(long, env = "GATEHOUSE_TOKEN", hide_env_values = true, global = true)]
+        token: Option<String>,
+        #[command(subcommand)]
+        what: SecretCmd,
+    },
     /// Sign in to a gateway from this machine (OAuth2 device authorization grant).
     Login {
         /// The gateway's URL, e.g. `https://git.example.com`.
@@ -118,6 +130,110 @@ enum Cmd {
         /// `get`, `store` or `erase` (git passes it).
         operation: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum SecretCmd {
+    /// Write a new version; the value is read from stdin (never an argument).
+    Put {
+        /// The path, e.g. `prod/acme/api/db-password`.
+        path: String,
+        /// A tag, `name=value` (repeat; replaces the secret's tags).
+        #[arg(long = "tag", value_parser = tag)]
+        tags: Vec<(String, String)>,
+        /// The version expires this long from now (`90d`).
+        #[arg(long)]
+        expires_in: Option<String>,
+        /// Not readable before this time (seconds since the epoch).
+        #[arg(long)]
+        not_before: Option<i64>,
+        /// Versions kept, for a new secret.
+        #[arg(long)]
+        max_versions: Option<i64>,
+    },
+    /// Print a value on stdout (the newest version unless `--version`).
+    Get {
+        /// The path.
+        path: String,
+        /// The version.
+        #[arg(long)]
+        version: Option<i64>,
+    },
+    /// List paths under a prefix (never values).
+    List {
+        /// The prefix (`prod/`); all when absent.
+        #[arg(default_value = "")]
+        prefix: String,
+        /// Soft-deleted secrets instead.
+        #[arg(long)]
+        deleted: bool,
+    },
+    /// Show a secret's versions and their state.
+    Versions {
+        /// The path.
+        path: String,
+    },
+    /// Write a new version with a generated random value (not shown).
+    Rotate {
+        /// The path.
+        path: String,
+        /// Random bytes (base64url in the value).
+        #[arg(long, default_value_t = 32)]
+        bytes: usize,
+    },
+    /// Disable a version (the newest unless `--version`).
+    Disable {
+        /// The path.
+        path: String,
+        /// The version.
+        #[arg(long)]
+        version: Option<i64>,
+    },
+    /// Enable a version again.
+    Enable {
+        /// The path.
+        path: String,
+        /// The version.
+        #[arg(long)]
+        version: Option<i64>,
+    },
+    /// Replace a secret's tags.
+    Tag {
+        /// The path.
+        path: String,
+        /// A tag, `name=value` (repeat).
+        #[arg(long = "tag", value_parser = tag)]
+        tags: Vec<(String, String)>,
+    },
+    /// Soft-delete (recoverable for `secrets.retention`).
+    Delete {
+        /// The path.
+        path: String,
+    },
+    /// Bring back a soft-deleted secret.
+    Recover {
+        /// The path.
+        path: String,
+    },
+    /// Erase a soft-deleted secret for good.
+    Purge {
+        /// The path.
+        path: String,
+    },
+    /// Rewrap every data key under the current master key (after a master key rotation).
+    Rewrap,
+    /// Print a new random master key (for `secrets.master_key`).
+    MasterKey {
+        /// `generate`.
+        #[arg(value_parser = ["generate"])]
+        action: String,
+    },
+}
+
+fn tag(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{s:?}: a tag is name=value"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -438,6 +554,47 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 EnvCmd::List => gatehouse_app::EnvCommand::List,
             };
             gatehouse_app::env(&config, cmd)?
+        }
+        Cmd::Secret {
+            server,
+            token,
+            what,
+        } => {
+            use gatehouse_app::SecretCommand as C;
+            let cmd = match what {
+                SecretCmd::MasterKey { .. } => {
+                    gatehouse_app::master_key_generate()?;
+                    return Ok(ExitCode::SUCCESS);
+                }
+                SecretCmd::Put {
+                    path,
+                    tags,
+                    expires_in,
+                    not_before,
+                    max_versions,
+                } => C::Put {
+                    path,
+                    tags,
+                    expires_in,
+                    not_before,
+                    max_versions,
+                },
+                SecretCmd::Get { path, version } => C::Get { path, version },
+                SecretCmd::List { prefix, deleted } => C::List { prefix, deleted },
+                SecretCmd::Versions { path } => C::Versions { path },
+                SecretCmd::Rotate { path, bytes } => C::Rotate { path, bytes },
+                SecretCmd::Disable { path, version } => C::Disable { path, version },
+                SecretCmd::Enable { path, version } => C::Enable { path, version },
+                SecretCmd::Tag { path, tags } => C::Tag { path, tags },
+                SecretCmd::Delete { path } => C::Delete { path },
+                SecretCmd::Recover { path } => C::Recover { path },
+                SecretCmd::Purge { path } => C::Purge { path },
+                SecretCmd::Rewrap => C::Rewrap,
+            };
+            let Some(server) = server else {
+                anyhow::bail!("secret needs --server (or GATEHOUSE_SERVER): the gateway's URL");
+            };
+            gatehouse_app::secret(&gatehouse_app::SecretClient { server, token }, cmd)?
         }
         Cmd::Revoke { config, what } => {
             let Some(config) = config else {

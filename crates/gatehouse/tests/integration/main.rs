@@ -24,6 +24,7 @@ mod refs;
 mod reload;
 mod revocation;
 mod route_refs;
+mod secrets;
 mod sessions;
 mod shutdown;
 mod ssh;

@@ -30,7 +30,7 @@ permit(principal is Gatehouse::ServiceAccount, action == Gatehouse::Action::"env
 
 /// One request on a fresh connection; `None` when the gateway cannot be reached or the answer
 /// is cut off (it died mid-request).
-fn call(
+pub(crate) fn call(
     port: u16,
     method: &str,
     path: &str,

@@ -1,0 +1,427 @@
+//! The secrets broker over HTTP, under `/.gatehouse/secrets`. A secret's path is the URL path
+//! after that prefix; an operation other than reading, writing or deleting is a `:verb` suffix
+//! (paths never hold a `:`):
+//!
+//! | Request | Policy action | |
+//! |---|---|---|
+//! | `GET /.gatehouse/secrets?prefix=P[&deleted=true]` | `secret:list` on `Secret::"P"` | paths and tags, never a value |
+//! | `GET /.gatehouse/secrets/{path}[?version=N]` | `secret:get` | the value |
+//! | `GET /.gatehouse/secrets/{path}:versions` | `secret:list` | versions and their state |
+//! | `PUT /.gatehouse/secrets/{path}` | `secret:put` | a new version (JSON: `value` or `value_base64`, `tags`, `not_before`, `expires_at`, `expires_in`, `max_versions`) |
+//! | `POST /.gatehouse/secrets/{path}:rotate` | `secret:rotate` | a new version with a generated value |
+//! | `POST /.gatehouse/secrets/{path}:tags` | `secret:put` | replaces the tags |
+//! | `DELETE /.gatehouse/secrets/{path}` | `secret:delete` | soft delete |
+//! | `POST /.gatehouse/secrets/{path}:disable`, `:enable` (JSON `version`), `:recover`, `:purge` | `secret:admin` | |
+//! | `POST /.gatehouse/secrets:rewrap` | `secret:admin` on `Secret::""` | after a master key rotation |
+//!
+//! Each request is one policy question asked of the core with the secret's tags as entity tags
+//! (a write that changes tags asks twice: as the secret is and as it would be), and one audit
+//! record naming path and version, never the value. Answers carrying a value are `no-store`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use gatehouse_audit::AuditRecord;
+use gatehouse_core::{Principal, UnixTime};
+use gatehouse_policy::{AdminAction, AdminRequest, AdminResource};
+use gatehouse_secrets::{Broker, Put, SecretError, SecretInfo};
+use http::{Method, Request, Response, StatusCode};
+
+use crate::body::Body;
+use crate::proxy::{Admitted, Gateway};
+use crate::respond::{ClientKind, Refusal};
+use crate::state_api::{bad, duration_field, json, object, text_field};
+
+/// Largest request body read (a value of 64 KiB in base64, and its fields).
+const MAX_BODY: usize = 96 * 1024;
+
+fn refused(e: SecretError) -> (Refusal, ClientKind) {
+    let r = match &e {
+        SecretError::NotFound(_) => Refusal::NotFound(e.to_string()),
+        SecretError::Deleted(_)
+        | SecretError::Disabled { .. }
+        | SecretError::NotYetValid { .. }
+        | SecretError::Expired { .. } => Refusal::Conflict {
+            code: e.code(),
+            detail: e.to_string(),
+        },
+        SecretError::Invalid(_) => Refusal::BadRequest {
+            code: "invalid_request",
+            detail: e.to_string(),
+        },
+        _ => {
+            // The cause stays in the log; the client learns that the broker failed.
+            tracing::error!(error = %e, code = e.code(), "secrets broker failed");
+            Refusal::StoreUnavailable(format!("the secrets broker failed ({})", e.code()))
+        }
+    };
+    (r, ClientKind::Api)
+}
+
+fn t(secs: i64) -> String {
+    UnixTime::from_secs(secs).to_rfc3339()
+}
+
+fn info_json(i: &SecretInfo) -> serde_json::Value {
+    serde_json::json!({
+        "path": i.path,
+        "tags": i.tags,
+        "latest": i.latest,
+        "max_versions": i.max_versions,
+        "created_at": t(i.created_at),
+        "updated_at": t(i.updated_at),
+        "deleted_at": i.deleted_at.map(t),
+        "purge_at": i.purge_at.map(t),
+    })
+}
+
+/// A time field: seconds since the epoch.
+fn time_field(
+    m: &serde_json::Map<String, serde_json::Value>,
+    k: &str,
+) -> Result<Option<i64>, (Refusal, ClientKind)> {
+    match m.get(k) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(v) => v
+            .as_i64()
+            .filter(|s| *s >= 0)
+            .map(Some)
+            .ok_or_else(|| bad(format!("{k} is seconds since the epoch"))),
+    }
+}
+
+fn tags_field(
+    m: &serde_json::Map<String, serde_json::Value>,
+) -> Result<Option<BTreeMap<String, String>>, (Refusal, ClientKind)> {
+    match m.get("tags") {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::Object(o)) => o
+            .iter()
+            .map(|(k, v)| match v {
+                serde_json::Value::String(s) => Ok((k.clone(), s.clone())),
+                _ => Err(bad(format!("tag {k} must be a string"))),
+            })
+            .collect::<Result<BTreeMap<_, _>, _>>()
+            .map(Some),
+        Some(_) => Err(bad("tags is an object of strings")),
+    }
+}
+
+/// Who asks, from where, how.
+struct Asker<'a> {
+    principal: &'a Principal,
+    adm: &'a Admitted,
+    method: &'a str,
+}
+
+impl Gateway {
+    /// Enables the secrets API (the app builds the broker over the store).
+    pub fn with_secrets(mut self, broker: Option<Arc<Broker>>) -> Self {
+        self.secrets = broker;
+        self
+    }
+
+    fn admit_secret(
+        &self,
+        who: &Asker<'_>,
+        action: AdminAction,
+        path: &str,
+        tags: &BTreeMap<String, String>,
+        rec: &mut AuditRecord,
+    ) -> Result<(), (Refusal, ClientKind)> {
+        self.admit_admin(
+            &AdminRequest {
+                principal: who.principal,
+                action,
+                resource: AdminResource::Secret { path, tags },
+                source_ip: who.adm.client,
+                method: who.method,
+                host: &who.adm.host,
+            },
+            rec,
+            format!("{} of {path}", action.as_str()),
+        )
+    }
+
+    /// Serves `/.gatehouse/secrets...`.
+    pub(crate) async fn secrets_api(
+        &self,
+        req: Request<Body>,
+        adm: &Admitted,
+        rec: &mut AuditRecord,
+    ) -> Result<Response<Body>, (Refusal, ClientKind)> {
+        let kind = ClientKind::Api;
+        let Some(broker) = self.secrets.clone() else {
+            return Err((
+                Refusal::NotFound("this gateway has no secrets broker ([secrets])".into()),
+                kind,
+            ));
+        };
+        let method = req.method().clone();
+        if method != Method::GET
+            && method != Method::HEAD
+            && let Some(refusal) = crate::portal::cross_site_write(
+                req.headers(),
+                &adm.host,
+                method.as_str(),
+                req.uri().path(),
+            )
+        {
+            rec.decision = Some("deny");
+            return Err((refusal, kind));
+        }
+        let principal = match self.identify(req.headers(), adm, rec, kind, false).await? {
+            Some((p, _)) => p,
+            None => return Err(crate::portal::missing(kind)),
+        };
+        let actor = format!("{}:{}", principal.kind.as_str(), principal.username);
+        let raw = req.uri().path().to_owned();
+        let query = req.uri().query().unwrap_or("").to_owned();
+        let rest = raw
+            .strip_prefix("/.gatehouse/secrets")
+            .unwrap_or("")
+            .to_owned();
+        let rest = percent_encoding::percent_decode_str(&rest)
+            .decode_utf8()
+            .map_err(|_| bad("the secret path is not UTF-8"))?
+            .into_owned();
+        let (target, verb) = match rest.rsplit_once(':') {
+            Some((p, v)) => (p.to_owned(), Some(v.to_owned())),
+            None => (rest, None),
+        };
+        let path = target.strip_prefix('/').unwrap_or(&target).to_owned();
+        let q: BTreeMap<String, String> = url::form_urlencoded::parse(query.as_bytes())
+            .into_owned()
+            .collect();
+        let body = crate::proxy::read_limited(req.into_body(), MAX_BODY)
+            .await
+            .map_err(|r| (r, kind))?;
+        let m = method.as_str();
+        rec.detail = Some(format!("secret {path}"));
+        // The tags the policy sees: the secret's own, when it exists.
+        let existing = if path.is_empty() {
+            None
+        } else {
+            match broker.info(&path).await {
+                Ok(i) => Some(i),
+                Err(SecretError::NotFound(_)) => None,
+                Err(e) => return Err(refused(e)),
+            }
+        };
+        let none = BTreeMap::new();
+        let who = Asker {
+            principal: &principal,
+            adm,
+            method: m,
+        };
+        let tags = existing.as_ref().map_or(&none, |i| &i.tags);
+        match (m, path.as_str(), verb.as_deref()) {
+            ("GET" | "HEAD", _, None) if path.is_empty() => {
+                let prefix = q.get("prefix").map_or("", String::as_str);
+                let deleted = q.get("deleted").is_some_and(|v| v == "true");
+                self.admit_secret(&who, AdminAction::SecretList, prefix, &none, rec)?;
+                rec.detail = Some(format!("secrets under {prefix:?}"));
+                let list = broker.list(prefix, deleted).await.map_err(refused)?;
+                let docs: Vec<serde_json::Value> = list.iter().map(info_json).collect();
+                Ok(json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "secrets": docs }),
+                ))
+            }
+            ("GET" | "HEAD", _, None) => {
+                self.admit_secret(&who, AdminAction::SecretGet, &path, tags, rec)?;
+                let version = match q.get("version") {
+                    None => None,
+                    Some(v) => Some(v.parse::<i64>().map_err(|_| bad("version is a number"))?),
+                };
+                let (value, meta) = broker.get(&path, version).await.map_err(refused)?;
+                rec.detail = Some(format!("secret {path} version {}", meta.version));
+                let mut doc = serde_json::json!({
+                    "path": path,
+                    "version": meta.version,
+                    "created_at": t(meta.created_at),
+                    "not_before": meta.not_before.map(t),
+                    "expires_at": meta.expires_at.map(t),
+                });
+                match std::str::from_utf8(value.expose()) {
+                    Ok(text) => doc["value"] = serde_json::Value::String(text.to_owned()),
+                    Err(_) => {
+                        use base64::Engine as _;
+                        doc["value_base64"] = serde_json::Value::String(
+                            base64::engine::general_purpose::STANDARD.encode(value.expose()),
+                        );
+                    }
+                }
+                let answer = json(StatusCode::OK, &doc);
+                // The document's copy of the value lives in the answer's bytes only.
+                drop(doc);
+                Ok(answer)
+            }
+            ("GET", _, Some("versions")) => {
+                self.admit_secret(&who, AdminAction::SecretList, &path, tags, rec)?;
+                let versions = broker.versions(&path).await.map_err(refused)?;
+                let docs: Vec<serde_json::Value> = versions
+                    .iter()
+                    .map(|v| {
+                        serde_json::json!({
+                            "version": v.version,
+                            "enabled": v.enabled,
+                            "not_before": v.not_before.map(t),
+                            "expires_at": v.expires_at.map(t),
+                            "created_at": t(v.created_at),
+                            "created_by": v.created_by,
+                        })
+                    })
+                    .collect();
+                let info = existing.as_ref().map(info_json);
+                Ok(json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "secret": info, "versions": docs }),
+                ))
+            }
+            ("PUT", _, None) => {
+                let f = object(&body)?;
+                let value: zeroize::Zeroizing<Vec<u8>> =
+                    match (text_field(&f, "value")?, text_field(&f, "value_base64")?) {
+                        (Some(v), None) => zeroize::Zeroizing::new(v.as_bytes().to_vec()),
+                        (None, Some(b)) => {
+                            use base64::Engine as _;
+                            zeroize::Zeroizing::new(
+                                base64::engine::general_purpose::STANDARD
+                                    .decode(b)
+                                    .map_err(|_| bad("value_base64 is not base64"))?,
+                            )
+                        }
+                        _ => return Err(bad("send one of value and value_base64")),
+                    };
+                let new_tags = tags_field(&f)?;
+                let now = self.clock.now().as_secs();
+                let expires_at = match (
+                    time_field(&f, "expires_at")?,
+                    duration_field(&f, "expires_in")?,
+                ) {
+                    (Some(_), Some(_)) => {
+                        return Err(bad("send expires_at or expires_in, not both"));
+                    }
+                    (a, None) => a,
+                    (None, Some(d)) => Some(now.saturating_add(d)),
+                };
+                let max_versions = match f.get("max_versions") {
+                    None | Some(serde_json::Value::Null) => None,
+                    Some(v) => Some(v.as_i64().ok_or_else(|| bad("max_versions is a number"))?),
+                };
+                self.admit_secret(&who, AdminAction::SecretPut, &path, tags, rec)?;
+                if let Some(t) = &new_tags {
+                    self.admit_secret(&who, AdminAction::SecretPut, &path, t, rec)?;
+                }
+                let version = broker
+                    .put(&Put {
+                        path: &path,
+                        value: &value,
+                        tags: new_tags,
+                        not_before: time_field(&f, "not_before")?,
+                        expires_at,
+                        max_versions,
+                        actor: &actor,
+                    })
+                    .await
+                    .map_err(refused)?;
+                rec.detail = Some(format!("secret {path} version {version} written"));
+                Ok(json(
+                    StatusCode::CREATED,
+                    &serde_json::json!({ "path": path, "version": version }),
+                ))
+            }
+            ("POST", _, Some("tags")) => {
+                let f = object(&body)?;
+                let new_tags = tags_field(&f)?.ok_or_else(|| bad("tags is missing"))?;
+                self.admit_secret(&who, AdminAction::SecretPut, &path, tags, rec)?;
+                self.admit_secret(&who, AdminAction::SecretPut, &path, &new_tags, rec)?;
+                broker.set_tags(&path, &new_tags).await.map_err(refused)?;
+                Ok(json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "path": path, "tags": new_tags }),
+                ))
+            }
+            ("POST", _, Some("rotate")) => {
+                let f = if body.is_empty() {
+                    serde_json::Map::new()
+                } else {
+                    object(&body)?
+                };
+                let bytes = match f.get("bytes") {
+                    None | Some(serde_json::Value::Null) => 32,
+                    Some(v) => v
+                        .as_u64()
+                        .and_then(|n| usize::try_from(n).ok())
+                        .ok_or_else(|| bad("bytes is a number"))?,
+                };
+                self.admit_secret(&who, AdminAction::SecretRotate, &path, tags, rec)?;
+                let version = broker.rotate(&path, bytes, &actor).await.map_err(refused)?;
+                rec.detail = Some(format!("secret {path} version {version} generated"));
+                Ok(json(
+                    StatusCode::CREATED,
+                    &serde_json::json!({ "path": path, "version": version }),
+                ))
+            }
+            ("DELETE", _, None) => {
+                self.admit_secret(&who, AdminAction::SecretDelete, &path, tags, rec)?;
+                let purge_at = broker.delete(&path, &actor).await.map_err(refused)?;
+                rec.detail = Some(format!("secret {path} deleted"));
+                Ok(json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "path": path, "deleted": true, "purge_at": t(purge_at) }),
+                ))
+            }
+            ("POST", _, Some(op @ ("disable" | "enable"))) => {
+                let f = if body.is_empty() {
+                    serde_json::Map::new()
+                } else {
+                    object(&body)?
+                };
+                let version = match f.get("version") {
+                    None | Some(serde_json::Value::Null) => None,
+                    Some(v) => Some(v.as_i64().ok_or_else(|| bad("version is a number"))?),
+                };
+                self.admit_secret(&who, AdminAction::SecretAdmin, &path, tags, rec)?;
+                let v = broker
+                    .set_enabled(&path, version, op == "enable")
+                    .await
+                    .map_err(refused)?;
+                rec.detail = Some(format!("secret {path} version {v} {op}d"));
+                Ok(json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "path": path, "version": v, "enabled": op == "enable" }),
+                ))
+            }
+            ("POST", _, Some(op @ ("recover" | "purge"))) => {
+                self.admit_secret(&who, AdminAction::SecretAdmin, &path, tags, rec)?;
+                if op == "recover" {
+                    broker.recover(&path).await.map_err(refused)?;
+                } else {
+                    broker.purge(&path).await.map_err(refused)?;
+                }
+                rec.detail = Some(format!("secret {path} {op}d"));
+                Ok(json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "path": path, op: true }),
+                ))
+            }
+            ("POST", "", Some("rewrap")) => {
+                self.admit_secret(&who, AdminAction::SecretAdmin, "", &none, rec)?;
+                let n = broker.rewrap_all().await.map_err(refused)?;
+                rec.detail = Some(format!("{n} data keys rewrapped"));
+                Ok(json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "rewrapped": n, "master_key": broker.master_key_id() }),
+                ))
+            }
+            _ => Err((
+                Refusal::MethodNotAllowed(format!(
+                    "{m} {raw} is not a secrets operation (see docs/secrets.md)"
+                )),
+                kind,
+            )),
+        }
+    }
+}

@@ -1,0 +1,438 @@
+//! The secrets broker through the real gateway: the `gatehouse secret` CLI over the HTTP API,
+//! a GitHub-Actions-shaped job token from the real IdP reading what its policy allows, audit
+//! records without values, and a `kill -9` in the middle of a burst of writes.
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gatehouse_testkit::{Idp, TempDir, TestGateway};
+use serde_json::{Value, json};
+
+use crate::common::{POLICY, bin, builder, repos};
+use crate::state_api::call;
+
+#[allow(clippy::disallowed_methods)] // the gateway under test runs on the real clock
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// ops may do anything with secrets; the deploy job of demo/hello on main in `prod` may read
+/// prod/demo/hello/*; nobody reads a secret tagged break-glass=true.
+const SECRETS_POLICY: &str = r#"
+@id("ops-secrets")
+permit(principal in Gatehouse::Group::"ops", action in [Gatehouse::Action::"secret:get",
+  Gatehouse::Action::"secret:list", Gatehouse::Action::"secret:put", Gatehouse::Action::"secret:rotate",
+  Gatehouse::Action::"secret:delete", Gatehouse::Action::"secret:admin"], resource is Gatehouse::Secret);
+
+@id("deploy-job-secrets")
+permit(principal is Gatehouse::ServiceAccount, action == Gatehouse::Action::"secret:get", resource is Gatehouse::Secret)
+  when { principal has workload && principal.workload.repository == "demo/hello"
+         && principal.workload.ref == "refs/heads/main" && principal.workload.environment == "prod"
+         && resource.path like "prod/demo/hello/*" };
+
+@id("break-glass")
+forbid(principal, action == Gatehouse::Action::"secret:get", resource is Gatehouse::Secret)
+  when { resource.hasTag("break-glass") && resource.getTag("break-glass") == "true" };
+"#;
+
+fn gateway(tmp: &TempDir, extra: &str) -> TestGateway {
+    let (root, _) = repos(tmp);
+    let key = tmp.path().join("master.key");
+    let out = Command::new(bin())
+        .args(["secret", "master-key", "generate"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    std::fs::write(&key, &out.stdout).unwrap();
+    builder()
+        .with_builtin_upstream(&root)
+        .with_idp_extra(Idp::shared(), "workload = \"github-actions\"\n")
+        .policy(&format!("{POLICY}\n{SECRETS_POLICY}"))
+        .extra(&format!(
+            "[secrets]\nmaster_key = {{ file = \"{}\" }}\nmax_versions = 5\n{extra}",
+            key.display()
+        ))
+        .start()
+}
+
+/// `gatehouse secret ARGS` against `gw` as the holder of `token`, with `stdin`.
+fn secret_cli(gw: &TestGateway, token: &str, args: &[&str], stdin: &[u8]) -> std::process::Output {
+    let mut child = Command::new(bin())
+        .arg("secret")
+        .args(args)
+        .args(["--server", &gw.url()])
+        .env("GATEHOUSE_TOKEN", token)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn ok(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn job_claims(idp: &Idp, environment: &str) -> Value {
+    let t = now();
+    json!({
+        "iss": idp.issuer(), "aud": "gatehouse", "iat": t, "exp": t + 300, "jti": format!("job-{environment}"),
+        "sub": format!("repo:demo/hello:environment:{environment}"),
+        "repository": "demo/hello", "repository_owner": "demo", "ref": "refs/heads/main",
+        "ref_type": "branch", "sha": "e5b6f8c1a2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7",
+        "workflow": "Deploy", "check_run_id": "9001", "run_id": "77", "run_attempt": "1",
+        "environment": environment, "event_name": "push", "runner_environment": "github-hosted",
+        "actor": "octocat"
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_are_written_read_listed_and_refused_as_the_policy_says() {
+    let tmp = TempDir::new("secrets-api");
+    let gw = gateway(&tmp, "");
+    let idp = Idp::shared();
+    let ops = gw.token("oncall", &["ops"]);
+    let value = "pg-pass-3b9e71c2";
+
+    let out = ok(&secret_cli(
+        &gw,
+        &ops,
+        &[
+            "put",
+            "prod/demo/hello/db-password",
+            "--tag",
+            "team=payments",
+            "--expires-in",
+            "90d",
+        ],
+        value.as_bytes(),
+    ));
+    assert!(out.contains("\"version\":1"), "{out}");
+    assert_eq!(
+        ok(&secret_cli(
+            &gw,
+            &ops,
+            &["get", "prod/demo/hello/db-password"],
+            b""
+        )),
+        value
+    );
+    ok(&secret_cli(
+        &gw,
+        &ops,
+        &["put", "prod/demo/hello/db-password"],
+        b"second",
+    ));
+    assert_eq!(
+        ok(&secret_cli(
+            &gw,
+            &ops,
+            &["get", "prod/demo/hello/db-password", "--version", "1"],
+            b""
+        )),
+        value
+    );
+    let list = ok(&secret_cli(&gw, &ops, &["list", "prod/"], b""));
+    assert!(
+        list.contains("prod/demo/hello/db-password\tv2\tteam=payments"),
+        "{list}"
+    );
+    assert!(
+        !list.contains(value) && !list.contains("second"),
+        "a value in a listing: {list}"
+    );
+    let versions = ok(&secret_cli(
+        &gw,
+        &ops,
+        &["versions", "prod/demo/hello/db-password"],
+        b"",
+    ));
+    assert!(versions.starts_with("v2\tenabled"), "{versions}");
+    assert!(versions.contains("by service:oncall"), "{versions}");
+
+    // The job of demo/hello on main in prod reads it; the same job in staging does not.
+    let job = idp.sign(job_claims(idp, "prod"), "RS256", None).await;
+    let path = "/.gatehouse/secrets/prod/demo/hello/db-password";
+    let (status, doc) = call(gw.port, "GET", path, &job, None).unwrap();
+    assert_eq!(
+        (status, doc["value"].as_str()),
+        (200, Some("second")),
+        "{doc}"
+    );
+    let staging = idp.sign(job_claims(idp, "staging"), "RS256", None).await;
+    assert_eq!(call(gw.port, "GET", path, &staging, None).unwrap().0, 403);
+    // Nor anything outside its path, nor a write.
+    ok(&secret_cli(
+        &gw,
+        &ops,
+        &["put", "prod/demo/other/key"],
+        b"x",
+    ));
+    assert_eq!(
+        call(
+            gw.port,
+            "GET",
+            "/.gatehouse/secrets/prod/demo/other/key",
+            &job,
+            None
+        )
+        .unwrap()
+        .0,
+        403
+    );
+    assert_eq!(
+        call(gw.port, "PUT", path, &job, Some(&json!({"value": "evil"})))
+            .unwrap()
+            .0,
+        403
+    );
+    // A tag can forbid what a path allows.
+    ok(&secret_cli(
+        &gw,
+        &ops,
+        &["put", "prod/demo/hello/root", "--tag", "break-glass=true"],
+        b"r",
+    ));
+    assert_eq!(
+        call(
+            gw.port,
+            "GET",
+            "/.gatehouse/secrets/prod/demo/hello/root",
+            &job,
+            None
+        )
+        .unwrap()
+        .0,
+        403
+    );
+    // Someone who is not ops gets nothing; nobody unauthenticated does.
+    let dev = gw.token("dev-1", &["dev"]);
+    let out = secret_cli(&gw, &dev, &["get", "prod/demo/hello/db-password"], b"");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("403"),
+        "{out:?}"
+    );
+    let (status, _) = call(gw.port, "GET", path, "not-a-token", None).unwrap();
+    assert_eq!(status, 401);
+
+    // Versions, disable, delete, recover, purge through the CLI.
+    ok(&secret_cli(
+        &gw,
+        &ops,
+        &["disable", "prod/demo/hello/db-password"],
+        b"",
+    ));
+    let (status, doc) = call(gw.port, "GET", path, &job, None).unwrap();
+    assert_eq!(
+        (status, doc["code"].as_str()),
+        (409, Some("secret_disabled")),
+        "{doc}"
+    );
+    ok(&secret_cli(
+        &gw,
+        &ops,
+        &["enable", "prod/demo/hello/db-password"],
+        b"",
+    ));
+    ok(&secret_cli(
+        &gw,
+        &ops,
+        &["rotate", "prod/demo/hello/db-password"],
+        b"",
+    ));
+    assert_eq!(
+        ok(&secret_cli(
+            &gw,
+            &ops,
+            &["get", "prod/demo/hello/db-password"],
+            b""
+        ))
+        .len(),
+        43
+    );
+    ok(&secret_cli(
+        &gw,
+        &ops,
+        &["delete", "prod/demo/other/key"],
+        b"",
+    ));
+    assert_eq!(
+        call(
+            gw.port,
+            "GET",
+            "/.gatehouse/secrets/prod/demo/other/key",
+            &ops,
+            None
+        )
+        .unwrap()
+        .0,
+        409
+    );
+    assert!(
+        ok(&secret_cli(&gw, &ops, &["list", "--deleted"], b"")).contains("prod/demo/other/key")
+    );
+    ok(&secret_cli(
+        &gw,
+        &ops,
+        &["recover", "prod/demo/other/key"],
+        b"",
+    ));
+    assert_eq!(
+        ok(&secret_cli(&gw, &ops, &["get", "prod/demo/other/key"], b"")),
+        "x"
+    );
+    ok(&secret_cli(
+        &gw,
+        &ops,
+        &["delete", "prod/demo/other/key"],
+        b"",
+    ));
+    ok(&secret_cli(
+        &gw,
+        &ops,
+        &["purge", "prod/demo/other/key"],
+        b"",
+    ));
+    assert_eq!(
+        call(
+            gw.port,
+            "GET",
+            "/.gatehouse/secrets/prod/demo/other/key",
+            &ops,
+            None
+        )
+        .unwrap()
+        .0,
+        404
+    );
+    // Not a path; not an operation.
+    assert_eq!(
+        call(gw.port, "GET", "/.gatehouse/secrets/a//b", &ops, None)
+            .unwrap()
+            .0,
+        400
+    );
+    assert_eq!(
+        call(
+            gw.port,
+            "POST",
+            "/.gatehouse/secrets/a/b:explode",
+            &ops,
+            None
+        )
+        .unwrap()
+        .0,
+        405
+    );
+
+    // On record: who read what, the job's run and commit, never a value.
+    let audit = gw.audit_when("the job's read", |a| {
+        a.contains("\"job\":\"9001\"") && a.contains("secret:get")
+    });
+    assert!(
+        audit.contains("secret prod/demo/hello/db-password version 2"),
+        "{audit}"
+    );
+    assert!(
+        !audit.contains(value) && !audit.contains("second"),
+        "a value reached the audit log"
+    );
+    assert!(
+        !gw.log().contains(value) && !gw.log().contains("second"),
+        "a value reached the log"
+    );
+    let job_read = audit
+        .lines()
+        .find(|l| l.contains("\"job\":\"9001\"") && l.contains("\"allow\""))
+        .unwrap();
+    let rec: Value = serde_json::from_str(job_read).unwrap();
+    assert_eq!(
+        rec["principal"]["workload"]["commit"],
+        "e5b6f8c1a2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7"
+    );
+    assert_eq!(rec["principal"]["workload"]["run_id"], "77");
+    assert_eq!(rec["action"], "secret:get");
+}
+
+/// A burst of puts through one node, killed with SIGKILL in the middle: every acknowledged
+/// version reads back after the restart, with its value.
+#[test]
+fn a_node_killed_mid_burst_of_puts_keeps_every_acknowledged_version() {
+    let tmp = TempDir::new("secrets-kill9");
+    let mut gw = gateway(&tmp, "");
+    let ops = gw.token("oncall", &["ops"]);
+    let port = gw.port;
+    let acked = Arc::new(Mutex::new(Vec::<(String, i64, String)>::new()));
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let (ops, acked) = (ops.clone(), acked.clone());
+        writers.push(std::thread::spawn(move || {
+            for i in 0..200 {
+                let path = format!("burst/w{w}/s{}", i % 7);
+                let value = format!("v-{w}-{i}");
+                match call(
+                    port,
+                    "PUT",
+                    &format!("/.gatehouse/secrets/{path}"),
+                    &ops,
+                    Some(&json!({"value": value, "max_versions": 1000})),
+                ) {
+                    Some((201, doc)) => {
+                        acked
+                            .lock()
+                            .unwrap()
+                            .push((path, doc["version"].as_i64().unwrap(), value))
+                    }
+                    None | Some((0, _)) => return,
+                    Some((status, doc)) => panic!("{status}: {doc}"),
+                }
+            }
+        }));
+    }
+    let start = Instant::now();
+    while acked.lock().unwrap().len() < 40 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the burst did not start"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    gw.kill_and_restart();
+    for w in writers {
+        w.join().unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() >= 40 && acked.len() < 800,
+        "{} acknowledged",
+        acked.len()
+    );
+    for (path, version, value) in &acked {
+        let (status, doc) = call(
+            gw.port,
+            "GET",
+            &format!("/.gatehouse/secrets/{path}?version={version}"),
+            &ops,
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            (status, doc["value"].as_str()),
+            (200, Some(value.as_str())),
+            "{path} v{version}"
+        );
+    }
+}
