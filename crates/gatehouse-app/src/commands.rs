@@ -83,6 +83,7 @@ pub fn token_issue(args: &TokenIssueArgs) -> Result<()> {
             },
             environment: args.environment.clone(),
             derived_from: Vec::new(),
+            workload: None,
         },
         now,
     )?;

@@ -220,6 +220,7 @@ pub fn quickstart(args: &QuickstartArgs) -> Result<()> {
                 kind,
                 environment: None,
                 derived_from: Vec::new(),
+                workload: None,
             },
             now,
         )

@@ -263,6 +263,8 @@ pub fn secret(client: &SecretClient, cmd: SecretCommand) -> Result<()> {
                             .context("unexpected answer")?,
                     );
                     out.write_all(&raw)?;
+                } else {
+                    bail!("the gateway's answer carries no value");
                 }
             }
             SecretCommand::List { .. } => {

@@ -82,6 +82,9 @@ pub struct TokenRequest {
     pub environment: Option<String>,
     /// The credentials it is bought with (`gatehouse_from`): revoking one revokes it.
     pub derived_from: Vec<String>,
+    /// The workload claims of the credential it is bought with (`gatehouse_workload`): a job's
+    /// exchanged token is still that job to the policy.
+    pub workload: Option<std::sync::Arc<gatehouse_core::Workload>>,
 }
 
 /// A digest of the audience and every identity field the assertion carries ([`assertion_key`]).
@@ -319,6 +322,12 @@ impl OwnIssuer {
             if !req.derived_from.is_empty() {
                 obj.insert("gatehouse_from".into(), json!(req.derived_from));
             }
+            if let Some(w) = &req.workload {
+                obj.insert(
+                    "gatehouse_workload".into(),
+                    crate::workload::workload_claim(w),
+                );
+            }
         }
         // Check the claims the way a request would before handing the token out.
         let principal = map_principal(
@@ -368,6 +377,16 @@ impl OwnIssuer {
         // the environment's end, and no clock-skew leeway may stretch it past that.
         if p.environment.is_some() && p.expires_at.is_none_or(|exp| now > exp) {
             return Err(AuthnError::Expired);
+        }
+        p.workload = match jwt.claims.get("gatehouse_workload") {
+            None => None,
+            Some(v) => Some(std::sync::Arc::new(
+                crate::workload::workload_from_claim(v)
+                    .ok_or_else(|| AuthnError::BadClaim("gatehouse_workload".into()))?,
+            )),
+        };
+        if p.workload.is_some() {
+            p.kind = PrincipalKind::Service;
         }
         p.derived_from = match jwt.claims.get("gatehouse_from") {
             None => Vec::new(),

@@ -163,8 +163,8 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 }
 
 /// Reads a workload token's claims for `platform`. Fails when the claims that make it a
-/// workload identity are missing: a GitHub or Forgejo token without `repository`, `ref` and
-/// `sha`, a Kubernetes token without its namespace and service account.
+/// workload identity are missing: a GitHub or Forgejo token without `repository`, `ref`, `sha`
+/// and `run_id`, a Kubernetes token without its namespace and service account.
 pub fn workload_of(
     platform: WorkloadPlatform,
     claims: &Map<String, Value>,
@@ -233,6 +233,89 @@ pub fn workload_of(
         }
     };
     Ok(w)
+}
+
+/// A workload as the `gatehouse_workload` claim of Gatehouse's own tokens carries it (the
+/// policy's field names; empty fields left out).
+pub(crate) fn workload_claim(w: &Workload) -> Value {
+    let mut m = Map::new();
+    for (k, v) in fields(w) {
+        if !v.is_empty() {
+            m.insert(k.to_owned(), Value::String(v.clone()));
+        }
+    }
+    Value::Object(m)
+}
+
+/// The workload of a `gatehouse_workload` claim; `None` when it is not one (an unknown field, a
+/// value that is not a string, no platform): a binding that cannot be read is never dropped.
+pub(crate) fn workload_from_claim(v: &Value) -> Option<Workload> {
+    let obj = v.as_object()?;
+    let mut w = Workload::default();
+    for (k, v) in obj {
+        let v = v.as_str()?.to_owned();
+        let slot = match k.as_str() {
+            "platform" => &mut w.platform,
+            "repository" => &mut w.repository,
+            "owner" => &mut w.owner,
+            "ref" => &mut w.git_ref,
+            "ref_type" => &mut w.ref_type,
+            "commit" => &mut w.commit,
+            "workflow" => &mut w.workflow,
+            "job" => &mut w.job,
+            "run_id" => &mut w.run_id,
+            "run_attempt" => &mut w.run_attempt,
+            "environment" => &mut w.environment,
+            "event" => &mut w.event,
+            "runner" => &mut w.runner,
+            "actor" => &mut w.actor,
+            "namespace" => &mut w.namespace,
+            "service_account" => &mut w.service_account,
+            _ => return None,
+        };
+        *slot = v;
+    }
+    (!w.platform.is_empty()).then_some(w)
+}
+
+/// Every field of a workload by its policy name.
+fn fields(w: &Workload) -> [(&'static str, &String); 16] {
+    let Workload {
+        platform,
+        repository,
+        owner,
+        git_ref,
+        ref_type,
+        commit,
+        workflow,
+        job,
+        run_id,
+        run_attempt,
+        environment,
+        event,
+        runner,
+        actor,
+        namespace,
+        service_account,
+    } = w;
+    [
+        ("platform", platform),
+        ("repository", repository),
+        ("owner", owner),
+        ("ref", git_ref),
+        ("ref_type", ref_type),
+        ("commit", commit),
+        ("workflow", workflow),
+        ("job", job),
+        ("run_id", run_id),
+        ("run_attempt", run_attempt),
+        ("environment", environment),
+        ("event", event),
+        ("runner", runner),
+        ("actor", actor),
+        ("namespace", namespace),
+        ("service_account", service_account),
+    ]
 }
 
 /// The forge user name a workload goes by when its token names none: `<platform>:<owner>:<repo>`
@@ -375,6 +458,26 @@ mod tests {
             b.check(&claims(json!({"kubernetes.io": {"namespace": "prod"}})))
                 .is_err()
         );
+    }
+
+    #[test]
+    fn a_workload_survives_the_round_trip_through_gatehouses_own_claim() {
+        let w = Workload {
+            platform: "github-actions".into(),
+            repository: "acme/api".into(),
+            git_ref: "refs/heads/main".into(),
+            event: "push".into(),
+            ..Workload::default()
+        };
+        assert_eq!(workload_from_claim(&workload_claim(&w)), Some(w));
+        for bad in [
+            json!({"platform": "x", "evil": "1"}),
+            json!({"platform": 7}),
+            json!({}),
+            json!("x"),
+        ] {
+            assert_eq!(workload_from_claim(&bad), None, "{bad}");
+        }
     }
 
     #[test]

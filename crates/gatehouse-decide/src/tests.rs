@@ -58,6 +58,7 @@ fn core(groups: &[&str]) -> (Decider, Credential) {
                 kind: PrincipalKind::User,
                 environment: None,
                 derived_from: Vec::new(),
+                workload: None,
             },
             now(),
         )

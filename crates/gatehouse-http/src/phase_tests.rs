@@ -150,6 +150,7 @@ impl Harness {
                     kind: PrincipalKind::User,
                     environment: None,
                     derived_from: Vec::new(),
+                    workload: None,
                 },
                 now(),
             )

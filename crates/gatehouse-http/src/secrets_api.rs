@@ -24,7 +24,7 @@ use std::sync::Arc;
 use gatehouse_audit::AuditRecord;
 use gatehouse_core::{Principal, UnixTime};
 use gatehouse_policy::{AdminAction, AdminRequest, AdminResource};
-use gatehouse_secrets::{Broker, Put, SecretError, SecretInfo};
+use gatehouse_secrets::{Broker, Expect, Put, SecretError, SecretInfo};
 use http::{Method, Request, Response, StatusCode};
 
 use crate::body::Body;
@@ -39,6 +39,8 @@ fn refused(e: SecretError) -> (Refusal, ClientKind) {
     let r = match &e {
         SecretError::NotFound(_) => Refusal::NotFound(e.to_string()),
         SecretError::Deleted(_)
+        | SecretError::Busy(_)
+        | SecretError::Changed(_)
         | SecretError::Disabled { .. }
         | SecretError::NotYetValid { .. }
         | SecretError::Expired { .. } => Refusal::Conflict {
@@ -181,14 +183,16 @@ impl Gateway {
             .strip_prefix("/.gatehouse/secrets")
             .unwrap_or("")
             .to_owned();
-        let rest = percent_encoding::percent_decode_str(&rest)
-            .decode_utf8()
-            .map_err(|_| bad("the secret path is not UTF-8"))?
-            .into_owned();
+        // The operation is split off before decoding: an encoded `%3A` is part of the path
+        // (and refused there), never an operation.
         let (target, verb) = match rest.rsplit_once(':') {
             Some((p, v)) => (p.to_owned(), Some(v.to_owned())),
             None => (rest, None),
         };
+        let target = percent_encoding::percent_decode_str(&target)
+            .decode_utf8()
+            .map_err(|_| bad("the secret path is not UTF-8"))?
+            .into_owned();
         let path = target.strip_prefix('/').unwrap_or(&target).to_owned();
         let q: BTreeMap<String, String> = url::form_urlencoded::parse(query.as_bytes())
             .into_owned()
@@ -209,6 +213,11 @@ impl Gateway {
             }
         };
         let none = BTreeMap::new();
+        // What this request is allowed to change: the secret as the policy saw it.
+        let expect = match &existing {
+            None => Expect::Absent,
+            Some(i) => Expect::Tagged(i.tags.clone()),
+        };
         let who = Asker {
             principal: &principal,
             adm,
@@ -222,7 +231,27 @@ impl Gateway {
                 self.admit_secret(&who, AdminAction::SecretList, prefix, &none, rec)?;
                 rec.detail = Some(format!("secrets under {prefix:?}"));
                 let list = broker.list(prefix, deleted).await.map_err(refused)?;
-                let docs: Vec<serde_json::Value> = list.iter().map(info_json).collect();
+                // Each secret listed is one the policy lets this caller list, with its own
+                // path and tags: a grant on a prefix shows nothing a forbid on a secret hides.
+                let docs: Vec<serde_json::Value> = list
+                    .iter()
+                    .filter(|i| {
+                        self.decider
+                            .decide_admin(&AdminRequest {
+                                principal: &principal,
+                                action: AdminAction::SecretList,
+                                resource: AdminResource::Secret {
+                                    path: &i.path,
+                                    tags: &i.tags,
+                                },
+                                source_ip: adm.client,
+                                method: m,
+                                host: &adm.host,
+                            })
+                            .allowed
+                    })
+                    .map(info_json)
+                    .collect();
                 Ok(json(
                     StatusCode::OK,
                     &serde_json::json!({ "secrets": docs }),
@@ -310,9 +339,25 @@ impl Gateway {
                     None | Some(serde_json::Value::Null) => None,
                     Some(v) => Some(v.as_i64().ok_or_else(|| bad("max_versions is a number"))?),
                 };
-                self.admit_secret(&who, AdminAction::SecretPut, &path, tags, rec)?;
-                if let Some(t) = &new_tags {
-                    self.admit_secret(&who, AdminAction::SecretPut, &path, t, rec)?;
+                match (&existing, &new_tags) {
+                    // A new secret: asked about as it will be.
+                    (None, t) => self.admit_secret(
+                        &who,
+                        AdminAction::SecretPut,
+                        &path,
+                        t.as_ref().unwrap_or(&none),
+                        rec,
+                    )?,
+                    (Some(_), None) => {
+                        self.admit_secret(&who, AdminAction::SecretPut, &path, tags, rec)?;
+                    }
+                    // Re-tagging an existing secret can move it into or out of a policy's reach:
+                    // it is `secret:admin`, as it is and as it would be.
+                    (Some(_), Some(t)) => {
+                        self.admit_secret(&who, AdminAction::SecretPut, &path, tags, rec)?;
+                        self.admit_secret(&who, AdminAction::SecretAdmin, &path, tags, rec)?;
+                        self.admit_secret(&who, AdminAction::SecretAdmin, &path, t, rec)?;
+                    }
                 }
                 let version = broker
                     .put(&Put {
@@ -323,6 +368,7 @@ impl Gateway {
                         expires_at,
                         max_versions,
                         actor: &actor,
+                        expect: expect.clone(),
                     })
                     .await
                     .map_err(refused)?;
@@ -335,9 +381,12 @@ impl Gateway {
             ("POST", _, Some("tags")) => {
                 let f = object(&body)?;
                 let new_tags = tags_field(&f)?.ok_or_else(|| bad("tags is missing"))?;
-                self.admit_secret(&who, AdminAction::SecretPut, &path, tags, rec)?;
-                self.admit_secret(&who, AdminAction::SecretPut, &path, &new_tags, rec)?;
-                broker.set_tags(&path, &new_tags).await.map_err(refused)?;
+                self.admit_secret(&who, AdminAction::SecretAdmin, &path, tags, rec)?;
+                self.admit_secret(&who, AdminAction::SecretAdmin, &path, &new_tags, rec)?;
+                broker
+                    .set_tags(&path, &expect, &new_tags)
+                    .await
+                    .map_err(refused)?;
                 Ok(json(
                     StatusCode::OK,
                     &serde_json::json!({ "path": path, "tags": new_tags }),
@@ -357,7 +406,10 @@ impl Gateway {
                         .ok_or_else(|| bad("bytes is a number"))?,
                 };
                 self.admit_secret(&who, AdminAction::SecretRotate, &path, tags, rec)?;
-                let version = broker.rotate(&path, bytes, &actor).await.map_err(refused)?;
+                let version = broker
+                    .rotate(&path, bytes, &actor, &expect)
+                    .await
+                    .map_err(refused)?;
                 rec.detail = Some(format!("secret {path} version {version} generated"));
                 Ok(json(
                     StatusCode::CREATED,
@@ -409,11 +461,15 @@ impl Gateway {
             }
             ("POST", "", Some("rewrap")) => {
                 self.admit_secret(&who, AdminAction::SecretAdmin, "", &none, rec)?;
-                let n = broker.rewrap_all().await.map_err(refused)?;
-                rec.detail = Some(format!("{n} data keys rewrapped"));
+                let (n, skipped) = broker.rewrap_all().await.map_err(refused)?;
+                rec.detail = Some(format!("{n} data keys rewrapped, {skipped} skipped"));
                 Ok(json(
                     StatusCode::OK,
-                    &serde_json::json!({ "rewrapped": n, "master_key": broker.master_key_id() }),
+                    &serde_json::json!({
+                        "rewrapped": n,
+                        "skipped": skipped,
+                        "master_key": broker.master_key_id(),
+                    }),
                 ))
             }
             _ => Err((

@@ -227,6 +227,7 @@ impl Gateway {
                     kind: principal.kind,
                     environment: environment.clone(),
                     derived_from: derived_from.clone(),
+                    workload: principal.workload.clone(),
                 },
                 now,
             )

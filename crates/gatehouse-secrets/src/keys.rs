@@ -44,10 +44,11 @@ impl MasterKey {
         if raw.len() != 32 {
             return Err(bad_key());
         }
-        let d = digest::digest(
-            &digest::SHA256,
-            &[b"gatehouse-master-key-id\0".as_slice(), &raw].concat(),
-        );
+        // Hashed in place: no copy of the key outlives this function unzeroized.
+        let mut ctx = digest::Context::new(&digest::SHA256);
+        ctx.update(b"gatehouse-master-key-id\0");
+        ctx.update(&raw);
+        let d = ctx.finish();
         let id = format!(
             "mk-{}",
             d.as_ref()[..8]

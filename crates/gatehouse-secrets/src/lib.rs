@@ -74,6 +74,10 @@ pub enum SecretError {
     /// A write lost too many races in a row.
     #[error("secret {0} is being written by others; try again")]
     Busy(String),
+    /// The secret is no longer what the caller was allowed to change (created, re-tagged or
+    /// purged meanwhile): nothing was written.
+    #[error("secret {0} changed while this request was decided; try again")]
+    Changed(String),
     /// A row names a master key this gateway does not have (the operator's config).
     #[error(
         "master key {0} is not configured (keep it in secrets.previous_master_keys until `gatehouse secret rewrap` has run)"
@@ -104,6 +108,7 @@ impl SecretError {
             SecretError::Expired { .. } => "secret_expired",
             SecretError::Invalid(_) => "invalid_request",
             SecretError::Busy(_) => "secret_busy",
+            SecretError::Changed(_) => "secret_changed",
             SecretError::UnknownMasterKey(_) => "master_key_missing",
             SecretError::Corrupt(_) => "secret_corrupt",
             SecretError::Config(_) => "config",
@@ -116,8 +121,7 @@ impl SecretError {
     pub fn is_server_error(&self) -> bool {
         matches!(
             self,
-            SecretError::Busy(_)
-                | SecretError::UnknownMasterKey(_)
+            SecretError::UnknownMasterKey(_)
                 | SecretError::Corrupt(_)
                 | SecretError::Config(_)
                 | SecretError::Store(_)
@@ -196,6 +200,32 @@ pub struct Put<'a> {
     pub max_versions: Option<i64>,
     /// Who writes (for the record).
     pub actor: &'a str,
+    /// What the caller was allowed to write into: the write is refused
+    /// ([`SecretError::Changed`]) rather than land in anything else.
+    pub expect: Expect,
+}
+
+/// The state of a secret a caller was allowed to change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expect {
+    /// Whatever is there (an operator's tool, tests).
+    Anything,
+    /// No secret at the path.
+    Absent,
+    /// A live secret with exactly these tags.
+    Tagged(BTreeMap<String, String>),
+}
+
+impl Expect {
+    /// Whether `row` (None: no secret) is what was expected.
+    fn holds(&self, row: Option<&SecretRow>) -> bool {
+        match (self, row) {
+            (Expect::Anything, _) => true,
+            (Expect::Absent, r) => r.is_none(),
+            (Expect::Tagged(t), Some(r)) => SecretInfo::of(r).tags == *t,
+            (Expect::Tagged(_), None) => false,
+        }
+    }
 }
 
 /// The broker's settings (from `[secrets]`, built by the app).
@@ -338,12 +368,19 @@ impl Broker {
             ));
         }
         let rows = self.store.secrets();
+        let new_tags = p.tags.as_ref().map(tags_json).transpose()?;
         for _ in 0..RETRIES {
             let now = self.now();
-            match rows.get(p.path).await? {
-                Some(r) if r.deleted_at.is_some() => {
-                    return Err(SecretError::Deleted(p.path.to_owned()));
-                }
+            let row = rows.get(p.path).await?;
+            if let Some(r) = &row
+                && r.deleted_at.is_some()
+            {
+                return Err(SecretError::Deleted(p.path.to_owned()));
+            }
+            if !p.expect.holds(row.as_ref()) {
+                return Err(SecretError::Changed(p.path.to_owned()));
+            }
+            match row {
                 Some(r) => {
                     let dk = self.keys.open_data_key(&r.path, &r.kek, &r.dek)?;
                     let version = r.latest + 1;
@@ -355,17 +392,19 @@ impl Broker {
                         created_by: p.actor,
                         now,
                     };
-                    if rows.add_version(p.path, r.latest, &v).await? {
-                        if let Some(t) = &p.tags {
-                            rows.set_tags(p.path, &tags_json(t)?, now).await?;
-                        }
+                    if rows
+                        .add_version(p.path, r.latest, (&r.dek, &r.tags), new_tags.as_deref(), &v)
+                        .await?
+                    {
                         return Ok(version);
                     }
                 }
                 None => {
                     let (dk, wrapped) = self.keys.new_data_key(p.path)?;
                     let sealed = dk.seal_value(p.path, 1, p.value)?;
-                    let tags = tags_json(&p.tags.clone().unwrap_or_default())?;
+                    let tags = new_tags
+                        .clone()
+                        .map_or_else(|| tags_json(&BTreeMap::new()), Ok)?;
                     let s = NewSecret {
                         path: p.path,
                         dek: &wrapped,
@@ -458,7 +497,13 @@ impl Broker {
 
     /// Writes a new version with a random value (`bytes` random bytes, base64url): rotation of
     /// a secret Gatehouse generates, such as a shared token. The value is not returned.
-    pub async fn rotate(&self, path: &str, bytes: usize, actor: &str) -> Result<i64, SecretError> {
+    pub async fn rotate(
+        &self,
+        path: &str,
+        bytes: usize,
+        actor: &str,
+        expect: &Expect,
+    ) -> Result<i64, SecretError> {
         if !(16..=1024).contains(&bytes) {
             return Err(SecretError::Invalid(
                 "a generated value has 16 to 1024 random bytes".into(),
@@ -477,6 +522,7 @@ impl Broker {
             expires_at: None,
             max_versions: None,
             actor,
+            expect: expect.clone(),
         })
         .await
     }
@@ -502,23 +548,27 @@ impl Broker {
         }
     }
 
-    /// Replaces a live secret's tags.
+    /// Replaces a live secret's tags, if they are still what `expect` says.
     pub async fn set_tags(
         &self,
         path: &str,
+        expect: &Expect,
         tags: &BTreeMap<String, String>,
     ) -> Result<(), SecretError> {
         check_tags(tags)?;
-        self.live(path).await?;
+        let r = self.live(path).await?;
+        if !expect.holds(Some(&r)) {
+            return Err(SecretError::Changed(path.to_owned()));
+        }
         if self
             .store
             .secrets()
-            .set_tags(path, &tags_json(tags)?, self.now())
+            .set_tags(path, &r.tags, &tags_json(tags)?, self.now())
             .await?
         {
             Ok(())
         } else {
-            Err(SecretError::NotFound(path.to_owned()))
+            Err(SecretError::Changed(path.to_owned()))
         }
     }
 
@@ -576,20 +626,34 @@ impl Broker {
     }
 
     /// Rewraps every data key not wrapped by the current master key (after a rotation).
-    /// Values are untouched and stay readable throughout. Returns how many were rewrapped.
-    pub async fn rewrap_all(&self) -> Result<usize, SecretError> {
+    /// Values are untouched and stay readable throughout. A row that cannot be rewrapped (its
+    /// master key is not configured, or it does not open) is logged and skipped: the others
+    /// are still rewrapped. Returns how many were rewrapped and how many were skipped.
+    pub async fn rewrap_all(&self) -> Result<(usize, usize), SecretError> {
         let rows = self.store.secrets();
         let current = self.keys.current_id();
-        let mut n = 0;
+        let (mut done, mut skipped) = (0, 0);
+        let mut after = String::new();
         loop {
-            let batch = rows.wrapped_by_others(current, 100).await?;
-            if batch.is_empty() {
-                return Ok(n);
-            }
+            let batch = rows.wrapped_by_others(current, &after, 100).await?;
+            let Some(last) = batch.last() else {
+                return Ok((done, skipped));
+            };
+            after.clone_from(&last.path);
             for r in batch {
-                let wrapped = self.keys.rewrap(&r.path, &r.kek, &r.dek)?;
-                if rows.rewrap(&r.path, &r.kek, &wrapped, current).await? {
-                    n += 1;
+                match self.keys.rewrap(&r.path, &r.kek, &r.dek) {
+                    Ok(wrapped) => {
+                        if rows
+                            .rewrap(&r.path, (&r.kek, &r.dek), &wrapped, current)
+                            .await?
+                        {
+                            done += 1;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(path = %r.path, error = %e, "data key not rewrapped");
+                        skipped += 1;
+                    }
                 }
             }
         }

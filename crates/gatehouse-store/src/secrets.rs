@@ -207,28 +207,37 @@ impl<'a> SecretRows<'a> {
         on_db!(self.store.db(), |pool| run!(pool))
     }
 
-    /// Adds version `after + 1` to a live secret whose newest version is `after`, and deletes
-    /// the versions beyond its `max_versions`. `Ok(false)`: another version came first, or the
-    /// secret is gone or deleted; nothing was written (read it again and retry).
+    /// Adds version `after + 1` to a live secret whose newest version is `after`, whose data
+    /// key is still `dek` and whose tags are still `tags` (what the writer read, sealed under and
+    /// was allowed for), sets its tags to `new_tags` when given, and deletes the versions beyond
+    /// its `max_versions`, in one transaction. `Ok(false)`: the secret changed meanwhile (another
+    /// version, a re-tag, a delete, a purge and a new secret at the path); nothing was written.
     pub async fn add_version(
         &self,
         path: &str,
         after: i64,
+        seen: (&[u8], &str),
+        new_tags: Option<&str>,
         v: &NewVersion<'_>,
     ) -> Result<bool, StoreError> {
         let what = "adding a secret version";
         let version = after + 1;
+        let (dek, tags) = seen;
         macro_rules! run {
             ($pool:expr) => {{
                 let mut tx = $pool.begin().await.map_err(StoreError::query(what))?;
                 let moved = sqlx::query(
-                    "UPDATE secrets SET latest = $3, updated_at = $4 \
-                     WHERE path = $1 AND latest = $2 AND deleted_at IS NULL",
+                    "UPDATE secrets SET latest = $3, updated_at = $4, tags = COALESCE($7, tags) \
+                     WHERE path = $1 AND latest = $2 AND dek = $5 AND tags = $6 \
+                     AND deleted_at IS NULL",
                 )
                 .bind(path)
                 .bind(after)
                 .bind(version)
                 .bind(v.now)
+                .bind(dek)
+                .bind(tags)
+                .bind(new_tags)
                 .execute(&mut *tx)
                 .await
                 .map_err(StoreError::query(what))?
@@ -408,14 +417,22 @@ impl<'a> SecretRows<'a> {
         Ok(())
     }
 
-    /// Replaces the tags of a live secret.
-    pub async fn set_tags(&self, path: &str, tags: &str, now: i64) -> Result<bool, StoreError> {
+    /// Replaces the tags of a live secret whose tags are still `was` (what the caller was
+    /// allowed to change). `Ok(false)`: no such live secret, or its tags changed meanwhile.
+    pub async fn set_tags(
+        &self,
+        path: &str,
+        was: &str,
+        tags: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
         let n = on_db!(self.store.db(), |pool| {
             sqlx::query(
-                "UPDATE secrets SET tags = $2, updated_at = $3 \
-                 WHERE path = $1 AND deleted_at IS NULL",
+                "UPDATE secrets SET tags = $3, updated_at = $4 \
+                 WHERE path = $1 AND tags = $2 AND deleted_at IS NULL",
             )
             .bind(path)
+            .bind(was)
             .bind(tags)
             .bind(now)
             .execute(pool)
@@ -526,19 +543,22 @@ impl<'a> SecretRows<'a> {
         on_db!(self.store.db(), |pool| run!(pool))
     }
 
-    /// Up to `limit` secrets whose data key is wrapped by a master key other than `kek`, by
-    /// path (what a master key rotation still has to rewrap).
+    /// Up to `limit` secrets after `after_path` (by path) whose data key is wrapped by a master
+    /// key other than `kek`: what a master key rotation still has to rewrap.
     pub async fn wrapped_by_others(
         &self,
         kek: &str,
+        after_path: &str,
         limit: i64,
     ) -> Result<Vec<SecretRow>, StoreError> {
         let what = "listing data keys to rewrap";
         on_db!(self.store.db(), |pool| {
             let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT {SECRET_COLUMNS} FROM secrets WHERE kek <> $1 ORDER BY path LIMIT $2"
+                "SELECT {SECRET_COLUMNS} FROM secrets WHERE kek <> $1 AND path > $2 \
+                 ORDER BY path LIMIT $3"
             )))
             .bind(kek)
+            .bind(after_path)
             .bind(limit)
             .fetch_all(pool)
             .await
@@ -550,25 +570,30 @@ impl<'a> SecretRows<'a> {
         })
     }
 
-    /// Replaces a secret's wrapped data key, if it is still the one `old_kek` wrapped (the
-    /// same key, wrapped anew: its versions stay readable throughout).
+    /// Replaces a secret's wrapped data key `old_dek` (wrapped by `old_kek`) with `dek`, the
+    /// same key wrapped anew by `kek`: its versions stay readable throughout. `Ok(false)`: the
+    /// row changed meanwhile (rewrapped by another node, or purged and created again).
     pub async fn rewrap(
         &self,
         path: &str,
-        old_kek: &str,
+        old: (&str, &[u8]),
         dek: &[u8],
         kek: &str,
     ) -> Result<bool, StoreError> {
+        let (old_kek, old_dek) = old;
         let n = on_db!(self.store.db(), |pool| {
-            sqlx::query("UPDATE secrets SET dek = $3, kek = $4 WHERE path = $1 AND kek = $2")
-                .bind(path)
-                .bind(old_kek)
-                .bind(dek)
-                .bind(kek)
-                .execute(pool)
-                .await
-                .map_err(StoreError::query("rewrapping a data key"))?
-                .rows_affected()
+            sqlx::query(
+                "UPDATE secrets SET dek = $4, kek = $5 WHERE path = $1 AND kek = $2 AND dek = $3",
+            )
+            .bind(path)
+            .bind(old_kek)
+            .bind(old_dek)
+            .bind(dek)
+            .bind(kek)
+            .execute(pool)
+            .await
+            .map_err(StoreError::query("rewrapping a data key"))?
+            .rows_affected()
         });
         Ok(n == 1)
     }

@@ -32,6 +32,7 @@ fn req(sub: &str) -> TokenRequest {
         kind: PrincipalKind::Service,
         environment: None,
         derived_from: Vec::new(),
+        workload: None,
     }
 }
 
@@ -288,4 +289,23 @@ fn assertion_keys_tell_every_identity_apart() {
         assert_ne!(assertion_key(v, "up"), key, "variant {i}");
     }
     assert_ne!(assertion_key(&base, "up2"), key);
+}
+
+#[test]
+fn a_workload_keeps_its_claims_through_an_exchanged_token() {
+    let own = issuer(&pem(), vec![]);
+    let w = std::sync::Arc::new(gatehouse_core::Workload {
+        platform: "github-actions".into(),
+        repository: "acme/api".into(),
+        event: "pull_request".into(),
+        ..Default::default()
+    });
+    let mut r = req("github-actions:acme:api");
+    r.kind = PrincipalKind::User;
+    r.workload = Some(w.clone());
+    let (tok, _) = own.issue(&r, 1_000).unwrap_or_else(|e| panic!("{e}"));
+    let jwt = parse_unverified(tok.expose()).unwrap_or_else(|e| panic!("{e}"));
+    let p = own.verify(&jwt, 1_010).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(p.workload, Some(w));
+    assert_eq!(p.kind, PrincipalKind::Service, "a job is never a person");
 }

@@ -35,6 +35,15 @@ permit(principal is Gatehouse::ServiceAccount, action == Gatehouse::Action::"sec
          && principal.workload.ref == "refs/heads/main" && principal.workload.environment == "prod"
          && resource.path like "prod/demo/hello/*" };
 
+@id("payments-secrets")
+permit(principal in Gatehouse::Group::"payments", action in [Gatehouse::Action::"secret:get",
+  Gatehouse::Action::"secret:list", Gatehouse::Action::"secret:put"], resource is Gatehouse::Secret)
+  when { resource.hasTag("team") && resource.getTag("team") == "payments" };
+
+@id("payments-list")
+permit(principal in Gatehouse::Group::"payments", action == Gatehouse::Action::"secret:list",
+  resource == Gatehouse::Secret::"prod/");
+
 @id("break-glass")
 forbid(principal, action == Gatehouse::Action::"secret:get", resource is Gatehouse::Secret)
   when { resource.hasTag("break-glass") && resource.getTag("break-glass") == "true" };
@@ -217,6 +226,65 @@ async fn secrets_are_written_read_listed_and_refused_as_the_policy_says() {
         .0,
         403
     );
+    // The payments team: it lists only what is tagged theirs, creates tagged secrets, and
+    // cannot re-tag one (which could move it out of a forbid's reach).
+    let pay = gw.token("pay-1", &["payments"]);
+    let listed = ok(&secret_cli(&gw, &pay, &["list", "prod/"], b""));
+    assert_eq!(listed.lines().count(), 1, "{listed}");
+    assert!(
+        listed.starts_with("prod/demo/hello/db-password\t"),
+        "{listed}"
+    );
+    ok(&secret_cli(
+        &gw,
+        &pay,
+        &["put", "prod/pay/api-key", "--tag", "team=payments"],
+        b"k",
+    ));
+    assert!(
+        !secret_cli(&gw, &pay, &["put", "prod/pay/untagged"], b"k")
+            .status
+            .success()
+    );
+    let out = secret_cli(
+        &gw,
+        &pay,
+        &[
+            "tag",
+            "prod/demo/hello/db-password",
+            "--tag",
+            "team=payments",
+            "--tag",
+            "x=y",
+        ],
+        b"",
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("403"),
+        "{out:?}"
+    );
+    let out = secret_cli(
+        &gw,
+        &pay,
+        &[
+            "put",
+            "prod/demo/hello/db-password",
+            "--tag",
+            "team=payments",
+        ],
+        b"v",
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("403"),
+        "re-tagging by put: {out:?}"
+    );
+    ok(&secret_cli(
+        &gw,
+        &pay,
+        &["put", "prod/demo/hello/db-password"],
+        b"second",
+    ));
+
     // Someone who is not ops gets nothing; nobody unauthenticated does.
     let dev = gw.token("dev-1", &["dev"]);
     let out = secret_cli(&gw, &dev, &["get", "prod/demo/hello/db-password"], b"");
@@ -336,6 +404,19 @@ async fn secrets_are_written_read_listed_and_refused_as_the_policy_says() {
         .unwrap()
         .0,
         405
+    );
+    // An encoded colon is part of the path (and refused there), never an operation.
+    assert_eq!(
+        call(
+            gw.port,
+            "GET",
+            "/.gatehouse/secrets/a/b%3Aversions",
+            &ops,
+            None
+        )
+        .unwrap()
+        .0,
+        400
     );
 
     // On record: who read what, the job's run and commit, never a value.
