@@ -26,7 +26,8 @@ pub use quickstart::{QuickstartArgs, quickstart};
 pub use secrets_cli::{SecretClient, SecretCommand, master_key_generate, secret};
 pub use serve::{ServeArgs, serve};
 pub use store::{
-    EnvCommand, RevokeCommand, env, migrate as store_migrate, revoke, status as store_status,
+    EnvCommand, RevokeCommand, env, job_end, migrate as store_migrate, revoke,
+    status as store_status,
 };
 
 /// Reads a duration as the config does (`90s`, `15m`, `12h`).

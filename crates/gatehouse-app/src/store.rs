@@ -593,6 +593,43 @@ pub enum EnvCommand {
     List,
 }
 
+/// How long a job's revocation stands: longer than any workload token of the job lives.
+const JOB_ENDED_FOR: i64 = 7 * 86_400;
+
+/// `gatehouse job end ID`: every token of the job (and what was bought with them) is refused on
+/// every node, at once on PostgreSQL, within `store.revocation_poll` otherwise.
+pub fn job_end(config: &Path, id: &str, reason: &str) -> Result<()> {
+    let cfg = Config::load(config)?;
+    let now = SystemClock.now().as_secs();
+    let actor = cli_actor();
+    runtime()?.block_on(async {
+        let store = open(&cfg, None).await?;
+        let c = store
+            .revocations()
+            .revoke(
+                gatehouse_store::NewRevocation {
+                    kind: gatehouse_core::RevocationKind::Job,
+                    value: id.to_owned(),
+                    reason: if reason.is_empty() {
+                        "job ended".into()
+                    } else {
+                        reason.to_owned()
+                    },
+                    actor,
+                    until: Some(now.saturating_add(JOB_ENDED_FOR)),
+                },
+                now,
+            )
+            .await?;
+        store.close().await;
+        println!(
+            "job {id} ended: its tokens are revoked (log entry {})",
+            c.seq
+        );
+        anyhow::Ok(())
+    })
+}
+
 /// `gatehouse env ...`.
 pub fn env(config: &Path, cmd: EnvCommand) -> Result<()> {
     let cfg = Config::load(config)?;

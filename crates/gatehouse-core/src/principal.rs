@@ -48,6 +48,43 @@ pub struct Principal {
     pub workload: Option<std::sync::Arc<Workload>>,
 }
 
+impl Workload {
+    /// The id of the job (`gatehouse job end` takes it, audit records show it): what every token
+    /// of one CI job shares and no other job's does.
+    /// - A job the token names (GitHub's `check_run_id`, a Kubernetes pod):
+    ///   `<platform>/<repository or namespace>/run/<run_id>/job/<job>`.
+    /// - A token that names its run but no job (Forgejo): one attempt of the run,
+    ///   `<platform>/<repository>/run/<run_id>/attempt/<run_attempt>`.
+    /// - `None` when the token names neither.
+    pub fn job_id(&self) -> Option<String> {
+        let scope = if self.repository.is_empty() {
+            &self.namespace
+        } else {
+            &self.repository
+        };
+        if scope.is_empty() {
+            return None;
+        }
+        match (self.run_id.as_str(), self.job.as_str()) {
+            ("", "") => None,
+            (run, job) if !job.is_empty() => Some(format!(
+                "{}/{scope}/run/{}/job/{job}",
+                self.platform,
+                if run.is_empty() { "-" } else { run }
+            )),
+            (run, _) => Some(format!(
+                "{}/{scope}/run/{run}/attempt/{}",
+                self.platform,
+                if self.run_attempt.is_empty() {
+                    "1"
+                } else {
+                    &self.run_attempt
+                }
+            )),
+        }
+    }
+}
+
 /// What a workload token says about the CI job or pod that holds it. Every field is the claim
 /// as the platform's issuer signed it, or empty when the token has none.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
@@ -154,4 +191,51 @@ pub struct Claims<'a> {
     pub groups: &'a [String],
     /// The workload's claims, for a CI job or pod.
     pub workload: Option<&'a Workload>,
+}
+
+#[cfg(test)]
+mod workload_tests {
+    use super::Workload;
+
+    #[test]
+    fn a_job_id_names_one_job_or_one_attempt_of_a_run() {
+        let gh = Workload {
+            platform: "github-actions".into(),
+            repository: "acme/api".into(),
+            run_id: "42".into(),
+            run_attempt: "2".into(),
+            job: "31337".into(),
+            ..Workload::default()
+        };
+        assert_eq!(
+            gh.job_id().as_deref(),
+            Some("github-actions/acme/api/run/42/job/31337")
+        );
+        let fj = Workload {
+            platform: "forgejo-actions".into(),
+            job: String::new(),
+            ..gh.clone()
+        };
+        assert_eq!(
+            fj.job_id().as_deref(),
+            Some("forgejo-actions/acme/api/run/42/attempt/2")
+        );
+        let pod = Workload {
+            platform: "kubernetes".into(),
+            namespace: "ci".into(),
+            job: "build-7".into(),
+            ..Workload::default()
+        };
+        assert_eq!(
+            pod.job_id().as_deref(),
+            Some("kubernetes/ci/run/-/job/build-7")
+        );
+        assert_eq!(Workload::default().job_id(), None);
+        let no_run = Workload {
+            platform: "oidc".into(),
+            repository: "a/b".into(),
+            ..Workload::default()
+        };
+        assert_eq!(no_run.job_id(), None);
+    }
 }

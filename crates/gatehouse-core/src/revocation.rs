@@ -24,17 +24,21 @@ pub enum RevocationKind {
     ServiceAccount,
     /// Every credential bound to an environment (`gatehouse env end`), by the environment's id.
     Environment,
+    /// Every credential of a CI job or pod (`gatehouse job end`), by its job id
+    /// ([`crate::Workload::job_id`]): its workload tokens and what was bought with them.
+    Job,
 }
 
 impl RevocationKind {
     /// Every kind, in the order the CLI lists them.
-    pub const ALL: [RevocationKind; 6] = [
+    pub const ALL: [RevocationKind; 7] = [
         RevocationKind::Token,
         RevocationKind::Session,
         RevocationKind::SshCert,
         RevocationKind::Subject,
         RevocationKind::ServiceAccount,
         RevocationKind::Environment,
+        RevocationKind::Job,
     ];
 
     /// The name stored and typed on the command line: `token`, `session`, `ssh-cert`,
@@ -47,6 +51,7 @@ impl RevocationKind {
             RevocationKind::Subject => "subject",
             RevocationKind::ServiceAccount => "service-account",
             RevocationKind::Environment => "environment",
+            RevocationKind::Job => "job",
         }
     }
 
@@ -101,7 +106,8 @@ impl RevocationKind {
             RevocationKind::SshCert => Some(format!("cert:{value}")),
             RevocationKind::Subject
             | RevocationKind::ServiceAccount
-            | RevocationKind::Environment => None,
+            | RevocationKind::Environment
+            | RevocationKind::Job => None,
         }
     }
 
@@ -157,6 +163,7 @@ impl Revoked {
             RevocationKind::Subject => "subject_revoked",
             RevocationKind::ServiceAccount => "service_account_revoked",
             RevocationKind::Environment => "environment_ended",
+            RevocationKind::Job => "job_ended",
         }
     }
 }
@@ -179,6 +186,7 @@ struct State {
     subjects: HashMap<String, Option<i64>>,
     services: HashMap<String, Option<i64>>,
     environments: HashMap<String, Option<i64>>,
+    jobs: HashMap<String, Option<i64>>,
     /// The last change applied: the store checks it is still in the log where this node saw it
     /// (a log restored from a backup and written to since has other entries there).
     last: Option<RevocationChange>,
@@ -193,6 +201,7 @@ impl State {
             RevocationKind::Subject => &mut self.subjects,
             RevocationKind::ServiceAccount => &mut self.services,
             RevocationKind::Environment => &mut self.environments,
+            RevocationKind::Job => &mut self.jobs,
         }
     }
 
@@ -201,6 +210,7 @@ impl State {
             && self.subjects.is_empty()
             && self.services.is_empty()
             && self.environments.is_empty()
+            && self.jobs.is_empty()
     }
 }
 
@@ -227,7 +237,11 @@ impl Revocations {
     /// How many revocations are held (lapsed ones until the next prune).
     pub fn len(&self) -> usize {
         let st = self.state.read().unwrap_or_else(|e| e.into_inner());
-        st.credentials.len() + st.subjects.len() + st.services.len() + st.environments.len()
+        st.credentials.len()
+            + st.subjects.len()
+            + st.services.len()
+            + st.environments.len()
+            + st.jobs.len()
     }
 
     /// Whether none is held.
@@ -306,6 +320,7 @@ impl Revocations {
             RevocationKind::Subject,
             RevocationKind::ServiceAccount,
             RevocationKind::Environment,
+            RevocationKind::Job,
         ] {
             st.map(kind).retain(|_, until| in_force(*until, now));
         }
@@ -347,6 +362,14 @@ impl Revocations {
         {
             return Some(Revoked {
                 kind: RevocationKind::Environment,
+            });
+        }
+        if !st.jobs.is_empty()
+            && let Some(job) = p.workload.as_ref().and_then(|w| w.job_id())
+            && hit(&st.jobs, &job)
+        {
+            return Some(Revoked {
+                kind: RevocationKind::Job,
             });
         }
         None

@@ -245,11 +245,15 @@ impl Gateway {
                 self.secrets_api(req, adm, rec).await
             }
             (p, _)
-                if ["/.gatehouse/envs", "/.gatehouse/revocations"]
-                    .iter()
-                    .any(|base| {
-                        p == *base || p.strip_prefix(base).is_some_and(|r| r.starts_with('/'))
-                    }) =>
+                if [
+                    "/.gatehouse/envs",
+                    "/.gatehouse/revocations",
+                    "/.gatehouse/jobs",
+                ]
+                .iter()
+                .any(|base| {
+                    p == *base || p.strip_prefix(base).is_some_and(|r| r.starts_with('/'))
+                }) =>
             {
                 self.state_api(req, adm, rec).await
             }

@@ -21,6 +21,8 @@ use crate::respond::{ClientKind, Refusal, typed_response};
 
 /// Largest request body read.
 const MAX_BODY: usize = 16 * 1024;
+/// How long a job's revocation stands: longer than any workload token of the job lives.
+const JOB_ENDED_FOR: i64 = 7 * 86_400;
 /// Longest life an environment is given over the API.
 const MAX_ENV_TTL: i64 = 30 * 86_400;
 
@@ -277,6 +279,45 @@ impl Gateway {
             .await
             .map_err(|r| (r, kind))?;
         let seg: Vec<&str> = segments.iter().map(String::as_str).collect();
+        // POST /.gatehouse/jobs/{job id, slashes and all}:end
+        if let Some(job) = rest.strip_prefix("jobs/") {
+            let Some(id) = job.strip_suffix(":end").filter(|_| method == Method::POST) else {
+                return Err(bad("end a job with POST /.gatehouse/jobs/{id}:end"));
+            };
+            let id = percent_encoding::percent_decode_str(id)
+                .decode_utf8()
+                .map_err(|_| bad("the job id is not UTF-8"))?
+                .into_owned();
+            RevocationKind::Job.check_value(&id).map_err(bad)?;
+            self.admit_admin(
+                &AdminRequest {
+                    principal: &principal,
+                    action: AdminAction::JobEnd,
+                    resource: AdminResource::Job { id: &id },
+                    source_ip: adm.client,
+                    method: "POST",
+                    host: &adm.host,
+                },
+                rec,
+                format!("job:end of {id}"),
+            )?;
+            let m = if body.is_empty() {
+                serde_json::Map::new()
+            } else {
+                object(&body)?
+            };
+            let reason = text_field(&m, "reason")?.unwrap_or("job ended");
+            let until = self.clock.now().as_secs().saturating_add(JOB_ENDED_FOR);
+            let seq = state
+                .revoke(RevocationKind::Job, &id, reason, &actor, Some(until))
+                .await
+                .map_err(refused)?;
+            rec.detail = Some(format!("job {id} ended (log entry {seq})"));
+            return Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({ "job": id, "ended": true, "seq": seq }),
+            ));
+        }
         match (method.as_str(), seg.as_slice()) {
             ("POST", ["envs"]) => {
                 let m = object(&body)?;
@@ -393,11 +434,13 @@ impl Gateway {
                 let rk = RevocationKind::parse(k).ok_or_else(|| {
                     bad("kind is one of token, session, ssh-cert, subject, service-account")
                 })?;
-                if rk == RevocationKind::Environment {
-                    // Ending an environment is `env:end` (DELETE /.gatehouse/envs/{id}), never a
-                    // revocation anyone with revocation:create could write or re-write.
+                if rk == RevocationKind::Environment || rk == RevocationKind::Job {
+                    // Ending an environment is `env:end` (DELETE /.gatehouse/envs/{id}), ending a
+                    // job `job:end` (POST /.gatehouse/jobs/{id}:end): never a revocation anyone
+                    // with revocation:create could write or re-write.
                     return Err(bad(
-                        "an environment is ended with DELETE /.gatehouse/envs/{id}, not revoked",
+                        "an environment is ended with DELETE /.gatehouse/envs/{id}, a job with \
+                         POST /.gatehouse/jobs/{id}:end, not revoked",
                     ));
                 }
                 let value = text_field(&m, "value")?.ok_or_else(|| bad("value is missing"))?;

@@ -121,6 +121,8 @@ pub enum AdminAction {
     SecretDelete,
     /// `secret:admin`
     SecretAdmin,
+    /// `job:end`
+    JobEnd,
 }
 
 impl AdminAction {
@@ -138,6 +140,7 @@ impl AdminAction {
             AdminAction::SecretRotate => "secret:rotate",
             AdminAction::SecretDelete => "secret:delete",
             AdminAction::SecretAdmin => "secret:admin",
+            AdminAction::JobEnd => "job:end",
         }
     }
 }
@@ -162,6 +165,11 @@ pub enum AdminResource<'a> {
         path: &'a str,
         /// Its tags.
         tags: &'a std::collections::BTreeMap<String, String>,
+    },
+    /// A CI job, by its id.
+    Job {
+        /// Its id.
+        id: &'a str,
     },
     /// A revocation of `kind` `value` (both "" for the list).
     Revocation {
@@ -408,6 +416,7 @@ fn workload_record(w: &gatehouse_core::Workload) -> Result<RestrictedExpression,
         ("actor".to_owned(), s(actor)),
         ("namespace".to_owned(), s(namespace)),
         ("service_account".to_owned(), s(service_account)),
+        ("job_id".to_owned(), s(&w.job_id().unwrap_or_default())),
     ])
     .map_err(|e| e.to_string())
 }
@@ -737,6 +746,9 @@ impl PolicyEngine {
                         ("created_by_kind".to_owned(), s(created_by_kind)),
                     ]),
                 ),
+                AdminResource::Job { id } => {
+                    (uid("Job", id), HashMap::from([("id".to_owned(), s(id))]))
+                }
                 AdminResource::Revocation { kind, value } => {
                     let id = if kind.is_empty() {
                         "*".to_owned()

@@ -109,12 +109,12 @@ impl<'a> RevocationLog<'a> {
         actor: &str,
         now: i64,
     ) -> Result<Option<RevocationChange>, StoreError> {
-        if kind == RevocationKind::Environment {
-            // An ended environment stays ended: lifting would bring back every credential that
-            // was bound to it.
-            return Err(StoreError::Invalid(
-                "an ended environment cannot be resumed: create a new one".into(),
-            ));
+        if kind == RevocationKind::Environment || kind == RevocationKind::Job {
+            // An ended environment or job stays ended: lifting would bring back every credential
+            // that was bound to it.
+            return Err(StoreError::Invalid(format!(
+                "an ended {kind} cannot be resumed: its credentials stay revoked"
+            )));
         }
         let in_force = self
             .in_force(now)

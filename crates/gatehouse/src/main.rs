@@ -80,6 +80,14 @@ enum Cmd {
         #[command(subcommand)]
         what: RevokeCmd,
     },
+    /// End a CI job: every token of it (and what was bought with them) is refused on every node.
+    Job {
+        /// The configuration file (its `[store]` is written to).
+        #[arg(long, short, env = "GATEHOUSE_CONFIG", global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        what: JobCmd,
+    },
     /// Secrets of the gateway's broker, over its HTTP API (each call decided by the policy and
     /// audited by the gateway).
     Secret {
@@ -129,6 +137,18 @@ enum Cmd {
     Credential {
         /// `get`, `store` or `erase` (git passes it).
         operation: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum JobCmd {
+    /// End the job (its id as audit records show it: `principal.workload` and `job_id`).
+    End {
+        /// The job id, e.g. `github-actions/acme/api/run/4242/job/31337`.
+        id: String,
+        /// Why (for the record).
+        #[arg(long, default_value = "")]
+        reason: String,
     },
 }
 
@@ -228,6 +248,13 @@ enum SecretCmd {
         #[arg(value_parser = ["generate"])]
         action: String,
     },
+}
+
+/// A job id as `gatehouse job end` takes it.
+fn gatehouse_core_check_job(id: &str) -> anyhow::Result<()> {
+    gatehouse_app::RevocationKind::Job
+        .check_value(id)
+        .map_err(|e| anyhow::anyhow!("job id: {e}"))
 }
 
 fn tag(s: &str) -> Result<(String, String), String> {
@@ -554,6 +581,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 EnvCmd::List => gatehouse_app::EnvCommand::List,
             };
             gatehouse_app::env(&config, cmd)?
+        }
+        Cmd::Job { config, what } => {
+            let Some(config) = config else {
+                anyhow::bail!("job needs --config (or GATEHOUSE_CONFIG): the store is written");
+            };
+            match what {
+                JobCmd::End { id, reason } => {
+                    gatehouse_core_check_job(&id)?;
+                    gatehouse_app::job_end(&config, &id, &reason)?
+                }
+            }
         }
         Cmd::Secret {
             server,

@@ -44,6 +44,14 @@ permit(principal in Gatehouse::Group::"payments", action in [Gatehouse::Action::
 permit(principal in Gatehouse::Group::"payments", action == Gatehouse::Action::"secret:list",
   resource == Gatehouse::Secret::"prod/");
 
+@id("jobs-end-themselves")
+permit(principal is Gatehouse::ServiceAccount, action == Gatehouse::Action::"job:end", resource is Gatehouse::Job)
+  when { principal has workload && principal.workload.job_id == resource.id };
+
+@id("deploy-job-clones")
+permit(principal is Gatehouse::ServiceAccount, action == Gatehouse::Action::"git:read", resource == Gatehouse::Repo::"demo/hello")
+  when { principal has workload && principal.workload.repository == "demo/hello" };
+
 @id("break-glass")
 forbid(principal, action == Gatehouse::Action::"secret:get", resource is Gatehouse::Secret)
   when { resource.hasTag("break-glass") && resource.getTag("break-glass") == "true" };
@@ -95,13 +103,17 @@ fn ok(out: &std::process::Output) -> String {
 }
 
 fn job_claims(idp: &Idp, environment: &str) -> Value {
+    job_claims_for(idp, environment, "9001")
+}
+
+fn job_claims_for(idp: &Idp, environment: &str, job: &str) -> Value {
     let t = now();
     json!({
-        "iss": idp.issuer(), "aud": "gatehouse", "iat": t, "exp": t + 300, "jti": format!("job-{environment}"),
+        "iss": idp.issuer(), "aud": "gatehouse", "iat": t, "exp": t + 300, "jti": format!("job-{environment}-{job}"),
         "sub": format!("repo:demo/hello:environment:{environment}"),
         "repository": "demo/hello", "repository_owner": "demo", "ref": "refs/heads/main",
         "ref_type": "branch", "sha": "e5b6f8c1a2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7",
-        "workflow": "Deploy", "check_run_id": "9001", "run_id": "77", "run_attempt": "1",
+        "workflow": "Deploy", "check_run_id": job, "run_id": "77", "run_attempt": "1",
         "environment": environment, "event_name": "push", "runner_environment": "github-hosted",
         "actor": "octocat"
     })
@@ -516,4 +528,94 @@ fn a_node_killed_mid_burst_of_puts_keeps_every_acknowledged_version() {
             "{path} v{version}"
         );
     }
+}
+
+/// Waits until `f` answers `want` (within a second: a revocation reaches every node in one).
+fn within_a_second(what: &str, want: u16, f: impl Fn() -> u16) {
+    let start = Instant::now();
+    loop {
+        let got = f();
+        if got == want {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "{what}: still {got}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ending_a_job_revokes_its_tokens_and_a_job_may_end_itself() {
+    let tmp = TempDir::new("secrets-job-end");
+    let gw = gateway(&tmp, "");
+    let idp = Idp::shared();
+    let ops = gw.token("oncall", &["ops"]);
+    ok(&secret_cli(
+        &gw,
+        &ops,
+        &["put", "prod/demo/hello/db-password"],
+        b"v1",
+    ));
+    let path = "/.gatehouse/secrets/prod/demo/hello/db-password";
+    let refs = "/demo/hello.git/info/refs?service=git-upload-pack";
+    let first = idp
+        .sign(job_claims_for(idp, "prod", "9001"), "RS256", None)
+        .await;
+    let second = idp
+        .sign(job_claims_for(idp, "prod", "9002"), "RS256", None)
+        .await;
+    for t in [&first, &second] {
+        assert_eq!(call(gw.port, "GET", path, t, None).unwrap().0, 200);
+        assert_eq!(call(gw.port, "GET", refs, t, None).unwrap().0, 200);
+    }
+    // The operator ends the first job by the id the audit records show.
+    let out = gw.cli(&["job", "end", "github-actions/demo/hello/run/77/job/9001"]);
+    assert!(out.status.success(), "{out:?}");
+    within_a_second("the ended job's secret read", 401, || {
+        call(gw.port, "GET", path, &first, None).unwrap().0
+    });
+    assert_eq!(
+        call(gw.port, "GET", refs, &first, None).unwrap().0,
+        401,
+        "and its clone"
+    );
+    assert_eq!(
+        call(gw.port, "GET", path, &second, None).unwrap().0,
+        200,
+        "another job of the run"
+    );
+    // A job ends itself over the API; it may not end another.
+    let third = idp
+        .sign(job_claims_for(idp, "prod", "9003"), "RS256", None)
+        .await;
+    let other = "/.gatehouse/jobs/github-actions/demo/hello/run/77/job/9003:end";
+    assert_eq!(call(gw.port, "POST", other, &second, None).unwrap().0, 403);
+    let own = "/.gatehouse/jobs/github-actions/demo/hello/run/77/job/9002:end";
+    let (status, doc) = call(gw.port, "POST", own, &second, None).unwrap();
+    assert_eq!((status, doc["ended"].as_bool()), (200, Some(true)), "{doc}");
+    within_a_second("the job that ended itself", 401, || {
+        call(gw.port, "GET", path, &second, None).unwrap().0
+    });
+    assert_eq!(call(gw.port, "GET", path, &third, None).unwrap().0, 200);
+    // An ended job stays ended: it cannot be lifted, nor written through the revocation API.
+    let lift = gw.cli(&[
+        "revoke",
+        "lift",
+        "job",
+        "github-actions/demo/hello/run/77/job/9001",
+    ]);
+    assert!(!lift.status.success(), "{lift:?}");
+    let (status, _) = call(
+        gw.port,
+        "POST",
+        "/.gatehouse/revocations",
+        &ops,
+        Some(&json!({"kind": "job", "value": "github-actions/demo/hello/run/77/job/9003"})),
+    )
+    .unwrap();
+    assert_eq!(status, 400);
+    let audit = gw.audit_when("the refusal of the ended job", |a| a.contains("job_ended"));
+    assert!(audit.contains("\"job:end\""), "{audit}");
 }
