@@ -407,6 +407,50 @@ pub fn audit_search(file: &Path, query: &gatehouse_audit::SearchQuery, json: boo
     Ok(!found.is_empty())
 }
 
+/// `gatehouse audit search --job ID`: every record of a CI job. Returns whether there was one.
+pub fn audit_search_job(file: &Path, job: &str, json: bool) -> Result<bool> {
+    let found = gatehouse_audit::search_job(file, job)?;
+    for r in &found {
+        if json {
+            out!(
+                "{}",
+                serde_json::json!({
+                    "time": r.time, "request_id": r.request_id, "event": r.event,
+                    "action": r.action, "decision": r.decision, "reason": r.reason,
+                    "repo": r.repo, "detail": r.detail, "commit": r.commit,
+                    "file": r.file, "line": r.line,
+                })
+            );
+        } else {
+            out!(
+                "{}  {}  {} {}  {}{}{}  request {}  {}:{}",
+                r.time,
+                if r.action.is_empty() {
+                    &r.event
+                } else {
+                    &r.action
+                },
+                r.decision,
+                r.reason,
+                r.repo,
+                if r.repo.is_empty() || r.detail.is_empty() {
+                    ""
+                } else {
+                    "  "
+                },
+                r.detail,
+                r.request_id,
+                r.file.display(),
+                r.line
+            );
+        }
+    }
+    if found.is_empty() && !json {
+        eprintln!("no record of job {job} in {}", file.display());
+    }
+    Ok(!found.is_empty())
+}
+
 /// `gatehouse keys generate --out FILE`: a new P-256 signing key, readable by its owner only.
 pub fn keys_generate(out: &Path, force: bool) -> Result<()> {
     write_new_key(out, force)?;

@@ -16,8 +16,8 @@ mod sockets;
 mod store;
 
 pub use commands::{
-    ExplainArgs, TokenIssueArgs, audit_search, audit_verify, keys_generate, policy_check,
-    policy_explain, token_issue,
+    ExplainArgs, TokenIssueArgs, audit_search, audit_search_job, audit_verify, keys_generate,
+    policy_check, policy_explain, token_issue,
 };
 pub use gatehouse_audit::SearchQuery;
 pub use gatehouse_core::RevocationKind;

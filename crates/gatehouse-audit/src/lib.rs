@@ -21,7 +21,7 @@ mod writer;
 
 pub use chain::{ChainHead, GENESIS, VerifyError, VerifyReport, hash_line, rotated_parts, verify};
 pub use record::{AuditPrincipal, AuditRecord, AuditRef};
-pub use search::{PushMatch, SearchError, SearchQuery, search};
+pub use search::{JobRecord, PushMatch, SearchError, SearchQuery, search, search_job};
 pub use writer::{
     AuditOptions, AuditSink, AuditSlot, AuditUnavailable, COMMIT_TIMEOUT, FlushStats, OpenError,
 };

@@ -99,6 +99,10 @@ impl Serialize for WorkloadView<'_> {
                 m.serialize_entry(k, v)?;
             }
         }
+        // What `gatehouse job end` and `gatehouse audit search --job` take.
+        if let Some(id) = self.0.job_id() {
+            m.serialize_entry("job_id", &id)?;
+        }
         m.end()
     }
 }

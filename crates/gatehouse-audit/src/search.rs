@@ -17,6 +17,122 @@ pub struct SearchQuery {
     pub git_ref: Option<String>,
 }
 
+/// One record of a CI job (`gatehouse audit search --job`): what it asked, and the answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobRecord {
+    /// When.
+    pub time: String,
+    /// The request id.
+    pub request_id: String,
+    /// `request`, `push`, ...
+    pub event: String,
+    /// The policy action asked (`secret:get`, `git:read`, ...).
+    pub action: String,
+    /// `allow`, `deny` or `error`.
+    pub decision: String,
+    /// The reason code.
+    pub reason: String,
+    /// The repository, when the request was about one.
+    pub repo: String,
+    /// What was done (`secret prod/acme/api/db-password version 3`), never a value.
+    pub detail: String,
+    /// The commit the job runs.
+    pub commit: String,
+    /// The file the record is in.
+    pub file: std::path::PathBuf,
+    /// Its line.
+    pub line: u64,
+}
+
+#[derive(Deserialize)]
+struct JobWorkload {
+    #[serde(default)]
+    job_id: String,
+    #[serde(default)]
+    commit: String,
+}
+
+#[derive(Deserialize)]
+struct JobPrincipal {
+    #[serde(default)]
+    workload: Option<JobWorkload>,
+}
+
+#[derive(Deserialize)]
+struct JobLine {
+    #[serde(default)]
+    event: String,
+    #[serde(default)]
+    time: String,
+    #[serde(default)]
+    request_id: Option<String>,
+    #[serde(default)]
+    principal: Option<JobPrincipal>,
+    #[serde(default)]
+    action: Option<String>,
+    #[serde(default)]
+    decision: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    repo: Option<String>,
+    #[serde(default)]
+    detail: Option<String>,
+}
+
+/// Every record of the CI job `job_id` (its `principal.workload.job_id`), oldest first: what
+/// the job read (secrets by path and version), cloned, pushed, and what it was refused.
+pub fn search_job(path: &Path, job_id: &str) -> Result<Vec<JobRecord>, SearchError> {
+    if job_id.is_empty() {
+        return Err(SearchError::Query("--job needs a job id".into()));
+    }
+    let parts = crate::rotated_parts(path).map_err(|e| SearchError::Io {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let mut out = Vec::new();
+    let files: Vec<&Path> = parts
+        .iter()
+        .map(|(_, _, p)| p.as_path())
+        .chain(std::iter::once(path))
+        .collect();
+    for file_path in files {
+        let file = File::open(file_path).map_err(|e| SearchError::Io {
+            path: file_path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        for (i, line) in BufReader::new(file).split(b'\n').enumerate() {
+            let line = line.map_err(|e| SearchError::Io {
+                path: file_path.display().to_string(),
+                message: e.to_string(),
+            })?;
+            let Ok(rec) = serde_json::from_slice::<JobLine>(&line) else {
+                continue;
+            };
+            let Some(w) = rec.principal.and_then(|p| p.workload) else {
+                continue;
+            };
+            if w.job_id != job_id {
+                continue;
+            }
+            out.push(JobRecord {
+                time: rec.time,
+                request_id: rec.request_id.unwrap_or_default(),
+                event: rec.event,
+                action: rec.action.unwrap_or_default(),
+                decision: rec.decision.unwrap_or_default(),
+                reason: rec.reason.unwrap_or_default(),
+                repo: rec.repo.unwrap_or_default(),
+                detail: rec.detail.unwrap_or_default(),
+                commit: w.commit,
+                file: file_path.to_path_buf(),
+                line: i as u64 + 1,
+            });
+        }
+    }
+    Ok(out)
+}
+
 /// One ref update that matched, with the push it belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PushMatch {

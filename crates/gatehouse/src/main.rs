@@ -362,6 +362,10 @@ enum AuditCmd {
         /// A ref: `refs/heads/main`, or `main`.
         #[arg(long = "ref")]
         git_ref: Option<String>,
+        /// A CI job's id (`principal.workload.job_id`): every record of the job instead, what
+        /// it read, cloned, pushed and was refused.
+        #[arg(long, conflicts_with_all = ["commit", "repo", "git_ref"])]
+        job: Option<String>,
         /// One JSON object per match.
         #[arg(long)]
         json: bool,
@@ -547,8 +551,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             commit,
             repo,
             git_ref,
+            job,
             json,
         }) => {
+            if let Some(job) = job {
+                if !gatehouse_app::audit_search_job(&file, &job, json)? {
+                    return Ok(ExitCode::FAILURE);
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             let query = gatehouse_app::SearchQuery {
                 commit,
                 repo,

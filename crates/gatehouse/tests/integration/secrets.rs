@@ -618,4 +618,30 @@ async fn ending_a_job_revokes_its_tokens_and_a_job_may_end_itself() {
     assert_eq!(status, 400);
     let audit = gw.audit_when("the refusal of the ended job", |a| a.contains("job_ended"));
     assert!(audit.contains("\"job:end\""), "{audit}");
+    // What did the first job do? Its reads, its clone, and its refusals after it ended.
+    let out = gw.cli_raw(&[
+        "audit",
+        "search",
+        &gw.audit_path().to_string_lossy(),
+        "--job",
+        "github-actions/demo/hello/run/77/job/9001",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        text.lines().any(|l| l.contains("secret:get  allow")
+            && l.contains("secret prod/demo/hello/db-password version 1")),
+        "{text}"
+    );
+    assert!(text.contains("git:read  allow"), "{text}");
+    // Only this job's records (the second job's reads are not its).
+    assert_eq!(
+        text.lines().count(),
+        audit
+            .lines()
+            .filter(|l| l.contains("\"job_id\":\"github-actions/demo/hello/run/77/job/9001\""))
+            .count(),
+        "{text}"
+    );
+    assert!(!text.contains("v1 "), "a value in the search: {text}");
 }
