@@ -57,44 +57,8 @@ struct WorkloadView<'a>(&'a gatehouse_core::Workload);
 impl Serialize for WorkloadView<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap as _;
-        let gatehouse_core::Workload {
-            platform,
-            repository,
-            owner,
-            git_ref,
-            ref_type,
-            commit,
-            workflow,
-            job,
-            run_id,
-            run_attempt,
-            environment,
-            event,
-            runner,
-            actor,
-            namespace,
-            service_account,
-        } = self.0;
-        let fields = [
-            ("platform", platform),
-            ("repository", repository),
-            ("owner", owner),
-            ("ref", git_ref),
-            ("ref_type", ref_type),
-            ("commit", commit),
-            ("workflow", workflow),
-            ("job", job),
-            ("run_id", run_id),
-            ("run_attempt", run_attempt),
-            ("environment", environment),
-            ("event", event),
-            ("runner", runner),
-            ("actor", actor),
-            ("namespace", namespace),
-            ("service_account", service_account),
-        ];
         let mut m = s.serialize_map(None)?;
-        for (k, v) in fields {
+        for (k, v) in self.0.fields() {
             if !v.is_empty() {
                 m.serialize_entry(k, v)?;
             }

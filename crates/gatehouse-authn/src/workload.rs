@@ -239,9 +239,9 @@ pub fn workload_of(
 /// policy's field names; empty fields left out).
 pub(crate) fn workload_claim(w: &Workload) -> Value {
     let mut m = Map::new();
-    for (k, v) in fields(w) {
+    for (k, v) in w.fields() {
         if !v.is_empty() {
-            m.insert(k.to_owned(), Value::String(v.clone()));
+            m.insert(k.to_owned(), Value::String(v.to_owned()));
         }
     }
     Value::Object(m)
@@ -276,46 +276,6 @@ pub(crate) fn workload_from_claim(v: &Value) -> Option<Workload> {
         *slot = v;
     }
     (!w.platform.is_empty()).then_some(w)
-}
-
-/// Every field of a workload by its policy name.
-fn fields(w: &Workload) -> [(&'static str, &String); 16] {
-    let Workload {
-        platform,
-        repository,
-        owner,
-        git_ref,
-        ref_type,
-        commit,
-        workflow,
-        job,
-        run_id,
-        run_attempt,
-        environment,
-        event,
-        runner,
-        actor,
-        namespace,
-        service_account,
-    } = w;
-    [
-        ("platform", platform),
-        ("repository", repository),
-        ("owner", owner),
-        ("ref", git_ref),
-        ("ref_type", ref_type),
-        ("commit", commit),
-        ("workflow", workflow),
-        ("job", job),
-        ("run_id", run_id),
-        ("run_attempt", run_attempt),
-        ("environment", environment),
-        ("event", event),
-        ("runner", runner),
-        ("actor", actor),
-        ("namespace", namespace),
-        ("service_account", service_account),
-    ]
 }
 
 /// The forge user name a workload goes by when its token names none: `<platform>:<owner>:<repo>`

@@ -49,6 +49,48 @@ pub struct Principal {
 }
 
 impl Workload {
+    /// Every field by the name the policy, audit records and Gatehouse's own tokens give it
+    /// (`ref` for `git_ref`), in the schema's order.
+    pub fn fields(&self) -> [(&'static str, &str); 16] {
+        // Every field by name, with no `..`: a field added does not compile until it is named.
+        let Workload {
+            platform,
+            repository,
+            owner,
+            git_ref,
+            ref_type,
+            commit,
+            workflow,
+            job,
+            run_id,
+            run_attempt,
+            environment,
+            event,
+            runner,
+            actor,
+            namespace,
+            service_account,
+        } = self;
+        [
+            ("platform", platform),
+            ("repository", repository),
+            ("owner", owner),
+            ("ref", git_ref),
+            ("ref_type", ref_type),
+            ("commit", commit),
+            ("workflow", workflow),
+            ("job", job),
+            ("run_id", run_id),
+            ("run_attempt", run_attempt),
+            ("environment", environment),
+            ("event", event),
+            ("runner", runner),
+            ("actor", actor),
+            ("namespace", namespace),
+            ("service_account", service_account),
+        ]
+    }
+
     /// The id of the job (`gatehouse job end` takes it, audit records show it): what every token
     /// of one CI job shares and no other job's does.
     /// - A job the token names (GitHub's `check_run_id`, a Kubernetes pod):

@@ -25,7 +25,7 @@ use gatehouse_audit::AuditRecord;
 use gatehouse_core::{Principal, UnixTime};
 use gatehouse_policy::{AdminAction, AdminRequest, AdminResource};
 use gatehouse_secrets::{Broker, Expect, Put, SecretError, SecretInfo};
-use http::{Method, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 
 use crate::body::Body;
 use crate::proxy::{Admitted, Gateway};
@@ -160,23 +160,9 @@ impl Gateway {
             ));
         };
         let method = req.method().clone();
-        if method != Method::GET
-            && method != Method::HEAD
-            && let Some(refusal) = crate::portal::cross_site_write(
-                req.headers(),
-                &adm.host,
-                method.as_str(),
-                req.uri().path(),
-            )
-        {
-            rec.decision = Some("deny");
-            return Err((refusal, kind));
-        }
-        let principal = match self.identify(req.headers(), adm, rec, kind, false).await? {
-            Some((p, _)) => p,
-            None => return Err(crate::portal::missing(kind)),
-        };
-        let actor = format!("{}:{}", principal.kind.as_str(), principal.username);
+        let (principal, actor) = self
+            .api_caller(req.headers(), &method, req.uri().path(), adm, rec)
+            .await?;
         let raw = req.uri().path().to_owned();
         let query = req.uri().query().unwrap_or("").to_owned();
         let rest = raw

@@ -212,6 +212,34 @@ impl Gateway {
         })
     }
 
+    /// The caller of one of Gatehouse's own APIs, and how records name it (`kind:username`):
+    /// authenticated like any API client (bearer token or Basic, never a browser session), and
+    /// never from another site for a write (a browser replays cached Basic credentials).
+    pub(crate) async fn api_caller(
+        &self,
+        headers: &http::HeaderMap,
+        method: &Method,
+        path: &str,
+        adm: &Admitted,
+        rec: &mut AuditRecord,
+    ) -> Result<(Arc<gatehouse_core::Principal>, String), (Refusal, ClientKind)> {
+        let kind = ClientKind::Api;
+        if method != Method::GET
+            && method != Method::HEAD
+            && let Some(refusal) =
+                crate::portal::cross_site_write(headers, &adm.host, method.as_str(), path)
+        {
+            rec.decision = Some("deny");
+            return Err((refusal, kind));
+        }
+        let principal = match self.identify(headers, adm, rec, kind, false).await? {
+            Some((p, _)) => p,
+            None => return Err(crate::portal::missing(kind)),
+        };
+        let actor = format!("{}:{}", principal.kind.as_str(), principal.username);
+        Ok((principal, actor))
+    }
+
     /// Asks the core; a denial is a refusal (and on record).
     pub(crate) fn admit_admin(
         &self,
@@ -248,23 +276,9 @@ impl Gateway {
         let kind = ClientKind::Api;
         let state = self.state_store()?.clone();
         let method = req.method().clone();
-        if method != Method::GET
-            && method != Method::HEAD
-            && let Some(refusal) = crate::portal::cross_site_write(
-                req.headers(),
-                &adm.host,
-                method.as_str(),
-                req.uri().path(),
-            )
-        {
-            rec.decision = Some("deny");
-            return Err((refusal, kind));
-        }
-        let principal = match self.identify(req.headers(), adm, rec, kind, false).await? {
-            Some((p, _)) => p,
-            None => return Err(crate::portal::missing(kind)),
-        };
-        let actor = format!("{}:{}", principal.kind.as_str(), principal.username);
+        let (principal, actor) = self
+            .api_caller(req.headers(), &method, req.uri().path(), adm, rec)
+            .await?;
         let path = req.uri().path().to_owned();
         let rest = path.strip_prefix("/.gatehouse/").unwrap_or("");
         let segments: Vec<String> = rest

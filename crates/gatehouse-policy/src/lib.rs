@@ -381,44 +381,15 @@ fn s(v: &str) -> RestrictedExpression {
 
 /// `principal.workload`, every field of the schema's `Workload` type.
 fn workload_record(w: &gatehouse_core::Workload) -> Result<RestrictedExpression, String> {
-    let gatehouse_core::Workload {
-        platform,
-        repository,
-        owner,
-        git_ref,
-        ref_type,
-        commit,
-        workflow,
-        job,
-        run_id,
-        run_attempt,
-        environment,
-        event,
-        runner,
-        actor,
-        namespace,
-        service_account,
-    } = w;
-    RestrictedExpression::new_record([
-        ("platform".to_owned(), s(platform)),
-        ("repository".to_owned(), s(repository)),
-        ("owner".to_owned(), s(owner)),
-        ("ref".to_owned(), s(git_ref)),
-        ("ref_type".to_owned(), s(ref_type)),
-        ("commit".to_owned(), s(commit)),
-        ("workflow".to_owned(), s(workflow)),
-        ("job".to_owned(), s(job)),
-        ("run_id".to_owned(), s(run_id)),
-        ("run_attempt".to_owned(), s(run_attempt)),
-        ("environment".to_owned(), s(environment)),
-        ("event".to_owned(), s(event)),
-        ("runner".to_owned(), s(runner)),
-        ("actor".to_owned(), s(actor)),
-        ("namespace".to_owned(), s(namespace)),
-        ("service_account".to_owned(), s(service_account)),
-        ("job_id".to_owned(), s(&w.job_id().unwrap_or_default())),
-    ])
-    .map_err(|e| e.to_string())
+    let fields = w
+        .fields()
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), s(v)))
+        .chain(std::iter::once((
+            "job_id".to_owned(),
+            s(&w.job_id().unwrap_or_default()),
+        )));
+    RestrictedExpression::new_record(fields).map_err(|e| e.to_string())
 }
 
 impl PolicyEngine {

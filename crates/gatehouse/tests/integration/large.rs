@@ -68,9 +68,12 @@ fn large_push_and_clone_stream_through_nginx() {
 fn large_push_and_clone_stream_and_sigterm_drains() {
     let tmp = TempDir::new("large");
     let (root, _) = repos(&tmp);
+    // A grace well past how long the clone can take on a loaded 2-core CI machine: this test is
+    // about draining; cutting off at the end of the grace is shutdown.rs's.
     let mut gw = builder()
         .with_builtin_upstream(&root)
         .policy(POLICY)
+        .shutdown_grace("180s")
         .start();
     let alice = gw.token("alice", &["dev"]);
     let git = git_bearer(&tmp.path().join("home"), &alice);
