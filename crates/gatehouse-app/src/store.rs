@@ -593,9 +593,6 @@ pub enum EnvCommand {
     List,
 }
 
-/// How long a job's revocation stands: longer than any workload token of the job lives.
-const JOB_ENDED_FOR: i64 = 7 * 86_400;
-
 /// `gatehouse job end ID`: every token of the job (and what was bought with them) is refused on
 /// every node, at once on PostgreSQL, within `store.revocation_poll` otherwise.
 pub fn job_end(config: &Path, id: &str, reason: &str) -> Result<()> {
@@ -616,7 +613,7 @@ pub fn job_end(config: &Path, id: &str, reason: &str) -> Result<()> {
                         reason.to_owned()
                     },
                     actor,
-                    until: Some(now.saturating_add(JOB_ENDED_FOR)),
+                    until: Some(now.saturating_add(gatehouse_core::JOB_ENDED_FOR)),
                 },
                 now,
             )

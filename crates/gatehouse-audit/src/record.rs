@@ -43,7 +43,7 @@ impl Serialize for AuditPrincipal {
             None => st.skip_field("environment")?,
         }
         match &p.workload {
-            Some(w) => st.serialize_field("workload", &WorkloadView(w))?,
+            Some(w) => st.serialize_field("workload", &WorkloadView(w, &p.issuer))?,
             None => st.skip_field("workload")?,
         }
         st.end()
@@ -52,7 +52,7 @@ impl Serialize for AuditPrincipal {
 
 /// A workload's claims in a record: the fields the token had (job, run, repository, ref,
 /// commit, ...), by their policy names.
-struct WorkloadView<'a>(&'a gatehouse_core::Workload);
+struct WorkloadView<'a>(&'a gatehouse_core::Workload, &'a str);
 
 impl Serialize for WorkloadView<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -64,7 +64,7 @@ impl Serialize for WorkloadView<'_> {
             }
         }
         // What `gatehouse job end` and `gatehouse audit search --job` take.
-        if let Some(id) = self.0.job_id() {
+        if let Some(id) = self.0.job_id(self.1) {
             m.serialize_entry("job_id", &id)?;
         }
         m.end()

@@ -8,7 +8,7 @@
 //! - Forgejo Actions (15+, `services/actions/auth.go` `IDTokenCustomClaims`): the same names,
 //!   without a job, environment or runner claim; `workflow` is the workflow's file name.
 //! - Kubernetes (`pkg/serviceaccount/claims.go`): `kubernetes.io.namespace`,
-//!   `kubernetes.io.serviceaccount.name`, `kubernetes.io.pod.name` (the job),
+//!   `kubernetes.io.serviceaccount.name`, `kubernetes.io.pod.uid` (the job),
 //!   `kubernetes.io.node.name` (the runner).
 //! - Any other OIDC issuer: GitHub's names, and `job_id` for the job.
 
@@ -190,7 +190,9 @@ pub fn workload_of(
             platform: platform.as_str().to_owned(),
             namespace: required("kubernetes.io.namespace")?,
             service_account: required("kubernetes.io.serviceaccount.name")?,
-            job: text("kubernetes.io.pod.name")?,
+            // The pod's uid, not its name: a StatefulSet's or runner's pod comes back under the
+            // same name, and must not inherit an ended predecessor's revocation.
+            job: text("kubernetes.io.pod.uid")?,
             runner: text("kubernetes.io.node.name")?,
             ..Workload::default()
         },
@@ -485,7 +487,7 @@ mod tests {
                 w.job.as_str(),
                 w.runner.as_str()
             ),
-            ("ci", "builder", "build-7", "n1")
+            ("ci", "builder", "p", "n1")
         );
         assert_eq!(
             workload_username(&w, "system:serviceaccount:ci:builder"),

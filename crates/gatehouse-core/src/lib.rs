@@ -20,7 +20,7 @@ pub use prehashed::{Prehashed, PrehashedHasher};
 pub use principal::{Claims, Principal, PrincipalKind, Workload};
 pub use redacted::Redacted;
 pub use resource::{OwnerRef, RepoRef, Resource, Route, Via};
-pub use revocation::{RevocationChange, RevocationKind, Revocations, Revoked};
+pub use revocation::{JOB_ENDED_FOR, RevocationChange, RevocationKind, Revocations, Revoked};
 
 /// The outcome of an authorization decision, with what a human needs to understand it.
 ///

@@ -91,39 +91,36 @@ impl Workload {
         ]
     }
 
-    /// The id of the job (`gatehouse job end` takes it, audit records show it): what every token
-    /// of one CI job shares and no other job's does.
-    /// - A job the token names (GitHub's `check_run_id`, a Kubernetes pod):
-    ///   `<platform>/<repository or namespace>/run/<run_id>/job/<job>`.
-    /// - A token that names its run but no job (Forgejo): one attempt of the run,
-    ///   `<platform>/<repository>/run/<run_id>/attempt/<run_attempt>`.
-    /// - `None` when the token names neither.
-    pub fn job_id(&self) -> Option<String> {
+    /// The id of the job (`gatehouse job end` takes it, audit records show it): what every
+    /// token of one CI job shares and no other job's does,
+    /// `<issuer without scheme>/<repository or namespace>/run/<run_id>/job/<job>`, e.g.
+    /// `token.actions.githubusercontent.com/acme/api/run/4242/job/31337`. The issuer keeps two
+    /// forges' (or clusters') jobs apart; run and job are percent-encoded, so no repository name
+    /// makes two ids equal.
+    ///
+    /// `None` when the token names no job: Forgejo's and GitHub Enterprise Server's tokens name
+    /// only their run (and Forgejo's `run_attempt` counts each job's own attempts), so an id
+    /// built from the run would stand for every job of it.
+    pub fn job_id(&self, issuer: &str) -> Option<String> {
         let scope = if self.repository.is_empty() {
             &self.namespace
         } else {
             &self.repository
         };
-        if scope.is_empty() {
+        if scope.is_empty() || self.job.is_empty() {
             return None;
         }
-        match (self.run_id.as_str(), self.job.as_str()) {
-            ("", "") => None,
-            (run, job) if !job.is_empty() => Some(format!(
-                "{}/{scope}/run/{}/job/{job}",
-                self.platform,
-                if run.is_empty() { "-" } else { run }
-            )),
-            (run, _) => Some(format!(
-                "{}/{scope}/run/{run}/attempt/{}",
-                self.platform,
-                if self.run_attempt.is_empty() {
-                    "1"
-                } else {
-                    &self.run_attempt
-                }
-            )),
-        }
+        let enc = |s: &str| s.replace('%', "%25").replace('/', "%2F");
+        let iss = issuer
+            .split_once("://")
+            .map_or(issuer, |(_, rest)| rest)
+            .trim_end_matches('/');
+        let run = if self.run_id.is_empty() {
+            "-".to_owned()
+        } else {
+            enc(&self.run_id)
+        };
+        Some(format!("{iss}/{scope}/run/{run}/job/{}", enc(&self.job)))
     }
 }
 
@@ -240,7 +237,7 @@ mod workload_tests {
     use super::Workload;
 
     #[test]
-    fn a_job_id_names_one_job_or_one_attempt_of_a_run() {
+    fn a_job_id_names_one_job_of_one_issuer_and_nothing_else() {
         let gh = Workload {
             platform: "github-actions".into(),
             repository: "acme/api".into(),
@@ -249,35 +246,48 @@ mod workload_tests {
             job: "31337".into(),
             ..Workload::default()
         };
+        let iss = "https://token.actions.githubusercontent.com";
         assert_eq!(
-            gh.job_id().as_deref(),
-            Some("github-actions/acme/api/run/42/job/31337")
+            gh.job_id(iss).as_deref(),
+            Some("token.actions.githubusercontent.com/acme/api/run/42/job/31337")
         );
+        // Another forge's run of the same repository is another job.
+        assert_ne!(
+            gh.job_id(iss),
+            gh.job_id("https://ghes.example.com/_services/token")
+        );
+        // A token that names no job (Forgejo, GHES) has no job id: one built from its run
+        // would stand for every job of the run.
         let fj = Workload {
             platform: "forgejo-actions".into(),
             job: String::new(),
             ..gh.clone()
         };
-        assert_eq!(
-            fj.job_id().as_deref(),
-            Some("forgejo-actions/acme/api/run/42/attempt/2")
-        );
+        assert_eq!(fj.job_id("https://forgejo.example/api/actions"), None);
         let pod = Workload {
             platform: "kubernetes".into(),
             namespace: "ci".into(),
-            job: "build-7".into(),
+            job: "6f1c2d3e-uid".into(),
             ..Workload::default()
         };
         assert_eq!(
-            pod.job_id().as_deref(),
-            Some("kubernetes/ci/run/-/job/build-7")
+            pod.job_id("https://kubernetes.default.svc").as_deref(),
+            Some("kubernetes.default.svc/ci/run/-/job/6f1c2d3e-uid")
         );
-        assert_eq!(Workload::default().job_id(), None);
-        let no_run = Workload {
-            platform: "oidc".into(),
-            repository: "a/b".into(),
+        assert_eq!(Workload::default().job_id(iss), None);
+        // Slashes in run or job never make two ids equal.
+        let a = Workload {
+            repository: "x".into(),
+            run_id: "5".into(),
+            job: "6/run/7/job/8".into(),
             ..Workload::default()
         };
-        assert_eq!(no_run.job_id(), None);
+        let b = Workload {
+            repository: "x/run/5/job/6".into(),
+            run_id: "7".into(),
+            job: "8".into(),
+            ..Workload::default()
+        };
+        assert_ne!(a.job_id(iss), b.job_id(iss));
     }
 }

@@ -29,6 +29,11 @@ pub enum RevocationKind {
     Job,
 }
 
+/// How long the revocation of an ended job stands (seconds): longer than the workload tokens
+/// of a job live (GitHub's and Forgejo's last minutes to hours; a Kubernetes projected token as
+/// long as its `expirationSeconds`, which must stay below this).
+pub const JOB_ENDED_FOR: i64 = 7 * 86_400;
+
 impl RevocationKind {
     /// Every kind, in the order the CLI lists them.
     pub const ALL: [RevocationKind; 7] = [
@@ -365,7 +370,7 @@ impl Revocations {
             });
         }
         if !st.jobs.is_empty()
-            && let Some(job) = p.workload.as_ref().and_then(|w| w.job_id())
+            && let Some(job) = p.workload.as_ref().and_then(|w| w.job_id(&p.issuer))
             && hit(&st.jobs, &job)
         {
             return Some(Revoked {

@@ -21,8 +21,6 @@ use crate::respond::{ClientKind, Refusal, typed_response};
 
 /// Largest request body read.
 const MAX_BODY: usize = 16 * 1024;
-/// How long a job's revocation stands: longer than any workload token of the job lives.
-const JOB_ENDED_FOR: i64 = 7 * 86_400;
 /// Longest life an environment is given over the API.
 const MAX_ENV_TTL: i64 = 30 * 86_400;
 
@@ -321,7 +319,11 @@ impl Gateway {
                 object(&body)?
             };
             let reason = text_field(&m, "reason")?.unwrap_or("job ended");
-            let until = self.clock.now().as_secs().saturating_add(JOB_ENDED_FOR);
+            let until = self
+                .clock
+                .now()
+                .as_secs()
+                .saturating_add(gatehouse_core::JOB_ENDED_FOR);
             let seq = state
                 .revoke(RevocationKind::Job, &id, reason, &actor, Some(until))
                 .await

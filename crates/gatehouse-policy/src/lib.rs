@@ -380,14 +380,17 @@ fn s(v: &str) -> RestrictedExpression {
 }
 
 /// `principal.workload`, every field of the schema's `Workload` type.
-fn workload_record(w: &gatehouse_core::Workload) -> Result<RestrictedExpression, String> {
+fn workload_record(
+    w: &gatehouse_core::Workload,
+    issuer: &str,
+) -> Result<RestrictedExpression, String> {
     let fields = w
         .fields()
         .into_iter()
         .map(|(k, v)| (k.to_owned(), s(v)))
         .chain(std::iter::once((
             "job_id".to_owned(),
-            s(&w.job_id().unwrap_or_default()),
+            s(&w.job_id(issuer).unwrap_or_default()),
         )));
     RestrictedExpression::new_record(fields).map_err(|e| e.to_string())
 }
@@ -513,7 +516,7 @@ impl PolicyEngine {
         if let Some(w) = &p.workload
             && p.kind == PrincipalKind::Service
         {
-            attrs.insert("workload".to_owned(), workload_record(w)?);
+            attrs.insert("workload".to_owned(), workload_record(w, &p.issuer)?);
         }
         let groups: Vec<EntityUid> = p.groups.iter().map(|g| uid("Group", g)).collect();
         let mut out: Vec<Entity> = groups

@@ -571,7 +571,14 @@ async fn ending_a_job_revokes_its_tokens_and_a_job_may_end_itself() {
         assert_eq!(call(gw.port, "GET", refs, t, None).unwrap().0, 200);
     }
     // The operator ends the first job by the id the audit records show.
-    let out = gw.cli(&["job", "end", "github-actions/demo/hello/run/77/job/9001"]);
+    // Job ids as the audit records show them: the issuer, the repository, the run and the job.
+    let job = |n: &str| {
+        format!(
+            "{}/demo/hello/run/77/job/{n}",
+            idp.issuer().trim_start_matches("http://")
+        )
+    };
+    let out = gw.cli(&["job", "end", &job("9001")]);
     assert!(out.status.success(), "{out:?}");
     within_a_second("the ended job's secret read", 401, || {
         call(gw.port, "GET", path, &first, None).unwrap().0
@@ -590,29 +597,24 @@ async fn ending_a_job_revokes_its_tokens_and_a_job_may_end_itself() {
     let third = idp
         .sign(job_claims_for(idp, "prod", "9003"), "RS256", None)
         .await;
-    let other = "/.gatehouse/jobs/github-actions/demo/hello/run/77/job/9003:end";
-    assert_eq!(call(gw.port, "POST", other, &second, None).unwrap().0, 403);
-    let own = "/.gatehouse/jobs/github-actions/demo/hello/run/77/job/9002:end";
-    let (status, doc) = call(gw.port, "POST", own, &second, None).unwrap();
+    let other = format!("/.gatehouse/jobs/{}:end", job("9003"));
+    assert_eq!(call(gw.port, "POST", &other, &second, None).unwrap().0, 403);
+    let own = format!("/.gatehouse/jobs/{}:end", job("9002"));
+    let (status, doc) = call(gw.port, "POST", &own, &second, None).unwrap();
     assert_eq!((status, doc["ended"].as_bool()), (200, Some(true)), "{doc}");
     within_a_second("the job that ended itself", 401, || {
         call(gw.port, "GET", path, &second, None).unwrap().0
     });
     assert_eq!(call(gw.port, "GET", path, &third, None).unwrap().0, 200);
     // An ended job stays ended: it cannot be lifted, nor written through the revocation API.
-    let lift = gw.cli(&[
-        "revoke",
-        "lift",
-        "job",
-        "github-actions/demo/hello/run/77/job/9001",
-    ]);
+    let lift = gw.cli(&["revoke", "lift", "job", &job("9001")]);
     assert!(!lift.status.success(), "{lift:?}");
     let (status, _) = call(
         gw.port,
         "POST",
         "/.gatehouse/revocations",
         &ops,
-        Some(&json!({"kind": "job", "value": "github-actions/demo/hello/run/77/job/9003"})),
+        Some(&json!({"kind": "job", "value": job("9003")})),
     )
     .unwrap();
     assert_eq!(status, 400);
@@ -624,7 +626,7 @@ async fn ending_a_job_revokes_its_tokens_and_a_job_may_end_itself() {
         "search",
         &gw.audit_path().to_string_lossy(),
         "--job",
-        "github-actions/demo/hello/run/77/job/9001",
+        &job("9001"),
     ]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{out:?}");
@@ -639,7 +641,7 @@ async fn ending_a_job_revokes_its_tokens_and_a_job_may_end_itself() {
         text.lines().count(),
         audit
             .lines()
-            .filter(|l| l.contains("\"job_id\":\"github-actions/demo/hello/run/77/job/9001\""))
+            .filter(|l| l.contains(&format!("\"job_id\":\"{}\"", job("9001"))))
             .count(),
         "{text}"
     );
