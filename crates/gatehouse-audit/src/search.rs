@@ -78,6 +78,10 @@ struct JobLine {
     repo: Option<String>,
     #[serde(default)]
     detail: Option<String>,
+    #[serde(default)]
+    seq: u64,
+    #[serde(default)]
+    forwarding_seq: Option<u64>,
 }
 
 /// Every record of the CI job `job_id` (its `principal.workload.job_id`), oldest first: what
@@ -90,7 +94,10 @@ pub fn search_job(path: &Path, job_id: &str) -> Result<Vec<JobRecord>, SearchErr
         path: path.display().to_string(),
         message: e.to_string(),
     })?;
-    let mut out = Vec::new();
+    // (seq, record): a request that changed the forge has a `forwarding` record and a
+    // completion naming it (`forwarding_seq`); the completion stands for both.
+    let mut out: Vec<(u64, JobRecord)> = Vec::new();
+    let mut completed = std::collections::HashSet::new();
     let files: Vec<&Path> = parts
         .iter()
         .map(|(_, _, p)| p.as_path())
@@ -115,22 +122,32 @@ pub fn search_job(path: &Path, job_id: &str) -> Result<Vec<JobRecord>, SearchErr
             if w.job_id != job_id {
                 continue;
             }
-            out.push(JobRecord {
-                time: rec.time,
-                request_id: rec.request_id.unwrap_or_default(),
-                event: rec.event,
-                action: rec.action.unwrap_or_default(),
-                decision: rec.decision.unwrap_or_default(),
-                reason: rec.reason.unwrap_or_default(),
-                repo: rec.repo.unwrap_or_default(),
-                detail: rec.detail.unwrap_or_default(),
-                commit: w.commit,
-                file: file_path.to_path_buf(),
-                line: i as u64 + 1,
-            });
+            if let Some(f) = rec.forwarding_seq {
+                completed.insert(f);
+            }
+            out.push((
+                rec.seq,
+                JobRecord {
+                    time: rec.time,
+                    request_id: rec.request_id.unwrap_or_default(),
+                    event: rec.event,
+                    action: rec.action.unwrap_or_default(),
+                    decision: rec.decision.unwrap_or_default(),
+                    reason: rec.reason.unwrap_or_default(),
+                    repo: rec.repo.unwrap_or_default(),
+                    detail: rec.detail.unwrap_or_default(),
+                    commit: w.commit,
+                    file: file_path.to_path_buf(),
+                    line: i as u64 + 1,
+                },
+            ));
         }
     }
-    Ok(out)
+    Ok(out
+        .into_iter()
+        .filter(|(seq, _)| !completed.contains(seq))
+        .map(|(_, r)| r)
+        .collect())
 }
 
 /// One ref update that matched, with the push it belongs to.

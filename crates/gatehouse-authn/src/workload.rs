@@ -255,27 +255,9 @@ pub(crate) fn workload_from_claim(v: &Value) -> Option<Workload> {
     let obj = v.as_object()?;
     let mut w = Workload::default();
     for (k, v) in obj {
-        let v = v.as_str()?.to_owned();
-        let slot = match k.as_str() {
-            "platform" => &mut w.platform,
-            "repository" => &mut w.repository,
-            "owner" => &mut w.owner,
-            "ref" => &mut w.git_ref,
-            "ref_type" => &mut w.ref_type,
-            "commit" => &mut w.commit,
-            "workflow" => &mut w.workflow,
-            "job" => &mut w.job,
-            "run_id" => &mut w.run_id,
-            "run_attempt" => &mut w.run_attempt,
-            "environment" => &mut w.environment,
-            "event" => &mut w.event,
-            "runner" => &mut w.runner,
-            "actor" => &mut w.actor,
-            "namespace" => &mut w.namespace,
-            "service_account" => &mut w.service_account,
-            _ => return None,
-        };
-        *slot = v;
+        if !w.set(k, v.as_str()?.to_owned()) {
+            return None;
+        }
     }
     (!w.platform.is_empty()).then_some(w)
 }

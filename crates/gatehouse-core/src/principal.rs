@@ -91,6 +91,31 @@ impl Workload {
         ]
     }
 
+    /// Sets the field `name` (as [`Self::fields`] names it) to `value`; `false`: no such field.
+    pub fn set(&mut self, name: &str, value: String) -> bool {
+        let slot = match name {
+            "platform" => &mut self.platform,
+            "repository" => &mut self.repository,
+            "owner" => &mut self.owner,
+            "ref" => &mut self.git_ref,
+            "ref_type" => &mut self.ref_type,
+            "commit" => &mut self.commit,
+            "workflow" => &mut self.workflow,
+            "job" => &mut self.job,
+            "run_id" => &mut self.run_id,
+            "run_attempt" => &mut self.run_attempt,
+            "environment" => &mut self.environment,
+            "event" => &mut self.event,
+            "runner" => &mut self.runner,
+            "actor" => &mut self.actor,
+            "namespace" => &mut self.namespace,
+            "service_account" => &mut self.service_account,
+            _ => return false,
+        };
+        *slot = value;
+        true
+    }
+
     /// The id of the job (`gatehouse job end` takes it, audit records show it): what every
     /// token of one CI job shares and no other job's does,
     /// `<issuer without scheme>/<repository or namespace>/run/<run_id>/job/<job>`, e.g.

@@ -24,6 +24,9 @@ const EXT_NAME: &str = "name@gatehouse";
 const EXT_ENVIRONMENT: &str = "environment@gatehouse";
 /// The credentials that bought the certificate (comma-separated ids): revoking one revokes it.
 const EXT_FROM: &str = "from@gatehouse";
+/// The CI job's or pod's claims of the credential that bought the certificate, one `name=value`
+/// per line: the policy reads them over SSH too, and ending the job revokes the certificate.
+const EXT_WORKLOAD: &str = "workload@gatehouse";
 const EXT_KIND: &str = "kind@gatehouse";
 
 /// Loads an Ed25519 private key, or generates one (mode 0600) when the file is missing.
@@ -157,6 +160,22 @@ impl UserCa {
         if let Some(env) = &p.environment {
             b.extension(EXT_ENVIRONMENT, env.clone()).map_err(sign)?;
         }
+        if let Some(w) = &p.workload {
+            let fields: Vec<(&str, &str)> = w
+                .fields()
+                .into_iter()
+                .filter(|(_, v)| !v.is_empty())
+                .collect();
+            // A value that would break the line format buys no certificate rather than one that
+            // loses its job (and so outlives the job's end).
+            if fields.iter().any(|(_, v)| v.contains('\n')) {
+                return Err(SshError::Key(
+                    "the workload's claims cannot be carried in a certificate".into(),
+                ));
+            }
+            let text: Vec<String> = fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            b.extension(EXT_WORKLOAD, text.join("\n")).map_err(sign)?;
+        }
         // The token (or session) that buys it, and what that was bought with. An id with a comma
         // cannot be listed: such a credential buys no certificate rather than one that would
         // outlive its revocation.
@@ -221,7 +240,21 @@ impl UserCa {
             token_id: Some(format!("cert:{}", cert.serial())),
             expires_at: i64::try_from(cert.valid_before()).ok(),
             environment: ext(EXT_ENVIRONMENT),
-            workload: None,
+            workload: match ext(EXT_WORKLOAD) {
+                None => None,
+                Some(text) => {
+                    let mut w = gatehouse_core::Workload::default();
+                    for line in text.split('\n') {
+                        let ok = line
+                            .split_once('=')
+                            .is_some_and(|(k, v)| w.set(k, v.to_owned()));
+                        if !ok {
+                            return Err(CertError::Unusable("workload"));
+                        }
+                    }
+                    Some(std::sync::Arc::new(w))
+                }
+            },
             derived_from: ext(EXT_FROM)
                 .map(|f| f.split(',').map(str::to_owned).collect())
                 .unwrap_or_default(),
@@ -358,6 +391,40 @@ mod tests {
         assert_eq!(
             ca.verify(&cert, 1_000_001).unwrap().principal.derived_from,
             ["jti-0", "jti-1"]
+        );
+    }
+
+    #[test]
+    fn a_certificate_keeps_its_jobs_claims_and_dies_with_the_job() {
+        let ca = ca();
+        let w = std::sync::Arc::new(gatehouse_core::Workload {
+            platform: "github-actions".into(),
+            repository: "acme/api".into(),
+            run_id: "42".into(),
+            job: "7".into(),
+            workflow: "a=b".into(),
+            ..Default::default()
+        });
+        let p = Principal {
+            kind: PrincipalKind::Service,
+            workload: Some(w.clone()),
+            ..principal()
+        };
+        let cert = ca.issue(&user_key(), &p, 1_000_000, 600).unwrap();
+        let back = ca.verify(&cert, 1_000_001).unwrap().principal;
+        assert_eq!(back.workload, Some(w.clone()));
+        let job = w.job_id(&back.issuer).unwrap();
+        let set = gatehouse_core::Revocations::new();
+        set.apply(&[gatehouse_core::RevocationChange {
+            seq: 1,
+            lift: false,
+            kind: gatehouse_core::RevocationKind::Job,
+            value: job,
+            until: None,
+        }]);
+        assert!(
+            set.check(&back, 1_000_001).is_some(),
+            "ending the job ends the certificate"
         );
     }
 
