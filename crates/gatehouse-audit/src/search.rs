@@ -90,59 +90,37 @@ pub fn search_job(path: &Path, job_id: &str) -> Result<Vec<JobRecord>, SearchErr
     if job_id.is_empty() {
         return Err(SearchError::Query("--job needs a job id".into()));
     }
-    let parts = crate::rotated_parts(path).map_err(|e| SearchError::Io {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    })?;
     // (seq, record): a request that changed the forge has a `forwarding` record and a
     // completion naming it (`forwarding_seq`); the completion stands for both.
     let mut out: Vec<(u64, JobRecord)> = Vec::new();
     let mut completed = std::collections::HashSet::new();
-    let files: Vec<&Path> = parts
-        .iter()
-        .map(|(_, _, p)| p.as_path())
-        .chain(std::iter::once(path))
-        .collect();
-    for file_path in files {
-        let file = File::open(file_path).map_err(|e| SearchError::Io {
-            path: file_path.display().to_string(),
-            message: e.to_string(),
-        })?;
-        for (i, line) in BufReader::new(file).split(b'\n').enumerate() {
-            let line = line.map_err(|e| SearchError::Io {
-                path: file_path.display().to_string(),
-                message: e.to_string(),
-            })?;
-            let Ok(rec) = serde_json::from_slice::<JobLine>(&line) else {
-                continue;
-            };
-            let Some(w) = rec.principal.and_then(|p| p.workload) else {
-                continue;
-            };
-            if w.job_id != job_id {
-                continue;
-            }
-            if let Some(f) = rec.forwarding_seq {
-                completed.insert(f);
-            }
-            out.push((
-                rec.seq,
-                JobRecord {
-                    time: rec.time,
-                    request_id: rec.request_id.unwrap_or_default(),
-                    event: rec.event,
-                    action: rec.action.unwrap_or_default(),
-                    decision: rec.decision.unwrap_or_default(),
-                    reason: rec.reason.unwrap_or_default(),
-                    repo: rec.repo.unwrap_or_default(),
-                    detail: rec.detail.unwrap_or_default(),
-                    commit: w.commit,
-                    file: file_path.to_path_buf(),
-                    line: i as u64 + 1,
-                },
-            ));
+    each_record(path, |rec: JobLine, file, line| {
+        let Some(w) = rec.principal.and_then(|p| p.workload) else {
+            return;
+        };
+        if w.job_id != job_id {
+            return;
         }
-    }
+        if let Some(f) = rec.forwarding_seq {
+            completed.insert(f);
+        }
+        out.push((
+            rec.seq,
+            JobRecord {
+                time: rec.time,
+                request_id: rec.request_id.unwrap_or_default(),
+                event: rec.event,
+                action: rec.action.unwrap_or_default(),
+                decision: rec.decision.unwrap_or_default(),
+                reason: rec.reason.unwrap_or_default(),
+                repo: rec.repo.unwrap_or_default(),
+                detail: rec.detail.unwrap_or_default(),
+                commit: w.commit,
+                file: file.to_path_buf(),
+                line,
+            },
+        ));
+    })?;
     Ok(out
         .into_iter()
         .filter(|(seq, _)| !completed.contains(seq))
@@ -245,6 +223,34 @@ struct Line {
     forwarding_seq: Option<u64>,
 }
 
+/// Reads every record of the log at `path`, its rotated files first, oldest first, as `T`,
+/// and hands each to `f` with its file and line. A line that is not such a record (not JSON, or
+/// another shape) is skipped: `verify` is the tool for damage.
+fn each_record<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    mut f: impl FnMut(T, &Path, u64),
+) -> Result<(), SearchError> {
+    let io = |p: &Path, e: std::io::Error| SearchError::Io {
+        path: p.display().to_string(),
+        message: e.to_string(),
+    };
+    let parts = crate::rotated_parts(path).map_err(|e| io(path, e))?;
+    let files = parts
+        .iter()
+        .map(|(_, _, p)| p.as_path())
+        .chain(std::iter::once(path));
+    for file_path in files {
+        let file = File::open(file_path).map_err(|e| io(file_path, e))?;
+        for (i, line) in BufReader::new(file).split(b'\n').enumerate() {
+            let line = line.map_err(|e| io(file_path, e))?;
+            if let Ok(rec) = serde_json::from_slice::<T>(&line) {
+                f(rec, file_path, i as u64 + 1);
+            }
+        }
+    }
+    Ok(())
+}
+
 fn ref_matches(wanted: &str, name: &str) -> bool {
     name == wanted
         || (!wanted.starts_with("refs/")
@@ -271,15 +277,10 @@ pub fn search(path: &Path, q: &SearchQuery) -> Result<Vec<PushMatch>, SearchErro
             "give at least one of --commit, --repo and --ref".into(),
         ));
     }
-    let parts = crate::rotated_parts(path).map_err(|e| SearchError::Io {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    })?;
     let mut found = Found::default();
-    for (_, _, part) in &parts {
-        search_file(part, q, commit.as_deref(), &mut found)?;
-    }
-    search_file(path, q, commit.as_deref(), &mut found)?;
+    each_record(path, |rec: Line, file, line| {
+        found.add(rec, q, commit.as_deref(), file, line);
+    })?;
     Ok(found.out)
 }
 
@@ -292,32 +293,16 @@ struct Found {
     forwarded: std::collections::HashMap<(u64, String), usize>,
 }
 
-/// The matches in one file, oldest first.
-fn search_file(
-    path: &Path,
-    q: &SearchQuery,
-    commit: Option<&str>,
-    found: &mut Found,
-) -> Result<(), SearchError> {
-    let file = File::open(path).map_err(|e| SearchError::Io {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    })?;
-    for (i, line) in BufReader::new(file).split(b'\n').enumerate() {
-        let line = line.map_err(|e| SearchError::Io {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
-        let Ok(rec) = serde_json::from_slice::<Line>(&line) else {
-            continue;
-        };
-        let Some(refs) = rec.refs else { continue };
+impl Found {
+    /// Adds the ref updates of `rec` (line `line` of `file`) that match the query.
+    fn add(&mut self, rec: Line, q: &SearchQuery, commit: Option<&str>, file: &Path, line: u64) {
+        let Some(refs) = rec.refs else { return };
         let repo = rec.repo.unwrap_or_default();
         if q.repo
             .as_deref()
             .is_some_and(|r| !r.eq_ignore_ascii_case(&repo))
         {
-            continue;
+            return;
         }
         for r in refs {
             if commit.is_some_and(|c| !r.new.starts_with(c)) {
@@ -350,25 +335,23 @@ fn search_file(
                 reason: r.reason,
                 status: rec.status,
                 finished: !forwarding,
-                file: path.to_owned(),
-                line: i as u64 + 1,
+                file: file.to_owned(),
+                line,
             };
             let announced = rec
                 .forwarding_seq
-                .and_then(|s| found.forwarded.remove(&(s, m.name.clone())));
+                .and_then(|s| self.forwarded.remove(&(s, m.name.clone())));
             if forwarding {
-                found
-                    .forwarded
-                    .insert((rec.seq, m.name.clone()), found.out.len());
-                found.out.push(m);
+                self.forwarded
+                    .insert((rec.seq, m.name.clone()), self.out.len());
+                self.out.push(m);
             } else if let Some(at) = announced {
-                found.out[at] = m;
+                self.out[at] = m;
             } else {
-                found.out.push(m);
+                self.out.push(m);
             }
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]

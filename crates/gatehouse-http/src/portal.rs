@@ -354,7 +354,7 @@ impl Gateway {
         };
         let now = self.clock.now().as_secs();
         match state.environment(id).await {
-            Ok(Some(e)) if e.ended_at.is_none() && now < e.expires_at => Ok(EnvironmentBinding {
+            Ok(Some(e)) if e.is_live(now) => Ok(EnvironmentBinding {
                 id: e.id,
                 expires_at: e.expires_at,
             }),

@@ -30,7 +30,7 @@ use http::{Request, Response, StatusCode};
 use crate::body::Body;
 use crate::proxy::{Admitted, Gateway};
 use crate::respond::{ClientKind, Refusal};
-use crate::state_api::{bad, duration_field, json, object, text_field};
+use crate::state_api::{bad, duration_field, json, object, object_or_empty, text_field};
 
 /// Largest request body read (a value of 64 KiB in base64, and its fields).
 const MAX_BODY: usize = 96 * 1024;
@@ -379,11 +379,7 @@ impl Gateway {
                 ))
             }
             ("POST", _, Some("rotate")) => {
-                let f = if body.is_empty() {
-                    serde_json::Map::new()
-                } else {
-                    object(&body)?
-                };
+                let f = object_or_empty(&body)?;
                 let bytes = match f.get("bytes") {
                     None | Some(serde_json::Value::Null) => 32,
                     Some(v) => v
@@ -412,11 +408,7 @@ impl Gateway {
                 ))
             }
             ("POST", _, Some(op @ ("disable" | "enable"))) => {
-                let f = if body.is_empty() {
-                    serde_json::Map::new()
-                } else {
-                    object(&body)?
-                };
+                let f = object_or_empty(&body)?;
                 let version = match f.get("version") {
                     None | Some(serde_json::Value::Null) => None,
                     Some(v) => Some(v.as_i64().ok_or_else(|| bad("version is a number"))?),

@@ -42,6 +42,11 @@ pub struct EnvironmentView {
 }
 
 impl EnvironmentView {
+    /// Whether credentials may still be bound to it at `now`.
+    pub(crate) fn is_live(&self, now: i64) -> bool {
+        self.ended_at.is_none() && now < self.expires_at
+    }
+
     fn json(&self) -> serde_json::Value {
         let t = |s: i64| UnixTime::from_secs(s).to_rfc3339();
         serde_json::json!({
@@ -150,6 +155,18 @@ pub(crate) fn bad(detail: impl Into<String>) -> (Refusal, ClientKind) {
 
 pub(crate) fn json(status: StatusCode, doc: &serde_json::Value) -> Response<Body> {
     typed_response(status, doc.to_string(), "application/json", "no-store")
+}
+
+/// A JSON object body, or an empty object for no body (an operation with only optional
+/// fields).
+pub(crate) fn object_or_empty(
+    body: &[u8],
+) -> Result<serde_json::Map<String, serde_json::Value>, (Refusal, ClientKind)> {
+    if body.is_empty() {
+        Ok(serde_json::Map::new())
+    } else {
+        object(body)
+    }
 }
 
 /// A JSON object body.
@@ -313,11 +330,7 @@ impl Gateway {
                 rec,
                 format!("job:end of {id}"),
             )?;
-            let m = if body.is_empty() {
-                serde_json::Map::new()
-            } else {
-                object(&body)?
-            };
+            let m = object_or_empty(&body)?;
             let reason = text_field(&m, "reason")?.unwrap_or("job ended");
             let until = self
                 .clock

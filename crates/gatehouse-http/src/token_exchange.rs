@@ -164,9 +164,7 @@ impl Gateway {
                 },
             })?;
             match found {
-                Some(s) if s.ended_at.is_none() && now < s.expires_at => {
-                    end = end.min(s.expires_at)
-                }
+                Some(s) if s.is_live(now) => end = end.min(s.expires_at),
                 Some(_) => {
                     return Err(oauth(
                         "invalid_target",

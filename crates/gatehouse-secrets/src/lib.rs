@@ -216,6 +216,19 @@ pub enum Expect {
     Tagged(BTreeMap<String, String>),
 }
 
+impl<'a> Put<'a> {
+    /// The row of the version this put writes, its value sealed as `sealed`.
+    fn version<'s>(&'s self, sealed: &'s [u8], now: i64) -> NewVersion<'s> {
+        NewVersion {
+            sealed,
+            not_before: self.not_before,
+            expires_at: self.expires_at,
+            created_by: self.actor,
+            now,
+        }
+    }
+}
+
 impl Expect {
     /// Whether `row` (None: no secret) is what was expected.
     fn holds(&self, row: Option<&SecretRow>) -> bool {
@@ -385,13 +398,7 @@ impl Broker {
                     let dk = self.keys.open_data_key(&r.path, &r.kek, &r.dek)?;
                     let version = r.latest + 1;
                     let sealed = dk.seal_value(p.path, version, p.value)?;
-                    let v = NewVersion {
-                        sealed: &sealed,
-                        not_before: p.not_before,
-                        expires_at: p.expires_at,
-                        created_by: p.actor,
-                        now,
-                    };
+                    let v = p.version(&sealed, now);
                     if rows
                         .add_version(p.path, r.latest, (&r.dek, &r.tags), new_tags.as_deref(), &v)
                         .await?
@@ -412,13 +419,7 @@ impl Broker {
                         tags: &tags,
                         max_versions,
                     };
-                    let v = NewVersion {
-                        sealed: &sealed,
-                        not_before: p.not_before,
-                        expires_at: p.expires_at,
-                        created_by: p.actor,
-                        now,
-                    };
+                    let v = p.version(&sealed, now);
                     if rows.create(&s, &v).await? {
                         return Ok(1);
                     }

@@ -136,9 +136,28 @@ pub struct NewVersion<'a> {
     pub now: i64,
 }
 
-const INSERT_VERSION: &str = "INSERT INTO secret_versions \
-     (path, version, sealed, enabled, not_before, expires_at, created_at, created_by) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+/// Inserts version `$version` (`$v`: a [`NewVersion`]) of `$path`, enabled, in the transaction
+/// `$tx` (a macro: each arm of `on_db!` binds for its own driver).
+macro_rules! insert_version {
+    ($tx:expr, $path:expr, $version:expr, $v:expr, $what:expr) => {
+        sqlx::query(
+            "INSERT INTO secret_versions \
+             (path, version, sealed, enabled, not_before, expires_at, created_at, created_by) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind($path)
+        .bind($version)
+        .bind($v.sealed)
+        .bind(true)
+        .bind($v.not_before)
+        .bind($v.expires_at)
+        .bind($v.now)
+        .bind($v.created_by)
+        .execute(&mut *$tx)
+        .await
+        .map_err(StoreError::query($what))?
+    };
+}
 
 impl<'a> SecretRows<'a> {
     pub(crate) fn new(store: &'a Store) -> Self {
@@ -188,18 +207,7 @@ impl<'a> SecretRows<'a> {
                 if !created {
                     return Ok(false);
                 }
-                sqlx::query(INSERT_VERSION)
-                    .bind(s.path)
-                    .bind(1_i64)
-                    .bind(v.sealed)
-                    .bind(true)
-                    .bind(v.not_before)
-                    .bind(v.expires_at)
-                    .bind(v.now)
-                    .bind(v.created_by)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(StoreError::query(what))?;
+                insert_version!(tx, s.path, 1_i64, v, what);
                 tx.commit().await.map_err(StoreError::query(what))?;
                 Ok(true)
             }};
@@ -246,18 +254,7 @@ impl<'a> SecretRows<'a> {
                 if !moved {
                     return Ok(false);
                 }
-                sqlx::query(INSERT_VERSION)
-                    .bind(path)
-                    .bind(version)
-                    .bind(v.sealed)
-                    .bind(true)
-                    .bind(v.not_before)
-                    .bind(v.expires_at)
-                    .bind(v.now)
-                    .bind(v.created_by)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(StoreError::query(what))?;
+                insert_version!(tx, path, version, v, what);
                 sqlx::query(
                     "DELETE FROM secret_versions WHERE path = $1 AND version <= $2 - \
                      (SELECT max_versions FROM secrets WHERE path = $1)",
