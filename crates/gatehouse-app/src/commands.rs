@@ -418,12 +418,12 @@ pub fn audit_search_job(file: &Path, job: &str, json: bool) -> Result<bool> {
                     "time": r.time, "request_id": r.request_id, "event": r.event,
                     "action": r.action, "decision": r.decision, "reason": r.reason,
                     "repo": r.repo, "detail": r.detail, "commit": r.commit,
-                    "file": r.file, "line": r.line,
+                    "secret": r.secret, "file": r.file, "line": r.line,
                 })
             );
         } else {
             out!(
-                "{}  {}  {} {}  {}{}{}  request {}  {}:{}",
+                "{}  {}  {} {}  {}{}{}{}  request {}  {}:{}",
                 r.time,
                 if r.action.is_empty() {
                     &r.event
@@ -439,6 +439,11 @@ pub fn audit_search_job(file: &Path, job: &str, json: bool) -> Result<bool> {
                     "  "
                 },
                 r.detail,
+                r.secret
+                    .as_ref()
+                    .and_then(|s| s.lease.as_deref())
+                    .map(|l| format!("  {l}"))
+                    .unwrap_or_default(),
                 r.request_id,
                 r.file.display(),
                 r.line

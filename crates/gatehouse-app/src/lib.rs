@@ -23,7 +23,9 @@ pub use gatehouse_audit::SearchQuery;
 pub use gatehouse_core::RevocationKind;
 pub use login::{LoginArgs, SshCertArgs, credential, login, logout, ssh_cert, token_print};
 pub use quickstart::{QuickstartArgs, quickstart};
-pub use secrets_cli::{SecretClient, SecretCommand, master_key_generate, secret};
+pub use secrets_cli::{
+    ExecArgs, ExecMap, SecretClient, SecretCommand, master_key_generate, secret, secret_exec,
+};
 pub use serve::{ServeArgs, serve};
 pub use store::{
     EnvCommand, RevokeCommand, env, job_end, migrate as store_migrate, revoke,

@@ -100,6 +100,34 @@ pub enum SecretCommand {
     },
     /// Rewraps every data key under the current master key.
     Rewrap,
+    /// Lists the leases reads hold.
+    Leases {
+        /// Of this job.
+        job: Option<String>,
+        /// On secrets under this prefix.
+        prefix: String,
+        /// Only those neither revoked nor lapsed.
+        live: bool,
+    },
+    /// Revokes a lease.
+    RevokeLease {
+        /// Its id.
+        id: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The caller's token: given, or the sign-in saved by `gatehouse login` (renewed if due).
+async fn client_token(client: &SecretClient, server: &str) -> Result<Zeroizing<String>> {
+    Ok(Zeroizing::new(match &client.token {
+        Some(t) => t.trim().to_owned(),
+        None => {
+            let _guard = lock()?;
+            let mut file = load()?;
+            renew(&mut file, server).await?.0
+        }
+    }))
 }
 
 /// A secret path as a URL path (each segment percent-encoded).
@@ -122,14 +150,7 @@ fn url_of(server: &str, path: &str, verb: Option<&str>) -> String {
 pub fn secret(client: &SecretClient, cmd: SecretCommand) -> Result<()> {
     let server = normalize_server(&client.server)?;
     runtime()?.block_on(async {
-        let token = Zeroizing::new(match &client.token {
-            Some(t) => t.trim().to_owned(),
-            None => {
-                let _guard = lock()?;
-                let mut file = load()?;
-                renew(&mut file, &server).await?.0
-            }
-        });
+        let token = client_token(client, &server).await?;
         let c = http()?;
         let tags_doc = |tags: &[(String, String)]| -> serde_json::Value {
             serde_json::Value::Object(
@@ -236,6 +257,26 @@ pub fn secret(client: &SecretClient, cmd: SecretCommand) -> Result<()> {
                 format!("{server}/.gatehouse/secrets:rewrap"),
                 None,
             ),
+            SecretCommand::Leases { job, prefix, live } => {
+                let mut q = url::form_urlencoded::Serializer::new(String::new());
+                q.append_pair("prefix", prefix);
+                if let Some(j) = job {
+                    q.append_pair("job", j);
+                }
+                if *live {
+                    q.append_pair("live", "true");
+                }
+                (
+                    reqwest::Method::GET,
+                    format!("{server}/.gatehouse/leases?{}", q.finish()),
+                    None,
+                )
+            }
+            SecretCommand::RevokeLease { id, reason } => (
+                reqwest::Method::POST,
+                lease_url(&server, id),
+                Some(serde_json::json!({ "reason": reason })),
+            ),
         };
         let mut req = c.request(method, &url).bearer_auth(&*token);
         if let Some(b) = &body {
@@ -285,6 +326,27 @@ pub fn secret(client: &SecretClient, cmd: SecretCommand) -> Result<()> {
                     )?;
                 }
             }
+            SecretCommand::Leases { .. } => {
+                for l in doc["leases"].as_array().into_iter().flatten() {
+                    let text = |k: &str| printable(l[k].as_str().unwrap_or(""));
+                    writeln!(
+                        out,
+                        "{}\t{} v{}\t{}\t{}\t{}",
+                        text("id"),
+                        text("path"),
+                        l["version"],
+                        text("holder"),
+                        l["job_id"].as_str().map(printable).unwrap_or_default(),
+                        if l["live"].as_bool() == Some(true) {
+                            format!("live until {}", text("expires_at"))
+                        } else if l["revoked_at"].is_string() {
+                            format!("revoked {} ({})", text("revoked_at"), text("reason"))
+                        } else {
+                            format!("lapsed {}", text("expires_at"))
+                        }
+                    )?;
+                }
+            }
             SecretCommand::Versions { .. } => {
                 for v in doc["versions"].as_array().into_iter().flatten() {
                     writeln!(
@@ -313,6 +375,252 @@ pub fn secret(client: &SecretClient, cmd: SecretCommand) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// The URL that revokes the lease `id`.
+fn lease_url(server: &str, id: &str) -> String {
+    format!(
+        "{server}/.gatehouse/leases/{}:revoke",
+        percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC)
+    )
+}
+
+/// One `--map NAME=PATH[@VERSION]` of `gatehouse secret exec`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecMap {
+    /// The environment variable.
+    pub var: String,
+    /// The secret's path.
+    pub path: String,
+    /// A version (the newest when absent).
+    pub version: Option<i64>,
+}
+
+impl std::str::FromStr for ExecMap {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (var, rest) = s
+            .split_once('=')
+            .ok_or_else(|| format!("{s:?}: expected NAME=PATH[@VERSION]"))?;
+        let ok_var = var
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+            && var.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !ok_var {
+            return Err(format!(
+                "{var:?} is not an environment variable name (letters, digits and _)"
+            ));
+        }
+        let (path, version) = match rest.rsplit_once('@') {
+            Some((p, v)) => (
+                p,
+                Some(
+                    v.parse::<i64>()
+                        .ok()
+                        .filter(|v| *v > 0)
+                        .ok_or_else(|| format!("{v:?} is not a version number"))?,
+                ),
+            ),
+            None => (rest, None),
+        };
+        gatehouse_secrets::check_path(path).map_err(|e| e.to_string())?;
+        Ok(ExecMap {
+            var: var.to_owned(),
+            path: path.to_owned(),
+            version,
+        })
+    }
+}
+
+/// `gatehouse secret exec`: what to read and what to run.
+#[derive(Debug, Clone)]
+pub struct ExecArgs {
+    /// Variables and the secrets they get.
+    pub map: Vec<ExecMap>,
+    /// The command and its arguments.
+    pub command: Vec<std::ffi::OsString>,
+    /// Pass `GATEHOUSE_TOKEN` on to the command (by default it does not get the caller's
+    /// token).
+    pub keep_token: bool,
+}
+
+/// Revokes `leases`, saying on stderr which could not be (they lapse by themselves at their
+/// expiry). Returns whether all were.
+async fn revoke_leases(
+    c: &reqwest::Client,
+    server: &str,
+    token: &str,
+    leases: &[String],
+    reason: &str,
+) -> bool {
+    let mut all = true;
+    for id in leases {
+        let r = c
+            .post(lease_url(server, id))
+            .bearer_auth(token)
+            .json(&serde_json::json!({ "reason": reason }))
+            .send()
+            .await;
+        let failed = match r {
+            Ok(r) if r.status().is_success() => None,
+            Ok(r) => Some(format!("the gateway answered {}", r.status())),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(why) = failed {
+            all = false;
+            eprintln!(
+                "gatehouse: lease {id} was not revoked ({}); it lapses at its expiry",
+                printable(&why)
+            );
+        }
+    }
+    all
+}
+
+/// `gatehouse secret exec --map NAME=PATH ... -- COMMAND ...`: reads each secret (each read
+/// holds a lease), runs the command with the values in its environment only (never in this
+/// process's environment, never in a file), forwards SIGINT, SIGTERM, SIGHUP and SIGQUIT to it,
+/// and revokes the leases once it has exited, however it exited. Returns its exit code (128 +
+/// the signal's number when a signal ended it).
+pub fn secret_exec(client: &SecretClient, args: ExecArgs) -> Result<u8> {
+    use std::os::unix::ffi::OsStrExt as _;
+    use std::os::unix::process::ExitStatusExt as _;
+
+    let Some((program, rest)) = args.command.split_first() else {
+        bail!("secret exec needs a command after --");
+    };
+    let mut seen = std::collections::HashSet::new();
+    for m in &args.map {
+        if !seen.insert(m.var.as_str()) {
+            bail!("{} is mapped twice", m.var);
+        }
+    }
+    let server = normalize_server(&client.server)?;
+    runtime()?.block_on(async {
+        let token = client_token(client, &server).await?;
+        let c = http()?;
+        let mut leases: Vec<String> = Vec::new();
+        let mut values: Vec<(String, Zeroizing<Vec<u8>>)> = Vec::new();
+        let mut failure = None;
+        for m in &args.map {
+            let mut u = url_of(&server, &m.path, None);
+            if let Some(v) = m.version {
+                u.push_str(&format!("?version={v}"));
+            }
+            let got: Result<(Zeroizing<Vec<u8>>, String)> = async {
+                let r = c
+                    .get(&u)
+                    .bearer_auth(&*token)
+                    .send()
+                    .await
+                    .with_context(|| u.clone())?;
+                let status = r.status();
+                let doc: Zeroizing<Vec<u8>> = Zeroizing::new(r.bytes().await?.to_vec());
+                let doc: serde_json::Value = serde_json::from_slice(&doc).unwrap_or_default();
+                if !status.is_success() {
+                    bail!(
+                        "reading {}: the gateway refused ({status}): {}",
+                        m.path,
+                        printable(doc["detail"].as_str().unwrap_or("no detail"))
+                    );
+                }
+                let lease = doc["lease"]["id"].as_str().unwrap_or("").to_owned();
+                let value = if let Some(v) = doc["value"].as_str() {
+                    Zeroizing::new(v.as_bytes().to_vec())
+                } else if let Some(b) = doc["value_base64"].as_str() {
+                    use base64::Engine as _;
+                    Zeroizing::new(
+                        base64::engine::general_purpose::STANDARD
+                            .decode(b)
+                            .context("unexpected answer")?,
+                    )
+                } else {
+                    bail!("reading {}: the gateway's answer carries no value", m.path);
+                };
+                Ok((value, lease))
+            }
+            .await;
+            match got {
+                Ok((value, lease)) => {
+                    if !lease.is_empty() {
+                        leases.push(lease);
+                    }
+                    if value.contains(&0) {
+                        failure = Some(anyhow::anyhow!(
+                            "{} holds a NUL byte: it cannot be an environment variable",
+                            m.path
+                        ));
+                        break;
+                    }
+                    values.push((m.var.clone(), value));
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        if let Some(e) = failure {
+            revoke_leases(&c, &server, &token, &leases, "exec_failed").await;
+            return Err(e);
+        }
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(rest);
+        if !args.keep_token {
+            cmd.env_remove("GATEHOUSE_TOKEN");
+        }
+        for (var, value) in &values {
+            cmd.env(var, std::ffi::OsStr::from_bytes(value));
+        }
+        let spawned = cmd.spawn();
+        // The command's copy of the environment is freed; ours are zeroed.
+        drop(cmd);
+        drop(values);
+        let mut child = match spawned {
+            Ok(ch) => ch,
+            Err(e) => {
+                revoke_leases(&c, &server, &token, &leases, "exec_failed").await;
+                bail!("running {}: {e}", program.to_string_lossy());
+            }
+        };
+        let status = wait_forwarding_signals(&mut child).await;
+        revoke_leases(&c, &server, &token, &leases, "exec_ended").await;
+        let status = status.context("waiting for the command")?;
+        Ok(match (status.code(), status.signal()) {
+            (Some(code), _) => u8::try_from(code & 0xff).unwrap_or(1),
+            (None, Some(sig)) => u8::try_from(128 + (sig & 0x7f)).unwrap_or(1),
+            (None, None) => 1,
+        })
+    })
+}
+
+/// Waits for `child`, passing on to it the signals that would end this process.
+async fn wait_forwarding_signals(
+    child: &mut tokio::process::Child,
+) -> std::io::Result<std::process::ExitStatus> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let pid = child
+        .id()
+        .and_then(|p| i32::try_from(p).ok())
+        .map(nix::unistd::Pid::from_raw);
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut quit = signal(SignalKind::quit())?;
+    loop {
+        let sig = tokio::select! {
+            status = child.wait() => return status,
+            _ = int.recv() => nix::sys::signal::Signal::SIGINT,
+            _ = term.recv() => nix::sys::signal::Signal::SIGTERM,
+            _ = hup.recv() => nix::sys::signal::Signal::SIGHUP,
+            _ = quit.recv() => nix::sys::signal::Signal::SIGQUIT,
+        };
+        if let Some(pid) = pid {
+            let _ = nix::sys::signal::kill(pid, sig);
+        }
+    }
 }
 
 /// `gatehouse secret master-key generate`: a new master key on stdout.

@@ -358,6 +358,14 @@ pub(crate) async fn run(
             m.audit_flushed(s.duration.as_secs_f64(), s.ok)
         })),
     )?;
+    // With a secrets broker, every allowed push is indexed (for provenance checks) before it
+    // is forwarded.
+    let audit = audit.with_push_index(secrets.as_ref().map(|_| {
+        Arc::new(crate::store::StorePushIndex::new(
+            store.clone(),
+            &cfg.audit.file,
+        )) as Arc<dyn gatehouse_audit::PushIndexSink>
+    }));
 
     let tls = match &cfg.server.tls {
         Some(t) => {
@@ -445,7 +453,13 @@ pub(crate) async fn run(
             store: store.clone(),
             clock: clock.clone(),
         })))
-        .with_secrets(secrets.clone()),
+        .with_secrets(secrets.clone())
+        .with_job_tokens(cfg.job_tokens.as_ref().map(|j| {
+            gatehouse_http::JobTokenSettings {
+                ttl: j.ttl.0,
+                recheck: j.recheck.0,
+            }
+        })),
     );
 
     audit

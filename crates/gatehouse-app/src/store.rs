@@ -269,6 +269,8 @@ pub(crate) fn secrets_broker(
         gatehouse_secrets::BrokerSettings {
             max_versions: sc.max_versions,
             retention: sc.retention.0.as_secs() as i64,
+            lease_ttl: sc.lease_ttl.0.as_secs() as i64,
+            push_retention: sc.push_retention.0.as_secs() as i64,
         },
     ))))
 }
@@ -289,6 +291,56 @@ mod tests {
             "postgres://gh:p%40ss%2Fw%3Ard@db.internal:5432/gatehouse?sslmode=verify-full"
         );
         assert!(with_password("sqlite:///x.db", "p").is_err());
+    }
+}
+
+/// The audit's push index on the store: the ref updates of each allowed push, with the node and
+/// the record that announced them.
+#[derive(Debug)]
+pub(crate) struct StorePushIndex {
+    store: Store,
+    node: String,
+}
+
+impl StorePushIndex {
+    /// The index of the gateway whose audit log is `audit_file` on this host.
+    pub(crate) fn new(store: Store, audit_file: &std::path::Path) -> Self {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".to_owned());
+        Self {
+            store,
+            node: format!("{host}:{}", audit_file.display()),
+        }
+    }
+}
+
+impl gatehouse_audit::PushIndexSink for StorePushIndex {
+    fn index<'a>(
+        &'a self,
+        refs: &'a [gatehouse_audit::PushedRef],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>> {
+        Box::pin(async move {
+            let rows: Vec<gatehouse_store::IndexedPush> = refs
+                .iter()
+                .map(|r| gatehouse_store::IndexedPush {
+                    repo: r.repo.clone(),
+                    git_ref: r.git_ref.clone(),
+                    commit: r.commit.clone(),
+                    audit_seq: i64::try_from(r.seq).unwrap_or(i64::MAX),
+                    pushed_at: r.at,
+                    pushed_by: r.by.clone(),
+                    node: self.node.clone(),
+                })
+                .collect();
+            self.store
+                .pushes()
+                .record(&rows)
+                .await
+                .map_err(|e| e.to_string())
+        })
     }
 }
 
@@ -612,15 +664,19 @@ pub fn job_end(config: &Path, id: &str, reason: &str) -> Result<()> {
                     } else {
                         reason.to_owned()
                     },
-                    actor,
+                    actor: actor.clone(),
                     until: Some(now.saturating_add(gatehouse_core::JOB_ENDED_FOR)),
                 },
                 now,
             )
             .await?;
+        let leases = store
+            .leases()
+            .revoke_job(id, &actor, "job_ended", now)
+            .await?;
         store.close().await;
         println!(
-            "job {id} ended: its tokens are revoked (log entry {})",
+            "job {id} ended: its tokens are revoked (log entry {}), {leases} leases revoked",
             c.seq
         );
         anyhow::Ok(())

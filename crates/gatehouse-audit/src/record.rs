@@ -17,6 +17,11 @@ impl AuditPrincipal {
     pub fn of(p: &Arc<Principal>) -> Self {
         Self(p.clone())
     }
+
+    /// The principal's user name.
+    pub fn username(&self) -> &str {
+        &self.0.username
+    }
 }
 
 impl From<Principal> for AuditPrincipal {
@@ -112,6 +117,19 @@ impl AuditRef {
     }
 }
 
+/// The secret a request of the secrets broker was about.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, Default, PartialEq, Eq)]
+pub struct AuditSecret {
+    /// Its path (for a listing, the prefix).
+    pub path: String,
+    /// The version read or written.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub version: Option<i64>,
+    /// The lease a read holds (or a lease revocation is about).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub lease: Option<String>,
+}
+
 /// One audited event. Field order is the order on disk.
 ///
 /// Built on the request path and written by the audit thread: the text it shares with the
@@ -166,6 +184,10 @@ pub struct AuditRecord {
     /// For a push: every ref update it asked for, with the decision on each.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refs: Option<Vec<AuditRef>>,
+    /// For a request of the secrets broker: the secret, the version and the lease (never the
+    /// value).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<AuditSecret>,
     /// The status sent to the client.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,

@@ -38,6 +38,8 @@ pub struct JobRecord {
     pub detail: String,
     /// The commit the job runs.
     pub commit: String,
+    /// The secret, version and lease, for a request of the secrets broker.
+    pub secret: Option<crate::AuditSecret>,
     /// The file the record is in.
     pub file: std::path::PathBuf,
     /// Its line.
@@ -82,6 +84,8 @@ struct JobLine {
     seq: u64,
     #[serde(default)]
     forwarding_seq: Option<u64>,
+    #[serde(default)]
+    secret: Option<crate::AuditSecret>,
 }
 
 /// Every record of the CI job `job_id` (its `principal.workload.job_id`), oldest first: what
@@ -116,6 +120,7 @@ pub fn search_job(path: &Path, job_id: &str) -> Result<Vec<JobRecord>, SearchErr
                 repo: rec.repo.unwrap_or_default(),
                 detail: rec.detail.unwrap_or_default(),
                 commit: w.commit,
+                secret: rec.secret,
                 file: file.to_path_buf(),
                 line,
             },

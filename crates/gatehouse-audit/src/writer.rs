@@ -88,6 +88,63 @@ pub enum AuditUnavailable {
     /// A committed record was not synced in time (the disk stalls).
     #[error("audit log sync took too long")]
     SyncTimeout,
+    /// A push's record is durable but its ref updates could not be added to the push index.
+    #[error("push index write failed")]
+    PushIndexFailed,
+}
+
+/// One ref update of a push the policy allowed, for the push index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushedRef {
+    /// `owner/name`.
+    pub repo: String,
+    /// The full ref name.
+    pub git_ref: String,
+    /// The new object id.
+    pub commit: String,
+    /// The sequence number of the `forwarding` record that announced it.
+    pub seq: u64,
+    /// When the request arrived, seconds since the epoch.
+    pub at: i64,
+    /// Who pushed (user name).
+    pub by: String,
+}
+
+/// Where the ref updates of allowed pushes go once their `forwarding` record is durable, and
+/// before the push is forwarded (the app implements it over the store): the audit's push index,
+/// which provenance checks read.
+pub trait PushIndexSink: Send + Sync + std::fmt::Debug {
+    /// Records the ref updates of one push; `Err` says why not.
+    fn index<'a>(
+        &'a self,
+        refs: &'a [PushedRef],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
+}
+
+/// The ref updates of an allowed push `record` moves to a new object: what the index keeps.
+fn pushed_refs(record: &AuditRecord) -> Vec<PushedRef> {
+    let (Some(repo), Some(refs), Some(p)) = (&record.repo, &record.refs, &record.principal) else {
+        return Vec::new();
+    };
+    if record.event != "forwarding" || record.decision != Some("allow") {
+        return Vec::new();
+    }
+    let is_oid = |s: &str| {
+        matches!(s.len(), 40 | 64)
+            && s.bytes().all(|b| b.is_ascii_hexdigit())
+            && s.bytes().any(|b| b != b'0')
+    };
+    refs.iter()
+        .filter(|r| r.decision == "allow" && is_oid(&r.new))
+        .map(|r| PushedRef {
+            repo: repo.clone(),
+            git_ref: r.name.clone(),
+            commit: r.new.to_ascii_lowercase(),
+            seq: 0,
+            at: record.time.as_secs(),
+            by: p.username().to_owned(),
+        })
+        .collect()
 }
 
 /// How long [`AuditSink::commit`] waits for a place in the queue, and then for the sync.
@@ -114,6 +171,8 @@ pub struct AuditSink {
     urgent: Arc<AtomicBool>,
     /// The writer thread, woken (unparked) by a commit.
     writer: std::thread::Thread,
+    /// The push index, when one is kept.
+    index: Option<Arc<dyn PushIndexSink>>,
 }
 
 /// A reserved place in the audit queue: holding one guarantees the record can be queued.
@@ -187,6 +246,7 @@ impl AuditSink {
             healthy,
             urgent,
             writer: handle.thread().clone(),
+            index: None,
         };
         Ok((sink, handle))
     }
@@ -220,10 +280,18 @@ impl AuditSink {
     /// its sequence number; or says why it is not, in which case the caller must not go on with
     /// what the record announces. Waits at most [`COMMIT_TIMEOUT`] for a place in the queue and
     /// as long again for the sync. Concurrent commits share one sync.
+    ///
+    /// With a push index ([`AuditSink::with_push_index`]), a `forwarding` record's allowed ref
+    /// updates are indexed after the record is durable and before this returns; a failure to
+    /// index is an error like a failure to write.
     pub async fn commit(&self, record: AuditRecord) -> Result<u64, AuditUnavailable> {
         if !self.healthy.load(Ordering::Acquire) {
             return Err(AuditUnavailable::WriteFailed);
         }
+        let pushed = match &self.index {
+            Some(_) => pushed_refs(&record),
+            None => Vec::new(),
+        };
         let permit = match tokio::time::timeout(COMMIT_TIMEOUT, self.tx.reserve()).await {
             Ok(Ok(p)) => p,
             Ok(Err(_)) => return Err(AuditUnavailable::Closed),
@@ -236,11 +304,33 @@ impl AuditSink {
         });
         self.urgent.store(true, Ordering::Release);
         self.writer.unpark();
-        match tokio::time::timeout(COMMIT_TIMEOUT, done).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(AuditUnavailable::Closed),
-            Err(_) => Err(AuditUnavailable::SyncTimeout),
+        let seq = match tokio::time::timeout(COMMIT_TIMEOUT, done).await {
+            Ok(Ok(result)) => result?,
+            Ok(Err(_)) => return Err(AuditUnavailable::Closed),
+            Err(_) => return Err(AuditUnavailable::SyncTimeout),
+        };
+        if let (Some(index), false) = (&self.index, pushed.is_empty()) {
+            let pushed: Vec<PushedRef> =
+                pushed.into_iter().map(|p| PushedRef { seq, ..p }).collect();
+            match tokio::time::timeout(COMMIT_TIMEOUT, index.index(&pushed)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, seq, "the push index was not written");
+                    return Err(AuditUnavailable::PushIndexFailed);
+                }
+                Err(_) => {
+                    tracing::error!(seq, "the push index did not answer in time");
+                    return Err(AuditUnavailable::PushIndexFailed);
+                }
+            }
         }
+        Ok(seq)
+    }
+
+    /// Keeps a push index: see [`AuditSink::commit`].
+    pub fn with_push_index(mut self, index: Option<Arc<dyn PushIndexSink>>) -> Self {
+        self.index = index;
+        self
     }
 }
 

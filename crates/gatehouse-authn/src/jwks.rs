@@ -636,7 +636,12 @@ impl IssuerKeys {
         let workload = self
             .cfg
             .workload
-            .map(|platform| crate::workload::workload_of(platform, claims))
+            .map(|platform| {
+                crate::workload::workload_of(platform, claims).map(|mut w| {
+                    w.issuer.clone_from(&self.cfg.issuer);
+                    w
+                })
+            })
             .transpose()?;
         let kind = if issued_to_a_client(claims) || workload.is_some() {
             PrincipalKind::Service

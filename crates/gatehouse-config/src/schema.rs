@@ -62,6 +62,32 @@ pub struct Config {
     /// The secrets broker (`/.gatehouse/secrets`): values sealed in the store under a master key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secrets: Option<SecretsConfig>,
+    /// Per-job tokens for Gitea Actions runners (`POST /.gatehouse/jobs:mint`), each checked
+    /// against the forge's API (`[forge.api]`) before it is minted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_tokens: Option<JobTokensConfig>,
+}
+
+/// `[job_tokens]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobTokensConfig {
+    /// The longest a minted token lives (set it to the runners' job timeout; Gitea's default
+    /// is 3h). Never longer than `tokens.max_ttl`.
+    #[serde(default = "d3h")]
+    pub ttl: ConfigDuration,
+    /// How long the forge's "still running" answer about a job is reused: a minted token stops
+    /// reading secrets at most this long after its job ends.
+    #[serde(default = "d30s_job")]
+    pub recheck: ConfigDuration,
+}
+
+fn d3h() -> ConfigDuration {
+    ConfigDuration::secs(3 * 3600)
+}
+
+fn d30s_job() -> ConfigDuration {
+    ConfigDuration::secs(30)
 }
 
 /// `[secrets]`
@@ -81,6 +107,22 @@ pub struct SecretsConfig {
     /// How long a deleted secret stays recoverable before it is purged by itself.
     #[serde(default = "d30d")]
     pub retention: ConfigDuration,
+    /// The longest a lease on a read lasts; shorter when the reader's credential or the
+    /// version expires sooner.
+    #[serde(default = "d1h")]
+    pub lease_ttl: ConfigDuration,
+    /// How long the push index keeps a push Gatehouse allowed (what a provenance check reads):
+    /// a job running a commit pushed longer ago fails the check.
+    #[serde(default = "d90d")]
+    pub push_retention: ConfigDuration,
+}
+
+fn d1h() -> ConfigDuration {
+    ConfigDuration::secs(3600)
+}
+
+fn d90d() -> ConfigDuration {
+    ConfigDuration::secs(90 * 86_400)
 }
 
 fn default_secret_versions() -> i64 {
@@ -1224,6 +1266,20 @@ impl Config {
                 ));
             }
         }
+        if let Some(jt) = &self.job_tokens {
+            if self.forge.api.is_none() {
+                return bad(
+                    "job_tokens",
+                    "needs [forge.api]: each job is checked on the forge before a token is minted",
+                );
+            }
+            if jt.ttl.0 < std::time::Duration::from_secs(60) || jt.ttl.0 > self.tokens.max_ttl.0 {
+                return bad("job_tokens.ttl", "between 1m and tokens.max_ttl");
+            }
+            if jt.recheck.0 > std::time::Duration::from_secs(300) {
+                return bad("job_tokens.recheck", "at most 5m");
+            }
+        }
         if let Some(sec) = &self.secrets {
             if !(1..=1000).contains(&sec.max_versions) {
                 return bad("secrets.max_versions", "keep between 1 and 1000 versions");
@@ -1232,6 +1288,16 @@ impl Config {
                 return bad(
                     "secrets.retention",
                     "at least 1h: a deleted secret must stay recoverable for a while",
+                );
+            }
+            let lease = sec.lease_ttl.0.as_secs();
+            if !(10..=7 * 86_400).contains(&lease) {
+                return bad("secrets.lease_ttl", "between 10s and 7d");
+            }
+            if sec.push_retention.0 < std::time::Duration::from_secs(86_400) {
+                return bad(
+                    "secrets.push_retention",
+                    "at least 1d: a job starts after its push",
                 );
             }
         }

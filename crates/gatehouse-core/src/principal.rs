@@ -51,7 +51,7 @@ pub struct Principal {
 impl Workload {
     /// Every field by the name the policy, audit records and Gatehouse's own tokens give it
     /// (`ref` for `git_ref`), in the schema's order.
-    pub fn fields(&self) -> [(&'static str, &str); 16] {
+    pub fn fields(&self) -> [(&'static str, &str); 17] {
         // Every field by name, with no `..`: a field added does not compile until it is named.
         let Workload {
             platform,
@@ -70,6 +70,7 @@ impl Workload {
             actor,
             namespace,
             service_account,
+            issuer,
         } = self;
         [
             ("platform", platform),
@@ -88,6 +89,7 @@ impl Workload {
             ("actor", actor),
             ("namespace", namespace),
             ("service_account", service_account),
+            ("issuer", issuer),
         ]
     }
 
@@ -110,6 +112,7 @@ impl Workload {
             "actor" => &mut self.actor,
             "namespace" => &mut self.namespace,
             "service_account" => &mut self.service_account,
+            "issuer" => &mut self.issuer,
             _ => return false,
         };
         *slot = value;
@@ -126,6 +129,8 @@ impl Workload {
     /// `None` when the token names no job: Forgejo's and GitHub Enterprise Server's tokens name
     /// only their run (and Forgejo's `run_attempt` counts each job's own attempts), so an id
     /// built from the run would stand for every job of it.
+    ///
+    /// The workload's own `issuer` is used when set, else `issuer` (the credential's).
     pub fn job_id(&self, issuer: &str) -> Option<String> {
         let scope = if self.repository.is_empty() {
             &self.namespace
@@ -136,6 +141,11 @@ impl Workload {
             return None;
         }
         let enc = |s: &str| s.replace('%', "%25").replace('/', "%2F");
+        let issuer = if self.issuer.is_empty() {
+            issuer
+        } else {
+            &self.issuer
+        };
         let iss = issuer
             .split_once("://")
             .map_or(issuer, |(_, rest)| rest)
@@ -186,6 +196,9 @@ pub struct Workload {
     pub namespace: String,
     /// Kubernetes: the service account's name.
     pub service_account: String,
+    /// The issuer of the workload token the claims were read from: what the job's id is built
+    /// with, so a token Gatehouse exchanged for the job's is still that job's.
+    pub issuer: String,
 }
 
 impl Principal {

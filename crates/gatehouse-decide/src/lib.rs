@@ -136,6 +136,11 @@ impl Decider {
         self
     }
 
+    /// The forge's API, when `[forge.api]` is configured.
+    pub fn forge_api(&self) -> Option<&Arc<ForgeApi>> {
+        self.forge_api.as_ref()
+    }
+
     /// The authenticator (Gatehouse's own issuer, readiness).
     pub fn authn(&self) -> &Arc<Authenticator> {
         &self.authn

@@ -5,7 +5,9 @@
 //!   caller (`Sudo: <user>`), two calls per user (`/api/v1/user/orgs`, `/api/v1/user/teams`),
 //!   paged;
 //! - what a web or API route that moves refs does not say itself: a pull request's base and head
-//!   branches, a release's tag, a repository's default branch ([`ForgeApi`]), cached briefly.
+//!   branches, a release's tag, a repository's default branch ([`ForgeApi`]), cached briefly;
+//! - whether a Gitea Actions job exists in a repository and is running, and its commit and ref
+//!   ([`ForgeApi::running_job`]), before Gatehouse mints a token for it.
 //!
 //! This crate must not decide anything or know about HTTP routing; it never logs the token. Time
 //! comes from the injected [`Clock`].
@@ -268,7 +270,9 @@ impl ForgeGroups {
     }
 }
 
+mod actions;
 mod lookups;
+pub use actions::{JobRefused, RunningJob, valid_name};
 pub use lookups::{ForgeApi, LookupError, PullBranches, RepoInfo, ResolvedMove, resolve_moves};
 
 #[cfg(test)]

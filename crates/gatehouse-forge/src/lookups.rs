@@ -56,6 +56,7 @@ pub struct RepoInfo {
 enum Answer {
     Repo(RepoInfo),
     Text(String),
+    Flag(bool),
 }
 
 #[derive(Deserialize)]
@@ -281,6 +282,25 @@ impl ForgeApi {
         )))
     }
 
+    /// The forge API's base URL.
+    pub fn api_url(&self) -> &str {
+        &self.api
+    }
+
+    /// A yes-or-no answer remembered at most `max_age` seconds ago.
+    pub(crate) fn cached_flag(&self, key: &str, max_age: i64) -> Option<bool> {
+        let now = self.clock.now().as_secs();
+        let c = self.cache.lock().ok()?;
+        match c.get(key)? {
+            (Answer::Flag(f), at) if now - at < max_age => Some(*f),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn remember_flag(&self, key: String, f: bool) {
+        self.remember(key, Answer::Flag(f));
+    }
+
     fn cached(&self, key: &str) -> Option<Answer> {
         let now = self.clock.now().as_secs();
         let c = self.cache.lock().ok()?;
@@ -298,7 +318,7 @@ impl ForgeApi {
         }
     }
 
-    async fn get<T: for<'de> Deserialize<'de>>(
+    pub(crate) async fn get<T: for<'de> Deserialize<'de>>(
         &self,
         path: &str,
         what: &str,

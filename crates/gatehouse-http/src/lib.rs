@@ -17,6 +17,7 @@ mod described;
 mod ext_authz_http;
 mod forward_auth;
 mod forwarded;
+mod job_tokens;
 mod metrics;
 mod pages;
 #[cfg(test)]
@@ -41,6 +42,7 @@ mod upstream_response;
 pub use admin::serve_admin;
 pub use body::Body;
 pub use check::{CheckInput, CheckOutcome};
+pub use job_tokens::{GITEA_ACTIONS, JobTokenSettings};
 pub use metrics::Metrics;
 pub use proxy::{Gateway, GatewaySettings};
 pub use server::{ServeError, ServeOptions, serve};

@@ -244,6 +244,10 @@ impl Gateway {
             {
                 self.secrets_api(req, adm, rec).await
             }
+            ("/.gatehouse/jobs:mint", _) => self.mint_job_token(req, adm, rec).await,
+            (p, _) if p == "/.gatehouse/leases" || p.starts_with("/.gatehouse/leases/") => {
+                self.leases_api(req, adm, rec).await
+            }
             (p, _)
                 if [
                     "/.gatehouse/envs",

@@ -83,6 +83,8 @@ pub struct Gateway {
     pub(crate) state: Option<Arc<dyn crate::StateStore>>,
     /// The secrets broker, when `[secrets]` is configured.
     pub(crate) secrets: Option<Arc<gatehouse_secrets::Broker>>,
+    /// Per-job tokens for Gitea Actions runners, when `[job_tokens]` is configured.
+    pub(crate) job_tokens: Option<crate::JobTokenSettings>,
     /// Cancelled when the server stops: relayed (upgraded) connections close then.
     tunnels: tokio_util::sync::CancellationToken,
     /// The relay tasks, so that the server can wait for their audit records at shutdown.
@@ -424,6 +426,7 @@ impl Gateway {
             ssh: None,
             state: None,
             secrets: None,
+            job_tokens: None,
             tunnels: tokio_util::sync::CancellationToken::new(),
             relays: tokio_util::task::TaskTracker::new(),
         }

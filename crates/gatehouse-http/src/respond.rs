@@ -73,6 +73,8 @@ pub enum Refusal {
     RequestTimeout,
     /// The forge cannot say which organisations and teams the caller is in.
     GroupsUnavailable,
+    /// The forge's API could not answer a question Gatehouse must ask it (the text says which).
+    ForgeUnavailable(String),
     /// A route moves refs Gatehouse cannot know before the forge acts (the text says why).
     Undecidable(&'static str),
     /// Gatehouse's store could not be read or written (the text says what).
@@ -115,6 +117,7 @@ impl Refusal {
             Refusal::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Refusal::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Refusal::GroupsUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::ForgeUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::Undecidable(_) => StatusCode::FORBIDDEN,
             Refusal::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::NotFound(_) => StatusCode::NOT_FOUND,
@@ -139,6 +142,7 @@ impl Refusal {
             Refusal::PayloadTooLarge => "payload_too_large".into(),
             Refusal::RequestTimeout => "request_body_timeout".into(),
             Refusal::GroupsUnavailable => "forge_groups_unavailable".into(),
+            Refusal::ForgeUnavailable(_) => "forge_unavailable".into(),
             Refusal::Undecidable(_) => "ref_move_undecidable".into(),
             Refusal::StoreUnavailable(_) => "store_unavailable".into(),
             Refusal::NotFound(_) => "not_found".into(),
@@ -162,6 +166,7 @@ impl Refusal {
             Refusal::PayloadTooLarge => "Request body too large",
             Refusal::RequestTimeout => "Request body timed out",
             Refusal::GroupsUnavailable => "Group membership unavailable",
+            Refusal::ForgeUnavailable(_) => "Forge unavailable",
             Refusal::StoreUnavailable(_) => "Store unavailable",
             Refusal::NotFound(_) => "Not found",
             Refusal::Conflict { .. } => "Conflict",
@@ -189,6 +194,9 @@ impl Refusal {
             }
             Refusal::GroupsUnavailable => {
                 "the forge cannot say which teams you are in right now; try again later".to_owned()
+            }
+            Refusal::ForgeUnavailable(what) => {
+                format!("the forge could not answer ({what}); try again later")
             }
             Refusal::Undecidable(why) => format!("Gatehouse cannot decide this request: {why}"),
             Refusal::StoreUnavailable(what) => {

@@ -22,9 +22,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use gatehouse_audit::AuditRecord;
+use gatehouse_audit::AuditSecret;
 use gatehouse_core::{Principal, UnixTime};
-use gatehouse_policy::{AdminAction, AdminRequest, AdminResource};
-use gatehouse_secrets::{Broker, Expect, Put, SecretError, SecretInfo};
+use gatehouse_policy::{AdminAction, AdminRequest, AdminResource, Provenance};
+use gatehouse_secrets::{Broker, Expect, Holder, Lease, LeaseFilter, Put, SecretError, SecretInfo};
 use http::{Request, Response, StatusCode};
 
 use crate::body::Body;
@@ -109,11 +110,56 @@ fn tags_field(
     }
 }
 
-/// Who asks, from where, how.
+/// Who asks, from where, how, and whether its commit came through Gatehouse.
 struct Asker<'a> {
     principal: &'a Principal,
     adm: &'a Admitted,
     method: &'a str,
+    provenance: &'a Provenance,
+}
+
+/// The reader a lease names: issuer and subject.
+fn holder_of(p: &Principal) -> String {
+    format!("{} {}", p.issuer, p.subject)
+}
+
+fn lease_json(l: &Lease, now: i64) -> serde_json::Value {
+    serde_json::json!({
+        "id": l.id,
+        "path": l.path,
+        "version": l.version,
+        "holder": l.holder,
+        "job_id": l.job_id,
+        "issued_at": t(l.issued_at),
+        "expires_at": t(l.expires_at),
+        "live": l.is_live(now),
+        "revoked_at": l.revoked_at.map(t),
+        "revoked_by": l.revoked_by,
+        "reason": l.reason,
+    })
+}
+
+/// What the push index says of the asker's commit: asked only of a workload whose token names
+/// a repository, a ref and a commit.
+async fn provenance_of(
+    broker: &Broker,
+    p: &Principal,
+) -> Result<Provenance, (Refusal, ClientKind)> {
+    let Some(w) = p
+        .workload
+        .as_ref()
+        .filter(|w| !w.repository.is_empty() && !w.git_ref.is_empty() && !w.commit.is_empty())
+    else {
+        return Ok(Provenance::default());
+    };
+    let found = broker
+        .provenance(&w.repository, &w.git_ref, &w.commit)
+        .await
+        .map_err(refused)?;
+    Ok(Provenance {
+        checked: true,
+        pushed: found.map(|f| (f.pushed_by, f.pushed_at, f.audit_seq)),
+    })
 }
 
 impl Gateway {
@@ -135,7 +181,11 @@ impl Gateway {
             &AdminRequest {
                 principal: who.principal,
                 action,
-                resource: AdminResource::Secret { path, tags },
+                resource: AdminResource::Secret {
+                    path,
+                    tags,
+                    provenance: who.provenance,
+                },
                 source_ip: who.adm.client,
                 method: who.method,
                 host: &who.adm.host,
@@ -163,6 +213,8 @@ impl Gateway {
         let (principal, actor) = self
             .api_caller(req.headers(), &method, req.uri().path(), adm, rec)
             .await?;
+        // A Gitea Actions job's token reads nothing once the forge says the job has ended.
+        self.job_still_running(&principal).await?;
         let raw = req.uri().path().to_owned();
         let query = req.uri().query().unwrap_or("").to_owned();
         let rest = raw
@@ -188,6 +240,10 @@ impl Gateway {
             .map_err(|r| (r, kind))?;
         let m = method.as_str();
         rec.detail = Some(format!("secret {path}"));
+        rec.secret = Some(AuditSecret {
+            path: path.clone(),
+            ..AuditSecret::default()
+        });
         // The tags the policy sees: the secret's own, when it exists.
         let existing = if path.is_empty() {
             None
@@ -204,10 +260,12 @@ impl Gateway {
             None => Expect::Absent,
             Some(i) => Expect::Tagged(i.tags.clone()),
         };
+        let provenance = provenance_of(&broker, &principal).await?;
         let who = Asker {
             principal: &principal,
             adm,
             method: m,
+            provenance: &provenance,
         };
         let tags = existing.as_ref().map_or(&none, |i| &i.tags);
         match (m, path.as_str(), verb.as_deref()) {
@@ -229,6 +287,7 @@ impl Gateway {
                                 resource: AdminResource::Secret {
                                     path: &i.path,
                                     tags: &i.tags,
+                                    provenance: &provenance,
                                 },
                                 source_ip: adm.client,
                                 method: m,
@@ -249,14 +308,40 @@ impl Gateway {
                     None => None,
                     Some(v) => Some(v.parse::<i64>().map_err(|_| bad("version is a number"))?),
                 };
-                let (value, meta) = broker.get(&path, version).await.map_err(refused)?;
-                rec.detail = Some(format!("secret {path} version {}", meta.version));
+                let holder = holder_of(&principal);
+                let job_id = principal
+                    .workload
+                    .as_ref()
+                    .and_then(|w| w.job_id(&principal.issuer));
+                let (value, meta, lease) = broker
+                    .read(
+                        &path,
+                        version,
+                        &Holder {
+                            holder: &holder,
+                            token_id: principal.token_id.as_deref(),
+                            job_id: job_id.as_deref(),
+                            expires_at: principal.expires_at,
+                        },
+                    )
+                    .await
+                    .map_err(refused)?;
+                rec.detail = Some(format!(
+                    "secret {path} version {} lease {}",
+                    meta.version, lease.id
+                ));
+                rec.secret = Some(AuditSecret {
+                    path: path.clone(),
+                    version: Some(meta.version),
+                    lease: Some(lease.id.clone()),
+                });
                 let mut doc = serde_json::json!({
                     "path": path,
                     "version": meta.version,
                     "created_at": t(meta.created_at),
                     "not_before": meta.not_before.map(t),
                     "expires_at": meta.expires_at.map(t),
+                    "lease": { "id": lease.id, "expires_at": t(lease.expires_at) },
                 });
                 match std::str::from_utf8(value.expose()) {
                     Ok(text) => doc["value"] = serde_json::Value::String(text.to_owned()),
@@ -359,6 +444,11 @@ impl Gateway {
                     .await
                     .map_err(refused)?;
                 rec.detail = Some(format!("secret {path} version {version} written"));
+                rec.secret = Some(AuditSecret {
+                    path: path.clone(),
+                    version: Some(version),
+                    lease: None,
+                });
                 Ok(json(
                     StatusCode::CREATED,
                     &serde_json::json!({ "path": path, "version": version }),
@@ -393,6 +483,11 @@ impl Gateway {
                     .await
                     .map_err(refused)?;
                 rec.detail = Some(format!("secret {path} version {version} generated"));
+                rec.secret = Some(AuditSecret {
+                    path: path.clone(),
+                    version: Some(version),
+                    lease: None,
+                });
                 Ok(json(
                     StatusCode::CREATED,
                     &serde_json::json!({ "path": path, "version": version }),
@@ -453,6 +548,179 @@ impl Gateway {
             _ => Err((
                 Refusal::MethodNotAllowed(format!(
                     "{m} {raw} is not a secrets operation (see docs/secrets.md)"
+                )),
+                kind,
+            )),
+        }
+    }
+
+    /// Serves `/.gatehouse/leases...`: the leases reads hold.
+    ///
+    /// | Request | Who | |
+    /// |---|---|---|
+    /// | `GET /.gatehouse/leases?job=ID&prefix=P&holder=H&live=true` | `secret:list` on `Secret::"P"`, and on each lease's secret | newest first, at most 1000 |
+    /// | `GET /.gatehouse/leases/{id}` | its holder, or `secret:list` on its secret | |
+    /// | `POST /.gatehouse/leases/{id}:revoke` | its holder, or `secret:admin` on its secret | JSON `reason` (optional) |
+    pub(crate) async fn leases_api(
+        &self,
+        req: Request<Body>,
+        adm: &Admitted,
+        rec: &mut AuditRecord,
+    ) -> Result<Response<Body>, (Refusal, ClientKind)> {
+        let kind = ClientKind::Api;
+        let Some(broker) = self.secrets.clone() else {
+            return Err((
+                Refusal::NotFound("this gateway has no secrets broker ([secrets])".into()),
+                kind,
+            ));
+        };
+        let method = req.method().clone();
+        let (principal, actor) = self
+            .api_caller(req.headers(), &method, req.uri().path(), adm, rec)
+            .await?;
+        self.job_still_running(&principal).await?;
+        let rest = req
+            .uri()
+            .path()
+            .strip_prefix("/.gatehouse/leases")
+            .unwrap_or("")
+            .trim_start_matches('/')
+            .to_owned();
+        let query = req.uri().query().unwrap_or("").to_owned();
+        let q: BTreeMap<String, String> = url::form_urlencoded::parse(query.as_bytes())
+            .into_owned()
+            .collect();
+        let body = crate::proxy::read_limited(req.into_body(), MAX_BODY)
+            .await
+            .map_err(|r| (r, kind))?;
+        let provenance = provenance_of(&broker, &principal).await?;
+        let who = Asker {
+            principal: &principal,
+            adm,
+            method: method.as_str(),
+            provenance: &provenance,
+        };
+        let now = self.clock.now().as_secs();
+        let holder = holder_of(&principal);
+        let none = BTreeMap::new();
+        // A lease's secret's tags, for the policy (none when the secret is gone).
+        let tags_of = |path: String| {
+            let broker = broker.clone();
+            async move {
+                match broker.info(&path).await {
+                    Ok(i) => Ok(i.tags),
+                    Err(SecretError::NotFound(_) | SecretError::Deleted(_)) => Ok(BTreeMap::new()),
+                    Err(e) => Err(refused(e)),
+                }
+            }
+        };
+        let (id, verb) = match rest.split_once(':') {
+            Some((i, v)) => (i.to_owned(), Some(v.to_owned())),
+            None => (rest.clone(), None),
+        };
+        let id = percent_encoding::percent_decode_str(&id)
+            .decode_utf8()
+            .map_err(|_| bad("the lease id is not UTF-8"))?
+            .into_owned();
+        match (method.as_str(), id.as_str(), verb.as_deref()) {
+            ("GET" | "HEAD", "", None) => {
+                let prefix = q.get("prefix").map_or("", String::as_str);
+                self.admit_secret(&who, AdminAction::SecretList, prefix, &none, rec)?;
+                rec.detail = Some(format!("leases under {prefix:?}"));
+                let filter = LeaseFilter {
+                    job_id: q.get("job").map(String::as_str),
+                    prefix: Some(prefix),
+                    holder: q.get("holder").map(String::as_str),
+                    live_at: q.get("live").filter(|v| *v == "true").map(|_| now),
+                };
+                let leases = broker.leases(&filter).await.map_err(refused)?;
+                let mut tags: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+                let mut docs = Vec::new();
+                for l in &leases {
+                    if !tags.contains_key(&l.path) {
+                        let t = tags_of(l.path.clone()).await?;
+                        tags.insert(l.path.clone(), t);
+                    }
+                    let allowed = self
+                        .decider
+                        .decide_admin(&AdminRequest {
+                            principal: &principal,
+                            action: AdminAction::SecretList,
+                            resource: AdminResource::Secret {
+                                path: &l.path,
+                                tags: tags.get(&l.path).unwrap_or(&none),
+                                provenance: &provenance,
+                            },
+                            source_ip: adm.client,
+                            method: method.as_str(),
+                            host: &adm.host,
+                        })
+                        .allowed;
+                    if allowed {
+                        docs.push(lease_json(l, now));
+                    }
+                }
+                Ok(json(StatusCode::OK, &serde_json::json!({ "leases": docs })))
+            }
+            ("GET" | "HEAD", _, None) => {
+                let l = broker.lease(&id).await.map_err(refused)?;
+                rec.secret = Some(AuditSecret {
+                    path: l.path.clone(),
+                    version: Some(l.version),
+                    lease: Some(l.id.clone()),
+                });
+                rec.detail = Some(format!("lease {id}"));
+                if l.holder == holder {
+                    rec.decision = Some("allow");
+                    rec.reason = Some("lease_holder".into());
+                } else {
+                    let tags = tags_of(l.path.clone()).await?;
+                    self.admit_secret(&who, AdminAction::SecretList, &l.path, &tags, rec)?;
+                }
+                Ok(json(StatusCode::OK, &lease_json(&l, now)))
+            }
+            ("POST", _, Some("revoke")) => {
+                let f = object_or_empty(&body)?;
+                let reason = text_field(&f, "reason")?.unwrap_or("revoked");
+                if reason.len() > 200 {
+                    return Err(bad("reason is at most 200 bytes"));
+                }
+                let l = broker.lease(&id).await.map_err(refused)?;
+                rec.secret = Some(AuditSecret {
+                    path: l.path.clone(),
+                    version: Some(l.version),
+                    lease: Some(l.id.clone()),
+                });
+                // Its holder may always say it is done with a value; anyone else needs
+                // `secret:admin` on the secret.
+                if l.holder == holder {
+                    rec.action = Some("lease:revoke");
+                    rec.decision = Some("allow");
+                    rec.reason = Some("lease_holder".into());
+                } else {
+                    let tags = tags_of(l.path.clone()).await?;
+                    self.admit_secret(&who, AdminAction::SecretAdmin, &l.path, &tags, rec)?;
+                }
+                let now_revoked = broker
+                    .revoke_lease(&id, &actor, reason)
+                    .await
+                    .map_err(refused)?;
+                rec.detail = Some(format!(
+                    "lease {id} on {} version {} {}",
+                    l.path,
+                    l.version,
+                    if now_revoked {
+                        "revoked"
+                    } else {
+                        "was revoked already"
+                    }
+                ));
+                let l = broker.lease(&id).await.map_err(refused)?;
+                Ok(json(StatusCode::OK, &lease_json(&l, now)))
+            }
+            _ => Err((
+                Refusal::MethodNotAllowed(format!(
+                    "{method} /.gatehouse/leases/{rest} is not a lease operation (see docs/secrets.md)"
                 )),
                 kind,
             )),

@@ -341,10 +341,26 @@ impl Gateway {
                 .revoke(RevocationKind::Job, &id, reason, &actor, Some(until))
                 .await
                 .map_err(refused)?;
-            rec.detail = Some(format!("job {id} ended (log entry {seq})"));
+            // Its leases are revoked after its tokens: nothing can read under a new one then.
+            let leases = match &self.secrets {
+                Some(b) => b.end_job(&id, &actor).await.map_err(|e| {
+                    tracing::error!(error = %e, job = %id, "the job's leases were not revoked");
+                    (
+                        Refusal::StoreUnavailable(
+                            "the job's tokens are revoked but its leases were not; end it again"
+                                .into(),
+                        ),
+                        kind,
+                    )
+                })?,
+                None => 0,
+            };
+            rec.detail = Some(format!(
+                "job {id} ended (log entry {seq}), {leases} leases revoked"
+            ));
             return Ok(json(
                 StatusCode::OK,
-                &serde_json::json!({ "job": id, "ended": true, "seq": seq }),
+                &serde_json::json!({ "job": id, "ended": true, "seq": seq, "leases_revoked": leases }),
             ));
         }
         match (method.as_str(), seg.as_slice()) {

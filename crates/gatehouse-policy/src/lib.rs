@@ -14,7 +14,7 @@ use cedar_policy::{
     Authorizer, Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicyId,
     PolicySet, Request, RestrictedExpression, Schema, ValidationMode, Validator,
 };
-use gatehouse_core::{Action, Decision, Principal, PrincipalKind, Resource, Via};
+use gatehouse_core::{Action, Decision, Principal, PrincipalKind, RepoRef, Resource, Via};
 use gatehouse_git::PushRequest;
 
 /// The Cedar schema every policy file is validated against.
@@ -123,6 +123,8 @@ pub enum AdminAction {
     SecretAdmin,
     /// `job:end`
     JobEnd,
+    /// `job:mint`
+    JobMint,
 }
 
 impl AdminAction {
@@ -141,6 +143,7 @@ impl AdminAction {
             AdminAction::SecretDelete => "secret:delete",
             AdminAction::SecretAdmin => "secret:admin",
             AdminAction::JobEnd => "job:end",
+            AdminAction::JobMint => "job:mint",
         }
     }
 }
@@ -165,11 +168,18 @@ pub enum AdminResource<'a> {
         path: &'a str,
         /// Its tags.
         tags: &'a std::collections::BTreeMap<String, String>,
+        /// Whether the asker's commit reached its ref through Gatehouse (`context.provenance`).
+        provenance: &'a Provenance,
     },
     /// A CI job, by its id.
     Job {
         /// Its id.
         id: &'a str,
+    },
+    /// A repository (`job:mint`: a token for one of its CI jobs).
+    Repo {
+        /// The repository.
+        repo: &'a RepoRef,
     },
     /// A revocation of `kind` `value` (both "" for the list).
     Revocation {
@@ -178,6 +188,18 @@ pub enum AdminResource<'a> {
         /// What it names.
         value: &'a str,
     },
+}
+
+/// What the push index says of a CI job's commit: the context's `provenance` in a `secret:*`
+/// question.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Provenance {
+    /// The asker is a workload whose token names a repository, a ref and a commit, so the push
+    /// index was asked.
+    pub checked: bool,
+    /// The push that moved that ref to that commit through Gatehouse, when one did: who pushed,
+    /// when (seconds since the epoch) and the audit record that announced it.
+    pub pushed: Option<(String, i64, i64)>,
 }
 
 /// The ref a `ref:*` question is about.
@@ -621,7 +643,7 @@ impl PolicyEngine {
     /// Decides a token exchange for one role (never cached: exchanges are rare and each carries
     /// its own lifetime). Anything that goes wrong while building the question is a deny.
     pub fn decide_exchange(&self, q: &ExchangeRequest<'_>) -> Decision {
-        let role = || -> Result<(EntityUid, Entity), String> {
+        let role = || -> Result<(EntityUid, Vec<Entity>), String> {
             let r = uid("Role", q.role);
             let e = Entity::new(
                 r.clone(),
@@ -629,7 +651,7 @@ impl PolicyEngine {
                 HashSet::new(),
             )
             .map_err(|e| e.to_string())?;
-            Ok((r, e))
+            Ok((r, vec![e]))
         };
         self.ask_uncached(
             q.principal,
@@ -656,7 +678,7 @@ impl PolicyEngine {
         &self,
         principal: &Principal,
         action: &str,
-        resource: impl FnOnce() -> Result<(EntityUid, Entity), String>,
+        resource: impl FnOnce() -> Result<(EntityUid, Vec<Entity>), String>,
         source_ip: IpAddr,
         method: &str,
         host: &str,
@@ -665,7 +687,7 @@ impl PolicyEngine {
         let built = (|| -> Result<(Request, Entities), String> {
             let (p, mut entities) = self.principal_entity(principal)?;
             let (r, e) = resource()?;
-            entities.push(e);
+            entities.extend(e);
             entities.extend(self.action_entities.iter().cloned());
             let mut pairs = vec![
                 (
@@ -693,10 +715,14 @@ impl PolicyEngine {
     /// Decides a question about Gatehouse's own state (never cached). Anything that goes wrong
     /// while building the question is a deny.
     pub fn decide_admin(&self, q: &AdminRequest<'_>) -> Decision {
-        let resource = || -> Result<(EntityUid, Entity), String> {
+        let resource = || -> Result<(EntityUid, Vec<Entity>), String> {
             let (r, attrs) = match q.resource {
+                // A repository is in its owner, in the forge, as in any git or web question.
+                AdminResource::Repo { repo } => {
+                    return self.resource_entity(&Resource::Repo(repo.clone()));
+                }
                 // A secret carries its tags as Cedar entity tags.
-                AdminResource::Secret { path, tags } => {
+                AdminResource::Secret { path, tags, .. } => {
                     let r = uid("Secret", path);
                     let e = Entity::new_with_tags(
                         r.clone(),
@@ -705,7 +731,7 @@ impl PolicyEngine {
                         tags.iter().map(|(k, v)| (k.clone(), s(v))),
                     )
                     .map_err(|e| e.to_string())?;
-                    return Ok((r, e));
+                    return Ok((r, vec![e]));
                 }
                 AdminResource::Environment {
                     id,
@@ -739,7 +765,30 @@ impl PolicyEngine {
                 }
             };
             let e = Entity::new(r.clone(), attrs, HashSet::new()).map_err(|e| e.to_string())?;
-            Ok((r, e))
+            Ok((r, vec![e]))
+        };
+        let extra = match q.resource {
+            AdminResource::Secret { provenance, .. } => {
+                let (by, at, seq) = provenance.pushed.clone().unwrap_or_default();
+                let record = RestrictedExpression::new_record([
+                    (
+                        "checked".to_owned(),
+                        RestrictedExpression::new_bool(provenance.checked),
+                    ),
+                    (
+                        "pushed".to_owned(),
+                        RestrictedExpression::new_bool(provenance.pushed.is_some()),
+                    ),
+                    ("pushed_by".to_owned(), s(&by)),
+                    ("pushed_at".to_owned(), RestrictedExpression::new_long(at)),
+                    ("audit_seq".to_owned(), RestrictedExpression::new_long(seq)),
+                ]);
+                match record {
+                    Ok(r) => vec![("provenance".to_owned(), r)],
+                    Err(_) => return Decision::new(false, vec![], "policy_request_invalid"),
+                }
+            }
+            _ => Vec::new(),
         };
         self.ask_uncached(
             q.principal,
@@ -748,7 +797,7 @@ impl PolicyEngine {
             q.source_ip,
             q.method,
             q.host,
-            Vec::new(),
+            extra,
         )
     }
 

@@ -731,7 +731,11 @@ permit(principal in Gatehouse::Group::"payments", action in [Gatehouse::Action::
             .decide_admin(&AdminRequest {
                 principal: p,
                 action,
-                resource: AdminResource::Secret { path, tags: &tags },
+                resource: AdminResource::Secret {
+                    path,
+                    tags: &tags,
+                    provenance: &Provenance::default(),
+                },
                 source_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
                 method: "GET",
                 host: "git.example",
@@ -770,4 +774,67 @@ permit(principal in Gatehouse::Group::"payments", action in [Gatehouse::Action::
     assert!(ask(&alice, get, "any/path", &[("team", "payments")]));
     assert!(!ask(&alice, get, "any/path", &[("team", "search")]));
     assert!(!ask(&alice, get, "any/path", &[]));
+}
+
+#[test]
+fn a_provenance_policy_gives_secrets_only_to_a_commit_pushed_through_gatehouse() {
+    let engine = PolicyEngine::new(
+        r#"
+@id("job-secrets")
+permit(principal is Gatehouse::ServiceAccount, action == Gatehouse::Action::"secret:get", resource is Gatehouse::Secret)
+  when { principal has workload && resource.path like "prod/*" };
+
+@id("pushed-through-gatehouse")
+forbid(principal, action == Gatehouse::Action::"secret:get", resource is Gatehouse::Secret)
+  when { resource.path like "prod/*" } unless { context.provenance.pushed };
+
+@id("not-by-a-bot")
+forbid(principal, action == Gatehouse::Action::"secret:get", resource is Gatehouse::Secret)
+  when { context.provenance.checked && context.provenance.pushed_by == "mallory" };
+"#,
+        "forge",
+    )
+    .unwrap();
+    let job = Principal {
+        kind: PrincipalKind::Service,
+        workload: Some(Arc::new(gatehouse_core::Workload {
+            platform: "github-actions".into(),
+            repository: "acme/api".into(),
+            git_ref: "refs/heads/main".into(),
+            commit: "4b825dc642cb6eb9a060e54bf8d69288fbee4904".into(),
+            ..Default::default()
+        })),
+        ..principal("job", &[])
+    };
+    let tags = std::collections::BTreeMap::new();
+    let ask = |p: &Provenance| {
+        let d = engine.decide_admin(&AdminRequest {
+            principal: &job,
+            action: AdminAction::SecretGet,
+            resource: AdminResource::Secret {
+                path: "prod/acme/api/db",
+                tags: &tags,
+                provenance: p,
+            },
+            source_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            method: "GET",
+            host: "git.example",
+        });
+        (d.allowed, d.deciding_policy().to_string())
+    };
+    let pushed = |by: &str| Provenance {
+        checked: true,
+        pushed: Some((by.to_owned(), 1_800_000_000, 42)),
+    };
+    assert_eq!(ask(&pushed("alice")), (true, "job-secrets".into()));
+    let never = Provenance {
+        checked: true,
+        pushed: None,
+    };
+    assert_eq!(ask(&never), (false, "pushed-through-gatehouse".into()));
+    assert_eq!(
+        ask(&Provenance::default()),
+        (false, "pushed-through-gatehouse".into())
+    );
+    assert_eq!(ask(&pushed("mallory")), (false, "not-by-a-bot".into()));
 }

@@ -16,9 +16,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use gatehouse_core::Clock;
-use gatehouse_store::{NewSecret, NewVersion, SecretRow, SecretVersion, Store, StoreError};
+use gatehouse_store::{
+    NewLease, NewSecret, NewVersion, SecretRow, SecretVersion, Store, StoreError,
+};
 use zeroize::Zeroizing;
 
+pub use gatehouse_store::{IndexedPush, Lease, LeaseFilter};
 pub use keys::{MasterKey, MasterKeys};
 
 /// Most tags a secret carries.
@@ -248,6 +251,52 @@ pub struct BrokerSettings {
     pub max_versions: i64,
     /// How long a deleted secret stays recoverable before it is purged by itself (seconds).
     pub retention: i64,
+    /// The longest a lease on a read lasts (seconds); shorter when the reader's credential or
+    /// the version expires sooner.
+    pub lease_ttl: i64,
+    /// How long the push index keeps a push (seconds): a job running an older commit fails a
+    /// provenance check.
+    pub push_retention: i64,
+}
+
+/// How long a lease that ended stays listed (seconds).
+pub const LEASE_KEPT: i64 = 86_400;
+
+/// Who reads a value, for the lease on it.
+#[derive(Debug, Clone, Copy)]
+pub struct Holder<'a> {
+    /// The reader: its issuer and subject, space-separated.
+    pub holder: &'a str,
+    /// The reader's credential id.
+    pub token_id: Option<&'a str>,
+    /// The reader's CI job.
+    pub job_id: Option<&'a str>,
+    /// When the reader's credential expires.
+    pub expires_at: Option<i64>,
+}
+
+/// A new lease id: `lease_` and 32 hex digits (128 random bits).
+fn new_lease_id() -> Result<String, SecretError> {
+    let mut raw = [0_u8; 16];
+    aws_lc_rs::rand::fill(&mut raw).map_err(|_| SecretError::Internal("rng".into()))?;
+    let mut id = String::with_capacity(38);
+    id.push_str("lease_");
+    for b in raw {
+        use std::fmt::Write as _;
+        let _ = write!(id, "{b:02x}");
+    }
+    Ok(id)
+}
+
+/// Checks the shape of a lease id.
+pub fn check_lease_id(id: &str) -> Result<(), SecretError> {
+    match id.strip_prefix("lease_") {
+        Some(hex) if hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => Ok(()),
+        _ => Err(SecretError::Invalid(format!(
+            "{:?} is not a lease id (lease_ and 32 hex digits)",
+            id.chars().take(64).collect::<String>()
+        ))),
+    }
 }
 
 /// The secrets broker. One per process; cheap to share.
@@ -475,6 +524,108 @@ impl Broker {
         Ok((SecretValue(value), row.meta))
     }
 
+    /// Reads a value as [`Broker::get`] does and records a lease on it for `holder` first: the
+    /// lease is durable before the value is returned. It lasts [`BrokerSettings::lease_ttl`],
+    /// never past the holder's credential or the version's expiry.
+    pub async fn read(
+        &self,
+        path: &str,
+        version: Option<i64>,
+        holder: &Holder<'_>,
+    ) -> Result<(SecretValue, SecretVersion, Lease), SecretError> {
+        let (value, meta) = self.get(path, version).await?;
+        let now = self.now();
+        let expires_at = [
+            Some(now.saturating_add(self.settings.lease_ttl)),
+            holder.expires_at,
+            meta.expires_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(now)
+        .max(now.saturating_add(1));
+        let id = new_lease_id()?;
+        let lease = NewLease {
+            id: &id,
+            path,
+            version: meta.version,
+            holder: holder.holder,
+            token_id: holder.token_id,
+            job_id: holder.job_id,
+            issued_at: now,
+            expires_at,
+        };
+        self.store.leases().create(&lease).await?;
+        let lease = Lease {
+            id: id.clone(),
+            path: path.to_owned(),
+            version: meta.version,
+            holder: holder.holder.to_owned(),
+            token_id: holder.token_id.map(str::to_owned),
+            job_id: holder.job_id.map(str::to_owned),
+            issued_at: now,
+            expires_at,
+            revoked_at: None,
+            revoked_by: None,
+            reason: None,
+        };
+        Ok((value, meta, lease))
+    }
+
+    /// The lease `id`.
+    pub async fn lease(&self, id: &str) -> Result<Lease, SecretError> {
+        check_lease_id(id)?;
+        self.store
+            .leases()
+            .get(id)
+            .await?
+            .ok_or_else(|| SecretError::NotFound(format!("lease {id}")))
+    }
+
+    /// Revokes the lease `id`. `Ok(false)`: it was revoked already (the first revocation stands).
+    pub async fn revoke_lease(
+        &self,
+        id: &str,
+        by: &str,
+        reason: &str,
+    ) -> Result<bool, SecretError> {
+        check_lease_id(id)?;
+        Ok(self
+            .store
+            .leases()
+            .revoke(id, by, reason, self.now())
+            .await?)
+    }
+
+    /// Revokes every lease of the job `job_id`; how many were live.
+    pub async fn end_job(&self, job_id: &str, by: &str) -> Result<u64, SecretError> {
+        Ok(self
+            .store
+            .leases()
+            .revoke_job(job_id, by, "job_ended", self.now())
+            .await?)
+    }
+
+    /// The leases `f` selects, newest first (at most 1000).
+    pub async fn leases(&self, f: &LeaseFilter<'_>) -> Result<Vec<Lease>, SecretError> {
+        Ok(self.store.leases().list(f).await?)
+    }
+
+    /// Whether `commit` reached `git_ref` of `repo` through a push Gatehouse allowed and
+    /// audited: the push, from the push index, or `None`.
+    pub async fn provenance(
+        &self,
+        repo: &str,
+        git_ref: &str,
+        commit: &str,
+    ) -> Result<Option<IndexedPush>, SecretError> {
+        if repo.is_empty() || git_ref.is_empty() || commit.is_empty() {
+            return Ok(None);
+        }
+        Ok(self.store.pushes().find(repo, git_ref, commit).await?)
+    }
+
     /// The secrets under `prefix` (`""`: all), live or deleted. Never a value.
     pub async fn list(&self, prefix: &str, deleted: bool) -> Result<Vec<SecretInfo>, SecretError> {
         if !prefix.is_empty() {
@@ -622,8 +773,20 @@ impl Broker {
     }
 
     /// Purges the deleted secrets whose retention has passed. Returns how many.
+    /// Leases that ended more than a day ago and pushes older than
+    /// [`BrokerSettings::push_retention`] are deleted too.
     pub async fn sweep(&self) -> Result<u64, SecretError> {
-        Ok(self.store.secrets().purge_due(self.now()).await?)
+        let now = self.now();
+        let purged = self.store.secrets().purge_due(now).await?;
+        self.store
+            .leases()
+            .prune(now.saturating_sub(LEASE_KEPT))
+            .await?;
+        self.store
+            .pushes()
+            .prune(now.saturating_sub(self.settings.push_retention))
+            .await?;
+        Ok(purged)
     }
 
     /// Rewraps every data key not wrapped by the current master key (after a rotation).

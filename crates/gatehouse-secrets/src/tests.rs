@@ -56,6 +56,8 @@ fn broker(store: &Store, keys: MasterKeys, clock: Arc<ManualClock>) -> Broker {
         BrokerSettings {
             max_versions: 3,
             retention: 7 * DAY,
+            lease_ttl: 3600,
+            push_retention: 30 * DAY,
         },
     )
 }
@@ -472,6 +474,8 @@ async fn concurrent_writers_get_distinct_versions_and_lose_nothing() {
             BrokerSettings {
                 max_versions: 100,
                 retention: DAY,
+                lease_ttl: 3600,
+                push_retention: 30 * DAY,
             },
         ));
         let writers: Vec<_> = (0..4)
@@ -530,5 +534,100 @@ async fn an_altered_row_is_refused_as_corrupt_never_read() {
         assert!(matches!(e, SecretError::Corrupt(_)), "{n}: {e}");
         assert!(e.is_server_error(), "{n}");
         assert!(!e.to_string().contains('2'), "{n}: {e}");
+    }
+}
+
+#[tokio::test]
+async fn a_read_holds_a_lease_no_longer_than_the_credential_and_job_end_revokes_it() {
+    let t = MasterKey::generate_text().unwrap();
+    for be in backends("leases").await {
+        let n = be.name;
+        let clock = Arc::new(ManualClock::new(T0));
+        let b = broker(&be.store, MasterKeys::new(key(&t), vec![]), clock.clone());
+        b.put(&put("prod/acme/api/db", b"v1")).await.unwrap();
+        b.put(&Put {
+            expires_at: Some(T0 + 600),
+            ..put("prod/acme/api/short", b"s")
+        })
+        .await
+        .unwrap();
+        let job = "ci.example/acme/api/run/1/job/2";
+        let holder = Holder {
+            holder: "https://ci.example repo:acme/api",
+            token_id: Some("jti-9"),
+            job_id: Some(job),
+            expires_at: Some(T0 + 900),
+        };
+        let (v, meta, lease) = b.read("prod/acme/api/db", None, &holder).await.unwrap();
+        assert_eq!((v.expose(), meta.version), (b"v1".as_slice(), 1), "{n}");
+        check_lease_id(&lease.id).unwrap();
+        // The credential ends first: the lease ends with it.
+        assert_eq!(lease.expires_at, T0 + 900, "{n}");
+        assert_eq!(
+            b.lease(&lease.id).await.unwrap(),
+            lease,
+            "{n}: durable as returned"
+        );
+        // The version expires first.
+        let (_, _, short) = b.read("prod/acme/api/short", None, &holder).await.unwrap();
+        assert_eq!(short.expires_at, T0 + 600, "{n}");
+        // A credential without an expiry: the broker's own limit.
+        let open = Holder {
+            job_id: None,
+            expires_at: None,
+            ..holder
+        };
+        let (_, _, other) = b.read("prod/acme/api/db", None, &open).await.unwrap();
+        assert_eq!(other.expires_at, T0 + 3600, "{n}");
+        // A refused read records no lease.
+        b.set_enabled("prod/acme/api/db", Some(1), false)
+            .await
+            .unwrap();
+        assert!(
+            b.read("prod/acme/api/db", None, &holder).await.is_err(),
+            "{n}"
+        );
+        let of_job = LeaseFilter {
+            job_id: Some(job),
+            ..LeaseFilter::default()
+        };
+        assert_eq!(b.leases(&of_job).await.unwrap().len(), 2, "{n}");
+
+        clock.advance(10);
+        assert_eq!(b.end_job(job, "job:end").await.unwrap(), 2, "{n}");
+        for l in b.leases(&of_job).await.unwrap() {
+            assert_eq!(l.revoked_at, Some(T0 + 10), "{n}");
+            assert_eq!(l.reason.as_deref(), Some("job_ended"), "{n}");
+        }
+        assert!(
+            b.lease(&other.id).await.unwrap().is_live(T0 + 10),
+            "{n}: not the job's"
+        );
+        assert!(
+            b.revoke_lease(&other.id, "me", "exec_ended").await.unwrap(),
+            "{n}"
+        );
+        assert!(
+            !b.revoke_lease(&other.id, "me", "again").await.unwrap(),
+            "{n}"
+        );
+        assert!(
+            matches!(b.lease("lease_nope").await, Err(SecretError::Invalid(_))),
+            "{n}"
+        );
+        assert!(
+            matches!(
+                b.lease("lease_00000000000000000000000000000000").await,
+                Err(SecretError::NotFound(_))
+            ),
+            "{n}"
+        );
+        // Ended leases are swept a day later.
+        clock.advance(2 * DAY);
+        b.sweep().await.unwrap();
+        assert!(
+            b.leases(&LeaseFilter::default()).await.unwrap().is_empty(),
+            "{n}"
+        );
     }
 }

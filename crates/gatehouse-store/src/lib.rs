@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 mod environments;
+mod leases;
 mod revocations;
 mod secrets;
 mod sessions;
@@ -29,6 +30,7 @@ use sqlx::sqlite::{
 };
 
 pub use environments::{Environment, Environments};
+pub use leases::{IndexedPush, LEASE_LIST_MAX, Lease, LeaseFilter, Leases, NewLease, PushIndex};
 pub use revocations::{NewRevocation, RevocationFeed, RevocationLog, RevocationRecord};
 pub use secrets::{NewSecret, NewVersion, SecretRow, SecretRows, SecretVersion, VersionRow};
 pub use sessions::SessionRecords;
@@ -63,6 +65,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         "secrets",
         include_str!("../migrations/sqlite/0004_secrets.sql"),
         include_str!("../migrations/postgres/0004_secrets.sql"),
+    ),
+    (
+        5,
+        "secret leases and the push index",
+        include_str!("../migrations/sqlite/0005_leases_pushes.sql"),
+        include_str!("../migrations/postgres/0005_leases_pushes.sql"),
     ),
 ];
 
@@ -417,6 +425,16 @@ impl Store {
     /// Sealed session records.
     pub fn sessions(&self) -> SessionRecords<'_> {
         SessionRecords::new(self)
+    }
+
+    /// The leases on secrets' values.
+    pub fn leases(&self) -> Leases<'_> {
+        Leases::new(self)
+    }
+
+    /// The push index (provenance: which commits reached which refs through Gatehouse).
+    pub fn pushes(&self) -> PushIndex<'_> {
+        PushIndex::new(self)
     }
 
     /// The secrets broker's rows (sealed values, wrapped data keys).

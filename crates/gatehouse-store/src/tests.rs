@@ -776,3 +776,206 @@ async fn ending_an_environment_revokes_what_is_bound_to_it() {
         assert!(envs.end("env-nope", "x", 1).await.unwrap().is_none(), "{b}");
     }
 }
+
+#[tokio::test]
+async fn leases_are_listed_revoked_once_ended_by_job_and_pruned() {
+    for (store, _d) in backends("leases").await {
+        let b = store.backend();
+        let leases = store.leases();
+        let new = |id: &'static str, path: &'static str, job: Option<&'static str>| NewLease {
+            id,
+            path,
+            version: 3,
+            holder: "urn:ci repo:acme/api",
+            token_id: Some("jti-1"),
+            job_id: job,
+            issued_at: 1_000,
+            expires_at: 2_000,
+        };
+        let job = "ci.example/acme/api/run/7/job/9";
+        leases
+            .create(&new("lease_a", "prod/acme/api/db", Some(job)))
+            .await
+            .unwrap();
+        leases
+            .create(&new("lease_b", "prod/acme/web/db", Some(job)))
+            .await
+            .unwrap();
+        leases
+            .create(&new("lease_c", "prod/acme/api/key", Some("other")))
+            .await
+            .unwrap();
+        leases
+            .create(&new("lease_d", "Prod/acme/api/db", None))
+            .await
+            .unwrap();
+        // An id is used once.
+        assert!(
+            leases.create(&new("lease_a", "x", None)).await.is_err(),
+            "{b}"
+        );
+
+        let ids = |v: Vec<Lease>| -> Vec<String> {
+            let mut ids: Vec<String> = v.into_iter().map(|l| l.id).collect();
+            ids.sort();
+            ids
+        };
+        let of_job = LeaseFilter {
+            job_id: Some(job),
+            ..LeaseFilter::default()
+        };
+        assert_eq!(
+            ids(leases.list(&of_job).await.unwrap()),
+            ["lease_a", "lease_b"],
+            "{b}"
+        );
+        // A prefix is case-sensitive on both backends, and `_`/`%` in it are plain characters.
+        let under = LeaseFilter {
+            prefix: Some("prod/acme/api/"),
+            ..LeaseFilter::default()
+        };
+        assert_eq!(
+            ids(leases.list(&under).await.unwrap()),
+            ["lease_a", "lease_c"],
+            "{b}"
+        );
+        let wild = LeaseFilter {
+            prefix: Some("prod_acme%"),
+            ..LeaseFilter::default()
+        };
+        assert!(leases.list(&wild).await.unwrap().is_empty(), "{b}");
+
+        assert!(
+            leases
+                .revoke("lease_c", "cli:ops", "revoked", 1_500)
+                .await
+                .unwrap(),
+            "{b}"
+        );
+        assert!(
+            !leases.revoke("lease_c", "x", "again", 1_600).await.unwrap(),
+            "{b}: once"
+        );
+        let c = leases.get("lease_c").await.unwrap().unwrap();
+        assert_eq!(
+            (c.revoked_at, c.revoked_by.as_deref(), c.reason.as_deref()),
+            (Some(1_500), Some("cli:ops"), Some("revoked")),
+            "{b}: the first revocation stands"
+        );
+        assert!(!c.is_live(1_501), "{b}");
+
+        assert_eq!(
+            leases
+                .revoke_job(job, "job:end", "job_ended", 1_700)
+                .await
+                .unwrap(),
+            2,
+            "{b}"
+        );
+        assert_eq!(
+            leases
+                .revoke_job(job, "job:end", "job_ended", 1_800)
+                .await
+                .unwrap(),
+            0,
+            "{b}"
+        );
+        let live = LeaseFilter {
+            live_at: Some(1_900),
+            ..LeaseFilter::default()
+        };
+        assert_eq!(ids(leases.list(&live).await.unwrap()), ["lease_d"], "{b}");
+        assert!(
+            leases
+                .list(&LeaseFilter {
+                    live_at: Some(2_000),
+                    ..LeaseFilter::default()
+                })
+                .await
+                .unwrap()
+                .is_empty(),
+            "{b}: lapsed"
+        );
+
+        // Pruning keeps what ended after the cut-off.
+        assert_eq!(leases.prune(1_600).await.unwrap(), 1, "{b}: lease_c");
+        assert_eq!(leases.prune(2_001).await.unwrap(), 3, "{b}");
+        assert!(leases.get("lease_a").await.unwrap().is_none(), "{b}");
+    }
+}
+
+#[tokio::test]
+async fn the_push_index_finds_what_was_pushed_and_keeps_the_first_record() {
+    for (store, _d) in backends("pushes").await {
+        let b = store.backend();
+        let idx = store.pushes();
+        let c1 = "4b825dc642cb6eb9a060e54bf8d69288fbee4904";
+        let push = |git_ref: &str, commit: &str, seq: i64| IndexedPush {
+            repo: "Acme/API".into(),
+            git_ref: git_ref.into(),
+            commit: commit.into(),
+            audit_seq: seq,
+            pushed_at: 1_000 + seq,
+            pushed_by: "alice".into(),
+            node: "gw-1".into(),
+        };
+        idx.record(&[push("refs/heads/main", c1, 7), push("refs/tags/v1", c1, 7)])
+            .await
+            .unwrap();
+        // The same commit to the same ref again: the first record stays.
+        idx.record(&[push("refs/heads/main", &c1.to_ascii_uppercase(), 9)])
+            .await
+            .unwrap();
+        let found = idx
+            .find("acme/api", "refs/heads/main", c1)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (found.repo.as_str(), found.audit_seq),
+            ("acme/api", 7),
+            "{b}"
+        );
+        assert!(
+            idx.find("acme/api", "refs/heads/dev", c1)
+                .await
+                .unwrap()
+                .is_none(),
+            "{b}"
+        );
+        assert!(
+            idx.find("acme/web", "refs/heads/main", c1)
+                .await
+                .unwrap()
+                .is_none(),
+            "{b}"
+        );
+        assert!(
+            idx.find(
+                "acme/api",
+                "refs/heads/main",
+                "0000000000000000000000000000000000000001"
+            )
+            .await
+            .unwrap()
+            .is_none(),
+            "{b}"
+        );
+        // Refs are case-sensitive (git's are).
+        assert!(
+            idx.find("acme/api", "refs/heads/MAIN", c1)
+                .await
+                .unwrap()
+                .is_none(),
+            "{b}"
+        );
+        assert_eq!(idx.prune(1_008).await.unwrap(), 2, "{b}");
+        assert!(
+            idx.find("acme/api", "refs/tags/v1", c1)
+                .await
+                .unwrap()
+                .is_none(),
+            "{b}"
+        );
+    }
+}

@@ -24,6 +24,17 @@
 //   GET /api/v1/repos/{owner}/{repo}/tags?limit=&page=     -> [{"name"}] (from "tags": [...])
 //   GET /api/v1/repos/{owner}/{repo}/releases?limit=&page= -> [{"id", "tag_name"}]
 // with the same token (a deleted head repository is `"head_repo": null`).
+// And Gitea Actions' jobs and runs (Gitea 1.25: routers/api/v1/repo/action.go GetWorkflowJob,
+// GetWorkflowRun; structs ActionWorkflowJob, ActionWorkflowRun; a job or run of another
+// repository is 404, as Gitea's `job.RepoID != ctx.Repo.Repository.ID` check answers):
+//   "acme/api": {"actions": {
+//       "runs": {"42": {"path": "deploy.yml@refs/heads/main", "event": "push",
+//                       "head_sha": "...", "head_branch": "main", "actor": "alice"}},
+//       "jobs": {"77": {"run_id": 42, "status": "in_progress", "head_sha": "...",
+//                       "runner_name": "runner-1", "name": "deploy"}}}}
+//   GET /api/v1/repos/{owner}/{repo}/actions/jobs/{id} -> ActionWorkflowJob
+//   GET /api/v1/repos/{owner}/{repo}/actions/runs/{id} -> ActionWorkflowRun
+// POST /_job?repo=acme/api&job=77&status=completed changes a job's status (the job ends).
 // Any other request is the forge's web UI or API as Gatehouse forwards it: it is RECORDED
 // (method, path and query, the identity header, the request id, the body) and answered 200, so
 // that a test can see what reached the forge and that it came unchanged.
@@ -47,11 +58,43 @@ const page = (res, u, all) => {
   return json(res, 200, all.slice((p - 1) * limit, p * limit));
 };
 
+const epoch = '1970-01-01T00:00:00Z';
+const actionsLookup = (res, r, full, kind, id) => {
+  const a = r.actions || {};
+  if (kind === 'jobs') {
+    const j = (a.jobs || {})[id];
+    if (!j) return json(res, 404, { message: 'The target couldn\'t be found.' });
+    const run = (a.runs || {})[String(j.run_id)] || {};
+    return json(res, 200, {
+      id: Number(id), url: `/api/v1/repos/${full}/actions/jobs/${id}`, html_url: '',
+      run_id: j.run_id, run_url: `/api/v1/repos/${full}/actions/runs/${j.run_id}`,
+      name: j.name || 'job', labels: ['ubuntu-latest'], run_attempt: j.run_attempt || 1,
+      head_sha: j.head_sha, ...(run.head_branch ? { head_branch: run.head_branch } : {}),
+      status: j.status, ...(j.status === 'completed' ? { conclusion: j.conclusion || 'success' } : {}),
+      runner_id: 1, runner_name: j.runner_name || '', steps: [],
+      created_at: '2026-12-07T10:00:00Z', started_at: '2026-12-07T10:00:01Z', completed_at: epoch,
+    });
+  }
+  const run = (a.runs || {})[id];
+  if (!run) return json(res, 404, { message: 'The target couldn\'t be found.' });
+  return json(res, 200, {
+    id: Number(id), url: `/api/v1/repos/${full}/actions/runs/${id}`, html_url: '',
+    display_title: 'run', path: run.path, event: run.event || 'push', run_attempt: 0,
+    run_number: run.run_number || 1, head_sha: run.head_sha,
+    ...(run.head_branch ? { head_branch: run.head_branch } : {}),
+    status: run.status || 'in_progress', actor: { id: 1, login: run.actor || '' },
+    started_at: '2026-12-07T10:00:00Z', completed_at: epoch,
+  });
+};
+
 const repoLookup = (res, parts, u) => {
   const [owner, repo, what, id] = parts;
   const full = `${owner}/${repo}`;
   const r = REPOS[full.toLowerCase()];
   if (!r) return json(res, 404, { message: 'repository does not exist' });
+  if (what === 'actions/jobs' || what === 'actions/runs') {
+    return actionsLookup(res, r, full.toLowerCase(), what.slice('actions/'.length), id);
+  }
   if (what === 'tags' && id === undefined) return page(res, u, (r.tags || []).map((name) => ({ name })));
   if (what === 'releases' && id === undefined) {
     return page(res, u, Object.entries(r.releases || {}).map(([rid, tag]) => ({ id: Number(rid), tag_name: tag })));
@@ -89,7 +132,14 @@ const server = http.createServer((req, res) => {
     return json(res, 200, { fault });
   }
   if (u.pathname === '/_received') return json(res, 200, received);
-  const lookup = u.pathname.match(/^\/api\/v1\/repos\/([^/]+)\/([^/]+)(?:\/(pulls|releases)\/(\d+)|\/(tags|releases))?$/);
+  if (u.pathname === '/_job' && req.method === 'POST') {
+    const r = REPOS[(u.searchParams.get('repo') || '').toLowerCase()];
+    const j = r && ((r.actions || {}).jobs || {})[u.searchParams.get('job')];
+    if (!j) return json(res, 404, { message: 'no such job' });
+    j.status = u.searchParams.get('status') || 'completed';
+    return json(res, 200, j);
+  }
+  const lookup = u.pathname.match(/^\/api\/v1\/repos\/([^/]+)\/([^/]+)(?:\/(pulls|releases|actions\/jobs|actions\/runs)\/(\d+)|\/(tags|releases))?$/);
   const isLookup = lookup && req.method === 'GET' && req.headers.authorization === `token ${TOKEN}`;
   const m = u.pathname.match(/^\/api\/v1\/user\/(orgs|teams)$/);
   if (!isLookup && !(m && req.method === 'GET')) {

@@ -97,6 +97,14 @@ enum Cmd {
         /// A token (default: the sign-in saved by `gatehouse login`).
         #[arg(long, env = "GATEHOUSE_TOKEN", hide_env_values = true, global = true)]
         token: Option<String>,
+        /// A file holding the token (a CI job's or pod's workload token).
+        #[arg(
+            long,
+            env = "GATEHOUSE_TOKEN_FILE",
+            global = true,
+            conflicts_with = "token"
+        )]
+        token_file: Option<PathBuf>,
         #[command(subcommand)]
         what: SecretCmd,
     },
@@ -242,6 +250,40 @@ enum SecretCmd {
     },
     /// Rewrap every data key under the current master key (after a master key rotation).
     Rewrap,
+    /// Run a command with secrets in its environment only; revoke their leases when it exits.
+    ///
+    /// `gatehouse secret exec --map DB_PASSWORD=prod/acme/api/db-password -- ./deploy.sh`
+    Exec {
+        /// `NAME=PATH` or `NAME=PATH@VERSION` (repeat).
+        #[arg(long = "map", required = true)]
+        map: Vec<gatehouse_app::ExecMap>,
+        /// Let the command have GATEHOUSE_TOKEN (by default it is removed from its environment).
+        #[arg(long)]
+        keep_token: bool,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true)]
+        command: Vec<std::ffi::OsString>,
+    },
+    /// List the leases reads hold (never a value).
+    Leases {
+        /// Of this job (its id as `gatehouse job end` takes it).
+        #[arg(long)]
+        job: Option<String>,
+        /// On secrets under this prefix.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Only those neither revoked nor lapsed.
+        #[arg(long)]
+        live: bool,
+    },
+    /// Revoke a lease (its holder may; anyone else needs secret:admin on the secret).
+    RevokeLease {
+        /// The lease id (`lease_...`).
+        id: String,
+        /// Why (for the record).
+        #[arg(long, default_value = "revoked")]
+        reason: String,
+    },
     /// Print a new random master key (for `secrets.master_key`).
     MasterKey {
         /// `generate`.
@@ -607,14 +649,48 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Secret {
             server,
             token,
+            token_file,
             what,
         } => {
             use gatehouse_app::SecretCommand as C;
+            let token =
+                match token_file {
+                    Some(f) => Some(std::fs::read_to_string(&f).map_err(|e| {
+                        anyhow::anyhow!("reading the token from {}: {e}", f.display())
+                    })?),
+                    None => token,
+                };
+            let client = |server: Option<String>| -> anyhow::Result<gatehouse_app::SecretClient> {
+                let Some(server) = server else {
+                    anyhow::bail!("secret needs --server (or GATEHOUSE_SERVER): the gateway's URL");
+                };
+                Ok(gatehouse_app::SecretClient {
+                    server,
+                    token: token.clone(),
+                })
+            };
             let cmd = match what {
                 SecretCmd::MasterKey { .. } => {
                     gatehouse_app::master_key_generate()?;
                     return Ok(ExitCode::SUCCESS);
                 }
+                SecretCmd::Exec {
+                    map,
+                    keep_token,
+                    command,
+                } => {
+                    let code = gatehouse_app::secret_exec(
+                        &client(server)?,
+                        gatehouse_app::ExecArgs {
+                            map,
+                            command,
+                            keep_token,
+                        },
+                    )?;
+                    return Ok(ExitCode::from(code));
+                }
+                SecretCmd::Leases { job, prefix, live } => C::Leases { job, prefix, live },
+                SecretCmd::RevokeLease { id, reason } => C::RevokeLease { id, reason },
                 SecretCmd::Put {
                     path,
                     tags,
@@ -640,10 +716,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 SecretCmd::Purge { path } => C::Purge { path },
                 SecretCmd::Rewrap => C::Rewrap,
             };
-            let Some(server) = server else {
-                anyhow::bail!("secret needs --server (or GATEHOUSE_SERVER): the gateway's URL");
-            };
-            gatehouse_app::secret(&gatehouse_app::SecretClient { server, token }, cmd)?
+            gatehouse_app::secret(&client(server)?, cmd)?
         }
         Cmd::Revoke { config, what } => {
             let Some(config) = config else {

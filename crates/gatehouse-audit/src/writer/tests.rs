@@ -1,6 +1,7 @@
 use std::io::Write as _;
 
 use super::*;
+use crate::AuditRef;
 use crate::chain::{VerifyError, verify};
 
 fn tmp(name: &str) -> PathBuf {
@@ -547,4 +548,133 @@ fn a_commit_that_cannot_reach_the_disk_is_refused_and_not_retried() {
     drop(sink);
     handle.join().unwrap_or_else(|_| panic!("writer panicked"));
     assert_eq!(batches.load(Ordering::SeqCst), 1);
+}
+
+/// A push index that keeps what it is given, or refuses.
+#[derive(Debug, Default)]
+struct Index {
+    got: std::sync::Mutex<Vec<PushedRef>>,
+    fail: bool,
+}
+
+impl PushIndexSink for Index {
+    fn index<'a>(
+        &'a self,
+        refs: &'a [PushedRef],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>> {
+        Box::pin(async move {
+            if self.fail {
+                return Err("the store is down".into());
+            }
+            self.got
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend_from_slice(refs);
+            Ok(())
+        })
+    }
+}
+
+#[tokio::test]
+async fn an_allowed_push_is_indexed_once_durable_and_an_index_failure_refuses_it() {
+    let path = tmp("push-index");
+    let opts = AuditOptions {
+        path: path.clone(),
+        queue_capacity: 16,
+        batch_max: 4,
+        flush_interval: Duration::from_millis(1),
+        rotate_size: None,
+        rotate_age: None,
+    };
+    let (sink, handle) = AuditSink::open(&opts, None).unwrap_or_else(|e| panic!("{e}"));
+    let index = Arc::new(Index::default());
+    let sink = sink.with_push_index(Some(index.clone() as Arc<dyn PushIndexSink>));
+    let oid = "4b825dc642cb6eb9a060e54bf8d69288fbee4904";
+    let zero = "0000000000000000000000000000000000000000";
+    let allow = gatehouse_core::Decision::new(true, vec![], "policy_permit");
+    let deny = gatehouse_core::Decision::new(false, vec![], "forbidden_by_policy");
+    let push = AuditRecord {
+        event: "request",
+        repo: Some("acme/api".into()),
+        decision: Some("allow"),
+        principal: Some(
+            gatehouse_core::Principal {
+                kind: gatehouse_core::PrincipalKind::User,
+                issuer: "urn:test".into(),
+                subject: "s-alice".into(),
+                username: "alice".into(),
+                display_name: None,
+                email: None,
+                groups: vec![],
+                token_id: None,
+                expires_at: None,
+                environment: None,
+                workload: None,
+                derived_from: Vec::new(),
+            }
+            .into(),
+        ),
+        refs: Some(vec![
+            AuditRef::decided(
+                "refs/heads/main",
+                "update",
+                zero,
+                &oid.to_uppercase(),
+                &allow,
+            ),
+            AuditRef::decided("refs/heads/gone", "delete", oid, zero, &allow),
+            AuditRef::decided("refs/tags/v1", "create", zero, oid, &deny),
+        ]),
+        ..rec(1)
+    };
+    // The completion record of a push is not its announcement: nothing is indexed.
+    sink.commit(push.clone())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        index
+            .got
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+    );
+    let seq = sink
+        .commit(push.forwarding())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let got = index.got.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    // Only the allowed update to a new object, with the record's sequence number.
+    assert_eq!(
+        got,
+        [PushedRef {
+            repo: "acme/api".into(),
+            git_ref: "refs/heads/main".into(),
+            commit: oid.into(),
+            seq,
+            at: 1_700_000_001,
+            by: "alice".into(),
+        }]
+    );
+    // A denied push is not indexed.
+    sink.commit(
+        AuditRecord {
+            decision: Some("deny"),
+            ..push.clone()
+        }
+        .forwarding(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(index.got.lock().unwrap_or_else(|e| e.into_inner()).len(), 1);
+    // An index that fails refuses the push (the caller must not forward it).
+    let failing = sink.clone().with_push_index(Some(Arc::new(Index {
+        fail: true,
+        ..Index::default()
+    }) as Arc<dyn PushIndexSink>));
+    assert_eq!(
+        failing.commit(push.forwarding()).await,
+        Err(AuditUnavailable::PushIndexFailed)
+    );
+    drop((sink, failing));
+    handle.join().unwrap_or_else(|_| panic!("writer panicked"));
 }

@@ -24,6 +24,7 @@ mod refs;
 mod reload;
 mod revocation;
 mod route_refs;
+mod secret_exec;
 mod secrets;
 mod sessions;
 mod shutdown;

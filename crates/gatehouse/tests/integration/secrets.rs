@@ -14,7 +14,7 @@ use crate::common::{POLICY, bin, builder, repos};
 use crate::state_api::call;
 
 #[allow(clippy::disallowed_methods)] // the gateway under test runs on the real clock
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -58,6 +58,22 @@ forbid(principal, action == Gatehouse::Action::"secret:get", resource is Gatehou
 "#;
 
 fn gateway(tmp: &TempDir, extra: &str) -> TestGateway {
+    gateway_with(tmp, "", extra)
+}
+
+/// A gateway with a secrets broker, [`SECRETS_POLICY`] and `policy` added to the common one,
+/// and `extra` in its config.
+pub(crate) fn gateway_with(tmp: &TempDir, policy: &str, extra: &str) -> TestGateway {
+    gateway_on(tmp, None, policy, extra)
+}
+
+/// [`gateway_with`] in front of a forge of `kind` (the test's default when `None`).
+pub(crate) fn gateway_on(
+    tmp: &TempDir,
+    kind: Option<&str>,
+    policy: &str,
+    extra: &str,
+) -> TestGateway {
     let (root, _) = repos(tmp);
     let key = tmp.path().join("master.key");
     let out = Command::new(bin())
@@ -66,10 +82,13 @@ fn gateway(tmp: &TempDir, extra: &str) -> TestGateway {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     std::fs::write(&key, &out.stdout).unwrap();
-    builder()
-        .with_builtin_upstream(&root)
+    let b = match kind {
+        Some(k) => builder().forge_kind(k),
+        None => builder(),
+    };
+    b.with_builtin_upstream(&root)
         .with_idp_extra(Idp::shared(), "workload = \"github-actions\"\n")
-        .policy(&format!("{POLICY}\n{SECRETS_POLICY}"))
+        .policy(&format!("{POLICY}\n{SECRETS_POLICY}\n{policy}"))
         .extra(&format!(
             "[secrets]\nmaster_key = {{ file = \"{}\" }}\nmax_versions = 5\n{extra}",
             key.display()
@@ -78,7 +97,12 @@ fn gateway(tmp: &TempDir, extra: &str) -> TestGateway {
 }
 
 /// `gatehouse secret ARGS` against `gw` as the holder of `token`, with `stdin`.
-fn secret_cli(gw: &TestGateway, token: &str, args: &[&str], stdin: &[u8]) -> std::process::Output {
+pub(crate) fn secret_cli(
+    gw: &TestGateway,
+    token: &str,
+    args: &[&str],
+    stdin: &[u8],
+) -> std::process::Output {
     let mut child = Command::new(bin())
         .arg("secret")
         .args(args)
@@ -93,7 +117,7 @@ fn secret_cli(gw: &TestGateway, token: &str, args: &[&str], stdin: &[u8]) -> std
     child.wait_with_output().unwrap()
 }
 
-fn ok(out: &std::process::Output) -> String {
+pub(crate) fn ok(out: &std::process::Output) -> String {
     assert!(
         out.status.success(),
         "{}",
@@ -106,7 +130,7 @@ fn job_claims(idp: &Idp, environment: &str) -> Value {
     job_claims_for(idp, environment, "9001")
 }
 
-fn job_claims_for(idp: &Idp, environment: &str, job: &str) -> Value {
+pub(crate) fn job_claims_for(idp: &Idp, environment: &str, job: &str) -> Value {
     let t = now();
     json!({
         "iss": idp.issuer(), "aud": "gatehouse", "iat": t, "exp": t + 300, "jti": format!("job-{environment}-{job}"),
