@@ -481,9 +481,10 @@ async fn revoke_leases(
 
 /// `gatehouse secret exec --map NAME=PATH ... -- COMMAND ...`: reads each secret (each read
 /// holds a lease), runs the command with the values in its environment only (never in this
-/// process's environment, never in a file), forwards SIGINT, SIGTERM, SIGHUP and SIGQUIT to it,
-/// and revokes the leases once it has exited, however it exited. Returns its exit code (128 +
-/// the signal's number when a signal ended it).
+/// process's environment, never in a file), passes SIGTERM and SIGHUP on to it, and revokes the
+/// leases once it has exited, however it exited. A signal during the reads stops the run before
+/// the command starts, its leases revoked. Returns the command's exit code (128 + the signal's
+/// number when a signal ended it).
 pub fn secret_exec(client: &SecretClient, args: ExecArgs) -> Result<u8> {
     use std::os::unix::ffi::OsStrExt as _;
     use std::os::unix::process::ExitStatusExt as _;
@@ -499,6 +500,8 @@ pub fn secret_exec(client: &SecretClient, args: ExecArgs) -> Result<u8> {
     }
     let server = normalize_server(&client.server)?;
     runtime()?.block_on(async {
+        // From here on a signal never ends this process before the leases it holds are revoked.
+        let mut signals = Signals::new()?;
         let token = client_token(client, &server).await?;
         let c = http()?;
         let mut leases: Vec<String> = Vec::new();
@@ -508,6 +511,12 @@ pub fn secret_exec(client: &SecretClient, args: ExecArgs) -> Result<u8> {
             let mut u = url_of(&server, &m.path, None);
             if let Some(v) = m.version {
                 u.push_str(&format!("?version={v}"));
+            }
+            if let Some(sig) = signals.pending() {
+                failure = Some(anyhow::anyhow!(
+                    "stopped by {sig} before the command ran; nothing was run"
+                ));
+                break;
             }
             let got: Result<(Zeroizing<Vec<u8>>, String)> = async {
                 let r = c
@@ -570,6 +579,7 @@ pub fn secret_exec(client: &SecretClient, args: ExecArgs) -> Result<u8> {
         cmd.args(rest);
         if !args.keep_token {
             cmd.env_remove("GATEHOUSE_TOKEN");
+            cmd.env_remove("GATEHOUSE_TOKEN_FILE");
         }
         for (var, value) in &values {
             cmd.env(var, std::ffi::OsStr::from_bytes(value));
@@ -585,7 +595,7 @@ pub fn secret_exec(client: &SecretClient, args: ExecArgs) -> Result<u8> {
                 bail!("running {}: {e}", program.to_string_lossy());
             }
         };
-        let status = wait_forwarding_signals(&mut child).await;
+        let status = signals.wait_forwarding(&mut child).await;
         revoke_leases(&c, &server, &token, &leases, "exec_ended").await;
         let status = status.context("waiting for the command")?;
         Ok(match (status.code(), status.signal()) {
@@ -596,29 +606,63 @@ pub fn secret_exec(client: &SecretClient, args: ExecArgs) -> Result<u8> {
     })
 }
 
-/// Waits for `child`, passing on to it the signals that would end this process.
-async fn wait_forwarding_signals(
-    child: &mut tokio::process::Child,
-) -> std::io::Result<std::process::ExitStatus> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let pid = child
-        .id()
-        .and_then(|p| i32::try_from(p).ok())
-        .map(nix::unistd::Pid::from_raw);
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut quit = signal(SignalKind::quit())?;
-    loop {
-        let sig = tokio::select! {
-            status = child.wait() => return status,
-            _ = int.recv() => nix::sys::signal::Signal::SIGINT,
-            _ = term.recv() => nix::sys::signal::Signal::SIGTERM,
-            _ = hup.recv() => nix::sys::signal::Signal::SIGHUP,
-            _ = quit.recv() => nix::sys::signal::Signal::SIGQUIT,
-        };
-        if let Some(pid) = pid {
-            let _ = nix::sys::signal::kill(pid, sig);
+/// The signals that would end `gatehouse secret exec`, caught from before its first read.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    quit: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+            int: signal(SignalKind::interrupt())?,
+            quit: signal(SignalKind::quit())?,
+        })
+    }
+
+    /// A signal that arrived while the secrets were being read (which then stops the run).
+    fn pending(&mut self) -> Option<&'static str> {
+        use std::task::{Context, Poll};
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        [
+            (&mut self.term, "SIGTERM"),
+            (&mut self.hup, "SIGHUP"),
+            (&mut self.int, "SIGINT"),
+            (&mut self.quit, "SIGQUIT"),
+        ]
+        .into_iter()
+        .find_map(|(s, name)| matches!(s.poll_recv(&mut cx), Poll::Ready(Some(()))).then_some(name))
+    }
+
+    /// Waits for `child`. SIGTERM and SIGHUP are passed on to it. SIGINT and SIGQUIT are not:
+    /// a terminal, or a CI runner stopping a job, sends them to the whole process group, the
+    /// child included, and passing them on would deliver them twice. This process outlives the
+    /// child for as long as it runs, to revoke its leases.
+    async fn wait_forwarding(
+        &mut self,
+        child: &mut tokio::process::Child,
+    ) -> std::io::Result<std::process::ExitStatus> {
+        use nix::sys::signal::Signal;
+        let pid = child
+            .id()
+            .and_then(|p| i32::try_from(p).ok())
+            .map(nix::unistd::Pid::from_raw);
+        loop {
+            let sig = tokio::select! {
+                status = child.wait() => return status,
+                _ = self.term.recv() => Some(Signal::SIGTERM),
+                _ = self.hup.recv() => Some(Signal::SIGHUP),
+                _ = self.int.recv() => None,
+                _ = self.quit.recv() => None,
+            };
+            if let (Some(pid), Some(sig)) = (pid, sig) {
+                let _ = nix::sys::signal::kill(pid, sig);
+            }
         }
     }
 }

@@ -364,6 +364,7 @@ pub(crate) async fn run(
         Arc::new(crate::store::StorePushIndex::new(
             store.clone(),
             &cfg.audit.file,
+            clock.clone(),
         )) as Arc<dyn gatehouse_audit::PushIndexSink>
     }));
 
@@ -495,6 +496,15 @@ pub(crate) async fn run(
     }
     if let Some(b) = &secrets {
         tokio::spawn(sweep_secrets(b.clone(), stop_rx.clone()));
+    }
+    if cfg.job_tokens.is_some() {
+        let (gw, mut stop) = (gateway.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            gw.watch_minted_jobs(async move {
+                let _ = stop.changed().await;
+            })
+            .await;
+        });
     }
     let server_tls = match &tls {
         Some(r) => {

@@ -300,11 +300,12 @@ mod tests {
 pub(crate) struct StorePushIndex {
     store: Store,
     node: String,
+    clock: Arc<dyn Clock>,
 }
 
 impl StorePushIndex {
     /// The index of the gateway whose audit log is `audit_file` on this host.
-    pub(crate) fn new(store: Store, audit_file: &std::path::Path) -> Self {
+    pub(crate) fn new(store: Store, audit_file: &std::path::Path, clock: Arc<dyn Clock>) -> Self {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_owned())
             .ok()
@@ -313,6 +314,7 @@ impl StorePushIndex {
         Self {
             store,
             node: format!("{host}:{}", audit_file.display()),
+            clock,
         }
     }
 }
@@ -333,12 +335,33 @@ impl gatehouse_audit::PushIndexSink for StorePushIndex {
                     pushed_at: r.at,
                     pushed_by: r.by.clone(),
                     node: self.node.clone(),
+                    confirmed_at: None,
                 })
                 .collect();
             self.store
                 .pushes()
                 .record(&rows)
                 .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn confirm<'a>(
+        &'a self,
+        seq: u64,
+        refs: &'a [String],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>> {
+        Box::pin(async move {
+            self.store
+                .pushes()
+                .confirm(
+                    &self.node,
+                    i64::try_from(seq).unwrap_or(i64::MAX),
+                    refs,
+                    self.clock.now().as_secs(),
+                )
+                .await
+                .map(drop)
                 .map_err(|e| e.to_string())
         })
     }

@@ -114,10 +114,18 @@ pub struct PushedRef {
 /// before the push is forwarded (the app implements it over the store): the audit's push index,
 /// which provenance checks read.
 pub trait PushIndexSink: Send + Sync + std::fmt::Debug {
-    /// Records the ref updates of one push; `Err` says why not.
+    /// Records the ref updates of one push, unconfirmed; `Err` says why not.
     fn index<'a>(
         &'a self,
         refs: &'a [PushedRef],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
+
+    /// Confirms the refs of the push announced by record `seq` that the forge's report said
+    /// `ok` to.
+    fn confirm<'a>(
+        &'a self,
+        seq: u64,
+        refs: &'a [String],
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
 }
 
@@ -325,6 +333,35 @@ impl AuditSink {
             }
         }
         Ok(seq)
+    }
+
+    /// The forge's report on the push announced by record `seq` said `ok` to `refs`: confirms
+    /// them in the push index (in the background; a failure is logged, and the push stays
+    /// unconfirmed, which a provenance check reads as not pushed).
+    pub fn confirm_pushed(&self, seq: u64, refs: Vec<String>) {
+        let (Some(index), false) = (self.index.clone(), refs.is_empty()) else {
+            return;
+        };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move {
+            match tokio::time::timeout(COMMIT_TIMEOUT, index.confirm(seq, &refs)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, seq, "a push was not confirmed in the push index")
+                }
+                Err(_) => tracing::error!(
+                    seq,
+                    "the push index did not answer in time; a push stays unconfirmed"
+                ),
+            }
+        });
+    }
+
+    /// Whether allowed pushes are indexed.
+    pub fn indexes_pushes(&self) -> bool {
+        self.index.is_some()
     }
 
     /// Keeps a push index: see [`AuditSink::commit`].

@@ -17,6 +17,7 @@ mod pktline;
 mod push;
 mod query;
 mod refplan;
+mod report;
 mod ssh;
 
 pub use classify::{Classified, ForgeFlavor, GitService, RequestKind, classify};
@@ -36,4 +37,5 @@ pub use refplan::{
     Fields, PlanError, PlannedMove, RefSource, RouteFields, body_fields, plan_moves,
     read_route_fields, route_rest,
 };
+pub use report::{AnswerCapture, MAX_REPORTED, PushReport, ReportReader};
 pub use ssh::{SshCommand, SshCommandError, SshService, parse_ssh_command};

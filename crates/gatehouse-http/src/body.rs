@@ -369,6 +369,68 @@ impl http_body::Body for Progressing {
     }
 }
 
+/// Reads a push's answer (`receive-pack`'s report-status) as it streams to the client, and hands
+/// what it said to `on_end` once the answer has ended; never when it was cut off.
+pub(crate) struct ReportTap {
+    inner: Body,
+    reader: Option<gatehouse_git::ReportReader>,
+    on_end: Option<Box<dyn FnOnce(gatehouse_git::PushReport) + Send>>,
+}
+
+impl ReportTap {
+    pub(crate) fn new(
+        inner: Body,
+        sideband: bool,
+        on_end: Box<dyn FnOnce(gatehouse_git::PushReport) + Send>,
+    ) -> Self {
+        Self {
+            inner,
+            reader: Some(gatehouse_git::ReportReader::new(sideband)),
+            on_end: Some(on_end),
+        }
+    }
+}
+
+impl http_body::Body for ReportTap {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let r = Pin::new(&mut this.inner).poll_frame(cx);
+        match &r {
+            Poll::Ready(Some(Ok(f))) => {
+                if let (Some(d), Some(reader)) = (f.data_ref(), this.reader.as_mut()) {
+                    reader.feed(d);
+                }
+            }
+            Poll::Ready(None) => {
+                if let (Some(reader), Some(f)) = (this.reader.take(), this.on_end.take()) {
+                    f(reader.finish());
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                this.reader = None;
+                this.on_end = None;
+            }
+            Poll::Pending => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        // Polled to its end, so that the report is read whole.
+        self.on_end.is_none() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// How a counted body ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum BodyEnd {

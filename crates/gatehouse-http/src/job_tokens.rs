@@ -3,9 +3,10 @@
 //! Gitea Actions issues no OIDC tokens. A runner holds one Gatehouse credential (a service
 //! token) and, for each job it runs, asks for a token of that job with JSON
 //! `{"repository": "acme/api", "run_id": 42, "job_id": 77}` (the run is `GITHUB_RUN_ID`; the job
-//! is the numeric id of the forge's jobs API). The answer is one policy question, `job:mint` on
-//! the repository, then the forge's API: the job must exist **in that repository**, belong to
-//! that run and be running. The token's claims (repository, ref, commit, workflow, run, job,
+//! is the numeric id of the forge's jobs API). The forge's API is asked first: the job must exist
+//! **in that repository**, belong to that run and be running. Then one policy question,
+//! `job:mint` on the repository with the job as the forge describes it in `context.job` (so a
+//! policy can bind a runner's credential to the jobs that runner runs). The token's claims (repository, ref, commit, workflow, run, job,
 //! event, runner, actor) come from the forge, never from the runner. The token lives no longer
 //! than `job_tokens.ttl` or the runner's credential, is revoked with the runner's credential,
 //! ends with `job:end`, and stops reading secrets once the forge says the job is no longer
@@ -37,6 +38,14 @@ pub struct JobTokenSettings {
 
 /// The platform of the tokens minted here.
 pub const GITEA_ACTIONS: &str = "gitea-actions";
+
+/// A job this node minted a token for and has not yet seen end: (owner, repository, job, when
+/// its token expires), by job id.
+pub(crate) type MintedJobs =
+    std::sync::Mutex<std::collections::HashMap<String, (String, String, u64, i64)>>;
+
+/// The most jobs watched at once per node (more are left to their tokens' expiry).
+const MAX_WATCHED: usize = 10_000;
 
 /// A decimal id field (a JSON number or a string of digits).
 fn id_field(
@@ -126,11 +135,27 @@ impl Gateway {
             name: name.to_owned(),
         };
         rec.repo = Some(repository.clone());
+        // The forge first: the policy decides on the job as the forge describes it (its ref, its
+        // runner), never as the runner says it is. (An authenticated caller can tell from the
+        // answer whether a job runs, as anyone who may read the repository on the forge can.)
+        let running = forge
+            .running_job(owner, name, run, job)
+            .await
+            .map_err(|e| {
+                let r = refused(e);
+                rec.action = Some(AdminAction::JobMint.as_str());
+                rec.decision = Some("deny");
+                rec.reason = Some(r.0.code());
+                r
+            })?;
         self.admit_admin(
             &AdminRequest {
                 principal: &principal,
                 action: AdminAction::JobMint,
-                resource: AdminResource::Repo { repo: &repo },
+                resource: AdminResource::Repo {
+                    repo: &repo,
+                    job: &running.workload,
+                },
                 source_ip: adm.client,
                 method: "POST",
                 host: &adm.host,
@@ -138,15 +163,6 @@ impl Gateway {
             rec,
             format!("job:mint on {repository}"),
         )?;
-        let running = forge
-            .running_job(owner, name, run, job)
-            .await
-            .map_err(|e| {
-                let r = refused(e);
-                rec.decision = Some("deny");
-                rec.reason = Some(r.0.code());
-                r
-            })?;
         let w = running.workload;
         let Some(job_id) = w.job_id(&w.issuer) else {
             return Err(bad("the job has no id"));
@@ -193,6 +209,14 @@ impl Gateway {
                     kind,
                 )
             })?;
+        if let Ok(mut m) = self.minted_jobs.lock()
+            && m.len() < MAX_WATCHED
+        {
+            m.insert(
+                job_id.clone(),
+                (owner.to_owned(), name.to_owned(), job, exp),
+            );
+        }
         rec.reason = Some("job_token_minted".into());
         rec.detail = Some(format!(
             "{detail}, expires {}",
@@ -239,16 +263,89 @@ impl Gateway {
         let (owner, name) = w.repository.split_once('/').unwrap_or(("", ""));
         match forge.job_running(owner, name, job, max_age).await {
             Ok(true) => Ok(()),
-            Ok(false) => Err((
-                Refusal::Unauthenticated {
-                    error: gatehouse_authn::AuthnError::Revoked(gatehouse_core::Revoked {
-                        kind: gatehouse_core::RevocationKind::Job,
-                    }),
-                    presented: true,
-                },
-                kind,
-            )),
+            Ok(false) => {
+                if let Some(id) = w.job_id(&w.issuer) {
+                    self.end_minted_job(&id).await;
+                }
+                Err((
+                    Refusal::Unauthenticated {
+                        error: gatehouse_authn::AuthnError::Revoked(gatehouse_core::Revoked {
+                            kind: gatehouse_core::RevocationKind::Job,
+                        }),
+                        presented: true,
+                    },
+                    kind,
+                ))
+            }
             Err(e) => Err(refused(e)),
+        }
+    }
+
+    /// Ends a job whose token this gateway minted, once the forge says it has finished: its
+    /// tokens are revoked (every front door, every node) and its leases too.
+    async fn end_minted_job(&self, job_id: &str) {
+        if let Ok(mut m) = self.minted_jobs.lock() {
+            m.remove(job_id);
+        }
+        let until = self
+            .clock
+            .now()
+            .as_secs()
+            .saturating_add(gatehouse_core::JOB_ENDED_FOR);
+        if let Some(state) = &self.state
+            && let Err(e) = state
+                .revoke(
+                    gatehouse_core::RevocationKind::Job,
+                    job_id,
+                    "the forge says the job has finished",
+                    "gatehouse:job-tokens",
+                    Some(until),
+                )
+                .await
+        {
+            tracing::warn!(error = ?e, job = %job_id, "an ended job's tokens could not be revoked");
+        }
+        if let Some(b) = &self.secrets
+            && let Err(e) = b.end_job(job_id, "gatehouse:job-tokens").await
+        {
+            tracing::warn!(error = %e, job = %job_id, "an ended job's leases could not be revoked");
+        }
+        tracing::info!(job = %job_id, "job ended on the forge: its tokens and leases are revoked");
+    }
+
+    /// Asks the forge, every `job_tokens.recheck`, about each job this gateway minted a token
+    /// for, and ends those that finished (see [`Gateway::end_minted_job`]); forgets those whose
+    /// tokens have expired. Runs until `stop` resolves.
+    pub async fn watch_minted_jobs(&self, stop: impl std::future::Future<Output = ()>) {
+        let (Some(settings), Some(forge)) = (self.job_tokens, self.decider.forge_api().cloned())
+        else {
+            return;
+        };
+        let every = settings.recheck.max(Duration::from_secs(1));
+        let max_age = i64::try_from(settings.recheck.as_secs()).unwrap_or(30);
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                () = &mut stop => return,
+                () = tokio::time::sleep(every) => {}
+            }
+            let now = self.clock.now().as_secs();
+            let jobs: Vec<(String, (String, String, u64, i64))> = match self.minted_jobs.lock() {
+                Ok(mut m) => {
+                    m.retain(|_, (_, _, _, exp)| *exp > now);
+                    m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+                }
+                Err(_) => return,
+            };
+            for (id, (owner, name, job, _)) in jobs {
+                match forge.job_running(&owner, &name, job, max_age).await {
+                    Ok(true) => {}
+                    Ok(false) => self.end_minted_job(&id).await,
+                    Err(e) => {
+                        tracing::debug!(error = %e, job = %id, "a minted job could not be checked")
+                    }
+                }
+            }
         }
     }
 }

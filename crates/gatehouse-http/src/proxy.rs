@@ -85,6 +85,8 @@ pub struct Gateway {
     pub(crate) secrets: Option<Arc<gatehouse_secrets::Broker>>,
     /// Per-job tokens for Gitea Actions runners, when `[job_tokens]` is configured.
     pub(crate) job_tokens: Option<crate::JobTokenSettings>,
+    /// The jobs this gateway minted tokens for, watched until they end.
+    pub(crate) minted_jobs: crate::job_tokens::MintedJobs,
     /// Cancelled when the server stops: relayed (upgraded) connections close then.
     tunnels: tokio_util::sync::CancellationToken,
     /// The relay tasks, so that the server can wait for their audit records at shutdown.
@@ -427,6 +429,7 @@ impl Gateway {
             state: None,
             secrets: None,
             job_tokens: None,
+            minted_jobs: std::sync::Mutex::default(),
             tunnels: tokio_util::sync::CancellationToken::new(),
             relays: tokio_util::task::TaskTracker::new(),
         }
@@ -842,12 +845,16 @@ impl Gateway {
             .await?;
 
         // Phase 4b: a push is decided ref by ref, from the command list before the pack.
+        let mut report_sideband = None;
         let req = if c.kind == RequestKind::GitRpc(GitService::ReceivePack) {
             match self
                 .authorize_refs(req, &principal, &c, adm, &method, rec, kind)
                 .await?
             {
-                crate::push_refs::RefCheck::Forward(req) => req,
+                crate::push_refs::RefCheck::Forward(req, report) => {
+                    report_sideband = report;
+                    req
+                }
                 crate::push_refs::RefCheck::Refused(resp) => return Ok(resp),
             }
         } else {
@@ -906,7 +913,29 @@ impl Gateway {
             (refusal, kind)
         })?;
         // Phase 6b: the upstream's answer, as the client gets it (`upstream_response.rs`).
-        Ok(self.upstream_response(resp, adm))
+        let resp = self.upstream_response(resp, adm);
+        // A push's answer is read on its way to git: the refs the forge's report says `ok` to
+        // are confirmed in the push index (provenance).
+        Ok(match (report_sideband, rec.forwarding_seq) {
+            (Some(sideband), Some(seq))
+                if resp.status() == StatusCode::OK && self.audit.indexes_pushes() =>
+            {
+                let audit = self.audit.clone();
+                resp.map(|body| {
+                    crate::body::ReportTap::new(
+                        body,
+                        sideband,
+                        Box::new(move |report| {
+                            if report.complete {
+                                audit.confirm_pushed(seq, report.ok);
+                            }
+                        }),
+                    )
+                    .boxed_unsync()
+                })
+            }
+            _ => resp,
+        })
     }
 }
 

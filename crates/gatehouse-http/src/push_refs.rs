@@ -18,8 +18,10 @@ use crate::respond::{ClientKind, Refusal, typed_response};
 
 /// What the per-ref check decided.
 pub(crate) enum RefCheck {
-    /// Every ref is allowed: forward the request (its body unchanged).
-    Forward(Request<Body>),
+    /// Every ref is allowed: forward the request (its body unchanged). The flag: whether the
+    /// forge's report will come in side-band (`side-band-64k`); `None` when the client asked
+    /// for no report, so none will say what the forge did.
+    Forward(Request<Body>, Option<bool>),
     /// At least one ref is refused: this is git's answer; nothing reaches the upstream.
     Refused(Response<Body>),
 }
@@ -96,10 +98,11 @@ impl Gateway {
         );
         let refused = decisions.refused();
         let Some(denial) = decisions.first_denial() else {
-            return Ok(RefCheck::Forward(Request::from_parts(
-                parts,
-                Prefixed::new(buf.freeze(), body).boxed_unsync(),
-            )));
+            let report = push.wants_report().then_some(push.features.side_band_64k);
+            return Ok(RefCheck::Forward(
+                Request::from_parts(parts, Prefixed::new(buf.freeze(), body).boxed_unsync()),
+                report,
+            ));
         };
         rec.decision = Some("deny");
         rec.policy = Some(denial.deciding_policy());

@@ -123,6 +123,24 @@ fn holder_of(p: &Principal) -> String {
     format!("{} {}", p.issuer, p.subject)
 }
 
+/// Whether `p` is the reader that holds `l`: the same issuer and subject, and the same job (a
+/// CI platform's subject is shared by every job of a repository or environment), else the same
+/// credential when the lease names one.
+fn holds(l: &Lease, p: &Principal) -> bool {
+    if l.holder != holder_of(p) {
+        return false;
+    }
+    match (&l.job_id, &l.token_id) {
+        (Some(job), _) => p
+            .workload
+            .as_ref()
+            .and_then(|w| w.job_id(&p.issuer))
+            .is_some_and(|j| &j == job),
+        (None, Some(t)) => p.token_id.as_ref() == Some(t),
+        (None, None) => true,
+    }
+}
+
 fn lease_json(l: &Lease, now: i64) -> serde_json::Value {
     serde_json::json!({
         "id": l.id,
@@ -140,10 +158,15 @@ fn lease_json(l: &Lease, now: i64) -> serde_json::Value {
 }
 
 /// What the push index says of the asker's commit: asked only of a workload whose token names
-/// a repository, a ref and a commit.
+/// a repository, a ref and a commit. Only a push the forge's report confirmed counts. A push
+/// announced less than [`CONFIRM_WAIT`] ago and not yet confirmed is waited for (up to 2 s): the
+/// forge sends its report before it runs the hooks that start jobs, but the confirmation is
+/// written after the report reaches the gateway.
 async fn provenance_of(
     broker: &Broker,
     p: &Principal,
+    fold_case: bool,
+    now: i64,
 ) -> Result<Provenance, (Refusal, ClientKind)> {
     let Some(w) = p
         .workload
@@ -152,15 +175,38 @@ async fn provenance_of(
     else {
         return Ok(Provenance::default());
     };
-    let found = broker
-        .provenance(&w.repository, &w.git_ref, &w.commit)
+    let repo = if fold_case {
+        w.repository.to_lowercase()
+    } else {
+        w.repository.clone()
+    };
+    let mut found = broker
+        .provenance(&repo, &w.git_ref, &w.commit)
         .await
         .map_err(refused)?;
+    for _ in 0..10 {
+        match &found {
+            Some(f) if f.confirmed_at.is_none() && now - f.pushed_at < CONFIRM_WAIT => {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                found = broker
+                    .provenance(&repo, &w.git_ref, &w.commit)
+                    .await
+                    .map_err(refused)?;
+            }
+            _ => break,
+        }
+    }
     Ok(Provenance {
         checked: true,
-        pushed: found.map(|f| (f.pushed_by, f.pushed_at, f.audit_seq)),
+        pushed: found
+            .filter(|f| f.confirmed_at.is_some())
+            .map(|f| (f.pushed_by, f.pushed_at, f.audit_seq)),
     })
 }
+
+/// How recent an unconfirmed push must be for a provenance check to wait for its confirmation
+/// (seconds).
+const CONFIRM_WAIT: i64 = 60;
 
 impl Gateway {
     /// Enables the secrets API (the app builds the broker over the store).
@@ -260,7 +306,13 @@ impl Gateway {
             None => Expect::Absent,
             Some(i) => Expect::Tagged(i.tags.clone()),
         };
-        let provenance = provenance_of(&broker, &principal).await?;
+        let provenance = provenance_of(
+            &broker,
+            &principal,
+            self.decider.flavor().case_insensitive(),
+            self.clock.now().as_secs(),
+        )
+        .await?;
         let who = Asker {
             principal: &principal,
             adm,
@@ -302,7 +354,9 @@ impl Gateway {
                     &serde_json::json!({ "secrets": docs }),
                 ))
             }
-            ("GET" | "HEAD", _, None) => {
+            // A value is read with GET only: each read holds a lease and is audited as one, and a
+            // HEAD would take a lease for a value it never sends.
+            ("GET", _, None) => {
                 self.admit_secret(&who, AdminAction::SecretGet, &path, tags, rec)?;
                 let version = match q.get("version") {
                     None => None,
@@ -593,7 +647,13 @@ impl Gateway {
         let body = crate::proxy::read_limited(req.into_body(), MAX_BODY)
             .await
             .map_err(|r| (r, kind))?;
-        let provenance = provenance_of(&broker, &principal).await?;
+        let provenance = provenance_of(
+            &broker,
+            &principal,
+            self.decider.flavor().case_insensitive(),
+            self.clock.now().as_secs(),
+        )
+        .await?;
         let who = Asker {
             principal: &principal,
             adm,
@@ -601,7 +661,6 @@ impl Gateway {
             provenance: &provenance,
         };
         let now = self.clock.now().as_secs();
-        let holder = holder_of(&principal);
         let none = BTreeMap::new();
         // A lease's secret's tags, for the policy (none when the secret is gone).
         let tags_of = |path: String| {
@@ -670,7 +729,7 @@ impl Gateway {
                     lease: Some(l.id.clone()),
                 });
                 rec.detail = Some(format!("lease {id}"));
-                if l.holder == holder {
+                if holds(&l, &principal) {
                     rec.decision = Some("allow");
                     rec.reason = Some("lease_holder".into());
                 } else {
@@ -693,7 +752,7 @@ impl Gateway {
                 });
                 // Its holder may always say it is done with a value; anyone else needs
                 // `secret:admin` on the secret.
-                if l.holder == holder {
+                if holds(&l, &principal) {
                     rec.action = Some("lease:revoke");
                     rec.decision = Some("allow");
                     rec.reason = Some("lease_holder".into());

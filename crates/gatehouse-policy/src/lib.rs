@@ -180,6 +180,8 @@ pub enum AdminResource<'a> {
     Repo {
         /// The repository.
         repo: &'a RepoRef,
+        /// The job, as the forge describes it (`context.job`).
+        job: &'a gatehouse_core::Workload,
     },
     /// A revocation of `kind` `value` (both "" for the list).
     Revocation {
@@ -718,7 +720,7 @@ impl PolicyEngine {
         let resource = || -> Result<(EntityUid, Vec<Entity>), String> {
             let (r, attrs) = match q.resource {
                 // A repository is in its owner, in the forge, as in any git or web question.
-                AdminResource::Repo { repo } => {
+                AdminResource::Repo { repo, .. } => {
                     return self.resource_entity(&Resource::Repo(repo.clone()));
                 }
                 // A secret carries its tags as Cedar entity tags.
@@ -788,6 +790,10 @@ impl PolicyEngine {
                     Err(_) => return Decision::new(false, vec![], "policy_request_invalid"),
                 }
             }
+            AdminResource::Repo { job, .. } => match workload_record(job, &job.issuer) {
+                Ok(r) => vec![("job".to_owned(), r)],
+                Err(_) => return Decision::new(false, vec![], "policy_request_invalid"),
+            },
             _ => Vec::new(),
         };
         self.ask_uncached(

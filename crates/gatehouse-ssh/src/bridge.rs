@@ -8,7 +8,10 @@ use std::time::Instant;
 
 use gatehouse_audit::{AuditRecord, AuditRef, AuditSlot};
 use gatehouse_core::{Principal, Resource};
-use gatehouse_git::{PushReader, PushRequest, SshCommand, SshService, refused_push_report};
+use gatehouse_git::{
+    AnswerCapture, PushReader, PushRequest, ReportReader, SshCommand, SshService,
+    refused_push_report,
+};
 use gatehouse_policy::{RefDecisions, RequestFacts};
 use russh::keys::PublicKeyOrCertificate;
 use russh::keys::ssh_key::public::KeyData;
@@ -45,6 +48,8 @@ struct Gated {
     forwarding_seq: Option<u64>,
     /// The audit log could not record the push: an error, not a denial.
     audit_failed: bool,
+    /// The push was forwarded and asked for a report: whether it comes in side-band.
+    report: Option<bool>,
 }
 
 /// Reads and drops the rest of the client's input (the pack of a refused push), for at most five
@@ -180,7 +185,12 @@ async fn client_input<W: tokio::io::AsyncWrite + Unpin>(
                 ..gate.rec.forwarding()
             };
             match gate.gw.audit.commit(forwarding).await {
-                Ok(seq) => gated.forwarding_seq = Some(seq),
+                Ok(seq) => {
+                    gated.forwarding_seq = Some(seq);
+                    gated.report = request
+                        .wants_report()
+                        .then_some(request.features.side_band_64k);
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "refusing a push: its audit record could not be made durable; nothing was sent to the forge");
                     gated.audit_failed = true;
@@ -217,6 +227,17 @@ struct Outcome {
     bytes_in: u64,
     bytes_out: u64,
     complete: bool,
+    /// A push's answer (what followed the ref advertisement), when it was kept.
+    answer: Option<Vec<u8>>,
+}
+
+/// The most of a push's answer kept to read the forge's report from.
+const MAX_ANSWER: usize = 1 << 20;
+
+/// A capture of a push's output, when the push index wants the forge's report.
+fn capture_for(gw: &SshGateway, command: &SshCommand) -> Option<AnswerCapture> {
+    (command.service == SshService::ReceivePack && gw.audit.indexes_pushes())
+        .then(|| AnswerCapture::new(MAX_ANSWER))
 }
 
 struct PinnedHost {
@@ -308,6 +329,7 @@ impl Job {
                 }
                 UpstreamTarget::Local { git, repos_dir } => {
                     via_local(
+                        &gw,
                         git,
                         repos_dir,
                         client_rd,
@@ -321,6 +343,18 @@ impl Job {
                 }
             }
         };
+        // The forge's report on a forwarded push: the refs it says `ok` to are confirmed in the
+        // push index (provenance).
+        if let (Ok(o), Some(seq), Some(sideband)) = (&result, gated.forwarding_seq, gated.report)
+            && let Some(answer) = &o.answer
+        {
+            let mut reader = ReportReader::new(sideband);
+            reader.feed(answer);
+            let report = reader.finish();
+            if report.complete {
+                gw.audit.confirm_pushed(seq, report.ok);
+            }
+        }
         rec.refs = gated.refs;
         rec.forwarding_seq = gated.forwarding_seq;
         if gated.audit_failed {
@@ -462,6 +496,7 @@ async fn via_ssh(
         n
     };
     // Upstream to client: stdout, stderr, exit status.
+    let mut capture = capture_for(gw, command);
     let from_upstream = async {
         let mut out = client_wr.make_writer();
         let mut err = client_wr.make_writer_ext(Some(1));
@@ -470,6 +505,9 @@ async fn via_ssh(
             match m {
                 ChannelMsg::Data { data } => {
                     o.bytes_out += data.len() as u64;
+                    if let Some(c) = capture.as_mut() {
+                        c.feed(&data);
+                    }
                     if out.write_all(&data).await.is_err() {
                         return o;
                     }
@@ -489,6 +527,7 @@ async fn via_ssh(
         let _ = out.flush().await;
         let _ = err.flush().await;
         o.complete = o.exit.is_some();
+        o.answer = capture.take().and_then(AnswerCapture::into_answer);
         o
     };
     tokio::pin!(to_upstream);
@@ -509,6 +548,7 @@ async fn via_ssh(
 
 #[allow(clippy::too_many_arguments)]
 async fn via_local(
+    gw: &SshGateway,
     git: &std::path::Path,
     repos_dir: &std::path::Path,
     mut client_rd: russh::ChannelReadHalf,
@@ -570,6 +610,7 @@ async fn via_local(
         n
     };
     let from_git = async {
+        let mut capture = capture_for(gw, command);
         let mut out = client_wr.make_writer();
         let mut buf = vec![0u8; 32 * 1024];
         let mut n = 0u64;
@@ -578,6 +619,9 @@ async fn via_local(
                 Ok(0) | Err(_) => break,
                 Ok(k) => {
                     n += k as u64;
+                    if let Some(c) = capture.as_mut() {
+                        c.feed(&buf[..k]);
+                    }
                     if out.write_all(&buf[..k]).await.is_err() {
                         break;
                     }
@@ -585,7 +629,7 @@ async fn via_local(
             }
         }
         let _ = out.flush().await;
-        n
+        (n, capture.and_then(AnswerCapture::into_answer))
     };
     let err_from_git = async {
         let mut err = client_wr.make_writer_ext(Some(1));
@@ -596,10 +640,10 @@ async fn via_local(
     let mut bytes_in = None;
     let both = async { tokio::join!(from_git, err_from_git).0 };
     tokio::pin!(both);
-    let bytes_out = loop {
+    let (bytes_out, answer) = loop {
         tokio::select! {
             n = &mut to_git, if bytes_in.is_none() => bytes_in = Some(n),
-            n = &mut both => break n,
+            out = &mut both => break out,
         }
     };
     let status = child.wait().await.ok();
@@ -608,6 +652,7 @@ async fn via_local(
         bytes_in: bytes_in.unwrap_or(0),
         bytes_out,
         complete: status.is_some(),
+        answer,
     })
 }
 

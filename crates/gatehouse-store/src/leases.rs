@@ -257,20 +257,43 @@ impl<'a> Leases<'a> {
 /// One ref update of an allowed push.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IndexedPush {
-    /// `owner/name`, lower-case.
+    /// `owner/name`, as the gateway names the repository (lower-case on a case-insensitive
+    /// forge).
     pub repo: String,
     /// The full ref name.
     pub git_ref: String,
     /// The new object id, lower-case hex.
     pub commit: String,
-    /// The audit record (`forwarding`) that announced it.
+    /// Which gateway's audit log holds the record.
+    pub node: String,
+    /// The audit record (`forwarding`) that announced it, in that log.
     pub audit_seq: i64,
     /// When.
     pub pushed_at: i64,
     /// Who pushed (user name).
     pub pushed_by: String,
-    /// Which gateway's audit log holds the record.
-    pub node: String,
+    /// When the forge's report said `ok` for this ref; `None` until then (and for ever, when it
+    /// refused the ref, or its report never came).
+    pub confirmed_at: Option<i64>,
+}
+
+const PUSH_COLUMNS: &str =
+    "repo, ref, commit_id, node, audit_seq, pushed_at, pushed_by, confirmed_at";
+
+macro_rules! push_of {
+    ($row:expr) => {{
+        let r = $row;
+        Ok::<_, sqlx::Error>(IndexedPush {
+            repo: r.try_get("repo")?,
+            git_ref: r.try_get("ref")?,
+            commit: r.try_get("commit_id")?,
+            node: r.try_get("node")?,
+            audit_seq: r.try_get("audit_seq")?,
+            pushed_at: r.try_get("pushed_at")?,
+            pushed_by: r.try_get("pushed_by")?,
+            confirmed_at: r.try_get("confirmed_at")?,
+        })
+    }};
 }
 
 /// The push index of a [`Store`].
@@ -284,8 +307,8 @@ impl<'a> PushIndex<'a> {
         Self { store }
     }
 
-    /// Records the ref updates of one push, in one transaction. An update already indexed (the
-    /// same commit pushed to the same ref again) keeps its first record.
+    /// Records the ref updates of one push, unconfirmed, in one transaction (before the push
+    /// is forwarded).
     pub async fn record(&self, pushes: &[IndexedPush]) -> Result<(), StoreError> {
         let what = "indexing a push";
         macro_rules! run {
@@ -293,17 +316,17 @@ impl<'a> PushIndex<'a> {
                 let mut tx = $pool.begin().await.map_err(StoreError::query(what))?;
                 for p in pushes {
                     sqlx::query(
-                        "INSERT INTO push_index (repo, ref, commit_id, audit_seq, pushed_at, \
-                         pushed_by, node) VALUES ($1, $2, $3, $4, $5, $6, $7) \
-                         ON CONFLICT (repo, ref, commit_id) DO NOTHING",
+                        "INSERT INTO push_index (repo, ref, commit_id, node, audit_seq, \
+                         pushed_at, pushed_by) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                         ON CONFLICT (repo, ref, commit_id, node, audit_seq) DO NOTHING",
                     )
-                    .bind(p.repo.to_ascii_lowercase())
+                    .bind(&p.repo)
                     .bind(&p.git_ref)
                     .bind(p.commit.to_ascii_lowercase())
+                    .bind(&p.node)
                     .bind(p.audit_seq)
                     .bind(p.pushed_at)
                     .bind(&p.pushed_by)
-                    .bind(&p.node)
                     .execute(&mut *tx)
                     .await
                     .map_err(StoreError::query(what))?;
@@ -314,7 +337,43 @@ impl<'a> PushIndex<'a> {
         on_db!(self.store.db(), |pool| run!(pool))
     }
 
-    /// The push that moved `git_ref` of `repo` to `commit` through Gatehouse, if one did.
+    /// Confirms the refs `refs` of the push `node`/`audit_seq`: the forge's report said `ok`.
+    /// Returns how many rows were confirmed.
+    pub async fn confirm(
+        &self,
+        node: &str,
+        audit_seq: i64,
+        refs: &[String],
+        now: i64,
+    ) -> Result<u64, StoreError> {
+        let what = "confirming a push";
+        macro_rules! run {
+            ($pool:expr) => {{
+                let mut tx = $pool.begin().await.map_err(StoreError::query(what))?;
+                let mut n = 0;
+                for r in refs {
+                    n += sqlx::query(
+                        "UPDATE push_index SET confirmed_at = $1 WHERE node = $2 \
+                         AND audit_seq = $3 AND ref = $4 AND confirmed_at IS NULL",
+                    )
+                    .bind(now)
+                    .bind(node)
+                    .bind(audit_seq)
+                    .bind(r)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StoreError::query(what))?
+                    .rows_affected();
+                }
+                tx.commit().await.map_err(StoreError::query(what))?;
+                Ok(n)
+            }};
+        }
+        on_db!(self.store.db(), |pool| run!(pool))
+    }
+
+    /// The newest push that moved `git_ref` of `repo` to `commit` through Gatehouse and that the
+    /// forge confirmed; else the newest one not (yet) confirmed; else `None`.
     pub async fn find(
         &self,
         repo: &str,
@@ -323,29 +382,20 @@ impl<'a> PushIndex<'a> {
     ) -> Result<Option<IndexedPush>, StoreError> {
         let what = "reading the push index";
         on_db!(self.store.db(), |pool| {
-            let row = sqlx::query(
-                "SELECT repo, ref, commit_id, audit_seq, pushed_at, pushed_by, node \
-                 FROM push_index WHERE repo = $1 AND ref = $2 AND commit_id = $3",
-            )
-            .bind(repo.to_ascii_lowercase())
+            let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {PUSH_COLUMNS} FROM push_index \
+                 WHERE repo = $1 AND ref = $2 AND commit_id = $3 \
+                 ORDER BY (confirmed_at IS NULL), pushed_at DESC LIMIT 1"
+            )))
+            .bind(repo)
             .bind(git_ref)
             .bind(commit.to_ascii_lowercase())
             .fetch_optional(pool)
             .await
             .map_err(StoreError::query(what))?;
-            row.map(|r| {
-                Ok::<_, sqlx::Error>(IndexedPush {
-                    repo: r.try_get("repo")?,
-                    git_ref: r.try_get("ref")?,
-                    commit: r.try_get("commit_id")?,
-                    audit_seq: r.try_get("audit_seq")?,
-                    pushed_at: r.try_get("pushed_at")?,
-                    pushed_by: r.try_get("pushed_by")?,
-                    node: r.try_get("node")?,
-                })
-            })
-            .transpose()
-            .map_err(StoreError::query(what))
+            row.map(|r| push_of!(r))
+                .transpose()
+                .map_err(StoreError::query(what))
         })
     }
 

@@ -905,25 +905,75 @@ async fn leases_are_listed_revoked_once_ended_by_job_and_pruned() {
 }
 
 #[tokio::test]
-async fn the_push_index_finds_what_was_pushed_and_keeps_the_first_record() {
+async fn the_push_index_finds_what_the_forge_confirmed() {
     for (store, _d) in backends("pushes").await {
         let b = store.backend();
         let idx = store.pushes();
         let c1 = "4b825dc642cb6eb9a060e54bf8d69288fbee4904";
-        let push = |git_ref: &str, commit: &str, seq: i64| IndexedPush {
-            repo: "Acme/API".into(),
+        let push = |git_ref: &str, commit: &str, node: &str, seq: i64| IndexedPush {
+            repo: "acme/api".into(),
             git_ref: git_ref.into(),
             commit: commit.into(),
+            node: node.into(),
             audit_seq: seq,
             pushed_at: 1_000 + seq,
             pushed_by: "alice".into(),
-            node: "gw-1".into(),
+            confirmed_at: None,
         };
-        idx.record(&[push("refs/heads/main", c1, 7), push("refs/tags/v1", c1, 7)])
+        idx.record(&[
+            push("refs/heads/main", c1, "gw-1", 7),
+            push("refs/tags/v1", c1, "gw-1", 7),
+        ])
+        .await
+        .unwrap();
+        // Announced, not confirmed: found, but not as pushed.
+        let found = idx
+            .find("acme/api", "refs/heads/main", c1)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((found.audit_seq, found.confirmed_at), (7, None), "{b}");
+        // The forge said ok to main only.
+        let n = idx
+            .confirm("gw-1", 7, &["refs/heads/main".into()], 1_010)
             .await
             .unwrap();
-        // The same commit to the same ref again: the first record stays.
-        idx.record(&[push("refs/heads/main", &c1.to_ascii_uppercase(), 9)])
+        assert_eq!(n, 1, "{b}");
+        let found = idx
+            .find("acme/api", "refs/heads/main", c1)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(found.confirmed_at, Some(1_010), "{b}");
+        assert_eq!(
+            idx.find("acme/api", "refs/tags/v1", c1)
+                .await
+                .unwrap()
+                .unwrap()
+                .confirmed_at,
+            None,
+            "{b}"
+        );
+        // The same seq on another node is another push; a confirmation names its own.
+        idx.record(&[push("refs/tags/v1", &c1.to_ascii_uppercase(), "gw-2", 7)])
+            .await
+            .unwrap();
+        assert_eq!(
+            idx.confirm("gw-1", 7, &["refs/tags/v1".into()], 1_020)
+                .await
+                .unwrap(),
+            1,
+            "{b}"
+        );
+        assert_eq!(
+            idx.confirm("gw-1", 7, &["refs/tags/v1".into()], 1_030)
+                .await
+                .unwrap(),
+            0,
+            "{b}: once"
+        );
+        // A confirmed push is preferred to a newer unconfirmed one.
+        idx.record(&[push("refs/heads/main", c1, "gw-2", 9)])
             .await
             .unwrap();
         let found = idx
@@ -931,11 +981,7 @@ async fn the_push_index_finds_what_was_pushed_and_keeps_the_first_record() {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(
-            (found.repo.as_str(), found.audit_seq),
-            ("acme/api", 7),
-            "{b}"
-        );
+        assert_eq!((found.node.as_str(), found.audit_seq), ("gw-1", 7), "{b}");
         assert!(
             idx.find("acme/api", "refs/heads/dev", c1)
                 .await
@@ -950,18 +996,14 @@ async fn the_push_index_finds_what_was_pushed_and_keeps_the_first_record() {
                 .is_none(),
             "{b}"
         );
+        // Names are compared as stored: the gateway folds case for case-insensitive forges.
         assert!(
-            idx.find(
-                "acme/api",
-                "refs/heads/main",
-                "0000000000000000000000000000000000000001"
-            )
-            .await
-            .unwrap()
-            .is_none(),
+            idx.find("Acme/API", "refs/heads/main", c1)
+                .await
+                .unwrap()
+                .is_none(),
             "{b}"
         );
-        // Refs are case-sensitive (git's are).
         assert!(
             idx.find("acme/api", "refs/heads/MAIN", c1)
                 .await
@@ -969,13 +1011,12 @@ async fn the_push_index_finds_what_was_pushed_and_keeps_the_first_record() {
                 .is_none(),
             "{b}"
         );
-        assert_eq!(idx.prune(1_008).await.unwrap(), 2, "{b}");
-        assert!(
-            idx.find("acme/api", "refs/tags/v1", c1)
-                .await
-                .unwrap()
-                .is_none(),
-            "{b}"
-        );
+        assert_eq!(idx.prune(1_008).await.unwrap(), 3, "{b}");
+        let left = idx
+            .find("acme/api", "refs/heads/main", c1)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((left.audit_seq, left.confirmed_at), (9, None), "{b}");
     }
 }

@@ -573,6 +573,14 @@ impl PushIndexSink for Index {
             Ok(())
         })
     }
+
+    fn confirm<'a>(
+        &'a self,
+        _seq: u64,
+        _refs: &'a [String],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>> {
+        Box::pin(async move { Ok(()) })
+    }
 }
 
 #[tokio::test]

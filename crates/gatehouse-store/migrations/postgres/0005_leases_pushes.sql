@@ -19,16 +19,19 @@ CREATE INDEX secret_leases_path ON secret_leases (path);
 CREATE INDEX secret_leases_expires ON secret_leases (expires_at);
 
 -- The push index: every ref update of a push Gatehouse allowed, written once its audit record
--- was durable and before the push reached the forge. Provenance checks read it: did this commit
--- reach this ref through Gatehouse?
+-- was durable and before the push reached the forge (`confirmed_at` NULL), then confirmed when the
+-- forge's report said `ok` for that ref. Provenance checks read the confirmed rows: did this
+-- commit reach this ref through Gatehouse? One row per push (node and audit record).
 CREATE TABLE push_index (
-    repo        TEXT    NOT NULL,      -- owner/name, lower-case
-    ref         TEXT    NOT NULL,      -- refs/heads/main
-    commit_id   TEXT    NOT NULL,      -- the new object id, lower-case hex
-    audit_seq   BIGINT  NOT NULL,      -- the forwarding record's sequence number
-    pushed_at   BIGINT  NOT NULL,
-    pushed_by   TEXT    NOT NULL,      -- the pusher's user name
-    node        TEXT    NOT NULL,      -- which gateway's audit log holds the record
-    PRIMARY KEY (repo, ref, commit_id)
+    repo         TEXT    NOT NULL,      -- owner/name, as the gateway names it
+    ref          TEXT    NOT NULL,      -- refs/heads/main
+    commit_id    TEXT    NOT NULL,      -- the new object id, lower-case hex
+    node         TEXT    NOT NULL,      -- which gateway's audit log holds the record
+    audit_seq    BIGINT  NOT NULL,      -- the forwarding record's sequence number there
+    pushed_at    BIGINT  NOT NULL,
+    pushed_by    TEXT    NOT NULL,      -- the pusher's user name
+    confirmed_at BIGINT,               -- when the forge's report said ok
+    PRIMARY KEY (repo, ref, commit_id, node, audit_seq)
 );
 CREATE INDEX push_index_at ON push_index (pushed_at);
+CREATE INDEX push_index_seq ON push_index (node, audit_seq);

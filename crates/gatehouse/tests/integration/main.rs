@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 mod audit;
+mod bench_secrets;
 mod cli;
 mod cli_login;
 mod common;

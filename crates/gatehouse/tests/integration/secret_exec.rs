@@ -438,6 +438,27 @@ async fn a_job_whose_commit_never_came_through_gatehouse_gets_nothing_under_a_pr
         ],
     );
     let sneaked = local_head(&git, &work);
+    // A push Gatehouse allows but the forge refuses (its pre-receive hook declines the ref):
+    // announced in the push index, never confirmed by the forge's report.
+    let hook = bare.join("hooks/pre-receive");
+    std::fs::write(
+        &hook,
+        "#!/bin/sh\nwhile read old new ref; do\n  if [ \"$ref\" = refs/heads/blocked ]; then echo \"blocked by the forge\" >&2; exit 1; fi\ndone\n",
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    commit_file(&git, &work, "blocked.txt", "refused by the forge\n");
+    let refused = git.run(&work, &["push", "origin", "HEAD:refs/heads/blocked"]);
+    assert!(!refused.ok, "the hook did not refuse the push");
+    assert!(
+        refused.stderr.contains("pre-receive hook declined"),
+        "{}",
+        refused.stderr
+    );
+    let declined = local_head(&git, &work);
 
     let job = |sha: &str, git_ref: &str, n: &str| {
         let mut c = job_claims_for(idp, "prod", n);
@@ -457,6 +478,12 @@ async fn a_job_whose_commit_never_came_through_gatehouse_gets_nothing_under_a_pr
         .await;
     let (status, doc) = get(&bad);
     assert_eq!(status, 403, "{doc}");
+    // The forge refused it: the gateway allowed it, but it never reached the ref.
+    let blocked = idp
+        .sign(job(&declined, "refs/heads/blocked", "7004"), "RS256", None)
+        .await;
+    let (status, doc) = get(&blocked);
+    assert_eq!(status, 403, "a push the forge refused counted: {doc}");
     // The pushed commit, claimed for a ref it was never pushed to.
     let elsewhere = idp
         .sign(job(&pushed, "refs/heads/release", "7003"), "RS256", None)
@@ -479,7 +506,8 @@ async fn a_job_whose_commit_never_came_through_gatehouse_gets_nothing_under_a_pr
 const GITEA_RUNNER_POLICY: &str = r#"
 @id("runners-mint")
 permit(principal in Gatehouse::Group::"runners", action == Gatehouse::Action::"job:mint",
-       resource in Gatehouse::Owner::"acme");
+       resource in Gatehouse::Owner::"acme")
+  when { context.job.runner == principal.username };
 
 @id("gitea-api-jobs")
 permit(principal is Gatehouse::ServiceAccount, action == Gatehouse::Action::"secret:get", resource is Gatehouse::Secret)
@@ -521,11 +549,17 @@ async fn a_gitea_runner_mints_tokens_only_for_running_jobs_of_the_repository_it_
                 "jobs": {"77": {"run_id": 42, "status": "in_progress", "head_sha": sha,
                                 "runner_name": "runner-1"},
                          "78": {"run_id": 42, "status": "completed", "head_sha": sha},
-                         "79": {"run_id": 43, "status": "in_progress", "head_sha": sha}}}},
+                         "79": {"run_id": 43, "status": "in_progress", "head_sha": sha, "runner_name": "runner-1"}}}},
             "acme/web": {"actions": {
                 "runs": {"50": {"path": "ci.yml@refs/heads/main", "head_sha": web_sha,
                                 "head_branch": "main"}},
-                "jobs": {"90": {"run_id": 50, "status": "in_progress", "head_sha": web_sha}}}}
+                "jobs": {"90": {"run_id": 50, "status": "in_progress", "head_sha": web_sha,
+                                "runner_name": "runner-1"}}}},
+            "other/api": {"actions": {
+                "runs": {"60": {"path": "ci.yml@refs/heads/main", "head_sha": web_sha,
+                                "head_branch": "main"}},
+                "jobs": {"61": {"run_id": 60, "status": "in_progress", "head_sha": web_sha,
+                                "runner_name": "runner-1"}}}}
         }),
     );
     let tmp = TempDir::new("gitea-job-tokens");
@@ -603,8 +637,9 @@ async fn a_gitea_runner_mints_tokens_only_for_running_jobs_of_the_repository_it_
     // A tag run's job: its ref is the tag.
     let (status, doc) = mint(&runner, "acme/api", 43, 79);
     assert_eq!(status, 200, "{doc}");
+    let tag_token = doc["access_token"].as_str().unwrap().to_owned();
     assert_eq!(
-        claims_of(doc["access_token"].as_str().unwrap())["gatehouse_workload"]["ref"],
+        claims_of(&tag_token)["gatehouse_workload"]["ref"],
         "refs/tags/v1.0"
     );
 
@@ -629,8 +664,8 @@ async fn a_gitea_runner_mints_tokens_only_for_running_jobs_of_the_repository_it_
         ("acme/api", 42, 9999, 403, "no such job"),
         (
             "other/api",
-            42,
-            77,
+            60,
+            61,
             403,
             "an owner the runner may not mint for",
         ),
@@ -640,6 +675,14 @@ async fn a_gitea_runner_mints_tokens_only_for_running_jobs_of_the_repository_it_
     }
     let dev = gw.token("alice", &["dev"]);
     assert_eq!(mint(&dev, "acme/api", 42, 77).0, 403, "not a runner");
+    // Another runner may not mint for the job runner-1 runs.
+    let other_runner = gw.token("runner-2", &["runners"]);
+    let (status, doc) = mint(&other_runner, "acme/api", 42, 77);
+    assert_eq!(
+        (status, doc["code"].as_str()),
+        (403, Some("no_matching_permit")),
+        "{doc}"
+    );
     for bad in [
         serde_json::json!({"repository": "acme/api/x", "run_id": 42, "job_id": 77}),
         serde_json::json!({"repository": "acme/..", "run_id": 42, "job_id": 77}),
@@ -711,7 +754,38 @@ async fn a_gitea_runner_mints_tokens_only_for_running_jobs_of_the_repository_it_
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let audit = gw.audit_when("the mint", |a| a.contains("job_token_minted"));
+    // The tag job ends on the forge while its token sits unused: the gateway, which watches the
+    // jobs it minted for, revokes it, so every front door refuses it (a clone here: 403 from
+    // the policy while the job runs, 401 once it has ended).
+    let clone = "/demo/hello.git/info/refs?service=git-upload-pack";
+    assert_eq!(
+        call(gw.port, "GET", clone, &tag_token, None).unwrap().0,
+        403
+    );
+    let (s, _) = gatehouse_testkit::raw_http(
+        forge.port,
+        "POST",
+        "/_job?repo=acme/api&job=79&status=completed",
+        &[],
+    );
+    assert_eq!(s, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, doc) = call(gw.port, "GET", clone, &tag_token, None).unwrap();
+        if status == 401 {
+            break;
+        }
+        assert_eq!(status, 403, "{doc}");
+        assert!(
+            Instant::now() < deadline,
+            "the ended tag job's token was not revoked"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let audit = gw.audit_when("the ended tag job's refusal", |a| {
+        a.lines()
+            .any(|l| l.contains("\"git:read\"") && l.contains("job_ended"))
+    });
     assert!(
         audit
             .lines()
@@ -719,4 +793,83 @@ async fn a_gitea_runner_mints_tokens_only_for_running_jobs_of_the_repository_it_
         "{audit}"
     );
     assert!(!audit.contains(&job_token), "a token in the audit log");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_over_ssh_counts_for_provenance_once_the_forge_reports_it() {
+    let tmp = TempDir::new("secret-provenance-ssh");
+    let key = tmp.path().join("ci_key");
+    crate::ssh::keygen(&key);
+    let key_pub = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let policy = format!(
+        "{PROVENANCE_POLICY}\n@id(\"ci-bot-pushes\")\npermit(principal == Gatehouse::ServiceAccount::\"ci-bot\", action in [Gatehouse::Action::\"git:read\", Gatehouse::Action::\"git:write\"], resource in Gatehouse::Owner::\"demo\");\n"
+    );
+    let gw = gateway_with(
+        &tmp,
+        &policy,
+        &format!(
+            "\n[ssh]\nlisten = \"127.0.0.1:0\"\nhost_key = \"{dir}/host_ed25519\"\nuser_ca_key = \"{dir}/user_ca\"\n\n[[ssh.service_accounts]]\nname = \"ci-bot\"\npublic_key = \"{}\"\ngroups = [\"ci\"]\n",
+            key_pub.trim(),
+            dir = tmp.path().display(),
+        ),
+    );
+    let idp = Idp::shared();
+    let ops = gw.token("oncall", &["ops"]);
+    ok(&secret_cli(
+        &gw,
+        &ops,
+        &["put", "prod/demo/hello/db-password"],
+        b"v1",
+    ));
+    let bare = tmp.path().join("repos/demo/hello.git");
+    let port = gw.ssh_port();
+    let git = crate::ssh::git_ssh(tmp.path(), "ci", &key, port);
+    let work = tmp.path().join("ci-work");
+    git.ok(
+        tmp.path(),
+        &[
+            "clone",
+            "-q",
+            &format!("ssh://git@127.0.0.1:{port}/demo/hello.git"),
+            &work.to_string_lossy(),
+        ],
+    );
+    commit_file(&git, &work, "over-ssh.txt", "pushed over ssh\n");
+    git.ok(&work, &["push", "-q", "origin", "HEAD:refs/heads/main"]);
+    let pushed = local_head(&git, &work);
+    // One the forge refuses over SSH.
+    let hook = bare.join("hooks/pre-receive");
+    std::fs::write(
+        &hook,
+        "#!/bin/sh\nwhile read old new ref; do\n  if [ \"$ref\" = refs/heads/blocked ]; then echo blocked >&2; exit 1; fi\ndone\n",
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    commit_file(&git, &work, "blocked.txt", "refused\n");
+    assert!(
+        !git.run(&work, &["push", "origin", "HEAD:refs/heads/blocked"])
+            .ok
+    );
+    let declined = local_head(&git, &work);
+
+    let job = |sha: &str, git_ref: &str, n: &str| {
+        let mut c = job_claims_for(idp, "prod", n);
+        c["sha"] = Value::String(sha.to_owned());
+        c["ref"] = Value::String(git_ref.to_owned());
+        c
+    };
+    let path = "/.gatehouse/secrets/prod/demo/hello/db-password";
+    let good = idp
+        .sign(job(&pushed, "refs/heads/main", "8001"), "RS256", None)
+        .await;
+    let (status, doc) = call(gw.port, "GET", path, &good, None).unwrap();
+    assert_eq!(status, 200, "a push over SSH the forge took: {doc}");
+    let bad = idp
+        .sign(job(&declined, "refs/heads/blocked", "8002"), "RS256", None)
+        .await;
+    let (status, doc) = call(gw.port, "GET", path, &bad, None).unwrap();
+    assert_eq!(status, 403, "a push over SSH the forge refused: {doc}");
 }

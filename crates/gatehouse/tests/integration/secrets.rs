@@ -23,7 +23,7 @@ pub(crate) fn now() -> i64 {
 
 /// ops may do anything with secrets; the deploy job of demo/hello on main in `prod` may read
 /// prod/demo/hello/*; nobody reads a secret tagged break-glass=true.
-const SECRETS_POLICY: &str = r#"
+pub(crate) const SECRETS_POLICY: &str = r#"
 @id("ops-secrets")
 permit(principal in Gatehouse::Group::"ops", action in [Gatehouse::Action::"secret:get",
   Gatehouse::Action::"secret:list", Gatehouse::Action::"secret:put", Gatehouse::Action::"secret:rotate",

@@ -8,7 +8,7 @@ use gatehouse_testkit::{Git, SSHD_USER, Sshd, TempDir, TestGateway};
 
 use crate::common::{POLICY, builder, commit_file, denial, head_of, repos};
 
-fn keygen(path: &Path) {
+pub(crate) fn keygen(path: &Path) {
     let out = Command::new("ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", "", "-C", "test", "-f"])
         .arg(path)
@@ -61,7 +61,7 @@ fn ssh(key: &Path, port: u16, extra: &[&str]) -> Output {
     c.output().unwrap()
 }
 
-fn git_ssh(tmp: &Path, name: &str, key: &Path, port: u16) -> Git {
+pub(crate) fn git_ssh(tmp: &Path, name: &str, key: &Path, port: u16) -> Git {
     Git::new(&tmp.join(format!("home-{name}"))).env("GIT_SSH_COMMAND", &ssh_command(key, port))
 }
 
