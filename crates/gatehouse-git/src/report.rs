@@ -68,65 +68,51 @@ impl ReportReader {
         }
         let mut buf = std::mem::take(&mut self.outer);
         buf.extend_from_slice(chunk);
-        let mut at = 0;
-        loop {
-            match read_pkt(&buf[at..]) {
-                Err(_) => {
-                    self.failed = true;
-                    break;
-                }
-                Ok(None) => break,
-                Ok(Some((pkt, n))) => {
-                    at += n;
-                    if self.sideband {
-                        match pkt {
-                            Pkt::Data([1, rest @ ..]) => {
-                                self.inner.extend_from_slice(rest);
-                                self.read_report_inner();
-                            }
-                            // Progress.
-                            Pkt::Data([2, ..]) => {}
-                            // A fatal error, or a band git does not speak.
-                            Pkt::Data(_) => self.failed = true,
-                            // The end of the whole answer.
-                            Pkt::Flush => {}
-                            Pkt::Delim | Pkt::ResponseEnd => self.failed = true,
-                        }
-                    } else {
-                        self.report_line(pkt);
-                    }
-                    if self.failed || (self.ended && !self.sideband) {
-                        break;
-                    }
-                }
+        let at = self.each_pkt(&buf, |me, pkt| {
+            if !me.sideband {
+                me.report_line(pkt);
+                return;
             }
-        }
+            match pkt {
+                Pkt::Data([1, rest @ ..]) => {
+                    let mut inner = std::mem::take(&mut me.inner);
+                    inner.extend_from_slice(rest);
+                    let used = me.each_pkt(&inner, Self::report_line);
+                    inner.drain(..used);
+                    me.inner = inner;
+                }
+                // Progress.
+                Pkt::Data([2, ..]) => {}
+                // A fatal error, or a band git does not speak.
+                Pkt::Data(_) | Pkt::Delim | Pkt::ResponseEnd => me.failed = true,
+                // The end of the whole answer.
+                Pkt::Flush => {}
+            }
+        });
         buf.drain(..at);
         self.outer = buf;
     }
 
-    /// Reads the report's packets out of band 1's bytes.
-    fn read_report_inner(&mut self) {
-        let mut buf = std::mem::take(&mut self.inner);
+    /// Hands each whole packet at the start of `buf` to `f` until one fails the read (or, without
+    /// side-band, ends the report); returns how many bytes were read.
+    fn each_pkt(&mut self, buf: &[u8], mut f: impl FnMut(&mut Self, Pkt<'_>)) -> usize {
         let mut at = 0;
         loop {
             match read_pkt(&buf[at..]) {
                 Err(_) => {
                     self.failed = true;
-                    break;
+                    return at;
                 }
-                Ok(None) => break,
+                Ok(None) => return at,
                 Ok(Some((pkt, n))) => {
                     at += n;
-                    self.report_line(pkt);
-                    if self.failed {
-                        break;
+                    f(self, pkt);
+                    if self.failed || (self.ended && !self.sideband) {
+                        return at;
                     }
                 }
             }
         }
-        buf.drain(..at);
-        self.inner = buf;
     }
 
     /// One packet of the report itself.

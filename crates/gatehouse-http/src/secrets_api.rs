@@ -241,6 +241,27 @@ impl Gateway {
         )
     }
 
+    /// The broker, and who asks of it: the API's caller, refused when a Gitea Actions job's
+    /// token outlived its job.
+    async fn secrets_caller(
+        &self,
+        req: &http::request::Parts,
+        adm: &Admitted,
+        rec: &mut AuditRecord,
+    ) -> Result<(Arc<Broker>, Arc<Principal>, String), (Refusal, ClientKind)> {
+        let Some(broker) = self.secrets.clone() else {
+            return Err((
+                Refusal::NotFound("this gateway has no secrets broker ([secrets])".into()),
+                ClientKind::Api,
+            ));
+        };
+        let (principal, actor) = self
+            .api_caller(&req.headers, &req.method, req.uri.path(), adm, rec)
+            .await?;
+        self.job_still_running(&principal).await?;
+        Ok((broker, principal, actor))
+    }
+
     /// Serves `/.gatehouse/secrets...`.
     pub(crate) async fn secrets_api(
         &self,
@@ -249,18 +270,10 @@ impl Gateway {
         rec: &mut AuditRecord,
     ) -> Result<Response<Body>, (Refusal, ClientKind)> {
         let kind = ClientKind::Api;
-        let Some(broker) = self.secrets.clone() else {
-            return Err((
-                Refusal::NotFound("this gateway has no secrets broker ([secrets])".into()),
-                kind,
-            ));
-        };
+        let (parts, body) = req.into_parts();
+        let (broker, principal, actor) = self.secrets_caller(&parts, adm, rec).await?;
+        let req = Request::from_parts(parts, body);
         let method = req.method().clone();
-        let (principal, actor) = self
-            .api_caller(req.headers(), &method, req.uri().path(), adm, rec)
-            .await?;
-        // A Gitea Actions job's token reads nothing once the forge says the job has ended.
-        self.job_still_running(&principal).await?;
         let raw = req.uri().path().to_owned();
         let query = req.uri().query().unwrap_or("").to_owned();
         let rest = raw
@@ -622,17 +635,10 @@ impl Gateway {
         rec: &mut AuditRecord,
     ) -> Result<Response<Body>, (Refusal, ClientKind)> {
         let kind = ClientKind::Api;
-        let Some(broker) = self.secrets.clone() else {
-            return Err((
-                Refusal::NotFound("this gateway has no secrets broker ([secrets])".into()),
-                kind,
-            ));
-        };
+        let (parts, body) = req.into_parts();
+        let (broker, principal, actor) = self.secrets_caller(&parts, adm, rec).await?;
+        let req = Request::from_parts(parts, body);
         let method = req.method().clone();
-        let (principal, actor) = self
-            .api_caller(req.headers(), &method, req.uri().path(), adm, rec)
-            .await?;
-        self.job_still_running(&principal).await?;
         let rest = req
             .uri()
             .path()
