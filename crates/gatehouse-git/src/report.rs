@@ -8,9 +8,19 @@
 //! packets (`send_sideband`), mixed with progress on band 2 and a fatal error on band 3, and a
 //! flush ends the whole answer. git's `send-pack` (`receive_status()`) reads it the same way.
 //!
-//! Only a complete report that says `unpack ok` confirms anything: the refs it says `ok` to are
-//! the refs the forge moved. Anything else (no report asked for, a cut-off answer, a band-3
-//! error, a malformed packet, more refs than a push can have) confirms nothing. Bytes come
+//! Only a complete report that says `unpack ok` confirms anything, and only a branch or a tag
+//! it says `ok` to plainly:
+//! - an `ok` with report-status-v2 options (`option refname`, `option new-oid`: the ref was handed
+//!   to a `proc-receive` hook, AGit's `refs/for/*`, and what moved is another ref, or the same ref
+//!   to another id) confirms nothing;
+//! - a ref outside `refs/heads/` and `refs/tags/` is never confirmed (with report-status v1 a
+//!   `proc-receive` ref comes back as a plain `ok`);
+//! - a ref the report names twice counts as git's client counts it: the last status wins.
+//!
+//! Anything else (no report asked for, a cut-off answer, a band-3 error, a malformed packet,
+//! more refs than a push can have) confirms nothing. The answer ends at the outer flush, as
+//! git's demultiplexer reads it; nothing after it is read. Band 1 carries only the report and
+//! `receive-pack`'s keepalives (empty band-1 packets, `0005\x01`), which add nothing. Bytes come
 //! from the forge, but the reader is bounded all the same: it keeps one partial packet per
 //! level and at most [`MAX_REPORTED`] refs.
 
@@ -39,10 +49,16 @@ pub struct ReportReader {
     /// With side-band: band 1's partial packet.
     inner: Vec<u8>,
     unpack: Option<bool>,
-    ok: Vec<String>,
+    /// Each ref's status, in the report's order: `Some(plain)` for `ok` (`plain` while no
+    /// option followed it), `None` for `ng`.
+    statuses: Vec<(String, Option<bool>)>,
     ng: Vec<(String, String)>,
+    /// The last line was an `ok` or an `option`: an `option` may follow.
+    options_may_follow: bool,
     /// The report's flush was read.
     ended: bool,
+    /// With side-band: the answer's own flush was read; nothing after it is.
+    done: bool,
     failed: bool,
 }
 
@@ -54,16 +70,18 @@ impl ReportReader {
             outer: Vec::new(),
             inner: Vec::new(),
             unpack: None,
-            ok: Vec::new(),
+            statuses: Vec::new(),
             ng: Vec::new(),
+            options_may_follow: false,
             ended: false,
+            done: false,
             failed: false,
         }
     }
 
     /// Reads the next bytes of the answer.
     pub fn feed(&mut self, chunk: &[u8]) {
-        if self.failed || (self.ended && !self.sideband) {
+        if self.failed || self.done || (self.ended && !self.sideband) {
             return;
         }
         let mut buf = std::mem::take(&mut self.outer);
@@ -86,7 +104,7 @@ impl ReportReader {
                 // A fatal error, or a band git does not speak.
                 Pkt::Data(_) | Pkt::Delim | Pkt::ResponseEnd => me.failed = true,
                 // The end of the whole answer.
-                Pkt::Flush => {}
+                Pkt::Flush => me.done = true,
             }
         });
         buf.drain(..at);
@@ -107,7 +125,7 @@ impl ReportReader {
                 Ok(Some((pkt, n))) => {
                     at += n;
                     f(self, pkt);
-                    if self.failed || (self.ended && !self.sideband) {
+                    if self.failed || self.done || (self.ended && !self.sideband) {
                         return at;
                     }
                 }
@@ -118,10 +136,8 @@ impl ReportReader {
     /// One packet of the report itself.
     fn report_line(&mut self, pkt: Pkt<'_>) {
         if self.ended {
-            // Nothing follows a report's flush but the answer's own.
-            if !matches!(pkt, Pkt::Flush) || !self.sideband {
-                self.failed = true;
-            }
+            // Nothing follows a report's flush but keepalives and the answer's own flush.
+            self.failed = true;
             return;
         }
         let line = match pkt {
@@ -139,40 +155,70 @@ impl ReportReader {
             }
             Pkt::Data(d) => d,
         };
-        let Ok(text) = std::str::from_utf8(line) else {
-            self.failed = true;
-            return;
-        };
-        let text = text.strip_suffix('\n').unwrap_or(text);
-        match self.unpack {
-            None => match text.strip_prefix("unpack ") {
-                Some(status) => self.unpack = Some(status == "ok"),
+        let line = line.strip_suffix(b"\n").unwrap_or(line);
+        // Ref names are UTF-8 (git's `check_refname_format` and the push reader's); a refusal's
+        // reason is whatever a hook printed.
+        let text = |b: &[u8]| std::str::from_utf8(b).map(str::to_owned).ok();
+        if self.unpack.is_none() {
+            match line.strip_prefix(b"unpack ") {
+                Some(status) => self.unpack = Some(status == b"ok"),
                 None => self.failed = true,
-            },
-            Some(_) => {
-                if let Some(r) = text.strip_prefix("ok ") {
-                    self.ok.push(r.to_owned());
-                } else if let Some(rest) = text.strip_prefix("ng ") {
-                    let (r, why) = rest.split_once(' ').unwrap_or((rest, ""));
-                    self.ng.push((r.to_owned(), why.to_owned()));
-                } else if text.starts_with("option ") {
-                    // report-status-v2's details of the `ok` before it.
-                } else {
-                    self.failed = true;
-                }
-                if self.ok.len() + self.ng.len() > MAX_REPORTED {
-                    self.failed = true;
-                }
             }
+            return;
+        }
+        if let Some(r) = line.strip_prefix(b"ok ") {
+            match text(r) {
+                Some(r) => self.statuses.push((r, Some(true))),
+                None => self.failed = true,
+            }
+            self.options_may_follow = true;
+        } else if let Some(rest) = line.strip_prefix(b"ng ") {
+            let (r, why) = match rest.iter().position(|b| *b == b' ') {
+                Some(i) => (&rest[..i], &rest[i + 1..]),
+                None => (rest, &b""[..]),
+            };
+            match text(r) {
+                Some(r) => {
+                    self.statuses.push((r.clone(), None));
+                    self.ng.push((r, String::from_utf8_lossy(why).into_owned()));
+                }
+                None => self.failed = true,
+            }
+            self.options_may_follow = false;
+        } else if line.starts_with(b"option ") {
+            // report-status-v2's details of the `ok` before it: what moved is not plainly
+            // that ref to the pushed id.
+            match self.statuses.last_mut() {
+                Some((_, Some(plain))) if self.options_may_follow => *plain = false,
+                _ => self.failed = true,
+            }
+        } else {
+            self.failed = true;
+        }
+        if self.statuses.len() > MAX_REPORTED {
+            self.failed = true;
         }
     }
 
     /// What the report said, as far as it was read: refs are confirmed only by a whole report
-    /// that said `unpack ok`.
+    /// that said `unpack ok`, and only a branch or tag whose last status was a plain `ok`.
     pub fn finish(self) -> PushReport {
         let complete = !self.failed && self.ended && self.unpack == Some(true);
+        let mut ok = Vec::new();
+        if complete {
+            let mut seen = std::collections::HashSet::new();
+            for (r, status) in self.statuses.iter().rev() {
+                if seen.insert(r.as_str())
+                    && *status == Some(true)
+                    && (r.starts_with("refs/heads/") || r.starts_with("refs/tags/"))
+                {
+                    ok.push(r.clone());
+                }
+            }
+            ok.reverse();
+        }
         PushReport {
-            ok: if complete { self.ok } else { Vec::new() },
+            ok,
             ng: self.ng,
             complete,
         }
@@ -180,26 +226,33 @@ impl ReportReader {
 }
 
 /// `receive-pack`'s whole output over SSH (or from a local `git receive-pack`): its ref
-/// advertisement, which ends with the first flush (after a `version 1` line, when asked for),
-/// then its answer to the push. Keeps the answer, at most `max` bytes of it; a longer one, or
-/// an advertisement that is not pkt-lines, keeps nothing.
+/// advertisement, which ends with its one flush (after a `version 1` line, when asked for), then
+/// its answer to the push, read as it streams. Which way the answer comes (side-band or not) is
+/// known only once the client's command list has been read, so it is read both ways at once,
+/// each bounded; [`AnswerCapture::finish`] takes the one the push asked for.
 #[derive(Debug)]
 pub struct AnswerCapture {
     in_advert: bool,
     partial: Vec<u8>,
-    answer: Vec<u8>,
-    max: usize,
+    plain: ReportReader,
+    banded: ReportReader,
     spoiled: bool,
 }
 
+impl Default for AnswerCapture {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl AnswerCapture {
-    /// A capture keeping at most `max` bytes of the answer.
-    pub fn new(max: usize) -> Self {
+    /// A capture from the start of `receive-pack`'s output.
+    pub fn new() -> Self {
         Self {
             in_advert: true,
             partial: Vec::new(),
-            answer: Vec::new(),
-            max,
+            plain: ReportReader::new(false),
+            banded: ReportReader::new(true),
             spoiled: false,
         }
     }
@@ -209,48 +262,50 @@ impl AnswerCapture {
         if self.spoiled {
             return;
         }
-        if self.in_advert {
-            self.partial.extend_from_slice(chunk);
-            let mut at = 0;
-            loop {
-                match read_pkt(&self.partial[at..]) {
-                    Err(_) => {
-                        self.spoiled = true;
-                        return;
-                    }
-                    Ok(None) => break,
-                    Ok(Some((pkt, n))) => {
-                        at += n;
-                        if pkt == Pkt::Flush {
-                            self.in_advert = false;
-                            break;
-                        }
+        if !self.in_advert {
+            self.plain.feed(chunk);
+            self.banded.feed(chunk);
+            return;
+        }
+        self.partial.extend_from_slice(chunk);
+        let mut at = 0;
+        loop {
+            match read_pkt(&self.partial[at..]) {
+                Err(_) => {
+                    self.spoiled = true;
+                    self.partial = Vec::new();
+                    return;
+                }
+                Ok(None) => break,
+                Ok(Some((pkt, n))) => {
+                    at += n;
+                    if pkt == Pkt::Flush {
+                        self.in_advert = false;
+                        break;
                     }
                 }
             }
-            if self.in_advert {
-                self.partial.drain(..at);
-                return;
-            }
-            let rest = self.partial.split_off(at);
-            self.partial = Vec::new();
-            return self.keep(&rest);
         }
-        self.keep(chunk);
-    }
-
-    fn keep(&mut self, bytes: &[u8]) {
-        if self.answer.len() + bytes.len() > self.max {
-            self.spoiled = true;
-            self.answer = Vec::new();
+        let rest = self.partial.split_off(at);
+        if self.in_advert {
+            self.partial = rest;
         } else {
-            self.answer.extend_from_slice(bytes);
+            self.partial = Vec::new();
+            self.plain.feed(&rest);
+            self.banded.feed(&rest);
         }
     }
 
-    /// The answer, when the advertisement ended and the answer was kept whole.
-    pub fn into_answer(self) -> Option<Vec<u8>> {
-        (!self.spoiled && !self.in_advert).then_some(self.answer)
+    /// What the answer's report said, read as the push asked for it (`sideband`).
+    pub fn finish(self, sideband: bool) -> PushReport {
+        if self.spoiled || self.in_advert {
+            return PushReport::default();
+        }
+        if sideband {
+            self.banded.finish()
+        } else {
+            self.plain.finish()
+        }
     }
 }
 
@@ -293,7 +348,6 @@ mod tests {
         let rep = report(&[
             "unpack ok\n",
             "ok refs/heads/main\n",
-            "option refname refs/heads/main\n",
             "ng refs/heads/dev pre-receive hook declined\n",
             "ok refs/tags/v1\n",
         ]);
@@ -361,31 +415,100 @@ mod tests {
 
     #[test]
     fn over_ssh_the_answer_follows_the_advertisement() {
-        let mut out = Vec::new();
-        pkt_frame(&mut out, b"4b825dc642cb6eb9a060e54bf8d69288fbee4904 refs/heads/main\0report-status side-band-64k\n");
+        let mut advert = Vec::new();
+        pkt_frame(&mut advert, b"version 1\n");
+        pkt_frame(&mut advert, b"4b825dc642cb6eb9a060e54bf8d69288fbee4904 refs/heads/main\0report-status side-band-64k\n");
         pkt_frame(
-            &mut out,
-            b"4b825dc642cb6eb9a060e54bf8d69288fbee4904 refs/tags/v1\n",
+            &mut advert,
+            b"4b825dc642cb6eb9a060e54bf8d69288fbee4904 .have\n",
         );
-        out.extend_from_slice(b"0000");
+        pkt_frame(
+            &mut advert,
+            b"shallow 4b825dc642cb6eb9a060e54bf8d69288fbee4904\n",
+        );
+        advert.extend_from_slice(b"0000");
+        let mut empty_repo = Vec::new();
+        pkt_frame(
+            &mut empty_repo,
+            b"0000000000000000000000000000000000000000 capabilities^{}\0report-status\n",
+        );
+        empty_repo.extend_from_slice(b"0000");
         let rep = report(&["unpack ok\n", "ok refs/heads/main\n"]);
-        let answer = sideband(&rep, 7);
-        out.extend_from_slice(&answer);
-        for step in [1, 3, 64, 10_000] {
-            let mut c = AnswerCapture::new(1 << 20);
-            for ch in out.chunks(step) {
-                c.feed(ch);
+        for adv in [&advert, &empty_repo] {
+            for (sb, answer) in [(true, sideband(&rep, 7)), (false, rep.clone())] {
+                let mut out = adv.clone();
+                out.extend_from_slice(&answer);
+                for step in [1, 3, 64, 10_000] {
+                    let mut c = AnswerCapture::new();
+                    for ch in out.chunks(step) {
+                        c.feed(ch);
+                    }
+                    assert_eq!(
+                        c.finish(sb).ok,
+                        ["refs/heads/main"],
+                        "sideband {sb}, step {step}"
+                    );
+                }
             }
-            let got = c.into_answer().unwrap();
-            assert_eq!(got, answer, "step {step}");
-            assert_eq!(read(true, &got, 5).ok, ["refs/heads/main"]);
         }
-        // Too long an answer, or an advertisement that never ends, keeps nothing.
-        let mut c = AnswerCapture::new(10);
-        c.feed(&out);
-        assert_eq!(c.into_answer(), None);
-        let mut c = AnswerCapture::new(1 << 20);
-        c.feed(&out[..40]);
-        assert_eq!(c.into_answer(), None);
+        // An advertisement that never ends, or is not pkt-lines, confirms nothing.
+        let mut c = AnswerCapture::new();
+        c.feed(&advert[..40]);
+        assert!(!c.finish(true).complete);
+        let mut c = AnswerCapture::new();
+        c.feed(b"zzzz0000");
+        c.feed(&rep);
+        assert!(!c.finish(false).complete);
+    }
+
+    #[test]
+    fn keepalives_options_repeats_and_what_follows_the_end_read_as_git_reads_them() {
+        // receive-pack's keepalives (empty band-1 packets), before and after the report.
+        let rep = report(&["unpack ok\n", "ok refs/heads/main\n"]);
+        let mut out = Vec::new();
+        out.extend_from_slice(b"0005\x01");
+        let band = sideband(&rep, 9);
+        out.extend_from_slice(&band[..band.len() - 4]);
+        out.extend_from_slice(b"0005\x010005\x01");
+        pkt_frame(&mut out, b"\x02post-receive says hello\n");
+        out.extend_from_slice(b"0000");
+        assert_eq!(read(true, &out, 3).ok, ["refs/heads/main"]);
+        // report-status-v2: a ref a proc-receive hook handled moved another ref, or to another
+        // id: not confirmed. An option after an `ng`, or first, is malformed.
+        let v2 = report(&[
+            "unpack ok\n",
+            "ok refs/heads/main\n",
+            "option refname refs/pull/7/head\n",
+            "ok refs/heads/dev\n",
+            "option new-oid 0123456789012345678901234567890123456789\n",
+            "ok refs/heads/plain\n",
+        ]);
+        assert_eq!(read(false, &v2, 4).ok, ["refs/heads/plain"]);
+        let stray = report(&["unpack ok\n", "ng refs/heads/x no\n", "option refname y\n"]);
+        assert!(!read(false, &stray, 4).complete);
+        // A ref named twice: the last status counts, as git's client reads it.
+        let twice = report(&[
+            "unpack ok\n",
+            "ok refs/heads/x\n",
+            "ng refs/heads/x proc-receive failed to report status\n",
+            "ng refs/heads/y no\n",
+            "ok refs/heads/y\n",
+        ]);
+        assert_eq!(read(false, &twice, 5).ok, ["refs/heads/y"]);
+        // Only branches and tags: `refs/for/*` is the forge's to handle.
+        let agit = report(&["unpack ok\n", "ok refs/for/main\n", "ok refs/tags/v1\n"]);
+        assert_eq!(read(false, &agit, 5).ok, ["refs/tags/v1"]);
+        // A hook's reason in any bytes does not spoil the report.
+        let mut latin = Vec::new();
+        pkt_frame(&mut latin, b"unpack ok\n");
+        pkt_frame(&mut latin, b"ng refs/heads/x caf\xe9\n");
+        pkt_frame(&mut latin, b"ok refs/heads/main\n");
+        latin.extend_from_slice(b"0000");
+        assert_eq!(read(false, &latin, 2).ok, ["refs/heads/main"]);
+        // The answer ends at its flush: a report after it is never read.
+        let mut late = Vec::new();
+        late.extend_from_slice(b"0000");
+        late.extend_from_slice(&sideband(&rep, 5));
+        assert!(read(true, &late, 3).ok.is_empty());
     }
 }

@@ -9,8 +9,7 @@ use std::time::Instant;
 use gatehouse_audit::{AuditRecord, AuditRef, AuditSlot};
 use gatehouse_core::{Principal, Resource};
 use gatehouse_git::{
-    AnswerCapture, PushReader, PushRequest, ReportReader, SshCommand, SshService,
-    refused_push_report,
+    AnswerCapture, PushReader, PushRequest, SshCommand, SshService, refused_push_report,
 };
 use gatehouse_policy::{RefDecisions, RequestFacts};
 use russh::keys::PublicKeyOrCertificate;
@@ -227,17 +226,14 @@ struct Outcome {
     bytes_in: u64,
     bytes_out: u64,
     complete: bool,
-    /// A push's answer (what followed the ref advertisement), when it was kept.
-    answer: Option<Vec<u8>>,
+    /// A push's output as read on its way to the client (the forge's report in it).
+    capture: Option<AnswerCapture>,
 }
-
-/// The most of a push's answer kept to read the forge's report from.
-const MAX_ANSWER: usize = 1 << 20;
 
 /// A capture of a push's output, when the push index wants the forge's report.
 fn capture_for(gw: &SshGateway, command: &SshCommand) -> Option<AnswerCapture> {
     (command.service == SshService::ReceivePack && gw.audit.indexes_pushes())
-        .then(|| AnswerCapture::new(MAX_ANSWER))
+        .then(AnswerCapture::new)
 }
 
 struct PinnedHost {
@@ -294,7 +290,7 @@ impl Job {
         } else {
             Ok(())
         };
-        let result = if let Err(e) = opened {
+        let mut result = if let Err(e) = opened {
             tracing::warn!(conn = %conn, error = %e, "refusing a push: its audit record could not be made durable; nothing was sent to the forge");
             gated.audit_failed = true;
             tell_client(&client_wr, AUDIT_UNAVAILABLE).await;
@@ -345,12 +341,11 @@ impl Job {
         };
         // The forge's report on a forwarded push: the refs it says `ok` to are confirmed in the
         // push index (provenance).
-        if let (Ok(o), Some(seq), Some(sideband)) = (&result, gated.forwarding_seq, gated.report)
-            && let Some(answer) = &o.answer
+        if let (Ok(o), Some(seq), Some(sideband)) =
+            (&mut result, gated.forwarding_seq, gated.report)
+            && let Some(capture) = o.capture.take()
         {
-            let mut reader = ReportReader::new(sideband);
-            reader.feed(answer);
-            let report = reader.finish();
+            let report = capture.finish(sideband);
             if report.complete {
                 gw.audit.confirm_pushed(seq, report.ok);
             }
@@ -527,7 +522,7 @@ async fn via_ssh(
         let _ = out.flush().await;
         let _ = err.flush().await;
         o.complete = o.exit.is_some();
-        o.answer = capture.take().and_then(AnswerCapture::into_answer);
+        o.capture = capture.take();
         o
     };
     tokio::pin!(to_upstream);
@@ -629,7 +624,7 @@ async fn via_local(
             }
         }
         let _ = out.flush().await;
-        (n, capture.and_then(AnswerCapture::into_answer))
+        (n, capture)
     };
     let err_from_git = async {
         let mut err = client_wr.make_writer_ext(Some(1));
@@ -640,7 +635,7 @@ async fn via_local(
     let mut bytes_in = None;
     let both = async { tokio::join!(from_git, err_from_git).0 };
     tokio::pin!(both);
-    let (bytes_out, answer) = loop {
+    let (bytes_out, capture) = loop {
         tokio::select! {
             n = &mut to_git, if bytes_in.is_none() => bytes_in = Some(n),
             out = &mut both => break out,
@@ -652,7 +647,7 @@ async fn via_local(
         bytes_in: bytes_in.unwrap_or(0),
         bytes_out,
         complete: status.is_some(),
-        answer,
+        capture,
     })
 }
 
