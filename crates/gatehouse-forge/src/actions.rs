@@ -246,4 +246,57 @@ impl ForgeApi {
         self.remember_flag(path, running);
         Ok(running)
     }
+
+    /// The commit an annotated tag object `sha` of `owner/repo` points at (through tags of
+    /// tags, at most five deep), asked afresh: Gitea's `GET /repos/{owner}/{repo}/git/tags/{sha}`
+    /// (`AnnotatedTag{object{type, sha}}`). `None` when `sha` is not an annotated tag there
+    /// (Gitea answers 400 or 404) or it points at something other than a commit.
+    pub async fn peel_tag(
+        &self,
+        owner: &str,
+        repo: &str,
+        sha: &str,
+    ) -> Result<Option<String>, JobRefused> {
+        if !valid_name(owner) || !valid_name(repo) {
+            return Ok(None);
+        }
+        let mut at = sha.to_ascii_lowercase();
+        for _ in 0..5 {
+            if !is_commit(&at) {
+                return Ok(None);
+            }
+            let t: ApiTag = match self
+                .get(
+                    &format!("/api/v1/repos/{owner}/{repo}/git/tags/{at}"),
+                    &format!("tag {at} in {owner}/{repo}"),
+                )
+                .await
+            {
+                Ok(t) => t,
+                Err(LookupError::NotFound(_)) => return Ok(None),
+                Err(LookupError::Unavailable(w)) if w.contains("status 400") => return Ok(None),
+                Err(LookupError::Unavailable(w)) => return Err(JobRefused::Unavailable(w)),
+            };
+            let next = t.object.sha.to_ascii_lowercase();
+            match t.object.kind.as_str() {
+                "commit" => return Ok(is_commit(&next).then_some(next)),
+                "tag" => at = next,
+                _ => return Ok(None),
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// `AnnotatedTag`, the fields Gatehouse reads.
+#[derive(Debug, Clone, Deserialize)]
+struct ApiTag {
+    object: ApiTagObject,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct ApiTagObject {
+    #[serde(rename = "type")]
+    kind: String,
+    sha: String,
 }

@@ -164,6 +164,7 @@ fn lease_json(l: &Lease, now: i64) -> serde_json::Value {
 /// written after the report reaches the gateway.
 async fn provenance_of(
     broker: &Broker,
+    forge: Option<&gatehouse_forge::ForgeApi>,
     p: &Principal,
     fold_case: bool,
     now: i64,
@@ -196,11 +197,35 @@ async fn provenance_of(
             _ => break,
         }
     }
+    let mut pushed = found.filter(|f| f.confirmed_at.is_some());
+    // An annotated tag: its pushes name the tag object, the job runs the commit it points at.
+    // The forge peels the tags pushed to that ref through Gatehouse.
+    if pushed.is_none()
+        && w.git_ref.starts_with("refs/tags/")
+        && let Some(forge) = forge
+        && let Some((owner, name)) = repo.split_once('/')
+    {
+        let candidates = broker
+            .confirmed_pushes_of(&repo, &w.git_ref)
+            .await
+            .map_err(refused)?;
+        for c in candidates {
+            let peeled = forge.peel_tag(owner, name, &c.commit).await.map_err(|e| {
+                tracing::warn!(error = %e, "a pushed tag could not be peeled");
+                (
+                    Refusal::ForgeUnavailable("a pushed tag's commit".into()),
+                    ClientKind::Api,
+                )
+            })?;
+            if peeled.is_some_and(|c| c.eq_ignore_ascii_case(&w.commit)) {
+                pushed = Some(c);
+                break;
+            }
+        }
+    }
     Ok(Provenance {
         checked: true,
-        pushed: found
-            .filter(|f| f.confirmed_at.is_some())
-            .map(|f| (f.pushed_by, f.pushed_at, f.audit_seq)),
+        pushed: pushed.map(|f| (f.pushed_by, f.pushed_at, f.audit_seq)),
     })
 }
 
@@ -321,6 +346,7 @@ impl Gateway {
         };
         let provenance = provenance_of(
             &broker,
+            self.decider.forge_api().map(|f| &**f),
             &principal,
             self.decider.flavor().case_insensitive(),
             self.clock.now().as_secs(),
@@ -655,6 +681,7 @@ impl Gateway {
             .map_err(|r| (r, kind))?;
         let provenance = provenance_of(
             &broker,
+            self.decider.forge_api().map(|f| &**f),
             &principal,
             self.decider.flavor().case_insensitive(),
             self.clock.now().as_secs(),

@@ -626,6 +626,20 @@ impl Broker {
         Ok(self.store.pushes().find(repo, git_ref, commit).await?)
     }
 
+    /// The last few confirmed pushes of `git_ref` of `repo`, newest first: an annotated tag's
+    /// pushes name the tag object, which the caller peels to the commit a job runs.
+    pub async fn confirmed_pushes_of(
+        &self,
+        repo: &str,
+        git_ref: &str,
+    ) -> Result<Vec<IndexedPush>, SecretError> {
+        Ok(self
+            .store
+            .pushes()
+            .confirmed_for_ref(repo, git_ref, 5)
+            .await?)
+    }
+
     /// The secrets under `prefix` (`""`: all), live or deleted. Never a value.
     pub async fn list(&self, prefix: &str, deleted: bool) -> Result<Vec<SecretInfo>, SecretError> {
         if !prefix.is_empty() {

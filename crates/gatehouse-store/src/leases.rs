@@ -399,6 +399,34 @@ impl<'a> PushIndex<'a> {
         })
     }
 
+    /// The confirmed pushes of `git_ref` of `repo`, newest first, at most `limit` (an annotated
+    /// tag's ref names the tag object, which the caller peels).
+    pub async fn confirmed_for_ref(
+        &self,
+        repo: &str,
+        git_ref: &str,
+        limit: i64,
+    ) -> Result<Vec<IndexedPush>, StoreError> {
+        let what = "reading the push index";
+        on_db!(self.store.db(), |pool| {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {PUSH_COLUMNS} FROM push_index \
+                 WHERE repo = $1 AND ref = $2 AND confirmed_at IS NOT NULL \
+                 ORDER BY pushed_at DESC LIMIT $3"
+            )))
+            .bind(repo)
+            .bind(git_ref)
+            .bind(limit)
+            .fetch_all(pool)
+            .await
+            .map_err(StoreError::query(what))?;
+            rows.into_iter()
+                .map(|r| push_of!(r))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(StoreError::query(what))
+        })
+    }
+
     /// Deletes what was pushed before `before`; how many.
     pub async fn prune(&self, before: i64) -> Result<u64, StoreError> {
         let what = "pruning the push index";

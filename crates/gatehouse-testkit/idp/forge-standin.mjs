@@ -35,6 +35,10 @@
 //   GET /api/v1/repos/{owner}/{repo}/actions/jobs/{id} -> ActionWorkflowJob
 //   GET /api/v1/repos/{owner}/{repo}/actions/runs/{id} -> ActionWorkflowRun
 // POST /_job?repo=acme/api&job=77&status=completed changes a job's status (the job ends).
+// And annotated tags, read from a real repository under STANDIN_GIT_ROOT (`<root>/<owner>/<repo>.git`)
+// as Gitea's GetAnnotatedTag answers (routers/api/v1/repo/tag.go; convert.ToAnnotatedTag): the
+// object is the commit the tag peels to; 400 when the id is not an annotated tag:
+//   GET /api/v1/repos/{owner}/{repo}/git/tags/{sha} -> {"tag", "sha", "object": {"type", "sha"}}
 // Any other request is the forge's web UI or API as Gatehouse forwards it: it is RECORDED
 // (method, path and query, the identity header, the request id, the body) and answered 200, so
 // that a test can see what reached the forge and that it came unchanged.
@@ -43,11 +47,26 @@
 //   POST /_fault?status=500 makes every API call fail with that status (status=0 clears it);
 //   GET /_received -> the recorded requests.
 import * as http from 'node:http';
+import { execFileSync } from 'node:child_process';
 
 const PORT = Number(process.env.STANDIN_PORT);
 const TOKEN = process.env.STANDIN_TOKEN || 'forge-admin-token';
 const USERS = JSON.parse(process.env.STANDIN_USERS || '{}');
 const REPOS = JSON.parse(process.env.STANDIN_REPOS || '{}');
+const GIT_ROOT = process.env.STANDIN_GIT_ROOT || '';
+
+const annotatedTag = (res, full, sha) => {
+  if (!GIT_ROOT || !/^[0-9a-f]{40}([0-9a-f]{24})?$/.test(sha)) return json(res, 400, { message: 'invalid sha' });
+  const git = (...args) => execFileSync('git', ['--git-dir', `${GIT_ROOT}/${full}.git`, ...args]).toString().trim();
+  try {
+    if (git('cat-file', '-t', sha) !== 'tag') return json(res, 400, { message: `${sha} is not an annotated tag` });
+    const name = (git('cat-file', '-p', sha).match(/^tag (.*)$/m) || [])[1] || '';
+    const commit = git('rev-parse', `${sha}^{commit}`);
+    return json(res, 200, { tag: name, sha, url: '', message: '', object: { type: 'commit', url: '', sha: commit } });
+  } catch {
+    return json(res, 400, { message: 'object does not exist' });
+  }
+};
 let calls = 0;
 let fault = 0;
 const received = [];
@@ -138,6 +157,12 @@ const server = http.createServer((req, res) => {
     if (!j) return json(res, 404, { message: 'no such job' });
     j.status = u.searchParams.get('status') || 'completed';
     return json(res, 200, j);
+  }
+  const tagLookup = u.pathname.match(/^\/api\/v1\/repos\/([^/]+)\/([^/]+)\/git\/tags\/([^/]+)$/);
+  if (tagLookup && req.method === 'GET' && req.headers.authorization === `token ${TOKEN}`) {
+    calls += 1;
+    if (fault) return json(res, fault, { message: 'injected fault' });
+    return annotatedTag(res, `${tagLookup[1]}/${tagLookup[2]}`.toLowerCase(), tagLookup[3]);
   }
   const lookup = u.pathname.match(/^\/api\/v1\/repos\/([^/]+)\/([^/]+)(?:\/(pulls|releases|actions\/jobs|actions\/runs)\/(\d+)|\/(tags|releases))?$/);
   const isLookup = lookup && req.method === 'GET' && req.headers.authorization === `token ${TOKEN}`;

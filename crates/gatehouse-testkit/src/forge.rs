@@ -24,6 +24,16 @@ impl ForgeStandIn {
     /// "pulls": {"7": {"base": "main", "head": "feature", "head_repo": "acme/api"}},
     /// "releases": {"4": "v1.0"}}}`.
     pub fn start_with(users: &serde_json::Value, repos: &serde_json::Value) -> Self {
+        Self::start_over(users, repos, None)
+    }
+
+    /// [`Self::start_with`], answering annotated tag lookups from the real repositories under
+    /// `git_root` (`<root>/<owner>/<repo>.git`).
+    pub fn start_over(
+        users: &serde_json::Value,
+        repos: &serde_json::Value,
+        git_root: Option<&std::path::Path>,
+    ) -> Self {
         let dir = TempDir::new("forge-standin");
         let token = "forge-admin-token".to_owned();
         let mut cmd = Command::new("node");
@@ -34,6 +44,9 @@ impl ForgeStandIn {
             .env("STANDIN_USERS", users.to_string())
             .env("STANDIN_REPOS", repos.to_string())
             .env("STANDIN_EXIT_WITH_PARENT", "1");
+        if let Some(root) = git_root {
+            cmd.env("STANDIN_GIT_ROOT", root);
+        }
         let mut child = Child::spawn("forge-standin", &mut cmd, &dir.path().join("standin.log"));
         let port = child.wait_logged_port("the forge stand-in to listen", "forge stand-in on ");
         Self {

@@ -873,3 +873,69 @@ async fn a_push_over_ssh_counts_for_provenance_once_the_forge_reports_it() {
     let (status, doc) = call(gw.port, "GET", path, &bad, None).unwrap();
     assert_eq!(status, 403, "a push over SSH the forge refused: {doc}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_on_an_annotated_tag_pushed_through_gatehouse_passes_provenance() {
+    let tmp = TempDir::new("secret-provenance-tag");
+    // A STAND-IN for Gitea's annotated-tag API, reading the real repositories behind the gateway.
+    let forge = gatehouse_testkit::ForgeStandIn::start_over(
+        &serde_json::json!({}),
+        &serde_json::json!({}),
+        Some(&tmp.path().join("repos")),
+    );
+    let token_file = tmp.path().join("forge-token");
+    std::fs::write(&token_file, &forge.token).unwrap();
+    let gw = gateway_on(
+        &tmp,
+        Some("gitea"),
+        &format!(
+            "{PROVENANCE_POLICY}\n@id(\"release-jobs\")\npermit(principal is Gatehouse::ServiceAccount, action == Gatehouse::Action::\"secret:get\", resource is Gatehouse::Secret) when {{ principal has workload && principal.workload.repository == \"demo/hello\" && principal.workload.ref like \"refs/tags/v*\" && resource.path like \"prod/demo/hello/*\" }};\n"
+        ),
+        &format!(
+            "[forge.api]\nurl = \"{}\"\ntoken = {{ file = \"{}\" }}\n",
+            forge.url(),
+            token_file.display()
+        ),
+    );
+    let idp = Idp::shared();
+    let ops = gw.token("oncall", &["ops"]);
+    ok(&secret_cli(
+        &gw,
+        &ops,
+        &["put", "prod/demo/hello/db-password"],
+        b"v1",
+    ));
+    let bare = tmp.path().join("repos/demo/hello.git");
+    let alice = gw.token("alice", &["dev"]);
+    let (git, work) = clone_demo(tmp.path(), &gw.url(), &alice, "alice");
+    commit_file(&git, &work, "release.txt", "v2\n");
+    let commit = local_head(&git, &work);
+    git.ok(&work, &["tag", "-a", "v2.0", "-m", "release 2.0"]);
+    git.ok(&work, &["push", "-q", "origin", "refs/tags/v2.0"]);
+    // Its twin never came through the gateway.
+    git.ok(&work, &["tag", "-a", "v3.0", "-m", "release 3.0"]);
+    git.ok(
+        &work,
+        &["push", "-q", &bare.to_string_lossy(), "refs/tags/v3.0"],
+    );
+    let job = |git_ref: &str, n: &str| {
+        let mut c = job_claims_for(idp, "prod", n);
+        c["sha"] = Value::String(commit.clone());
+        c["ref"] = Value::String(git_ref.to_owned());
+        c["ref_type"] = Value::String("tag".into());
+        c
+    };
+    let path = "/.gatehouse/secrets/prod/demo/hello/db-password";
+    let pushed = idp.sign(job("refs/tags/v2.0", "9101"), "RS256", None).await;
+    let (status, doc) = call(gw.port, "GET", path, &pushed, None).unwrap();
+    assert_eq!(
+        status, 200,
+        "the annotated tag pushed through the gateway: {doc}"
+    );
+    let sneaked = idp.sign(job("refs/tags/v3.0", "9102"), "RS256", None).await;
+    let (status, doc) = call(gw.port, "GET", path, &sneaked, None).unwrap();
+    assert_eq!(
+        status, 403,
+        "an annotated tag pushed around the gateway: {doc}"
+    );
+}
