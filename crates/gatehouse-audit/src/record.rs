@@ -22,6 +22,11 @@ impl AuditPrincipal {
     pub fn username(&self) -> &str {
         &self.0.username
     }
+
+    /// The principal itself (shared, not copied).
+    pub fn principal(&self) -> &Arc<Principal> {
+        &self.0
+    }
 }
 
 impl From<Principal> for AuditPrincipal {

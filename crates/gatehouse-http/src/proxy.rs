@@ -157,6 +157,11 @@ impl Done {
         tracing::warn!(%request_id, "the upstream sent nothing of the response body for upstream.body_idle_timeout; cut off");
     }
 
+    /// Who the relay of this request serves.
+    fn principal(&self) -> Option<Arc<Principal>> {
+        self.rec.principal.as_ref().map(|p| p.principal().clone())
+    }
+
     pub(crate) fn finish(mut self, bytes_in: u64, bytes_out: u64, end: BodyEnd) {
         let elapsed = self.started.elapsed();
         let rec = &mut self.rec;
@@ -185,6 +190,9 @@ impl Done {
             .observe(elapsed.as_secs_f64());
     }
 }
+
+/// How often an open WebSocket relay checks that its caller's credential is still good.
+pub(crate) const RELAY_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The request's audit slot and record while its phases run. The handler's future can be dropped
 /// before a response exists (an HTTP/1.1 client that disconnects while the upstream is still
@@ -716,16 +724,23 @@ impl Gateway {
     }
 
     /// Relays an upgraded connection in its own task; its audit record is written when it ends.
+    /// The relay lives no longer than its caller's right to it: it is closed within
+    /// [`RELAY_RECHECK`] of the credential being revoked (or its job, environment or subject),
+    /// or of a token's expiry (a browser session's end is its revocation at sign-out: sessions
+    /// renew, so their first expiry is not the relay's).
     fn spawn_relay(
         &self,
         client: hyper::upgrade::OnUpgrade,
         upstream: hyper::upgrade::OnUpgrade,
         done: Done,
     ) {
-        let stop = self.tunnels.clone();
+        let stop = self.tunnels.child_token();
         let idle = self.settings.websocket_idle_timeout;
         let open = self.metrics.tunnels_open.clone();
         open.inc();
+        let principal = done.principal();
+        let authn = self.decider.authn().clone();
+        let clock = self.clock.clone();
         // Records the relay as aborted should the task be dropped before it ends (the runtime
         // going away after the shutdown grace ran out); `finish` disarms it.
         let mut guard = RelayGuard {
@@ -733,9 +748,43 @@ impl Gateway {
             open,
         };
         self.relays.spawn(async move {
-            let (bytes_in, bytes_out, end) =
-                crate::tunnel::relay(client, upstream, idle, &stop).await;
-            if let Some(done) = guard.done.take() {
+            let ended = std::sync::OnceLock::new();
+            let watch = async {
+                let Some(p) = principal else {
+                    return std::future::pending::<()>().await;
+                };
+                let session = p
+                    .token_id
+                    .as_deref()
+                    .is_some_and(|t| t.starts_with("session:"));
+                let mut tick = tokio::time::interval(RELAY_RECHECK);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let why = match authn.revoked(&p) {
+                        Some(r) => Some(r.reason()),
+                        None if !session
+                            && p.expires_at.is_some_and(|e| clock.now().as_secs() >= e) =>
+                        {
+                            Some("credential_expired")
+                        }
+                        None => None,
+                    };
+                    if let Some(why) = why {
+                        let _ = ended.set(why);
+                        stop.cancel();
+                        return std::future::pending::<()>().await;
+                    }
+                }
+            };
+            let (bytes_in, bytes_out, end) = tokio::select! {
+                r = crate::tunnel::relay(client, upstream, idle, &stop) => r,
+                () = watch => (0, 0, BodyEnd::Aborted),
+            };
+            if let Some(mut done) = guard.done.take() {
+                if let Some(why) = ended.get() {
+                    done.rec.detail = Some(format!("relay closed: {why}"));
+                }
                 done.finish(bytes_in, bytes_out, end);
             }
         });

@@ -211,3 +211,63 @@ fn a_quiet_websocket_is_closed_after_the_idle_timeout_and_a_busy_one_is_not() {
         other[0]
     );
 }
+
+/// A WebSocket lives no longer than its caller's right to it: revoking the token that opened it
+/// closes it within a couple of seconds, and so does the token's expiry; another caller's stays
+/// open. The audit record says why.
+#[test]
+fn a_websocket_is_closed_when_its_token_is_revoked_or_expires() {
+    let echo = WsEcho::start();
+    let gw = gateway(&echo);
+    let url = format!("ws://127.0.0.1:{}/live/feed", gw.port);
+    let leaked = gw.token("alice", &["dev"]);
+    let other = format!("Bearer {}", gw.token("alice", &["dev"]));
+    let out = gw.cli(&[
+        "token",
+        "issue",
+        "--subject",
+        "carol",
+        "--group",
+        "dev",
+        "--ttl",
+        "3s",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let brief = format!("Bearer {}", String::from_utf8_lossy(&out.stdout).trim());
+
+    let revoked = HeldWebSocket::open(&url, &[("Authorization", &format!("Bearer {leaked}"))]);
+    let expiring = HeldWebSocket::open(&url, &[("Authorization", &brief)]);
+    let mut kept = HeldWebSocket::open(&url, &[("Authorization", &other)]);
+    let jti = {
+        use base64::Engine as _;
+        let payload = leaked.split('.').nth(1).unwrap();
+        let claims: serde_json::Value = serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .unwrap(),
+        )
+        .unwrap();
+        claims["jti"].as_str().unwrap().to_owned()
+    };
+    let out = gw.cli(&["revoke", "token", &jti, "--reason", "leaked"]);
+    assert!(out.status.success(), "{out:?}");
+    let asked = Instant::now();
+    let report = revoked.closed(Duration::from_secs(10));
+    assert_eq!(report["opened"], true, "{report}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
+    let report = expiring.closed(Duration::from_secs(10));
+    assert_eq!(report["opened"], true, "{report}");
+    assert!(kept.is_open(), "another token's WebSocket was closed");
+    drop(kept);
+    let recs = upgraded_records(&gw, 3);
+    let why: Vec<&str> = recs.iter().filter_map(|r| r["detail"].as_str()).collect();
+    assert!(why.contains(&"relay closed: token_revoked"), "{recs:?}");
+    assert!(
+        why.contains(&"relay closed: credential_expired"),
+        "{recs:?}"
+    );
+}
