@@ -575,6 +575,11 @@ pub fn secret_exec(client: &SecretClient, args: ExecArgs) -> Result<u8> {
             revoke_leases(&c, &server, &token, &leases, "exec_failed").await;
             return Err(e);
         }
+        // A signal during the last read, or while the token was read, stops the run too.
+        if let Some(sig) = signals.pending() {
+            revoke_leases(&c, &server, &token, &leases, "exec_failed").await;
+            bail!("stopped by {sig} before the command ran; nothing was run");
+        }
         let mut cmd = tokio::process::Command::new(program);
         cmd.args(rest);
         if !args.keep_token {

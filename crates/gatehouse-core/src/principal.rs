@@ -155,7 +155,14 @@ impl Workload {
         } else {
             enc(&self.run_id)
         };
-        Some(format!("{iss}/{scope}/run/{run}/job/{}", enc(&self.job)))
+        let mut id = format!("{iss}/{scope}/run/{run}/job/{}", enc(&self.job));
+        // Gitea re-runs a job as the same job (same run, same id): each attempt is its own job,
+        // so that ending one attempt does not end the next.
+        if self.platform == "gitea-actions" && !self.run_attempt.is_empty() {
+            id.push_str("/attempt/");
+            id.push_str(&enc(&self.run_attempt));
+        }
+        Some(id)
     }
 }
 

@@ -219,31 +219,39 @@ impl ForgeApi {
         })
     }
 
-    /// Whether job `job` of `owner/repo` is still running, by the forge's answer of at most
-    /// `max_age` seconds ago. A job the forge no longer knows is not running.
+    /// Whether job `job` of `owner/repo` is still running (in `attempt`, when given), by the
+    /// forge's answer of at most `max_age` seconds ago. A job the forge no longer knows is not
+    /// running.
     pub async fn job_running(
         &self,
         owner: &str,
         repo: &str,
         job: u64,
+        attempt: Option<u64>,
         max_age: i64,
     ) -> Result<bool, JobRefused> {
         if !valid_name(owner) || !valid_name(repo) {
             return Ok(false);
         }
         let path = format!("/api/v1/repos/{owner}/{repo}/actions/jobs/{job}");
-        if let Some(running) = self.cached_flag(&path, max_age) {
+        let key = format!("{path}#{}", attempt.unwrap_or(0));
+        if let Some(running) = self.cached_flag(&key, max_age) {
             return Ok(running);
         }
         let running = match self
             .get::<ApiJob>(&path, &format!("job {job} in {owner}/{repo}"))
             .await
         {
-            Ok(j) => j.id == job && j.status == "in_progress",
+            // A re-run is the same job again: the token is its attempt's.
+            Ok(j) => {
+                j.id == job
+                    && j.status == "in_progress"
+                    && attempt.is_none_or(|a| a == j.run_attempt)
+            }
             Err(LookupError::NotFound(_)) => false,
             Err(LookupError::Unavailable(w)) => return Err(JobRefused::Unavailable(w)),
         };
-        self.remember_flag(path, running);
+        self.remember_flag(key, running);
         Ok(running)
     }
 
@@ -260,6 +268,23 @@ impl ForgeApi {
         if !valid_name(owner) || !valid_name(repo) {
             return Ok(None);
         }
+        // A tag object never changes: its answer is reused (for `forge.api.cache_ttl`), so that
+        // callers asking again do not make Gatehouse ask the forge again.
+        let key = format!("peel:{owner}/{repo}/{}", sha.to_ascii_lowercase());
+        if let Some(t) = self.cached_text(&key) {
+            return Ok((!t.is_empty()).then_some(t));
+        }
+        let peeled = self.peel_uncached(owner, repo, sha).await?;
+        self.remember_text(key, peeled.clone().unwrap_or_default());
+        Ok(peeled)
+    }
+
+    async fn peel_uncached(
+        &self,
+        owner: &str,
+        repo: &str,
+        sha: &str,
+    ) -> Result<Option<String>, JobRefused> {
         let mut at = sha.to_ascii_lowercase();
         for _ in 0..5 {
             if !is_commit(&at) {

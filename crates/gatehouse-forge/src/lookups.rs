@@ -301,6 +301,18 @@ impl ForgeApi {
         self.remember(key, Answer::Flag(f));
     }
 
+    /// A text answer remembered less than `forge.api.cache_ttl` ago.
+    pub(crate) fn cached_text(&self, key: &str) -> Option<String> {
+        match self.cached(key)? {
+            Answer::Text(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn remember_text(&self, key: String, t: String) {
+        self.remember(key, Answer::Text(t));
+    }
+
     fn cached(&self, key: &str) -> Option<Answer> {
         let now = self.clock.now().as_secs();
         let c = self.cache.lock().ok()?;

@@ -200,6 +200,14 @@ impl ReportReader {
         }
     }
 
+    /// Whether the report has been read to its flush (or can no longer be): what follows (the
+    /// hooks' progress, keepalives, the answer's own flush) changes nothing, so its outcome can
+    /// be acted on before the answer ends. git runs the `post-receive` hook, which starts CI
+    /// jobs, after it sends the report.
+    pub fn report_read(&self) -> bool {
+        self.ended || self.failed
+    }
+
     /// What the report said, as far as it was read: refs are confirmed only by a whole report
     /// that said `unpack ok`, and only a branch or tag whose last status was a plain `ok`.
     pub fn finish(self) -> PushReport {

@@ -370,7 +370,8 @@ impl http_body::Body for Progressing {
 }
 
 /// Reads a push's answer (`receive-pack`'s report-status) as it streams to the client, and hands
-/// what it said to `on_end` once the answer has ended; never when it was cut off.
+/// what it said to `on_end` once the report has been read (or the answer has ended); never when
+/// it was cut off before.
 pub(crate) struct ReportTap {
     inner: Body,
     reader: Option<gatehouse_git::ReportReader>,
@@ -405,6 +406,13 @@ impl http_body::Body for ReportTap {
             Poll::Ready(Some(Ok(f))) => {
                 if let (Some(d), Some(reader)) = (f.data_ref(), this.reader.as_mut()) {
                     reader.feed(d);
+                    // Acted on as soon as the report is read: the forge's hooks (which start CI
+                    // jobs) run after it, and the answer may end without a last poll.
+                    if reader.report_read()
+                        && let (Some(reader), Some(f)) = (this.reader.take(), this.on_end.take())
+                    {
+                        f(reader.finish());
+                    }
                 }
             }
             Poll::Ready(None) => {

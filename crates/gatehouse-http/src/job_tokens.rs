@@ -39,10 +39,18 @@ pub struct JobTokenSettings {
 /// The platform of the tokens minted here.
 pub const GITEA_ACTIONS: &str = "gitea-actions";
 
-/// A job this node minted a token for and has not yet seen end: (owner, repository, job, when
-/// its token expires), by job id.
-pub(crate) type MintedJobs =
-    std::sync::Mutex<std::collections::HashMap<String, (String, String, u64, i64)>>;
+/// The jobs this node minted a token for and has not yet seen end, by job id.
+pub(crate) type MintedJobs = std::sync::Mutex<std::collections::HashMap<String, Watched>>;
+
+/// A job watched until it ends: where it is on the forge, its attempt, its token's expiry.
+#[derive(Debug, Clone)]
+pub(crate) struct Watched {
+    owner: String,
+    repo: String,
+    job: u64,
+    attempt: Option<u64>,
+    expires: i64,
+}
 
 /// The most jobs watched at once per node (more are left to their tokens' expiry).
 const MAX_WATCHED: usize = 10_000;
@@ -164,6 +172,7 @@ impl Gateway {
             format!("job:mint on {repository}"),
         )?;
         let w = running.workload;
+        let attempt = w.run_attempt.parse::<u64>().ok();
         let Some(job_id) = w.job_id(&w.issuer) else {
             return Err(bad("the job has no id"));
         };
@@ -214,7 +223,13 @@ impl Gateway {
         {
             m.insert(
                 job_id.clone(),
-                (owner.to_owned(), name.to_owned(), job, exp),
+                Watched {
+                    owner: owner.to_owned(),
+                    repo: name.to_owned(),
+                    job,
+                    attempt,
+                    expires: exp,
+                },
             );
         }
         rec.reason = Some("job_token_minted".into());
@@ -261,11 +276,20 @@ impl Gateway {
         })?;
         let max_age = i64::try_from(settings.recheck.as_secs()).unwrap_or(30);
         let (owner, name) = w.repository.split_once('/').unwrap_or(("", ""));
-        match forge.job_running(owner, name, job, max_age).await {
+        let attempt = w.run_attempt.parse::<u64>().ok();
+        match forge.job_running(owner, name, job, attempt, max_age).await {
             Ok(true) => Ok(()),
             Ok(false) => {
-                if let Some(id) = w.job_id(&w.issuer) {
-                    self.end_minted_job(&id).await;
+                // The watcher revokes it (tokens on every front door, leases) on its next pass,
+                // retrying until the store takes it; this request is refused now.
+                if let (Some(id), Ok(mut m)) = (w.job_id(&w.issuer), self.minted_jobs.lock()) {
+                    m.entry(id).or_insert_with(|| Watched {
+                        owner: owner.to_owned(),
+                        repo: name.to_owned(),
+                        job,
+                        attempt,
+                        expires: p.expires_at.unwrap_or(i64::MAX),
+                    });
                 }
                 Err((
                     Refusal::Unauthenticated {
@@ -282,16 +306,16 @@ impl Gateway {
     }
 
     /// Ends a job whose token this gateway minted, once the forge says it has finished: its
-    /// tokens are revoked (every front door, every node) and its leases too.
-    async fn end_minted_job(&self, job_id: &str) {
-        if let Ok(mut m) = self.minted_jobs.lock() {
-            m.remove(job_id);
-        }
+    /// tokens are revoked (every front door, every node) and its leases too. Returns whether
+    /// both were written; the watcher keeps the job and tries again otherwise.
+    async fn end_minted_job(&self, job_id: &str, token_exp: i64) -> bool {
+        // The revocation outlives every token of the job.
         let until = self
             .clock
             .now()
             .as_secs()
-            .saturating_add(gatehouse_core::JOB_ENDED_FOR);
+            .saturating_add(gatehouse_core::JOB_ENDED_FOR)
+            .max(token_exp.saturating_add(60));
         if let Some(state) = &self.state
             && let Err(e) = state
                 .revoke(
@@ -303,14 +327,17 @@ impl Gateway {
                 )
                 .await
         {
-            tracing::warn!(error = ?e, job = %job_id, "an ended job's tokens could not be revoked");
+            tracing::warn!(error = ?e, job = %job_id, "an ended job's tokens could not be revoked; trying again");
+            return false;
         }
         if let Some(b) = &self.secrets
             && let Err(e) = b.end_job(job_id, "gatehouse:job-tokens").await
         {
-            tracing::warn!(error = %e, job = %job_id, "an ended job's leases could not be revoked");
+            tracing::warn!(error = %e, job = %job_id, "an ended job's leases could not be revoked; trying again");
+            return false;
         }
         tracing::info!(job = %job_id, "job ended on the forge: its tokens and leases are revoked");
+        true
     }
 
     /// Asks the forge, every `job_tokens.recheck`, about each job this gateway minted a token
@@ -330,20 +357,31 @@ impl Gateway {
                 () = tokio::time::sleep(every) => {}
             }
             let now = self.clock.now().as_secs();
-            let jobs: Vec<(String, (String, String, u64, i64))> = match self.minted_jobs.lock() {
-                Ok(mut m) => {
-                    m.retain(|_, (_, _, _, exp)| *exp > now);
-                    m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
-                }
-                Err(_) => return,
+            let jobs: Vec<(String, Watched)> = {
+                let mut m = self
+                    .minted_jobs
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                m.retain(|_, w| w.expires > now);
+                m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
             };
-            for (id, (owner, name, job, _)) in jobs {
-                match forge.job_running(&owner, &name, job, max_age).await {
-                    Ok(true) => {}
-                    Ok(false) => self.end_minted_job(&id).await,
+            for (id, w) in jobs {
+                let ended = match forge
+                    .job_running(&w.owner, &w.repo, w.job, w.attempt, max_age)
+                    .await
+                {
+                    Ok(true) => false,
+                    Ok(false) => self.end_minted_job(&id, w.expires).await,
                     Err(e) => {
-                        tracing::debug!(error = %e, job = %id, "a minted job could not be checked")
+                        tracing::debug!(error = %e, job = %id, "a minted job could not be checked");
+                        false
                     }
+                };
+                if ended {
+                    self.minted_jobs
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .remove(&id);
                 }
             }
         }

@@ -160,8 +160,8 @@ fn lease_json(l: &Lease, now: i64) -> serde_json::Value {
 /// What the push index says of the asker's commit: asked only of a workload whose token names
 /// a repository, a ref and a commit. Only a push the forge's report confirmed counts. A push
 /// announced less than [`CONFIRM_WAIT`] ago and not yet confirmed is waited for (up to 2 s): the
-/// forge sends its report before it runs the hooks that start jobs, but the confirmation is
-/// written after the report reaches the gateway.
+/// forge sends its report before it runs the hooks that start jobs, and the confirmation is
+/// written as soon as the report has passed the gateway (over SSH, when the session ends).
 async fn provenance_of(
     broker: &Broker,
     forge: Option<&gatehouse_forge::ForgeApi>,
@@ -210,13 +210,14 @@ async fn provenance_of(
             .await
             .map_err(refused)?;
         for c in candidates {
-            let peeled = forge.peel_tag(owner, name, &c.commit).await.map_err(|e| {
-                tracing::warn!(error = %e, "a pushed tag could not be peeled");
-                (
-                    Refusal::ForgeUnavailable("a pushed tag's commit".into()),
-                    ClientKind::Api,
-                )
-            })?;
+            // A forge that cannot say shows nothing: the commit is not shown to be pushed.
+            let peeled = forge
+                .peel_tag(owner, name, &c.commit)
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "a pushed tag could not be peeled");
+                    None
+                });
             if peeled.is_some_and(|c| c.eq_ignore_ascii_case(&w.commit)) {
                 pushed = Some(c);
                 break;
@@ -230,8 +231,8 @@ async fn provenance_of(
 }
 
 /// How recent an unconfirmed push must be for a provenance check to wait for its confirmation
-/// (seconds).
-const CONFIRM_WAIT: i64 = 60;
+/// (seconds; counted from the push's start, before its pack was uploaded).
+const CONFIRM_WAIT: i64 = 600;
 
 impl Gateway {
     /// Enables the secrets API (the app builds the broker over the store).

@@ -34,7 +34,8 @@
 //                       "runner_name": "runner-1", "name": "deploy"}}}}
 //   GET /api/v1/repos/{owner}/{repo}/actions/jobs/{id} -> ActionWorkflowJob
 //   GET /api/v1/repos/{owner}/{repo}/actions/runs/{id} -> ActionWorkflowRun
-// POST /_job?repo=acme/api&job=77&status=completed changes a job's status (the job ends).
+// POST /_job?repo=acme/api&job=77&status=completed changes a job's status (the job ends);
+// `&status=in_progress&attempt=2` re-runs it, as Gitea re-runs a job (the same job, a new attempt).
 // And annotated tags, read from a real repository under STANDIN_GIT_ROOT (`<root>/<owner>/<repo>.git`)
 // as Gitea's GetAnnotatedTag answers (routers/api/v1/repo/tag.go; convert.ToAnnotatedTag): the
 // object is the commit the tag peels to; 400 when the id is not an annotated tag:
@@ -156,6 +157,7 @@ const server = http.createServer((req, res) => {
     const j = r && ((r.actions || {}).jobs || {})[u.searchParams.get('job')];
     if (!j) return json(res, 404, { message: 'no such job' });
     j.status = u.searchParams.get('status') || 'completed';
+    if (u.searchParams.get('attempt')) j.run_attempt = Number(u.searchParams.get('attempt'));
     return json(res, 200, j);
   }
   const tagLookup = u.pathname.match(/^\/api\/v1\/repos\/([^/]+)\/([^/]+)\/git\/tags\/([^/]+)$/);

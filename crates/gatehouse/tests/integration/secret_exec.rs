@@ -633,7 +633,10 @@ async fn a_gitea_runner_mints_tokens_only_for_running_jobs_of_the_repository_it_
         "no longer than the runner's token"
     );
     let job_id = doc["job_id"].as_str().unwrap().to_owned();
-    assert!(job_id.ends_with("/acme/api/run/42/job/77"), "{job_id}");
+    assert!(
+        job_id.ends_with("/acme/api/run/42/job/77/attempt/1"),
+        "{job_id}"
+    );
     // A tag run's job: its ref is the tag.
     let (status, doc) = mint(&runner, "acme/api", 43, 79);
     assert_eq!(status, 200, "{doc}");
@@ -754,6 +757,39 @@ async fn a_gitea_runner_mints_tokens_only_for_running_jobs_of_the_repository_it_
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Gitea re-runs the job: the same job, a new attempt, which ending the first did not end.
+    let (s, _) = gatehouse_testkit::raw_http(
+        forge.port,
+        "POST",
+        "/_job?repo=acme/api&job=77&status=in_progress&attempt=2",
+        &[],
+    );
+    assert_eq!(s, 200);
+    let (status, doc) = mint(&runner, "acme/api", 42, 77);
+    assert_eq!(status, 200, "{doc}");
+    let rerun = doc["access_token"].as_str().unwrap().to_owned();
+    let (status, doc) = call(
+        gw.port,
+        "GET",
+        &path("ci/acme/api/deploy-key"),
+        &rerun,
+        None,
+    )
+    .unwrap();
+    assert_eq!(status, 200, "the re-run's token: {doc}");
+    // The first attempt's token stays ended.
+    assert_eq!(
+        call(
+            gw.port,
+            "GET",
+            &path("ci/acme/api/deploy-key"),
+            &job_token,
+            None
+        )
+        .unwrap()
+        .0,
+        401
+    );
     // The tag job ends on the forge while its token sits unused: the gateway, which watches the
     // jobs it minted for, revokes it, so every front door refuses it (a clone here: 403 from
     // the policy while the job runs, 401 once it has ended).
