@@ -107,6 +107,27 @@ fn wait_for_file(p: &Path) -> String {
     }
 }
 
+/// A pre-receive hook in the repository `bare` that refuses every push to `refs/heads/blocked`,
+/// as a forge's branch protection would.
+fn refuse_blocked_pushes(bare: &Path) {
+    let hook = bare.join("hooks/pre-receive");
+    std::fs::write(
+        &hook,
+        "#!/bin/sh\nwhile read old new ref; do\n  if [ \"$ref\" = refs/heads/blocked ]; then echo \"blocked by the forge\" >&2; exit 1; fi\ndone\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// A deploy job's claims (`job_claims_for`) running `sha` for `git_ref`.
+fn job_at(idp: &Idp, sha: &str, git_ref: &str, n: &str) -> Value {
+    let mut c = job_claims_for(idp, "prod", n);
+    c["sha"] = Value::String(sha.to_owned());
+    c["ref"] = Value::String(git_ref.to_owned());
+    c
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secret_exec_gives_values_to_the_child_only_and_revokes_its_leases_however_it_exits() {
     let tmp = TempDir::new("secret-exec");
@@ -440,16 +461,7 @@ async fn a_job_whose_commit_never_came_through_gatehouse_gets_nothing_under_a_pr
     let sneaked = local_head(&git, &work);
     // A push Gatehouse allows but the forge refuses (its pre-receive hook declines the ref):
     // announced in the push index, never confirmed by the forge's report.
-    let hook = bare.join("hooks/pre-receive");
-    std::fs::write(
-        &hook,
-        "#!/bin/sh\nwhile read old new ref; do\n  if [ \"$ref\" = refs/heads/blocked ]; then echo \"blocked by the forge\" >&2; exit 1; fi\ndone\n",
-    )
-    .unwrap();
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
+    refuse_blocked_pushes(&bare);
     commit_file(&git, &work, "blocked.txt", "refused by the forge\n");
     let refused = git.run(&work, &["push", "origin", "HEAD:refs/heads/blocked"]);
     assert!(!refused.ok, "the hook did not refuse the push");
@@ -460,12 +472,7 @@ async fn a_job_whose_commit_never_came_through_gatehouse_gets_nothing_under_a_pr
     );
     let declined = local_head(&git, &work);
 
-    let job = |sha: &str, git_ref: &str, n: &str| {
-        let mut c = job_claims_for(idp, "prod", n);
-        c["sha"] = Value::String(sha.to_owned());
-        c["ref"] = Value::String(git_ref.to_owned());
-        c
-    };
+    let job = |sha: &str, git_ref: &str, n: &str| job_at(idp, sha, git_ref, n);
     let path = "/.gatehouse/secrets/prod/demo/hello/db-password";
     let get = |t: &str| call(gw.port, "GET", path, t, None).unwrap();
     let good = idp
@@ -874,16 +881,7 @@ async fn a_push_over_ssh_counts_for_provenance_once_the_forge_reports_it() {
     git.ok(&work, &["push", "-q", "origin", "HEAD:refs/heads/main"]);
     let pushed = local_head(&git, &work);
     // One the forge refuses over SSH.
-    let hook = bare.join("hooks/pre-receive");
-    std::fs::write(
-        &hook,
-        "#!/bin/sh\nwhile read old new ref; do\n  if [ \"$ref\" = refs/heads/blocked ]; then echo blocked >&2; exit 1; fi\ndone\n",
-    )
-    .unwrap();
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
+    refuse_blocked_pushes(&bare);
     commit_file(&git, &work, "blocked.txt", "refused\n");
     assert!(
         !git.run(&work, &["push", "origin", "HEAD:refs/heads/blocked"])
@@ -891,12 +889,7 @@ async fn a_push_over_ssh_counts_for_provenance_once_the_forge_reports_it() {
     );
     let declined = local_head(&git, &work);
 
-    let job = |sha: &str, git_ref: &str, n: &str| {
-        let mut c = job_claims_for(idp, "prod", n);
-        c["sha"] = Value::String(sha.to_owned());
-        c["ref"] = Value::String(git_ref.to_owned());
-        c
-    };
+    let job = |sha: &str, git_ref: &str, n: &str| job_at(idp, sha, git_ref, n);
     let path = "/.gatehouse/secrets/prod/demo/hello/db-password";
     let good = idp
         .sign(job(&pushed, "refs/heads/main", "8001"), "RS256", None)
@@ -955,9 +948,7 @@ async fn a_job_on_an_annotated_tag_pushed_through_gatehouse_passes_provenance() 
         &["push", "-q", &bare.to_string_lossy(), "refs/tags/v3.0"],
     );
     let job = |git_ref: &str, n: &str| {
-        let mut c = job_claims_for(idp, "prod", n);
-        c["sha"] = Value::String(commit.clone());
-        c["ref"] = Value::String(git_ref.to_owned());
+        let mut c = job_at(idp, &commit, git_ref, n);
         c["ref_type"] = Value::String("tag".into());
         c
     };
