@@ -8,12 +8,14 @@
 #![forbid(unsafe_code)]
 
 mod commands;
+mod hooks_cli;
 mod login;
 mod quickstart;
 mod secrets_cli;
 mod serve;
 mod sockets;
 mod store;
+mod webhooks;
 
 pub use commands::{
     ExplainArgs, TokenIssueArgs, audit_search, audit_search_job, audit_verify, keys_generate,
@@ -21,6 +23,7 @@ pub use commands::{
 };
 pub use gatehouse_audit::SearchQuery;
 pub use gatehouse_core::RevocationKind;
+pub use hooks_cli::{HookCommand, hooks};
 pub use login::{LoginArgs, SshCertArgs, credential, login, logout, ssh_cert, token_print};
 pub use quickstart::{QuickstartArgs, quickstart};
 pub use secrets_cli::{

@@ -119,7 +119,7 @@ pub enum SecretCommand {
 }
 
 /// The caller's token: given, or the sign-in saved by `gatehouse login` (renewed if due).
-async fn client_token(client: &SecretClient, server: &str) -> Result<Zeroizing<String>> {
+pub(crate) async fn client_token(client: &SecretClient, server: &str) -> Result<Zeroizing<String>> {
     Ok(Zeroizing::new(match &client.token {
         Some(t) => t.trim().to_owned(),
         None => {

@@ -284,6 +284,7 @@ pub(crate) async fn run(
     let store = crate::store::open(&cfg, None).await?;
     let (revoked, revocation_feed) = crate::store::revocations(&store, &cfg, clock.clone()).await?;
     let secrets = crate::store::secrets_broker(&store, &cfg, clock.clone())?;
+    let hooks = crate::webhooks::hooks(&cfg, &store, clock.clone())?;
     let authn =
         Arc::new(Authenticator::new(&cfg.issuers, own, clock.clone())?.with_revocations(revoked));
     let upstream = Upstream::new(&cfg.upstream)?;
@@ -358,9 +359,9 @@ pub(crate) async fn run(
             m.audit_flushed(s.duration.as_secs_f64(), s.ok)
         })),
     )?;
-    // With a secrets broker, every allowed push is indexed (for provenance checks) before it
-    // is forwarded.
-    let audit = audit.with_push_index(secrets.as_ref().map(|_| {
+    // With a secrets broker or the webhook relay, every allowed push is indexed (for provenance
+    // checks, and to name who made the update a push event reports) before it is forwarded.
+    let audit = audit.with_push_index((secrets.is_some() || hooks.is_some()).then(|| {
         Arc::new(crate::store::StorePushIndex::new(
             store.clone(),
             &cfg.audit.file,
@@ -455,6 +456,7 @@ pub(crate) async fn run(
             clock: clock.clone(),
         })))
         .with_secrets(secrets.clone())
+        .with_hooks(hooks.clone())
         .with_job_tokens(cfg.job_tokens.as_ref().map(|j| {
             gatehouse_http::JobTokenSettings {
                 ttl: j.ttl.0,
@@ -496,6 +498,32 @@ pub(crate) async fn run(
     }
     if let Some(b) = &secrets {
         tokio::spawn(sweep_secrets(b.clone(), stop_rx.clone()));
+    }
+    if let (Some(h), Some(w)) = (&hooks, &cfg.webhooks) {
+        tokio::spawn(crate::webhooks::sweep(
+            h.clone(),
+            w.retention.0,
+            clock.clone(),
+            stop_rx.clone(),
+        ));
+        let relay = Arc::new(
+            gatehouse_hooks::Relay::new(
+                h.clone(),
+                audit.clone(),
+                Some(Arc::new(crate::webhooks::OwnSigner {
+                    own: authn.own().clone(),
+                    clock: clock.clone(),
+                })
+                    as Arc<dyn gatehouse_hooks::DeliverySigner>),
+                Some(gateway.clone() as Arc<dyn gatehouse_hooks::JobEnder>),
+                crate::store::node_name(&cfg.audit.file),
+            )
+            .context("webhook relay")?,
+        );
+        let mut stop = stop_rx.clone();
+        tokio::spawn(relay.run(async move {
+            let _ = stop.changed().await;
+        }));
     }
     if cfg.job_tokens.is_some() {
         let (gw, mut stop) = (gateway.clone(), stop_rx.clone());

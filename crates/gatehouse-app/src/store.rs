@@ -306,17 +306,23 @@ pub(crate) struct StorePushIndex {
 impl StorePushIndex {
     /// The index of the gateway whose audit log is `audit_file` on this host.
     pub(crate) fn new(store: Store, audit_file: &std::path::Path, clock: Arc<dyn Clock>) -> Self {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_owned())
-            .ok()
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| "localhost".to_owned());
         Self {
             store,
-            node: format!("{host}:{}", audit_file.display()),
+            node: node_name(audit_file),
             clock,
         }
     }
+}
+
+/// This gateway's name among the nodes sharing a store: its host and its audit log, which no
+/// two nodes share.
+pub(crate) fn node_name(audit_file: &std::path::Path) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned());
+    format!("{host}:{}", audit_file.display())
 }
 
 impl gatehouse_audit::PushIndexSink for StorePushIndex {
@@ -336,6 +342,9 @@ impl gatehouse_audit::PushIndexSink for StorePushIndex {
                     pushed_by: r.by.clone(),
                     node: self.node.clone(),
                     confirmed_at: None,
+                    old: Some(r.old.clone()),
+                    pusher_issuer: Some(r.issuer.clone()),
+                    pusher_subject: Some(r.subject.clone()),
                 })
                 .collect();
             self.store

@@ -20,7 +20,7 @@ mod search;
 mod writer;
 
 pub use chain::{ChainHead, GENESIS, VerifyError, VerifyReport, hash_line, rotated_parts, verify};
-pub use record::{AuditPrincipal, AuditRecord, AuditRef, AuditSecret};
+pub use record::{AuditHook, AuditPrincipal, AuditRecord, AuditRef, AuditSecret};
 pub use search::{JobRecord, PushMatch, SearchError, SearchQuery, search, search_job};
 pub use writer::{
     AuditOptions, AuditSink, AuditSlot, AuditUnavailable, COMMIT_TIMEOUT, FlushStats, OpenError,

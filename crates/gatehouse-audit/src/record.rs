@@ -135,6 +135,40 @@ pub struct AuditSecret {
     pub lease: Option<String>,
 }
 
+/// A webhook delivery: in the record of the request that delivered it to a hook, and in the
+/// record of each attempt to relay it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, Default, PartialEq, Eq)]
+pub struct AuditHook {
+    /// The hook.
+    pub hook: String,
+    /// The event.
+    pub event: String,
+    /// Gatehouse's delivery id (the idempotency id targets see).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub delivery: Option<String>,
+    /// The sender's delivery id.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub source_id: Option<String>,
+    /// The account the payload names as its sender.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub sender: Option<String>,
+    /// The target of a relay attempt.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub target: Option<String>,
+    /// The attempt's number (1 for the first).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub attempt: Option<i64>,
+    /// `delivered`, `retry` or `dead` for an attempt.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub outcome: Option<String>,
+    /// For a push event: who pushed through Gatehouse.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub pusher: Option<String>,
+    /// For a push event: whether Gatehouse allowed a push with its ref update.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub push_seen: Option<bool>,
+}
+
 /// One audited event. Field order is the order on disk.
 ///
 /// Built on the request path and written by the audit thread: the text it shares with the
@@ -193,6 +227,9 @@ pub struct AuditRecord {
     /// value).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret: Option<AuditSecret>,
+    /// For a webhook delivery or relay attempt: the hook, the delivery and how it went.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hook: Option<AuditHook>,
     /// The status sent to the client.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,

@@ -108,6 +108,12 @@ pub struct PushedRef {
     pub at: i64,
     /// Who pushed (user name).
     pub by: String,
+    /// The object id the ref had before.
+    pub old: String,
+    /// The pusher's issuer.
+    pub issuer: String,
+    /// The pusher's subject there.
+    pub subject: String,
 }
 
 /// Where the ref updates of allowed pushes go once their `forwarding` record is durable, and
@@ -151,6 +157,9 @@ fn pushed_refs(record: &AuditRecord) -> Vec<PushedRef> {
             seq: 0,
             at: record.time.as_secs(),
             by: p.username().to_owned(),
+            old: r.old.to_ascii_lowercase(),
+            issuer: p.principal().issuer.clone(),
+            subject: p.principal().subject.clone(),
         })
         .collect()
 }

@@ -400,6 +400,27 @@ impl OwnIssuer {
         Ok(p)
     }
 
+    /// A signed statement about a relayed webhook delivery, for the target `audience`:
+    /// `claims` plus `iss`, `aud`, `iat`, `exp` (5 minutes) and `token_use: "webhook"`, which no
+    /// front door accepts as a credential.
+    pub fn webhook_assertion(
+        &self,
+        audience: &str,
+        mut claims: Value,
+        now: i64,
+    ) -> Result<String, OwnKeyError> {
+        let obj = claims
+            .as_object_mut()
+            .ok_or_else(|| OwnKeyError::Request("claims must be an object".into()))?;
+        obj.insert("iss".into(), json!(self.issuer));
+        obj.insert("aud".into(), json!(audience));
+        obj.insert("iat".into(), json!(now));
+        obj.insert("exp".into(), json!(now + 300));
+        obj.insert("token_use".into(), json!("webhook"));
+        obj.remove("sub");
+        self.sign(&claims)
+    }
+
     /// A short-lived assertion of who the caller is, for the upstream (`aud` = the upstream).
     /// Assertions are reused for half their lifetime, so a busy principal costs one signature per
     /// half-TTL rather than one per request.

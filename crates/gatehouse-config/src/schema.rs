@@ -66,6 +66,138 @@ pub struct Config {
     /// against the forge's API (`[forge.api]`) before it is minted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_tokens: Option<JobTokensConfig>,
+    /// The webhook relay: forge deliveries verified at `/.gatehouse/hooks/{name}`, kept in the
+    /// store, and relayed to the services behind Gatehouse.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhooks: Option<WebhooksConfig>,
+}
+
+/// `[webhooks]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// How long a delivery every target has taken (or given up on) stays in the store, for
+    /// `gatehouse hooks status` and a replay.
+    #[serde(default = "d7d")]
+    pub retention: ConfigDuration,
+    /// The hooks, each at `/.gatehouse/hooks/{name}`.
+    #[serde(default)]
+    pub hooks: Vec<HookConfig>,
+}
+
+/// Who signs a hook's deliveries, and so how they are verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HookKindConfig {
+    /// Gitea: `X-Gitea-Signature` (hex HMAC-SHA256 of the JSON), `X-Gitea-Delivery`.
+    Gitea,
+    /// Forgejo: `X-Forgejo-Signature`, `X-Forgejo-Delivery`.
+    Forgejo,
+    /// Gogs: `X-Gogs-Signature`, `X-Gogs-Delivery`.
+    Gogs,
+    /// GitHub (and GitHub Enterprise Server): `X-Hub-Signature-256`, `X-GitHub-Delivery`.
+    Github,
+    /// Standard Webhooks: `webhook-id`, `webhook-timestamp`, `webhook-signature`.
+    Standard,
+}
+
+/// `[[webhooks.hooks]]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HookConfig {
+    /// Its name: the URL is `/.gatehouse/hooks/{name}`.
+    pub name: String,
+    /// Who sends it.
+    pub kind: HookKindConfig,
+    /// The shared secrets a delivery may be signed with (more than one during a rotation). A
+    /// Standard Webhooks secret is `whsec_` and base64.
+    pub secrets: Vec<SecretSource>,
+    /// The largest body accepted.
+    #[serde(default = "d5mib")]
+    pub max_body: crate::ByteSize,
+    /// A delivery id seen again within this window is a replay, and refused.
+    #[serde(default = "d7d")]
+    pub replay_window: ConfigDuration,
+    /// Standard Webhooks only: how far `webhook-timestamp` may be from now.
+    #[serde(default = "d5m")]
+    pub tolerance: ConfigDuration,
+    /// A completed `workflow_job` event ends that job in Gatehouse: its tokens and its secret
+    /// leases are revoked.
+    #[serde(default)]
+    pub end_jobs: bool,
+    /// The issuer of the job tokens `end_jobs` ends (the job id names it): by default
+    /// `https://token.actions.githubusercontent.com` for GitHub, `[forge.api]`'s URL for Gitea
+    /// (the runner tokens of `[job_tokens]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_issuer: Option<String>,
+    /// Where its deliveries go.
+    #[serde(default)]
+    pub targets: Vec<HookTargetConfig>,
+}
+
+/// `[[webhooks.hooks.targets]]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HookTargetConfig {
+    /// Its name, unique within the hook.
+    pub name: String,
+    /// Where deliveries are POSTed (`http://` or `https://`).
+    pub url: String,
+    /// Only these events (`push`, `pull_request`, ...; the forge's event or event type); all
+    /// when empty.
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// Only these repositories (`owner/name`, `*` matches within a segment); all when empty.
+    #[serde(default)]
+    pub repositories: Vec<String>,
+    /// The Standard Webhooks secret (`whsec_` and base64 of 24 to 64 bytes) Gatehouse signs
+    /// each relayed delivery with.
+    pub signing_secret: SecretSource,
+    /// At most this many deliveries in flight to it, per node.
+    #[serde(default = "default_in_flight")]
+    pub max_in_flight: usize,
+    /// One repository's deliveries in the order they were accepted (each waits for the one
+    /// before it to be delivered or given up).
+    #[serde(default)]
+    pub ordered: bool,
+    /// How long one attempt may take.
+    #[serde(default = "d10s")]
+    pub timeout: ConfigDuration,
+    /// Relaying gives up (the delivery goes to the dead letters) once a failure comes this long
+    /// after it was accepted.
+    #[serde(default = "d3d")]
+    pub give_up_after: ConfigDuration,
+    /// The delay before the first retry; each next one doubles (with jitter), up to
+    /// `retry_max`.
+    #[serde(default = "d5s")]
+    pub retry_min: ConfigDuration,
+    /// The longest delay between two attempts.
+    #[serde(default = "d1h")]
+    pub retry_max: ConfigDuration,
+}
+
+fn d5s() -> ConfigDuration {
+    ConfigDuration::secs(5)
+}
+
+fn d7d() -> ConfigDuration {
+    ConfigDuration::secs(7 * 86_400)
+}
+
+fn d3d() -> ConfigDuration {
+    ConfigDuration::secs(3 * 86_400)
+}
+
+fn d5m() -> ConfigDuration {
+    ConfigDuration::secs(300)
+}
+
+fn d5mib() -> crate::ByteSize {
+    crate::ByteSize(5 << 20)
+}
+
+fn default_in_flight() -> usize {
+    4
 }
 
 /// `[job_tokens]`
@@ -1158,6 +1290,18 @@ impl Config {
         if let Some(SecretSource::File { file }) = &mut self.store.password {
             resolve(base, file);
         }
+        for h in self.webhooks.iter_mut().flat_map(|w| w.hooks.iter_mut()) {
+            for src in &mut h.secrets {
+                if let SecretSource::File { file } = src {
+                    resolve(base, file);
+                }
+            }
+            for t in &mut h.targets {
+                if let SecretSource::File { file } = &mut t.signing_secret {
+                    resolve(base, file);
+                }
+            }
+        }
     }
 
     pub(crate) fn validate(&self) -> Result<(), (String, String)> {
@@ -1265,6 +1409,9 @@ impl Config {
                     "issuer listed twice".to_owned(),
                 ));
             }
+        }
+        if let Some(w) = &self.webhooks {
+            w.validate()?;
         }
         if let Some(jt) = &self.job_tokens {
             if self.forge.api.is_none() {
@@ -1678,9 +1825,7 @@ fn d5ms() -> ConfigDuration {
 fn d2s() -> ConfigDuration {
     ConfigDuration::secs(2)
 }
-fn d5s() -> ConfigDuration {
-    ConfigDuration::secs(5)
-}
+
 fn d10s() -> ConfigDuration {
     ConfigDuration::secs(10)
 }
@@ -1797,4 +1942,100 @@ fn default_batch() -> usize {
 }
 fn default_log_level() -> String {
     "info".to_owned()
+}
+
+impl WebhooksConfig {
+    fn validate(&self) -> Result<(), (String, String)> {
+        let bad = |k: String, m: &str| Err((k, m.to_owned()));
+        let name_ok = |n: &str| {
+            !n.is_empty()
+                && n.len() <= 64
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        if self.retention.0 < std::time::Duration::from_secs(3600) {
+            return bad("webhooks.retention".into(), "at least 1h");
+        }
+        let mut hooks = std::collections::HashSet::new();
+        for (i, h) in self.hooks.iter().enumerate() {
+            let k = |f: &str| format!("webhooks.hooks[{i}].{f}");
+            if !name_ok(&h.name) {
+                return bad(
+                    k("name"),
+                    "1 to 64 letters, digits, `-` or `_` (it is a URL path segment)",
+                );
+            }
+            if !hooks.insert(h.name.as_str()) {
+                return bad(k("name"), "two hooks have this name");
+            }
+            if h.secrets.is_empty() {
+                return bad(
+                    k("secrets"),
+                    "at least one: an unsigned delivery is never accepted",
+                );
+            }
+            if h.max_body.0 == 0 || h.max_body.0 > 64 << 20 {
+                return bad(k("max_body"), "between 1 byte and 64 MiB");
+            }
+            if h.replay_window.0 < std::time::Duration::from_secs(60) {
+                return bad(k("replay_window"), "at least 1m");
+            }
+            if h.kind == HookKindConfig::Standard
+                && (h.tolerance.0 < std::time::Duration::from_secs(1)
+                    || h.tolerance.0 > std::time::Duration::from_secs(3600))
+            {
+                return bad(k("tolerance"), "between 1s and 1h");
+            }
+            if h.kind == HookKindConfig::Standard && h.replay_window.0 < h.tolerance.0 * 2 {
+                return bad(
+                    k("replay_window"),
+                    "at least twice `tolerance`: a replayed delivery must be remembered for as long as its timestamp is accepted",
+                );
+            }
+            let mut targets = std::collections::HashSet::new();
+            for (j, t) in h.targets.iter().enumerate() {
+                let k = |f: &str| format!("webhooks.hooks[{i}].targets[{j}].{f}");
+                if !name_ok(&t.name) {
+                    return bad(k("name"), "1 to 64 letters, digits, `-` or `_`");
+                }
+                if !targets.insert(t.name.as_str()) {
+                    return bad(k("name"), "two targets of this hook have this name");
+                }
+                if !(t.url.starts_with("http://") || t.url.starts_with("https://")) {
+                    return bad(k("url"), "must start with http:// or https://");
+                }
+                if !(1..=256).contains(&t.max_in_flight) {
+                    return bad(k("max_in_flight"), "between 1 and 256");
+                }
+                if t.timeout.0 < std::time::Duration::from_secs(1)
+                    || t.timeout.0 > std::time::Duration::from_secs(300)
+                {
+                    return bad(k("timeout"), "between 1s and 5m");
+                }
+                if t.retry_min.0 < std::time::Duration::from_millis(100)
+                    || t.retry_max.0 < t.retry_min.0
+                {
+                    return bad(k("retry_min"), "at least 100ms, and at most retry_max");
+                }
+                if t.give_up_after.0 < std::time::Duration::from_secs(60) {
+                    return bad(k("give_up_after"), "at least 1m");
+                }
+                if t.give_up_after.0 > self.retention.0 {
+                    return bad(
+                        k("give_up_after"),
+                        "at most webhooks.retention: a delivery is kept until it is given up",
+                    );
+                }
+                for r in &t.repositories {
+                    if r.split('/').count() != 2 || r.split('/').any(str::is_empty) {
+                        return bad(
+                            k("repositories"),
+                            "each is owner/name (`*` within a segment)",
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
 }

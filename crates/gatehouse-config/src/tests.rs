@@ -432,3 +432,67 @@ fn bound_claims_and_workloads_are_checked() {
     // An escaped backslash at the end is a literal one.
     assert!(with("bound_claims = { ref = \"main\\\\\\\\\" }").is_ok());
 }
+
+#[test]
+fn webhooks_are_checked_and_their_secret_files_resolved() {
+    let hook = "[webhooks]\n[[webhooks.hooks]]\nname = \"gitea\"\nkind = \"gitea\"\nsecrets = [{ file = \"hook.secret\" }]\n";
+    let target = "[[webhooks.hooks.targets]]\nname = \"bot\"\nurl = \"http://127.0.0.1:9/\"\nsigning_secret = { file = \"bot.whsec\" }\n";
+    let c = parse(&format!("{MINIMAL}\n{hook}{target}")).unwrap();
+    let w = c.webhooks.unwrap();
+    let h = &w.hooks[0];
+    assert!(
+        matches!(&h.secrets[0], SecretSource::File { file } if file == Path::new("/etc/gatehouse/hook.secret"))
+    );
+    assert!(
+        matches!(&h.targets[0].signing_secret, SecretSource::File { file } if file == Path::new("/etc/gatehouse/bot.whsec"))
+    );
+    assert_eq!(h.max_body.0, 5 << 20);
+    assert_eq!(h.targets[0].max_in_flight, 4);
+    assert!(!h.end_jobs);
+    for (extra, key) in [
+        (
+            hook.replace("secrets = [{ file = \"hook.secret\" }]", "secrets = []"),
+            "secrets",
+        ),
+        (
+            hook.replace("\"gitea\"\nkind", "\"a/b\"\nkind"),
+            "webhooks.hooks[0].name",
+        ),
+        (
+            format!("{hook}{}", target.replace("http://127", "ftp://127")),
+            "url",
+        ),
+        (format!("{hook}{target}{target}"), "targets[1].name"),
+        (
+            format!("{hook}{target}give_up_after = \"30d\"\n"),
+            "give_up_after",
+        ),
+        (
+            format!("{hook}{target}max_in_flight = 0\n"),
+            "max_in_flight",
+        ),
+        (
+            format!("{hook}{target}repositories = [\"acme\"]\n"),
+            "repositories",
+        ),
+        (format!("{hook}{target}retry_min = \"2h\"\n"), "retry_min"),
+        (format!("{hook}replay_window = \"10s\"\n"), "replay_window"),
+        (
+            hook.replace(
+                "kind = \"gitea\"",
+                "kind = \"standard\"\nreplay_window = \"5m\"",
+            ),
+            "replay_window",
+        ),
+        (
+            hook.replace("kind = \"gitea\"", "kind = \"bitbucket\""),
+            "kind",
+        ),
+        (format!("{hook}{target}colour = \"red\"\n"), "colour"),
+    ] {
+        let e = parse(&format!("{MINIMAL}\n{extra}"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(key), "{extra}: {e}");
+    }
+}

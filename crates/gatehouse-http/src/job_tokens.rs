@@ -316,28 +316,69 @@ impl Gateway {
             .as_secs()
             .saturating_add(gatehouse_core::JOB_ENDED_FOR)
             .max(token_exp.saturating_add(60));
-        if let Some(state) = &self.state
-            && let Err(e) = state
+        match self
+            .end_job_until(
+                job_id,
+                "the forge says the job has finished",
+                "gatehouse:job-tokens",
+                until,
+            )
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(job = %job_id, "job ended on the forge: its tokens and leases are revoked");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, job = %job_id, "an ended job could not be ended here yet; trying again");
+                false
+            }
+        }
+    }
+
+    /// Ends the job `job_id` on every node: its tokens are revoked (for
+    /// [`gatehouse_core::JOB_ENDED_FOR`]), then its leases. Returns how many leases were revoked.
+    pub(crate) async fn end_job_everywhere(
+        &self,
+        job_id: &str,
+        reason: &str,
+        by: &str,
+    ) -> Result<u64, String> {
+        let until = self
+            .clock
+            .now()
+            .as_secs()
+            .saturating_add(gatehouse_core::JOB_ENDED_FOR);
+        self.end_job_until(job_id, reason, by, until).await
+    }
+
+    async fn end_job_until(
+        &self,
+        job_id: &str,
+        reason: &str,
+        by: &str,
+        until: i64,
+    ) -> Result<u64, String> {
+        if let Some(state) = &self.state {
+            state
                 .revoke(
                     gatehouse_core::RevocationKind::Job,
                     job_id,
-                    "the forge says the job has finished",
-                    "gatehouse:job-tokens",
+                    reason,
+                    by,
                     Some(until),
                 )
                 .await
-        {
-            tracing::warn!(error = ?e, job = %job_id, "an ended job's tokens could not be revoked; trying again");
-            return false;
+                .map_err(|e| format!("the job's tokens could not be revoked: {e:?}"))?;
         }
-        if let Some(b) = &self.secrets
-            && let Err(e) = b.end_job(job_id, "gatehouse:job-tokens").await
-        {
-            tracing::warn!(error = %e, job = %job_id, "an ended job's leases could not be revoked; trying again");
-            return false;
+        // Its leases after its tokens: nothing can read under a new one then.
+        match &self.secrets {
+            Some(b) => b
+                .end_job(job_id, by)
+                .await
+                .map_err(|e| format!("the job's leases could not be revoked: {e}")),
+            None => Ok(0),
         }
-        tracing::info!(job = %job_id, "job ended on the forge: its tokens and leases are revoked");
-        true
     }
 
     /// Asks the forge, every `job_tokens.recheck`, about each job this gateway minted a token

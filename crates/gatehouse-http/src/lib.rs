@@ -17,6 +17,7 @@ mod described;
 mod ext_authz_http;
 mod forward_auth;
 mod forwarded;
+mod hooks_api;
 mod job_tokens;
 mod metrics;
 mod pages;

@@ -245,6 +245,19 @@ impl Gateway {
                 self.secrets_api(req, adm, rec).await
             }
             ("/.gatehouse/jobs:mint", _) => self.mint_job_token(req, adm, rec).await,
+            (p, _)
+                if p.len() > crate::hooks_api::HOOKS_PREFIX.len()
+                    && p.starts_with(crate::hooks_api::HOOKS_PREFIX) =>
+            {
+                self.hook_delivery(req, rec).await
+            }
+            (p, _)
+                if p == "/.gatehouse/deliveries"
+                    || p.starts_with("/.gatehouse/deliveries/")
+                    || p.starts_with("/.gatehouse/deliveries:") =>
+            {
+                self.deliveries_api(req, adm, rec).await
+            }
             (p, _) if p == "/.gatehouse/leases" || p.starts_with("/.gatehouse/leases/") => {
                 self.leases_api(req, adm, rec).await
             }

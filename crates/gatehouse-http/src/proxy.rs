@@ -83,6 +83,8 @@ pub struct Gateway {
     pub(crate) state: Option<Arc<dyn crate::StateStore>>,
     /// The secrets broker, when `[secrets]` is configured.
     pub(crate) secrets: Option<Arc<gatehouse_secrets::Broker>>,
+    /// The webhook relay's hooks, when `[webhooks]` is configured.
+    pub(crate) hooks: Option<Arc<gatehouse_hooks::Hooks>>,
     /// Per-job tokens for Gitea Actions runners, when `[job_tokens]` is configured.
     pub(crate) job_tokens: Option<crate::JobTokenSettings>,
     /// The jobs this gateway minted tokens for, watched until they end.
@@ -436,6 +438,7 @@ impl Gateway {
             ssh: None,
             state: None,
             secrets: None,
+            hooks: None,
             job_tokens: None,
             minted_jobs: std::sync::Mutex::default(),
             tunnels: tokio_util::sync::CancellationToken::new(),
@@ -655,7 +658,10 @@ impl Gateway {
                     rec.decision = Some(match refusal {
                         Refusal::BadRequest { .. }
                         | Refusal::Unauthenticated { .. }
-                        | Refusal::PayloadTooLarge => "deny",
+                        | Refusal::PayloadTooLarge
+                        | Refusal::NotFound(_)
+                        | Refusal::Conflict { .. }
+                        | Refusal::MethodNotAllowed(_) => "deny",
                         _ => "error",
                     });
                     rec.reason = Some(refusal.code());

@@ -125,6 +125,10 @@ pub enum AdminAction {
     JobEnd,
     /// `job:mint`
     JobMint,
+    /// `hook:read`
+    HookRead,
+    /// `hook:replay`
+    HookReplay,
 }
 
 impl AdminAction {
@@ -144,6 +148,8 @@ impl AdminAction {
             AdminAction::SecretAdmin => "secret:admin",
             AdminAction::JobEnd => "job:end",
             AdminAction::JobMint => "job:mint",
+            AdminAction::HookRead => "hook:read",
+            AdminAction::HookReplay => "hook:replay",
         }
     }
 }
@@ -182,6 +188,11 @@ pub enum AdminResource<'a> {
         repo: &'a RepoRef,
         /// The job, as the forge describes it (`context.job`).
         job: &'a gatehouse_core::Workload,
+    },
+    /// A webhook (`*` for every hook).
+    Hook {
+        /// Its name.
+        name: &'a str,
     },
     /// A revocation of `kind` `value` (both "" for the list).
     Revocation {
@@ -751,6 +762,10 @@ impl PolicyEngine {
                 AdminResource::Job { id } => {
                     (uid("Job", id), HashMap::from([("id".to_owned(), s(id))]))
                 }
+                AdminResource::Hook { name } => (
+                    uid("Hook", name),
+                    HashMap::from([("name".to_owned(), s(name))]),
+                ),
                 AdminResource::Revocation { kind, value } => {
                     let id = if kind.is_empty() {
                         "*".to_owned()

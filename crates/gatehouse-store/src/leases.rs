@@ -275,10 +275,16 @@ pub struct IndexedPush {
     /// When the forge's report said `ok` for this ref; `None` until then (and for ever, when it
     /// refused the ref, or its report never came).
     pub confirmed_at: Option<i64>,
+    /// The object id the ref had before (`None` in records from before it was kept).
+    pub old: Option<String>,
+    /// The pusher's issuer and subject.
+    pub pusher_issuer: Option<String>,
+    /// The pusher's subject at that issuer.
+    pub pusher_subject: Option<String>,
 }
 
-const PUSH_COLUMNS: &str =
-    "repo, ref, commit_id, node, audit_seq, pushed_at, pushed_by, confirmed_at";
+const PUSH_COLUMNS: &str = "repo, ref, commit_id, node, audit_seq, pushed_at, pushed_by, \
+                            confirmed_at, old_id, pusher_issuer, pusher_subject";
 
 macro_rules! push_of {
     ($row:expr) => {{
@@ -292,6 +298,9 @@ macro_rules! push_of {
             pushed_at: r.try_get("pushed_at")?,
             pushed_by: r.try_get("pushed_by")?,
             confirmed_at: r.try_get("confirmed_at")?,
+            old: r.try_get("old_id")?,
+            pusher_issuer: r.try_get("pusher_issuer")?,
+            pusher_subject: r.try_get("pusher_subject")?,
         })
     }};
 }
@@ -317,7 +326,8 @@ impl<'a> PushIndex<'a> {
                 for p in pushes {
                     sqlx::query(
                         "INSERT INTO push_index (repo, ref, commit_id, node, audit_seq, \
-                         pushed_at, pushed_by) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                         pushed_at, pushed_by, old_id, pusher_issuer, pusher_subject) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
                          ON CONFLICT (repo, ref, commit_id, node, audit_seq) DO NOTHING",
                     )
                     .bind(&p.repo)
@@ -327,6 +337,9 @@ impl<'a> PushIndex<'a> {
                     .bind(p.audit_seq)
                     .bind(p.pushed_at)
                     .bind(&p.pushed_by)
+                    .bind(p.old.as_ref().map(|o| o.to_ascii_lowercase()))
+                    .bind(&p.pusher_issuer)
+                    .bind(&p.pusher_subject)
                     .execute(&mut *tx)
                     .await
                     .map_err(StoreError::query(what))?;
@@ -370,6 +383,36 @@ impl<'a> PushIndex<'a> {
             }};
         }
         on_db!(self.store.db(), |pool| run!(pool))
+    }
+
+    /// The newest push through Gatehouse that moved `git_ref` of `repo` from `old` to `new`
+    /// (a push event's `before` and `after`), confirmed ones first; `None` when no push
+    /// Gatehouse allowed made that update.
+    pub async fn find_update(
+        &self,
+        repo: &str,
+        git_ref: &str,
+        old: &str,
+        new: &str,
+    ) -> Result<Option<IndexedPush>, StoreError> {
+        let what = "reading the push index";
+        on_db!(self.store.db(), |pool| {
+            let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {PUSH_COLUMNS} FROM push_index \
+                 WHERE repo = $1 AND ref = $2 AND commit_id = $3 AND old_id = $4 \
+                 ORDER BY (confirmed_at IS NULL), pushed_at DESC LIMIT 1"
+            )))
+            .bind(repo)
+            .bind(git_ref)
+            .bind(new.to_ascii_lowercase())
+            .bind(old.to_ascii_lowercase())
+            .fetch_optional(pool)
+            .await
+            .map_err(StoreError::query(what))?;
+            row.map(|r| push_of!(r))
+                .transpose()
+                .map_err(StoreError::query(what))
+        })
     }
 
     /// The newest push that moved `git_ref` of `repo` to `commit` through Gatehouse and that the

@@ -5,7 +5,8 @@
 //! [`Revocations`](gatehouse_core::Revocations) current within a second ([`RevocationFeed`]),
 //! sealed browser-session records with a lease that serialises their renewal across nodes
 //! ([`SessionRecords`]), and ephemeral environments whose end revokes every credential bound to
-//! them ([`Environments`]).
+//! them ([`Environments`]), the secrets' rows and leases, the push index, and the webhook
+//! relay's deliveries ([`HookDeliveries`]).
 //!
 //! This crate must not know about HTTP, SSH, policy or configuration files: the app crate picks
 //! the backend ([`Store::sqlite`] or [`Store::postgres`]) and no other crate knows which one it
@@ -14,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 mod environments;
+mod hooks;
 mod leases;
 mod revocations;
 mod secrets;
@@ -30,6 +32,10 @@ use sqlx::sqlite::{
 };
 
 pub use environments::{Environment, Environments};
+pub use hooks::{
+    ATTEMPT_LIST_MAX, Accepted, AttemptFilter, AttemptRow, Claimed, Finish, HookDeliveries,
+    NewDelivery, NewTarget, StoredDelivery,
+};
 pub use leases::{IndexedPush, LEASE_LIST_MAX, Lease, LeaseFilter, Leases, NewLease, PushIndex};
 pub use revocations::{NewRevocation, RevocationFeed, RevocationLog, RevocationRecord};
 pub use secrets::{NewSecret, NewVersion, SecretRow, SecretRows, SecretVersion, VersionRow};
@@ -71,6 +77,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         "secret leases and the push index",
         include_str!("../migrations/sqlite/0005_leases_pushes.sql"),
         include_str!("../migrations/postgres/0005_leases_pushes.sql"),
+    ),
+    (
+        6,
+        "webhook deliveries, and pushers in the push index",
+        include_str!("../migrations/sqlite/0006_webhooks.sql"),
+        include_str!("../migrations/postgres/0006_webhooks.sql"),
     ),
 ];
 
@@ -435,6 +447,11 @@ impl Store {
     /// The push index (provenance: which commits reached which refs through Gatehouse).
     pub fn pushes(&self) -> PushIndex<'_> {
         PushIndex::new(self)
+    }
+
+    /// The webhook relay's deliveries and where each stands at each target.
+    pub fn hooks(&self) -> HookDeliveries<'_> {
+        HookDeliveries::new(self)
     }
 
     /// The secrets broker's rows (sealed values, wrapped data keys).

@@ -919,6 +919,9 @@ async fn the_push_index_finds_what_the_forge_confirmed() {
             pushed_at: 1_000 + seq,
             pushed_by: "alice".into(),
             confirmed_at: None,
+            old: Some("0".repeat(40)),
+            pusher_issuer: Some("urn:test".into()),
+            pusher_subject: Some("s-alice".into()),
         };
         idx.record(&[
             push("refs/heads/main", c1, "gw-1", 7),
@@ -933,6 +936,29 @@ async fn the_push_index_finds_what_the_forge_confirmed() {
             .unwrap()
             .unwrap();
         assert_eq!((found.audit_seq, found.confirmed_at), (7, None), "{b}");
+        // A push event's (before, after) finds the same update, with its pusher; another
+        // `before` is another update.
+        let upd = idx
+            .find_update("acme/api", "refs/heads/main", &"0".repeat(40), c1)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (
+                upd.audit_seq,
+                upd.pusher_subject.as_deref(),
+                upd.old.as_deref()
+            ),
+            (7, Some("s-alice"), Some("0".repeat(40).as_str())),
+            "{b}"
+        );
+        assert!(
+            idx.find_update("acme/api", "refs/heads/main", &"1".repeat(40), c1)
+                .await
+                .unwrap()
+                .is_none(),
+            "{b}"
+        );
         // The forge said ok to main only.
         let n = idx
             .confirm("gw-1", 7, &["refs/heads/main".into()], 1_010)
@@ -1018,5 +1044,349 @@ async fn the_push_index_finds_what_the_forge_confirmed() {
             .unwrap()
             .unwrap();
         assert_eq!((left.audit_seq, left.confirmed_at), (9, None), "{b}");
+    }
+}
+
+fn delivery<'a>(id: &'a str, source: &'a str, repo: &'a str, at: i64) -> NewDelivery<'a> {
+    NewDelivery {
+        id,
+        hook: "gitea",
+        source_id: source,
+        scheme: "gitea",
+        event: "push",
+        repo: Some(repo),
+        sender: Some("alice"),
+        headers: "X-Gitea-Event: push\n",
+        // Not UTF-8, with a NUL: kept byte for byte.
+        body: b"{\"a\":1}\x00\xff",
+        annotation: None,
+        received_at: at,
+    }
+}
+
+#[tokio::test]
+async fn webhook_deliveries_are_kept_once_claimed_once_and_finished_under_their_claim() {
+    for (store, _d) in backends("hooks").await {
+        let b = store.backend();
+        let hooks = store.hooks();
+        let targets = |order: Option<&'static str>| {
+            vec![
+                NewTarget {
+                    name: "deploy",
+                    order_key: order,
+                    give_up_at: 5_000,
+                },
+                NewTarget {
+                    name: "chat",
+                    order_key: None,
+                    give_up_at: 5_000,
+                },
+            ]
+        };
+        let Accepted::New(s1) = hooks
+            .accept(
+                &delivery("whd_1", "u-1", "acme/api", 1_000),
+                &targets(Some("acme/api")),
+                0,
+            )
+            .await
+            .unwrap()
+        else {
+            panic!("{b}: not kept")
+        };
+        // The same sender id again within the window: a replay, nothing kept.
+        assert_eq!(
+            hooks
+                .accept(
+                    &delivery("whd_1b", "u-1", "acme/api", 1_001),
+                    &targets(None),
+                    0
+                )
+                .await
+                .unwrap(),
+            Accepted::Duplicate,
+            "{b}"
+        );
+        assert!(hooks.get_by_id("whd_1b").await.unwrap().is_none(), "{b}");
+        let got = hooks.get(s1).await.unwrap().unwrap();
+        assert_eq!(got.body, b"{\"a\":1}\x00\xff", "{b}: the exact bytes");
+        assert_eq!(
+            (got.id.as_str(), got.hook.as_str()),
+            ("whd_1", "gitea"),
+            "{b}"
+        );
+        // A second delivery of the same repository, and one of another.
+        let Accepted::New(s2) = hooks
+            .accept(
+                &delivery("whd_2", "u-2", "acme/api", 1_002),
+                &targets(Some("acme/api")),
+                0,
+            )
+            .await
+            .unwrap()
+        else {
+            panic!("{b}")
+        };
+        let Accepted::New(s3) = hooks
+            .accept(
+                &delivery("whd_3", "u-3", "acme/web", 1_003),
+                &targets(Some("acme/web")),
+                0,
+            )
+            .await
+            .unwrap()
+        else {
+            panic!("{b}")
+        };
+        assert!(s1 < s2 && s2 < s3, "{b}: accept order");
+
+        // An ordered target gets acme/api's first delivery, not its second, and acme/web's.
+        let a = hooks
+            .claim_due("deploy", "node-a", 1_010, 1_040, 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            a.iter().map(|c| c.delivery_seq).collect::<Vec<_>>(),
+            [s1, s3],
+            "{b}"
+        );
+        // Claimed rows are nobody else's until the claim lapses.
+        assert!(
+            hooks
+                .claim_due("deploy", "node-b", 1_020, 1_050, 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{b}"
+        );
+        // An unordered target gets all three.
+        let chat = hooks
+            .claim_due("chat", "node-b", 1_010, 1_040, 10)
+            .await
+            .unwrap();
+        assert_eq!(chat.len(), 3, "{b}");
+        // s1 delivered to deploy: s2 is due there now. s3 failed: again at 1_100.
+        assert!(
+            hooks
+                .finish(&a[0], &Finish::Delivered { status: 204 }, 1_011)
+                .await
+                .unwrap(),
+            "{b}"
+        );
+        assert!(
+            hooks
+                .finish(
+                    &a[1],
+                    &Finish::Retry {
+                        status: Some(503),
+                        error: "503".into(),
+                        next_at: 1_100
+                    },
+                    1_012
+                )
+                .await
+                .unwrap(),
+            "{b}"
+        );
+        // Finishing twice, or under a lapsed claim, writes nothing.
+        assert!(
+            !hooks
+                .finish(&a[0], &Finish::Delivered { status: 200 }, 1_013)
+                .await
+                .unwrap(),
+            "{b}"
+        );
+        let again = hooks
+            .claim_due("deploy", "node-b", 1_050, 1_080, 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            again.iter().map(|c| c.delivery_seq).collect::<Vec<_>>(),
+            [s2],
+            "{b}: delivered is never claimed again; the retry waits"
+        );
+        // At 1_100 the retry is due, and node-b's claim on s2 lapsed (at 1_080): node-a takes
+        // both, and node-b's finish under its lapsed claim is refused.
+        let late = hooks
+            .claim_due("deploy", "node-a", 1_100, 1_130, 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            late.iter()
+                .map(|c| (c.delivery_seq, c.attempts))
+                .collect::<Vec<_>>(),
+            [(s2, 0), (s3, 1)],
+            "{b}"
+        );
+        assert!(
+            !hooks
+                .finish(&again[0], &Finish::Delivered { status: 200 }, 1_101)
+                .await
+                .unwrap(),
+            "{b}"
+        );
+        assert!(
+            hooks
+                .finish(
+                    &late[1],
+                    &Finish::Dead {
+                        status: None,
+                        error: "connection refused".into()
+                    },
+                    1_101
+                )
+                .await
+                .unwrap(),
+            "{b}"
+        );
+        let taken = [late[0].clone()];
+
+        // The dead letters, listed, then retried.
+        let dead = hooks
+            .list(&AttemptFilter {
+                state: Some("dead"),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(dead.len(), 1, "{b}");
+        assert_eq!(
+            (
+                dead[0].delivery.as_str(),
+                dead[0].target.as_str(),
+                dead[0].attempts
+            ),
+            ("whd_3", "deploy", 2),
+            "{b}"
+        );
+        assert_eq!(
+            dead[0].last_error.as_deref(),
+            Some("connection refused"),
+            "{b}"
+        );
+        let counts = hooks.counts().await.unwrap();
+        assert!(
+            counts.contains(&("gitea".into(), "deploy".into(), "dead".into(), 1, 1_100)),
+            "{b}: {counts:?}"
+        );
+        assert_eq!(
+            hooks
+                .requeue(&AttemptFilter::default(), true, 1_200, 9_000)
+                .await
+                .unwrap(),
+            1,
+            "{b}: only the dead one is retried"
+        );
+        // A replay of a delivered one sends it again.
+        assert_eq!(
+            hooks
+                .requeue(
+                    &AttemptFilter {
+                        delivery: Some("whd_1"),
+                        target: Some("deploy"),
+                        ..Default::default()
+                    },
+                    false,
+                    1_200,
+                    9_000
+                )
+                .await
+                .unwrap(),
+            1,
+            "{b}"
+        );
+        let due = hooks
+            .claim_due("deploy", "node-a", 1_200, 1_230, 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            due.iter().map(|c| c.delivery_seq).collect::<Vec<_>>(),
+            [s1, s3],
+            "{b}: s2 waits behind the replayed s1 (same repository)"
+        );
+
+        // Pruning keeps what a target still waits for, and forgets old delivery ids.
+        for c in due.iter().chain(taken.iter()).chain(chat.iter()) {
+            hooks
+                .finish(c, &Finish::Delivered { status: 200 }, 1_300)
+                .await
+                .unwrap();
+        }
+        assert_eq!(hooks.prune(2_000, 2_000).await.unwrap(), 3, "{b}");
+        assert!(hooks.get(s1).await.unwrap().is_none(), "{b}");
+        assert!(
+            matches!(
+                hooks
+                    .accept(&delivery("whd_1c", "u-1", "acme/api", 2_100), &[], 0)
+                    .await
+                    .unwrap(),
+                Accepted::New(_)
+            ),
+            "{b}: a delivery id is forgotten once pruned"
+        );
+        // And one seen before the window is new again even unpruned.
+        assert!(
+            matches!(
+                hooks
+                    .accept(&delivery("whd_1d", "u-1", "acme/api", 2_200), &[], 2_150)
+                    .await
+                    .unwrap(),
+                Accepted::New(_)
+            ),
+            "{b}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn concurrent_workers_never_claim_one_row_twice() {
+    for (store, _d) in backends("hookclaims").await {
+        let b = store.backend();
+        for i in 0..40 {
+            let (id, src) = (format!("whd_{i}"), format!("u-{i}"));
+            store
+                .hooks()
+                .accept(
+                    &delivery(&id, &src, "acme/api", 1_000),
+                    &[NewTarget {
+                        name: "t",
+                        order_key: None,
+                        give_up_at: 9_000,
+                    }],
+                    0,
+                )
+                .await
+                .unwrap();
+        }
+        let mut tasks = Vec::new();
+        for w in 0..4 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut mine = Vec::new();
+                loop {
+                    let got = store
+                        .hooks()
+                        .claim_due("t", &format!("w{w}"), 1_010, 1_100, 3)
+                        .await
+                        .unwrap();
+                    if got.is_empty() {
+                        return mine;
+                    }
+                    mine.extend(got.into_iter().map(|c| c.delivery_seq));
+                }
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        all.sort_unstable();
+        let n = all.len();
+        all.dedup();
+        assert_eq!(
+            (n, all.len()),
+            (40, 40),
+            "{b}: each row claimed exactly once"
+        );
     }
 }

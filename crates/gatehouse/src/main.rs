@@ -108,6 +108,17 @@ enum Cmd {
         #[command(subcommand)]
         what: SecretCmd,
     },
+    /// The webhook relay's deliveries, over the gateway's API (`hook:read`, `hook:replay`).
+    Hooks {
+        /// The gateway's URL, e.g. `https://git.example.com`.
+        #[arg(long, env = "GATEHOUSE_SERVER", global = true)]
+        server: Option<String>,
+        /// A token (default: the sign-in saved by `gatehouse login`).
+        #[arg(long, env = "GATEHOUSE_TOKEN", hide_env_values = true, global = true)]
+        token: Option<String>,
+        #[command(subcommand)]
+        what: HooksCmd,
+    },
     /// Sign in to a gateway from this machine (OAuth2 device authorization grant).
     Login {
         /// The gateway's URL, e.g. `https://git.example.com`.
@@ -157,6 +168,45 @@ enum JobCmd {
         /// Why (for the record).
         #[arg(long, default_value = "")]
         reason: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum HooksCmd {
+    /// Counts per hook, target and state, and the deliveries selected (newest first).
+    Status {
+        /// Of this hook.
+        #[arg(long)]
+        hook: Option<String>,
+        /// To this target (with --hook).
+        #[arg(long, requires = "hook")]
+        target: Option<String>,
+        /// In this state.
+        #[arg(long, value_parser = ["pending", "delivered", "dead"])]
+        state: Option<String>,
+        /// This delivery (`whd_...`).
+        #[arg(long)]
+        delivery: Option<String>,
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send the dead letters (deliveries relaying gave up on) again.
+    Retry {
+        /// Of this hook.
+        #[arg(long)]
+        hook: Option<String>,
+        /// To this target (with --hook).
+        #[arg(long, requires = "hook")]
+        target: Option<String>,
+    },
+    /// Send one delivery again, even one its targets took (under its same webhook-id).
+    Replay {
+        /// The delivery (`whd_...`, from `gatehouse hooks status`).
+        id: String,
+        /// Only to this target.
+        #[arg(long)]
+        target: Option<String>,
     },
 }
 
@@ -645,6 +695,34 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     gatehouse_app::job_end(&config, &id, &reason)?
                 }
             }
+        }
+        Cmd::Hooks {
+            server,
+            token,
+            what,
+        } => {
+            use gatehouse_app::HookCommand as C;
+            let Some(server) = server else {
+                anyhow::bail!("hooks needs --server (or GATEHOUSE_SERVER): the gateway's URL");
+            };
+            let cmd = match what {
+                HooksCmd::Status {
+                    hook,
+                    target,
+                    state,
+                    delivery,
+                    json,
+                } => C::Status {
+                    hook,
+                    target,
+                    state,
+                    delivery,
+                    json,
+                },
+                HooksCmd::Retry { hook, target } => C::Retry { hook, target },
+                HooksCmd::Replay { id, target } => C::Replay { id, target },
+            };
+            gatehouse_app::hooks(&gatehouse_app::SecretClient { server, token }, cmd)?;
         }
         Cmd::Secret {
             server,

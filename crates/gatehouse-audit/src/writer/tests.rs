@@ -661,6 +661,9 @@ async fn an_allowed_push_is_indexed_once_durable_and_an_index_failure_refuses_it
             seq,
             at: 1_700_000_001,
             by: "alice".into(),
+            old: zero.into(),
+            issuer: "urn:test".into(),
+            subject: "s-alice".into(),
         }]
     );
     // A denied push is not indexed.

@@ -34,5 +34,6 @@ mod state_api;
 mod timeouts;
 mod tls;
 mod tokens;
+mod webhooks;
 mod websocket;
 mod workload;

@@ -1,0 +1,135 @@
+//! The webhook relay's wiring: `[webhooks]` to the hooks crate's settings (secrets read here),
+//! the assertion signer over Gatehouse's own issuer, the relay worker and the hourly prune.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use gatehouse_authn::OwnIssuer;
+use gatehouse_config::{Config, HookKindConfig, read_secret};
+use gatehouse_core::{Clock, Redacted};
+use gatehouse_hooks::{HookKind, HookSettings, Hooks, TargetSettings};
+use gatehouse_store::Store;
+use tokio::sync::watch;
+
+/// The hooks `[webhooks]` configures, over `store`; `None` without `[webhooks]`.
+pub(crate) fn hooks(
+    cfg: &Config,
+    store: &Store,
+    clock: Arc<dyn Clock>,
+) -> Result<Option<Arc<Hooks>>> {
+    let Some(w) = &cfg.webhooks else {
+        return Ok(None);
+    };
+    let mut out = Vec::new();
+    for (i, h) in w.hooks.iter().enumerate() {
+        let kind = match h.kind {
+            HookKindConfig::Gitea => HookKind::Gitea,
+            HookKindConfig::Forgejo => HookKind::Forgejo,
+            HookKindConfig::Gogs => HookKind::Gogs,
+            HookKindConfig::Github => HookKind::Github,
+            HookKindConfig::Standard => HookKind::Standard,
+        };
+        let mut secrets = Vec::new();
+        for (j, src) in h.secrets.iter().enumerate() {
+            let what = format!("webhooks.hooks[{i}].secrets[{j}]");
+            let text = read_secret(&what, src)?;
+            // A file's trailing newline is not part of the secret the forge was given.
+            let text = text.expose().trim_end_matches(['\n', '\r']);
+            let key = match kind {
+                HookKind::Standard => gatehouse_hooks::standard_key(text)
+                    .map_err(|e| anyhow::anyhow!("{what}: {e}"))?,
+                _ if text.is_empty() => anyhow::bail!("{what}: the secret is empty"),
+                _ => text.as_bytes().to_vec(),
+            };
+            secrets.push(Redacted::new(key));
+        }
+        let mut targets = Vec::new();
+        for (j, t) in h.targets.iter().enumerate() {
+            let what = format!("webhooks.hooks[{i}].targets[{j}].signing_secret");
+            let text = read_secret(&what, &t.signing_secret)?;
+            let key = gatehouse_hooks::standard_key(text.expose().trim_end_matches(['\n', '\r']))
+                .map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+            targets.push(TargetSettings {
+                name: t.name.clone(),
+                url: t.url.clone(),
+                events: t.events.clone(),
+                repositories: t.repositories.clone(),
+                signing_key: Redacted::new(key),
+                max_in_flight: t.max_in_flight,
+                ordered: t.ordered,
+                timeout: t.timeout.0,
+                give_up_after: t.give_up_after.0,
+                retry_min: t.retry_min.0,
+                retry_max: t.retry_max.0,
+            });
+        }
+        out.push(HookSettings {
+            name: h.name.clone(),
+            kind,
+            secrets,
+            max_body: usize::try_from(h.max_body.0).context("webhooks: max_body")?,
+            replay_window: h.replay_window.0,
+            tolerance: h.tolerance.0,
+            end_jobs: h.end_jobs,
+            job_issuer: h.job_issuer.clone(),
+            targets,
+        });
+    }
+    tracing::info!(hooks = out.len(), "webhook relay ready");
+    Ok(Some(Arc::new(Hooks::new(out, store.clone(), clock))))
+}
+
+/// Signs the relay's assertions with Gatehouse's own key.
+#[derive(Debug)]
+pub(crate) struct OwnSigner {
+    pub(crate) own: Arc<OwnIssuer>,
+    pub(crate) clock: Arc<dyn Clock>,
+}
+
+impl gatehouse_hooks::DeliverySigner for OwnSigner {
+    fn sign(&self, audience: &str, claims: serde_json::Value) -> Result<String, String> {
+        self.own
+            .webhook_assertion(audience, claims, self.clock.now().as_secs())
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Deletes, every hour, the deliveries every target is done with that are older than
+/// `webhooks.retention`, and the delivery ids older than the longest replay window.
+pub(crate) async fn sweep(
+    hooks: Arc<Hooks>,
+    retention: Duration,
+    clock: Arc<dyn Clock>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let window = hooks
+        .all()
+        .map(|h| h.replay_window)
+        .max()
+        .unwrap_or(retention);
+    loop {
+        let now = clock.now().as_secs();
+        let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+        match hooks
+            .store()
+            .hooks()
+            .prune(
+                now.saturating_sub(secs(retention)),
+                now.saturating_sub(secs(window)),
+            )
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                pruned = n,
+                "webhook deliveries past their retention deleted"
+            ),
+            Err(e) => tracing::warn!(error = %e, "webhook deliveries could not be pruned"),
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = tokio::time::sleep(Duration::from_secs(3600)) => {}
+        }
+    }
+}
