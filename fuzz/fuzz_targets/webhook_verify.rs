@@ -5,6 +5,7 @@
 #![no_main]
 
 use gatehouse_hooks::{HookKind, Summary, hex_hmac, relayed_headers, verify};
+
 use http::{HeaderMap, HeaderName, HeaderValue};
 use libfuzzer_sys::fuzz_target;
 
@@ -39,9 +40,34 @@ fuzz_target!(|data: &[u8]| {
             h.append(n, v);
         }
     }
-    // A valid signature now and then, so that the paths after verification run too.
-    if ctl & 0x80 != 0 && kind != HookKind::Standard {
-        let mac = hex_hmac(SECRET, body);
+    let form = h
+        .get("content-type")
+        .and_then(|c| c.to_str().ok())
+        .is_some_and(|c| c.to_ascii_lowercase().contains("x-www-form-urlencoded"));
+    // A valid signature now and then, so that the paths after verification run too: over the
+    // decoded payload field of a form for the forges that sign the JSON, over
+    // `id.timestamp.body` for Standard Webhooks.
+    if ctl & 0x80 != 0 && kind == HookKind::Standard {
+        let id = h
+            .get("webhook-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let sig = gatehouse_hooks::standard_signature(SECRET, &id, 1_700_000_000, body);
+        if let Ok(v) = HeaderValue::from_str(&sig) {
+            h.insert("webhook-signature", v);
+            h.insert("webhook-timestamp", HeaderValue::from_static("1700000000"));
+        }
+    } else if ctl & 0x80 != 0 {
+        let signed: Vec<u8> = if form && kind != HookKind::Github {
+            url::form_urlencoded::parse(body)
+                .find(|(k, _)| k == "payload")
+                .map(|(_, v)| v.into_owned().into_bytes())
+                .unwrap_or_default()
+        } else {
+            body.to_vec()
+        };
+        let mac = hex_hmac(SECRET, &signed);
         let (name, value) = match kind {
             HookKind::Github => ("x-hub-signature-256", format!("sha256={mac}")),
             HookKind::Forgejo => ("x-forgejo-signature", mac),
@@ -56,19 +82,24 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(v) = verify(kind, &[SECRET.to_vec()], &h, body, now, 300) {
         assert!(!v.delivery_id.is_empty() && v.delivery_id.len() <= 128);
         assert!(!v.event.is_empty());
-        // What was accepted was signed with the secret (JSON bodies: over the body itself).
-        let form = h
-            .get("content-type")
-            .and_then(|c| c.to_str().ok())
-            .is_some_and(|c| c.to_ascii_lowercase().contains("x-www-form-urlencoded"));
-        if !form && kind != HookKind::Standard {
+        // What was accepted was signed with the secret: a JSON body is its payload; a form is
+        // exactly one `payload` field, which is what every receiver reads, so the bytes relayed
+        // hold nothing that was not verified.
+        if !form {
             assert_eq!(v.json, body, "a JSON delivery's payload is its body");
+        } else {
+            let fields: Vec<_> = url::form_urlencoded::parse(body).collect();
+            assert_eq!(fields.len(), 1, "a form of several fields was accepted");
+            assert_eq!(fields[0].0, "payload");
+            if std::str::from_utf8(&v.json).is_ok() {
+                assert_eq!(fields[0].1.as_bytes(), v.json.as_slice());
+            }
         }
         let _ = Summary::read(&v.event, &v.json);
     }
     let _ = Summary::read("push", body);
     let _ = Summary::read("workflow_job", body);
-    for line in relayed_headers(&h).lines() {
+    for line in relayed_headers(kind, &h).lines() {
         let name = line.split_once(": ").map_or(line, |(n, _)| n);
         assert!(
             name == "content-type"

@@ -77,7 +77,15 @@ pub(crate) fn hooks(
         });
     }
     tracing::info!(hooks = out.len(), "webhook relay ready");
-    Ok(Some(Arc::new(Hooks::new(out, store.clone(), clock))))
+    // Repositories are named as the gateway (and its push index) names them: case-folded on
+    // Gitea, Forgejo and Gogs.
+    let fold_case = !matches!(cfg.forge.kind, gatehouse_config::ForgeKind::Generic);
+    Ok(Some(Arc::new(Hooks::new(
+        out,
+        store.clone(),
+        clock,
+        fold_case,
+    ))))
 }
 
 /// Signs the relay's assertions with Gatehouse's own key.

@@ -135,7 +135,8 @@ pub trait PushIndexSink: Send + Sync + std::fmt::Debug {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
 }
 
-/// The ref updates of an allowed push `record` moves to a new object: what the index keeps.
+/// The ref updates of an allowed push `record`, to a new object or deleting the ref: what the
+/// index keeps.
 fn pushed_refs(record: &AuditRecord) -> Vec<PushedRef> {
     let (Some(repo), Some(refs), Some(p)) = (&record.repo, &record.refs, &record.principal) else {
         return Vec::new();
@@ -148,8 +149,13 @@ fn pushed_refs(record: &AuditRecord) -> Vec<PushedRef> {
             && s.bytes().all(|b| b.is_ascii_hexdigit())
             && s.bytes().any(|b| b != b'0')
     };
+    let is_zero = |s: &str| matches!(s.len(), 40 | 64) && s.bytes().all(|b| b == b'0');
+    // Updates to an object and deletions of a ref (so that a push event reporting a deletion
+    // made through Gatehouse finds it too); provenance reads only the former.
     refs.iter()
-        .filter(|r| r.decision == "allow" && is_oid(&r.new))
+        .filter(|r| {
+            r.decision == "allow" && (is_oid(&r.new) || (is_zero(&r.new) && is_oid(&r.old)))
+        })
         .map(|r| PushedRef {
             repo: repo.clone(),
             git_ref: r.name.clone(),

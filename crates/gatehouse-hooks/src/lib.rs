@@ -2,7 +2,7 @@
 //!
 //! A hook (`/.gatehouse/hooks/{name}`) takes deliveries of one sender (Gitea, Forgejo, Gogs,
 //! GitHub or any Standard Webhooks sender), verifies each as that sender signs it
-//! ([`verify()`]), refuses a delivery id seen within the replay window, reads what the relay
+//! ([`verify()`]), refuses a delivery id (or a signed body) seen within the replay window, reads what the relay
 //! needs from the payload ([`Summary`]), marks a push event with the push Gatehouse allowed for
 //! that ref update (or with none: it reached the forge around the gateway), and commits the
 //! delivery and one row per target to the store before the sender is answered
@@ -124,9 +124,14 @@ pub enum HookRefusal {
     /// The sender's signature, id or timestamp does not hold (the sender's, or an attacker's).
     #[error("{0}")]
     Rejected(#[from] Rejected),
-    /// The delivery id was seen within the replay window.
-    #[error("delivery {0} was already received")]
-    Replayed(String),
+    /// The delivery id, or the same signed body, was seen within the replay window.
+    #[error("delivery {id} was already received")]
+    Replayed {
+        /// The sender's delivery id.
+        id: String,
+        /// Its (verified) event.
+        event: String,
+    },
     /// The store could not keep it (Gatehouse's side: the sender should deliver again).
     #[error("the delivery could not be kept: {0}")]
     Store(#[from] StoreError),
@@ -138,7 +143,7 @@ impl HookRefusal {
         match self {
             HookRefusal::UnknownHook(_) => "hook_not_found",
             HookRefusal::Rejected(r) => r.code(),
-            HookRefusal::Replayed(_) => "delivery_replayed",
+            HookRefusal::Replayed { .. } => "delivery_replayed",
             HookRefusal::Store(_) => "store_unavailable",
         }
     }
@@ -172,18 +177,26 @@ pub struct Hooks {
     hooks: HashMap<String, HookSettings>,
     store: Store,
     clock: Arc<dyn Clock>,
-    /// Repository names compare case-insensitively (Gitea, Forgejo, Gogs fold case, and so does
-    /// the push index).
+    /// Whether repository names compare case-insensitively, as the push index names them
+    /// (Gitea, Forgejo and Gogs fold case; a generic upstream does not).
+    fold_case: bool,
     wake: tokio::sync::Notify,
 }
 
 impl Hooks {
-    /// The hooks `hooks`, keeping deliveries in `store`.
-    pub fn new(hooks: Vec<HookSettings>, store: Store, clock: Arc<dyn Clock>) -> Self {
+    /// The hooks `hooks`, keeping deliveries in `store`; `fold_case`: the gateway names
+    /// repositories case-insensitively (in the push index too).
+    pub fn new(
+        hooks: Vec<HookSettings>,
+        store: Store,
+        clock: Arc<dyn Clock>,
+        fold_case: bool,
+    ) -> Self {
         Self {
             hooks: hooks.into_iter().map(|h| (h.name.clone(), h)).collect(),
             store,
             clock,
+            fold_case,
             wake: tokio::sync::Notify::new(),
         }
     }
@@ -229,7 +242,7 @@ impl Hooks {
             .get(name)
             .ok_or_else(|| HookRefusal::UnknownHook(name.to_owned()))?;
         let now = self.clock.now().as_secs();
-        let secrets: Vec<Vec<u8>> = hook.secrets.iter().map(|s| s.expose().clone()).collect();
+        let secrets: Vec<&[u8]> = hook.secrets.iter().map(|s| s.expose().as_slice()).collect();
         let tolerance = i64::try_from(hook.tolerance.as_secs()).unwrap_or(i64::MAX);
         let v = verify(hook.kind, &secrets, headers, body, now, tolerance)?;
         let summary = Summary::read(&v.event, &v.json);
@@ -240,7 +253,7 @@ impl Hooks {
             let found = self
                 .store
                 .pushes()
-                .find_update(&repo.to_ascii_lowercase(), &p.git_ref, &p.before, &p.after)
+                .find_update(&self.repo_key(repo), &p.git_ref, &p.before, &p.after)
                 .await?;
             push_seen = Some(found.is_some());
             annotation = Some(match &found {
@@ -293,7 +306,7 @@ impl Hooks {
                 (
                     target_key(&hook.name, &t.name),
                     t.ordered
-                        .then(|| summary.repo.as_deref().map(str::to_ascii_lowercase))
+                        .then(|| summary.repo.as_deref().map(|r| self.repo_key(r)))
                         .flatten(),
                     now.saturating_add(secs(t.give_up_after)),
                 )
@@ -306,8 +319,21 @@ impl Hooks {
                 now.saturating_add(7 * 86_400),
             ));
         }
-        let id = format!("whd_{}", uuid::Uuid::now_v7().simple());
-        let headers_text = relayed_headers(headers);
+        let at = self.clock.now();
+        let id = format!(
+            "whd_{}",
+            uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
+                uuid::NoContext,
+                at.as_secs().max(0).unsigned_abs(),
+                0,
+            ))
+            .simple()
+        );
+        let headers_text = relayed_headers(hook.kind, headers);
+        // The sender's id is not signed (but for Standard Webhooks): a signed body sent again
+        // under a new id is a replay too.
+        let body_key = format!("sha256:{}", sha256_hex(&v.json));
+        let also_seen = (hook.kind != HookKind::Standard).then_some(body_key.as_str());
         let annotation_text = annotation.as_ref().map(serde_json::Value::to_string);
         let new_targets: Vec<NewTarget<'_>> = targets
             .iter()
@@ -333,13 +359,17 @@ impl Hooks {
                     body,
                     annotation: annotation_text.as_deref(),
                     received_at: now,
+                    also_seen,
                 },
                 &new_targets,
                 now.saturating_sub(secs(hook.replay_window)),
             )
             .await?;
         match kept {
-            Accepted::Duplicate => Err(HookRefusal::Replayed(v.delivery_id)),
+            Accepted::Duplicate => Err(HookRefusal::Replayed {
+                id: v.delivery_id,
+                event: v.event,
+            }),
             Accepted::New(_) => {
                 self.wake();
                 Ok(Receipt {
@@ -355,6 +385,25 @@ impl Hooks {
             }
         }
     }
+}
+
+impl Hooks {
+    /// `owner/name` as the gateway (and its push index) names it.
+    fn repo_key(&self, repo: &str) -> String {
+        if self.fold_case {
+            repo.to_ascii_lowercase()
+        } else {
+            repo.to_owned()
+        }
+    }
+}
+
+pub(crate) fn sha256_hex(b: &[u8]) -> String {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b)
+        .as_ref()
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
 }
 
 fn secs(d: Duration) -> i64 {
@@ -393,18 +442,20 @@ fn seg_glob(g: &str, s: &str) -> bool {
     }
 }
 
-/// The headers relayed with a delivery: its content type and the sender's event headers (the
-/// `X-Gitea-*`, `X-Forgejo-*`, `X-Gogs-*` and `X-GitHub-*` ones), never a signature, an
-/// `Authorization` or the sender's `webhook-*` (Gatehouse signs anew). One `Name: value` per
-/// line.
-pub fn relayed_headers(h: &HeaderMap) -> String {
+/// The headers relayed with a delivery: its content type and, from a forge, its event headers
+/// (the `X-Gitea-*`, `X-Forgejo-*`, `X-Gogs-*` and `X-GitHub-*` ones, which `verify` checked
+/// agree with the verified event and id), never a signature, an `Authorization` or the sender's
+/// `webhook-*` (Gatehouse signs anew). A Standard Webhooks sender's `X-*` headers are nobody's
+/// word and are not relayed. One `Name: value` per line.
+pub fn relayed_headers(kind: HookKind, h: &HeaderMap) -> String {
     let mut out = String::new();
     for (name, value) in h {
         let n = name.as_str();
         let keep = n == "content-type"
-            || (["x-gitea-", "x-forgejo-", "x-gogs-", "x-github-"]
-                .iter()
-                .any(|p| n.starts_with(p))
+            || (kind != HookKind::Standard
+                && ["x-gitea-", "x-forgejo-", "x-gogs-", "x-github-"]
+                    .iter()
+                    .any(|p| n.starts_with(p))
                 && !n.contains("signature"));
         if let (true, Ok(v)) = (keep, value.to_str()) {
             out.push_str(n);

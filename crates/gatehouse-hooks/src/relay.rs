@@ -125,6 +125,19 @@ impl Relay {
                 tracing::warn!(error = %e, "this node's old webhook claims could not be released")
             }
         }
+        // Rows of targets no longer configured would wait for ever: they are given up.
+        let known: Vec<String> = self.slots.keys().cloned().collect();
+        let now = self.hooks.clock().now().as_secs();
+        match self.hooks.store().hooks().abandon_others(&known, now).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                rows = n,
+                "deliveries to targets no longer configured were given up (dead letters)"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "deliveries to removed targets could not be given up")
+            }
+        }
         loop {
             self.pass(&tasks).await;
             tokio::select! {
@@ -223,8 +236,9 @@ impl Relay {
                 .map_or((Duration::from_secs(5), Duration::from_secs(600)), |t| {
                     (t.retry_min, t.retry_max)
                 });
-            let delay = retry_after
-                .unwrap_or_else(|| backoff(c.attempts, min, max, jitter()))
+            // A target's Retry-After is a floor: never sooner than the backoff.
+            let delay = backoff(c.attempts, min, max, jitter())
+                .max(retry_after.unwrap_or_default())
                 .min(max);
             let next_at = now.saturating_add(secs(delay).max(1));
             // 410 Gone: the target says it wants no more (Standard Webhooks); a delivery past its
@@ -326,7 +340,7 @@ impl Relay {
                 "repository": d.repo,
                 "sender": d.sender,
                 "received_at": d.received_at,
-                "body_sha256": sha256_hex(&d.body),
+                "body_sha256": crate::sha256_hex(&d.body),
             });
             if let Some(a) = d
                 .annotation
@@ -428,14 +442,6 @@ impl BodyJson for StoredDelivery {
             self.body.clone()
         }
     }
-}
-
-fn sha256_hex(b: &[u8]) -> String {
-    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b)
-        .as_ref()
-        .iter()
-        .map(|x| format!("{x:02x}"))
-        .collect()
 }
 
 type Tracker = tokio_util::task::TaskTracker;

@@ -346,9 +346,126 @@ fn repository_globs_match_within_a_segment_ignoring_case() {
 #[test]
 fn relayed_headers_keep_the_event_and_never_a_signature_or_credential() {
     let h = gitea(JSON_MAC);
-    let r = relayed_headers(&h);
+    let r = relayed_headers(HookKind::Gitea, &h);
     assert!(r.contains("x-gitea-event: push\n"), "{r}");
     assert!(r.contains("content-type: application/json\n"), "{r}");
     assert!(!r.contains("signature"), "{r}");
     assert!(!r.contains("authorization"), "{r}");
+    // A Standard Webhooks sender's X-* headers are nobody's word.
+    assert_eq!(
+        relayed_headers(HookKind::Standard, &h),
+        "content-type: application/json\n"
+    );
+}
+
+#[test]
+fn a_form_must_be_exactly_one_payload_field_escaped_as_go_escapes_it() {
+    let mut h = gitea(JSON_MAC);
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-www-form-urlencoded"),
+    );
+    let good = form_body();
+    assert!(verify(HookKind::Gitea, &secrets(), &h, &good, 0, 0).is_ok());
+    // A second payload field after the signed one: receivers taking the last would read it.
+    let mut two = good.clone();
+    two.extend_from_slice(b"&payload=%7B%7D");
+    // A stray `%` Go's ParseQuery refuses (it would skip the field and read the next one).
+    let stray = b"payload=%7B%22a%22%3A%2220%%22%7D".to_vec();
+    for (bad, why) in [
+        (two, "two fields"),
+        (b"payload=%7B%7D;x=1".to_vec(), "a `;`"),
+        (stray, "a stray %"),
+        (b"payload=%7".to_vec(), "a cut escape"),
+        (b"payload=a b".to_vec(), "a raw space"),
+        (b"x=1&payload=%7B%7D".to_vec(), "another field first"),
+    ] {
+        assert_eq!(
+            verify(HookKind::Gitea, &secrets(), &h, &bad, 0, 0).unwrap_err(),
+            Rejected::BadForm,
+            "{why}"
+        );
+    }
+    assert_eq!(
+        verify(HookKind::Gitea, &secrets(), &h, b"other=1", 0, 0).unwrap_err(),
+        Rejected::NoPayload
+    );
+}
+
+#[test]
+fn event_and_delivery_headers_that_disagree_are_refused() {
+    let body = JSON.as_bytes();
+    let mut h = gitea(JSON_MAC);
+    h.insert("x-github-event", HeaderValue::from_static("workflow_job"));
+    assert_eq!(
+        verify(HookKind::Gitea, &secrets(), &h, body, 0, 0).unwrap_err(),
+        Rejected::Inconsistent("x-github-event")
+    );
+    let mut h = gitea(JSON_MAC);
+    h.insert("x-gogs-delivery", HeaderValue::from_static("another-id"));
+    assert_eq!(
+        verify(HookKind::Gitea, &secrets(), &h, body, 0, 0).unwrap_err(),
+        Rejected::Inconsistent("x-gogs-delivery")
+    );
+    let mut h = gitea(JSON_MAC);
+    h.insert("x-github-event-type", HeaderValue::from_static("issues"));
+    assert_eq!(
+        verify(HookKind::Gitea, &secrets(), &h, body, 0, 0).unwrap_err(),
+        Rejected::Inconsistent("x-github-event-type")
+    );
+    // Gitea's own set (its, Gogs' and GitHub's names, all saying the same) is fine.
+    let mut h = gitea(JSON_MAC);
+    for (n, v) in [
+        ("x-gogs-event", "push"),
+        ("x-gogs-event-type", "push"),
+        ("x-github-event", "push"),
+        ("x-github-event-type", "push"),
+        ("x-gogs-delivery", "7b2f0c3e-1b6b-4f55-9f3e-0e1a2b3c4d5e"),
+        ("x-github-delivery", "7b2f0c3e-1b6b-4f55-9f3e-0e1a2b3c4d5e"),
+    ] {
+        h.insert(n, HeaderValue::from_static(v));
+    }
+    assert!(verify(HookKind::Gitea, &secrets(), &h, body, 0, 0).is_ok());
+}
+
+#[test]
+fn standard_webhooks_bound_the_work_an_attacker_can_ask_for() {
+    let key = standard_key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+    let body = br#"{"test": 2432232314}"#;
+    let sig = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=";
+    let h = |id: &str, sig: &str| {
+        headers(&[
+            ("webhook-id", id),
+            ("webhook-timestamp", "1614265330"),
+            ("webhook-signature", sig),
+        ])
+    };
+    let many = std::iter::repeat_n("v1,AAAA", 17)
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert_eq!(
+        verify(
+            HookKind::Standard,
+            std::slice::from_ref(&key),
+            &h("msg_p5jXN8AQM9LWM0D4loKWxJek", &format!("{many} {sig}")),
+            body,
+            1_614_265_330,
+            300
+        )
+        .unwrap_err(),
+        Rejected::Malformed("webhook-signature")
+    );
+    // An id with the separator in it could make two messages sign alike.
+    assert_eq!(
+        verify(
+            HookKind::Standard,
+            &[key],
+            &h("msg.1", sig),
+            body,
+            1_614_265_330,
+            300
+        )
+        .unwrap_err(),
+        Rejected::NoDeliveryId("webhook-id")
+    );
 }

@@ -46,6 +46,12 @@ pub enum Rejected {
     /// A form body without its `payload` field.
     #[error("a form delivery without its payload field")]
     NoPayload,
+    /// A form body that is not exactly one `payload` field, escaped as Go escapes it.
+    #[error("a form delivery must be exactly one payload field, escaped as the forge escapes it")]
+    BadForm,
+    /// The sender's headers say two different things (two events, two delivery ids).
+    #[error("{0} disagrees with the other event headers")]
+    Inconsistent(&'static str),
 }
 
 impl Rejected {
@@ -59,6 +65,8 @@ impl Rejected {
             Rejected::NoEvent(_) => "event_missing",
             Rejected::Stale(_) => "timestamp_out_of_tolerance",
             Rejected::NoPayload => "payload_missing",
+            Rejected::BadForm => "form_malformed",
+            Rejected::Inconsistent(_) => "headers_inconsistent",
         }
     }
 }
@@ -145,20 +153,96 @@ fn is_form(h: &HeaderMap) -> bool {
         })
 }
 
-/// The `payload` field of a form body, decoded as Go's `url.ParseQuery` decodes it (the first
-/// value of the key wins, as `FormValue` takes it).
+/// The `payload` field of a form body. The body must be exactly `payload=<value>`, the value
+/// escaped as Go's `url.QueryEscape` writes it (what Gitea, Forgejo, Gogs and GitHub send):
+/// with a second field, or an escape Go's `url.ParseQuery` would refuse, receivers could read a
+/// different field than the one whose signature was checked, so such a form is refused.
 fn form_payload(body: &[u8]) -> Result<Vec<u8>, Rejected> {
-    url::form_urlencoded::parse(body)
-        .find(|(k, _)| k == "payload")
-        .map(|(_, v)| v.into_owned().into_bytes())
-        .ok_or(Rejected::NoPayload)
+    let Some(value) = body.strip_prefix(b"payload=") else {
+        let has_payload = url::form_urlencoded::parse(body).any(|(k, _)| k == "payload");
+        return Err(if has_payload {
+            Rejected::BadForm
+        } else {
+            Rejected::NoPayload
+        });
+    };
+    let mut out = Vec::with_capacity(value.len());
+    let mut i = 0;
+    while i < value.len() {
+        match value[i] {
+            // A second field (`&`, or `;` which Go refuses), or a byte Go's encoder escapes.
+            b'&' | b';' | b'=' => return Err(Rejected::BadForm),
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = |b: u8| (b as char).to_digit(16);
+                let (Some(h), Some(l)) = (
+                    value.get(i + 1).copied().and_then(hex),
+                    value.get(i + 2).copied().and_then(hex),
+                ) else {
+                    return Err(Rejected::BadForm);
+                };
+                out.push(u8::try_from(h * 16 + l).map_err(|_| Rejected::BadForm)?);
+                i += 2;
+            }
+            b if b.is_ascii_graphic() => out.push(b),
+            _ => return Err(Rejected::BadForm),
+        }
+        i += 1;
+    }
+    Ok(out)
+}
+
+/// The headers every forge that mimics others sends along (Gitea sends its own, Gogs' and
+/// GitHub's; Forgejo also its own): each present must say what the verified ones say.
+const EVENT_HEADERS: [&str; 4] = [
+    "x-gitea-event",
+    "x-forgejo-event",
+    "x-gogs-event",
+    "x-github-event",
+];
+const DELIVERY_HEADERS: [&str; 4] = [
+    "x-gitea-delivery",
+    "x-forgejo-delivery",
+    "x-gogs-delivery",
+    "x-github-delivery",
+];
+const EVENT_TYPE_HEADERS: [&str; 4] = [
+    "x-gitea-event-type",
+    "x-forgejo-event-type",
+    "x-gogs-event-type",
+    "x-github-event-type",
+];
+
+/// Refuses headers that disagree with the verified event, event type and delivery id: the
+/// signature covers none of them, and receivers may read any one.
+fn consistent(h: &HeaderMap, v: &Verified) -> Result<(), Rejected> {
+    let agree = |names: &[&'static str], want: Option<&str>| -> Result<(), Rejected> {
+        let mut seen = want;
+        for n in names {
+            let mut all = h.get_all(*n).iter();
+            let Some(first) = all.next() else { continue };
+            let value = first.to_str().map(str::trim).ok();
+            if all.next().is_some() || value.is_none() {
+                return Err(Rejected::Inconsistent(n));
+            }
+            match seen {
+                None => seen = value,
+                Some(w) if Some(w) == value => {}
+                Some(_) => return Err(Rejected::Inconsistent(n)),
+            }
+        }
+        Ok(())
+    };
+    agree(&EVENT_HEADERS, Some(&v.event))?;
+    agree(&DELIVERY_HEADERS, Some(&v.delivery_id))?;
+    agree(&EVENT_TYPE_HEADERS, v.event_type.as_deref())
 }
 
 /// Verifies `body` with `headers` as a delivery of `kind`, under any of `secrets`. `now` and
 /// `tolerance` (seconds) only matter to Standard Webhooks.
-pub fn verify(
+pub fn verify<S: AsRef<[u8]>>(
     kind: HookKind,
-    secrets: &[Vec<u8>],
+    secrets: &[S],
     headers: &HeaderMap,
     body: &[u8],
     now: i64,
@@ -168,6 +252,8 @@ pub fn verify(
     let sig = one(headers, n.signature).ok_or(Rejected::Unsigned(n.signature))?;
     let delivery_id = one(headers, n.delivery)
         .filter(|d| token(d))
+        // Standard Webhooks: the id is signed with `.` as the separator, so it holds none.
+        .filter(|d| kind != HookKind::Standard || !d.contains('.'))
         .ok_or(Rejected::NoDeliveryId(n.delivery))?
         .to_owned();
     let json = match kind {
@@ -210,17 +296,27 @@ pub fn verify(
             signed.extend_from_slice(ts_text.as_bytes());
             signed.push(b'.');
             signed.extend_from_slice(body);
+            // One tag per secret, then each offered signature compared with them: the work
+            // does not grow with the number of signatures an attacker lists.
+            let tags: Vec<hmac::Tag> = secrets
+                .iter()
+                .map(|k| hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, k.as_ref()), &signed))
+                .collect();
+            let offered: Vec<&str> = sig.split(' ').filter(|s| !s.is_empty()).collect();
+            if offered.len() > MAX_SIGNATURES {
+                return Err(Rejected::Malformed(n.signature));
+            }
             let mut any_v1 = false;
             let mut ok = false;
-            for s in sig.split(' ').filter(|s| !s.is_empty()) {
+            for s in offered {
                 let Some(("v1", b64)) = s.split_once(',') else {
                     continue;
                 };
                 any_v1 = true;
                 let Ok(mac) = B64.decode(b64) else { continue };
-                if check(secrets, &signed, &mac).is_ok() {
-                    ok = true;
-                    break;
+                for t in &tags {
+                    ok |=
+                        aws_lc_rs::constant_time::verify_slices_are_equal(t.as_ref(), &mac).is_ok();
                 }
             }
             if !any_v1 {
@@ -252,20 +348,27 @@ pub fn verify(
             .map(str::to_owned);
         (ev, ty)
     };
-    Ok(Verified {
+    let v = Verified {
         delivery_id,
         event,
         event_type,
         json,
-    })
+    };
+    if kind != HookKind::Standard {
+        consistent(headers, &v)?;
+    }
+    Ok(v)
 }
 
+/// The most signatures a Standard Webhooks delivery may offer (a rotation needs two).
+const MAX_SIGNATURES: usize = 16;
+
 /// Whether any secret's HMAC-SHA256 of `data` is `mac` (constant time for each).
-fn check(secrets: &[Vec<u8>], data: &[u8], mac: &[u8]) -> Result<(), Rejected> {
+fn check<S: AsRef<[u8]>>(secrets: &[S], data: &[u8], mac: &[u8]) -> Result<(), Rejected> {
     let mut ok = false;
     // Every secret is tried whatever the outcome, so the time taken says nothing of which.
     for s in secrets {
-        let key = hmac::Key::new(hmac::HMAC_SHA256, s);
+        let key = hmac::Key::new(hmac::HMAC_SHA256, s.as_ref());
         ok |= hmac::verify(&key, data, mac).is_ok();
     }
     if ok {

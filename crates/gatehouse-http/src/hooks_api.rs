@@ -25,7 +25,11 @@ fn refused(e: HookRefusal) -> (Refusal, ClientKind) {
     let r = match e {
         HookRefusal::UnknownHook(name) => Refusal::NotFound(format!("no webhook named {name}")),
         HookRefusal::Rejected(
-            r @ (Rejected::NoDeliveryId(_) | Rejected::NoEvent(_) | Rejected::NoPayload),
+            r @ (Rejected::NoDeliveryId(_)
+            | Rejected::NoEvent(_)
+            | Rejected::NoPayload
+            | Rejected::BadForm
+            | Rejected::Inconsistent(_)),
         ) => Refusal::BadRequest {
             code,
             detail: r.to_string(),
@@ -34,7 +38,7 @@ fn refused(e: HookRefusal) -> (Refusal, ClientKind) {
             reason: code.into(),
             what: r.to_string(),
         },
-        HookRefusal::Replayed(id) => Refusal::Conflict {
+        HookRefusal::Replayed { id, .. } => Refusal::Conflict {
             code,
             detail: format!("delivery {id} was already received"),
         },
@@ -153,7 +157,12 @@ impl Gateway {
             Err(e) => {
                 rec.hook = Some(AuditHook {
                     hook: name,
-                    event: String::new(),
+                    // Known only once the signature held (a replay); else what the sender
+                    // claimed is not written as fact.
+                    event: match &e {
+                        HookRefusal::Replayed { event, .. } => event.clone(),
+                        _ => String::new(),
+                    },
                     source_id: source_id_of(hook.kind, &parts.headers),
                     ..AuditHook::default()
                 });
@@ -398,7 +407,12 @@ impl gatehouse_hooks::JobEnder for Gateway {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send + 'a>>
     {
         Box::pin(async move {
-            let repository = repository.to_ascii_lowercase();
+            // As the job's tokens name the repository: Gatehouse's Gitea runner tokens in lower
+            // case (as it names repositories), GitHub's as GitHub wrote it.
+            let repository = match kind {
+                HookKind::Gitea => repository.to_ascii_lowercase(),
+                _ => repository.to_owned(),
+            };
             // The job's id as its token names it (`Workload::job_id`).
             let (platform, issuer) = match kind {
                 HookKind::Gitea => (

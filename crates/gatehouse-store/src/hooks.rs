@@ -35,6 +35,9 @@ pub struct NewDelivery<'a> {
     pub annotation: Option<&'a str>,
     /// Now, seconds since the epoch.
     pub received_at: i64,
+    /// Another key that marks a replay besides `source_id` (a digest of the signed body, when
+    /// the sender's id is not signed).
+    pub also_seen: Option<&'a str>,
 }
 
 /// A target a new delivery goes to.
@@ -185,8 +188,8 @@ impl<'a> HookDeliveries<'a> {
         Self { store }
     }
 
-    /// Keeps a delivery and one pending row per target, in one transaction, unless a delivery
-    /// with the same sender id reached this hook after `seen_after` (a replay). Once this
+    /// Keeps a delivery and one pending row per target, in one transaction, unless its
+    /// `source_id` (or `also_seen`) reached this hook after `seen_after` (a replay). Once this
     /// returns [`Accepted::New`], the delivery is durable.
     pub async fn accept(
         &self,
@@ -195,27 +198,30 @@ impl<'a> HookDeliveries<'a> {
         seen_after: i64,
     ) -> Result<Accepted, StoreError> {
         let what = "accepting a webhook delivery";
+        let seen: Vec<&str> = std::iter::once(d.source_id).chain(d.also_seen).collect();
         macro_rules! run {
             ($pool:expr) => {{
                 let mut tx = $pool.begin().await.map_err(StoreError::query(what))?;
-                // A delivery id seen before the window is a new delivery again.
-                let fresh = sqlx::query(
-                    "INSERT INTO hook_seen (hook, source_id, seen_at) VALUES ($1, $2, $3) \
-                     ON CONFLICT (hook, source_id) DO UPDATE SET seen_at = excluded.seen_at \
-                     WHERE hook_seen.seen_at <= $4",
-                )
-                .bind(d.hook)
-                .bind(d.source_id)
-                .bind(d.received_at)
-                .bind(seen_after)
-                .execute(&mut *tx)
-                .await
-                .map_err(StoreError::query(what))?
-                .rows_affected()
-                    == 1;
-                if !fresh {
-                    tx.rollback().await.map_err(StoreError::query(what))?;
-                    return Ok(Accepted::Duplicate);
+                for key in &seen {
+                    // A key seen before the window is new again.
+                    let fresh = sqlx::query(
+                        "INSERT INTO hook_seen (hook, source_id, seen_at) VALUES ($1, $2, $3) \
+                         ON CONFLICT (hook, source_id) DO UPDATE SET seen_at = excluded.seen_at \
+                         WHERE hook_seen.seen_at <= $4",
+                    )
+                    .bind(d.hook)
+                    .bind(*key)
+                    .bind(d.received_at)
+                    .bind(seen_after)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StoreError::query(what))?
+                    .rows_affected()
+                        == 1;
+                    if !fresh {
+                        tx.rollback().await.map_err(StoreError::query(what))?;
+                        return Ok(Accepted::Duplicate);
+                    }
                 }
                 let seq: i64 = sqlx::query(
                     "INSERT INTO hook_deliveries (id, hook, source_id, scheme, event, repo, \
@@ -526,7 +532,7 @@ impl<'a> HookDeliveries<'a> {
         on_db!(self.store.db(), |pool| {
             sqlx::query(
                 "UPDATE hook_attempts SET state = 'pending', next_at = $1, give_up_at = $2, \
-                 delivered_at = NULL, updated_at = $1 \
+                 attempts = 0, delivered_at = NULL, updated_at = $1 \
                  WHERE ($3 = 0 OR state = 'dead') \
                    AND (claimed_until IS NULL OR claimed_until < $1) \
                    AND ($4 IS NULL OR target = $4) AND ($5 IS NULL OR state = $5) \
@@ -547,8 +553,43 @@ impl<'a> HookDeliveries<'a> {
         })
     }
 
-    /// Deletes the deliveries accepted before `before` that no target waits for any more, and
-    /// forgets the delivery ids seen before `seen_before`. Returns how many deliveries went.
+    /// Gives up (dead letters) the pending rows of every target not in `known`: a target
+    /// removed from the configuration would leave them waiting for ever. Returns how many.
+    pub async fn abandon_others(&self, known: &[String], now: i64) -> Result<u64, StoreError> {
+        let what = "giving up deliveries to removed targets";
+        let targets: Vec<String> = on_db!(self.store.db(), |pool| {
+            sqlx::query("SELECT DISTINCT target FROM hook_attempts WHERE state = 'pending'")
+                .fetch_all(pool)
+                .await
+                .map_err(StoreError::query(what))?
+                .into_iter()
+                .map(|r| r.try_get::<String, _>("target"))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(StoreError::query(what))
+        })?;
+        let mut n = 0;
+        for t in targets.iter().filter(|t| !known.contains(t)) {
+            n += on_db!(self.store.db(), |pool| {
+                sqlx::query(
+                    "UPDATE hook_attempts SET state = 'dead', claim = NULL, claimed_until = NULL, \
+                     last_error = 'the target is no longer configured', updated_at = $1 \
+                     WHERE state = 'pending' AND target = $2 \
+                       AND (claimed_until IS NULL OR claimed_until < $1)",
+                )
+                .bind(now)
+                .bind(t)
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected())
+                .map_err(StoreError::query(what))
+            })?;
+        }
+        Ok(n)
+    }
+
+    /// Deletes the deliveries every target finished with (delivered or given up) before
+    /// `before`, and forgets the delivery ids seen before `seen_before`. Returns how many
+    /// deliveries went.
     pub async fn prune(&self, before: i64, seen_before: i64) -> Result<u64, StoreError> {
         let what = "pruning webhook deliveries";
         macro_rules! run {
@@ -556,7 +597,8 @@ impl<'a> HookDeliveries<'a> {
                 let mut tx = $pool.begin().await.map_err(StoreError::query(what))?;
                 let gone = "SELECT seq FROM hook_deliveries d WHERE d.received_at < $1 \
                             AND NOT EXISTS (SELECT 1 FROM hook_attempts a \
-                              WHERE a.delivery_seq = d.seq AND a.state = 'pending')";
+                              WHERE a.delivery_seq = d.seq \
+                                AND (a.state = 'pending' OR a.updated_at >= $1))";
                 sqlx::query(sqlx::AssertSqlSafe(format!(
                     "DELETE FROM hook_attempts WHERE delivery_seq IN ({gone})"
                 )))

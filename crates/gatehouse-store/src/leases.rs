@@ -424,6 +424,10 @@ impl<'a> PushIndex<'a> {
         commit: &str,
     ) -> Result<Option<IndexedPush>, StoreError> {
         let what = "reading the push index";
+        // The index also holds deletions (the zero id): no job runs the zero id.
+        if commit.bytes().all(|b| b == b'0') {
+            return Ok(None);
+        }
         on_db!(self.store.db(), |pool| {
             let row = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "SELECT {PUSH_COLUMNS} FROM push_index \
@@ -455,11 +459,14 @@ impl<'a> PushIndex<'a> {
             let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "SELECT {PUSH_COLUMNS} FROM push_index \
                  WHERE repo = $1 AND ref = $2 AND confirmed_at IS NOT NULL \
+                   AND commit_id <> $4 AND commit_id <> $5 \
                  ORDER BY pushed_at DESC LIMIT $3"
             )))
             .bind(repo)
             .bind(git_ref)
             .bind(limit)
+            .bind("0".repeat(40))
+            .bind("0".repeat(64))
             .fetch_all(pool)
             .await
             .map_err(StoreError::query(what))?;

@@ -1061,6 +1061,7 @@ fn delivery<'a>(id: &'a str, source: &'a str, repo: &'a str, at: i64) -> NewDeli
         body: b"{\"a\":1}\x00\xff",
         annotation: None,
         received_at: at,
+        also_seen: None,
     }
 }
 
@@ -1388,5 +1389,86 @@ async fn concurrent_workers_never_claim_one_row_twice() {
             (40, 40),
             "{b}: each row claimed exactly once"
         );
+    }
+}
+
+#[tokio::test]
+async fn a_signed_body_under_a_new_id_is_a_replay_and_removed_targets_are_given_up() {
+    for (store, _d) in backends("hookreplay").await {
+        let b = store.backend();
+        let hooks = store.hooks();
+        let t = |name| NewTarget {
+            name,
+            order_key: None,
+            give_up_at: 9_000,
+        };
+        let first = NewDelivery {
+            also_seen: Some("sha256:abc"),
+            ..delivery("whd_a", "id-1", "acme/api", 1_000)
+        };
+        assert!(matches!(
+            hooks
+                .accept(&first, &[t("h/kept"), t("h/gone")], 0)
+                .await
+                .unwrap(),
+            Accepted::New(_)
+        ));
+        // The same body under another id: a replay.
+        let again = NewDelivery {
+            also_seen: Some("sha256:abc"),
+            ..delivery("whd_b", "id-2", "acme/api", 1_001)
+        };
+        assert_eq!(
+            hooks.accept(&again, &[t("h/kept")], 0).await.unwrap(),
+            Accepted::Duplicate,
+            "{b}"
+        );
+        // Nothing of the refused one was kept, its id included.
+        let other = NewDelivery {
+            also_seen: Some("sha256:def"),
+            ..delivery("whd_c", "id-2", "acme/api", 1_002)
+        };
+        assert!(
+            matches!(
+                hooks.accept(&other, &[t("h/kept")], 0).await.unwrap(),
+                Accepted::New(_)
+            ),
+            "{b}"
+        );
+        // "h/gone" left the configuration: its row is given up, "h/kept"'s are not.
+        assert_eq!(
+            hooks
+                .abandon_others(&["h/kept".to_owned()], 1_010)
+                .await
+                .unwrap(),
+            1,
+            "{b}"
+        );
+        let dead = hooks
+            .list(&AttemptFilter {
+                state: Some("dead"),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(dead.len(), 1, "{b}");
+        assert_eq!(dead[0].target, "h/gone", "{b}");
+        // A delivery is pruned once every row finished before the cut-off, not when it came.
+        for c in hooks
+            .claim_due("h/kept", "w", 1_020, 1_050, 10)
+            .await
+            .unwrap()
+        {
+            hooks
+                .finish(&c, &Finish::Delivered { status: 200 }, 5_000)
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            hooks.prune(4_000, 0).await.unwrap(),
+            0,
+            "{b}: finished at 5_000"
+        );
+        assert_eq!(hooks.prune(6_000, 0).await.unwrap(), 2, "{b}");
     }
 }

@@ -651,20 +651,34 @@ async fn an_allowed_push_is_indexed_once_durable_and_an_index_failure_refuses_it
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let got = index.got.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    // Only the allowed update to a new object, with the record's sequence number.
+    // The allowed updates (to a new object, and the deletion), with the record's sequence
+    // number; not the denied tag.
     assert_eq!(
         got,
-        [PushedRef {
-            repo: "acme/api".into(),
-            git_ref: "refs/heads/main".into(),
-            commit: oid.into(),
-            seq,
-            at: 1_700_000_001,
-            by: "alice".into(),
-            old: zero.into(),
-            issuer: "urn:test".into(),
-            subject: "s-alice".into(),
-        }]
+        [
+            PushedRef {
+                repo: "acme/api".into(),
+                git_ref: "refs/heads/main".into(),
+                commit: oid.into(),
+                seq,
+                at: 1_700_000_001,
+                by: "alice".into(),
+                old: zero.into(),
+                issuer: "urn:test".into(),
+                subject: "s-alice".into(),
+            },
+            PushedRef {
+                repo: "acme/api".into(),
+                git_ref: "refs/heads/gone".into(),
+                commit: zero.into(),
+                seq,
+                at: 1_700_000_001,
+                by: "alice".into(),
+                old: oid.to_ascii_lowercase(),
+                issuer: "urn:test".into(),
+                subject: "s-alice".into(),
+            },
+        ]
     );
     // A denied push is not indexed.
     sink.commit(
@@ -676,7 +690,7 @@ async fn an_allowed_push_is_indexed_once_durable_and_an_index_failure_refuses_it
     )
     .await
     .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(index.got.lock().unwrap_or_else(|e| e.into_inner()).len(), 1);
+    assert_eq!(index.got.lock().unwrap_or_else(|e| e.into_inner()).len(), 2);
     // An index that fails refuses the push (the caller must not forward it).
     let failing = sink.clone().with_push_index(Some(Arc::new(Index {
         fail: true,

@@ -5,6 +5,7 @@
 
 mod audit;
 mod bench_secrets;
+mod bench_webhooks;
 mod cli;
 mod cli_login;
 mod common;
