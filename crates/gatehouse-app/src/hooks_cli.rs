@@ -4,7 +4,7 @@
 
 use std::io::Write as _;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
 
 use crate::SecretClient;
 use crate::login::{http, normalize_server, printable, runtime};
@@ -88,19 +88,7 @@ pub fn hooks(client: &SecretClient, cmd: HookCommand) -> Result<()> {
                 )
             }
         };
-        let mut req = c.request(method, &url).bearer_auth(&*token);
-        if let Some(b) = &body {
-            req = req.json(b);
-        }
-        let r = req.send().await.with_context(|| url.clone())?;
-        let status = r.status();
-        let doc: serde_json::Value = r.json().await.unwrap_or_default();
-        if !status.is_success() {
-            bail!(
-                "the gateway refused ({status}): {}",
-                printable(doc["detail"].as_str().unwrap_or("no detail"))
-            );
-        }
+        let doc = crate::secrets_cli::api_call(&c, &token, method, &url, body.as_ref()).await?;
         let mut out = std::io::stdout().lock();
         let text = |v: &serde_json::Value| match v {
             serde_json::Value::String(s) => printable(s),

@@ -130,6 +130,31 @@ pub(crate) async fn client_token(client: &SecretClient, server: &str) -> Result<
     }))
 }
 
+/// One call of the gateway's API as the holder of `token`: its JSON answer, or the gateway's
+/// refusal (its RFC 9457 `detail`) as the error.
+pub(crate) async fn api_call(
+    c: &reqwest::Client,
+    token: &str,
+    method: reqwest::Method,
+    url: &str,
+    body: Option<&serde_json::Value>,
+) -> Result<serde_json::Value> {
+    let mut req = c.request(method, url).bearer_auth(token);
+    if let Some(b) = body {
+        req = req.json(b);
+    }
+    let r = req.send().await.with_context(|| url.to_owned())?;
+    let status = r.status();
+    let doc: serde_json::Value = r.json().await.unwrap_or_default();
+    if !status.is_success() {
+        bail!(
+            "the gateway refused ({status}): {}",
+            printable(doc["detail"].as_str().unwrap_or("no detail"))
+        );
+    }
+    Ok(doc)
+}
+
 /// A secret path as a URL path (each segment percent-encoded).
 fn url_of(server: &str, path: &str, verb: Option<&str>) -> String {
     let enc: Vec<String> = path
@@ -278,19 +303,7 @@ pub fn secret(client: &SecretClient, cmd: SecretCommand) -> Result<()> {
                 Some(serde_json::json!({ "reason": reason })),
             ),
         };
-        let mut req = c.request(method, &url).bearer_auth(&*token);
-        if let Some(b) = &body {
-            req = req.json(b);
-        }
-        let r = req.send().await.with_context(|| url.clone())?;
-        let status = r.status();
-        let doc: serde_json::Value = r.json().await.unwrap_or_default();
-        if !status.is_success() {
-            bail!(
-                "the gateway refused ({status}): {}",
-                printable(doc["detail"].as_str().unwrap_or("no detail"))
-            );
-        }
+        let doc = api_call(&c, &token, method, &url, body.as_ref()).await?;
         let mut out = std::io::stdout().lock();
         match &cmd {
             SecretCommand::Get { .. } => {

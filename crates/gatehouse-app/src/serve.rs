@@ -284,7 +284,7 @@ pub(crate) async fn run(
     let store = crate::store::open(&cfg, None).await?;
     let (revoked, revocation_feed) = crate::store::revocations(&store, &cfg, clock.clone()).await?;
     let secrets = crate::store::secrets_broker(&store, &cfg, clock.clone())?;
-    let hooks = crate::webhooks::hooks(&cfg, &store, clock.clone())?;
+    let hooks = crate::webhooks::hooks(&cfg, &store, secrets.as_deref(), clock.clone()).await?;
     let authn =
         Arc::new(Authenticator::new(&cfg.issuers, own, clock.clone())?.with_revocations(revoked));
     let upstream = Upstream::new(&cfg.upstream)?;
@@ -500,6 +500,13 @@ pub(crate) async fn run(
         tokio::spawn(sweep_secrets(b.clone(), stop_rx.clone()));
     }
     if let (Some(h), Some(w)) = (&hooks, &cfg.webhooks) {
+        tokio::spawn(crate::webhooks::reread_secrets(
+            h.clone(),
+            w.hooks.clone(),
+            secrets.clone(),
+            w.secret_refresh.0,
+            stop_rx.clone(),
+        ));
         tokio::spawn(crate::webhooks::sweep(
             h.clone(),
             w.retention.0,

@@ -1,21 +1,105 @@
-//! The webhook relay's wiring: `[webhooks]` to the hooks crate's settings (secrets read here),
-//! the assertion signer over Gatehouse's own issuer, the relay worker and the hourly prune.
+//! The webhook relay's wiring: `[webhooks]` to the hooks crate's settings (secrets read here,
+//! from files, the environment or the secrets broker, and re-read every minute), the assertion
+//! signer over Gatehouse's own issuer, the relay worker and the hourly prune.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use gatehouse_authn::OwnIssuer;
-use gatehouse_config::{Config, HookKindConfig, read_secret};
+use gatehouse_config::{Config, HookConfig, HookKindConfig, HookSecret, read_secret};
 use gatehouse_core::{Clock, Redacted};
 use gatehouse_hooks::{HookKind, HookSettings, Hooks, TargetSettings};
+use gatehouse_secrets::SecretError;
 use gatehouse_store::Store;
 use tokio::sync::watch;
 
+fn kind_of(k: HookKindConfig) -> HookKind {
+    match k {
+        HookKindConfig::Gitea => HookKind::Gitea,
+        HookKindConfig::Forgejo => HookKind::Forgejo,
+        HookKindConfig::Gogs => HookKind::Gogs,
+        HookKindConfig::Github => HookKind::Github,
+        HookKindConfig::Standard => HookKind::Standard,
+    }
+}
+
+/// Why a hook's secrets could not be read.
+#[derive(Debug)]
+pub(crate) enum SecretsRead {
+    /// The configuration or a secret is wrong (the operator's move): refuse to start.
+    Bad(anyhow::Error),
+    /// The secrets broker's store did not answer: keep what was read before.
+    Unavailable(anyhow::Error),
+}
+
+/// Reads the secrets of hook `i` (`h`): files and the environment, and the newest enabled
+/// version of each broker secret. A broker secret that is deleted, disabled, expired or
+/// missing is left out (it was withdrawn); the hook keeps the others.
+pub(crate) async fn read_hook_secrets(
+    i: usize,
+    h: &HookConfig,
+    broker: Option<&gatehouse_secrets::Broker>,
+) -> Result<Vec<Redacted<Vec<u8>>>, SecretsRead> {
+    let kind = kind_of(h.kind);
+    let mut secrets = Vec::new();
+    for (j, src) in h.secrets.iter().enumerate() {
+        let what = format!("webhooks.hooks[{i}].secrets[{j}]");
+        let text = match src {
+            HookSecret::Source(src) => read_secret(&what, src)
+                .map_err(|e| SecretsRead::Bad(e.into()))?
+                .into_inner(),
+            HookSecret::Broker { secret } => {
+                let Some(b) = broker else {
+                    return Err(SecretsRead::Bad(anyhow::anyhow!(
+                        "{what}: {{ secret = .. }} needs [secrets]"
+                    )));
+                };
+                match b.get(secret, None).await {
+                    Ok((v, _)) => String::from_utf8(v.expose().to_vec()).map_err(|_| {
+                        SecretsRead::Bad(anyhow::anyhow!("{what}: secret {secret} is not text"))
+                    })?,
+                    Err(
+                        e @ (SecretError::NotFound(_)
+                        | SecretError::Deleted(_)
+                        | SecretError::Disabled { .. }
+                        | SecretError::NotYetValid { .. }
+                        | SecretError::Expired { .. }),
+                    ) => {
+                        tracing::warn!(hook = %h.name, secret = %secret, error = %e, "a hook's secret in the broker is withdrawn: deliveries signed with it are refused");
+                        continue;
+                    }
+                    Err(e) => {
+                        return Err(SecretsRead::Unavailable(anyhow::anyhow!(
+                            "{what}: secret {secret}: {e}"
+                        )));
+                    }
+                }
+            }
+        };
+        let text = Redacted::new(text);
+        // A file's trailing newline is not part of the secret the forge was given.
+        let t = text.expose().trim_end_matches(['\n', '\r']);
+        let key = match kind {
+            HookKind::Standard => gatehouse_hooks::standard_key(t)
+                .map_err(|e| SecretsRead::Bad(anyhow::anyhow!("{what}: {e}")))?,
+            _ if t.is_empty() => {
+                return Err(SecretsRead::Bad(anyhow::anyhow!(
+                    "{what}: the secret is empty"
+                )));
+            }
+            _ => t.as_bytes().to_vec(),
+        };
+        secrets.push(Redacted::new(key));
+    }
+    Ok(secrets)
+}
+
 /// The hooks `[webhooks]` configures, over `store`; `None` without `[webhooks]`.
-pub(crate) fn hooks(
+pub(crate) async fn hooks(
     cfg: &Config,
     store: &Store,
+    broker: Option<&gatehouse_secrets::Broker>,
     clock: Arc<dyn Clock>,
 ) -> Result<Option<Arc<Hooks>>> {
     let Some(w) = &cfg.webhooks else {
@@ -23,26 +107,15 @@ pub(crate) fn hooks(
     };
     let mut out = Vec::new();
     for (i, h) in w.hooks.iter().enumerate() {
-        let kind = match h.kind {
-            HookKindConfig::Gitea => HookKind::Gitea,
-            HookKindConfig::Forgejo => HookKind::Forgejo,
-            HookKindConfig::Gogs => HookKind::Gogs,
-            HookKindConfig::Github => HookKind::Github,
-            HookKindConfig::Standard => HookKind::Standard,
+        let kind = kind_of(h.kind);
+        let secrets = match read_hook_secrets(i, h, broker).await {
+            Ok(s) => s,
+            Err(SecretsRead::Bad(e) | SecretsRead::Unavailable(e)) => return Err(e),
         };
-        let mut secrets = Vec::new();
-        for (j, src) in h.secrets.iter().enumerate() {
-            let what = format!("webhooks.hooks[{i}].secrets[{j}]");
-            let text = read_secret(&what, src)?;
-            // A file's trailing newline is not part of the secret the forge was given.
-            let text = text.expose().trim_end_matches(['\n', '\r']);
-            let key = match kind {
-                HookKind::Standard => gatehouse_hooks::standard_key(text)
-                    .map_err(|e| anyhow::anyhow!("{what}: {e}"))?,
-                _ if text.is_empty() => anyhow::bail!("{what}: the secret is empty"),
-                _ => text.as_bytes().to_vec(),
-            };
-            secrets.push(Redacted::new(key));
+        if secrets.is_empty() {
+            // A broker secret may be put only once the gateway runs (the CLI talks to it):
+            // until then, nothing verifies and every delivery is refused.
+            tracing::warn!(hook = %h.name, "no secret of this hook can be read yet: its deliveries are refused until one can");
         }
         let mut targets = Vec::new();
         for (j, t) in h.targets.iter().enumerate() {
@@ -86,6 +159,32 @@ pub(crate) fn hooks(
         clock,
         fold_case,
     ))))
+}
+
+/// Re-reads every hook's secrets every `every` (files, the environment, the broker), so a
+/// rotation needs no restart. A read the store cannot answer keeps the secrets read before;
+/// a secret withdrawn from the broker stops being accepted.
+pub(crate) async fn reread_secrets(
+    hooks: Arc<Hooks>,
+    cfg: Vec<HookConfig>,
+    broker: Option<Arc<gatehouse_secrets::Broker>>,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        for (i, h) in cfg.iter().enumerate() {
+            match read_hook_secrets(i, h, broker.as_deref()).await {
+                Ok(s) => hooks.set_secrets(&h.name, s),
+                Err(SecretsRead::Bad(e) | SecretsRead::Unavailable(e)) => {
+                    tracing::warn!(hook = %h.name, error = %e, "a hook's secrets could not be re-read; the ones read before stay");
+                }
+            }
+        }
+    }
 }
 
 /// Signs the relay's assertions with Gatehouse's own key.

@@ -80,6 +80,9 @@ pub struct WebhooksConfig {
     /// `gatehouse hooks status` and a replay.
     #[serde(default = "d7d")]
     pub retention: ConfigDuration,
+    /// How often the hooks' secrets are read again (files, the environment, the broker).
+    #[serde(default = "d1m")]
+    pub secret_refresh: ConfigDuration,
     /// The hooks, each at `/.gatehouse/hooks/{name}`.
     #[serde(default)]
     pub hooks: Vec<HookConfig>,
@@ -109,9 +112,10 @@ pub struct HookConfig {
     pub name: String,
     /// Who sends it.
     pub kind: HookKindConfig,
-    /// The shared secrets a delivery may be signed with (more than one during a rotation). A
-    /// Standard Webhooks secret is `whsec_` and base64.
-    pub secrets: Vec<SecretSource>,
+    /// The shared secrets a delivery may be signed with (more than one during a rotation): from
+    /// a file, the environment or the secrets broker, re-read every minute. A Standard Webhooks
+    /// secret is `whsec_` and base64.
+    pub secrets: Vec<HookSecret>,
     /// The largest body accepted.
     #[serde(default = "d5mib")]
     pub max_body: crate::ByteSize,
@@ -133,6 +137,19 @@ pub struct HookConfig {
     /// Where its deliveries go.
     #[serde(default)]
     pub targets: Vec<HookTargetConfig>,
+}
+
+/// Where a hook's secret is read from.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged, deny_unknown_fields)]
+pub enum HookSecret {
+    /// `{ file = "path" }` or `{ env = "NAME" }`.
+    Source(SecretSource),
+    /// `{ secret = "path" }`: the newest version of a secret of the secrets broker (`[secrets]`).
+    Broker {
+        /// The secret's path.
+        secret: String,
+    },
 }
 
 /// `[[webhooks.hooks.targets]]`
@@ -190,6 +207,10 @@ fn d3d() -> ConfigDuration {
 
 fn d5m() -> ConfigDuration {
     ConfigDuration::secs(300)
+}
+
+fn d1m() -> ConfigDuration {
+    ConfigDuration::secs(60)
 }
 
 fn d5mib() -> crate::ByteSize {
@@ -1292,7 +1313,7 @@ impl Config {
         }
         for h in self.webhooks.iter_mut().flat_map(|w| w.hooks.iter_mut()) {
             for src in &mut h.secrets {
-                if let SecretSource::File { file } = src {
+                if let HookSecret::Source(SecretSource::File { file }) = src {
                     resolve(base, file);
                 }
             }
@@ -1411,7 +1432,7 @@ impl Config {
             }
         }
         if let Some(w) = &self.webhooks {
-            w.validate()?;
+            w.validate(self.secrets.as_ref())?;
         }
         if let Some(jt) = &self.job_tokens {
             if self.forge.api.is_none() {
@@ -1945,7 +1966,7 @@ fn default_log_level() -> String {
 }
 
 impl WebhooksConfig {
-    fn validate(&self) -> Result<(), (String, String)> {
+    fn validate(&self, secrets_broker: Option<&SecretsConfig>) -> Result<(), (String, String)> {
         let bad = |k: String, m: &str| Err((k, m.to_owned()));
         let name_ok = |n: &str| {
             !n.is_empty()
@@ -1955,6 +1976,9 @@ impl WebhooksConfig {
         };
         if self.retention.0 < std::time::Duration::from_secs(3600) {
             return bad("webhooks.retention".into(), "at least 1h");
+        }
+        if self.secret_refresh.0 < std::time::Duration::from_secs(1) {
+            return bad("webhooks.secret_refresh".into(), "at least 1s");
         }
         let mut hooks = std::collections::HashSet::new();
         for (i, h) in self.hooks.iter().enumerate() {
@@ -1972,6 +1996,16 @@ impl WebhooksConfig {
                 return bad(
                     k("secrets"),
                     "at least one: an unsigned delivery is never accepted",
+                );
+            }
+            if secrets_broker.is_none()
+                && h.secrets
+                    .iter()
+                    .any(|s| matches!(s, HookSecret::Broker { .. }))
+            {
+                return bad(
+                    k("secrets"),
+                    "{ secret = \"path\" } needs the secrets broker ([secrets])",
                 );
             }
             if h.max_body.0 == 0 || h.max_body.0 > 64 << 20 {

@@ -441,7 +441,7 @@ fn webhooks_are_checked_and_their_secret_files_resolved() {
     let w = c.webhooks.unwrap();
     let h = &w.hooks[0];
     assert!(
-        matches!(&h.secrets[0], SecretSource::File { file } if file == Path::new("/etc/gatehouse/hook.secret"))
+        matches!(&h.secrets[0], HookSecret::Source(SecretSource::File { file }) if file == Path::new("/etc/gatehouse/hook.secret"))
     );
     assert!(
         matches!(&h.targets[0].signing_secret, SecretSource::File { file } if file == Path::new("/etc/gatehouse/bot.whsec"))
@@ -487,6 +487,10 @@ fn webhooks_are_checked_and_their_secret_files_resolved() {
         (
             hook.replace("kind = \"gitea\"", "kind = \"bitbucket\""),
             "kind",
+        ),
+        (
+            hook.replace("{ file = \"hook.secret\" }", "{ secret = \"ci/hook\" }"),
+            "needs the secrets broker",
         ),
         (format!("{hook}{target}colour = \"red\"\n"), "colour"),
     ] {

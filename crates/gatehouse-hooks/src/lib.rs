@@ -2,15 +2,15 @@
 //!
 //! A hook (`/.gatehouse/hooks/{name}`) takes deliveries of one sender (Gitea, Forgejo, Gogs,
 //! GitHub or any Standard Webhooks sender), verifies each as that sender signs it
-//! ([`verify()`]), refuses a delivery id (or a signed body) seen within the replay window, reads what the relay
-//! needs from the payload ([`Summary`]), marks a push event with the push Gatehouse allowed for
-//! that ref update (or with none: it reached the forge around the gateway), and commits the
-//! delivery and one row per target to the store before the sender is answered
-//! ([`Hooks::accept`]). The [`Relay`] then sends each to its targets, with a Standard Webhooks
-//! signature of Gatehouse's own and a signed assertion of what Gatehouse verified, retrying with
-//! exponential backoff and jitter until a 2xx or the target's give-up time, and audits every
-//! attempt. A finished `workflow_job` ends the job (tokens, leases) through the app's
-//! [`JobEnder`], as a durable row of its own.
+//! ([`verify()`]), refuses a delivery id (or a signed body) seen within the replay window,
+//! reads what the relay needs from the payload ([`Summary`]), marks a push event with the push
+//! Gatehouse allowed for that ref update (or with none: it reached the forge around the
+//! gateway), and commits the delivery and one row per target to the store before the sender
+//! is answered ([`Hooks::accept`]). The [`Relay`] then sends each to its targets, with a
+//! Standard Webhooks signature of Gatehouse's own and a signed assertion of what Gatehouse
+//! verified, retrying with exponential backoff and jitter until a 2xx or the target's give-up
+//! time, and audits every attempt. A finished `workflow_job` ends the job (tokens, leases)
+//! through the app's [`JobEnder`], as a durable row of its own.
 //!
 //! This crate must not decide access, read configuration files or know HTTP routing: the HTTP
 //! crate hands it a request's headers and body, the app hands it its settings, its store, its
@@ -96,7 +96,8 @@ pub struct HookSettings {
     pub name: String,
     /// Who signs it.
     pub kind: HookKind,
-    /// The secrets a delivery may be signed with (decoded for Standard Webhooks).
+    /// The secrets a delivery may be signed with (decoded for Standard Webhooks), as first read;
+    /// [`Hooks::set_secrets`] replaces them.
     pub secrets: Vec<Redacted<Vec<u8>>>,
     /// The largest body accepted.
     pub max_body: usize,
@@ -171,10 +172,15 @@ pub struct Receipt {
     pub push_seen: Option<bool>,
 }
 
+/// A hook's secrets, shared with the deliveries verifying against them.
+type Secrets = Arc<Vec<Redacted<Vec<u8>>>>;
+
 /// The hooks of a gateway and the store they keep deliveries in.
 #[derive(Debug)]
 pub struct Hooks {
     hooks: HashMap<String, HookSettings>,
+    /// Each hook's secrets as last read (they are re-read while the gateway runs).
+    secrets: std::sync::RwLock<HashMap<String, Secrets>>,
     store: Store,
     clock: Arc<dyn Clock>,
     /// Whether repository names compare case-insensitively, as the push index names them
@@ -192,8 +198,13 @@ impl Hooks {
         clock: Arc<dyn Clock>,
         fold_case: bool,
     ) -> Self {
+        let secrets = hooks
+            .iter()
+            .map(|h| (h.name.clone(), Arc::new(h.secrets.clone())))
+            .collect();
         Self {
             hooks: hooks.into_iter().map(|h| (h.name.clone(), h)).collect(),
+            secrets: std::sync::RwLock::new(secrets),
             store,
             clock,
             fold_case,
@@ -224,6 +235,16 @@ impl Hooks {
         self.wake.notified().await;
     }
 
+    /// Replaces the secrets of hook `name` (a re-read: a rotation without a restart).
+    pub fn set_secrets(&self, name: &str, secrets: Vec<Redacted<Vec<u8>>>) {
+        if self.hooks.contains_key(name) {
+            self.secrets
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(name.to_owned(), Arc::new(secrets));
+        }
+    }
+
     /// Wakes the relay: something is due now (a delivery kept, a retry asked for).
     pub fn wake(&self) {
         self.wake.notify_one();
@@ -242,7 +263,14 @@ impl Hooks {
             .get(name)
             .ok_or_else(|| HookRefusal::UnknownHook(name.to_owned()))?;
         let now = self.clock.now().as_secs();
-        let secrets: Vec<&[u8]> = hook.secrets.iter().map(|s| s.expose().as_slice()).collect();
+        let current = self
+            .secrets
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(name)
+            .cloned()
+            .unwrap_or_default();
+        let secrets: Vec<&[u8]> = current.iter().map(|s| s.expose().as_slice()).collect();
         let tolerance = i64::try_from(hook.tolerance.as_secs()).unwrap_or(i64::MAX);
         let v = verify(hook.kind, &secrets, headers, body, now, tolerance)?;
         let summary = Summary::read(&v.event, &v.json);

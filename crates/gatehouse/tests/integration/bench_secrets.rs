@@ -22,7 +22,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::secrets::{job_claims_for, ok, secret_cli};
 
-fn env_num(k: &str, default: u64) -> u64 {
+pub(crate) fn env_num(k: &str, default: u64) -> u64 {
     std::env::var(k)
         .ok()
         .and_then(|v| v.parse().ok())
@@ -80,7 +80,10 @@ impl Conn {
     }
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
     let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
     sorted[i]
 }
@@ -113,7 +116,7 @@ async fn load(port: u16, head: &[u8], conns: u64, secs: u64) -> (f64, Vec<Durati
     (rate, all)
 }
 
-fn ms(d: Duration) -> String {
+pub(crate) fn ms(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64() * 1000.0)
 }
 

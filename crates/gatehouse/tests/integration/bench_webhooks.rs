@@ -22,17 +22,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use gatehouse_testkit::{GatewayBuilder, Postgres, TempDir, TestGateway};
+
+use crate::bench_secrets::{env_num, ms, percentile};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 const SECRET: &str = "bench-hook-secret";
 const SIGNING: &str = "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
-
-fn env_num(k: &str, default: u64) -> u64 {
-    std::env::var(k)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// A receiver counting requests, answering 204 and closing.
 fn receiver() -> (u16, Arc<AtomicU64>) {
@@ -154,18 +149,6 @@ async fn load(
     let rate = all.len() as f64 / started.elapsed().as_secs_f64();
     all.sort();
     (rate, all)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2}", d.as_secs_f64() * 1000.0)
 }
 
 fn gateway(tmp: &TempDir, store: &str, target_port: u16) -> TestGateway {

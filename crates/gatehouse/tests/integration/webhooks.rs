@@ -850,3 +850,58 @@ async fn a_completed_workflow_job_ends_the_jobs_tokens() {
     );
     assert_eq!(ended[0]["hook"]["outcome"], "delivered", "{:?}", ended);
 }
+
+/// A hook's secret held by the secrets broker: the gateway starts before it exists (the CLI
+/// that puts it talks to the gateway), takes it up without a restart (`webhooks.secret_refresh`),
+/// and a new version replaces the old one, which is then refused.
+#[test]
+fn a_hook_secret_from_the_broker_is_taken_up_and_rotated_without_a_restart() {
+    let tmp = TempDir::new("hooks-broker-secret");
+    let gw = crate::secrets::gateway_with(
+        &tmp,
+        "",
+        "\n[webhooks]\nsecret_refresh = \"1s\"\n[[webhooks.hooks]]\nname = \"gitea\"\nkind = \"gitea\"\nsecrets = [{ secret = \"ops/hooks/gitea\" }]\n",
+    );
+    let ops = gw.token("oncall", &["ops"]);
+    let zero = "0".repeat(40);
+    let mut n = 0;
+    let mut send = |secret: &str| {
+        n += 1;
+        let body = push_event("refs/heads/main", &zero, &format!("{n:040x}"));
+        deliver(&gw, "gitea", "push", &format!("b-{n}"), &body, Some(secret)).0
+    };
+    // No secret yet: nothing verifies.
+    assert_eq!(send("first-secret"), 403);
+    crate::secrets::ok(&crate::secrets::secret_cli(
+        &gw,
+        &ops,
+        &["put", "ops/hooks/gitea"],
+        b"first-secret\n",
+    ));
+    let within = |what: &str, send: &mut dyn FnMut() -> u16, want: u16| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = send();
+            if got == want {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{what}: still {got}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    within("the new secret", &mut || send("first-secret"), 202);
+    // Rotated in the broker: the new value is taken up, the old one refused.
+    crate::secrets::ok(&crate::secrets::secret_cli(
+        &gw,
+        &ops,
+        &["put", "ops/hooks/gitea"],
+        b"second-secret",
+    ));
+    within("the rotated secret", &mut || send("second-secret"), 202);
+    assert_eq!(send("first-secret"), 403);
+    let log = gw.log();
+    assert!(
+        !log.contains("first-secret") && !log.contains("second-secret"),
+        "a hook secret reached the log"
+    );
+}
