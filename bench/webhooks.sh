@@ -57,9 +57,12 @@ FS=$(df -T "${TMPDIR:-/tmp}" | awk 'NR == 2 { print $2 }')
     echo "| $b | $(val ${b}_accepts_per_s) | $(val ${b}_accept_p50_ms) | $(val ${b}_accept_p99_ms) | $(val ${b}_serial_p50_ms) | $(val ${b}_serial_p99_ms) | $(val ${b}_decide_per_s) | $(ratio "$(val ${b}_accepts_per_s)" "$(val ${b}_decide_per_s)") | $(val ${b}_relayed_per_s) | $(val ${b}_accepted) | $(val ${b}_relayed) | $(awk -v k="$(val ${b}_rss_kib)" 'BEGIN { printf "%.0f", k / 1024 }') |"
   done
   echo
-  echo "An accept is one durable transaction (the delivery id, the body, one target row) plus a"
-  echo "push-index read; on SQLite with \`synchronous = FULL\` the commit is an fsync, which bounds"
-  echo "accepts per second on this disk. The forge's wait is the p99: Gitea gives up after"
+  echo "An accept is one durable transaction (the delivery id and the body's digest, the body, one"
+  echo "target row) plus a push-index read; on SQLite with \`synchronous = FULL\` the commit is an fsync,"
+  echo "which bounds accepts per second on this disk. The relay's own writes (a claim and an"
+  echo "outcome per delivery) share SQLite's single writer with the accepts, which is where the"
+  echo "SQLite p99 comes from; PostgreSQL takes them side by side. The forge's wait is the p99:"
+  echo "Gitea gives up after"
   echo "\`webhook.DELIVER_TIMEOUT\` (5 s by default). relayed/s counts from the first accept to the"
   echo "last delivery the receiver got, the accept load and the relay sharing the cores."
 } >"$RESULTS/webhooks-$STAMP.md"
