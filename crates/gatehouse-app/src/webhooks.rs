@@ -10,9 +10,9 @@ use gatehouse_authn::OwnIssuer;
 use gatehouse_config::{Config, HookConfig, HookKindConfig, HookSecret, read_secret};
 use gatehouse_core::{Clock, Redacted};
 use gatehouse_hooks::{HookKind, HookSettings, Hooks, TargetSettings};
-use gatehouse_secrets::SecretError;
 use gatehouse_store::Store;
 use tokio::sync::watch;
+use zeroize::Zeroizing;
 
 fn kind_of(k: HookKindConfig) -> HookKind {
     match k {
@@ -24,75 +24,63 @@ fn kind_of(k: HookKindConfig) -> HookKind {
     }
 }
 
-/// Why a hook's secrets could not be read.
+/// One configured secret of a hook, as read now.
 #[derive(Debug)]
-pub(crate) enum SecretsRead {
-    /// The configuration or a secret is wrong (the operator's move): refuse to start.
-    Bad(anyhow::Error),
-    /// The secrets broker's store did not answer: keep what was read before.
-    Unavailable(anyhow::Error),
+pub(crate) enum Entry {
+    /// Its value (decoded for Standard Webhooks).
+    Value(Redacted<Vec<u8>>),
+    /// Not usable: a file that is gone or empty, a variable unset, a broker secret deleted,
+    /// disabled, expired or malformed. Deliveries signed with it are refused.
+    Withdrawn(String),
+    /// The broker's store did not answer: the value read before stands.
+    Unavailable(String),
 }
 
-/// Reads the secrets of hook `i` (`h`): files and the environment, and the newest enabled
-/// version of each broker secret. A broker secret that is deleted, disabled, expired or
-/// missing is left out (it was withdrawn); the hook keeps the others.
-pub(crate) async fn read_hook_secrets(
+/// Reads secret `j` of hook `i` (`h`): a file, a variable, or the newest version of a broker
+/// secret if it is enabled and valid now.
+async fn read_entry(
     i: usize,
+    j: usize,
     h: &HookConfig,
     broker: Option<&gatehouse_secrets::Broker>,
-) -> Result<Vec<Redacted<Vec<u8>>>, SecretsRead> {
-    let kind = kind_of(h.kind);
-    let mut secrets = Vec::new();
-    for (j, src) in h.secrets.iter().enumerate() {
-        let what = format!("webhooks.hooks[{i}].secrets[{j}]");
-        let text = match src {
-            HookSecret::Source(src) => read_secret(&what, src)
-                .map_err(|e| SecretsRead::Bad(e.into()))?
-                .into_inner(),
-            HookSecret::Broker { secret } => {
-                let Some(b) = broker else {
-                    return Err(SecretsRead::Bad(anyhow::anyhow!(
-                        "{what}: {{ secret = .. }} needs [secrets]"
-                    )));
-                };
-                match b.get(secret, None).await {
-                    Ok((v, _)) => String::from_utf8(v.expose().to_vec()).map_err(|_| {
-                        SecretsRead::Bad(anyhow::anyhow!("{what}: secret {secret} is not text"))
-                    })?,
-                    Err(
-                        e @ (SecretError::NotFound(_)
-                        | SecretError::Deleted(_)
-                        | SecretError::Disabled { .. }
-                        | SecretError::NotYetValid { .. }
-                        | SecretError::Expired { .. }),
-                    ) => {
-                        tracing::warn!(hook = %h.name, secret = %secret, error = %e, "a hook's secret in the broker is withdrawn: deliveries signed with it are refused");
-                        continue;
+) -> Entry {
+    let what = format!("webhooks.hooks[{i}].secrets[{j}]");
+    let Some(src) = h.secrets.get(j) else {
+        return Entry::Withdrawn(format!("{what}: not configured"));
+    };
+    let text: Zeroizing<String> = match src {
+        HookSecret::Source(src) => match read_secret(&what, src) {
+            Ok(t) => Zeroizing::new(t.into_inner()),
+            Err(e) => return Entry::Withdrawn(e.to_string()),
+        },
+        HookSecret::Broker { secret } => {
+            let Some(b) = broker else {
+                return Entry::Withdrawn(format!("{what}: {{ secret = .. }} needs [secrets]"));
+            };
+            match b.get(secret, None).await {
+                Ok((v, _)) => match std::str::from_utf8(v.expose()) {
+                    Ok(t) => Zeroizing::new(t.to_owned()),
+                    Err(_) => {
+                        return Entry::Withdrawn(format!("{what}: secret {secret} is not text"));
                     }
-                    Err(e) => {
-                        return Err(SecretsRead::Unavailable(anyhow::anyhow!(
-                            "{what}: secret {secret}: {e}"
-                        )));
-                    }
+                },
+                Err(gatehouse_secrets::SecretError::Store(e)) => {
+                    return Entry::Unavailable(format!("{what}: secret {secret}: {e}"));
                 }
+                Err(e) => return Entry::Withdrawn(format!("{what}: secret {secret}: {e}")),
             }
-        };
-        let text = Redacted::new(text);
-        // A file's trailing newline is not part of the secret the forge was given.
-        let t = text.expose().trim_end_matches(['\n', '\r']);
-        let key = match kind {
-            HookKind::Standard => gatehouse_hooks::standard_key(t)
-                .map_err(|e| SecretsRead::Bad(anyhow::anyhow!("{what}: {e}")))?,
-            _ if t.is_empty() => {
-                return Err(SecretsRead::Bad(anyhow::anyhow!(
-                    "{what}: the secret is empty"
-                )));
-            }
-            _ => t.as_bytes().to_vec(),
-        };
-        secrets.push(Redacted::new(key));
+        }
+    };
+    // A file's trailing newline is not part of the secret the forge was given.
+    let t = text.trim_end_matches(['\n', '\r']);
+    match kind_of(h.kind) {
+        HookKind::Standard => match gatehouse_hooks::standard_key(t) {
+            Ok(k) => Entry::Value(Redacted::new(k)),
+            Err(e) => Entry::Withdrawn(format!("{what}: {e}")),
+        },
+        _ if t.is_empty() => Entry::Withdrawn(format!("{what}: the secret is empty")),
+        _ => Entry::Value(Redacted::new(t.as_bytes().to_vec())),
     }
-    Ok(secrets)
 }
 
 /// The hooks `[webhooks]` configures, over `store`; `None` without `[webhooks]`.
@@ -108,14 +96,20 @@ pub(crate) async fn hooks(
     let mut out = Vec::new();
     for (i, h) in w.hooks.iter().enumerate() {
         let kind = kind_of(h.kind);
-        let secrets = match read_hook_secrets(i, h, broker).await {
-            Ok(s) => s,
-            Err(SecretsRead::Bad(e) | SecretsRead::Unavailable(e)) => return Err(e),
-        };
-        if secrets.is_empty() {
-            // A broker secret may be put only once the gateway runs (the CLI talks to it):
-            // until then, nothing verifies and every delivery is refused.
-            tracing::warn!(hook = %h.name, "no secret of this hook can be read yet: its deliveries are refused until one can");
+        let mut secrets = Vec::new();
+        for j in 0..h.secrets.len() {
+            match read_entry(i, j, h, broker).await {
+                Entry::Value(v) => secrets.push(v),
+                // A file or variable the operator names must be there at start.
+                Entry::Withdrawn(why) if matches!(h.secrets[j], HookSecret::Source(_)) => {
+                    anyhow::bail!("{why}");
+                }
+                // A broker secret may be put, or corrected, only once the gateway runs (the
+                // CLI talks to it): until then deliveries signed with it are refused.
+                Entry::Withdrawn(why) | Entry::Unavailable(why) => {
+                    tracing::warn!(hook = %h.name, "{why}: deliveries signed with it are refused until it can be read");
+                }
+            }
         }
         let mut targets = Vec::new();
         for (j, t) in h.targets.iter().enumerate() {
@@ -162,8 +156,9 @@ pub(crate) async fn hooks(
 }
 
 /// Re-reads every hook's secrets every `every` (files, the environment, the broker), so a
-/// rotation needs no restart. A read the store cannot answer keeps the secrets read before;
-/// a secret withdrawn from the broker stops being accepted.
+/// rotation needs no restart. Each secret is decided on its own: one withdrawn (a file removed
+/// or emptied, a broker secret deleted, disabled, expired or malformed) stops being accepted;
+/// one the store cannot answer for keeps its value read before.
 pub(crate) async fn reread_secrets(
     hooks: Arc<Hooks>,
     cfg: Vec<HookConfig>,
@@ -171,18 +166,46 @@ pub(crate) async fn reread_secrets(
     every: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
+    // The last value of every secret of every hook (None: withdrawn).
+    let mut last: Vec<Vec<Option<Redacted<Vec<u8>>>>> = Vec::new();
+    for (i, h) in cfg.iter().enumerate() {
+        let mut row = Vec::new();
+        for j in 0..h.secrets.len() {
+            row.push(match read_entry(i, j, h, broker.as_deref()).await {
+                Entry::Value(v) => Some(v),
+                Entry::Withdrawn(_) | Entry::Unavailable(_) => None,
+            });
+        }
+        last.push(row);
+    }
     loop {
         tokio::select! {
             _ = stop.changed() => return,
             () = tokio::time::sleep(every) => {}
         }
         for (i, h) in cfg.iter().enumerate() {
-            match read_hook_secrets(i, h, broker.as_deref()).await {
-                Ok(s) => hooks.set_secrets(&h.name, s),
-                Err(SecretsRead::Bad(e) | SecretsRead::Unavailable(e)) => {
-                    tracing::warn!(hook = %h.name, error = %e, "a hook's secrets could not be re-read; the ones read before stay");
+            for j in 0..h.secrets.len() {
+                let entry = read_entry(i, j, h, broker.as_deref()).await;
+                let Some(slot) = last.get_mut(i).and_then(|r| r.get_mut(j)) else {
+                    continue;
+                };
+                match entry {
+                    Entry::Value(v) => *slot = Some(v),
+                    Entry::Withdrawn(why) => {
+                        if slot.take().is_some() {
+                            tracing::warn!(hook = %h.name, "{why}: deliveries signed with it are refused from now on");
+                        }
+                    }
+                    Entry::Unavailable(why) => {
+                        tracing::warn!(hook = %h.name, "{why}: the value read before stays");
+                    }
                 }
             }
+            let now: Vec<Redacted<Vec<u8>>> = last
+                .get(i)
+                .map(|r| r.iter().flatten().cloned().collect())
+                .unwrap_or_default();
+            hooks.set_secrets(&h.name, now);
         }
     }
 }

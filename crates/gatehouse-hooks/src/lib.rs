@@ -96,8 +96,8 @@ pub struct HookSettings {
     pub name: String,
     /// Who signs it.
     pub kind: HookKind,
-    /// The secrets a delivery may be signed with (decoded for Standard Webhooks), as first read;
-    /// [`Hooks::set_secrets`] replaces them.
+    /// The secrets a delivery may be signed with (decoded for Standard Webhooks), as first read:
+    /// [`Hooks::new`] moves them out, and [`Hooks::set_secrets`] replaces them.
     pub secrets: Vec<Redacted<Vec<u8>>>,
     /// The largest body accepted.
     pub max_body: usize,
@@ -178,7 +178,7 @@ type Secrets = Arc<Vec<Redacted<Vec<u8>>>>;
 /// The hooks of a gateway and the store they keep deliveries in.
 #[derive(Debug)]
 pub struct Hooks {
-    hooks: HashMap<String, HookSettings>,
+    hooks: HashMap<String, Arc<HookSettings>>,
     /// Each hook's secrets as last read (they are re-read while the gateway runs).
     secrets: std::sync::RwLock<HashMap<String, Secrets>>,
     store: Store,
@@ -193,17 +193,21 @@ impl Hooks {
     /// The hooks `hooks`, keeping deliveries in `store`; `fold_case`: the gateway names
     /// repositories case-insensitively (in the push index too).
     pub fn new(
-        hooks: Vec<HookSettings>,
+        mut hooks: Vec<HookSettings>,
         store: Store,
         clock: Arc<dyn Clock>,
         fold_case: bool,
     ) -> Self {
+        // The secrets move into the map (one copy, replaced on each re-read).
         let secrets = hooks
-            .iter()
-            .map(|h| (h.name.clone(), Arc::new(h.secrets.clone())))
+            .iter_mut()
+            .map(|h| (h.name.clone(), Arc::new(std::mem::take(&mut h.secrets))))
             .collect();
         Self {
-            hooks: hooks.into_iter().map(|h| (h.name.clone(), h)).collect(),
+            hooks: hooks
+                .into_iter()
+                .map(|h| (h.name.clone(), Arc::new(h)))
+                .collect(),
             secrets: std::sync::RwLock::new(secrets),
             store,
             clock,
@@ -214,11 +218,11 @@ impl Hooks {
 
     /// The hook `name`.
     pub fn hook(&self, name: &str) -> Option<&HookSettings> {
-        self.hooks.get(name)
+        self.hooks.get(name).map(|h| &**h)
     }
 
     /// Every hook.
-    pub fn all(&self) -> impl Iterator<Item = &HookSettings> {
+    pub fn all(&self) -> impl Iterator<Item = &Arc<HookSettings>> {
         self.hooks.values()
     }
 
@@ -325,10 +329,11 @@ impl Hooks {
             })
             .filter(|t| {
                 t.repositories.is_empty()
-                    || summary
-                        .repo
-                        .as_deref()
-                        .is_some_and(|r| t.repositories.iter().any(|g| repo_glob(g, r)))
+                    || summary.repo.as_deref().is_some_and(|r| {
+                        t.repositories
+                            .iter()
+                            .any(|g| repo_glob(g, r, self.fold_case))
+                    })
             })
             .map(|t| {
                 (
@@ -444,16 +449,22 @@ pub fn target_key(hook: &str, target: &str) -> String {
 }
 
 /// Whether `owner/name` matches `glob` (`*` matches any run of characters within a segment),
-/// ignoring case as the forges do.
-pub fn repo_glob(glob: &str, repo: &str) -> bool {
+/// ignoring case when `fold_case` (as Gitea, Forgejo and Gogs name repositories).
+pub fn repo_glob(glob: &str, repo: &str, fold_case: bool) -> bool {
     let (Some((go, gn)), Some((ro, rn))) = (glob.split_once('/'), repo.split_once('/')) else {
         return false;
     };
     if rn.contains('/') || gn.contains('/') {
         return false;
     }
-    seg_glob(&go.to_ascii_lowercase(), &ro.to_ascii_lowercase())
-        && seg_glob(&gn.to_ascii_lowercase(), &rn.to_ascii_lowercase())
+    let f = |s: &str| {
+        if fold_case {
+            s.to_ascii_lowercase()
+        } else {
+            s.to_owned()
+        }
+    };
+    seg_glob(&f(go), &f(ro)) && seg_glob(&f(gn), &f(rn))
 }
 
 fn seg_glob(g: &str, s: &str) -> bool {

@@ -154,10 +154,11 @@ impl Relay {
     async fn pass(self: &Arc<Self>, tasks: &Tracker) {
         let now = self.hooks.clock().now().as_secs();
         for h in self.hooks.all() {
-            let mut targets: Vec<(String, Option<&TargetSettings>, Duration)> = h
+            let mut targets: Vec<(String, Option<usize>, Duration)> = h
                 .targets
                 .iter()
-                .map(|t| (crate::target_key(&h.name, &t.name), Some(t), t.timeout))
+                .enumerate()
+                .map(|(i, t)| (crate::target_key(&h.name, &t.name), Some(i), t.timeout))
                 .collect();
             if h.end_jobs {
                 targets.push((
@@ -199,9 +200,11 @@ impl Relay {
                     let Ok(permit) = slots.clone().try_acquire_owned() else {
                         break;
                     };
-                    let (me, hook, target) = (self.clone(), h.clone(), target.cloned());
+                    // The hook is shared, not copied (its targets hold signing keys).
+                    let (me, hook) = (self.clone(), h.clone());
                     tasks.spawn(async move {
-                        me.attempt(&hook, target.as_ref(), c).await;
+                        let target = target.and_then(|i| hook.targets.get(i));
+                        me.attempt(&hook, target, c).await;
                         drop(permit);
                     });
                 }

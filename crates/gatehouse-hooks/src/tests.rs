@@ -334,13 +334,18 @@ fn backoff_doubles_up_to_its_bound_and_jitters_down_by_at_most_half() {
 }
 
 #[test]
-fn repository_globs_match_within_a_segment_ignoring_case() {
-    assert!(repo_glob("acme/*", "Acme/API"));
-    assert!(repo_glob("*/api", "acme/api"));
-    assert!(repo_glob("acme/api-*", "acme/api-v2"));
-    assert!(!repo_glob("acme/*", "acme/api/x"));
-    assert!(!repo_glob("acme/api", "acme/api2"));
-    assert!(!repo_glob("ac*/api", "other/api"));
+fn repository_globs_match_within_a_segment_ignoring_case_where_the_forge_does() {
+    assert!(repo_glob("acme/*", "Acme/API", true));
+    assert!(
+        !repo_glob("acme/*", "Acme/API", false),
+        "a generic upstream keeps case"
+    );
+    assert!(repo_glob("Acme/*", "Acme/API", false));
+    assert!(repo_glob("*/api", "acme/api", true));
+    assert!(repo_glob("acme/api-*", "acme/api-v2", true));
+    assert!(!repo_glob("acme/*", "acme/api/x", true));
+    assert!(!repo_glob("acme/api", "acme/api2", true));
+    assert!(!repo_glob("ac*/api", "other/api", true));
 }
 
 #[test]

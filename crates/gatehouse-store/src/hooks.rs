@@ -553,8 +553,10 @@ impl<'a> HookDeliveries<'a> {
         })
     }
 
-    /// Gives up (dead letters) the pending rows of every target not in `known`: a target
-    /// removed from the configuration would leave them waiting for ever. Returns how many.
+    /// Gives up (dead letters) the pending rows past their give-up time of every target not in
+    /// `known`: a target removed from the configuration would leave them waiting for ever. Rows
+    /// still within their time are left to nodes that may still know the target (a rolling
+    /// change of configuration). Returns how many.
     pub async fn abandon_others(&self, known: &[String], now: i64) -> Result<u64, StoreError> {
         let what = "giving up deliveries to removed targets";
         let targets: Vec<String> = on_db!(self.store.db(), |pool| {
@@ -573,7 +575,7 @@ impl<'a> HookDeliveries<'a> {
                 sqlx::query(
                     "UPDATE hook_attempts SET state = 'dead', claim = NULL, claimed_until = NULL, \
                      last_error = 'the target is no longer configured', updated_at = $1 \
-                     WHERE state = 'pending' AND target = $2 \
+                     WHERE state = 'pending' AND target = $2 AND give_up_at < $1 \
                        AND (claimed_until IS NULL OR claimed_until < $1)",
                 )
                 .bind(now)

@@ -1435,10 +1435,19 @@ async fn a_signed_body_under_a_new_id_is_a_replay_and_removed_targets_are_given_
             ),
             "{b}"
         );
-        // "h/gone" left the configuration: its row is given up, "h/kept"'s are not.
+        // "h/gone" left the configuration: its row is given up once past its time (another
+        // node may still know the target until then), "h/kept"'s are not.
         assert_eq!(
             hooks
                 .abandon_others(&["h/kept".to_owned()], 1_010)
+                .await
+                .unwrap(),
+            0,
+            "{b}"
+        );
+        assert_eq!(
+            hooks
+                .abandon_others(&["h/kept".to_owned()], 9_001)
                 .await
                 .unwrap(),
             1,
@@ -1469,6 +1478,11 @@ async fn a_signed_body_under_a_new_id_is_a_replay_and_removed_targets_are_given_
             0,
             "{b}: finished at 5_000"
         );
-        assert_eq!(hooks.prune(6_000, 0).await.unwrap(), 2, "{b}");
+        assert_eq!(
+            hooks.prune(6_000, 0).await.unwrap(),
+            1,
+            "{b}: whd_a's dead row was given up at 9_001"
+        );
+        assert_eq!(hooks.prune(10_000, 0).await.unwrap(), 1, "{b}");
     }
 }

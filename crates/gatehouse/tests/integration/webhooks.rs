@@ -857,10 +857,16 @@ async fn a_completed_workflow_job_ends_the_jobs_tokens() {
 #[test]
 fn a_hook_secret_from_the_broker_is_taken_up_and_rotated_without_a_restart() {
     let tmp = TempDir::new("hooks-broker-secret");
+    // The secret the forge used so far, in a file, beside the broker's.
+    let old_file = tmp.path().join("old-hook.secret");
+    std::fs::write(&old_file, "old-file-secret\n").unwrap();
     let gw = crate::secrets::gateway_with(
         &tmp,
         "",
-        "\n[webhooks]\nsecret_refresh = \"1s\"\n[[webhooks.hooks]]\nname = \"gitea\"\nkind = \"gitea\"\nsecrets = [{ secret = \"ops/hooks/gitea\" }]\n",
+        &format!(
+            "\n[webhooks]\nsecret_refresh = \"1s\"\n[[webhooks.hooks]]\nname = \"gitea\"\nkind = \"gitea\"\nsecrets = [{{ file = \"{}\" }}, {{ secret = \"ops/hooks/gitea\" }}]\n",
+            old_file.display()
+        ),
     );
     let ops = gw.token("oncall", &["ops"]);
     let zero = "0".repeat(40);
@@ -870,8 +876,9 @@ fn a_hook_secret_from_the_broker_is_taken_up_and_rotated_without_a_restart() {
         let body = push_event("refs/heads/main", &zero, &format!("{n:040x}"));
         deliver(&gw, "gitea", "push", &format!("b-{n}"), &body, Some(secret)).0
     };
-    // No secret yet: nothing verifies.
+    // The broker's secret does not exist yet: the file's verifies, nothing else.
     assert_eq!(send("first-secret"), 403);
+    assert_eq!(send("old-file-secret"), 202);
     crate::secrets::ok(&crate::secrets::secret_cli(
         &gw,
         &ops,
@@ -899,9 +906,16 @@ fn a_hook_secret_from_the_broker_is_taken_up_and_rotated_without_a_restart() {
     ));
     within("the rotated secret", &mut || send("second-secret"), 202);
     assert_eq!(send("first-secret"), 403);
+    // The old file removed: withdrawn at the next read, the broker's still accepted.
+    assert_eq!(send("old-file-secret"), 202);
+    std::fs::remove_file(&old_file).unwrap();
+    within("the withdrawn file", &mut || send("old-file-secret"), 403);
+    assert_eq!(send("second-secret"), 202);
     let log = gw.log();
     assert!(
-        !log.contains("first-secret") && !log.contains("second-secret"),
+        !log.contains("first-secret")
+            && !log.contains("second-secret")
+            && !log.contains("old-file-secret"),
         "a hook secret reached the log"
     );
 }
