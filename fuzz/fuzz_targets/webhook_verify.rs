@@ -40,10 +40,15 @@ fuzz_target!(|data: &[u8]| {
             h.append(n, v);
         }
     }
+    // A form as the verifier reads one: the media type before any `;`, whatever its case.
     let form = h
         .get("content-type")
         .and_then(|c| c.to_str().ok())
-        .is_some_and(|c| c.to_ascii_lowercase().contains("x-www-form-urlencoded"));
+        .and_then(|c| c.split(';').next())
+        .is_some_and(|m| {
+            m.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
     // A valid signature now and then, so that the paths after verification run too: over the
     // decoded payload field of a form for the forges that sign the JSON, over
     // `id.timestamp.body` for Standard Webhooks.
