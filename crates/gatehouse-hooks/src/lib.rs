@@ -32,7 +32,9 @@ use http::HeaderMap;
 
 pub use payload::{JobFinished, PushUpdate, Summary};
 pub use relay::{DeliverySigner, JobEnder, Relay, backoff};
-pub use verify::{Rejected, Verified, hex_hmac, standard_key, standard_signature, verify};
+pub use verify::{
+    Rejected, Verified, hex_hmac, is_token, standard_key, standard_signature, verify,
+};
 
 /// Who signs a hook's deliveries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -403,8 +403,21 @@ impl Relay {
                 None,
             );
         };
-        let summary = crate::Summary::read(&d.event, &d.body_json());
-        let (Some(job), Some(repo)) = (summary.job_finished, summary.repo) else {
+        // What accept read from the verified payload, kept in the annotation.
+        let job = d
+            .annotation
+            .as_deref()
+            .and_then(|a| serde_json::from_str::<serde_json::Value>(a).ok())
+            .and_then(|a| {
+                let j = a.get("job_finished")?;
+                Some(JobFinished {
+                    job: j.get("job")?.as_u64()?,
+                    run_id: j.get("run_id")?.as_u64()?,
+                    run_attempt: j.get("run_attempt")?.as_u64()?,
+                    conclusion: j.get("conclusion")?.as_str()?.to_owned(),
+                })
+            });
+        let (Some(job), Some(repo)) = (job, d.repo.clone()) else {
             // Kept only for a finished job: nothing to end.
             return (Some(200), None, None);
         };
@@ -417,32 +430,6 @@ impl Relay {
                 (Some(200), None, None)
             }
             Err(e) => (None, Some(e), None),
-        }
-    }
-}
-
-trait BodyJson {
-    fn body_json(&self) -> Vec<u8>;
-}
-
-impl BodyJson for StoredDelivery {
-    /// The JSON of a kept delivery: the form's `payload` field when it was a form.
-    fn body_json(&self) -> Vec<u8> {
-        let form = self.headers.lines().any(|l| {
-            l.split_once(": ").is_some_and(|(n, v)| {
-                n == "content-type"
-                    && v.trim()
-                        .to_ascii_lowercase()
-                        .starts_with("application/x-www-form-urlencoded")
-            })
-        });
-        if form {
-            url::form_urlencoded::parse(&self.body)
-                .find(|(k, _)| k == "payload")
-                .map(|(_, v)| v.into_owned().into_bytes())
-                .unwrap_or_default()
-        } else {
-            self.body.clone()
         }
     }
 }

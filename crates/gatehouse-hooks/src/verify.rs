@@ -127,6 +127,18 @@ fn names(kind: HookKind) -> Names {
     }
 }
 
+impl HookKind {
+    /// The header that carries the sender's delivery id.
+    pub fn delivery_header(self) -> &'static str {
+        names(self).delivery
+    }
+}
+
+/// Whether `s` is a delivery id or event name as kept and relayed.
+pub fn is_token(s: &str) -> bool {
+    token(s)
+}
+
 /// The one value of header `name`: `None` when absent, empty, repeated or not visible ASCII.
 fn one<'h>(h: &'h HeaderMap, name: &str) -> Option<&'h str> {
     let mut all = h.get_all(name).iter();

@@ -384,16 +384,9 @@ fn longest_give_up(hooks: &Hooks, hook: Option<&str>) -> i64 {
 
 /// The sender's delivery id, for the record of a refused delivery (when it looks like one).
 fn source_id_of(kind: HookKind, h: &http::HeaderMap) -> Option<String> {
-    let name = match kind {
-        HookKind::Gitea => "x-gitea-delivery",
-        HookKind::Forgejo => "x-forgejo-delivery",
-        HookKind::Gogs => "x-gogs-delivery",
-        HookKind::Github => "x-github-delivery",
-        HookKind::Standard => "webhook-id",
-    };
-    h.get(name)
+    h.get(kind.delivery_header())
         .and_then(|v| v.to_str().ok())
-        .filter(|v| v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .filter(|v| gatehouse_hooks::is_token(v))
         .map(str::to_owned)
 }
 
