@@ -1,6 +1,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -51,12 +52,30 @@ impl Idp {
             .env("IDP_TEST_SIGNING", "1")
             .env("IDP_EXIT_WITH_PARENT", "1")
             .env("IDP_TRUST_LOGIN_HINT", "1");
-        let mut child = Child::spawn("idp", &mut cmd, &log);
         // The first launch asks for port 0 and reads back the port it got; a restart asks for
         // that same port again, so that the issuer stays the same (a restart of one component,
         // not a port handed from one component to another).
-        self.port =
-            child.wait_logged_port("the IdP to start", "idp: listening on http://127.0.0.1:");
+        //
+        // A start that stalls (seen once in CI: no line in 90 s, cause unknown) is reported with
+        // the process's state and started once more, so that the next one says why.
+        let prefix = "idp: listening on http://127.0.0.1:";
+        let mut child = Child::spawn("idp", &mut cmd, &log);
+        let port = match child.try_wait_logged_port(prefix, Duration::from_secs(45)) {
+            Ok(port) => port,
+            Err(first) => {
+                eprintln!("the IdP did not start, starting it again: {first}");
+                drop(child);
+                let retry_log = self.dir.path().join(format!("idp-{generation}-retry.log"));
+                child = Child::spawn("idp", &mut cmd, &retry_log);
+                match child.try_wait_logged_port(prefix, Duration::from_secs(90)) {
+                    Ok(port) => port,
+                    Err(second) => {
+                        panic!("the IdP did not start, twice:\nfirst: {first}\nthen: {second}")
+                    }
+                }
+            }
+        };
+        self.port = port;
         self.child = Some(child);
     }
 

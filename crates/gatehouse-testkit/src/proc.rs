@@ -140,17 +140,68 @@ impl Child {
     /// Waits (90 s at most: a full test run on 2 cores starts browsers, databases and IdPs at
     /// once) until the log has a line with `prefix` followed by a port number,
     /// and returns that port: how a program told to listen on port 0 says which one it got.
-    /// Panics with the log if the process exits first.
+    /// Panics with the log and the process's state if the process exits first or never says.
     pub fn wait_logged_port(&mut self, what: &str, prefix: &str) -> u16 {
-        wait_for(what, Duration::from_secs(90), || {
+        match self.try_wait_logged_port(prefix, Duration::from_secs(90)) {
+            Ok(port) => port,
+            Err(e) => panic!("{what}: {e}"),
+        }
+    }
+
+    /// [`Self::wait_logged_port`] that returns what went wrong (with the log and the process's
+    /// state) instead of panicking, for a caller that starts the program again.
+    pub fn try_wait_logged_port(&mut self, prefix: &str, timeout: Duration) -> Result<u16, String> {
+        let start = Instant::now();
+        loop {
             if !self.is_running() {
-                panic!("{what}: exited:\n{}", self.log_text());
+                return Err(format!("exited:\n{}", self.log_text()));
             }
             let text = self.log_text();
-            let rest = text.lines().find_map(|l| l.split_once(prefix))?.1;
-            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-            digits.parse().ok()
-        })
+            if let Some((_, rest)) = text.lines().find_map(|l| l.split_once(prefix)) {
+                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                if let Ok(port) = digits.parse() {
+                    return Ok(port);
+                }
+            }
+            if start.elapsed() > timeout {
+                return Err(format!(
+                    "said nothing of its port after {timeout:?}\n{}",
+                    self.diagnostics()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// What the kernel says of the process (its state, what it waits in, its threads) and its
+    /// log so far: for a failure message about a process that hangs.
+    pub fn diagnostics(&self) -> String {
+        let pid = self.pid();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let picked: Vec<&str> = status
+            .lines()
+            .filter(|l| {
+                [
+                    "State:",
+                    "Threads:",
+                    "VmRSS:",
+                    "voluntary_ctxt",
+                    "nonvoluntary_ctxt",
+                ]
+                .iter()
+                .any(|k| l.starts_with(k))
+            })
+            .collect();
+        let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        format!(
+            "pid {pid}: {} wchan={wchan}\nstat: {}\nloadavg: {}log:\n{}",
+            picked.join(" | "),
+            stat.trim(),
+            load,
+            self.log_text()
+        )
     }
 
     pub fn log_text(&self) -> String {
