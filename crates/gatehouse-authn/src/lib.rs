@@ -12,6 +12,7 @@ mod cache;
 mod claims;
 mod error;
 mod exchange;
+mod http_error;
 mod jwks;
 mod jwt;
 mod own;
@@ -23,6 +24,7 @@ pub use exchange::{
     ACCESS_TOKEN_TYPE, EXCHANGE_GRANT, ExchangeForm, ExchangeFormError, parse_exchange_form,
     valid_role,
 };
+pub use http_error::explain_http_error;
 pub use jwks::{IssuerKeys, KeyStatus, ProviderMetadata};
 pub use jwt::{MAX_TOKEN_LEN, UnverifiedJwt, parse_unverified};
 pub use own::{OwnIssuer, OwnKeyError, TokenRequest, generate_signing_key_pem};

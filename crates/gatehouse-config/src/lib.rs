@@ -36,11 +36,13 @@ fn number_and_unit<'a>(s: &'a str, what: &str, examples: &str) -> Result<(u64, &
 }
 
 mod duration;
+mod env;
 mod net;
 mod schema;
 mod size;
 
 pub use duration::ConfigDuration;
+pub use env::ENV_PREFIX;
 pub use net::IpNet;
 pub use schema::*;
 pub use size::ByteSize;
@@ -90,21 +92,61 @@ pub enum ConfigError {
 
 impl Config {
     /// Reads, parses and validates a config file.
+    /// Reads a config file, applies the process's `GATEHOUSE__*` environment overrides (see
+    /// [`ENV_PREFIX`]), then parses and validates it.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,
         })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        Self::parse(&text, &base, &path.display().to_string())
+        Self::parse_with_env(&text, &base, &path.display().to_string(), std::env::vars())
     }
 
     /// Parses and validates config text; relative paths are resolved against `base`.
     pub fn parse(text: &str, base: &Path, name: &str) -> Result<Config, ConfigError> {
-        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: name.to_owned(),
-            message: e.to_string(),
-        })?;
+        Self::parse_with_env(text, base, name, std::iter::empty())
+    }
+
+    /// [`Self::parse`] with environment overrides from `vars` (only `GATEHOUSE__*` ones are
+    /// read). The file is checked on its own first, so that its mistakes are reported at their
+    /// line; a mistake an override makes names the variable.
+    pub fn parse_with_env(
+        text: &str,
+        base: &Path,
+        name: &str,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    path: name.to_owned(),
+                    message: parse_message(text, &e),
+                })?;
+        let applied =
+            env::apply(&mut table, vars).map_err(|(var, message)| ConfigError::Invalid {
+                path: name.to_owned(),
+                key: var,
+                message,
+            })?;
+        let mut cfg: Config = if applied.is_empty() {
+            toml::from_str(text).map_err(|e| ConfigError::Parse {
+                path: name.to_owned(),
+                message: parse_message(text, &e),
+            })?
+        } else {
+            serde::Deserialize::deserialize(toml::Value::Table(table)).map_err(
+                |e: toml::de::Error| ConfigError::Parse {
+                    path: name.to_owned(),
+                    message: format!(
+                        "{} (with the environment overrides {})",
+                        e.message(),
+                        applied.join(", ")
+                    ),
+                },
+            )?
+        };
+        cfg.env_overrides = applied;
         cfg.resolve_paths(base);
         cfg.validate()
             .map_err(|(key, message)| ConfigError::Invalid {
@@ -113,6 +155,29 @@ impl Config {
                 message,
             })?;
         Ok(cfg)
+    }
+}
+
+/// toml's message, with the offending line shown, except where the value is a secret written
+/// inline: then the line is shown up to its `=` only, so that the secret does not reach a log.
+fn parse_message(text: &str, e: &toml::de::Error) -> String {
+    let about_a_secret = e.message().starts_with("where to read a secret")
+        || e.message().starts_with("a hook secret")
+        || e.message().starts_with("a store URL");
+    match (about_a_secret, e.span()) {
+        (true, Some(span)) => {
+            let start = span.start.min(text.len());
+            let before = text.get(..start).unwrap_or("");
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            let line_text = text.lines().nth(line - 1).unwrap_or("");
+            let key = line_text.split_once('=').map_or("", |(k, _)| k).trim_end();
+            format!(
+                "TOML parse error at line {line}, column {column}\n{line:>3} | {key} = (value not shown)\n{}",
+                e.message()
+            )
+        }
+        _ => e.to_string(),
     }
 }
 

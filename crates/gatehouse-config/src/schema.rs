@@ -70,6 +70,9 @@ pub struct Config {
     /// store, and relayed to the services behind Gatehouse.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhooks: Option<WebhooksConfig>,
+    /// The `GATEHOUSE__*` environment variables applied over the file (names only).
+    #[serde(skip)]
+    pub env_overrides: Vec<String>,
 }
 
 /// `[webhooks]`
@@ -141,7 +144,11 @@ pub struct HookConfig {
 
 /// Where a hook's secret is read from.
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(untagged, deny_unknown_fields)]
+#[serde(
+    untagged,
+    deny_unknown_fields,
+    expecting = "a hook secret: `{ file = \"/path/to/file\" }`, `{ env = \"VARIABLE\" }` or `{ secret = \"path/in/the/broker\" }` (never the secret itself)"
+)]
 pub enum HookSecret {
     /// `{ file = "path" }` or `{ env = "NAME" }`.
     Source(SecretSource),
@@ -332,7 +339,10 @@ impl Default for StoreConfig {
 
 /// `store.url`: the URL itself, or where to read it.
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "a store URL (`sqlite:///var/lib/gatehouse/gatehouse.db`, `postgres://user@host/db`) or where to read it: `{ file = \"/path\" }` or `{ env = \"VARIABLE\" }`"
+)]
 pub enum StoreUrl {
     /// The URL, in the config (no password in it).
     Plain(String),
@@ -925,7 +935,7 @@ fn dangling_escape(p: &str) -> bool {
 
 /// One string, or a list of them.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "a string or a list of strings")]
 pub enum OneOrMany {
     /// `"value"`
     One(String),
@@ -1123,7 +1133,11 @@ impl Default for ClaimMapping {
 
 /// Where a secret is read from.
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(untagged, deny_unknown_fields)]
+#[serde(
+    untagged,
+    deny_unknown_fields,
+    expecting = "where to read a secret: `{ file = \"/path/to/file\" }` or `{ env = \"VARIABLE\" }` (a secret is never written in the config itself)"
+)]
 pub enum SecretSource {
     /// `{ file = "path" }`
     File {

@@ -500,3 +500,71 @@ fn webhooks_are_checked_and_their_secret_files_resolved() {
         assert!(e.contains(key), "{extra}: {e}");
     }
 }
+
+#[test]
+fn a_secret_written_in_the_config_is_refused_with_the_fix_at_its_line() {
+    let text = MINIMAL.replace(
+        "signing_key = { file = \"keys/signing.pem\" }",
+        "signing_key = \"-----BEGIN PRIVATE KEY-----\"",
+    );
+    let e = parse(&text).unwrap_err().to_string();
+    assert!(!e.contains("untagged"), "serde's words: {e}");
+    assert!(e.contains("{ file = ") && e.contains("{ env = "), "{e}");
+    assert!(e.contains("line 7"), "no line: {e}");
+    assert!(!e.contains("BEGIN PRIVATE"), "the value was echoed: {e}");
+    assert!(e.contains("signing_key = "), "the key is not shown: {e}");
+}
+
+#[test]
+fn environment_overrides_apply_over_the_file_and_a_bad_one_names_the_variable() {
+    let vars = |pairs: &[(&str, &str)]| {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect::<Vec<_>>()
+    };
+    let c = Config::parse_with_env(
+        MINIMAL,
+        Path::new("/etc/gatehouse"),
+        "test.toml",
+        vars(&[
+            ("GATEHOUSE__SERVER__LISTEN", "0.0.0.0:9443"),
+            (
+                "GATEHOUSE__TOKENS__SIGNING_KEY__FILE",
+                "/run/secrets/key.pem",
+            ),
+            ("GATEHOUSE__TOKENS__ISSUER", "https://git.example.com"),
+            ("GATEHOUSE__AUDIT__FILE", "/var/lib/gatehouse/audit.log"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(c.server.listen.to_string(), "0.0.0.0:9443");
+    assert_eq!(c.tokens.issuer, "https://git.example.com");
+    assert!(
+        matches!(&c.tokens.signing_key, SecretSource::File { file } if file == Path::new("/run/secrets/key.pem"))
+    );
+    assert_eq!(c.env_overrides.len(), 4);
+    // An unknown key, or a value of the wrong type, is refused naming the variables applied.
+    for (var, value) in [
+        ("GATEHOUSE__SERVER__LISTN", "0.0.0.0:1"),
+        ("GATEHOUSE__SERVER__LISTEN", "not an address"),
+    ] {
+        let e = Config::parse_with_env(
+            MINIMAL,
+            Path::new("/etc/gatehouse"),
+            "test.toml",
+            vars(&[(var, value)]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains(var), "{var}: {e}");
+    }
+    // Validation still runs after the overrides.
+    let e = Config::parse_with_env(
+        MINIMAL,
+        Path::new("/etc/gatehouse"),
+        "test.toml",
+        vars(&[("GATEHOUSE__UPSTREAM__URL", "ftp://forge")]),
+    );
+    assert!(e.is_err());
+}

@@ -50,7 +50,7 @@ pub use server::{ServeError, ServeOptions, serve};
 pub use ssh_cert::{SshCert, SshCertError, SshCertIssuer};
 pub use state_api::{EnvironmentView, RevocationView, StateError, StateStore};
 pub use tls::{TlsError, TlsReloader};
-pub use upstream::{Upstream, UpstreamError};
+pub use upstream::{Probe, Upstream, UpstreamError};
 
 #[cfg(test)]
 mod test_util {

@@ -29,10 +29,10 @@ pub const NAMESPACE: &str = "Gatehouse";
 pub enum PolicyError {
     /// Cedar could not parse the policy text.
     #[error("policy syntax error: {0}")]
-    Parse(String),
+    Parse(Problems),
     /// The policies do not fit Gatehouse's schema (unknown entity type, attribute or action).
     #[error("policy does not validate against the Gatehouse schema: {0}")]
-    Validation(String),
+    Validation(Problems),
     /// Two policies carry the same `@id`.
     #[error("duplicate policy @id(\"{0}\")")]
     DuplicateId(String),
@@ -42,6 +42,101 @@ pub enum PolicyError {
     /// The built-in schema failed to load (a bug).
     #[error("internal schema error: {0}")]
     Schema(String),
+}
+
+impl PolicyError {
+    /// Each problem with its place in the policy text, when Cedar gave one.
+    pub fn problems(&self) -> Vec<Problem> {
+        match self {
+            Self::Parse(p) | Self::Validation(p) => p.0.clone(),
+            other => vec![Problem {
+                line: 0,
+                column: 0,
+                message: other.to_string(),
+            }],
+        }
+    }
+}
+
+/// One problem in a policy text, at a line and column (1-based, in characters; 0 when Cedar gave
+/// no place), so that a tool prints `file:line:column: message` as compilers do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based line, 0 when unknown.
+    pub line: usize,
+    /// 1-based column in characters, 0 when unknown.
+    pub column: usize,
+    /// What is wrong, with Cedar's help text when it has some.
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.line > 0 {
+            write!(f, "{}:{}: {}", self.line, self.column, self.message)
+        } else {
+            f.write_str(&self.message)
+        }
+    }
+}
+
+/// The problems Cedar found, each at its place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problems(pub Vec<Problem>);
+
+impl std::fmt::Display for Problems {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The line and column (1-based, in characters) of byte `offset` in `src`.
+fn line_column(src: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(src.len());
+    while !src.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &src[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before, |i| &before[i + 1..])
+        .chars()
+        .count()
+        + 1;
+    (line, column)
+}
+
+/// A Cedar diagnostic as a [`Problem`] at its first labelled place in `src`.
+fn problem(src: &str, d: &dyn miette::Diagnostic, extra: Option<&str>) -> Problem {
+    let mut message = d.to_string();
+    if let Some(help) = d.help() {
+        message.push_str(&format!(" ({help})"));
+    }
+    if let Some(extra) = extra {
+        message.push_str(extra);
+    }
+    match d.labels().and_then(|mut l| l.next()) {
+        Some(label) => {
+            let (line, column) = line_column(src, label.offset());
+            Problem {
+                line,
+                column,
+                message,
+            }
+        }
+        None => Problem {
+            line: 0,
+            column: 0,
+            message,
+        },
+    }
 }
 
 /// Request facts beyond principal, action and resource.
@@ -437,7 +532,13 @@ impl PolicyEngine {
     pub fn new(src: &str, forge: &str) -> Result<Self, PolicyError> {
         let (schema, _warnings) =
             Schema::from_cedarschema_str(SCHEMA).map_err(|e| PolicyError::Schema(e.to_string()))?;
-        let parsed = PolicySet::from_str(src).map_err(|e| PolicyError::Parse(format_errors(&e)))?;
+        let parsed = PolicySet::from_str(src).map_err(|e| {
+            PolicyError::Parse(Problems(
+                e.iter()
+                    .map(|p| problem(src, p as &dyn miette::Diagnostic, None))
+                    .collect(),
+            ))
+        })?;
         if parsed.templates().next().is_some() {
             return Err(PolicyError::Template);
         }
@@ -454,20 +555,28 @@ impl PolicyEngine {
                 }
                 None => p.clone(),
             };
-            policies
-                .add(p)
-                .map_err(|e| PolicyError::Parse(e.to_string()))?;
+            policies.add(p).map_err(|e| {
+                PolicyError::Parse(Problems(vec![Problem {
+                    line: 0,
+                    column: 0,
+                    message: e.to_string(),
+                }]))
+            })?;
             count += 1;
         }
         let result = Validator::new(schema.clone()).validate(&policies, ValidationMode::Strict);
         if !result.validation_passed() {
-            let msgs: Vec<String> = result.validation_errors().map(|e| format!("{e}")).collect();
-            return Err(PolicyError::Validation(msgs.join("; ")));
+            return Err(PolicyError::Validation(Problems(
+                result
+                    .validation_errors()
+                    .map(|e| problem(src, e as &dyn miette::Diagnostic, None))
+                    .collect(),
+            )));
         }
         // A policy that can never apply is a mistake, and a dangerous one in a `forbid` (one
         // written for an action that no longer applies to that resource protects nothing): it is
         // refused, not warned about.
-        let never: Vec<String> = result
+        let never: Vec<Problem> = result
             .validation_warnings()
             .filter(|w| {
                 matches!(
@@ -477,11 +586,15 @@ impl PolicyEngine {
                 )
             })
             .map(|w| {
-                format!("{w} (this policy can never apply; see the actions in docs/policy.md)")
+                problem(
+                    src,
+                    w as &dyn miette::Diagnostic,
+                    Some(" (this policy can never apply; see the actions in docs/policy.md)"),
+                )
             })
             .collect();
         if !never.is_empty() {
-            return Err(PolicyError::Validation(never.join("; ")));
+            return Err(PolicyError::Validation(Problems(never)));
         }
         let action_entities = schema
             .action_entities()
@@ -937,13 +1050,6 @@ impl PolicyEngine {
             errors,
         }
     }
-}
-
-fn format_errors(e: &cedar_policy::ParseErrors) -> String {
-    e.iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 #[cfg(test)]

@@ -838,3 +838,30 @@ forbid(principal, action == Gatehouse::Action::"secret:get", resource is Gatehou
     );
     assert_eq!(ask(&pushed("mallory")), (false, "not-by-a-bot".into()));
 }
+
+#[test]
+fn each_problem_is_placed_at_its_line_and_column() {
+    // A syntax error on line 3, in the third column of `permit(principal, action resource)`.
+    let syntax =
+        "@id(\"a\")\npermit(principal, action, resource);\nforbid(principal, action resource);\n";
+    let e = PolicyEngine::new(syntax, "default").err().unwrap();
+    let p = e.problems();
+    assert!(matches!(e, PolicyError::Parse(_)), "{e}");
+    assert_eq!(p[0].line, 3, "{e}");
+    assert!(p[0].column > 1, "{e}");
+    // A validation error: an attribute the schema lacks, on line 5, at `principal.tema`.
+    let invalid = "@id(\"ok\")\npermit(principal, action, resource);\n\n@id(\"typo\")\npermit(principal, action == Gatehouse::Action::\"git:read\", resource) when { principal.tema == \"x\" };\n";
+    let e = PolicyEngine::new(invalid, "default").err().unwrap();
+    assert!(matches!(e, PolicyError::Validation(_)), "{e}");
+    let p = e.problems();
+    assert!(!p.is_empty(), "{e}");
+    let line5 = invalid.lines().nth(4).unwrap();
+    let at = line5.find("principal.tema").unwrap() + 1;
+    for p in &p {
+        assert_eq!((p.line, p.column), (5, at), "{e}");
+        assert!(p.message.contains("tema"), "{e}");
+    }
+    // Columns count characters, not bytes.
+    assert_eq!(line_column("é\nab", 4), (2, 2));
+    assert_eq!(line_column("éa", 2), (1, 2));
+}

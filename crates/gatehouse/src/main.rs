@@ -18,7 +18,7 @@ use clap::{Parser, Subcommand};
 
 /// Gatehouse: an identity-aware gateway for self-hosted Git forges.
 #[derive(Debug, Parser)]
-#[command(name = "gatehouse", version, about)]
+#[command(name = "gatehouse", version = gatehouse_app::LONG_VERSION, about)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -31,6 +31,36 @@ enum Cmd {
         /// The configuration file.
         #[arg(long, short, env = "GATEHOUSE_CONFIG")]
         config: PathBuf,
+    },
+    /// Pre-flight: everything `serve` would refuse (config, policy with file:line:column, keys,
+    /// secrets, TLS files, store and its migrations), and more: TLS certificates about to expire,
+    /// issuers' discovery and keys, the upstream and the listen addresses. One line per finding
+    /// (`ok`, `warn`, `FAIL`). Exits 0 when nothing failed (with `--strict`, nor warned), 1
+    /// otherwise.
+    Check {
+        /// The configuration file.
+        #[arg(long, short, env = "GATEHOUSE_CONFIG")]
+        config: PathBuf,
+        /// Warn about a server certificate that expires within this many days.
+        #[arg(long, default_value_t = 14)]
+        tls_days: u64,
+        /// Warnings fail too (exit 1): an issuer or the upstream not answering, a certificate
+        /// about to expire, a listen address in use.
+        #[arg(long)]
+        strict: bool,
+        /// How long to wait for each issuer, the upstream and the store (`5s`).
+        #[arg(long, default_value = "5s", value_parser = gatehouse_app::parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// Print the man page (roff) of `gatehouse` on stdout: `gatehouse man > gatehouse.1`.
+    #[command(hide = true)]
+    Man,
+    /// Print a shell completion script on stdout:
+    /// `gatehouse completions bash > /usr/share/bash-completion/completions/gatehouse`.
+    #[command(hide = true)]
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
     },
     /// Create a complete local setup in DIR and run it (no external services needed).
     Quickstart {
@@ -614,6 +644,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             user,
             environment,
         })?,
+        Cmd::Man => {
+            let page = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
+            page.render(&mut std::io::stdout())?;
+        }
+        Cmd::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "gatehouse", &mut std::io::stdout());
+        }
+        Cmd::Check {
+            config,
+            tls_days,
+            strict,
+            timeout,
+        } => {
+            let code = gatehouse_app::check(&gatehouse_app::CheckArgs {
+                config,
+                tls_days,
+                strict,
+                timeout,
+            })?;
+            return Ok(ExitCode::from(code));
+        }
         Cmd::Policy(PolicyCmd::Check { config }) => gatehouse_app::policy_check(&config)?,
         Cmd::Policy(PolicyCmd::Explain {
             config,

@@ -69,12 +69,6 @@ fn quickstart_prints_commands_that_work_as_printed() {
     drop((main, admin)); // the quickstart holds them now
     assert!(dir.join("repos/demo/hello.git/HEAD").exists());
     assert!(dir.join("keys/signing.pem").exists());
-    let exports: Vec<&str> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| l.starts_with("export "))
-        .collect();
-    assert_eq!(exports.len(), 3, "{text}");
     let block = |title: &str, n: usize| -> Vec<String> {
         let lines: Vec<&str> = text.lines().collect();
         let at = lines
@@ -86,6 +80,9 @@ fn quickstart_prints_commands_that_work_as_printed() {
             .map(|l| l.trim().to_owned())
             .collect()
     };
+    let export_lines = block("Tokens (12 hours):", 3);
+    let exports: Vec<&str> = export_lines.iter().map(String::as_str).collect();
+    assert!(exports.iter().all(|e| e.starts_with("export ")), "{text}");
     let alice_cmds = block("Clone and push as alice:", 3);
     let denied_cmd = block("See a push denied", 1);
     assert!(
@@ -161,6 +158,84 @@ fn quickstart_prints_commands_that_work_as_printed() {
     let o = run(&format!("set -e\n{exported}\ncd hello\n{}\n", protected[1]));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_ne!(head_of(&bare, "bob/change"), before);
+    // A release tag: refused for bob (per-ref rule), then pushed by alice.
+    let tags = block("See a release tag refused", 2);
+    let o = run(&format!("{exported}\ncd hello\n{}\n", tags[0]));
+    assert!(!o.status.success(), "bob pushed a release tag");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("tag_requires_release_group"), "{err}");
+    assert_eq!(
+        ref_of(&bare, "refs/tags/v1.0"),
+        "",
+        "the tag reached the upstream"
+    );
+    let o = run(&format!("set -e\n{exported}\ncd hello\n{}\n", tags[1]));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_ne!(ref_of(&bare, "refs/tags/v1.0"), "");
+    // The who-am-I and metrics lines work as printed.
+    let whoami = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("who am I: "))
+        .unwrap_or_else(|| panic!("{text}"));
+    let o = run(&format!("set -e\n{exported}\n{whoami} -sf\n"));
+    assert!(
+        o.status.success() && String::from_utf8_lossy(&o.stdout).contains("alice"),
+        "{o:?}"
+    );
+    let metrics_url = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("metrics:  "))
+        .unwrap_or_else(|| panic!("{text}"));
+    let o = run(&format!("curl -sf {metrics_url}"));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("gatehouse_build_info"),
+        "{o:?}"
+    );
+    // The re-issue commands work without `gatehouse` on PATH and give the same principals.
+    let reissue = block("Re-issue them later", 3);
+    let claims = |token: &str| -> serde_json::Value {
+        use base64::Engine as _;
+        let payload = token.split('.').nth(1).unwrap();
+        let mut v: serde_json::Value = serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .unwrap(),
+        )
+        .unwrap();
+        for k in ["iat", "exp", "nbf", "jti"] {
+            v.as_object_mut().unwrap().remove(k);
+        }
+        v
+    };
+    for (printed, again) in exports.iter().zip(&reissue) {
+        let var = printed
+            .trim_start_matches("export ")
+            .split('=')
+            .next()
+            .unwrap();
+        let o = Command::new("bash")
+            .args(["-c", &format!("set -e\n{again}\nprintf %s \"${var}\"")])
+            .env("PATH", "/usr/bin:/bin")
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{again}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let token = printed
+            .split('=')
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap();
+        assert_eq!(
+            claims(String::from_utf8_lossy(&o.stdout).trim()),
+            claims(token),
+            "{again}"
+        );
+    }
     // Ctrl-C (SIGINT) stops it cleanly, and the audit trail verifies.
     qs.signal("INT");
     assert!(

@@ -209,12 +209,25 @@ async fn secret_exec_gives_values_to_the_child_only_and_revokes_its_leases_howev
         .spawn()
         .unwrap();
     let child_pid = wait_for_file(&pid_file);
-    let environ = |pid: &str| std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let environ = |pid: &str| std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
     let holds = |bytes: &[u8], v: &str| bytes.windows(v.len()).any(|w| w == v.as_bytes());
-    let child_env = environ(&child_pid);
+    // The child writes its pid, then replaces itself with `sleep`: read while that exec is under
+    // way, /proc/PID/environ can be empty for a moment. The environment is the same before and
+    // after it, so the read is retried (for at most 5 s) until it is there.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let child_env = loop {
+        let env = environ(&child_pid);
+        if (holds(&env, &format!("DB_PASSWORD={db}")) && holds(&env, &api))
+            || Instant::now() > deadline
+        {
+            break env;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert!(
         holds(&child_env, &format!("DB_PASSWORD={db}")) && holds(&child_env, &api),
-        "the child's environment lacks the values"
+        "the child's environment lacks the values: {}",
+        String::from_utf8_lossy(&child_env).replace('\0', " ")
     );
     let parent_env = environ(&parent.id().to_string());
     assert!(

@@ -53,7 +53,7 @@ fn ssh_command(key: &Path, port: u16) -> String {
     )
 }
 
-fn ssh(key: &Path, port: u16, extra: &[&str]) -> Output {
+pub(crate) fn ssh(key: &Path, port: u16, extra: &[&str]) -> Output {
     let cmd = ssh_command(key, port);
     let mut parts = cmd.split_whitespace();
     let mut c = Command::new(parts.next().unwrap());
