@@ -149,6 +149,15 @@ async fn check_all(cfg: &Config, args: &CheckArgs, r: &mut Report) {
     check_upstream(cfg, args, r).await;
     check_listeners(cfg, r);
     check_audit(cfg, r);
+    // An embedded store that does not exist yet is created by opening it: it is removed again
+    // afterwards, so that the check changes nothing.
+    let new_sqlite = match &cfg.store.url {
+        gatehouse_config::StoreUrl::Plain(u) => u
+            .strip_prefix("sqlite://")
+            .map(PathBuf::from)
+            .filter(|p| !p.as_os_str().is_empty() && !p.exists()),
+        gatehouse_config::StoreUrl::Secret(_) => None,
+    };
     let store = check_store(cfg, args, r, clock.clone()).await;
     if let Some(own) = own {
         let authn = r.result(
@@ -177,6 +186,13 @@ async fn check_all(cfg: &Config, args: &CheckArgs, r: &mut Report) {
     }
     if let Some(store) = store {
         store.close().await;
+    }
+    if let Some(path) = new_sqlite {
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let mut p = path.clone().into_os_string();
+            p.push(suffix);
+            let _ = std::fs::remove_file(PathBuf::from(p));
+        }
     }
 }
 

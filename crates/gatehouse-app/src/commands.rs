@@ -171,7 +171,9 @@ pub fn policy_explain(args: &ExplainArgs) -> Result<bool> {
     let principal = rt
         .block_on(decider.caller(&Credential::Bearer(args.token.clone())))
         .map_err(|e| match e {
-            gatehouse_decide::CallerError::Authn(e) => anyhow::anyhow!("token refused: {e}"),
+            gatehouse_decide::CallerError::Authn(e) => {
+                anyhow::anyhow!("token refused ({}): {e}", e.code())
+            }
             e => anyhow::anyhow!("the gateway would refuse this caller: {e}"),
         })?;
     let uri: http::Uri = args

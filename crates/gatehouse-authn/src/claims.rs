@@ -113,6 +113,26 @@ pub(crate) fn issued_to_a_client(claims: &Map<String, Value>) -> bool {
     }
 }
 
+/// `alice@contoso.com` as `alice` when `contoso.com` is one of `domains` (any case); `None` for
+/// a name with an `@` and another domain, or nothing before the `@`. Without `domains`, the
+/// name as it is.
+fn strip_domain(name: String, domains: &[String]) -> Option<String> {
+    if domains.is_empty() {
+        return Some(name);
+    }
+    match name.rsplit_once('@') {
+        None => Some(name),
+        Some((local, domain))
+            if !local.is_empty()
+                && !local.contains('@')
+                && domains.iter().any(|d| d.eq_ignore_ascii_case(domain)) =>
+        {
+            Some(local.to_owned())
+        }
+        Some(_) => None,
+    }
+}
+
 /// Maps verified claims to a principal.
 pub fn map_principal(
     claims: &Map<String, Value>,
@@ -125,6 +145,8 @@ pub fn map_principal(
         _ => return Err(AuthnError::MissingClaim(mapping.subject.clone())),
     };
     let username = string_claim(claims, &mapping.username)?.unwrap_or_else(|| subject.clone());
+    let username = strip_domain(username, &mapping.username_domains)
+        .ok_or_else(|| AuthnError::BadClaim(mapping.username.clone()))?;
     if !valid_username(&username) {
         return Err(AuthnError::BadClaim(mapping.username.clone()));
     }
@@ -171,6 +193,51 @@ mod tests {
             Value::Object(m) => m,
             _ => panic!("not an object"),
         }
+    }
+
+    #[test]
+    fn listed_domains_are_taken_off_the_user_name_and_others_refused() {
+        let domains = vec!["contoso.com".to_owned(), "Fabrikam.example".to_owned()];
+        assert_eq!(
+            strip_domain("alice@contoso.com".into(), &domains).as_deref(),
+            Some("alice")
+        );
+        assert_eq!(
+            strip_domain("Bob@CONTOSO.COM".into(), &domains).as_deref(),
+            Some("Bob")
+        );
+        assert_eq!(
+            strip_domain("carol@fabrikam.example".into(), &domains).as_deref(),
+            Some("carol")
+        );
+        assert_eq!(
+            strip_domain("dave".into(), &domains).as_deref(),
+            Some("dave")
+        );
+        assert_eq!(strip_domain("eve@evil.example".into(), &domains), None);
+        assert_eq!(
+            strip_domain("eve@contoso.com.evil.example".into(), &domains),
+            None
+        );
+        assert_eq!(strip_domain("a@b@contoso.com".into(), &domains), None);
+        assert_eq!(strip_domain("@contoso.com".into(), &domains), None);
+        assert_eq!(strip_domain("x@y".into(), &[]).as_deref(), Some("x@y"));
+        // Through the mapping: the principal's user name is the stripped one; another domain
+        // refuses the token, naming the claim.
+        let mapping = ClaimMapping {
+            username: "preferred_username".into(),
+            username_domains: domains,
+            ..ClaimMapping::default()
+        };
+        let c = claims(serde_json::json!({"sub": "s", "preferred_username": "alice@contoso.com"}));
+        let p = map_principal(&c, &mapping, "i", PrincipalKind::User).unwrap();
+        assert_eq!(p.username, "alice");
+        let c =
+            claims(serde_json::json!({"sub": "s", "preferred_username": "alice@other.example"}));
+        assert_eq!(
+            map_principal(&c, &mapping, "i", PrincipalKind::User).err(),
+            Some(AuthnError::BadClaim("preferred_username".into()))
+        );
     }
 
     #[test]

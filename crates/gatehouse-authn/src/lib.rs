@@ -182,6 +182,17 @@ impl Authenticator {
             // Not a JWT: an opaque token, for an issuer that introspects (in config order).
             Err(_) => return self.introspect(token, key, now).await,
         };
+        // Gitea's and Forgejo's OAuth2 providers sign access tokens that name nobody: no `iss`,
+        // no `sub`, no `aud`, only the grant (`gnt`), the kind (`tt`: 0 access, 1 refresh) and
+        // the times (their services/oauth2_provider/token.go). Only the forge's introspection
+        // endpoint can say whose they are, so such a token goes there, as an opaque one would.
+        // A refresh token is refused first: their introspection answers `active` for it too.
+        if !jwt.claims.contains_key("iss") && !self.introspectors.is_empty() {
+            if jwt.claims.get("tt").is_some_and(|t| t.as_i64() != Some(0)) {
+                return Err(AuthnError::WrongTokenType);
+            }
+            return self.introspect(token, key, now).await;
+        }
         let iss = jwt
             .claims
             .get("iss")

@@ -1117,6 +1117,13 @@ pub struct ClaimMapping {
     /// The groups: an array of strings, or one space- or comma-separated string.
     #[serde(default = "default_groups")]
     pub groups: String,
+    /// Domains taken off the user name: with `["contoso.com"]`, `alice@contoso.com` (an Entra
+    /// ID UPN, a Google or Okta e-mail) is the forge user `alice`. A user name with an `@` and
+    /// a domain not listed is refused: a forge user name cannot hold one, and taking the part
+    /// before the `@` of any domain would make `alice@elsewhere.example` the same `alice`.
+    /// Compared without regard to case. Empty (the default): the claim is taken as it is.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub username_domains: Vec<String>,
 }
 
 impl Default for ClaimMapping {
@@ -1127,6 +1134,7 @@ impl Default for ClaimMapping {
             email: default_email(),
             name: default_name(),
             groups: default_groups(),
+            username_domains: Vec::new(),
         }
     }
 }
@@ -1389,6 +1397,17 @@ impl Config {
             }
             if iss.algorithms.is_empty() {
                 return bad(&k("algorithms"), "name at least one algorithm");
+            }
+            if iss
+                .claims
+                .username_domains
+                .iter()
+                .any(|d| d.is_empty() || d.contains('@') || d.chars().any(char::is_whitespace))
+            {
+                return bad(
+                    &k("claims.username_domains"),
+                    "a domain, without `@` (`contoso.com`)",
+                );
             }
             for a in &iss.algorithms {
                 if a.starts_with("HS") || a.eq_ignore_ascii_case("none") {

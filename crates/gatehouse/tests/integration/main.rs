@@ -19,6 +19,7 @@ mod forward_auth;
 mod git_http;
 mod headers;
 mod holes;
+mod idp_guides;
 mod large;
 mod packaging;
 mod paths;
