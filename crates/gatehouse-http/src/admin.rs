@@ -79,6 +79,13 @@ async fn route(gw: Arc<Gateway>, req: Request<hyper::body::Incoming>) -> Respons
             let statuses: Vec<_> = gw.authn().issuers().map(|i| i.status()).collect();
             gw.metrics().sync_jwks(&statuses);
             gw.metrics().sync_revocations(gw.authn().revocations());
+            if let Some(hooks) = &gw.hooks {
+                // A store that does not answer leaves the last counts: the store's own health is
+                // /readyz's to report.
+                if let Ok(rows) = hooks.store().hooks().counts().await {
+                    gw.metrics().sync_webhooks(&rows);
+                }
+            }
             text(
                 StatusCode::OK,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",

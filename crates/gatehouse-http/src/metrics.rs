@@ -37,6 +37,13 @@ pub(crate) struct FetchLabels {
     pub(crate) result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct DeliveryLabels {
+    pub(crate) hook: String,
+    pub(crate) target: String,
+    pub(crate) state: String,
+}
+
 /// Every metric Gatehouse exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -57,6 +64,7 @@ pub struct Metrics {
     revocations: Gauge,
     revocation_seq: Gauge,
     revocations_synced: Gauge,
+    webhook_deliveries: Family<DeliveryLabels, Gauge>,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -195,8 +203,16 @@ impl Metrics {
              than a few seconds behind: new revocations are not reaching it)",
             revocations_synced.clone(),
         );
+        let webhook_deliveries = Family::<DeliveryLabels, Gauge>::default();
+        registry.register(
+            "webhook_deliveries",
+            "Webhook deliveries in the store by hook, target and state (pending: waiting for their \
+             next attempt; delivered; dead: given up), as the store holds them when scraped",
+            webhook_deliveries.clone(),
+        );
         Self {
             registry,
+            webhook_deliveries,
             revocations,
             revocation_seq,
             revocations_synced,
@@ -242,6 +258,22 @@ impl Metrics {
             .set(i64::try_from(r.len()).unwrap_or(i64::MAX));
         self.revocation_seq.set(r.seq());
         self.revocations_synced.set(r.synced_at());
+    }
+
+    /// Sets the webhook delivery counts to the store's (hook, target, state, count) rows; a
+    /// label set no longer in the store disappears.
+    pub(crate) fn sync_webhooks(&self, rows: &[(String, String, String, i64, i64)]) {
+        self.webhook_deliveries.clear();
+        for (hook, target, state, n, _) in rows {
+            let target = target.split_once('/').map_or(target.as_str(), |(_, t)| t);
+            self.webhook_deliveries
+                .get_or_create(&DeliveryLabels {
+                    hook: hook.clone(),
+                    target: target.to_owned(),
+                    state: state.clone(),
+                })
+                .set(*n);
+        }
     }
 
     /// Brings the JWKS fetch counters up to the authenticator's totals.

@@ -67,6 +67,12 @@ fn quickstart_prints_commands_that_work_as_printed() {
         &[("--listen", &main), ("--admin-listen", &admin)],
     );
     drop((main, admin)); // the quickstart holds them now
+    // Its log (text format) goes to a file here, not a terminal: no colour codes in it.
+    assert!(
+        !text.contains('\x1b'),
+        "colour codes in a log file:\n{text}"
+    );
+    assert!(text.contains("gatehouse listening"), "{text}");
     assert!(dir.join("repos/demo/hello.git/HEAD").exists());
     assert!(dir.join("keys/signing.pem").exists());
     let block = |title: &str, n: usize| -> Vec<String> {
@@ -248,6 +254,53 @@ fn quickstart_prints_commands_that_work_as_printed() {
         .output()
         .unwrap();
     assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+}
+
+/// The default admin port taken by another program: a new quickstart takes a free one, says so,
+/// and prints the URLs it really serves.
+#[test]
+fn quickstart_takes_a_free_admin_port_when_its_own_is_taken() {
+    let tmp = TempDir::new("quickstart-admin");
+    let dir = tmp.path().join("qs");
+    let main = local_listener();
+    let taken = local_listener();
+    let taken_addr = taken.local_addr().unwrap().to_string();
+    let mut cmd = Command::new(bin());
+    cmd.args(["quickstart", "--dir", &dir.to_string_lossy()])
+        .args(["--listen", &main.local_addr().unwrap().to_string()])
+        .args(["--admin-listen", &taken_addr]);
+    hand_over(&mut cmd, &[&main]);
+    cmd.env("LISTEN_FDS", "1");
+    let mut qs = Child::spawn("quickstart", &mut cmd, &tmp.path().join("quickstart.out"));
+    let text = wait_for("the quickstart banner", Duration::from_secs(60), || {
+        assert!(qs.is_running(), "quickstart exited:\n{}", qs.log_text());
+        let t = qs.log_text();
+        t.contains("Press Ctrl-C").then_some(t)
+    });
+    drop(main);
+    assert!(
+        text.contains(&format!("note: {taken_addr} is in use")),
+        "{text}"
+    );
+    let metrics_url = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("metrics:  "))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(!metrics_url.contains(&taken_addr), "{text}");
+    let port: u16 = metrics_url
+        .trim_start_matches("http://127.0.0.1:")
+        .trim_end_matches("/metrics")
+        .parse()
+        .unwrap();
+    let (status, body) = raw_http(port, "GET", "/metrics", &[]);
+    assert_eq!(status, 200);
+    assert!(body.contains("gatehouse_build_info"));
+    drop(taken);
+    qs.signal("INT");
+    assert!(
+        qs.wait_timeout(Duration::from_secs(30))
+            .is_some_and(|s| s.success())
+    );
 }
 
 #[test]

@@ -10,11 +10,13 @@ use std::process::Command;
 
 use gatehouse_testkit::TempDir;
 
-fn root() -> PathBuf {
+/// The repository's root.
+pub(crate) fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-fn run(cmd: &mut Command) -> (bool, String) {
+/// Runs `cmd`: whether it succeeded, and its stdout and stderr together.
+pub(crate) fn run(cmd: &mut Command) -> (bool, String) {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     let text = format!(
         "{}{}",

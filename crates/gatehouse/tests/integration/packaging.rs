@@ -12,20 +12,7 @@ use std::process::Command;
 use gatehouse_testkit::{TempDir, raw_http};
 
 use crate::common::{bin, builder, repos};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn run(cmd: &mut Command) -> (bool, String) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
+use crate::deploy::{root, run};
 
 fn script(name: &str) -> PathBuf {
     root().join("crates/gatehouse-testkit/scripts").join(name)
@@ -193,16 +180,37 @@ fn alerts_and_dashboard_are_valid_and_name_only_metrics_a_gateway_exports() {
     std::fs::create_dir_all(&keys).unwrap();
     crate::ssh::keygen(&keys.join("ci"));
     let ci_pub = std::fs::read_to_string(keys.join("ci.pub")).unwrap();
+    // The webhook relay's target refuses connections: the delivery stays pending.
+    let refused_target = gatehouse_testkit::RefusedPort::new();
+    let hooks = crate::webhooks::hook_config(
+        &rtmp,
+        &crate::webhooks::target(
+            "ci",
+            &format!("http://127.0.0.1:{}/hook", refused_target.port),
+            "",
+        ),
+        "",
+    );
     let gw = builder()
         .with_builtin_upstream(&root_dir)
         .with_idp(gatehouse_testkit::Idp::shared())
         .policy(crate::common::POLICY)
         .extra(&format!(
             "[ssh]\nlisten = \"127.0.0.1:0\"\n\n[[ssh.service_accounts]]\nname = \"ci-bot\"\n\
-             public_key = \"{}\"\ngroups = [\"ci\"]\n",
+             public_key = \"{}\"\ngroups = [\"ci\"]\n\n{hooks}",
             ci_pub.trim()
         ))
         .start();
+    let body = crate::webhooks::push_event("refs/heads/main", &"0".repeat(40), &"1".repeat(40));
+    let (status, answer) = crate::webhooks::deliver(
+        &gw,
+        "gitea",
+        "push",
+        "5b3b8f3e-0000-4000-8000-000000000001",
+        &body,
+        Some(crate::webhooks::HOOK_SECRET),
+    );
+    assert_eq!(status, 202, "{answer}");
     let refs = "/demo/hello.git/info/refs?service=git-upload-pack";
     let auth = format!("Bearer {}", gw.token("alice", &["dev"]));
     let (status, raw) = raw_http(gw.port, "GET", refs, &[("Authorization", &auth)]);

@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use crate::common::{POLICY, bin, builder, clone_demo, commit_file, local_head, repos};
 use crate::state_api::call;
 
-const HOOK_SECRET: &str = "gitea-hook-secret";
+pub(crate) const HOOK_SECRET: &str = "gitea-hook-secret";
 /// Gatehouse's own Standard Webhooks secret for the receiver (32 bytes, base64).
 const SIGNING: &str = "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 
@@ -150,7 +150,7 @@ fn serve(conn: TcpStream, status: &AtomicU16, got: &Mutex<Vec<Got>>) {
 }
 
 /// A push event as Gitea writes it (`json.MarshalIndent(p, "", "  ")`).
-fn push_event(git_ref: &str, before: &str, after: &str) -> Vec<u8> {
+pub(crate) fn push_event(git_ref: &str, before: &str, after: &str) -> Vec<u8> {
     serde_json::to_vec_pretty(&json!({
         "ref": git_ref, "before": before, "after": after,
         "compare_url": "", "commits": [], "total_commits": 0,
@@ -164,7 +164,7 @@ fn push_event(git_ref: &str, before: &str, after: &str) -> Vec<u8> {
 
 /// POSTs `body` to hook `name` as Gitea delivers it, signed with `secret` (no signature header
 /// when `None`); returns the status and the answer.
-fn deliver(
+pub(crate) fn deliver(
     gw: &TestGateway,
     name: &str,
     event: &str,
@@ -195,7 +195,7 @@ fn deliver(
     )
 }
 
-fn hook_config(tmp: &TempDir, targets: &str, hook_extra: &str) -> String {
+pub(crate) fn hook_config(tmp: &TempDir, targets: &str, hook_extra: &str) -> String {
     let secret = tmp.path().join("hook.secret");
     std::fs::write(&secret, format!("{HOOK_SECRET}\n")).unwrap();
     let signing = tmp.path().join("signing.secret");
@@ -207,7 +207,7 @@ fn hook_config(tmp: &TempDir, targets: &str, hook_extra: &str) -> String {
     )
 }
 
-fn target(name: &str, url: &str, extra: &str) -> String {
+pub(crate) fn target(name: &str, url: &str, extra: &str) -> String {
     format!(
         "[[webhooks.hooks.targets]]\nname = \"{name}\"\nurl = \"{url}\"\nsigning_secret = {{ file = \"SIGNING_FILE\" }}\nretry_min = \"200ms\"\nretry_max = \"1s\"\n{extra}"
     )
