@@ -507,15 +507,15 @@ async fn check_store(
 async fn check_issuers(authn: &Authenticator, args: &CheckArgs, r: &mut Report) {
     for issuer in authn.issuers() {
         let what = format!("issuer {}", issuer.issuer());
-        match tokio::time::timeout(args.timeout.max(Duration::from_secs(1)) * 2, issuer.probe())
-            .await
-        {
+        // Discovery, then the key set: two requests.
+        let limit = args.timeout.max(Duration::from_secs(1)) * 2;
+        match tokio::time::timeout(limit, issuer.probe()).await {
             Ok(Ok((uri, n))) => r.ok(&what, format!("{n} signing key(s) from {uri}")),
             Ok(Err(e)) => r.warn(
                 &what,
                 format!("{e}; its tokens are refused until it answers"),
             ),
-            Err(_) => r.warn(&what, format!("no answer within {:?}", args.timeout * 2)),
+            Err(_) => r.warn(&what, format!("no answer within {limit:?}")),
         }
     }
 }
