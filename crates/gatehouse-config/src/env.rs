@@ -72,6 +72,11 @@ fn set_in(here: &mut Value, path: &[String], raw: &str, depth: usize) -> Result<
             let next = t
                 .entry(part.clone())
                 .or_insert_with(|| Value::Table(toml::Table::new()));
+            // A deeper path replaces a value with a table: `GATEHOUSE__STORE__URL__FILE` moves
+            // a URL written in the file to a secret file.
+            if !matches!(next, Value::Table(_) | Value::Array(_)) {
+                *next = Value::Table(toml::Table::new());
+            }
             set_in(next, path, raw, depth + 1)
         }
         Value::Array(a) => {
@@ -116,6 +121,8 @@ fn value_for(raw: &str, old: Option<&Value>) -> Value {
         .and_then(|mut t| t.remove("v"));
     match (old, parsed) {
         (Some(Value::String(_)), Some(Value::String(s))) => Value::String(s),
+        // A table or a list is never meant as text (`{ file = "..." }`, `["a", "b"]`).
+        (Some(Value::String(_)), Some(v @ (Value::Table(_) | Value::Array(_)))) => v,
         (Some(Value::String(_)), _) => Value::String(raw.to_owned()),
         (_, Some(v)) => v,
         (_, None) => Value::String(raw.to_owned()),
@@ -174,6 +181,24 @@ mod tests {
             t["tokens"]["signing_key"]["file"].as_str(),
             Some("/run/secrets/key")
         );
+        // A string in the file becomes a table or a list when the override says so.
+        let mut t: toml::Table =
+            "[store]\nurl = \"sqlite://x.db\"\n[[issuers]]\naudiences = \"a\"\n"
+                .parse()
+                .unwrap();
+        apply(
+            &mut t,
+            env(&[
+                ("GATEHOUSE__STORE__URL__FILE", "/run/secrets/db-url"),
+                ("GATEHOUSE__ISSUERS__0__AUDIENCES", r#"["a", "b"]"#),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            t["store"]["url"]["file"].as_str(),
+            Some("/run/secrets/db-url")
+        );
+        assert_eq!(t["issuers"][0]["audiences"][1].as_str(), Some("b"));
     }
 
     #[test]
@@ -182,7 +207,6 @@ mod tests {
             .parse()
             .unwrap();
         for (name, why) in [
-            ("GATEHOUSE__SERVER__LISTEN__PORT", "is a value"),
             ("GATEHOUSE__ISSUERS__5__ISSUER", "at most the next one"),
             ("GATEHOUSE__ISSUERS__FIRST", "name an entry by its number"),
             ("GATEHOUSE__SERVER___LISTEN", "empty key part"),

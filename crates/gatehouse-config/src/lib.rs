@@ -100,7 +100,32 @@ impl Config {
             source,
         })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        Self::parse_with_env(&text, &base, &path.display().to_string(), std::env::vars())
+        // Only `GATEHOUSE__*` variables are read, and a non-UTF-8 one is an error, not a panic
+        // (`std::env::vars` panics on any non-UTF-8 variable in the whole environment).
+        let mut vars = Vec::new();
+        for (k, v) in std::env::vars_os() {
+            if !k.to_string_lossy().starts_with(ENV_PREFIX) {
+                continue;
+            }
+            match (k.into_string(), v.into_string()) {
+                (Ok(k), Ok(v)) => vars.push((k, v)),
+                (Ok(k), Err(_)) | (Err(_), Ok(k)) => {
+                    return Err(ConfigError::Invalid {
+                        path: path.display().to_string(),
+                        key: k,
+                        message: "the environment variable is not UTF-8".to_owned(),
+                    });
+                }
+                (Err(k), Err(_)) => {
+                    return Err(ConfigError::Invalid {
+                        path: path.display().to_string(),
+                        key: k.to_string_lossy().into_owned(),
+                        message: "the environment variable is not UTF-8".to_owned(),
+                    });
+                }
+            }
+        }
+        Self::parse_with_env(&text, &base, &path.display().to_string(), vars)
     }
 
     /// Parses and validates config text; relative paths are resolved against `base`.
@@ -158,27 +183,26 @@ impl Config {
     }
 }
 
-/// toml's message, with the offending line shown, except where the value is a secret written
-/// inline: then the line is shown up to its `=` only, so that the secret does not reach a log.
+/// toml's message at its line and column, with the offending line shown up to its `=` only: a
+/// value is never repeated, as it may be a secret written inline or mistyped (`client_secret =
+/// hunter2`, a secret under a misspelt key), and errors reach logs.
 fn parse_message(text: &str, e: &toml::de::Error) -> String {
-    let about_a_secret = e.message().starts_with("where to read a secret")
-        || e.message().starts_with("a hook secret")
-        || e.message().starts_with("a store URL");
-    match (about_a_secret, e.span()) {
-        (true, Some(span)) => {
-            let start = span.start.min(text.len());
-            let before = text.get(..start).unwrap_or("");
-            let line = before.matches('\n').count() + 1;
-            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-            let line_text = text.lines().nth(line - 1).unwrap_or("");
-            let key = line_text.split_once('=').map_or("", |(k, _)| k).trim_end();
-            format!(
-                "TOML parse error at line {line}, column {column}\n{line:>3} | {key} = (value not shown)\n{}",
-                e.message()
-            )
-        }
-        _ => e.to_string(),
-    }
+    let Some(span) = e.span() else {
+        return e.message().to_owned();
+    };
+    let start = span.start.min(text.len());
+    let before = text.get(..start).unwrap_or("");
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    let line_text = text.lines().nth(line - 1).unwrap_or("");
+    let shown = match line_text.split_once('=') {
+        Some((key, _)) => format!("{} = (value not shown)", key.trim_end()),
+        None => line_text.trim_end().to_owned(),
+    };
+    format!(
+        "TOML parse error at line {line}, column {column}\n{line:>4} | {shown}\n{}",
+        e.message()
+    )
 }
 
 fn resolve(base: &Path, p: &mut PathBuf) {

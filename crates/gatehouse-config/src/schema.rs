@@ -1117,10 +1117,10 @@ pub struct ClaimMapping {
     /// The groups: an array of strings, or one space- or comma-separated string.
     #[serde(default = "default_groups")]
     pub groups: String,
-    /// Domains taken off the user name: with `["contoso.com"]`, `alice@contoso.com` (an Entra
-    /// ID UPN, a Google or Okta e-mail) is the forge user `alice`. A user name with an `@` and
-    /// a domain not listed is refused: a forge user name cannot hold one, and taking the part
-    /// before the `@` of any domain would make `alice@elsewhere.example` the same `alice`.
+    /// The domain taken off the user name (one at most): with `["contoso.com"]`,
+    /// `alice@contoso.com` (an Entra ID UPN, a Google or Okta e-mail) is the forge user `alice`.
+    /// A user name in another domain, or without a domain, is refused: a forge user name cannot
+    /// hold an `@`, and `alice@elsewhere.example` (or a bare `alice`) is not the same person.
     /// Compared without regard to case. Empty (the default): the claim is taken as it is.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub username_domains: Vec<String>,
@@ -1407,6 +1407,13 @@ impl Config {
                 return bad(
                     &k("claims.username_domains"),
                     "a domain, without `@` (`contoso.com`)",
+                );
+            }
+            if iss.claims.username_domains.len() > 1 {
+                return bad(
+                    &k("claims.username_domains"),
+                    "one domain at most: `alice@` of two domains can be two people, and both \
+                     would be the forge user `alice`",
                 );
             }
             for a in &iss.algorithms {

@@ -101,6 +101,16 @@ def main(rendered, outdir):
             and f.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name") == w["metadata"]["namespace"]
             for f in froms), "the forge admits more than Gatehouse's pods")
 
+    # Every pod that mounts a Secret runs with an fsGroup: the files are mode 0400 and the
+    # kubelet gives them to that group, or the non-root user cannot read them.
+    for d in docs:
+        if d["kind"] not in ("Deployment", "StatefulSet", "Job"):
+            continue
+        spec = d["spec"]["template"]["spec"]
+        if any("secret" in v for v in spec.get("volumes", [])):
+            need(spec.get("securityContext", {}).get("fsGroup") is not None,
+                 f"{d['kind']} {d['metadata']['name']} mounts a Secret without an fsGroup")
+
     with open(os.path.join(outdir, "env"), "w", encoding="utf-8") as f:
         for e in c.get("env", []):
             if e["name"].startswith("GATEHOUSE__") and "value" in e:

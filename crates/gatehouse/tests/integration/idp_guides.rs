@@ -303,7 +303,10 @@ async fn gitea_forgejo_guide() {
     );
     let secret_file = tmp.path().join("secret");
     std::fs::write(&secret_file, secret).unwrap();
-    let s = setup(&md, None, |e| {
+    // The forge's own key set (its /login/oauth/keys) is the test IdP's here: the forge's ID
+    // tokens then verify as JWTs, and must still be refused.
+    let jwks = jwks_uri(idp).await;
+    let s = setup(&md, Some(&jwks), |e| {
         e.replace(
             "https://git.example.com/login/oauth/introspect",
             &format!("http://127.0.0.1:{port}/login/oauth/introspect"),
@@ -334,6 +337,17 @@ async fn gitea_forgejo_guide() {
     );
     let e = explain(&s, &revoked).unwrap_err();
     assert!(e.contains("(inactive)"), "{e}");
+    // An ID token of the forge's: `iss`, `aud` = the client, `sub` = the numeric user id, no
+    // `username`. Signed with the forge's key, it is still not taken for user "3".
+    let id_token = idp
+        .sign(
+            serde_json::json!({"iss": answer["iss"], "aud": [client_id], "sub": "3", "exp": now + 600, "iat": now, "nickname": "alice", "preferred_username": "alice"}),
+            "RS256",
+            None,
+        )
+        .await;
+    let e = explain(&s, &id_token).unwrap_err();
+    assert!(e.contains("(missing_claim)"), "{e}");
     // Gatehouse authenticates with HTTP Basic, as the forge requires: a wrong secret is a 401
     // there, and an outage here (never a pass).
     std::fs::write(&secret_file, "wrong").unwrap();

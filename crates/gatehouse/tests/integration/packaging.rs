@@ -342,6 +342,14 @@ fn the_debian_package_installs_runs_and_its_unit_verifies() {
         .env("MANWIDTH", "80"));
     assert!(ok && man.contains("check"), "{man}");
     drop(_purge);
+    // Purged: the configuration is gone; the state and its owner stay (an audit trail is not a
+    // package manager's to delete, nor its uid to hand to the next system user).
+    assert!(
+        !Path::new("/etc/gatehouse").exists(),
+        "purge left /etc/gatehouse"
+    );
+    assert!(!Path::new("/usr/bin/gatehouse").exists());
+    assert!(Path::new("/var/lib/gatehouse").is_dir());
     let (ok, _) = run(Command::new("getent").args(["passwd", "gatehouse"]));
-    assert!(!ok, "purge left the user");
+    assert!(ok, "purge deleted the owner of /var/lib/gatehouse");
 }
