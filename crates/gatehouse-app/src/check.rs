@@ -119,14 +119,7 @@ pub fn check(args: &CheckArgs) -> Result<u8> {
 async fn check_all(cfg: &Config, args: &CheckArgs, r: &mut Report) {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let file = cfg.policy.file.display().to_string();
-    let policy = std::fs::read(&cfg.policy.file)
-        .map_err(|e| anyhow::anyhow!("cannot read {file}: {e}"))
-        .and_then(|bytes| {
-            let text =
-                String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("{file} is not UTF-8"))?;
-            gatehouse_policy::PolicyEngine::new(&text, &cfg.forge.name)
-                .map_err(|e| anyhow::anyhow!(crate::serve::policy_refusal(&file, &e)))
-        });
+    let policy = crate::serve::load_policy(cfg);
     r.result("policy", policy, |p| {
         format!("{} policies in {file} validate against the schema", p.len())
     });
@@ -521,17 +514,18 @@ async fn check_store(
         }
         Err(e) => r.fail(what, format!("{e:#}")),
     }
-    if cfg.secrets.is_some() {
+    // Built once: the webhook hooks read their secrets through this broker, as in `serve`.
+    let broker = if cfg.secrets.is_some() {
         r.result(
             "secrets",
             crate::store::secrets_broker(&store, cfg, clock.clone()),
             |_| "master keys read".to_owned(),
-        );
-    }
+        )
+        .flatten()
+    } else {
+        None
+    };
     if let Some(w) = &cfg.webhooks {
-        let broker = crate::store::secrets_broker(&store, cfg, clock.clone())
-            .ok()
-            .flatten();
         r.result(
             "webhooks",
             crate::webhooks::hooks(cfg, &store, broker.as_deref(), clock).await,

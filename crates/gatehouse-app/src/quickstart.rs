@@ -197,12 +197,16 @@ fn self_command() -> String {
     if on_path {
         return "gatehouse".to_owned();
     }
-    let text = me.display().to_string();
+    shell_word(&me.display().to_string())
+}
+
+/// `text` as one word for a POSIX shell: as it is when it needs no quoting, else single-quoted.
+fn shell_word(text: &str) -> String {
     if text
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || "/._-+".contains(c))
     {
-        text
+        text.to_owned()
     } else {
         format!("'{}'", text.replace('\'', "'\\''"))
     }
@@ -315,14 +319,7 @@ Git over SSH at ssh://git@{addr}/ (host key {fp}):
     };
     run_blocking(cfg, &config_path, inherited, move |addr| {
         let url = format!("http://{addr}");
-        let quoted_cfg = if cfg_display
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "/._-+".contains(c))
-        {
-            cfg_display.clone()
-        } else {
-            format!("'{}'", cfg_display.replace('\'', "'\\''"))
-        };
+        let quoted_cfg = shell_word(&cfg_display);
         let reissue = |var: &str, subject: &str, kind: &str, groups: &[&str]| {
             let groups: String = groups.iter().map(|g| format!(" --group {g}")).collect();
             format!(
