@@ -16,7 +16,7 @@ ENV GATEHOUSE_COMMIT=${GATEHOUSE_COMMIT} \
     CARGO_TERM_COLOR=never
 WORKDIR /src
 COPY . .
-RUN cargo build --locked --profile dist -p gatehouse \
+RUN cargo build --locked --profile dist -p gatehouse --features otlp \
     && mkdir -p /out /state \
     && objcopy --only-keep-debug target/dist/gatehouse /out/gatehouse.debug \
     && objcopy --strip-debug --strip-unneeded --add-gnu-debuglink=/out/gatehouse.debug \

@@ -24,7 +24,8 @@ TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 # Cargo names the dev profile's directory `debug`.
 DIR=$TARGET/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
 if ((BUILD)); then
-  cargo build --locked --profile "$PROFILE" -p gatehouse --bins
+  # With OTLP trace export ([traces]): what an operator of the package expects to have.
+  cargo build --locked --profile "$PROFILE" -p gatehouse --features otlp --bins
 fi
 for b in gatehouse git-credential-gatehouse; do
   [ -x "$DIR/$b" ] || { echo "package-deb: $DIR/$b not built" >&2; exit 1; }

@@ -140,6 +140,7 @@ async fn check_all(cfg: &Config, args: &CheckArgs, r: &mut Report) {
     );
     check_tls(cfg, args, r);
     check_upstream(cfg, args, r).await;
+    check_traces(cfg, args, r).await;
     check_listeners(cfg, r);
     check_audit(cfg, r);
     // An embedded store that does not exist yet is created by opening it: it is removed again
@@ -360,6 +361,57 @@ async fn check_upstream(cfg: &Config, args: &CheckArgs, r: &mut Report) {
                 }
             }
         }
+    }
+}
+
+/// `[traces]`: refused by a binary built without the `otlp` feature (serve would not start);
+/// else the header secrets read and the collector's address connected to (a collector that is
+/// down only loses spans: a warning).
+async fn check_traces(cfg: &Config, args: &CheckArgs, r: &mut Report) {
+    let Some(t) = &cfg.traces else {
+        return;
+    };
+    if !crate::traces::BUILT_WITH_OTLP {
+        r.fail("traces", crate::traces::unsupported());
+        return;
+    }
+    for (name, src) in &t.headers {
+        let what = format!("traces.headers.{name}");
+        r.result(
+            &what,
+            gatehouse_config::read_secret(&what, src).map_err(anyhow::Error::from),
+            |_| "readable".to_owned(),
+        );
+    }
+    let url = t.traces_url();
+    let Ok(u) = url::Url::parse(&url) else {
+        r.fail("traces", format!("{url} is not a URL"));
+        return;
+    };
+    let (Some(host), Some(port)) = (u.host_str(), u.port_or_known_default()) else {
+        r.fail("traces", format!("{url} names no host"));
+        return;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let addr = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    let what = "traces collector reachable";
+    match tokio::time::timeout(args.timeout, tcp_probe(&addr)).await {
+        Ok(Ok(peer)) => r.ok(
+            what,
+            format!(
+                "{url} accepts connections ({peer}); sampling {} of new traces",
+                t.sample_ratio
+            ),
+        ),
+        Ok(Err(e)) => r.warn(
+            what,
+            format!("{url}: {e} (spans are lost while it is down)"),
+        ),
+        Err(_) => r.warn(what, format!("{url}: timed out after {:?}", args.timeout)),
     }
 }
 

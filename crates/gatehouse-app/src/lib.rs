@@ -16,6 +16,7 @@ mod secrets_cli;
 mod serve;
 mod sockets;
 mod store;
+mod traces;
 mod webhooks;
 
 pub use check::{CheckArgs, check};

@@ -317,10 +317,12 @@ pub(crate) async fn run(
     on_ready: impl FnOnce(std::net::SocketAddr),
 ) -> Result<Running> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let traces = crate::traces::Traces::start(&cfg)?;
     let ssh_metrics = gatehouse_ssh::SshMetrics::default();
     let metrics = Arc::new(Metrics::with(|r| {
         ssh_metrics.register(r);
         register_build_info(r);
+        traces.register(r);
     }));
 
     let policy = load_policy(&cfg)?;
@@ -504,12 +506,18 @@ pub(crate) async fn run(
         })))
         .with_secrets(secrets.clone())
         .with_hooks(hooks.clone())
-        .with_job_tokens(cfg.job_tokens.as_ref().map(|j| {
-            gatehouse_http::JobTokenSettings {
-                ttl: j.ttl.0,
-                recheck: j.recheck.0,
-            }
-        })),
+        .with_job_tokens(
+            cfg.job_tokens
+                .as_ref()
+                .map(|j| gatehouse_http::JobTokenSettings {
+                    ttl: j.ttl.0,
+                    recheck: j.recheck.0,
+                }),
+        )
+        .with_spans(
+            traces.sink(),
+            cfg.traces.as_ref().map_or(1.0, |t| t.sample_ratio),
+        ),
     );
 
     audit
@@ -652,6 +660,7 @@ pub(crate) async fn run(
             ..AuditRecord::default()
         })
         .await;
+    traces.finish(cfg.server.shutdown_grace.0).await;
     tracing::info!("gatehouse stopped");
     Ok(Running { writer })
 }

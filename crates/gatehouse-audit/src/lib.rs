@@ -17,11 +17,13 @@
 mod chain;
 mod record;
 mod search;
+mod span;
 mod writer;
 
 pub use chain::{ChainHead, GENESIS, VerifyError, VerifyReport, hash_line, rotated_parts, verify};
 pub use record::{AuditHook, AuditPrincipal, AuditRecord, AuditRef, AuditSecret};
 pub use search::{JobRecord, PushMatch, SearchError, SearchQuery, search, search_job};
+pub use span::{SpanIds, SpanSink};
 pub use writer::{
     AuditOptions, AuditSink, AuditSlot, AuditUnavailable, COMMIT_TIMEOUT, FlushStats, OpenError,
     PushIndexSink, PushedRef,

@@ -70,9 +70,103 @@ pub struct Config {
     /// store, and relayed to the services behind Gatehouse.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhooks: Option<WebhooksConfig>,
+    /// Every request, decision and relay attempt exported as an OpenTelemetry span (OTLP over
+    /// HTTP); needs a binary built with the `otlp` feature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traces: Option<TracesConfig>,
     /// The `GATEHOUSE__*` environment variables applied over the file (names only).
     #[serde(skip)]
     pub env_overrides: Vec<String>,
+}
+
+/// `[traces]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracesConfig {
+    /// The collector's OTLP/HTTP traces URL, e.g. `http://otel-collector:4318/v1/traces`; a URL
+    /// with no path gets `/v1/traces`, as OpenTelemetry's `OTEL_EXPORTER_OTLP_ENDPOINT` does.
+    pub endpoint: String,
+    /// The `service.name` of Gatehouse's spans.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// The share of new traces (requests without a sampled caller's `traceparent`) exported, 0 to
+    /// 1. A caller's `traceparent` decides for its own trace, sampled or not.
+    #[serde(default = "default_sample_ratio")]
+    pub sample_ratio: f64,
+    /// Headers sent with every export (a collector's or vendor's API key), each value read from
+    /// a file or the environment.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub headers: std::collections::BTreeMap<String, SecretSource>,
+    /// How long one export may take.
+    #[serde(default = "d10s")]
+    pub timeout: ConfigDuration,
+    /// Spans waiting for export at most; more are dropped (and counted) rather than delaying a
+    /// request.
+    #[serde(default = "default_traces_queue")]
+    pub max_queue: usize,
+}
+
+fn default_service_name() -> String {
+    "gatehouse".to_owned()
+}
+
+fn default_sample_ratio() -> f64 {
+    1.0
+}
+
+fn default_traces_queue() -> usize {
+    4096
+}
+
+impl TracesConfig {
+    /// The traces URL spans are sent to (`/v1/traces` added to a URL without a path).
+    pub fn traces_url(&self) -> String {
+        let e = self.endpoint.trim();
+        match url_path(e) {
+            Some("") | Some("/") => format!("{}/v1/traces", e.trim_end_matches('/')),
+            _ => e.to_owned(),
+        }
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        let bad = |k: &str, m: String| Err((format!("traces.{k}"), m));
+        let e = self.endpoint.trim();
+        if !(e.starts_with("http://") || e.starts_with("https://")) || url_path(e).is_none() {
+            return bad(
+                "endpoint",
+                "an http:// or https:// URL of an OTLP/HTTP collector, e.g. http://otel-collector:4318/v1/traces".into(),
+            );
+        }
+        if !(0.0..=1.0).contains(&self.sample_ratio) {
+            return bad(
+                "sample_ratio",
+                "a share from 0 to 1 (1: every new trace)".into(),
+            );
+        }
+        if self.service_name.trim().is_empty() {
+            return bad("service_name", "cannot be empty".into());
+        }
+        if self.max_queue == 0 {
+            return bad("max_queue", "at least 1".into());
+        }
+        for name in self.headers.keys() {
+            let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+            if name.is_empty() || !name.bytes().all(token) {
+                return bad("headers", format!("`{name}` is not a header name"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The path of an `http(s)://host[:port]/path` URL: `Some("")` without one, `None` without a
+/// host.
+fn url_path(u: &str) -> Option<&str> {
+    let rest = u
+        .strip_prefix("http://")
+        .or_else(|| u.strip_prefix("https://"))?;
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    (!host.is_empty() && !host.contains(['?', '#', '@', ' '])).then_some(path)
 }
 
 /// `[webhooks]`
@@ -1333,6 +1427,11 @@ impl Config {
         if let Some(SecretSource::File { file }) = &mut self.store.password {
             resolve(base, file);
         }
+        for src in self.traces.iter_mut().flat_map(|t| t.headers.values_mut()) {
+            if let SecretSource::File { file } = src {
+                resolve(base, file);
+            }
+        }
         for h in self.webhooks.iter_mut().flat_map(|w| w.hooks.iter_mut()) {
             for src in &mut h.secrets {
                 if let HookSecret::Source(SecretSource::File { file }) = src {
@@ -1473,6 +1572,9 @@ impl Config {
         }
         if let Some(w) = &self.webhooks {
             w.validate(self.secrets.as_ref())?;
+        }
+        if let Some(t) = &self.traces {
+            t.validate()?;
         }
         if let Some(jt) = &self.job_tokens {
             if self.forge.api.is_none() {

@@ -245,7 +245,10 @@ fn keys(prefix: &str, v: &toml::Value, out: &mut BTreeSet<String>) {
                 };
                 out.insert(p.clone());
                 // A free-form map (its keys are the user's, not the schema's).
-                if p != "issuers.login.extra_params" && p != "issuers.bound_claims" {
+                if !matches!(
+                    p.as_str(),
+                    "issuers.login.extra_params" | "issuers.bound_claims" | "traces.headers"
+                ) {
                     keys(&p, v, out);
                 }
             }
@@ -322,6 +325,53 @@ fn forge_api_settings_are_checked() {
             .unwrap_err()
             .to_string();
         assert!(e.contains(key), "{extra}: {e}");
+    }
+}
+
+#[test]
+fn trace_export_settings_are_checked() {
+    let t = |extra: &str| parse(&format!("{MINIMAL}\n[traces]\n{extra}\n"));
+    let c = t("endpoint = \"http://collector:4318\"").unwrap();
+    let tr = c.traces.unwrap();
+    assert_eq!(tr.traces_url(), "http://collector:4318/v1/traces");
+    assert_eq!(
+        (tr.sample_ratio, tr.service_name.as_str()),
+        (1.0, "gatehouse")
+    );
+    let c =
+        t("endpoint = \"https://otlp.vendor.example/api/v2/spans\"\nsample_ratio = 0.1").unwrap();
+    assert_eq!(
+        c.traces.unwrap().traces_url(),
+        "https://otlp.vendor.example/api/v2/spans"
+    );
+    for (extra, key) in [
+        ("endpoint = \"collector:4318\"", "traces.endpoint"),
+        ("endpoint = \"http://\"", "traces.endpoint"),
+        (
+            "endpoint = \"http://c:4318\"\nsample_ratio = 1.5",
+            "traces.sample_ratio",
+        ),
+        (
+            "endpoint = \"http://c:4318\"\nsample_ratio = -0.1",
+            "traces.sample_ratio",
+        ),
+        (
+            "endpoint = \"http://c:4318\"\nmax_queue = 0",
+            "traces.max_queue",
+        ),
+        (
+            "endpoint = \"http://c:4318\"\nheaders = { \"bad header\" = { env = \"K\" } }",
+            "traces.headers",
+        ),
+        // A header value is a secret: never written in the file.
+        (
+            "endpoint = \"http://c:4318\"\nheaders = { x-api-key = \"k\" }",
+            "headers",
+        ),
+    ] {
+        let e = t(extra).unwrap_err().to_string();
+        assert!(e.contains(key), "{extra}: {e}");
+        assert!(!e.contains("\"k\""), "{e}");
     }
 }
 

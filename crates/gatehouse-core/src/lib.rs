@@ -13,6 +13,7 @@ mod principal;
 mod redacted;
 mod resource;
 mod revocation;
+mod trace;
 
 pub use action::{Action, ParseActionError};
 pub use clock::{Clock, ManualClock, SystemClock, UnixTime};
@@ -21,6 +22,7 @@ pub use principal::{Claims, Principal, PrincipalKind, Workload};
 pub use redacted::Redacted;
 pub use resource::{OwnerRef, RepoRef, Resource, Route, Via};
 pub use revocation::{JOB_ENDED_FOR, RevocationChange, RevocationKind, Revocations, Revoked};
+pub use trace::TraceParent;
 
 /// The outcome of an authorization decision, with what a human needs to understand it.
 ///

@@ -104,10 +104,14 @@ impl Gateway {
         let client = input.client.unwrap_or(input.peer);
         let client_text: Arc<str> = ip_text(client).into();
         let host: Arc<str> = bare_host(&input.host).into();
+        // Envoy sends the trace context of the request it asks about (when it traces): the
+        // Check is a span of that trace.
+        let trace = crate::forwarded::trace_context(&input.headers, self.sample_ratio);
         let rec = AuditRecord {
             time: self.clock.now(),
             event: "ext_authz",
             request_id: Some(request_id.clone()),
+            trace_id: Some(trace.trace_id_hex()),
             source: Some(client_text.clone()),
             method: Some(input.method.clone().into()),
             host: Some(host.clone()),
@@ -133,10 +137,11 @@ impl Gateway {
             action: "none",
             in_flight: Some(self.metrics().in_flight()),
             metrics: self.metrics().clone(),
+            span: self.span_for(trace),
         };
         let adm = Admitted {
             request_id: request_id.clone(),
-            traceparent: String::new(),
+            traceparent: trace.traceparent(),
             client,
             peer: input.peer,
             client_text: client_text.clone(),

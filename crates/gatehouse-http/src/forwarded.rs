@@ -4,7 +4,9 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use gatehouse_audit::SpanIds;
 use gatehouse_config::IpNet;
+use gatehouse_core::TraceParent;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Identity-bearing headers stripped from every inbound request, whatever the configuration,
@@ -273,17 +275,6 @@ fn new_request_id() -> Arc<str> {
         .into()
 }
 
-fn push_hex(out: &mut String, mut v: u64, digits: usize) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut buf = [0u8; 16];
-    for i in (0..digits).rev() {
-        buf[i] = HEX[(v & 15) as usize];
-        v >>= 4;
-    }
-    // The buffer holds ASCII hex digits only.
-    out.push_str(std::str::from_utf8(&buf[..digits]).unwrap_or_default());
-}
-
 thread_local! {
     /// Per-thread state of a xorshift generator for trace and span ids, seeded from the system's
     /// CSPRNG once per thread. Ids need to be unique and hard to guess, not secret; a syscall per
@@ -316,52 +307,61 @@ fn next_random() -> u64 {
     })
 }
 
-/// `n` random bytes as lower-case hex (`n` a multiple of 8).
-fn random_hex(n: usize) -> String {
-    let mut s = String::with_capacity(n * 2);
-    for _ in 0..n / 8 {
-        push_hex(&mut s, next_random(), 16);
-    }
-    s
-}
-
-/// W3C trace context for this hop: `(trace_id, traceparent to send upstream)`. A valid inbound
-/// `traceparent` keeps its trace id and flags; Gatehouse adds its own span id.
-pub(crate) fn trace_context(h: &HeaderMap) -> (String, String) {
-    let parsed = h
+/// W3C trace context for this hop. A valid inbound `traceparent` keeps its trace id and its
+/// sampling flag, and its span becomes this one's parent; otherwise a new trace starts, sampled
+/// with probability `sample_ratio` (decided by the trace id, as OpenTelemetry's
+/// `TraceIdRatioBased` does, so every hop that samples by ratio agrees). Gatehouse's own span id
+/// is new either way; [`SpanIds::traceparent`] is what the next hop gets.
+pub(crate) fn trace_context(h: &HeaderMap, sample_ratio: f64) -> SpanIds {
+    let inbound = h
         .get(TRACEPARENT)
         .and_then(|v| v.to_str().ok())
-        .and_then(|s| {
-            let p: Vec<&str> = s.trim().split('-').collect();
-            let is_hex = |x: &str, n: usize| {
-                x.len() == n
-                    && x.bytes()
-                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-            };
-            match p.as_slice() {
-                [ver, trace, span, flags]
-                    if is_hex(ver, 2)
-                        && *ver != "ff"
-                        && is_hex(trace, 32)
-                        && is_hex(span, 16)
-                        && is_hex(flags, 2)
-                        && trace.bytes().any(|b| b != b'0')
-                        && span.bytes().any(|b| b != b'0') =>
-                {
-                    Some(((*trace).to_owned(), (*flags).to_owned()))
-                }
-                _ => None,
+        .and_then(TraceParent::parse);
+    let span_id = nonzero_u64().to_be_bytes();
+    match inbound {
+        Some(t) => SpanIds {
+            trace_id: t.trace_id,
+            span_id,
+            parent_span_id: Some(t.parent_id),
+            sampled: t.sampled(),
+        },
+        None => {
+            let mut trace_id = [0u8; 16];
+            trace_id[..8].copy_from_slice(&nonzero_u64().to_be_bytes());
+            trace_id[8..].copy_from_slice(&next_random().to_be_bytes());
+            SpanIds {
+                trace_id,
+                span_id,
+                parent_span_id: None,
+                sampled: ratio_samples(&trace_id, sample_ratio),
             }
-        });
-    let (trace, flags) = parsed.unwrap_or_else(|| (random_hex(16), "01".to_owned()));
-    let mut tp = String::with_capacity(55);
-    tp.push_str("00-");
-    tp.push_str(&trace);
-    tp.push('-');
-    push_hex(&mut tp, next_random(), 16);
-    tp.push('-');
-    tp.push_str(&flags);
-    (trace, tp)
+        }
+    }
+}
+
+fn nonzero_u64() -> u64 {
+    loop {
+        let v = next_random();
+        if v != 0 {
+            return v;
+        }
+    }
+}
+
+/// Whether a new trace is sampled at `ratio`: the trace id's last eight bytes, as a number, below
+/// `ratio` of the range.
+fn ratio_samples(trace_id: &[u8; 16], ratio: f64) -> bool {
+    if ratio >= 1.0 {
+        return true;
+    }
+    if ratio <= 0.0 || ratio.is_nan() {
+        return false;
+    }
+    let mut low = [0u8; 8];
+    low.copy_from_slice(&trace_id[8..]);
+    // Compared in 63 bits, as u64 -> f64 loses the lowest ones anyway.
+    let x = u64::from_be_bytes(low) >> 1;
+    (x as f64) < ratio * (1u64 << 63) as f64
 }
 
 #[cfg(test)]
@@ -569,22 +569,60 @@ mod tests {
     #[test]
     fn traceparent_is_propagated_with_a_new_span() {
         let inbound = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let (trace, tp) = trace_context(&headers(&[("traceparent", inbound)]));
-        assert_eq!(trace, "4bf92f3577b34da6a3ce929d0e0e4736");
+        let ids = trace_context(&headers(&[("traceparent", inbound)]), 0.0);
+        assert_eq!(ids.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(
+            ids.parent_span_id,
+            Some([0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7])
+        );
+        // The caller's flag decides, whatever the ratio for new traces.
+        assert!(ids.sampled);
+        let tp = ids.traceparent();
         assert!(tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
         assert!(tp.ends_with("-01"));
         assert_eq!(tp.len(), inbound.len());
         assert_ne!(tp, inbound);
-        let (fresh, tp) = trace_context(&HeaderMap::new());
+        let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+        let ids = trace_context(&headers(&[("traceparent", unsampled)]), 1.0);
+        assert!(!ids.sampled);
+        assert!(ids.traceparent().ends_with("-00"));
+
+        let fresh = trace_context(&HeaderMap::new(), 1.0);
+        let tp = fresh.traceparent();
         let parts: Vec<&str> = tp.split('-').collect();
-        assert_eq!(parts, ["00", fresh.as_str(), parts[2], "01"]);
-        assert_eq!((fresh.len(), parts[2].len()), (32, 16));
+        assert_eq!(parts, ["00", fresh.trace_id_hex().as_str(), parts[2], "01"]);
+        assert_eq!(fresh.parent_span_id, None);
+        assert_eq!((parts[1].len(), parts[2].len()), (32, 16));
         assert!(tp.bytes().all(|b| b == b'-' || b.is_ascii_hexdigit()));
-        let (t2, _) = trace_context(&headers(&[(
-            "traceparent",
+        for bad in [
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
-        )]));
-        assert_ne!(t2, "00000000000000000000000000000000");
-        assert_eq!(t2.len(), 32);
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+        ] {
+            let ids = trace_context(&headers(&[("traceparent", bad)]), 1.0);
+            assert_eq!(ids.parent_span_id, None, "{bad}");
+            assert_ne!(
+                ids.trace_id_hex(),
+                "4bf92f3577b34da6a3ce929d0e0e4736",
+                "{bad}"
+            );
+        }
+        // A later version with more fields is read for the fields version 00 has.
+        let v1 = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-next";
+        let ids = trace_context(&headers(&[("traceparent", v1)]), 1.0);
+        assert_eq!(ids.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+
+    #[test]
+    fn new_traces_are_sampled_at_the_ratio() {
+        assert!((0..100).all(|_| trace_context(&HeaderMap::new(), 1.0).sampled));
+        assert!((0..100).all(|_| !trace_context(&HeaderMap::new(), 0.0).sampled));
+        let n = (0..20_000)
+            .filter(|_| trace_context(&HeaderMap::new(), 0.25).sampled)
+            .count();
+        assert!((4_500..5_500).contains(&n), "{n} of 20000 sampled at 0.25");
     }
 }

@@ -13,7 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use gatehouse_audit::{AuditRecord, AuditSink};
+use gatehouse_audit::{AuditRecord, AuditSink, SpanIds, SpanSink};
 use gatehouse_authn::{Authenticator, AuthnError};
 use gatehouse_config::{IdentityHeadersConfig, IpNet};
 use gatehouse_core::{Action, Clock, Principal, Resource};
@@ -93,6 +93,9 @@ pub struct Gateway {
     tunnels: tokio_util::sync::CancellationToken,
     /// The relay tasks, so that the server can wait for their audit records at shutdown.
     relays: tokio_util::task::TaskTracker,
+    /// Where finished requests go as spans (`[traces]`), and the share of new traces sampled.
+    pub(crate) spans: Option<Arc<dyn SpanSink>>,
+    pub(crate) sample_ratio: f64,
 }
 
 /// `[identity_headers]` names as header names; `None` when empty or not a valid name.
@@ -146,6 +149,7 @@ pub(crate) struct Done {
     status: u16,
     metrics: Arc<Metrics>,
     _in_flight: Option<crate::metrics::InFlight>,
+    span: Option<(Arc<dyn SpanSink>, SpanIds)>,
 }
 
 impl Done {
@@ -175,6 +179,9 @@ impl Done {
             BodyEnd::Aborted => "aborted",
             BodyEnd::IdleTimeout => "idle_timeout",
         });
+        if let Some((sink, ids)) = &self.span {
+            sink.finished(&self.rec, ids);
+        }
         self.slot.send(self.rec);
         self.metrics
             .requests
@@ -211,6 +218,8 @@ pub(crate) struct Pending {
     pub(crate) action: &'static str,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) in_flight: Option<crate::metrics::InFlight>,
+    /// The span it is, when spans are exported and its trace is sampled.
+    pub(crate) span: Option<(Arc<dyn SpanSink>, SpanIds)>,
 }
 
 impl Pending {
@@ -230,6 +239,7 @@ impl Pending {
             status,
             metrics: self.metrics.clone(),
             _in_flight: self.in_flight.take(),
+            span: self.span.take(),
         })
     }
 }
@@ -443,7 +453,24 @@ impl Gateway {
             minted_jobs: std::sync::Mutex::default(),
             tunnels: tokio_util::sync::CancellationToken::new(),
             relays: tokio_util::task::TaskTracker::new(),
+            spans: None,
+            sample_ratio: 1.0,
         }
+    }
+
+    /// Exports every finished request as a span (`[traces]`): new traces are sampled at
+    /// `sample_ratio`, a caller's `traceparent` decides for its own.
+    pub fn with_spans(mut self, spans: Option<Arc<dyn SpanSink>>, sample_ratio: f64) -> Self {
+        self.spans = spans;
+        self.sample_ratio = sample_ratio;
+        self
+    }
+
+    /// The span this request is, to be handed to the sink when it ends (`None` without a sink,
+    /// or when the trace is not sampled).
+    pub(crate) fn span_for(&self, ids: SpanIds) -> Option<(Arc<dyn SpanSink>, SpanIds)> {
+        let sink = self.spans.as_ref().filter(|_| ids.sampled)?;
+        Some((sink.clone(), ids))
     }
 
     /// Closes every upgraded connection (at shutdown: they do not end on their own, and their
@@ -568,7 +595,7 @@ impl Gateway {
         // Phase 1: admit.
         let h = req.headers();
         let request_id = request_id(h);
-        let (trace_id, traceparent) = trace_context(h);
+        let trace = trace_context(h, self.sample_ratio);
         let trusted_peer = self
             .settings
             .trusted_proxies
@@ -589,7 +616,7 @@ impl Gateway {
             time: self.clock.now(),
             event: "request",
             request_id: Some(request_id.clone()),
-            trace_id: Some(trace_id),
+            trace_id: Some(trace.trace_id_hex()),
             source: Some(client_text.clone()),
             method: Some(method_text(req.method())),
             host: host.clone(),
@@ -616,7 +643,7 @@ impl Gateway {
         };
         let admitted = Admitted {
             request_id: request_id.clone(),
-            traceparent,
+            traceparent: trace.traceparent(),
             client,
             peer,
             client_text,
@@ -636,6 +663,7 @@ impl Gateway {
             action: "none",
             in_flight: Some(self.metrics.in_flight()),
             metrics: self.metrics.clone(),
+            span: self.span_for(trace),
         };
         let outcome = self
             .phases(

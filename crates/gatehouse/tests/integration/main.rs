@@ -38,6 +38,7 @@ mod state_api;
 mod timeouts;
 mod tls;
 mod tokens;
+mod traces;
 mod webhooks;
 mod websocket;
 mod workload;

@@ -232,10 +232,20 @@ fn alerts_and_dashboard_are_valid_and_name_only_metrics_a_gateway_exports() {
         "{o:?}"
     );
     let refused = gatehouse_testkit::RefusedPort::new();
+    // Exporting spans (when built with `otlp`) to a stand-in collector.
+    let collector = gatehouse_testkit::OtlpCollector::start();
+    let traces = if cfg!(feature = "otlp") {
+        format!("[traces]\nendpoint = \"{}\"\n", collector.url())
+    } else {
+        // A binary without the feature exports no span metric (and refuses [traces]).
+        names.remove("gatehouse_trace_spans_total");
+        String::new()
+    };
     let down = builder()
         .with_upstream_url(&format!("http://127.0.0.1:{}", refused.port))
         .no_wait_ready()
         .policy(crate::common::POLICY)
+        .extra(&traces)
         .start();
     let auth = format!("Bearer {}", down.token("alice", &["dev"]));
     let (status, raw) = raw_http(down.port, "GET", refs, &[("Authorization", &auth)]);
