@@ -377,11 +377,9 @@ async fn check_traces(cfg: &Config, args: &CheckArgs, r: &mut Report) {
     }
     for (name, src) in &t.headers {
         let what = format!("traces.headers.{name}");
-        r.result(
-            &what,
-            gatehouse_config::read_secret(&what, src).map_err(anyhow::Error::from),
-            |_| "readable".to_owned(),
-        );
+        r.result(&what, crate::traces::header_value(name, src), |_| {
+            "readable".to_owned()
+        });
     }
     let url = t.traces_url();
     let Ok(u) = url::Url::parse(&url) else {

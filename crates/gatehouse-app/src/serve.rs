@@ -517,6 +517,7 @@ pub(crate) async fn run(
         .with_spans(
             traces.sink(),
             cfg.traces.as_ref().map_or(1.0, |t| t.sample_ratio),
+            cfg.traces.as_ref().is_some_and(|t| t.trust_caller_sampling),
         ),
     );
 
@@ -651,7 +652,8 @@ pub(crate) async fn run(
             gatehouse_config::Threading::ThreadPerCore => threads(&cfg).saturating_sub(1),
         },
     };
-    gatehouse_http::serve(listener, server_tls, gateway, opts, shutdown_signal()).await?;
+    let served =
+        gatehouse_http::serve(listener, server_tls, gateway, opts, shutdown_signal()).await;
     let _ = stop_tx.send(true);
     let _ = audit
         .send(AuditRecord {
@@ -661,6 +663,7 @@ pub(crate) async fn run(
         })
         .await;
     traces.finish(cfg.server.shutdown_grace.0).await;
+    served?;
     tracing::info!("gatehouse stopped");
     Ok(Running { writer })
 }

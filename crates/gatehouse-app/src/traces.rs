@@ -1,4 +1,4 @@
-//! `[traces]`: every request, decision and relay attempt exported as an OpenTelemetry span over
+//! `[traces]`: every HTTP request and front-door decision exported as an OpenTelemetry span over
 //! OTLP/HTTP, when the binary is built with the `otlp` feature. A binary built without it refuses
 //! a config that asks for traces rather than silently sending none.
 
@@ -14,6 +14,24 @@ use gatehouse_config::Config;
 pub(crate) struct Traces {
     #[cfg(feature = "otlp")]
     running: Option<(Arc<gatehouse_otlp::OtlpSpans>, gatehouse_otlp::OtlpTask)>,
+}
+
+/// A `[traces]` header's value, read from its file or variable: a value that cannot be sent as
+/// a header is refused, naming the key and never the value (the exporter would drop it silently,
+/// and every export fail).
+pub(crate) fn header_value(
+    name: &str,
+    src: &gatehouse_config::SecretSource,
+) -> Result<gatehouse_core::Redacted<String>> {
+    let what = format!("traces.headers.{name}");
+    let v = gatehouse_config::read_secret(&what, src)?;
+    let v = v.expose().trim();
+    if v.is_empty() || http::HeaderValue::from_str(v).is_err() {
+        anyhow::bail!(
+            "{what}: the value read is not a header value (empty, or a line break or other control character inside)"
+        );
+    }
+    Ok(gatehouse_core::Redacted::new(v.to_owned()))
 }
 
 /// Whether this binary can export traces.
@@ -35,11 +53,7 @@ impl Traces {
         {
             let mut headers = Vec::new();
             for (name, src) in &t.headers {
-                let v = gatehouse_config::read_secret(&format!("traces.headers.{name}"), src)?;
-                headers.push((
-                    name.clone(),
-                    gatehouse_core::Redacted::new(v.expose().trim().to_owned()),
-                ));
+                headers.push((name.clone(), header_value(name, src)?));
             }
             let settings = gatehouse_otlp::OtlpSettings {
                 url: t.traces_url(),
@@ -49,6 +63,7 @@ impl Traces {
                 headers,
                 timeout: t.timeout.0,
                 max_queue: t.max_queue,
+                batch_delay: gatehouse_otlp::BATCH_DELAY,
             };
             let running = gatehouse_otlp::OtlpSpans::start(settings)?;
             tracing::info!(collector = %t.traces_url(), sample_ratio = t.sample_ratio, "exporting spans over OTLP");

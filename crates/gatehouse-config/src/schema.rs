@@ -70,7 +70,7 @@ pub struct Config {
     /// store, and relayed to the services behind Gatehouse.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhooks: Option<WebhooksConfig>,
-    /// Every request, decision and relay attempt exported as an OpenTelemetry span (OTLP over
+    /// Every HTTP request and front-door decision exported as an OpenTelemetry span (OTLP over
     /// HTTP); needs a binary built with the `otlp` feature.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traces: Option<TracesConfig>,
@@ -83,16 +83,22 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TracesConfig {
-    /// The collector's OTLP/HTTP traces URL, e.g. `http://otel-collector:4318/v1/traces`; a URL
-    /// with no path gets `/v1/traces`, as OpenTelemetry's `OTEL_EXPORTER_OTLP_ENDPOINT` does.
+    /// The collector's OTLP/HTTP traces URL, e.g. `http://otel-collector:4318/v1/traces`, used
+    /// as it is (as `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is); a URL with no path at all gets
+    /// `/v1/traces`.
     pub endpoint: String,
     /// The `service.name` of Gatehouse's spans.
     #[serde(default = "default_service_name")]
     pub service_name: String,
-    /// The share of new traces (requests without a sampled caller's `traceparent`) exported, 0 to
-    /// 1. A caller's `traceparent` decides for its own trace, sampled or not.
+    /// The share of traces Gatehouse decides for that are exported, 0 to 1: new ones (no valid
+    /// `traceparent`), and those of callers whose sampled flag is not followed.
     #[serde(default = "default_sample_ratio")]
     pub sample_ratio: f64,
+    /// Follow the sampled flag of every caller's `traceparent`; by default only a trusted
+    /// proxy's (`server.trusted_proxies`, `forward_auth.trusted_proxies`,
+    /// `ext_authz.trusted_proxies`) is, so that no client can have all its requests exported.
+    #[serde(default)]
+    pub trust_caller_sampling: bool,
     /// Headers sent with every export (a collector's or vendor's API key), each value read from
     /// a file or the environment.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
@@ -131,10 +137,37 @@ impl TracesConfig {
     fn validate(&self) -> Result<(), (String, String)> {
         let bad = |k: &str, m: String| Err((format!("traces.{k}"), m));
         let e = self.endpoint.trim();
-        if !(e.starts_with("http://") || e.starts_with("https://")) || url_path(e).is_none() {
+        let example = "e.g. http://otel-collector:4318/v1/traces";
+        if e.bytes()
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+        {
             return bad(
                 "endpoint",
-                "an http:// or https:// URL of an OTLP/HTTP collector, e.g. http://otel-collector:4318/v1/traces".into(),
+                format!("a URL has no spaces or control characters ({example})"),
+            );
+        }
+        if !(e.starts_with("http://") || e.starts_with("https://")) {
+            return bad(
+                "endpoint",
+                format!("an http:// or https:// URL of an OTLP/HTTP collector ({example})"),
+            );
+        }
+        if e.contains(['?', '#']) {
+            return bad(
+                "endpoint",
+                "no query or fragment: a collector's key goes in traces.headers, read from a file or the environment".into(),
+            );
+        }
+        let Some(path) = url_path(e) else {
+            return bad(
+                "endpoint",
+                format!("a host, without user or password, is needed ({example})"),
+            );
+        };
+        if path.contains("//") {
+            return bad(
+                "endpoint",
+                format!("the path `{path}` has an empty segment"),
             );
         }
         if !(0.0..=1.0).contains(&self.sample_ratio) {
@@ -146,8 +179,11 @@ impl TracesConfig {
         if self.service_name.trim().is_empty() {
             return bad("service_name", "cannot be empty".into());
         }
-        if self.max_queue == 0 {
-            return bad("max_queue", "at least 1".into());
+        if !(1..=1_000_000).contains(&self.max_queue) {
+            return bad("max_queue", "from 1 to 1000000".into());
+        }
+        if self.timeout.0.is_zero() || self.timeout.0 > std::time::Duration::from_secs(300) {
+            return bad("timeout", "more than 0s and at most 5m".into());
         }
         for name in self.headers.keys() {
             let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
@@ -166,7 +202,7 @@ fn url_path(u: &str) -> Option<&str> {
         .strip_prefix("http://")
         .or_else(|| u.strip_prefix("https://"))?;
     let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    (!host.is_empty() && !host.contains(['?', '#', '@', ' '])).then_some(path)
+    (!host.is_empty() && !host.contains(['?', '#', '@', ' ', '/'])).then_some(path)
 }
 
 /// `[webhooks]`

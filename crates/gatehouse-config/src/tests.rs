@@ -338,6 +338,11 @@ fn trace_export_settings_are_checked() {
         (tr.sample_ratio, tr.service_name.as_str()),
         (1.0, "gatehouse")
     );
+    let c = t("endpoint = \"http://[::1]:4318/\"").unwrap();
+    assert_eq!(
+        c.traces.unwrap().traces_url(),
+        "http://[::1]:4318/v1/traces"
+    );
     let c =
         t("endpoint = \"https://otlp.vendor.example/api/v2/spans\"\nsample_ratio = 0.1").unwrap();
     assert_eq!(
@@ -359,6 +364,25 @@ fn trace_export_settings_are_checked() {
             "endpoint = \"http://c:4318\"\nmax_queue = 0",
             "traces.max_queue",
         ),
+        (
+            "endpoint = \"http://c:4318\"\nmax_queue = 100000000",
+            "traces.max_queue",
+        ),
+        (
+            "endpoint = \"http://c:4318\"\ntimeout = \"0s\"",
+            "traces.timeout",
+        ),
+        (
+            "endpoint = \"http://c:4318/v1/traces?key=k\"",
+            "traces.endpoint",
+        ),
+        ("endpoint = \"http://c:4318/#f\"", "traces.endpoint"),
+        (
+            "endpoint = \"http://user:pw@c:4318/v1/traces\"",
+            "traces.endpoint",
+        ),
+        ("endpoint = \"http://c:4318/v1 traces\"", "traces.endpoint"),
+        ("endpoint = \"http://c:4318//v1/traces\"", "traces.endpoint"),
         (
             "endpoint = \"http://c:4318\"\nheaders = { \"bad header\" = { env = \"K\" } }",
             "traces.headers",

@@ -106,8 +106,12 @@ impl Gateway {
         let host: Arc<str> = bare_host(&input.host).into();
         // Envoy sends the trace context of the request it asks about (when it traces): the
         // Check is a span of that trace.
-        let trace = crate::forwarded::trace_context(&input.headers, self.sample_ratio);
-        let rec = AuditRecord {
+        let trace = crate::forwarded::trace_context(
+            &input.headers,
+            self.sample_ratio,
+            self.follows_sampling_of(input.peer),
+        );
+        let mut rec = AuditRecord {
             time: self.clock.now(),
             event: "ext_authz",
             request_id: Some(request_id.clone()),
@@ -121,6 +125,8 @@ impl Gateway {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, request_id = %request_id, "refusing ext_authz check: audit log unavailable");
+                rec.path = Some(input.path.chars().take(1024).collect());
+                self.unaudited_span(rec, trace, started);
                 return denial(&Refusal::AuditUnavailable, ClientKind::Api, &request_id).await;
             }
         };
@@ -142,6 +148,7 @@ impl Gateway {
         let adm = Admitted {
             request_id: request_id.clone(),
             traceparent: trace.traceparent(),
+            trace_continued: trace.parent_span_id.is_some(),
             client,
             peer: input.peer,
             client_text: client_text.clone(),

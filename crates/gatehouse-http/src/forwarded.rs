@@ -107,6 +107,7 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub(crate) const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub(crate) const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1), and the
 /// non-standard `Proxy-Connection`.
@@ -307,12 +308,14 @@ fn next_random() -> u64 {
     })
 }
 
-/// W3C trace context for this hop. A valid inbound `traceparent` keeps its trace id and its
-/// sampling flag, and its span becomes this one's parent; otherwise a new trace starts, sampled
-/// with probability `sample_ratio` (decided by the trace id, as OpenTelemetry's
-/// `TraceIdRatioBased` does, so every hop that samples by ratio agrees). Gatehouse's own span id
-/// is new either way; [`SpanIds::traceparent`] is what the next hop gets.
-pub(crate) fn trace_context(h: &HeaderMap, sample_ratio: f64) -> SpanIds {
+/// W3C trace context for this hop. A valid inbound `traceparent` keeps its trace id, and its
+/// span becomes this one's parent; its sampled flag decides when `follow_sampling` (the caller
+/// is a trusted proxy, or `traces.trust_caller_sampling`), else the ratio does, so that no
+/// client can have all its requests exported. Without one, a new trace starts, sampled with
+/// probability `sample_ratio` (decided by the trace id, as OpenTelemetry's `TraceIdRatioBased`
+/// does). Gatehouse's own span id is new either way; [`SpanIds::traceparent`] is what the next
+/// hop gets.
+pub(crate) fn trace_context(h: &HeaderMap, sample_ratio: f64, follow_sampling: bool) -> SpanIds {
     let inbound = h
         .get(TRACEPARENT)
         .and_then(|v| v.to_str().ok())
@@ -323,7 +326,11 @@ pub(crate) fn trace_context(h: &HeaderMap, sample_ratio: f64) -> SpanIds {
             trace_id: t.trace_id,
             span_id,
             parent_span_id: Some(t.parent_id),
-            sampled: t.sampled(),
+            sampled: if follow_sampling {
+                t.sampled()
+            } else {
+                ratio_samples(&t.trace_id, sample_ratio)
+            },
         },
         None => {
             let mut trace_id = [0u8; 16];
@@ -569,7 +576,7 @@ mod tests {
     #[test]
     fn traceparent_is_propagated_with_a_new_span() {
         let inbound = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let ids = trace_context(&headers(&[("traceparent", inbound)]), 0.0);
+        let ids = trace_context(&headers(&[("traceparent", inbound)]), 0.0, true);
         assert_eq!(ids.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(
             ids.parent_span_id,
@@ -582,12 +589,17 @@ mod tests {
         assert!(tp.ends_with("-01"));
         assert_eq!(tp.len(), inbound.len());
         assert_ne!(tp, inbound);
+        // From a caller whose flag is not followed: the ratio decides, the trace stays.
+        let ids = trace_context(&headers(&[("traceparent", inbound)]), 0.0, false);
+        assert_eq!(ids.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert!(ids.parent_span_id.is_some());
+        assert!(!ids.sampled);
         let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
-        let ids = trace_context(&headers(&[("traceparent", unsampled)]), 1.0);
+        let ids = trace_context(&headers(&[("traceparent", unsampled)]), 1.0, true);
         assert!(!ids.sampled);
         assert!(ids.traceparent().ends_with("-00"));
 
-        let fresh = trace_context(&HeaderMap::new(), 1.0);
+        let fresh = trace_context(&HeaderMap::new(), 1.0, true);
         let tp = fresh.traceparent();
         let parts: Vec<&str> = tp.split('-').collect();
         assert_eq!(parts, ["00", fresh.trace_id_hex().as_str(), parts[2], "01"]);
@@ -602,7 +614,7 @@ mod tests {
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
         ] {
-            let ids = trace_context(&headers(&[("traceparent", bad)]), 1.0);
+            let ids = trace_context(&headers(&[("traceparent", bad)]), 1.0, true);
             assert_eq!(ids.parent_span_id, None, "{bad}");
             assert_ne!(
                 ids.trace_id_hex(),
@@ -612,16 +624,16 @@ mod tests {
         }
         // A later version with more fields is read for the fields version 00 has.
         let v1 = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-next";
-        let ids = trace_context(&headers(&[("traceparent", v1)]), 1.0);
+        let ids = trace_context(&headers(&[("traceparent", v1)]), 1.0, true);
         assert_eq!(ids.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
     }
 
     #[test]
     fn new_traces_are_sampled_at_the_ratio() {
-        assert!((0..100).all(|_| trace_context(&HeaderMap::new(), 1.0).sampled));
-        assert!((0..100).all(|_| !trace_context(&HeaderMap::new(), 0.0).sampled));
+        assert!((0..100).all(|_| trace_context(&HeaderMap::new(), 1.0, true).sampled));
+        assert!((0..100).all(|_| !trace_context(&HeaderMap::new(), 0.0, true).sampled));
         let n = (0..20_000)
-            .filter(|_| trace_context(&HeaderMap::new(), 0.25).sampled)
+            .filter(|_| trace_context(&HeaderMap::new(), 0.25, true).sampled)
             .count();
         assert!((4_500..5_500).contains(&n), "{n} of 20000 sampled at 0.25");
     }

@@ -426,6 +426,7 @@ fn admitted() -> crate::proxy::Admitted {
     crate::proxy::Admitted {
         request_id: "req-1".into(),
         traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+        trace_continued: true,
         client: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)),
         peer: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)),
         client_text: "192.0.2.7".into(),
@@ -481,6 +482,29 @@ async fn phase5_the_upstream_gets_gatehouses_identity_and_nothing_the_client_cla
     // The client's own X-Forwarded-For is not believed from an untrusted peer.
     assert_eq!(hd["x-forwarded-for"], "192.0.2.7");
     assert!(hd.contains_key("traceparent"));
+
+    // W3C Trace Context: the caller's tracestate goes on with its traceparent, and not without.
+    let with_state = |continued: bool| {
+        let req: Request<Body> = Request::builder()
+            .uri("/acme/api.git/info/refs?service=git-upload-pack")
+            .header("host", "git.example")
+            .header("tracestate", "vendor=abc")
+            .body(full(bytes::Bytes::new()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let adm = crate::proxy::Admitted {
+            trace_continued: continued,
+            ..admitted()
+        };
+        let (parts, _) =
+            h.gw.upstream_request(req, &principal, &adm, false, false)
+                .unwrap_or_else(|e| panic!("{e:?}"));
+        parts.headers.get("tracestate").cloned()
+    };
+    assert_eq!(
+        with_state(true).as_ref().map(|v| v.as_bytes()),
+        Some(&b"vendor=abc"[..])
+    );
+    assert_eq!(with_state(false), None);
 }
 
 #[tokio::test]

@@ -96,6 +96,8 @@ pub struct Gateway {
     /// Where finished requests go as spans (`[traces]`), and the share of new traces sampled.
     pub(crate) spans: Option<Arc<dyn SpanSink>>,
     pub(crate) sample_ratio: f64,
+    /// Whether any caller's `traceparent` sampled flag is followed, not only a trusted proxy's.
+    pub(crate) trust_caller_sampling: bool,
 }
 
 /// `[identity_headers]` names as header names; `None` when empty or not a valid name.
@@ -123,6 +125,8 @@ pub(crate) struct Admitted {
     /// Shared with the audit record, as are the addresses and the host.
     pub(crate) request_id: Arc<str>,
     pub(crate) traceparent: String,
+    /// Whether the caller's `traceparent` was valid, and so its `tracestate` goes on with it.
+    pub(crate) trace_continued: bool,
     pub(crate) client: IpAddr,
     /// The connection's peer (a front proxy, when there is one).
     pub(crate) peer: IpAddr,
@@ -455,15 +459,56 @@ impl Gateway {
             relays: tokio_util::task::TaskTracker::new(),
             spans: None,
             sample_ratio: 1.0,
+            trust_caller_sampling: false,
         }
     }
 
     /// Exports every finished request as a span (`[traces]`): new traces are sampled at
-    /// `sample_ratio`, a caller's `traceparent` decides for its own.
-    pub fn with_spans(mut self, spans: Option<Arc<dyn SpanSink>>, sample_ratio: f64) -> Self {
+    /// `sample_ratio`; a trusted proxy's `traceparent` (any caller's with
+    /// `trust_caller_sampling`) decides for its own trace.
+    pub fn with_spans(
+        mut self,
+        spans: Option<Arc<dyn SpanSink>>,
+        sample_ratio: f64,
+        trust_caller_sampling: bool,
+    ) -> Self {
         self.spans = spans;
         self.sample_ratio = sample_ratio;
+        self.trust_caller_sampling = trust_caller_sampling;
         self
+    }
+
+    /// Whether the sampled flag of `peer`'s `traceparent` is followed: a proxy Gatehouse trusts
+    /// (`server.trusted_proxies`, forward auth's and ext_authz's), or anyone with
+    /// `traces.trust_caller_sampling`.
+    pub(crate) fn follows_sampling_of(&self, peer: IpAddr) -> bool {
+        let s = &self.settings;
+        self.trust_caller_sampling
+            || s.trusted_proxies.iter().any(|n| n.contains(peer))
+            || s.forward_auth
+                .as_ref()
+                .is_some_and(|f| f.trusted_proxies.iter().any(|n| n.contains(peer)))
+            || s.ext_authz
+                .as_ref()
+                .is_some_and(|e| e.trusted_proxies.iter().any(|n| n.contains(peer)))
+    }
+
+    /// The span of a request refused because the audit log could not take its record: it has
+    /// no record, but it is a server error the traces must show.
+    pub(crate) fn unaudited_span(
+        &self,
+        mut rec: AuditRecord,
+        ids: SpanIds,
+        started: tokio::time::Instant,
+    ) {
+        if let Some((sink, ids)) = self.span_for(ids) {
+            rec.status = Some(503);
+            rec.decision = Some("error");
+            rec.reason = Some("audit_unavailable".into());
+            rec.outcome = Some("complete");
+            rec.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+            sink.finished(&rec, &ids);
+        }
     }
 
     /// The span this request is, to be handed to the sink when it ends (`None` without a sink,
@@ -595,7 +640,11 @@ impl Gateway {
         // Phase 1: admit.
         let h = req.headers();
         let request_id = request_id(h);
-        let trace = trace_context(h, self.sample_ratio);
+        let trace = trace_context(
+            h,
+            self.sample_ratio,
+            self.follows_sampling_of(conn.peer.ip()),
+        );
         let trusted_peer = self
             .settings
             .trusted_proxies
@@ -612,7 +661,7 @@ impl Gateway {
         let (host, port) = request_host(&req).map_or((None, None), |(h, p)| (Some(h), p));
         // The path is recorded normalized once the request is classified, else as it came.
         let raw_uri = req.uri().clone();
-        let rec = AuditRecord {
+        let mut rec = AuditRecord {
             time: self.clock.now(),
             event: "request",
             request_id: Some(request_id.clone()),
@@ -626,6 +675,8 @@ impl Gateway {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, request_id = %request_id, "refusing request: audit log unavailable");
+                rec.path = Some(truncated(raw_uri.path(), 1024));
+                self.unaudited_span(rec, trace, started);
                 self.metrics
                     .requests
                     .get_or_create(&RequestLabels {
@@ -644,6 +695,7 @@ impl Gateway {
         let admitted = Admitted {
             request_id: request_id.clone(),
             traceparent: trace.traceparent(),
+            trace_continued: trace.parent_span_id.is_some(),
             client,
             peer,
             client_text,

@@ -10,7 +10,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use gatehouse_core::Principal;
 
 use crate::body::Body;
-use crate::forwarded::{TRACEPARENT, X_REQUEST_ID, set_forwarded, strip_hop_by_hop};
+use crate::forwarded::{TRACEPARENT, TRACESTATE, X_REQUEST_ID, set_forwarded, strip_hop_by_hop};
 use crate::proxy::{Admitted, Gateway, forwarded_host};
 use crate::respond::Refusal;
 
@@ -74,6 +74,11 @@ impl Gateway {
         }
         if let Ok(v) = HeaderValue::from_str(&adm.traceparent) {
             headers.insert(TRACEPARENT, v);
+        }
+        // W3C Trace Context: `tracestate` belongs to the caller's `traceparent`; without a valid
+        // one the trace starts here, and its state goes.
+        if !adm.trace_continued {
+            headers.remove(TRACESTATE);
         }
         set_forwarded(
             headers,

@@ -34,8 +34,8 @@ use tokio::sync::{mpsc, watch};
 
 /// Spans sent in one export at most.
 const BATCH_MAX: usize = 512;
-/// How long a span waits for others to fill its batch.
-const BATCH_DELAY: Duration = Duration::from_secs(1);
+/// How long a span waits for others to fill its batch, by default.
+pub const BATCH_DELAY: Duration = Duration::from_secs(1);
 
 /// What the exporter needs, resolved by the app crate from `[traces]`.
 #[derive(Debug, Clone)]
@@ -54,6 +54,8 @@ pub struct OtlpSettings {
     pub timeout: Duration,
     /// Spans queued at most; more are dropped.
     pub max_queue: usize,
+    /// How long a span waits for others to fill its batch ([`BATCH_DELAY`]).
+    pub batch_delay: Duration,
 }
 
 /// Why the exporter could not be built (a configuration the app should have refused).
@@ -107,8 +109,11 @@ impl OtlpTask {
 impl OtlpSpans {
     /// Builds the exporter and starts the export task on the current runtime.
     pub fn start(settings: OtlpSettings) -> Result<(Arc<Self>, OtlpTask), OtlpError> {
+        // No redirects: a collector's API key must not follow one to another host (reqwest
+        // drops only `Authorization` and cookies on the way).
         let client = reqwest::Client::builder()
             .timeout(settings.timeout)
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| OtlpError::Build(e.to_string()))?;
         let headers: HashMap<String, String> = settings
@@ -159,6 +164,7 @@ impl OtlpSpans {
             stats,
             spans.spans_total.clone(),
             settings.url,
+            settings.batch_delay,
         ));
         Ok((spans, OtlpTask { handle }))
     }
@@ -188,12 +194,16 @@ impl SpanSink for OtlpSpans {
         if !ids.sampled {
             return;
         }
-        let span = span_data(record, ids, self.scope.clone());
-        if self.tx.try_send(span).is_err() {
-            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-            self.spans_total
-                .get_or_create(&OutcomeLabel { outcome: "dropped" })
-                .inc();
+        // A place in the queue first: with a full queue (a collector that is down) a request
+        // builds no span for nothing.
+        match self.tx.try_reserve() {
+            Ok(permit) => permit.send(span_data(record, ids, self.scope.clone())),
+            Err(_) => {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                self.spans_total
+                    .get_or_create(&OutcomeLabel { outcome: "dropped" })
+                    .inc();
+            }
         }
     }
 }
@@ -205,29 +215,35 @@ async fn export_loop(
     stats: Arc<Stats>,
     spans_total: Family<OutcomeLabel, Counter>,
     url: String,
+    batch_delay: Duration,
 ) {
-    let mut batch: Vec<SpanData> = Vec::with_capacity(BATCH_MAX);
     let mut last_error_logged: Option<tokio::time::Instant> = None;
+    let mut closing = false;
     loop {
-        let closing = *closed.borrow();
+        let mut batch: Vec<SpanData> = Vec::with_capacity(BATCH_MAX);
         if closing {
-            // Whatever is queued goes out now.
+            // The queue takes nothing more; what it holds goes out, batch by batch.
             while batch.len() < BATCH_MAX {
-                match rx.try_recv() {
-                    Ok(s) => batch.push(s),
-                    Err(_) => break,
+                match rx.recv().await {
+                    Some(s) => batch.push(s),
+                    None => break,
                 }
             }
-        } else if batch.is_empty() {
+        } else {
             tokio::select! {
                 s = rx.recv() => match s {
                     Some(s) => batch.push(s),
                     None => return,
                 },
-                _ = closed.changed() => continue,
+                // Told to finish, or the sink is gone without saying so: finish either way.
+                _ = closed.changed() => {
+                    closing = true;
+                    rx.close();
+                    continue;
+                }
             }
             // Wait a little for the batch to fill, unless it fills first.
-            let deadline = tokio::time::Instant::now() + BATCH_DELAY;
+            let deadline = tokio::time::Instant::now() + batch_delay;
             while batch.len() < BATCH_MAX {
                 tokio::select! {
                     s = rx.recv() => match s {
@@ -235,7 +251,11 @@ async fn export_loop(
                         None => break,
                     },
                     _ = tokio::time::sleep_until(deadline) => break,
-                    _ = closed.changed() => break,
+                    _ = closed.changed() => {
+                        closing = true;
+                        rx.close();
+                        break;
+                    }
                 }
             }
         }
@@ -243,8 +263,7 @@ async fn export_loop(
             return;
         }
         let n = batch.len() as u64;
-        let sent = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_MAX));
-        match exporter.export(sent).await {
+        match exporter.export(batch).await {
             Ok(()) => {
                 stats.exported.fetch_add(n, Ordering::Relaxed);
                 spans_total
@@ -271,6 +290,11 @@ async fn export_loop(
     }
 }
 
+/// The methods OpenTelemetry's HTTP conventions name as they are.
+const KNOWN_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
 fn system_time(t: gatehouse_core::UnixTime) -> SystemTime {
     let nanos = t.as_nanos();
     if nanos >= 0 {
@@ -280,50 +304,69 @@ fn system_time(t: gatehouse_core::UnixTime) -> SystemTime {
     }
 }
 
+fn count(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
 /// The span an audited event is: named as OpenTelemetry's HTTP conventions name server spans
-/// (`GET`, or the event for what is not a request), with the audit record's facts as attributes.
+/// (`GET`; `forward_auth GET` for a front door that only asks), with the audit record's facts
+/// as attributes.
 fn span_data(r: &AuditRecord, ids: &SpanIds, scope: InstrumentationScope) -> SpanData {
     let start = system_time(r.time);
-    let end = start + Duration::from_secs_f64((r.duration_ms / 1000.0).max(0.0));
-    let mut attributes = Vec::with_capacity(20);
-    let mut put = |k: &'static str, v: Option<String>| {
+    let end = Duration::try_from_secs_f64(r.duration_ms / 1000.0)
+        .ok()
+        .and_then(|d| start.checked_add(d))
+        .unwrap_or(start);
+    let mut attributes = Vec::with_capacity(24);
+    let mut put = |k: &'static str, v: Option<&str>| {
         if let Some(v) = v {
-            attributes.push(KeyValue::new(k, v));
+            attributes.push(KeyValue::new(k, v.to_owned()));
         }
     };
-    put("gatehouse.event", Some(r.event.to_owned()));
-    put(
-        "http.request.method",
-        r.method.as_deref().map(str::to_owned),
-    );
-    put("server.address", r.host.as_deref().map(str::to_owned));
-    put("url.path", r.path.clone());
-    put("client.address", r.source.as_deref().map(str::to_owned));
-    put(
-        "gatehouse.request_id",
-        r.request_id.as_deref().map(str::to_owned),
-    );
-    put("gatehouse.action", r.action.map(str::to_owned));
-    put("gatehouse.repository", r.repo.clone());
-    put("gatehouse.decision", r.decision.map(str::to_owned));
-    put("gatehouse.policy", r.policy.as_deref().map(str::to_owned));
-    put("gatehouse.reason", r.reason.as_deref().map(str::to_owned));
-    put("gatehouse.authn_error", r.authn_error.map(str::to_owned));
-    put("gatehouse.outcome", r.outcome.map(str::to_owned));
+    put("gatehouse.event", Some(r.event));
+    put("server.address", r.host.as_deref());
+    put("url.path", r.path.as_deref());
+    put("client.address", r.source.as_deref());
+    put("gatehouse.request_id", r.request_id.as_deref());
+    put("gatehouse.action", r.action);
+    put("gatehouse.repository", r.repo.as_deref());
+    put("gatehouse.decision", r.decision);
+    put("gatehouse.policy", r.policy.as_deref());
+    put("gatehouse.reason", r.reason.as_deref());
+    put("gatehouse.authn_error", r.authn_error);
+    put("gatehouse.outcome", r.outcome);
     if let Some(p) = &r.principal {
         let p = p.principal();
-        put("enduser.id", Some(p.username.clone()));
-        put("gatehouse.principal.kind", Some(p.kind.as_str().to_owned()));
-        put("gatehouse.principal.issuer", Some(p.issuer.clone()));
-    }
-    if let Some(refs) = &r.refs {
-        let denied = refs.iter().filter(|x| x.decision == "deny").count();
-        attributes.push(KeyValue::new("gatehouse.refs", refs.len() as i64));
-        attributes.push(KeyValue::new("gatehouse.refs_denied", denied as i64));
+        put("enduser.id", Some(&p.username));
+        put("gatehouse.principal.kind", Some(p.kind.as_str()));
+        put("gatehouse.principal.issuer", Some(&p.issuer));
     }
     if let Some(h) = &r.hook {
-        attributes.push(KeyValue::new("gatehouse.hook", h.hook.clone()));
-        attributes.push(KeyValue::new("gatehouse.hook.event", h.event.clone()));
+        put("gatehouse.hook", Some(&h.hook));
+        put("gatehouse.hook.event", Some(&h.event));
+    }
+    // A method OpenTelemetry does not know is `_OTHER` (and the span `HTTP`), its text kept
+    // apart: a client cannot make up span names.
+    let verb = match r.method.as_deref() {
+        Some(m) if KNOWN_METHODS.contains(&m) => {
+            put("http.request.method", Some(m));
+            m
+        }
+        Some(m) => {
+            put("http.request.method", Some("_OTHER"));
+            put("http.request.method_original", Some(m));
+            "HTTP"
+        }
+        None => "HTTP",
+    };
+    let name: Cow<'static, str> = match r.event {
+        "request" => Cow::Owned(verb.to_owned()),
+        event => Cow::Owned(format!("{event} {verb}")),
+    };
+    if let Some(refs) = &r.refs {
+        let denied = refs.iter().filter(|x| x.decision == "deny").count();
+        attributes.push(KeyValue::new("gatehouse.refs", count(refs.len() as u64)));
+        attributes.push(KeyValue::new("gatehouse.refs_denied", count(denied as u64)));
     }
     if let Some(status) = r.status {
         attributes.push(KeyValue::new(
@@ -331,24 +374,24 @@ fn span_data(r: &AuditRecord, ids: &SpanIds, scope: InstrumentationScope) -> Spa
             i64::from(status),
         ));
     }
-    attributes.push(KeyValue::new("http.request.body.size", r.bytes_in as i64));
-    attributes.push(KeyValue::new("http.response.body.size", r.bytes_out as i64));
-    // OpenTelemetry's HTTP server convention: a 5xx, or no answer at all, is an error; a
-    // refusal (4xx) is the gateway doing its job.
-    let status = match (r.status, r.decision) {
-        (Some(s), _) if s >= 500 => Status::error(format!("status {s}")),
-        (None, _) => Status::error("ended without a response"),
-        (_, Some("error")) => Status::error(
-            r.reason
-                .as_deref()
-                .map_or_else(|| "error".to_owned(), str::to_owned),
-        ),
-        _ => Status::Unset,
-    };
-    let name: Cow<'static, str> = match (r.event, &r.method) {
-        ("request", Some(m)) => Cow::Owned(m.to_string()),
-        (event, Some(m)) => Cow::Owned(format!("{event} {m}")),
-        (event, None) => Cow::Borrowed(event),
+    // What Gatehouse itself received and sent: a front door that only asks sees neither body.
+    if r.event == "request" {
+        attributes.push(KeyValue::new("http.request.body.size", count(r.bytes_in)));
+        attributes.push(KeyValue::new("http.response.body.size", count(r.bytes_out)));
+    }
+    // OpenTelemetry's HTTP server convention: a 5xx, or no answer at all, is an error, its type
+    // the reason code; a refusal (4xx) is the gateway doing its job.
+    let status = match r.status {
+        Some(s) if s < 500 => Status::Unset,
+        status => {
+            let kind = match (status, r.reason.as_deref()) {
+                (Some(_), Some(reason)) => reason.to_owned(),
+                (Some(s), None) => s.to_string(),
+                (None, _) => "aborted".to_owned(),
+            };
+            attributes.push(KeyValue::new("error.type", kind));
+            Status::error("")
+        }
     };
     let parent = ids.parent_span_id.map(SpanId::from_bytes);
     SpanData {

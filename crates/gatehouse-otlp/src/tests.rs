@@ -5,11 +5,16 @@ use std::time::Duration;
 
 use gatehouse_audit::{AuditPrincipal, AuditRecord, SpanIds, SpanSink};
 use gatehouse_core::{Principal, PrincipalKind, UnixTime};
-use gatehouse_testkit::OtlpCollector;
+use gatehouse_testkit::OtlpCollectorStandIn;
 
 use super::*;
 
+/// Settings whose batches wait `batch_delay` to fill (an hour: only the shutdown flush sends).
 fn settings(url: String, max_queue: usize) -> OtlpSettings {
+    settings_with(url, max_queue, Duration::from_secs(3600))
+}
+
+fn settings_with(url: String, max_queue: usize, batch_delay: Duration) -> OtlpSettings {
     OtlpSettings {
         url,
         service_name: "gatehouse-test".into(),
@@ -18,6 +23,7 @@ fn settings(url: String, max_queue: usize) -> OtlpSettings {
         headers: vec![("x-api-key".into(), Redacted::new("k-123".into()))],
         timeout: Duration::from_secs(5),
         max_queue,
+        batch_delay,
     }
 }
 
@@ -71,7 +77,7 @@ const IDS: SpanIds = SpanIds {
 
 #[tokio::test]
 async fn a_finished_request_reaches_the_collector_as_the_span_it_was() {
-    let collector = OtlpCollector::start();
+    let collector = OtlpCollectorStandIn::start();
     let (spans, task) = OtlpSpans::start(settings(collector.url(), 16)).unwrap();
     spans.finished(&record(), &IDS);
     // Not sampled: never sent.
@@ -113,16 +119,18 @@ async fn a_finished_request_reaches_the_collector_as_the_span_it_was() {
 
 #[tokio::test]
 async fn a_server_error_is_an_error_span() {
-    let collector = OtlpCollector::start();
+    let collector = OtlpCollectorStandIn::start();
     let (spans, task) = OtlpSpans::start(settings(collector.url(), 16)).unwrap();
     let mut r = record();
     r.status = Some(502);
     r.decision = Some("error");
     r.reason = Some("upstream_unavailable".into());
+    r.request_id = Some("502".into());
     spans.finished(&r, &IDS);
     let mut r = record();
     r.status = None;
     r.outcome = Some("aborted");
+    r.request_id = Some("none".into());
     spans.finished(
         &r,
         &SpanIds {
@@ -130,10 +138,69 @@ async fn a_server_error_is_an_error_span() {
             ..IDS
         },
     );
+    // A 408 is the client's doing, whatever the record's decision says.
+    let mut r = record();
+    r.status = Some(408);
+    r.decision = Some("error");
+    r.reason = Some("request_body_timeout".into());
+    r.request_id = Some("408".into());
+    spans.finished(
+        &r,
+        &SpanIds {
+            span_id: [8; 8],
+            ..IDS
+        },
+    );
+    // A method no one knows does not name the span.
+    let mut r = record();
+    r.method = Some("PROPFIND-ME".into());
+    r.request_id = Some("odd".into());
+    spans.finished(
+        &r,
+        &SpanIds {
+            span_id: [9; 8],
+            ..IDS
+        },
+    );
     task.finish(&spans, Duration::from_secs(10)).await;
     let got = collector.spans();
-    assert_eq!(got.len(), 2);
-    assert!(got.iter().all(|s| s.status_code == 2), "{got:?}");
+    let by = |id: &str| {
+        got.iter()
+            .find(|s| s.attributes["gatehouse.request_id"] == id)
+            .unwrap_or_else(|| panic!("no {id} in {got:?}"))
+    };
+    assert_eq!(by("502").status_code, 2);
+    assert_eq!(by("502").attributes["error.type"], "upstream_unavailable");
+    assert_eq!(by("none").status_code, 2);
+    assert_eq!(by("none").attributes["error.type"], "aborted");
+    assert_eq!(by("408").status_code, 0);
+    assert!(!by("408").attributes.contains_key("error.type"));
+    let odd = by("odd");
+    assert_eq!(odd.name, "HTTP");
+    assert_eq!(odd.attributes["http.request.method"], "_OTHER");
+    assert_eq!(
+        odd.attributes["http.request.method_original"],
+        "PROPFIND-ME"
+    );
+}
+
+#[tokio::test]
+async fn everything_queued_is_sent_at_shutdown_in_batches() {
+    let collector = OtlpCollectorStandIn::start();
+    // Batches never fill by time here: only the shutdown flush sends them.
+    let (spans, task) = OtlpSpans::start(settings(collector.url(), 2000)).unwrap();
+    for i in 0..1200u32 {
+        let mut id = [1u8; 8];
+        id[..4].copy_from_slice(&i.to_be_bytes());
+        spans.finished(&record(), &SpanIds { span_id: id, ..IDS });
+    }
+    task.finish(&spans, Duration::from_secs(20)).await;
+    assert_eq!(collector.spans().len(), 1200);
+    assert!(collector.requests().len() >= 3, "batches of at most 512");
+    assert_eq!(spans.counts(), (1200, 0, 0));
+    // After the flush the queue takes nothing: counted as dropped, never lost silently.
+    spans.finished(&record(), &IDS);
+    assert_eq!(spans.counts(), (1200, 1, 0));
 }
 
 #[tokio::test]
@@ -171,11 +238,16 @@ async fn a_full_queue_drops_and_counts_rather_than_waiting() {
 
 #[tokio::test]
 async fn a_refusing_collector_is_counted_as_failed_and_export_goes_on() {
-    let collector = OtlpCollector::start();
+    let collector = OtlpCollectorStandIn::start();
     collector.fail_with(400);
-    let (spans, task) = OtlpSpans::start(settings(collector.url(), 16)).unwrap();
+    let (spans, task) = OtlpSpans::start(settings_with(
+        collector.url(),
+        16,
+        Duration::from_millis(50),
+    ))
+    .unwrap();
     spans.finished(&record(), &IDS);
-    // The first batch goes out after BATCH_DELAY; then accept again.
+    // The first batch goes out after its delay; then accept again.
     for _ in 0..100 {
         if spans.counts().2 > 0 {
             break;
@@ -200,9 +272,38 @@ async fn a_refusing_collector_is_counted_as_failed_and_export_goes_on() {
     assert_eq!(spans.counts(), (1, 0, 1));
 }
 
-#[test]
-fn header_values_are_never_printed() {
+#[tokio::test]
+async fn header_values_are_never_printed() {
     let s = settings("http://127.0.0.1:1/v1/traces".into(), 1);
     let text = format!("{s:?}");
     assert!(!text.contains("k-123"), "{text}");
+    let (spans, _task) = OtlpSpans::start(s).unwrap();
+    let text = format!("{spans:?}");
+    assert!(!text.contains("k-123"), "{text}");
+}
+
+#[tokio::test]
+async fn a_redirecting_collector_is_not_followed_with_the_key() {
+    // A collector that answers every export with a redirect to another listener.
+    let elsewhere = OtlpCollectorStandIn::start();
+    let redirector = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = redirector.local_addr().unwrap().port();
+    let target = elsewhere.url();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for mut c in redirector.incoming().flatten() {
+            let mut buf = [0u8; 65536];
+            let _ = c.read(&mut buf);
+            let _ = write!(
+                c,
+                "HTTP/1.1 307 Temporary Redirect\r\nlocation: {target}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            );
+        }
+    });
+    let (spans, task) =
+        OtlpSpans::start(settings(format!("http://127.0.0.1:{port}/v1/traces"), 4)).unwrap();
+    spans.finished(&record(), &IDS);
+    task.finish(&spans, Duration::from_secs(10)).await;
+    assert!(elsewhere.requests().is_empty(), "the redirect was followed");
+    assert_eq!(spans.counts(), (0, 0, 1));
 }

@@ -32,7 +32,7 @@ pub use gateway::{GatewayBuilder, TestGateway};
 pub use git::{Git, GitOutput, make_repo};
 pub use idp::Idp;
 pub use nginx::{AuthRequestProxy, GitHttpServer};
-pub use otlp::{OtlpCollector, ReceivedSpan};
+pub use otlp::{OtlpCollectorStandIn, ReceivedSpan};
 pub use postgres::Postgres;
 pub use proc::{
     Child, RefusedPort, TempDir, hand_over, local_listener, raw_http, raw_http_with_body,

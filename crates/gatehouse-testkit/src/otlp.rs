@@ -15,7 +15,7 @@ use prost::Message as _;
 /// project's own message definitions (`opentelemetry-proto`), answers as the OTLP/HTTP
 /// specification says (200 with an `ExportTraceServiceResponse`, or the status it is told to
 /// fail with), and keeps every span it got for the test to read.
-pub struct OtlpCollector {
+pub struct OtlpCollectorStandIn {
     pub port: u16,
     spans: Arc<Mutex<Vec<ReceivedSpan>>>,
     requests: Arc<Mutex<Vec<BTreeMap<String, String>>>>,
@@ -61,7 +61,7 @@ fn map(kvs: &[KeyValue]) -> BTreeMap<String, String> {
         .collect()
 }
 
-impl OtlpCollector {
+impl OtlpCollectorStandIn {
     pub fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the OTLP stand-in");
         let port = listener.local_addr().expect("its address").port();

@@ -233,7 +233,7 @@ fn alerts_and_dashboard_are_valid_and_name_only_metrics_a_gateway_exports() {
     );
     let refused = gatehouse_testkit::RefusedPort::new();
     // Exporting spans (when built with `otlp`) to a stand-in collector.
-    let collector = gatehouse_testkit::OtlpCollector::start();
+    let collector = gatehouse_testkit::OtlpCollectorStandIn::start();
     let traces = if cfg!(feature = "otlp") {
         format!("[traces]\nendpoint = \"{}\"\n", collector.url())
     } else {

@@ -1,7 +1,7 @@
 //! `[traces]`: each request through the real gateway reaches an OTLP/HTTP receiver as the span
 //! it was, in the trace the caller started and with the span id the upstream was told in
 //! `traceparent`. The receiver is a STAND-IN for an OpenTelemetry collector
-//! (`gatehouse_testkit::OtlpCollector`, decoding with the OpenTelemetry project's own message
+//! (`gatehouse_testkit::OtlpCollectorStandIn`, decoding with the OpenTelemetry project's own message
 //! definitions): no collector can be installed here.
 //!
 //! A binary built without the `otlp` feature refuses such a config, at `check` and at `serve`.
@@ -10,11 +10,11 @@ use std::process::Command;
 #[cfg(feature = "otlp")]
 use std::time::Duration;
 
-use gatehouse_testkit::{OtlpCollector, TempDir};
+use gatehouse_testkit::{OtlpCollectorStandIn, TempDir};
 
 use crate::common::{POLICY, bin, builder, repos};
 
-fn traces_toml(collector: &OtlpCollector, extra: &str) -> String {
+fn traces_toml(collector: &OtlpCollectorStandIn, extra: &str) -> String {
     format!(
         "[traces]\nendpoint = \"{}\"\nservice_name = \"gatehouse-it\"\n{extra}",
         collector.url()
@@ -38,19 +38,22 @@ fn each_request_is_a_span_of_the_callers_trace_with_the_id_the_forge_was_told() 
     let tmp = TempDir::new("traces");
     let (root, _) = repos(&tmp);
     let upstream = GitHttpServer::start(&root);
-    let collector = OtlpCollector::start();
+    let collector = OtlpCollectorStandIn::start();
     let secret = tmp.path().join("otlp-key");
     std::fs::write(&secret, "key-from-a-file\n").unwrap();
     let mut gw = builder()
         .with_upstream_url(&upstream.url())
         .forge_kind("gitea")
         .policy(POLICY)
-        .extra(&traces_toml(
-            &collector,
-            &format!(
-                "headers = {{ x-api-key = {{ file = \"{}\" }} }}\n",
-                secret.display()
-            ),
+        .extra(&format!(
+            "{}\n[forward_auth]\ntrusted_proxies = [\"127.0.0.1\"]\n",
+            traces_toml(
+                &collector,
+                &format!(
+                    "headers = {{ x-api-key = {{ file = \"{}\" }} }}\n",
+                    secret.display()
+                ),
+            )
         ))
         .start();
     let alice = gw.token("alice", &["dev"]);
@@ -141,6 +144,36 @@ fn each_request_is_a_span_of_the_callers_trace_with_the_id_the_forge_was_told() 
     );
     assert!(field(&body, "traceparent").ends_with("-00"), "{body}");
 
+    // A front proxy's question (forward auth, from a trusted proxy): a span of the client's
+    // trace, named for the door.
+    let (status, raw) = gatehouse_testkit::raw_http(
+        gw.port,
+        "GET",
+        "/.gatehouse/auth",
+        &[
+            ("Authorization", &format!("Bearer {alice}")),
+            ("X-Original-URI", "/explore/_echo"),
+            ("X-Original-Method", "GET"),
+            (
+                "traceparent",
+                "00-abcdef0123456789abcdef0123456789-1111111111111111-01",
+            ),
+            ("X-Request-Id", "traced-fa"),
+        ],
+    );
+    assert_eq!(status, 200, "{raw}");
+    let span = collector
+        .wait_for(Duration::from_secs(15), |s| {
+            s.attributes.get("gatehouse.request_id").map(String::as_str) == Some("traced-fa")
+        })
+        .expect("a span for the forward-auth answer");
+    assert_eq!(span.name, "forward_auth GET");
+    assert_eq!(span.trace_id, "abcdef0123456789abcdef0123456789");
+    assert_eq!(span.parent_span_id, "1111111111111111");
+    assert_eq!(span.attributes["gatehouse.event"], "forward_auth");
+    assert_eq!(span.attributes["gatehouse.decision"], "allow");
+    assert!(!span.attributes.contains_key("http.request.body.size"));
+
     // The exporter's metric, on the admin listener.
     let name = "gatehouse_trace_spans_total{outcome=\"exported\"}";
     gatehouse_testkit::wait_for(
@@ -182,7 +215,7 @@ fn each_request_is_a_span_of_the_callers_trace_with_the_id_the_forge_was_told() 
 
 #[cfg(feature = "otlp")]
 #[test]
-fn new_traces_follow_the_sample_ratio_and_a_callers_sampled_trace_is_kept() {
+fn new_traces_follow_the_sample_ratio_and_only_a_trusted_callers_flag_is_followed() {
     use gatehouse_testkit::GitHttpServer;
 
     use crate::common::echo;
@@ -190,44 +223,67 @@ fn new_traces_follow_the_sample_ratio_and_a_callers_sampled_trace_is_kept() {
     let tmp = TempDir::new("traces-ratio");
     let (root, _) = repos(&tmp);
     let upstream = GitHttpServer::start(&root);
-    let collector = OtlpCollector::start();
-    let gw = builder()
-        .with_upstream_url(&upstream.url())
-        .forge_kind("gitea")
-        .policy(POLICY)
-        .extra(&traces_toml(&collector, "sample_ratio = 0.0\n"))
-        .start();
-    let alice = gw.token("alice", &["dev"]);
-    let auth = format!("Bearer {alice}");
+    let collector = OtlpCollectorStandIn::start();
+    let start = |extra: &str| {
+        builder()
+            .with_upstream_url(&upstream.url())
+            .forge_kind("gitea")
+            .policy(POLICY)
+            .extra(&traces_toml(&collector, extra))
+            .start()
+    };
+    let sampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let exported = |id: &str| {
+        collector
+            .spans()
+            .iter()
+            .any(|s| s.attributes.get("gatehouse.request_id").map(String::as_str) == Some(id))
+    };
+
+    // Ratio 0, and a client that is no trusted proxy: nothing is exported, its `-01` included
+    // (it keeps its trace id, and is told the trace is not sampled).
+    let gw = start("sample_ratio = 0.0\n");
+    let auth = format!("Bearer {}", gw.token("alice", &["dev"]));
     let (_, body) = echo(
         gw.port,
         &[("Authorization", &auth), ("X-Request-Id", "root-unsampled")],
     );
     assert!(field(&body, "traceparent").ends_with("-00"), "{body}");
-    let (_, _) = echo(
+    let (_, body) = echo(
         gw.port,
         &[
             ("Authorization", &auth),
-            (
-                "traceparent",
-                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            ),
+            ("traceparent", sampled),
+            ("X-Request-Id", "client-says-sampled"),
+        ],
+    );
+    let tp = field(&body, "traceparent");
+    assert!(
+        tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && tp.ends_with("-00"),
+        "{tp}"
+    );
+
+    // The same with every caller's flag followed: the client's sampled trace is exported.
+    let trusting = start("sample_ratio = 0.0\ntrust_caller_sampling = true\n");
+    let auth = format!("Bearer {}", trusting.token("alice", &["dev"]));
+    let (_, body) = echo(
+        trusting.port,
+        &[
+            ("Authorization", &auth),
+            ("traceparent", sampled),
             ("X-Request-Id", "caller-sampled"),
         ],
     );
+    assert!(field(&body, "traceparent").ends_with("-01"), "{body}");
     collector
         .wait_for(Duration::from_secs(15), |s| {
             s.attributes.get("gatehouse.request_id").map(String::as_str) == Some("caller-sampled")
         })
         .expect("the caller's sampled trace is exported");
-    assert!(
-        !collector.spans().iter().any(|s| s
-            .attributes
-            .get("gatehouse.request_id")
-            .map(String::as_str)
-            == Some("root-unsampled")),
-        "a new trace at ratio 0 is not exported"
-    );
+    // Both gateways had over a second to send anything else they had: they had nothing.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!exported("root-unsampled"));
+    assert!(!exported("client-says-sampled"));
 }
 
 #[cfg(feature = "otlp")]
@@ -235,7 +291,7 @@ fn new_traces_follow_the_sample_ratio_and_a_callers_sampled_trace_is_kept() {
 fn check_reports_the_collector_and_a_header_secret_it_cannot_read() {
     let tmp = TempDir::new("traces-check");
     let (root, _) = repos(&tmp);
-    let collector = OtlpCollector::start();
+    let collector = OtlpCollectorStandIn::start();
     let b = builder()
         .with_builtin_upstream(&root)
         .policy(POLICY)
@@ -271,7 +327,7 @@ fn check_reports_the_collector_and_a_header_secret_it_cannot_read() {
 fn a_binary_without_otlp_refuses_traces() {
     let tmp = TempDir::new("traces-off");
     let (root, _) = repos(&tmp);
-    let collector = OtlpCollector::start();
+    let collector = OtlpCollectorStandIn::start();
     let b = builder()
         .with_builtin_upstream(&root)
         .policy(POLICY)
