@@ -86,7 +86,9 @@ impl Gateway {
         let (principal, session) = match cred {
             Some(cred) => (self.authenticate(&cred, adm, rec, kind).await?, None),
             None => match sessions {
-                true => match self.session_of(h, &adm.request_id).await? {
+                // Boxed: a session's lookup and renewal is kilobytes of future that a request
+                // with a token never needs.
+                true => match Box::pin(self.session_of(h, &adm.request_id)).await? {
                     Some(s) => (Arc::new(s.principal.clone()), Some(s)),
                     None => {
                         rec.authn_error = Some(AuthnError::Missing.code());

@@ -164,7 +164,10 @@ impl Gateway {
             pending.action = a;
         }
         let (outcome, status) = match outcome {
-            Ok(Answer::Allow { set, remove }) => (CheckOutcome::Allow { set, remove }, 200),
+            Ok(Answer::Allow { set }) => {
+                let remove = self.removed_upstream(&set);
+                (CheckOutcome::Allow { set, remove }, 200)
+            }
             Ok(Answer::Respond(resp)) => {
                 let (parts, body) = resp.into_parts();
                 let body = body

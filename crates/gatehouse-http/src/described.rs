@@ -27,6 +27,9 @@ use crate::body::Body;
 use crate::proxy::{Admitted, Gateway, client_kind, path_refusal};
 use crate::respond::{ClientKind, Refusal};
 
+/// Said on every answer that lets a request through.
+pub(crate) const X_GATEHOUSE_DECISION: HeaderName = HeaderName::from_static("x-gatehouse-decision");
+
 /// The original request, as the asking proxy describes it.
 #[derive(Debug)]
 pub(crate) struct Described<'a> {
@@ -66,14 +69,11 @@ pub(crate) struct BodyPrefix<'a> {
 /// What the asking proxy is told of an allowed request.
 #[derive(Debug)]
 pub(crate) enum Answer {
-    /// Let it through, with these identity headers on the upstream request, these names
-    /// removed from it (those of `remove` not set), and `Authorization` removed unless
-    /// `identity.forward_authorization`.
+    /// Let it through, with these identity headers on the upstream request (and, for a proxy
+    /// that removes headers, `Gateway::removed_upstream` removed from it).
     Allow {
         /// The identity headers to set (`[identity_headers]`).
         set: HeaderMap,
-        /// Names the proxy removes from the upstream request.
-        remove: Vec<HeaderName>,
     },
     /// Answer the client with this (a browser sent to sign in).
     Respond(Response<Body>),
@@ -327,14 +327,21 @@ impl Gateway {
         let mut set = HeaderMap::new();
         self.set_identity(&mut set, &principal)
             .map_err(|r| refuse(rec, r, kind))?;
-        set.insert("x-gatehouse-decision", HeaderValue::from_static("allow"));
-        // Envoy removes after it sets: a name on both lists would be dropped.
-        let mut remove: Vec<HeaderName> = self.strip.names().collect();
+        set.insert(X_GATEHOUSE_DECISION, HeaderValue::from_static("allow"));
+        Ok(Answer::Allow { set })
+    }
+
+    /// The names Envoy removes from an allowed request (its ext_authz answers): every identity
+    /// header a client could have sent, and `Authorization` unless
+    /// `identity.forward_authorization`, except those `set` sets (Envoy removes after it
+    /// sets: a name on both lists would be dropped).
+    pub(crate) fn removed_upstream(&self, set: &HeaderMap) -> Vec<HeaderName> {
+        let mut remove: Vec<HeaderName> = self.strip.names().to_vec();
         if !self.settings.identity.forward_authorization {
             remove.push(header::AUTHORIZATION);
         }
         remove.retain(|n| !set.contains_key(n));
-        Ok(Answer::Allow { set, remove })
+        remove
     }
 
     /// A push's command list, read from the forwarded body prefix and decided ref by ref.

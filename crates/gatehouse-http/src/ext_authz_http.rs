@@ -141,7 +141,8 @@ impl Gateway {
         };
         match self.decide_described(described, adm, rec).await? {
             Answer::Respond(r) => Ok(r),
-            Answer::Allow { set, remove } => {
+            Answer::Allow { set } => {
+                let remove = self.removed_upstream(&set);
                 let mut resp = Response::new(full(bytes::Bytes::new()));
                 *resp.status_mut() = StatusCode::OK;
                 *resp.headers_mut() = set;

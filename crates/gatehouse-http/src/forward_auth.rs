@@ -15,7 +15,7 @@
 
 use gatehouse_audit::AuditRecord;
 use gatehouse_config::ForwardAuthHeaders;
-use http::header::{HeaderMap, HeaderValue};
+use http::header::HeaderMap;
 use http::{Request, Response, StatusCode};
 
 use crate::body::{Body, full};
@@ -153,12 +153,11 @@ impl Gateway {
         };
         match self.decide_described(described, adm, rec).await? {
             Answer::Respond(r) => Ok(r),
-            Answer::Allow { set, .. } => {
+            Answer::Allow { set } => {
+                // `set` says `X-Gatehouse-Decision: allow` already.
                 let mut resp = Response::new(full(bytes::Bytes::new()));
                 *resp.status_mut() = StatusCode::OK;
                 *resp.headers_mut() = set;
-                resp.headers_mut()
-                    .insert("x-gatehouse-decision", HeaderValue::from_static("allow"));
                 Ok(resp)
             }
         }

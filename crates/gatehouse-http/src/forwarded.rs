@@ -68,6 +68,8 @@ pub(crate) fn normalized(name: &str) -> std::borrow::Cow<'_, str> {
 pub(crate) struct ClientHeaderFilter {
     /// Normalized names, exact.
     exact: Vec<String>,
+    /// The same as header names.
+    names: Vec<HeaderName>,
 }
 
 impl ClientHeaderFilter {
@@ -80,14 +82,16 @@ impl ClientHeaderFilter {
                 exact.push(n);
             }
         }
-        ClientHeaderFilter { exact }
-    }
-
-    /// The exact names the filter drops (its prefixes aside), as header names.
-    pub(crate) fn names(&self) -> impl Iterator<Item = HeaderName> + '_ {
-        self.exact
+        let names = exact
             .iter()
             .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+            .collect();
+        ClientHeaderFilter { exact, names }
+    }
+
+    /// The exact names the filter drops (its prefixes aside), as header names (parsed once).
+    pub(crate) fn names(&self) -> &[HeaderName] {
+        &self.names
     }
 
     /// Whether a client's header `name` (lowercase, as `http` keeps it) is dropped.

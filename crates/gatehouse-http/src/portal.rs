@@ -205,13 +205,19 @@ impl Gateway {
                 ClientKind::Api,
             )
         };
+        // The endpoints a gateway answers often (forward auth, Envoy's HTTP ext_authz) are
+        // awaited in place; the others are boxed, so that their futures (a store transaction is
+        // kilobytes of state) do not make this one that large: it is moved whole when it is
+        // boxed, and a request's future of 19 KB cost a proxied request 6% of its CPU.
         match (path.as_str(), get) {
-            ("/.gatehouse" | "/.gatehouse/", true) => self.whoami(req.headers(), adm, rec).await,
-            ("/.gatehouse/login", true) => self.login(query.as_deref(), rec).await,
-            ("/.gatehouse/callback", true) => {
-                self.callback(req.headers(), query.as_deref(), rec).await
+            ("/.gatehouse" | "/.gatehouse/", true) => {
+                Box::pin(self.whoami(req.headers(), adm, rec)).await
             }
-            ("/.gatehouse/logout", _) => self.logout(req, adm, rec).await,
+            ("/.gatehouse/login", true) => Box::pin(self.login(query.as_deref(), rec)).await,
+            ("/.gatehouse/callback", true) => {
+                Box::pin(self.callback(req.headers(), query.as_deref(), rec)).await
+            }
+            ("/.gatehouse/logout", _) => Box::pin(self.logout(req, adm, rec)).await,
             ("/.gatehouse/signed-out", true) => Ok(self.html(
                 StatusCode::OK,
                 pages::message(
@@ -232,34 +238,34 @@ impl Gateway {
                     .map_err(crate::ext_authz_http::no_server_errors)
             }
             ("/.gatehouse/ssh/cert", false) if req.method() == Method::POST => {
-                self.ssh_cert(req, adm, rec).await
+                Box::pin(self.ssh_cert(req, adm, rec)).await
             }
             ("/.gatehouse/token", false) if req.method() == Method::POST => {
-                self.token_exchange(req, adm, rec).await
+                Box::pin(self.token_exchange(req, adm, rec)).await
             }
             (p, _)
                 if p == "/.gatehouse/secrets"
                     || p.starts_with("/.gatehouse/secrets/")
                     || p.starts_with("/.gatehouse/secrets:") =>
             {
-                self.secrets_api(req, adm, rec).await
+                Box::pin(self.secrets_api(req, adm, rec)).await
             }
-            ("/.gatehouse/jobs:mint", _) => self.mint_job_token(req, adm, rec).await,
+            ("/.gatehouse/jobs:mint", _) => Box::pin(self.mint_job_token(req, adm, rec)).await,
             (p, _)
                 if p.len() > crate::hooks_api::HOOKS_PREFIX.len()
                     && p.starts_with(crate::hooks_api::HOOKS_PREFIX) =>
             {
-                self.hook_delivery(req, rec).await
+                Box::pin(self.hook_delivery(req, rec)).await
             }
             (p, _)
                 if p == "/.gatehouse/deliveries"
                     || p.starts_with("/.gatehouse/deliveries/")
                     || p.starts_with("/.gatehouse/deliveries:") =>
             {
-                self.deliveries_api(req, adm, rec).await
+                Box::pin(self.deliveries_api(req, adm, rec)).await
             }
             (p, _) if p == "/.gatehouse/leases" || p.starts_with("/.gatehouse/leases/") => {
-                self.leases_api(req, adm, rec).await
+                Box::pin(self.leases_api(req, adm, rec)).await
             }
             (p, _)
                 if [
@@ -272,7 +278,7 @@ impl Gateway {
                     p == *base || p.strip_prefix(base).is_some_and(|r| r.starts_with('/'))
                 }) =>
             {
-                self.state_api(req, adm, rec).await
+                Box::pin(self.state_api(req, adm, rec)).await
             }
             _ => Err(not_found()),
         }

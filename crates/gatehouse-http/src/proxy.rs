@@ -914,7 +914,9 @@ impl Gateway {
         // Gatehouse's own pages and sign-in endpoints.
         let p = req.uri().path();
         if p == "/.gatehouse" || p.starts_with("/.gatehouse/") {
-            return self.portal(req, adm, rec).await;
+            // Boxed, as the rarer branches below are: a request's future is moved whole when it
+            // starts, so it is kept to what a proxied request needs (see `portal`).
+            return Box::pin(self.portal(req, adm, rec)).await;
         }
 
         // Phase 2: classify.
@@ -999,7 +1001,7 @@ impl Gateway {
         // Phase 4c: a web or API route that moves refs is decided ref by ref too.
         let req = match c.moves {
             Some(m) => {
-                self.authorize_route_refs(req, m, &principal, &c, adm, &method, rec, kind)
+                Box::pin(self.authorize_route_refs(req, m, &principal, &c, adm, &method, rec, kind))
                     .await?
             }
             None => req,
