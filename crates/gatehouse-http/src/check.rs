@@ -106,12 +106,14 @@ impl Gateway {
         let host: Arc<str> = bare_host(&input.host).into();
         // Envoy sends the trace context of the request it asks about (when it traces): the
         // Check is a span of that trace.
-        let trace = crate::forwarded::trace_context(
-            &input.headers,
-            self.sample_ratio,
-            self.follows_sampling_of(input.peer),
-        );
-        let mut rec = AuditRecord {
+        let trace = crate::forwarded::trace_context(&input.headers, self.sample_ratio, || {
+            self.follows_sampling_of(input.peer)
+        });
+        let raw_uri = input
+            .path
+            .parse::<http::Uri>()
+            .unwrap_or_else(|_| http::Uri::from_static("/"));
+        let rec = AuditRecord {
             time: self.clock.now(),
             event: "ext_authz",
             request_id: Some(request_id.clone()),
@@ -125,15 +127,10 @@ impl Gateway {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, request_id = %request_id, "refusing ext_authz check: audit log unavailable");
-                rec.path = Some(input.path.chars().take(1024).collect());
-                self.unaudited_span(rec, trace, started);
+                self.unaudited_span(rec, raw_uri.path(), trace, started);
                 return denial(&Refusal::AuditUnavailable, ClientKind::Api, &request_id).await;
             }
         };
-        let raw_uri = input
-            .path
-            .parse::<http::Uri>()
-            .unwrap_or_else(|_| http::Uri::from_static("/"));
         let mut pending = Pending {
             slot: Some(slot),
             rec,
@@ -147,8 +144,7 @@ impl Gateway {
         };
         let adm = Admitted {
             request_id: request_id.clone(),
-            traceparent: trace.traceparent(),
-            trace_continued: trace.parent_span_id.is_some(),
+            trace,
             client,
             peer: input.peer,
             client_text: client_text.clone(),

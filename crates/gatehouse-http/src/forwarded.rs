@@ -66,9 +66,8 @@ pub(crate) fn normalized(name: &str) -> std::borrow::Cow<'_, str> {
 /// may read as theirs; and `_` spellings of the headers Gatehouse sets.
 #[derive(Debug)]
 pub(crate) struct ClientHeaderFilter {
-    /// Normalized names, exact.
-    exact: Vec<String>,
-    /// The same as header names.
+    /// Normalized names, exact, as header names (parsed once; a name that is none cannot
+    /// arrive from a client either).
     names: Vec<HeaderName>,
 }
 
@@ -86,7 +85,7 @@ impl ClientHeaderFilter {
             .iter()
             .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
             .collect();
-        ClientHeaderFilter { exact, names }
+        ClientHeaderFilter { names }
     }
 
     /// The exact names the filter drops (its prefixes aside), as header names (parsed once).
@@ -99,7 +98,7 @@ impl ClientHeaderFilter {
         let raw = name.as_str();
         let n = normalized(raw);
         ALWAYS_STRIPPED_PREFIXES.iter().any(|p| n.starts_with(p))
-            || self.exact.iter().any(|e| *e == n)
+            || self.names.iter().any(|e| e.as_str() == n)
             || (raw.contains('_') && SET_BY_GATEHOUSE.contains(&n.as_ref()))
     }
 }
@@ -318,8 +317,12 @@ fn next_random() -> u64 {
 /// client can have all its requests exported. Without one, a new trace starts, sampled with
 /// probability `sample_ratio` (decided by the trace id, as OpenTelemetry's `TraceIdRatioBased`
 /// does). Gatehouse's own span id is new either way; [`SpanIds::traceparent`] is what the next
-/// hop gets.
-pub(crate) fn trace_context(h: &HeaderMap, sample_ratio: f64, follow_sampling: bool) -> SpanIds {
+/// hop gets. `follow_sampling` is asked only when there is a valid `traceparent` to follow.
+pub(crate) fn trace_context(
+    h: &HeaderMap,
+    sample_ratio: f64,
+    follow_sampling: impl FnOnce() -> bool,
+) -> SpanIds {
     let inbound = h
         .get(TRACEPARENT)
         .and_then(|v| v.to_str().ok())
@@ -330,7 +333,7 @@ pub(crate) fn trace_context(h: &HeaderMap, sample_ratio: f64, follow_sampling: b
             trace_id: t.trace_id,
             span_id,
             parent_span_id: Some(t.parent_id),
-            sampled: if follow_sampling {
+            sampled: if follow_sampling() {
                 t.sampled()
             } else {
                 ratio_samples(&t.trace_id, sample_ratio)
@@ -580,7 +583,7 @@ mod tests {
     #[test]
     fn traceparent_is_propagated_with_a_new_span() {
         let inbound = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let ids = trace_context(&headers(&[("traceparent", inbound)]), 0.0, true);
+        let ids = trace_context(&headers(&[("traceparent", inbound)]), 0.0, || true);
         assert_eq!(ids.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(
             ids.parent_span_id,
@@ -594,16 +597,16 @@ mod tests {
         assert_eq!(tp.len(), inbound.len());
         assert_ne!(tp, inbound);
         // From a caller whose flag is not followed: the ratio decides, the trace stays.
-        let ids = trace_context(&headers(&[("traceparent", inbound)]), 0.0, false);
+        let ids = trace_context(&headers(&[("traceparent", inbound)]), 0.0, || false);
         assert_eq!(ids.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert!(ids.parent_span_id.is_some());
         assert!(!ids.sampled);
         let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
-        let ids = trace_context(&headers(&[("traceparent", unsampled)]), 1.0, true);
+        let ids = trace_context(&headers(&[("traceparent", unsampled)]), 1.0, || true);
         assert!(!ids.sampled);
         assert!(ids.traceparent().ends_with("-00"));
 
-        let fresh = trace_context(&HeaderMap::new(), 1.0, true);
+        let fresh = trace_context(&HeaderMap::new(), 1.0, || true);
         let tp = fresh.traceparent();
         let parts: Vec<&str> = tp.split('-').collect();
         assert_eq!(parts, ["00", fresh.trace_id_hex().as_str(), parts[2], "01"]);
@@ -618,7 +621,7 @@ mod tests {
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
         ] {
-            let ids = trace_context(&headers(&[("traceparent", bad)]), 1.0, true);
+            let ids = trace_context(&headers(&[("traceparent", bad)]), 1.0, || true);
             assert_eq!(ids.parent_span_id, None, "{bad}");
             assert_ne!(
                 ids.trace_id_hex(),
@@ -628,16 +631,16 @@ mod tests {
         }
         // A later version with more fields is read for the fields version 00 has.
         let v1 = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-next";
-        let ids = trace_context(&headers(&[("traceparent", v1)]), 1.0, true);
+        let ids = trace_context(&headers(&[("traceparent", v1)]), 1.0, || true);
         assert_eq!(ids.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
     }
 
     #[test]
     fn new_traces_are_sampled_at_the_ratio() {
-        assert!((0..100).all(|_| trace_context(&HeaderMap::new(), 1.0, true).sampled));
-        assert!((0..100).all(|_| !trace_context(&HeaderMap::new(), 0.0, true).sampled));
+        assert!((0..100).all(|_| trace_context(&HeaderMap::new(), 1.0, || true).sampled));
+        assert!((0..100).all(|_| !trace_context(&HeaderMap::new(), 0.0, || true).sampled));
         let n = (0..20_000)
-            .filter(|_| trace_context(&HeaderMap::new(), 0.25, true).sampled)
+            .filter(|_| trace_context(&HeaderMap::new(), 0.25, || true).sampled)
             .count();
         assert!((4_500..5_500).contains(&n), "{n} of 20000 sampled at 0.25");
     }

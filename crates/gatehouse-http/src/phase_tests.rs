@@ -425,8 +425,16 @@ async fn an_envoy_check_runs_the_same_phases() {
 fn admitted() -> crate::proxy::Admitted {
     crate::proxy::Admitted {
         request_id: "req-1".into(),
-        traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
-        trace_continued: true,
+        // traceparent 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01
+        trace: gatehouse_audit::SpanIds {
+            trace_id: [
+                0x0a, 0xf7, 0x65, 0x19, 0x16, 0xcd, 0x43, 0xdd, 0x84, 0x48, 0xeb, 0x21, 0x1c, 0x80,
+                0x31, 0x9c,
+            ],
+            span_id: [0xb7, 0xad, 0x6b, 0x71, 0x69, 0x20, 0x33, 0x31],
+            parent_span_id: Some([0x11; 8]),
+            sampled: true,
+        },
         client: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)),
         peer: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)),
         client_text: "192.0.2.7".into(),
@@ -492,7 +500,10 @@ async fn phase5_the_upstream_gets_gatehouses_identity_and_nothing_the_client_cla
             .body(full(bytes::Bytes::new()))
             .unwrap_or_else(|e| panic!("{e}"));
         let adm = crate::proxy::Admitted {
-            trace_continued: continued,
+            trace: gatehouse_audit::SpanIds {
+                parent_span_id: continued.then_some([0x11; 8]),
+                ..admitted().trace
+            },
             ..admitted()
         };
         let (parts, _) =

@@ -124,9 +124,9 @@ pub(crate) struct ConnInfo {
 pub(crate) struct Admitted {
     /// Shared with the audit record, as are the addresses and the host.
     pub(crate) request_id: Arc<str>,
-    pub(crate) traceparent: String,
-    /// Whether the caller's `traceparent` was valid, and so its `tracestate` goes on with it.
-    pub(crate) trace_continued: bool,
+    /// This hop's trace context: the `traceparent` the upstream gets, and whether the caller's
+    /// was valid (its `parent_span_id`), so that its `tracestate` goes on with it.
+    pub(crate) trace: SpanIds,
     pub(crate) client: IpAddr,
     /// The connection's peer (a front proxy, when there is one).
     pub(crate) peer: IpAddr,
@@ -494,14 +494,17 @@ impl Gateway {
     }
 
     /// The span of a request refused because the audit log could not take its record: it has
-    /// no record, but it is a server error the traces must show.
+    /// no record, but it is a server error the traces must show. Its path is recorded as
+    /// `Pending` records one classification did not reach: the path as it came, no query.
     pub(crate) fn unaudited_span(
         &self,
         mut rec: AuditRecord,
+        path: &str,
         ids: SpanIds,
         started: tokio::time::Instant,
     ) {
         if let Some((sink, ids)) = self.span_for(ids) {
+            rec.path = Some(truncated(path, 1024));
             rec.status = Some(503);
             rec.decision = Some("error");
             rec.reason = Some("audit_unavailable".into());
@@ -640,11 +643,9 @@ impl Gateway {
         // Phase 1: admit.
         let h = req.headers();
         let request_id = request_id(h);
-        let trace = trace_context(
-            h,
-            self.sample_ratio,
-            self.follows_sampling_of(conn.peer.ip()),
-        );
+        let trace = trace_context(h, self.sample_ratio, || {
+            self.follows_sampling_of(conn.peer.ip())
+        });
         let trusted_peer = self
             .settings
             .trusted_proxies
@@ -661,7 +662,7 @@ impl Gateway {
         let (host, port) = request_host(&req).map_or((None, None), |(h, p)| (Some(h), p));
         // The path is recorded normalized once the request is classified, else as it came.
         let raw_uri = req.uri().clone();
-        let mut rec = AuditRecord {
+        let rec = AuditRecord {
             time: self.clock.now(),
             event: "request",
             request_id: Some(request_id.clone()),
@@ -675,8 +676,7 @@ impl Gateway {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, request_id = %request_id, "refusing request: audit log unavailable");
-                rec.path = Some(truncated(raw_uri.path(), 1024));
-                self.unaudited_span(rec, trace, started);
+                self.unaudited_span(rec, raw_uri.path(), trace, started);
                 self.metrics
                     .requests
                     .get_or_create(&RequestLabels {
@@ -694,8 +694,7 @@ impl Gateway {
         };
         let admitted = Admitted {
             request_id: request_id.clone(),
-            traceparent: trace.traceparent(),
-            trace_continued: trace.parent_span_id.is_some(),
+            trace,
             client,
             peer,
             client_text,

@@ -72,12 +72,12 @@ impl Gateway {
         if let Ok(v) = HeaderValue::from_str(&adm.request_id) {
             headers.insert(X_REQUEST_ID, v);
         }
-        if let Ok(v) = HeaderValue::from_str(&adm.traceparent) {
+        if let Ok(v) = HeaderValue::from_str(&adm.trace.traceparent()) {
             headers.insert(TRACEPARENT, v);
         }
         // W3C Trace Context: `tracestate` belongs to the caller's `traceparent`; without a valid
         // one the trace starts here, and its state goes.
-        if !adm.trace_continued {
+        if adm.trace.parent_span_id.is_none() {
             headers.remove(TRACESTATE);
         }
         set_forwarded(

@@ -14,7 +14,6 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use gatehouse_audit::{AuditRecord, SpanIds, SpanSink};
@@ -71,19 +70,11 @@ struct OutcomeLabel {
     outcome: &'static str,
 }
 
-#[derive(Debug, Default)]
-struct Stats {
-    exported: AtomicU64,
-    dropped: AtomicU64,
-    failed: AtomicU64,
-}
-
 /// The span sink: converts and queues on the request path, never blocking.
 #[derive(Debug)]
 pub struct OtlpSpans {
     tx: mpsc::Sender<SpanData>,
     close: watch::Sender<bool>,
-    stats: Arc<Stats>,
     spans_total: Family<OutcomeLabel, Counter>,
     scope: InstrumentationScope,
 }
@@ -141,7 +132,6 @@ impl OtlpSpans {
         );
         let (tx, rx) = mpsc::channel(settings.max_queue.max(1));
         let (close, closed) = watch::channel(false);
-        let stats = Arc::new(Stats::default());
         // Every outcome is there from the start, at 0: an alert on `increase()` sees the first
         // lost span.
         let spans_total = Family::<OutcomeLabel, Counter>::default();
@@ -151,7 +141,6 @@ impl OtlpSpans {
         let spans = Arc::new(Self {
             tx,
             close,
-            stats: stats.clone(),
             spans_total,
             scope: InstrumentationScope::builder("gatehouse")
                 .with_version(env!("CARGO_PKG_VERSION"))
@@ -161,7 +150,6 @@ impl OtlpSpans {
             exporter,
             rx,
             closed,
-            stats,
             spans.spans_total.clone(),
             settings.url,
             settings.batch_delay,
@@ -181,11 +169,12 @@ impl OtlpSpans {
 
     /// Spans exported, dropped and failed so far.
     pub fn counts(&self) -> (u64, u64, u64) {
-        (
-            self.stats.exported.load(Ordering::Relaxed),
-            self.stats.dropped.load(Ordering::Relaxed),
-            self.stats.failed.load(Ordering::Relaxed),
-        )
+        let n = |outcome| {
+            self.spans_total
+                .get_or_create(&OutcomeLabel { outcome })
+                .get()
+        };
+        (n("exported"), n("dropped"), n("failed"))
     }
 }
 
@@ -199,7 +188,6 @@ impl SpanSink for OtlpSpans {
         match self.tx.try_reserve() {
             Ok(permit) => permit.send(span_data(record, ids, self.scope.clone())),
             Err(_) => {
-                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
                 self.spans_total
                     .get_or_create(&OutcomeLabel { outcome: "dropped" })
                     .inc();
@@ -212,7 +200,6 @@ async fn export_loop(
     exporter: opentelemetry_otlp::SpanExporter,
     mut rx: mpsc::Receiver<SpanData>,
     mut closed: watch::Receiver<bool>,
-    stats: Arc<Stats>,
     spans_total: Family<OutcomeLabel, Counter>,
     url: String,
     batch_delay: Duration,
@@ -265,7 +252,6 @@ async fn export_loop(
         let n = batch.len() as u64;
         match exporter.export(batch).await {
             Ok(()) => {
-                stats.exported.fetch_add(n, Ordering::Relaxed);
                 spans_total
                     .get_or_create(&OutcomeLabel {
                         outcome: "exported",
@@ -273,7 +259,6 @@ async fn export_loop(
                     .inc_by(n);
             }
             Err(e) => {
-                stats.failed.fetch_add(n, Ordering::Relaxed);
                 spans_total
                     .get_or_create(&OutcomeLabel { outcome: "failed" })
                     .inc_by(n);
