@@ -11,8 +11,8 @@
 #       nginx + fcgiwrap + `git http-backend`, with curl, directly and through Gatehouse; MB/s and ratio.
 #   (c) Gatehouse's RSS: idle after start, peak while (b) runs (VmRSS every 50 ms, and VmHWM).
 #   (e) front doors that only ask: forward auth (`/.gatehouse/auth`, wrk with nginx's
-#       X-Original-* headers) and Envoy's gRPC ext_authz Check (bench/../gatehouse-extauthz's
-#       check_load example: one HTTP/2 connection, 16 Checks in flight), each with the same cached
+#       X-Original-* headers) and Envoy's gRPC ext_authz Check (bench/checkload, tonic over
+#       envoy-types: one HTTP/2 connection, 16 Checks in flight), each with the same cached
 #       token and route as (a); req/s, p50, p99 and Gatehouse's CPU per decision, as a ratio to
 #       its CPU per proxied request in (a).
 #   (d) the same fetch over SSH: OpenSSH `ssh` running `git-upload-pack` on a real sshd (git-shell,
@@ -149,17 +149,12 @@ log "cargo build --release (bench/loadgen)"
 cargo build --release --quiet --manifest-path "$BENCH/loadgen/Cargo.toml" --target-dir "$TARGET_DIR/loadgen" >&2 \
   || die "cannot build bench/loadgen"
 LOADGEN=$TARGET_DIR/loadgen/release/gatehouse-loadgen
-# The gRPC Check load generator (tonic over envoy-types, as Envoy speaks it).
-if [ "$PROFILE_HINT" = release ]; then
-  log "cargo build --release --example check_load"
-  (cd "$ROOT" && cargo build --release --quiet -p gatehouse-extauthz --example check_load) >&2 \
-    || die "cannot build the check_load example"
-  CHECK_LOAD=$TARGET_DIR/release/examples/check_load
-else
-  (cd "$ROOT" && cargo build --quiet -p gatehouse-extauthz --example check_load) >&2 \
-    || die "cannot build the check_load example"
-  CHECK_LOAD=$TARGET_DIR/debug/examples/check_load
-fi
+# The gRPC Check load generator (tonic over envoy-types, as Envoy speaks it). A crate of its own,
+# outside the workspace: it does not depend on Gatehouse, so it is built once, not for every change.
+log "cargo build --release (bench/checkload)"
+cargo build --release --quiet --manifest-path "$BENCH/checkload/Cargo.toml" --target-dir "$TARGET_DIR/checkload" >&2 \
+  || die "cannot build bench/checkload"
+CHECK_LOAD=$TARGET_DIR/checkload/release/gatehouse-checkload
 BIN=$(realpath "$BIN")
 case "$BIN" in
   */release/*) PROFILE=release ;;
@@ -899,7 +894,7 @@ ${PAIR_ROWS}
 Gatehouse (a), with \`[forward_auth]\` and \`[ext_authz]\` on, decides the same \`GET /ping\` with the
 same cached token as in (a), without proxying it: through forward auth (\`wrk -t1 -c16\` on
 \`/.gatehouse/auth\` with nginx's \`X-Original-URI\` and \`X-Original-Method\`) and through Envoy's
-gRPC \`Authorization/Check\` (\`gatehouse-extauthz\`'s \`check_load\` example: one HTTP/2 connection,
+gRPC \`Authorization/Check\` (\`bench/checkload\`: one HTTP/2 connection,
 16 Checks in flight, closed loop, as Envoy multiplexes them). Each decision writes its audit
 record, as a proxied request does. CPU per decision is Gatehouse's user+system time divided by
 decisions.

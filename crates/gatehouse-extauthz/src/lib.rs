@@ -14,8 +14,12 @@
 //! any other bad request.
 #![forbid(unsafe_code)]
 
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::address::Address;
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
@@ -29,8 +33,12 @@ use envoy_types::pb::envoy::service::auth::v3::{
 };
 use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use envoy_types::pb::google::rpc;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use gatehouse_http::{CheckInput, CheckOutcome, Gateway};
 use http::header::{HeaderMap, HeaderName};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 
 pub use envoy_types;
 
@@ -58,16 +66,30 @@ pub enum MapError {
     BadHeaderValue,
 }
 
-/// The `Authorization` service over a gateway.
+/// The `Authorization` service over a gateway, for one connection.
 #[derive(Debug, Clone)]
 pub struct ExtAuthz {
     gateway: Arc<Gateway>,
+    /// The connection's peer, when it is known without asking tonic (see [`serve`]).
+    peer: Option<IpAddr>,
 }
 
 impl ExtAuthz {
-    /// The service deciding through `gateway`.
+    /// The service deciding through `gateway`, for a caller whose address tonic's transport
+    /// records on each request.
     pub fn new(gateway: Arc<Gateway>) -> Self {
-        Self { gateway }
+        Self {
+            gateway,
+            peer: None,
+        }
+    }
+
+    /// The service deciding through `gateway` for the connection from `peer`.
+    pub fn for_peer(gateway: Arc<Gateway>, peer: IpAddr) -> Self {
+        Self {
+            gateway,
+            peer: Some(peer),
+        }
     }
 
     /// The tonic server for it.
@@ -225,7 +247,7 @@ impl Authorization for ExtAuthz {
         &self,
         request: tonic::Request<CheckRequest>,
     ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
-        let Some(peer) = request.remote_addr().map(|a| a.ip()) else {
+        let Some(peer) = self.peer.or_else(|| request.remote_addr().map(|a| a.ip())) else {
             return Err(tonic::Status::internal("the caller's address is unknown"));
         };
         let input = match check_input(request.get_ref(), peer) {
@@ -247,17 +269,177 @@ impl Authorization for ExtAuthz {
     }
 }
 
-/// Serves the `Authorization` service on `listener` (plain HTTP/2) until `shutdown` completes.
+/// How long an idle connection goes between HTTP/2 pings, and how long a ping's answer may take
+/// before the connection is closed.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// The largest header list a Check request may carry (Envoy sends a handful of gRPC headers; the
+/// request's own headers are in the message, not here).
+const MAX_HEADER_LIST: u32 = 16 * 1024;
+
+/// Serves the `Authorization` service on `listener` (plain HTTP/2, as Envoy's gRPC client speaks
+/// it) until `shutdown` completes; then each connection is told to go away (HTTP/2 `GOAWAY`)
+/// and finishes the Checks it has in flight before `serve` returns.
+///
+/// Each connection is one task, and so are its Checks: hyper hands every stream to the
+/// connection's own [`ConnExecutor`] instead of spawning a task for it, and the connection polls
+/// them. Checks that arrive together are decided together, and their answers leave in one write,
+/// where a task per stream answered each in a write of its own (the loopback write, which also
+/// runs the receiver's TCP stack, was most of a Check's system time).
 pub async fn serve(
     gateway: Arc<Gateway>,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send,
-) -> Result<(), tonic::transport::Error> {
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
-        .add_service(ExtAuthz::new(gateway).server())
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
+) -> std::io::Result<()> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let connections = tokio_util::task::TaskTracker::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut accept_errors = 0u32;
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            r = listener.accept() => match r {
+                Ok(x) => {
+                    accept_errors = 0;
+                    x
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off rather than spin.
+                    accept_errors += 1;
+                    tracing::warn!(error = %e, "ext_authz: accept failed");
+                    if accept_errors > 1000 {
+                        return Err(e);
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let service = ExtAuthz::for_peer(gateway.clone(), peer.ip()).server();
+        connections.spawn(serve_conn(stream, service, stop_rx.clone()));
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    connections.close();
+    connections.wait().await;
+    Ok(())
+}
+
+/// A stream's future, as hyper hands it to an executor.
+type StreamFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The executor of one connection's streams: it queues them for the connection's task.
+#[derive(Clone)]
+struct ConnExecutor(tokio::sync::mpsc::UnboundedSender<StreamFuture>);
+
+impl<F> hyper::rt::Executor<F> for ConnExecutor
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        // The receiver lives as long as the connection's task; a stream that arrives after it
+        // is gone has no connection to answer on.
+        let _ = self.0.send(Box::pin(fut));
+    }
+}
+
+/// A connection's socket as h2 should see it: one that does not write vectors. h2 chains a DATA
+/// frame longer than 256 bytes to its write buffer when the socket writes vectors, and a chained
+/// frame goes out in a write of its own; otherwise it copies frames of up to 1 KiB into the
+/// buffer. A Check's answer is a DATA frame of several hundred bytes (the identity headers and
+/// the signed assertion), so with vectors every answer costs a write (on loopback, that write
+/// also runs the receiver's TCP stack, and was most of a Check's system time); without, every
+/// answer ready goes out in one.
+struct Unvectored(tokio::net::TcpStream);
+
+impl tokio::io::AsyncRead for Unvectored {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Unvectored {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+async fn serve_conn(
+    stream: tokio::net::TcpStream,
+    service: AuthorizationServer<ExtAuthz>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let (tx, mut queued) = tokio::sync::mpsc::unbounded_channel();
+    let mut builder = hyper::server::conn::http2::Builder::new(ConnExecutor(tx));
+    builder
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(KEEP_ALIVE_INTERVAL))
+        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+        .max_header_list_size(MAX_HEADER_LIST);
+    let conn = builder.serve_connection(
+        TokioIo::new(Unvectored(stream)),
+        TowerToHyperService::new(service),
+    );
+    let mut conn = std::pin::pin!(conn);
+    let mut streams = FuturesUnordered::<StreamFuture>::new();
+    let mut conn_done = false;
+    let mut closing = false;
+    let mut stopped = std::pin::pin!(async move {
+        let _ = stop.wait_for(|s| *s).await;
+    });
+    std::future::poll_fn(|cx| {
+        if !closing && stopped.as_mut().poll(cx).is_ready() {
+            closing = true;
+            conn.as_mut().graceful_shutdown();
+        }
+        loop {
+            if !conn_done && let Poll::Ready(r) = conn.as_mut().poll(cx) {
+                conn_done = true;
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "ext_authz: connection ended with an error");
+                }
+            }
+            while let Poll::Ready(Some(f)) = queued.poll_recv(cx) {
+                streams.push(f);
+            }
+            // Every stream that can go on goes on; a stream that answered woke the connection,
+            // which then writes every answer ready, once.
+            let mut answered = false;
+            while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {
+                answered = true;
+            }
+            if conn_done && streams.is_empty() {
+                return Poll::Ready(());
+            }
+            if !answered || conn_done {
+                return Poll::Pending;
+            }
+        }
+    })
+    .await;
 }
 
 #[cfg(test)]

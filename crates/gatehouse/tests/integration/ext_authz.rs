@@ -432,3 +432,120 @@ fn envoy_check_decides_with_the_gateways_policy() {
     assert_eq!(status, 403, "{raw}");
     assert!(raw.contains("untrusted_front_proxy"), "{raw}");
 }
+
+/// Envoy multiplexes its Checks on a few HTTP/2 connections. Many Checks in flight on one
+/// connection (decided together by the connection's task, answered in shared writes) each get
+/// their own answer; and a gateway asked to stop with an idle Envoy connection open tells it to
+/// go away and exits, without waiting for Envoy to hang up.
+#[test]
+fn checks_in_flight_on_one_connection_each_get_their_own_answer() {
+    let tmp = TempDir::new("ext-authz-mux");
+    let (root, _) = repos(&tmp);
+    let upstream = GitHttpServer::start(&root);
+    let mut gw = builder()
+        .with_upstream_url(&upstream.url())
+        .policy(POLICY)
+        .shutdown_grace("5s")
+        .extra("[ext_authz]\ntrusted_proxies = [\"127.0.0.1\"]\ngrpc_listen = \"127.0.0.1:0\"\n")
+        .start();
+    let port = gw.ext_authz_port();
+    let users = ["alice", "bob", "carol"];
+    let tokens: Vec<String> = users
+        .iter()
+        .map(|u| format!("Bearer {}", gw.token(u, &["dev"])))
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = rt.block_on(async {
+        let client = AuthorizationClient::connect(format!("http://127.0.0.1:{port}"))
+            .await
+            .expect("connect to the ext_authz service");
+        // 4 rounds of 64 Checks at once: each user's, and one without a credential.
+        for round in 0..4 {
+            let mut asks = Vec::new();
+            for i in 0..64usize {
+                let mut c = client.clone();
+                let who = i % (users.len() + 1);
+                let auth: Vec<(&str, &str)> = tokens
+                    .get(who)
+                    .map(|t| ("authorization", t.as_str()))
+                    .into_iter()
+                    .collect();
+                let mut req = check_request(&Ask {
+                    headers: &auth,
+                    ..Ask::default()
+                });
+                let id = format!("mux-{round}-{i}");
+                if let Some(h) = req
+                    .attributes
+                    .as_mut()
+                    .and_then(|a| a.request.as_mut())
+                    .and_then(|r| r.http.as_mut())
+                {
+                    h.headers.insert("x-request-id".into(), id.clone());
+                }
+                asks.push(tokio::spawn(async move {
+                    let r = c.check(req).await.expect("Check").into_inner();
+                    (who, id, r)
+                }));
+            }
+            for a in asks {
+                let (who, id, r) = a.await.unwrap();
+                match users.get(who) {
+                    Some(user) => {
+                        assert_eq!(code(&r), OK, "{id}: {r:?}");
+                        let (set, _) = allowed_headers(&r);
+                        assert_eq!(
+                            set.get("x-webauth-user").map(String::as_str),
+                            Some(*user),
+                            "{id} answered with another Check's identity: {set:?}"
+                        );
+                    }
+                    None => {
+                        assert_eq!(code(&r), UNAUTHENTICATED, "{id}: {r:?}");
+                        assert_eq!(denied(&r).0, 401, "{id}");
+                    }
+                }
+            }
+        }
+        client
+    });
+    // Every Check is on record once, under its own request id and principal.
+    let is_mux =
+        |l: &&str| l.contains(r#""event":"ext_authz""#) && l.contains(r#""request_id":"mux-"#);
+    let log = gw.audit_when("the multiplexed Checks' records", |t| {
+        t.lines().filter(is_mux).count() >= 4 * 64
+    });
+    let mux: Vec<&str> = log.lines().filter(is_mux).collect();
+    assert_eq!(
+        mux.len(),
+        4 * 64,
+        "ext_authz records of the multiplexed Checks"
+    );
+    for round in 0..4 {
+        for i in 0..64usize {
+            let tag = format!(r#""request_id":"mux-{round}-{i}""#);
+            let recs: Vec<&&str> = mux.iter().filter(|l| l.contains(&tag)).collect();
+            assert_eq!(recs.len(), 1, "{tag}");
+            for (who, user) in users.iter().enumerate() {
+                assert_eq!(
+                    recs[0].contains(&format!(r#""{user}""#)),
+                    who == i % (users.len() + 1),
+                    "{tag} names the wrong principal: {}",
+                    recs[0]
+                );
+            }
+        }
+    }
+
+    // The connection stays open (the client is alive); the gateway still stops promptly.
+    gw.signal("TERM");
+    let exited = gw.wait_exit(std::time::Duration::from_secs(4));
+    assert!(
+        exited.is_some_and(|s| s.success()),
+        "gatehouse did not stop with an idle ext_authz connection open: {exited:?}"
+    );
+    drop(client);
+}

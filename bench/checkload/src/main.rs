@@ -1,16 +1,17 @@
 //! A closed-loop load generator for the ext_authz gRPC service, as Envoy uses it: one HTTP/2
 //! connection, `--concurrency` Checks in flight on it, each a `GET --path` with a Bearer token.
 //! Prints one line of `key=value`: requests, rate (per second), p50_ms, p99_ms, errors.
-//! Used by `bench/run.sh`.
+//! Used by `bench/run.sh`; it builds on its own (not from the workspace), so a change to Gatehouse
+//! does not rebuild it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
 
-use gatehouse_extauthz::envoy_types::pb::envoy::service::auth::v3::attribute_context::{
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
     HttpRequest, Request,
 };
-use gatehouse_extauthz::envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use gatehouse_extauthz::envoy_types::pb::envoy::service::auth::v3::{
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::{
     AttributeContext, CheckRequest,
 };
 
