@@ -7,13 +7,9 @@
 
 use std::time::{Duration, Instant};
 
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
-    HttpRequest, Request,
-};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use envoy_types::pb::envoy::service::auth::v3::{
-    AttributeContext, CheckRequest,
-};
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 
 fn arg(args: &[String], name: &str, default: &str) -> String {
     args.iter()
