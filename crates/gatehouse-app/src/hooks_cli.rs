@@ -89,6 +89,7 @@ pub fn hooks(client: &SecretClient, cmd: HookCommand) -> Result<()> {
             }
         };
         let doc = crate::secrets_cli::api_call(&c, &token, method, &url, body.as_ref()).await?;
+        let doc: &serde_json::Value = &doc;
         let mut out = std::io::stdout().lock();
         let text = |v: &serde_json::Value| match v {
             serde_json::Value::String(s) => printable(s),

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::io::Write as _;
 
 use anyhow::{Context as _, Result, bail};
+use gatehouse_secrets::wipe::{WipedValue, WipingBuf};
 use zeroize::Zeroizing;
 
 use crate::login::{http, load, lock, normalize_server, printable, renew, runtime};
@@ -138,14 +139,23 @@ pub(crate) async fn api_call(
     method: reqwest::Method,
     url: &str,
     body: Option<&serde_json::Value>,
-) -> Result<serde_json::Value> {
+) -> Result<WipedValue> {
     let mut req = c.request(method, url).bearer_auth(token);
     if let Some(b) = body {
-        req = req.json(b);
+        // A put's document holds the value: encoded into a buffer zeroized once it is sent.
+        let mut buf = WipingBuf::default();
+        serde_json::to_writer(&mut buf, b).context("encoding the request")?;
+        req = req
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(bytes::Bytes::from_owner(buf));
     }
     let r = req.send().await.with_context(|| url.to_owned())?;
     let status = r.status();
-    let doc: serde_json::Value = r.json().await.unwrap_or_default();
+    // A get's answer holds the value: its bytes are zeroized once parsed, and the document
+    // when the caller is done with it.
+    let raw = r.bytes().await.unwrap_or_default();
+    let doc = WipedValue(serde_json::from_slice(&raw).unwrap_or_default());
+    wipe_bytes(raw);
     if !status.is_success() {
         bail!(
             "the gateway refused ({status}): {}",
@@ -153,6 +163,13 @@ pub(crate) async fn api_call(
         );
     }
     Ok(doc)
+}
+
+/// Zeroizes `b` when this is its only holder (an answer's body, once parsed).
+fn wipe_bytes(b: bytes::Bytes) {
+    if let Ok(mut m) = b.try_into_mut() {
+        zeroize::Zeroize::zeroize(&mut m[..]);
+    }
 }
 
 /// A secret path as a URL path (each segment percent-encoded).
@@ -184,7 +201,7 @@ pub fn secret(client: &SecretClient, cmd: SecretCommand) -> Result<()> {
                     .collect(),
             )
         };
-        let (method, url, body): (reqwest::Method, String, Option<serde_json::Value>) = match &cmd {
+        let (method, url, body): (reqwest::Method, String, Option<WipedValue>) = match &cmd {
             SecretCommand::Put {
                 path,
                 tags,
@@ -195,7 +212,7 @@ pub fn secret(client: &SecretClient, cmd: SecretCommand) -> Result<()> {
                 let mut raw = Zeroizing::new(Vec::new());
                 std::io::Read::read_to_end(&mut std::io::stdin(), &mut raw)
                     .context("reading the value from stdin")?;
-                let mut doc = serde_json::json!({});
+                let mut doc = WipedValue(serde_json::json!({}));
                 match std::str::from_utf8(&raw) {
                     Ok(text) => doc["value"] = serde_json::Value::String(text.to_owned()),
                     Err(_) => {
@@ -245,7 +262,7 @@ pub fn secret(client: &SecretClient, cmd: SecretCommand) -> Result<()> {
             SecretCommand::Rotate { path, bytes } => (
                 reqwest::Method::POST,
                 url_of(&server, path, Some("rotate")),
-                Some(serde_json::json!({ "bytes": bytes })),
+                Some(WipedValue(serde_json::json!({ "bytes": bytes }))),
             ),
             SecretCommand::Disable { path, version } | SecretCommand::Enable { path, version } => {
                 let verb = if matches!(cmd, SecretCommand::Disable { .. }) {
@@ -256,13 +273,13 @@ pub fn secret(client: &SecretClient, cmd: SecretCommand) -> Result<()> {
                 (
                     reqwest::Method::POST,
                     url_of(&server, path, Some(verb)),
-                    Some(serde_json::json!({ "version": version })),
+                    Some(WipedValue(serde_json::json!({ "version": version }))),
                 )
             }
             SecretCommand::Tag { path, tags } => (
                 reqwest::Method::POST,
                 url_of(&server, path, Some("tags")),
-                Some(serde_json::json!({ "tags": tags_doc(tags) })),
+                Some(WipedValue(serde_json::json!({ "tags": tags_doc(tags) }))),
             ),
             SecretCommand::Delete { path } => {
                 (reqwest::Method::DELETE, url_of(&server, path, None), None)
@@ -300,10 +317,10 @@ pub fn secret(client: &SecretClient, cmd: SecretCommand) -> Result<()> {
             SecretCommand::RevokeLease { id, reason } => (
                 reqwest::Method::POST,
                 lease_url(&server, id),
-                Some(serde_json::json!({ "reason": reason })),
+                Some(WipedValue(serde_json::json!({ "reason": reason }))),
             ),
         };
-        let doc = api_call(&c, &token, method, &url, body.as_ref()).await?;
+        let doc = api_call(&c, &token, method, &url, body.as_deref()).await?;
         let mut out = std::io::stdout().lock();
         match &cmd {
             SecretCommand::Get { .. } => {
@@ -539,8 +556,9 @@ pub fn secret_exec(client: &SecretClient, args: ExecArgs) -> Result<u8> {
                     .await
                     .with_context(|| u.clone())?;
                 let status = r.status();
-                let doc: Zeroizing<Vec<u8>> = Zeroizing::new(r.bytes().await?.to_vec());
-                let doc: serde_json::Value = serde_json::from_slice(&doc).unwrap_or_default();
+                let raw = r.bytes().await?;
+                let doc = WipedValue(serde_json::from_slice(&raw).unwrap_or_default());
+                wipe_bytes(raw);
                 if !status.is_success() {
                     bail!(
                         "reading {}: the gateway refused ({status}): {}",

@@ -251,7 +251,10 @@ pub(crate) fn secrets_broker(
                src: &gatehouse_config::SecretSource|
      -> Result<gatehouse_secrets::MasterKey> {
         let text = gatehouse_config::read_secret(what, src)?;
-        gatehouse_secrets::MasterKey::from_text(text.expose()).with_context(|| what.to_owned())
+        let key = gatehouse_secrets::MasterKey::from_text(text.expose());
+        // The key's text is zeroized once parsed (the parsed key zeroizes its own bytes).
+        zeroize::Zeroize::zeroize(&mut text.into_inner());
+        key.with_context(|| what.to_owned())
     };
     let current = key("secrets.master_key", &sc.master_key)?;
     let previous = sc

@@ -25,6 +25,7 @@ use gatehouse_audit::AuditRecord;
 use gatehouse_audit::AuditSecret;
 use gatehouse_core::{Principal, UnixTime};
 use gatehouse_policy::{AdminAction, AdminRequest, AdminResource, Provenance};
+use gatehouse_secrets::wipe::{WipedOnDrop, WipingBuf};
 use gatehouse_secrets::{Broker, Expect, Holder, Lease, LeaseFilter, Put, SecretError, SecretInfo};
 use http::{Request, Response, StatusCode};
 
@@ -320,9 +321,11 @@ impl Gateway {
         let q: BTreeMap<String, String> = url::form_urlencoded::parse(query.as_bytes())
             .into_owned()
             .collect();
-        let body = crate::proxy::read_limited(req.into_body(), MAX_BODY)
+        // A put's body holds the value: read into a buffer zeroized when the request is done.
+        let body_buf = read_wiped(req.into_body(), MAX_BODY)
             .await
             .map_err(|r| (r, kind))?;
+        let body = body_buf.as_slice();
         let m = method.as_str();
         rec.detail = Some(format!("secret {path}"));
         rec.secret = Some(AuditSecret {
@@ -429,7 +432,7 @@ impl Gateway {
                     version: Some(meta.version),
                     lease: Some(lease.id.clone()),
                 });
-                let mut doc = serde_json::json!({
+                let doc = serde_json::json!({
                     "path": path,
                     "version": meta.version,
                     "created_at": t(meta.created_at),
@@ -437,19 +440,9 @@ impl Gateway {
                     "expires_at": meta.expires_at.map(t),
                     "lease": { "id": lease.id, "expires_at": t(lease.expires_at) },
                 });
-                match std::str::from_utf8(value.expose()) {
-                    Ok(text) => doc["value"] = serde_json::Value::String(text.to_owned()),
-                    Err(_) => {
-                        use base64::Engine as _;
-                        doc["value_base64"] = serde_json::Value::String(
-                            base64::engine::general_purpose::STANDARD.encode(value.expose()),
-                        );
-                    }
-                }
-                let answer = json(StatusCode::OK, &doc);
-                // The document's copy of the value lives in the answer's bytes only.
-                drop(doc);
-                Ok(answer)
+                // Encoding a JSON object into memory does not fail; were it to, nothing is sent.
+                value_answer(&doc, value.expose())
+                    .map_err(|e| refused(SecretError::Internal(format!("answer not encoded: {e}"))))
             }
             ("GET", _, Some("versions")) => {
                 self.admit_secret(&who, AdminAction::SecretList, &path, tags, rec)?;
@@ -474,7 +467,7 @@ impl Gateway {
                 ))
             }
             ("PUT", _, None) => {
-                let f = object(&body)?;
+                let f = WipedOnDrop(object(body)?);
                 let value: zeroize::Zeroizing<Vec<u8>> =
                     match (text_field(&f, "value")?, text_field(&f, "value_base64")?) {
                         (Some(v), None) => zeroize::Zeroizing::new(v.as_bytes().to_vec()),
@@ -549,7 +542,7 @@ impl Gateway {
                 ))
             }
             ("POST", _, Some("tags")) => {
-                let f = object(&body)?;
+                let f = object(body)?;
                 let new_tags = tags_field(&f)?.ok_or_else(|| bad("tags is missing"))?;
                 self.admit_secret(&who, AdminAction::SecretAdmin, &path, tags, rec)?;
                 self.admit_secret(&who, AdminAction::SecretAdmin, &path, &new_tags, rec)?;
@@ -563,7 +556,7 @@ impl Gateway {
                 ))
             }
             ("POST", _, Some("rotate")) => {
-                let f = object_or_empty(&body)?;
+                let f = object_or_empty(body)?;
                 let bytes = match f.get("bytes") {
                     None | Some(serde_json::Value::Null) => 32,
                     Some(v) => v
@@ -597,7 +590,7 @@ impl Gateway {
                 ))
             }
             ("POST", _, Some(op @ ("disable" | "enable"))) => {
-                let f = object_or_empty(&body)?;
+                let f = object_or_empty(body)?;
                 let version = match f.get("version") {
                     None | Some(serde_json::Value::Null) => None,
                     Some(v) => Some(v.as_i64().ok_or_else(|| bad("version is a number"))?),
@@ -818,5 +811,118 @@ impl Gateway {
                 kind,
             )),
         }
+    }
+}
+
+/// Reads a request body of at most `limit` bytes into a buffer zeroized when it is dropped.
+async fn read_wiped(mut body: Body, limit: usize) -> Result<WipingBuf, Refusal> {
+    use http_body_util::BodyExt as _;
+    let mut buf = WipingBuf::default();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            if e.is::<crate::body::BodyIdleTimeout>() {
+                Refusal::RequestTimeout
+            } else {
+                Refusal::BadRequest {
+                    code: "body_read_failed",
+                    detail: "the request body could not be read".into(),
+                }
+            }
+        })?;
+        if let Some(d) = frame.data_ref() {
+            if buf.len() + d.len() > limit {
+                return Err(Refusal::PayloadTooLarge);
+            }
+            buf.extend(d);
+        }
+    }
+    Ok(buf)
+}
+
+/// The answer carrying a value: `doc` with `value` (UTF-8) or `value_base64` added, encoded
+/// straight into a buffer that is zeroized once the answer has been sent (its body's last
+/// holder drops it), with no other copy of the value made on the way.
+fn value_answer(doc: &serde_json::Value, value: &[u8]) -> serde_json::Result<Response<Body>> {
+    #[derive(serde::Serialize)]
+    struct Answer<'a> {
+        #[serde(flatten)]
+        doc: &'a serde_json::Value,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        value: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        value_base64: Option<&'a str>,
+    }
+    let encoded;
+    let answer = match std::str::from_utf8(value) {
+        Ok(text) => Answer {
+            doc,
+            value: Some(text),
+            value_base64: None,
+        },
+        Err(_) => {
+            use base64::Engine as _;
+            encoded =
+                zeroize::Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(value));
+            Answer {
+                doc,
+                value: None,
+                value_base64: Some(encoded.as_str()),
+            }
+        }
+    };
+    // Room for the value escaped at its longest (`\u00XX` per byte) and the rest, so that the
+    // buffer does not grow on the way (it would, safely, if it had to).
+    let mut out = WipingBuf::with_capacity(value.len().saturating_mul(6).saturating_add(1024));
+    serde_json::to_writer(&mut out, &answer)?;
+    Ok(crate::respond::typed_response(
+        StatusCode::OK,
+        bytes::Bytes::from_owner(out),
+        "application/json",
+        "no-store",
+    ))
+}
+
+#[cfg(test)]
+mod value_answer_tests {
+    use http_body_util::BodyExt as _;
+
+    use super::*;
+
+    async fn answer(value: &[u8]) -> (StatusCode, serde_json::Value) {
+        let doc = serde_json::json!({"path": "prod/db", "version": 3, "lease": {"id": "l-1"}});
+        let r = value_answer(&doc, value).unwrap();
+        let status = r.status();
+        assert_eq!(r.headers()["cache-control"], "no-store");
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_text_value_and_a_binary_one_come_back_as_they_were() {
+        // Quotes, backslashes, control characters and non-ASCII text: escaped by the encoder,
+        // read back unchanged.
+        let text = "p\"a\\s\ns\u{1}w\u{7f}ö€😀rd";
+        let (status, doc) = answer(text.as_bytes()).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(doc["value"], text);
+        assert!(doc.get("value_base64").is_none(), "{doc}");
+        assert_eq!(doc["path"], "prod/db");
+        assert_eq!(doc["version"], 3);
+        assert_eq!(doc["lease"]["id"], "l-1");
+
+        let binary = [0u8, 159, 146, 150, 255, b'"'];
+        let (_, doc) = answer(&binary).await;
+        assert!(doc.get("value").is_none(), "{doc}");
+        use base64::Engine as _;
+        let back = base64::engine::general_purpose::STANDARD
+            .decode(doc["value_base64"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(back, binary);
+
+        // The longest escaping (a control character is six bytes) fits the buffer as sized,
+        // and a value of every control character still reads back.
+        let controls: String = (0u8..0x20).map(char::from).collect::<String>().repeat(50);
+        let (_, doc) = answer(controls.as_bytes()).await;
+        assert_eq!(doc["value"], controls.as_str());
     }
 }

@@ -10,6 +10,8 @@
 //! which database the store runs on.
 #![forbid(unsafe_code)]
 
+pub mod wipe;
+
 mod keys;
 
 use std::collections::BTreeMap;
