@@ -209,16 +209,27 @@ pub fn secret(client: &SecretClient, cmd: SecretCommand) -> Result<()> {
                 not_before,
                 max_versions,
             } => {
-                let mut raw = Zeroizing::new(Vec::new());
-                std::io::Read::read_to_end(&mut std::io::stdin(), &mut raw)
-                    .context("reading the value from stdin")?;
+                // Read in chunks into a buffer that leaves no copy behind as it grows (a `Vec`
+                // read to its end would free each outgrown allocation as it was).
+                let mut raw = WipingBuf::default();
+                let mut chunk = Zeroizing::new([0u8; 8192]);
+                let mut stdin = std::io::stdin().lock();
+                loop {
+                    match std::io::Read::read(&mut stdin, &mut chunk[..]) {
+                        Ok(0) => break,
+                        Ok(n) => raw.extend(&chunk[..n]),
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e).context("reading the value from stdin"),
+                    }
+                }
+                let raw = raw.as_slice();
                 let mut doc = WipedValue(serde_json::json!({}));
-                match std::str::from_utf8(&raw) {
+                match std::str::from_utf8(raw) {
                     Ok(text) => doc["value"] = serde_json::Value::String(text.to_owned()),
                     Err(_) => {
                         use base64::Engine as _;
                         doc["value_base64"] = serde_json::Value::String(
-                            base64::engine::general_purpose::STANDARD.encode(&*raw),
+                            base64::engine::general_purpose::STANDARD.encode(raw),
                         );
                     }
                 }
