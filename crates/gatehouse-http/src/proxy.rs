@@ -1076,8 +1076,19 @@ impl Gateway {
 }
 
 /// Reads a whole body of at most `limit` bytes.
-pub(crate) async fn read_limited(mut body: Body, limit: usize) -> Result<bytes::Bytes, Refusal> {
+pub(crate) async fn read_limited(body: Body, limit: usize) -> Result<bytes::Bytes, Refusal> {
     let mut buf = bytes::BytesMut::new();
+    read_body_into(body, limit, |d| buf.extend_from_slice(d)).await?;
+    Ok(buf.freeze())
+}
+
+/// Hands each piece of a body of at most `limit` bytes to `sink`, in order.
+pub(crate) async fn read_body_into(
+    mut body: Body,
+    limit: usize,
+    mut sink: impl FnMut(&[u8]),
+) -> Result<(), Refusal> {
+    let mut read = 0usize;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| {
             if e.is::<BodyIdleTimeout>() {
@@ -1090,11 +1101,12 @@ pub(crate) async fn read_limited(mut body: Body, limit: usize) -> Result<bytes::
             }
         })?;
         if let Some(d) = frame.data_ref() {
-            if buf.len() + d.len() > limit {
+            if read + d.len() > limit {
                 return Err(Refusal::PayloadTooLarge);
             }
-            buf.extend_from_slice(d);
+            read += d.len();
+            sink(d);
         }
     }
-    Ok(buf.freeze())
+    Ok(())
 }

@@ -815,27 +815,9 @@ impl Gateway {
 }
 
 /// Reads a request body of at most `limit` bytes into a buffer zeroized when it is dropped.
-async fn read_wiped(mut body: Body, limit: usize) -> Result<WipingBuf, Refusal> {
-    use http_body_util::BodyExt as _;
+async fn read_wiped(body: Body, limit: usize) -> Result<WipingBuf, Refusal> {
     let mut buf = WipingBuf::default();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| {
-            if e.is::<crate::body::BodyIdleTimeout>() {
-                Refusal::RequestTimeout
-            } else {
-                Refusal::BadRequest {
-                    code: "body_read_failed",
-                    detail: "the request body could not be read".into(),
-                }
-            }
-        })?;
-        if let Some(d) = frame.data_ref() {
-            if buf.len() + d.len() > limit {
-                return Err(Refusal::PayloadTooLarge);
-            }
-            buf.extend(d);
-        }
-    }
+    crate::proxy::read_body_into(body, limit, |d| buf.extend(d)).await?;
     Ok(buf)
 }
 
