@@ -33,8 +33,8 @@ use envoy_types::pb::envoy::service::auth::v3::{
 };
 use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use envoy_types::pb::google::rpc;
-use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use gatehouse_http::{CheckInput, CheckOutcome, Gateway};
 use http::header::{HeaderMap, HeaderName};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -304,11 +304,11 @@ pub async fn serve(
                     x
                 }
                 Err(e) => {
-                    // EMFILE and friends: back off rather than spin.
-                    accept_errors += 1;
-                    tracing::warn!(error = %e, "ext_authz: accept failed");
-                    if accept_errors > 1000 {
-                        return Err(e);
+                    // EMFILE and friends: back off rather than spin, and never give up (Envoy
+                    // would deny every request until a restart); say so at most once a second.
+                    accept_errors = accept_errors.saturating_add(1);
+                    if accept_errors % 20 == 1 {
+                        tracing::warn!(error = %e, failures = accept_errors, "ext_authz: accept failed");
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
@@ -338,6 +338,13 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     fn execute(&self, fut: F) {
+        // A Check that panics ends its own stream (hyper resets it), not the connection's task
+        // and every other Check on it, as a task of its own would not have either.
+        let fut = std::panic::AssertUnwindSafe(fut).catch_unwind().map(|r| {
+            if r.is_err() {
+                tracing::error!("ext_authz: a Check panicked; its stream is reset");
+            }
+        });
         // The receiver lives as long as the connection's task; a stream that arrives after it
         // is gone has no connection to answer on.
         let _ = self.0.send(Box::pin(fut));

@@ -6,7 +6,7 @@
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use aws_lc_rs::{digest, rand};
 use base64::Engine as _;
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::SecretError;
 
@@ -27,20 +27,28 @@ impl MasterKey {
     /// padded or not), surrounding whitespace ignored.
     pub fn from_text(text: &str) -> Result<Self, SecretError> {
         let t = text.trim();
-        let raw: Zeroizing<Vec<u8>> = Zeroizing::new(
-            if t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
-                (0..32)
-                    .map(|i| u8::from_str_radix(&t[2 * i..2 * i + 2], 16))
-                    .collect::<Result<Vec<u8>, _>>()
-                    .map_err(|_| bad_key())?
-            } else {
-                let t = t.trim_end_matches('=');
-                base64::engine::general_purpose::STANDARD_NO_PAD
-                    .decode(t)
-                    .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(t))
-                    .map_err(|_| bad_key())?
-            },
-        );
+        // Decoded into buffers that never grow (a growing one frees what it outgrew as it was),
+        // and that are zeroized however the decoding ends.
+        let mut raw: Zeroizing<Vec<u8>> = Zeroizing::new(Vec::with_capacity(64));
+        if t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
+            for i in 0..32 {
+                raw.push(u8::from_str_radix(&t[2 * i..2 * i + 2], 16).map_err(|_| bad_key())?);
+            }
+        } else {
+            let t = t.trim_end_matches('=');
+            if t.len() > 64 {
+                return Err(bad_key());
+            }
+            if base64::engine::general_purpose::STANDARD_NO_PAD
+                .decode_vec(t, &mut raw)
+                .is_err()
+            {
+                raw.zeroize();
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode_vec(t, &mut raw)
+                    .map_err(|_| bad_key())?;
+            }
+        }
         if raw.len() != 32 {
             return Err(bad_key());
         }
@@ -200,7 +208,10 @@ fn seal(key: &LessSafeKey, aad: &[u8], plain: &[u8]) -> Result<Vec<u8>, SecretEr
     rand::fill(&mut nonce).map_err(|_| SecretError::Internal("rng".into()))?;
     let mut buf = Vec::with_capacity(NONCE_LEN + plain.len() + 16);
     buf.extend_from_slice(&nonce);
-    let mut body = Zeroizing::new(plain.to_vec());
+    // Room for the tag from the start: sealing appends it before it encrypts, and a buffer
+    // that had to grow for it would leave the plaintext behind in the allocation it outgrew.
+    let mut body = Zeroizing::new(Vec::with_capacity(plain.len() + key.algorithm().tag_len()));
+    body.extend_from_slice(plain);
     key.seal_in_place_append_tag(
         Nonce::assume_unique_for_key(nonce),
         Aad::from(aad),
@@ -243,6 +254,16 @@ mod tests {
         assert_eq!(
             MasterKey::from_text(&format!(" {hex}\n")).unwrap().id(),
             a.id()
+        );
+        // URL-safe base64 (read after the standard alphabet refused it), unpadded: the same key.
+        // Bytes chosen so that the text has both `-` and `_`.
+        let raw: Vec<u8> = (0..32u8).map(|i| 0xfb ^ i.wrapping_mul(7)).collect();
+        let url = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&raw);
+        assert!(url.contains('-') && url.contains('_'), "{url}");
+        let std = base64::engine::general_purpose::STANDARD.encode(&raw);
+        assert_eq!(
+            MasterKey::from_text(&url).unwrap().id(),
+            MasterKey::from_text(&std).unwrap().id()
         );
         for bad in [
             "",
