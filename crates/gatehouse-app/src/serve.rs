@@ -630,14 +630,9 @@ pub(crate) async fn run(
     if let Some(l) = ext_authz {
         let (gw, mut stop) = (gateway.clone(), stop_rx.clone());
         tracing::info!(addr = %l.local_addr()?, service = "envoy.service.auth.v3.Authorization", "ext_authz listening");
-        tokio::spawn(async move {
-            let done = gatehouse_extauthz::serve(gw, l, async move {
-                let _ = stop.changed().await;
-            });
-            if let Err(e) = done.await {
-                tracing::error!(error = %e, "the ext_authz gRPC service stopped");
-            }
-        });
+        tokio::spawn(gatehouse_extauthz::serve(gw, l, async move {
+            let _ = stop.changed().await;
+        }));
     }
     let local = listener.local_addr()?;
     tracing::info!(addr = %local, tls = server_tls.is_some(), "gatehouse listening");

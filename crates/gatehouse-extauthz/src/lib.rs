@@ -70,26 +70,14 @@ pub enum MapError {
 #[derive(Debug, Clone)]
 pub struct ExtAuthz {
     gateway: Arc<Gateway>,
-    /// The connection's peer, when it is known without asking tonic (see [`serve`]).
-    peer: Option<IpAddr>,
+    /// The connection's peer: the front proxy asking.
+    peer: IpAddr,
 }
 
 impl ExtAuthz {
-    /// The service deciding through `gateway`, for a caller whose address tonic's transport
-    /// records on each request.
-    pub fn new(gateway: Arc<Gateway>) -> Self {
-        Self {
-            gateway,
-            peer: None,
-        }
-    }
-
     /// The service deciding through `gateway` for the connection from `peer`.
-    pub fn for_peer(gateway: Arc<Gateway>, peer: IpAddr) -> Self {
-        Self {
-            gateway,
-            peer: Some(peer),
-        }
+    pub fn new(gateway: Arc<Gateway>, peer: IpAddr) -> Self {
+        Self { gateway, peer }
     }
 
     /// The tonic server for it.
@@ -247,10 +235,7 @@ impl Authorization for ExtAuthz {
         &self,
         request: tonic::Request<CheckRequest>,
     ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
-        let Some(peer) = self.peer.or_else(|| request.remote_addr().map(|a| a.ip())) else {
-            return Err(tonic::Status::internal("the caller's address is unknown"));
-        };
-        let input = match check_input(request.get_ref(), peer) {
+        let input = match check_input(request.get_ref(), self.peer) {
             Ok(i) => i,
             Err(e) => {
                 // Nothing to decide: Envoy answers the client 403 (its `status_on_error` aside).
@@ -290,7 +275,7 @@ pub async fn serve(
     gateway: Arc<Gateway>,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send,
-) -> std::io::Result<()> {
+) {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let connections = tokio_util::task::TaskTracker::new();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -316,14 +301,13 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let service = ExtAuthz::for_peer(gateway.clone(), peer.ip()).server();
+        let service = ExtAuthz::new(gateway.clone(), peer.ip()).server();
         connections.spawn(serve_conn(stream, service, stop_rx.clone()));
     }
     drop(listener);
     let _ = stop_tx.send(true);
     connections.close();
     connections.wait().await;
-    Ok(())
 }
 
 /// A stream's future, as hyper hands it to an executor.
